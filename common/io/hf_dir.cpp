@@ -1,0 +1,193 @@
+#include "common/io/hf_dir.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <set>
+
+#include "common/io/safetensors.h"
+#include "common/util/error.h"
+#include "common/util/files.h"
+
+namespace tiller {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* const kSingleFile = "model.safetensors";
+const char* const kIndexFile = "model.safetensors.index.json";
+
+bool is_head(const std::string& name) {
+  return name.rfind("lm_head.", 0) == 0 || name.rfind("score.", 0) == 0;
+}
+
+std::string shape_string(at::IntArrayRef shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+}  // namespace
+
+std::map<std::string, torch::Tensor> read_hf_weights(const std::string& dir) {
+  check(is_directory(dir), "model directory " + dir + " does not exist");
+  const std::string single = dir + "/" + kSingleFile, index = dir + "/" + kIndexFile;
+  if (path_exists(single)) return read_safetensors(single);
+  check(path_exists(index), dir + ": no " + kSingleFile + " nor " + kIndexFile);
+
+  auto json = read_json_file(index);
+  check(json.is_object() && json.contains("weight_map") && json["weight_map"].is_object(),
+        index + ": missing weight_map object");
+  std::map<std::string, std::set<std::string>> names_by_shard;
+  for (auto it = json["weight_map"].begin(); it != json["weight_map"].end(); ++it) {
+    check(it->is_string(), index + ": weight_map['" + it.key() + "'] is not a string");
+    const std::string shard = it->get<std::string>();
+    check(!shard.empty() && shard.find('/') == std::string::npos && shard != "." && shard != "..",
+          index + ": shard name '" + shard + "' must be a plain file name in the directory");
+    names_by_shard[shard].insert(it.key());
+  }
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& [shard, names] : names_by_shard) {
+    SafetensorsFile file(dir + "/" + shard);
+    for (const auto& name : names) {
+      check(file.contains(name), index + ": tensor '" + name + "' is mapped to " + shard +
+                                     ", which does not contain it");
+      out[name] = file.tensor(name);
+    }
+  }
+  return out;
+}
+
+void load_weights(TransformerImpl& model, const std::map<std::string, torch::Tensor>& weights,
+                  const std::string& where, bool heads_optional) {
+  torch::NoGradGuard no_grad;
+  std::vector<std::string> missing, mismatched, unexpected;
+  std::set<std::string> expected;
+  for (auto& [name, param] : model.named_weights()) {
+    expected.insert(name);
+    auto it = weights.find(name);
+    if (it == weights.end()) {
+      if (!(heads_optional && is_head(name))) missing.push_back(name);
+      continue;
+    }
+    if (it->second.sizes() != param.sizes()) {
+      mismatched.push_back(name + " " + shape_string(it->second.sizes()) + " (model expects " +
+                           shape_string(param.sizes()) + ")");
+      continue;
+    }
+    param.copy_(it->second.to(param.scalar_type()));
+  }
+  for (const auto& [name, tensor] : weights) {
+    if (expected.count(name)) continue;
+    // Transformers may store the rotary table; it is derived, not a weight.
+    if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+    // A tied model's file may still hold lm_head.weight (equal to the embedding).
+    if (name == "lm_head.weight" && model.config.tie_word_embeddings && model.config.num_labels == 0)
+      continue;
+    if (heads_optional && is_head(name)) continue;
+    unexpected.push_back(name);
+  }
+  if (missing.empty() && mismatched.empty() && unexpected.empty()) return;
+  std::string message = where + ": weights do not match the model:";
+  auto list = [&](const char* label, const std::vector<std::string>& names) {
+    if (names.empty()) return;
+    message += std::string(" ") + label + " (" + std::to_string(names.size()) + "): ";
+    for (size_t i = 0; i < names.size() && i < 8; ++i) message += (i ? ", " : "") + names[i];
+    if (names.size() > 8) message += ", ...";
+    message += ";";
+  };
+  list("missing", missing);
+  list("wrong shape", mismatched);
+  list("unexpected", unexpected);
+  message.pop_back();
+  throw Error(message);
+}
+
+Transformer load_hf_model(const std::string& dir, int64_t num_labels) {
+  ModelConfig config = load_model_config(dir);
+  const bool head_changes = num_labels >= 0 && num_labels != config.num_labels;
+  if (num_labels >= 0) config.num_labels = num_labels;
+  Transformer model(config);
+  if (head_changes) model->init_weights(/*seed=*/0);
+  load_weights(*model, read_hf_weights(dir), dir, /*heads_optional=*/head_changes);
+  model->eval();
+  return model;
+}
+
+void save_hf_model(TransformerImpl& model, const std::string& dir, const SaveOptions& options) {
+  fs::path target = fs::absolute(dir).lexically_normal();
+  if (target.filename().empty()) target = target.parent_path();
+  check(!target.filename().empty(), "cannot save a model to " + dir);
+  make_directories(target.parent_path().string());
+  const std::string tmp = target.string() + ".tmp-" + std::to_string(::getpid());
+  remove_all(tmp);
+  make_directories(tmp);
+  try {
+    write_file_atomic(tmp + "/config.json", model_config_to_hf_json(model.config).dump(2) + "\n");
+
+    // Split into shards in parameter order when the model is larger than one shard.
+    std::vector<std::vector<std::pair<std::string, torch::Tensor>>> shards(1);
+    int64_t shard_bytes = 0, total_bytes = 0;
+    for (auto& [name, tensor] : model.named_weights()) {
+      const int64_t bytes = tensor.numel() * tensor.element_size();
+      if (shard_bytes > 0 && shard_bytes + bytes > options.max_shard_bytes) {
+        shards.emplace_back();
+        shard_bytes = 0;
+      }
+      shards.back().emplace_back(name, tensor);
+      shard_bytes += bytes;
+      total_bytes += bytes;
+    }
+    const std::map<std::string, std::string> metadata = {{"format", "pt"}};
+    if (shards.size() == 1) {
+      write_safetensors(tmp + "/" + kSingleFile, shards[0], metadata);
+    } else {
+      nlohmann::json index;
+      index["metadata"] = {{"total_size", total_bytes}};
+      index["weight_map"] = nlohmann::json::object();
+      for (size_t i = 0; i < shards.size(); ++i) {
+        char name[64];
+        std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+        write_safetensors(tmp + "/" + name, shards[i], metadata);
+        for (const auto& [tensor_name, t] : shards[i]) index["weight_map"][tensor_name] = name;
+      }
+      write_file_atomic(tmp + "/" + kIndexFile, index.dump(2) + "\n");
+    }
+    if (!options.tokenizer_path.empty()) {
+      write_file_atomic(tmp + "/tokenizer.model", read_file(options.tokenizer_path));
+      nlohmann::json tokenizer_config = {{"tokenizer_class", "LlamaTokenizer"},
+                                         {"add_bos_token", true},
+                                         {"add_eos_token", false},
+                                         {"legacy", true}};
+      write_file_atomic(tmp + "/tokenizer_config.json", tokenizer_config.dump(2) + "\n");
+    }
+    nlohmann::json generation = {{"bos_token_id", model.config.bos_token_id},
+                                 {"eos_token_id", model.config.eos_token_id}};
+    write_file_atomic(tmp + "/generation_config.json", generation.dump(2) + "\n");
+    fsync_directory(tmp);
+    // Replace: move any old directory aside, rename the new one in, then delete the old.
+    const std::string old = target.string() + ".old-" + std::to_string(::getpid());
+    if (path_exists(target.string())) fs::rename(target, old);
+    fs::rename(tmp, target);
+    fsync_directory(target.parent_path().string());
+    remove_all(old);
+  } catch (const fs::filesystem_error& e) {
+    remove_all(tmp);
+    throw Error("cannot save model to " + target.string() + ": " + e.code().message());
+  } catch (...) {
+    remove_all(tmp);
+    throw;
+  }
+}
+
+}  // namespace tiller
+
+namespace tiller {
+std::string tokenizer_path_in(const std::string& dir) {
+  const std::string path = dir + "/tokenizer.model";
+  check(path_exists(path), dir + ": no tokenizer.model (pass --tokenizer)");
+  return path;
+}
+}  // namespace tiller

@@ -1,0 +1,41 @@
+// Hugging Face model directories: config.json + model.safetensors (or sharded) + tokenizer.model.
+#pragma once
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+
+#include "common/model/transformer.h"
+
+namespace tiller {
+
+// Reads all weights of DIR: model.safetensors, or the shards listed by model.safetensors.index.json.
+std::map<std::string, torch::Tensor> read_hf_weights(const std::string& dir);
+
+// Copies `weights` into `model` (converted to the parameter dtype). Strict: every missing tensor,
+// unexpected tensor and shape mismatch is listed in one tiller::Error naming `where`.
+// With heads_optional, the heads (lm_head.*, score.*) may be missing or extra: the body alone
+// must match (an LM initialising a reward model, a reward model initialising a critic).
+void load_weights(TransformerImpl& model, const std::map<std::string, torch::Tensor>& weights,
+                  const std::string& where, bool heads_optional = false);
+
+// Builds a model from DIR/config.json and loads its weights strictly. `num_labels` >= 0 overrides
+// the head (0: LM head, 1: scalar head); heads then load only where they match.
+Transformer load_hf_model(const std::string& dir, int64_t num_labels = -1);
+
+struct SaveOptions {
+  std::string tokenizer_path;          // copied as tokenizer.model when non-empty
+  int64_t max_shard_bytes = 2ll << 30;  // larger models are split as model-0000k-of-0000n
+};
+
+// Writes an HF directory to `dir` atomically: everything goes to a sibling temporary directory
+// that is renamed into place last, so `dir` either does not exist or is complete.
+// An existing `dir` is replaced.
+void save_hf_model(TransformerImpl& model, const std::string& dir, const SaveOptions& options = {});
+
+}  // namespace tiller
+
+namespace tiller {
+// DIR/tokenizer.model; throws tiller::Error when the directory has none.
+std::string tokenizer_path_in(const std::string& dir);
+}  // namespace tiller

@@ -1,0 +1,218 @@
+#include "common/io/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "common/util/error.h"
+#include "common/util/files.h"
+
+namespace tiller {
+
+namespace {
+
+// The header may not be larger than this (the format's reference implementation uses 100 MB).
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+
+struct DtypeInfo {
+  const char* name;
+  size_t size;
+  torch::ScalarType type;
+};
+
+const DtypeInfo kDtypes[] = {
+    {"F64", 8, torch::kDouble}, {"F32", 4, torch::kFloat},  {"F16", 2, torch::kHalf},
+    {"BF16", 2, torch::kBFloat16}, {"I64", 8, torch::kLong}, {"I32", 4, torch::kInt},
+    {"I16", 2, torch::kShort},  {"I8", 1, torch::kChar},    {"U8", 1, torch::kByte},
+    {"BOOL", 1, torch::kBool},
+};
+
+const DtypeInfo* find_dtype(const std::string& name) {
+  for (const auto& d : kDtypes)
+    if (name == d.name) return &d;
+  return nullptr;
+}
+
+const DtypeInfo& dtype_of(torch::ScalarType type) {
+  for (const auto& d : kDtypes)
+    if (d.type == type) return d;
+  throw Error(std::string("safetensors: cannot write dtype ") + c10::toString(type));
+}
+
+}  // namespace
+
+size_t safetensors_dtype_size(const std::string& dtype) {
+  const DtypeInfo* info = find_dtype(dtype);
+  check(info != nullptr, "unknown safetensors dtype '" + dtype + "'");
+  return info->size;
+}
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+  check(!is_directory(path), path + ": is a directory, expected a safetensors file");
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  check(fd >= 0, "cannot open " + path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw Error("cannot stat " + path + ": " + std::strerror(errno));
+  }
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  if (file_size < 8) {
+    ::close(fd);
+    throw Error(path + ": truncated safetensors file (" + std::to_string(file_size) +
+                " bytes, the 8-byte header length is missing)");
+  }
+  map_size_ = static_cast<size_t>(file_size);
+  map_ = ::mmap(nullptr, map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map_ == MAP_FAILED) {
+    map_ = nullptr;
+    throw Error("cannot mmap " + path + ": " + std::strerror(errno));
+  }
+  const auto* bytes = static_cast<const uint8_t*>(map_);
+
+  try {
+    uint64_t header_size = 0;
+    for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | bytes[i];  // little-endian
+    check(header_size <= file_size - 8,
+          path + ": header length " + std::to_string(header_size) + " runs past the end of the file (" +
+              std::to_string(file_size) + " bytes): truncated or not a safetensors file");
+    check(header_size <= kMaxHeaderBytes,
+          path + ": header length " + std::to_string(header_size) + " exceeds the 100 MB limit");
+    const char* header_begin = reinterpret_cast<const char*>(bytes + 8);
+    nlohmann::json header;
+    try {
+      header = nlohmann::json::parse(header_begin, header_begin + header_size);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(path + ": header is not valid JSON (" + e.what() + ")");
+    }
+    check(header.is_object(), path + ": header is not a JSON object");
+    data_ = bytes + 8 + header_size;
+    data_size_ = file_size - 8 - header_size;
+
+    for (auto it = header.begin(); it != header.end(); ++it) {
+      const std::string& name = it.key();
+      const std::string where = path + ": tensor '" + name + "'";
+      if (name == "__metadata__") {
+        check(it->is_object(), path + ": __metadata__ is not an object");
+        for (auto m = it->begin(); m != it->end(); ++m) {
+          check(m->is_string(), path + ": __metadata__ value '" + m.key() + "' is not a string");
+          metadata_[m.key()] = m->get<std::string>();
+        }
+        continue;
+      }
+      check(it->is_object(), where + " is not an object");
+      const auto& obj = *it;
+      check(obj.contains("dtype") && obj["dtype"].is_string(), where + ": missing dtype");
+      check(obj.contains("shape") && obj["shape"].is_array(), where + ": missing shape");
+      check(obj.contains("data_offsets") && obj["data_offsets"].is_array() &&
+                obj["data_offsets"].size() == 2,
+            where + ": data_offsets must be a pair [begin, end]");
+      SafetensorsEntry entry;
+      entry.dtype = obj["dtype"].get<std::string>();
+      const DtypeInfo* info = find_dtype(entry.dtype);
+      check(info != nullptr, where + ": unknown dtype '" + entry.dtype + "'");
+      check(obj["shape"].size() <= 8, where + ": too many dimensions");
+      uint64_t elements = 1;
+      for (const auto& dim : obj["shape"]) {
+        check(dim.is_number_unsigned(), where + ": shape entries must be non-negative integers");
+        uint64_t d = dim.get<uint64_t>();
+        check(d <= (1ull << 40), where + ": dimension " + std::to_string(d) + " is too large");
+        check(d == 0 || elements <= (1ull << 62) / d, where + ": element count overflows");
+        elements *= d;
+        entry.shape.push_back(static_cast<int64_t>(d));
+      }
+      for (const auto& off : obj["data_offsets"])
+        check(off.is_number_unsigned(), where + ": data_offsets must be non-negative integers");
+      entry.begin = obj["data_offsets"][0].get<uint64_t>();
+      entry.end = obj["data_offsets"][1].get<uint64_t>();
+      check(entry.begin <= entry.end, where + ": data_offsets begin " + std::to_string(entry.begin) +
+                                          " > end " + std::to_string(entry.end));
+      check(entry.end <= data_size_, where + ": data_offsets end " + std::to_string(entry.end) +
+                                         " is outside the data section (" +
+                                         std::to_string(data_size_) + " bytes)");
+      const uint64_t expected = elements * info->size;
+      check(entry.end - entry.begin == expected,
+            where + ": shape x dtype is " + std::to_string(expected) + " bytes but data_offsets span " +
+                std::to_string(entry.end - entry.begin));
+      entries_[name] = entry;
+    }
+
+    // No two tensors may share bytes.
+    std::vector<std::pair<uint64_t, std::string>> order;
+    for (const auto& [name, e] : entries_)
+      if (e.end > e.begin) order.emplace_back(e.begin, name);
+    std::sort(order.begin(), order.end());
+    for (size_t i = 1; i < order.size(); ++i) {
+      const auto& prev = entries_.at(order[i - 1].second);
+      check(order[i].first >= prev.end, path + ": tensors '" + order[i - 1].second + "' and '" +
+                                            order[i].second + "' overlap");
+    }
+  } catch (...) {
+    ::munmap(map_, map_size_);
+    map_ = nullptr;
+    throw;
+  }
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (map_ != nullptr) ::munmap(map_, map_size_);
+}
+
+torch::Tensor SafetensorsFile::tensor(const std::string& name) const {
+  auto it = entries_.find(name);
+  check(it != entries_.end(), path_ + ": no tensor named '" + name + "'");
+  const auto& e = it->second;
+  const DtypeInfo* info = find_dtype(e.dtype);
+  auto out = torch::empty(e.shape, torch::TensorOptions().dtype(info->type));
+  if (e.end > e.begin) std::memcpy(out.data_ptr(), data_ + e.begin, e.end - e.begin);
+  return out;
+}
+
+std::map<std::string, torch::Tensor> read_safetensors(const std::string& path) {
+  SafetensorsFile file(path);
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& [name, entry] : file.entries()) out[name] = file.tensor(name);
+  return out;
+}
+
+void write_safetensors(const std::string& path,
+                       const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::vector<torch::Tensor> contiguous;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    check(name != "__metadata__", "a tensor may not be named __metadata__");
+    check(!header.contains(name), "duplicate tensor name '" + name + "'");
+    auto c = t.detach().to(torch::kCPU).contiguous();
+    const auto& info = dtype_of(c.scalar_type());
+    const uint64_t bytes = static_cast<uint64_t>(c.numel()) * info.size;
+    header[name] = {{"dtype", info.name},
+                    {"shape", c.sizes().vec()},
+                    {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+    contiguous.push_back(c);
+  }
+  std::string header_text = header.dump();
+  // Pad with spaces so the data section starts 8-byte aligned, as the format recommends.
+  while ((8 + header_text.size()) % 8 != 0) header_text.push_back(' ');
+
+  std::string contents;
+  contents.reserve(8 + header_text.size() + offset);
+  uint64_t n = header_text.size();
+  for (int i = 0; i < 8; ++i) contents.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
+  contents += header_text;
+  for (const auto& c : contiguous)
+    contents.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+  write_file_atomic(path, contents);
+}
+
+}  // namespace tiller

@@ -1,0 +1,25 @@
+// Attention masks and rotary positions for padded, cached and packed batches.
+#pragma once
+#include <torch/torch.h>
+
+namespace tiller {
+
+// For a padded batch (left or right padding), attention_mask: [B, T] (1 = token, 0 = pad).
+// Returns positions [B, T] int64 counting real tokens from 0 (pads get 0).
+torch::Tensor positions_from_mask(const torch::Tensor& attention_mask);
+
+// Causal mask over keys [0, S) for T queries occupying slots [S - T, S).
+// key_valid: [B, S] bool. Returns allowed: [B, 1, T, S] bool. A query always sees its own slot,
+// so no row is empty (pads attend to themselves and nothing reads their output).
+torch::Tensor causal_mask(const torch::Tensor& key_valid, int64_t num_queries);
+
+// Packed sequences: segment_ids [B, T] (>= 0 example index, -1 pad). Attention is causal within
+// one segment and never crosses segments. Returns allowed [B, 1, T, T].
+torch::Tensor segment_causal_mask(const torch::Tensor& segment_ids);
+// Positions restarting at 0 at each segment start: [B, T] int64.
+torch::Tensor positions_from_segments(const torch::Tensor& segment_ids);
+
+// Index of the last real token of each row: [B] int64 (works for left or right padding).
+torch::Tensor last_token_index(const torch::Tensor& attention_mask);
+
+}  // namespace tiller

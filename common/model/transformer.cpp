@@ -1,0 +1,241 @@
+#include "common/model/transformer.h"
+
+#include "common/model/attention_mask.h"
+#include "common/torch_compat.h"
+#include "common/util/error.h"
+
+namespace tiller {
+
+namespace F = torch::nn::functional;
+
+KVCache::KVCache(const ModelConfig& config, int64_t batch, int64_t capacity,
+                 torch::TensorOptions options) {
+  const int64_t hd = config.resolved_head_dim();
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    keys.push_back(torch::zeros({batch, config.num_key_value_heads, capacity, hd}, options));
+    values.push_back(torch::zeros({batch, config.num_key_value_heads, capacity, hd}, options));
+  }
+  key_valid = torch::zeros({batch, capacity}, options.dtype(torch::kBool));
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps(eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  auto xf = x.to(torch::kFloat);
+  auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding
+
+Rotary::Rotary(int64_t head_dim, double theta) {
+  auto exponents = torch::arange(0, head_dim, 2, torch::kFloat) / static_cast<double>(head_dim);
+  inv_freq = 1.0 / torch::pow(torch::tensor(theta, torch::kFloat), exponents);
+}
+
+std::pair<torch::Tensor, torch::Tensor> Rotary::tables(const torch::Tensor& positions) {
+  if (inv_freq.device() != positions.device()) inv_freq = inv_freq.to(positions.device());
+  auto freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, hd/2]
+  auto angles = torch::cat({freqs, freqs}, -1).unsqueeze(1);          // [B, 1, T, hd]
+  return {angles.cos(), angles.sin()};
+}
+
+namespace {
+
+torch::Tensor rotate_half(const torch::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& cos,
+                           const torch::Tensor& sin) {
+  return x * cos.to(x.scalar_type()) + rotate_half(x) * sin.to(x.scalar_type());
+}
+
+// [B, n_kv, S, hd] -> [B, n_kv * rep, S, hd], each kv head repeated for its query group.
+torch::Tensor repeat_kv(const torch::Tensor& x, int64_t rep) {
+  if (rep == 1) return x;
+  const auto b = x.size(0), h = x.size(1), s = x.size(2), d = x.size(3);
+  return x.unsqueeze(2).expand({b, h, rep, s, d}).reshape({b, h * rep, s, d});
+}
+
+torch::nn::Linear linear(int64_t in, int64_t out, bool bias) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+AttentionImpl::AttentionImpl(const ModelConfig& c)
+    : n_heads(c.num_attention_heads),
+      n_kv_heads(c.num_key_value_heads),
+      head_dim(c.resolved_head_dim()) {
+  q_proj = register_module("q_proj", linear(c.hidden_size, n_heads * head_dim, c.attention_bias));
+  k_proj = register_module("k_proj", linear(c.hidden_size, n_kv_heads * head_dim, c.attention_bias));
+  v_proj = register_module("v_proj", linear(c.hidden_size, n_kv_heads * head_dim, c.attention_bias));
+  o_proj = register_module("o_proj", linear(n_heads * head_dim, c.hidden_size, false));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                     const torch::Tensor& sin, const torch::Tensor& allowed,
+                                     KVCache* cache, int64_t layer) {
+  const int64_t batch = x.size(0), length = x.size(1);
+  auto q = q_proj(x).view({batch, length, n_heads, head_dim}).transpose(1, 2);
+  auto k = k_proj(x).view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
+  auto v = v_proj(x).view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
+  q = apply_rotary(q, cos, sin);  // [B, H, T, hd]
+  k = apply_rotary(k, cos, sin);  // [B, KV, T, hd]
+  if (cache != nullptr) {
+    const int64_t start = cache->length;
+    TORCH_CHECK(start + length <= cache->capacity(), "KV cache overflow: ", start + length, " > ",
+                cache->capacity());
+    auto& keys = cache->keys[layer];
+    auto& values = cache->values[layer];
+    keys.narrow(2, start, length).copy_(k);
+    values.narrow(2, start, length).copy_(v);
+    k = keys.narrow(2, 0, start + length);
+    v = values.narrow(2, 0, start + length);
+  }
+  const int64_t rep = n_heads / n_kv_heads;
+  auto out = compat::attention(q, repeat_kv(k, rep).to(q.scalar_type()),
+                               repeat_kv(v, rep).to(q.scalar_type()), allowed);
+  out = out.transpose(1, 2).reshape({batch, length, n_heads * head_dim});
+  return o_proj(out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// MLP and decoder layer
+
+MLPImpl::MLPImpl(int64_t dim, int64_t hidden) {
+  gate_proj = register_module("gate_proj", linear(dim, hidden, false));
+  up_proj = register_module("up_proj", linear(dim, hidden, false));
+  down_proj = register_module("down_proj", linear(hidden, dim, false));
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  return down_proj(F::silu(gate_proj(x)) * up_proj(x));
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
+  self_attn = register_module("self_attn", Attention(c));
+  mlp = register_module("mlp", MLP(c.hidden_size, c.intermediate_size));
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                        const torch::Tensor& sin, const torch::Tensor& allowed,
+                                        KVCache* cache, int64_t layer) {
+  auto h = x + self_attn(input_layernorm(x), cos, sin, allowed, cache, layer);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoder body
+
+DecoderImpl::DecoderImpl(const ModelConfig& c) : rotary(c.resolved_head_dim(), c.rope_theta) {
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    layer_list.emplace_back(c);
+    layers->push_back(layer_list.back());
+  }
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+torch::Tensor DecoderImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& positions,
+                                   const torch::Tensor& allowed, KVCache* cache) {
+  auto [cos, sin] = rotary.tables(positions);
+  auto x = embed_tokens(input_ids);  // [B, T, C]
+  for (size_t i = 0; i < layer_list.size(); ++i) {
+    x = layer_list[i]->forward(x, cos, sin, allowed, cache, static_cast<int64_t>(i));
+  }
+  if (cache != nullptr) cache->length += input_ids.size(1);
+  return norm(x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transformer with heads
+
+TransformerImpl::TransformerImpl(const ModelConfig& c) : config(c) {
+  config.validate("model config");
+  model = register_module("model", Decoder(c));
+  if (c.num_labels > 0) {
+    score = register_module("score", linear(c.hidden_size, c.num_labels, false));
+  } else if (!c.tie_word_embeddings) {
+    lm_head = register_module("lm_head", linear(c.hidden_size, c.vocab_size, false));
+  }
+}
+
+torch::Tensor TransformerImpl::hidden(const torch::Tensor& input_ids,
+                                      const torch::Tensor& positions, const torch::Tensor& allowed,
+                                      KVCache* cache) {
+  TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [B, T], got ", input_ids.sizes());
+  return model(input_ids, positions, allowed, cache);
+}
+
+torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
+  check(config.num_labels == 0, "this model has a score head, not an LM head");
+  if (lm_head) return lm_head(hidden);
+  return torch::matmul(hidden, model->embed_tokens->weight.t());
+}
+
+torch::Tensor TransformerImpl::scores(const torch::Tensor& hidden) {
+  check(static_cast<bool>(score), "this model has no score head (num_labels is 0)");
+  return score(hidden);
+}
+
+torch::Tensor TransformerImpl::forward(const torch::Tensor& input_ids,
+                                       const torch::Tensor& attention_mask) {
+  auto positions = positions_from_mask(attention_mask);
+  auto allowed = causal_mask(attention_mask.to(torch::kBool), input_ids.size(1));
+  return logits(hidden(input_ids, positions, allowed));
+}
+
+torch::Tensor TransformerImpl::sequence_scores(const torch::Tensor& input_ids,
+                                               const torch::Tensor& attention_mask) {
+  check(config.num_labels == 1, "sequence_scores needs a single-label score head");
+  auto positions = positions_from_mask(attention_mask);
+  auto allowed = causal_mask(attention_mask.to(torch::kBool), input_ids.size(1));
+  auto h = hidden(input_ids, positions, allowed);
+  auto last = last_token_index(attention_mask);  // [B]
+  auto rows = torch::arange(input_ids.size(0), last.options());
+  auto h_last = h.index({rows, last});  // [B, C]
+  return score(h_last).squeeze(-1);
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> TransformerImpl::named_weights() {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (auto& item : named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+void TransformerImpl::init_weights(uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  auto generator = compat::make_cpu_generator(seed);
+  for (auto& [name, tensor] : named_weights()) {
+    const bool is_norm = name.find("norm") != std::string::npos;
+    const bool is_bias = name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    if (is_norm) {
+      tensor.fill_(1.0);
+    } else if (is_bias) {
+      tensor.zero_();
+    } else if (name.rfind("score.", 0) == 0) {
+      tensor.copy_(torch::randn(tensor.sizes(), generator, torch::kFloat) /
+                   std::sqrt(static_cast<double>(config.hidden_size + 1)));
+    } else {
+      tensor.copy_(torch::randn(tensor.sizes(), generator, torch::kFloat) * 0.02);
+    }
+  }
+}
+
+}  // namespace tiller

@@ -1,0 +1,153 @@
+#include "common/rollout/generator.h"
+
+#include "common/model/attention_mask.h"
+#include "common/torch_compat.h"
+#include "common/util/error.h"
+
+namespace tiller {
+
+void SamplingOptions::validate() const {
+  check(max_new_tokens >= 1, "max_new_tokens must be at least 1, got " + std::to_string(max_new_tokens));
+  check(temperature >= 0, "temperature must be >= 0, got " + std::to_string(temperature));
+  check(top_k >= 0, "top_k must be >= 0, got " + std::to_string(top_k));
+  check(top_p > 0 && top_p <= 1, "top_p must be in (0, 1], got " + std::to_string(top_p));
+}
+
+std::vector<int64_t> GenerationBatch::response(int64_t row) const {
+  std::vector<int64_t> out;
+  auto ids = response_ids[row];
+  auto mask = response_mask[row];
+  for (int64_t t = 0; t < ids.size(0); ++t)
+    if (mask[t].item<bool>()) out.push_back(ids[t].item<int64_t>());
+  return out;
+}
+
+torch::Tensor GenerationBatch::sequence_ids() const { return torch::cat({prompt_ids, response_ids}, 1); }
+torch::Tensor GenerationBatch::sequence_mask() const {
+  return torch::cat({prompt_mask, response_mask}, 1);
+}
+
+namespace {
+
+double effective_temperature(double temperature) { return temperature > 0 ? temperature : 1.0; }
+
+// logits: [B, V] float. Returns the next token per row: [B] int64.
+torch::Tensor sample(const torch::Tensor& logits, const SamplingOptions& o, at::Generator& gen) {
+  if (o.temperature == 0) return logits.argmax(-1);
+  auto scaled = logits / o.temperature;
+  const int64_t vocab = scaled.size(-1);
+  if (o.top_k > 0 && o.top_k < vocab) {
+    auto kth = std::get<0>(scaled.topk(o.top_k, -1)).narrow(-1, o.top_k - 1, 1);  // [B, 1]
+    scaled = scaled.masked_fill(scaled < kth, -std::numeric_limits<float>::infinity());
+  }
+  auto probs = torch::softmax(scaled, -1);
+  torch::Tensor order;
+  if (o.top_p < 1.0) {
+    auto [sorted, idx] = probs.sort(-1, /*descending=*/true);
+    // Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+    auto before = sorted.cumsum(-1) - sorted;
+    sorted = sorted.masked_fill(before >= o.top_p, 0.0);
+    probs = torch::zeros_like(probs).scatter(-1, idx, sorted);
+  }
+  // Inverse-CDF sampling with one uniform per row (no multinomial: it is slow and unseeded here).
+  auto cdf = probs.cumsum(-1);
+  auto total = cdf.narrow(-1, vocab - 1, 1);
+  auto u = torch::rand({probs.size(0), 1}, gen, probs.options()) * total;
+  auto token = (cdf <= u).sum(-1).clamp_max(vocab - 1);
+  // Never pick a zero-probability token through rounding at the end of the CDF.
+  auto picked_prob = probs.gather(-1, token.unsqueeze(-1)).squeeze(-1);
+  return torch::where(picked_prob > 0, token, probs.argmax(-1));
+}
+
+}  // namespace
+
+GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<int64_t>>& prompts,
+                         const SamplingOptions& o) {
+  o.validate();
+  check(!prompts.empty(), "generate: no prompts");
+  check(model.config.num_labels == 0, "generate: the model has a score head, not an LM head");
+  torch::NoGradGuard no_grad;
+  const int64_t batch = static_cast<int64_t>(prompts.size());
+  int64_t prompt_len = 0;
+  for (const auto& p : prompts) {
+    check(!p.empty(), "generate: a prompt is empty (add BOS at least)");
+    for (int64_t id : p)
+      check(id >= 0 && id < model.config.vocab_size,
+            "generate: token id " + std::to_string(id) + " is outside the vocabulary");
+    prompt_len = std::max<int64_t>(prompt_len, static_cast<int64_t>(p.size()));
+  }
+  const int64_t capacity = prompt_len + o.max_new_tokens;
+  check(capacity <= model.config.max_position_embeddings,
+        "generate: prompt (" + std::to_string(prompt_len) + " tokens) + max_new_tokens (" +
+            std::to_string(o.max_new_tokens) + ") exceeds the model's context of " +
+            std::to_string(model.config.max_position_embeddings));
+
+  auto param = model.parameters().front();
+  GenerationBatch out;
+  out.prompt_ids = torch::full({batch, prompt_len}, o.pad_id, torch::kLong);
+  out.prompt_mask = torch::zeros({batch, prompt_len}, torch::kBool);
+  for (int64_t b = 0; b < batch; ++b) {
+    const auto& p = prompts[b];
+    const int64_t offset = prompt_len - static_cast<int64_t>(p.size());
+    for (size_t i = 0; i < p.size(); ++i) {
+      out.prompt_ids[b][offset + static_cast<int64_t>(i)] = p[i];
+      out.prompt_mask[b][offset + static_cast<int64_t>(i)] = true;
+    }
+  }
+  out.prompt_ids = out.prompt_ids.to(param.device());
+  out.prompt_mask = out.prompt_mask.to(param.device());
+
+  KVCache cache(model.config, batch, capacity, param.options());
+  cache.key_valid.narrow(1, 0, prompt_len).copy_(out.prompt_mask);
+  auto gen = compat::make_cpu_generator(o.seed);
+  const double temperature = effective_temperature(o.temperature);
+
+  // Prefill: the whole prompt at once; keep the logits of each row's last slot.
+  auto positions = positions_from_mask(out.prompt_mask);
+  auto next_position = out.prompt_mask.to(torch::kLong).sum(1);  // [B]
+  auto hidden = model.hidden(out.prompt_ids, positions,
+                             causal_mask(cache.key_valid.narrow(1, 0, prompt_len), prompt_len), &cache);
+  auto logits = model.logits(hidden.narrow(1, prompt_len - 1, 1)).squeeze(1).to(torch::kFloat);
+
+  std::vector<torch::Tensor> tokens, logprobs, masks;
+  auto alive = torch::ones({batch}, torch::dtype(torch::kBool).device(param.device()));
+  for (int64_t step = 0; step < o.max_new_tokens; ++step) {
+    auto token = sample(logits.cpu(), o, gen).to(param.device());
+    auto logp = torch::log_softmax(logits / temperature, -1).gather(-1, token.unsqueeze(-1)).squeeze(-1);
+    token = torch::where(alive, token, torch::full_like(token, o.pad_id));
+    tokens.push_back(token);
+    masks.push_back(alive.clone());
+    logprobs.push_back(torch::where(alive, logp, torch::zeros_like(logp)));
+    if (o.stop_at_eos) alive = alive.logical_and(token.ne(o.eos_id));
+    if (!alive.any().item<bool>() || step + 1 == o.max_new_tokens) break;
+
+    // Decode one: the new token at the next slot, attending to every valid slot before it.
+    cache.key_valid.narrow(1, cache.length, 1).fill_(true);
+    auto allowed = causal_mask(cache.key_valid.narrow(1, 0, cache.length + 1), 1);
+    hidden = model.hidden(token.unsqueeze(1), next_position.unsqueeze(1), allowed, &cache);
+    next_position = next_position + 1;
+    logits = model.logits(hidden).squeeze(1).to(torch::kFloat);
+  }
+  out.response_ids = torch::stack(tokens, 1);
+  out.response_mask = torch::stack(masks, 1);
+  out.logprobs = torch::stack(logprobs, 1);
+  auto is_eos = out.response_ids.eq(o.eos_id).logical_and(out.response_mask);
+  out.ended_with_eos = is_eos.any(1);
+  return out;
+}
+
+torch::Tensor response_logprobs(TransformerImpl& model, const GenerationBatch& batch,
+                                double temperature) {
+  const int64_t prompt_len = batch.prompt_ids.size(1), response_len = batch.response_ids.size(1);
+  auto ids = batch.sequence_ids();
+  auto mask = batch.sequence_mask();
+  auto logits = model.forward(ids, mask).to(torch::kFloat);  // [B, P + R, V]
+  // The token at slot P + t is predicted by the logits at slot P + t - 1.
+  auto predicting = logits.narrow(1, prompt_len - 1, response_len) / effective_temperature(temperature);
+  auto logp = torch::log_softmax(predicting, -1)
+                  .gather(-1, batch.response_ids.unsqueeze(-1))
+                  .squeeze(-1);
+  return torch::where(batch.response_mask, logp, torch::zeros_like(logp));
+}
+
+}  // namespace tiller

@@ -1,0 +1,54 @@
+// Generator: batched sampling with a preallocated KV cache (prefill, then decode one token at a
+// time), on the very module it is given. PPO's rollouts come from here.
+#pragma once
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "common/model/transformer.h"
+
+namespace tiller {
+
+struct SamplingOptions {
+  int64_t max_new_tokens = 64;
+  double temperature = 1.0;  // 0: greedy (log-probs then use temperature 1)
+  int64_t top_k = 0;         // 0: no top-k filter
+  double top_p = 1.0;        // 1: no nucleus filter
+  uint64_t seed = 0;
+  int64_t eos_id = 2;
+  int64_t pad_id = 0;        // fills prompt padding and the tail after a row's EOS
+  bool stop_at_eos = true;
+
+  void validate() const;  // throws tiller::Error on out-of-range values
+};
+
+// Prompts left-padded to a common length, followed by generated responses.
+struct GenerationBatch {
+  torch::Tensor prompt_ids;      // [B, P] int64, left-padded with pad_id
+  torch::Tensor prompt_mask;     // [B, P] bool, true on real prompt tokens
+  torch::Tensor response_ids;    // [B, R] int64, pad_id after a row's EOS
+  torch::Tensor response_mask;   // [B, R] bool, true on generated tokens (EOS included)
+  torch::Tensor logprobs;        // [B, R] float, log p(token) under the temperature-scaled
+                                 // distribution before top-k/top-p; 0 where response_mask is false
+  torch::Tensor ended_with_eos;  // [B] bool
+
+  int64_t batch() const { return prompt_ids.size(0); }
+  // Row b's generated tokens (EOS included when it was produced).
+  std::vector<int64_t> response(int64_t row) const;
+  // Prompt and response concatenated, [B, P + R], with the matching attention mask.
+  torch::Tensor sequence_ids() const;
+  torch::Tensor sequence_mask() const;
+};
+
+// Generates from each prompt (token ids, BOS included if wanted). The model is used as is, in
+// no-grad mode; it must be a causal LM. Prompts may differ in length.
+GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<int64_t>>& prompts,
+                         const SamplingOptions& options);
+
+// Log-probabilities of the response tokens under one full forward pass over prompt + response,
+// with logits divided by `temperature` (1 when it is 0): [B, R], 0 where the mask is false.
+// The reference against which the generator's log-probs are checked, and PPO's scorer.
+torch::Tensor response_logprobs(TransformerImpl& model, const GenerationBatch& batch,
+                                double temperature);
+
+}  // namespace tiller

@@ -1,0 +1,95 @@
+// libtiller_spm.so: SentencePiece behind a C interface (see sentencepiece_api.h for why).
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "common/tokenizer/module/sentencepiece_api.h"
+
+namespace {
+
+char* copy_string(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out == nullptr) return nullptr;
+  std::memcpy(out, s.data(), s.size());
+  out[s.size()] = '\0';
+  return out;
+}
+
+sentencepiece::SentencePieceProcessor* processor(void* handle) {
+  return static_cast<sentencepiece::SentencePieceProcessor*>(handle);
+}
+
+}  // namespace
+
+extern "C" {
+
+void* tspm_load(const char* bytes, size_t size, char** error) {
+  auto* sp = new sentencepiece::SentencePieceProcessor();
+  auto status = sp->LoadFromSerializedProto(std::string(bytes, size));
+  if (!status.ok()) {
+    *error = copy_string(status.ToString());
+    delete sp;
+    return nullptr;
+  }
+  return sp;
+}
+
+void tspm_unload(void* handle) { delete processor(handle); }
+void tspm_free(void* buffer) { std::free(buffer); }
+
+int tspm_encode(void* handle, const char* text, size_t size, int32_t** ids, size_t* count,
+                char** error) {
+  std::vector<int> out;
+  auto status = processor(handle)->Encode(std::string(text, size), &out);
+  if (!status.ok()) {
+    *error = copy_string(status.ToString());
+    return -1;
+  }
+  *count = out.size();
+  *ids = static_cast<int32_t*>(std::malloc(sizeof(int32_t) * (out.empty() ? 1 : out.size())));
+  for (size_t i = 0; i < out.size(); ++i) (*ids)[i] = out[i];
+  return 0;
+}
+
+int tspm_decode(void* handle, const int32_t* ids, size_t count, char** text, size_t* size,
+                char** error) {
+  std::vector<int> in(ids, ids + count);
+  std::string out;
+  auto status = processor(handle)->Decode(in, &out);
+  if (!status.ok()) {
+    *error = copy_string(status.ToString());
+    return -1;
+  }
+  *size = out.size();
+  *text = copy_string(out);
+  return 0;
+}
+
+char* tspm_id_to_piece(void* handle, int32_t id) {
+  return copy_string(processor(handle)->IdToPiece(id));
+}
+
+int32_t tspm_property(void* handle, int which) {
+  auto* sp = processor(handle);
+  switch (which) {
+    case 0: return sp->GetPieceSize();
+    case 1: return sp->bos_id();
+    case 2: return sp->eos_id();
+    case 3: return sp->pad_id();
+    case 4: return sp->unk_id();
+    default: return -1;
+  }
+}
+
+int tspm_train(const char* flags, char** error) {
+  auto status = sentencepiece::SentencePieceTrainer::Train(flags);
+  if (!status.ok()) {
+    *error = copy_string(status.ToString());
+    return -1;
+  }
+  return 0;
+}
+}

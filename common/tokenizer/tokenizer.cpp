@@ -1,0 +1,209 @@
+#include "common/tokenizer/tokenizer.h"
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+
+#include "common/model/model_config.h"
+#include "common/tokenizer/module/sentencepiece_api.h"
+#include "common/util/error.h"
+#include "tiller_build_paths.h"
+#include "common/util/files.h"
+
+namespace tiller {
+
+namespace {
+
+// The functions of libtiller_spm.so, resolved once.
+struct SentencePieceModule {
+  decltype(&tspm_load) load;
+  decltype(&tspm_unload) unload;
+  decltype(&tspm_free) free;
+  decltype(&tspm_encode) encode;
+  decltype(&tspm_decode) decode;
+  decltype(&tspm_id_to_piece) id_to_piece;
+  decltype(&tspm_property) property;
+  decltype(&tspm_train) train;
+};
+
+std::string module_path() {
+  if (const char* env = std::getenv("TILLER_SPM_MODULE")) return env;
+  // Next to the running executable (build tree or installed bin/), else where CMake built it.
+  char exe[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n > 0) {
+    exe[n] = '\0';
+    auto beside = std::filesystem::path(exe).parent_path() / "libtiller_spm.so";
+    if (std::filesystem::exists(beside)) return beside.string();
+  }
+  return TILLER_SPM_MODULE_PATH;
+}
+
+template <typename T>
+void resolve(void* lib, const char* name, T& out, const std::string& path) {
+  out = reinterpret_cast<T>(::dlsym(lib, name));
+  check(out != nullptr, path + ": missing symbol " + name);
+}
+
+const SentencePieceModule& module() {
+  static SentencePieceModule m{};
+  static std::once_flag once;
+  static std::string failure;
+  std::call_once(once, [] {
+    const std::string path = module_path();
+    // DEEPBIND keeps SentencePiece on its own embedded protobuf (see sentencepiece_api.h).
+    void* lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    if (lib == nullptr) {
+      failure = std::string("cannot load the SentencePiece module: ") + ::dlerror();
+      return;
+    }
+    try {
+      resolve(lib, "tspm_load", m.load, path);
+      resolve(lib, "tspm_unload", m.unload, path);
+      resolve(lib, "tspm_free", m.free, path);
+      resolve(lib, "tspm_encode", m.encode, path);
+      resolve(lib, "tspm_decode", m.decode, path);
+      resolve(lib, "tspm_id_to_piece", m.id_to_piece, path);
+      resolve(lib, "tspm_property", m.property, path);
+      resolve(lib, "tspm_train", m.train, path);
+    } catch (const Error& e) {
+      failure = e.what();
+    }
+  });
+  check(failure.empty(), failure);
+  return m;
+}
+
+// Takes ownership of a malloc'ed message from the module.
+std::string take_message(char* message) {
+  std::string out = message ? message : "unknown error";
+  if (message) module().free(message);
+  return out;
+}
+
+}  // namespace
+
+Tokenizer::Tokenizer(const std::string& path) : path_(path) {
+  check(path_exists(path), "tokenizer " + path + " does not exist");
+  const std::string bytes = read_file(path);
+  check(!bytes.empty(), path + ": empty file, not a SentencePiece model");
+  char* error = nullptr;
+  handle_ = module().load(bytes.data(), bytes.size(), &error);
+  check(handle_ != nullptr, path + ": not a SentencePiece model (" + take_message(error) + ")");
+  vocab_size_ = module().property(handle_, 0);
+  bos_id_ = module().property(handle_, 1);
+  eos_id_ = module().property(handle_, 2);
+  pad_id_ = module().property(handle_, 3);
+  if (vocab_size_ <= 0) {
+    module().unload(handle_);
+    handle_ = nullptr;
+    throw Error(path + ": SentencePiece model has no pieces");
+  }
+}
+
+Tokenizer::~Tokenizer() {
+  if (handle_ != nullptr) module().unload(handle_);
+}
+
+Tokenizer::Tokenizer(Tokenizer&& other) noexcept { *this = std::move(other); }
+
+Tokenizer& Tokenizer::operator=(Tokenizer&& other) noexcept {
+  if (this == &other) return *this;
+  if (handle_ != nullptr) module().unload(handle_);
+  path_ = std::move(other.path_);
+  handle_ = other.handle_;
+  other.handle_ = nullptr;
+  vocab_size_ = other.vocab_size_;
+  bos_id_ = other.bos_id_;
+  eos_id_ = other.eos_id_;
+  pad_id_ = other.pad_id_;
+  return *this;
+}
+
+std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_bos, bool add_eos) const {
+  int32_t* ids = nullptr;
+  size_t count = 0;
+  char* error = nullptr;
+  check(module().encode(handle_, text.data(), text.size(), &ids, &count, &error) == 0,
+        "tokenizer " + path_ + ": cannot encode text (" + take_message(error) + ")");
+  std::vector<int64_t> out;
+  out.reserve(count + 2);
+  if (add_bos) out.push_back(bos_id());
+  out.insert(out.end(), ids, ids + count);
+  module().free(ids);
+  if (add_eos) out.push_back(eos_id());
+  return out;
+}
+
+std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
+  std::vector<int32_t> narrow;
+  narrow.reserve(ids.size());
+  for (int64_t id : ids) {
+    check(id >= 0 && id < vocab_size_, "tokenizer: id " + std::to_string(id) +
+                                           " is outside the vocabulary of " +
+                                           std::to_string(vocab_size_));
+    narrow.push_back(static_cast<int32_t>(id));
+  }
+  char* text = nullptr;
+  size_t size = 0;
+  char* error = nullptr;
+  check(module().decode(handle_, narrow.data(), narrow.size(), &text, &size, &error) == 0,
+        "tokenizer " + path_ + ": cannot decode (" + take_message(error) + ")");
+  std::string out(text, size);
+  module().free(text);
+  return out;
+}
+
+std::string Tokenizer::piece(int64_t id) const {
+  check(id >= 0 && id < vocab_size_, "tokenizer: id " + std::to_string(id) + " out of range");
+  char* piece = module().id_to_piece(handle_, static_cast<int32_t>(id));
+  std::string out = piece ? piece : "";
+  module().free(piece);
+  return out;
+}
+
+int64_t Tokenizer::vocab_size() const { return vocab_size_; }
+int64_t Tokenizer::bos_id() const { return bos_id_; }
+int64_t Tokenizer::eos_id() const { return eos_id_; }
+int64_t Tokenizer::pad_id() const { return pad_id_ >= 0 ? pad_id_ : eos_id_; }
+
+void Tokenizer::check_matches(const ModelConfig& config, const std::string& model_where) const {
+  check(vocab_size() == config.vocab_size,
+        "vocabulary mismatch: tokenizer " + path_ + " has " + std::to_string(vocab_size()) +
+            " pieces but model " + model_where + " has vocab_size " +
+            std::to_string(config.vocab_size) + " (wrong tokenizer for this model?)");
+  check(eos_id() >= 0, "tokenizer " + path_ + " defines no EOS piece");
+}
+
+void train_tokenizer(const std::string& input, int64_t vocab_size, const std::string& out_dir,
+                     uint64_t max_sentences) {
+  check(path_exists(input) && !is_directory(input),
+        "tokenizer training input " + input + " does not exist");
+  check(vocab_size >= 260 && vocab_size <= 1000000,
+        "tokenizer vocab size must be in [260, 1000000] (byte fallback needs 256 + 4), got " +
+            std::to_string(vocab_size));
+  check(input.find(' ') == std::string::npos && out_dir.find(' ') == std::string::npos,
+        "tokenizer training: paths may not contain spaces (SentencePiece's flag syntax)");
+  make_directories(out_dir);
+  const std::string prefix = out_dir + "/tokenizer";
+  // Llama's conventions: unk=0, bos=1, eos=2, no pad piece, byte fallback, digits split.
+  const std::string flags = "--input=" + input + " --model_prefix=" + prefix +
+                            " --vocab_size=" + std::to_string(vocab_size) +
+                            " --model_type=bpe --character_coverage=1.0 --byte_fallback=true"
+                            " --split_digits=true --allow_whitespace_only_pieces=true"
+                            " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1"
+                            " --normalization_rule_name=identity --remove_extra_whitespaces=false"
+                            " --input_sentence_size=" +
+                            std::to_string(max_sentences) +
+                            " --shuffle_input_sentence=true --minloglevel=2 --num_threads=2";
+  char* error = nullptr;
+  check(module().train(flags.c_str(), &error) == 0,
+        "tokenizer training failed: " + take_message(error));
+  remove_all(prefix + ".vocab");
+}
+
+}  // namespace tiller

@@ -1,0 +1,44 @@
+// Tokenizer: a SentencePiece model (tokenizer.model) with its BOS/EOS/PAD ids.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tiller {
+
+struct ModelConfig;
+
+class Tokenizer {
+ public:
+  // Loads a SentencePiece model file; throws tiller::Error naming the path when it cannot.
+  explicit Tokenizer(const std::string& path);
+  ~Tokenizer();
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+
+  std::vector<int64_t> encode(const std::string& text, bool add_bos = false,
+                              bool add_eos = false) const;
+  std::string decode(const std::vector<int64_t>& ids) const;
+  std::string piece(int64_t id) const;
+
+  int64_t vocab_size() const;
+  int64_t bos_id() const;
+  int64_t eos_id() const;
+  // The pad id: SentencePiece's own if the model defines one, else EOS (as for Llama).
+  int64_t pad_id() const;
+  const std::string& path() const { return path_; }
+
+  // Throws tiller::Error when this vocabulary does not fit the model's embedding.
+  void check_matches(const ModelConfig& config, const std::string& model_where) const;
+
+ private:
+  std::string path_;
+  void* handle_ = nullptr;  // a SentencePieceProcessor inside libtiller_spm.so
+  int64_t vocab_size_ = 0, bos_id_ = -1, eos_id_ = -1, pad_id_ = -1;
+};
+
+// Trains a SentencePiece BPE model with byte fallback on a text file; writes DIR/tokenizer.model.
+void train_tokenizer(const std::string& input, int64_t vocab_size, const std::string& out_dir,
+                     uint64_t seed_sentences = 2000000);
+
+}  // namespace tiller

@@ -1,0 +1,39 @@
+#include "common/util/runtime.h"
+
+#include <malloc.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+namespace tiller {
+
+void tune_allocator() {
+  // Both must be raised: either alone left the page faults in place (see DESIGN.md).
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
+void set_threads(int threads) {
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  torch::set_num_threads(threads);
+}
+
+void warn_if_slow_blas() {
+  torch::NoGradGuard no_grad;
+  auto a = torch::randn({1024, 1024});
+  auto b = torch::randn({1024, 1024});
+  torch::mm(a, b);  // warm-up
+  auto start = std::chrono::steady_clock::now();
+  torch::mm(a, b);
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  if (ms > 50.0) {
+    std::fprintf(stderr,
+                 "tiller: warning: a 1024x1024 matmul took %.0f ms: the BLAS in use looks like the "
+                 "reference one; install libopenblas0-openmp (scripts/setup.sh does)\n",
+                 ms);
+  }
+}
+
+}  // namespace tiller
