@@ -12,6 +12,8 @@
 #include "bench/bench.h"
 #include "common/io/hf_dir.h"
 #include "common/io/llama2c.h"
+#include "common/recipe/recipe.h"
+#include "common/recipe/stage_io.h"
 #include "common/rollout/generator.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/torch_compat.h"
@@ -19,6 +21,7 @@
 #include "tiller_build_paths.h"
 #include "common/util/files.h"
 #include "common/util/runtime.h"
+#include "sft/sft_stage.h"
 
 using namespace tiller;
 
@@ -60,6 +63,7 @@ void run_convert(const ConvertArgs& a) {
 
 struct GenerateArgs {
   std::string model, tokenizer, prompt, prompts_file, out_file;
+  bool has_prompt = false;  // --prompt given, maybe as "" (BOS alone: unconditional generation)
   SamplingOptions sampling;
   bool no_bos = false;
 };
@@ -69,6 +73,17 @@ std::string completion_text(const Tokenizer& tok, const std::vector<int64_t>& re
   for (int64_t id : response)
     if (id != eos) ids.push_back(id);
   return tok.decode(ids);
+}
+
+// The text the response adds to the prompt. Decoding the response alone would drop the space of
+// its first piece ("▁and" -> "and"), as SentencePiece strips a leading space from what it decodes.
+std::string continuation_text(const Tokenizer& tok, const std::vector<int64_t>& prompt,
+                              const std::vector<int64_t>& response, int64_t eos) {
+  std::vector<int64_t> all = prompt;
+  all.insert(all.end(), response.begin(), response.end());
+  const std::string head = tok.decode(prompt), full = completion_text(tok, all, eos);
+  if (full.compare(0, head.size(), head) == 0) return full.substr(head.size());
+  return completion_text(tok, response, eos);
 }
 
 // Reads {"prompt": "..."} lines; errors name file and line.
@@ -97,7 +112,7 @@ std::vector<std::string> read_prompt_lines(const std::string& path) {
 
 void run_generate(GenerateArgs a) {
   check(!a.model.empty(), "generate: --model is required");
-  check(a.prompt.empty() != a.prompts_file.empty(), "generate: give --prompt or --prompts, not both");
+  check(a.has_prompt == a.prompts_file.empty(), "generate: give one of --prompt and --prompts");
   check(a.prompts_file.empty() || !a.out_file.empty(), "generate: --prompts needs --out");
   Transformer model = load_hf_model(a.model);
   Tokenizer tok(a.tokenizer.empty() ? tokenizer_path_in(a.model) : a.tokenizer);
@@ -121,7 +136,7 @@ void run_generate(GenerateArgs a) {
   for (int64_t b = 0; b < batch.batch(); ++b) {
     auto response = batch.response(b);
     nlohmann::json j = {{"prompt", texts[b]},
-                        {"completion", completion_text(tok, response, tok.eos_id())},
+                        {"completion", continuation_text(tok, prompts[b], response, tok.eos_id())},
                         {"tokens", response},
                         {"finished", batch.ended_with_eos[b].item<bool>()}};
     out += j.dump() + "\n";
@@ -170,21 +185,93 @@ std::vector<int64_t> parse_int_list(const std::string& text, const char* flag) {
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// recipes: run, sft, pretrain
+
+struct RecipeArgs {
+  std::string path;
+  std::vector<std::string> overrides;
+  bool check_only = false;
+  std::string only, from;
+};
+
+struct ParsedRecipe {
+  Recipe recipe;
+  std::vector<SftStageConfig> sft_stages;  // pretrain and sft, in recipe order
+};
+
+// Loads the recipe and parses every stage; all mistakes are reported together.
+ParsedRecipe parse_recipe(const RecipeArgs& a) {
+  ConfigErrors errors;
+  ParsedRecipe parsed{load_recipe(a.path, a.overrides, errors), {}};
+  for (const auto& stage : parsed.recipe.stages) {
+    if (stage.type == "pretrain" || stage.type == "sft") {
+      parsed.sft_stages.push_back(parse_sft_stage(stage, errors));
+    } else if (stage.type == "reward" || stage.type == "rlhf") {
+      errors.add(stage.path + ".type", "stage type '" + stage.type + "' is not implemented yet");
+    }
+  }
+  errors.throw_if_any(a.path);
+  return parsed;
+}
+
+const SftStageConfig& stage_named(const ParsedRecipe& parsed, const std::string& name) {
+  for (const auto& s : parsed.sft_stages)
+    if (s.name == name) return s;
+  throw Error(parsed.recipe.source + ": no stage named '" + name + "'");
+}
+
+void run_stage(const ParsedRecipe& parsed, const std::string& name) {
+  if (stage_complete(parsed.recipe, name)) {
+    std::printf("[%s] already complete (%s); skipped\n", name.c_str(),
+                stage_output_dir(parsed.recipe, name).c_str());
+    return;
+  }
+  run_sft_stage(parsed.recipe, stage_named(parsed, name));
+}
+
+int run_recipe(const RecipeArgs& a, const std::string& only_type) {
+  ParsedRecipe parsed = parse_recipe(a);
+  if (a.check_only) {
+    std::printf("%s: OK (%zu stages)\n", a.path.c_str(), parsed.recipe.stages.size());
+    return 0;
+  }
+  set_threads(parsed.recipe.run.threads);
+  warn_if_slow_blas();
+  save_resolved_recipe(parsed.recipe);
+  if (!only_type.empty()) {
+    run_stage(parsed, only_stage_of_type(parsed.recipe, only_type).name);
+    return 0;
+  }
+  bool started = a.from.empty();
+  for (const auto& stage : parsed.recipe.stages) {
+    started = started || stage.name == a.from;
+    if (!started || (!a.only.empty() && stage.name != a.only)) continue;
+    run_stage(parsed, stage.name);
+  }
+  check(started, "--from: no stage named '" + a.from + "'");
+  return 0;
+}
+
 // Prints a user error as one line; returns the exit code.
-int report(const std::string& message) {
-  std::string line = message.substr(0, message.find('\n'));
-  std::fprintf(stderr, "tiller: error: %s\n", line.c_str());
+// A recipe's mistakes come one per line; anything else is cut to its first line.
+int report(const std::string& message, bool multi_line = false) {
+  const std::string shown = multi_line ? message : message.substr(0, message.find('\n'));
+  std::fprintf(stderr, "tiller: error: %s\n", shown.c_str());
   return 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  ensure_passive_omp_wait(argv);
   tune_allocator();
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress lines reach a log file as they happen
   CLI::App app{"tiller: instruction SFT, reward models and PPO-based RLHF on LibTorch"};
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "intra-op threads (default: all cores)");
+  app.add_option("--threads", threads, "intra-op threads (0, the default: all cores)")
+      ->check(CLI::Range(0, 1024));
 
   auto* version = app.add_subcommand("version", "print the version and the LibTorch in use");
 
@@ -202,7 +289,9 @@ int main(int argc, char** argv) {
   auto* gen_cmd = app.add_subcommand("generate", "sample completions from a model directory");
   gen_cmd->add_option("--model", gen.model, "HF model directory")->required();
   gen_cmd->add_option("--tokenizer", gen.tokenizer, "tokenizer.model (default: MODEL/tokenizer.model)");
-  gen_cmd->add_option("--prompt", gen.prompt, "prompt text");
+  gen_cmd->add_option("--prompt", gen.prompt, "prompt text")->each([&gen](const std::string&) {
+    gen.has_prompt = true;
+  });
   gen_cmd->add_option("--prompts", gen.prompts_file, "JSONL file of {\"prompt\": ...} lines");
   gen_cmd->add_option("--out", gen.out_file, "JSONL output for --prompts");
   gen_cmd->add_option("--max-new-tokens", gen.sampling.max_new_tokens)->capture_default_str();
@@ -243,16 +332,41 @@ int main(int argc, char** argv) {
   decode_cmd->add_option("--repeats", decode.repeats)->capture_default_str();
   decode_cmd->add_flag("--json", decode.json, "print JSON instead of a table");
 
+  RecipeArgs recipe_args;
+  auto add_recipe_command = [&](const char* name, const char* help) {
+    auto* cmd = app.add_subcommand(name, help);
+    cmd->add_option("recipe", recipe_args.path, "recipe JSON file")->required();
+    cmd->add_option("overrides", recipe_args.overrides, "key.sub=value overrides");
+    cmd->add_flag("--check", recipe_args.check_only, "validate the recipe and exit");
+    return cmd;
+  };
+  auto* run_cmd = add_recipe_command("run", "run every stage of a recipe (finished stages are skipped)");
+  run_cmd->add_option("--only", recipe_args.only, "run only this stage");
+  run_cmd->add_option("--from", recipe_args.from, "start at this stage");
+  auto* sft_cmd = add_recipe_command("sft", "run the recipe's sft stage");
+  auto* pretrain_cmd = add_recipe_command("pretrain", "run the recipe's pretrain stage");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    // CLI11 reports a missing subcommand before an unexpected word: name the word instead.
+    const auto extra = app.remaining(true);
+    if (!extra.empty() && std::string(e.what()).find("subcommand is required") != std::string::npos)
+      return report((extra[0][0] == '-' ? "unknown flag '" : "unknown subcommand '") + extra[0] +
+                    "' (see --help)");
     return report(e.what() + std::string(" (see --help)"));
   }
 
   try {
     set_threads(threads);
-    if (*version) {
+    if (*run_cmd) {
+      return run_recipe(recipe_args, "");
+    } else if (*sft_cmd) {
+      return run_recipe(recipe_args, "sft");
+    } else if (*pretrain_cmd) {
+      return run_recipe(recipe_args, "pretrain");
+    } else if (*version) {
       std::printf("tiller %s (LibTorch %s%s)\n", TILLER_VERSION, compat::torch_version().c_str(),
                   compat::cuda_available() ? ", CUDA" : ", CPU");
     } else if (*convert_cmd) {
@@ -271,7 +385,7 @@ int main(int argc, char** argv) {
       bench::run_decode(decode);
     }
   } catch (const Error& e) {
-    return report(e.what());
+    return report(e.what(), /*multi_line=*/true);
   } catch (const c10::Error& e) {
     return report(e.what_without_backtrace());
   } catch (const std::exception& e) {

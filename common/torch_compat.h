@@ -1,8 +1,8 @@
 // Every LibTorch call whose spelling differs between 1.13 (Debian) and 2.x (CUDA builds).
 #pragma once
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 #include <torch/version.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <cstdint>
 #include <string>
@@ -38,6 +38,66 @@ inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k,
 #endif
 }
 
-inline bool cuda_available() { return torch::cuda::is_available(); }
+inline bool cuda_available() {
+  return torch::cuda::is_available();
+}
+
+}  // namespace tiller::compat
+
+#include <ATen/autocast_mode.h>
+
+namespace tiller::compat {
+
+// Enables bf16 autocast for `device` while alive (fp32 master weights stay as they are).
+class AutocastGuard {
+ public:
+  AutocastGuard(bool enabled, const torch::Device& device)
+      : enabled_(enabled), cuda_(device.is_cuda()) {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    const auto type = cuda_ ? at::kCUDA : at::kCPU;
+    previous_ = at::autocast::is_autocast_enabled(type);
+    at::autocast::set_autocast_dtype(type, at::kBFloat16);
+    at::autocast::set_autocast_enabled(type, true);
+#else
+    if (cuda_) {
+      previous_ = at::autocast::is_enabled();
+      at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+      at::autocast::set_enabled(true);
+    } else {
+      previous_ = at::autocast::is_cpu_enabled();
+      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+      at::autocast::set_cpu_enabled(true);
+    }
+#endif
+    at::autocast::increment_nesting();
+  }
+  ~AutocastGuard() {
+    if (!enabled_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(cuda_ ? at::kCUDA : at::kCPU, previous_);
+#else
+    if (cuda_)
+      at::autocast::set_enabled(previous_);
+    else
+      at::autocast::set_cpu_enabled(previous_);
+#endif
+  }
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+
+ private:
+  bool enabled_, cuda_, previous_ = false;
+};
+
+// Whether autocast is on for CPU in this thread (used to replay it in recomputation).
+inline bool cpu_autocast_enabled() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  return at::autocast::is_autocast_enabled(at::kCPU);
+#else
+  return at::autocast::is_cpu_enabled();
+#endif
+}
 
 }  // namespace tiller::compat

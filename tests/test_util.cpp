@@ -1,5 +1,6 @@
 #include "tests/test_util.h"
 
+#include "common/util/error.h"
 #include "tiller_build_paths.h"
 
 #include <unistd.h>
@@ -51,6 +52,17 @@ int run_command(const std::string& command, std::string* output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-std::string tiller_binary() { return TILLER_BINARY; }
+std::string tiller_binary() {
+  return TILLER_BINARY;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 }  // namespace tiller::test

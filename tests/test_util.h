@@ -2,6 +2,7 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <string>
 
 namespace tiller::test {
@@ -16,11 +17,13 @@ std::string temp_dir(const std::string& name);
 int run_command(const std::string& command, std::string* output);
 // The tiller binary built alongside the tests.
 std::string tiller_binary();
+// The message of the tiller::Error that f throws, or "" when it throws none.
+std::string error_of(const std::function<void()>& f);
 
 }  // namespace tiller::test
 
-#define TILLER_REQUIRE_SHARED(var, relative)                                                 \
-  const std::string var = ::tiller::test::shared_file(relative);                          \
-  if (var.empty())                                                                           \
-    GTEST_SKIP() << "skipped: " << relative << " not found under ../shared/data (the shared " \
-                 << "third-party data is absent)"
+#define TILLER_REQUIRE_SHARED(var, relative)                                                \
+  const std::string var = ::tiller::test::shared_file(relative);                            \
+  if (var.empty())                                                                          \
+  GTEST_SKIP() << "skipped: " << relative << " not found under ../shared/data (the shared " \
+               << "third-party data is absent)"

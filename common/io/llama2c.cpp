@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include <functional>
+#include <limits>
 
 #include "common/io/hf_dir.h"
 #include "common/util/error.h"
@@ -139,6 +140,10 @@ Transformer import_llama2c(const std::string& path) {
     h = in.scalar<Llama2cHeader>("the header");
     // Legacy: a negative vocab_size means an unshared classifier follows.
     shared = h.vocab_size > 0;
+    // -INT32_MIN overflows (undefined behaviour); no real vocabulary is that large.
+    check(h.vocab_size != std::numeric_limits<int32_t>::min(),
+          path + ": header field vocab_size is " + std::to_string(h.vocab_size) +
+              ", out of range: not a llama2.c checkpoint");
     h.vocab_size = h.vocab_size < 0 ? -h.vocab_size : h.vocab_size;
   }
   ModelConfig c = config_from_header(h, shared, path);

@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <type_traits>
 
 #include "common/util/error.h"
 #include "common/util/files.h"
@@ -15,6 +16,17 @@ template <typename T>
 void read_field(const nlohmann::json& json, const char* key, T& out, const std::string& where) {
   auto it = json.find(key);
   if (it == json.end() || it->is_null()) return;
+  // nlohmann converts between numbers and booleans silently (1.5 layers -> 1, true -> 1).
+  bool right_kind = true;
+  if constexpr (std::is_same_v<T, bool>) {
+    right_kind = it->is_boolean();
+  } else if constexpr (std::is_integral_v<T>) {
+    right_kind = it->is_number_integer();
+  } else if constexpr (std::is_floating_point_v<T>) {
+    right_kind = it->is_number();
+  }
+  if (!right_kind)
+    throw Error(where + ": key '" + key + "' has the wrong type (" + it->type_name() + ")");
   try {
     out = it->get<T>();
   } catch (const nlohmann::json::exception&) {
@@ -172,6 +184,8 @@ nlohmann::json model_config_to_hf_json(const ModelConfig& c) {
 }
 
 ModelConfig load_model_config(const std::string& dir) {
+  check(is_directory(dir), path_exists(dir) ? dir + ": expected a model directory, found a file"
+                                            : "model directory " + dir + " does not exist");
   const std::string path = dir + "/config.json";
   return model_config_from_hf_json(read_json_file(path), path);
 }

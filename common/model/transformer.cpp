@@ -2,6 +2,7 @@
 
 #include "common/model/attention_mask.h"
 #include "common/torch_compat.h"
+#include "common/train/activation_checkpoint.h"
 #include "common/util/error.h"
 
 namespace tiller {
@@ -156,8 +157,10 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& input_ids, const torch::
                                    const torch::Tensor& allowed, KVCache* cache) {
   auto [cos, sin] = rotary.tables(positions);
   auto x = embed_tokens(input_ids);  // [B, T, C]
+  const bool recompute = activation_checkpointing && cache == nullptr && torch::GradMode::is_enabled();
   for (size_t i = 0; i < layer_list.size(); ++i) {
-    x = layer_list[i]->forward(x, cos, sin, allowed, cache, static_cast<int64_t>(i));
+    x = recompute ? checkpointed_layer(*layer_list[i], x, cos, sin, allowed)
+                  : layer_list[i]->forward(x, cos, sin, allowed, cache, static_cast<int64_t>(i));
   }
   if (cache != nullptr) cache->length += input_ids.size(1);
   return norm(x);

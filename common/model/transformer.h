@@ -66,6 +66,8 @@ struct DecoderImpl : torch::nn::Module {
   RMSNorm norm{nullptr};
   Rotary rotary;
   std::vector<DecoderLayer> layer_list;
+  // Recompute each layer in backward instead of storing its activations (training only).
+  bool activation_checkpointing = false;
 };
 TORCH_MODULE(Decoder);
 

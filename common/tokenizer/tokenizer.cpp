@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
@@ -78,10 +79,14 @@ const SentencePieceModule& module() {
   return m;
 }
 
-// Takes ownership of a malloc'ed message from the module.
+// Takes ownership of a malloc'ed message from the module. SentencePiece's failed checks read
+// "Internal: ./src/file.cc(580) [condition] words": only the words are for the user.
 std::string take_message(char* message) {
   std::string out = message ? message : "unknown error";
   if (message) module().free(message);
+  const size_t source = out.find(".cc(");
+  const size_t end = source == std::string::npos ? source : out.find("] ", source);
+  if (end != std::string::npos) out = out.substr(end + 2);
   return out;
 }
 
@@ -93,7 +98,11 @@ Tokenizer::Tokenizer(const std::string& path) : path_(path) {
   check(!bytes.empty(), path + ": empty file, not a SentencePiece model");
   char* error = nullptr;
   handle_ = module().load(bytes.data(), bytes.size(), &error);
-  check(handle_ != nullptr, path + ": not a SentencePiece model (" + take_message(error) + ")");
+  if (handle_ == nullptr) {
+    std::string why = take_message(error);
+    if (why.empty()) why = "it does not parse as one";  // a failed ParseFromArray says nothing
+    throw Error(path + ": not a SentencePiece model (" + why + ")");
+  }
   vocab_size_ = module().property(handle_, 0);
   bos_id_ = module().property(handle_, 1);
   eos_id_ = module().property(handle_, 2);
@@ -128,8 +137,9 @@ std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_bos, bo
   int32_t* ids = nullptr;
   size_t count = 0;
   char* error = nullptr;
-  check(module().encode(handle_, text.data(), text.size(), &ids, &count, &error) == 0,
-        "tokenizer " + path_ + ": cannot encode text (" + take_message(error) + ")");
+  // Messages are built only on failure: encode and decode run once per example.
+  if (module().encode(handle_, text.data(), text.size(), &ids, &count, &error) != 0)
+    throw Error("tokenizer " + path_ + ": cannot encode text (" + take_message(error) + ")");
   std::vector<int64_t> out;
   out.reserve(count + 2);
   if (add_bos) out.push_back(bos_id());
@@ -143,23 +153,25 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
   std::vector<int32_t> narrow;
   narrow.reserve(ids.size());
   for (int64_t id : ids) {
-    check(id >= 0 && id < vocab_size_, "tokenizer: id " + std::to_string(id) +
-                                           " is outside the vocabulary of " +
-                                           std::to_string(vocab_size_));
+    if (id < 0 || id >= vocab_size_)
+      throw Error("tokenizer " + path_ + ": id " + std::to_string(id) +
+                  " is outside the vocabulary of " + std::to_string(vocab_size_));
     narrow.push_back(static_cast<int32_t>(id));
   }
   char* text = nullptr;
   size_t size = 0;
   char* error = nullptr;
-  check(module().decode(handle_, narrow.data(), narrow.size(), &text, &size, &error) == 0,
-        "tokenizer " + path_ + ": cannot decode (" + take_message(error) + ")");
+  if (module().decode(handle_, narrow.data(), narrow.size(), &text, &size, &error) != 0)
+    throw Error("tokenizer " + path_ + ": cannot decode (" + take_message(error) + ")");
   std::string out(text, size);
   module().free(text);
   return out;
 }
 
 std::string Tokenizer::piece(int64_t id) const {
-  check(id >= 0 && id < vocab_size_, "tokenizer: id " + std::to_string(id) + " out of range");
+  if (id < 0 || id >= vocab_size_)
+    throw Error("tokenizer " + path_ + ": id " + std::to_string(id) +
+                " is outside the vocabulary of " + std::to_string(vocab_size_));
   char* piece = module().id_to_piece(handle_, static_cast<int32_t>(id));
   std::string out = piece ? piece : "";
   module().free(piece);
@@ -181,15 +193,17 @@ void Tokenizer::check_matches(const ModelConfig& config, const std::string& mode
 
 void train_tokenizer(const std::string& input, int64_t vocab_size, const std::string& out_dir,
                      uint64_t max_sentences) {
-  check(path_exists(input) && !is_directory(input),
-        "tokenizer training input " + input + " does not exist");
+  check(path_exists(input), "tokenizer training input " + input + " does not exist");
+  check(!is_directory(input),
+        "tokenizer training input " + input + " is a directory, expected a text file");
   check(vocab_size >= 260 && vocab_size <= 1000000,
         "tokenizer vocab size must be in [260, 1000000] (byte fallback needs 256 + 4), got " +
             std::to_string(vocab_size));
   check(input.find(' ') == std::string::npos && out_dir.find(' ') == std::string::npos,
         "tokenizer training: paths may not contain spaces (SentencePiece's flag syntax)");
   make_directories(out_dir);
-  const std::string prefix = out_dir + "/tokenizer";
+  // Trained under a temporary name and renamed: a killed training leaves no half-written model.
+  const std::string prefix = out_dir + "/tokenizer.training";
   // Llama's conventions: unk=0, bos=1, eos=2, no pad piece, byte fallback, digits split.
   const std::string flags = "--input=" + input + " --model_prefix=" + prefix +
                             " --vocab_size=" + std::to_string(vocab_size) +
@@ -201,9 +215,11 @@ void train_tokenizer(const std::string& input, int64_t vocab_size, const std::st
                             std::to_string(max_sentences) +
                             " --shuffle_input_sentence=true --minloglevel=2 --num_threads=2";
   char* error = nullptr;
-  check(module().train(flags.c_str(), &error) == 0,
-        "tokenizer training failed: " + take_message(error));
+  if (module().train(flags.c_str(), &error) != 0)
+    throw Error("tokenizer training on " + input + " failed: " + take_message(error));
   remove_all(prefix + ".vocab");
+  check(std::rename((prefix + ".model").c_str(), (out_dir + "/tokenizer.model").c_str()) == 0,
+        "cannot write " + out_dir + "/tokenizer.model");
 }
 
 }  // namespace tiller

@@ -37,8 +37,9 @@ class Tokenizer {
   int64_t vocab_size_ = 0, bos_id_ = -1, eos_id_ = -1, pad_id_ = -1;
 };
 
-// Trains a SentencePiece BPE model with byte fallback on a text file; writes DIR/tokenizer.model.
+// Trains a SentencePiece BPE model with byte fallback on a text file (at most max_sentences of its
+// lines, sampled); writes DIR/tokenizer.model.
 void train_tokenizer(const std::string& input, int64_t vocab_size, const std::string& out_dir,
-                     uint64_t seed_sentences = 2000000);
+                     uint64_t max_sentences = 2000000);
 
 }  // namespace tiller

@@ -49,7 +49,8 @@ std::string read_file(const std::string& path) {
 nlohmann::json read_json_file(const std::string& path) {
   const std::string text = read_file(path);
   try {
-    return nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/true, /*ignore_comments=*/true);
+    return nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/true,
+                                 /*ignore_comments=*/true);
   } catch (const nlohmann::json::parse_error& e) {
     // The byte offset becomes line:column, which is what an editor shows.
     size_t offset = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
@@ -107,7 +108,8 @@ void write_file_atomic(const std::string& path, const std::string& contents) {
     ::unlink(tmp.c_str());
     throw Error("cannot rename " + tmp + " to " + path + ": " + std::strerror(err));
   }
-  fsync_directory(fs::path(path).parent_path().empty() ? "." : fs::path(path).parent_path().string());
+  fsync_directory(fs::path(path).parent_path().empty() ? "."
+                                                       : fs::path(path).parent_path().string());
 }
 
 void fsync_directory(const std::string& path) {

@@ -3,11 +3,21 @@
 #include <malloc.h>
 #include <torch/torch.h>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 namespace tiller {
+
+void ensure_passive_omp_wait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  ::setenv("OMP_WAIT_POLICY", "passive", 1);
+  ::execv("/proc/self/exe", argv);
+  // exec failed (no /proc): carry on with spinning threads.
+}
 
 void tune_allocator() {
   // Both must be raised: either alone left the page faults in place (see DESIGN.md).
@@ -27,7 +37,8 @@ void warn_if_slow_blas() {
   torch::mm(a, b);  // warm-up
   auto start = std::chrono::steady_clock::now();
   torch::mm(a, b);
-  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   if (ms > 50.0) {
     std::fprintf(stderr,
                  "tiller: warning: a 1024x1024 matmul took %.0f ms: the BLAS in use looks like the "

@@ -3,6 +3,12 @@
 
 namespace tiller {
 
+// libgomp spins in its barriers by default; when another process shares the cores, LibTorch's
+// and OpenBLAS's threads spin against each other and a training step became 100x slower here.
+// OMP_WAIT_POLICY is read once when libgomp loads, so when it is unset this re-executes the
+// program with OMP_WAIT_POLICY=passive (threads sleep when idle). A value the user set is kept.
+void ensure_passive_omp_wait(char** argv);
+
 // Raises glibc's mmap and trim thresholds so freed activations are reused rather than returned to
 // the OS and faulted back in every step (1.5x on a training step here). Call first in main.
 void tune_allocator();

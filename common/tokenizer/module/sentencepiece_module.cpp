@@ -2,9 +2,16 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <ext/stdio_sync_filebuf.h>
+
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
+#include <new>
+#include <sstream>
 #include <string>
+#include <unordered_map>
 
 #include "common/tokenizer/module/sentencepiece_api.h"
 
@@ -17,6 +24,25 @@ char* copy_string(const std::string& s) {
   out[s.size()] = '\0';
   return out;
 }
+
+// Under RTLD_DEEPBIND this module and SentencePiece bind std::cout, std::cerr and std::clog to
+// libstdc++'s own objects. An executable that uses those streams holds copy-relocated duplicates,
+// and libstdc++'s start-up constructs the duplicates only: the originals stay zeroed, and the
+// trainer's first log line crashed in ostream::sentry. Construct the originals here when so.
+struct StandardStreams {
+  StandardStreams() {
+    static __gnu_cxx::stdio_sync_filebuf<char> out(stdout), err(stderr);
+    // A constructed ostream starts with its vtable pointer; a zeroed one was never constructed.
+    auto zeroed = [](std::ostream& s) { return *reinterpret_cast<void**>(&s) == nullptr; };
+    if (zeroed(std::cout)) new (&std::cout) std::ostream(&out);
+    if (zeroed(std::cerr)) {
+      new (&std::cerr) std::ostream(&err);
+      std::cerr.setf(std::ios_base::unitbuf);
+    }
+    if (zeroed(std::clog)) new (&std::clog) std::ostream(&err);
+  }
+};
+const StandardStreams standard_streams;  // at dlopen, before any call into SentencePiece
 
 sentencepiece::SentencePieceProcessor* processor(void* handle) {
   return static_cast<sentencepiece::SentencePieceProcessor*>(handle);
@@ -85,7 +111,16 @@ int32_t tspm_property(void* handle, int which) {
 }
 
 int tspm_train(const char* flags, char** error) {
-  auto status = sentencepiece::SentencePieceTrainer::Train(flags);
+  // "--key=value ..." as a map, as Train(string) splits it, but without its unconditional
+  // "Running command" log line: the map overload applies --minloglevel before logging anything.
+  std::unordered_map<std::string, std::string> kwargs;
+  std::istringstream words(flags);
+  for (std::string word; words >> word;) {
+    if (word.rfind("--", 0) == 0) word.erase(0, 2);
+    const size_t eq = word.find('=');
+    kwargs.emplace(word.substr(0, eq), eq == std::string::npos ? "" : word.substr(eq + 1));
+  }
+  auto status = sentencepiece::SentencePieceTrainer::Train(kwargs);
   if (!status.ok()) {
     *error = copy_string(status.ToString());
     return -1;

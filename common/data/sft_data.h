@@ -1,0 +1,61 @@
+// SFT and pretraining data: records in the layouts users bring, tokenized into examples whose
+// trainable tokens carry the loss.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+#include "common/tokenizer/chat_template.h"
+
+namespace tiller {
+
+class Tokenizer;
+
+// One training sequence: tokens[i] is a target (predicted from tokens[0..i)) when trainable[i].
+struct Example {
+  std::vector<int64_t> tokens;
+  std::vector<uint8_t> trainable;
+};
+
+// A record in one of the SFT layouts as a conversation. format: "messages"
+// ({"messages":[{"role","content"}]}), "prompt_completion" ({"prompt","completion"}, each a string
+// or a message list), "alpaca" ({"instruction","input","output"}). Throws tiller::Error naming
+// `where` on a missing field, a wrong type or a conversation with no assistant turn.
+std::vector<Message> conversation_from_record(const nlohmann::json& record,
+                                              const std::string& format,
+                                              const std::string& template_name,
+                                              const std::string& where);
+
+struct SftDataOptions {
+  std::string path;
+  std::string format = "messages";
+  std::string template_name = "chatml";
+  int64_t max_seq_len = 512;
+  bool train_on_prompt = false;
+  bool skip_bad_lines = false;
+  int64_t max_records = -1;
+};
+
+struct DataStats {
+  int64_t records = 0;    // records read
+  int64_t skipped = 0;    // malformed records skipped (skip_bad_lines)
+  int64_t truncated = 0;  // examples cut to max_seq_len (prompt first, then the response tail)
+  int64_t dropped = 0;    // examples with nothing left to train on
+  int64_t tokens = 0;     // tokens in the examples kept
+};
+
+// Reads, templates, tokenizes and truncates an SFT file.
+std::vector<Example> load_sft_examples(const SftDataOptions& options, const Tokenizer& tokenizer,
+                                       DataStats* stats);
+
+// Truncates to max_len keeping the response: prompt tokens after BOS go first, then the tail.
+// Returns true when the example was cut.
+bool truncate_keeping_response(Example& example, int64_t max_len);
+
+// Pretraining: documents (non-empty lines of a text file, or {"text"} JSONL records) each
+// prefixed with BOS, concatenated, and cut into examples of max_seq_len tokens, all trainable.
+std::vector<Example> load_text_examples(const std::string& path, const Tokenizer& tokenizer,
+                                        int64_t max_seq_len, bool skip_bad_lines, DataStats* stats);
+
+}  // namespace tiller

@@ -1,0 +1,97 @@
+#include "common/io/checkpoint.h"
+
+#include <filesystem>
+#include <regex>
+
+#include "common/io/hf_dir.h"
+#include "common/io/safetensors.h"
+#include "common/train/optimizer.h"
+#include "common/util/error.h"
+#include "common/util/files.h"
+
+namespace tiller {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::pair<int64_t, std::string>> finished_checkpoints(const std::string& dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  if (!is_directory(dir)) return out;
+  static const std::regex pattern("step-([0-9]+)");
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    std::smatch m;
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && std::regex_match(name, m, pattern))
+      out.emplace_back(std::stoll(m[1].str()), entry.path().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+torch::Tensor rng_state() {
+  return at::detail::getDefaultCPUGenerator().get_state();
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& dir, const CheckpointParts& parts,
+                     const nlohmann::json& state, int64_t keep) {
+  const int64_t step = state.at("step").get<int64_t>();
+  make_directories(dir);
+  // Leftovers of an interrupted save are never loaded; clear them.
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.path().extension() == ".tmp") remove_all(entry.path().string());
+
+  const std::string name = "step-" + std::to_string(step);
+  const std::string final_dir = dir + "/" + name, tmp = final_dir + ".tmp";
+  make_directories(tmp);
+  try {
+    for (const auto& [part, model] : parts.models)
+      write_safetensors(tmp + "/" + part + ".safetensors", model->named_weights());
+    for (const auto& [part, optimizer] : parts.optimizers)
+      write_file_atomic(tmp + "/" + part + ".optimizer.pt", optimizer_state_bytes(*optimizer));
+    write_safetensors(tmp + "/rng.safetensors", {{"cpu", rng_state()}});
+    write_file_atomic(tmp + "/state.json", state.dump(2) + "\n");
+    fsync_directory(tmp);
+    remove_all(final_dir);  // a checkpoint of the same step from an earlier attempt
+    fs::rename(tmp, final_dir);
+    fsync_directory(dir);
+    write_file_atomic(dir + "/latest", name + "\n");
+  } catch (const fs::filesystem_error& e) {
+    remove_all(tmp);
+    throw Error("cannot write checkpoint " + final_dir + ": " + e.code().message());
+  } catch (...) {
+    remove_all(tmp);
+    throw;
+  }
+  auto all = finished_checkpoints(dir);
+  for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < all.size(); ++i)
+    remove_all(all[i].second);
+}
+
+nlohmann::json load_latest_checkpoint(const std::string& dir, const CheckpointParts& parts) {
+  const std::string latest_file = dir + "/latest";
+  if (!path_exists(latest_file)) return nullptr;
+  std::string name = read_file(latest_file);
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  check(std::regex_match(name, std::regex("step-[0-9]+")), latest_file + ": not a checkpoint name");
+  const std::string ckpt = dir + "/" + name;
+  check(is_directory(ckpt), latest_file + " names " + name + ", which does not exist");
+
+  for (const auto& [part, model] : parts.models)
+    load_weights(*model, read_safetensors(ckpt + "/" + part + ".safetensors"), ckpt + "/" + part);
+  for (const auto& [part, optimizer] : parts.optimizers) {
+    const std::string path = ckpt + "/" + part + ".optimizer.pt";
+    load_optimizer_state(*optimizer, read_file(path), path);
+  }
+  auto rng = read_safetensors(ckpt + "/rng.safetensors");
+  check(rng.count("cpu"), ckpt + "/rng.safetensors: no cpu state");
+  auto generator = at::detail::getDefaultCPUGenerator();
+  generator.set_state(rng.at("cpu"));
+  auto state = read_json_file(ckpt + "/state.json");
+  check(state.is_object() && state.contains("step"), ckpt + "/state.json: no step");
+  return state;
+}
+
+}  // namespace tiller

@@ -1,0 +1,31 @@
+// Resumable training checkpoints: models + optimizers + RNG + trainer state, written to
+// step-N.tmp/, fsynced, renamed to step-N/, then `latest` replaced by rename. A crash at any
+// instant leaves the previous checkpoint loadable.
+#pragma once
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+#include "common/model/transformer.h"
+
+namespace tiller {
+
+// What a checkpoint holds, by name: models as safetensors, optimizers as serialized state.
+struct CheckpointParts {
+  std::vector<std::pair<std::string, TransformerImpl*>> models;
+  std::vector<std::pair<std::string, torch::optim::Optimizer*>> optimizers;
+};
+
+// Writes CHECKPOINTS/step-<step>/ with `state` (which must hold "step") and the parts; keeps the
+// newest `keep` checkpoints. Throws tiller::Error (previous checkpoints intact) on failure.
+void save_checkpoint(const std::string& checkpoints_dir, const CheckpointParts& parts,
+                     const nlohmann::json& state, int64_t keep);
+
+// Loads the checkpoint `latest` names into the parts; returns its state, or null json when
+// the directory holds no checkpoint.
+nlohmann::json load_latest_checkpoint(const std::string& checkpoints_dir,
+                                      const CheckpointParts& parts);
+
+}  // namespace tiller

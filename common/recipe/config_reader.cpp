@@ -1,0 +1,120 @@
+#include "common/recipe/config_reader.h"
+
+#include "common/util/error.h"
+
+namespace tiller {
+
+namespace {
+const nlohmann::json kNull = nullptr;
+const nlohmann::json kEmptyObject = nlohmann::json::object();
+}  // namespace
+
+void ConfigErrors::throw_if_any(const std::string& source) const {
+  if (errors_.empty()) return;
+  std::string message = source + ": " + std::to_string(errors_.size()) +
+                        (errors_.size() == 1 ? " error: " : " errors: ") + errors_[0];
+  for (size_t i = 1; i < errors_.size(); ++i) message += "\n  " + errors_[i];
+  throw Error(message);
+}
+
+ConfigReader::ConfigReader(const nlohmann::json& json, std::string path, ConfigErrors& errors)
+    : json_(json), path_(std::move(path)), errors_(errors), is_object_(json.is_object()) {
+  if (!is_object_ && !json.is_null())
+    errors_.add(path_, std::string("expected an object, got ") + json.type_name());
+}
+
+ConfigReader::~ConfigReader() {
+  if (!is_object_) return;
+  for (auto it = json_.begin(); it != json_.end(); ++it)
+    if (!read_.count(it.key())) errors_.add(path_of(it.key()), "unknown key");
+}
+
+bool ConfigReader::has(const std::string& key) const {
+  return is_object_ && json_.contains(key) && !json_.at(key).is_null();
+}
+
+std::string ConfigReader::path_of(const std::string& key) const {
+  return path_.empty() ? key : path_ + "." + key;
+}
+
+const nlohmann::json* ConfigReader::find(const std::string& key) {
+  read_.insert(key);
+  if (!is_object_) return nullptr;
+  auto it = json_.find(key);
+  if (it == json_.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+void ConfigReader::wrong_type(const std::string& key, const char* expected) {
+  errors_.add(path_of(key), std::string("expected ") + expected + ", got " +
+                                json_.at(key).type_name() + " " + json_.at(key).dump());
+}
+
+int64_t ConfigReader::integer(const std::string& key, int64_t fallback) {
+  const auto* v = find(key);
+  if (v == nullptr) return fallback;
+  if (v->is_number_integer()) return v->get<int64_t>();
+  if (v->is_number_float() &&
+      v->get<double>() == static_cast<double>(static_cast<int64_t>(v->get<double>())))
+    return static_cast<int64_t>(v->get<double>());
+  wrong_type(key, "an integer");
+  return fallback;
+}
+
+double ConfigReader::number(const std::string& key, double fallback) {
+  const auto* v = find(key);
+  if (v == nullptr) return fallback;
+  if (v->is_number()) return v->get<double>();
+  wrong_type(key, "a number");
+  return fallback;
+}
+
+bool ConfigReader::boolean(const std::string& key, bool fallback) {
+  const auto* v = find(key);
+  if (v == nullptr) return fallback;
+  if (v->is_boolean()) return v->get<bool>();
+  wrong_type(key, "true or false");
+  return fallback;
+}
+
+std::string ConfigReader::string(const std::string& key, const std::string& fallback) {
+  const auto* v = find(key);
+  if (v == nullptr) return fallback;
+  if (v->is_string()) return v->get<std::string>();
+  wrong_type(key, "a string");
+  return fallback;
+}
+
+std::string ConfigReader::required_string(const std::string& key) {
+  if (!has(key)) {
+    read_.insert(key);
+    if (is_object_) errors_.add(path_of(key), "required key is missing");
+    return "";
+  }
+  return string(key, "");
+}
+
+const nlohmann::json& ConfigReader::raw(const std::string& key) {
+  const auto* v = find(key);
+  return v == nullptr ? kNull : *v;
+}
+
+const nlohmann::json& ConfigReader::object(const std::string& key) {
+  const auto* v = find(key);
+  if (v == nullptr) return kEmptyObject;
+  return *v;  // a non-object is reported by the ConfigReader built on it
+}
+
+void ConfigReader::require(bool ok, const std::string& key, const std::string& message) {
+  if (!ok) errors_.add(path_of(key), message);
+}
+
+void ConfigReader::one_of(const std::string& key, const std::string& value,
+                          const std::set<std::string>& allowed) {
+  if (allowed.count(value)) return;
+  std::string list;
+  for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+  errors_.add(path_of(key), "'" + value + "' is not one of: " + list);
+}
+
+}  // namespace tiller

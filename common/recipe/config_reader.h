@@ -1,0 +1,66 @@
+// ConfigReader: typed, path-aware reading of JSON config objects. Every unknown key, wrong type and
+// bad value is collected (with its JSON path) so that all mistakes are reported at once.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <set>
+#include <string>
+#include <vector>
+
+namespace tiller {
+
+// The mistakes found in a config, each "path: what".
+class ConfigErrors {
+ public:
+  void add(const std::string& path, const std::string& message) {
+    errors_.push_back((path.empty() ? "<root>" : path) + ": " + message);
+  }
+  bool empty() const { return errors_.empty(); }
+  const std::vector<std::string>& list() const { return errors_; }
+  // Throws tiller::Error listing every mistake (one per line after the first), if any.
+  void throw_if_any(const std::string& source) const;
+
+ private:
+  std::vector<std::string> errors_;
+};
+
+class ConfigReader {
+ public:
+  // `json` must outlive the reader. A non-object is itself reported as an error.
+  ConfigReader(const nlohmann::json& json, std::string path, ConfigErrors& errors);
+  // Reports every key that was never read as unknown.
+  ~ConfigReader();
+  ConfigReader(const ConfigReader&) = delete;
+
+  bool has(const std::string& key) const;
+  std::string path_of(const std::string& key) const;
+  ConfigErrors& errors() { return errors_; }
+
+  int64_t integer(const std::string& key, int64_t fallback);
+  double number(const std::string& key, double fallback);
+  bool boolean(const std::string& key, bool fallback);
+  std::string string(const std::string& key, const std::string& fallback);
+  // A required string; reports an error and returns "" when absent.
+  std::string required_string(const std::string& key);
+  // The raw value (marked as read); null json when absent.
+  const nlohmann::json& raw(const std::string& key);
+  // A sub-object, or an empty object when absent (errors go through `sub`'s own reader).
+  const nlohmann::json& object(const std::string& key);
+
+  // Value checks that report through the same error list.
+  void require(bool ok, const std::string& key, const std::string& message);
+  void one_of(const std::string& key, const std::string& value,
+              const std::set<std::string>& allowed);
+
+ private:
+  const nlohmann::json* find(const std::string& key);
+  void wrong_type(const std::string& key, const char* expected);
+
+  const nlohmann::json& json_;
+  std::string path_;
+  ConfigErrors& errors_;
+  std::set<std::string> read_;
+  bool is_object_;
+};
+
+}  // namespace tiller

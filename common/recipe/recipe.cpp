@@ -1,0 +1,168 @@
+#include "common/recipe/recipe.h"
+
+#include <algorithm>
+#include <set>
+
+#include "common/util/error.h"
+#include "common/util/files.h"
+
+namespace tiller {
+
+namespace {
+
+std::vector<std::string> split_path(const std::string& key) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    size_t dot = key.find('.', start);
+    parts.push_back(key.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return parts;
+}
+
+bool is_index(const std::string& s) {
+  return !s.empty() && s.size() < 9 && s.find_first_not_of("0123456789") == std::string::npos;
+}
+
+}  // namespace
+
+void apply_override(nlohmann::json& json, const std::string& assignment) {
+  const size_t eq = assignment.find('=');
+  check(eq != std::string::npos && eq > 0,
+        "override '" + assignment + "' must look like key.sub=value");
+  const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+  nlohmann::json value;
+  try {
+    value = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error&) {
+    value = text;
+  }
+  auto parts = split_path(key);
+  for (const auto& p : parts) check(!p.empty(), "override '" + assignment + "': empty key segment");
+  nlohmann::json* node = &json;
+  size_t i = 0;
+  // "sft.train.steps": the first segment names a stage.
+  if (json.contains("stages") && json["stages"].is_array() && parts[0] != "stages" &&
+      !json.contains(parts[0])) {
+    for (auto& stage : json["stages"]) {
+      if (stage.is_object() && stage.value("name", "") == parts[0]) {
+        node = &stage;
+        i = 1;
+        break;
+      }
+    }
+  }
+  for (; i < parts.size(); ++i) {
+    const bool last = i + 1 == parts.size();
+    if (node->is_array()) {
+      check(is_index(parts[i]) && std::stoul(parts[i]) < node->size(),
+            "override '" + assignment + "': '" + parts[i] + "' is not an index of the list");
+      node = &(*node)[std::stoul(parts[i])];
+    } else {
+      if (node->is_null()) *node = nlohmann::json::object();
+      if (!node->is_object())
+        throw Error("override '" + assignment + "': '" + (i > 0 ? parts[i - 1] : "<root>") +
+                    "' is not an object");
+      node = &(*node)[parts[i]];
+    }
+    if (last) *node = value;
+  }
+}
+
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides,
+                   ConfigErrors& errors) {
+  Recipe recipe;
+  recipe.source = path;
+  recipe.resolved = read_json_file(path);
+  check(recipe.resolved.is_object(), path + ": a recipe is a JSON object");
+  for (const auto& o : overrides) apply_override(recipe.resolved, o);
+  const auto& root = recipe.resolved;
+
+  ConfigReader top(root, "", errors);
+  {
+    ConfigReader run(top.object("run"), "run", errors);
+    recipe.run.name = run.string("name", recipe.run.name);
+    recipe.run.dir = run.string("dir", "runs/" + recipe.run.name);
+    recipe.run.seed =
+        static_cast<uint64_t>(run.integer("seed", static_cast<int64_t>(recipe.run.seed)));
+    const int64_t threads = run.integer("threads", 0);
+    recipe.run.threads = static_cast<int>(std::clamp<int64_t>(threads, 0, 1024));
+    recipe.run.device = run.string("device", recipe.run.device);
+    run.require(!recipe.run.name.empty() && recipe.run.name.find('/') == std::string::npos, "name",
+                "must be a non-empty name without '/'");
+    run.require(threads >= 0 && threads <= 1024, "threads", "must be in [0, 1024] (0: every core)");
+    run.require(recipe.run.device == "cpu" || recipe.run.device.rfind("cuda", 0) == 0, "device",
+                "must be cpu or cuda[:N], got '" + recipe.run.device + "'");
+  }
+  {
+    const auto& base_json = top.raw("base");
+    if (base_json.is_string()) {
+      const std::string ref = base_json.get<std::string>();
+      if (ref.size() > 1 && ref[0] == '@')
+        recipe.base.stage = ref.substr(1);
+      else
+        errors.add("base", "a string base must name a stage, like \"@pretrain\"");
+    } else if (!base_json.is_null()) {
+      ConfigReader base(base_json, "base", errors);
+      recipe.base.hf = base.string("hf", "");
+      recipe.base.llama2c = base.string("llama2c", "");
+      recipe.base.tokenizer = base.string("tokenizer", "");
+      const int sources = !recipe.base.hf.empty() + !recipe.base.llama2c.empty();
+      base.require(sources == 1, "hf", "give exactly one of base.hf or base.llama2c");
+      base.require(recipe.base.llama2c.empty() || !recipe.base.tokenizer.empty(), "tokenizer",
+                   "base.llama2c needs base.tokenizer (a SentencePiece tokenizer.model)");
+      if (!recipe.base.hf.empty() && !is_directory(recipe.base.hf))
+        errors.add("base.hf", "directory " + recipe.base.hf + " does not exist");
+      if (!recipe.base.llama2c.empty() && !path_exists(recipe.base.llama2c))
+        errors.add("base.llama2c", "file " + recipe.base.llama2c + " does not exist");
+      if (!recipe.base.tokenizer.empty() && !path_exists(recipe.base.tokenizer))
+        errors.add("base.tokenizer", "file " + recipe.base.tokenizer + " does not exist");
+    }
+  }
+  const auto& stages = top.raw("stages");
+  if (!stages.is_array() || stages.empty()) {
+    errors.add("stages", "a non-empty list of stages is required");
+    return recipe;
+  }
+  std::set<std::string> names;
+  for (size_t i = 0; i < stages.size(); ++i) {
+    const std::string at = "stages[" + std::to_string(i) + "]";
+    const auto& s = stages[i];
+    if (!s.is_object()) {
+      errors.add(at, "expected an object");
+      continue;
+    }
+    StageEntry entry;
+    entry.path = at;
+    entry.body = &s;
+    entry.name = s.contains("name") && s["name"].is_string() ? s["name"].get<std::string>() : "";
+    entry.type = s.contains("type") && s["type"].is_string() ? s["type"].get<std::string>() : "";
+    if (entry.name.empty() || entry.name.find('/') != std::string::npos || entry.name == "base")
+      errors.add(at + ".name", "a stage needs a name (not 'base', no '/')");
+    if (!names.insert(entry.name).second)
+      errors.add(at + ".name", "duplicate stage name '" + entry.name + "'");
+    static const std::set<std::string> types = {"pretrain", "sft", "reward", "rlhf"};
+    if (!types.count(entry.type))
+      errors.add(at + ".type", "'" + entry.type + "' is not one of: pretrain, sft, reward, rlhf");
+    recipe.stages.push_back(entry);
+  }
+  if (!recipe.base.stage.empty() && !names.count(recipe.base.stage))
+    errors.add("base", "names stage '" + recipe.base.stage + "', which the recipe does not have");
+  return recipe;
+}
+
+const StageEntry& only_stage_of_type(const Recipe& recipe, const std::string& type) {
+  const StageEntry* found = nullptr;
+  for (const auto& s : recipe.stages) {
+    if (s.type != type) continue;
+    check(found == nullptr,
+          recipe.source + ": more than one " + type + " stage; use `tiller run --only NAME`");
+    found = &s;
+  }
+  check(found != nullptr, recipe.source + ": no stage of type " + type);
+  return *found;
+}
+
+}  // namespace tiller

@@ -1,0 +1,57 @@
+#include "common/train/train_config.h"
+
+namespace tiller {
+
+TrainConfig parse_train_config(const nlohmann::json& json, const std::string& path,
+                               ConfigErrors& errors) {
+  TrainConfig c;
+  ConfigReader r(json, path, errors);
+  c.steps = r.integer("steps", c.steps);
+  c.batch_size = r.integer("batch_size", c.batch_size);
+  c.micro_batch_size = r.integer("micro_batch_size", c.batch_size);
+  c.lr = r.number("lr", c.lr);
+  c.min_lr_ratio = r.number("min_lr_ratio", c.min_lr_ratio);
+  c.warmup_steps = r.integer("warmup_steps", c.warmup_steps);
+  c.schedule = r.string("schedule", c.schedule);
+  c.max_seq_len = r.integer("max_seq_len", c.max_seq_len);
+  c.weight_decay = r.number("weight_decay", c.weight_decay);
+  c.beta1 = r.number("beta1", c.beta1);
+  c.beta2 = r.number("beta2", c.beta2);
+  c.eps = r.number("eps", c.eps);
+  c.grad_clip = r.number("grad_clip", c.grad_clip);
+  c.checkpoint_every = r.integer("checkpoint_every", c.checkpoint_every);
+  c.keep_checkpoints = r.integer("keep_checkpoints", c.keep_checkpoints);
+  c.eval_every = r.integer("eval_every", c.eval_every);
+  c.eval_batches = r.integer("eval_batches", c.eval_batches);
+  c.log_every = r.integer("log_every", c.log_every);
+  c.precision = r.string("precision", c.precision);
+  c.activation_checkpointing = r.boolean("activation_checkpointing", c.activation_checkpointing);
+  c.max_nonfinite_steps = r.integer("max_nonfinite_steps", c.max_nonfinite_steps);
+
+  r.require(c.steps >= 1, "steps", "must be at least 1");
+  r.require(c.batch_size >= 1, "batch_size", "must be at least 1");
+  r.require(c.micro_batch_size >= 1, "micro_batch_size", "must be at least 1");
+  r.require(c.micro_batch_size < 1 || c.batch_size % c.micro_batch_size == 0, "batch_size",
+            "batch_size " + std::to_string(c.batch_size) +
+                " is not divisible by micro_batch_size " + std::to_string(c.micro_batch_size));
+  r.require(c.lr > 0 && c.lr < 1, "lr", "must be in (0, 1)");
+  r.require(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]");
+  r.require(c.warmup_steps >= 0, "warmup_steps", "must be >= 0");
+  r.one_of("schedule", c.schedule, {"cosine", "linear", "constant"});
+  r.require(c.max_seq_len >= 2 && c.max_seq_len <= (1 << 20), "max_seq_len",
+            "must be in [2, 1048576]");
+  r.require(c.weight_decay >= 0, "weight_decay", "must be >= 0");
+  r.require(c.beta1 >= 0 && c.beta1 < 1, "beta1", "must be in [0, 1)");
+  r.require(c.beta2 >= 0 && c.beta2 < 1, "beta2", "must be in [0, 1)");
+  r.require(c.eps > 0, "eps", "must be positive");
+  r.require(c.checkpoint_every >= 0, "checkpoint_every", "must be >= 0");
+  r.require(c.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1");
+  r.require(c.eval_every >= 0, "eval_every", "must be >= 0");
+  r.require(c.eval_batches >= 0, "eval_batches", "must be >= 0");
+  r.require(c.log_every >= 1, "log_every", "must be at least 1");
+  r.one_of("precision", c.precision, {"fp32", "bf16", "auto"});
+  r.require(c.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be at least 1");
+  return c;
+}
+
+}  // namespace tiller

@@ -1,0 +1,45 @@
+// TrainConfig: the "train" object of a stage (steps, batch, optimizer, schedule, precision,
+// checkpoints, evaluation), shared by every stage's loop.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+#include "common/recipe/config_reader.h"
+#include "common/train/optimizer.h"
+#include "common/train/schedule.h"
+
+namespace tiller {
+
+struct TrainConfig {
+  int64_t steps = 100;
+  int64_t batch_size = 8;        // sequences (rows) per optimizer step
+  int64_t micro_batch_size = 8;  // sequences per forward/backward; batch_size must be a multiple
+  double lr = 3e-4;
+  double min_lr_ratio = 0.1;
+  int64_t warmup_steps = 0;
+  std::string schedule = "cosine";
+  int64_t max_seq_len = 512;
+  double weight_decay = 0.0;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double grad_clip = 1.0;        // <= 0: no clipping
+  int64_t checkpoint_every = 0;  // 0: only at the end
+  int64_t keep_checkpoints = 2;
+  int64_t eval_every = 0;    // 0: only at the start and the end
+  int64_t eval_batches = 0;  // 0: the whole validation set
+  int64_t log_every = 1;
+  std::string precision = "fp32";  // fp32, bf16, auto
+  bool activation_checkpointing = false;
+  int64_t max_nonfinite_steps = 5;  // consecutive non-finite steps that stop the run
+
+  OptimizerOptions optimizer() const { return {lr, weight_decay, beta1, beta2, eps}; }
+  ScheduleOptions schedule_options() const {
+    return {lr, min_lr_ratio, warmup_steps, steps, schedule};
+  }
+};
+
+// Reads and checks a "train" object; every mistake goes to `errors` with its path.
+TrainConfig parse_train_config(const nlohmann::json& json, const std::string& path,
+                               ConfigErrors& errors);
+
+}  // namespace tiller

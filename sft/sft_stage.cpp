@@ -1,0 +1,353 @@
+#include "sft/sft_stage.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "common/data/batching.h"
+#include "common/io/checkpoint.h"
+#include "common/io/hf_dir.h"
+#include "common/recipe/stage_io.h"
+#include "common/tokenizer/tokenizer.h"
+#include "common/torch_compat.h"
+#include "common/train/lm_loss.h"
+#include "common/train/metrics.h"
+#include "common/train/precision.h"
+#include "common/util/error.h"
+#include "common/util/files.h"
+
+namespace tiller {
+
+// ---------------------------------------------------------------------------------------------
+// Config
+
+SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors) {
+  SftStageConfig c;
+  ConfigReader r(*entry.body, entry.path, errors);
+  c.name = r.string("name", "");
+  c.pretrain = r.string("type", "") == "pretrain";
+  c.init = r.string("init", c.pretrain ? "" : "@base");
+  if (r.has("model")) {
+    ConfigReader model(r.object("model"), r.path_of("model"), errors);
+    c.model_shape = model.string("shape", "stories260k");
+    for (const char* key :
+         {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+          "num_attention_heads", "num_key_value_heads", "max_position_embeddings"}) {
+      if (model.has(key)) c.model_fields[key] = model.integer(key, 0);
+    }
+  }
+  if (r.raw("tokenizer").is_object()) {
+    ConfigReader tok(r.object("tokenizer"), r.path_of("tokenizer"), errors);
+    c.tokenizer_corpus = tok.required_string("train");
+    c.tokenizer_vocab_size = tok.integer("vocab_size", 512);
+    tok.require(c.tokenizer_vocab_size >= 260, "vocab_size",
+                "must be at least 260 (byte fallback)");
+    if (!c.tokenizer_corpus.empty() && !path_exists(c.tokenizer_corpus))
+      errors.add(tok.path_of("train"), "file " + c.tokenizer_corpus + " does not exist");
+  } else {
+    c.tokenizer = r.string("tokenizer", "");
+  }
+  if (c.init.empty()) {
+    r.require(!c.model_shape.empty(), "model",
+              "a stage without init trains from scratch and needs \"model\"");
+    r.require(!c.tokenizer.empty() || !c.tokenizer_corpus.empty(), "tokenizer",
+              "a stage without init needs a tokenizer.model path or {\"train\": corpus, "
+              "\"vocab_size\": N}");
+  } else {
+    r.require(c.model_shape.empty(), "model", "give either init or model, not both");
+  }
+  if (!c.tokenizer.empty() && !path_exists(c.tokenizer))
+    errors.add(r.path_of("tokenizer"), "file " + c.tokenizer + " does not exist");
+
+  {
+    ConfigReader d(r.object("data"), r.path_of("data"), errors);
+    c.data.path = d.required_string("train");
+    c.val_path = d.string("val", "");
+    c.data.format = d.string("format", c.pretrain ? "text" : "messages");
+    c.data.template_name = d.string("template", "chatml");
+    c.val_fraction = d.number("val_fraction", c.val_path.empty() ? 0.1 : 0.0);
+    c.data.skip_bad_lines = d.boolean("skip_bad_lines", false);
+    c.data.train_on_prompt = d.boolean("train_on_prompt", c.pretrain);
+    c.packing = d.boolean("packing", true);
+    c.data.max_records = d.integer("max_records", -1);
+    if (c.pretrain)
+      d.one_of("format", c.data.format, {"text"});
+    else
+      d.one_of("format", c.data.format, {"messages", "prompt_completion", "alpaca"});
+    d.one_of("template", c.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
+    d.require(c.val_fraction >= 0 && c.val_fraction < 1, "val_fraction", "must be in [0, 1)");
+    if (!c.data.path.empty() && !path_exists(c.data.path))
+      errors.add(d.path_of("train"), "file " + c.data.path + " does not exist");
+    if (!c.val_path.empty() && !path_exists(c.val_path))
+      errors.add(d.path_of("val"), "file " + c.val_path + " does not exist");
+  }
+  c.train = parse_train_config(r.object("train"), r.path_of("train"), errors);
+  c.data.max_seq_len = c.train.max_seq_len;
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loop
+
+namespace {
+
+struct DataPosition {
+  int64_t epoch = 0;
+  int64_t row = 0;  // next row of the epoch's plan
+};
+
+// Mean loss per target token over (up to max_batches of) the validation rows.
+double validation_loss(TransformerImpl& model, const std::vector<Example>& examples,
+                       const std::vector<Row>& rows, const BatchingOptions& batching,
+                       int64_t pad_id, int64_t micro_batch, int64_t max_batches, bool bf16) {
+  torch::NoGradGuard no_grad;
+  model.eval();
+  double total = 0;
+  int64_t targets = 0, batches = 0;
+  for (int64_t begin = 0; begin < static_cast<int64_t>(rows.size()); begin += micro_batch) {
+    if (max_batches > 0 && batches++ >= max_batches) break;
+    const int64_t count = std::min<int64_t>(micro_batch, static_cast<int64_t>(rows.size()) - begin);
+    auto batch = make_batch(examples, rows, begin, count, batching, pad_id);
+    compat::AutocastGuard cast(bf16, model.parameters().front().device());
+    total += lm_loss_sum(model, batch).item<double>();
+    targets += batch.target_count;
+  }
+  model.train();
+  return targets > 0 ? total / targets : std::nan("");
+}
+
+Transformer build_model(const Recipe& recipe, const SftStageConfig& c,
+                        std::string* tokenizer_path) {
+  if (!c.init.empty()) {
+    const std::string dir = resolve_model_reference(recipe, c.init);
+    *tokenizer_path = c.tokenizer.empty() ? tokenizer_path_in(dir) : c.tokenizer;
+    return load_hf_model(dir, /*num_labels=*/0);
+  }
+  *tokenizer_path = c.tokenizer;
+  if (!c.tokenizer_corpus.empty()) {
+    const std::string dir = recipe.stage_dir(c.name) + "/tokenizer";
+    *tokenizer_path = dir + "/tokenizer.model";
+    if (!path_exists(*tokenizer_path)) {
+      std::printf("[%s] training a %lld-piece tokenizer on %s\n", c.name.c_str(),
+                  (long long)c.tokenizer_vocab_size, c.tokenizer_corpus.c_str());
+      train_tokenizer(c.tokenizer_corpus, c.tokenizer_vocab_size, dir);
+    }
+  }
+  ModelConfig config = builtin_shape(c.model_shape);
+  Tokenizer tok(*tokenizer_path);
+  config.vocab_size = tok.vocab_size();
+  config.bos_token_id = tok.bos_id();
+  config.eos_token_id = tok.eos_id();
+  nlohmann::json fields = model_config_to_hf_json(config);
+  for (auto it = c.model_fields.begin(); it != c.model_fields.end(); ++it)
+    fields[it.key()] = it.value();
+  config = model_config_from_hf_json(fields, "stage " + c.name + " model");
+  Transformer model(config);
+  model->init_weights(recipe.run.seed);
+  return model;
+}
+
+}  // namespace
+
+nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
+  const std::string stage_dir = recipe.stage_dir(c.name);
+  const std::string checkpoints = stage_dir + "/checkpoints";
+  const TrainConfig& t = c.train;
+  torch::manual_seed(recipe.run.seed);
+  const torch::Device device(recipe.run.device);
+
+  std::string tokenizer_path;
+  Transformer model = build_model(recipe, c, &tokenizer_path);
+  Tokenizer tok(tokenizer_path);
+  tok.check_matches(model->config, c.init.empty() ? "built from " + c.model_shape : c.init);
+  check(t.max_seq_len <= model->config.max_position_embeddings,
+        "stage " + c.name + ": train.max_seq_len " + std::to_string(t.max_seq_len) +
+            " exceeds the model's max_position_embeddings " +
+            std::to_string(model->config.max_position_embeddings));
+  model->to(device);
+  model->train();
+  model->model->activation_checkpointing = t.activation_checkpointing;
+  const bool bf16 = use_bf16(t.precision, device);
+
+  // Data
+  DataStats stats, val_stats;
+  std::vector<Example> all, train, val;
+  if (c.pretrain) {
+    all = load_text_examples(c.data.path, tok, t.max_seq_len, c.data.skip_bad_lines, &stats);
+  } else {
+    all = load_sft_examples(c.data, tok, &stats);
+  }
+  if (!c.val_path.empty()) {
+    train = std::move(all);
+    SftDataOptions vo = c.data;
+    vo.path = c.val_path;
+    vo.max_records = -1;
+    val = c.pretrain ? load_text_examples(c.val_path, tok, t.max_seq_len, c.data.skip_bad_lines,
+                                          &val_stats)
+                     : load_sft_examples(vo, tok, &val_stats);
+  } else if (c.val_fraction > 0) {
+    split_validation(all, c.val_fraction, recipe.run.seed, &train, &val);
+  } else {
+    train = std::move(all);
+  }
+  std::printf(
+      "[%s] data: %lld records -> %lld train / %lld validation examples, %lld truncated, "
+      "%lld dropped, %lld bad lines skipped\n",
+      c.name.c_str(), (long long)stats.records, (long long)train.size(), (long long)val.size(),
+      (long long)stats.truncated, (long long)stats.dropped,
+      (long long)(stats.skipped + val_stats.skipped));
+
+  BatchingOptions batching;
+  batching.max_seq_len = t.max_seq_len;
+  batching.packing = c.packing;
+  batching.seed = recipe.run.seed;
+  batching.rows_per_batch = t.micro_batch_size;
+  const std::vector<Row> val_rows = val.empty() ? std::vector<Row>{} : plan_in_order(val, batching);
+
+  // Optimizer, and resume
+  auto optimizer = make_adamw(*model, t.optimizer());
+  CheckpointParts parts{{{"model", model.get()}}, {{"optimizer", optimizer.get()}}};
+  int64_t step = 0, consecutive_nonfinite = 0, skipped_steps = 0;
+  DataPosition position;
+  auto state = load_latest_checkpoint(checkpoints, parts);
+  if (!state.is_null()) {
+    step = state.at("step").get<int64_t>();
+    position.epoch = state.at("epoch").get<int64_t>();
+    position.row = state.at("row").get<int64_t>();
+    consecutive_nonfinite = state.value("consecutive_nonfinite", int64_t{0});
+    skipped_steps = state.value("skipped_steps", int64_t{0});
+    std::printf("[%s] resumed from %s/step-%lld\n", c.name.c_str(), checkpoints.c_str(),
+                (long long)step);
+  }
+  MetricsLog metrics(stage_dir, step);
+  Progress progress(step, t.steps);
+  std::vector<Row> epoch_rows = plan_epoch(train, batching, position.epoch);
+  check(!epoch_rows.empty(), "stage " + c.name + ": no training rows");
+
+  auto save = [&](int64_t at_step) {
+    nlohmann::json s = {{"step", at_step},
+                        {"epoch", position.epoch},
+                        {"row", position.row},
+                        {"consecutive_nonfinite", consecutive_nonfinite},
+                        {"skipped_steps", skipped_steps}};
+    save_checkpoint(checkpoints, parts, s, t.keep_checkpoints);
+  };
+  auto evaluate = [&]() {
+    return val_rows.empty() ? std::nan("")
+                            : validation_loss(*model, val, val_rows, batching, tok.pad_id(),
+                                              t.micro_batch_size, t.eval_batches, bf16);
+  };
+
+  double first_val_loss = std::nan(""), last_val_loss = std::nan(""), last_loss = std::nan("");
+  if (step == 0 && !val_rows.empty()) {
+    first_val_loss = evaluate();
+    metrics.log({{"step", 0}, {"val_loss", first_val_loss}, {"val_ppl", std::exp(first_val_loss)}});
+    std::printf("[%s] step 0/%lld  val_loss %.4f\n", c.name.c_str(), (long long)t.steps,
+                first_val_loss);
+  }
+
+  std::vector<torch::Tensor> params;
+  for (auto& p : model->parameters())
+    if (p.requires_grad()) params.push_back(p);
+  while (step < t.steps) {
+    const auto started = std::chrono::steady_clock::now();
+    const double lr = learning_rate(t.schedule_options(), step);
+    set_learning_rate(*optimizer, lr);
+
+    // The step's rows, continuing into the next epoch's plan when this one runs out.
+    std::vector<Row> rows;
+    while (static_cast<int64_t>(rows.size()) < t.batch_size) {
+      if (position.row >= static_cast<int64_t>(epoch_rows.size())) {
+        ++position.epoch;
+        position.row = 0;
+        epoch_rows = plan_epoch(train, batching, position.epoch);
+      }
+      rows.push_back(epoch_rows[position.row++]);
+    }
+    auto batch = make_batch(train, rows, 0, t.batch_size, batching, tok.pad_id());
+    const int64_t total_targets = std::max<int64_t>(1, batch.target_count);
+
+    optimizer->zero_grad();
+    double loss_sum = 0;
+    for (int64_t begin = 0; begin < t.batch_size; begin += t.micro_batch_size) {
+      auto micro = batch.slice(begin, t.micro_batch_size);
+      torch::Tensor loss;
+      {
+        compat::AutocastGuard cast(bf16, device);
+        loss = lm_loss_sum(*model, micro);
+      }
+      (loss / static_cast<double>(total_targets)).backward();
+      loss_sum += loss.item<double>();
+    }
+    const double loss = loss_sum / static_cast<double>(total_targets);
+    const double max_norm = t.grad_clip > 0 ? t.grad_clip : std::numeric_limits<double>::infinity();
+    const double grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
+    const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
+    if (finite) {
+      optimizer->step();
+      consecutive_nonfinite = 0;
+    } else {
+      optimizer->zero_grad();
+      ++skipped_steps;
+      ++consecutive_nonfinite;
+      std::fprintf(
+          stderr,
+          "[%s] step %lld: non-finite loss or gradient norm, step skipped (%lld in a row)\n",
+          c.name.c_str(), (long long)(step + 1), (long long)consecutive_nonfinite);
+      if (consecutive_nonfinite >= t.max_nonfinite_steps) {
+        throw Error("stage " + c.name + ": " + std::to_string(consecutive_nonfinite) +
+                    " non-finite steps in a row at step " + std::to_string(step + 1) +
+                    "; stopped (the last good checkpoint in " + checkpoints +
+                    " is intact; lower train.lr or check the data)");
+      }
+    }
+    ++step;
+    last_loss = loss;
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const double tokens_per_s =
+        batch.segment_ids.ge(0).sum().item<double>() / std::max(seconds, 1e-9);
+
+    nlohmann::json record = {{"step", step},
+                             {"loss", loss},
+                             {"lr", lr},
+                             {"tokens_per_s", tokens_per_s},
+                             {"grad_norm", grad_norm},
+                             {"skipped_steps", skipped_steps}};
+    const bool eval_now =
+        !val_rows.empty() && ((t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps);
+    if (eval_now) {
+      last_val_loss = evaluate();
+      record["val_loss"] = last_val_loss;
+      record["val_ppl"] = std::exp(last_val_loss);
+    }
+    if (step % t.log_every == 0 || step == t.steps || eval_now) {
+      metrics.log(record);
+      std::map<std::string, double> shown = {{"loss", loss}, {"lr", lr}};
+      if (eval_now) shown["val_loss"] = last_val_loss;
+      std::printf("[%s] %s\n", c.name.c_str(), progress.line(step, shown, tokens_per_s).c_str());
+      std::fflush(stdout);
+    }
+    if ((t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || step == t.steps) save(step);
+  }
+
+  SaveOptions options;
+  options.tokenizer_path = tokenizer_path;
+  model->to(torch::kCPU);
+  save_hf_model(*model, stage_output_dir(recipe, c.name), options);
+  nlohmann::json summary = {{"stage", c.name},
+                            {"type", c.pretrain ? "pretrain" : "sft"},
+                            {"steps", step},
+                            {"final_loss", last_loss},
+                            {"skipped_steps", skipped_steps},
+                            {"train_examples", train.size()},
+                            {"val_examples", val.size()},
+                            {"truncated", stats.truncated}};
+  if (!std::isnan(first_val_loss)) summary["initial_val_loss"] = first_val_loss;
+  if (!std::isnan(last_val_loss)) summary["final_val_loss"] = last_val_loss;
+  mark_stage_complete(recipe, c.name, summary);
+  std::printf("[%s] done: %s\n", c.name.c_str(), stage_output_dir(recipe, c.name).c_str());
+  return summary;
+}
+
+}  // namespace tiller

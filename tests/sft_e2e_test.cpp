@@ -1,0 +1,237 @@
+// End to end through the `tiller` binary: tokenizer training, pretraining from scratch, SFT, and
+// exact resume after SIGKILLs (the final weights equal an uninterrupted run's, byte for byte).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fcntl.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "common/io/hf_dir.h"
+#include "common/util/files.h"
+#include "tests/test_util.h"
+
+extern char** environ;
+
+using namespace tiller;
+
+namespace {
+
+// A small deterministic corpus: simple sentences over a fixed vocabulary.
+void write_corpus(const std::string& path, const std::string& sft_path) {
+  const char* names[] = {"Tom", "Lily", "Ben", "Mia", "Sam"};
+  const char* things[] = {"ball", "cat", "tree", "boat", "cake", "kite"};
+  const char* colors[] = {"red", "blue", "green", "big", "small"};
+  std::mt19937 rng(7);
+  std::ofstream corpus(path), sft(sft_path);
+  for (int i = 0; i < 1500; ++i) {
+    const char* n = names[rng() % 5];
+    const char* t = things[rng() % 6];
+    const char* c = colors[rng() % 5];
+    corpus << n << " saw a " << c << " " << t << ". " << n << " liked the " << t << " very much.\n";
+  }
+  for (int i = 0; i < 200; ++i) {
+    const char* t = things[rng() % 6];
+    const char* c = colors[rng() % 5];
+    sft << R"({"prompt": "What color is the )" << t << R"(?", "completion": "The )" << t << " is "
+        << c << R"(."})"
+        << "\n";
+  }
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+// The last step logged in a stage's metrics.jsonl (-1 when none).
+int64_t last_logged_step(const std::string& metrics) {
+  std::ifstream in(metrics);
+  std::string line;
+  int64_t step = -1;
+  while (std::getline(in, line)) {
+    try {
+      step = std::max<int64_t>(step, nlohmann::json::parse(line).at("step").get<int64_t>());
+    } catch (...) {
+    }
+  }
+  return step;
+}
+
+class SftEndToEnd : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(test::temp_dir("sft_e2e"));
+    write_corpus(*dir_ + "/corpus.txt", *dir_ + "/sft.jsonl");
+    std::string out;
+    ASSERT_EQ(test::run_command(test::tiller_binary() + " tokenizer train --input " + *dir_ +
+                                    "/corpus.txt --vocab-size 300 --out " + *dir_ + "/tok",
+                                &out),
+              0)
+        << out;
+    std::ofstream(*dir_ + "/recipe.json") << R"({
+      "run": {"name": "e2e", "seed": 5, "threads": 1},
+      "base": "@pretrain",
+      "stages": [
+        {"name": "pretrain", "type": "pretrain",
+         "model": {"shape": "stories260k", "hidden_size": 32, "intermediate_size": 64,
+                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                   "max_position_embeddings": 64},
+         "tokenizer": ")" << *dir_ << R"(/tok/tokenizer.model",
+         "data": {"train": ")" << *dir_ << R"(/corpus.txt", "val_fraction": 0.05},
+         "train": {"steps": 30, "batch_size": 8, "micro_batch_size": 4, "lr": 0.003,
+                   "warmup_steps": 3, "max_seq_len": 64, "checkpoint_every": 2, "eval_every": 10}},
+        {"name": "sft", "type": "sft", "init": "@pretrain",
+         "data": {"train": ")" << *dir_ << R"(/sft.jsonl", "format": "prompt_completion",
+                  "template": "plain", "val_fraction": 0.1, "packing": false},
+         "train": {"steps": 30, "batch_size": 8, "micro_batch_size": 2, "lr": 0.003,
+                   "max_seq_len": 64, "checkpoint_every": 1, "eval_every": 10}}
+      ]})";
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  static std::string recipe() { return *dir_ + "/recipe.json"; }
+  static std::string* dir_;
+};
+std::string* SftEndToEnd::dir_ = nullptr;
+
+}  // namespace
+
+TEST_F(SftEndToEnd, PretrainThenSftLowersLossAndResumesExactlyAfterKills) {
+  const std::string straight = *dir_ + "/straight", killed = *dir_ + "/killed";
+  std::string out;
+  ASSERT_EQ(
+      test::run_command(test::tiller_binary() + " run " + recipe() + " run.dir=" + straight, &out),
+      0)
+      << out;
+  // Validation loss fell in both stages.
+  for (const std::string stage : {"pretrain", "sft"}) {
+    auto summary = read_json_file(straight + "/" + stage + "/complete.json");
+    EXPECT_LT(summary["final_val_loss"].get<double>(), summary["initial_val_loss"].get<double>())
+        << stage;
+    EXPECT_TRUE(path_exists(straight + "/" + stage + "/final/model.safetensors"));
+  }
+  // A second run skips both finished stages.
+  ASSERT_EQ(
+      test::run_command(test::tiller_binary() + " run " + recipe() + " run.dir=" + straight, &out),
+      0);
+  EXPECT_NE(out.find("[sft] already complete"), std::string::npos) << out;
+
+  // Killed at several moments (after given steps, and after seeded random delays, which often
+  // land inside a checkpoint write with checkpoint_every 1-2), resumed each time.
+  std::mt19937 rng(11);
+  const std::vector<std::pair<std::string, int64_t>> step_kills = {
+      {"pretrain", 5}, {"pretrain", 17}, {"sft", 4}, {"sft", 21}};
+  int kills = 0;
+  const std::vector<std::string> args = {test::tiller_binary(), "run", recipe(),
+                                         "run.dir=" + killed};
+  for (const auto& [stage, at_step] : step_kills) {
+    pid_t pid = spawn(args, killed + ".log");
+    ASSERT_GT(pid, 0);
+    const std::string metrics = killed + "/" + stage + "/metrics.jsonl";
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (last_logged_step(metrics) < at_step && std::chrono::steady_clock::now() < deadline &&
+           waitpid(pid, nullptr, WNOHANG) == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 40));
+    if (kill(pid, SIGKILL) == 0) ++kills;
+    waitpid(pid, nullptr, 0);
+  }
+  for (int i = 0; i < 3; ++i) {
+    pid_t pid = spawn(args, killed + ".log");
+    std::this_thread::sleep_for(std::chrono::milliseconds(600 + rng() % 900));
+    if (kill(pid, SIGKILL) == 0) ++kills;
+    waitpid(pid, nullptr, 0);
+  }
+  EXPECT_GE(kills, 5);
+  ASSERT_EQ(test::run_command(args[0] + " run " + recipe() + " run.dir=" + killed, &out), 0) << out;
+  for (const std::string stage : {"pretrain", "sft"}) {
+    const std::string a = read_bytes(straight + "/" + stage + "/final/model.safetensors");
+    const std::string b = read_bytes(killed + "/" + stage + "/final/model.safetensors");
+    ASSERT_FALSE(a.empty());
+    EXPECT_TRUE(a == b) << stage << ": resumed weights differ from the uninterrupted run's";
+  }
+  // Each logged step appears once in the resumed run's metrics.
+  std::ifstream in(killed + "/sft/metrics.jsonl");
+  std::string line;
+  std::set<int64_t> steps;
+  int64_t lines = 0;
+  while (std::getline(in, line)) {
+    steps.insert(nlohmann::json::parse(line)["step"].get<int64_t>());
+    ++lines;
+  }
+  EXPECT_EQ(static_cast<int64_t>(steps.size()), lines);
+  EXPECT_EQ(*steps.rbegin(), 30);
+}
+
+TEST_F(SftEndToEnd, RecipeErrorsAreReportedBeforeAnythingRuns) {
+  const std::string run_dir = *dir_ + "/never";
+  std::string out;
+  int rc =
+      test::run_command(test::tiller_binary() + " run " + recipe() + " run.dir=" + run_dir +
+                            " sft.train.stepz=3 sft.data.template=nope pretrain.train.batch_size=7",
+                        &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("stages[1].train.stepz: unknown key"), std::string::npos) << out;
+  EXPECT_NE(out.find("stages[1].data.template: 'nope' is not one of"), std::string::npos) << out;
+  EXPECT_NE(out.find("stages[0].train.batch_size: batch_size 7 is not divisible"),
+            std::string::npos)
+      << out;
+  EXPECT_FALSE(path_exists(run_dir));
+  EXPECT_EQ(test::run_command(test::tiller_binary() + " run --check " + recipe(), &out), 0) << out;
+}
+
+TEST_F(SftEndToEnd, NonFiniteStepsAreSkippedThenTheRunStops) {
+  // A base whose embedding holds NaN: every loss is NaN.
+  const std::string base = *dir_ + "/nan_base";
+  {
+    ModelConfig c;
+    c.vocab_size = 300;
+    c.hidden_size = 16;
+    c.intermediate_size = 32;
+    c.num_hidden_layers = 1;
+    c.num_attention_heads = 2;
+    c.num_key_value_heads = 2;
+    c.max_position_embeddings = 64;
+    Transformer m(c);
+    m->init_weights(1);
+    torch::NoGradGuard no_grad;
+    m->model->embed_tokens->weight.fill_(std::nan(""));
+    SaveOptions options;
+    options.tokenizer_path = *dir_ + "/tok/tokenizer.model";
+    save_hf_model(*m, base, options);
+  }
+  const std::string run_dir = *dir_ + "/nan_run";
+  std::string out;
+  int rc =
+      test::run_command(test::tiller_binary() + " sft " + recipe() + " run.dir=" + run_dir +
+                            " base=null" + " sft.init=" + base + " sft.train.max_nonfinite_steps=3",
+                        &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("3 non-finite steps in a row at step 3"), std::string::npos) << out;
+  EXPECT_NE(out.find("step skipped"), std::string::npos) << out;
+  EXPECT_FALSE(path_exists(run_dir + "/sft/final"));
+  EXPECT_FALSE(path_exists(run_dir + "/sft/complete.json"));
+}

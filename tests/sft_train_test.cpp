@@ -1,0 +1,304 @@
+// Training machinery: packed loss, gradient accumulation, activation checkpointing, schedule,
+// checkpoints, TensorBoard framing, recipe validation.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <cstring>
+#include "common/data/batching.h"
+#include "common/io/checkpoint.h"
+#include "common/recipe/recipe.h"
+#include "common/torch_compat.h"
+#include "common/train/lm_loss.h"
+#include "common/train/metrics.h"
+#include "common/train/optimizer.h"
+#include "common/train/precision.h"
+#include "common/train/schedule.h"
+#include "common/train/train_config.h"
+#include "common/util/error.h"
+#include "sft/sft_stage.h"
+#include "tests/test_util.h"
+
+using namespace tiller;
+
+namespace {
+
+ModelConfig tiny_config() {
+  ModelConfig c;
+  c.vocab_size = 64;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 64;
+  c.tie_word_embeddings = false;
+  return c;
+}
+
+Transformer tiny_model(uint64_t seed) {
+  Transformer m(tiny_config());
+  m->init_weights(seed);
+  return m;
+}
+
+std::vector<Example> random_examples(int n, uint64_t seed) {
+  std::vector<Example> out;
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(seed);
+  for (int i = 0; i < n; ++i) {
+    const int64_t len = 4 + (i * 5) % 9;
+    auto ids = torch::randint(3, 64, {len}, g, torch::kLong);
+    Example e;
+    for (int64_t t = 0; t < len; ++t) {
+      e.tokens.push_back(ids[t].item<int64_t>());
+      e.trainable.push_back(t >= len / 2 ? 1 : 0);  // a "prompt" half and a "response" half
+    }
+    e.tokens[0] = 1;
+    out.push_back(e);
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> gradients(TransformerImpl& m) {
+  std::vector<torch::Tensor> out;
+  for (auto& p : m.parameters()) out.push_back(p.grad().clone());
+  return out;
+}
+
+double max_relative_difference(const std::vector<torch::Tensor>& a,
+                               const std::vector<torch::Tensor>& b) {
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double scale = std::max(a[i].abs().max().item<double>(), 1e-12);
+    worst = std::max(worst, (a[i] - b[i]).abs().max().item<double>() / scale);
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST(SftTrain, PackedLossEqualsExamplesOneByOne) {
+  auto model = tiny_model(1);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  auto examples = random_examples(5, 2);
+  BatchingOptions packed;
+  packed.max_seq_len = 64;
+  auto rows = plan_in_order(examples, packed);
+  ASSERT_EQ(rows.size(), 1u);  // all five in one row
+  const double packed_loss =
+      lm_loss_sum(*model, make_batch(examples, rows, 0, 1, packed, 0)).item<double>();
+  double separate = 0;
+  BatchingOptions single;
+  single.packing = false;
+  single.max_seq_len = 64;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    std::vector<Example> one = {examples[i]};
+    separate += lm_loss_sum(*model, make_batch(one, plan_in_order(one, single), 0, 1, single, 0))
+                    .item<double>();
+  }
+  EXPECT_NEAR(packed_loss, separate, 1e-4 * std::abs(separate));
+}
+
+TEST(SftTrain, GradientAccumulationMatchesOneLargeBatch) {
+  auto examples = random_examples(8, 3);
+  BatchingOptions o;
+  o.packing = false;
+  o.max_seq_len = 64;
+  auto rows = plan_in_order(examples, o);
+  auto batch = make_batch(examples, rows, 0, 8, o, 0);
+  const double total = static_cast<double>(batch.target_count);
+
+  auto one = tiny_model(4);
+  auto opt_one = make_adamw(*one, {1e-2, 0.1, 0.9, 0.95, 1e-8});
+  opt_one->zero_grad();
+  (lm_loss_sum(*one, batch) / total).backward();
+  auto grads_one = gradients(*one);
+  opt_one->step();
+
+  auto four = tiny_model(4);
+  auto opt_four = make_adamw(*four, {1e-2, 0.1, 0.9, 0.95, 1e-8});
+  opt_four->zero_grad();
+  for (int64_t begin = 0; begin < 8; begin += 2)
+    (lm_loss_sum(*four, batch.slice(begin, 2)) / total).backward();
+  auto grads_four = gradients(*four);
+  opt_four->step();
+
+  EXPECT_LT(max_relative_difference(grads_one, grads_four), 1e-6);
+  // The AdamW updates agree too (relative to the update's norm).
+  auto start = tiny_model(4)->parameters();
+  auto p_one = one->parameters(), p_four = four->parameters();
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < start.size(); ++i) {
+    auto u1 = p_one[i].detach() - start[i].detach(), u4 = p_four[i].detach() - start[i].detach();
+    diff += (u1 - u4).pow(2).sum().item<double>();
+    norm += u1.pow(2).sum().item<double>();
+  }
+  EXPECT_GT(norm, 0);
+  EXPECT_LT(std::sqrt(diff / norm), 1e-6);
+}
+
+TEST(SftTrain, ActivationCheckpointingGivesTheSameGradients) {
+  auto examples = random_examples(4, 5);
+  BatchingOptions o;
+  o.max_seq_len = 64;
+  auto batch = make_batch(examples, plan_in_order(examples, o), 0, 1, o, 0);
+  auto plain = tiny_model(6);
+  lm_loss_sum(*plain, batch).backward();
+  auto recomputed = tiny_model(6);
+  recomputed->model->activation_checkpointing = true;
+  lm_loss_sum(*recomputed, batch).backward();
+  EXPECT_LT(max_relative_difference(gradients(*plain), gradients(*recomputed)), 1e-5);
+}
+
+TEST(SftTrain, ScheduleWarmsUpThenDecays) {
+  ScheduleOptions s{1.0, 0.1, 10, 110, "cosine"};
+  EXPECT_DOUBLE_EQ(learning_rate(s, 0), 0.1);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 9), 1.0);
+  EXPECT_NEAR(learning_rate(s, 60), 0.55, 1e-12);  // half way through the cosine
+  EXPECT_NEAR(learning_rate(s, 110), 0.1, 1e-12);
+  s.kind = "linear";
+  EXPECT_NEAR(learning_rate(s, 60), 0.55, 1e-12);
+  EXPECT_NEAR(learning_rate(s, 35), 1.0 - 0.9 * 0.25, 1e-12);
+  s.kind = "constant";
+  EXPECT_DOUBLE_EQ(learning_rate(s, 100), 1.0);
+}
+
+TEST(SftTrain, CheckpointRoundTripAndInterruptedSaveIsIgnored) {
+  const std::string dir = test::temp_dir("ckpt");
+  auto model = tiny_model(7);
+  auto opt = make_adamw(*model, {1e-2, 0.0, 0.9, 0.95, 1e-8});
+  auto examples = random_examples(2, 8);
+  BatchingOptions o;
+  o.max_seq_len = 64;
+  auto batch = make_batch(examples, plan_in_order(examples, o), 0, 1, o, 0);
+  lm_loss_sum(*model, batch).backward();
+  opt->step();
+  save_checkpoint(dir, {{{"model", model.get()}}, {{"optimizer", opt.get()}}},
+                  {{"step", 3}, {"row", 5}}, 2);
+  // A save that died half way: a .tmp directory with garbage, never read.
+  std::filesystem::create_directories(dir + "/step-4.tmp");
+  std::ofstream(dir + "/step-4.tmp/model.safetensors") << "garbage";
+
+  auto restored = tiny_model(99);
+  auto restored_opt = make_adamw(*restored, {1e-2, 0.0, 0.9, 0.95, 1e-8});
+  auto state = load_latest_checkpoint(
+      dir, {{{"model", restored.get()}}, {{"optimizer", restored_opt.get()}}});
+  EXPECT_EQ(state["step"], 3);
+  EXPECT_EQ(state["row"], 5);
+  auto a = model->named_weights(), b = restored->named_weights();
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+  // The same next step from both: optimizer state was restored exactly.
+  opt->zero_grad();
+  restored_opt->zero_grad();
+  lm_loss_sum(*model, batch).backward();
+  lm_loss_sum(*restored, batch).backward();
+  opt->step();
+  restored_opt->step();
+  a = model->named_weights(), b = restored->named_weights();
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+
+  // keep: only the newest two survive.
+  for (int step : {5, 6, 7})
+    save_checkpoint(dir, {{{"model", model.get()}}, {}}, {{"step", step}}, 2);
+  EXPECT_FALSE(std::filesystem::exists(dir + "/step-5"));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/step-6"));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/step-7"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/step-4.tmp"));
+}
+
+TEST(SftTrain, Crc32cMatchesTheStandardCheckValue) {
+  EXPECT_EQ(crc32c("123456789", 9), 0xE3069283u);
+}
+
+TEST(SftTrain, TensorBoardEventFileFraming) {
+  const std::string dir = test::temp_dir("tb");
+  std::string path;
+  {
+    TensorBoardWriter tb(dir);
+    tb.scalar("loss", 1.5, 7);
+    path = tb.path();
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Two records, each: u64 length, u32 masked crc of length, data, u32 masked crc of data.
+  size_t pos = 0;
+  int records = 0;
+  while (pos < bytes.size()) {
+    uint64_t length;
+    std::memcpy(&length, bytes.data() + pos, 8);
+    ASSERT_LE(pos + 16 + length, bytes.size());
+    uint32_t crc;
+    std::memcpy(&crc, bytes.data() + pos + 12 + length, 4);
+    const uint32_t raw = crc32c(bytes.data() + pos + 12, length);
+    EXPECT_EQ(crc, ((raw >> 15) | (raw << 17)) + 0xa282ead8u);
+    pos += 16 + length;
+    ++records;
+  }
+  EXPECT_EQ(records, 2);
+  EXPECT_NE(bytes.find("loss"), std::string::npos);
+}
+
+TEST(SftTrain, RecipeMistakesAreAllReportedWithPaths) {
+  const std::string dir = test::temp_dir("recipe");
+  std::ofstream(dir + "/data.jsonl") << R"({"prompt":"a","completion":"b"})"
+                                     << "\n";
+  std::ofstream(dir + "/r.json") << R"({
+    // comments are allowed
+    "run": {"name": "t", "dir": ")"
+                                 << dir << R"(/run", "sed": 1},
+    "base": {"hf": ")" << dir << R"("},
+    "stages": [{"name": "sft", "type": "sft", "data": {"train": ")"
+                                 << dir << R"(/data.jsonl",
+                "format": "prompt_completion"},
+                "train": {"steps": 10, "batch_size": 6, "micro_batch_size": 4, "lr": "fast"}}]
+  })";
+  ConfigErrors errors;
+  auto recipe = load_recipe(dir + "/r.json", {"sft.train.warmup=3"}, errors);
+  parse_sft_stage(recipe.stages[0], errors);
+  std::string all;
+  for (const auto& e : errors.list()) all += e + "\n";
+  EXPECT_NE(all.find("run.sed: unknown key"), std::string::npos) << all;
+  EXPECT_NE(all.find("stages[0].train.warmup: unknown key"), std::string::npos) << all;
+  EXPECT_NE(all.find("stages[0].train.lr: expected a number"), std::string::npos) << all;
+  EXPECT_NE(all.find("batch_size 6 is not divisible by micro_batch_size 4"), std::string::npos)
+      << all;
+  EXPECT_EQ(errors.list().size(), 4u) << all;
+  EXPECT_THROW(errors.throw_if_any("r.json"), Error);
+}
+
+TEST(SftTrain, OverridesAddressStagesByName) {
+  auto j = nlohmann::json::parse(
+      R"({"run": {"seed": 1}, "stages": [{"name": "sft", "train": {"steps": 3}}]})");
+  apply_override(j, "sft.train.steps=10");
+  apply_override(j, "run.seed=7");
+  apply_override(j, "stages.0.train.lr=0.5");
+  apply_override(j, "sft.data.template=chatml");
+  EXPECT_EQ(j["stages"][0]["train"]["steps"], 10);
+  EXPECT_EQ(j["run"]["seed"], 7);
+  EXPECT_EQ(j["stages"][0]["train"]["lr"], 0.5);
+  EXPECT_EQ(j["stages"][0]["data"]["template"], "chatml");
+  EXPECT_THROW(apply_override(j, "novalue"), Error);
+  EXPECT_THROW(apply_override(j, "run.seed.x=1"), Error);
+}
+
+TEST(SftTrain, Bf16AutocastLossStaysCloseToFp32) {
+  if (!bf16_supported(torch::kCPU)) GTEST_SKIP() << "skipped: this CPU has no AVX-512 BF16 / AMX";
+  auto model = tiny_model(9);
+  auto examples = random_examples(6, 10);
+  BatchingOptions o;
+  o.max_seq_len = 64;
+  auto batch = make_batch(examples, plan_in_order(examples, o), 0, 1, o, 0);
+  torch::NoGradGuard no_grad;
+  const double fp32 = lm_loss_sum(*model, batch).item<double>();
+  double bf16;
+  {
+    compat::AutocastGuard cast(true, torch::kCPU);
+    bf16 = lm_loss_sum(*model, batch).item<double>();
+  }
+  EXPECT_NE(fp32, bf16);  // autocast really ran in bf16
+  EXPECT_NEAR(bf16, fp32, 0.01 * fp32);
+}
