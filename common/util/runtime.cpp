@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -34,17 +35,21 @@ void warn_if_slow_blas() {
   torch::NoGradGuard no_grad;
   auto a = torch::randn({1024, 1024});
   auto b = torch::randn({1024, 1024});
-  torch::mm(a, b);  // warm-up
-  auto start = std::chrono::steady_clock::now();
-  torch::mm(a, b);
-  double ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  if (ms > 50.0) {
-    std::fprintf(stderr,
-                 "tiller: warning: a 1024x1024 matmul took %.0f ms: the BLAS in use looks like the "
-                 "reference one; install libopenblas0-openmp (scripts/setup.sh does)\n",
-                 ms);
+  // The best of three: another process sharing the cores must not trigger the warning.
+  // OpenBLAS takes ~11 ms here, the reference BLAS ~350 ms.
+  double best_ms = 1e9;
+  for (int i = 0; i < 3; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    torch::mm(a, b);
+    best_ms = std::min(
+        best_ms, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                     .count());
+    if (best_ms < 150.0) return;
   }
+  std::fprintf(stderr,
+               "tiller: warning: a 1024x1024 matmul took %.0f ms: the BLAS in use looks like the "
+               "reference one; install libopenblas0-openmp (scripts/setup.sh does)\n",
+               best_ms);
 }
 
 }  // namespace tiller
