@@ -18,10 +18,11 @@
 #include "common/tokenizer/tokenizer.h"
 #include "common/torch_compat.h"
 #include "common/util/error.h"
-#include "tiller_build_paths.h"
 #include "common/util/files.h"
 #include "common/util/runtime.h"
+#include "reward/reward_stage.h"
 #include "sft/sft_stage.h"
+#include "tiller_build_paths.h"
 
 using namespace tiller;
 
@@ -166,6 +167,40 @@ void run_tokenize(const TokenizeArgs& a) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// eval reward
+
+struct EvalRewardArgs {
+  std::string model, data, format = "preference", template_name;
+  int64_t max_seq_len = 0;
+  bool json = false;
+};
+
+void run_eval_reward(const EvalRewardArgs& a) {
+  auto r = evaluate_reward_model(a.model, a.data, a.format, a.template_name, a.max_seq_len);
+  if (a.json) {
+    nlohmann::json j = {{"pairs", r.pairs},
+                        {"accuracy", r.accuracy},
+                        {"loss", r.loss},
+                        {"margin", r.margin},
+                        {"chosen_reward", r.chosen_reward},
+                        {"rejected_reward", r.rejected_reward},
+                        {"records", r.data.records},
+                        {"dropped_identical", r.data.identical},
+                        {"dropped_prompt_too_long", r.data.prompt_too_long},
+                        {"truncated", r.data.truncated}};
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("pairs %lld  accuracy %.4f  loss %.4f  margin %.4f  chosen %.4f  rejected %.4f\n",
+              (long long)r.pairs, r.accuracy, r.loss, r.margin, r.chosen_reward, r.rejected_reward);
+  std::printf(
+      "(%lld records; dropped %lld identical, %lld with a prompt over max_seq_len; %lld sequences "
+      "truncated)\n",
+      (long long)r.data.records, (long long)r.data.identical, (long long)r.data.prompt_too_long,
+      (long long)r.data.truncated);
+}
+
+// ---------------------------------------------------------------------------------------------
 
 std::vector<int64_t> parse_int_list(const std::string& text, const char* flag) {
   std::vector<int64_t> out;
@@ -186,7 +221,7 @@ std::vector<int64_t> parse_int_list(const std::string& text, const char* flag) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// recipes: run, sft, pretrain
+// recipes: run, sft, pretrain, reward
 
 struct RecipeArgs {
   std::string path;
@@ -198,16 +233,19 @@ struct RecipeArgs {
 struct ParsedRecipe {
   Recipe recipe;
   std::vector<SftStageConfig> sft_stages;  // pretrain and sft, in recipe order
+  std::vector<RewardStageConfig> reward_stages;
 };
 
 // Loads the recipe and parses every stage; all mistakes are reported together.
 ParsedRecipe parse_recipe(const RecipeArgs& a) {
   ConfigErrors errors;
-  ParsedRecipe parsed{load_recipe(a.path, a.overrides, errors), {}};
+  ParsedRecipe parsed{load_recipe(a.path, a.overrides, errors), {}, {}};
   for (const auto& stage : parsed.recipe.stages) {
     if (stage.type == "pretrain" || stage.type == "sft") {
       parsed.sft_stages.push_back(parse_sft_stage(stage, errors));
-    } else if (stage.type == "reward" || stage.type == "rlhf") {
+    } else if (stage.type == "reward") {
+      parsed.reward_stages.push_back(parse_reward_stage(stage, errors));
+    } else if (stage.type == "rlhf") {
       errors.add(stage.path + ".type", "stage type '" + stage.type + "' is not implemented yet");
     }
   }
@@ -226,6 +264,12 @@ void run_stage(const ParsedRecipe& parsed, const std::string& name) {
     std::printf("[%s] already complete (%s); skipped\n", name.c_str(),
                 stage_output_dir(parsed.recipe, name).c_str());
     return;
+  }
+  for (const auto& s : parsed.reward_stages) {
+    if (s.name == name) {
+      run_reward_stage(parsed.recipe, s);
+      return;
+    }
   }
   run_sft_stage(parsed.recipe, stage_named(parsed, name));
 }
@@ -345,6 +389,25 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--from", recipe_args.from, "start at this stage");
   auto* sft_cmd = add_recipe_command("sft", "run the recipe's sft stage");
   auto* pretrain_cmd = add_recipe_command("pretrain", "run the recipe's pretrain stage");
+  auto* reward_cmd = add_recipe_command("reward", "run the recipe's reward stage");
+
+  EvalRewardArgs eval_reward;
+  auto* eval_cmd = app.add_subcommand("eval", "evaluate a model");
+  eval_cmd->require_subcommand(1);
+  auto* eval_reward_cmd = eval_cmd->add_subcommand(
+      "reward", "accuracy and margins of a reward model on preference pairs");
+  eval_reward_cmd->add_option("--model", eval_reward.model, "reward-model directory")->required();
+  eval_reward_cmd->add_option("--data", eval_reward.data, "preference JSONL (.gz read too)")
+      ->required();
+  eval_reward_cmd->add_option("--format", eval_reward.format)
+      ->check(CLI::IsMember({"preference", "hh"}))
+      ->capture_default_str();
+  eval_reward_cmd->add_option("--template", eval_reward.template_name,
+                              "chat template (default: the one trained with)");
+  eval_reward_cmd
+      ->add_option("--max-seq-len", eval_reward.max_seq_len, "0: the length trained with")
+      ->capture_default_str();
+  eval_reward_cmd->add_flag("--json", eval_reward.json, "print one JSON object");
 
   try {
     app.parse(argc, argv);
@@ -366,6 +429,11 @@ int main(int argc, char** argv) {
       return run_recipe(recipe_args, "sft");
     } else if (*pretrain_cmd) {
       return run_recipe(recipe_args, "pretrain");
+    } else if (*reward_cmd) {
+      return run_recipe(recipe_args, "reward");
+    } else if (*eval_reward_cmd) {
+      warn_if_slow_blas();
+      run_eval_reward(eval_reward);
     } else if (*version) {
       std::printf("tiller %s (LibTorch %s%s)\n", TILLER_VERSION, compat::torch_version().c_str(),
                   compat::cuda_available() ? ", CUDA" : ", CPU");
