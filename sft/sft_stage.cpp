@@ -12,6 +12,7 @@
 #include "common/torch_compat.h"
 #include "common/train/lm_loss.h"
 #include "common/train/metrics.h"
+#include "common/train/nonfinite_guard.h"
 #include "common/train/precision.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
@@ -207,15 +208,15 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   // Optimizer, and resume
   auto optimizer = make_adamw(*model, t.optimizer());
   CheckpointParts parts{{{"model", model.get()}}, {{"optimizer", optimizer.get()}}};
-  int64_t step = 0, consecutive_nonfinite = 0, skipped_steps = 0;
+  int64_t step = 0;
+  NonFiniteGuard guard(c.name, checkpoints, t.max_nonfinite_steps);
   DataPosition position;
   auto state = load_latest_checkpoint(checkpoints, parts);
   if (!state.is_null()) {
     step = state.at("step").get<int64_t>();
     position.epoch = state.at("epoch").get<int64_t>();
     position.row = state.at("row").get<int64_t>();
-    consecutive_nonfinite = state.value("consecutive_nonfinite", int64_t{0});
-    skipped_steps = state.value("skipped_steps", int64_t{0});
+    guard.restore(state);
     std::printf("[%s] resumed from %s/step-%lld\n", c.name.c_str(), checkpoints.c_str(),
                 (long long)step);
   }
@@ -225,11 +226,8 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   check(!epoch_rows.empty(), "stage " + c.name + ": no training rows");
 
   auto save = [&](int64_t at_step) {
-    nlohmann::json s = {{"step", at_step},
-                        {"epoch", position.epoch},
-                        {"row", position.row},
-                        {"consecutive_nonfinite", consecutive_nonfinite},
-                        {"skipped_steps", skipped_steps}};
+    nlohmann::json s = {{"step", at_step}, {"epoch", position.epoch}, {"row", position.row}};
+    s.update(guard.to_json());
     save_checkpoint(checkpoints, parts, s, t.keep_checkpoints);
   };
   auto evaluate = [&]() {
@@ -282,24 +280,10 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
     const double loss = loss_sum / static_cast<double>(total_targets);
     const double max_norm = t.grad_clip > 0 ? t.grad_clip : std::numeric_limits<double>::infinity();
     const double grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
-    const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
-    if (finite) {
+    if (guard.accept(loss, grad_norm, step + 1)) {
       optimizer->step();
-      consecutive_nonfinite = 0;
     } else {
       optimizer->zero_grad();
-      ++skipped_steps;
-      ++consecutive_nonfinite;
-      std::fprintf(
-          stderr,
-          "[%s] step %lld: non-finite loss or gradient norm, step skipped (%lld in a row)\n",
-          c.name.c_str(), (long long)(step + 1), (long long)consecutive_nonfinite);
-      if (consecutive_nonfinite >= t.max_nonfinite_steps) {
-        throw Error("stage " + c.name + ": " + std::to_string(consecutive_nonfinite) +
-                    " non-finite steps in a row at step " + std::to_string(step + 1) +
-                    "; stopped (the last good checkpoint in " + checkpoints +
-                    " is intact; lower train.lr or check the data)");
-      }
     }
     ++step;
     last_loss = loss;
@@ -313,7 +297,7 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
                              {"lr", lr},
                              {"tokens_per_s", tokens_per_s},
                              {"grad_norm", grad_norm},
-                             {"skipped_steps", skipped_steps}};
+                             {"skipped_steps", guard.skipped()}};
     const bool eval_now =
         !val_rows.empty() && ((t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps);
     if (eval_now) {
@@ -339,7 +323,7 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
                             {"type", c.pretrain ? "pretrain" : "sft"},
                             {"steps", step},
                             {"final_loss", last_loss},
-                            {"skipped_steps", skipped_steps},
+                            {"skipped_steps", guard.skipped()},
                             {"train_examples", train.size()},
                             {"val_examples", val.size()},
                             {"truncated", stats.truncated}};

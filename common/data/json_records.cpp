@@ -39,6 +39,18 @@ std::string gunzip_file(const std::string& path) {
 
 }  // namespace
 
+std::string string_field(const nlohmann::json& record, const char* key, const std::string& where,
+                         bool required) {
+  auto it = record.find(key);
+  if (it == record.end() || it->is_null()) {
+    check(!required, where + ": missing field \"" + key + "\"");
+    return "";
+  }
+  check(it->is_string(),
+        where + ": field \"" + key + "\" must be a string, got " + it->type_name());
+  return it->get<std::string>();
+}
+
 std::string read_text_file(const std::string& path) {
   if (ends_with(path, ".gz")) return gunzip_file(path);
   check(path_exists(path), "data file " + path + " does not exist");

@@ -22,6 +22,11 @@ struct RecordReadResult {
   int64_t skipped = 0;
 };
 
+// record[key] as a string; a missing (when required) or non-string field is a tiller::Error
+// naming `where` and the key. An absent optional field gives "".
+std::string string_field(const nlohmann::json& record, const char* key, const std::string& where,
+                         bool required = true);
+
 // Reads the bytes of a file, gunzipping it when it ends in .gz; errors name the file.
 std::string read_text_file(const std::string& path);
 

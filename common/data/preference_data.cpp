@@ -5,7 +5,8 @@
 #include <cstring>
 
 #include "common/data/batching.h"      // seeded_permutation
-#include "common/data/json_records.h"  // read_json_records
+#include "common/data/json_records.h"  // read_json_records, string_field
+#include "common/data/sft_data.h"      // messages_from_json
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/error.h"
 
@@ -21,28 +22,6 @@ std::string trim(const std::string& s) {
   if (begin == std::string::npos) return "";
   const size_t end = s.find_last_not_of(" \t\r\n");
   return s.substr(begin, end - begin + 1);
-}
-
-std::string string_field(const nlohmann::json& record, const char* key, const std::string& where) {
-  auto it = record.find(key);
-  check(it != record.end() && !it->is_null(), where + ": missing field \"" + key + "\"");
-  check(it->is_string(),
-        where + ": field \"" + key + "\" must be a string, got " + it->type_name());
-  return it->get<std::string>();
-}
-
-std::vector<Message> messages_from_json(const nlohmann::json& list, const std::string& where,
-                                        const std::string& field) {
-  std::vector<Message> out;
-  for (size_t i = 0; i < list.size(); ++i) {
-    const std::string at = where + ": " + field + "[" + std::to_string(i) + "]";
-    check(list[i].is_object(), at + " must be an object with role and content");
-    Message m{string_field(list[i], "role", at), string_field(list[i], "content", at)};
-    check(m.role == "system" || m.role == "user" || m.role == "assistant",
-          at + ": unknown role '" + m.role + "' (system, user, assistant)");
-    out.push_back(std::move(m));
-  }
-  return out;
 }
 
 // A side or a prompt: a string (as `string_role`) or a message list.

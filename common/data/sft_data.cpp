@@ -10,17 +10,13 @@ namespace tiller {
 
 namespace {
 
-std::string string_field(const nlohmann::json& record, const char* key, const std::string& where,
-                         bool required = true) {
-  auto it = record.find(key);
-  if (it == record.end() || it->is_null()) {
-    check(!required, where + ": missing field \"" + key + "\"");
-    return "";
-  }
-  check(it->is_string(),
-        where + ": field \"" + key + "\" must be a string, got " + it->type_name());
-  return it->get<std::string>();
+bool has_assistant(const std::vector<Message>& messages) {
+  for (const auto& m : messages)
+    if (m.role == "assistant") return true;
+  return false;
 }
+
+}  // namespace
 
 std::vector<Message> messages_from_json(const nlohmann::json& list, const std::string& where,
                                         const std::string& field) {
@@ -36,14 +32,6 @@ std::vector<Message> messages_from_json(const nlohmann::json& list, const std::s
   }
   return out;
 }
-
-bool has_assistant(const std::vector<Message>& messages) {
-  for (const auto& m : messages)
-    if (m.role == "assistant") return true;
-  return false;
-}
-
-}  // namespace
 
 std::vector<Message> conversation_from_record(const nlohmann::json& record,
                                               const std::string& format,

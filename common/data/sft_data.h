@@ -18,6 +18,11 @@ struct Example {
   std::vector<uint8_t> trainable;
 };
 
+// A JSON list of {"role","content"} messages (roles system, user, assistant); errors name
+// `where` and `field`.
+std::vector<Message> messages_from_json(const nlohmann::json& list, const std::string& where,
+                                        const std::string& field);
+
 // A record in one of the SFT layouts as a conversation. format: "messages"
 // ({"messages":[{"role","content"}]}), "prompt_completion" ({"prompt","completion"}, each a string
 // or a message list), "alpaca" ({"instruction","input","output"}). Throws tiller::Error naming
