@@ -15,6 +15,7 @@
 #include "common/recipe/recipe.h"
 #include "common/recipe/stage_io.h"
 #include "common/rollout/generator.h"
+#include "common/tokenizer/chat_template.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/torch_compat.h"
 #include "common/util/error.h"
@@ -67,9 +68,11 @@ struct GenerateArgs {
   bool has_prompt = false;  // --prompt given, maybe as "" (BOS alone: unconditional generation)
   SamplingOptions sampling;
   bool no_bos = false;
+  std::string chat_template;  // wrap each prompt as a user turn in this chat template
 };
 
-std::string completion_text(const Tokenizer& tok, const std::vector<int64_t>& response, int64_t eos) {
+std::string completion_text(const Tokenizer& tok, const std::vector<int64_t>& response,
+                            int64_t eos) {
   std::vector<int64_t> ids;
   for (int64_t id : response)
     if (id != eos) ids.push_back(id);
@@ -121,10 +124,16 @@ void run_generate(GenerateArgs a) {
   a.sampling.eos_id = tok.eos_id();
   a.sampling.pad_id = tok.pad_id();
 
-  std::vector<std::string> texts =
-      a.prompts_file.empty() ? std::vector<std::string>{a.prompt} : read_prompt_lines(a.prompts_file);
+  std::vector<std::string> texts = a.prompts_file.empty() ? std::vector<std::string>{a.prompt}
+                                                          : read_prompt_lines(a.prompts_file);
   std::vector<std::vector<int64_t>> prompts;
-  for (const auto& text : texts) prompts.push_back(tok.encode(text, /*add_bos=*/!a.no_bos));
+  check(a.chat_template.empty() || is_chat_template(a.chat_template),
+        "generate: unknown --template '" + a.chat_template + "' (chatml, llama2, alpaca, plain)");
+  for (const auto& text : texts) {
+    prompts.push_back(a.chat_template.empty()
+                          ? tok.encode(text, /*add_bos=*/!a.no_bos)
+                          : tokenize_prompt(tok, a.chat_template, {{"user", text}}));
+  }
   auto batch = generate(*model, prompts, a.sampling);
 
   if (a.prompts_file.empty()) {
@@ -322,28 +331,37 @@ int main(int argc, char** argv) {
   ConvertArgs convert;
   auto* convert_cmd = app.add_subcommand("convert", "convert checkpoints (llama2.c <-> HF)");
   convert_cmd->add_option("--from", convert.from, "input format")
-      ->check(CLI::IsMember({"llama2c", "hf"}))->capture_default_str();
+      ->check(CLI::IsMember({"llama2c", "hf"}))
+      ->capture_default_str();
   convert_cmd->add_option("--to", convert.to, "output format")
-      ->check(CLI::IsMember({"hf", "llama2c"}))->capture_default_str();
-  convert_cmd->add_option("--model", convert.model, "input: a llama2.c .bin or an HF directory")->required();
-  convert_cmd->add_option("--tokenizer", convert.tokenizer, "SentencePiece tokenizer.model to ship");
-  convert_cmd->add_option("--out", convert.out, "output directory (hf) or file (llama2c)")->required();
+      ->check(CLI::IsMember({"hf", "llama2c"}))
+      ->capture_default_str();
+  convert_cmd->add_option("--model", convert.model, "input: a llama2.c .bin or an HF directory")
+      ->required();
+  convert_cmd->add_option("--tokenizer", convert.tokenizer,
+                          "SentencePiece tokenizer.model to ship");
+  convert_cmd->add_option("--out", convert.out, "output directory (hf) or file (llama2c)")
+      ->required();
 
   GenerateArgs gen;
   auto* gen_cmd = app.add_subcommand("generate", "sample completions from a model directory");
   gen_cmd->add_option("--model", gen.model, "HF model directory")->required();
-  gen_cmd->add_option("--tokenizer", gen.tokenizer, "tokenizer.model (default: MODEL/tokenizer.model)");
+  gen_cmd->add_option("--tokenizer", gen.tokenizer,
+                      "tokenizer.model (default: MODEL/tokenizer.model)");
   gen_cmd->add_option("--prompt", gen.prompt, "prompt text")->each([&gen](const std::string&) {
     gen.has_prompt = true;
   });
   gen_cmd->add_option("--prompts", gen.prompts_file, "JSONL file of {\"prompt\": ...} lines");
   gen_cmd->add_option("--out", gen.out_file, "JSONL output for --prompts");
   gen_cmd->add_option("--max-new-tokens", gen.sampling.max_new_tokens)->capture_default_str();
-  gen_cmd->add_option("--temperature", gen.sampling.temperature, "0 = greedy")->capture_default_str();
+  gen_cmd->add_option("--temperature", gen.sampling.temperature, "0 = greedy")
+      ->capture_default_str();
   gen_cmd->add_option("--top-p", gen.sampling.top_p)->capture_default_str();
   gen_cmd->add_option("--top-k", gen.sampling.top_k, "0 = off")->capture_default_str();
   gen_cmd->add_option("--seed", gen.sampling.seed)->capture_default_str();
   gen_cmd->add_flag("--no-bos", gen.no_bos, "do not prepend BOS to prompts");
+  gen_cmd->add_option("--template", gen.chat_template,
+                      "wrap each prompt as a user turn of this chat template (as in SFT)");
 
   TokenizeArgs tokenize;
   auto* tok_cmd = app.add_subcommand("tokenize", "print the token ids of a text");
@@ -359,7 +377,8 @@ int main(int argc, char** argv) {
   std::string train_input, train_out;
   int64_t train_vocab = 0;
   auto* train_cmd = tokenizer_cmd->add_subcommand("train", "train a SentencePiece BPE tokenizer");
-  train_cmd->add_option("--input", train_input, "text corpus, one sentence or paragraph a line")->required();
+  train_cmd->add_option("--input", train_input, "text corpus, one sentence or paragraph a line")
+      ->required();
   train_cmd->add_option("--vocab-size", train_vocab, "number of pieces")->required();
   train_cmd->add_option("--out", train_out, "output directory for tokenizer.model")->required();
 
@@ -367,9 +386,12 @@ int main(int argc, char** argv) {
   bench_cmd->require_subcommand(1);
   bench::DecodeOptions decode;
   std::string batches = "1,16";
-  auto* decode_cmd = bench_cmd->add_subcommand("decode", "generation tokens/s at several batch sizes");
-  decode_cmd->add_option("--model", decode.model_dir, "HF directory (default: --shape, random weights)");
-  decode_cmd->add_option("--shape", decode.shape, "stories260k, llama-15m, llama-124m")->capture_default_str();
+  auto* decode_cmd =
+      bench_cmd->add_subcommand("decode", "generation tokens/s at several batch sizes");
+  decode_cmd->add_option("--model", decode.model_dir,
+                         "HF directory (default: --shape, random weights)");
+  decode_cmd->add_option("--shape", decode.shape, "stories260k, llama-15m, llama-124m")
+      ->capture_default_str();
   decode_cmd->add_option("--batch", batches, "comma-separated batch sizes")->capture_default_str();
   decode_cmd->add_option("--prompt-tokens", decode.prompt_tokens)->capture_default_str();
   decode_cmd->add_option("--new-tokens", decode.new_tokens)->capture_default_str();
@@ -384,7 +406,8 @@ int main(int argc, char** argv) {
     cmd->add_flag("--check", recipe_args.check_only, "validate the recipe and exit");
     return cmd;
   };
-  auto* run_cmd = add_recipe_command("run", "run every stage of a recipe (finished stages are skipped)");
+  auto* run_cmd =
+      add_recipe_command("run", "run every stage of a recipe (finished stages are skipped)");
   run_cmd->add_option("--only", recipe_args.only, "run only this stage");
   run_cmd->add_option("--from", recipe_args.from, "start at this stage");
   auto* sft_cmd = add_recipe_command("sft", "run the recipe's sft stage");
@@ -446,7 +469,8 @@ int main(int argc, char** argv) {
       run_tokenize(tokenize);
     } else if (*train_cmd) {
       train_tokenizer(train_input, train_vocab, train_out);
-      std::printf("wrote %s/tokenizer.model (%lld pieces)\n", train_out.c_str(), (long long)train_vocab);
+      std::printf("wrote %s/tokenizer.model (%lld pieces)\n", train_out.c_str(),
+                  (long long)train_vocab);
     } else if (*decode_cmd) {
       warn_if_slow_blas();
       decode.batches = parse_int_list(batches, "--batch");
