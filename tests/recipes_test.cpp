@@ -1,0 +1,28 @@
+// Every shipped recipe passes `tiller run --check` (from the project root, as users run them).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "tests/test_util.h"
+#include "tiller_build_paths.h"
+
+using namespace tiller;
+
+TEST(Recipes, EveryShippedRecipePassesCheck) {
+  if (test::shared_file("models/stories260K/stories260K.bin").empty())
+    GTEST_SKIP() << "skipped: the shipped recipes read ../shared/data, which is absent";
+  int checked = 0;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(std::string(TILLER_SOURCE_DIR) + "/recipes")) {
+    if (entry.path().extension() != ".json") continue;
+    std::string out;
+    const int rc = test::run_command("cd '" + std::string(TILLER_SOURCE_DIR) + "' && '" +
+                                         test::tiller_binary() + "' run --check 'recipes/" +
+                                         entry.path().filename().string() + "'",
+                                     &out);
+    EXPECT_EQ(rc, 0) << entry.path() << ":\n" << out;
+    EXPECT_NE(out.find(": OK ("), std::string::npos) << out;
+    ++checked;
+  }
+  EXPECT_GE(checked, 3);
+}
