@@ -123,6 +123,7 @@ void run_generate(GenerateArgs a) {
   tok.check_matches(model->config, a.model);
   a.sampling.eos_id = tok.eos_id();
   a.sampling.pad_id = tok.pad_id();
+  a.sampling.full_pass_logprobs = false;  // generate prints text, not log-probs
 
   std::vector<std::string> texts = a.prompts_file.empty() ? std::vector<std::string>{a.prompt}
                                                           : read_prompt_lines(a.prompts_file);

@@ -7,7 +7,8 @@
 namespace tiller {
 
 void SamplingOptions::validate() const {
-  check(max_new_tokens >= 1, "max_new_tokens must be at least 1, got " + std::to_string(max_new_tokens));
+  check(max_new_tokens >= 1,
+        "max_new_tokens must be at least 1, got " + std::to_string(max_new_tokens));
   check(temperature >= 0, "temperature must be >= 0, got " + std::to_string(temperature));
   check(top_k >= 0, "top_k must be >= 0, got " + std::to_string(top_k));
   check(top_p > 0 && top_p <= 1, "top_p must be in (0, 1], got " + std::to_string(top_p));
@@ -22,14 +23,18 @@ std::vector<int64_t> GenerationBatch::response(int64_t row) const {
   return out;
 }
 
-torch::Tensor GenerationBatch::sequence_ids() const { return torch::cat({prompt_ids, response_ids}, 1); }
+torch::Tensor GenerationBatch::sequence_ids() const {
+  return torch::cat({prompt_ids, response_ids}, 1);
+}
 torch::Tensor GenerationBatch::sequence_mask() const {
   return torch::cat({prompt_mask, response_mask}, 1);
 }
 
 namespace {
 
-double effective_temperature(double temperature) { return temperature > 0 ? temperature : 1.0; }
+double effective_temperature(double temperature) {
+  return temperature > 0 ? temperature : 1.0;
+}
 
 // logits: [B, V] float. Returns the next token per row: [B] int64.
 torch::Tensor sample(const torch::Tensor& logits, const SamplingOptions& o, at::Generator& gen) {
@@ -105,15 +110,17 @@ GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<i
   // Prefill: the whole prompt at once; keep the logits of each row's last slot.
   auto positions = positions_from_mask(out.prompt_mask);
   auto next_position = out.prompt_mask.to(torch::kLong).sum(1);  // [B]
-  auto hidden = model.hidden(out.prompt_ids, positions,
-                             causal_mask(cache.key_valid.narrow(1, 0, prompt_len), prompt_len), &cache);
+  auto hidden =
+      model.hidden(out.prompt_ids, positions,
+                   causal_mask(cache.key_valid.narrow(1, 0, prompt_len), prompt_len), &cache);
   auto logits = model.logits(hidden.narrow(1, prompt_len - 1, 1)).squeeze(1).to(torch::kFloat);
 
   std::vector<torch::Tensor> tokens, logprobs, masks;
   auto alive = torch::ones({batch}, torch::dtype(torch::kBool).device(param.device()));
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
     auto token = sample(logits.cpu(), o, gen).to(param.device());
-    auto logp = torch::log_softmax(logits / temperature, -1).gather(-1, token.unsqueeze(-1)).squeeze(-1);
+    auto logp =
+        torch::log_softmax(logits / temperature, -1).gather(-1, token.unsqueeze(-1)).squeeze(-1);
     token = torch::where(alive, token, torch::full_like(token, o.pad_id));
     tokens.push_back(token);
     masks.push_back(alive.clone());
@@ -133,6 +140,7 @@ GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<i
   out.logprobs = torch::stack(logprobs, 1);
   auto is_eos = out.response_ids.eq(o.eos_id).logical_and(out.response_mask);
   out.ended_with_eos = is_eos.any(1);
+  if (o.full_pass_logprobs) out.logprobs = response_logprobs(model, out, o.temperature);
   return out;
 }
 
@@ -141,12 +149,13 @@ torch::Tensor response_logprobs(TransformerImpl& model, const GenerationBatch& b
   const int64_t prompt_len = batch.prompt_ids.size(1), response_len = batch.response_ids.size(1);
   auto ids = batch.sequence_ids();
   auto mask = batch.sequence_mask();
-  auto logits = model.forward(ids, mask).to(torch::kFloat);  // [B, P + R, V]
-  // The token at slot P + t is predicted by the logits at slot P + t - 1.
-  auto predicting = logits.narrow(1, prompt_len - 1, response_len) / effective_temperature(temperature);
-  auto logp = torch::log_softmax(predicting, -1)
-                  .gather(-1, batch.response_ids.unsqueeze(-1))
-                  .squeeze(-1);
+  auto hidden = model.hidden(ids, positions_from_mask(mask), causal_mask(mask, ids.size(1)));
+  // The token at slot P + t is predicted by the hidden state at slot P + t - 1: only those
+  // R slots go through the LM head ([B, R, V] instead of [B, P + R, V]).
+  auto predicting = model.logits(hidden.narrow(1, prompt_len - 1, response_len)).to(torch::kFloat) /
+                    effective_temperature(temperature);
+  auto logp =
+      torch::log_softmax(predicting, -1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1);
   return torch::where(batch.response_mask, logp, torch::zeros_like(logp));
 }
 

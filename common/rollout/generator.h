@@ -16,8 +16,13 @@ struct SamplingOptions {
   double top_p = 1.0;        // 1: no nucleus filter
   uint64_t seed = 0;
   int64_t eos_id = 2;
-  int64_t pad_id = 0;        // fills prompt padding and the tail after a row's EOS
+  int64_t pad_id = 0;  // fills prompt padding and the tail after a row's EOS
   bool stop_at_eos = true;
+  // Log-probs from one forward pass over prompt + response after sampling (the computation PPO's
+  // training pass repeats, so the two agree exactly), instead of the decode steps' own: in fp32
+  // those differ from a full pass by rounding (up to 1.4e-5 on stories260K, whose logits reach
+  // ~22). Costs one batched forward.
+  bool full_pass_logprobs = true;
 
   void validate() const;  // throws tiller::Error on out-of-range values
 };
@@ -30,6 +35,7 @@ struct GenerationBatch {
   torch::Tensor response_mask;   // [B, R] bool, true on generated tokens (EOS included)
   torch::Tensor logprobs;        // [B, R] float, log p(token) under the temperature-scaled
                                  // distribution before top-k/top-p; 0 where response_mask is false
+                                 // (see SamplingOptions::full_pass_logprobs)
   torch::Tensor ended_with_eos;  // [B] bool
 
   int64_t batch() const { return prompt_ids.size(0); }
