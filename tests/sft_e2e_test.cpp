@@ -139,14 +139,22 @@ TEST_F(SftEndToEnd, PretrainThenSftLowersLossAndResumesExactlyAfterKills) {
       0);
   EXPECT_NE(out.find("[sft] already complete"), std::string::npos) << out;
 
-  // Killed at several moments (after given steps, and after seeded random delays, which often
-  // land inside a checkpoint write with checkpoint_every 1-2), resumed each time.
+  // Killed at several moments, resumed each time: first after seeded random delays (early, so
+  // the run is surely still going; with checkpoint_every 1-2 these often land inside a
+  // checkpoint write), then after given steps of each stage.
   std::mt19937 rng(11);
-  const std::vector<std::pair<std::string, int64_t>> step_kills = {
-      {"pretrain", 5}, {"pretrain", 17}, {"sft", 4}, {"sft", 21}};
   int kills = 0;
   const std::vector<std::string> args = {test::tiller_binary(), "run", recipe(),
                                          "run.dir=" + killed};
+  for (int i = 0; i < 3; ++i) {
+    pid_t pid = spawn(args, killed + ".log");
+    ASSERT_GT(pid, 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300 + rng() % 700));
+    if (kill(pid, SIGKILL) == 0) ++kills;
+    waitpid(pid, nullptr, 0);
+  }
+  const std::vector<std::pair<std::string, int64_t>> step_kills = {
+      {"pretrain", 17}, {"pretrain", 25}, {"sft", 4}, {"sft", 21}};
   for (const auto& [stage, at_step] : step_kills) {
     pid_t pid = spawn(args, killed + ".log");
     ASSERT_GT(pid, 0);
@@ -156,12 +164,6 @@ TEST_F(SftEndToEnd, PretrainThenSftLowersLossAndResumesExactlyAfterKills) {
            waitpid(pid, nullptr, WNOHANG) == 0)
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 40));
-    if (kill(pid, SIGKILL) == 0) ++kills;
-    waitpid(pid, nullptr, 0);
-  }
-  for (int i = 0; i < 3; ++i) {
-    pid_t pid = spawn(args, killed + ".log");
-    std::this_thread::sleep_for(std::chrono::milliseconds(600 + rng() % 900));
     if (kill(pid, SIGKILL) == 0) ++kills;
     waitpid(pid, nullptr, 0);
   }
