@@ -55,7 +55,8 @@ void run_decode(const DecodeOptions& o) {
         prompts[b].push_back((b * 31 + t * 7 + 3) % config.vocab_size);
     SamplingOptions sampling;
     sampling.temperature = 1.0;
-    sampling.stop_at_eos = false;  // every row runs the full length
+    sampling.stop_at_eos = false;         // every row runs the full length
+    sampling.full_pass_logprobs = false;  // decode alone, without the rescoring pass
     // Prefill is timed as generate() making one token, and decode as what the other new tokens
     // add: the very code paths of a rollout (a bare forward would also compute the logits of
     // every prompt slot, which generate() does not, and its time would be taken off decode's).
@@ -75,14 +76,18 @@ void run_decode(const DecodeOptions& o) {
     }
     const double best_prefill = batch * o.prompt_tokens / prefill_s;
     const double best_decode = batch * (o.new_tokens - 1) / std::max(total_s - prefill_s, 1e-9);
-    rows.push_back({{"batch", batch}, {"prefill_tokens_per_s", best_prefill},
+    rows.push_back({{"batch", batch},
+                    {"prefill_tokens_per_s", best_prefill},
                     {"decode_tokens_per_s", best_decode}});
-    if (!o.json) std::printf("%6lld  %14.0f  %14.0f\n", (long long)batch, best_prefill, best_decode);
+    if (!o.json)
+      std::printf("%6lld  %14.0f  %14.0f\n", (long long)batch, best_prefill, best_decode);
   }
   if (o.json) {
-    nlohmann::json doc = {{"bench", "decode"}, {"model", label},
+    nlohmann::json doc = {{"bench", "decode"},
+                          {"model", label},
                           {"parameters", config.parameter_count()},
-                          {"threads", torch::get_num_threads()}, {"results", rows}};
+                          {"threads", torch::get_num_threads()},
+                          {"results", rows}};
     std::printf("%s\n", doc.dump(2).c_str());
   }
 }
