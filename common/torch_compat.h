@@ -9,8 +9,6 @@
 
 namespace tiller::compat {
 
-inline constexpr bool kTorch2 = TORCH_VERSION_MAJOR >= 2;
-
 inline std::string torch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
          std::to_string(TORCH_VERSION_PATCH);

@@ -84,7 +84,8 @@ void load_weights(TransformerImpl& model, const std::map<std::string, torch::Ten
     // Transformers may store the rotary table; it is derived, not a weight.
     if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
     // A tied model's file may still hold lm_head.weight (equal to the embedding).
-    if (name == "lm_head.weight" && model.config.tie_word_embeddings && model.config.num_labels == 0)
+    if (name == "lm_head.weight" && model.config.tie_word_embeddings &&
+        model.config.num_labels == 0)
       continue;
     if (heads_optional && is_head(name)) continue;
     unexpected.push_back(name);
@@ -110,7 +111,7 @@ Transformer load_hf_model(const std::string& dir, int64_t num_labels) {
   const bool head_changes = num_labels >= 0 && num_labels != config.num_labels;
   if (num_labels >= 0) config.num_labels = num_labels;
   Transformer model(config);
-  if (head_changes) model->init_weights(/*seed=*/0);
+  if (head_changes) model->init_weights(/*seed=*/0, /*heads_only=*/true);
   load_weights(*model, read_hf_weights(dir), dir, /*heads_optional=*/head_changes);
   model->eval();
   return model;

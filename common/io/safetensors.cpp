@@ -27,9 +27,9 @@ struct DtypeInfo {
 };
 
 const DtypeInfo kDtypes[] = {
-    {"F64", 8, torch::kDouble}, {"F32", 4, torch::kFloat},  {"F16", 2, torch::kHalf},
-    {"BF16", 2, torch::kBFloat16}, {"I64", 8, torch::kLong}, {"I32", 4, torch::kInt},
-    {"I16", 2, torch::kShort},  {"I8", 1, torch::kChar},    {"U8", 1, torch::kByte},
+    {"F64", 8, torch::kDouble},    {"F32", 4, torch::kFloat}, {"F16", 2, torch::kHalf},
+    {"BF16", 2, torch::kBFloat16}, {"I64", 8, torch::kLong},  {"I32", 4, torch::kInt},
+    {"I16", 2, torch::kShort},     {"I8", 1, torch::kChar},   {"U8", 1, torch::kByte},
     {"BOOL", 1, torch::kBool},
 };
 
@@ -80,9 +80,10 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   try {
     uint64_t header_size = 0;
     for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | bytes[i];  // little-endian
-    check(header_size <= file_size - 8,
-          path + ": header length " + std::to_string(header_size) + " runs past the end of the file (" +
-              std::to_string(file_size) + " bytes): truncated or not a safetensors file");
+    check(header_size <= file_size - 8, path + ": header length " + std::to_string(header_size) +
+                                            " runs past the end of the file (" +
+                                            std::to_string(file_size) +
+                                            " bytes): truncated or not a safetensors file");
     check(header_size <= kMaxHeaderBytes,
           path + ": header length " + std::to_string(header_size) + " exceeds the 100 MB limit");
     const char* header_begin = reinterpret_cast<const char*>(bytes + 8);
@@ -132,15 +133,16 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
         check(off.is_number_unsigned(), where + ": data_offsets must be non-negative integers");
       entry.begin = obj["data_offsets"][0].get<uint64_t>();
       entry.end = obj["data_offsets"][1].get<uint64_t>();
-      check(entry.begin <= entry.end, where + ": data_offsets begin " + std::to_string(entry.begin) +
-                                          " > end " + std::to_string(entry.end));
+      check(entry.begin <= entry.end, where + ": data_offsets begin " +
+                                          std::to_string(entry.begin) + " > end " +
+                                          std::to_string(entry.end));
       check(entry.end <= data_size_, where + ": data_offsets end " + std::to_string(entry.end) +
                                          " is outside the data section (" +
                                          std::to_string(data_size_) + " bytes)");
       const uint64_t expected = elements * info->size;
       check(entry.end - entry.begin == expected,
-            where + ": shape x dtype is " + std::to_string(expected) + " bytes but data_offsets span " +
-                std::to_string(entry.end - entry.begin));
+            where + ": shape x dtype is " + std::to_string(expected) +
+                " bytes but data_offsets span " + std::to_string(entry.end - entry.begin));
       entries_[name] = entry;
     }
 
@@ -151,8 +153,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     std::sort(order.begin(), order.end());
     for (size_t i = 1; i < order.size(); ++i) {
       const auto& prev = entries_.at(order[i - 1].second);
-      check(order[i].first >= prev.end, path + ": tensors '" + order[i - 1].second + "' and '" +
-                                            order[i].second + "' overlap");
+      check(order[i].first >= prev.end,
+            path + ": tensors '" + order[i - 1].second + "' and '" + order[i].second + "' overlap");
     }
   } catch (...) {
     ::munmap(map_, map_size_);
@@ -205,14 +207,15 @@ void write_safetensors(const std::string& path,
   // Pad with spaces so the data section starts 8-byte aligned, as the format recommends.
   while ((8 + header_text.size()) % 8 != 0) header_text.push_back(' ');
 
-  std::string contents;
-  contents.reserve(8 + header_text.size() + offset);
-  uint64_t n = header_text.size();
-  for (int i = 0; i < 8; ++i) contents.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
-  contents += header_text;
-  for (const auto& c : contiguous)
-    contents.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
-  write_file_atomic(path, contents);
+  // Streamed tensor by tensor: no second copy of the weights in memory.
+  AtomicFileWriter out(path);
+  uint8_t length[8];
+  const uint64_t n = header_text.size();
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>((n >> (8 * i)) & 0xff);
+  out.write(length, sizeof(length));
+  out.write(header_text.data(), header_text.size());
+  for (const auto& c : contiguous) out.write(c.data_ptr(), c.numel() * c.element_size());
+  out.commit();
 }
 
 }  // namespace tiller

@@ -80,8 +80,10 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
       n_kv_heads(c.num_key_value_heads),
       head_dim(c.resolved_head_dim()) {
   q_proj = register_module("q_proj", linear(c.hidden_size, n_heads * head_dim, c.attention_bias));
-  k_proj = register_module("k_proj", linear(c.hidden_size, n_kv_heads * head_dim, c.attention_bias));
-  v_proj = register_module("v_proj", linear(c.hidden_size, n_kv_heads * head_dim, c.attention_bias));
+  k_proj =
+      register_module("k_proj", linear(c.hidden_size, n_kv_heads * head_dim, c.attention_bias));
+  v_proj =
+      register_module("v_proj", linear(c.hidden_size, n_kv_heads * head_dim, c.attention_bias));
   o_proj = register_module("o_proj", linear(n_heads * head_dim, c.hidden_size, false));
 }
 
@@ -157,7 +159,8 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& input_ids, const torch::
                                    const torch::Tensor& allowed, KVCache* cache) {
   auto [cos, sin] = rotary.tables(positions);
   auto x = embed_tokens(input_ids);  // [B, T, C]
-  const bool recompute = activation_checkpointing && cache == nullptr && torch::GradMode::is_enabled();
+  const bool recompute =
+      activation_checkpointing && cache == nullptr && torch::GradMode::is_enabled();
   for (size_t i = 0; i < layer_list.size(); ++i) {
     x = recompute ? checkpointed_layer(*layer_list[i], x, cos, sin, allowed)
                   : layer_list[i]->forward(x, cos, sin, allowed, cache, static_cast<int64_t>(i));
@@ -222,10 +225,11 @@ std::vector<std::pair<std::string, torch::Tensor>> TransformerImpl::named_weight
   return out;
 }
 
-void TransformerImpl::init_weights(uint64_t seed) {
+void TransformerImpl::init_weights(uint64_t seed, bool heads_only) {
   torch::NoGradGuard no_grad;
   auto generator = compat::make_cpu_generator(seed);
   for (auto& [name, tensor] : named_weights()) {
+    if (heads_only && name.rfind("lm_head.", 0) != 0 && name.rfind("score.", 0) != 0) continue;
     const bool is_norm = name.find("norm") != std::string::npos;
     const bool is_bias = name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
     if (is_norm) {

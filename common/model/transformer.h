@@ -87,12 +87,14 @@ struct TransformerImpl : torch::nn::Module {
   // Padded batch (left or right): input_ids, attention_mask [B, T]. Returns logits [B, T, V].
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask);
   // Scalar head read at each row's last real token: [B] (num_labels must be 1).
-  torch::Tensor sequence_scores(const torch::Tensor& input_ids, const torch::Tensor& attention_mask);
+  torch::Tensor sequence_scores(const torch::Tensor& input_ids,
+                                const torch::Tensor& attention_mask);
 
   // Weights as they are named in Hugging Face checkpoints (tied lm_head omitted).
   std::vector<std::pair<std::string, torch::Tensor>> named_weights();
-  // Normal(0, 0.02) linears and embeddings, unit norms, score head N(0, 1/(d+1)).
-  void init_weights(uint64_t seed);
+  // Normal(0, 0.02) linears and embeddings, unit norms, score head N(0, 1/(d+1)); with
+  // heads_only, just lm_head / score (the body is about to be loaded).
+  void init_weights(uint64_t seed, bool heads_only = false);
 
   ModelConfig config;
   Decoder model{nullptr};

@@ -34,7 +34,6 @@ class ConfigReader {
 
   bool has(const std::string& key) const;
   std::string path_of(const std::string& key) const;
-  ConfigErrors& errors() { return errors_; }
 
   int64_t integer(const std::string& key, int64_t fallback);
   double number(const std::string& key, double fallback);

@@ -15,11 +15,14 @@ void SamplingOptions::validate() const {
 }
 
 std::vector<int64_t> GenerationBatch::response(int64_t row) const {
+  // One copy of the row to the CPU, then plain reads (not an item() call per token).
+  auto ids = response_ids[row].cpu();
+  auto mask = response_mask[row].cpu();
+  auto ids_a = ids.accessor<int64_t, 1>();
+  auto mask_a = mask.accessor<bool, 1>();
   std::vector<int64_t> out;
-  auto ids = response_ids[row];
-  auto mask = response_mask[row];
   for (int64_t t = 0; t < ids.size(0); ++t)
-    if (mask[t].item<bool>()) out.push_back(ids[t].item<int64_t>());
+    if (mask_a[t]) out.push_back(ids_a[t]);
   return out;
 }
 
@@ -77,8 +80,8 @@ GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<i
   for (const auto& p : prompts) {
     check(!p.empty(), "generate: a prompt is empty (add BOS at least)");
     for (int64_t id : p)
-      check(id >= 0 && id < model.config.vocab_size,
-            "generate: token id " + std::to_string(id) + " is outside the vocabulary");
+      if (id < 0 || id >= model.config.vocab_size)
+        throw Error("generate: token id " + std::to_string(id) + " is outside the vocabulary");
     prompt_len = std::max<int64_t>(prompt_len, static_cast<int64_t>(p.size()));
   }
   const int64_t capacity = prompt_len + o.max_new_tokens;

@@ -70,46 +70,49 @@ nlohmann::json read_json_file(const std::string& path) {
   }
 }
 
-namespace {
+AtomicFileWriter::AtomicFileWriter(const std::string& path) : path_(path), tmp_(path + ".tmp") {
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  check(fd_ >= 0, "cannot create " + tmp_ + ": " + std::strerror(errno));
+}
 
-void write_all(int fd, const char* data, size_t size, const std::string& path) {
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ < 0) return;  // committed
+  ::close(fd_);
+  ::unlink(tmp_.c_str());
+}
+
+void AtomicFileWriter::write(const void* data, size_t size) {
+  const char* bytes = static_cast<const char*>(data);
   while (size > 0) {
-    ssize_t n = ::write(fd, data, size);
+    ssize_t n = ::write(fd_, bytes, size);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno;
-      ::close(fd);
-      throw Error("cannot write " + path + ": " + std::strerror(err));
-    }
-    data += n;
+    check(n >= 0, "cannot write " + tmp_ + ": " + std::strerror(errno));
+    bytes += n;
     size -= static_cast<size_t>(n);
   }
 }
 
-}  // namespace
-
-void write_file_atomic(const std::string& path, const std::string& contents) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  check(fd >= 0, "cannot create " + tmp + ": " + std::strerror(errno));
-  try {
-    write_all(fd, contents.data(), contents.size(), tmp);
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
+void AtomicFileWriter::commit() {
+  const int fd = fd_;
+  fd_ = -1;
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     int err = errno;
-    ::unlink(tmp.c_str());
-    throw Error("cannot write " + tmp + ": " + std::strerror(err));
+    ::unlink(tmp_.c_str());
+    throw Error("cannot write " + tmp_ + ": " + std::strerror(err));
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
     int err = errno;
-    ::unlink(tmp.c_str());
-    throw Error("cannot rename " + tmp + " to " + path + ": " + std::strerror(err));
+    ::unlink(tmp_.c_str());
+    throw Error("cannot rename " + tmp_ + " to " + path_ + ": " + std::strerror(err));
   }
-  fsync_directory(fs::path(path).parent_path().empty() ? "."
-                                                       : fs::path(path).parent_path().string());
+  const auto parent = fs::path(path_).parent_path();
+  fsync_directory(parent.empty() ? "." : parent.string());
+}
+
+void write_file_atomic(const std::string& path, const std::string& contents) {
+  AtomicFileWriter writer(path);
+  writer.write(contents.data(), contents.size());
+  writer.commit();
 }
 
 void fsync_directory(const std::string& path) {
