@@ -22,6 +22,7 @@
 #include "common/util/files.h"
 #include "common/util/runtime.h"
 #include "reward/reward_stage.h"
+#include "rlhf/rlhf_stage.h"
 #include "sft/sft_stage.h"
 #include "tiller_build_paths.h"
 
@@ -231,7 +232,7 @@ std::vector<int64_t> parse_int_list(const std::string& text, const char* flag) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// recipes: run, sft, pretrain, reward
+// recipes: run, sft, pretrain, reward, rlhf
 
 struct RecipeArgs {
   std::string path;
@@ -244,22 +245,33 @@ struct ParsedRecipe {
   Recipe recipe;
   std::vector<SftStageConfig> sft_stages;  // pretrain and sft, in recipe order
   std::vector<RewardStageConfig> reward_stages;
+  std::vector<RlhfStageConfig> rlhf_stages;
 };
 
 // Loads the recipe and parses every stage; all mistakes are reported together.
 ParsedRecipe parse_recipe(const RecipeArgs& a) {
   ConfigErrors errors;
-  ParsedRecipe parsed{load_recipe(a.path, a.overrides, errors), {}, {}};
+  ParsedRecipe parsed{load_recipe(a.path, a.overrides, errors), {}, {}, {}};
   for (const auto& stage : parsed.recipe.stages) {
     if (stage.type == "pretrain" || stage.type == "sft") {
       parsed.sft_stages.push_back(parse_sft_stage(stage, errors));
     } else if (stage.type == "reward") {
       parsed.reward_stages.push_back(parse_reward_stage(stage, errors));
     } else if (stage.type == "rlhf") {
-      errors.add(stage.path + ".type", "stage type '" + stage.type + "' is not implemented yet");
+      parsed.rlhf_stages.push_back(parse_rlhf_stage(stage, errors));
     }
   }
   errors.throw_if_any(a.path);
+  // The resolved recipe states the values PPO runs with (GAE's gamma and lambda among them).
+  for (const auto& s : parsed.rlhf_stages) {
+    const nlohmann::json stated = rlhf_stated_defaults(s);
+    for (auto& body : parsed.recipe.resolved["stages"]) {
+      if (body.value("name", "") != s.name) continue;
+      for (const auto& section : stated.items())
+        for (const auto& value : section.value().items())
+          body[section.key()][value.key()] = value.value();
+    }
+  }
   return parsed;
 }
 
@@ -278,6 +290,12 @@ void run_stage(const ParsedRecipe& parsed, const std::string& name) {
   for (const auto& s : parsed.reward_stages) {
     if (s.name == name) {
       run_reward_stage(parsed.recipe, s);
+      return;
+    }
+  }
+  for (const auto& s : parsed.rlhf_stages) {
+    if (s.name == name) {
+      run_rlhf_stage(parsed.recipe, s);
       return;
     }
   }
@@ -414,6 +432,7 @@ int main(int argc, char** argv) {
   auto* sft_cmd = add_recipe_command("sft", "run the recipe's sft stage");
   auto* pretrain_cmd = add_recipe_command("pretrain", "run the recipe's pretrain stage");
   auto* reward_cmd = add_recipe_command("reward", "run the recipe's reward stage");
+  auto* rlhf_cmd = add_recipe_command("rlhf", "run the recipe's rlhf (PPO) stage");
 
   EvalRewardArgs eval_reward;
   auto* eval_cmd = app.add_subcommand("eval", "evaluate a model");
@@ -455,6 +474,8 @@ int main(int argc, char** argv) {
       return run_recipe(recipe_args, "pretrain");
     } else if (*reward_cmd) {
       return run_recipe(recipe_args, "reward");
+    } else if (*rlhf_cmd) {
+      return run_recipe(recipe_args, "rlhf");
     } else if (*eval_reward_cmd) {
       warn_if_slow_blas();
       run_eval_reward(eval_reward);

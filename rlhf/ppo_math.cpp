@@ -25,6 +25,34 @@ torch::Tensor masked_whiten(const torch::Tensor& x, const torch::Tensor& mask, b
   return whitened * mask.to(x.scalar_type());
 }
 
+torch::Tensor apply_missing_eos_penalty(const torch::Tensor& score,
+                                        const torch::Tensor& ended_with_eos, double penalty) {
+  TORCH_CHECK(score.sizes() == ended_with_eos.sizes(),
+              "apply_missing_eos_penalty: score and ended_with_eos must both be [B]");
+  return torch::where(ended_with_eos, score, torch::full_like(score, penalty));
+}
+
+torch::Tensor normalize_scores(const torch::Tensor& score, bool whiten, double clip) {
+  auto out = score;
+  if (whiten && score.numel() > 1) {
+    const auto all = torch::ones_like(score, torch::kBool);
+    out = masked_whiten(score, all);
+  }
+  if (clip > 0) out = out.clamp(-clip, clip);
+  return out;
+}
+
+torch::Tensor explained_variance(const torch::Tensor& values, const torch::Tensor& returns,
+                                 const torch::Tensor& mask) {
+  auto var_returns = masked_var(returns, mask);
+  return 1 - masked_var(returns - values, mask) / var_returns.clamp_min(1e-8);
+}
+
+torch::Tensor entropy_from_logits(const torch::Tensor& logits) {
+  auto logp = torch::log_softmax(logits, -1);
+  return -(logp.exp() * logp).sum(-1);
+}
+
 torch::Tensor kl_k1(const torch::Tensor& logp, const torch::Tensor& ref_logp) {
   return logp - ref_logp;
 }

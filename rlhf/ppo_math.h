@@ -24,6 +24,23 @@ torch::Tensor kl_k3(const torch::Tensor& logp, const torch::Tensor& ref_logp);
 torch::Tensor token_rewards(const torch::Tensor& kl, const torch::Tensor& score,
                             const torch::Tensor& mask, double beta);
 
+// Scores with the penalty in place of the reward model's for episodes that ended without EOS:
+// score where ended_with_eos, else penalty. score [B] float, ended_with_eos [B] bool.
+torch::Tensor apply_missing_eos_penalty(const torch::Tensor& score,
+                                        const torch::Tensor& ended_with_eos, double penalty);
+
+// Scores whitened over the batch (zero mean, unit variance) and/or clipped to [-clip, clip]
+// (clip <= 0: no clipping). score [B].
+torch::Tensor normalize_scores(const torch::Tensor& score, bool whiten, double clip);
+
+// 1 - Var(returns - values) / Var(returns) over the masked tokens: how much of the returns' spread
+// the critic explains (1 perfect, 0 no better than a constant, negative worse).
+torch::Tensor explained_variance(const torch::Tensor& values, const torch::Tensor& returns,
+                                 const torch::Tensor& mask);
+
+// Entropy of each position's distribution from its logits [B, T, V]: [B, T].
+torch::Tensor entropy_from_logits(const torch::Tensor& logits);
+
 struct Advantages {
   torch::Tensor advantages;  // [B, T], 0 on padding
   torch::Tensor returns;     // [B, T] = advantages + values, 0 on padding

@@ -101,3 +101,40 @@ TEST(PpoMath, AdaptiveKlControllerUpdate) {
   fixed.update(100.0, 256);
   EXPECT_EQ(fixed.value(), 0.05);
 }
+
+TEST(PpoMath, MissingEosPenaltyReplacesTheScore) {
+  auto score = torch::tensor({2.5, -0.5, 1.0}, torch::kDouble);
+  auto ended = torch::tensor({true, false, true});
+  auto out = apply_missing_eos_penalty(score, ended, -1.0);
+  EXPECT_TRUE(torch::equal(out, torch::tensor({2.5, -1.0, 1.0}, torch::kDouble))) << out;
+  EXPECT_ANY_THROW(apply_missing_eos_penalty(score, torch::tensor({true, false}), -1.0));
+}
+
+TEST(PpoMath, ScoreWhiteningAndClipping) {
+  auto score = torch::tensor({1.0, 2.0, 3.0, 10.0}, torch::kDouble);
+  auto clipped = normalize_scores(score, /*whiten=*/false, /*clip=*/2.5);
+  EXPECT_TRUE(torch::equal(clipped, torch::tensor({1.0, 2.0, 2.5, 2.5}, torch::kDouble)));
+  auto whitened = normalize_scores(score, /*whiten=*/true, /*clip=*/0);
+  EXPECT_NEAR(whitened.mean().item<double>(), 0.0, 1e-12);
+  EXPECT_NEAR(whitened.var().item<double>(), 1.0, 1e-6);  // unbiased, as masked_var
+  // Mean 4, unbiased variance (9 + 4 + 1 + 36) / 3: 10 -> 6 / sqrt(50 / 3).
+  EXPECT_NEAR(whitened[3].item<double>(), 6.0 / std::sqrt(50.0 / 3), 1e-6);
+}
+
+TEST(PpoMath, ExplainedVarianceOverMaskedTokens) {
+  auto returns = t2({1, 2, 3, 99}, 1);
+  auto mask = t2({1, 1, 1, 0}, 1);
+  EXPECT_NEAR(explained_variance(returns, returns, mask).item<double>(), 1.0, 1e-12);
+  // A constant critic explains nothing; the padded 99 must not count.
+  EXPECT_NEAR(explained_variance(t2({2, 2, 2, 0}, 1), returns, mask).item<double>(), 0.0, 1e-12);
+  // Residuals {1, 1, -1}: variance 4/3 against the returns' 1 -> 1 - 4/3.
+  EXPECT_NEAR(explained_variance(t2({0, 1, 4, 0}, 1), returns, mask).item<double>(), -1.0 / 3,
+              1e-12);
+}
+
+TEST(PpoMath, EntropyFromLogits) {
+  auto uniform = torch::zeros({1, 1, 4}, torch::kDouble);
+  EXPECT_NEAR(entropy_from_logits(uniform).item<double>(), std::log(4.0), 1e-12);
+  auto peaked = torch::tensor({0.0, -1000.0, -1000.0}, torch::kDouble).view({1, 1, 3});
+  EXPECT_NEAR(entropy_from_logits(peaked).item<double>(), 0.0, 1e-12);
+}

@@ -39,8 +39,35 @@ double effective_temperature(double temperature) {
   return temperature > 0 ? temperature : 1.0;
 }
 
+// Uniform draws in [0, 1), one per row: [B, 1].
+class RowUniforms {
+ public:
+  RowUniforms(const SamplingOptions& o, int64_t batch) {
+    if (o.row_seeds.empty()) {
+      shared_.push_back(compat::make_cpu_generator(o.seed));
+      return;
+    }
+    check(static_cast<int64_t>(o.row_seeds.size()) == batch,
+          "generate: row_seeds has " + std::to_string(o.row_seeds.size()) + " seeds for " +
+              std::to_string(batch) + " prompts");
+    for (uint64_t seed : o.row_seeds) shared_.push_back(compat::make_cpu_generator(seed));
+    per_row_ = true;
+  }
+  torch::Tensor draw(int64_t batch) {
+    if (!per_row_) return torch::rand({batch, 1}, shared_[0], torch::kFloat);
+    std::vector<torch::Tensor> rows;
+    rows.reserve(shared_.size());
+    for (auto& gen : shared_) rows.push_back(torch::rand({1, 1}, gen, torch::kFloat));
+    return torch::cat(rows, 0);
+  }
+
+ private:
+  std::vector<at::Generator> shared_;
+  bool per_row_ = false;
+};
+
 // logits: [B, V] float. Returns the next token per row: [B] int64.
-torch::Tensor sample(const torch::Tensor& logits, const SamplingOptions& o, at::Generator& gen) {
+torch::Tensor sample(const torch::Tensor& logits, const SamplingOptions& o, RowUniforms& uniforms) {
   if (o.temperature == 0) return logits.argmax(-1);
   auto scaled = logits / o.temperature;
   const int64_t vocab = scaled.size(-1);
@@ -60,7 +87,7 @@ torch::Tensor sample(const torch::Tensor& logits, const SamplingOptions& o, at::
   // Inverse-CDF sampling with one uniform per row (no multinomial: it is slow and unseeded here).
   auto cdf = probs.cumsum(-1);
   auto total = cdf.narrow(-1, vocab - 1, 1);
-  auto u = torch::rand({probs.size(0), 1}, gen, probs.options()) * total;
+  auto u = uniforms.draw(probs.size(0)).to(probs.dtype()) * total;
   auto token = (cdf <= u).sum(-1).clamp_max(vocab - 1);
   // Never pick a zero-probability token through rounding at the end of the CDF.
   auto picked_prob = probs.gather(-1, token.unsqueeze(-1)).squeeze(-1);
@@ -107,7 +134,7 @@ GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<i
 
   KVCache cache(model.config, batch, capacity, param.options());
   cache.key_valid.narrow(1, 0, prompt_len).copy_(out.prompt_mask);
-  auto gen = compat::make_cpu_generator(o.seed);
+  RowUniforms uniforms(o, batch);
   const double temperature = effective_temperature(o.temperature);
 
   // Prefill: the whole prompt at once; keep the logits of each row's last slot.
@@ -121,7 +148,7 @@ GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<i
   std::vector<torch::Tensor> tokens, logprobs, masks;
   auto alive = torch::ones({batch}, torch::dtype(torch::kBool).device(param.device()));
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
-    auto token = sample(logits.cpu(), o, gen).to(param.device());
+    auto token = sample(logits.cpu(), o, uniforms).to(param.device());
     auto logp =
         torch::log_softmax(logits / temperature, -1).gather(-1, token.unsqueeze(-1)).squeeze(-1);
     token = torch::where(alive, token, torch::full_like(token, o.pad_id));
@@ -147,18 +174,25 @@ GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<i
   return out;
 }
 
-torch::Tensor response_logprobs(TransformerImpl& model, const GenerationBatch& batch,
-                                double temperature) {
-  const int64_t prompt_len = batch.prompt_ids.size(1), response_len = batch.response_ids.size(1);
-  auto ids = batch.sequence_ids();
-  auto mask = batch.sequence_mask();
-  auto hidden = model.hidden(ids, positions_from_mask(mask), causal_mask(mask, ids.size(1)));
+torch::Tensor response_logits(TransformerImpl& model, const torch::Tensor& sequence_ids,
+                              const torch::Tensor& sequence_mask, int64_t prompt_len,
+                              double temperature) {
+  const int64_t response_len = sequence_ids.size(1) - prompt_len;
+  check(prompt_len >= 1 && response_len >= 1, "response_logits: empty prompt or response");
+  auto hidden = model.hidden(sequence_ids, positions_from_mask(sequence_mask),
+                             causal_mask(sequence_mask, sequence_ids.size(1)));
   // The token at slot P + t is predicted by the hidden state at slot P + t - 1: only those
   // R slots go through the LM head ([B, R, V] instead of [B, P + R, V]).
-  auto predicting = model.logits(hidden.narrow(1, prompt_len - 1, response_len)).to(torch::kFloat) /
-                    effective_temperature(temperature);
+  return model.logits(hidden.narrow(1, prompt_len - 1, response_len)).to(torch::kFloat) /
+         effective_temperature(temperature);
+}
+
+torch::Tensor response_logprobs(TransformerImpl& model, const GenerationBatch& batch,
+                                double temperature) {
+  auto logits = response_logits(model, batch.sequence_ids(), batch.sequence_mask(),
+                                batch.prompt_ids.size(1), temperature);
   auto logp =
-      torch::log_softmax(predicting, -1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1);
+      torch::log_softmax(logits, -1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1);
   return torch::where(batch.response_mask, logp, torch::zeros_like(logp));
 }
 

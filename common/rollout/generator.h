@@ -15,6 +15,10 @@ struct SamplingOptions {
   int64_t top_k = 0;         // 0: no top-k filter
   double top_p = 1.0;        // 1: no nucleus filter
   uint64_t seed = 0;
+  // One seed per prompt row: row b's draws come from its own generator, so its sample does not
+  // depend on which other rows share the batch (PPO seeds each episode, whatever rank or batch
+  // generates it). Empty: every row draws from one generator seeded with `seed`.
+  std::vector<uint64_t> row_seeds;
   int64_t eos_id = 2;
   int64_t pad_id = 0;  // fills prompt padding and the tail after a row's EOS
   bool stop_at_eos = true;
@@ -51,9 +55,16 @@ struct GenerationBatch {
 GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<int64_t>>& prompts,
                          const SamplingOptions& options);
 
-// Log-probabilities of the response tokens under one full forward pass over prompt + response,
-// with logits divided by `temperature` (1 when it is 0): [B, R], 0 where the mask is false.
-// The reference against which the generator's log-probs are checked, and PPO's scorer.
+// The logits that predict each response token, from one full forward pass over prompt_len +
+// response_len tokens (prompt left-padded, as GenerationBatch lays them), divided by
+// `temperature` (1 when it is 0): [B, R, V] float. Sampling's log-probs, the reference's and
+// PPO's training pass all come from here, so they agree to rounding.
+torch::Tensor response_logits(TransformerImpl& model, const torch::Tensor& sequence_ids,
+                              const torch::Tensor& sequence_mask, int64_t prompt_len,
+                              double temperature);
+
+// Log-probabilities of the response tokens under response_logits: [B, R], 0 where the response
+// mask is false. The reference against which the generator's log-probs are checked.
 torch::Tensor response_logprobs(TransformerImpl& model, const GenerationBatch& batch,
                                 double temperature);
 

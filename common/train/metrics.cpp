@@ -117,29 +117,35 @@ void TensorBoardWriter::flush() {
 
 MetricsLog::MetricsLog(const std::string& dir, int64_t first_step) : path_(dir + "/metrics.jsonl") {
   make_directories(dir);
-  if (path_exists(path_)) {
-    // Keep only the lines of steps before the resumed one (a killed run may have logged past it).
-    std::istringstream in(read_file(path_));
-    std::string line, kept;
-    while (std::getline(in, line)) {
-      try {
-        auto j = nlohmann::json::parse(line);
-        if (j.contains("step") && j["step"].is_number_integer() &&
-            j["step"].get<int64_t>() < first_step)
-          kept += line + "\n";
-      } catch (const nlohmann::json::exception&) {
-        // a line cut by a kill: dropped
-      }
-    }
-    write_file_atomic(path_, kept);
-  }
+  truncate_jsonl_from(path_, "step", first_step);
   tensorboard_ = std::make_unique<TensorBoardWriter>(dir + "/tensorboard");
 }
 
-void MetricsLog::log(const nlohmann::json& record) {
-  std::ofstream out(path_, std::ios::app);
+void truncate_jsonl_from(const std::string& path, const std::string& key, int64_t first) {
+  if (!path_exists(path)) return;
+  std::istringstream in(read_file(path));
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      auto j = nlohmann::json::parse(line);
+      if (j.contains(key) && j[key].is_number_integer() && j[key].get<int64_t>() < first)
+        kept += line + "\n";
+    } catch (const nlohmann::json::exception&) {
+      // a line cut by a kill: dropped
+    }
+  }
+  write_file_atomic(path, kept);
+}
+
+void append_jsonl(const std::string& path, const nlohmann::json& record) {
+  std::ofstream out(path, std::ios::app);
   out << record.dump() << "\n";
   out.flush();
+  check(out.good(), "cannot append to " + path);
+}
+
+void MetricsLog::log(const nlohmann::json& record) {
+  append_jsonl(path_, record);
   const int64_t step = record.at("step").get<int64_t>();
   for (auto it = record.begin(); it != record.end(); ++it)
     if (it.key() != "step" && it->is_number())

@@ -51,6 +51,11 @@ class Progress {
   std::chrono::steady_clock::time_point start_;
 };
 
+// JSONL files that grow with a run: drops the lines whose integer `key` is >= first (or that a
+// kill cut short), so a resumed run never logs a step twice; then appends one object a line.
+void truncate_jsonl_from(const std::string& path, const std::string& key, int64_t first);
+void append_jsonl(const std::string& path, const nlohmann::json& record);
+
 // CRC-32C (Castagnoli), as TFRecord uses.
 uint32_t crc32c(const void* data, size_t size);
 

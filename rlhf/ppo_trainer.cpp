@@ -1,0 +1,278 @@
+#include "rlhf/ppo_trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "common/data/batching.h"  // seeded_permutation
+#include "common/model/attention_mask.h"
+#include "common/torch_compat.h"
+#include "common/train/nonfinite_guard.h"
+#include "common/util/error.h"
+#include "rlhf/ppo_math.h"
+
+namespace tiller {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+torch::Tensor row_index(const std::vector<int64_t>& rows) {
+  return torch::tensor(rows, torch::kLong);
+}
+
+// Runs `pass` over rows [0, n) in chunks of `chunk` and concatenates the results along dim 0.
+template <typename Pass>
+torch::Tensor in_chunks(int64_t n, int64_t chunk, Pass pass) {
+  std::vector<torch::Tensor> parts;
+  for (int64_t begin = 0; begin < n; begin += chunk)
+    parts.push_back(pass(torch::arange(begin, std::min(n, begin + chunk), torch::kLong)));
+  return torch::cat(parts, 0);
+}
+
+double clip_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+  return torch::nn::utils::clip_grad_norm_(
+      params, max_norm > 0 ? max_norm : std::numeric_limits<double>::infinity());
+}
+
+std::vector<torch::Tensor> trainable(TransformerImpl& model) {
+  std::vector<torch::Tensor> out;
+  for (auto& p : model.parameters())
+    if (p.requires_grad()) out.push_back(p);
+  return out;
+}
+
+}  // namespace
+
+torch::Tensor response_values(TransformerImpl& critic, const torch::Tensor& sequence_ids,
+                              const torch::Tensor& sequence_mask, int64_t prompt_len) {
+  check(critic.config.num_labels == 1, "response_values: the critic needs a single score head");
+  const int64_t response_len = sequence_ids.size(1) - prompt_len;
+  auto hidden = critic.hidden(sequence_ids, positions_from_mask(sequence_mask),
+                              causal_mask(sequence_mask, sequence_ids.size(1)));
+  return critic.scores(hidden.narrow(1, prompt_len - 1, response_len))
+      .squeeze(-1)
+      .to(torch::kFloat);
+}
+
+RolloutStats rollout_stats(const Rollout& r) {
+  RolloutStats s;
+  auto scores = r.scorer_scores.to(torch::kDouble);
+  s.score_mean = scores.mean().item<double>();
+  s.score_std = scores.numel() > 1 ? scores.std().item<double>() : 0.0;
+  s.kl_k1 = (ppo::kl_k1(r.logprobs, r.ref_logprobs) * r.mask).sum(1).mean().item<double>();
+  s.kl_k3 = (ppo::kl_k3(r.logprobs, r.ref_logprobs) * r.mask).sum(1).mean().item<double>();
+  s.entropy = ppo::masked_mean(r.entropy, r.mask).item<double>();
+  s.response_length = r.mask.sum(1).mean().item<double>();
+  s.eos_rate = r.generation.ended_with_eos.to(torch::kDouble).mean().item<double>();
+  return s;
+}
+
+PpoTrainer::PpoTrainer(PpoOptions options, TransformerImpl& actor, TransformerImpl& reference,
+                       TransformerImpl& critic, EpisodeScorer scorer,
+                       torch::optim::Optimizer& actor_optimizer,
+                       torch::optim::Optimizer& critic_optimizer)
+    : options_(std::move(options)),
+      actor_(actor),
+      reference_(reference),
+      critic_(critic),
+      scorer_(std::move(scorer)),
+      actor_optimizer_(actor_optimizer),
+      critic_optimizer_(critic_optimizer) {
+  const PpoOptions& o = options_;
+  options_.sampling.validate();
+  check(o.kl_estimator == "k1" || o.kl_estimator == "k3",
+        "ppo: kl estimator must be k1 or k3, got '" + o.kl_estimator + "'");
+  check(o.epochs >= 1 && o.mini_batch_size >= 1 && o.micro_batch_size >= 1,
+        "ppo: epochs, mini_batch_size and micro_batch_size must be at least 1");
+  check(o.mini_batch_size % o.micro_batch_size == 0,
+        "ppo: mini_batch_size must be a multiple of micro_batch_size");
+  check(actor.config.num_labels == 0 && reference.config.num_labels == 0,
+        "ppo: the actor and the reference must be causal LMs");
+  check(actor.config.vocab_size == reference.config.vocab_size &&
+            actor.config.vocab_size == critic.config.vocab_size,
+        "ppo: actor, reference and critic must share one vocabulary");
+  for (auto& p : reference_.parameters()) p.requires_grad_(false);
+  actor_params_ = trainable(actor_);
+  critic_params_ = trainable(critic_);
+}
+
+std::pair<torch::Tensor, torch::Tensor> PpoTrainer::actor_pass(TransformerImpl& model,
+                                                               const Rollout& r,
+                                                               const torch::Tensor& rows,
+                                                               bool entropy) {
+  const int64_t prompt_len = r.generation.prompt_ids.size(1);
+  auto mask = r.mask.index_select(0, rows);
+  torch::Tensor logits;
+  {
+    compat::AutocastGuard cast(options_.bf16, r.sequence_ids.device());
+    logits = response_logits(model, r.sequence_ids.index_select(0, rows),
+                             r.sequence_mask.index_select(0, rows), prompt_len,
+                             options_.sampling.temperature);
+  }
+  auto tokens = r.generation.response_ids.index_select(0, rows);
+  auto logp = torch::log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1) * mask;
+  torch::Tensor ent;
+  if (entropy) ent = ppo::entropy_from_logits(logits.detach()) * mask;
+  return {logp, ent};
+}
+
+torch::Tensor PpoTrainer::critic_pass(const Rollout& r, const torch::Tensor& rows) {
+  compat::AutocastGuard cast(options_.bf16, r.sequence_ids.device());
+  return response_values(critic_, r.sequence_ids.index_select(0, rows),
+                         r.sequence_mask.index_select(0, rows), r.generation.prompt_ids.size(1)) *
+         r.mask.index_select(0, rows);
+}
+
+Rollout PpoTrainer::rollout(const std::vector<std::vector<int64_t>>& prompts,
+                            const std::vector<uint64_t>& episode_seeds, double beta) {
+  const PpoOptions& o = options_;
+  check(prompts.size() == episode_seeds.size(), "ppo: one seed per prompt is needed");
+  Rollout r;
+  r.prompts = prompts;
+  r.beta = beta;
+
+  auto started = Clock::now();
+  SamplingOptions sampling = o.sampling;
+  sampling.row_seeds = episode_seeds;
+  // The log-probs are computed below in the training pass's own chunks and precision.
+  sampling.full_pass_logprobs = false;
+  r.generation = generate(actor_, prompts, sampling);
+  r.seconds_generate = seconds_since(started);
+
+  started = Clock::now();
+  const int64_t batch = r.generation.batch();
+  r.sequence_ids = r.generation.sequence_ids();
+  r.sequence_mask = r.generation.sequence_mask();
+  r.mask = r.generation.response_mask.to(torch::kFloat);
+  for (int64_t b = 0; b < batch; ++b) r.responses.push_back(r.generation.response(b));
+  {
+    torch::NoGradGuard no_grad;
+    torch::Tensor entropy;
+    r.logprobs = in_chunks(batch, o.micro_batch_size, [&](const torch::Tensor& rows) {
+      auto [logp, ent] = actor_pass(actor_, r, rows, /*entropy=*/true);
+      entropy = entropy.defined() ? torch::cat({entropy, ent}, 0) : ent;
+      return logp;
+    });
+    r.entropy = entropy;
+    r.values = in_chunks(batch, o.micro_batch_size,
+                         [&](const torch::Tensor& rows) { return critic_pass(r, rows); });
+  }
+  {
+    torch::Tensor ref;
+    {
+      c10::InferenceMode inference;
+      ref = in_chunks(batch, o.micro_batch_size, [&](const torch::Tensor& rows) {
+        return actor_pass(reference_, r, rows, /*entropy=*/false).first;
+      });
+    }
+    r.ref_logprobs = ref.clone();  // a normal tensor, usable beside autograd ones
+  }
+  r.scorer_scores = scorer_(r.prompts, r.responses).to(torch::kFloat).cpu().clone();
+  check(r.scorer_scores.dim() == 1 && r.scorer_scores.size(0) == batch,
+        "ppo: the scorer must return one score per episode");
+  check(torch::isfinite(r.scorer_scores).all().item<bool>(),
+        "ppo: the reward model returned a non-finite score");
+
+  auto scores = r.scorer_scores.to(r.mask.device());
+  if (o.penalize_missing_eos)
+    scores =
+        ppo::apply_missing_eos_penalty(scores, r.generation.ended_with_eos, o.missing_eos_penalty);
+  r.scores = ppo::normalize_scores(scores, o.whiten_rewards, o.reward_clip);
+  r.kl = (o.kl_estimator == "k3" ? ppo::kl_k3(r.logprobs, r.ref_logprobs)
+                                 : ppo::kl_k1(r.logprobs, r.ref_logprobs)) *
+         r.mask;
+  r.rewards = ppo::token_rewards(r.kl, r.scores, r.mask, beta);
+  auto adv = ppo::gae(r.rewards, r.values, r.mask, o.gamma, o.lam);
+  r.advantages = o.whiten_advantages ? ppo::masked_whiten(adv.advantages, r.mask) : adv.advantages;
+  r.returns = adv.returns;
+  r.seconds_score = seconds_since(started);
+  return r;
+}
+
+LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteGuard* guard,
+                             int64_t step_for_guard) {
+  const PpoOptions& o = options_;
+  const auto started = Clock::now();
+  LearnStats s;
+  s.explained_variance = ppo::explained_variance(r.values, r.returns, r.mask).item<double>();
+  const int64_t batch = r.size();
+  int64_t minibatches = 0;
+  for (int64_t epoch = 0; epoch < o.epochs; ++epoch) {
+    const auto order = seeded_permutation(
+        batch, shuffle_seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(epoch));
+    for (int64_t start = 0; start < batch; start += o.mini_batch_size) {
+      const int64_t end = std::min(batch, start + o.mini_batch_size);
+      const std::vector<int64_t> minibatch(order.begin() + start, order.begin() + end);
+      const double tokens =
+          std::max(1.0, r.mask.index_select(0, row_index(minibatch)).sum().item<double>());
+      const bool first = epoch == 0 && start == 0;
+      actor_optimizer_.zero_grad();
+      critic_optimizer_.zero_grad();
+      double policy_loss = 0, value_loss = 0, clipfrac = 0, value_clipfrac = 0, approx_kl = 0;
+      for (size_t begin = 0; begin < minibatch.size();
+           begin += static_cast<size_t>(o.micro_batch_size)) {
+        const size_t stop =
+            std::min(minibatch.size(), begin + static_cast<size_t>(o.micro_batch_size));
+        const auto rows = row_index({minibatch.begin() + begin, minibatch.begin() + stop});
+        auto mask = r.mask.index_select(0, rows);
+        // Each micro-batch's masked means weighted by its share of the minibatch's tokens: the
+        // sum is the minibatch's masked mean, whatever the split.
+        const double weight = mask.sum().item<double>() / tokens;
+        auto logp = actor_pass(actor_, r, rows, /*entropy=*/false).first;
+        auto policy = ppo::clipped_policy_loss(logp, r.logprobs.index_select(0, rows),
+                                               r.advantages.index_select(0, rows), mask, o.clip);
+        auto values = critic_pass(r, rows);
+        auto value = ppo::clipped_value_loss(values, r.values.index_select(0, rows),
+                                             r.returns.index_select(0, rows), mask, o.value_clip);
+        ((policy.loss + o.value_coef * value.loss) * weight).backward();
+        policy_loss += policy.loss.item<double>() * weight;
+        value_loss += value.loss.item<double>() * weight;
+        clipfrac += policy.clipfrac.item<double>() * weight;
+        value_clipfrac += value.clipfrac.item<double>() * weight;
+        approx_kl += policy.approx_kl.item<double>() * weight;
+        if (first) {
+          const double deviation = ((policy.ratio - 1).abs() * mask).max().item<double>();
+          s.first_ratio_max_deviation = std::max(s.first_ratio_max_deviation, deviation);
+        }
+      }
+      if (first) s.first_approx_kl = approx_kl;
+      const double actor_norm = clip_norm(actor_params_, o.actor_grad_clip);
+      const double critic_norm = clip_norm(critic_params_, o.critic_grad_clip);
+      const double loss = policy_loss + o.value_coef * value_loss;
+      const bool finite =
+          std::isfinite(loss) && std::isfinite(actor_norm) && std::isfinite(critic_norm);
+      const bool accept =
+          guard ? guard->accept(loss, actor_norm + critic_norm, step_for_guard) : finite;
+      if (accept) {
+        actor_optimizer_.step();
+        critic_optimizer_.step();
+        ++s.updates;
+      } else {
+        ++s.skipped_updates;
+      }
+      actor_optimizer_.zero_grad();
+      critic_optimizer_.zero_grad();
+      s.policy_loss += policy_loss;
+      s.value_loss += value_loss;
+      s.clipfrac += clipfrac;
+      s.value_clipfrac += value_clipfrac;
+      s.approx_kl += approx_kl;
+      s.actor_grad_norm += actor_norm;
+      s.critic_grad_norm += critic_norm;
+      ++minibatches;
+    }
+  }
+  const double n = static_cast<double>(std::max<int64_t>(1, minibatches));
+  for (double* v : {&s.policy_loss, &s.value_loss, &s.clipfrac, &s.value_clipfrac, &s.approx_kl,
+                    &s.actor_grad_norm, &s.critic_grad_norm})
+    *v /= n;
+  s.seconds = seconds_since(started);
+  return s;
+}
+
+}  // namespace tiller

@@ -1,0 +1,124 @@
+// One PPO iteration over in-memory models: a rollout (generate with the actor's own weights, score
+// with the reference, the critic and a scorer, turn into per-token rewards and advantages), then
+// several epochs of clipped policy and value updates over shuffled minibatches. The recipe stage
+// (rlhf_stage) feeds it prompts and handles data, checkpoints and metrics; tests drive it directly.
+#pragma once
+#include <torch/torch.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/model/transformer.h"
+#include "common/rollout/generator.h"
+
+namespace tiller {
+
+class NonFiniteGuard;
+
+struct PpoOptions {
+  SamplingOptions sampling;  // max_new_tokens, temperature, top_k, top_p, eos_id, pad_id
+  bool penalize_missing_eos = true;
+  double missing_eos_penalty = -1.0;  // the score of a response that never produced EOS
+  bool whiten_rewards = false;        // whiten the episode scores over the rollout batch
+  double reward_clip = 0.0;           // clip the scores to [-clip, clip] (0: no clipping)
+  std::string kl_estimator = "k1";    // the per-token KL in the rewards: "k1" or "k3"
+  double gamma = 1.0, lam = 0.95;
+  double clip = 0.2, value_clip = 0.2, value_coef = 0.1;
+  bool whiten_advantages = true;
+  int64_t epochs = 4;
+  int64_t mini_batch_size = 8;   // episodes per optimizer step
+  int64_t micro_batch_size = 8;  // episodes per forward/backward (gradient accumulation)
+  double actor_grad_clip = 1.0, critic_grad_clip = 1.0;  // <= 0: no clipping
+  bool bf16 = false;
+};
+
+// Scores episodes: prompts (token ids, BOS first) and responses (generated tokens, EOS included
+// when produced) -> [B] float.
+using EpisodeScorer =
+    std::function<torch::Tensor(const std::vector<std::vector<int64_t>>& prompts,
+                                const std::vector<std::vector<int64_t>>& responses)>;
+
+// A rollout batch; every [B, R] tensor is 0 where `mask` is.
+struct Rollout {
+  GenerationBatch generation;
+  torch::Tensor sequence_ids, sequence_mask;  // [B, P + R] prompt and response laid together
+  std::vector<std::vector<int64_t>> prompts, responses;
+  torch::Tensor mask;           // [B, R] float, 1 on response tokens (EOS included)
+  torch::Tensor logprobs;       // [B, R] actor at rollout time (temperature-scaled)
+  torch::Tensor ref_logprobs;   // [B, R] reference, same scaling
+  torch::Tensor entropy;        // [B, R] the actor's entropy at each response position
+  torch::Tensor values;         // [B, R] critic at rollout time
+  torch::Tensor scorer_scores;  // [B] what the scorer said
+  torch::Tensor scores;         // [B] after the missing-EOS penalty, whitening and clipping
+  torch::Tensor kl;             // [B, R] the estimator's per-token KL used in the rewards
+  torch::Tensor rewards, advantages, returns;  // [B, R]
+  double beta = 0;
+  double seconds_generate = 0, seconds_score = 0;
+
+  int64_t size() const { return mask.size(0); }
+};
+
+// Figures of a rollout: means over episodes (KL summed over each response's tokens).
+struct RolloutStats {
+  double score_mean = 0, score_std = 0;  // scorer scores (before penalty)
+  double kl_k1 = 0, kl_k3 = 0;
+  double entropy = 0;  // mean over response tokens
+  double response_length = 0, eos_rate = 0;
+};
+RolloutStats rollout_stats(const Rollout& rollout);
+
+struct LearnStats {
+  double policy_loss = 0, value_loss = 0, clipfrac = 0, value_clipfrac = 0, approx_kl = 0;
+  double explained_variance = 0;  // of the rollout's values against its returns
+  double actor_grad_norm = 0, critic_grad_norm = 0;
+  // The first minibatch of the first epoch, before any update: the largest |ratio - 1| over its
+  // tokens and its approx KL. Both ~0 when rollout and training log-probs agree.
+  double first_ratio_max_deviation = 0, first_approx_kl = 0;
+  int64_t updates = 0, skipped_updates = 0;
+  double seconds = 0;
+};
+
+class PpoTrainer {
+ public:
+  // The models must outlive the trainer. reference is only read (under inference mode); actor and
+  // critic are trained by their optimizers.
+  PpoTrainer(PpoOptions options, TransformerImpl& actor, TransformerImpl& reference,
+             TransformerImpl& critic, EpisodeScorer scorer,
+             torch::optim::Optimizer& actor_optimizer, torch::optim::Optimizer& critic_optimizer);
+
+  // Generates one response per prompt (episode i sampled with episode_seeds[i]), scores it and
+  // computes rewards (KL coefficient beta) and advantages.
+  Rollout rollout(const std::vector<std::vector<int64_t>>& prompts,
+                  const std::vector<uint64_t>& episode_seeds, double beta);
+
+  // options.epochs passes of shuffled minibatches (order seeded by shuffle_seed) over the rollout.
+  // A guard, when given, may refuse a non-finite update (the optimizers then skip it).
+  LearnStats learn(const Rollout& rollout, uint64_t shuffle_seed, NonFiniteGuard* guard = nullptr,
+                   int64_t step_for_guard = 0);
+
+  const PpoOptions& options() const { return options_; }
+
+ private:
+  // Actor log-probs and entropy [b, R] of rows `rows` of the rollout (autograd as the caller's
+  // mode), and the critic's values [b, R].
+  std::pair<torch::Tensor, torch::Tensor> actor_pass(TransformerImpl& model, const Rollout& r,
+                                                     const torch::Tensor& rows, bool entropy);
+  torch::Tensor critic_pass(const Rollout& r, const torch::Tensor& rows);
+
+  PpoOptions options_;
+  TransformerImpl& actor_;
+  TransformerImpl& reference_;
+  TransformerImpl& critic_;
+  EpisodeScorer scorer_;
+  torch::optim::Optimizer& actor_optimizer_;
+  torch::optim::Optimizer& critic_optimizer_;
+  std::vector<torch::Tensor> actor_params_, critic_params_;
+};
+
+// The value head read at each response position: the critic's score for the state before each
+// response token (the slots whose hidden states predict them). [B, R].
+torch::Tensor response_values(TransformerImpl& critic, const torch::Tensor& sequence_ids,
+                              const torch::Tensor& sequence_mask, int64_t prompt_len);
+
+}  // namespace tiller

@@ -1,0 +1,57 @@
+// The PPO-based RLHF stage: loads the actor (policy), a frozen reference, the frozen reward model
+// and a critic initialised from it; each iteration draws a batch of prompts, rolls out with the
+// actor's own weights, and learns with PpoTrainer. Checkpoints resume exactly (actor, critic, both
+// optimizers, KL coefficient, prompt position); the output actor is an HF directory.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+#include "common/data/prompt_data.h"
+#include "common/recipe/recipe.h"
+#include "rlhf/ground_truth.h"
+#include "rlhf/ppo_trainer.h"
+
+namespace tiller {
+
+struct RlhfStageConfig {
+  std::string name;
+  std::string policy = "@sft";  // the actor's initial weights: "@stage", "@base" or a dir
+  std::string reference;        // default: the policy
+  std::string reward_model = "@reward";
+  std::string critic;  // default: the reward model
+  PromptDataOptions data;
+  int64_t eval_prompts = 32;       // prompts held out of training for the evaluation rollouts
+  int64_t eval_every = 0;          // iterations between evaluations (0: first and last only)
+  int64_t batch_size = 16;         // episodes per iteration
+  int64_t reward_max_seq_len = 0;  // the RM's sequence limit (0: what the RM was trained with)
+  PpoOptions ppo;
+  double beta = 0.05;    // initial KL coefficient
+  double kl_target = 0;  // adaptive controller target (0: fixed beta)
+  double kl_horizon = 10000;
+  double kl_max = 0;  // a bound on the evaluation KL reported at the end (0: none)
+  int64_t iterations = 100;
+  double actor_lr = 1e-5, critic_lr = 1e-5;
+  std::string schedule = "linear";
+  double min_lr_ratio = 0.0;
+  int64_t warmup_iterations = 0;
+  double weight_decay = 0.0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  int64_t checkpoint_every = 0, keep_checkpoints = 2, log_every = 1;
+  std::string precision = "fp32";
+  int64_t max_nonfinite_steps = 5;
+  GroundTruthRule ground_truth;
+  int64_t sample_every = 10, sample_count = 4;
+};
+
+// Parses an rlhf stage body; mistakes go to `errors` with their paths.
+RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors);
+
+// The values the stage runs with that the recipe must state (GAE's gamma and lambda among them),
+// to be written into the resolved recipe: {"ppo": {...}, "kl": {...}}.
+nlohmann::json rlhf_stated_defaults(const RlhfStageConfig& config);
+
+// Runs the stage to completion (resuming from RUN_DIR/<name>/checkpoints when present) and writes
+// RUN_DIR/<name>/final/ (the actor). Returns a summary.
+nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& config);
+
+}  // namespace tiller
