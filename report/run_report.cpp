@@ -39,8 +39,9 @@ struct SkippedLines {
   }
 };
 
-// Calls use(object, line_number) for each line of a JSONL file that holds a JSON object and
-// passes accept(object); other non-blank lines are recorded as skipped.
+// Calls accept(object) for each line of a JSONL file that holds a JSON object; accept returns
+// whether it could use it. Lines that are not objects, or that it refused, are recorded as
+// skipped; blank lines are not.
 template <typename Accept>
 SkippedLines for_each_json_object(const std::string& path, Accept accept) {
   SkippedLines skipped;
