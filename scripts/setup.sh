@@ -9,6 +9,7 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev
+  chromium                # headless, for the test that renders report.html as a browser does
 )
 
 missing=()

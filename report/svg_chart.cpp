@@ -1,0 +1,310 @@
+#include "report/svg_chart.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <numeric>
+#include <tuple>
+
+namespace tiller {
+
+namespace {
+
+// Distinguishable on white and for the common colour-vision deficiencies (Tableau 10 order).
+const char* const kPalette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
+                                "#9467bd", "#8c564b", "#e377c2", "#17becf"};
+constexpr int kPaletteSize = sizeof(kPalette) / sizeof(kPalette[0]);
+
+constexpr double kMarginLeft = 64, kMarginRight = 18, kMarginBottom = 42;
+constexpr double kTitleHeight = 26, kLegendRowHeight = 16;
+constexpr double kLegendCharWidth = 6.6;  // 11px sans-serif, a generous average
+constexpr int kMarkerLimit = 40;          // sparse series (evaluations) get a dot at each point
+
+std::string fixed(double value, int decimals) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof(buffer), "%.*f", decimals, value);
+  return buffer;
+}
+
+std::string coordinate(double value) {
+  return fixed(value, 1);
+}
+
+// The smallest of 1, 2, 5 times a power of ten that is >= raw (raw > 0).
+double nice_spacing(double raw) {
+  const double power = std::pow(10.0, std::floor(std::log10(raw)));
+  for (double factor : {1.0, 2.0, 5.0, 10.0})
+    if (factor * power >= raw * (1 - 1e-9)) return factor * power;
+  return 10 * power;
+}
+
+// Widens an empty range (one point, or a constant series) so that it has a visible extent.
+std::pair<double, double> widened(double low, double high) {
+  if (high > low) return {low, high};
+  const double pad = low == 0 ? 1.0 : std::abs(low) * 0.1;
+  return {low - pad, high + pad};
+}
+
+// A value axis: the range it spans and its ticks, linear or logarithmic.
+struct Axis {
+  double low = 0, high = 1;
+  bool log = false;
+  std::vector<double> ticks;
+  std::vector<std::string> labels;
+
+  // 0 at low, 1 at high.
+  double fraction(double value) const {
+    if (log) return (std::log10(value) - std::log10(low)) / (std::log10(high) - std::log10(low));
+    return (value - low) / (high - low);
+  }
+};
+
+Axis linear_axis(double low, double high, int target) {
+  std::tie(low, high) = widened(low, high);
+  Axis axis;
+  axis.ticks = nice_ticks(low, high, target);
+  axis.low = axis.ticks.front();
+  axis.high = axis.ticks.back();
+  const double spacing = axis.ticks.size() > 1 ? axis.ticks[1] - axis.ticks[0] : 1.0;
+  for (double tick : axis.ticks) axis.labels.push_back(format_tick(tick, spacing));
+  return axis;
+}
+
+// Decades from the one at or below `low` to the one at or above `high` (both > 0); within a
+// single decade, 2x and 5x ticks are added so that the axis has more than its two ends.
+Axis log_axis(double low, double high) {
+  int first = static_cast<int>(std::floor(std::log10(low) + 1e-9));
+  int last = static_cast<int>(std::ceil(std::log10(high) - 1e-9));
+  if (last <= first) last = first + 1;
+  Axis axis;
+  axis.log = true;
+  axis.low = std::pow(10.0, first);
+  axis.high = std::pow(10.0, last);
+  const int stride = (last - first + 5) / 6;  // at most about six labelled decades
+  for (int e = first; e <= last; e += stride) axis.ticks.push_back(std::pow(10.0, e));
+  if (last - first == 1)
+    for (double factor : {2.0, 5.0}) axis.ticks.push_back(factor * axis.low);
+  std::sort(axis.ticks.begin(), axis.ticks.end());
+  for (double tick : axis.ticks) axis.labels.push_back(format_tick(tick, tick));
+  return axis;
+}
+
+bool plottable(double x, double y, bool log_y) {
+  return std::isfinite(x) && std::isfinite(y) && (!log_y || y > 0);
+}
+
+struct LegendItem {
+  double x, y;
+  std::string name, color;
+};
+
+// Lays the legend out in rows under the title, left to right, wrapping at the chart's width.
+std::vector<LegendItem> layout_legend(const std::vector<ChartSeries>& series, double width) {
+  std::vector<LegendItem> items;
+  double x = kMarginLeft, row = 0;
+  for (size_t i = 0; i < series.size(); ++i) {
+    const double item_width = 22 + kLegendCharWidth * series[i].name.size() + 14;
+    if (x + item_width > width - kMarginRight && x > kMarginLeft) {
+      x = kMarginLeft;
+      ++row;
+    }
+    items.push_back(
+        {x, kTitleHeight + row * kLegendRowHeight + 8, series[i].name, kPalette[i % kPaletteSize]});
+    x += item_width;
+  }
+  return items;
+}
+
+}  // namespace
+
+std::vector<double> nice_ticks(double low, double high, int target) {
+  std::tie(low, high) = widened(low, high);
+  const double spacing = nice_spacing((high - low) / std::max(target, 1));
+  const double first = std::floor(low / spacing + 1e-9);
+  const double last = std::ceil(high / spacing - 1e-9);
+  std::vector<double> ticks;
+  for (double k = first; k <= last; ++k) {
+    const double tick = k * spacing;
+    ticks.push_back(std::abs(tick) < spacing * 1e-9 ? 0.0 : tick);
+  }
+  return ticks;
+}
+
+std::string format_tick(double value, double spacing) {
+  if (value == 0 || !(spacing > 0) || std::abs(value) < spacing * 1e-6) return "0";
+  const double magnitude = std::abs(value);
+  if (magnitude >= 1e6 || spacing < 1e-4) {
+    // Exponent form with the significant digits the spacing needs: "2.5e-5", "1.2e+7" -> "1.2e7".
+    int digits = static_cast<int>(std::floor(std::log10(magnitude)) -
+                                  std::floor(std::log10(spacing) + 1e-9)) +
+                 1;
+    digits = std::clamp(digits, 1, 6);
+    char buffer[64];
+    std::snprintf(buffer, sizeof(buffer), "%.*e", digits - 1, value);
+    std::string text = buffer;
+    const size_t e = text.find('e');
+    std::string mantissa = text.substr(0, e);
+    std::string exponent = text.substr(e + 1);
+    const bool negative = exponent[0] == '-';
+    exponent = exponent.substr(1);
+    exponent.erase(0, std::min(exponent.find_first_not_of('0'), exponent.size() - 1));
+    return mantissa + "e" + (negative ? "-" : "") + exponent;
+  }
+  const int decimals = std::max(0, -static_cast<int>(std::floor(std::log10(spacing) + 1e-9)));
+  return fixed(value, decimals);
+}
+
+std::string xml_escape(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20 && c != '\t' && c != '\n' && c != '\r')
+          out += "\xEF\xBF\xBD";  // U+FFFD
+        else
+          out += c;
+    }
+  }
+  return out;
+}
+
+std::string render_line_chart(const std::vector<ChartSeries>& series, const ChartOptions& options) {
+  const double width = options.width, height = options.height;
+  const std::vector<LegendItem> legend = layout_legend(series, width);
+  const double legend_bottom = legend.empty() ? kTitleHeight : legend.back().y + 10;
+  const double plot_left = kMarginLeft, plot_right = width - kMarginRight;
+  const double plot_top = legend_bottom + 6, plot_bottom = height - kMarginBottom;
+
+  std::string svg = "<svg class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\"";
+  for (const auto& [name, value] : options.attributes)
+    svg += " " + name + "=\"" + xml_escape(value) + "\"";
+  svg += " width=\"" + fixed(width, 0) + "\" height=\"" + fixed(height, 0) + "\" viewBox=\"0 0 " +
+         fixed(width, 0) + " " + fixed(height, 0) + "\" role=\"img\" font-family=\"sans-serif\">";
+  svg += "<title>" + xml_escape(options.title) + "</title>";
+  svg += "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>";
+  svg += "<text x=\"" + coordinate(plot_left) +
+         "\" y=\"18\" font-size=\"14\" font-weight=\"bold\" fill=\"#222\">" +
+         xml_escape(options.title) + "</text>";
+  for (const LegendItem& item : legend) {
+    svg += "<line x1=\"" + coordinate(item.x) + "\" y1=\"" + coordinate(item.y - 4) + "\" x2=\"" +
+           coordinate(item.x + 16) + "\" y2=\"" + coordinate(item.y - 4) + "\" stroke=\"" +
+           item.color + "\" stroke-width=\"2.5\"/>";
+    svg += "<text x=\"" + coordinate(item.x + 21) + "\" y=\"" + coordinate(item.y) +
+           "\" font-size=\"11\" fill=\"#333\">" + xml_escape(item.name) + "</text>";
+  }
+
+  // The data's extent decides both axes; points a log scale cannot show do not count.
+  double x_low = std::numeric_limits<double>::infinity(), x_high = -x_low;
+  double y_low = x_low, y_high = -x_low;
+  for (const ChartSeries& s : series) {
+    for (size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i) {
+      if (!plottable(s.x[i], s.y[i], options.log_y)) continue;
+      x_low = std::min(x_low, s.x[i]);
+      x_high = std::max(x_high, s.x[i]);
+      y_low = std::min(y_low, s.y[i]);
+      y_high = std::max(y_high, s.y[i]);
+    }
+  }
+  svg += "<rect x=\"" + coordinate(plot_left) + "\" y=\"" + coordinate(plot_top) + "\" width=\"" +
+         coordinate(plot_right - plot_left) + "\" height=\"" + coordinate(plot_bottom - plot_top) +
+         "\" fill=\"none\" stroke=\"#bbb\"/>";
+  if (!(x_low <= x_high)) {
+    svg += "<text x=\"" + coordinate((plot_left + plot_right) / 2) + "\" y=\"" +
+           coordinate((plot_top + plot_bottom) / 2) +
+           "\" font-size=\"12\" fill=\"#888\" text-anchor=\"middle\">no data</text>";
+    for (size_t i = 0; i < series.size(); ++i)
+      svg += "<g class=\"series\" data-series=\"" + xml_escape(series[i].name) +
+             "\" data-points=\"0\"></g>";
+    return svg + "</svg>";
+  }
+
+  const Axis x_axis = linear_axis(x_low, x_high, 6);
+  const Axis y_axis = options.log_y ? log_axis(y_low, y_high) : linear_axis(y_low, y_high, 5);
+  auto to_x = [&](double x) { return plot_left + x_axis.fraction(x) * (plot_right - plot_left); };
+  auto to_y = [&](double y) { return plot_bottom - y_axis.fraction(y) * (plot_bottom - plot_top); };
+
+  svg += "<g class=\"axis\" font-size=\"11\" fill=\"#555\">";
+  for (size_t i = 0; i < y_axis.ticks.size(); ++i) {
+    const std::string y = coordinate(to_y(y_axis.ticks[i]));
+    svg += "<line x1=\"" + coordinate(plot_left) + "\" y1=\"" + y + "\" x2=\"" +
+           coordinate(plot_right) + "\" y2=\"" + y + "\" stroke=\"#e6e6e6\"/>";
+    svg += "<text x=\"" + coordinate(plot_left - 6) + "\" y=\"" + y +
+           "\" text-anchor=\"end\" dominant-baseline=\"middle\">" + y_axis.labels[i] + "</text>";
+  }
+  for (size_t i = 0; i < x_axis.ticks.size(); ++i) {
+    const std::string x = coordinate(to_x(x_axis.ticks[i]));
+    svg += "<line x1=\"" + x + "\" y1=\"" + coordinate(plot_top) + "\" x2=\"" + x + "\" y2=\"" +
+           coordinate(plot_bottom) + "\" stroke=\"#e6e6e6\"/>";
+    svg += "<text x=\"" + x + "\" y=\"" + coordinate(plot_bottom + 15) +
+           "\" text-anchor=\"middle\">" + x_axis.labels[i] + "</text>";
+  }
+  svg += "<text x=\"" + coordinate((plot_left + plot_right) / 2) + "\" y=\"" +
+         coordinate(height - 6) + "\" text-anchor=\"middle\" fill=\"#333\">" +
+         xml_escape(options.x_label) + "</text>";
+  svg += "<line x1=\"" + coordinate(plot_left) + "\" y1=\"" + coordinate(plot_bottom) + "\" x2=\"" +
+         coordinate(plot_right) + "\" y2=\"" + coordinate(plot_bottom) + "\" stroke=\"#666\"/>";
+  svg += "<line x1=\"" + coordinate(plot_left) + "\" y1=\"" + coordinate(plot_top) + "\" x2=\"" +
+         coordinate(plot_left) + "\" y2=\"" + coordinate(plot_bottom) + "\" stroke=\"#666\"/>";
+  svg += "</g>";
+
+  for (size_t s = 0; s < series.size(); ++s) {
+    const ChartSeries& line = series[s];
+    const std::string color = kPalette[s % kPaletteSize];
+    // Points in x order; an unplottable point ends the current run.
+    std::vector<size_t> order(std::min(line.x.size(), line.y.size()));
+    std::iota(order.begin(), order.end(), 0);
+    auto sort_key = [&](size_t i) {
+      return std::isnan(line.x[i]) ? std::numeric_limits<double>::infinity() : line.x[i];
+    };
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return sort_key(a) < sort_key(b); });
+    std::vector<std::vector<std::pair<double, double>>> runs(1);
+    size_t drawn = 0;
+    for (size_t i : order) {
+      if (!plottable(line.x[i], line.y[i], options.log_y)) {
+        if (!runs.back().empty()) runs.emplace_back();
+        continue;
+      }
+      runs.back().emplace_back(to_x(line.x[i]), to_y(line.y[i]));
+      ++drawn;
+    }
+    svg += "<g class=\"series\" data-series=\"" + xml_escape(line.name) + "\" data-points=\"" +
+           std::to_string(drawn) + "\">";
+    const bool markers = drawn <= kMarkerLimit;
+    for (const auto& run : runs) {
+      if (run.size() >= 2) {
+        svg += "<polyline fill=\"none\" stroke=\"" + color +
+               "\" stroke-width=\"1.6\" stroke-linejoin=\"round\" points=\"";
+        for (size_t i = 0; i < run.size(); ++i)
+          svg += (i ? " " : "") + coordinate(run[i].first) + "," + coordinate(run[i].second);
+        svg += "\"/>";
+      }
+      if (run.size() == 1 || markers)
+        for (const auto& [x, y] : run)
+          svg += "<circle cx=\"" + coordinate(x) + "\" cy=\"" + coordinate(y) + "\" r=\"" +
+                 (run.size() == 1 ? "3" : "2.2") + "\" fill=\"" + color + "\"/>";
+    }
+    svg += "</g>";
+  }
+  return svg + "</svg>";
+}
+
+}  // namespace tiller
