@@ -1,0 +1,89 @@
+#include "cli/scaling_cmd.h"
+
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "common/util/error.h"
+#include "scaling/analysis.h"
+#include "scaling/runs_table.h"
+
+namespace tiller {
+namespace {
+
+struct ScalingFitArgs {
+  std::string path;
+  scaling::RunsColumns columns;
+  scaling::ScalingOptions options;
+  double predict_n = 0, predict_d = 0;
+  bool json = false;
+};
+
+void run_scaling_fit(ScalingFitArgs args) {
+  const scaling::RunsTable table = scaling::read_runs(args.path, args.columns);
+  const scaling::RunsColumns& c = args.columns;
+  check(table.has_n && table.has_d,
+        args.path + ": the Chinchilla fit needs N and D, or C with one of them; found " +
+            (table.has_n ? "" : "no '" + c.n + "' (--n-col), ") +
+            (table.has_d ? "" : "no '" + c.d + "' (--d-col), ") +
+            (table.has_c ? "a C column" : "no '" + c.c + "' (--c-col)"));
+  const scaling::ScalingAnalysis analysis = scaling::analyze_runs(table, args.options);
+  if (args.json)
+    std::printf("%s\n", scaling::to_json(analysis).dump().c_str());
+  else
+    std::fputs(scaling::format_report(analysis).c_str(), stdout);
+}
+
+}  // namespace
+
+void add_scaling_commands(CLI::App& app) {
+  auto* scaling_cmd =
+      app.add_subcommand("scaling", "scaling laws: fit losses of training runs, forecast");
+  scaling_cmd->require_subcommand(1);
+  auto* fit = scaling_cmd->add_subcommand(
+      "fit", "fit L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla) and Kaplan power laws");
+  auto args = std::make_shared<ScalingFitArgs>();
+  fit->add_option("FILE", args->path, "runs.jsonl, or a CSV with a header row")->required();
+  auto* n_col =
+      fit->add_option("--n-col", args->columns.n, "column of parameters N")->capture_default_str();
+  auto* d_col = fit->add_option("--d-col", args->columns.d, "column of training tokens D")
+                    ->capture_default_str();
+  auto* c_col = fit->add_option("--c-col", args->columns.c, "column of compute C (FLOPs, 6ND)")
+                    ->capture_default_str();
+  fit->add_option("--loss-col", args->columns.loss, "column of final losses")
+      ->capture_default_str();
+  fit->add_option("--exclude-highest-loss", args->options.exclude_highest_loss,
+                  "leave out the K runs of highest loss (outliers)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  fit->add_option("--bootstrap", args->options.bootstrap,
+                  "resamples of the runs for the intervals (0: none)")
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
+  fit->add_option("--seed", args->options.seed, "seed of the bootstrap")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  auto* predict_n = fit->add_option("--predict-n", args->predict_n,
+                                    "forecast the loss of a run with N parameters...");
+  auto* predict_d = fit->add_option("--predict-d", args->predict_d, "...and D training tokens");
+  predict_n->needs(predict_d);
+  predict_d->needs(predict_n);
+  fit->add_option("--budget", args->options.budgets,
+                  "also give the compute-optimal N, D at this many FLOPs (repeatable)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  fit->add_flag("--json", args->json, "print one JSON object");
+  fit->callback([args, n_col, d_col, c_col, predict_n] {
+    ScalingFitArgs a = *args;
+    a.columns.require_n = n_col->count() > 0;
+    a.columns.require_d = d_col->count() > 0;
+    a.columns.require_c = c_col->count() > 0;
+    if (predict_n->count() > 0) {
+      a.options.predict_n = a.predict_n;
+      a.options.predict_d = a.predict_d;
+    }
+    run_scaling_fit(a);
+  });
+}
+
+}  // namespace tiller

@@ -1,0 +1,388 @@
+#include "scaling/analysis.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <set>
+
+#include "common/util/error.h"
+#include "scaling/parallel.h"
+
+namespace tiller::scaling {
+namespace {
+
+constexpr size_t kMinRuns = 6;  // one more than the Chinchilla law has parameters
+
+bool positive_finite(double x) {
+  return std::isfinite(x) && x > 0;
+}
+
+// The logarithm of one of N, D, C of each run.
+std::vector<double> log_of(const std::vector<Run>& runs, double Run::*quantity) {
+  std::vector<double> logs;
+  for (const Run& run : runs) logs.push_back(std::log(run.*quantity));
+  return logs;
+}
+
+Observations observations_of(const std::vector<Run>& runs) {
+  Observations o;
+  o.log_n = log_of(runs, &Run::n);
+  o.log_d = log_of(runs, &Run::d);
+  o.log_loss = log_of(runs, &Run::loss);
+  return o;
+}
+
+size_t distinct_count(const std::vector<double>& values) {
+  return std::set<double>(values.begin(), values.end()).size();
+}
+
+// Uniform on [0, n), the same on every platform (std::uniform_int_distribution is not).
+size_t draw_index(std::mt19937_64& rng, size_t n) {
+  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+  uint64_t x;
+  do x = rng();
+  while (x >= limit);
+  return x % n;
+}
+
+template <typename Sample, typename Quantity>
+Interval interval_of(double value, const std::vector<Sample>& samples, const Quantity& quantity,
+                     const ScalingOptions& options) {
+  Interval interval;
+  interval.value = value;
+  if (samples.empty()) return interval;
+  std::vector<double> values;
+  for (const Sample& s : samples) {
+    const double v = quantity(s);
+    if (std::isfinite(v)) values.push_back(v);  // e.g. G when a resample's β came out ≤ 0
+  }
+  interval.low = percentile(values, options.low_percentile);
+  interval.high = percentile(values, options.high_percentile);
+  return interval;
+}
+
+struct KaplanVariable {
+  std::string name;
+  double Run::*quantity;
+};
+
+void check_options(const ScalingOptions& options) {
+  check(options.exclude_highest_loss >= 0, "scaling fit: --exclude-highest-loss must be >= 0");
+  check(options.bootstrap >= 0 && options.bootstrap <= 100000,
+        "scaling fit: --bootstrap must be in [0, 100000]");
+  check(options.low_percentile >= 0 && options.low_percentile < options.high_percentile &&
+            options.high_percentile <= 100,
+        "scaling fit: percentiles must satisfy 0 <= low < high <= 100");
+  for (double c : options.budgets)
+    check(positive_finite(c), "scaling fit: a --budget must be a positive number of FLOPs");
+  check(options.predict_n.has_value() == options.predict_d.has_value(),
+        "scaling fit: --predict-n and --predict-d go together");
+  if (options.predict_n)
+    check(positive_finite(*options.predict_n) && positive_finite(*options.predict_d),
+          "scaling fit: --predict-n and --predict-d must be positive");
+  check(options.fit.huber_delta > 0, "scaling fit: the Huber delta must be positive");
+}
+
+}  // namespace
+
+double percentile(std::vector<double> samples, double q) {
+  if (samples.empty()) return NAN;
+  std::sort(samples.begin(), samples.end());
+  const double position = q / 100 * (samples.size() - 1);
+  const size_t below = static_cast<size_t>(std::floor(position));
+  const size_t above = std::min(below + 1, samples.size() - 1);
+  return samples[below] + (position - below) * (samples[above] - samples[below]);
+}
+
+ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& options) {
+  check_options(options);
+  check(table.has_n && table.has_d,
+        table.source +
+            ": the Chinchilla fit needs N and D for every run (columns for two of N, "
+            "D and C; see --n-col, --d-col, --c-col)");
+  ScalingAnalysis analysis;
+  analysis.source = table.source;
+  analysis.runs_read = table.runs.size();
+  analysis.huber_delta = options.fit.huber_delta;
+  analysis.seed = options.seed;
+  analysis.resamples = options.bootstrap;
+  analysis.low_percentile = options.low_percentile;
+  analysis.high_percentile = options.high_percentile;
+
+  // Leave out the K highest-loss runs; keep the rest in file order.
+  const size_t excluded = static_cast<size_t>(options.exclude_highest_loss);
+  check(excluded + kMinRuns <= table.runs.size(),
+        "scaling fit: " + std::to_string(table.runs.size()) + " runs, " + std::to_string(excluded) +
+            " excluded: the fit needs at least " + std::to_string(kMinRuns));
+  std::vector<size_t> by_loss(table.runs.size());
+  std::iota(by_loss.begin(), by_loss.end(), 0);
+  std::stable_sort(by_loss.begin(), by_loss.end(),
+                   [&](size_t i, size_t j) { return table.runs[i].loss > table.runs[j].loss; });
+  std::vector<bool> keep(table.runs.size(), true);
+  for (size_t k = 0; k < excluded; ++k) {
+    keep[by_loss[k]] = false;
+    analysis.excluded_lines.push_back(table.runs[by_loss[k]].line);
+  }
+  std::vector<Run> runs;
+  for (size_t i = 0; i < table.runs.size(); ++i)
+    if (keep[i]) runs.push_back(table.runs[i]);
+  analysis.runs_used = runs.size();
+
+  const Observations observations = observations_of(runs);
+  check(distinct_count(observations.log_n) >= 2 && distinct_count(observations.log_d) >= 2,
+        table.source +
+            ": the Chinchilla fit needs runs of at least two sizes N and two token "
+            "counts D");
+  const std::vector<ChinchillaParameters> grid = chinchilla_grid();
+  analysis.grid_starts = grid.size();
+  analysis.fit = fit_chinchilla(observations, grid, options.fit);
+  const LossLaw& law = analysis.fit.law;
+
+  std::vector<KaplanVariable> variables;
+  if (table.has_n) variables.push_back({"N", &Run::n});
+  if (table.has_d) variables.push_back({"D", &Run::d});
+  if (table.has_c) variables.push_back({"C", &Run::c});
+  std::vector<std::vector<double>> log_x;  // per variable
+  std::vector<std::optional<PowerLaw>> kaplan_full;
+  for (const KaplanVariable& v : variables) {
+    log_x.push_back(log_of(runs, v.quantity));
+    kaplan_full.push_back(fit_power_law(log_x.back(), observations.log_loss));
+  }
+
+  // The bootstrap: refit on runs drawn with replacement. Every resample is drawn up front from one
+  // seeded generator, so the intervals do not depend on the thread count. Each refit starts from
+  // the full fit's optimum and from the grid point that led there, not from the whole grid: the
+  // interval describes the spread of that optimum, and it keeps 200 refits to a second or so.
+  std::mt19937_64 rng(options.seed);
+  std::vector<std::vector<size_t>> draws(options.bootstrap);
+  for (auto& draw : draws)
+    for (size_t i = 0; i < runs.size(); ++i) draw.push_back(draw_index(rng, runs.size()));
+  std::vector<LossLaw> resampled_laws(draws.size());
+  std::vector<std::vector<std::optional<PowerLaw>>> resampled_kaplan(
+      variables.size(), std::vector<std::optional<PowerLaw>>(draws.size()));
+  ChinchillaFitOptions refit = options.fit;
+  refit.threads = 1;  // the resamples are the parallel loop
+  parallel_for(draws.size(), options.fit.threads, [&](size_t r) {
+    Observations sample;
+    std::vector<std::vector<double>> sample_log_x(variables.size());
+    for (size_t i : draws[r]) {
+      sample.log_n.push_back(observations.log_n[i]);
+      sample.log_d.push_back(observations.log_d[i]);
+      sample.log_loss.push_back(observations.log_loss[i]);
+      for (size_t v = 0; v < variables.size(); ++v) sample_log_x[v].push_back(log_x[v][i]);
+    }
+    resampled_laws[r] =
+        fit_chinchilla(sample, {analysis.fit.parameters, analysis.fit.start}, refit).law;
+    for (size_t v = 0; v < variables.size(); ++v)
+      resampled_kaplan[v][r] = fit_power_law(sample_log_x[v], sample.log_loss);
+  });
+
+  auto law_interval = [&](const std::function<double(const LossLaw&)>& quantity) {
+    return interval_of(quantity(law), resampled_laws, quantity, options);
+  };
+  analysis.E = law_interval([](const LossLaw& l) { return l.E; });
+  analysis.A = law_interval([](const LossLaw& l) { return l.A; });
+  analysis.B = law_interval([](const LossLaw& l) { return l.B; });
+  analysis.alpha = law_interval([](const LossLaw& l) { return l.alpha; });
+  analysis.beta = law_interval([](const LossLaw& l) { return l.beta; });
+  analysis.a = law_interval([](const LossLaw& l) { return l.n_exponent(); });
+  analysis.b = law_interval([](const LossLaw& l) { return l.d_exponent(); });
+  analysis.G = law_interval([](const LossLaw& l) { return l.G(); });
+
+  std::vector<double> budgets = kDefaultBudgets;
+  budgets.insert(budgets.end(), options.budgets.begin(), options.budgets.end());
+  std::sort(budgets.begin(), budgets.end());
+  budgets.erase(std::unique(budgets.begin(), budgets.end()), budgets.end());
+  for (double c : budgets) {
+    BudgetAllocation allocation;
+    allocation.compute = c;
+    allocation.n_opt = law_interval([c](const LossLaw& l) { return l.compute_optimal(c).n; });
+    allocation.d_opt = law_interval([c](const LossLaw& l) { return l.compute_optimal(c).d; });
+    allocation.tokens_per_parameter =
+        law_interval([c](const LossLaw& l) { return l.compute_optimal(c).tokens_per_parameter; });
+    allocation.loss = law_interval([c](const LossLaw& l) { return l.compute_optimal(c).loss; });
+    analysis.compute_optimal.push_back(allocation);
+  }
+
+  if (options.predict_n) {
+    LossForecast forecast;
+    forecast.n = *options.predict_n;
+    forecast.d = *options.predict_d;
+    forecast.loss = law_interval([&](const LossLaw& l) { return l.loss(forecast.n, forecast.d); });
+    analysis.forecast = forecast;
+  }
+
+  for (size_t v = 0; v < variables.size(); ++v) {
+    if (!kaplan_full[v]) {
+      analysis.kaplan_skipped.push_back(variables[v].name);
+      continue;
+    }
+    std::vector<PowerLaw> samples;
+    for (const auto& fitted : resampled_kaplan[v])
+      if (fitted) samples.push_back(*fitted);  // a draw of runs that all share one X says nothing
+    KaplanLaw kaplan;
+    kaplan.variable = variables[v].name;
+    kaplan.alpha = interval_of(
+        kaplan_full[v]->alpha, samples, [](const PowerLaw& p) { return p.alpha; }, options);
+    kaplan.x_c = interval_of(
+        kaplan_full[v]->x_c, samples, [](const PowerLaw& p) { return p.x_c; }, options);
+    analysis.kaplan.push_back(kaplan);
+  }
+  return analysis;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presentation
+
+namespace {
+
+nlohmann::json number_or_null(double x) {
+  return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr);
+}
+
+nlohmann::json interval_json(const Interval& i) {
+  return {{"value", number_or_null(i.value)},
+          {"low", number_or_null(i.low)},
+          {"high", number_or_null(i.high)}};
+}
+
+nlohmann::json bounds_json(const Interval& i) {
+  return nlohmann::json::array({number_or_null(i.low), number_or_null(i.high)});
+}
+
+std::string format(const char* pattern, double x) {
+  if (!std::isfinite(x)) return "-";
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, pattern, x);
+  return buffer;
+}
+
+// "value  [low, high]" with the bounds omitted when there was no bootstrap.
+std::string with_bounds(const char* pattern, const Interval& i) {
+  std::string s = format(pattern, i.value);
+  if (std::isfinite(i.low) && std::isfinite(i.high))
+    s += "  [" + format(pattern, i.low) + ", " + format(pattern, i.high) + "]";
+  return s;
+}
+
+std::string pad(std::string s, size_t width) {
+  if (s.size() < width) s.insert(0, width - s.size(), ' ');
+  return s;
+}
+
+std::string pad_right(std::string s, size_t width) {
+  if (s.size() < width) s.append(width - s.size(), ' ');
+  return s;
+}
+
+}  // namespace
+
+nlohmann::json to_json(const ScalingAnalysis& analysis) {
+  nlohmann::json j;
+  j["source"] = analysis.source;
+  j["runs_read"] = analysis.runs_read;
+  j["runs_used"] = analysis.runs_used;
+  j["runs_excluded"] = analysis.excluded_lines.size();
+  j["excluded_lines"] = analysis.excluded_lines;
+  j["E"] = interval_json(analysis.E);
+  j["A"] = interval_json(analysis.A);
+  j["B"] = interval_json(analysis.B);
+  j["alpha"] = interval_json(analysis.alpha);
+  j["beta"] = interval_json(analysis.beta);
+  j["a"] = interval_json(analysis.a);
+  j["b"] = interval_json(analysis.b);
+  j["G"] = interval_json(analysis.G);
+  j["objective"] = analysis.fit.objective;
+  j["huber_delta"] = analysis.huber_delta;
+  j["grid_starts"] = analysis.grid_starts;
+  j["compute_optimal"] = nlohmann::json::array();
+  for (const BudgetAllocation& c : analysis.compute_optimal) {
+    j["compute_optimal"].push_back(
+        {{"C", c.compute},
+         {"N_opt", number_or_null(c.n_opt.value)},
+         {"D_opt", number_or_null(c.d_opt.value)},
+         {"tokens_per_parameter", number_or_null(c.tokens_per_parameter.value)},
+         {"loss", number_or_null(c.loss.value)},
+         {"interval",
+          {{"N_opt", bounds_json(c.n_opt)},
+           {"D_opt", bounds_json(c.d_opt)},
+           {"tokens_per_parameter", bounds_json(c.tokens_per_parameter)},
+           {"loss", bounds_json(c.loss)}}}});
+  }
+  j["kaplan"] = nlohmann::json::object();
+  for (const KaplanLaw& k : analysis.kaplan)
+    j["kaplan"][k.variable] = {{"alpha", interval_json(k.alpha)}, {"X_c", interval_json(k.x_c)}};
+  if (analysis.forecast) {
+    const LossForecast& f = *analysis.forecast;
+    j["forecast"] = {{"N", f.n}, {"D", f.d}, {"C", 6 * f.n * f.d}, {"loss", interval_json(f.loss)}};
+  }
+  j["bootstrap"] = {{"resamples", analysis.resamples},
+                    {"seed", analysis.seed},
+                    {"percentiles", {analysis.low_percentile, analysis.high_percentile}}};
+  return j;
+}
+
+std::string format_report(const ScalingAnalysis& analysis) {
+  std::string out;
+  auto line = [&out](const std::string& s) { out += s + "\n"; };
+  const bool intervals = analysis.resamples > 0;
+  const std::string interval_note =
+      intervals ? format("%g", analysis.high_percentile - analysis.low_percentile) +
+                      "% bootstrap intervals over " + std::to_string(analysis.resamples) +
+                      " resamples of the runs (seed " + std::to_string(analysis.seed) + ")"
+                : "no bootstrap (--bootstrap 0): no intervals";
+
+  line("Chinchilla fit  L(N, D) = E + A/N^alpha + B/D^beta");
+  line("  " + std::to_string(analysis.runs_used) + " of " + std::to_string(analysis.runs_read) +
+       " runs in " + analysis.source +
+       (analysis.excluded_lines.empty()
+            ? ""
+            : " (" + std::to_string(analysis.excluded_lines.size()) + " highest-loss left out)"));
+  line("  Huber objective " + format("%.6g", analysis.fit.objective) + " (delta " +
+       format("%g", analysis.huber_delta) + " on log L), lowest of " +
+       std::to_string(analysis.grid_starts) + " L-BFGS starts");
+  line("  " + interval_note);
+  line("");
+  const std::pair<const char*, const Interval*> parameters[] = {
+      {"E", &analysis.E},
+      {"A", &analysis.A},
+      {"B", &analysis.B},
+      {"alpha", &analysis.alpha},
+      {"beta", &analysis.beta},
+      {"a = beta/(alpha+beta)", &analysis.a},
+      {"b = alpha/(alpha+beta)", &analysis.b},
+      {"G", &analysis.G}};
+  for (const auto& [name, interval] : parameters)
+    line("  " + pad_right(name, 24) + with_bounds("%.5g", *interval));
+  line("");
+
+  line("Compute-optimal allocation  N_opt = G (C/6)^a,  D_opt = (C/6)^b / G");
+  line("  " + pad("C", 8) + pad("N_opt", 12) + pad("D_opt", 12) + "  " +
+       pad_right("tokens/parameter", 30) + "loss");
+  for (const BudgetAllocation& c : analysis.compute_optimal)
+    line("  " + pad(format("%.3g", c.compute), 8) + pad(format("%.4g", c.n_opt.value), 12) +
+         pad(format("%.4g", c.d_opt.value), 12) + "  " +
+         pad_right(with_bounds("%.4g", c.tokens_per_parameter), 30) + with_bounds("%.4g", c.loss));
+  line("");
+
+  line("Kaplan power laws  L(X) = (X_c / X)^alpha_X  (least squares on log L)");
+  for (const KaplanLaw& k : analysis.kaplan)
+    line("  " + k.variable + ": alpha_" + k.variable + " = " +
+         pad_right(with_bounds("%.4g", k.alpha), 30) + k.variable +
+         "_c = " + with_bounds("%.4g", k.x_c));
+  for (const std::string& v : analysis.kaplan_skipped)
+    line("  " + v + ": not fitted (every run has the same " + v + ")");
+  if (analysis.kaplan.empty() && analysis.kaplan_skipped.empty()) line("  (no N, D or C column)");
+
+  if (analysis.forecast) {
+    const LossForecast& f = *analysis.forecast;
+    line("");
+    line("Forecast  L(N = " + format("%.4g", f.n) + ", D = " + format("%.4g", f.d) +
+         ") = " + with_bounds("%.4g", f.loss) + "  (C = " + format("%.3g", 6 * f.n * f.d) + ")");
+  }
+  return out;
+}
+
+}  // namespace tiller::scaling

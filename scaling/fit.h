@@ -1,0 +1,84 @@
+// Scaling-law fits: Chinchilla's L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. 2022, approach 3,
+// fitted as Epoch AI's replication does) and Kaplan et al.'s one-variable power laws
+// L(X) = (X_c / X)^α_X. Torch-free.
+#pragma once
+#include <array>
+#include <optional>
+#include <vector>
+
+#include "scaling/lbfgs.h"
+
+namespace tiller::scaling {
+
+// The compute-optimal allocation of a compute budget C (FLOPs, C = 6ND).
+struct ComputeOptimal {
+  double compute = 0;
+  double n = 0, d = 0;  // N_opt(C), D_opt(C)
+  double tokens_per_parameter = 0;
+  double loss = 0;  // L(N_opt, D_opt)
+};
+
+// L(N, D) = E + A / N^alpha + B / D^beta.
+struct LossLaw {
+  double E = 0, A = 0, B = 0, alpha = 0, beta = 0;
+
+  double loss(double n, double d) const;
+  // N_opt(C) = G (C/6)^a and D_opt(C) = G^-1 (C/6)^b, with a = β/(α+β), b = α/(α+β) and
+  // G = (αA / βB)^(1/(α+β)): the minimiser of L along C = 6ND.
+  double n_exponent() const { return beta / (alpha + beta); }
+  double d_exponent() const { return alpha / (alpha + beta); }
+  double G() const;
+  ComputeOptimal compute_optimal(double compute) const;
+};
+
+// The runs as the fit sees them: logarithms of N, D and the loss.
+struct Observations {
+  std::vector<double> log_n, log_d, log_loss;
+  size_t size() const { return log_loss.size(); }
+};
+
+// The fitted variables: (a, b, e, α, β) with a = log A, b = log B, e = log E.
+using ChinchillaParameters = std::array<double, 5>;
+
+LossLaw to_loss_law(const ChinchillaParameters& p);
+
+// Epoch AI's objective: the sum over runs of Huber_δ(LSE(a − α log N, b − β log D, e) − log L).
+// Writes the gradient when `gradient` is non-null.
+double chinchilla_objective(const Observations& runs, const ChinchillaParameters& p, double delta,
+                            ChinchillaParameters* gradient = nullptr);
+
+// The replication's starting points: a, b ∈ {0, 5, …, 25}, e ∈ {−1, −0.5, …, 1},
+// α, β ∈ {0, 0.5, …, 2} (4500 points).
+std::vector<ChinchillaParameters> chinchilla_grid();
+
+struct ChinchillaFitOptions {
+  double huber_delta = 1e-3;
+  LbfgsOptions lbfgs;
+  int threads = 0;  // starts run in parallel on this many threads; 0: one per hardware thread
+};
+
+struct ChinchillaFit {
+  LossLaw law;
+  ChinchillaParameters parameters{};  // the optimum
+  ChinchillaParameters start{};       // the starting point it was reached from
+  double objective = 0;
+};
+
+// Runs L-BFGS from every start and keeps the lowest objective (the earliest start on a tie, so
+// the result does not depend on the thread count). Throws tiller::Error when no start reaches a
+// finite objective.
+ChinchillaFit fit_chinchilla(const Observations& runs,
+                             const std::vector<ChinchillaParameters>& starts,
+                             const ChinchillaFitOptions& options = {});
+
+// L(X) = (X_c / X)^alpha, fitted by least squares on log L = α log X_c − α log X.
+struct PowerLaw {
+  double x_c = 0, alpha = 0;
+  double loss(double x) const;
+};
+
+// Nothing when the x values are all equal (the slope is undetermined) or fewer than two.
+std::optional<PowerLaw> fit_power_law(const std::vector<double>& log_x,
+                                      const std::vector<double>& log_loss);
+
+}  // namespace tiller::scaling

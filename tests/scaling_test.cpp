@@ -1,0 +1,351 @@
+// Scaling-law fits: the Chinchilla reproduction on the paper's own data points, recovery of known
+// laws from synthetic runs, Kaplan power laws, and the runs-table readers' errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "common/util/error.h"
+#include "scaling/analysis.h"
+#include "scaling/fit.h"
+#include "scaling/runs_table.h"
+#include "tests/test_util.h"
+
+using namespace tiller;
+using namespace tiller::scaling;
+
+namespace {
+
+RunsTable csv(const std::string& text, const RunsColumns& columns = {}) {
+  std::istringstream in(text);
+  return parse_runs_csv(in, "runs.csv", columns);
+}
+
+RunsTable jsonl(const std::string& text, const RunsColumns& columns = {}) {
+  std::istringstream in(text);
+  return parse_runs_jsonl(in, "runs.jsonl", columns);
+}
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  const std::string path = test::temp_dir("scaling") + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+// A standard normal draw, the same on every standard library.
+double normal(std::mt19937_64& rng) {
+  const double u1 = (rng() + 1.0) / 18446744073709551616.0, u2 = rng() / 18446744073709551616.0;
+  return std::sqrt(-2 * std::log(u1)) * std::cos(2 * M_PI * u2);
+}
+
+void expect_within(const Interval& i, double truth, const char* name) {
+  EXPECT_LE(i.low, truth) << name << " = " << i.value;
+  EXPECT_GE(i.high, truth) << name << " = " << i.value;
+}
+
+}  // namespace
+
+TEST(ScalingFit, ReproducesTheChinchillaReplicationOnFigure4Data) {
+  TILLER_REQUIRE_SHARED(path, "scaling/chinchilla_fig4_extracted.csv");
+  RunsColumns columns;
+  columns.n = "Model Size";
+  columns.c = "Training FLOP";
+  columns.loss = "loss";
+  const RunsTable table = read_runs(path, columns);
+  ASSERT_EQ(table.runs.size(), 245u);
+  ASSERT_TRUE(table.has_d);  // D = C / 6N
+
+  ScalingOptions options;
+  options.exclude_highest_loss = 5;
+  options.bootstrap = 0;  // the point estimates are what the replication reports
+  const ScalingAnalysis analysis = analyze_runs(table, options);
+  EXPECT_EQ(analysis.runs_used, 240u);
+  EXPECT_EQ(analysis.excluded_lines.size(), 5u);
+  // Epoch AI's grid fit (Besiroglu et al. 2024), as the data README gives it.
+  const LossLaw& law = analysis.fit.law;
+  EXPECT_NEAR(law.A, 477.8, 0.02 * 477.8);
+  EXPECT_NEAR(law.B, 2143.9, 0.02 * 2143.9);
+  EXPECT_NEAR(law.E, 1.8172, 0.02 * 1.8172);
+  EXPECT_NEAR(law.alpha, 0.3473, 0.02 * 0.3473);
+  EXPECT_NEAR(law.beta, 0.3672, 0.02 * 0.3672);
+  EXPECT_NEAR(analysis.a.value, 0.3672 / (0.3473 + 0.3672), 0.01);
+
+  ASSERT_EQ(analysis.compute_optimal.size(), 4u);
+  for (const BudgetAllocation& c : analysis.compute_optimal) {
+    const double ratio = c.tokens_per_parameter.value;
+    EXPECT_TRUE(std::isfinite(ratio) && ratio > 0) << "C = " << c.compute;
+    // The allocation spends the whole budget: C = 6 N_opt D_opt.
+    EXPECT_NEAR(6 * c.n_opt.value * c.d_opt.value / c.compute, 1.0, 1e-9);
+  }
+  // Tokens per parameter stay near Chinchilla's ~20 and fall slowly with compute (a > b).
+  EXPECT_NEAR(analysis.compute_optimal[0].tokens_per_parameter.value, 21.4, 0.5);
+  EXPECT_GT(analysis.compute_optimal[0].tokens_per_parameter.value,
+            analysis.compute_optimal[3].tokens_per_parameter.value);
+
+  const nlohmann::json j = to_json(analysis);
+  for (const char* key : {"E", "A", "B", "alpha", "beta", "a", "b"}) {
+    ASSERT_TRUE(j.contains(key)) << key;
+    EXPECT_TRUE(j[key].contains("value") && j[key].contains("low") && j[key].contains("high"));
+  }
+  EXPECT_EQ(j["runs_used"], 240);
+  EXPECT_EQ(j["runs_excluded"], 5);
+  EXPECT_EQ(j["compute_optimal"].size(), 4u);
+  EXPECT_TRUE(j["kaplan"].contains("N") && j["kaplan"].contains("D") && j["kaplan"].contains("C"));
+}
+
+TEST(ScalingFit, RecoversAKnownLawFromNoisySyntheticRuns) {
+  // Chinchilla's own estimates as the truth; 1% multiplicative noise on each run's loss.
+  LossLaw truth;
+  truth.E = 1.69;
+  truth.A = 406.4;
+  truth.B = 410.7;
+  truth.alpha = 0.34;
+  truth.beta = 0.28;
+  std::mt19937_64 rng(7);
+  RunsTable table;
+  table.source = "synthetic";
+  table.has_n = table.has_d = table.has_c = true;
+  for (int i = 0; i < 8; ++i) {
+    for (int k = 0; k < 8; ++k) {
+      scaling::Run run;
+      run.n = 1e7 * std::pow(10.0, i * 3.0 / 7);  // 1e7 .. 1e10
+      run.d = 1e8 * std::pow(10.0, k * 4.0 / 7);  // 1e8 .. 1e12
+      run.c = 6 * run.n * run.d;
+      run.loss = truth.loss(run.n, run.d) * std::exp(0.01 * normal(rng));
+      run.line = i * 8 + k + 2;
+      table.runs.push_back(run);
+    }
+  }
+  ScalingOptions options;
+  options.bootstrap = 200;
+  options.seed = 11;
+  options.predict_n = 1e11;
+  options.predict_d = 2e12;
+  const ScalingAnalysis analysis = analyze_runs(table, options);
+  expect_within(analysis.E, truth.E, "E");
+  expect_within(analysis.A, truth.A, "A");
+  expect_within(analysis.B, truth.B, "B");
+  expect_within(analysis.alpha, truth.alpha, "alpha");
+  expect_within(analysis.beta, truth.beta, "beta");
+  expect_within(analysis.a, truth.n_exponent(), "a");
+  EXPECT_NEAR(analysis.E.value, truth.E, 0.05);
+  EXPECT_NEAR(analysis.alpha.value, truth.alpha, 0.03);
+  EXPECT_NEAR(analysis.beta.value, truth.beta, 0.03);
+  EXPECT_NEAR(std::log(analysis.A.value / truth.A), 0, 0.3);
+  EXPECT_NEAR(std::log(analysis.B.value / truth.B), 0, 0.3);
+  // The forecast beyond the data brackets the true loss there, within 1%.
+  ASSERT_TRUE(analysis.forecast);
+  const double at_forecast = truth.loss(1e11, 2e12);
+  expect_within(analysis.forecast->loss, at_forecast, "forecast");
+  EXPECT_NEAR(analysis.forecast->loss.value / at_forecast, 1.0, 0.01);
+}
+
+TEST(ScalingFit, TheGridFitIsExactOnNoiselessData) {
+  LossLaw truth{2.0, 300.0, 900.0, 0.4, 0.3};
+  Observations runs;
+  for (double n : {1e6, 1e7, 1e8, 1e9})
+    for (double d : {1e8, 1e9, 1e10, 1e11}) {
+      runs.log_n.push_back(std::log(n));
+      runs.log_d.push_back(std::log(d));
+      runs.log_loss.push_back(std::log(truth.loss(n, d)));
+    }
+  const ChinchillaFit fit = fit_chinchilla(runs, chinchilla_grid());
+  EXPECT_LT(fit.objective, 1e-12);
+  EXPECT_NEAR(fit.law.E, truth.E, 1e-3);
+  EXPECT_NEAR(fit.law.alpha, truth.alpha, 1e-3);
+  EXPECT_NEAR(fit.law.beta, truth.beta, 1e-3);
+  EXPECT_NEAR(fit.law.A / truth.A, 1, 1e-2);
+  EXPECT_NEAR(fit.law.B / truth.B, 1, 1e-2);
+}
+
+TEST(ScalingFit, ObjectiveGradientMatchesFiniteDifferences) {
+  Observations runs;
+  for (int i = 0; i < 12; ++i) {
+    runs.log_n.push_back(std::log(1e7) + i);
+    runs.log_d.push_back(std::log(1e9) + 0.7 * i);
+    runs.log_loss.push_back(std::log(2.5 - 0.05 * i + 0.002 * (i % 3)));
+  }
+  // Residuals on both sides of delta, so both Huber branches are exercised.
+  const ChinchillaParameters p = {6.0, 7.0, 0.6, 0.35, 0.37};
+  ChinchillaParameters gradient;
+  chinchilla_objective(runs, p, 0.01, &gradient);
+  for (int k = 0; k < 5; ++k) {
+    ChinchillaParameters up = p, down = p;
+    up[k] += 1e-6;
+    down[k] -= 1e-6;
+    const double numeric =
+        (chinchilla_objective(runs, up, 0.01) - chinchilla_objective(runs, down, 0.01)) / 2e-6;
+    EXPECT_NEAR(gradient[k], numeric, 1e-6 * std::max(1.0, std::abs(numeric))) << "parameter " << k;
+  }
+}
+
+TEST(ScalingFit, LbfgsMinimisesRosenbrock) {
+  const Objective rosenbrock = [](const std::vector<double>& x, std::vector<double>& g) {
+    const double a = 1 - x[0], b = x[1] - x[0] * x[0];
+    g[0] = -2 * a - 400 * x[0] * b;
+    g[1] = 200 * b;
+    return a * a + 100 * b * b;
+  };
+  const LbfgsResult r = minimize_lbfgs(rosenbrock, {-1.2, 1.0});
+  EXPECT_TRUE(r.converged);
+  EXPECT_NEAR(r.x[0], 1, 1e-6);
+  EXPECT_NEAR(r.x[1], 1, 1e-6);
+}
+
+TEST(ScalingFit, KaplanFitRecoversAnExactPowerLaw) {
+  std::vector<double> log_x, log_loss;
+  const PowerLaw truth{8.8e13, 0.076};  // Kaplan et al.'s L(N)
+  for (double x = 1e5; x < 1e10; x *= 3) {
+    log_x.push_back(std::log(x));
+    log_loss.push_back(std::log(truth.loss(x)));
+  }
+  const std::optional<PowerLaw> fitted = fit_power_law(log_x, log_loss);
+  ASSERT_TRUE(fitted);
+  EXPECT_NEAR(fitted->alpha, truth.alpha, 1e-12);
+  EXPECT_NEAR(fitted->x_c / truth.x_c, 1, 1e-9);
+  EXPECT_FALSE(fit_power_law({1.0, 1.0, 1.0}, {0.1, 0.2, 0.3}));  // one X: no slope
+
+  // Through the analysis, with bootstrap intervals on exact data collapsing onto the truth.
+  RunsTable table;
+  table.source = "kaplan";
+  table.has_n = table.has_d = table.has_c = true;
+  for (int i = 0; i < 10; ++i) {
+    scaling::Run run;
+    run.n = 1e6 * std::pow(2.0, i);
+    run.d = 2e9 * std::pow(1.5, i % 4);
+    run.c = 6 * run.n * run.d;
+    run.loss = truth.loss(run.n);
+    table.runs.push_back(run);
+  }
+  ScalingOptions options;
+  options.bootstrap = 30;
+  const ScalingAnalysis analysis = analyze_runs(table, options);
+  ASSERT_EQ(analysis.kaplan.size(), 3u);
+  EXPECT_EQ(analysis.kaplan[0].variable, "N");
+  EXPECT_NEAR(analysis.kaplan[0].alpha.value, truth.alpha, 1e-9);
+  EXPECT_NEAR(analysis.kaplan[0].alpha.low, truth.alpha, 1e-9);
+  EXPECT_NEAR(analysis.kaplan[0].alpha.high, truth.alpha, 1e-9);
+  EXPECT_NEAR(analysis.kaplan[0].x_c.value / truth.x_c, 1, 1e-6);
+}
+
+TEST(ScalingFit, PercentileInterpolatesLikeNumPy) {
+  EXPECT_DOUBLE_EQ(percentile({4, 1, 3, 2}, 50), 2.5);
+  EXPECT_DOUBLE_EQ(percentile({1, 2, 3, 4, 5}, 2.5), 1.1);
+  EXPECT_DOUBLE_EQ(percentile({1, 2, 3, 4, 5}, 100), 5);
+  EXPECT_TRUE(std::isnan(percentile({}, 50)));
+}
+
+TEST(ScalingFit, RejectsOptionsAndTablesItCannotFit) {
+  RunsTable only_c = csv("C,loss\n1e18,3\n1e19,2.9\n");
+  EXPECT_NE(test::error_of([&] { analyze_runs(only_c); }).find("needs N and D"), std::string::npos);
+  RunsTable few = csv("N,D,loss\n1e6,1e9,3\n2e6,1e9,2.9\n4e6,2e9,2.8\n");
+  EXPECT_NE(test::error_of([&] { analyze_runs(few); }).find("at least 6"), std::string::npos);
+  ScalingOptions half_forecast;
+  half_forecast.predict_n = 1e9;
+  EXPECT_NE(test::error_of([&] { analyze_runs(few, half_forecast); }).find("--predict-d"),
+            std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The runs table
+
+TEST(RunsTable, ReadsQuotedCsvAndDerivesTokensFromCompute) {
+  RunsColumns columns;
+  columns.n = "Model Size";
+  columns.c = "Training FLOP";
+  const RunsTable t =
+      csv("x,\"Model Size\",\"note, with comma\",Training FLOP,loss\r\n"
+          "1,1e9,\"a \"\"quoted\"\", text\",6e18,3.5\r\n"
+          "\n"
+          "2, 2e9 ,plain,1.2e20,2.75\n",
+          columns);
+  ASSERT_EQ(t.runs.size(), 2u);
+  EXPECT_TRUE(t.has_n && t.has_d && t.has_c);
+  EXPECT_EQ(t.runs[0].line, 2);
+  EXPECT_EQ(t.runs[1].line, 4);
+  EXPECT_DOUBLE_EQ(t.runs[0].d, 6e18 / (6 * 1e9));
+  EXPECT_DOUBLE_EQ(t.runs[1].n, 2e9);
+  EXPECT_DOUBLE_EQ(t.runs[1].loss, 2.75);
+  EXPECT_EQ(split_csv_line("a,\"b,c\",\"d\"\"e\"", "here"),
+            (std::vector<std::string>{"a", "b,c", "d\"e"}));
+}
+
+TEST(RunsTable, DerivesComputeFromParametersAndTokens) {
+  const RunsTable t = csv("N,D,loss\n1e6,2e9,3\n");
+  ASSERT_TRUE(t.has_c);
+  EXPECT_DOUBLE_EQ(t.runs[0].c, 6 * 1e6 * 2e9);
+}
+
+TEST(RunsTable, CsvErrorsNameTheLineAndTheColumn) {
+  auto error = [](const std::string& text, const RunsColumns& columns = {}) {
+    return test::error_of([&] { csv(text, columns); });
+  };
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,3\n1e6,\"1e9,3\n"), "runs.csv:3: unterminated quoted field 2");
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,3\n1e6,1e9\n"), "runs.csv:3: 2 fields, but the header has 3");
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,3\n1e6,1e9,3\n0,1e9,2\n"),
+            "runs.csv:4: 'N' must be a positive finite number, got 0");
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,-2\n"),
+            "runs.csv:2: 'loss' must be a positive finite number, got -2");
+  EXPECT_EQ(error("N,D,loss\n1e6,inf,2\n"),
+            "runs.csv:2: 'D' must be a positive finite number, got inf");
+  EXPECT_EQ(error("N,D,loss\n1e6,nan,2\n"),
+            "runs.csv:2: 'D' must be a positive finite number, got nan");
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,2.5x\n"), "runs.csv:2: 'loss': '2.5x' is not a number");
+  EXPECT_EQ(error("N,D,loss\n1e6,,2.5\n"), "runs.csv:2: 'D' is empty");
+  EXPECT_EQ(error("N,D,val_loss\n1e6,1e9,3\n"),
+            "runs.csv: no column 'loss' (the header has 3 columns)");
+  RunsColumns tokens;
+  tokens.d = "tokens";
+  tokens.require_d = true;
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,3\n", tokens), "runs.csv: no column 'tokens'");
+  EXPECT_EQ(error("N,N,loss\n1,1,1\n"), "runs.csv: column 'N' appears twice in the header");
+  EXPECT_EQ(error(""), "runs.csv: empty file (a CSV needs a header row)");
+  EXPECT_EQ(error("N,D,loss\n"), "runs.csv: no runs");
+  EXPECT_EQ(error("N,D,loss\n1e6,\"1e9\" x,3\n"),
+            "runs.csv:2: text after the closing quote of field 2");
+}
+
+TEST(RunsTable, ReadsRunsJsonl) {
+  const std::string path =
+      write_temp("runs.jsonl",
+                 "{\"N\": 1e6, \"D\": 2e7, \"loss\": 4.1, \"name\": \"tiny\"}\n"
+                 "\n"
+                 "{\"N\": 4e6, \"D\": 8e7, \"loss\": 3.6, \"lr\": 0.001}\n");
+  const RunsTable t = read_runs(path);
+  ASSERT_EQ(t.runs.size(), 2u);
+  EXPECT_EQ(t.source, path);
+  EXPECT_TRUE(t.has_n && t.has_d && t.has_c);
+  EXPECT_EQ(t.runs[1].line, 3);
+  EXPECT_DOUBLE_EQ(t.runs[1].n, 4e6);
+  EXPECT_DOUBLE_EQ(t.runs[1].c, 6 * 4e6 * 8e7);
+  EXPECT_DOUBLE_EQ(t.runs[1].loss, 3.6);
+
+  // Other names, compute instead of tokens, and detection by content rather than extension.
+  RunsColumns columns;
+  columns.n = "params";
+  columns.c = "flops";
+  columns.loss = "val_loss";
+  const RunsTable named = read_runs(
+      write_temp("runs.txt", "  {\"params\": 1e6, \"flops\": 6e15, \"val_loss\": 3}\n"), columns);
+  ASSERT_EQ(named.runs.size(), 1u);
+  EXPECT_DOUBLE_EQ(named.runs[0].d, 1e9);
+}
+
+TEST(RunsTable, JsonlErrorsNameTheLineAndTheColumn) {
+  auto error = [](const std::string& text) { return test::error_of([&] { jsonl(text); }); };
+  EXPECT_EQ(error("{\"N\": 1, \"D\": 1, \"loss\": 3}\n{\"N\": 1, \"loss\": 3}\n"),
+            "runs.jsonl:2: no 'D'");
+  EXPECT_EQ(error("{\"N\": 1, \"loss\": 3}\n{\"N\": 1, \"D\": 5, \"loss\": 3}\n"),
+            "runs.jsonl:2: 'D' is here but not in the first run (line 1)");
+  EXPECT_EQ(error("{\"N\": 1, \"D\": \"many\", \"loss\": 3}\n"),
+            "runs.jsonl:1: 'D' must be a number, got \"many\"");
+  EXPECT_EQ(error("{\"N\": 1, \"D\": 2, \"loss\": 0}\n"),
+            "runs.jsonl:1: 'loss' must be a positive finite number, got 0");
+  EXPECT_EQ(error("{\"N\": 1, \"D\": 2}\n"), "runs.jsonl:1: no 'loss'");
+  EXPECT_EQ(error("{\"N\": 1, \"D\": 2, \"loss\": 3}\n{\"N\": 1,\n"), "runs.jsonl:2: invalid JSON");
+  EXPECT_EQ(error("[1, 2]\n"), "runs.jsonl:1: expected a JSON object");
+  EXPECT_EQ(test::error_of([] { read_runs("/nonexistent/runs.jsonl"); }),
+            "/nonexistent/runs.jsonl: cannot open");
+}
