@@ -10,6 +10,8 @@
 #include <sstream>
 
 #include "bench/bench.h"
+#include "cli/report_cmd.h"
+#include "cli/scaling_cmd.h"
 #include "common/io/hf_dir.h"
 #include "common/io/llama2c.h"
 #include "common/recipe/recipe.h"
@@ -452,6 +454,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   eval_reward_cmd->add_flag("--json", eval_reward.json, "print one JSON object");
 
+  add_report_command(app);
+  add_scaling_commands(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -462,6 +467,10 @@ int main(int argc, char** argv) {
       return report((extra[0][0] == '-' ? "unknown flag '" : "unknown subcommand '") + extra[0] +
                     "' (see --help)");
     return report(e.what() + std::string(" (see --help)"));
+  } catch (const Error& e) {  // commands that run in their CLI11 callback (report, scaling)
+    return report(e.what(), /*multi_line=*/true);
+  } catch (const std::exception& e) {
+    return report(e.what());
   }
 
   try {
