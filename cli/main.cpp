@@ -254,6 +254,10 @@ struct ParsedRecipe {
 ParsedRecipe parse_recipe(const RecipeArgs& a) {
   ConfigErrors errors;
   ParsedRecipe parsed{load_recipe(a.path, a.overrides, errors), {}, {}, {}};
+  // The recipe's own dataset exists before the stages check their files.
+  if (parsed.recipe.synthetic.enabled && errors.empty() &&
+      write_synthetic_dataset(parsed.recipe.synthetic.options))
+    std::printf("synthetic data written to %s\n", parsed.recipe.synthetic.options.dir.c_str());
   for (const auto& stage : parsed.recipe.stages) {
     if (stage.type == "pretrain" || stage.type == "sft") {
       parsed.sft_stages.push_back(parse_sft_stage(stage, errors));
@@ -304,6 +308,44 @@ void run_stage(const ParsedRecipe& parsed, const std::string& name) {
   run_sft_stage(parsed.recipe, stage_named(parsed, name));
 }
 
+// The run's closing table from the stages' summaries (RUN_DIR/<stage>/complete.json), printed and
+// written to RUN_DIR/summary.json for the report.
+void write_run_summary(const Recipe& recipe) {
+  nlohmann::json rows = nlohmann::json::array();
+  auto add = [&](const std::string& label, const nlohmann::json& value) {
+    if (value.is_number()) rows.push_back({{"label", label}, {"value", value}});
+  };
+  for (const auto& stage : recipe.stages) {
+    const std::string path = recipe.stage_dir(stage.name) + "/complete.json";
+    if (!path_exists(path)) continue;
+    const nlohmann::json s = read_json_file(path);
+    auto get = [&](const char* key) { return s.contains(key) ? s[key] : nlohmann::json(); };
+    if (stage.type == "pretrain" || stage.type == "sft") {
+      add(stage.name + ": validation loss", get("final_val_loss"));
+    } else if (stage.type == "reward") {
+      add(stage.name + ": RM validation accuracy", get("val_accuracy"));
+    } else if (stage.type == "rlhf") {
+      if (s.contains("baselines"))
+        for (const auto& [name, figures] : s["baselines"].items())
+          add("ground-truth rate, " + name, figures.value("ground_truth", nlohmann::json()));
+      add("ground-truth rate, policy before " + stage.name, get("ground_truth_initial"));
+      add("ground-truth rate, after " + stage.name, get("ground_truth_final"));
+      add(stage.name + ": RM score before", get("rm_score_initial"));
+      add(stage.name + ": RM score after", get("rm_score_final"));
+      add(stage.name + ": final KL to the reference (nats/response)", get("kl_final"));
+    }
+  }
+  if (rows.empty()) return;
+  write_file_atomic(recipe.run.dir + "/summary.json",
+                    nlohmann::json{{"rows", rows}}.dump(2) + "\n");
+  std::printf("\n%-56s %s\n", "summary", "value");
+  for (const auto& row : rows)
+    std::printf("%-56s %.4f\n", row["label"].get<std::string>().c_str(),
+                row["value"].get<double>());
+  std::printf("(%s/summary.json; `tiller report %s` draws the curves)\n", recipe.run.dir.c_str(),
+              recipe.run.dir.c_str());
+}
+
 int run_recipe(const RecipeArgs& a, const std::string& only_type) {
   ParsedRecipe parsed = parse_recipe(a);
   if (a.check_only) {
@@ -324,6 +366,7 @@ int run_recipe(const RecipeArgs& a, const std::string& only_type) {
     run_stage(parsed, stage.name);
   }
   check(started, "--from: no stage named '" + a.from + "'");
+  write_run_summary(parsed.recipe);
   return 0;
 }
 

@@ -42,7 +42,7 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
     c.data.max_prompt_len = d.integer("max_prompt_len", c.data.max_prompt_len);
     c.data.max_records = d.integer("max_records", -1);
     c.data.skip_bad_lines = d.boolean("skip_bad_lines", false);
-    d.one_of("format", c.data.format, {"auto", "prompt", "messages", "alpaca"});
+    d.one_of("format", c.data.format, {"auto", "prompt", "messages", "alpaca", "hh"});
     d.one_of("template", c.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
     d.require(c.data.max_prompt_len >= 1, "max_prompt_len", "must be at least 1");
     d.require(c.data.max_records == -1 || c.data.max_records >= 1, "max_records",
@@ -162,7 +162,20 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
     ConfigReader e(r.object("eval"), r.path_of("eval"), errors);
     c.eval_prompts = e.integer("prompts", c.eval_prompts);
     c.eval_every = e.integer("every", c.eval_every);
+    const auto& baselines = e.raw("baselines");
+    if (baselines.is_array()) {
+      for (const auto& b : baselines) {
+        if (b.is_string())
+          c.baselines.push_back(b.get<std::string>());
+        else
+          errors.add(e.path_of("baselines"), "expected a list of model references (strings)");
+      }
+    } else if (!baselines.is_null()) {
+      errors.add(e.path_of("baselines"), "expected a list of model references (strings)");
+    }
     e.require(c.eval_prompts >= 0, "prompts", "must be >= 0 (0: no evaluation rollouts)");
+    e.require(c.baselines.empty() || c.eval_prompts > 0, "baselines",
+              "baselines are evaluated on the evaluation prompts; eval.prompts must be > 0");
     e.require(c.eval_every >= 0, "every", "must be >= 0 (0: before and after only)");
   }
   return c;
@@ -389,10 +402,36 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     return out;
   };
 
+  // Other policies on the same evaluation prompts and seeds (the table's "base" row).
+  auto evaluate_baseline = [&](const std::string& reference_name) {
+    Transformer model = load_causal_lm(resolve_model_reference(recipe, reference_name), "baseline");
+    model->to(device);
+    model->eval();
+    SamplingOptions sampling = options.sampling;
+    for (size_t i = 0; i < eval_prompts.size(); ++i)
+      sampling.row_seeds.push_back(mix_seed({seed, kEvalStream, i}));
+    const GenerationBatch g = generate(*model, eval_prompts, sampling);
+    std::vector<std::vector<int64_t>> responses;
+    std::vector<double> truth;
+    for (int64_t b = 0; b < g.batch(); ++b) {
+      responses.push_back(g.response(b));
+      if (c.ground_truth.enabled())
+        truth.push_back(c.ground_truth.score(response_text(tok, responses.back())));
+    }
+    nlohmann::json out = {{"rm_score", scorer(eval_prompts, responses).mean().item<double>()}};
+    if (c.ground_truth.enabled()) out["ground_truth"] = mean(truth);
+    std::printf("[%s] baseline %s: %s\n", c.name.c_str(), reference_name.c_str(),
+                out.dump().c_str());
+    return out;
+  };
+
   if (iteration == 0) {
     initial_eval = evaluate(0);
+    if (!eval_prompts.empty())
+      for (const auto& b : c.baselines) initial_eval["baselines"][b] = evaluate_baseline(b);
     if (!initial_eval.empty()) {
       nlohmann::json record = initial_eval;
+      record.erase("baselines");
       record["step"] = 0;
       metrics.log(record);
     }
@@ -502,6 +541,7 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     if (initial_eval.contains(key)) summary[initial_key] = initial_eval[key];
     if (last_eval.contains(key)) summary[final_key] = last_eval[key];
   }
+  if (initial_eval.contains("baselines")) summary["baselines"] = initial_eval["baselines"];
   if (c.kl_max > 0 && last_eval.contains("eval_kl_k1")) {
     const double final_kl = last_eval["eval_kl_k1"].get<double>();
     summary["kl_max"] = c.kl_max;

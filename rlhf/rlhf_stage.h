@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <string>
+#include <vector>
 
 #include "common/data/prompt_data.h"
 #include "common/recipe/recipe.h"
@@ -21,10 +22,11 @@ struct RlhfStageConfig {
   std::string reward_model = "@reward";
   std::string critic;  // default: the reward model
   PromptDataOptions data;
-  int64_t eval_prompts = 32;       // prompts held out of training for the evaluation rollouts
-  int64_t eval_every = 0;          // iterations between evaluations (0: first and last only)
-  int64_t batch_size = 16;         // episodes per iteration
-  int64_t reward_max_seq_len = 0;  // the RM's sequence limit (0: what the RM was trained with)
+  int64_t eval_prompts = 32;           // prompts held out of training for the evaluation rollouts
+  int64_t eval_every = 0;              // iterations between evaluations (0: first and last only)
+  std::vector<std::string> baselines;  // other policies ("@base", dirs) evaluated once, beside
+  int64_t batch_size = 16;             // episodes per iteration
+  int64_t reward_max_seq_len = 0;      // the RM's sequence limit (0: what the RM was trained with)
   PpoOptions ppo;
   double beta = 0.05;    // initial KL coefficient
   double kl_target = 0;  // adaptive controller target (0: fixed beta)

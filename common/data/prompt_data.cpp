@@ -1,6 +1,7 @@
 #include "common/data/prompt_data.h"
 
 #include "common/data/json_records.h"
+#include "common/data/preference_data.h"
 #include "common/data/sft_data.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/error.h"
@@ -12,7 +13,10 @@ namespace {
 std::string detect_format(const nlohmann::json& record, const std::string& where) {
   for (const char* key : {"prompt", "messages", "instruction"})
     if (record.contains(key)) return key == std::string("instruction") ? "alpaca" : key;
-  throw Error(where + ": a prompt record needs \"prompt\", \"messages\" or \"instruction\"");
+  if (record.contains("chosen") && record["chosen"].is_string()) return "hh";
+  throw Error(where +
+              ": a prompt record needs \"prompt\", \"messages\", \"instruction\" or an HH "
+              "\"chosen\" dialogue");
 }
 
 }  // namespace
@@ -34,6 +38,10 @@ std::vector<Message> prompt_from_record(const nlohmann::json& record, const std:
     check(record.contains("messages"), where + ": missing field \"messages\"");
     messages = messages_from_json(record["messages"], where, "messages");
     while (!messages.empty() && messages.back().role == "assistant") messages.pop_back();
+  } else if (kind == "hh") {
+    // An Anthropic HH dialogue: its turns up to the last assistant reply.
+    messages = parse_hh_dialogue(string_field(record, "chosen", where), where);
+    while (!messages.empty() && messages.back().role == "assistant") messages.pop_back();
   } else if (kind == "alpaca") {
     std::string instruction = string_field(record, "instruction", where);
     const std::string input = string_field(record, "input", where, /*required=*/false);
@@ -41,7 +49,7 @@ std::vector<Message> prompt_from_record(const nlohmann::json& record, const std:
       instruction += (template_name == "alpaca" ? "\n\n### Input:\n" : "\n\n") + input;
     messages = {{"user", instruction}};
   } else {
-    throw Error("unknown prompt format '" + format + "' (auto, prompt, messages, alpaca)");
+    throw Error("unknown prompt format '" + format + "' (auto, prompt, messages, alpaca, hh)");
   }
   check(!messages.empty() && messages.back().role == "user",
         where + ": the prompt must end with a user turn");

@@ -14,7 +14,8 @@ class Tokenizer;
 
 // A record's prompt turns. format "prompt": {"prompt": string or message list}; "messages":
 // {"messages": [...]} with any trailing assistant turns dropped; "alpaca": {"instruction",
-// "input"}; "auto": the first of those whose key the record has. The conversation must end with
+// "input"}; "hh": {"chosen": an Anthropic HH dialogue} cut before its last assistant reply;
+// "auto": the first of those whose key the record has. The conversation must end with
 // a user turn. Throws tiller::Error naming `where`.
 std::vector<Message> prompt_from_record(const nlohmann::json& record, const std::string& format,
                                         const std::string& template_name, const std::string& where);

@@ -121,6 +121,21 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
         errors.add("base.tokenizer", "file " + recipe.base.tokenizer + " does not exist");
     }
   }
+  if (top.has("synthetic_data")) {
+    ConfigReader syn(top.object("synthetic_data"), "synthetic_data", errors);
+    SyntheticDataOptions& o = recipe.synthetic.options;
+    recipe.synthetic.enabled = true;
+    o.dir = syn.required_string("dir");
+    o.seed = static_cast<uint64_t>(syn.integer("seed", static_cast<int64_t>(o.seed)));
+    o.corpus_stories = syn.integer("corpus_stories", o.corpus_stories);
+    o.sft_examples = syn.integer("sft_examples", o.sft_examples);
+    o.preference_pairs = syn.integer("preference_pairs", o.preference_pairs);
+    o.prompts = syn.integer("prompts", o.prompts);
+    for (const char* key : {"corpus_stories", "sft_examples", "preference_pairs"})
+      syn.require(syn.integer(key, 1) >= 1 && syn.integer(key, 1) <= 10000000, key,
+                  "must be in [1, 10000000]");
+    syn.require(o.prompts >= 2 && o.prompts <= 10000000, "prompts", "must be in [2, 10000000]");
+  }
   const auto& stages = top.raw("stages");
   if (!stages.is_array() || stages.empty()) {
     errors.add("stages", "a non-empty list of stages is required");

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/data/synthetic.h"
 #include "common/recipe/config_reader.h"
 
 namespace tiller {
@@ -28,6 +29,13 @@ struct BaseConfig {
   std::string stage;  // "@pretrain"-style reference, without the '@'
 };
 
+// "synthetic_data": the project's own dataset (common/data/synthetic.h), written into `dir` before
+// the stages are checked, so that they can name its files.
+struct SyntheticDataConfig {
+  bool enabled = false;
+  SyntheticDataOptions options;
+};
+
 struct StageEntry {
   std::string name;
   std::string type;                      // pretrain, sft, reward, rlhf
@@ -40,6 +48,7 @@ struct Recipe {
   nlohmann::json resolved;  // the recipe after overrides, as saved in the run directory
   RunConfig run;
   BaseConfig base;
+  SyntheticDataConfig synthetic;
   std::vector<StageEntry> stages;
 
   // RUN_DIR/<stage>
