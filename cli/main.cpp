@@ -288,6 +288,7 @@ const SftStageConfig& stage_named(const ParsedRecipe& parsed, const std::string&
 }
 
 void run_stage(const ParsedRecipe& parsed, const std::string& name) {
+  check_stage_reusable(parsed.recipe, name);
   if (stage_complete(parsed.recipe, name)) {
     std::printf("[%s] already complete (%s); skipped\n", name.c_str(),
                 stage_output_dir(parsed.recipe, name).c_str());

@@ -19,8 +19,6 @@
 #include "common/util/files.h"
 #include "tests/test_util.h"
 
-extern char** environ;
-
 using namespace tiller;
 
 namespace {
@@ -47,37 +45,11 @@ void write_corpus(const std::string& path, const std::string& sft_path) {
   }
 }
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+using test::last_logged_step;
+using test::read_bytes;
 
 pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  return pid;
-}
-
-// The last step logged in a stage's metrics.jsonl (-1 when none).
-int64_t last_logged_step(const std::string& metrics) {
-  std::ifstream in(metrics);
-  std::string line;
-  int64_t step = -1;
-  while (std::getline(in, line)) {
-    try {
-      step = std::max<int64_t>(step, nlohmann::json::parse(line).at("step").get<int64_t>());
-    } catch (...) {
-    }
-  }
-  return step;
+  return test::spawn_logged(args, log);
 }
 
 class SftEndToEnd : public ::testing::Test {

@@ -3,12 +3,19 @@
 #include "common/util/error.h"
 #include "tiller_build_paths.h"
 
+#include <fcntl.h>
+#include <spawn.h>
 #include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+
+extern char** environ;
 
 namespace tiller::test {
 
@@ -63,6 +70,43 @@ std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "";
+}
+
+}  // namespace tiller::test
+
+namespace tiller::test {
+
+int spawn_logged(const std::vector<std::string>& args, const std::string& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+int64_t last_logged_step(const std::string& metrics_path) {
+  std::ifstream in(metrics_path);
+  std::string line;
+  int64_t step = -1;
+  while (std::getline(in, line)) {
+    try {
+      step = std::max<int64_t>(step, nlohmann::json::parse(line).at("step").get<int64_t>());
+    } catch (...) {
+      // a line cut by a kill
+    }
+  }
+  return step;
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 }  // namespace tiller::test

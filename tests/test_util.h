@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace tiller::test {
 
@@ -17,6 +18,12 @@ std::string temp_dir(const std::string& name);
 int run_command(const std::string& command, std::string* output);
 // The tiller binary built alongside the tests.
 std::string tiller_binary();
+// Starts a command (argv[0] a path) in the background, stdout and stderr appended to `log`.
+int spawn_logged(const std::vector<std::string>& args, const std::string& log);
+// The largest integer "step" in a metrics.jsonl (-1 when none; partial lines ignored).
+int64_t last_logged_step(const std::string& metrics_path);
+// A whole file's bytes ("" when it cannot be read).
+std::string read_bytes(const std::string& path);
 // The message of the tiller::Error that f throws, or "" when it throws none.
 std::string error_of(const std::function<void()>& f);
 

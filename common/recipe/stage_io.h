@@ -16,7 +16,19 @@ std::string resolve_model_reference(const Recipe& recipe, const std::string& ref
 // RUN_DIR/<stage>/final
 std::string stage_output_dir(const Recipe& recipe, const std::string& stage);
 bool stage_complete(const Recipe& recipe, const std::string& stage);
-// Writes RUN_DIR/<stage>/complete.json (atomically) once final/ is in place.
+
+// What a stage's outputs depend on, as a hex digest: its resolved config, the run's seed, the
+// contents of the files and directories its config names (data, tokenizers, model directories),
+// and the fingerprints of the earlier stages it refers to ("@name", "@base"). "base" names the
+// recipe's base.
+std::string stage_fingerprint(const Recipe& recipe, const std::string& stage);
+
+// Throws tiller::Error when RUN_DIR/<stage> was completed with another fingerprint: its outputs
+// came from a different config or different inputs and must not be reused.
+void check_stage_reusable(const Recipe& recipe, const std::string& stage);
+
+// Writes RUN_DIR/<stage>/complete.json (atomically) once final/ is in place, with the stage's
+// fingerprint added to the summary.
 void mark_stage_complete(const Recipe& recipe, const std::string& stage,
                          const nlohmann::json& summary);
 

@@ -1,0 +1,104 @@
+// The quickstart chain (pretrain -> SFT -> reward -> PPO on the project's synthetic data), shrunk:
+// `tiller run` killed during the reward stage and run again skips the finished stages, resumes
+// the reward stage, runs PPO, and ends with the actor of an uninterrupted run; a changed config
+// is refused instead of reusing stale outputs; the quickstart's closing table is written.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <thread>
+
+#include "common/util/files.h"
+#include "tests/test_util.h"
+#include "tiller_build_paths.h"
+
+using namespace tiller;
+
+namespace {
+
+// recipes/quickstart.json with its paths moved under `dir` and its budgets cut to seconds.
+std::string small_quickstart(const std::string& dir) {
+  std::string text = read_file(std::string(TILLER_SOURCE_DIR) + "/recipes/quickstart.json");
+  for (size_t at = text.find("runs/quickstart"); at != std::string::npos;
+       at = text.find("runs/quickstart", at + dir.size()))
+    text.replace(at, std::string("runs/quickstart").size(), dir);
+  const std::string path = dir + "-recipe.json";
+  write_file_atomic(path, text);
+  return path;
+}
+
+const std::vector<std::string> kSmall = {"synthetic_data.corpus_stories=600",
+                                         "synthetic_data.sft_examples=200",
+                                         "synthetic_data.preference_pairs=200",
+                                         "synthetic_data.prompts=60",
+                                         "pretrain.train.steps=20",
+                                         "pretrain.train.eval_every=10",
+                                         "pretrain.train.checkpoint_every=10",
+                                         "sft.train.steps=10",
+                                         "sft.train.eval_every=5",
+                                         "sft.train.checkpoint_every=5",
+                                         "reward.train.steps=30",
+                                         "reward.train.eval_every=0",
+                                         "reward.train.checkpoint_every=2",
+                                         "reward.train.log_every=1",
+                                         "ppo.train.iterations=2",
+                                         "ppo.rollout.batch_size=16",
+                                         "ppo.eval.prompts=8",
+                                         "ppo.eval.every=0"};
+
+std::vector<std::string> command(const std::string& recipe) {
+  std::vector<std::string> args = {test::tiller_binary(), "run", recipe};
+  args.insert(args.end(), kSmall.begin(), kSmall.end());
+  return args;
+}
+
+std::string joined(const std::vector<std::string>& args) {
+  std::string out;
+  for (const auto& a : args) out += "'" + a + "' ";
+  return out;
+}
+
+}  // namespace
+
+TEST(Chain, KilledDuringRewardResumesAndEndsWithTheUninterruptedActor) {
+  const std::string root = test::temp_dir("chain");
+  const std::string straight = root + "/straight", killed = root + "/killed";
+  std::string out;
+  ASSERT_EQ(test::run_command(joined(command(small_quickstart(straight))), &out), 0) << out;
+  EXPECT_TRUE(path_exists(straight + "/summary.json")) << out;
+  EXPECT_NE(out.find("ground-truth rate, after ppo"), std::string::npos) << out;
+
+  // Killed once the reward stage has logged step 11 (checkpoints every 2 steps).
+  const auto args = command(small_quickstart(killed));
+  const int pid = test::spawn_logged(args, killed + ".log");
+  ASSERT_GT(pid, 0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
+  while (test::last_logged_step(killed + "/reward/metrics.jsonl") < 11 &&
+         std::chrono::steady_clock::now() < deadline && waitpid(pid, nullptr, WNOHANG) == 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_EQ(kill(pid, SIGKILL), 0) << "the run ended before the reward stage reached step 11";
+  waitpid(pid, nullptr, 0);
+  ASSERT_FALSE(path_exists(killed + "/reward/complete.json"));
+
+  ASSERT_EQ(test::run_command(joined(args), &out), 0) << out;
+  EXPECT_NE(out.find("[pretrain] already complete"), std::string::npos) << out;
+  EXPECT_NE(out.find("[sft] already complete"), std::string::npos) << out;
+  EXPECT_NE(out.find("[reward] resumed from"), std::string::npos) << out;
+  EXPECT_NE(out.find("[ppo] done"), std::string::npos) << out;
+  for (const std::string stage : {"reward", "ppo"}) {
+    const std::string a = test::read_bytes(straight + "/" + stage + "/final/model.safetensors");
+    ASSERT_FALSE(a.empty());
+    EXPECT_EQ(a, test::read_bytes(killed + "/" + stage + "/final/model.safetensors")) << stage;
+  }
+
+  // A changed SFT config: the completed SFT (and what was built on it) is not reused.
+  auto changed = args;
+  changed.push_back("sft.train.lr=0.001");
+  EXPECT_EQ(test::run_command(joined(changed), &out), 1) << out;
+  EXPECT_NE(out.find("stage 'sft'"), std::string::npos) << out;
+  EXPECT_NE(out.find("different config or different inputs"), std::string::npos) << out;
+  // The same config again: everything is complete and reused.
+  ASSERT_EQ(test::run_command(joined(args), &out), 0) << out;
+  EXPECT_NE(out.find("[ppo] already complete"), std::string::npos) << out;
+}
