@@ -355,8 +355,20 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
   };
   std::vector<int64_t> order = prompt_order(prompt_epoch);
 
+  // Samples go to samples.jsonl and, as a short table, to the console.
+  auto one_line = [](std::string text, size_t width) {
+    for (char& ch : text)
+      if (ch == '\n' || ch == '\r' || ch == '\t') ch = ' ';
+    return text.size() > width ? text.substr(0, width - 3) + "..." : text;
+  };
   auto log_samples = [&](const Rollout& r, int64_t at, const std::vector<double>& truth) {
+    if (c.sample_count > 0)
+      std::printf("[%s] samples at iteration %lld (score | prompt -> response)\n", c.name.c_str(),
+                  (long long)at);
     for (int64_t i = 0; i < std::min<int64_t>(c.sample_count, r.size()); ++i) {
+      std::printf("  %8.3f | %s -> %s\n", r.scorer_scores[i].item<double>(),
+                  one_line(tok.decode(r.prompts[i]), 40).c_str(),
+                  one_line(response_text(tok, r.responses[i]), 70).c_str());
       nlohmann::json line = {{"iteration", at},
                              {"prompt", tok.decode(r.prompts[i])},
                              {"response", response_text(tok, r.responses[i])},

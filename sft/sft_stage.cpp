@@ -22,6 +22,49 @@ namespace tiller {
 // ---------------------------------------------------------------------------------------------
 // Config
 
+namespace {
+
+// The vocabulary the stage's tokenizer has, when it can be known before running (a tokenizer
+// file, or one to be trained with a given size); -1 otherwise.
+int64_t known_tokenizer_vocab(const SftStageConfig& c) {
+  if (!c.tokenizer_corpus.empty()) return c.tokenizer_vocab_size;
+  if (!c.tokenizer.empty() && path_exists(c.tokenizer)) {
+    try {
+      return Tokenizer(c.tokenizer).vocab_size();
+    } catch (const Error&) {
+      return -1;  // reported when the stage loads it
+    }
+  }
+  return -1;
+}
+
+// Contradictions between the tokenizer and the model, found before anything runs: a
+// model.vocab_size or an init directory's vocabulary that is not the tokenizer's.
+void check_vocabulary_agrees(const SftStageConfig& c, const std::string& path,
+                             ConfigErrors& errors) {
+  const int64_t tokenizer_vocab = known_tokenizer_vocab(c);
+  if (tokenizer_vocab < 0) return;
+  if (c.model_fields.contains("vocab_size") &&
+      c.model_fields["vocab_size"].get<int64_t>() != tokenizer_vocab)
+    errors.add(path + ".model.vocab_size",
+               std::to_string(c.model_fields["vocab_size"].get<int64_t>()) +
+                   " contradicts the tokenizer's " + std::to_string(tokenizer_vocab) + " pieces");
+  if (!c.init.empty() && c.init[0] != '@' && path_exists(c.init + "/config.json")) {
+    try {
+      const auto config = read_json_file(c.init + "/config.json");
+      const int64_t model_vocab = config.value("vocab_size", int64_t{-1});
+      if (model_vocab >= 0 && tokenizer_vocab != model_vocab)
+        errors.add(path + ".tokenizer", "the tokenizer's " + std::to_string(tokenizer_vocab) +
+                                            " pieces contradict the vocab_size of " + c.init +
+                                            " (" + std::to_string(model_vocab) + ")");
+    } catch (const Error&) {
+      // an unreadable config.json is reported when the stage loads the model
+    }
+  }
+}
+
+}  // namespace
+
 SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors) {
   SftStageConfig c;
   ConfigReader r(*entry.body, entry.path, errors);
@@ -59,6 +102,7 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors) {
   }
   if (!c.tokenizer.empty() && !path_exists(c.tokenizer))
     errors.add(r.path_of("tokenizer"), "file " + c.tokenizer + " does not exist");
+  check_vocabulary_agrees(c, entry.path, errors);
 
   {
     ConfigReader d(r.object("data"), r.path_of("data"), errors);

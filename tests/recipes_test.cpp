@@ -2,6 +2,15 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+
+#include "common/recipe/recipe.h"
+#include "common/util/files.h"
+#include "reward/reward_stage.h"
+#include "rlhf/rlhf_stage.h"
+#include "sft/sft_stage.h"
 
 #include "tests/test_util.h"
 #include "tiller_build_paths.h"
@@ -28,4 +37,74 @@ TEST(Recipes, EveryShippedRecipePassesCheck) {
   }
   EXPECT_GE(checked, shared ? 5 : 1);
   if (!shared) GTEST_SKIP() << "checked only quickstart.json: ../shared/data is absent";
+}
+
+// docs/recipes.md names every key the parsers read (a key is documented as `section.key` or, in
+// tables that list a section's keys, as `key`). A recipe that uses every stage type and every
+// branch is parsed with an observer recording each key looked up.
+TEST(Recipes, ReferenceDocumentsEveryKeyTheParsersRead) {
+  const std::string dir = test::temp_dir("reference");
+  std::ofstream(dir + "/f.jsonl") << "{}\n";
+  const std::string f = dir + "/f.jsonl";
+  const nlohmann::json rlhf = {{"name", "ppo"},
+                               {"type", "rlhf"},
+                               {"data", {{"prompts", f}}},
+                               {"ground_truth", {{"rule", "regex"}, {"pattern", "x"}}}};
+  auto with_rule = [&](const std::string& name, const nlohmann::json& rule) {
+    auto s = rlhf;
+    s["name"] = name;
+    s["ground_truth"] = rule;
+    return s;
+  };
+  const nlohmann::json recipe = {
+      {"run", {{"name", "r"}}},
+      {"base", {{"hf", dir}}},
+      {"synthetic_data",
+       {{"dir", dir + "/syn"},
+        {"corpus_stories", 10},
+        {"sft_examples", 10},
+        {"preference_pairs", 10},
+        {"prompts", 10}}},
+      {"stages",
+       {{{"name", "pretrain"},
+         {"type", "pretrain"},
+         {"model", {{"shape", "stories260k"}}},
+         {"tokenizer", {{"train", f}}},
+         {"data", {{"train", f}}}},
+        {{"name", "sft"}, {"type", "sft"}, {"data", {{"train", f}}}},
+        {{"name", "reward"}, {"type", "reward"}, {"init", "@sft"}, {"data", {{"train", f}}}},
+        rlhf,
+        with_rule("ppo2", {{"rule", "contains"}, {"text", "x"}}),
+        with_rule("ppo3", {{"rule", "length"}, {"min_words", 1}})}}};
+  write_file_atomic(dir + "/r.json", recipe.dump());
+
+  std::set<std::string> keys;
+  ConfigReader::set_key_observer([&](const std::string& path) {
+    const std::regex stage_prefix(R"(^stages\[\d+\]\.)");
+    keys.insert(std::regex_replace(path, stage_prefix, ""));
+  });
+  ConfigErrors errors;
+  auto parsed = load_recipe(dir + "/r.json", {}, errors);
+  for (const auto& stage : parsed.stages) {
+    if (stage.type == "pretrain" || stage.type == "sft") parse_sft_stage(stage, errors);
+    if (stage.type == "reward") parse_reward_stage(stage, errors);
+    if (stage.type == "rlhf") parse_rlhf_stage(stage, errors);
+  }
+  ConfigReader::set_key_observer(nullptr);
+  ASSERT_GT(keys.size(), 80u);
+
+  const std::string docs = read_file(std::string(TILLER_SOURCE_DIR) + "/docs/recipes.md");
+  std::string missing;
+  for (const auto& key : keys) {
+    if (key.rfind("model.", 0) == 0 && key != "model.shape") continue;  // "<HF config fields>"
+    const std::string last = key.substr(key.rfind('.') + 1);
+    // A section is documented by its heading or by its keys' `section.key` spelling.
+    const bool documented = docs.find("`" + key + "`") != std::string::npos ||
+                            docs.find("`" + last + "`") != std::string::npos ||
+                            docs.find("`" + key + ".") != std::string::npos ||
+                            docs.find("## " + key + "\n") != std::string::npos ||
+                            docs.find("## " + key + " ") != std::string::npos;
+    if (!documented) missing += " " + key;
+  }
+  EXPECT_TRUE(missing.empty()) << "docs/recipes.md does not document:" << missing;
 }

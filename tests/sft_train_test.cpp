@@ -302,3 +302,21 @@ TEST(SftTrain, Bf16AutocastLossStaysCloseToFp32) {
   EXPECT_NE(fp32, bf16);  // autocast really ran in bf16
   EXPECT_NEAR(bf16, fp32, 0.01 * fp32);
 }
+
+TEST(SftTrain, TokenizerAndModelVocabularyContradictionsAreFoundBeforeRunning) {
+  const std::string dir = test::temp_dir("vocab_check");
+  std::ofstream(dir + "/corpus.txt") << "some text\n";
+  std::ofstream(dir + "/r.json") << R"({"run": {"name": "t", "dir": ")" << dir << R"(/run"},
+    "stages": [{"name": "pretrain", "type": "pretrain",
+                "tokenizer": {"train": ")"
+                                 << dir << R"(/corpus.txt", "vocab_size": 300},
+                "model": {"shape": "stories260k", "vocab_size": 512},
+                "data": {"train": ")"
+                                 << dir << R"(/corpus.txt"}}]})";
+  ConfigErrors errors;
+  auto recipe = load_recipe(dir + "/r.json", {}, errors);
+  parse_sft_stage(recipe.stages[0], errors);
+  ASSERT_EQ(errors.list().size(), 1u);
+  EXPECT_EQ(errors.list()[0],
+            "stages[0].model.vocab_size: 512 contradicts the tokenizer's 300 pieces");
+}

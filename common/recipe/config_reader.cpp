@@ -7,7 +7,15 @@ namespace tiller {
 namespace {
 const nlohmann::json kNull = nullptr;
 const nlohmann::json kEmptyObject = nlohmann::json::object();
+std::function<void(const std::string&)>& key_observer() {
+  static std::function<void(const std::string&)> observer;
+  return observer;
+}
 }  // namespace
+
+void ConfigReader::set_key_observer(std::function<void(const std::string&)> observer) {
+  key_observer() = std::move(observer);
+}
 
 void ConfigErrors::throw_if_any(const std::string& source) const {
   if (errors_.empty()) return;
@@ -39,6 +47,7 @@ std::string ConfigReader::path_of(const std::string& key) const {
 
 const nlohmann::json* ConfigReader::find(const std::string& key) {
   read_.insert(key);
+  if (key_observer()) key_observer()(path_of(key));
   if (!is_object_) return nullptr;
   auto it = json_.find(key);
   if (it == json_.end() || it->is_null()) return nullptr;

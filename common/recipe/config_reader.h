@@ -3,6 +3,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include <set>
 #include <string>
 #include <vector>
@@ -45,6 +46,10 @@ class ConfigReader {
   const nlohmann::json& raw(const std::string& key);
   // A sub-object, or an empty object when absent (errors go through `sub`'s own reader).
   const nlohmann::json& object(const std::string& key);
+
+  // Calls `observer` with the full path of every key any reader looks up ("stages[2].ppo.gamma"),
+  // so that a test can hold the recipe reference to what the parsers read. Empty: nothing.
+  static void set_key_observer(std::function<void(const std::string&)> observer);
 
   // Value checks that report through the same error list.
   void require(bool ok, const std::string& key, const std::string& message);
