@@ -22,6 +22,7 @@
 #include "common/torch_compat.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
+#include "common/util/interrupt.h"
 #include "common/util/runtime.h"
 #include "reward/reward_stage.h"
 #include "rlhf/rlhf_stage.h"
@@ -518,6 +519,7 @@ int main(int argc, char** argv) {
   }
 
   try {
+    install_interrupt_handlers();
     set_threads(threads);
     if (*run_cmd) {
       return run_recipe(recipe_args, "");
@@ -551,6 +553,9 @@ int main(int argc, char** argv) {
       decode.batches = parse_int_list(batches, "--batch");
       bench::run_decode(decode);
     }
+  } catch (const Interrupted& e) {
+    std::fprintf(stderr, "tiller: %s\n", e.what());
+    return 0;
   } catch (const Error& e) {
     return report(e.what(), /*multi_line=*/true);
   } catch (const c10::Error& e) {

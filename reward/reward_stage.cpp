@@ -18,6 +18,7 @@
 #include "common/train/schedule.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
+#include "common/util/interrupt.h"
 
 namespace tiller {
 
@@ -412,7 +413,10 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
       std::printf("[%s] %s\n", c.name.c_str(), progress.line(step, shown, tokens_per_s).c_str());
       std::fflush(stdout);
     }
-    if ((t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || step == t.steps) save(step);
+    const bool save_now =
+        (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || step == t.steps;
+    if (save_now) save(step);
+    stop_if_interrupted(c.name, step, save_now, [&] { save(step); });
   }
 
   // Normalise: the reference set's mean reward becomes 0.

@@ -18,6 +18,7 @@
 #include "common/train/schedule.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
+#include "common/util/interrupt.h"
 #include "rlhf/ppo_math.h"
 
 namespace tiller {
@@ -531,9 +532,10 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
       std::printf("[%s] %s\n", c.name.c_str(),
                   progress.line(iteration, shown, tokens / std::max(seconds, 1e-9)).c_str());
     }
-    if ((c.checkpoint_every > 0 && iteration % c.checkpoint_every == 0) ||
-        iteration == c.iterations)
-      save(iteration);
+    const bool save_now = (c.checkpoint_every > 0 && iteration % c.checkpoint_every == 0) ||
+                          iteration == c.iterations;
+    if (save_now) save(iteration);
+    stop_if_interrupted(c.name, iteration, save_now, [&] { save(iteration); });
   }
 
   nlohmann::json summary = {{"stage", c.name},

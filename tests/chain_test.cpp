@@ -53,19 +53,14 @@ std::vector<std::string> command(const std::string& recipe) {
   return args;
 }
 
-std::string joined(const std::vector<std::string>& args) {
-  std::string out;
-  for (const auto& a : args) out += "'" + a + "' ";
-  return out;
-}
-
 }  // namespace
 
 TEST(Chain, KilledDuringRewardResumesAndEndsWithTheUninterruptedActor) {
   const std::string root = test::temp_dir("chain");
   const std::string straight = root + "/straight", killed = root + "/killed";
   std::string out;
-  ASSERT_EQ(test::run_command(joined(command(small_quickstart(straight))), &out), 0) << out;
+  ASSERT_EQ(test::run_command(test::shell_command(command(small_quickstart(straight))), &out), 0)
+      << out;
   EXPECT_TRUE(path_exists(straight + "/summary.json")) << out;
   EXPECT_NE(out.find("ground-truth rate, after ppo"), std::string::npos) << out;
 
@@ -81,7 +76,7 @@ TEST(Chain, KilledDuringRewardResumesAndEndsWithTheUninterruptedActor) {
   waitpid(pid, nullptr, 0);
   ASSERT_FALSE(path_exists(killed + "/reward/complete.json"));
 
-  ASSERT_EQ(test::run_command(joined(args), &out), 0) << out;
+  ASSERT_EQ(test::run_command(test::shell_command(args), &out), 0) << out;
   EXPECT_NE(out.find("[pretrain] already complete"), std::string::npos) << out;
   EXPECT_NE(out.find("[sft] already complete"), std::string::npos) << out;
   EXPECT_NE(out.find("[reward] resumed from"), std::string::npos) << out;
@@ -95,10 +90,10 @@ TEST(Chain, KilledDuringRewardResumesAndEndsWithTheUninterruptedActor) {
   // A changed SFT config: the completed SFT (and what was built on it) is not reused.
   auto changed = args;
   changed.push_back("sft.train.lr=0.001");
-  EXPECT_EQ(test::run_command(joined(changed), &out), 1) << out;
+  EXPECT_EQ(test::run_command(test::shell_command(changed), &out), 1) << out;
   EXPECT_NE(out.find("stage 'sft'"), std::string::npos) << out;
   EXPECT_NE(out.find("different config or different inputs"), std::string::npos) << out;
   // The same config again: everything is complete and reused.
-  ASSERT_EQ(test::run_command(joined(args), &out), 0) << out;
+  ASSERT_EQ(test::run_command(test::shell_command(args), &out), 0) << out;
   EXPECT_NE(out.find("[ppo] already complete"), std::string::npos) << out;
 }

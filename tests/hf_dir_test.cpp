@@ -278,7 +278,8 @@ TEST(HfDir, FailedSaveLeavesNothingBehind) {
   const std::string root = test::temp_dir("hf_failed_save");
   SaveOptions options;
   options.tokenizer_path = root + "/no-such-tokenizer.model";
-  const std::string message = test::error_of([&] { save_hf_model(*model, root + "/model", options); });
+  const std::string message =
+      test::error_of([&] { save_hf_model(*model, root + "/model", options); });
   EXPECT_NE(message.find(options.tokenizer_path), std::string::npos) << message;
   EXPECT_TRUE(std::filesystem::is_empty(root)) << "a partial output was left in " << root;
 

@@ -301,8 +301,9 @@ TEST(Llama2c, ExportRefusesModelsTheFormatCannotHold) {
   ModelConfig c = random_model(true, 5)->config;
   c.num_labels = 1;
   Transformer scorer(c);
-  EXPECT_NE(test::error_of([&] { export_llama2c(*scorer, "/nonexistent/x.bin"); }).find("score head"),
-            std::string::npos);
+  EXPECT_NE(
+      test::error_of([&] { export_llama2c(*scorer, "/nonexistent/x.bin"); }).find("score head"),
+      std::string::npos);
   c.num_labels = 0;
   c.attention_bias = true;
   Transformer biased(c);
@@ -315,7 +316,8 @@ TEST(Llama2c, TokenizerOfAnotherVocabularyIsRejected) {
   TILLER_REQUIRE_SHARED(meta_path, kMetaTokenizer);
   TILLER_REQUIRE_SHARED(tok_path, kTokenizer);
   auto model = import_llama2c(model_path);
-  EXPECT_EQ(test::error_of([&] { Tokenizer(tok_path).check_matches(model->config, model_path); }), "");
+  EXPECT_EQ(test::error_of([&] { Tokenizer(tok_path).check_matches(model->config, model_path); }),
+            "");
   const std::string message =
       test::error_of([&] { Tokenizer(meta_path).check_matches(model->config, model_path); });
   EXPECT_NE(message.find("vocabulary mismatch"), std::string::npos) << message;

@@ -209,3 +209,32 @@ TEST_F(SftEndToEnd, NonFiniteStepsAreSkippedThenTheRunStops) {
   EXPECT_FALSE(path_exists(run_dir + "/sft/final"));
   EXPECT_FALSE(path_exists(run_dir + "/sft/complete.json"));
 }
+
+TEST_F(SftEndToEnd, SigintFinishesTheStepSavesAndExitsZero) {
+  const std::string dir = *dir_ + "/interrupted";
+  const std::vector<std::string> args = {test::tiller_binary(), "run", recipe(), "run.dir=" + dir,
+                                         "pretrain.train.checkpoint_every=100"};
+  const int pid = test::spawn_logged(args, dir + ".log");
+  ASSERT_GT(pid, 0);
+  const std::string metrics = dir + "/pretrain/metrics.jsonl";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (test::last_logged_step(metrics) < 3 && std::chrono::steady_clock::now() < deadline &&
+         waitpid(pid, nullptr, WNOHANG) == 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ASSERT_EQ(kill(pid, SIGINT), 0);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by the signal instead of stopping";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  const std::string log = read_bytes(dir + ".log");
+  EXPECT_NE(log.find("tiller: interrupted: stage pretrain stopped after step"), std::string::npos)
+      << log;
+  // The checkpoint is at the last step logged (checkpoint_every alone would not have saved).
+  const int64_t last = test::last_logged_step(metrics);
+  EXPECT_TRUE(std::filesystem::exists(dir + "/pretrain/checkpoints/step-" + std::to_string(last)))
+      << log;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/pretrain/complete.json"));
+  std::string out;
+  ASSERT_EQ(test::run_command(test::shell_command(args), &out), 0) << out;
+  EXPECT_NE(out.find("resumed from"), std::string::npos) << out;
+}

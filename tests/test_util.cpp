@@ -104,6 +104,12 @@ int64_t last_logged_step(const std::string& metrics_path) {
   return step;
 }
 
+std::string shell_command(const std::vector<std::string>& args) {
+  std::string out;
+  for (const auto& a : args) out += "'" + a + "' ";
+  return out;
+}
+
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

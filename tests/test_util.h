@@ -22,6 +22,8 @@ std::string tiller_binary();
 int spawn_logged(const std::vector<std::string>& args, const std::string& log);
 // The largest integer "step" in a metrics.jsonl (-1 when none; partial lines ignored).
 int64_t last_logged_step(const std::string& metrics_path);
+// The arguments as one shell command line, each single-quoted.
+std::string shell_command(const std::vector<std::string>& args);
 // A whole file's bytes ("" when it cannot be read).
 std::string read_bytes(const std::string& path);
 // The message of the tiller::Error that f throws, or "" when it throws none.

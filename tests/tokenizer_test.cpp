@@ -29,7 +29,8 @@ const std::vector<std::string>& texts() {
       "日本語のテキスト、ひらがなとカタカナ。",
       "مرحبا بالعالم",
       "Привет, мир! Ёлка и щётка.",
-      "emoji 😀🎉 family 👨‍👩‍👧‍👦 flags 🇫🇷🇯🇵🇧🇷 skin 👍🏽 "
+      "emoji 😀🎉 family 👨‍👩‍👧‍👦 flags 🇫🇷🇯🇵🇧🇷 skin "
+      "👍🏽 "
       "rainbow "
       "🏳️‍🌈",
       "   leading spaces",
