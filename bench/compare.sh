@@ -37,6 +37,9 @@ new_tokens=64 repeats=3 ppo_iterations=2 train_steps=3
 
 echo "compare: $threads threads, $rounds rounds; load at start:$(uptime | sed 's/.*load average://')"
 
+# The load of every round goes to stderr: a round taken while other work ran is suspect.
+progress() { echo "  $1 (load $(cut -d' ' -f1 /proc/loadavg))" >&2; }
+
 # run NAME TILLER_ARGS... -- REFERENCE_ARGS...: each side `rounds` times, alternating; the JSON of
 # round r lands in $out/NAME.{tiller,reference}.r.json.
 run() {
@@ -47,6 +50,7 @@ run() {
   shift
   reference_args=("$@")
   for r in $(seq 1 "$rounds"); do
+    progress "$name round $r"
     "$tiller" bench "${tiller_args[@]}" --threads "$threads" --json >"$out/$name.tiller.$r.json"
     "$python" bench/reference/bench.py "${reference_args[@]}" --threads "$threads" \
       >"$out/$name.reference.$r.json"
@@ -67,6 +71,7 @@ fi
 # The reference reads the shapes and settings Tiller used from Tiller's own JSON, so the PPO pair
 # runs one round at a time: tiller first.
 for r in $(seq 1 "$rounds"); do
+  progress "ppo-quickstart round $r"
   "$tiller" bench ppo --recipe recipes/quickstart.json --iterations "$ppo_iterations" \
     --threads "$threads" --json >"$out/ppo-quickstart.tiller.$r.json"
   "$python" bench/reference/bench.py ppo --like "$out/ppo-quickstart.tiller.$r.json" \
