@@ -1,9 +1,34 @@
-// Benchmarks behind `tiller bench`: each prints a table, or JSON with --json.
+// Benchmarks behind `tiller bench`: each prints a table, or JSON with --json. The reference they
+// are compared against (eager PyTorch, the same shapes and steps) is bench/reference/.
 #pragma once
+#include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
+#include "common/model/model_config.h"
+
 namespace tiller::bench {
+
+// This machine's ceilings, measured in the process that uses them.
+struct Peak {
+  double fp32_gflops = 0;  // torch::mm on square fp32 matrices
+  double bf16_gflops = 0;  // the same in bf16 (oneDNN where the CPU has AVX-512 BF16 or AMX)
+  double copy_gbps = 0;    // a large tensor copy, bytes read + bytes written per second
+};
+
+// The matmul GFLOP/s at size x size, fp32 or bf16 (the best of `repeats` after a warm-up).
+double measure_matmul_gflops(int64_t size, bool bf16, int repeats);
+// The copy bandwidth of a 256 MiB tensor (the best of `repeats` after a warm-up).
+double measure_copy_gbps(int repeats);
+
+struct GemmOptions {
+  int64_t size = 2048;
+  int repeats = 5;
+  int threads = 0;  // 0: keep the process's setting (tiller --threads, default all cores)
+  bool json = false;
+};
+void run_gemm(const GemmOptions& options);
 
 struct DecodeOptions {
   std::string model_dir;  // an HF directory, or empty to use `shape` with random weights
@@ -11,11 +36,64 @@ struct DecodeOptions {
   std::vector<int64_t> batches = {1, 16};
   int64_t prompt_tokens = 16;
   int64_t new_tokens = 64;
+  std::string dtype = "fp32";  // the weights and KV cache: fp32 or bf16
   int repeats = 3;
+  int threads = 0;
   bool json = false;
 };
 
-// Measures prefill and decode tokens/s of the generator at each batch size.
+// Measures prefill and decode tokens/s of the generator at each batch size, and how close decode
+// comes to the bound that reading the weights and the KV cache once per step sets.
 void run_decode(const DecodeOptions& options);
+
+struct TrainOptions {
+  std::string model_dir;
+  std::string shape = "llama-15m";
+  int64_t batch = 8;
+  int64_t seq = 256;
+  std::string dtype = "fp32";  // bf16: autocast with fp32 master weights, as the stages train
+  int steps = 3;               // timed steps, after one warm-up step
+  int threads = 0;
+  bool json = false;
+};
+
+// One SFT step (forward, backward, AdamW) on random tokens: tokens/s, model FLOPs utilisation
+// against the matmul peak measured in the same process, and the step split into its parts.
+void run_train(const TrainOptions& options);
+
+struct PpoBenchOptions {
+  std::string recipe;
+  int iterations = 2;  // timed iterations, after `warmup` untimed ones
+  int warmup = 1;
+  int64_t prompt_tokens = 16;
+  int threads = 0;
+  bool json = false;
+};
+
+// PPO iterations with the recipe's shapes and settings on randomly initialised models (no trained
+// checkpoints needed): seconds per iteration split into generate / scoring / training.
+void run_ppo(const PpoBenchOptions& options);
+
+// Helpers shared by the benchmarks.
+class Stopwatch {
+ public:
+  Stopwatch() : start_(std::chrono::steady_clock::now()) {}
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
+
+// Parameters that take part in a matmul for each token: all but an input embedding that is only
+// looked up (it counts once when tied to the LM head, which reads all of it).
+int64_t matmul_parameters(const ModelConfig& config);
+
+// "fp32" or "bf16" checked; `flag_owner` names the command in the error.
+void check_dtype(const std::string& dtype, const std::string& flag_owner);
+
+// Sets the intra-op threads when `threads` > 0 (a bench's own --threads beats tiller --threads).
+void apply_threads(int threads);
 
 }  // namespace tiller::bench

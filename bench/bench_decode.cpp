@@ -1,19 +1,47 @@
-#include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "bench/bench.h"
 #include "common/io/hf_dir.h"
-#include "common/model/attention_mask.h"
 #include "common/rollout/generator.h"
 #include "common/util/error.h"
 
 namespace tiller::bench {
 
+int64_t matmul_parameters(const ModelConfig& c) {
+  const bool embedding_is_head = c.num_labels == 0 && c.tie_word_embeddings;
+  return c.parameter_count() - (embedding_is_head ? 0 : c.vocab_size * c.hidden_size);
+}
+
+void check_dtype(const std::string& dtype, const std::string& flag_owner) {
+  check(dtype == "fp32" || dtype == "bf16",
+        flag_owner + ": --dtype must be fp32 or bf16, got '" + dtype + "'");
+}
+
 namespace {
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+// What one decode step of `batch` rows reads at least, and the FLOPs it does per row, averaged
+// over the steps of a run (the KV cache grows by one slot a step).
+struct StepCost {
+  double bytes = 0;
+  double flops_per_token = 0;
+};
+
+StepCost decode_step_cost(const ModelConfig& c, int64_t batch, int64_t prompt_tokens,
+                          int64_t new_tokens, int64_t element_bytes) {
+  // Decode step i (1 .. new_tokens - 1) attends to prompt_tokens + i slots.
+  const double mean_slots = static_cast<double>(prompt_tokens) + new_tokens / 2.0;
+  const double kv_width = static_cast<double>(c.num_key_value_heads * c.resolved_head_dim());
+  const double q_width = static_cast<double>(c.num_attention_heads * c.resolved_head_dim());
+  const double layers = static_cast<double>(c.num_hidden_layers);
+  StepCost cost;
+  cost.bytes = static_cast<double>(element_bytes) *
+               (static_cast<double>(matmul_parameters(c)) +
+                2.0 * layers * static_cast<double>(batch) * mean_slots * kv_width);
+  // Scores and the weighted sum of values: 2 FLOPs per multiply-add, each over q_width.
+  cost.flops_per_token =
+      2.0 * static_cast<double>(matmul_parameters(c)) + 4.0 * layers * mean_slots * q_width;
+  return cost;
 }
 
 }  // namespace
@@ -24,6 +52,8 @@ void run_decode(const DecodeOptions& o) {
   check(o.new_tokens >= 2,
         "bench decode: --new-tokens must be at least 2 (the first token comes from the prefill)");
   check(o.repeats >= 1, "bench decode: --repeats must be at least 1");
+  check_dtype(o.dtype, "bench decode");
+  apply_threads(o.threads);
   Transformer model{nullptr};
   std::string label;
   if (!o.model_dir.empty()) {
@@ -40,13 +70,23 @@ void run_decode(const DecodeOptions& o) {
         "bench decode: --prompt-tokens + --new-tokens (" +
             std::to_string(o.prompt_tokens + o.new_tokens) + ") exceed the context of " + label +
             " (" + std::to_string(config.max_position_embeddings) + ")");
+  const bool bf16 = o.dtype == "bf16";
+  if (bf16) model->to(torch::kBFloat16);  // the KV cache follows the weights' dtype
+
+  // The ceilings: the memory bandwidth (decode at small batches reads every weight once a step)
+  // and the matmul peak (what large batches approach). A 1024 matmul keeps this under a second.
+  const double copy_gbps = measure_copy_gbps(3);
+  const double peak_gflops = measure_matmul_gflops(1024, bf16, 2);
 
   nlohmann::json rows = nlohmann::json::array();
   if (!o.json) {
-    std::printf("model: %s (%.2fM parameters), prompt %lld tokens, %lld new tokens, %d threads\n",
-                label.c_str(), config.parameter_count() / 1e6, (long long)o.prompt_tokens,
-                (long long)o.new_tokens, torch::get_num_threads());
-    std::printf("%6s  %14s  %14s\n", "batch", "prefill tok/s", "decode tok/s");
+    std::printf(
+        "model: %s (%.2fM parameters, %s), prompt %lld tokens, %lld new tokens, %d threads\n"
+        "bounds: copy %.1f GB/s, matmul %.1f GFLOP/s\n",
+        label.c_str(), config.parameter_count() / 1e6, o.dtype.c_str(), (long long)o.prompt_tokens,
+        (long long)o.new_tokens, torch::get_num_threads(), copy_gbps, peak_gflops);
+    std::printf("%6s  %14s  %14s  %16s  %16s\n", "batch", "prefill tok/s", "decode tok/s",
+                "of bandwidth", "of matmul peak");
   }
   for (int64_t batch : o.batches) {
     std::vector<std::vector<int64_t>> prompts(batch);
@@ -63,9 +103,9 @@ void run_decode(const DecodeOptions& o) {
     // Each is the fastest of the repeats; the first round warms up.
     auto timed = [&](int64_t new_tokens) {
       sampling.max_new_tokens = new_tokens;
-      const auto start = std::chrono::steady_clock::now();
+      Stopwatch watch;
       generate(*model, prompts, sampling);
-      return seconds_since(start);
+      return watch.seconds();
     };
     double prefill_s = 1e30, total_s = 1e30;
     for (int r = 0; r < o.repeats + 1; ++r) {
@@ -74,22 +114,33 @@ void run_decode(const DecodeOptions& o) {
       prefill_s = std::min(prefill_s, one);
       total_s = std::min(total_s, all);
     }
-    const double best_prefill = batch * o.prompt_tokens / prefill_s;
-    const double best_decode = batch * (o.new_tokens - 1) / std::max(total_s - prefill_s, 1e-9);
-    rows.push_back({{"batch", batch},
-                    {"prefill_tokens_per_s", best_prefill},
-                    {"decode_tokens_per_s", best_decode}});
+    const double prefill = batch * o.prompt_tokens / prefill_s;
+    const double decode = batch * (o.new_tokens - 1) / std::max(total_s - prefill_s, 1e-9);
+    const StepCost cost =
+        decode_step_cost(config, batch, o.prompt_tokens, o.new_tokens, bf16 ? 2 : 4);
+    const double bandwidth_bound = batch / (cost.bytes / (copy_gbps * 1e9));
+    const double compute_bound = peak_gflops * 1e9 / cost.flops_per_token;
+    rows.push_back({{"shape", label},
+                    {"parameters", config.parameter_count()},
+                    {"dtype", o.dtype},
+                    {"threads", torch::get_num_threads()},
+                    {"batch", batch},
+                    {"prompt_tokens", o.prompt_tokens},
+                    {"new_tokens", o.new_tokens},
+                    {"prefill_tokens_per_s", prefill},
+                    {"tokens_per_s", decode},
+                    {"bytes_per_step", cost.bytes},
+                    {"copy_gbps", copy_gbps},
+                    {"bandwidth_bound_tokens_per_s", bandwidth_bound},
+                    {"fraction_of_bandwidth_bound", decode / bandwidth_bound},
+                    {"matmul_gflops", peak_gflops},
+                    {"compute_bound_tokens_per_s", compute_bound},
+                    {"fraction_of_compute_bound", decode / compute_bound}});
     if (!o.json)
-      std::printf("%6lld  %14.0f  %14.0f\n", (long long)batch, best_prefill, best_decode);
+      std::printf("%6lld  %14.0f  %14.0f  %15.1f%%  %15.1f%%\n", (long long)batch, prefill, decode,
+                  100.0 * decode / bandwidth_bound, 100.0 * decode / compute_bound);
   }
-  if (o.json) {
-    nlohmann::json doc = {{"bench", "decode"},
-                          {"model", label},
-                          {"parameters", config.parameter_count()},
-                          {"threads", torch::get_num_threads()},
-                          {"results", rows}};
-    std::printf("%s\n", doc.dump(2).c_str());
-  }
+  if (o.json) std::printf("%s\n", rows.dump(2).c_str());
 }
 
 }  // namespace tiller::bench

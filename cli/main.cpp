@@ -448,8 +448,16 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--vocab-size", train_vocab, "number of pieces")->required();
   train_cmd->add_option("--out", train_out, "output directory for tokenizer.model")->required();
 
-  auto* bench_cmd = app.add_subcommand("bench", "benchmarks");
+  auto* bench_cmd = app.add_subcommand("bench", "benchmarks (docs/bench.md)");
   bench_cmd->require_subcommand(1);
+  bench::GemmOptions gemm;
+  auto* gemm_cmd = bench_cmd->add_subcommand(
+      "gemm", "this machine's ceilings: fp32 and bf16 matmul GFLOP/s, copy GB/s");
+  gemm_cmd->add_option("--size", gemm.size, "square matrix size")->capture_default_str();
+  gemm_cmd->add_option("--repeats", gemm.repeats)->capture_default_str();
+  gemm_cmd->add_option("--threads", gemm.threads, "intra-op threads (0: tiller --threads)");
+  gemm_cmd->add_flag("--json", gemm.json, "print JSON instead of a table");
+
   bench::DecodeOptions decode;
   std::string batches = "1,16";
   auto* decode_cmd =
@@ -461,8 +469,42 @@ int main(int argc, char** argv) {
   decode_cmd->add_option("--batch", batches, "comma-separated batch sizes")->capture_default_str();
   decode_cmd->add_option("--prompt-tokens", decode.prompt_tokens)->capture_default_str();
   decode_cmd->add_option("--new-tokens", decode.new_tokens)->capture_default_str();
+  decode_cmd->add_option("--dtype", decode.dtype, "weights and KV cache: fp32 or bf16")
+      ->capture_default_str();
   decode_cmd->add_option("--repeats", decode.repeats)->capture_default_str();
+  decode_cmd->add_option("--threads", decode.threads, "intra-op threads (0: tiller --threads)");
   decode_cmd->add_flag("--json", decode.json, "print JSON instead of a table");
+
+  bench::TrainOptions train_bench;
+  auto* train_bench_cmd = bench_cmd->add_subcommand(
+      "train", "SFT step tokens/s, GFLOP/s and the fraction of the matmul peak");
+  train_bench_cmd->add_option("--model", train_bench.model_dir,
+                              "HF directory (default: --shape, random weights)");
+  train_bench_cmd->add_option("--shape", train_bench.shape, "stories260k, llama-15m, llama-124m")
+      ->capture_default_str();
+  train_bench_cmd->add_option("--batch", train_bench.batch, "rows per step")->capture_default_str();
+  train_bench_cmd->add_option("--seq", train_bench.seq, "tokens per row")->capture_default_str();
+  train_bench_cmd->add_option("--dtype", train_bench.dtype, "fp32, or bf16 autocast")
+      ->capture_default_str();
+  train_bench_cmd->add_option("--steps", train_bench.steps, "timed steps (after one warm-up)")
+      ->capture_default_str();
+  train_bench_cmd->add_option("--threads", train_bench.threads,
+                              "intra-op threads (0: tiller --threads)");
+  train_bench_cmd->add_flag("--json", train_bench.json, "print JSON instead of a table");
+
+  bench::PpoBenchOptions ppo_bench;
+  auto* ppo_bench_cmd = bench_cmd->add_subcommand(
+      "ppo", "PPO iteration seconds (generate / scoring / training) on a recipe's shapes");
+  ppo_bench_cmd->add_option("--recipe", ppo_bench.recipe, "recipe JSON with an rlhf stage")
+      ->required();
+  ppo_bench_cmd->add_option("--iterations", ppo_bench.iterations, "timed iterations")
+      ->capture_default_str();
+  ppo_bench_cmd->add_option("--warmup", ppo_bench.warmup, "untimed iterations first")
+      ->capture_default_str();
+  ppo_bench_cmd->add_option("--prompt-tokens", ppo_bench.prompt_tokens)->capture_default_str();
+  ppo_bench_cmd->add_option("--threads", ppo_bench.threads,
+                            "intra-op threads (0: tiller --threads)");
+  ppo_bench_cmd->add_flag("--json", ppo_bench.json, "print JSON instead of a table");
 
   RecipeArgs recipe_args;
   auto add_recipe_command = [&](const char* name, const char* help) {
@@ -548,10 +590,18 @@ int main(int argc, char** argv) {
       train_tokenizer(train_input, train_vocab, train_out);
       std::printf("wrote %s/tokenizer.model (%lld pieces)\n", train_out.c_str(),
                   (long long)train_vocab);
+    } else if (*gemm_cmd) {
+      bench::run_gemm(gemm);
     } else if (*decode_cmd) {
       warn_if_slow_blas();
       decode.batches = parse_int_list(batches, "--batch");
       bench::run_decode(decode);
+    } else if (*train_bench_cmd) {
+      warn_if_slow_blas();
+      bench::run_train(train_bench);
+    } else if (*ppo_bench_cmd) {
+      warn_if_slow_blas();
+      bench::run_ppo(ppo_bench);
     }
   } catch (const Interrupted& e) {
     std::fprintf(stderr, "tiller: %s\n", e.what());

@@ -293,22 +293,3 @@ TEST(Cli, TokenizerTrainWritesALoadableModel) {
   EXPECT_NE(line.find("Vocabulary size is smaller than required_chars"), std::string::npos) << line;
   EXPECT_EQ(line.find(".cc("), std::string::npos) << line;
 }
-
-TEST(Cli, BenchDecodeJson) {
-  CliRun r = tiller_run(
-      "bench decode --shape stories260k --batch 1,4 --new-tokens 8 --repeats 1 "
-      "--json");
-  ASSERT_EQ(r.code, 0) << r.err;
-  const auto doc = nlohmann::json::parse(r.out);  // stdout is JSON and nothing else
-  EXPECT_EQ(doc.at("bench"), "decode");
-  EXPECT_EQ(doc.at("model"), "stories260k");
-  EXPECT_GT(doc.at("parameters").get<int64_t>(), 250000);
-  const auto& results = doc.at("results");
-  ASSERT_EQ(results.size(), 2u);
-  EXPECT_EQ(results[0].at("batch"), 1);
-  EXPECT_EQ(results[1].at("batch"), 4);
-  for (const auto& row : results) {
-    EXPECT_GT(row.at("decode_tokens_per_s").get<double>(), 0) << row;
-    EXPECT_GT(row.at("prefill_tokens_per_s").get<double>(), 0) << row;
-  }
-}

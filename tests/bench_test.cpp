@@ -1,0 +1,156 @@
+// `tiller bench`, run as a user runs it: the JSON each benchmark prints (its keys and that the
+// figures are positive; never how fast, which depends on the machine) and one-line errors.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/train/precision.h"
+#include "common/util/files.h"
+#include "tests/test_util.h"
+#include "tiller_build_paths.h"
+
+using namespace tiller;
+
+namespace {
+
+struct BenchRun {
+  int code = -1;
+  std::string out, err;
+};
+
+// Runs `tiller bench ARGS` with stdout and stderr kept apart.
+BenchRun bench(const std::string& args) {
+  static int counter = 0;
+  const std::string dir = test::temp_dir("bench_run_" + std::to_string(counter++));
+  BenchRun r;
+  std::string ignored;
+  r.code = test::run_command(
+      "( '" + test::tiller_binary() + "' bench " + args + " >" + dir + "/out 2>" + dir + "/err )",
+      &ignored);
+  r.out = read_file(dir + "/out");
+  r.err = read_file(dir + "/err");
+  return r;
+}
+
+// stdout parsed as JSON: it must be JSON and nothing else.
+nlohmann::json json_of(const BenchRun& r, const std::string& args) {
+  EXPECT_EQ(r.code, 0) << args << "\n" << r.err;
+  try {
+    return nlohmann::json::parse(r.out);
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << args << ": stdout is not JSON: " << e.what() << "\n" << r.out;
+    return nlohmann::json::object();
+  }
+}
+
+void expect_positive(const nlohmann::json& doc, const std::vector<std::string>& keys) {
+  for (const auto& key : keys) {
+    ASSERT_TRUE(doc.contains(key)) << key << " missing in " << doc.dump();
+    EXPECT_GT(doc.at(key).get<double>(), 0) << key << " in " << doc.dump();
+  }
+}
+
+const std::string kQuickstart = std::string(TILLER_SOURCE_DIR) + "/recipes/quickstart.json";
+
+}  // namespace
+
+TEST(Bench, GemmJson) {
+  const std::string args = "gemm --size 128 --repeats 1 --threads 1 --json";
+  const auto doc = json_of(bench(args), args);
+  expect_positive(doc, {"fp32_gflops", "bf16_gflops", "copy_gbps"});
+  EXPECT_EQ(doc.at("threads"), 1);
+  EXPECT_EQ(doc.at("size"), 128);
+}
+
+TEST(Bench, DecodeJsonIsOneObjectPerBatch) {
+  const std::string args =
+      "decode --shape stories260k --batch 1,4 --new-tokens 8 --repeats 1 --json";
+  const auto rows = json_of(bench(args), args);
+  ASSERT_TRUE(rows.is_array()) << rows.dump();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].at("batch"), 1);
+  EXPECT_EQ(rows[1].at("batch"), 4);
+  for (const auto& row : rows) {
+    EXPECT_EQ(row.at("shape"), "stories260k");
+    EXPECT_EQ(row.at("dtype"), "fp32");
+    EXPECT_EQ(row.at("new_tokens"), 8);
+    expect_positive(row, {"tokens_per_s", "prefill_tokens_per_s", "bytes_per_step", "copy_gbps",
+                          "bandwidth_bound_tokens_per_s", "fraction_of_bandwidth_bound",
+                          "fraction_of_compute_bound", "threads", "parameters"});
+  }
+}
+
+TEST(Bench, DecodeInBf16) {
+  if (!bf16_supported(torch::Device(torch::kCPU)))
+    GTEST_SKIP() << "skipped: this CPU has no fast bf16 (AVX-512 BF16 or AMX)";
+  const std::string args =
+      "decode --shape stories260k --batch 2 --new-tokens 4 --repeats 1 --dtype bf16 --json";
+  const auto rows = json_of(bench(args), args);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].at("dtype"), "bf16");
+  expect_positive(rows[0], {"tokens_per_s"});
+}
+
+TEST(Bench, TrainJson) {
+  const std::string args = "train --shape stories260k --batch 2 --seq 32 --steps 2 --json";
+  const auto doc = json_of(bench(args), args);
+  EXPECT_EQ(doc.at("shape"), "stories260k");
+  EXPECT_EQ(doc.at("batch"), 2);
+  EXPECT_EQ(doc.at("seq"), 32);
+  expect_positive(doc, {"tokens_per_s", "step_s", "forward_s", "backward_s", "optimizer_s",
+                        "flops_per_token", "gflops", "peak_gflops", "fraction_of_peak"});
+  // The split adds up to the step it was taken from.
+  EXPECT_NEAR(doc.at("forward_s").get<double>() + doc.at("backward_s").get<double>() +
+                  doc.at("optimizer_s").get<double>(),
+              doc.at("step_s").get<double>(), 1e-9);
+}
+
+TEST(Bench, PpoJsonOnTheQuickstartShapes) {
+  // No trained checkpoint and no data file is needed: random weights of the recipe's shape.
+  const std::string args = "ppo --recipe " + kQuickstart + " --iterations 1 --warmup 0 --json";
+  const auto doc = json_of(bench(args), args);
+  EXPECT_EQ(doc.at("model").at("hidden_size"), 64);
+  EXPECT_EQ(doc.at("model").at("num_hidden_layers"), 4);
+  EXPECT_EQ(doc.at("model").at("vocab_size"), 400);  // the pretrain stage's tokenizer size
+  EXPECT_EQ(doc.at("batch_size"), 32);
+  EXPECT_EQ(doc.at("new_tokens"), 48);
+  EXPECT_EQ(doc.at("epochs"), 4);
+  EXPECT_EQ(doc.at("mini_batch_size"), 8);
+  expect_positive(doc,
+                  {"generate_s", "score_s", "rm_s", "train_s", "iteration_s", "episodes_per_s"});
+  EXPECT_LE(doc.at("generate_s").get<double>() + doc.at("score_s").get<double>() +
+                doc.at("train_s").get<double>(),
+            doc.at("iteration_s").get<double>() * 1.001);
+}
+
+TEST(Bench, BadFlagsGiveOneErrorLine) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"gemm --size 0", "--size"},
+      {"gemm --threads -1", "--threads"},
+      {"decode --shape stories260k --dtype int8", "--dtype"},
+      {"train --shape nope", "unknown model shape 'nope'"},
+      {"train --shape stories260k --dtype fp16", "--dtype"},
+      {"train --shape stories260k --seq 1", "--seq"},
+      {"train --shape stories260k --seq 100000", "context"},
+      {"train --shape stories260k --steps 0", "--steps"},
+      {"ppo", "--recipe"},
+      {"ppo --recipe /nonexistent.json", "/nonexistent.json"},
+      {"ppo --recipe " + kQuickstart + " --iterations 0", "--iterations"},
+      {"ppo --recipe " + std::string(TILLER_SOURCE_DIR) + "/recipes/stories260k_alpaca_sft.json",
+       "rlhf"},
+      {"ppo --recipe " + kQuickstart + " --prompt-tokens 300", "context"},
+  };
+  for (const auto& [args, mention] : cases) {
+    const BenchRun r = bench(args);
+    EXPECT_EQ(r.code, 1) << args << "\nstdout: " << r.out << "\nstderr: " << r.err;
+    EXPECT_EQ(r.out, "") << args;  // no half table
+    std::vector<std::string> errors;
+    std::string line;
+    for (std::istringstream in(r.err); std::getline(in, line);)
+      if (line.rfind("tiller: warning:", 0) != 0) errors.push_back(line);
+    ASSERT_EQ(errors.size(), 1u) << args << "\n" << r.err;
+    EXPECT_EQ(errors[0].rfind("tiller: error: ", 0), 0u) << args << "\n" << r.err;
+    EXPECT_NE(errors[0].find(mention), std::string::npos) << args << "\n" << errors[0];
+  }
+}
