@@ -185,6 +185,8 @@ Transformer build_model(const Recipe& recipe, const SftStageConfig& c,
   config.bos_token_id = tok.bos_id();
   config.eos_token_id = tok.eos_id();
   nlohmann::json fields = model_config_to_hf_json(config);
+  // The shape's head_dim follows from its own width and heads; overridden ones derive it anew.
+  fields.erase("head_dim");
   for (auto it = c.model_fields.begin(); it != c.model_fields.end(); ++it)
     fields[it.key()] = it.value();
   config = model_config_from_hf_json(fields, "stage " + c.name + " model");
