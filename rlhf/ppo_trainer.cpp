@@ -152,13 +152,13 @@ Rollout PpoTrainer::rollout(const std::vector<std::vector<int64_t>>& prompts,
   for (int64_t b = 0; b < batch; ++b) r.responses.push_back(r.generation.response(b));
   {
     torch::NoGradGuard no_grad;
-    torch::Tensor entropy;
+    std::vector<torch::Tensor> entropy;
     r.logprobs = in_chunks(batch, o.micro_batch_size, [&](const torch::Tensor& rows) {
       auto [logp, ent] = actor_pass(actor_, r, rows, /*entropy=*/true);
-      entropy = entropy.defined() ? torch::cat({entropy, ent}, 0) : ent;
+      entropy.push_back(ent);
       return logp;
     });
-    r.entropy = entropy;
+    r.entropy = torch::cat(entropy, 0);
     r.values = in_chunks(batch, o.micro_batch_size,
                          [&](const torch::Tensor& rows) { return critic_pass(r, rows); });
   }
@@ -230,11 +230,17 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
         auto value = ppo::clipped_value_loss(values, r.values.index_select(0, rows),
                                              r.returns.index_select(0, rows), mask, o.value_clip);
         ((policy.loss + o.value_coef * value.loss) * weight).backward();
-        policy_loss += policy.loss.item<double>() * weight;
-        value_loss += value.loss.item<double>() * weight;
-        clipfrac += policy.clipfrac.item<double>() * weight;
-        value_clipfrac += value.clipfrac.item<double>() * weight;
-        approx_kl += policy.approx_kl.item<double>() * weight;
+        // The figures in one read from the device, not one host sync each.
+        const auto figures = torch::stack({policy.loss.detach(), value.loss.detach(),
+                                           policy.clipfrac, value.clipfrac, policy.approx_kl})
+                                 .to(torch::kDouble)
+                                 .cpu();
+        const auto f = figures.accessor<double, 1>();
+        policy_loss += f[0] * weight;
+        value_loss += f[1] * weight;
+        clipfrac += f[2] * weight;
+        value_clipfrac += f[3] * weight;
+        approx_kl += f[4] * weight;
         if (first) {
           const double deviation = ((policy.ratio - 1).abs() * mask).max().item<double>();
           s.first_ratio_max_deviation = std::max(s.first_ratio_max_deviation, deviation);

@@ -379,10 +379,10 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
       append_jsonl(samples_path, line);
     }
   };
-  auto truth_of = [&](const Rollout& r) {
+  auto truth_of = [&](const std::vector<std::vector<int64_t>>& responses) {
     std::vector<double> truth;
     if (c.ground_truth.enabled())
-      for (const auto& response : r.responses)
+      for (const auto& response : responses)
         truth.push_back(c.ground_truth.score(response_text(tok, response)));
     return truth;
   };
@@ -391,16 +391,16 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     for (double x : v) s += x;
     return v.empty() ? std::nan("") : s / static_cast<double>(v.size());
   };
-  // An evaluation rollout: the held-out prompts, the same seeds every time (paired comparisons).
+  // Evaluation rollouts: the held-out prompts with the same seeds every time (paired comparisons).
+  std::vector<uint64_t> eval_seeds;
+  for (size_t i = 0; i < eval_prompts.size(); ++i)
+    eval_seeds.push_back(mix_seed({seed, kEvalStream, i}));
   auto evaluate = [&](int64_t at) {
     nlohmann::json out;
     if (eval_prompts.empty()) return out;
-    std::vector<uint64_t> seeds;
-    for (size_t i = 0; i < eval_prompts.size(); ++i)
-      seeds.push_back(mix_seed({seed, kEvalStream, i}));
-    const Rollout r = trainer.rollout(eval_prompts, seeds, kl.value());
+    const Rollout r = trainer.rollout(eval_prompts, eval_seeds, kl.value());
     const RolloutStats s = rollout_stats(r);
-    const auto truth = truth_of(r);
+    const auto truth = truth_of(r.responses);
     out = {{"eval_rm_score", s.score_mean}, {"eval_kl_k1", s.kl_k1},
            {"eval_kl_k3", s.kl_k3},         {"eval_response_length", s.response_length},
            {"eval_eos_rate", s.eos_rate},   {"eval_entropy", s.entropy}};
@@ -421,16 +421,11 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     model->to(device);
     model->eval();
     SamplingOptions sampling = options.sampling;
-    for (size_t i = 0; i < eval_prompts.size(); ++i)
-      sampling.row_seeds.push_back(mix_seed({seed, kEvalStream, i}));
+    sampling.row_seeds = eval_seeds;
     const GenerationBatch g = generate(*model, eval_prompts, sampling);
     std::vector<std::vector<int64_t>> responses;
-    std::vector<double> truth;
-    for (int64_t b = 0; b < g.batch(); ++b) {
-      responses.push_back(g.response(b));
-      if (c.ground_truth.enabled())
-        truth.push_back(c.ground_truth.score(response_text(tok, responses.back())));
-    }
+    for (int64_t b = 0; b < g.batch(); ++b) responses.push_back(g.response(b));
+    const auto truth = truth_of(responses);
     nlohmann::json out = {{"rm_score", scorer(eval_prompts, responses).mean().item<double>()}};
     if (c.ground_truth.enabled()) out["ground_truth"] = mean(truth);
     std::printf("[%s] baseline %s: %s\n", c.name.c_str(), reference_name.c_str(),
@@ -479,7 +474,7 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     const double beta = kl.value();
     const Rollout r = trainer.rollout(prompts, seeds, beta);
     const RolloutStats s = rollout_stats(r);
-    const auto truth = truth_of(r);
+    const auto truth = truth_of(r.responses);
     const LearnStats learned =
         trainer.learn(r, mix_seed({seed, kShuffleStream, static_cast<uint64_t>(iteration)}), &guard,
                       iteration + 1);

@@ -9,6 +9,7 @@
 #include <regex>
 #include <sstream>
 
+#include "common/data/batching.h"  // splitmix64
 #include "common/util/files.h"
 #include "tests/test_util.h"
 #include "tiller_build_paths.h"
@@ -44,13 +45,6 @@ size_t words(const std::string& s) {
   return n;
 }
 
-uint64_t splitmix(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 // From each TinyStories paragraph: its first sentence is a prompt, the next two its completion.
 // Preference pairs put a positive completion (chosen) against a non-positive one (rejected), both
 // drawn from other paragraphs, so the rule is all the reward model can learn.
@@ -78,8 +72,8 @@ void write_data(const std::string& text_path, const std::string& dir) {
     prompts << nlohmann::json{{"prompt", p}}.dump() << "\n";
     if (i < 2000)
       prefs << nlohmann::json{{"prompt", p},
-                              {"chosen", good[splitmix(state) % good.size()]},
-                              {"rejected", bad[splitmix(state) % bad.size()]}}
+                              {"chosen", good[splitmix64(state) % good.size()]},
+                              {"rejected", bad[splitmix64(state) % bad.size()]}}
                    .dump()
             << "\n";
   }

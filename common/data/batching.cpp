@@ -7,15 +7,14 @@
 
 namespace tiller {
 
-namespace {
-
-// splitmix64: a small, portable generator whose stream is fixed by its seed.
 uint64_t splitmix64(uint64_t& state) {
   uint64_t z = (state += 0x9e3779b97f4a7c15ull);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
+
+namespace {
 
 int64_t row_length(const std::vector<Example>& examples, const Row& row) {
   int64_t n = 0;

@@ -50,6 +50,10 @@ TokenBatch make_batch(const std::vector<Example>& examples, const std::vector<Ro
 void split_validation(std::vector<Example>& all, double fraction, uint64_t seed,
                       std::vector<Example>* train, std::vector<Example>* validation);
 
+// splitmix64: a small, portable generator whose stream is fixed by its seed (std's
+// distributions are not the same everywhere). Advances `state` and returns the next value.
+uint64_t splitmix64(uint64_t& state);
+
 // Portable seeded permutation of [0, n) (Fisher-Yates over a 64-bit mixer; the same everywhere).
 std::vector<int64_t> seeded_permutation(int64_t n, uint64_t seed);
 

@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "common/data/batching.h"  // splitmix64
 #include "common/util/error.h"
 #include "common/util/files.h"
 
@@ -11,16 +12,11 @@ namespace tiller {
 
 namespace {
 
-// splitmix64: the same sequence on every platform (std distributions are not portable).
+// Picks and coins from splitmix64: the same stories on every platform.
 class Rng {
  public:
   explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t next() {
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
+  uint64_t next() { return splitmix64(state_); }
   const std::string& pick(const std::vector<std::string>& options) {
     return options[next() % options.size()];
   }
