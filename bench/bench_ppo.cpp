@@ -139,11 +139,12 @@ void run_ppo(const PpoBenchOptions& o) {
     rm_seconds += watch.seconds();
     return torch::tensor(scores, torch::kDouble).to(torch::kFloat);
   };
-  auto actor_optimizer = make_adamw(*actor, {c.actor_lr, c.weight_decay, c.beta1, c.beta2, c.eps});
-  auto critic_optimizer =
-      make_adamw(*critic, {c.critic_lr, c.weight_decay, c.beta1, c.beta2, c.eps});
-  PpoTrainer trainer(options, *actor, *reference, *critic, scorer, *actor_optimizer,
-                     *critic_optimizer);
+  ParallelAdamW actor_optimizer(*actor, {c.actor_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
+                                dist::Group());
+  ParallelAdamW critic_optimizer(*critic, {c.critic_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
+                                 dist::Group());
+  PpoTrainer trainer(options, *actor, *reference, *critic, scorer, actor_optimizer,
+                     critic_optimizer);
 
   // Prompts: BOS and random tokens, all of one length.
   auto generator = compat::make_cpu_generator(7);

@@ -12,6 +12,7 @@
 #include "bench/bench.h"
 #include "cli/report_cmd.h"
 #include "cli/scaling_cmd.h"
+#include "common/dist/process_group.h"
 #include "common/io/hf_dir.h"
 #include "common/io/llama2c.h"
 #include "common/recipe/recipe.h"
@@ -251,14 +252,28 @@ struct ParsedRecipe {
   std::vector<RlhfStageConfig> rlhf_stages;
 };
 
+// Joins the multi-process job the launcher describes (torchrun, srun, mpirun), if any. On CUDA
+// each process takes the GPU of its local rank.
+void join_job(Recipe& recipe) {
+  const dist::Launch launch = dist::launch_from_environment();
+  if (launch.single()) return;
+  if (recipe.run.device == "cuda") recipe.run.device = "cuda:" + std::to_string(launch.local_rank);
+  dist::initialize(launch, {std::chrono::seconds(recipe.run.dist_timeout_s), recipe.run.device});
+  std::printf("distributed: %d ranks via %s, rendezvous %s:%d, %s\n", launch.world_size,
+              launch.launcher.c_str(), launch.master_addr.c_str(), launch.master_port,
+              recipe.run.device == "cpu" ? "gloo" : "nccl");
+}
+
 // Loads the recipe and parses every stage; all mistakes are reported together.
 ParsedRecipe parse_recipe(const RecipeArgs& a) {
   ConfigErrors errors;
   ParsedRecipe parsed{load_recipe(a.path, a.overrides, errors), {}, {}, {}};
-  // The recipe's own dataset exists before the stages check their files.
-  if (parsed.recipe.synthetic.enabled && errors.empty() &&
+  if (!a.check_only && errors.empty()) join_job(parsed.recipe);
+  // The recipe's own dataset exists before the stages check their files (rank 0 writes it).
+  if (parsed.recipe.synthetic.enabled && errors.empty() && dist::is_main() &&
       write_synthetic_dataset(parsed.recipe.synthetic.options))
     std::printf("synthetic data written to %s\n", parsed.recipe.synthetic.options.dir.c_str());
+  dist::world().barrier();
   for (const auto& stage : parsed.recipe.stages) {
     if (stage.type == "pretrain" || stage.type == "sft") {
       parsed.sft_stages.push_back(parse_sft_stage(stage, errors));
@@ -356,9 +371,10 @@ int run_recipe(const RecipeArgs& a, const std::string& only_type) {
   }
   set_threads(parsed.recipe.run.threads);
   warn_if_slow_blas();
-  save_resolved_recipe(parsed.recipe);
+  if (dist::is_main()) save_resolved_recipe(parsed.recipe);
   if (!only_type.empty()) {
     run_stage(parsed, only_stage_of_type(parsed.recipe, only_type).name);
+    dist::shutdown();
     return 0;
   }
   bool started = a.from.empty();
@@ -368,15 +384,22 @@ int run_recipe(const RecipeArgs& a, const std::string& only_type) {
     run_stage(parsed, stage.name);
   }
   check(started, "--from: no stage named '" + a.from + "'");
-  write_run_summary(parsed.recipe);
+  if (dist::is_main()) write_run_summary(parsed.recipe);
+  dist::shutdown();
   return 0;
 }
 
 // Prints a user error as one line; returns the exit code.
 // A recipe's mistakes come one per line; anything else is cut to its first line.
+// In a multi-process job the line names the rank, and the process ends at once: its peers may be
+// gone, and c10d's destructors would wait for them.
 int report(const std::string& message, bool multi_line = false) {
   const std::string shown = multi_line ? message : message.substr(0, message.find('\n'));
-  std::fprintf(stderr, "tiller: error: %s\n", shown.c_str());
+  std::fprintf(stderr, "tiller: error: %s%s\n", dist::error_prefix().c_str(), shown.c_str());
+  if (!dist::error_prefix().empty()) {
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
   return 1;
 }
 
@@ -604,7 +627,12 @@ int main(int argc, char** argv) {
       bench::run_ppo(ppo_bench);
     }
   } catch (const Interrupted& e) {
-    std::fprintf(stderr, "tiller: %s\n", e.what());
+    std::fprintf(stderr, "tiller: %s%s\n", dist::error_prefix().c_str(), e.what());
+    try {
+      dist::shutdown();  // every rank stopped at the same step
+    } catch (const Error& e) {
+      return report(e.what());
+    }
     return 0;
   } catch (const Error& e) {
     return report(e.what(), /*multi_line=*/true);

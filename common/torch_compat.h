@@ -6,8 +6,22 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
+
+namespace c10d {
+class ProcessGroup;
+class Backend;
+}  // namespace c10d
 
 namespace tiller::compat {
+
+// What a c10d collective implementation (Gloo, NCCL) derives from: ProcessGroup in 1.13, Backend
+// from 2.0 on (where ProcessGroup became a dispatcher over backends).
+#if TORCH_VERSION_MAJOR >= 2
+using CollectiveBackend = c10d::Backend;
+#else
+using CollectiveBackend = c10d::ProcessGroup;
+#endif
 
 inline std::string torch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
@@ -34,6 +48,18 @@ inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k,
   probs = torch::nan_to_num(probs, 0.0);
   return torch::matmul(probs, v);
 #endif
+}
+
+// The key of a parameter in an optimizer's state map: a string of the TensorImpl's address in
+// 1.13, the address itself in later versions.
+template <typename StateMap>
+typename StateMap::key_type optimizer_state_key(const StateMap&, const at::Tensor& param) {
+  using Key = typename StateMap::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    return c10::guts::to_string(param.unsafeGetTensorImpl());
+  } else {
+    return static_cast<Key>(param.unsafeGetTensorImpl());
+  }
 }
 
 inline bool cuda_available() {

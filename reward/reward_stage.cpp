@@ -137,6 +137,12 @@ struct PairTotals {
     rejected += r.sum().item<double>();
     pairs += c.size(0);
   }
+  // Sums over the ranks of a data-parallel group.
+  void reduce(const dist::Group& group) {
+    auto sums = group.sum({loss, correct, margin, chosen, rejected, static_cast<double>(pairs)});
+    loss = sums[0], correct = sums[1], margin = sums[2], chosen = sums[3], rejected = sums[4];
+    pairs = static_cast<int64_t>(sums[5]);
+  }
   RewardEvalResult result() const {
     RewardEvalResult out;
     const double n = std::max<int64_t>(1, pairs);
@@ -160,7 +166,8 @@ std::vector<int64_t> identity_order(size_t n) {
 
 RewardEvalResult evaluate_pairs(TransformerImpl& model, const std::vector<PreferencePair>& pairs,
                                 int64_t pad_id, int64_t micro_batch, int64_t max_batches,
-                                double offset, bool use_margin, bool bf16) {
+                                double offset, bool use_margin, bool bf16,
+                                const dist::Group& group) {
   check(micro_batch >= 1, "evaluate_pairs: micro_batch must be at least 1");
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
@@ -168,9 +175,11 @@ RewardEvalResult evaluate_pairs(TransformerImpl& model, const std::vector<Prefer
   const auto order = identity_order(pairs.size());
   const auto device = model.parameters().front().device();
   PairTotals totals;
-  int64_t batches = 0;
-  for (size_t begin = 0; begin < pairs.size(); begin += static_cast<size_t>(micro_batch)) {
-    if (max_batches > 0 && batches++ >= max_batches) break;
+  int64_t batch_index = 0;
+  for (size_t begin = 0; begin < pairs.size();
+       begin += static_cast<size_t>(micro_batch), ++batch_index) {
+    if (max_batches > 0 && batch_index >= max_batches) break;
+    if (batch_index % group.size() != group.rank()) continue;  // another rank's batch
     const size_t count = std::min(pairs.size() - begin, static_cast<size_t>(micro_batch));
     auto batch = make_pair_batch(pairs, order, begin, count, pad_id, use_margin);
     torch::Tensor scores;
@@ -182,6 +191,7 @@ RewardEvalResult evaluate_pairs(TransformerImpl& model, const std::vector<Prefer
     totals.add(scores.narrow(0, 0, p), scores.narrow(0, p, p), batch.margin);
   }
   if (was_training) model.train();
+  totals.reduce(group);
   return totals.result();
 }
 
@@ -291,9 +301,20 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
       (long long)(stats.skipped + val_stats.skipped));
   std::fflush(stdout);
 
+  // Data parallel: each rank takes an equal slice of every global batch of t.batch_size pairs.
+  const dist::Group& dp = dist::world();
+  check(t.batch_size % dp.size() == 0,
+        "stage " + c.name + ": train.batch_size " + std::to_string(t.batch_size) +
+            " does not divide among " + std::to_string(dp.size()) + " data-parallel ranks");
+  const int64_t local_pairs = t.batch_size / dp.size();
+  if (!dp.single())
+    std::printf("[%s] data parallel: %d ranks x %lld pairs = global batch %lld pairs%s\n",
+                c.name.c_str(), dp.size(), (long long)local_pairs, (long long)t.batch_size,
+                t.zero_stage == 1 ? ", optimizer state sharded (ZeRO-1)" : "");
+
   // Optimizer, and resume
-  auto optimizer = make_adamw(*model, t.optimizer());
-  CheckpointParts parts{{{"model", model.get()}}, {{"optimizer", optimizer.get()}}};
+  ParallelAdamW optimizer(*model, t.optimizer(), dp, t.parallel_options());
+  CheckpointParts parts{{{"model", model.get()}}, {{"optimizer", &optimizer}}};
   int64_t step = 0, epoch = 0, index = 0;
   NonFiniteGuard guard(c.name, checkpoints, t.max_nonfinite_steps);
   auto state = load_latest_checkpoint(checkpoints, parts);
@@ -305,7 +326,9 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
     std::printf("[%s] resumed from %s/step-%lld\n", c.name.c_str(), checkpoints.c_str(),
                 (long long)step);
   }
-  MetricsLog metrics(stage_dir, step);
+  // Step step's record was logged before its checkpoint: lines after it are a killed attempt's.
+  const int64_t first_unlogged = state.is_null() ? 0 : step + 1;
+  MetricsLog metrics(stage_dir, first_unlogged);
   Progress progress(step, t.steps);
   std::vector<int64_t> order = epoch_order(train.size(), recipe.run.seed, epoch);
 
@@ -316,7 +339,7 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
   };
   auto evaluate = [&]() {
     return evaluate_pairs(*model, val, pad_id, t.micro_batch_size, t.eval_batches, 0.0,
-                          c.use_margin, bf16);
+                          c.use_margin, bf16, dp);
   };
 
   RewardEvalResult first_val, last_val;
@@ -330,15 +353,12 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
                 first_val.margin);
   }
 
-  std::vector<torch::Tensor> params;
-  for (auto& p : model->parameters())
-    if (p.requires_grad()) params.push_back(p);
   double last_loss = std::nan("");
   RewardEvalResult last_train;
   while (step < t.steps) {
     const auto started = std::chrono::steady_clock::now();
     const double lr = learning_rate(t.schedule_options(), step);
-    set_learning_rate(*optimizer, lr);
+    optimizer.set_learning_rate(lr);
 
     // The step's pairs, continuing into the next epoch's order when this one runs out.
     std::vector<int64_t> picked;
@@ -351,13 +371,15 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
       picked.push_back(order[static_cast<size_t>(index++)]);
     }
 
-    optimizer->zero_grad();
+    optimizer.zero_grad();
     double loss_sum = 0;
     int64_t tokens = 0;
     PairTotals totals;
-    for (int64_t begin = 0; begin < t.batch_size; begin += t.micro_batch_size) {
+    const int64_t first = dp.rank() * local_pairs;
+    for (int64_t begin = first; begin < first + local_pairs; begin += t.micro_batch_size) {
+      const int64_t count = std::min(t.micro_batch_size, first + local_pairs - begin);
       auto batch = make_pair_batch(train, picked, static_cast<size_t>(begin),
-                                   static_cast<size_t>(t.micro_batch_size), pad_id, c.use_margin);
+                                   static_cast<size_t>(count), pad_id, c.use_margin);
       torch::Tensor scores;
       {
         compat::AutocastGuard cast(bf16, device);
@@ -371,20 +393,21 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
       tokens += batch.tokens;
       totals.add(chosen, rejected, batch.margin);
     }
-    const double loss = loss_sum / static_cast<double>(t.batch_size);
-    const double max_norm = t.grad_clip > 0 ? t.grad_clip : std::numeric_limits<double>::infinity();
-    const double grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
+    const auto global = dp.sum({loss_sum, static_cast<double>(tokens)});
+    const double loss = global[0] / static_cast<double>(t.batch_size);
+    totals.reduce(dp);
+    const double grad_norm = optimizer.reduce_gradients_and_clip(t.grad_clip);
     if (guard.accept(loss, grad_norm, step + 1)) {
-      optimizer->step();
+      optimizer.step();
     } else {
-      optimizer->zero_grad();
+      optimizer.zero_grad();
     }
     ++step;
     last_loss = loss;
     last_train = totals.result();
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    const double tokens_per_s = static_cast<double>(tokens) / std::max(seconds, 1e-9);
+    const double tokens_per_s = global[1] / std::max(seconds, 1e-9);
 
     nlohmann::json record = {{"step", step},
                              {"loss", loss},
@@ -452,7 +475,7 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
   if (!val.empty()) {
     // Final validation figures with the offset applied (accuracy and margins do not change).
     const auto v =
-        evaluate_pairs(*model, val, pad_id, t.micro_batch_size, 0, offset, c.use_margin, bf16);
+        evaluate_pairs(*model, val, pad_id, t.micro_batch_size, 0, offset, c.use_margin, bf16, dp);
     summary.update(eval_json(v, "val_"));
     if (first_val.pairs > 0) summary["initial_val_accuracy"] = first_val.accuracy;
     std::printf(
@@ -466,9 +489,16 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
   options.tokenizer_path = tokenizer_path;
   model->to(torch::kCPU);
   const std::string final_dir = stage_output_dir(recipe, c.name);
-  save_hf_model(*model, final_dir, options);
-  write_reward_metadata(final_dir, {offset, c.data.template_name, t.max_seq_len});
-  mark_stage_complete(recipe, c.name, summary);
+  if (!dp.single()) summary["data_parallel_ranks"] = dp.size();
+  summary["optimizer_state_bytes_per_rank"] = optimizer.state_bytes_per_rank();
+  const std::string state_line = optimizer.describe_state_per_rank();
+  std::printf("[%s] %s\n", c.name.c_str(), state_line.c_str());
+  if (dist::is_main()) {
+    save_hf_model(*model, final_dir, options);
+    write_reward_metadata(final_dir, {offset, c.data.template_name, t.max_seq_len});
+    mark_stage_complete(recipe, c.name, summary);
+  }
+  dist::world().barrier();  // the next stage, on every rank, reads what rank 0 wrote
   std::printf("[%s] done: %s\n", c.name.c_str(), final_dir.c_str());
   return summary;
 }

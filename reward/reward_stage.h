@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/data/preference_data.h"
+#include "common/dist/process_group.h"
 #include "common/model/transformer.h"
 #include "common/recipe/recipe.h"
 #include "common/train/train_config.h"
@@ -53,10 +54,12 @@ struct RewardEvalResult {
 };
 
 // Scores the pairs with `model` (no autograd), `micro_batch` pairs per forward, at most
-// `max_batches` forwards (0: all); rewards are raw scores minus `offset`.
+// `max_batches` forwards (0: all); rewards are raw scores minus `offset`. The batches are dealt
+// round-robin to the members of `group` and the figures summed over them.
 RewardEvalResult evaluate_pairs(TransformerImpl& model, const std::vector<PreferencePair>& pairs,
                                 int64_t pad_id, int64_t micro_batch, int64_t max_batches,
-                                double offset, bool use_margin = true, bool bf16 = false);
+                                double offset, bool use_margin = true, bool bf16 = false,
+                                const dist::Group& group = dist::Group());
 
 // `tiller eval reward`: loads a reward-model directory and scores a preference file, tokenized
 // exactly as training tokenizes (load_preference_pairs). An empty template or a max_seq_len of 0

@@ -34,16 +34,13 @@ torch::Tensor in_chunks(int64_t n, int64_t chunk, Pass pass) {
   return torch::cat(parts, 0);
 }
 
-double clip_norm(const std::vector<torch::Tensor>& params, double max_norm) {
-  return torch::nn::utils::clip_grad_norm_(
-      params, max_norm > 0 ? max_norm : std::numeric_limits<double>::infinity());
-}
-
-std::vector<torch::Tensor> trainable(TransformerImpl& model) {
-  std::vector<torch::Tensor> out;
-  for (auto& p : model.parameters())
-    if (p.requires_grad()) out.push_back(p);
-  return out;
+// Pads dimension `dim` of t to `size` with `value`, at the end or (left) at the start.
+torch::Tensor pad_to(const torch::Tensor& t, int64_t dim, int64_t size, double value, bool left) {
+  if (t.size(dim) == size) return t;
+  auto shape = t.sizes().vec();
+  shape[static_cast<size_t>(dim)] = size - t.size(dim);
+  auto fill = torch::full(shape, value, t.options());
+  return left ? torch::cat({fill, t}, dim) : torch::cat({t, fill}, dim);
 }
 
 }  // namespace
@@ -74,15 +71,16 @@ RolloutStats rollout_stats(const Rollout& r) {
 
 PpoTrainer::PpoTrainer(PpoOptions options, TransformerImpl& actor, TransformerImpl& reference,
                        TransformerImpl& critic, EpisodeScorer scorer,
-                       torch::optim::Optimizer& actor_optimizer,
-                       torch::optim::Optimizer& critic_optimizer)
+                       ParallelAdamW& actor_optimizer, ParallelAdamW& critic_optimizer,
+                       const dist::Group& group)
     : options_(std::move(options)),
       actor_(actor),
       reference_(reference),
       critic_(critic),
       scorer_(std::move(scorer)),
       actor_optimizer_(actor_optimizer),
-      critic_optimizer_(critic_optimizer) {
+      critic_optimizer_(critic_optimizer),
+      group_(group) {
   const PpoOptions& o = options_;
   options_.sampling.validate();
   check(o.kl_estimator == "k1" || o.kl_estimator == "k3",
@@ -97,8 +95,6 @@ PpoTrainer::PpoTrainer(PpoOptions options, TransformerImpl& actor, TransformerIm
             actor.config.vocab_size == critic.config.vocab_size,
         "ppo: actor, reference and critic must share one vocabulary");
   for (auto& p : reference_.parameters()) p.requires_grad_(false);
-  actor_params_ = trainable(actor_);
-  critic_params_ = trainable(critic_);
 }
 
 std::pair<torch::Tensor, torch::Tensor> PpoTrainer::actor_pass(TransformerImpl& model,
@@ -132,51 +128,30 @@ Rollout PpoTrainer::rollout(const std::vector<std::vector<int64_t>>& prompts,
                             const std::vector<uint64_t>& episode_seeds, double beta) {
   const PpoOptions& o = options_;
   check(prompts.size() == episode_seeds.size(), "ppo: one seed per prompt is needed");
+  const int64_t total = static_cast<int64_t>(prompts.size());
+  check(total >= group_.size(), "ppo: " + std::to_string(total) + " episodes cannot be shared by " +
+                                    std::to_string(group_.size()) + " data-parallel ranks");
   Rollout r;
   r.prompts = prompts;
   r.beta = beta;
 
+  // This rank's episodes.
+  const dist::Shard shard = dist::shard_of(total, group_.rank(), group_.size());
+  const std::vector<std::vector<int64_t>> my_prompts(prompts.begin() + shard.begin,
+                                                     prompts.begin() + shard.begin + shard.count);
   auto started = Clock::now();
   SamplingOptions sampling = o.sampling;
-  sampling.row_seeds = episode_seeds;
+  sampling.row_seeds.assign(episode_seeds.begin() + shard.begin,
+                            episode_seeds.begin() + shard.begin + shard.count);
   // The log-probs are computed below in the training pass's own chunks and precision.
   sampling.full_pass_logprobs = false;
-  r.generation = generate(actor_, prompts, sampling);
+  r.generation = generate(actor_, my_prompts, sampling);
   r.seconds_generate = seconds_since(started);
 
   started = Clock::now();
-  const int64_t batch = r.generation.batch();
-  r.sequence_ids = r.generation.sequence_ids();
-  r.sequence_mask = r.generation.sequence_mask();
-  r.mask = r.generation.response_mask.to(torch::kFloat);
-  for (int64_t b = 0; b < batch; ++b) r.responses.push_back(r.generation.response(b));
-  {
-    torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> entropy;
-    r.logprobs = in_chunks(batch, o.micro_batch_size, [&](const torch::Tensor& rows) {
-      auto [logp, ent] = actor_pass(actor_, r, rows, /*entropy=*/true);
-      entropy.push_back(ent);
-      return logp;
-    });
-    r.entropy = torch::cat(entropy, 0);
-    r.values = in_chunks(batch, o.micro_batch_size,
-                         [&](const torch::Tensor& rows) { return critic_pass(r, rows); });
-  }
-  {
-    torch::Tensor ref;
-    {
-      c10::InferenceMode inference;
-      ref = in_chunks(batch, o.micro_batch_size, [&](const torch::Tensor& rows) {
-        return actor_pass(reference_, r, rows, /*entropy=*/false).first;
-      });
-    }
-    r.ref_logprobs = ref.clone();  // a normal tensor, usable beside autograd ones
-  }
-  r.scorer_scores = scorer_(r.prompts, r.responses).to(torch::kFloat).cpu().clone();
-  check(r.scorer_scores.dim() == 1 && r.scorer_scores.size(0) == batch,
-        "ppo: the scorer must return one score per episode");
-  check(torch::isfinite(r.scorer_scores).all().item<bool>(),
-        "ppo: the reward model returned a non-finite score");
+  compute_passes(r);
+  for (int64_t b = 0; b < total; ++b) r.responses.push_back(r.generation.response(b));
+  r.scorer_scores = dist::gather_rows(group_, r.scorer_scores, total);
 
   auto scores = r.scorer_scores.to(r.mask.device());
   if (o.penalize_missing_eos)
@@ -192,6 +167,71 @@ Rollout PpoTrainer::rollout(const std::vector<std::vector<int64_t>>& prompts,
   r.returns = adv.returns;
   r.seconds_score = seconds_since(started);
   return r;
+}
+
+void PpoTrainer::compute_passes(Rollout& r) {
+  const PpoOptions& o = options_;
+  GenerationBatch& g = r.generation;
+  const int64_t local = g.batch();
+  const int64_t total = static_cast<int64_t>(r.prompts.size());
+  // Every rank lays its episodes out at the widest prompt and response of the whole batch, so
+  // the passes see the shapes one process would, and the rows can be gathered.
+  const int64_t prompt_len =
+      static_cast<int64_t>(group_.max(static_cast<double>(g.prompt_ids.size(1))));
+  const int64_t response_len =
+      static_cast<int64_t>(group_.max(static_cast<double>(g.response_ids.size(1))));
+  const double pad = static_cast<double>(o.sampling.pad_id);
+  g.prompt_ids = pad_to(g.prompt_ids, 1, prompt_len, pad, /*left=*/true);
+  g.prompt_mask = pad_to(g.prompt_mask, 1, prompt_len, 0, /*left=*/true);
+  g.response_ids = pad_to(g.response_ids, 1, response_len, pad, /*left=*/false);
+  g.response_mask = pad_to(g.response_mask, 1, response_len, 0, /*left=*/false);
+  if (g.logprobs.defined()) g.logprobs = pad_to(g.logprobs, 1, response_len, 0, /*left=*/false);
+
+  r.sequence_ids = g.sequence_ids();
+  r.sequence_mask = g.sequence_mask();
+  r.mask = g.response_mask.to(torch::kFloat);
+  std::vector<std::vector<int64_t>> my_prompts, my_responses;
+  for (int64_t b = 0; b < local; ++b) my_responses.push_back(g.response(b));
+  const dist::Shard shard = dist::shard_of(total, group_.rank(), group_.size());
+  my_prompts.assign(r.prompts.begin() + shard.begin, r.prompts.begin() + shard.begin + local);
+  {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> entropy;
+    r.logprobs = in_chunks(local, o.micro_batch_size, [&](const torch::Tensor& rows) {
+      auto [logp, ent] = actor_pass(actor_, r, rows, /*entropy=*/true);
+      entropy.push_back(ent);
+      return logp;
+    });
+    r.entropy = torch::cat(entropy, 0);
+    r.values = in_chunks(local, o.micro_batch_size,
+                         [&](const torch::Tensor& rows) { return critic_pass(r, rows); });
+  }
+  {
+    torch::Tensor ref;
+    {
+      c10::InferenceMode inference;
+      ref = in_chunks(local, o.micro_batch_size, [&](const torch::Tensor& rows) {
+        return actor_pass(reference_, r, rows, /*entropy=*/false).first;
+      });
+    }
+    r.ref_logprobs = ref.clone();  // a normal tensor, usable beside autograd ones
+  }
+  r.scorer_scores = scorer_(my_prompts, my_responses).to(torch::kFloat).cpu().clone();
+  check(r.scorer_scores.dim() == 1 && r.scorer_scores.size(0) == local,
+        "ppo: the scorer must return one score per episode");
+  check(torch::isfinite(r.scorer_scores).all().item<bool>(),
+        "ppo: the reward model returned a non-finite score");
+  if (group_.single()) return;
+
+  // Everyone's episodes, in episode order.
+  auto gather = [&](torch::Tensor& t) { t = dist::gather_rows(group_, t, total); };
+  for (torch::Tensor* t : {&g.prompt_ids, &g.prompt_mask, &g.response_ids, &g.response_mask,
+                           &g.ended_with_eos, &r.logprobs, &r.entropy, &r.values, &r.ref_logprobs})
+    gather(*t);
+  if (g.logprobs.defined()) gather(g.logprobs);
+  r.sequence_ids = g.sequence_ids();
+  r.sequence_mask = g.sequence_mask();
+  r.mask = g.response_mask.to(torch::kFloat);
 }
 
 LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteGuard* guard,
@@ -214,10 +254,13 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
       actor_optimizer_.zero_grad();
       critic_optimizer_.zero_grad();
       double policy_loss = 0, value_loss = 0, clipfrac = 0, value_clipfrac = 0, approx_kl = 0;
-      for (size_t begin = 0; begin < minibatch.size();
+      // This rank's part of the minibatch.
+      const dist::Shard mine =
+          dist::shard_of(static_cast<int64_t>(minibatch.size()), group_.rank(), group_.size());
+      const size_t mine_end = static_cast<size_t>(mine.begin + mine.count);
+      for (size_t begin = static_cast<size_t>(mine.begin); begin < mine_end;
            begin += static_cast<size_t>(o.micro_batch_size)) {
-        const size_t stop =
-            std::min(minibatch.size(), begin + static_cast<size_t>(o.micro_batch_size));
+        const size_t stop = std::min(mine_end, begin + static_cast<size_t>(o.micro_batch_size));
         const auto rows = row_index({minibatch.begin() + begin, minibatch.begin() + stop});
         auto mask = r.mask.index_select(0, rows);
         // Each micro-batch's masked means weighted by its share of the minibatch's tokens: the
@@ -246,9 +289,16 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
           s.first_ratio_max_deviation = std::max(s.first_ratio_max_deviation, deviation);
         }
       }
+      if (!group_.single()) {
+        const auto sums =
+            group_.sum({policy_loss, value_loss, clipfrac, value_clipfrac, approx_kl});
+        policy_loss = sums[0], value_loss = sums[1], clipfrac = sums[2];
+        value_clipfrac = sums[3], approx_kl = sums[4];
+        if (first) s.first_ratio_max_deviation = group_.max(s.first_ratio_max_deviation);
+      }
       if (first) s.first_approx_kl = approx_kl;
-      const double actor_norm = clip_norm(actor_params_, o.actor_grad_clip);
-      const double critic_norm = clip_norm(critic_params_, o.critic_grad_clip);
+      const double actor_norm = actor_optimizer_.reduce_gradients_and_clip(o.actor_grad_clip);
+      const double critic_norm = critic_optimizer_.reduce_gradients_and_clip(o.critic_grad_clip);
       const double loss = policy_loss + o.value_coef * value_loss;
       const bool finite =
           std::isfinite(loss) && std::isfinite(actor_norm) && std::isfinite(critic_norm);

@@ -9,8 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "common/dist/process_group.h"
 #include "common/model/transformer.h"
 #include "common/rollout/generator.h"
+#include "common/train/parallel_adamw.h"
 
 namespace tiller {
 
@@ -82,17 +84,20 @@ struct LearnStats {
 class PpoTrainer {
  public:
   // The models must outlive the trainer. reference is only read (under inference mode); actor and
-  // critic are trained by their optimizers.
+  // critic are trained by their optimizers, whose data-parallel group the trainer shares.
   PpoTrainer(PpoOptions options, TransformerImpl& actor, TransformerImpl& reference,
-             TransformerImpl& critic, EpisodeScorer scorer,
-             torch::optim::Optimizer& actor_optimizer, torch::optim::Optimizer& critic_optimizer);
+             TransformerImpl& critic, EpisodeScorer scorer, ParallelAdamW& actor_optimizer,
+             ParallelAdamW& critic_optimizer, const dist::Group& group = dist::Group());
 
   // Generates one response per prompt (episode i sampled with episode_seeds[i]), scores it and
-  // computes rewards (KL coefficient beta) and advantages.
+  // computes rewards (KL coefficient beta) and advantages. Under data parallel every rank passes
+  // the whole batch, generates and scores its shard (shard_of), and gets the whole rollout back:
+  // the scores' and advantages' whitening sees every episode, as on one process.
   Rollout rollout(const std::vector<std::vector<int64_t>>& prompts,
                   const std::vector<uint64_t>& episode_seeds, double beta);
 
   // options.epochs passes of shuffled minibatches (order seeded by shuffle_seed) over the rollout.
+  // Under data parallel each rank takes its shard of every minibatch; the gradients are summed.
   // A guard, when given, may refuse a non-finite update (the optimizers then skip it).
   LearnStats learn(const Rollout& rollout, uint64_t shuffle_seed, NonFiniteGuard* guard = nullptr,
                    int64_t step_for_guard = 0);
@@ -105,15 +110,17 @@ class PpoTrainer {
   std::pair<torch::Tensor, torch::Tensor> actor_pass(TransformerImpl& model, const Rollout& r,
                                                      const torch::Tensor& rows, bool entropy);
   torch::Tensor critic_pass(const Rollout& r, const torch::Tensor& rows);
+  // The rollout's per-episode figures for this rank's episodes, then everyone's (gather_rows).
+  void compute_passes(Rollout& r);
 
   PpoOptions options_;
   TransformerImpl& actor_;
   TransformerImpl& reference_;
   TransformerImpl& critic_;
   EpisodeScorer scorer_;
-  torch::optim::Optimizer& actor_optimizer_;
-  torch::optim::Optimizer& critic_optimizer_;
-  std::vector<torch::Tensor> actor_params_, critic_params_;
+  ParallelAdamW& actor_optimizer_;
+  ParallelAdamW& critic_optimizer_;
+  dist::Group group_;
 };
 
 // The value head read at each response position: the critic's score for the state before each

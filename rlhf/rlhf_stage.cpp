@@ -13,7 +13,7 @@
 #include "common/tokenizer/tokenizer.h"
 #include "common/train/metrics.h"
 #include "common/train/nonfinite_guard.h"
-#include "common/train/optimizer.h"
+#include "common/train/parallel_adamw.h"
 #include "common/train/precision.h"
 #include "common/train/schedule.h"
 #include "common/util/error.h"
@@ -321,17 +321,25 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     }
     return torch::tensor(scores, torch::kDouble).to(torch::kFloat);
   };
-  auto actor_optimizer = make_adamw(*actor, {c.actor_lr, c.weight_decay, c.beta1, c.beta2, c.eps});
-  auto critic_optimizer =
-      make_adamw(*critic, {c.critic_lr, c.weight_decay, c.beta1, c.beta2, c.eps});
-  PpoTrainer trainer(options, *actor, *reference, *critic, scorer, *actor_optimizer,
-                     *critic_optimizer);
+  // Data parallel: each rank generates, scores and trains on its share of every rollout batch.
+  const dist::Group& dp = dist::world();
+  check(c.batch_size >= dp.size(), "stage " + c.name + ": rollout.batch_size " +
+                                       std::to_string(c.batch_size) + " is smaller than the " +
+                                       std::to_string(dp.size()) + " data-parallel ranks");
+  if (!dp.single())
+    std::printf("[%s] data parallel: %d ranks share each rollout of %lld episodes\n",
+                c.name.c_str(), dp.size(), (long long)c.batch_size);
+  ParallelAdamW actor_optimizer(*actor, {c.actor_lr, c.weight_decay, c.beta1, c.beta2, c.eps}, dp);
+  ParallelAdamW critic_optimizer(*critic, {c.critic_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
+                                 dp);
+  PpoTrainer trainer(options, *actor, *reference, *critic, scorer, actor_optimizer,
+                     critic_optimizer, dp);
   ppo::KLController kl(c.beta, c.kl_target, c.kl_horizon);
 
   // Resume
   CheckpointParts parts{
       {{"actor", actor.get()}, {"critic", critic.get()}},
-      {{"actor_optimizer", actor_optimizer.get()}, {"critic_optimizer", critic_optimizer.get()}}};
+      {{"actor_optimizer", &actor_optimizer}, {"critic_optimizer", &critic_optimizer}}};
   NonFiniteGuard guard(c.name, checkpoints, c.max_nonfinite_steps);
   int64_t iteration = 0, prompt_epoch = 0, prompt_index = 0;
   nlohmann::json initial_eval;
@@ -346,9 +354,12 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     std::printf("[%s] resumed from %s/step-%lld\n", c.name.c_str(), checkpoints.c_str(),
                 (long long)iteration);
   }
-  MetricsLog metrics(stage_dir, iteration);
+  // Step iteration's record was logged before its checkpoint: lines after it are a killed
+  // attempt's.
+  const int64_t first_unlogged = state.is_null() ? 0 : iteration + 1;
+  MetricsLog metrics(stage_dir, first_unlogged);
   const std::string samples_path = stage_dir + "/samples.jsonl";
-  truncate_jsonl_from(samples_path, "iteration", iteration);
+  if (dist::is_main()) truncate_jsonl_from(samples_path, "iteration", first_unlogged);
   Progress progress(iteration, c.iterations);
   auto prompt_order = [&](int64_t epoch) {
     return seeded_permutation(static_cast<int64_t>(train_prompts.size()),
@@ -376,7 +387,7 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
                              {"score", r.scorer_scores[i].item<double>()},
                              {"ended_with_eos", r.generation.ended_with_eos[i].item<bool>()}};
       if (c.ground_truth.enabled()) line["ground_truth"] = truth[i];
-      append_jsonl(samples_path, line);
+      if (dist::is_main()) append_jsonl(samples_path, line);
     }
   };
   auto truth_of = [&](const std::vector<std::vector<int64_t>>& responses) {
@@ -456,11 +467,10 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
 
   nlohmann::json last_eval = initial_eval;
   while (iteration < c.iterations) {
-    for (auto [optimizer, lr] : {std::pair{actor_optimizer.get(), c.actor_lr},
-                                 std::pair{critic_optimizer.get(), c.critic_lr}})
-      set_learning_rate(*optimizer, learning_rate({lr, c.min_lr_ratio, c.warmup_iterations,
-                                                   c.iterations, c.schedule},
-                                                  iteration));
+    for (auto [optimizer, lr] :
+         {std::pair{&actor_optimizer, c.actor_lr}, std::pair{&critic_optimizer, c.critic_lr}})
+      optimizer->set_learning_rate(learning_rate(
+          {lr, c.min_lr_ratio, c.warmup_iterations, c.iterations, c.schedule}, iteration));
     std::vector<std::vector<int64_t>> prompts;
     std::vector<uint64_t> seeds;
     while (static_cast<int64_t>(prompts.size()) < c.batch_size) {
@@ -501,7 +511,7 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
         {"explained_variance", learned.explained_variance},
         {"actor_grad_norm", learned.actor_grad_norm},
         {"critic_grad_norm", learned.critic_grad_norm},
-        {"actor_lr", actor_optimizer->param_groups()[0].options().get_lr()},
+        {"actor_lr", actor_optimizer.learning_rate()},
         {"skipped_updates", guard.skipped()},
         {"seconds_generate", r.seconds_generate},
         {"seconds_score", r.seconds_score},
@@ -564,8 +574,12 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
   save_options.tokenizer_path = tokenizer_path;
   actor->to(torch::kCPU);
   const std::string final_dir = stage_output_dir(recipe, c.name);
-  save_hf_model(*actor, final_dir, save_options);
-  mark_stage_complete(recipe, c.name, summary);
+  if (!dp.single()) summary["data_parallel_ranks"] = dp.size();
+  if (dist::is_main()) {
+    save_hf_model(*actor, final_dir, save_options);
+    mark_stage_complete(recipe, c.name, summary);
+  }
+  dist::world().barrier();  // the next stage, on every rank, reads what rank 0 wrote
   std::printf("[%s] done: %s\n", c.name.c_str(), final_dir.c_str());
   return summary;
 }

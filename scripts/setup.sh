@@ -5,6 +5,8 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev            # LibTorch 1.13.1, CPU, with c10d and Gloo
+  libgloo-dev             # the Gloo headers c10d's ProcessGroupGloo.hpp includes
+  openmpi-bin             # mpirun, one of the launchers the multi-process tests try
   libopenblas0-openmp     # LibTorch's fp32 matmuls go through libblas.so.3: 30x the reference BLAS
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev zlib1g-dev

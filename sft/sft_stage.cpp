@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "common/data/batching.h"
+#include "common/dist/process_group.h"
 #include "common/io/checkpoint.h"
 #include "common/io/hf_dir.h"
 #include "common/recipe/stage_io.h"
@@ -142,24 +143,29 @@ struct DataPosition {
   int64_t row = 0;  // next row of the epoch's plan
 };
 
-// Mean loss per target token over (up to max_batches of) the validation rows.
+// Mean loss per target token over (up to max_batches of) the validation rows; the batches are
+// dealt round-robin to the data-parallel ranks and the sums reduced.
 double validation_loss(TransformerImpl& model, const std::vector<Example>& examples,
                        const std::vector<Row>& rows, const BatchingOptions& batching,
-                       int64_t pad_id, int64_t micro_batch, int64_t max_batches, bool bf16) {
+                       int64_t pad_id, int64_t micro_batch, int64_t max_batches, bool bf16,
+                       const dist::Group& group) {
   torch::NoGradGuard no_grad;
   model.eval();
-  double total = 0;
-  int64_t targets = 0, batches = 0;
-  for (int64_t begin = 0; begin < static_cast<int64_t>(rows.size()); begin += micro_batch) {
-    if (max_batches > 0 && batches++ >= max_batches) break;
+  double total = 0, targets = 0;
+  int64_t batch_index = 0;
+  for (int64_t begin = 0; begin < static_cast<int64_t>(rows.size());
+       begin += micro_batch, ++batch_index) {
+    if (max_batches > 0 && batch_index >= max_batches) break;
+    if (batch_index % group.size() != group.rank()) continue;
     const int64_t count = std::min<int64_t>(micro_batch, static_cast<int64_t>(rows.size()) - begin);
     auto batch = make_batch(examples, rows, begin, count, batching, pad_id);
     compat::AutocastGuard cast(bf16, model.parameters().front().device());
     total += lm_loss_sum(model, batch).item<double>();
-    targets += batch.target_count;
+    targets += static_cast<double>(batch.target_count);
   }
+  const auto sums = group.sum({total, targets});
   model.train();
-  return targets > 0 ? total / targets : std::nan("");
+  return sums[1] > 0 ? sums[0] / sums[1] : std::nan("");
 }
 
 Transformer build_model(const Recipe& recipe, const SftStageConfig& c,
@@ -173,11 +179,12 @@ Transformer build_model(const Recipe& recipe, const SftStageConfig& c,
   if (!c.tokenizer_corpus.empty()) {
     const std::string dir = recipe.stage_dir(c.name) + "/tokenizer";
     *tokenizer_path = dir + "/tokenizer.model";
-    if (!path_exists(*tokenizer_path)) {
+    if (dist::is_main() && !path_exists(*tokenizer_path)) {
       std::printf("[%s] training a %lld-piece tokenizer on %s\n", c.name.c_str(),
                   (long long)c.tokenizer_vocab_size, c.tokenizer_corpus.c_str());
       train_tokenizer(c.tokenizer_corpus, c.tokenizer_vocab_size, dir);
     }
+    dist::world().barrier();  // the other ranks read the tokenizer rank 0 trained
   }
   ModelConfig config = builtin_shape(c.model_shape);
   Tokenizer tok(*tokenizer_path);
@@ -252,9 +259,20 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   batching.rows_per_batch = t.micro_batch_size;
   const std::vector<Row> val_rows = val.empty() ? std::vector<Row>{} : plan_in_order(val, batching);
 
+  // Data parallel: each rank takes an equal slice of every global batch of t.batch_size rows.
+  const dist::Group& dp = dist::world();
+  check(t.batch_size % dp.size() == 0,
+        "stage " + c.name + ": train.batch_size " + std::to_string(t.batch_size) +
+            " does not divide among " + std::to_string(dp.size()) + " data-parallel ranks");
+  const int64_t local_rows = t.batch_size / dp.size();
+  if (!dp.single())
+    std::printf("[%s] data parallel: %d ranks x %lld rows = global batch %lld rows%s\n",
+                c.name.c_str(), dp.size(), (long long)local_rows, (long long)t.batch_size,
+                t.zero_stage == 1 ? ", optimizer state sharded (ZeRO-1)" : "");
+
   // Optimizer, and resume
-  auto optimizer = make_adamw(*model, t.optimizer());
-  CheckpointParts parts{{{"model", model.get()}}, {{"optimizer", optimizer.get()}}};
+  ParallelAdamW optimizer(*model, t.optimizer(), dp, t.parallel_options());
+  CheckpointParts parts{{{"model", model.get()}}, {{"optimizer", &optimizer}}};
   int64_t step = 0;
   NonFiniteGuard guard(c.name, checkpoints, t.max_nonfinite_steps);
   DataPosition position;
@@ -267,7 +285,9 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
     std::printf("[%s] resumed from %s/step-%lld\n", c.name.c_str(), checkpoints.c_str(),
                 (long long)step);
   }
-  MetricsLog metrics(stage_dir, step);
+  // Step step's record was logged before its checkpoint: lines after it are a killed attempt's.
+  const int64_t first_unlogged = state.is_null() ? 0 : step + 1;
+  MetricsLog metrics(stage_dir, first_unlogged);
   Progress progress(step, t.steps);
   std::vector<Row> epoch_rows = plan_epoch(train, batching, position.epoch);
   check(!epoch_rows.empty(), "stage " + c.name + ": no training rows");
@@ -280,7 +300,7 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   auto evaluate = [&]() {
     return val_rows.empty() ? std::nan("")
                             : validation_loss(*model, val, val_rows, batching, tok.pad_id(),
-                                              t.micro_batch_size, t.eval_batches, bf16);
+                                              t.micro_batch_size, t.eval_batches, bf16, dp);
   };
 
   double first_val_loss = std::nan(""), last_val_loss = std::nan(""), last_loss = std::nan("");
@@ -291,13 +311,10 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
                 first_val_loss);
   }
 
-  std::vector<torch::Tensor> params;
-  for (auto& p : model->parameters())
-    if (p.requires_grad()) params.push_back(p);
   while (step < t.steps) {
     const auto started = std::chrono::steady_clock::now();
     const double lr = learning_rate(t.schedule_options(), step);
-    set_learning_rate(*optimizer, lr);
+    optimizer.set_learning_rate(lr);
 
     // The step's rows, continuing into the next epoch's plan when this one runs out.
     std::vector<Row> rows;
@@ -309,35 +326,36 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
       }
       rows.push_back(epoch_rows[position.row++]);
     }
-    auto batch = make_batch(train, rows, 0, t.batch_size, batching, tok.pad_id());
-    const int64_t total_targets = std::max<int64_t>(1, batch.target_count);
+    auto batch =
+        make_batch(train, rows, dp.rank() * local_rows, local_rows, batching, tok.pad_id());
+    const double local_tokens = batch.segment_ids.ge(0).sum().item<double>();
+    const auto counts = dp.sum({static_cast<double>(batch.target_count), local_tokens});
+    const double total_targets = std::max(1.0, counts[0]);
 
-    optimizer->zero_grad();
+    optimizer.zero_grad();
     double loss_sum = 0;
-    for (int64_t begin = 0; begin < t.batch_size; begin += t.micro_batch_size) {
-      auto micro = batch.slice(begin, t.micro_batch_size);
+    for (int64_t begin = 0; begin < local_rows; begin += t.micro_batch_size) {
+      auto micro = batch.slice(begin, std::min(t.micro_batch_size, local_rows - begin));
       torch::Tensor loss;
       {
         compat::AutocastGuard cast(bf16, device);
         loss = lm_loss_sum(*model, micro);
       }
-      (loss / static_cast<double>(total_targets)).backward();
+      (loss / total_targets).backward();
       loss_sum += loss.item<double>();
     }
-    const double loss = loss_sum / static_cast<double>(total_targets);
-    const double max_norm = t.grad_clip > 0 ? t.grad_clip : std::numeric_limits<double>::infinity();
-    const double grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
+    const double loss = dp.sum(loss_sum) / total_targets;
+    const double grad_norm = optimizer.reduce_gradients_and_clip(t.grad_clip);
     if (guard.accept(loss, grad_norm, step + 1)) {
-      optimizer->step();
+      optimizer.step();
     } else {
-      optimizer->zero_grad();
+      optimizer.zero_grad();
     }
     ++step;
     last_loss = loss;
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    const double tokens_per_s =
-        batch.segment_ids.ge(0).sum().item<double>() / std::max(seconds, 1e-9);
+    const double tokens_per_s = counts[1] / std::max(seconds, 1e-9);
 
     nlohmann::json record = {{"step", step},
                              {"loss", loss},
@@ -368,7 +386,7 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   SaveOptions options;
   options.tokenizer_path = tokenizer_path;
   model->to(torch::kCPU);
-  save_hf_model(*model, stage_output_dir(recipe, c.name), options);
+  if (dist::is_main()) save_hf_model(*model, stage_output_dir(recipe, c.name), options);
   nlohmann::json summary = {{"stage", c.name},
                             {"type", c.pretrain ? "pretrain" : "sft"},
                             {"steps", step},
@@ -379,7 +397,12 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
                             {"truncated", stats.truncated}};
   if (!std::isnan(first_val_loss)) summary["initial_val_loss"] = first_val_loss;
   if (!std::isnan(last_val_loss)) summary["final_val_loss"] = last_val_loss;
-  mark_stage_complete(recipe, c.name, summary);
+  if (!dp.single()) summary["data_parallel_ranks"] = dp.size();
+  summary["optimizer_state_bytes_per_rank"] = optimizer.state_bytes_per_rank();
+  const std::string state_line = optimizer.describe_state_per_rank();
+  std::printf("[%s] %s\n", c.name.c_str(), state_line.c_str());
+  if (dist::is_main()) mark_stage_complete(recipe, c.name, summary);
+  dist::world().barrier();  // the next stage, on every rank, reads what rank 0 wrote
   std::printf("[%s] done: %s\n", c.name.c_str(), stage_output_dir(recipe, c.name).c_str());
   return summary;
 }

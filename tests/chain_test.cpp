@@ -17,17 +17,6 @@ using namespace tiller;
 
 namespace {
 
-// recipes/quickstart.json with its paths moved under `dir` and its budgets cut to seconds.
-std::string small_quickstart(const std::string& dir) {
-  std::string text = read_file(std::string(TILLER_SOURCE_DIR) + "/recipes/quickstart.json");
-  for (size_t at = text.find("runs/quickstart"); at != std::string::npos;
-       at = text.find("runs/quickstart", at + dir.size()))
-    text.replace(at, std::string("runs/quickstart").size(), dir);
-  const std::string path = dir + "-recipe.json";
-  write_file_atomic(path, text);
-  return path;
-}
-
 const std::vector<std::string> kSmall = {"synthetic_data.corpus_stories=600",
                                          "synthetic_data.sft_examples=200",
                                          "synthetic_data.preference_pairs=200",
@@ -59,13 +48,15 @@ TEST(Chain, KilledDuringRewardResumesAndEndsWithTheUninterruptedActor) {
   const std::string root = test::temp_dir("chain");
   const std::string straight = root + "/straight", killed = root + "/killed";
   std::string out;
-  ASSERT_EQ(test::run_command(test::shell_command(command(small_quickstart(straight))), &out), 0)
+  ASSERT_EQ(
+      test::run_command(test::shell_command(command(test::quickstart_recipe_in(straight))), &out),
+      0)
       << out;
   EXPECT_TRUE(path_exists(straight + "/summary.json")) << out;
   EXPECT_NE(out.find("ground-truth rate, after ppo"), std::string::npos) << out;
 
   // Killed once the reward stage has logged step 11 (checkpoints every 2 steps).
-  const auto args = command(small_quickstart(killed));
+  const auto args = command(test::quickstart_recipe_in(killed));
   const int pid = test::spawn_logged(args, killed + ".log");
   ASSERT_GT(pid, 0);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);

@@ -64,7 +64,7 @@ torch::Tensor target_frequency(const std::vector<std::vector<int64_t>>&,
 // Actor, reference (the same weights), critic, their optimizers and a trainer.
 struct PpoSetup {
   Transformer actor = tiny_model(1), reference = tiny_model(1), critic = tiny_model(2, 1);
-  std::unique_ptr<torch::optim::AdamW> actor_opt, critic_opt;
+  std::unique_ptr<ParallelAdamW> actor_opt, critic_opt;
   std::unique_ptr<PpoTrainer> trainer;
 
   PpoSetup(PpoOptions options, EpisodeScorer scorer, double actor_lr = 1e-3) {
@@ -72,8 +72,10 @@ struct PpoSetup {
     // a random head's values would drown these small rewards in noise for the first iterations.
     torch::NoGradGuard no_grad;
     critic->score->weight.zero_();
-    actor_opt = make_adamw(*actor, {actor_lr, 0.0, 0.9, 0.95, 1e-8});
-    critic_opt = make_adamw(*critic, {1e-3, 0.0, 0.9, 0.95, 1e-8});
+    actor_opt = std::make_unique<ParallelAdamW>(
+        *actor, OptimizerOptions{actor_lr, 0.0, 0.9, 0.95, 1e-8}, dist::Group());
+    critic_opt = std::make_unique<ParallelAdamW>(
+        *critic, OptimizerOptions{1e-3, 0.0, 0.9, 0.95, 1e-8}, dist::Group());
     trainer = std::make_unique<PpoTrainer>(options, *actor, *reference, *critic, scorer, *actor_opt,
                                            *critic_opt);
   }

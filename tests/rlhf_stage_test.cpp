@@ -2,6 +2,7 @@
 // resolved recipe), prompt records in each layout, ground-truth rules, and stage fingerprints.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include "common/data/prompt_data.h"
@@ -155,4 +156,17 @@ TEST(RlhfStage, FingerprintsFollowConfigInputsAndUpstreamStages) {
                                                     << "\n";
   EXPECT_NE(fingerprints({}).first, first.first);
   EXPECT_NE(fingerprints({"run.seed=9"}).first, fingerprints({}).first);
+
+  // A bare word is a name, not a path: a directory called "sft" where the command runs (the
+  // source tree has one) changing under it leaves the stage's fingerprint alone.
+  const auto before = fingerprints({});
+  const auto cwd = std::filesystem::current_path();
+  std::filesystem::current_path(dir);
+  std::filesystem::create_directories("sft");
+  const auto with_dir = fingerprints({});
+  std::ofstream("sft/edited.cpp") << "changed";
+  const auto after_edit = fingerprints({});
+  std::filesystem::current_path(cwd);
+  EXPECT_EQ(with_dir, before);
+  EXPECT_EQ(after_edit, before);
 }

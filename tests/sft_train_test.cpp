@@ -168,7 +168,8 @@ TEST(SftTrain, ScheduleWarmsUpThenDecays) {
 TEST(SftTrain, CheckpointRoundTripAndInterruptedSaveIsIgnored) {
   const std::string dir = test::temp_dir("ckpt");
   auto model = tiny_model(7);
-  auto opt = make_adamw(*model, {1e-2, 0.0, 0.9, 0.95, 1e-8});
+  auto opt = std::make_unique<ParallelAdamW>(*model, OptimizerOptions{1e-2, 0.0, 0.9, 0.95, 1e-8},
+                                             dist::Group());
   auto examples = random_examples(2, 8);
   BatchingOptions o;
   o.max_seq_len = 64;
@@ -182,7 +183,8 @@ TEST(SftTrain, CheckpointRoundTripAndInterruptedSaveIsIgnored) {
   std::ofstream(dir + "/step-4.tmp/model.safetensors") << "garbage";
 
   auto restored = tiny_model(99);
-  auto restored_opt = make_adamw(*restored, {1e-2, 0.0, 0.9, 0.95, 1e-8});
+  auto restored_opt = std::make_unique<ParallelAdamW>(
+      *restored, OptimizerOptions{1e-2, 0.0, 0.9, 0.95, 1e-8}, dist::Group());
   auto state = load_latest_checkpoint(
       dir, {{{"model", restored.get()}}, {{"optimizer", restored_opt.get()}}});
   EXPECT_EQ(state["step"], 3);

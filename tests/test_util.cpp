@@ -1,19 +1,26 @@
 #include "tests/test_util.h"
 
 #include "common/util/error.h"
+#include "common/util/files.h"
 #include "tiller_build_paths.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 extern char** environ;
 
@@ -77,6 +84,23 @@ std::string error_of(const std::function<void()>& f) {
 namespace tiller::test {
 
 int spawn_logged(const std::vector<std::string>& args, const std::string& log) {
+  return spawn_logged(args, log, {});
+}
+
+int spawn_logged(const std::vector<std::string>& args, const std::string& log,
+                 const std::vector<std::string>& environment) {
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry = *e;
+    const std::string name = entry.substr(0, entry.find('='));
+    bool replaced = false;
+    for (const auto& add : environment) replaced = replaced || add.substr(0, add.find('=')) == name;
+    if (!replaced) env_strings.push_back(entry);
+  }
+  env_strings.insert(env_strings.end(), environment.begin(), environment.end());
+  std::vector<char*> envp;
+  for (auto& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -85,9 +109,45 @@ int spawn_logged(const std::vector<std::string>& args, const std::string& log) {
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   pid_t pid = -1;
-  posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   return pid;
+}
+
+int wait_exit(int pid, double seconds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (true) {
+    int status = 0;
+    const pid_t done = waitpid(pid, &status, WNOHANG);
+    if (done == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (done < 0 || std::chrono::steady_clock::now() > deadline) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  socklen_t length = sizeof address;
+  int port = -1;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0)
+    port = ntohs(address.sin_port);
+  close(fd);
+  return port;
+}
+
+std::string quickstart_recipe_in(const std::string& dir) {
+  std::string text = read_file(std::string(TILLER_SOURCE_DIR) + "/recipes/quickstart.json");
+  for (size_t at = text.find("runs/quickstart"); at != std::string::npos;
+       at = text.find("runs/quickstart", at + dir.size()))
+    text.replace(at, std::string("runs/quickstart").size(), dir);
+  const std::string path = dir + "-recipe.json";
+  write_file_atomic(path, text);
+  return path;
 }
 
 int64_t last_logged_step(const std::string& metrics_path) {

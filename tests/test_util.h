@@ -20,6 +20,17 @@ int run_command(const std::string& command, std::string* output);
 std::string tiller_binary();
 // Starts a command (argv[0] a path) in the background, stdout and stderr appended to `log`.
 int spawn_logged(const std::vector<std::string>& args, const std::string& log);
+// The same with variables added to (or replacing those in) the environment, "NAME=value" each.
+int spawn_logged(const std::vector<std::string>& args, const std::string& log,
+                 const std::vector<std::string>& environment);
+// Waits for the process up to `seconds`; its exit status (128 + signal when killed by one), or
+// -1 when it is still running then (it is left running).
+int wait_exit(int pid, double seconds);
+// A TCP port on 127.0.0.1 that was free a moment ago.
+int free_port();
+// recipes/quickstart.json with its run and data directories moved to `dir`; returns the copy's
+// path (beside `dir`).
+std::string quickstart_recipe_in(const std::string& dir);
 // The largest integer "step" in a metrics.jsonl (-1 when none; partial lines ignored).
 int64_t last_logged_step(const std::string& metrics_path);
 // The arguments as one shell command line, each single-quoted.

@@ -35,8 +35,11 @@ torch::Tensor rng_state() {
 
 }  // namespace
 
-void save_checkpoint(const std::string& dir, const CheckpointParts& parts,
-                     const nlohmann::json& state, int64_t keep) {
+namespace {
+
+void write_checkpoint(const std::string& dir, const CheckpointParts& parts,
+                      const std::vector<std::string>& optimizer_states, const nlohmann::json& state,
+                      int64_t keep) {
   const int64_t step = state.at("step").get<int64_t>();
   make_directories(dir);
   // Leftovers of an interrupted save are never loaded; clear them.
@@ -49,8 +52,9 @@ void save_checkpoint(const std::string& dir, const CheckpointParts& parts,
   try {
     for (const auto& [part, model] : parts.models)
       write_safetensors(tmp + "/" + part + ".safetensors", model->named_weights());
-    for (const auto& [part, optimizer] : parts.optimizers)
-      write_file_atomic(tmp + "/" + part + ".optimizer.pt", optimizer_state_bytes(*optimizer));
+    for (size_t i = 0; i < parts.optimizers.size(); ++i)
+      write_file_atomic(tmp + "/" + parts.optimizers[i].first + ".optimizer.pt",
+                        optimizer_states[i]);
     write_safetensors(tmp + "/rng.safetensors", {{"cpu", rng_state()}});
     write_file_atomic(tmp + "/state.json", state.dump(2) + "\n");
     fsync_directory(tmp);
@@ -70,6 +74,29 @@ void save_checkpoint(const std::string& dir, const CheckpointParts& parts,
     remove_all(all[i].second);
 }
 
+}  // namespace
+
+void save_checkpoint(const std::string& dir, const CheckpointParts& parts,
+                     const nlohmann::json& state, int64_t keep) {
+  std::vector<std::string> optimizer_states;
+  for (const auto& [part, optimizer] : parts.optimizers)
+    optimizer_states.push_back(optimizer->gathered_state());
+  const dist::Group& world = dist::world();
+  std::string failure;
+  if (world.rank() == 0) {
+    try {
+      write_checkpoint(dir, parts, optimizer_states, state, keep);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  }
+  // Every rank stops when rank 0 could not write (and none goes on to a collective alone).
+  if (world.max(failure.empty() ? 0.0 : 1.0) > 0)
+    throw Error(failure.empty() ? "rank 0 could not write checkpoint step-" +
+                                      std::to_string(state.at("step").get<int64_t>()) + " in " + dir
+                                : failure);
+}
+
 nlohmann::json load_latest_checkpoint(const std::string& dir, const CheckpointParts& parts) {
   const std::string latest_file = dir + "/latest";
   if (!path_exists(latest_file)) return nullptr;
@@ -83,7 +110,7 @@ nlohmann::json load_latest_checkpoint(const std::string& dir, const CheckpointPa
     load_weights(*model, read_safetensors(ckpt + "/" + part + ".safetensors"), ckpt + "/" + part);
   for (const auto& [part, optimizer] : parts.optimizers) {
     const std::string path = ckpt + "/" + part + ".optimizer.pt";
-    load_optimizer_state(*optimizer, read_file(path), path);
+    optimizer->load_gathered_state(read_file(path), path);
   }
   auto rng = read_safetensors(ckpt + "/rng.safetensors");
   check(rng.count("cpu"), ckpt + "/rng.safetensors: no cpu state");

@@ -1,6 +1,10 @@
 // Resumable training checkpoints: models + optimizers + RNG + trainer state, written to
 // step-N.tmp/, fsynced, renamed to step-N/, then `latest` replaced by rename. A crash at any
 // instant leaves the previous checkpoint loadable.
+//
+// In a multi-process job every rank calls both: the save gathers sharded optimizer state (a
+// collective) and rank 0 writes; every rank learns whether the write succeeded. Loading reads the
+// same files on every rank, each keeping its shard.
 #pragma once
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -9,13 +13,14 @@
 #include <vector>
 
 #include "common/model/transformer.h"
+#include "common/train/parallel_adamw.h"
 
 namespace tiller {
 
 // What a checkpoint holds, by name: models as safetensors, optimizers as serialized state.
 struct CheckpointParts {
   std::vector<std::pair<std::string, TransformerImpl*>> models;
-  std::vector<std::pair<std::string, torch::optim::Optimizer*>> optimizers;
+  std::vector<std::pair<std::string, ParallelAdamW*>> optimizers;
 };
 
 // Writes CHECKPOINTS/step-<step>/ with `state` (which must hold "step") and the parts; keeps the

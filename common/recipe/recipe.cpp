@@ -90,6 +90,9 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     const int64_t threads = run.integer("threads", 0);
     recipe.run.threads = static_cast<int>(std::clamp<int64_t>(threads, 0, 1024));
     recipe.run.device = run.string("device", recipe.run.device);
+    recipe.run.dist_timeout_s = run.integer("dist_timeout_s", recipe.run.dist_timeout_s);
+    run.require(recipe.run.dist_timeout_s >= 1 && recipe.run.dist_timeout_s <= 86400,
+                "dist_timeout_s", "must be in [1, 86400] seconds");
     run.require(!recipe.run.name.empty() && recipe.run.name.find('/') == std::string::npos, "name",
                 "must be a non-empty name without '/'");
     run.require(threads >= 0 && threads <= 1024, "threads", "must be in [0, 1024] (0: every core)");

@@ -18,6 +18,7 @@ struct RunConfig {
   uint64_t seed = 1234;
   int threads = 0;  // 0: every core
   std::string device = "cpu";
+  int64_t dist_timeout_s = 300;  // multi-process jobs: rendezvous and each collective
 };
 
 // Where the base model comes from: exactly one of an HF directory, a llama2.c file (with its

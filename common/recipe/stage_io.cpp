@@ -1,5 +1,6 @@
 #include "common/recipe/stage_io.h"
 
+#include "common/dist/process_group.h"
 #include "common/io/hf_dir.h"
 #include "common/io/llama2c.h"
 #include "common/tokenizer/tokenizer.h"
@@ -90,7 +91,9 @@ void add_path(Digest& d, const std::string& path) {
 
 std::string fingerprint_of(const Recipe& recipe, const std::string& stage, size_t depth);
 
-// Every string in the config: a reference to an earlier stage, or a path that exists.
+// Every string in the config: a reference to an earlier stage, or a path that exists. A path is
+// a string with a '/' or a '.' in it: bare words are names and choices ("sft", "plain"), which
+// must not pick up a file of that name in the working directory.
 void add_strings(Digest& d, const Recipe& recipe, const nlohmann::json& json, size_t depth) {
   if (json.is_object() || json.is_array()) {
     for (const auto& item : json) add_strings(d, recipe, item, depth);
@@ -98,7 +101,7 @@ void add_strings(Digest& d, const Recipe& recipe, const nlohmann::json& json, si
     const std::string s = json.get<std::string>();
     if (s.size() > 1 && s[0] == '@') {
       d.add("ref " + s + " " + fingerprint_of(recipe, s.substr(1), depth + 1));
-    } else if (!s.empty() && path_exists(s)) {
+    } else if (s.find_first_of("/.") != std::string::npos && path_exists(s)) {
       add_path(d, s);
     }
   }
@@ -170,7 +173,8 @@ std::string resolve_model_reference(const Recipe& recipe, const std::string& ref
     if (!recipe.base.hf.empty()) return recipe.base.hf;
     check(!recipe.base.llama2c.empty(), recipe.source + ": the recipe has no base model");
     check_stage_reusable(recipe, "base");
-    if (!stage_complete(recipe, "base")) {
+    // Rank 0 converts; every rank waits for it (a no-op in a single process).
+    if (dist::is_main() && !stage_complete(recipe, "base")) {
       auto model = import_llama2c(recipe.base.llama2c);
       Tokenizer(recipe.base.tokenizer).check_matches(model->config, recipe.base.llama2c);
       SaveOptions options;
@@ -178,6 +182,7 @@ std::string resolve_model_reference(const Recipe& recipe, const std::string& ref
       save_hf_model(*model, stage_output_dir(recipe, "base"), options);
       mark_stage_complete(recipe, "base", {{"stage", "base"}, {"from", recipe.base.llama2c}});
     }
+    dist::world().barrier();
     return stage_output_dir(recipe, "base");
   }
   check_stage_reusable(recipe, name);

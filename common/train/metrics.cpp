@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/dist/process_group.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
 
@@ -116,6 +117,7 @@ void TensorBoardWriter::flush() {
 }
 
 MetricsLog::MetricsLog(const std::string& dir, int64_t first_step) : path_(dir + "/metrics.jsonl") {
+  if (!dist::is_main()) return;  // rank 0 writes the job's metrics
   make_directories(dir);
   truncate_jsonl_from(path_, "step", first_step);
   tensorboard_ = std::make_unique<TensorBoardWriter>(dir + "/tensorboard");
@@ -145,6 +147,7 @@ void append_jsonl(const std::string& path, const nlohmann::json& record) {
 }
 
 void MetricsLog::log(const nlohmann::json& record) {
+  if (!tensorboard_) return;  // not rank 0
   append_jsonl(path_, record);
   const int64_t step = record.at("step").get<int64_t>();
   for (auto it = record.begin(); it != record.end(); ++it)

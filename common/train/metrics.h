@@ -29,7 +29,8 @@ class TensorBoardWriter {
 
 class MetricsLog {
  public:
-  // Appends to DIR/metrics.jsonl and writes TensorBoard events under DIR/tensorboard/. On resume,
+  // Appends to DIR/metrics.jsonl and writes TensorBoard events under DIR/tensorboard/ (on rank 0
+  // of a multi-process job; a no-op on the others). On resume,
   // lines for steps >= first_step are dropped first, so no step is ever logged twice.
   MetricsLog(const std::string& dir, int64_t first_step);
   // Logs every numeric field of `record` (which must hold "step").

@@ -8,9 +8,16 @@ namespace tiller {
 
 std::unique_ptr<torch::optim::AdamW> make_adamw(torch::nn::Module& model,
                                                 const OptimizerOptions& o) {
+  return make_adamw(model, o, [](size_t) { return true; });
+}
+
+std::unique_ptr<torch::optim::AdamW> make_adamw(torch::nn::Module& model, const OptimizerOptions& o,
+                                                const std::function<bool(size_t)>& include) {
   std::vector<torch::Tensor> decayed, plain;
+  size_t index = 0;
   for (auto& item : model.named_parameters(/*recurse=*/true)) {
     if (!item.value().requires_grad()) continue;
+    if (!include(index++)) continue;
     const std::string& name = item.key();
     const bool no_decay = item.value().dim() < 2 || name.find("norm") != std::string::npos;
     (no_decay ? plain : decayed).push_back(item.value());

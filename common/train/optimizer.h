@@ -3,6 +3,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -17,6 +18,11 @@ struct OptimizerOptions {
 // Two parameter groups: [0] decayed (matrices, embeddings), [1] not decayed (norms, biases).
 std::unique_ptr<torch::optim::AdamW> make_adamw(torch::nn::Module& model,
                                                 const OptimizerOptions& options);
+// The same over the trainable parameters whose index (in the model's parameter order, counting
+// trainable ones only) `include` accepts: one rank's shard under ZeRO-1.
+std::unique_ptr<torch::optim::AdamW> make_adamw(torch::nn::Module& model,
+                                                const OptimizerOptions& options,
+                                                const std::function<bool(size_t)>& include);
 
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
 

@@ -7,6 +7,7 @@
 
 #include "common/recipe/config_reader.h"
 #include "common/train/optimizer.h"
+#include "common/train/parallel_adamw.h"
 #include "common/train/schedule.h"
 
 namespace tiller {
@@ -31,8 +32,13 @@ struct TrainConfig {
   std::string precision = "fp32";  // fp32, bf16, auto
   bool activation_checkpointing = false;
   int64_t max_nonfinite_steps = 5;  // consecutive non-finite steps that stop the run
+  int64_t zero_stage = 0;           // 1: AdamW state sharded over the data-parallel ranks
+  double allreduce_bucket_mb = 25;  // gradients are all-reduced in buckets of this size
 
   OptimizerOptions optimizer() const { return {lr, weight_decay, beta1, beta2, eps}; }
+  ParallelOptions parallel_options() const {
+    return {static_cast<int>(zero_stage), static_cast<int64_t>(allreduce_bucket_mb * (1 << 20))};
+  }
   ScheduleOptions schedule_options() const {
     return {lr, min_lr_ratio, warmup_steps, steps, schedule};
   }

@@ -4,6 +4,8 @@
 
 #include <csignal>
 
+#include "common/dist/process_group.h"
+
 namespace tiller {
 
 namespace {
@@ -47,7 +49,9 @@ void request_interrupt(bool requested) {
 
 void stop_if_interrupted(const std::string& stage, int64_t step, bool already_saved,
                          const std::function<void()>& save) {
-  if (!interrupt_requested()) return;
+  // Every rank of a job stops at the same step (a signal may reach only some of them).
+  if (dist::world().max(interrupt_requested() ? 1.0 : 0.0) == 0) return;
+  request_interrupt();
   if (!already_saved) save();
   throw Interrupted("interrupted: stage " + stage + " stopped after step " + std::to_string(step) +
                     " with a checkpoint there; run the same command again to resume");

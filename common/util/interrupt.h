@@ -20,7 +20,8 @@ bool interrupt_requested();
 // For tests and embedders: as if a signal had arrived (or, with false, clears it).
 void request_interrupt(bool requested = true);
 
-// At the end of a step: when an interrupt was requested, saves a checkpoint through `save` unless
+// At the end of a step (on every rank of a job: it agrees whether any rank was signalled): when an
+// interrupt was requested, saves a checkpoint through `save` unless
 // `already_saved`, then throws Interrupted naming the stage and the step.
 void stop_if_interrupted(const std::string& stage, int64_t step, bool already_saved,
                          const std::function<void()>& save);
