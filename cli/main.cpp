@@ -363,6 +363,28 @@ void write_run_summary(const Recipe& recipe) {
               recipe.run.dir.c_str());
 }
 
+// The job's layout and each stage's effective global batch, for the head of the resolved recipe.
+std::vector<std::string> distributed_layout(const ParsedRecipe& parsed) {
+  const dist::Group& world = dist::world();
+  if (world.single()) return {};
+  const std::string ranks = std::to_string(world.size());
+  std::vector<std::string> lines = {
+      "distributed: " + ranks + " ranks (" + dist::launch().launcher + "), " + ranks +
+      "-way data parallel; every batch_size below is the global batch"};
+  for (const auto& s : parsed.sft_stages)
+    lines.push_back("stage " + s.name + ": global batch " + std::to_string(s.train.batch_size) +
+                    " rows = " + ranks + " ranks x " +
+                    std::to_string(s.train.batch_size / world.size()));
+  for (const auto& s : parsed.reward_stages)
+    lines.push_back("stage " + s.name + ": global batch " + std::to_string(s.train.batch_size) +
+                    " pairs = " + ranks + " ranks x " +
+                    std::to_string(s.train.batch_size / world.size()));
+  for (const auto& s : parsed.rlhf_stages)
+    lines.push_back("stage " + s.name + ": rollout batch " + std::to_string(s.batch_size) +
+                    " episodes shared by " + ranks + " ranks");
+  return lines;
+}
+
 int run_recipe(const RecipeArgs& a, const std::string& only_type) {
   ParsedRecipe parsed = parse_recipe(a);
   if (a.check_only) {
@@ -371,7 +393,7 @@ int run_recipe(const RecipeArgs& a, const std::string& only_type) {
   }
   set_threads(parsed.recipe.run.threads);
   warn_if_slow_blas();
-  if (dist::is_main()) save_resolved_recipe(parsed.recipe);
+  if (dist::is_main()) save_resolved_recipe(parsed.recipe, distributed_layout(parsed));
   if (!only_type.empty()) {
     run_stage(parsed, only_stage_of_type(parsed.recipe, only_type).name);
     dist::shutdown();

@@ -135,6 +135,12 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
     c.log_every = t.integer("log_every", c.log_every);
     c.precision = t.string("precision", c.precision);
     c.max_nonfinite_steps = t.integer("max_nonfinite_steps", c.max_nonfinite_steps);
+    c.parallel.zero_stage = static_cast<int>(t.integer("zero_stage", c.parallel.zero_stage));
+    const double bucket_mb = t.number("allreduce_bucket_mb", 25);
+    c.parallel.bucket_bytes = static_cast<int64_t>(bucket_mb * (1 << 20));
+    t.require(c.parallel.zero_stage == 0 || c.parallel.zero_stage == 1, "zero_stage",
+              "must be 0 (replicated optimizer state) or 1 (sharded over data-parallel ranks)");
+    t.require(bucket_mb > 0 && bucket_mb <= 4096, "allreduce_bucket_mb", "must be in (0, 4096]");
     t.require(c.iterations >= 1, "iterations", "must be at least 1");
     t.require(c.actor_lr > 0 && c.actor_lr < 1, "actor_lr", "must be in (0, 1)");
     t.require(c.critic_lr > 0 && c.critic_lr < 1, "critic_lr", "must be in (0, 1)");
@@ -329,9 +335,10 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
   if (!dp.single())
     std::printf("[%s] data parallel: %d ranks share each rollout of %lld episodes\n",
                 c.name.c_str(), dp.size(), (long long)c.batch_size);
-  ParallelAdamW actor_optimizer(*actor, {c.actor_lr, c.weight_decay, c.beta1, c.beta2, c.eps}, dp);
+  ParallelAdamW actor_optimizer(*actor, {c.actor_lr, c.weight_decay, c.beta1, c.beta2, c.eps}, dp,
+                                c.parallel);
   ParallelAdamW critic_optimizer(*critic, {c.critic_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
-                                 dp);
+                                 dp, c.parallel);
   PpoTrainer trainer(options, *actor, *reference, *critic, scorer, actor_optimizer,
                      critic_optimizer, dp);
   ppo::KLController kl(c.beta, c.kl_target, c.kl_horizon);

@@ -10,6 +10,7 @@
 
 #include "common/data/prompt_data.h"
 #include "common/recipe/recipe.h"
+#include "common/train/parallel_adamw.h"
 #include "rlhf/ground_truth.h"
 #include "rlhf/ppo_trainer.h"
 
@@ -41,6 +42,7 @@ struct RlhfStageConfig {
   int64_t checkpoint_every = 0, keep_checkpoints = 2, log_every = 1;
   std::string precision = "fp32";
   int64_t max_nonfinite_steps = 5;
+  ParallelOptions parallel;  // train.zero_stage, train.allreduce_bucket_mb
   GroundTruthRule ground_truth;
   int64_t sample_every = 10, sample_count = 4;
 };

@@ -254,6 +254,16 @@ TEST(DataParallel, TwoRanksMatchOneRankOnTheQuickstartChain) {
   EXPECT_NE(rank0.find("[sft] data parallel: 2 ranks x 8 rows = global batch 16 rows"),
             std::string::npos)
       << rank0;
+  // The resolved recipe states the global batches, in comments that keep it a valid recipe.
+  const std::string resolved = test::read_bytes(root + "/two/recipe.json");
+  EXPECT_NE(resolved.find("// stage sft: global batch 16 rows = 2 ranks x 8"), std::string::npos)
+      << resolved.substr(0, 400);
+  std::string out;
+  EXPECT_EQ(test::run_command(test::shell_command({test::tiller_binary(), "run", "--check",
+                                                   root + "/two/recipe.json"}),
+                              &out),
+            0)
+      << out;
   // Rank 1 writes nothing to stdout; rank 0 writes the job's files.
   EXPECT_EQ(test::read_bytes(two.logs[1]).find("[sft] step"), std::string::npos);
 

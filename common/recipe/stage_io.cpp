@@ -157,9 +157,11 @@ void mark_stage_complete(const Recipe& recipe, const std::string& stage,
   write_file_atomic(recipe.stage_dir(stage) + "/complete.json", marked.dump(2) + "\n");
 }
 
-void save_resolved_recipe(const Recipe& recipe) {
+void save_resolved_recipe(const Recipe& recipe, const std::vector<std::string>& comment) {
   make_directories(recipe.run.dir);
-  write_file_atomic(recipe.run.dir + "/recipe.json", recipe.resolved.dump(2) + "\n");
+  std::string text;
+  for (const auto& line : comment) text += "// " + line + "\n";
+  write_file_atomic(recipe.run.dir + "/recipe.json", text + recipe.resolved.dump(2) + "\n");
 }
 
 std::string resolve_model_reference(const Recipe& recipe, const std::string& reference) {

@@ -32,7 +32,8 @@ void check_stage_reusable(const Recipe& recipe, const std::string& stage);
 void mark_stage_complete(const Recipe& recipe, const std::string& stage,
                          const nlohmann::json& summary);
 
-// Saves the resolved recipe as RUN_DIR/recipe.json.
-void save_resolved_recipe(const Recipe& recipe);
+// Saves the resolved recipe as RUN_DIR/recipe.json, after `comment` lines (each written as a
+// "// " line, which load_recipe skips, so the file stays a valid recipe).
+void save_resolved_recipe(const Recipe& recipe, const std::vector<std::string>& comment = {});
 
 }  // namespace tiller
