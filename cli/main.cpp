@@ -13,6 +13,7 @@
 #include "cli/report_cmd.h"
 #include "cli/scaling_cmd.h"
 #include "common/dist/process_group.h"
+#include "common/io/checkpoint.h"
 #include "common/io/hf_dir.h"
 #include "common/io/llama2c.h"
 #include "common/recipe/recipe.h"
@@ -455,6 +456,13 @@ int main(int argc, char** argv) {
       ->required();
 
   GenerateArgs gen;
+  std::vector<std::string> checkpoint_dirs;
+  auto* checkpoint_cmd = app.add_subcommand("checkpoint", "checkpoint tools");
+  auto* verify_cmd = checkpoint_cmd->add_subcommand(
+      "verify", "read every checkpoint in CHECKPOINTS_DIR... in full (no model needed)");
+  verify_cmd->add_option("dirs", checkpoint_dirs, "a stage's checkpoints/ directory")->required();
+  checkpoint_cmd->require_subcommand(1);
+
   auto* gen_cmd = app.add_subcommand("generate", "sample completions from a model directory");
   gen_cmd->add_option("--model", gen.model, "HF model directory")->required();
   gen_cmd->add_option("--tokenizer", gen.tokenizer,
@@ -624,6 +632,15 @@ int main(int argc, char** argv) {
     } else if (*version) {
       std::printf("tiller %s (LibTorch %s%s)\n", TILLER_VERSION, compat::torch_version().c_str(),
                   compat::cuda_available() ? ", CUDA" : ", CPU");
+    } else if (*verify_cmd) {
+      for (const auto& dir : checkpoint_dirs) {
+        const auto steps = verify_checkpoints(dir);
+        std::printf("%s: %zu checkpoints read in full%s\n", dir.c_str(), steps.size(),
+                    steps.empty() ? ""
+                                  : (" (steps " + std::to_string(steps.front()) + ".." +
+                                     std::to_string(steps.back()) + ")")
+                                        .c_str());
+      }
     } else if (*convert_cmd) {
       run_convert(convert);
     } else if (*gen_cmd) {

@@ -212,6 +212,31 @@ TEST(SftTrain, CheckpointRoundTripAndInterruptedSaveIsIgnored) {
   EXPECT_FALSE(std::filesystem::exists(dir + "/step-4.tmp"));
 }
 
+TEST(SftTrain, CheckpointVerifyReadsEveryCheckpointAndNamesABadFile) {
+  const std::string dir = test::temp_dir("verify");
+  auto model = tiny_model(3);
+  ParallelAdamW opt(*model, OptimizerOptions{}, dist::Group());
+  for (int step : {1, 2})
+    save_checkpoint(dir, {{{"model", model.get()}}, {{"optimizer", &opt}}}, {{"step", step}}, 3);
+  EXPECT_EQ(verify_checkpoints(dir), (std::vector<int64_t>{1, 2}));
+
+  // A truncated weights file in the older checkpoint (not the one `latest` names) is found.
+  const std::string weights = dir + "/step-1/model.safetensors";
+  const std::string bytes = test::read_bytes(weights);
+  std::ofstream(weights, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() / 2);
+  EXPECT_NE(test::error_of([&] { verify_checkpoints(dir); }).find(weights), std::string::npos);
+  std::ofstream(weights, std::ios::binary | std::ios::trunc) << bytes;
+  EXPECT_EQ(verify_checkpoints(dir).size(), 2u);
+
+  // A garbled optimizer archive, and a `latest` naming nothing.
+  std::ofstream(dir + "/step-2/optimizer.optimizer.pt", std::ios::trunc) << "not an archive";
+  EXPECT_NE(test::error_of([&] { verify_checkpoints(dir); }).find("not a readable optimizer"),
+            std::string::npos);
+  std::filesystem::remove_all(dir + "/step-2");
+  EXPECT_NE(test::error_of([&] { verify_checkpoints(dir); }).find("which does not exist"),
+            std::string::npos);
+}
+
 TEST(SftTrain, Crc32cMatchesTheStandardCheckValue) {
   EXPECT_EQ(crc32c("123456789", 9), 0xE3069283u);
 }

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <regex>
+#include <sstream>
 
 #include "common/io/hf_dir.h"
 #include "common/io/safetensors.h"
@@ -119,6 +120,45 @@ nlohmann::json load_latest_checkpoint(const std::string& dir, const CheckpointPa
   auto state = read_json_file(ckpt + "/state.json");
   check(state.is_object() && state.contains("step"), ckpt + "/state.json: no step");
   return state;
+}
+
+std::vector<int64_t> verify_checkpoints(const std::string& dir) {
+  check(is_directory(dir), dir + ": not a directory");
+  std::vector<int64_t> steps;
+  for (const auto& [step, path] : finished_checkpoints(dir)) {
+    bool has_state = false;
+    for (const auto& entry : fs::directory_iterator(path)) {
+      const std::string file = entry.path().string();
+      const std::string name = entry.path().filename().string();
+      if (entry.path().extension() == ".safetensors") {
+        read_safetensors(file);
+      } else if (name.size() > 13 && name.substr(name.size() - 13) == ".optimizer.pt") {
+        try {
+          std::istringstream in(read_file(file));
+          torch::serialize::InputArchive archive;
+          archive.load_from(in);
+        } catch (const c10::Error& e) {
+          throw Error(file + ": not a readable optimizer archive (" +
+                      std::string(e.what_without_backtrace()).substr(0, 120) + ")");
+        }
+      } else if (name == "state.json") {
+        const auto state = read_json_file(file);
+        check(state.is_object() && state.contains("step") && state["step"] == step,
+              file + ": no step, or not " + std::to_string(step));
+        has_state = true;
+      }
+    }
+    check(has_state, path + ": no state.json");
+    steps.push_back(step);
+  }
+  if (path_exists(dir + "/latest")) {
+    std::string name = read_file(dir + "/latest");
+    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+    check(is_directory(dir + "/" + name), dir + "/latest names " + name + ", which does not exist");
+  } else {
+    check(steps.empty(), dir + ": checkpoints without a `latest` file");
+  }
+  return steps;
 }
 
 }  // namespace tiller

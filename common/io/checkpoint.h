@@ -33,4 +33,9 @@ void save_checkpoint(const std::string& checkpoints_dir, const CheckpointParts& 
 nlohmann::json load_latest_checkpoint(const std::string& checkpoints_dir,
                                       const CheckpointParts& parts);
 
+// Reads every finished checkpoint in the directory without a model: each safetensors file parsed
+// in full, each optimizer archive deserialized, state.json parsed, and `latest` naming one of
+// them. Returns the steps found (ascending); throws tiller::Error naming the first bad file.
+std::vector<int64_t> verify_checkpoints(const std::string& checkpoints_dir);
+
 }  // namespace tiller
