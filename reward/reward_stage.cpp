@@ -317,6 +317,7 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
   CheckpointParts parts{{{"model", model.get()}}, {{"optimizer", &optimizer}}};
   int64_t step = 0, epoch = 0, index = 0;
   NonFiniteGuard guard(c.name, checkpoints, t.max_nonfinite_steps);
+  guard.set_spike_filter(t.loss_spike_zscore, t.loss_spike_window);
   auto state = load_latest_checkpoint(checkpoints, parts);
   if (!state.is_null()) {
     step = state.at("step").get<int64_t>();
@@ -418,7 +419,8 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
                              {"lr", lr},
                              {"grad_norm", grad_norm},
                              {"tokens_per_s", tokens_per_s},
-                             {"skipped_steps", guard.skipped()}};
+                             {"skipped_steps", guard.skipped()},
+                             {"spike_skipped_steps", guard.spikes_skipped()}};
     const bool eval_now =
         !val.empty() && ((t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps);
     if (eval_now) {

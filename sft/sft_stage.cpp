@@ -275,6 +275,7 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   CheckpointParts parts{{{"model", model.get()}}, {{"optimizer", &optimizer}}};
   int64_t step = 0;
   NonFiniteGuard guard(c.name, checkpoints, t.max_nonfinite_steps);
+  guard.set_spike_filter(t.loss_spike_zscore, t.loss_spike_window);
   DataPosition position;
   auto state = load_latest_checkpoint(checkpoints, parts);
   if (!state.is_null()) {
@@ -362,7 +363,8 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
                              {"lr", lr},
                              {"tokens_per_s", tokens_per_s},
                              {"grad_norm", grad_norm},
-                             {"skipped_steps", guard.skipped()}};
+                             {"skipped_steps", guard.skipped()},
+                             {"spike_skipped_steps", guard.spikes_skipped()}};
     const bool eval_now =
         !val_rows.empty() && ((t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps);
     if (eval_now) {

@@ -4,6 +4,7 @@
 #include "common/torch_compat.h"
 #include "common/train/activation_checkpoint.h"
 #include "common/util/error.h"
+#include "common/util/runtime.h"
 
 namespace tiller {
 
@@ -12,6 +13,12 @@ namespace F = torch::nn::functional;
 KVCache::KVCache(const ModelConfig& config, int64_t batch, int64_t capacity,
                  torch::TensorOptions options) {
   const int64_t hd = config.resolved_head_dim();
+  check_fits_in_memory(
+      2.0 * static_cast<double>(config.num_hidden_layers) * batch * config.num_key_value_heads *
+          capacity * hd *
+          static_cast<double>(c10::elementSize(c10::typeMetaToScalarType(options.dtype()))),
+      "a KV cache of " + std::to_string(batch) + " rows x " + std::to_string(capacity) +
+          " positions");
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     keys.push_back(torch::zeros({batch, config.num_key_value_heads, capacity, hd}, options));
     values.push_back(torch::zeros({batch, config.num_key_value_heads, capacity, hd}, options));
@@ -174,6 +181,9 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& input_ids, const torch::
 
 TransformerImpl::TransformerImpl(const ModelConfig& c) : config(c) {
   config.validate("model config");
+  check_fits_in_memory(
+      4.0 * static_cast<double>(config.parameter_count()),
+      "model config: " + std::to_string(config.parameter_count()) + " parameters in fp32");
   model = register_module("model", Decoder(c));
   if (c.num_labels > 0) {
     score = register_module("score", linear(c.hidden_size, c.num_labels, false));

@@ -27,6 +27,8 @@ TrainConfig parse_train_config(const nlohmann::json& json, const std::string& pa
   c.precision = r.string("precision", c.precision);
   c.activation_checkpointing = r.boolean("activation_checkpointing", c.activation_checkpointing);
   c.max_nonfinite_steps = r.integer("max_nonfinite_steps", c.max_nonfinite_steps);
+  c.loss_spike_zscore = r.number("loss_spike_zscore", c.loss_spike_zscore);
+  c.loss_spike_window = r.integer("loss_spike_window", c.loss_spike_window);
   c.zero_stage = r.integer("zero_stage", c.zero_stage);
   c.allreduce_bucket_mb = r.number("allreduce_bucket_mb", c.allreduce_bucket_mb);
 
@@ -53,6 +55,9 @@ TrainConfig parse_train_config(const nlohmann::json& json, const std::string& pa
   r.require(c.log_every >= 1, "log_every", "must be at least 1");
   r.one_of("precision", c.precision, {"fp32", "bf16", "auto"});
   r.require(c.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be at least 1");
+  r.require(c.loss_spike_zscore >= 0, "loss_spike_zscore", "must be >= 0 (0: off)");
+  r.require(c.loss_spike_window >= 2 && c.loss_spike_window <= 100000, "loss_spike_window",
+            "must be in [2, 100000]");
   r.require(c.zero_stage == 0 || c.zero_stage == 1, "zero_stage",
             "must be 0 (replicated optimizer state) or 1 (sharded over data-parallel ranks)");
   r.require(c.allreduce_bucket_mb > 0 && c.allreduce_bucket_mb <= 4096, "allreduce_bucket_mb",

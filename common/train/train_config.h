@@ -32,6 +32,8 @@ struct TrainConfig {
   std::string precision = "fp32";  // fp32, bf16, auto
   bool activation_checkpointing = false;
   int64_t max_nonfinite_steps = 5;  // consecutive non-finite steps that stop the run
+  double loss_spike_zscore = 0;     // > 0: skip a step whose loss is this many stds above ...
+  int64_t loss_spike_window = 50;   // ... the mean of the last this many accepted losses
   int64_t zero_stage = 0;           // 1: AdamW state sharded over the data-parallel ranks
   double allreduce_bucket_mb = 25;  // gradients are all-reduced in buckets of this size
 

@@ -2,7 +2,6 @@
 
 #include <malloc.h>
 #include <torch/torch.h>
-
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +9,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
+
+#include "common/util/error.h"
 
 namespace tiller {
 
@@ -50,6 +51,19 @@ void warn_if_slow_blas() {
                "tiller: warning: a 1024x1024 matmul took %.0f ms: the BLAS in use looks like the "
                "reference one; install libopenblas0-openmp (scripts/setup.sh does)\n",
                best_ms);
+}
+
+double physical_memory_bytes() {
+  return static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+}
+
+void check_fits_in_memory(double bytes, const std::string& what) {
+  const double available = physical_memory_bytes();
+  if (available <= 0 || bytes <= available) return;
+  char text[160];
+  std::snprintf(text, sizeof text, " needs %.1f GiB; this machine has %.1f GiB of memory",
+                bytes / (1ull << 30), available / (1ull << 30));
+  throw Error(what + text);
 }
 
 }  // namespace tiller
