@@ -12,6 +12,7 @@
 #include "bench/bench.h"
 #include "cli/report_cmd.h"
 #include "cli/scaling_cmd.h"
+#include "cli/sweep_cmd.h"
 #include "common/dist/process_group.h"
 #include "common/io/checkpoint.h"
 #include "common/io/hf_dir.h"
@@ -243,7 +244,7 @@ struct RecipeArgs {
   std::string path;
   std::vector<std::string> overrides;
   bool check_only = false;
-  std::string only, from;
+  std::string only, from, until;
 };
 
 struct ParsedRecipe {
@@ -400,13 +401,18 @@ int run_recipe(const RecipeArgs& a, const std::string& only_type) {
     dist::shutdown();
     return 0;
   }
+  for (const auto* flag : {&a.from, &a.only, &a.until}) {
+    bool named = flag->empty();
+    for (const auto& stage : parsed.recipe.stages) named = named || stage.name == *flag;
+    check(named, "no stage named '" + *flag + "' in " + a.path);
+  }
   bool started = a.from.empty();
   for (const auto& stage : parsed.recipe.stages) {
     started = started || stage.name == a.from;
     if (!started || (!a.only.empty() && stage.name != a.only)) continue;
     run_stage(parsed, stage.name);
+    if (stage.name == a.until) break;
   }
-  check(started, "--from: no stage named '" + a.from + "'");
   if (dist::is_main()) write_run_summary(parsed.recipe);
   dist::shutdown();
   return 0;
@@ -571,6 +577,7 @@ int main(int argc, char** argv) {
       add_recipe_command("run", "run every stage of a recipe (finished stages are skipped)");
   run_cmd->add_option("--only", recipe_args.only, "run only this stage");
   run_cmd->add_option("--from", recipe_args.from, "start at this stage");
+  run_cmd->add_option("--until", recipe_args.until, "stop after this stage");
   auto* sft_cmd = add_recipe_command("sft", "run the recipe's sft stage");
   auto* pretrain_cmd = add_recipe_command("pretrain", "run the recipe's pretrain stage");
   auto* reward_cmd = add_recipe_command("reward", "run the recipe's reward stage");
@@ -596,6 +603,7 @@ int main(int argc, char** argv) {
 
   add_report_command(app);
   add_scaling_commands(app);
+  add_sweep_command(app);
 
   try {
     app.parse(argc, argv);

@@ -140,7 +140,8 @@ namespace {
 
 struct DataPosition {
   int64_t epoch = 0;
-  int64_t row = 0;  // next row of the epoch's plan
+  int64_t row = 0;    // next row of the epoch's plan
+  double tokens = 0;  // tokens trained on so far (padding excluded), every rank's
 };
 
 // Mean loss per target token over (up to max_batches of) the validation rows; the batches are
@@ -282,6 +283,7 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
     step = state.at("step").get<int64_t>();
     position.epoch = state.at("epoch").get<int64_t>();
     position.row = state.at("row").get<int64_t>();
+    position.tokens = state.value("tokens_trained", 0.0);
     guard.restore(state);
     std::printf("[%s] resumed from %s/step-%lld\n", c.name.c_str(), checkpoints.c_str(),
                 (long long)step);
@@ -294,7 +296,10 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   check(!epoch_rows.empty(), "stage " + c.name + ": no training rows");
 
   auto save = [&](int64_t at_step) {
-    nlohmann::json s = {{"step", at_step}, {"epoch", position.epoch}, {"row", position.row}};
+    nlohmann::json s = {{"step", at_step},
+                        {"epoch", position.epoch},
+                        {"row", position.row},
+                        {"tokens_trained", position.tokens}};
     s.update(guard.to_json());
     save_checkpoint(checkpoints, parts, s, t.keep_checkpoints);
   };
@@ -357,6 +362,7 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     const double tokens_per_s = counts[1] / std::max(seconds, 1e-9);
+    position.tokens += counts[1];
 
     nlohmann::json record = {{"step", step},
                              {"loss", loss},
@@ -393,6 +399,8 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
                             {"type", c.pretrain ? "pretrain" : "sft"},
                             {"steps", step},
                             {"final_loss", last_loss},
+                            {"tokens_trained", position.tokens},
+                            {"max_seq_len", t.max_seq_len},
                             {"skipped_steps", guard.skipped()},
                             {"train_examples", train.size()},
                             {"val_examples", val.size()},

@@ -40,7 +40,8 @@ int64_t read_token_id(const nlohmann::json& json, const char* key, int64_t fallb
   auto it = json.find(key);
   if (it == json.end() || it->is_null()) return fallback;
   if (it->is_number_integer()) return it->get<int64_t>();
-  if (it->is_array() && !it->empty() && (*it)[0].is_number_integer()) return (*it)[0].get<int64_t>();
+  if (it->is_array() && !it->empty() && (*it)[0].is_number_integer())
+    return (*it)[0].get<int64_t>();
   throw Error(where + ": key '" + key + "' must be an integer or a list of integers");
 }
 
@@ -75,8 +76,8 @@ void ModelConfig::validate(const std::string& where) const {
   check(rms_norm_eps > 0, where + ": rms_norm_eps must be positive");
   check(rope_theta > 0, where + ": rope_theta must be positive");
   check(num_labels >= 0 && num_labels <= 1024, where + ": num_labels out of range");
-  check(pad_token_id < vocab_size, where + ": pad_token_id " + std::to_string(pad_token_id) +
-                                       " is outside the vocabulary");
+  check(pad_token_id < vocab_size,
+        where + ": pad_token_id " + std::to_string(pad_token_id) + " is outside the vocabulary");
 }
 
 int64_t ModelConfig::parameter_count() const {
@@ -92,6 +93,12 @@ int64_t ModelConfig::parameter_count() const {
   } else if (!tie_word_embeddings) {
     total += vocab_size * hidden_size;
   }
+  return total;
+}
+
+int64_t ModelConfig::non_embedding_parameter_count() const {
+  int64_t total = parameter_count() - vocab_size * hidden_size;
+  if (num_labels == 0 && !tie_word_embeddings) total -= vocab_size * hidden_size;
   return total;
 }
 
@@ -121,8 +128,7 @@ ModelConfig model_config_from_hf_json(const nlohmann::json& json, const std::str
   read_field(json, "hidden_act", act, where);
   check(act == "silu", where + ": hidden_act '" + act + "' is not supported (silu)");
   auto scaling = json.find("rope_scaling");
-  check(scaling == json.end() || scaling->is_null(),
-        where + ": rope_scaling is not supported yet");
+  check(scaling == json.end() || scaling->is_null(), where + ": rope_scaling is not supported yet");
 
   // A sequence-classification head is declared by its architecture name.
   auto arch = json.find("architectures");
@@ -131,7 +137,8 @@ ModelConfig model_config_from_hf_json(const nlohmann::json& json, const std::str
     if (name.find("ForSequenceClassification") != std::string::npos) {
       c.num_labels = 1;
       auto labels = json.find("num_labels");
-      if (labels != json.end() && labels->is_number_integer()) c.num_labels = labels->get<int64_t>();
+      if (labels != json.end() && labels->is_number_integer())
+        c.num_labels = labels->get<int64_t>();
       auto id2label = json.find("id2label");
       if (labels == json.end() && id2label != json.end() && id2label->is_object())
         c.num_labels = static_cast<int64_t>(id2label->size());

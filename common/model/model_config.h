@@ -27,13 +27,17 @@ struct ModelConfig {
   // Number of scalar outputs of a sequence-classification head (reward model, critic); 0: LM.
   int64_t num_labels = 0;
 
-  int64_t resolved_head_dim() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
+  int64_t resolved_head_dim() const {
+    return head_dim > 0 ? head_dim : hidden_size / num_attention_heads;
+  }
 
   // Throws tiller::Error naming `where` and the offending values when the shape is inconsistent.
   void validate(const std::string& where) const;
 
   // Parameters of the model this config describes (embedding and heads included).
   int64_t parameter_count() const;
+  // The same without the token embedding and the LM head (Kaplan's N).
+  int64_t non_embedding_parameter_count() const;
 };
 
 // Reads an HF config.json object. `where` names its source in errors.

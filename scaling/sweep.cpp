@@ -1,0 +1,106 @@
+#include "scaling/sweep.h"
+
+#include <cmath>
+
+#include "common/model/model_config.h"
+#include "common/util/error.h"
+#include "common/util/files.h"
+
+namespace tiller::scaling {
+
+GridAxis parse_grid_axis(const std::string& text) {
+  const auto eq = text.find('=');
+  check(eq != std::string::npos && eq > 0 && eq + 1 < text.size(),
+        "--grid '" + text + "': expected key=value1,value2,...");
+  GridAxis axis;
+  axis.key = text.substr(0, eq);
+  size_t start = eq + 1;
+  while (start <= text.size()) {
+    const auto comma = text.find(',', start);
+    const std::string value =
+        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    check(!value.empty(), "--grid '" + text + "': an empty value");
+    axis.values.push_back(value);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return axis;
+}
+
+std::vector<GridPoint> expand_grid(const std::vector<GridAxis>& axes, int64_t max_points) {
+  check(!axes.empty(), "sweep: give at least one --grid key=v1,v2,...");
+  double count = 1;
+  for (const auto& axis : axes) {
+    for (const auto& other : axes)
+      check(&other == &axis || other.key != axis.key, "--grid: key " + axis.key + " given twice");
+    count *= static_cast<double>(axis.values.size());
+  }
+  check(count <= static_cast<double>(max_points),
+        "sweep: the grid has " + std::to_string(static_cast<int64_t>(count)) +
+            " points, more than " + std::to_string(max_points));
+  std::vector<GridPoint> points(static_cast<size_t>(count));
+  for (size_t i = 0; i < points.size(); ++i) {
+    GridPoint& p = points[i];
+    p.index = static_cast<int64_t>(i);
+    char prefix[32];
+    std::snprintf(prefix, sizeof prefix, "p%02zu", i);
+    p.name = prefix;
+    size_t rest = i;
+    std::vector<std::string> picked(axes.size());
+    for (size_t a = axes.size(); a-- > 0;) {  // the last axis varies fastest
+      picked[a] = axes[a].values[rest % axes[a].values.size()];
+      rest /= axes[a].values.size();
+    }
+    for (size_t a = 0; a < axes.size(); ++a) {
+      p.overrides.push_back(axes[a].key + "=" + picked[a]);
+      // The name keeps the key's last segment and the value, in characters safe for a path.
+      const std::string& key = axes[a].key;
+      std::string part = key.substr(key.rfind('.') == std::string::npos ? 0 : key.rfind('.') + 1) +
+                         "=" + picked[a];
+      for (char& ch : part)
+        if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '=' && ch != '-' &&
+            ch != '_')
+          ch = '-';
+      p.name += "_" + part;
+    }
+  }
+  return points;
+}
+
+nlohmann::json sweep_record(const GridPoint& point, const std::string& stage_dir) {
+  const auto done = read_json_file(stage_dir + "/complete.json");
+  const auto config = model_config_from_hf_json(read_json_file(stage_dir + "/final/config.json"),
+                                                stage_dir + "/final/config.json");
+  check(done.contains("final_val_loss") && done["final_val_loss"].is_number(),
+        stage_dir +
+            "/complete.json: no final_val_loss (a sweep needs a validation set: set the "
+            "stage's data.val_fraction or data.val)");
+  check(done.contains("tokens_trained") && done["tokens_trained"].is_number(),
+        stage_dir + "/complete.json: no tokens_trained (a pretrain or sft stage's summary)");
+  const int64_t context_length = done.value("max_seq_len", int64_t{0});
+  check(context_length > 0, stage_dir + "/complete.json: no max_seq_len");
+  const double n = static_cast<double>(config.non_embedding_parameter_count());
+  const double d = done["tokens_trained"].get<double>();
+  const double attention = 6.0 * static_cast<double>(config.num_hidden_layers) *
+                           static_cast<double>(context_length) *
+                           static_cast<double>(config.hidden_size) * d;
+  nlohmann::json overrides = nlohmann::json::object();
+  for (const auto& o : point.overrides) {
+    const auto eq = o.find('=');
+    overrides[o.substr(0, eq)] = o.substr(eq + 1);
+  }
+  return {{"point", point.name},
+          {"overrides", overrides},
+          {"N", n},
+          {"N_total", static_cast<double>(config.parameter_count())},
+          {"D", d},
+          {"C", 6.0 * n * d + attention},
+          {"loss", done["final_val_loss"]},
+          {"train_loss", done.value("final_loss", nlohmann::json())},
+          {"steps", done.value("steps", nlohmann::json())},
+          {"hidden_size", config.hidden_size},
+          {"num_hidden_layers", config.num_hidden_layers},
+          {"context_length", context_length}};
+}
+
+}  // namespace tiller::scaling

@@ -1,0 +1,103 @@
+// `tiller sweep`: a grid of overrides run point by point (each up to the measured stage),
+// runs.jsonl rows with N, D, C and the validation loss that `tiller scaling fit` reads, finished
+// points skipped on a rerun, and a bad grid refused before anything runs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/util/error.h"
+#include "common/util/files.h"
+#include "scaling/runs_table.h"
+#include "scaling/sweep.h"
+#include "tests/test_util.h"
+
+using namespace tiller;
+
+TEST(Sweep, GridAxesExpandInOrderWithSafeNames) {
+  const auto axis = scaling::parse_grid_axis("pretrain.model.hidden_size=32,64");
+  EXPECT_EQ(axis.key, "pretrain.model.hidden_size");
+  EXPECT_EQ(axis.values, (std::vector<std::string>{"32", "64"}));
+  const auto points =
+      scaling::expand_grid({axis, scaling::parse_grid_axis("pretrain.train.lr=1e-3,3e-3,1e-2")});
+  ASSERT_EQ(points.size(), 6u);
+  EXPECT_EQ(points[0].overrides,
+            (std::vector<std::string>{"pretrain.model.hidden_size=32", "pretrain.train.lr=1e-3"}));
+  EXPECT_EQ(points[1].overrides[1], "pretrain.train.lr=3e-3");  // the last axis varies fastest
+  EXPECT_EQ(points[3].overrides[0], "pretrain.model.hidden_size=64");
+  EXPECT_EQ(points[5].name, "p05_hidden_size=64_lr=1e-2");
+  EXPECT_NE(test::error_of([] { scaling::parse_grid_axis("lr"); }).find("key=value1"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([] { scaling::parse_grid_axis("lr=1,,2"); }).find("empty value"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] {
+              scaling::expand_grid({axis, axis});
+            }).find("given twice"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] { scaling::expand_grid({axis}, 1); }).find("more than 1"),
+            std::string::npos);
+}
+
+TEST(Sweep, RunsEachPointRecordsNDCAndSkipsFinishedPoints) {
+  const std::string dir = test::temp_dir("sweep");
+  const std::string recipe = test::quickstart_recipe_in(dir + "/run");
+  const std::string out = dir + "/sweep";
+  const std::vector<std::string> command = {test::tiller_binary(),
+                                            "sweep",
+                                            recipe,
+                                            "synthetic_data.corpus_stories=300",
+                                            "run.threads=1",
+                                            "pretrain.train.log_every=1",
+                                            "pretrain.train.eval_every=0",
+                                            "--grid",
+                                            "pretrain.model.hidden_size=32,64",
+                                            "--grid",
+                                            "pretrain.train.steps=4,8",
+                                            "--out",
+                                            out};
+  std::string log;
+  ASSERT_EQ(test::run_command(test::shell_command(command), &log), 0) << log;
+  EXPECT_NE(log.find("[sweep] 4 points"), std::string::npos) << log;
+
+  std::vector<nlohmann::json> rows;
+  std::ifstream in(out + "/runs.jsonl");
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(rows.size(), 4u);
+  // Points: (32, 4), (32, 8), (64, 4), (64, 8).
+  EXPECT_EQ(rows[0]["N"], rows[1]["N"]);
+  // Twice the width (the MLP's width fixed): attention 4x, MLP 2x.
+  EXPECT_GT(rows[2]["N"].get<double>(), 2 * rows[0]["N"].get<double>());
+  for (const auto& r : rows) {
+    const double n = r["N"], d = r["D"], c = r["C"];
+    const double attention = 6.0 * r["num_hidden_layers"].get<double>() *
+                             r["context_length"].get<double>() * r["hidden_size"].get<double>() * d;
+    EXPECT_NEAR(c, 6 * n * d + attention, 1e-9 * c);
+    EXPECT_TRUE(std::isfinite(r["loss"].get<double>()));
+    EXPECT_LT(r["N"].get<double>(), r["N_total"].get<double>());  // embeddings excluded
+  }
+  // Twice the steps, about twice the tokens (packed rows; padding excluded).
+  EXPECT_NEAR(rows[1]["D"].get<double>() / rows[0]["D"].get<double>(), 2.0, 0.1);
+  // Longer training of the same model lowers the validation loss.
+  EXPECT_LT(rows[3]["loss"].get<double>(), rows[2]["loss"].get<double>());
+  // The table reads as a scaling-fit input.
+  const auto table = scaling::read_runs(out + "/runs.jsonl");
+  EXPECT_EQ(table.runs.size(), 4u);
+  EXPECT_TRUE(table.has_n && table.has_d && table.has_c);
+
+  // A rerun runs nothing and writes the same table.
+  const std::string before = test::read_bytes(out + "/runs.jsonl");
+  ASSERT_EQ(test::run_command(test::shell_command(command), &log), 0) << log;
+  EXPECT_EQ(log.find("running"), std::string::npos) << log;
+  EXPECT_NE(log.find("p03_hidden_size=64_steps=8: done already"), std::string::npos) << log;
+  EXPECT_EQ(test::read_bytes(out + "/runs.jsonl"), before);
+
+  // A typo in the grid is refused before any point runs.
+  const std::string bad_out = dir + "/bad";
+  ASSERT_NE(test::run_command(test::shell_command({test::tiller_binary(), "sweep", recipe, "--grid",
+                                                   "pretrain.train.stepz=4,8", "--out", bad_out}),
+                              &log),
+            0);
+  EXPECT_NE(log.find("stepz"), std::string::npos) << log;
+  EXPECT_FALSE(path_exists(bad_out + "/points"));
+}
