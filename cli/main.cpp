@@ -13,6 +13,7 @@
 #include "cli/report_cmd.h"
 #include "cli/scaling_cmd.h"
 #include "common/dist/process_group.h"
+#include "common/dist/tensor_parallel.h"
 #include "common/io/hf_dir.h"
 #include "common/io/llama2c.h"
 #include "common/recipe/recipe.h"
@@ -256,12 +257,22 @@ struct ParsedRecipe {
 // each process takes the GPU of its local rank.
 void join_job(Recipe& recipe) {
   const dist::Launch launch = dist::launch_from_environment();
-  if (launch.single()) return;
+  if (launch.single()) {
+    check(recipe.run.tensor_parallel == 1,
+          "run.tensor_parallel " + std::to_string(recipe.run.tensor_parallel) +
+              " needs a multi-process job (torchrun, srun, mpirun) of a multiple of that many "
+              "ranks; this is a single process");
+    return;
+  }
   if (recipe.run.device == "cuda") recipe.run.device = "cuda:" + std::to_string(launch.local_rank);
   dist::initialize(launch, {std::chrono::seconds(recipe.run.dist_timeout_s), recipe.run.device});
   std::printf("distributed: %d ranks via %s, rendezvous %s:%d, %s\n", launch.world_size,
               launch.launcher.c_str(), launch.master_addr.c_str(), launch.master_port,
               recipe.run.device == "cpu" ? "gloo" : "nccl");
+  dist::set_up_layout(recipe.run.tensor_parallel);
+  if (recipe.run.tensor_parallel > 1)
+    std::printf("distributed: %d data parallel x %d tensor parallel\n",
+                launch.world_size / recipe.run.tensor_parallel, recipe.run.tensor_parallel);
 }
 
 // Loads the recipe and parses every stage; all mistakes are reported together.

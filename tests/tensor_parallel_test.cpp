@@ -1,5 +1,7 @@
 // Tensor parallelism on real 2-rank Gloo jobs: the sharded model's logits and gradients match the
-// unsharded model's (tiller_tp_probe).
+// unsharded model's (tiller_tp_probe), and the quickstart pretrain stage at
+// run.tensor_parallel=2 follows one process's loss curve, saves plain HF weights and resumes its
+// own checkpoints.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -70,6 +72,50 @@ double relative_max_difference(const torch::Tensor& a, const torch::Tensor& b) {
          std::max(scale, 1e-12);
 }
 
+std::map<int64_t, nlohmann::json> metrics_by_step(const std::string& path) {
+  std::map<int64_t, nlohmann::json> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty()) {
+      auto record = nlohmann::json::parse(line);
+      out[record["step"].get<int64_t>()] = record;
+    }
+  return out;
+}
+
+// The largest relative difference of `key` over the steps both logged; `compared` counts them.
+double curve_difference(const std::string& a, const std::string& b, const std::string& key,
+                        int* compared) {
+  const auto x = metrics_by_step(a), y = metrics_by_step(b);
+  double worst = 0;
+  *compared = 0;
+  for (const auto& [step, record] : x) {
+    if (!record.contains(key)) continue;
+    EXPECT_TRUE(y.count(step) && y.at(step).contains(key))
+        << key << " at step " << step << " of " << b;
+    if (!y.count(step) || !y.at(step).contains(key)) continue;
+    const double u = record[key].get<double>(), v = y.at(step)[key].get<double>();
+    worst = std::max(worst, std::abs(u - v) / std::max({std::abs(u), std::abs(v), 1e-12}));
+    ++*compared;
+  }
+  return worst;
+}
+
+std::vector<std::string> pretrain_args(const std::string& dir, std::vector<std::string> extra) {
+  std::vector<std::string> args = {test::tiller_binary(),
+                                   "pretrain",
+                                   test::quickstart_recipe_in(dir),
+                                   "synthetic_data.corpus_stories=400",
+                                   "run.threads=1",
+                                   "pretrain.train.micro_batch_size=8",
+                                   "pretrain.train.log_every=1",
+                                   "pretrain.train.eval_every=0",
+                                   "pretrain.train.checkpoint_every=4"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
 }  // namespace
 
 TEST(TensorParallel, TwoRanksMatchOneOnLogitsAndGradients) {
@@ -120,4 +166,80 @@ TEST(TensorParallel, IndivisibleHeadCountIsAClearError) {
         << logs_of(job);
   }
   EXPECT_FALSE(path_exists(root + "/never.safetensors"));
+}
+
+TEST(TensorParallel, PretrainOnTwoRanksMatchesOneProcessAndResumes) {
+  const std::string root = test::temp_dir("tp_pretrain");
+  const std::vector<std::string> steps = {"pretrain.train.steps=12"};
+  const Job one = launch(1, pretrain_args(root + "/one", steps), root + "/one");
+  ASSERT_EQ(wait_all(one, 600), std::vector<int>{0}) << logs_of(one);
+  std::vector<std::string> tp_steps = steps;
+  tp_steps.push_back("run.tensor_parallel=2");
+  const Job two = launch(2, pretrain_args(root + "/two", tp_steps), root + "/two");
+  ASSERT_EQ(wait_all(two, 600), std::vector<int>({0, 0})) << logs_of(two);
+  const std::string log0 = test::read_bytes(two.logs[0]);
+  EXPECT_NE(log0.find("distributed: 1 data parallel x 2 tensor parallel"), std::string::npos)
+      << log0;
+  EXPECT_NE(log0.find("[pretrain] tensor parallel: model sharded over 2 ranks (2 heads, 86 MLP "
+                      "units, 200 vocabulary rows each)"),
+            std::string::npos)
+      << log0;
+
+  const std::string metrics_one = root + "/one/pretrain/metrics.jsonl",
+                    metrics_two = root + "/two/pretrain/metrics.jsonl";
+  int compared = 0;
+  const double loss_difference = curve_difference(metrics_one, metrics_two, "loss", &compared);
+  EXPECT_EQ(compared, 12);
+  EXPECT_LT(loss_difference, 1e-5);
+  const double val_difference = curve_difference(metrics_one, metrics_two, "val_loss", &compared);
+  EXPECT_GE(compared, 1);
+  EXPECT_LT(val_difference, 1e-5);
+  const double norm_difference = curve_difference(metrics_one, metrics_two, "grad_norm", &compared);
+  EXPECT_EQ(compared, 12);
+  EXPECT_LT(norm_difference, 1e-4);
+
+  // The final directory holds plain HF weights, shaped as one process's, and loads as a model.
+  const auto weights_one = read_safetensors(root + "/one/pretrain/final/model.safetensors");
+  const auto weights_two = read_safetensors(root + "/two/pretrain/final/model.safetensors");
+  ASSERT_EQ(weights_two.size(), weights_one.size());
+  double weight_difference = 0;
+  for (const auto& [name, tensor] : weights_one) {
+    ASSERT_TRUE(weights_two.count(name)) << name;
+    ASSERT_EQ(weights_two.at(name).sizes(), tensor.sizes()) << name;
+    weight_difference =
+        std::max(weight_difference, relative_max_difference(weights_two.at(name), tensor));
+  }
+  EXPECT_LT(weight_difference, 1e-4);
+  const Transformer loaded = load_hf_model(root + "/two/pretrain/final");
+  EXPECT_EQ(loaded->config.vocab_size, 400);
+
+  // Each tensor-parallel rank's optimizer state has its own file beside the full weights.
+  const std::string last = root + "/two/pretrain/checkpoints/step-12";
+  EXPECT_TRUE(path_exists(last + "/optimizer.optimizer.tp0-of-2.pt"));
+  EXPECT_TRUE(path_exists(last + "/optimizer.optimizer.tp1-of-2.pt"));
+  EXPECT_FALSE(path_exists(last + "/optimizer.optimizer.pt"));
+  EXPECT_EQ(read_safetensors(last + "/model.safetensors").at("model.embed_tokens.weight").size(0), 400);
+
+  // Resumed at step 8 under the same degree, the curve continues as one process's did.
+  std::filesystem::remove(root + "/two/pretrain/complete.json");
+  write_file_atomic(root + "/two/pretrain/checkpoints/latest", "step-8\n");
+  const Job resumed = launch(2, pretrain_args(root + "/two", tp_steps), root + "/two.resumed");
+  ASSERT_EQ(wait_all(resumed, 600), std::vector<int>({0, 0})) << logs_of(resumed);
+  EXPECT_NE(test::read_bytes(resumed.logs[0]).find("resumed from"), std::string::npos);
+  const double resumed_difference = curve_difference(metrics_one, metrics_two, "loss", &compared);
+  EXPECT_EQ(compared, 12);
+  EXPECT_LT(resumed_difference, 1e-5);
+
+  // One process cannot take the two ranks' optimizer shards: a clear error, not a wrong state.
+  std::filesystem::remove(root + "/two/pretrain/complete.json");
+  const Job other = launch(1, pretrain_args(root + "/two", steps), root + "/two.one");
+  ASSERT_EQ(wait_all(other, 600), std::vector<int>{1}) << logs_of(other);
+  EXPECT_NE(test::read_bytes(other.logs[0])
+                .find("was saved under run.tensor_parallel 2; resume it with the same degree"),
+            std::string::npos)
+      << logs_of(other);
+  std::printf(
+      "tensor parallel pretrain: max relative difference loss %.3g (resumed %.3g), val_loss %.3g, "
+      "grad_norm %.3g, final weights %.3g\n",
+      loss_difference, resumed_difference, val_difference, norm_difference, weight_difference);
 }
