@@ -1,7 +1,7 @@
-// Tensor parallelism on real 2-rank Gloo jobs: the sharded model's logits and gradients match the
-// unsharded model's (tiller_tp_probe), and the quickstart pretrain stage at
+// Tensor parallelism on real Gloo jobs: the sharded model's logits and gradients match the
+// unsharded model's (tiller_tp_probe, 2 ranks); the quickstart pretrain stage at
 // run.tensor_parallel=2 follows one process's loss curve, saves plain HF weights and resumes its
-// own checkpoints.
+// own checkpoints (2 ranks), and does so as 2 data-parallel x 2 tensor-parallel ranks (4).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -218,7 +218,8 @@ TEST(TensorParallel, PretrainOnTwoRanksMatchesOneProcessAndResumes) {
   EXPECT_TRUE(path_exists(last + "/optimizer.optimizer.tp0-of-2.pt"));
   EXPECT_TRUE(path_exists(last + "/optimizer.optimizer.tp1-of-2.pt"));
   EXPECT_FALSE(path_exists(last + "/optimizer.optimizer.pt"));
-  EXPECT_EQ(read_safetensors(last + "/model.safetensors").at("model.embed_tokens.weight").size(0), 400);
+  EXPECT_EQ(read_safetensors(last + "/model.safetensors").at("model.embed_tokens.weight").size(0),
+            400);
 
   // Resumed at step 8 under the same degree, the curve continues as one process's did.
   std::filesystem::remove(root + "/two/pretrain/complete.json");
@@ -242,4 +243,34 @@ TEST(TensorParallel, PretrainOnTwoRanksMatchesOneProcessAndResumes) {
       "tensor parallel pretrain: max relative difference loss %.3g (resumed %.3g), val_loss %.3g, "
       "grad_norm %.3g, final weights %.3g\n",
       loss_difference, resumed_difference, val_difference, norm_difference, weight_difference);
+}
+
+TEST(TensorParallel, FourRanksAsTwoDataByTwoTensorParallelMatchOneProcess) {
+  const std::string root = test::temp_dir("tp_dp_pretrain");
+  // Micro-batches of 4 rows: each data-parallel pair of ranks runs the shapes one process runs.
+  const std::vector<std::string> steps = {"pretrain.train.steps=6",
+                                          "pretrain.train.micro_batch_size=4"};
+  const Job one = launch(1, pretrain_args(root + "/one", steps), root + "/one");
+  ASSERT_EQ(wait_all(one, 600), std::vector<int>{0}) << logs_of(one);
+  std::vector<std::string> layout_steps = steps;
+  layout_steps.push_back("run.tensor_parallel=2");
+  const Job four = launch(4, pretrain_args(root + "/four", layout_steps), root + "/four");
+  ASSERT_EQ(wait_all(four, 600), std::vector<int>({0, 0, 0, 0})) << logs_of(four);
+  const std::string log0 = test::read_bytes(four.logs[0]);
+  EXPECT_NE(log0.find("distributed: 2 data parallel x 2 tensor parallel"), std::string::npos)
+      << log0;
+  EXPECT_NE(log0.find("[pretrain] data parallel: 2 ranks x 8 rows = global batch 16 rows"),
+            std::string::npos)
+      << log0;
+
+  int compared = 0;
+  const double loss_difference =
+      curve_difference(root + "/one/pretrain/metrics.jsonl", root + "/four/pretrain/metrics.jsonl",
+                       "loss", &compared);
+  EXPECT_EQ(compared, 6);
+  EXPECT_LT(loss_difference, 1e-5);
+  // The checkpoint of the last step: both tensor-parallel ranks' optimizer states.
+  EXPECT_TRUE(
+      path_exists(root + "/four/pretrain/checkpoints/step-6/optimizer.optimizer.tp1-of-2.pt"));
+  std::printf("2 x 2 layout pretrain: max relative difference loss %.3g\n", loss_difference);
 }

@@ -278,7 +278,7 @@ torch::Tensor gather_rows(const Group& group, const torch::Tensor& local, int64_
 std::vector<std::string> all_gather_bytes(const Group& group, const std::string& bytes) {
   if (group.single()) return {bytes};
   const auto lengths = group.all_gather(torch::tensor({static_cast<int64_t>(bytes.size())}));
-  int64_t widest = 0;
+  int64_t widest = 1;  // Gloo divides by the element count: never gather empty tensors
   for (const auto& n : lengths) widest = std::max(widest, n.item<int64_t>());
   auto padded = torch::zeros({widest}, torch::kUInt8);
   std::copy(bytes.begin(), bytes.end(), padded.data_ptr<uint8_t>());
