@@ -14,6 +14,7 @@
 #include "cli/scaling_cmd.h"
 #include "cli/sweep_cmd.h"
 #include "common/dist/process_group.h"
+#include "common/dist/tensor_parallel.h"
 #include "common/io/checkpoint.h"
 #include "common/io/hf_dir.h"
 #include "common/io/llama2c.h"
@@ -258,12 +259,22 @@ struct ParsedRecipe {
 // each process takes the GPU of its local rank.
 void join_job(Recipe& recipe) {
   const dist::Launch launch = dist::launch_from_environment();
-  if (launch.single()) return;
+  if (launch.single()) {
+    check(recipe.run.tensor_parallel == 1,
+          "run.tensor_parallel " + std::to_string(recipe.run.tensor_parallel) +
+              " needs a multi-process job (torchrun, srun, mpirun) of a multiple of that many "
+              "ranks; this is a single process");
+    return;
+  }
   if (recipe.run.device == "cuda") recipe.run.device = "cuda:" + std::to_string(launch.local_rank);
   dist::initialize(launch, {std::chrono::seconds(recipe.run.dist_timeout_s), recipe.run.device});
   std::printf("distributed: %d ranks via %s, rendezvous %s:%d, %s\n", launch.world_size,
               launch.launcher.c_str(), launch.master_addr.c_str(), launch.master_port,
               recipe.run.device == "cpu" ? "gloo" : "nccl");
+  dist::set_up_layout(recipe.run.tensor_parallel);
+  if (recipe.run.tensor_parallel > 1)
+    std::printf("distributed: %d data parallel x %d tensor parallel\n",
+                launch.world_size / recipe.run.tensor_parallel, recipe.run.tensor_parallel);
 }
 
 // Loads the recipe and parses every stage; all mistakes are reported together.
@@ -369,18 +380,20 @@ void write_run_summary(const Recipe& recipe) {
 std::vector<std::string> distributed_layout(const ParsedRecipe& parsed) {
   const dist::Group& world = dist::world();
   if (world.single()) return {};
-  const std::string ranks = std::to_string(world.size());
+  const dist::Group& data = dist::layout().data;
+  const std::string ranks = std::to_string(data.size());
   std::vector<std::string> lines = {
-      "distributed: " + ranks + " ranks (" + dist::launch().launcher + "), " + ranks +
-      "-way data parallel; every batch_size below is the global batch"};
+      "distributed: " + std::to_string(world.size()) + " ranks (" + dist::launch().launcher +
+      "), " + ranks + "-way data parallel x " + std::to_string(dist::layout().tensor.size()) +
+      "-way tensor parallel; every batch_size below is the global batch"};
   for (const auto& s : parsed.sft_stages)
     lines.push_back("stage " + s.name + ": global batch " + std::to_string(s.train.batch_size) +
                     " rows = " + ranks + " ranks x " +
-                    std::to_string(s.train.batch_size / world.size()));
+                    std::to_string(s.train.batch_size / data.size()));
   for (const auto& s : parsed.reward_stages)
     lines.push_back("stage " + s.name + ": global batch " + std::to_string(s.train.batch_size) +
                     " pairs = " + ranks + " ranks x " +
-                    std::to_string(s.train.batch_size / world.size()));
+                    std::to_string(s.train.batch_size / data.size()));
   for (const auto& s : parsed.rlhf_stages)
     lines.push_back("stage " + s.name + ": rollout batch " + std::to_string(s.batch_size) +
                     " episodes shared by " + ranks + " ranks");

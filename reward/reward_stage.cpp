@@ -254,6 +254,10 @@ double reference_mean(TransformerImpl& model, const std::vector<std::vector<int6
 }  // namespace
 
 nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c) {
+  check(recipe.run.tensor_parallel == 1, "stage " + c.name +
+                                             ": reward stages do not support run.tensor_parallel " +
+                                             std::to_string(recipe.run.tensor_parallel) +
+                                             " yet; run them with run.tensor_parallel=1");
   const std::string stage_dir = recipe.stage_dir(c.name);
   const std::string checkpoints = stage_dir + "/checkpoints";
   const TrainConfig& t = c.train;

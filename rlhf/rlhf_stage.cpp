@@ -242,6 +242,10 @@ std::string response_text(const Tokenizer& tok, std::vector<int64_t> response) {
 }  // namespace
 
 nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
+  check(recipe.run.tensor_parallel == 1, "stage " + c.name +
+                                             ": PPO stages do not support run.tensor_parallel " +
+                                             std::to_string(recipe.run.tensor_parallel) +
+                                             " yet; run them with run.tensor_parallel=1");
   const std::string stage_dir = recipe.stage_dir(c.name);
   const std::string checkpoints = stage_dir + "/checkpoints";
   const uint64_t seed = recipe.run.seed;

@@ -6,6 +6,7 @@
 
 #include "common/data/batching.h"
 #include "common/dist/process_group.h"
+#include "common/dist/tensor_parallel.h"
 #include "common/io/checkpoint.h"
 #include "common/io/hf_dir.h"
 #include "common/recipe/stage_io.h"
@@ -220,6 +221,17 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
         "stage " + c.name + ": train.max_seq_len " + std::to_string(t.max_seq_len) +
             " exceeds the model's max_position_embeddings " +
             std::to_string(model->config.max_position_embeddings));
+  // Tensor parallel: every rank built the same full model; each keeps its shard of it.
+  const dist::Layout layout = dist::layout();
+  const dist::Group& tp = layout.tensor;
+  model->shard_for_tensor_parallel(tp);
+  if (!tp.single())
+    std::printf(
+        "[%s] tensor parallel: model sharded over %d ranks (%d heads, %lld MLP units, "
+        "%lld vocabulary rows each)\n",
+        c.name.c_str(), tp.size(), static_cast<int>(model->config.num_attention_heads / tp.size()),
+        (long long)(model->config.intermediate_size / tp.size()),
+        (long long)(model->config.vocab_size / tp.size()));
   model->to(device);
   model->train();
   model->model->activation_checkpointing = t.activation_checkpointing;
@@ -260,8 +272,9 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   batching.rows_per_batch = t.micro_batch_size;
   const std::vector<Row> val_rows = val.empty() ? std::vector<Row>{} : plan_in_order(val, batching);
 
-  // Data parallel: each rank takes an equal slice of every global batch of t.batch_size rows.
-  const dist::Group& dp = dist::world();
+  // Data parallel: each rank takes an equal slice of every global batch of t.batch_size rows; the
+  // ranks of a tensor-parallel group share a slice.
+  const dist::Group& dp = layout.data;
   check(t.batch_size % dp.size() == 0,
         "stage " + c.name + ": train.batch_size " + std::to_string(t.batch_size) +
             " does not divide among " + std::to_string(dp.size()) + " data-parallel ranks");
@@ -272,7 +285,12 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
                 t.zero_stage == 1 ? ", optimizer state sharded (ZeRO-1)" : "");
 
   // Optimizer, and resume
-  ParallelAdamW optimizer(*model, t.optimizer(), dp, t.parallel_options());
+  ParallelOptions parallel = t.parallel_options();
+  parallel.tensor_parallel = tp;
+  for (auto& [name, p] : model->local_weights())
+    if (!tp.single() && TransformerImpl::sharded_dim(name) >= 0)
+      parallel.tensor_parallel_shards.push_back(p);
+  ParallelAdamW optimizer(*model, t.optimizer(), dp, parallel);
   CheckpointParts parts{{{"model", model.get()}}, {{"optimizer", &optimizer}}};
   int64_t step = 0;
   NonFiniteGuard guard(c.name, checkpoints, t.max_nonfinite_steps);
@@ -394,7 +412,9 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   SaveOptions options;
   options.tokenizer_path = tokenizer_path;
   model->to(torch::kCPU);
-  if (dist::is_main()) save_hf_model(*model, stage_output_dir(recipe, c.name), options);
+  const auto weights = model->named_weights();  // full weights: gathered on every rank under TP
+  if (dist::is_main())
+    save_hf_model(model->config, weights, stage_output_dir(recipe, c.name), options);
   nlohmann::json summary = {{"stage", c.name},
                             {"type", c.pretrain ? "pretrain" : "sft"},
                             {"steps", step},
@@ -408,6 +428,7 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   if (!std::isnan(first_val_loss)) summary["initial_val_loss"] = first_val_loss;
   if (!std::isnan(last_val_loss)) summary["final_val_loss"] = last_val_loss;
   if (!dp.single()) summary["data_parallel_ranks"] = dp.size();
+  if (!tp.single()) summary["tensor_parallel_ranks"] = tp.size();
   summary["optimizer_state_bytes_per_rank"] = optimizer.state_bytes_per_rank();
   const std::string state_line = optimizer.describe_state_per_rank();
   std::printf("[%s] %s\n", c.name.c_str(), state_line.c_str());

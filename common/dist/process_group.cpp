@@ -275,6 +275,22 @@ torch::Tensor gather_rows(const Group& group, const torch::Tensor& local, int64_
   return torch::cat(parts);
 }
 
+std::vector<std::string> all_gather_bytes(const Group& group, const std::string& bytes) {
+  if (group.single()) return {bytes};
+  const auto lengths = group.all_gather(torch::tensor({static_cast<int64_t>(bytes.size())}));
+  int64_t widest = 1;  // Gloo divides by the element count: never gather empty tensors
+  for (const auto& n : lengths) widest = std::max(widest, n.item<int64_t>());
+  auto padded = torch::zeros({widest}, torch::kUInt8);
+  std::copy(bytes.begin(), bytes.end(), padded.data_ptr<uint8_t>());
+  std::vector<std::string> out;
+  const auto parts = group.all_gather(padded);
+  for (size_t r = 0; r < parts.size(); ++r) {
+    const auto* data = parts[r].data_ptr<uint8_t>();
+    out.emplace_back(data, data + lengths[r].item<int64_t>());
+  }
+  return out;
+}
+
 void initialize(const Launch& l, const WorldOptions& options) {
   World& w = the_world();
   if (w.initialized) {

@@ -62,6 +62,9 @@ Shard shard_of(int64_t n, int rank, int size);
 // here, shard_of's split): padded to the largest count, gathered, concatenated without padding.
 torch::Tensor gather_rows(const Group& group, const torch::Tensor& local, int64_t total_rows);
 
+// Every member's bytes (any lengths), in group-rank order.
+std::vector<std::string> all_gather_bytes(const Group& group, const std::string& bytes);
+
 struct WorldOptions {
   std::chrono::seconds timeout{300};  // rendezvous and every collective
   std::string device = "cpu";         // "cpu": Gloo; "cuda...": NCCL

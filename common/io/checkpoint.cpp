@@ -38,9 +38,38 @@ torch::Tensor rng_state() {
 
 namespace {
 
+using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+
+// An optimizer's state file: one for the whole model, or one per tensor-parallel rank (each
+// covers that rank's shards, so a resume needs the same degree).
+std::string optimizer_file(const std::string& part, int tp_rank, int tp_size) {
+  if (tp_size == 1) return part + ".optimizer.pt";
+  return part + ".optimizer.tp" + std::to_string(tp_rank) + "-of-" + std::to_string(tp_size) +
+         ".pt";
+}
+
+// The tensor-parallel degree a checkpoint's optimizer state was written under (0: none found).
+int saved_tensor_parallel(const std::string& ckpt, const std::string& part) {
+  if (path_exists(ckpt + "/" + optimizer_file(part, 0, 1))) return 1;
+  const std::string prefix = part + ".optimizer.tp0-of-", suffix = ".pt";
+  for (const auto& entry : fs::directory_iterator(ckpt)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() <= prefix.size() + suffix.size() || name.rfind(prefix, 0) != 0 ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    const std::string degree =
+        name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+    if (!degree.empty() && degree.find_first_not_of("0123456789") == std::string::npos &&
+        degree.size() < 6)
+      return std::stoi(degree);
+  }
+  return 0;
+}
+
 void write_checkpoint(const std::string& dir, const CheckpointParts& parts,
-                      const std::vector<std::string>& optimizer_states, const nlohmann::json& state,
-                      int64_t keep) {
+                      const std::vector<NamedTensors>& model_weights,
+                      const std::vector<std::vector<std::string>>& optimizer_states,
+                      const nlohmann::json& state, int64_t keep) {
   const int64_t step = state.at("step").get<int64_t>();
   make_directories(dir);
   // Leftovers of an interrupted save are never loaded; clear them.
@@ -51,11 +80,15 @@ void write_checkpoint(const std::string& dir, const CheckpointParts& parts,
   const std::string final_dir = dir + "/" + name, tmp = final_dir + ".tmp";
   make_directories(tmp);
   try {
-    for (const auto& [part, model] : parts.models)
-      write_safetensors(tmp + "/" + part + ".safetensors", model->named_weights());
-    for (size_t i = 0; i < parts.optimizers.size(); ++i)
-      write_file_atomic(tmp + "/" + parts.optimizers[i].first + ".optimizer.pt",
-                        optimizer_states[i]);
+    for (size_t i = 0; i < parts.models.size(); ++i)
+      write_safetensors(tmp + "/" + parts.models[i].first + ".safetensors", model_weights[i]);
+    for (size_t i = 0; i < parts.optimizers.size(); ++i) {
+      const auto& states = optimizer_states[i];
+      const int tp_size = static_cast<int>(states.size());
+      for (int r = 0; r < tp_size; ++r)
+        write_file_atomic(tmp + "/" + optimizer_file(parts.optimizers[i].first, r, tp_size),
+                          states[static_cast<size_t>(r)]);
+    }
     write_safetensors(tmp + "/rng.safetensors", {{"cpu", rng_state()}});
     write_file_atomic(tmp + "/state.json", state.dump(2) + "\n");
     fsync_directory(tmp);
@@ -79,14 +112,19 @@ void write_checkpoint(const std::string& dir, const CheckpointParts& parts,
 
 void save_checkpoint(const std::string& dir, const CheckpointParts& parts,
                      const nlohmann::json& state, int64_t keep) {
-  std::vector<std::string> optimizer_states;
+  // Collectives first, on every rank: full weights of tensor-parallel models, the optimizer state
+  // gathered over data parallel, then each tensor-parallel rank's state to rank 0.
+  std::vector<NamedTensors> model_weights;
+  for (const auto& [part, model] : parts.models) model_weights.push_back(model->named_weights());
+  std::vector<std::vector<std::string>> optimizer_states;
   for (const auto& [part, optimizer] : parts.optimizers)
-    optimizer_states.push_back(optimizer->gathered_state());
+    optimizer_states.push_back(
+        dist::all_gather_bytes(optimizer->tensor_parallel(), optimizer->gathered_state()));
   const dist::Group& world = dist::world();
   std::string failure;
   if (world.rank() == 0) {
     try {
-      write_checkpoint(dir, parts, optimizer_states, state, keep);
+      write_checkpoint(dir, parts, model_weights, optimizer_states, state, keep);
     } catch (const std::exception& e) {
       failure = e.what();
     }
@@ -110,7 +148,16 @@ nlohmann::json load_latest_checkpoint(const std::string& dir, const CheckpointPa
   for (const auto& [part, model] : parts.models)
     load_weights(*model, read_safetensors(ckpt + "/" + part + ".safetensors"), ckpt + "/" + part);
   for (const auto& [part, optimizer] : parts.optimizers) {
-    const std::string path = ckpt + "/" + part + ".optimizer.pt";
+    const dist::Group& tp = optimizer->tensor_parallel();
+    const std::string path = ckpt + "/" + optimizer_file(part, tp.rank(), tp.size());
+    if (!path_exists(path)) {
+      const int saved = saved_tensor_parallel(ckpt, part);
+      check(saved == 0, ckpt + ": the " + part + " state was saved under run.tensor_parallel " +
+                            std::to_string(saved) +
+                            "; resume it with the same degree (this job "
+                            "has " +
+                            std::to_string(tp.size()) + ")");
+    }
     optimizer->load_gathered_state(read_file(path), path);
   }
   auto rng = read_safetensors(ckpt + "/rng.safetensors");

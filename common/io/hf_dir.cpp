@@ -65,19 +65,24 @@ void load_weights(TransformerImpl& model, const std::map<std::string, torch::Ten
   torch::NoGradGuard no_grad;
   std::vector<std::string> missing, mismatched, unexpected;
   std::set<std::string> expected;
-  for (auto& [name, param] : model.named_weights()) {
+  const int tp_size = model.tensor_parallel().size();
+  for (auto& [name, param] : model.local_weights()) {
     expected.insert(name);
     auto it = weights.find(name);
     if (it == weights.end()) {
       if (!(heads_optional && is_head(name))) missing.push_back(name);
       continue;
     }
-    if (it->second.sizes() != param.sizes()) {
+    // The files hold full weights; a tensor-parallel shard takes its part of them.
+    auto full_shape = param.sizes().vec();
+    const int dim = TransformerImpl::sharded_dim(name);
+    if (dim >= 0) full_shape[static_cast<size_t>(dim)] *= tp_size;
+    if (it->second.sizes() != torch::IntArrayRef(full_shape)) {
       mismatched.push_back(name + " " + shape_string(it->second.sizes()) + " (model expects " +
-                           shape_string(param.sizes()) + ")");
+                           shape_string(full_shape) + ")");
       continue;
     }
-    param.copy_(it->second.to(param.scalar_type()));
+    param.copy_(model.local_part(name, it->second).to(param.scalar_type()));
   }
   for (const auto& [name, tensor] : weights) {
     if (expected.count(name)) continue;
@@ -118,6 +123,12 @@ Transformer load_hf_model(const std::string& dir, int64_t num_labels) {
 }
 
 void save_hf_model(TransformerImpl& model, const std::string& dir, const SaveOptions& options) {
+  save_hf_model(model.config, model.named_weights(), dir, options);
+}
+
+void save_hf_model(const ModelConfig& config,
+                   const std::vector<std::pair<std::string, torch::Tensor>>& weights,
+                   const std::string& dir, const SaveOptions& options) {
   fs::path target = fs::absolute(dir).lexically_normal();
   if (target.filename().empty()) target = target.parent_path();
   check(!target.filename().empty(), "cannot save a model to " + dir);
@@ -126,12 +137,12 @@ void save_hf_model(TransformerImpl& model, const std::string& dir, const SaveOpt
   remove_all(tmp);
   make_directories(tmp);
   try {
-    write_file_atomic(tmp + "/config.json", model_config_to_hf_json(model.config).dump(2) + "\n");
+    write_file_atomic(tmp + "/config.json", model_config_to_hf_json(config).dump(2) + "\n");
 
     // Split into shards in parameter order when the model is larger than one shard.
     std::vector<std::vector<std::pair<std::string, torch::Tensor>>> shards(1);
     int64_t shard_bytes = 0, total_bytes = 0;
-    for (auto& [name, tensor] : model.named_weights()) {
+    for (auto& [name, tensor] : weights) {
       const int64_t bytes = tensor.numel() * tensor.element_size();
       if (shard_bytes > 0 && shard_bytes + bytes > options.max_shard_bytes) {
         shards.emplace_back();
@@ -164,8 +175,8 @@ void save_hf_model(TransformerImpl& model, const std::string& dir, const SaveOpt
                                          {"legacy", true}};
       write_file_atomic(tmp + "/tokenizer_config.json", tokenizer_config.dump(2) + "\n");
     }
-    nlohmann::json generation = {{"bos_token_id", model.config.bos_token_id},
-                                 {"eos_token_id", model.config.eos_token_id}};
+    nlohmann::json generation = {{"bos_token_id", config.bos_token_id},
+                                 {"eos_token_id", config.eos_token_id}};
     write_file_atomic(tmp + "/generation_config.json", generation.dump(2) + "\n");
     fsync_directory(tmp);
     // Replace: move any old directory aside, rename the new one in, then delete the old.

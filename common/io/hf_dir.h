@@ -9,10 +9,12 @@
 
 namespace tiller {
 
-// Reads all weights of DIR: model.safetensors, or the shards listed by model.safetensors.index.json.
+// Reads all weights of DIR: model.safetensors, or the shards listed by
+// model.safetensors.index.json.
 std::map<std::string, torch::Tensor> read_hf_weights(const std::string& dir);
 
-// Copies `weights` into `model` (converted to the parameter dtype). Strict: every missing tensor,
+// Copies `weights` into `model` (converted to the parameter dtype); a model sharded for tensor
+// parallelism takes this rank's part of each full weight. Strict: every missing tensor,
 // unexpected tensor and shape mismatch is listed in one tiller::Error naming `where`.
 // With heads_optional, the heads (lm_head.*, score.*) may be missing or extra: the body alone
 // must match (an LM initialising a reward model, a reward model initialising a critic).
@@ -24,7 +26,7 @@ void load_weights(TransformerImpl& model, const std::map<std::string, torch::Ten
 Transformer load_hf_model(const std::string& dir, int64_t num_labels = -1);
 
 struct SaveOptions {
-  std::string tokenizer_path;          // copied as tokenizer.model when non-empty
+  std::string tokenizer_path;           // copied as tokenizer.model when non-empty
   int64_t max_shard_bytes = 2ll << 30;  // larger models are split as model-0000k-of-0000n
 };
 
@@ -32,6 +34,11 @@ struct SaveOptions {
 // that is renamed into place last, so `dir` either does not exist or is complete.
 // An existing `dir` is replaced.
 void save_hf_model(TransformerImpl& model, const std::string& dir, const SaveOptions& options = {});
+// The same from weights already in hand: a tensor-parallel model's named_weights() is a
+// collective, gathered by every rank before the one that writes calls this.
+void save_hf_model(const ModelConfig& config,
+                   const std::vector<std::pair<std::string, torch::Tensor>>& weights,
+                   const std::string& dir, const SaveOptions& options = {});
 
 }  // namespace tiller
 

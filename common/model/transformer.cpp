@@ -1,5 +1,6 @@
 #include "common/model/transformer.h"
 
+#include "common/dist/tensor_parallel.h"
 #include "common/model/attention_mask.h"
 #include "common/torch_compat.h"
 #include "common/train/activation_checkpoint.h"
@@ -98,9 +99,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                                      const torch::Tensor& sin, const torch::Tensor& allowed,
                                      KVCache* cache, int64_t layer) {
   const int64_t batch = x.size(0), length = x.size(1);
-  auto q = q_proj(x).view({batch, length, n_heads, head_dim}).transpose(1, 2);
-  auto k = k_proj(x).view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
-  auto v = v_proj(x).view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
+  const auto input = dist::copy_to_tensor_parallel(x, tp);  // column-parallel q/k/v
+  auto q = q_proj(input).view({batch, length, n_heads, head_dim}).transpose(1, 2);
+  auto k = k_proj(input).view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
+  auto v = v_proj(input).view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
   q = apply_rotary(q, cos, sin);  // [B, H, T, hd]
   k = apply_rotary(k, cos, sin);  // [B, KV, T, hd]
   if (cache != nullptr) {
@@ -109,6 +111,12 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                 cache->capacity());
     auto& keys = cache->keys[layer];
     auto& values = cache->values[layer];
+    if (!tp.single())
+      check(keys.size(1) == n_kv_heads,
+            "generation with a KV cache is not supported under tensor parallelism (the cache "
+            "holds " +
+                std::to_string(keys.size(1)) + " key/value heads, this rank " +
+                std::to_string(n_kv_heads) + ")");
     keys.narrow(2, start, length).copy_(k);
     values.narrow(2, start, length).copy_(v);
     k = keys.narrow(2, 0, start + length);
@@ -118,7 +126,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   auto out = compat::attention(q, repeat_kv(k, rep).to(q.scalar_type()),
                                repeat_kv(v, rep).to(q.scalar_type()), allowed);
   out = out.transpose(1, 2).reshape({batch, length, n_heads * head_dim});
-  return o_proj(out);
+  return dist::reduce_from_tensor_parallel(o_proj(out), tp);  // row-parallel o_proj
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -131,7 +139,10 @@ MLPImpl::MLPImpl(int64_t dim, int64_t hidden) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  return down_proj(F::silu(gate_proj(x)) * up_proj(x));
+  if (tp.single()) return down_proj(F::silu(gate_proj(x)) * up_proj(x));
+  const auto input = dist::copy_to_tensor_parallel(x, tp);  // column-parallel gate/up
+  return dist::reduce_from_tensor_parallel(down_proj(F::silu(gate_proj(input)) * up_proj(input)),
+                                           tp);  // row-parallel down
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
@@ -165,7 +176,7 @@ DecoderImpl::DecoderImpl(const ModelConfig& c) : rotary(c.resolved_head_dim(), c
 torch::Tensor DecoderImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& positions,
                                    const torch::Tensor& allowed, KVCache* cache) {
   auto [cos, sin] = rotary.tables(positions);
-  auto x = embed_tokens(input_ids);  // [B, T, C]
+  auto x = tp.single() ? embed_tokens(input_ids) : parallel_embedding(input_ids);  // [B, T, C]
   const bool recompute =
       activation_checkpointing && cache == nullptr && torch::GradMode::is_enabled();
   for (size_t i = 0; i < layer_list.size(); ++i) {
@@ -174,6 +185,17 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& input_ids, const torch::
   }
   if (cache != nullptr) cache->length += input_ids.size(1);
   return norm(x);
+}
+
+// Vocabulary-parallel lookup: this rank's rows serve the ids in its range, zeros elsewhere; the
+// sum over the group is the full lookup.
+torch::Tensor DecoderImpl::parallel_embedding(const torch::Tensor& input_ids) {
+  const int64_t rows = embed_tokens->weight.size(0);
+  const auto local_ids = input_ids - vocab_begin;
+  const auto outside = local_ids.lt(0).logical_or(local_ids.ge(rows));
+  auto x = embed_tokens(local_ids.masked_fill(outside, 0));
+  x = x.masked_fill(outside.unsqueeze(-1), 0);
+  return dist::reduce_from_tensor_parallel(x, tp);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -201,8 +223,16 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& input_ids,
 
 torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
   check(config.num_labels == 0, "this model has a score head, not an LM head");
-  if (lm_head) return lm_head(hidden);
-  return torch::matmul(hidden, model->embed_tokens->weight.t());
+  const dist::Group& tp = model->tp;
+  if (tp.single()) {
+    if (lm_head) return lm_head(hidden);
+    return torch::matmul(hidden, model->embed_tokens->weight.t());
+  }
+  // Vocabulary-parallel: this rank's slice of the logits, gathered into the full [B, T, V].
+  const auto input = dist::copy_to_tensor_parallel(hidden, tp);
+  const auto local =
+      lm_head ? lm_head(input) : torch::matmul(input, model->embed_tokens->weight.t());
+  return dist::gather_last_dim(local, tp);
 }
 
 torch::Tensor TransformerImpl::scores(const torch::Tensor& hidden) {
@@ -230,12 +260,80 @@ torch::Tensor TransformerImpl::sequence_scores(const torch::Tensor& input_ids,
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> TransformerImpl::named_weights() {
+  auto out = local_weights();
+  if (tensor_parallel().single()) return out;
+  torch::NoGradGuard no_grad;
+  for (auto& [name, tensor] : out) tensor = gathered(name, tensor);
+  return out;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> TransformerImpl::local_weights() {
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (auto& item : named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
   return out;
 }
 
+int TransformerImpl::sharded_dim(const std::string& name) {
+  auto ends_with = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() &&
+           name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (name == "model.embed_tokens.weight" || name == "lm_head.weight") return 0;
+  for (const char* rows :
+       {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+        "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias",
+        "mlp.gate_proj.weight", "mlp.up_proj.weight"})
+    if (ends_with(rows)) return 0;
+  if (ends_with("self_attn.o_proj.weight") || ends_with("mlp.down_proj.weight")) return 1;
+  return -1;
+}
+
+torch::Tensor TransformerImpl::local_part(const std::string& name,
+                                          const torch::Tensor& full) const {
+  const dist::Group& tp = tensor_parallel();
+  const int dim = sharded_dim(name);
+  if (tp.single() || dim < 0) return full;
+  const int64_t part = full.size(dim) / tp.size();
+  return full.narrow(dim, tp.rank() * part, part);
+}
+
+torch::Tensor TransformerImpl::gathered(const std::string& name, const torch::Tensor& local) const {
+  const dist::Group& tp = tensor_parallel();
+  const int dim = sharded_dim(name);
+  if (tp.single() || dim < 0) return local;
+  return torch::cat(tp.all_gather(local.detach().contiguous()), dim);
+}
+
+void TransformerImpl::shard_for_tensor_parallel(const dist::Group& tp) {
+  if (tp.single()) return;
+  check(tensor_parallel().single(), "the model is already sharded for tensor parallelism");
+  const int n = tp.size();
+  auto require_divisible = [&](const char* what, int64_t value) {
+    check(value % n == 0, "tensor parallel over " + std::to_string(n) + " ranks: the model's " +
+                              what + " " + std::to_string(value) + " is not divisible by " +
+                              std::to_string(n));
+  };
+  require_divisible("num_attention_heads", config.num_attention_heads);
+  require_divisible("num_key_value_heads", config.num_key_value_heads);
+  require_divisible("intermediate_size", config.intermediate_size);
+  require_divisible("vocab_size", config.vocab_size);
+
+  torch::NoGradGuard no_grad;
+  model->tp = tp;
+  model->vocab_begin = tp.rank() * (config.vocab_size / n);
+  for (auto& layer : model->layer_list) {
+    layer->self_attn->tp = tp;
+    layer->self_attn->n_heads /= n;
+    layer->self_attn->n_kv_heads /= n;
+    layer->mlp->tp = tp;
+  }
+  // set_data keeps each parameter the same autograd leaf, with this rank's part as its data.
+  for (auto& [name, param] : local_weights())
+    if (sharded_dim(name) >= 0) param.set_data(local_part(name, param).clone());
+}
+
 void TransformerImpl::init_weights(uint64_t seed, bool heads_only) {
+  check(tensor_parallel().single(), "init_weights: initialise the model before sharding it");
   torch::NoGradGuard no_grad;
   auto generator = compat::make_cpu_generator(seed);
   for (auto& [name, tensor] : named_weights()) {

@@ -1,8 +1,16 @@
 // Transformer: the Llama-family decoder (Llama 2/3, Mistral, TinyLlama, Qwen2 shapes) with an
 // LM head or a scalar (sequence-classification) head. Parameter names are Hugging Face's.
+//
+// Tensor parallel (Megatron-style): a model built with full weights can be sharded in place over
+// a tensor-parallel group (shard_for_tensor_parallel). Each rank then holds its share of the
+// attention heads (q/k/v rows, o_proj columns), of the MLP's intermediate units (gate/up rows,
+// down columns) and of the vocabulary (embedding and LM head rows); norms and the score head are
+// replicated. Activations between blocks are full and identical on every rank, so the loss code
+// and the heads need no change. Unsharded (the default), no code path differs from a plain model.
 #pragma once
 #include <torch/torch.h>
 
+#include "common/dist/process_group.h"
 #include "common/model/kv_cache.h"
 #include "common/model/model_config.h"
 
@@ -33,7 +41,8 @@ struct AttentionImpl : torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& allowed, KVCache* cache, int64_t layer);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
-  int64_t n_heads, n_kv_heads, head_dim;
+  int64_t n_heads, n_kv_heads, head_dim;  // this rank's heads under tensor parallelism
+  dist::Group tp;
 };
 TORCH_MODULE(Attention);
 
@@ -42,6 +51,7 @@ struct MLPImpl : torch::nn::Module {
   // x: [B, T, C] -> [B, T, C]; SwiGLU: down(silu(gate(x)) * up(x))
   torch::Tensor forward(const torch::Tensor& x);
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  dist::Group tp;
 };
 TORCH_MODULE(MLP);
 
@@ -68,6 +78,12 @@ struct DecoderImpl : torch::nn::Module {
   std::vector<DecoderLayer> layer_list;
   // Recompute each layer in backward instead of storing its activations (training only).
   bool activation_checkpointing = false;
+  // Tensor parallel: the group, and the first vocabulary row of this rank's embedding shard.
+  dist::Group tp;
+  int64_t vocab_begin = 0;
+
+ private:
+  torch::Tensor parallel_embedding(const torch::Tensor& input_ids);
 };
 TORCH_MODULE(Decoder);
 
@@ -90,11 +106,30 @@ struct TransformerImpl : torch::nn::Module {
   torch::Tensor sequence_scores(const torch::Tensor& input_ids,
                                 const torch::Tensor& attention_mask);
 
-  // Weights as they are named in Hugging Face checkpoints (tied lm_head omitted).
+  // Weights as they are named in Hugging Face checkpoints (tied lm_head omitted), full-size.
+  // Unsharded: the parameters themselves. Sharded: gathered copies, a collective that every
+  // rank of the tensor-parallel group calls.
   std::vector<std::pair<std::string, torch::Tensor>> named_weights();
+  // The parameters this process holds, under the same names (this rank's shards under tensor
+  // parallelism): what to write into when loading.
+  std::vector<std::pair<std::string, torch::Tensor>> local_weights();
   // Normal(0, 0.02) linears and embeddings, unit norms, score head N(0, 1/(d+1)); with
-  // heads_only, just lm_head / score (the body is about to be loaded).
+  // heads_only, just lm_head / score (the body is about to be loaded). Before sharding only.
   void init_weights(uint64_t seed, bool heads_only = false);
+
+  // Shards this full-weight model in place over `tp` (a no-op for a single process). Heads,
+  // key/value heads, intermediate_size and vocab_size must divide by its size (tiller::Error
+  // otherwise). Build the optimizer after this.
+  void shard_for_tensor_parallel(const dist::Group& tp);
+  const dist::Group& tensor_parallel() const { return model->tp; }
+  // The dimension along which tensor parallelism splits weight `name` (0: rows, 1: columns), or
+  // -1 for a replicated one.
+  static int sharded_dim(const std::string& name);
+  // This rank's part of the full tensor of weight `name` (the tensor itself when unsharded).
+  torch::Tensor local_part(const std::string& name, const torch::Tensor& full) const;
+  // The full tensor of weight `name` from every rank's part (a gradient, or the weight): a
+  // collective over the tensor-parallel group for sharded weights.
+  torch::Tensor gathered(const std::string& name, const torch::Tensor& local) const;
 
   ModelConfig config;
   Decoder model{nullptr};

@@ -93,6 +93,10 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     recipe.run.dist_timeout_s = run.integer("dist_timeout_s", recipe.run.dist_timeout_s);
     run.require(recipe.run.dist_timeout_s >= 1 && recipe.run.dist_timeout_s <= 86400,
                 "dist_timeout_s", "must be in [1, 86400] seconds");
+    const int64_t tensor_parallel = run.integer("tensor_parallel", 1);
+    run.require(tensor_parallel >= 1 && tensor_parallel <= 1024, "tensor_parallel",
+                "must be in [1, 1024] ranks");
+    recipe.run.tensor_parallel = static_cast<int>(std::clamp<int64_t>(tensor_parallel, 1, 1024));
     run.require(!recipe.run.name.empty() && recipe.run.name.find('/') == std::string::npos, "name",
                 "must be a non-empty name without '/'");
     run.require(threads >= 0 && threads <= 1024, "threads", "must be in [0, 1024] (0: every core)");

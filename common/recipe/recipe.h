@@ -19,6 +19,7 @@ struct RunConfig {
   int threads = 0;  // 0: every core
   std::string device = "cpu";
   int64_t dist_timeout_s = 300;  // multi-process jobs: rendezvous and each collective
+  int tensor_parallel = 1;       // ranks each model is sharded over (the rest: data parallel)
 };
 
 // Where the base model comes from: exactly one of an HF directory, a llama2.c file (with its

@@ -1,6 +1,7 @@
 #include "common/train/parallel_adamw.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <limits>
 #include <numeric>
@@ -58,8 +59,16 @@ ParallelAdamW::ParallelAdamW(torch::nn::Module& model, const OptimizerOptions& o
   check(parallel_.zero_stage == 0 || parallel_.zero_stage == 1,
         "optimizer: zero_stage must be 0 or 1, got " + std::to_string(parallel_.zero_stage));
   check(parallel_.bucket_bytes > 0, "optimizer: the all-reduce bucket must be positive");
+  check(parallel_.zero_stage == 0 || parallel_.tensor_parallel.single(),
+        "optimizer: ZeRO-1 (train.zero_stage 1) cannot be combined with tensor parallelism "
+        "(run.tensor_parallel > 1)");
   for (auto& p : model.parameters())
     if (p.requires_grad()) params_.push_back(p);
+  for (const auto& p : params_) {
+    bool is_shard = false;
+    for (const auto& s : parallel_.tensor_parallel_shards) is_shard |= s.is_same(p);
+    shard_.push_back(is_shard);
+  }
   const bool sharded = parallel_.zero_stage == 1 && !group_.single();
   owner_ = sharded ? balanced_owners(params_, group_.size()) : std::vector<int>(params_.size(), -1);
   if (sharded) {
@@ -104,8 +113,26 @@ double ParallelAdamW::reduce_gradients_and_clip(double max_norm) {
     }
     flush();
   }
+  if (!parallel_.tensor_parallel.single()) return clip_tensor_parallel(max_norm);
   return torch::nn::utils::clip_grad_norm_(
       params_, max_norm > 0 ? max_norm : std::numeric_limits<double>::infinity());
+}
+
+double ParallelAdamW::clip_tensor_parallel(double max_norm) {
+  torch::NoGradGuard no_grad;
+  auto replicated = torch::zeros({}, torch::kDouble), sharded = torch::zeros({}, torch::kDouble);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const auto& g = params_[i].grad();
+    if (!g.defined()) continue;
+    (shard_[i] ? sharded : replicated) += g.to(torch::kDouble).pow(2).sum().cpu();
+  }
+  parallel_.tensor_parallel.all_reduce(sharded);
+  const double norm = std::sqrt((replicated + sharded).item<double>());
+  const double coefficient = max_norm / (norm + 1e-6);  // clip_grad_norm_'s
+  if (max_norm > 0 && coefficient < 1)
+    for (auto& p : params_)
+      if (p.grad().defined()) p.mutable_grad().mul_(coefficient);
+  return norm;
 }
 
 void ParallelAdamW::step() {

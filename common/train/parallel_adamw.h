@@ -10,6 +10,11 @@
 //
 // Checkpoints hold the whole state in one world-size-independent file (gathered to rank 0), so a
 // run saved on N ranks resumes on M.
+//
+// Tensor parallel: the group is the data-parallel one; the model's sharded parameters are named
+// in ParallelOptions, and the gradient norm sums their squares over the tensor-parallel group
+// (replicated parameters, identical on every member, count once). Each tensor-parallel rank's
+// state covers its own shards; ZeRO-1 is not combined with tensor parallelism.
 #pragma once
 #include <torch/torch.h>
 
@@ -25,6 +30,8 @@ namespace tiller {
 struct ParallelOptions {
   int zero_stage = 0;                 // 0: replicated state; 1: state sharded over the group
   int64_t bucket_bytes = 25ll << 20;  // gradient all-reduce bucket
+  dist::Group tensor_parallel;        // the group the model is sharded over (single: none)
+  std::vector<torch::Tensor> tensor_parallel_shards;  // the parameters that are shards
 };
 
 class ParallelAdamW {
@@ -55,9 +62,12 @@ class ParallelAdamW {
 
   const std::vector<torch::Tensor>& parameters() const { return params_; }
   int zero_stage() const { return parallel_.zero_stage; }
+  const dist::Group& tensor_parallel() const { return parallel_.tensor_parallel; }
 
  private:
   bool owns(size_t index) const { return owner_[index] == group_.rank(); }
+  // clip_grad_norm_ with the norm taken over the tensor-parallel group's shards.
+  double clip_tensor_parallel(double max_norm);
 
   torch::nn::Module& model_;
   OptimizerOptions options_;
@@ -65,6 +75,7 @@ class ParallelAdamW {
   ParallelOptions parallel_;
   std::vector<torch::Tensor> params_;           // trainable parameters, in the model's order
   std::vector<int> owner_;                      // group rank that updates each parameter
+  std::vector<bool> shard_;                     // a tensor-parallel shard (per parameter)
   std::unique_ptr<torch::optim::AdamW> adamw_;  // over every parameter, or this rank's
   double lr_;
 };

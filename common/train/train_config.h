@@ -39,7 +39,10 @@ struct TrainConfig {
 
   OptimizerOptions optimizer() const { return {lr, weight_decay, beta1, beta2, eps}; }
   ParallelOptions parallel_options() const {
-    return {static_cast<int>(zero_stage), static_cast<int64_t>(allreduce_bucket_mb * (1 << 20))};
+    ParallelOptions options;
+    options.zero_stage = static_cast<int>(zero_stage);
+    options.bucket_bytes = static_cast<int64_t>(allreduce_bucket_mb * (1 << 20));
+    return options;
   }
   ScheduleOptions schedule_options() const {
     return {lr, min_lr_ratio, warmup_steps, steps, schedule};
