@@ -219,6 +219,12 @@ TEST(SftTrain, CheckpointVerifyReadsEveryCheckpointAndNamesABadFile) {
   for (int step : {1, 2})
     save_checkpoint(dir, {{{"model", model.get()}}, {{"optimizer", &opt}}}, {{"step", step}}, 3);
   EXPECT_EQ(verify_checkpoints(dir), (std::vector<int64_t>{1, 2}));
+  // A deletion cut short leaves a step-N.old, which is never read and goes at the next save.
+  std::filesystem::create_directories(dir + "/step-0.old");
+  EXPECT_EQ(verify_checkpoints(dir), (std::vector<int64_t>{1, 2}));
+  save_checkpoint(dir, {{{"model", model.get()}}, {{"optimizer", &opt}}}, {{"step", 2}}, 3);
+  EXPECT_FALSE(std::filesystem::exists(dir + "/step-0.old"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/step-2.old"));  // the re-saved step's old copy
 
   // A truncated weights file in the older checkpoint (not the one `latest` names) is found.
   const std::string weights = dir + "/step-1/model.safetensors";

@@ -24,47 +24,6 @@ using namespace tiller;
 
 namespace {
 
-struct Job {
-  std::vector<int> pids;
-  std::vector<std::string> logs;
-};
-
-// `world` processes of args (args[0] the binary), as torchrun starts them when world > 1.
-Job launch(int world, const std::vector<std::string>& args, const std::string& log_prefix) {
-  Job job;
-  const int port = test::free_port();
-  for (int rank = 0; rank < world; ++rank) {
-    std::vector<std::string> env = {"OMP_WAIT_POLICY=passive"};
-    if (world > 1)
-      env.insert(env.end(), {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank),
-                             "WORLD_SIZE=" + std::to_string(world), "MASTER_ADDR=127.0.0.1",
-                             "MASTER_PORT=" + std::to_string(port)});
-    job.logs.push_back(log_prefix + ".rank" + std::to_string(rank) + ".log");
-    job.pids.push_back(test::spawn_logged(args, job.logs.back(), env));
-  }
-  return job;
-}
-
-// Every process's exit status; one still running after `seconds` is killed and reads -1.
-std::vector<int> wait_all(const Job& job, double seconds) {
-  std::vector<int> codes;
-  for (int pid : job.pids) {
-    const int code = test::wait_exit(pid, seconds);
-    if (code == -1) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-    codes.push_back(code);
-  }
-  return codes;
-}
-
-std::string logs_of(const Job& job) {
-  std::string out;
-  for (const auto& log : job.logs) out += "---- " + log + "\n" + test::read_bytes(log);
-  return out;
-}
-
 // max |a - b| / max |b|: the difference relative to the reference's scale.
 double relative_max_difference(const torch::Tensor& a, const torch::Tensor& b) {
   const double scale = b.abs().max().item<double>();
@@ -72,22 +31,10 @@ double relative_max_difference(const torch::Tensor& a, const torch::Tensor& b) {
          std::max(scale, 1e-12);
 }
 
-std::map<int64_t, nlohmann::json> metrics_by_step(const std::string& path) {
-  std::map<int64_t, nlohmann::json> out;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) {
-      auto record = nlohmann::json::parse(line);
-      out[record["step"].get<int64_t>()] = record;
-    }
-  return out;
-}
-
 // The largest relative difference of `key` over the steps both logged; `compared` counts them.
 double curve_difference(const std::string& a, const std::string& b, const std::string& key,
                         int* compared) {
-  const auto x = metrics_by_step(a), y = metrics_by_step(b);
+  const auto x = test::metrics_by_step(a), y = test::metrics_by_step(b);
   double worst = 0;
   *compared = 0;
   for (const auto& [step, record] : x) {
@@ -103,17 +50,8 @@ double curve_difference(const std::string& a, const std::string& b, const std::s
 }
 
 std::vector<std::string> pretrain_args(const std::string& dir, std::vector<std::string> extra) {
-  std::vector<std::string> args = {test::tiller_binary(),
-                                   "pretrain",
-                                   test::quickstart_recipe_in(dir),
-                                   "synthetic_data.corpus_stories=400",
-                                   "run.threads=1",
-                                   "pretrain.train.micro_batch_size=8",
-                                   "pretrain.train.log_every=1",
-                                   "pretrain.train.eval_every=0",
-                                   "pretrain.train.checkpoint_every=4"};
-  args.insert(args.end(), extra.begin(), extra.end());
-  return args;
+  extra.insert(extra.begin(), "pretrain.train.checkpoint_every=4");
+  return test::quickstart_pretrain_args(dir, extra);
 }
 
 }  // namespace
@@ -121,8 +59,8 @@ std::vector<std::string> pretrain_args(const std::string& dir, std::vector<std::
 TEST(TensorParallel, TwoRanksMatchOneOnLogitsAndGradients) {
   const std::string root = test::temp_dir("tp_probe");
   const std::string out = root + "/probe.safetensors";
-  const Job job = launch(2, {TILLER_TP_PROBE, out}, root + "/probe");
-  ASSERT_EQ(wait_all(job, 120), std::vector<int>({0, 0})) << logs_of(job);
+  const test::Job job = test::launch_job(2, {TILLER_TP_PROBE, out}, root + "/probe");
+  ASSERT_EQ(test::wait_job(job, 120), std::vector<int>({0, 0})) << test::job_logs(job);
 
   const auto sharded = read_safetensors(out);
   const auto reference = test::tensor_parallel_probe(dist::Group());
@@ -155,15 +93,16 @@ TEST(TensorParallel, TwoRanksMatchOneOnLogitsAndGradients) {
 
 TEST(TensorParallel, IndivisibleHeadCountIsAClearError) {
   const std::string root = test::temp_dir("tp_probe_heads");
-  const Job job = launch(2, {TILLER_TP_PROBE, root + "/never.safetensors", "3"}, root + "/probe");
-  const auto codes = wait_all(job, 120);
+  const test::Job job =
+      test::launch_job(2, {TILLER_TP_PROBE, root + "/never.safetensors", "3"}, root + "/probe");
+  const auto codes = test::wait_job(job, 120);
   for (size_t rank = 0; rank < 2; ++rank) {
-    EXPECT_EQ(codes[rank], 1) << logs_of(job);
+    EXPECT_EQ(codes[rank], 1) << test::job_logs(job);
     EXPECT_NE(test::read_bytes(job.logs[rank])
                   .find("tensor parallel over 2 ranks: the model's num_attention_heads 3 is not "
                         "divisible by 2"),
               std::string::npos)
-        << logs_of(job);
+        << test::job_logs(job);
   }
   EXPECT_FALSE(path_exists(root + "/never.safetensors"));
 }
@@ -171,12 +110,12 @@ TEST(TensorParallel, IndivisibleHeadCountIsAClearError) {
 TEST(TensorParallel, PretrainOnTwoRanksMatchesOneProcessAndResumes) {
   const std::string root = test::temp_dir("tp_pretrain");
   const std::vector<std::string> steps = {"pretrain.train.steps=12"};
-  const Job one = launch(1, pretrain_args(root + "/one", steps), root + "/one");
-  ASSERT_EQ(wait_all(one, 600), std::vector<int>{0}) << logs_of(one);
+  const test::Job one = test::launch_job(1, pretrain_args(root + "/one", steps), root + "/one");
+  ASSERT_EQ(test::wait_job(one, 600), std::vector<int>{0}) << test::job_logs(one);
   std::vector<std::string> tp_steps = steps;
   tp_steps.push_back("run.tensor_parallel=2");
-  const Job two = launch(2, pretrain_args(root + "/two", tp_steps), root + "/two");
-  ASSERT_EQ(wait_all(two, 600), std::vector<int>({0, 0})) << logs_of(two);
+  const test::Job two = test::launch_job(2, pretrain_args(root + "/two", tp_steps), root + "/two");
+  ASSERT_EQ(test::wait_job(two, 600), std::vector<int>({0, 0})) << test::job_logs(two);
   const std::string log0 = test::read_bytes(two.logs[0]);
   EXPECT_NE(log0.find("distributed: 1 data parallel x 2 tensor parallel"), std::string::npos)
       << log0;
@@ -224,8 +163,9 @@ TEST(TensorParallel, PretrainOnTwoRanksMatchesOneProcessAndResumes) {
   // Resumed at step 8 under the same degree, the curve continues as one process's did.
   std::filesystem::remove(root + "/two/pretrain/complete.json");
   write_file_atomic(root + "/two/pretrain/checkpoints/latest", "step-8\n");
-  const Job resumed = launch(2, pretrain_args(root + "/two", tp_steps), root + "/two.resumed");
-  ASSERT_EQ(wait_all(resumed, 600), std::vector<int>({0, 0})) << logs_of(resumed);
+  const test::Job resumed =
+      test::launch_job(2, pretrain_args(root + "/two", tp_steps), root + "/two.resumed");
+  ASSERT_EQ(test::wait_job(resumed, 600), std::vector<int>({0, 0})) << test::job_logs(resumed);
   EXPECT_NE(test::read_bytes(resumed.logs[0]).find("resumed from"), std::string::npos);
   const double resumed_difference = curve_difference(metrics_one, metrics_two, "loss", &compared);
   EXPECT_EQ(compared, 12);
@@ -233,12 +173,13 @@ TEST(TensorParallel, PretrainOnTwoRanksMatchesOneProcessAndResumes) {
 
   // One process cannot take the two ranks' optimizer shards: a clear error, not a wrong state.
   std::filesystem::remove(root + "/two/pretrain/complete.json");
-  const Job other = launch(1, pretrain_args(root + "/two", steps), root + "/two.one");
-  ASSERT_EQ(wait_all(other, 600), std::vector<int>{1}) << logs_of(other);
+  const test::Job other =
+      test::launch_job(1, pretrain_args(root + "/two", steps), root + "/two.one");
+  ASSERT_EQ(test::wait_job(other, 600), std::vector<int>{1}) << test::job_logs(other);
   EXPECT_NE(test::read_bytes(other.logs[0])
                 .find("was saved under run.tensor_parallel 2; resume it with the same degree"),
             std::string::npos)
-      << logs_of(other);
+      << test::job_logs(other);
   std::printf(
       "tensor parallel pretrain: max relative difference loss %.3g (resumed %.3g), val_loss %.3g, "
       "grad_norm %.3g, final weights %.3g\n",
@@ -250,12 +191,13 @@ TEST(TensorParallel, FourRanksAsTwoDataByTwoTensorParallelMatchOneProcess) {
   // Micro-batches of 4 rows: each data-parallel pair of ranks runs the shapes one process runs.
   const std::vector<std::string> steps = {"pretrain.train.steps=6",
                                           "pretrain.train.micro_batch_size=4"};
-  const Job one = launch(1, pretrain_args(root + "/one", steps), root + "/one");
-  ASSERT_EQ(wait_all(one, 600), std::vector<int>{0}) << logs_of(one);
+  const test::Job one = test::launch_job(1, pretrain_args(root + "/one", steps), root + "/one");
+  ASSERT_EQ(test::wait_job(one, 600), std::vector<int>{0}) << test::job_logs(one);
   std::vector<std::string> layout_steps = steps;
   layout_steps.push_back("run.tensor_parallel=2");
-  const Job four = launch(4, pretrain_args(root + "/four", layout_steps), root + "/four");
-  ASSERT_EQ(wait_all(four, 600), std::vector<int>({0, 0, 0, 0})) << logs_of(four);
+  const test::Job four =
+      test::launch_job(4, pretrain_args(root + "/four", layout_steps), root + "/four");
+  ASSERT_EQ(test::wait_job(four, 600), std::vector<int>({0, 0, 0, 0})) << test::job_logs(four);
   const std::string log0 = test::read_bytes(four.logs[0]);
   EXPECT_NE(log0.find("distributed: 2 data parallel x 2 tensor parallel"), std::string::npos)
       << log0;

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -148,6 +149,74 @@ std::string quickstart_recipe_in(const std::string& dir) {
   const std::string path = dir + "-recipe.json";
   write_file_atomic(path, text);
   return path;
+}
+
+Job launch_job(int world, const std::vector<std::string>& args, const std::string& log_prefix,
+               const std::vector<std::string>& extra_env) {
+  Job job;
+  const int port = free_port();
+  for (int rank = 0; rank < world; ++rank) {
+    std::vector<std::string> env = extra_env;
+    env.push_back("OMP_WAIT_POLICY=passive");
+    if (world > 1)
+      env.insert(env.end(), {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank),
+                             "WORLD_SIZE=" + std::to_string(world), "MASTER_ADDR=127.0.0.1",
+                             "MASTER_PORT=" + std::to_string(port)});
+    job.logs.push_back(log_prefix + ".rank" + std::to_string(rank) + ".log");
+    job.pids.push_back(spawn_logged(args, job.logs.back(), env));
+  }
+  return job;
+}
+
+std::vector<int> wait_job(const Job& job, double seconds) {
+  std::vector<int> codes;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  for (int pid : job.pids) {
+    const double left =
+        std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+    const int code = wait_exit(pid, std::max(0.0, left));
+    if (code == -1) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    codes.push_back(code);
+  }
+  return codes;
+}
+
+std::string job_logs(const Job& job) {
+  std::string out;
+  for (const auto& log : job.logs) out += "---- " + log + "\n" + read_bytes(log);
+  return out;
+}
+
+std::vector<std::string> quickstart_pretrain_args(const std::string& dir,
+                                                  const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {tiller_binary(),
+                                   "pretrain",
+                                   quickstart_recipe_in(dir),
+                                   "synthetic_data.corpus_stories=400",
+                                   "run.threads=1",
+                                   "pretrain.train.micro_batch_size=8",
+                                   "pretrain.train.log_every=1",
+                                   "pretrain.train.eval_every=0"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
+std::map<int64_t, nlohmann::json> metrics_by_step(const std::string& path) {
+  std::map<int64_t, nlohmann::json> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    try {
+      auto record = nlohmann::json::parse(line);
+      out[record.at("step").get<int64_t>()] = record;
+    } catch (const std::exception&) {
+      // a line cut by a kill
+    }
+  }
+  return out;
 }
 
 int64_t last_logged_step(const std::string& metrics_path) {

@@ -2,7 +2,10 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -31,6 +34,27 @@ int free_port();
 // recipes/quickstart.json with its run and data directories moved to `dir`; returns the copy's
 // path (beside `dir`).
 std::string quickstart_recipe_in(const std::string& dir);
+// A multi-process job started the way torchrun starts one: `world` copies of args (args[0] the
+// binary) with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT (none
+// of them when world is 1), OMP_WAIT_POLICY=passive, each logging to LOG_PREFIX.rankN.log.
+struct Job {
+  std::vector<int> pids;
+  std::vector<std::string> logs;
+};
+Job launch_job(int world, const std::vector<std::string>& args, const std::string& log_prefix,
+               const std::vector<std::string>& extra_env = {});
+// Every process's exit status; those still running `seconds` after the call are killed and read
+// -1.
+std::vector<int> wait_job(const Job& job, double seconds);
+// Every process's log, headed by its path (for failure messages).
+std::string job_logs(const Job& job);
+// `tiller pretrain` of the quickstart recipe moved under dir: small data, 1 thread, micro-batches
+// of 8, a metrics line every step, then `extra` overrides.
+std::vector<std::string> quickstart_pretrain_args(const std::string& dir,
+                                                  const std::vector<std::string>& extra);
+// metrics.jsonl as step -> record (a line cut short by a kill is skipped).
+std::map<int64_t, nlohmann::json> metrics_by_step(const std::string& path);
+
 // The largest integer "step" in a metrics.jsonl (-1 when none; partial lines ignored).
 int64_t last_logged_step(const std::string& metrics_path);
 // The arguments as one shell command line, each single-quoted.

@@ -30,6 +30,17 @@ std::vector<std::pair<int64_t, std::string>> finished_checkpoints(const std::str
   return out;
 }
 
+// Removes a finished checkpoint so that a kill at any instant leaves it whole or gone: renamed
+// out of the step-N names first (atomic), then deleted. A kill found a checkpoint without its
+// state.json when remove_all was cut short in place.
+void discard(const std::string& checkpoint) {
+  if (!path_exists(checkpoint)) return;
+  const std::string doomed = checkpoint + ".old";
+  remove_all(doomed);
+  fs::rename(checkpoint, doomed);
+  remove_all(doomed);
+}
+
 torch::Tensor rng_state() {
   return at::detail::getDefaultCPUGenerator().get_state();
 }
@@ -72,9 +83,10 @@ void write_checkpoint(const std::string& dir, const CheckpointParts& parts,
                       const nlohmann::json& state, int64_t keep) {
   const int64_t step = state.at("step").get<int64_t>();
   make_directories(dir);
-  // Leftovers of an interrupted save are never loaded; clear them.
+  // Leftovers of an interrupted save or deletion are never loaded; clear them.
   for (const auto& entry : fs::directory_iterator(dir))
-    if (entry.path().extension() == ".tmp") remove_all(entry.path().string());
+    if (entry.path().extension() == ".tmp" || entry.path().extension() == ".old")
+      remove_all(entry.path().string());
 
   const std::string name = "step-" + std::to_string(step);
   const std::string final_dir = dir + "/" + name, tmp = final_dir + ".tmp";
@@ -92,7 +104,7 @@ void write_checkpoint(const std::string& dir, const CheckpointParts& parts,
     write_safetensors(tmp + "/rng.safetensors", {{"cpu", rng_state()}});
     write_file_atomic(tmp + "/state.json", state.dump(2) + "\n");
     fsync_directory(tmp);
-    remove_all(final_dir);  // a checkpoint of the same step from an earlier attempt
+    discard(final_dir);  // a checkpoint of the same step from an earlier attempt
     fs::rename(tmp, final_dir);
     fsync_directory(dir);
     write_file_atomic(dir + "/latest", name + "\n");
@@ -105,7 +117,7 @@ void write_checkpoint(const std::string& dir, const CheckpointParts& parts,
   }
   auto all = finished_checkpoints(dir);
   for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < all.size(); ++i)
-    remove_all(all[i].second);
+    discard(all[i].second);
 }
 
 }  // namespace
