@@ -123,8 +123,7 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, uint64_t size,
         bytes_needed = 0;
         break;
       }
-      check(bytes_needed <= max_bytes / u, where + ": shape " +
-                                               nlohmann::json(entry.shape).dump() +
+      check(bytes_needed <= max_bytes / u, where + ": shape " + nlohmann::json(entry.shape).dump() +
                                                " is too large (its byte count overflows)");
       bytes_needed *= u;
     }
@@ -132,12 +131,11 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, uint64_t size,
       check(off.is_number_unsigned(), where + ": data_offsets must be non-negative integers");
     entry.begin = obj["data_offsets"][0].get<uint64_t>();
     entry.end = obj["data_offsets"][1].get<uint64_t>();
-    check(entry.begin <= entry.end, where + ": data_offsets begin " +
-                                        std::to_string(entry.begin) + " > end " +
-                                        std::to_string(entry.end));
+    check(entry.begin <= entry.end, where + ": data_offsets begin " + std::to_string(entry.begin) +
+                                        " > end " + std::to_string(entry.end));
     check(entry.end <= data_size, where + ": data_offsets end " + std::to_string(entry.end) +
-                                      " is outside the data section (" +
-                                      std::to_string(data_size) + " bytes)");
+                                      " is outside the data section (" + std::to_string(data_size) +
+                                      " bytes)");
     check(entry.end - entry.begin == bytes_needed,
           where + ": shape x dtype is " + std::to_string(bytes_needed) +
               " bytes but data_offsets span " + std::to_string(entry.end - entry.begin));
