@@ -126,6 +126,7 @@ def seeds_recipes(repo):
         quick = f.read()
     put("recipe", "quickstart_overrides", quick.rstrip("\n") + "\n%%\nsft.train.steps=3\nrun.name=x\n"
         "stages.0.name=\"p\"\nreward.data.format=hh\nnot_an_override\nrun.seed.x=1\n")
+    put("recipe", "stage_name_number", '{"stages": [{"name": 5, "type": "sft"}]}\n%%\nx.a=1\n')
     put("recipe", "minimal_errors.json", '// comment\n{"run": {"name": 5}, "stages": [{"name": "s", "type": "sft", "bogus": 1}]}\n')
 
 
