@@ -11,6 +11,7 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev
+  clang libclang-rt-14-dev llvm  # the sanitizer build and libFuzzer (scripts/sanitize_and_fuzz.sh)
   chromium                # headless, for the test that renders report.html as a browser does
 )
 

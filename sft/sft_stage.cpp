@@ -55,7 +55,11 @@ void check_vocabulary_agrees(const SftStageConfig& c, const std::string& path,
   if (!c.init.empty() && c.init[0] != '@' && path_exists(c.init + "/config.json")) {
     try {
       const auto config = read_json_file(c.init + "/config.json");
-      const int64_t model_vocab = config.value("vocab_size", int64_t{-1});
+      // Only a well-formed vocab_size is compared here: any other (a string, a config.json that
+      // is not an object) is reported when the stage loads the model, not thrown as a json error.
+      const auto vocab = config.find("vocab_size");
+      const int64_t model_vocab =
+          vocab != config.end() && vocab->is_number_integer() ? vocab->get<int64_t>() : -1;
       if (model_vocab >= 0 && tokenizer_vocab != model_vocab)
         errors.add(path + ".tokenizer", "the tokenizer's " + std::to_string(tokenizer_vocab) +
                                             " pieces contradict the vocab_size of " + c.init +

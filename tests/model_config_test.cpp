@@ -187,6 +187,12 @@ TEST(ModelConfig, InvalidConfigsNameTheProblem) {
   EXPECT_NE(m.find("eos_token_id"), std::string::npos) << m;
   m = with("vocab_size", int64_t{1} << 40);
   EXPECT_NE(m.find("implausibly large"), std::string::npos) << m;
+  // Found by model_config_fuzz: an unbounded head_dim overflowed int64 in parameter_count (UB).
+  m = with("head_dim", int64_t{1} << 62);
+  EXPECT_NE(m.find("cfg.json: head_dim 4611686018427387904 is out of range"), std::string::npos)
+      << m;
+  m = with("head_dim", -8);
+  EXPECT_NE(m.find("head_dim -8 is out of range"), std::string::npos) << m;
   EXPECT_NE(parse_error(nlohmann::json::array()).find("expected a JSON object"), std::string::npos);
   EXPECT_EQ(parse_error(base), "");  // the base itself is valid: the errors above are the edits'
 }

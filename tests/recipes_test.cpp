@@ -108,3 +108,40 @@ TEST(Recipes, ReferenceDocumentsEveryKeyTheParsersRead) {
   }
   EXPECT_TRUE(missing.empty()) << "docs/recipes.md does not document:" << missing;
 }
+
+// Found by recipe_fuzz: beside a stage whose "name" is not a string, an override made
+// apply_override throw nlohmann's type_error, which nothing caught (a crash, not an error line).
+TEST(Recipes, OverridesSkipStagesWhoseNameIsNotAString) {
+  auto j = nlohmann::json::parse(R"({"stages": [{"name": 5, "type": "sft"}, {"name": "sft"}]})");
+  EXPECT_NO_THROW(apply_override(j, "sft.train.steps=10"));
+  EXPECT_EQ(j["stages"][1]["train"]["steps"], 10);
+  EXPECT_NO_THROW(apply_override(j, "x.a=1"));
+  EXPECT_EQ(j["x"]["a"], 1);
+
+  const std::string dir = test::temp_dir("override_bad_name");
+  std::ofstream(dir + "/r.json") << R"({"stages": [{"name": 5, "type": "sft"}]})";
+  ConfigErrors errors;
+  EXPECT_NO_THROW(load_recipe(dir + "/r.json", {"x.a=1"}, errors));
+  EXPECT_FALSE(errors.empty());  // the stage's name is reported by the recipe check
+}
+
+// Found reading for the recipe fuzzer: an init directory whose config.json has a vocab_size that
+// is not an integer (or is not an object) made parse_sft_stage throw nlohmann's type_error.
+TEST(Recipes, InitConfigWithAMalformedVocabSizeIsLeftToTheModelLoader) {
+  const std::string dir = test::temp_dir("init_bad_vocab");
+  for (const std::string config : {R"({"vocab_size": "many"})", "[1, 2]"}) {
+    make_directories(dir + "/init");
+    std::ofstream(dir + "/init/config.json") << config;
+    nlohmann::json stage = nlohmann::json::parse(R"({"name": "sft", "type": "sft"})");
+    stage["init"] = dir + "/init";
+    stage["tokenizer"] = {{"train", dir + "/r.json"}, {"vocab_size", 300}};
+    stage["data"] = {{"train", dir + "/r.json"}};
+    nlohmann::json recipe_json = nlohmann::json::object();
+    recipe_json["stages"] = nlohmann::json::array({stage});
+    std::ofstream(dir + "/r.json") << recipe_json.dump();
+    ConfigErrors errors;
+    const Recipe recipe = load_recipe(dir + "/r.json", {}, errors);
+    ASSERT_EQ(recipe.stages.size(), 1u);
+    EXPECT_NO_THROW(parse_sft_stage(recipe.stages[0], errors)) << config;
+  }
+}

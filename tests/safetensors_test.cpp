@@ -107,6 +107,39 @@ TEST(Safetensors, HugeShapeDoesNotOverflow) {
   EXPECT_FALSE(error_of(path).empty());
 }
 
+// Found by reading for the fuzzer: 2^40 x 2^21 F64 is 2^64 bytes, which wrapped to 0 and matched
+// an empty data_offsets span, so tensor() asked torch for 16 EiB (a c10::Error, not a clear one).
+TEST(Safetensors, ByteCountThatWrapsTo64BitsIsAnError) {
+  const std::string dir = test::temp_dir("st_wrap");
+  auto path =
+      write_raw(dir, "s.safetensors",
+                R"({"w":{"dtype":"F64","shape":[1099511627776,2097152],"data_offsets":[0,0]}})", 0);
+  EXPECT_NE(error_of(path).find("tensor 'w': shape [1099511627776,2097152] is too large"),
+            std::string::npos)
+      << error_of(path);
+  auto f32 =
+      write_raw(dir, "f.safetensors",
+                R"({"w":{"dtype":"F32","shape":[1099511627776,4194304],"data_offsets":[0,0]}})", 0);
+  EXPECT_NE(error_of(f32).find("is too large"), std::string::npos) << error_of(f32);
+}
+
+TEST(Safetensors, FromBytesSharesTheFileChecks) {
+  const std::string dir = test::temp_dir("st_bytes");
+  auto w = torch::arange(6, torch::kFloat).reshape({2, 3});
+  write_safetensors(dir + "/a.safetensors", {{"w", w}});
+  const std::string bytes = test::read_bytes(dir + "/a.safetensors");
+  auto tensors = read_safetensors_bytes(bytes, "mem");
+  EXPECT_TRUE(torch::equal(tensors.at("w"), w));
+  EXPECT_NE(test::error_of([&] {
+              read_safetensors_bytes(bytes.substr(0, 5), "mem");
+            }).find("mem: truncated safetensors file (5 bytes"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] {
+              read_safetensors_bytes(bytes.substr(0, bytes.size() - 1), "mem");
+            }).find("mem: tensor 'w': data_offsets end 24 is outside the data section"),
+            std::string::npos);
+}
+
 TEST(Safetensors, MalformedHeaderJson) {
   const std::string dir = test::temp_dir("st_json");
   auto path = write_raw(dir, "j.safetensors", R"({"w":{"dtype":)", 0);

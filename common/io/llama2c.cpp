@@ -121,7 +121,10 @@ uint64_t expected_weight_bytes(const ModelConfig& c, bool legacy) {
 }  // namespace
 
 Transformer import_llama2c(const std::string& path) {
-  const std::string bytes = read_file(path);
+  return import_llama2c_bytes(read_file(path), path);
+}
+
+Transformer import_llama2c_bytes(const std::string& bytes, const std::string& path) {
   Reader in(bytes, path);
   uint32_t magic = in.scalar<uint32_t>("the header");
   const bool v1 = magic == kMagicV1;

@@ -9,6 +9,8 @@ namespace tiller {
 // Reads a llama2.c .bin file into a Llama model in Hugging Face layout (wq/wk rows permuted
 // from Meta's interleaved RoPE pairs to rotate_half). Every size is checked against the file.
 Transformer import_llama2c(const std::string& path);
+// The same from the file's bytes in memory; errors name `where`.
+Transformer import_llama2c_bytes(const std::string& bytes, const std::string& where);
 
 // Writes the model as a llama2.c legacy .bin (the inverse of import_llama2c).
 void export_llama2c(TransformerImpl& model, const std::string& path);

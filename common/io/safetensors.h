@@ -14,6 +14,23 @@ struct SafetensorsEntry {
   uint64_t begin = 0, end = 0;  // byte offsets relative to the data section
 };
 
+// The parsed, validated header of a safetensors file: what parse_safetensors_header checks.
+struct SafetensorsHeader {
+  std::map<std::string, SafetensorsEntry> entries;
+  std::map<std::string, std::string> metadata;
+  uint64_t data_offset = 0;  // where the data section starts (8 + header length)
+};
+
+// Parses and validates the header of a whole safetensors file held in memory (`size` bytes): the
+// length, the JSON, every dtype, shape and offset against the data section, no overlaps. Throws
+// tiller::Error naming `where` and the problem. SafetensorsFile uses it on its mapping.
+SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, uint64_t size,
+                                           const std::string& where);
+
+// Every tensor of a safetensors file held in memory (stored dtype); errors name `where`.
+std::map<std::string, torch::Tensor> read_safetensors_bytes(const std::string& bytes,
+                                                            const std::string& where);
+
 // A parsed, validated safetensors file held through mmap. Tensors are copied out on demand.
 class SafetensorsFile {
  public:

@@ -65,6 +65,10 @@ void ModelConfig::validate(const std::string& where) const {
             num_hidden_layers <= 1024 && num_attention_heads <= 1024 &&
             max_position_embeddings <= (1 << 20),
         where + ": model dimensions are implausibly large");
+  // 0 means hidden_size / num_attention_heads; an explicit one is bounded like the others (a huge
+  // head_dim overflowed parameter_count and the weight sizes).
+  check(head_dim >= 0 && head_dim <= (1 << 14),
+        where + ": head_dim " + std::to_string(head_dim) + " is out of range (1 to 16384)");
   check(head_dim > 0 || hidden_size % num_attention_heads == 0,
         where + ": hidden_size " + std::to_string(hidden_size) +
             " is not divisible by num_attention_heads " + std::to_string(num_attention_heads));

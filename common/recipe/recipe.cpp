@@ -47,7 +47,10 @@ void apply_override(nlohmann::json& json, const std::string& assignment) {
   if (json.contains("stages") && json["stages"].is_array() && parts[0] != "stages" &&
       !json.contains(parts[0])) {
     for (auto& stage : json["stages"]) {
-      if (stage.is_object() && stage.value("name", "") == parts[0]) {
+      // A name that is not a string is the recipe check's to report, not a reason to throw.
+      if (!stage.is_object()) continue;
+      const auto name = stage.find("name");
+      if (name != stage.end() && name->is_string() && name->get<std::string>() == parts[0]) {
         node = &stage;
         i = 1;
         break;

@@ -15,6 +15,18 @@
 #include "tiller_build_paths.h"
 #include "common/util/files.h"
 
+// AddressSanitizer refuses RTLD_DEEPBIND (its interceptors would be bypassed), so a sanitized
+// build (cmake/sanitize_fuzz.cmake) loads the module into a link-map namespace of its own instead:
+// the same isolation from LibTorch's protobuf, with the (uninstrumented) module and SentencePiece
+// on their own copy of libc and libstdc++. Buffers still go back through tspm_free.
+#if defined(__SANITIZE_ADDRESS__)
+#define TILLER_SPM_OWN_NAMESPACE 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TILLER_SPM_OWN_NAMESPACE 1
+#endif
+#endif
+
 namespace tiller {
 
 namespace {
@@ -56,8 +68,12 @@ const SentencePieceModule& module() {
   static std::string failure;
   std::call_once(once, [] {
     const std::string path = module_path();
+#ifdef TILLER_SPM_OWN_NAMESPACE
+    void* lib = ::dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL);
+#else
     // DEEPBIND keeps SentencePiece on its own embedded protobuf (see sentencepiece_api.h).
     void* lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+#endif
     if (lib == nullptr) {
       failure = std::string("cannot load the SentencePiece module: ") + ::dlerror();
       return;

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora in tests/fuzz/corpus/ (small valid files and edge cases).
+
+Run from the repository root; the tokenizer seeds come from a model trained by `tiller`, passed
+as --tokenizer (optional: without it the tokenizer corpus is left as it is).
+"""
+import argparse, gzip, json, os, shutil, struct
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+
+def put(target, name, data):
+    os.makedirs(os.path.join(ROOT, target), exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    with open(os.path.join(ROOT, target, name), "wb") as f:
+        f.write(data)
+
+
+def safetensors(header, data=b""):
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - (8 + len(h)) % 8) % 8)
+    return struct.pack("<Q", len(h)) + h + data
+
+
+def seeds_safetensors():
+    f32 = struct.pack("<6f", *range(6))
+    put("safetensors", "f32_2x3", safetensors({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}, f32))
+    put("safetensors", "two_with_metadata", safetensors({
+        "__metadata__": {"format": "pt"},
+        "a": {"dtype": "BF16", "shape": [4], "data_offsets": [0, 8]},
+        "b": {"dtype": "I64", "shape": [1, 1], "data_offsets": [8, 16]},
+        "e": {"dtype": "F16", "shape": [0, 7], "data_offsets": [16, 16]}}, bytes(range(16))))
+    put("safetensors", "every_dtype", safetensors({
+        d: {"dtype": d, "shape": [1], "data_offsets": [i * 8, i * 8 + s]}
+        for i, (d, s) in enumerate([("F64", 8), ("F32", 4), ("F16", 2), ("BF16", 2), ("I64", 8),
+                                     ("I32", 4), ("I16", 2), ("I8", 1), ("U8", 1), ("BOOL", 1)])},
+        bytes(80)))
+    put("safetensors", "overlap", safetensors({
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)))
+    put("safetensors", "huge_shape", safetensors({"w": {"dtype": "F64", "shape": [1099511627776, 2097152], "data_offsets": [0, 0]}}))
+    put("safetensors", "short_length", b"\x10\x00\x00")
+    put("safetensors", "empty_header", struct.pack("<Q", 2) + b"{}")
+
+
+def seeds_model_config():
+    llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 512,
+             "hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 5,
+             "num_attention_heads": 8, "num_key_value_heads": 4, "max_position_embeddings": 512,
+             "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": True,
+             "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}
+    put("model_config", "llama.json", json.dumps(llama, indent=1))
+    put("model_config", "qwen2.json", json.dumps(dict(llama, model_type="qwen2", attention_bias=True,
+                                                       head_dim=16, eos_token_id=[2, 3])))
+    put("model_config", "reward.json", json.dumps(dict(llama, architectures=["LlamaForSequenceClassification"],
+                                                        num_labels=1, pad_token_id=0)))
+    put("model_config", "mistral_nulls.json", json.dumps(dict(llama, model_type="mistral", pad_token_id=None,
+                                                               sliding_window=None)))
+    put("model_config", "wrong_types.json", json.dumps(dict(llama, hidden_size=64.5, num_hidden_layers=True)))
+    put("model_config", "huge_head_dim.json", json.dumps(dict(llama, head_dim=4611686018427387904)))
+
+
+def llama2c(dim=8, hidden=16, layers=1, heads=2, kv=2, vocab=8, seq=4, shared=True, v1=False):
+    hd = dim // heads
+    n = vocab * dim + layers * (2 * dim + 2 * dim * dim + 2 * kv * hd * dim + 3 * hidden * dim) + dim
+    if not shared:
+        n += vocab * dim
+    if v1:
+        head = struct.pack("<Ii7iB", 0x616b3432, 1, dim, hidden, layers, heads, kv, vocab, seq, int(shared))
+        head += bytes(256 - len(head))
+    else:
+        head = struct.pack("<7i", dim, hidden, layers, heads, kv, vocab if shared else -vocab, seq)
+        n += seq * hd
+    return head + struct.pack("<%df" % n, *[((i * 37) % 101) / 101.0 for i in range(n)])
+
+
+def seeds_llama2c():
+    put("llama2c", "legacy_shared.bin", llama2c())
+    put("llama2c", "legacy_unshared_gqa.bin", llama2c(heads=2, kv=1, shared=False))
+    put("llama2c", "v1.bin", llama2c(v1=True))
+    put("llama2c", "truncated.bin", llama2c()[:100])
+    put("llama2c", "bad_version.bin", struct.pack("<Ii", 0x616b3432, 2) + bytes(300))
+
+
+def jsonl(records):
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def seeds_data():
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi, who are you?"},
+            {"role": "assistant", "content": "A little fox."}]
+    put("sft_data", "messages.jsonl", jsonl([{"messages": msgs}, {"messages": msgs[1:]}]))
+    put("sft_data", "prompt_completion.jsonl", jsonl([{"prompt": "Say hi", "completion": "Hi!"},
+                                                      {"prompt": msgs[:2], "completion": msgs[2:]}]))
+    put("sft_data", "alpaca.jsonl", jsonl([{"instruction": "Name a color", "input": "", "output": "Red"},
+                                           {"instruction": "Add", "input": "2+2", "output": "4"}]))
+    put("sft_data", "array.json", json.dumps([{"messages": msgs}, {"text": "Once upon a time."}]))
+    put("sft_data", "text.jsonl", jsonl([{"text": "Once upon a time a fox found a ball."}]))
+    put("sft_data", "bad_lines.jsonl", '{"messages": [}\n\n{"messages": "x"}\n' + jsonl([{"messages": msgs}]))
+    put("sft_data", "messages.jsonl.gz", gzip.compress(jsonl([{"messages": msgs}]).encode(), mtime=0))
+
+    hh_c = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: What is 2+2?\n\nAssistant: 4."
+    hh_r = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: What is 2+2?\n\nAssistant: 5."
+    put("preference_data", "strings.jsonl", jsonl([{"prompt": "Say hi", "chosen": "Hi!", "rejected": "No.", "margin": 1.5},
+                                                   {"prompt": "x", "chosen": "same", "rejected": "same"}]))
+    put("preference_data", "messages.jsonl", jsonl([{"prompt": msgs[:2], "chosen": msgs[2:],
+                                                     "rejected": [{"role": "assistant", "content": "A cat."}]}]))
+    put("preference_data", "no_prompt.jsonl", jsonl([{"chosen": msgs, "rejected": msgs[:2] + [{"role": "assistant", "content": "?"}]}]))
+    put("preference_data", "hh.jsonl", jsonl([{"chosen": hh_c, "rejected": hh_r}]))
+    put("preference_data", "long_prompt.jsonl", jsonl([{"prompt": "word " * 200, "chosen": "a", "rejected": "b"}]))
+
+    put("prompt_data", "prompt.jsonl", jsonl([{"prompt": "Tell me a story."}, {"prompt": msgs[:2]}]))
+    put("prompt_data", "messages.jsonl", jsonl([{"messages": msgs}]))
+    put("prompt_data", "alpaca.jsonl", jsonl([{"instruction": "Name a color", "input": "warm"}]))
+    put("prompt_data", "hh.jsonl", jsonl([{"chosen": hh_c}]))
+    put("prompt_data", "mixed_bad.jsonl", jsonl([{"prompt": 5}, {"messages": [{"role": "assistant", "content": "x"}]}]) + "not json\n")
+
+
+def seeds_recipes(repo):
+    for name in sorted(os.listdir(os.path.join(repo, "recipes"))):
+        if name.endswith(".json"):
+            with open(os.path.join(repo, "recipes", name), "rb") as f:
+                put("recipe", name, f.read())
+    with open(os.path.join(repo, "recipes", "quickstart.json")) as f:
+        quick = f.read()
+    put("recipe", "quickstart_overrides", quick.rstrip("\n") + "\n%%\nsft.train.steps=3\nrun.name=x\n"
+        "stages.0.name=\"p\"\nreward.data.format=hh\nnot_an_override\nrun.seed.x=1\n")
+    put("recipe", "stage_name_number", '{"stages": [{"name": 5, "type": "sft"}]}\n%%\nx.a=1\n')
+    put("recipe", "minimal_errors.json", '// comment\n{"run": {"name": 5}, "stages": [{"name": "s", "type": "sft", "bogus": 1}]}\n')
+
+
+def seeds_tokenizer(model):
+    with open(model, "rb") as f:
+        data = f.read()
+    put("tokenizer", "tokenizer.model", data)
+    put("tokenizer", "truncated.model", data[: len(data) // 3])
+    put("tokenizer", "not_a_model", "hello world\n")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--tokenizer")
+    a = p.parse_args()
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    seeds_safetensors()
+    seeds_model_config()
+    seeds_llama2c()
+    seeds_data()
+    seeds_recipes(repo)
+    if a.tokenizer:
+        seeds_tokenizer(a.tokenizer)
