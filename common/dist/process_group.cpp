@@ -128,11 +128,20 @@ std::string lost_ranks_message() {
   throw Error(what + " failed: " + lost_ranks_message() + " [" + cause + "]");
 }
 
-void wait(const c10::intrusive_ptr<c10d::Work>& work, const char* what, const std::string& group) {
+// Starts a collective and waits for it; a failure either way becomes fail()'s message.
+template <typename Start>
+void run_collective(const char* what, const std::string& group, Start start) {
+  const std::string where = std::string(what) + " in group " + group;
+  c10::intrusive_ptr<c10d::Work> work;
+  try {
+    work = start();
+  } catch (const std::exception& e) {
+    fail(where, e);
+  }
   try {
     work->wait();
   } catch (const std::exception& e) {
-    fail(std::string(what) + " in group " + group, e);
+    fail(where, e);
   }
 }
 
@@ -186,13 +195,7 @@ void Group::all_reduce(torch::Tensor& tensor, Reduce op) const {
   std::vector<at::Tensor> tensors{tensor};
   c10d::AllreduceOptions o;
   o.reduceOp = reduce_op(op);
-  c10::intrusive_ptr<c10d::Work> work;
-  try {
-    work = backend_->collectives->allreduce(tensors, o);
-  } catch (const std::exception& e) {
-    fail("all_reduce in group " + name_, e);
-  }
-  wait(work, "all_reduce", name_);
+  run_collective("all_reduce", name_, [&] { return backend_->collectives->allreduce(tensors, o); });
 }
 
 void Group::broadcast(torch::Tensor& tensor, int root) const {
@@ -200,13 +203,7 @@ void Group::broadcast(torch::Tensor& tensor, int root) const {
   std::vector<at::Tensor> tensors{tensor};
   c10d::BroadcastOptions o;
   o.rootRank = root;
-  c10::intrusive_ptr<c10d::Work> work;
-  try {
-    work = backend_->collectives->broadcast(tensors, o);
-  } catch (const std::exception& e) {
-    fail("broadcast in group " + name_, e);
-  }
-  wait(work, "broadcast", name_);
+  run_collective("broadcast", name_, [&] { return backend_->collectives->broadcast(tensors, o); });
 }
 
 std::vector<torch::Tensor> Group::all_gather(const torch::Tensor& tensor) const {
@@ -214,25 +211,14 @@ std::vector<torch::Tensor> Group::all_gather(const torch::Tensor& tensor) const 
   std::vector<at::Tensor> input{tensor.contiguous()};
   std::vector<std::vector<at::Tensor>> output(1);
   for (int r = 0; r < size_; ++r) output[0].push_back(torch::empty_like(input[0]));
-  c10::intrusive_ptr<c10d::Work> work;
-  try {
-    work = backend_->collectives->allgather(output, input);
-  } catch (const std::exception& e) {
-    fail("all_gather in group " + name_, e);
-  }
-  wait(work, "all_gather", name_);
+  run_collective("all_gather", name_,
+                 [&] { return backend_->collectives->allgather(output, input); });
   return output[0];
 }
 
 void Group::barrier() const {
   if (single()) return;
-  c10::intrusive_ptr<c10d::Work> work;
-  try {
-    work = backend_->collectives->barrier();
-  } catch (const std::exception& e) {
-    fail("barrier in group " + name_, e);
-  }
-  wait(work, "barrier", name_);
+  run_collective("barrier", name_, [&] { return backend_->collectives->barrier(); });
 }
 
 std::vector<double> Group::sum(std::vector<double> values) const {
