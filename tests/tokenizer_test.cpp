@@ -11,6 +11,7 @@
 #include "common/util/error.h"
 #include "common/util/files.h"
 #include "tests/test_util.h"
+#include "tiller_build_paths.h"
 
 using namespace tiller;
 
@@ -164,6 +165,13 @@ TEST(Tokenizer, BadFilesGiveOneClearError) {
   EXPECT_NE(error_of(dir + "/missing.model").find("does not exist"), std::string::npos);
   EXPECT_NE(error_of(dir + "/a_directory").find("directory"), std::string::npos);
   EXPECT_NE(error_of(dir + "/empty.model").find("empty"), std::string::npos);
+  // Found by the tokenizer fuzzer: a unigram model with a zero-length piece made SentencePiece
+  // throw through our module's C boundary (terminate).
+  const std::string zero_piece = std::string(TILLER_SOURCE_DIR) +
+                                 "/tests/fuzz/corpus/tokenizer/regression-zero-length-piece.model";
+  expect_clear_error(zero_piece);
+  EXPECT_NE(error_of(zero_piece).find("malformed model"), std::string::npos)
+      << error_of(zero_piece);
 
   const std::string bin = test::shared_file("models/stories260K/stories260K.bin");
   if (!bin.empty()) expect_clear_error(bin);  // a real binary file of another format

@@ -54,17 +54,29 @@ extern "C" {
 
 void* tspm_load(const char* bytes, size_t size, char** error) {
   auto* sp = new sentencepiece::SentencePieceProcessor();
-  auto status = sp->LoadFromSerializedProto(std::string(bytes, size));
-  if (!status.ok()) {
-    *error = copy_string(status.ToString());
+  try {
+    auto status = sp->LoadFromSerializedProto(std::string(bytes, size));
+    if (!status.ok()) {
+      *error = copy_string(status.ToString());
+      delete sp;
+      return nullptr;
+    }
+  } catch (const std::exception& e) {
+    // SentencePiece throws from inside on some malformed models (Darts on a zero-length piece,
+    // found by the tokenizer fuzzer); nothing may cross this C boundary.
+    *error = copy_string(std::string("malformed model (") + e.what() + ")");
     delete sp;
     return nullptr;
   }
   return sp;
 }
 
-void tspm_unload(void* handle) { delete processor(handle); }
-void tspm_free(void* buffer) { std::free(buffer); }
+void tspm_unload(void* handle) {
+  delete processor(handle);
+}
+void tspm_free(void* buffer) {
+  std::free(buffer);
+}
 
 int tspm_encode(void* handle, const char* text, size_t size, int32_t** ids, size_t* count,
                 char** error) {
@@ -101,12 +113,18 @@ char* tspm_id_to_piece(void* handle, int32_t id) {
 int32_t tspm_property(void* handle, int which) {
   auto* sp = processor(handle);
   switch (which) {
-    case 0: return sp->GetPieceSize();
-    case 1: return sp->bos_id();
-    case 2: return sp->eos_id();
-    case 3: return sp->pad_id();
-    case 4: return sp->unk_id();
-    default: return -1;
+    case 0:
+      return sp->GetPieceSize();
+    case 1:
+      return sp->bos_id();
+    case 2:
+      return sp->eos_id();
+    case 3:
+      return sp->pad_id();
+    case 4:
+      return sp->unk_id();
+    default:
+      return -1;
   }
 }
 
