@@ -167,8 +167,14 @@ TEST(Tokenizer, BadFilesGiveOneClearError) {
   EXPECT_NE(error_of(dir + "/empty.model").find("empty"), std::string::npos);
   // Found by the tokenizer fuzzer: a unigram model with a zero-length piece made SentencePiece
   // throw through our module's C boundary (terminate).
-  const std::string zero_piece = std::string(TILLER_SOURCE_DIR) +
-                                 "/tests/fuzz/corpus/tokenizer/regression-zero-length-piece.model";
+  // The fuzzer's 35-byte reproducer, written here (no binary model is tracked in the repository).
+  const unsigned char reproducer[] = {0x0a, 0x0e, 0x0a, 0x05, 0x3c, 0x75, 0x6e, 0x6b, 0x3e,
+                                      0x15, 0x00, 0x00, 0x00, 0x00, 0x18, 0x02, 0x0a, 0x0c,
+                                      0x0a, 0x03, 0x00, 0x23, 0x3e, 0x15, 0x00, 0x30, 0x78,
+                                      0x30, 0x30, 0x3e, 0x15, 0x00, 0x0c, 0x30, 0x78};
+  const std::string zero_piece = dir + "/zero_length_piece.model";
+  std::ofstream(zero_piece, std::ios::binary)
+      .write(reinterpret_cast<const char*>(reproducer), sizeof reproducer);
   expect_clear_error(zero_piece);
   EXPECT_NE(error_of(zero_piece).find("malformed model"), std::string::npos)
       << error_of(zero_piece);
