@@ -142,7 +142,9 @@ void add_sweep_command(CLI::App& app) {
       "sweep", "run a grid of recipe overrides and collect runs.jsonl for `scaling fit`");
   cmd->add_option("recipe", args->recipe, "recipe JSON file")->required();
   cmd->add_option("overrides", args->overrides, "key.sub=value overrides for every point");
-  cmd->add_option("--grid", args->grid, "key=v1,v2,... (repeat for more axes)")->required();
+  cmd->add_option("--grid", args->grid,
+                  "key=v1,v2,... or linked keys k1:k2=a1:a2,b1:b2 (repeat for more axes)")
+      ->required();
   cmd->add_option("--stage", args->stage,
                   "the pretrain or sft stage measured (default: the first)");
   cmd->add_option("--out", args->out, "sweep directory (default: RUN_DIR-sweep)");

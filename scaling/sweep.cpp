@@ -1,5 +1,6 @@
 #include "scaling/sweep.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/model/model_config.h"
@@ -8,21 +9,40 @@
 
 namespace tiller::scaling {
 
+namespace {
+
+std::vector<std::string> split(const std::string& text, char separator) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  for (;;) {
+    const auto end = text.find(separator, start);
+    parts.push_back(text.substr(start, end == std::string::npos ? std::string::npos : end - start));
+    if (end == std::string::npos) return parts;
+    start = end + 1;
+  }
+}
+
+}  // namespace
+
 GridAxis parse_grid_axis(const std::string& text) {
   const auto eq = text.find('=');
   check(eq != std::string::npos && eq > 0 && eq + 1 < text.size(),
-        "--grid '" + text + "': expected key=value1,value2,...");
+        "--grid '" + text + "': expected key=value1,value2,... or key1:key2=v1:v2,...");
   GridAxis axis;
   axis.key = text.substr(0, eq);
-  size_t start = eq + 1;
-  while (start <= text.size()) {
-    const auto comma = text.find(',', start);
-    const std::string value =
-        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+  axis.keys = split(axis.key, ':');
+  for (const auto& key : axis.keys) check(!key.empty(), "--grid '" + text + "': an empty key");
+  for (const auto& value : split(text.substr(eq + 1), ',')) {
     check(!value.empty(), "--grid '" + text + "': an empty value");
+    // A linked axis (several keys) takes one value per key in each of its values.
+    auto parts = axis.keys.size() == 1 ? std::vector<std::string>{value} : split(value, ':');
+    check(parts.size() == axis.keys.size(), "--grid '" + text + "': value '" + value + "' has " +
+                                                std::to_string(parts.size()) + " parts for " +
+                                                std::to_string(axis.keys.size()) + " keys");
+    for (const auto& part : parts)
+      check(!part.empty(), "--grid '" + text + "': an empty part in value '" + value + "'");
     axis.values.push_back(value);
-    if (comma == std::string::npos) break;
-    start = comma + 1;
+    axis.parts.push_back(std::move(parts));
   }
   return axis;
 }
@@ -30,9 +50,13 @@ GridAxis parse_grid_axis(const std::string& text) {
 std::vector<GridPoint> expand_grid(const std::vector<GridAxis>& axes, int64_t max_points) {
   check(!axes.empty(), "sweep: give at least one --grid key=v1,v2,...");
   double count = 1;
+  std::vector<std::string> seen;
   for (const auto& axis : axes) {
-    for (const auto& other : axes)
-      check(&other == &axis || other.key != axis.key, "--grid: key " + axis.key + " given twice");
+    for (const auto& key : axis.keys) {
+      check(std::find(seen.begin(), seen.end(), key) == seen.end(),
+            "--grid: key " + key + " given twice");
+      seen.push_back(key);
+    }
     count *= static_cast<double>(axis.values.size());
   }
   check(count <= static_cast<double>(max_points),
@@ -46,17 +70,19 @@ std::vector<GridPoint> expand_grid(const std::vector<GridAxis>& axes, int64_t ma
     std::snprintf(prefix, sizeof prefix, "p%02zu", i);
     p.name = prefix;
     size_t rest = i;
-    std::vector<std::string> picked(axes.size());
+    std::vector<size_t> picked(axes.size());
     for (size_t a = axes.size(); a-- > 0;) {  // the last axis varies fastest
-      picked[a] = axes[a].values[rest % axes[a].values.size()];
+      picked[a] = rest % axes[a].values.size();
       rest /= axes[a].values.size();
     }
     for (size_t a = 0; a < axes.size(); ++a) {
-      p.overrides.push_back(axes[a].key + "=" + picked[a]);
-      // The name keeps the key's last segment and the value, in characters safe for a path.
-      const std::string& key = axes[a].key;
+      for (size_t k = 0; k < axes[a].keys.size(); ++k)
+        p.overrides.push_back(axes[a].keys[k] + "=" + axes[a].parts[picked[a]][k]);
+      // The name keeps the (first) key's last segment and the value, in characters safe for a
+      // path.
+      const std::string& key = axes[a].keys.front();
       std::string part = key.substr(key.rfind('.') == std::string::npos ? 0 : key.rfind('.') + 1) +
-                         "=" + picked[a];
+                         "=" + axes[a].values[picked[a]];
       for (char& ch : part)
         if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '=' && ch != '-' &&
             ch != '_')

@@ -10,10 +10,14 @@
 
 namespace tiller::scaling {
 
-// "--grid key=v1,v2,...": one recipe key and the values it takes.
+// "--grid key=v1,v2,...": one recipe key and the values it takes. A linked axis
+// "--grid k1:k2=a1:a2,b1:b2" sets several keys together (a model's width, MLP width and depth
+// are one axis of shapes, not a cartesian product): each value has one part per key.
 struct GridAxis {
-  std::string key;
-  std::vector<std::string> values;
+  std::string key;                              // as given: "k1:k2" for a linked axis
+  std::vector<std::string> keys;                // the keys it sets
+  std::vector<std::string> values;              // as given: "a1:a2"
+  std::vector<std::vector<std::string>> parts;  // per value, one part per key
 };
 GridAxis parse_grid_axis(const std::string& text);
 

@@ -39,6 +39,30 @@ TEST(Sweep, GridAxesExpandInOrderWithSafeNames) {
             std::string::npos);
 }
 
+TEST(Sweep, LinkedAxisSetsSeveralKeysTogether) {
+  // A family of model shapes is one axis: width, MLP width and depth move together.
+  const auto shapes = scaling::parse_grid_axis(
+      "pretrain.model.hidden_size:pretrain.model.num_hidden_layers=32:2,64:4");
+  EXPECT_EQ(shapes.keys, (std::vector<std::string>{"pretrain.model.hidden_size",
+                                                   "pretrain.model.num_hidden_layers"}));
+  const auto points =
+      scaling::expand_grid({shapes, scaling::parse_grid_axis("pretrain.train.steps=4,8")});
+  ASSERT_EQ(points.size(), 4u);
+  EXPECT_EQ(points[2].overrides, (std::vector<std::string>{"pretrain.model.hidden_size=64",
+                                                           "pretrain.model.num_hidden_layers=4",
+                                                           "pretrain.train.steps=4"}));
+  EXPECT_EQ(points[2].name, "p02_hidden_size=64-4_steps=4");
+  EXPECT_NE(test::error_of([] { scaling::parse_grid_axis("a:b=1:2,3"); }).find("1 parts for 2"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([] { scaling::parse_grid_axis("a:b=1:"); }).find("empty part"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] {
+              scaling::expand_grid({shapes, scaling::parse_grid_axis("pretrain.model."
+                                                                     "num_hidden_layers=2")});
+            }).find("num_hidden_layers given twice"),
+            std::string::npos);
+}
+
 TEST(Sweep, RunsEachPointRecordsNDCAndSkipsFinishedPoints) {
   const std::string dir = test::temp_dir("sweep");
   const std::string recipe = test::quickstart_recipe_in(dir + "/run");
