@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the sanitizer build (build-sanitize/, see cmake/sanitize_fuzz.cmake), runs the parser and
-# data unit tests under ASan + UBSan, then runs every fuzzer for a bounded time on a copy of its
-# seed corpus. Fails on any test failure, crash, hang or sanitizer report. See docs/reliability.md.
+# data unit tests under ASan + UBSan, then runs every fuzzer for a bounded time on its seed corpus
+# (tests/fuzz/make_corpus.py writes it). Fails on any test failure, crash, hang or sanitizer
+# report. See docs/reliability.md.
 #
 #   scripts/sanitize_and_fuzz.sh            # as CI runs it: 25 s per fuzzer
 #   FUZZ_SECONDS=600 scripts/sanitize_and_fuzz.sh
@@ -58,12 +59,14 @@ fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tiller_fuzz_run.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 targets=${FUZZ_TARGETS:-$(cd tests/fuzz && ls -1 *_fuzz.cpp | sed 's/_fuzz\.cpp$//')}
+# The seeds are generated (the same bytes every time), not kept in the repository.
+python3 tests/fuzz/make_corpus.py --out "$WORK/seeds"
 failed=()
 summary=()
 for name in $targets; do
   # A copy of the seeds: libFuzzer adds what it finds to its first corpus directory.
   mkdir -p "$WORK/$name/corpus" "$WORK/$name/artifacts" "$WORK/$name/cwd"
-  cp -r "tests/fuzz/corpus/$name/." "$WORK/$name/corpus/"
+  cp -r "$WORK/seeds/$name/." "$WORK/$name/corpus/"
   binary=$(pwd)/$BUILD/${name}_fuzz
   log=$WORK/$name/log
   echo "fuzz: $name for ${FUZZ_SECONDS} s or ${FUZZ_RUNS} runs (seed ${FUZZ_SEED})"

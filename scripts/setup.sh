@@ -12,6 +12,7 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev
   clang libclang-rt-14-dev llvm  # the sanitizer build and libFuzzer (scripts/sanitize_and_fuzz.sh)
+  python3                 # tests/fuzz/make_corpus.py writes the fuzzers' seeds
   chromium                # headless, for the test that renders report.html as a browser does
 )
 

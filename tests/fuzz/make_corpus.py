@@ -6,7 +6,7 @@ as --tokenizer (optional: without it the tokenizer corpus is left as it is).
 """
 import argparse, gzip, json, os, shutil, struct
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+ROOT = None  # --out
 
 
 def put(target, name, data):
@@ -135,18 +135,20 @@ def seeds_tokenizer(model):
         data = f.read()
     put("tokenizer", "tokenizer.model", data)
     put("tokenizer", "truncated.model", data[: len(data) // 3])
-    put("tokenizer", "not_a_model", "hello world\n")
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True, help="directory to write <target>/<seed> files into")
     p.add_argument("--tokenizer")
     a = p.parse_args()
+    ROOT = a.out
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     seeds_safetensors()
     seeds_model_config()
     seeds_llama2c()
     seeds_data()
     seeds_recipes(repo)
+    put("tokenizer", "not_a_model", "hello world\n")
     if a.tokenizer:
         seeds_tokenizer(a.tokenizer)
