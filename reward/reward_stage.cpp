@@ -307,14 +307,7 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
 
   // Data parallel: each rank takes an equal slice of every global batch of t.batch_size pairs.
   const dist::Group& dp = dist::world();
-  check(t.batch_size % dp.size() == 0,
-        "stage " + c.name + ": train.batch_size " + std::to_string(t.batch_size) +
-            " does not divide among " + std::to_string(dp.size()) + " data-parallel ranks");
-  const int64_t local_pairs = t.batch_size / dp.size();
-  if (!dp.single())
-    std::printf("[%s] data parallel: %d ranks x %lld pairs = global batch %lld pairs%s\n",
-                c.name.c_str(), dp.size(), (long long)local_pairs, (long long)t.batch_size,
-                t.zero_stage == 1 ? ", optimizer state sharded (ZeRO-1)" : "");
+  const int64_t local_pairs = t.per_rank_batch(c.name, dp, "pairs");
 
   // Optimizer, and resume
   ParallelAdamW optimizer(*model, t.optimizer(), dp, t.parallel_options());

@@ -279,14 +279,7 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   // Data parallel: each rank takes an equal slice of every global batch of t.batch_size rows; the
   // ranks of a tensor-parallel group share a slice.
   const dist::Group& dp = layout.data;
-  check(t.batch_size % dp.size() == 0,
-        "stage " + c.name + ": train.batch_size " + std::to_string(t.batch_size) +
-            " does not divide among " + std::to_string(dp.size()) + " data-parallel ranks");
-  const int64_t local_rows = t.batch_size / dp.size();
-  if (!dp.single())
-    std::printf("[%s] data parallel: %d ranks x %lld rows = global batch %lld rows%s\n",
-                c.name.c_str(), dp.size(), (long long)local_rows, (long long)t.batch_size,
-                t.zero_stage == 1 ? ", optimizer state sharded (ZeRO-1)" : "");
+  const int64_t local_rows = t.per_rank_batch(c.name, dp, "rows");
 
   // Optimizer, and resume
   ParallelOptions parallel = t.parallel_options();

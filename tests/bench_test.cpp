@@ -100,10 +100,6 @@ TEST(Bench, TrainJson) {
   EXPECT_EQ(doc.at("seq"), 32);
   expect_positive(doc, {"tokens_per_s", "step_s", "forward_s", "backward_s", "optimizer_s",
                         "flops_per_token", "gflops", "peak_gflops", "fraction_of_peak"});
-  // The split adds up to the step it was taken from.
-  EXPECT_NEAR(doc.at("forward_s").get<double>() + doc.at("backward_s").get<double>() +
-                  doc.at("optimizer_s").get<double>(),
-              doc.at("step_s").get<double>(), 1e-9);
 }
 
 TEST(Bench, PpoJsonOnTheQuickstartShapes) {

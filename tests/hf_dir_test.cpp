@@ -21,14 +21,7 @@ using namespace tiller;
 namespace {
 
 ModelConfig tiny_llama() {
-  ModelConfig c;
-  c.vocab_size = 48;
-  c.hidden_size = 32;
-  c.intermediate_size = 56;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 64;
+  ModelConfig c = test::llama_config(48, 32, 56, 2, 4, 2, 64);
   c.tie_word_embeddings = true;
   return c;
 }

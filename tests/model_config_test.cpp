@@ -16,15 +16,7 @@ using namespace tiller;
 namespace {
 
 ModelConfig small_llama() {
-  ModelConfig c;
-  c.vocab_size = 100;
-  c.hidden_size = 48;
-  c.intermediate_size = 80;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 6;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 128;
-  return c;
+  return test::llama_config(100, 48, 80, 3, 6, 2, 128);
 }
 
 std::string parse_error(const nlohmann::json& json) {

@@ -39,14 +39,7 @@ std::string error_of(Fn fn) {
 }
 
 ModelConfig tiny_reward_config() {
-  ModelConfig c;
-  c.vocab_size = 40;
-  c.hidden_size = 16;
-  c.intermediate_size = 32;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 64;
+  ModelConfig c = test::llama_config(40, 16, 32, 2, 2, 2, 64);
   c.num_labels = 1;
   c.pad_token_id = 0;
   return c;

@@ -25,14 +25,7 @@ using namespace tiller;
 namespace {
 
 ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab_size = 64;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 64;
+  ModelConfig c = test::llama_config(64, 32, 48, 2, 4, 2, 64);
   c.tie_word_embeddings = false;
   return c;
 }
@@ -210,6 +203,15 @@ TEST(SftTrain, CheckpointRoundTripAndInterruptedSaveIsIgnored) {
   EXPECT_TRUE(std::filesystem::exists(dir + "/step-6"));
   EXPECT_TRUE(std::filesystem::exists(dir + "/step-7"));
   EXPECT_FALSE(std::filesystem::exists(dir + "/step-4.tmp"));
+
+  // A later step left by an abandoned attempt (killed between renaming its directory and writing
+  // `latest`) is discarded, and keep-N never prunes the checkpoint just written.
+  save_checkpoint(dir, {{{"model", model.get()}}, {}}, {{"step", 20}}, 2);
+  write_file_atomic(dir + "/latest", "step-7\n");
+  save_checkpoint(dir, {{{"model", model.get()}}, {}}, {{"step", 9}}, 1);
+  EXPECT_TRUE(std::filesystem::exists(dir + "/step-9"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/step-20"));
+  EXPECT_EQ(verify_checkpoints(dir), (std::vector<int64_t>{9}));
 }
 
 TEST(SftTrain, CheckpointVerifyReadsEveryCheckpointAndNamesABadFile) {
@@ -233,6 +235,12 @@ TEST(SftTrain, CheckpointVerifyReadsEveryCheckpointAndNamesABadFile) {
   EXPECT_NE(test::error_of([&] { verify_checkpoints(dir); }).find(weights), std::string::npos);
   std::ofstream(weights, std::ios::binary | std::ios::trunc) << bytes;
   EXPECT_EQ(verify_checkpoints(dir).size(), 2u);
+
+  // A checkpoint missing a file the newest has (a deletion cut short in place) is found.
+  std::filesystem::rename(dir + "/step-1/rng.safetensors", dir + "/rng.bak");
+  EXPECT_NE(test::error_of([&] { verify_checkpoints(dir); }).find("step-1: no rng.safetensors"),
+            std::string::npos);
+  std::filesystem::rename(dir + "/rng.bak", dir + "/step-1/rng.safetensors");
 
   // A garbled optimizer archive, and a `latest` naming nothing.
   std::ofstream(dir + "/step-2/optimizer.optimizer.pt", std::ios::trunc) << "not an archive";

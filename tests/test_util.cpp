@@ -16,9 +16,11 @@
 #include <nlohmann/json.hpp>
 
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -110,12 +112,16 @@ int spawn_logged(const std::vector<std::string>& args, const std::string& log,
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   pid_t pid = -1;
-  posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data());
+  const int spawned = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
+  // A pid of -1 must never reach kill() or waitpid(): it means every process of the user.
+  check(spawned == 0 && pid > 0,
+        "cannot start " + args.front() + ": " + std::strerror(spawned == 0 ? EINVAL : spawned));
   return pid;
 }
 
 int wait_exit(int pid, double seconds) {
+  check(pid > 0, "wait_exit: no such process " + std::to_string(pid));
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   while (true) {
     int status = 0;
@@ -211,7 +217,10 @@ std::map<int64_t, nlohmann::json> metrics_by_step(const std::string& path) {
   while (std::getline(in, line)) {
     try {
       auto record = nlohmann::json::parse(line);
-      out[record.at("step").get<int64_t>()] = record;
+      const int64_t step = record.at("step").get<int64_t>();
+      // A resumed stage must not log a step twice.
+      if (out.count(step)) ADD_FAILURE() << path << ": step " << step << " logged twice";
+      out[step] = record;
     } catch (const std::exception&) {
       // a line cut by a kill
     }
@@ -242,6 +251,19 @@ std::string shell_command(const std::vector<std::string>& args) {
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+ModelConfig llama_config(int64_t vocab, int64_t hidden, int64_t intermediate, int64_t layers,
+                         int64_t heads, int64_t kv_heads, int64_t context) {
+  ModelConfig c;
+  c.vocab_size = vocab;
+  c.hidden_size = hidden;
+  c.intermediate_size = intermediate;
+  c.num_hidden_layers = layers;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv_heads;
+  c.max_position_embeddings = context;
+  return c;
 }
 
 }  // namespace tiller::test

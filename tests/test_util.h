@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "common/model/model_config.h"
+
 namespace tiller::test {
 
 // ../shared/data relative to the source tree (or $TILLER_SHARED_DATA).
@@ -63,6 +65,11 @@ std::string shell_command(const std::vector<std::string>& args);
 std::string read_bytes(const std::string& path);
 // The message of the tiller::Error that f throws, or "" when it throws none.
 std::string error_of(const std::function<void()>& f);
+
+// A small Llama of the given shape (vocabulary, width, MLP width, layers, heads, KV heads,
+// context); the other fields keep ModelConfig's defaults.
+ModelConfig llama_config(int64_t vocab, int64_t hidden, int64_t intermediate, int64_t layers,
+                         int64_t heads, int64_t kv_heads, int64_t context);
 
 }  // namespace tiller::test
 

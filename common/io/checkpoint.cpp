@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "common/io/hf_dir.h"
@@ -115,9 +116,17 @@ void write_checkpoint(const std::string& dir, const CheckpointParts& parts,
     remove_all(tmp);
     throw;
   }
-  auto all = finished_checkpoints(dir);
-  for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < all.size(); ++i)
-    discard(all[i].second);
+  // A checkpoint of a later step belongs to an abandoned attempt (killed after renaming its
+  // directory, before writing `latest`): this run resumed from an earlier one and goes its own way.
+  // Keep-N pruning counts only this run's checkpoints, so it never removes the one just written.
+  std::vector<std::string> this_run;
+  for (const auto& [other_step, path] : finished_checkpoints(dir))
+    if (other_step > step)
+      discard(path);
+    else
+      this_run.push_back(path);
+  for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < this_run.size(); ++i)
+    discard(this_run[i]);
 }
 
 }  // namespace
@@ -184,14 +193,18 @@ nlohmann::json load_latest_checkpoint(const std::string& dir, const CheckpointPa
 std::vector<int64_t> verify_checkpoints(const std::string& dir) {
   check(is_directory(dir), dir + ": not a directory");
   std::vector<int64_t> steps;
-  for (const auto& [step, path] : finished_checkpoints(dir)) {
-    bool has_state = false;
+  const auto checkpoints = finished_checkpoints(dir);
+  std::vector<std::set<std::string>> files;  // per checkpoint, the names of its files
+  for (const auto& [step, path] : checkpoints) {
+    files.emplace_back();
     for (const auto& entry : fs::directory_iterator(path)) {
       const std::string file = entry.path().string();
       const std::string name = entry.path().filename().string();
+      files.back().insert(name);
       if (entry.path().extension() == ".safetensors") {
         read_safetensors(file);
-      } else if (name.size() > 13 && name.substr(name.size() - 13) == ".optimizer.pt") {
+      } else if (name.find(".optimizer.") != std::string::npos &&
+                 entry.path().extension() == ".pt") {  // optimizer_file(), any TP degree
         try {
           std::istringstream in(read_file(file));
           torch::serialize::InputArchive archive;
@@ -204,12 +217,17 @@ std::vector<int64_t> verify_checkpoints(const std::string& dir) {
         const auto state = read_json_file(file);
         check(state.is_object() && state.contains("step") && state["step"] == step,
               file + ": no step, or not " + std::to_string(step));
-        has_state = true;
       }
     }
-    check(has_state, path + ": no state.json");
+    for (const char* required : {"state.json", "rng.safetensors"})
+      check(files.back().count(required), path + ": no " + required);
     steps.push_back(step);
   }
+  // Every checkpoint of a stage is written by the same code: one missing a file the newest has
+  // was cut short.
+  for (size_t i = 0; i + 1 < files.size(); ++i)
+    for (const auto& name : files.back())
+      check(files[i].count(name), checkpoints[i].second + ": no " + name);
   if (path_exists(dir + "/latest")) {
     std::string name = read_file(dir + "/latest");
     while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();

@@ -1,5 +1,9 @@
 #include "common/train/train_config.h"
 
+#include <cstdio>
+
+#include "common/util/error.h"
+
 namespace tiller {
 
 TrainConfig parse_train_config(const nlohmann::json& json, const std::string& path,
@@ -63,6 +67,20 @@ TrainConfig parse_train_config(const nlohmann::json& json, const std::string& pa
   r.require(c.allreduce_bucket_mb > 0 && c.allreduce_bucket_mb <= 4096, "allreduce_bucket_mb",
             "must be in (0, 4096]");
   return c;
+}
+
+int64_t TrainConfig::per_rank_batch(const std::string& stage, const dist::Group& data_parallel,
+                                    const char* unit) const {
+  check(batch_size % data_parallel.size() == 0,
+        "stage " + stage + ": train.batch_size " + std::to_string(batch_size) +
+            " does not divide among " + std::to_string(data_parallel.size()) +
+            " data-parallel ranks");
+  const int64_t local = batch_size / data_parallel.size();
+  if (!data_parallel.single())
+    std::printf("[%s] data parallel: %d ranks x %lld %s = global batch %lld %s%s\n", stage.c_str(),
+                data_parallel.size(), (long long)local, unit, (long long)batch_size, unit,
+                zero_stage == 1 ? ", optimizer state sharded (ZeRO-1)" : "");
+  return local;
 }
 
 }  // namespace tiller

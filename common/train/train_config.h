@@ -47,6 +47,11 @@ struct TrainConfig {
   ScheduleOptions schedule_options() const {
     return {lr, min_lr_ratio, warmup_steps, steps, schedule};
   }
+  // Data parallel: each rank of `data_parallel` takes an equal slice of every global batch of
+  // batch_size `unit`s ("rows", "pairs"); returns the slice's size, and says the layout on a
+  // group of several ranks. Throws tiller::Error naming the stage when batch_size does not divide.
+  int64_t per_rank_batch(const std::string& stage, const dist::Group& data_parallel,
+                         const char* unit) const;
 };
 
 // Reads and checks a "train" object; every mistake goes to `errors` with its path.

@@ -48,23 +48,29 @@ sentencepiece::SentencePieceProcessor* processor(void* handle) {
   return static_cast<sentencepiece::SentencePieceProcessor*>(handle);
 }
 
+// Runs a call into SentencePiece, which throws from inside on some malformed input (Darts on a
+// zero-length piece, found by the tokenizer fuzzer): nothing may cross this C boundary. Returns
+// 0, or -1 with *error set to the status or to `on_exception` and the exception's text.
+template <class Body>
+int guarded(char** error, const char* on_exception, Body body) {
+  try {
+    const auto status = body();
+    if (status.ok()) return 0;
+    *error = copy_string(status.ToString());
+  } catch (const std::exception& e) {
+    *error = copy_string(std::string(on_exception) + " (" + e.what() + ")");
+  }
+  return -1;
+}
+
 }  // namespace
 
 extern "C" {
 
 void* tspm_load(const char* bytes, size_t size, char** error) {
   auto* sp = new sentencepiece::SentencePieceProcessor();
-  try {
-    auto status = sp->LoadFromSerializedProto(std::string(bytes, size));
-    if (!status.ok()) {
-      *error = copy_string(status.ToString());
-      delete sp;
-      return nullptr;
-    }
-  } catch (const std::exception& e) {
-    // SentencePiece throws from inside on some malformed models (Darts on a zero-length piece,
-    // found by the tokenizer fuzzer); nothing may cross this C boundary.
-    *error = copy_string(std::string("malformed model (") + e.what() + ")");
+  if (guarded(error, "malformed model",
+              [&] { return sp->LoadFromSerializedProto(std::string(bytes, size)); }) != 0) {
     delete sp;
     return nullptr;
   }
@@ -81,11 +87,9 @@ void tspm_free(void* buffer) {
 int tspm_encode(void* handle, const char* text, size_t size, int32_t** ids, size_t* count,
                 char** error) {
   std::vector<int> out;
-  auto status = processor(handle)->Encode(std::string(text, size), &out);
-  if (!status.ok()) {
-    *error = copy_string(status.ToString());
+  if (guarded(error, "encoding failed",
+              [&] { return processor(handle)->Encode(std::string(text, size), &out); }) != 0)
     return -1;
-  }
   *count = out.size();
   *ids = static_cast<int32_t*>(std::malloc(sizeof(int32_t) * (out.empty() ? 1 : out.size())));
   for (size_t i = 0; i < out.size(); ++i) (*ids)[i] = out[i];
@@ -96,11 +100,8 @@ int tspm_decode(void* handle, const int32_t* ids, size_t count, char** text, siz
                 char** error) {
   std::vector<int> in(ids, ids + count);
   std::string out;
-  auto status = processor(handle)->Decode(in, &out);
-  if (!status.ok()) {
-    *error = copy_string(status.ToString());
+  if (guarded(error, "decoding failed", [&] { return processor(handle)->Decode(in, &out); }) != 0)
     return -1;
-  }
   *size = out.size();
   *text = copy_string(out);
   return 0;
@@ -138,11 +139,7 @@ int tspm_train(const char* flags, char** error) {
     const size_t eq = word.find('=');
     kwargs.emplace(word.substr(0, eq), eq == std::string::npos ? "" : word.substr(eq + 1));
   }
-  auto status = sentencepiece::SentencePieceTrainer::Train(kwargs);
-  if (!status.ok()) {
-    *error = copy_string(status.ToString());
-    return -1;
-  }
-  return 0;
+  return guarded(error, "training failed",
+                 [&] { return sentencepiece::SentencePieceTrainer::Train(kwargs); });
 }
 }
