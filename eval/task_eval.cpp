@@ -380,8 +380,8 @@ std::string result_table(const EvalResult& r) {
   std::string out;
   auto line = [&](const std::string& label, double value, const std::string& note) {
     char text[200];
-    std::snprintf(text, sizeof text, "%-30s %10s  %s\n", label.c_str(),
-                  format_metric(value).c_str(), note.c_str());
+    std::snprintf(text, sizeof text, "%-30s %10s%s%s\n", label.c_str(),
+                  format_metric(value).c_str(), note.empty() ? "" : "  ", note.c_str());
     out += text;
   };
   out += "items: " + std::to_string(r.items) + " (" + std::to_string(r.generation_items) +
