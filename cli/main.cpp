@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "bench/bench.h"
+#include "cli/eval_cmd.h"
 #include "cli/report_cmd.h"
 #include "cli/scaling_cmd.h"
 #include "cli/sweep_cmd.h"
@@ -78,25 +79,6 @@ struct GenerateArgs {
   bool no_bos = false;
   std::string chat_template;  // wrap each prompt as a user turn in this chat template
 };
-
-std::string completion_text(const Tokenizer& tok, const std::vector<int64_t>& response,
-                            int64_t eos) {
-  std::vector<int64_t> ids;
-  for (int64_t id : response)
-    if (id != eos) ids.push_back(id);
-  return tok.decode(ids);
-}
-
-// The text the response adds to the prompt. Decoding the response alone would drop the space of
-// its first piece ("▁and" -> "and"), as SentencePiece strips a leading space from what it decodes.
-std::string continuation_text(const Tokenizer& tok, const std::vector<int64_t>& prompt,
-                              const std::vector<int64_t>& response, int64_t eos) {
-  std::vector<int64_t> all = prompt;
-  all.insert(all.end(), response.begin(), response.end());
-  const std::string head = tok.decode(prompt), full = completion_text(tok, all, eos);
-  if (full.compare(0, head.size(), head) == 0) return full.substr(head.size());
-  return completion_text(tok, response, eos);
-}
 
 // Reads {"prompt": "..."} lines; errors name file and line.
 std::vector<std::string> read_prompt_lines(const std::string& path) {
@@ -597,8 +579,9 @@ int main(int argc, char** argv) {
   auto* rlhf_cmd = add_recipe_command("rlhf", "run the recipe's rlhf (PPO) stage");
 
   EvalRewardArgs eval_reward;
-  auto* eval_cmd = app.add_subcommand("eval", "evaluate a model");
-  eval_cmd->require_subcommand(1);
+  auto* eval_cmd = app.add_subcommand(
+      "eval", "evaluate a model on tasks (--model/--across, docs/eval.md) or a reward model");
+  eval_cmd->require_subcommand(0, 1);
   auto* eval_reward_cmd = eval_cmd->add_subcommand(
       "reward", "accuracy and margins of a reward model on preference pairs");
   eval_reward_cmd->add_option("--model", eval_reward.model, "reward-model directory")->required();
@@ -614,6 +597,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   eval_reward_cmd->add_flag("--json", eval_reward.json, "print one JSON object");
 
+  add_eval_task_commands(*eval_cmd);
   add_report_command(app);
   add_scaling_commands(app);
   add_sweep_command(app);

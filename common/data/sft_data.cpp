@@ -124,10 +124,8 @@ std::vector<Example> load_sft_examples(const SftDataOptions& o, const Tokenizer&
   return out;
 }
 
-std::vector<Example> load_text_examples(const std::string& path, const Tokenizer& tok,
-                                        int64_t max_seq_len, bool skip_bad_lines,
-                                        DataStats* stats) {
-  check(max_seq_len >= 2, "max_seq_len must be at least 2");
+std::vector<std::string> read_text_documents(const std::string& path, bool skip_bad_lines,
+                                             DataStats* stats) {
   std::vector<std::string> documents;
   DataStats s;
   const bool jsonl =
@@ -153,6 +151,16 @@ std::vector<Example> load_text_examples(const std::string& path, const Tokenizer
       if (line.find_first_not_of(" \t\r") != std::string::npos) documents.push_back(line);
   }
   s.records = static_cast<int64_t>(documents.size());
+  if (stats) *stats = s;
+  return documents;
+}
+
+std::vector<Example> load_text_examples(const std::string& path, const Tokenizer& tok,
+                                        int64_t max_seq_len, bool skip_bad_lines,
+                                        DataStats* stats) {
+  check(max_seq_len >= 2, "max_seq_len must be at least 2");
+  DataStats s;
+  const std::vector<std::string> documents = read_text_documents(path, skip_bad_lines, &s);
   std::vector<int64_t> stream;
   for (const auto& d : documents) {
     auto ids = tok.encode(d, /*add_bos=*/true);

@@ -58,6 +58,11 @@ std::vector<Example> load_sft_examples(const SftDataOptions& options, const Toke
 // Returns true when the example was cut.
 bool truncate_keeping_response(Example& example, int64_t max_len);
 
+// The documents of a pretraining text file: its non-empty lines, or the "text" of each JSONL
+// record (a record without one is an error naming file:line unless skip_bad_lines).
+std::vector<std::string> read_text_documents(const std::string& path, bool skip_bad_lines,
+                                             DataStats* stats);
+
 // Pretraining: documents (non-empty lines of a text file, or {"text"} JSONL records) each
 // prefixed with BOS, concatenated, and cut into examples of max_seq_len tokens, all trainable.
 std::vector<Example> load_text_examples(const std::string& path, const Tokenizer& tokenizer,

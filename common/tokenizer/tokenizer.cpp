@@ -238,4 +238,20 @@ void train_tokenizer(const std::string& input, int64_t vocab_size, const std::st
         "cannot write " + out_dir + "/tokenizer.model");
 }
 
+std::string completion_text(const Tokenizer& tok, const std::vector<int64_t>& ids, int64_t eos) {
+  std::vector<int64_t> kept;
+  for (int64_t id : ids)
+    if (id != eos) kept.push_back(id);
+  return tok.decode(kept);
+}
+
+std::string continuation_text(const Tokenizer& tok, const std::vector<int64_t>& prompt,
+                              const std::vector<int64_t>& response, int64_t eos) {
+  std::vector<int64_t> all = prompt;
+  all.insert(all.end(), response.begin(), response.end());
+  const std::string head = tok.decode(prompt), full = completion_text(tok, all, eos);
+  if (full.compare(0, head.size(), head) == 0) return full.substr(head.size());
+  return completion_text(tok, response, eos);
+}
+
 }  // namespace tiller

@@ -37,6 +37,14 @@ class Tokenizer {
   int64_t vocab_size_ = 0, bos_id_ = -1, eos_id_ = -1, pad_id_ = -1;
 };
 
+// The text of `ids` with every `eos` left out.
+std::string completion_text(const Tokenizer& tok, const std::vector<int64_t>& ids, int64_t eos);
+
+// The text `response` adds to `prompt`. Decoding the response alone would drop the space of its
+// first piece ("▁and" -> "and"), as SentencePiece strips a leading space from what it decodes.
+std::string continuation_text(const Tokenizer& tok, const std::vector<int64_t>& prompt,
+                              const std::vector<int64_t>& response, int64_t eos);
+
 // Trains a SentencePiece BPE model with byte fallback on a text file (at most max_sentences of its
 // lines, sampled); writes DIR/tokenizer.model.
 void train_tokenizer(const std::string& input, int64_t vocab_size, const std::string& out_dir,
