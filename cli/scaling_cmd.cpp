@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/util/error.h"
+#include "report/scaling_report.h"
 #include "scaling/analysis.h"
 #include "scaling/hparams.h"
 #include "scaling/runs_table.h"
@@ -17,6 +18,7 @@ struct ScalingFitArgs {
   scaling::RunsColumns columns;
   scaling::ScalingOptions options;
   double predict_n = 0, predict_d = 0;
+  std::string svg_dir;
   bool json = false;
 };
 
@@ -29,10 +31,16 @@ void run_scaling_fit(ScalingFitArgs args) {
             (table.has_d ? "" : "no '" + c.d + "' (--d-col), ") +
             (table.has_c ? "a C column" : "no '" + c.c + "' (--c-col)"));
   const scaling::ScalingAnalysis analysis = scaling::analyze_runs(table, args.options);
-  if (args.json)
+  std::vector<std::string> charts;
+  if (!args.svg_dir.empty())
+    charts = write_scaling_charts(render_scaling_charts(table, &analysis), args.svg_dir);
+  if (args.json) {
     std::printf("%s\n", scaling::to_json(analysis).dump().c_str());
-  else
-    std::fputs(scaling::format_report(analysis).c_str(), stdout);
+    return;
+  }
+  std::fputs(scaling::format_report(analysis).c_str(), stdout);
+  if (!charts.empty()) std::printf("\nCharts:\n");
+  for (const std::string& path : charts) std::printf("  %s\n", path.c_str());
 }
 
 struct ScalingHparamsArgs {
@@ -135,6 +143,8 @@ void add_scaling_commands(CLI::App& app) {
                   "also give the compute-optimal N, D at this many FLOPs (repeatable)")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  fit->add_option("--svg-dir", args->svg_dir,
+                  "write loss_vs_N.svg, loss_vs_D.svg, loss_vs_C.svg (runs, fit, forecast) here");
   fit->add_flag("--json", args->json, "print one JSON object");
   fit->callback([args, n_col, d_col, c_col, predict_n] {
     ScalingFitArgs a = *args;
