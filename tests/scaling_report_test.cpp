@@ -102,14 +102,14 @@ std::vector<std::pair<double, double>> curve_points(const std::string& svg,
   return points;
 }
 
-// A noiseless Chinchilla law over 5 sizes x 3 token counts, plus one outlier.
+// A noiseless Chinchilla law over 5 sizes x 3 token counts, one run (the highest loss) an outlier.
 std::string synthetic_runs_jsonl() {
   const scaling::LossLaw law{1.8, 400, 2000, 0.34, 0.28};
   std::string text;
   int point = 0;
   for (double n : {1e7, 3e7, 1e8, 3e8, 1e9})
     for (double d : {1e9, 3e9, 1e10}) {
-      const double loss = (n == 3e7 && d == 3e9) ? law.loss(n, d) + 1.0 : law.loss(n, d);
+      const double loss = (n == 3e7 && d == 3e9) ? law.loss(n, d) + 3.0 : law.loss(n, d);
       text += nlohmann::json({{"point", "p" + std::to_string(point++)},
                               {"N", n},
                               {"D", d},
