@@ -63,6 +63,12 @@ ChartSeries curve(const std::string& name, double low, double high,
   return series;
 }
 
+// The source lines of the runs the fit left out.
+std::set<int64_t> excluded_lines(const scaling::ScalingAnalysis* analysis) {
+  if (!analysis) return {};
+  return {analysis->excluded_lines.begin(), analysis->excluded_lines.end()};
+}
+
 // One quantity of the runs on the x axis: the runs the fit used, those it left out, the fitted
 // curves, the forecast.
 struct ChartAxis {
@@ -76,9 +82,7 @@ std::string render_chart(const scaling::RunsTable& table, const scaling::Scaling
                          const ChartAxis& axis,
                          const std::function<std::vector<ChartSeries>(double, double)>& curves,
                          double forecast_x) {
-  const std::set<int64_t> excluded =
-      analysis ? std::set<int64_t>(analysis->excluded_lines.begin(), analysis->excluded_lines.end())
-               : std::set<int64_t>();
+  const std::set<int64_t> excluded = excluded_lines(analysis);
   ChartSeries used{"runs", {}, {}, SeriesStyle::kMarkers, {}, {}};
   ChartSeries left_out{"left out of the fit", {}, {}, SeriesStyle::kHollowMarkers, {}, {}};
   double low = HUGE_VAL, high = 0;
@@ -99,14 +103,9 @@ std::string render_chart(const scaling::RunsTable& table, const scaling::Scaling
   if (analysis)
     for (ChartSeries& c : curves(low, high)) series.push_back(std::move(c));
   if (forecast) {
-    const scaling::Interval& loss = analysis->forecast->loss;
+    const scaling::Interval& loss = analysis->forecast->loss;  // no bar without a bootstrap (NaN)
     series.push_back(
-        {"forecast",
-         {forecast_x},
-         {loss.value},
-         SeriesStyle::kMarkers,
-         std::isfinite(loss.low) ? std::vector<double>{loss.low} : std::vector<double>{},
-         std::isfinite(loss.high) ? std::vector<double>{loss.high} : std::vector<double>{}});
+        {"forecast", {forecast_x}, {loss.value}, SeriesStyle::kMarkers, {loss.low}, {loss.high}});
   }
   ChartOptions options;
   options.title = axis.title;
@@ -118,7 +117,7 @@ std::string render_chart(const scaling::RunsTable& table, const scaling::Scaling
 
 std::vector<double> values_of(const scaling::RunsTable& table,
                               const scaling::ScalingAnalysis& analysis, double Run::*quantity) {
-  const std::set<int64_t> excluded(analysis.excluded_lines.begin(), analysis.excluded_lines.end());
+  const std::set<int64_t> excluded = excluded_lines(&analysis);
   std::vector<double> values;
   for (const Run& run : table.runs)
     if (!excluded.count(run.line)) values.push_back(run.*quantity);

@@ -106,6 +106,14 @@ std::string precise(double value) {
   return buffer;
 }
 
+// A vertical bar from low to high at x, with caps.
+std::string error_bar(double x, double low, double high, const std::string& color) {
+  return "<path class=\"error-bar\" d=\"M" + coordinate(x) + " " + coordinate(low) + "V" +
+         coordinate(high) + "M" + coordinate(x - 4) + " " + coordinate(low) + "H" +
+         coordinate(x + 4) + "M" + coordinate(x - 4) + " " + coordinate(high) + "H" +
+         coordinate(x + 4) + "\" stroke=\"" + color + "\" stroke-width=\"1.4\" fill=\"none\"/>";
+}
+
 struct LegendItem {
   double x, y;
   std::string name, color;
@@ -328,17 +336,11 @@ std::string render_line_chart(const std::vector<ChartSeries>& series, const Char
     }
     svg += "<g class=\"series\" data-series=\"" + xml_escape(line.name) + "\" data-points=\"" +
            std::to_string(drawn) + "\">";
-    for (size_t i : order) {
-      if (!has_error_bar(line, i) || !plottable(line.x[i], line.y[i], options)) continue;
-      if (!plottable(line.x[i], line.y_low[i], options) ||
-          !plottable(line.x[i], line.y_high[i], options))
-        continue;
-      const double x = to_x(line.x[i]), low = to_y(line.y_low[i]), high = to_y(line.y_high[i]);
-      svg += "<path class=\"error-bar\" d=\"M" + coordinate(x) + " " + coordinate(low) + "V" +
-             coordinate(high) + "M" + coordinate(x - 4) + " " + coordinate(low) + "H" +
-             coordinate(x + 4) + "M" + coordinate(x - 4) + " " + coordinate(high) + "H" +
-             coordinate(x + 4) + "\" stroke=\"" + color + "\" stroke-width=\"1.4\" fill=\"none\"/>";
-    }
+    for (size_t i : order)
+      if (has_error_bar(line, i) && plottable(line.x[i], line.y[i], options) &&
+          plottable(line.x[i], line.y_low[i], options) &&
+          plottable(line.x[i], line.y_high[i], options))
+        svg += error_bar(to_x(line.x[i]), to_y(line.y_low[i]), to_y(line.y_high[i]), color);
     if (line.style != SeriesStyle::kLine) {
       for (const auto& run : runs)
         for (const auto& [x, y] : run) svg += marker(x, y, color, line.style, "3.5");
