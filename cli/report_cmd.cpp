@@ -36,8 +36,12 @@ void run_report(const ReportArgs& args) {
 void add_report_command(CLI::App& app) {
   auto args = std::make_shared<ReportArgs>();
   auto* cmd = app.add_subcommand(
-      "report", "write a run directory's report.html (curves, stage table, PPO samples)");
-  cmd->add_option("run_dir", args->run_dir, "run directory written by `tiller run`")->required();
+      "report",
+      "write a run directory's report.html (curves, stage table, PPO samples), or a sweep "
+      "directory's (runs, scaling fit, charts)");
+  cmd->add_option("run_dir", args->run_dir,
+                  "run directory written by `tiller run`, or sweep directory by `tiller sweep`")
+      ->required();
   cmd->add_option("--out", args->out, "output file (default: RUN_DIR/report.html)");
   cmd->callback([args] { run_report(*args); });
 }

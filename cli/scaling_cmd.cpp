@@ -5,7 +5,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common/util/error.h"
+#include "report/scaling_report.h"
 #include "scaling/analysis.h"
+#include "scaling/hparams.h"
 #include "scaling/runs_table.h"
 
 namespace tiller {
@@ -16,6 +18,7 @@ struct ScalingFitArgs {
   scaling::RunsColumns columns;
   scaling::ScalingOptions options;
   double predict_n = 0, predict_d = 0;
+  std::string svg_dir;
   bool json = false;
 };
 
@@ -28,10 +31,78 @@ void run_scaling_fit(ScalingFitArgs args) {
             (table.has_d ? "" : "no '" + c.d + "' (--d-col), ") +
             (table.has_c ? "a C column" : "no '" + c.c + "' (--c-col)"));
   const scaling::ScalingAnalysis analysis = scaling::analyze_runs(table, args.options);
+  std::vector<std::string> charts;
+  if (!args.svg_dir.empty())
+    charts = write_scaling_charts(render_scaling_charts(table, &analysis), args.svg_dir);
+  if (args.json) {
+    std::printf("%s\n", scaling::to_json(analysis).dump().c_str());
+    return;
+  }
+  std::fputs(scaling::format_report(analysis).c_str(), stdout);
+  if (!charts.empty()) std::printf("\nCharts:\n");
+  for (const std::string& path : charts) std::printf("  %s\n", path.c_str());
+}
+
+struct ScalingHparamsArgs {
+  std::string path;
+  scaling::HparamColumns columns;
+  scaling::HparamOptions options;
+  bool json = false;
+};
+
+void run_scaling_hparams(const ScalingHparamsArgs& args) {
+  const scaling::HparamAnalysis analysis =
+      scaling::analyze_hparams(scaling::read_hparam_runs(args.path, args.columns), args.options);
   if (args.json)
     std::printf("%s\n", scaling::to_json(analysis).dump().c_str());
   else
     std::fputs(scaling::format_report(analysis).c_str(), stdout);
+}
+
+void add_hparams_command(CLI::App& scaling_cmd) {
+  auto* cmd = scaling_cmd.add_subcommand(
+      "hparams",
+      "fit B_opt = k_B C^b and eta_opt = k_eta C^e over an LR x batch grid (DeepSeek LLM)");
+  auto args = std::make_shared<ScalingHparamsArgs>();
+  cmd->add_option("FILE", args->path, "runs.jsonl, or a CSV with a header row")->required();
+  cmd->add_option("--lr-col", args->columns.lr, "column of peak learning rates")
+      ->capture_default_str();
+  cmd->add_option("--batch-col", args->columns.batch, "column of batch sizes (tokens per step)")
+      ->capture_default_str();
+  auto* c_col = cmd->add_option("--c-col", args->columns.c, "column of compute C (FLOPs; else 6ND)")
+                    ->capture_default_str();
+  cmd->add_option("--loss-col", args->columns.loss, "column of final validation losses")
+      ->capture_default_str();
+  auto* budget_col = cmd->add_option("--budget-col", args->columns.budget,
+                                     "column of compute budgets: runs with equal values share a "
+                                     "budget (instead of grouping by C)");
+  budget_col->excludes(c_col);
+  cmd->add_option("--tolerance", args->options.tolerance,
+                  "near-optimal: loss within this percent of the budget's lowest")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--budget-tolerance", args->options.budget_tolerance,
+                  "runs whose C differ by at most this percent share a budget")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->excludes(budget_col);
+  cmd->add_option("--bootstrap", args->options.bootstrap,
+                  "resamples of the near-optimal runs for the intervals (0: none)")
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
+  cmd->add_option("--seed", args->options.seed, "seed of the bootstrap")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--predict-c", args->options.predict_c,
+                  "also give B_opt and eta_opt at this many FLOPs (repeatable)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_flag("--json", args->json, "print one JSON object");
+  cmd->callback([args, c_col] {
+    ScalingHparamsArgs a = *args;
+    a.columns.require_c = c_col->count() > 0;
+    run_scaling_hparams(a);
+  });
 }
 
 }  // namespace
@@ -72,6 +143,8 @@ void add_scaling_commands(CLI::App& app) {
                   "also give the compute-optimal N, D at this many FLOPs (repeatable)")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  fit->add_option("--svg-dir", args->svg_dir,
+                  "write loss_vs_N.svg, loss_vs_D.svg, loss_vs_C.svg (runs, fit, forecast) here");
   fit->add_flag("--json", args->json, "print one JSON object");
   fit->callback([args, n_col, d_col, c_col, predict_n] {
     ScalingFitArgs a = *args;
@@ -84,6 +157,7 @@ void add_scaling_commands(CLI::App& app) {
     }
     run_scaling_fit(a);
   });
+  add_hparams_command(*scaling_cmd);
 }
 
 }  // namespace tiller

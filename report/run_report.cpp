@@ -13,6 +13,7 @@
 
 #include "common/util/error.h"
 #include "common/util/files.h"
+#include "report/scaling_report.h"
 #include "report/svg_chart.h"
 
 namespace tiller {
@@ -184,7 +185,9 @@ Run read_run(const std::string& run_dir) {
   check(is_directory(run_dir), run_dir + ": not a run directory (no such directory)");
   const std::string recipe_path = run_dir + "/recipe.json";
   check(path_exists(recipe_path),
-        recipe_path + ": not found; a run directory is one written by `tiller run`");
+        recipe_path +
+            ": not found; a run directory is one written by `tiller run` (or a sweep "
+            "directory, with the runs.jsonl `tiller sweep` writes)");
   Run run;
   run.dir = run_dir;
   run.recipe = read_json_file(recipe_path);
@@ -555,15 +558,30 @@ std::string render_stage(const Stage& stage) {
   return out + "</section>";
 }
 
+// The page up to and including its <h1>.
+std::string page_start(const std::string& name) {
+  std::string page = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">";
+  page += "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">";
+  page +=
+      "<title>Tiller report: " + html(name) + "</title><style>" + kStyle + "</style></head><body>";
+  return page + "<h1>Tiller report: " + html(name) + "</h1>";
+}
+
+// A sweep directory's page: its runs and the scaling fit.
+std::string render_sweep_report(const std::string& sweep_dir) {
+  const std::string name = std::filesystem::path(sweep_dir).lexically_normal().filename().string();
+  std::string page = page_start(name.empty() ? sweep_dir : name);
+  page += "<p class=\"muted\">Sweep directory " + html(sweep_dir) + " (runs.jsonl).</p>";
+  page += render_scaling_section(sweep_dir);
+  return page + "</body></html>\n";
+}
+
 }  // namespace
 
 std::string render_run_report(const std::string& run_dir) {
+  if (is_directory(run_dir) && is_sweep_directory(run_dir)) return render_sweep_report(run_dir);
   const Run run = read_run(run_dir);
-  std::string page = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">";
-  page += "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">";
-  page += "<title>Tiller report: " + html(run.name) + "</title><style>" + kStyle +
-          "</style></head><body>";
-  page += "<h1>Tiller report: " + html(run.name) + "</h1>";
+  std::string page = page_start(run.name);
   page += "<p class=\"muted\">Run directory " + html(run.dir) + ", " +
           std::to_string(run.stages.size()) + " stage" + (run.stages.size() == 1 ? "" : "s") +
           ".</p>";

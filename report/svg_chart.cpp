@@ -91,14 +91,44 @@ Axis log_axis(double low, double high) {
   return axis;
 }
 
-bool plottable(double x, double y, bool log_y) {
-  return std::isfinite(x) && std::isfinite(y) && (!log_y || y > 0);
+bool plottable(double x, double y, const ChartOptions& options) {
+  return std::isfinite(x) && std::isfinite(y) && (!options.log_x || x > 0) &&
+         (!options.log_y || y > 0);
+}
+
+bool has_error_bar(const ChartSeries& s, size_t i) {
+  return i < s.y_low.size() && i < s.y_high.size();
+}
+
+std::string precise(double value) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof(buffer), "%.17g", value);
+  return buffer;
+}
+
+// A vertical bar from low to high at x, with caps.
+std::string error_bar(double x, double low, double high, const std::string& color) {
+  return "<path class=\"error-bar\" d=\"M" + coordinate(x) + " " + coordinate(low) + "V" +
+         coordinate(high) + "M" + coordinate(x - 4) + " " + coordinate(low) + "H" +
+         coordinate(x + 4) + "M" + coordinate(x - 4) + " " + coordinate(high) + "H" +
+         coordinate(x + 4) + "\" stroke=\"" + color + "\" stroke-width=\"1.4\" fill=\"none\"/>";
 }
 
 struct LegendItem {
   double x, y;
   std::string name, color;
+  SeriesStyle style;
 };
+
+// A dot at (x, y): filled, or hollow (white inside) for SeriesStyle::kHollowMarkers.
+std::string marker(double x, double y, const std::string& color, SeriesStyle style,
+                   const char* radius) {
+  std::string dot = "<circle class=\"marker\" cx=\"" + coordinate(x) + "\" cy=\"" + coordinate(y) +
+                    "\" r=\"" + radius + "\"";
+  if (style == SeriesStyle::kHollowMarkers)
+    return dot + " fill=\"#ffffff\" stroke=\"" + color + "\" stroke-width=\"1.4\"/>";
+  return dot + " fill=\"" + color + "\"/>";
+}
 
 // Lays the legend out in rows under the title, left to right, wrapping at the chart's width.
 std::vector<LegendItem> layout_legend(const std::vector<ChartSeries>& series, double width) {
@@ -110,8 +140,8 @@ std::vector<LegendItem> layout_legend(const std::vector<ChartSeries>& series, do
       x = kMarginLeft;
       ++row;
     }
-    items.push_back(
-        {x, kTitleHeight + row * kLegendRowHeight + 8, series[i].name, kPalette[i % kPaletteSize]});
+    items.push_back({x, kTitleHeight + row * kLegendRowHeight + 8, series[i].name,
+                     kPalette[i % kPaletteSize], series[i].style});
     x += item_width;
   }
   return items;
@@ -204,29 +234,45 @@ std::string render_line_chart(const std::vector<ChartSeries>& series, const Char
          "\" y=\"18\" font-size=\"14\" font-weight=\"bold\" fill=\"#222\">" +
          xml_escape(options.title) + "</text>";
   for (const LegendItem& item : legend) {
-    svg += "<line x1=\"" + coordinate(item.x) + "\" y1=\"" + coordinate(item.y - 4) + "\" x2=\"" +
-           coordinate(item.x + 16) + "\" y2=\"" + coordinate(item.y - 4) + "\" stroke=\"" +
-           item.color + "\" stroke-width=\"2.5\"/>";
+    if (item.style == SeriesStyle::kLine)
+      svg += "<line x1=\"" + coordinate(item.x) + "\" y1=\"" + coordinate(item.y - 4) + "\" x2=\"" +
+             coordinate(item.x + 16) + "\" y2=\"" + coordinate(item.y - 4) + "\" stroke=\"" +
+             item.color + "\" stroke-width=\"2.5\"/>";
+    else  // not a "marker": the legend's dots are not data
+      svg += "<circle cx=\"" + coordinate(item.x + 8) + "\" cy=\"" + coordinate(item.y - 4) +
+             "\" r=\"3.5\"" +
+             (item.style == SeriesStyle::kHollowMarkers
+                  ? " fill=\"#ffffff\" stroke=\"" + item.color + "\" stroke-width=\"1.4\"/>"
+                  : " fill=\"" + item.color + "\"/>");
     svg += "<text x=\"" + coordinate(item.x + 21) + "\" y=\"" + coordinate(item.y) +
            "\" font-size=\"11\" fill=\"#333\">" + xml_escape(item.name) + "</text>";
   }
 
-  // The data's extent decides both axes; points a log scale cannot show do not count.
+  // The data's extent (error bars included) decides both axes; points a log scale cannot show do
+  // not count.
   double x_low = std::numeric_limits<double>::infinity(), x_high = -x_low;
   double y_low = x_low, y_high = -x_low;
   for (const ChartSeries& s : series) {
     for (size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i) {
-      if (!plottable(s.x[i], s.y[i], options.log_y)) continue;
+      if (!plottable(s.x[i], s.y[i], options)) continue;
       x_low = std::min(x_low, s.x[i]);
       x_high = std::max(x_high, s.x[i]);
       y_low = std::min(y_low, s.y[i]);
       y_high = std::max(y_high, s.y[i]);
+      if (!has_error_bar(s, i)) continue;
+      for (double bound : {s.y_low[i], s.y_high[i]})
+        if (plottable(s.x[i], bound, options)) {
+          y_low = std::min(y_low, bound);
+          y_high = std::max(y_high, bound);
+        }
     }
   }
-  svg += "<rect x=\"" + coordinate(plot_left) + "\" y=\"" + coordinate(plot_top) + "\" width=\"" +
-         coordinate(plot_right - plot_left) + "\" height=\"" + coordinate(plot_bottom - plot_top) +
-         "\" fill=\"none\" stroke=\"#bbb\"/>";
+  const std::string plot_rect =
+      "<rect class=\"plot\" x=\"" + coordinate(plot_left) + "\" y=\"" + coordinate(plot_top) +
+      "\" width=\"" + coordinate(plot_right - plot_left) + "\" height=\"" +
+      coordinate(plot_bottom - plot_top) + "\" fill=\"none\" stroke=\"#bbb\"";
   if (!(x_low <= x_high)) {
+    svg += plot_rect + "/>";
     svg += "<text x=\"" + coordinate((plot_left + plot_right) / 2) + "\" y=\"" +
            coordinate((plot_top + plot_bottom) / 2) +
            "\" font-size=\"12\" fill=\"#888\" text-anchor=\"middle\">no data</text>";
@@ -236,8 +282,10 @@ std::string render_line_chart(const std::vector<ChartSeries>& series, const Char
     return svg + "</svg>";
   }
 
-  const Axis x_axis = linear_axis(x_low, x_high, 6);
+  const Axis x_axis = options.log_x ? log_axis(x_low, x_high) : linear_axis(x_low, x_high, 6);
   const Axis y_axis = options.log_y ? log_axis(y_low, y_high) : linear_axis(y_low, y_high, 5);
+  svg += plot_rect + " data-x=\"" + precise(x_axis.low) + " " + precise(x_axis.high) +
+         "\" data-y=\"" + precise(y_axis.low) + " " + precise(y_axis.high) + "\"/>";
   auto to_x = [&](double x) { return plot_left + x_axis.fraction(x) * (plot_right - plot_left); };
   auto to_y = [&](double y) { return plot_bottom - y_axis.fraction(y) * (plot_bottom - plot_top); };
 
@@ -279,7 +327,7 @@ std::string render_line_chart(const std::vector<ChartSeries>& series, const Char
     std::vector<std::vector<std::pair<double, double>>> runs(1);
     size_t drawn = 0;
     for (size_t i : order) {
-      if (!plottable(line.x[i], line.y[i], options.log_y)) {
+      if (!plottable(line.x[i], line.y[i], options)) {
         if (!runs.back().empty()) runs.emplace_back();
         continue;
       }
@@ -288,6 +336,17 @@ std::string render_line_chart(const std::vector<ChartSeries>& series, const Char
     }
     svg += "<g class=\"series\" data-series=\"" + xml_escape(line.name) + "\" data-points=\"" +
            std::to_string(drawn) + "\">";
+    for (size_t i : order)
+      if (has_error_bar(line, i) && plottable(line.x[i], line.y[i], options) &&
+          plottable(line.x[i], line.y_low[i], options) &&
+          plottable(line.x[i], line.y_high[i], options))
+        svg += error_bar(to_x(line.x[i]), to_y(line.y_low[i]), to_y(line.y_high[i]), color);
+    if (line.style != SeriesStyle::kLine) {
+      for (const auto& run : runs)
+        for (const auto& [x, y] : run) svg += marker(x, y, color, line.style, "3.5");
+      svg += "</g>";
+      continue;
+    }
     const bool markers = drawn <= kMarkerLimit;
     for (const auto& run : runs) {
       if (run.size() >= 2) {
@@ -299,8 +358,7 @@ std::string render_line_chart(const std::vector<ChartSeries>& series, const Char
       }
       if (run.size() == 1 || markers)
         for (const auto& [x, y] : run)
-          svg += "<circle cx=\"" + coordinate(x) + "\" cy=\"" + coordinate(y) + "\" r=\"" +
-                 (run.size() == 1 ? "3" : "2.2") + "\" fill=\"" + color + "\"/>";
+          svg += marker(x, y, color, SeriesStyle::kLine, run.size() == 1 ? "3" : "2.2");
     }
     svg += "</g>";
   }

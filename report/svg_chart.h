@@ -1,5 +1,6 @@
-// SVG line charts for the run report: several series on shared axes with round-number ticks, a
-// legend and a title, as one inline <svg> element that needs no script, font or stylesheet.
+// SVG charts for the reports: several series (lines, or points with optional error bars) on
+// shared axes (linear or logarithmic) with round-number ticks, a legend and a title, as one inline
+// <svg> element that needs no script, font or stylesheet.
 #pragma once
 #include <string>
 #include <utility>
@@ -7,16 +8,24 @@
 
 namespace tiller {
 
-// One line of a chart. x and y have the same length; a non-finite y (NaN for a step that did not
-// log the value) leaves a gap in the line, and so does a point a log scale cannot show (y <= 0).
+// How a series is drawn: a line (with a dot at each point when it has few), or a dot at each point
+// and no line, filled or hollow (e.g. runs a fit left out).
+enum class SeriesStyle { kLine, kMarkers, kHollowMarkers };
+
+// One series of a chart. x and y have the same length; a non-finite y (NaN for a step that did not
+// log the value) leaves a gap in the line, and so does a point a log scale cannot show (<= 0).
+// y_low and y_high, when not empty (the same length as y), draw an error bar at each point.
 struct ChartSeries {
   std::string name;
   std::vector<double> x, y;
+  SeriesStyle style = SeriesStyle::kLine;
+  std::vector<double> y_low, y_high;
 };
 
 struct ChartOptions {
   std::string title;
   std::string x_label = "step";
+  bool log_x = false;
   bool log_y = false;
   int width = 560;
   int height = 300;
@@ -25,8 +34,11 @@ struct ChartOptions {
 };
 
 // The chart as an <svg class="chart" ...> element. Each series is a
-// <g class="series" data-series="NAME" data-points="N"> holding one <polyline> per unbroken run
-// of points (N counts the points drawn); a point with no neighbour is drawn as a dot.
+// <g class="series" data-series="NAME" data-points="N"> (N counts the points drawn) holding, for
+// a line, one <polyline> per unbroken run of points, a point with no neighbour drawn as a dot;
+// for markers, one <circle class="marker"> per point; and one <path class="error-bar"> per error
+// bar. The plot area is a <rect class="plot" data-x="LOW HIGH" data-y="LOW HIGH"> giving the
+// axes' ranges, so that a reader can map coordinates back to data.
 std::string render_line_chart(const std::vector<ChartSeries>& series, const ChartOptions& options);
 
 // Round-number ticks (steps of 1, 2 or 5 times a power of ten) covering [low, high] with about

@@ -38,31 +38,6 @@ size_t distinct_count(const std::vector<double>& values) {
   return std::set<double>(values.begin(), values.end()).size();
 }
 
-// Uniform on [0, n), the same on every platform (std::uniform_int_distribution is not).
-size_t draw_index(std::mt19937_64& rng, size_t n) {
-  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-  uint64_t x;
-  do x = rng();
-  while (x >= limit);
-  return x % n;
-}
-
-template <typename Sample, typename Quantity>
-Interval interval_of(double value, const std::vector<Sample>& samples, const Quantity& quantity,
-                     const ScalingOptions& options) {
-  Interval interval;
-  interval.value = value;
-  if (samples.empty()) return interval;
-  std::vector<double> values;
-  for (const Sample& s : samples) {
-    const double v = quantity(s);
-    if (std::isfinite(v)) values.push_back(v);  // e.g. G when a resample's β came out ≤ 0
-  }
-  interval.low = percentile(values, options.low_percentile);
-  interval.high = percentile(values, options.high_percentile);
-  return interval;
-}
-
 struct KaplanVariable {
   std::string name;
   double Run::*quantity;
@@ -72,8 +47,8 @@ void check_options(const ScalingOptions& options) {
   check(options.exclude_highest_loss >= 0, "scaling fit: --exclude-highest-loss must be >= 0");
   check(options.bootstrap >= 0 && options.bootstrap <= 100000,
         "scaling fit: --bootstrap must be in [0, 100000]");
-  check(options.low_percentile >= 0 && options.low_percentile < options.high_percentile &&
-            options.high_percentile <= 100,
+  check(options.percentiles.low >= 0 && options.percentiles.low < options.percentiles.high &&
+            options.percentiles.high <= 100,
         "scaling fit: percentiles must satisfy 0 <= low < high <= 100");
   for (double c : options.budgets)
     check(positive_finite(c), "scaling fit: a --budget must be a positive number of FLOPs");
@@ -87,15 +62,6 @@ void check_options(const ScalingOptions& options) {
 
 }  // namespace
 
-double percentile(std::vector<double> samples, double q) {
-  if (samples.empty()) return NAN;
-  std::sort(samples.begin(), samples.end());
-  const double position = q / 100 * (samples.size() - 1);
-  const size_t below = static_cast<size_t>(std::floor(position));
-  const size_t above = std::min(below + 1, samples.size() - 1);
-  return samples[below] + (position - below) * (samples[above] - samples[below]);
-}
-
 ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& options) {
   check_options(options);
   check(table.has_n && table.has_d,
@@ -108,8 +74,7 @@ ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& optio
   analysis.huber_delta = options.fit.huber_delta;
   analysis.seed = options.seed;
   analysis.resamples = options.bootstrap;
-  analysis.low_percentile = options.low_percentile;
-  analysis.high_percentile = options.high_percentile;
+  analysis.percentiles = options.percentiles;
 
   // Leave out the K highest-loss runs; keep the rest in file order.
   const size_t excluded = static_cast<size_t>(options.exclude_highest_loss);
@@ -180,7 +145,7 @@ ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& optio
   });
 
   auto law_interval = [&](const std::function<double(const LossLaw&)>& quantity) {
-    return interval_of(quantity(law), resampled_laws, quantity, options);
+    return interval_of(quantity(law), resampled_laws, quantity, options.percentiles);
   };
   analysis.E = law_interval([](const LossLaw& l) { return l.E; });
   analysis.A = law_interval([](const LossLaw& l) { return l.A; });
@@ -225,9 +190,10 @@ ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& optio
     KaplanLaw kaplan;
     kaplan.variable = variables[v].name;
     kaplan.alpha = interval_of(
-        kaplan_full[v]->alpha, samples, [](const PowerLaw& p) { return p.alpha; }, options);
+        kaplan_full[v]->alpha, samples, [](const PowerLaw& p) { return p.alpha; },
+        options.percentiles);
     kaplan.x_c = interval_of(
-        kaplan_full[v]->x_c, samples, [](const PowerLaw& p) { return p.x_c; }, options);
+        kaplan_full[v]->x_c, samples, [](const PowerLaw& p) { return p.x_c; }, options.percentiles);
     analysis.kaplan.push_back(kaplan);
   }
   return analysis;
@@ -236,48 +202,7 @@ ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& optio
 // ---------------------------------------------------------------------------------------------
 // Presentation
 
-namespace {
-
-nlohmann::json number_or_null(double x) {
-  return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr);
-}
-
-nlohmann::json interval_json(const Interval& i) {
-  return {{"value", number_or_null(i.value)},
-          {"low", number_or_null(i.low)},
-          {"high", number_or_null(i.high)}};
-}
-
-nlohmann::json bounds_json(const Interval& i) {
-  return nlohmann::json::array({number_or_null(i.low), number_or_null(i.high)});
-}
-
-std::string format(const char* pattern, double x) {
-  if (!std::isfinite(x)) return "-";
-  char buffer[64];
-  std::snprintf(buffer, sizeof buffer, pattern, x);
-  return buffer;
-}
-
-// "value  [low, high]" with the bounds omitted when there was no bootstrap.
-std::string with_bounds(const char* pattern, const Interval& i) {
-  std::string s = format(pattern, i.value);
-  if (std::isfinite(i.low) && std::isfinite(i.high))
-    s += "  [" + format(pattern, i.low) + ", " + format(pattern, i.high) + "]";
-  return s;
-}
-
-std::string pad(std::string s, size_t width) {
-  if (s.size() < width) s.insert(0, width - s.size(), ' ');
-  return s;
-}
-
-std::string pad_right(std::string s, size_t width) {
-  if (s.size() < width) s.append(width - s.size(), ' ');
-  return s;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 nlohmann::json to_json(const ScalingAnalysis& analysis) {
   nlohmann::json j;
@@ -320,19 +245,13 @@ nlohmann::json to_json(const ScalingAnalysis& analysis) {
   }
   j["bootstrap"] = {{"resamples", analysis.resamples},
                     {"seed", analysis.seed},
-                    {"percentiles", {analysis.low_percentile, analysis.high_percentile}}};
+                    {"percentiles", {analysis.percentiles.low, analysis.percentiles.high}}};
   return j;
 }
 
 std::string format_report(const ScalingAnalysis& analysis) {
   std::string out;
   auto line = [&out](const std::string& s) { out += s + "\n"; };
-  const bool intervals = analysis.resamples > 0;
-  const std::string interval_note =
-      intervals ? format("%g", analysis.high_percentile - analysis.low_percentile) +
-                      "% bootstrap intervals over " + std::to_string(analysis.resamples) +
-                      " resamples of the runs (seed " + std::to_string(analysis.seed) + ")"
-                : "no bootstrap (--bootstrap 0): no intervals";
 
   line("Chinchilla fit  L(N, D) = E + A/N^alpha + B/D^beta");
   line("  " + std::to_string(analysis.runs_used) + " of " + std::to_string(analysis.runs_read) +
@@ -340,10 +259,10 @@ std::string format_report(const ScalingAnalysis& analysis) {
        (analysis.excluded_lines.empty()
             ? ""
             : " (" + std::to_string(analysis.excluded_lines.size()) + " highest-loss left out)"));
-  line("  Huber objective " + format("%.6g", analysis.fit.objective) + " (delta " +
-       format("%g", analysis.huber_delta) + " on log L), lowest of " +
+  line("  Huber objective " + format_value("%.6g", analysis.fit.objective) + " (delta " +
+       format_value("%g", analysis.huber_delta) + " on log L), lowest of " +
        std::to_string(analysis.grid_starts) + " L-BFGS starts");
-  line("  " + interval_note);
+  line("  " + interval_note(analysis.resamples, analysis.seed, analysis.percentiles, "the runs"));
   line("");
   const std::pair<const char*, const Interval*> parameters[] = {
       {"E", &analysis.E},
@@ -362,8 +281,9 @@ std::string format_report(const ScalingAnalysis& analysis) {
   line("  " + pad("C", 8) + pad("N_opt", 12) + pad("D_opt", 12) + "  " +
        pad_right("tokens/parameter", 30) + "loss");
   for (const BudgetAllocation& c : analysis.compute_optimal)
-    line("  " + pad(format("%.3g", c.compute), 8) + pad(format("%.4g", c.n_opt.value), 12) +
-         pad(format("%.4g", c.d_opt.value), 12) + "  " +
+    line("  " + pad(format_value("%.3g", c.compute), 8) +
+         pad(format_value("%.4g", c.n_opt.value), 12) +
+         pad(format_value("%.4g", c.d_opt.value), 12) + "  " +
          pad_right(with_bounds("%.4g", c.tokens_per_parameter), 30) + with_bounds("%.4g", c.loss));
   line("");
 
@@ -379,8 +299,9 @@ std::string format_report(const ScalingAnalysis& analysis) {
   if (analysis.forecast) {
     const LossForecast& f = *analysis.forecast;
     line("");
-    line("Forecast  L(N = " + format("%.4g", f.n) + ", D = " + format("%.4g", f.d) +
-         ") = " + with_bounds("%.4g", f.loss) + "  (C = " + format("%.3g", 6 * f.n * f.d) + ")");
+    line("Forecast  L(N = " + format_value("%.4g", f.n) + ", D = " + format_value("%.4g", f.d) +
+         ") = " + with_bounds("%.4g", f.loss) + "  (C = " + format_value("%.3g", 6 * f.n * f.d) +
+         ")");
   }
   return out;
 }

@@ -9,15 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "scaling/bootstrap.h"
 #include "scaling/fit.h"
 #include "scaling/runs_table.h"
 
 namespace tiller::scaling {
-
-// A fitted quantity and its bootstrap percentile interval (NaN bounds without a bootstrap).
-struct Interval {
-  double value = NAN, low = NAN, high = NAN;
-};
 
 // The budgets always reported (FLOPs); ScalingOptions::budgets adds to them.
 inline const std::vector<double> kDefaultBudgets = {1e21, 1e22, 1e23, 1e24};
@@ -26,7 +22,7 @@ struct ScalingOptions {
   int exclude_highest_loss = 0;  // drop the K runs of highest loss before fitting (outliers)
   int bootstrap = 200;           // resamples of the runs, with replacement; 0: no intervals
   uint64_t seed = 1234;
-  double low_percentile = 2.5, high_percentile = 97.5;
+  PercentileRange percentiles;
   std::vector<double> budgets;                 // compute budgets reported besides kDefaultBudgets
   std::optional<double> predict_n, predict_d;  // forecast the loss here (both or neither)
   ChinchillaFitOptions fit;
@@ -62,15 +58,11 @@ struct ScalingAnalysis {
   std::optional<LossForecast> forecast;
   int resamples = 0;
   uint64_t seed = 0;
-  double low_percentile = 0, high_percentile = 0;
+  PercentileRange percentiles;
 };
 
 // Fits, bootstraps and forecasts. Throws tiller::Error on options or data the fits cannot use.
 ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& options = {});
-
-// The q-th percentile (0-100) of the samples, interpolating linearly between order statistics
-// (NumPy's default). NaN for no samples.
-double percentile(std::vector<double> samples, double q);
 
 // One JSON object: E, A, B, alpha, beta, a, b and G as {"value", "low", "high"}, objective,
 // compute_optimal, kaplan, runs_used, runs_excluded, bootstrap settings, and forecast if asked.

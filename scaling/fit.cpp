@@ -124,27 +124,34 @@ double PowerLaw::loss(double x) const {
   return std::pow(x_c / x, alpha);
 }
 
-std::optional<PowerLaw> fit_power_law(const std::vector<double>& log_x,
-                                      const std::vector<double>& log_loss) {
-  const size_t n = log_x.size();
+std::optional<Line> fit_line(const std::vector<double>& x, const std::vector<double>& y) {
+  const size_t n = x.size();
   if (n < 2) return std::nullopt;
   double mean_x = 0, mean_y = 0;
   for (size_t i = 0; i < n; ++i) {
-    mean_x += log_x[i] / n;
-    mean_y += log_loss[i] / n;
+    mean_x += x[i] / n;
+    mean_y += y[i] / n;
   }
   double sxx = 0, sxy = 0;
   for (size_t i = 0; i < n; ++i) {
-    sxx += (log_x[i] - mean_x) * (log_x[i] - mean_x);
-    sxy += (log_x[i] - mean_x) * (log_loss[i] - mean_y);
+    sxx += (x[i] - mean_x) * (x[i] - mean_x);
+    sxy += (x[i] - mean_x) * (y[i] - mean_y);
   }
   if (!(sxx > 1e-12 * std::max(1.0, mean_x * mean_x))) return std::nullopt;
+  Line line;
+  line.slope = sxy / sxx;
+  line.intercept = mean_y - line.slope * mean_x;
+  return line;
+}
+
+std::optional<PowerLaw> fit_power_law(const std::vector<double>& log_x,
+                                      const std::vector<double>& log_loss) {
+  const std::optional<Line> line = fit_line(log_x, log_loss);
+  if (!line) return std::nullopt;
   // log L = intercept + slope log X, with slope = −α and intercept = α log X_c.
-  const double slope = sxy / sxx;
-  const double intercept = mean_y - slope * mean_x;
   PowerLaw law;
-  law.alpha = -slope;
-  law.x_c = std::exp(intercept / law.alpha);
+  law.alpha = -line->slope;
+  law.x_c = std::exp(line->intercept / law.alpha);
   return law;
 }
 

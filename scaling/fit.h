@@ -71,6 +71,14 @@ ChinchillaFit fit_chinchilla(const Observations& runs,
                              const std::vector<ChinchillaParameters>& starts,
                              const ChinchillaFitOptions& options = {});
 
+// y = intercept + slope x, fitted by ordinary least squares. Nothing when the x values are all
+// equal (the slope is undetermined) or fewer than two.
+struct Line {
+  double intercept = 0, slope = 0;
+  double at(double x) const { return intercept + slope * x; }
+};
+std::optional<Line> fit_line(const std::vector<double>& x, const std::vector<double>& y);
+
 // L(X) = (X_c / X)^alpha, fitted by least squares on log L = α log X_c − α log X.
 struct PowerLaw {
   double x_c = 0, alpha = 0;

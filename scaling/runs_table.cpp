@@ -12,37 +12,26 @@
 namespace tiller::scaling {
 namespace {
 
-enum Quantity { kN, kD, kC, kLoss, kQuantities };
+// The columns read: N, D, C, the loss, then RunsColumns::extra.
+enum Quantity { kN, kD, kC, kLoss, kFirstExtra };
 
-const std::string& column_name(const RunsColumns& columns, int quantity) {
-  switch (quantity) {
-    case kN:
-      return columns.n;
-    case kD:
-      return columns.d;
-    case kC:
-      return columns.c;
-    default:
-      return columns.loss;
-  }
+struct Column {
+  std::string name;
+  bool required = false;
+};
+
+std::vector<Column> columns_read(const RunsColumns& columns) {
+  std::vector<Column> read = {{columns.n, columns.require_n},
+                              {columns.d, columns.require_d},
+                              {columns.c, columns.require_c},
+                              {columns.loss, true}};
+  for (const std::string& name : columns.extra) read.push_back({name, true});
+  return read;
 }
 
-bool column_required(const RunsColumns& columns, int quantity) {
-  switch (quantity) {
-    case kN:
-      return columns.require_n;
-    case kD:
-      return columns.require_d;
-    case kC:
-      return columns.require_c;
-    default:
-      return true;
-  }
-}
-
-// One run as read, before D or C is derived.
+// One run as read, before D or C is derived: a value per column read, when present.
 struct RawRun {
-  std::optional<double> values[kQuantities];
+  std::vector<std::optional<double>> values;
   int64_t line = 0;
 };
 
@@ -74,11 +63,10 @@ std::string trim(const std::string& s) {
 
 // Derives the missing one of N, D, C from the other two (C = 6ND), checks every value and the
 // set of columns present, and turns the raw rows into the table.
-RunsTable finish_table(const std::string& source, const RunsColumns& columns, bool present[],
-                       const std::vector<RawRun>& raw) {
-  for (int q = 0; q < kQuantities; ++q)
-    check(present[q] || !column_required(columns, q),
-          source + ": no column '" + column_name(columns, q) + "'");
+RunsTable finish_table(const std::string& source, const std::vector<Column>& columns,
+                       const std::vector<bool>& present, const std::vector<RawRun>& raw) {
+  for (size_t q = 0; q < columns.size(); ++q)
+    check(present[q] || !columns[q].required, source + ": no column '" + columns[q].name + "'");
   check(!raw.empty(), source + ": no runs");
   RunsTable table;
   table.source = source;
@@ -87,9 +75,10 @@ RunsTable finish_table(const std::string& source, const RunsColumns& columns, bo
   table.has_c = present[kC] || (present[kN] && present[kD]);
   for (const RawRun& r : raw) {
     const std::string at = where(source, r.line);
-    for (int q = 0; q < kQuantities; ++q)
-      if (present[q]) check_positive_finite(*r.values[q], at, "'" + column_name(columns, q) + "'");
+    for (size_t q = 0; q < columns.size(); ++q)
+      if (present[q]) check_positive_finite(*r.values[q], at, "'" + columns[q].name + "'");
     Run run;
+    for (size_t q = kFirstExtra; q < columns.size(); ++q) run.extra.push_back(*r.values[q]);
     run.line = r.line;
     run.loss = *r.values[kLoss];
     if (present[kN]) run.n = *r.values[kN];
@@ -168,12 +157,12 @@ RunsTable parse_runs_csv(std::istream& in, const std::string& source, const Runs
   }
   check(!header.empty(), source + ": empty file (a CSV needs a header row)");
 
-  int index[kQuantities];
-  bool present[kQuantities];
-  for (int q = 0; q < kQuantities; ++q) {
-    index[q] = -1;
+  const std::vector<Column> read = columns_read(columns);
+  std::vector<int> index(read.size(), -1);
+  std::vector<bool> present(read.size());
+  for (size_t q = 0; q < read.size(); ++q) {
     for (size_t k = 0; k < header.size(); ++k) {
-      if (header[k] != column_name(columns, q)) continue;
+      if (header[k] != read[q].name) continue;
       check(index[q] < 0, source + ": column '" + header[k] + "' appears twice in the header");
       index[q] = static_cast<int>(k);
     }
@@ -193,10 +182,11 @@ RunsTable parse_runs_csv(std::istream& in, const std::string& source, const Runs
                                               std::to_string(header.size()));
     RawRun run;
     run.line = number;
-    for (int q = 0; q < kQuantities; ++q) {
+    run.values.resize(read.size());
+    for (size_t q = 0; q < read.size(); ++q) {
       if (!present[q]) continue;
       const std::string& text = fields[index[q]];
-      const std::string column = "'" + column_name(columns, q) + "'";
+      const std::string column = "'" + read[q].name + "'";
       check(!text.empty(), at + ": " + column + " is empty");
       char* end = nullptr;
       const double value = std::strtod(text.c_str(), &end);
@@ -206,7 +196,7 @@ RunsTable parse_runs_csv(std::istream& in, const std::string& source, const Runs
     }
     raw.push_back(run);
   }
-  return finish_table(source, columns, present, raw);
+  return finish_table(source, read, present, raw);
 }
 
 RunsTable parse_runs_jsonl(std::istream& in, const std::string& source,
@@ -214,7 +204,8 @@ RunsTable parse_runs_jsonl(std::istream& in, const std::string& source,
   std::string line;
   int64_t number = 0;
   std::vector<RawRun> raw;
-  bool present[kQuantities] = {};
+  const std::vector<Column> read = columns_read(columns);
+  std::vector<bool> present(read.size());
   int64_t first_line = 0;
   while (std::getline(in, line)) {
     ++number;
@@ -229,8 +220,9 @@ RunsTable parse_runs_jsonl(std::istream& in, const std::string& source,
     check(object.is_object(), at + ": expected a JSON object");
     RawRun run;
     run.line = number;
-    for (int q = 0; q < kQuantities; ++q) {
-      const std::string& name = column_name(columns, q);
+    run.values.resize(read.size());
+    for (size_t q = 0; q < read.size(); ++q) {
+      const std::string& name = read[q].name;
       const bool here = object.contains(name);
       // The first run decides which columns the table has; every other run must agree.
       if (raw.empty()) present[q] = here;
@@ -247,11 +239,12 @@ RunsTable parse_runs_jsonl(std::istream& in, const std::string& source,
     }
     if (raw.empty()) {
       first_line = number;
-      check(present[kLoss], at + ": no '" + columns.loss + "'");
+      for (size_t q = kLoss; q < read.size(); ++q)  // the loss and the extra columns
+        check(present[q], at + ": no '" + read[q].name + "'");
     }
     raw.push_back(run);
   }
-  return finish_table(source, columns, present, raw);
+  return finish_table(source, read, present, raw);
 }
 
 RunsTable read_runs(const std::string& path, const RunsColumns& columns) {

@@ -9,14 +9,18 @@
 namespace tiller::scaling {
 
 // Which columns (CSV header names or JSON keys) hold N, D, C and the loss. The loss column must
-// exist; each of N, D and C is read when present and may be marked as required.
+// exist; each of N, D and C is read when present and may be marked as required. `extra` names
+// further columns that every run must have, each a positive number (a learning rate, a batch
+// size).
 struct RunsColumns {
   std::string n = "N", d = "D", c = "C", loss = "loss";
   bool require_n = false, require_d = false, require_c = false;
+  std::vector<std::string> extra;
 };
 
 struct Run {
   double n = 0, d = 0, c = 0, loss = 0;  // 0 where the table has no such column
+  std::vector<double> extra;             // the RunsColumns::extra columns, in that order
   int64_t line = 0;                      // line in the source file, for messages
 };
 

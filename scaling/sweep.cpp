@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 
 #include "common/model/model_config.h"
 #include "common/util/error.h"
@@ -93,6 +94,29 @@ std::vector<GridPoint> expand_grid(const std::vector<GridAxis>& axes, int64_t ma
   return points;
 }
 
+namespace {
+
+// The stage's `train.key`: from its summary, or, for a stage that finished before summaries
+// recorded it, from the resolved recipe (RUN_DIR/recipe.json) when that sets it. Null if neither.
+nlohmann::json stage_train_value(const nlohmann::json& summary, const std::string& stage_dir,
+                                 const std::string& key) {
+  if (summary.contains(key) && summary[key].is_number()) return summary[key];
+  const std::filesystem::path dir = std::filesystem::path(stage_dir).lexically_normal();
+  const std::string stage = (dir.has_filename() ? dir : dir.parent_path()).filename().string();
+  const std::string recipe_path = (dir.parent_path() / "recipe.json").string();
+  if (!path_exists(recipe_path)) return nullptr;
+  const nlohmann::json recipe = read_json_file(recipe_path);
+  if (!recipe.contains("stages") || !recipe["stages"].is_array()) return nullptr;
+  for (const auto& s : recipe["stages"]) {
+    if (!s.is_object() || s.value("name", "") != stage || !s.contains("train")) continue;
+    const auto& train = s["train"];
+    if (train.is_object() && train.contains(key) && train[key].is_number()) return train[key];
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 nlohmann::json sweep_record(const GridPoint& point, const std::string& stage_dir) {
   const auto done = read_json_file(stage_dir + "/complete.json");
   const auto config = model_config_from_hf_json(read_json_file(stage_dir + "/final/config.json"),
@@ -103,30 +127,46 @@ nlohmann::json sweep_record(const GridPoint& point, const std::string& stage_dir
             "stage's data.val_fraction or data.val)");
   check(done.contains("tokens_trained") && done["tokens_trained"].is_number(),
         stage_dir + "/complete.json: no tokens_trained (a pretrain or sft stage's summary)");
-  const int64_t context_length = done.value("max_seq_len", int64_t{0});
-  check(context_length > 0, stage_dir + "/complete.json: no max_seq_len");
+  check(done.contains("max_seq_len") && done["max_seq_len"].is_number_integer() &&
+            done["max_seq_len"].get<int64_t>() > 0,
+        stage_dir + "/complete.json: no max_seq_len");
+  const int64_t context_length = done["max_seq_len"].get<int64_t>();
   const double n = static_cast<double>(config.non_embedding_parameter_count());
   const double d = done["tokens_trained"].get<double>();
+  // Kaplan's d_attn: the width of the queries, which differs from hidden_size with an explicit
+  // head_dim.
+  const int64_t attention_width = config.num_attention_heads * config.resolved_head_dim();
   const double attention = 6.0 * static_cast<double>(config.num_hidden_layers) *
                            static_cast<double>(context_length) *
-                           static_cast<double>(config.hidden_size) * d;
+                           static_cast<double>(attention_width) * d;
+  const nlohmann::json lr = stage_train_value(done, stage_dir, "lr");
+  const nlohmann::json batch_size = stage_train_value(done, stage_dir, "batch_size");
   nlohmann::json overrides = nlohmann::json::object();
   for (const auto& o : point.overrides) {
     const auto eq = o.find('=');
     overrides[o.substr(0, eq)] = o.substr(eq + 1);
   }
-  return {{"point", point.name},
-          {"overrides", overrides},
-          {"N", n},
-          {"N_total", static_cast<double>(config.parameter_count())},
-          {"D", d},
-          {"C", 6.0 * n * d + attention},
-          {"loss", done["final_val_loss"]},
-          {"train_loss", done.value("final_loss", nlohmann::json())},
-          {"steps", done.value("steps", nlohmann::json())},
-          {"hidden_size", config.hidden_size},
-          {"num_hidden_layers", config.num_hidden_layers},
-          {"context_length", context_length}};
+  nlohmann::json record = {{"point", point.name},
+                           {"overrides", overrides},
+                           {"N", n},
+                           {"N_total", static_cast<double>(config.parameter_count())},
+                           {"D", d},
+                           {"C", 6.0 * n * d + attention},
+                           {"loss", done["final_val_loss"]},
+                           {"train_loss", done.value("final_loss", nlohmann::json())},
+                           {"steps", done.value("steps", nlohmann::json())},
+                           {"hidden_size", config.hidden_size},
+                           {"num_hidden_layers", config.num_hidden_layers},
+                           {"context_length", context_length}};
+  if (!lr.is_null()) record["lr"] = lr;
+  if (!batch_size.is_null()) {
+    record["batch_size"] = batch_size;
+    record["batch_tokens"] =
+        batch_size.is_number_integer()
+            ? nlohmann::json(batch_size.get<int64_t>() * context_length)
+            : nlohmann::json(batch_size.get<double>() * static_cast<double>(context_length));
+  }
+  return record;
 }
 
 }  // namespace tiller::scaling

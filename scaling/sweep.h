@@ -34,7 +34,10 @@ std::vector<GridPoint> expand_grid(const std::vector<GridAxis>& axes, int64_t ma
 // One runs.jsonl row from a finished point's stage directory (STAGE_DIR/complete.json,
 // STAGE_DIR/final/config.json): N = non-embedding parameters, D = tokens trained, C = 6ND plus
 // the attention term 6 * layers * context * width * D (Kaplan et al. 2020, context = the stage's
-// max_seq_len), loss = the final validation loss. Throws tiller::Error naming what is missing.
+// max_seq_len), loss = the final validation loss; lr = the stage's train.lr, batch_size = its
+// global train.batch_size (sequences per optimizer step) and batch_tokens = batch_size *
+// max_seq_len (tokens per step, nominal), for `tiller scaling hparams`. Throws tiller::Error
+// naming what is missing.
 nlohmann::json sweep_record(const GridPoint& point, const std::string& stage_dir);
 
 }  // namespace tiller::scaling

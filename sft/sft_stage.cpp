@@ -418,6 +418,8 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
                             {"final_loss", last_loss},
                             {"tokens_trained", position.tokens},
                             {"max_seq_len", t.max_seq_len},
+                            {"lr", t.lr},
+                            {"batch_size", t.batch_size},
                             {"skipped_steps", guard.skipped()},
                             {"train_examples", train.size()},
                             {"val_examples", val.size()},

@@ -190,6 +190,31 @@ TEST(SvgChart, LogScaleSkipsValuesItCannotShow) {
     EXPECT_NE(svg.find(label), std::string::npos) << label;
 }
 
+TEST(SvgChart, LogXAxisMarkersAndErrorBars) {
+  ChartOptions options;
+  options.log_x = true;
+  ChartSeries runs{"runs", {1e6, 1e7, 1e8, -5}, {3.0, 2.5, 2.2, 2.0}, SeriesStyle::kMarkers, {},
+                   {}};
+  ChartSeries out{"left out", {3e7}, {4.0}, SeriesStyle::kHollowMarkers, {}, {}};
+  ChartSeries forecast{"forecast", {1e9}, {2.0}, SeriesStyle::kMarkers, {1.8}, {2.3}};
+  const std::string svg = render_line_chart({runs, out, forecast}, options);
+  const std::string runs_group = find_series(svg, "runs");
+  EXPECT_EQ(declared_points(runs_group), 3);  // -5 has no logarithm
+  EXPECT_EQ(count(runs_group, "class=\"marker\""), 3u);
+  EXPECT_EQ(count(runs_group, "<polyline"), 0u);
+  EXPECT_NE(find_series(svg, "left out").find("fill=\"#ffffff\""), std::string::npos);
+  EXPECT_EQ(count(find_series(svg, "forecast"), "class=\"error-bar\""), 1u);
+  // Decades on x; the y axis reaches the error bar's ends.
+  for (const char* label : {">1e6</text>", ">1e7</text>", ">1e8</text>", ">1e9</text>"})
+    EXPECT_NE(svg.find(label), std::string::npos) << label;
+  EXPECT_NE(svg.find("data-x=\"1000000 1000000000\""), std::string::npos);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(svg, m, std::regex("data-y=\"([-0-9.e]+) ([-0-9.e]+)\"")));
+  EXPECT_LE(std::stod(m[1]), 1.8);
+  EXPECT_GE(std::stod(m[2]), 4.0);
+  EXPECT_FALSE(has_non_finite(svg));
+}
+
 TEST(SvgChart, EmptyChartSaysNoData) {
   const std::string svg = render_line_chart({{"kl", {1, 2}, {kNaN, kNaN}}}, {});
   EXPECT_NE(svg.find("no data"), std::string::npos);

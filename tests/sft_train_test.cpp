@@ -17,6 +17,7 @@
 #include "common/train/schedule.h"
 #include "common/train/train_config.h"
 #include "common/util/error.h"
+#include "common/util/files.h"
 #include "sft/sft_stage.h"
 #include "tests/test_util.h"
 

@@ -99,6 +99,10 @@ TEST(Sweep, RunsEachPointRecordsNDCAndSkipsFinishedPoints) {
     EXPECT_NEAR(c, 6 * n * d + attention, 1e-9 * c);
     EXPECT_TRUE(std::isfinite(r["loss"].get<double>()));
     EXPECT_LT(r["N"].get<double>(), r["N_total"].get<double>());  // embeddings excluded
+    // What `scaling hparams` reads: the stage's lr and global batch, and tokens per step.
+    EXPECT_DOUBLE_EQ(r["lr"].get<double>(), 3e-3);
+    EXPECT_EQ(r["batch_size"], 16);
+    EXPECT_EQ(r["batch_tokens"], 16 * r["context_length"].get<int64_t>());
   }
   // Twice the steps, about twice the tokens (packed rows; padding excluded).
   EXPECT_NEAR(rows[1]["D"].get<double>() / rows[0]["D"].get<double>(), 2.0, 0.1);
@@ -124,4 +128,34 @@ TEST(Sweep, RunsEachPointRecordsNDCAndSkipsFinishedPoints) {
             0);
   EXPECT_NE(log.find("stepz"), std::string::npos) << log;
   EXPECT_FALSE(path_exists(bad_out + "/points"));
+}
+
+TEST(Sweep, RecordsLearningRateAndBatchFromTheSummaryOrTheResolvedRecipe) {
+  const std::string run = test::temp_dir("sweep_record");
+  const std::string stage = run + "/pretrain";
+  make_directories(stage + "/final");
+  std::ofstream(stage + "/final/config.json")
+      << R"({"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4})";
+  const scaling::GridPoint point{0, {"pretrain.train.lr=1e-3"}, "p00_lr=1e-3"};
+  std::ofstream(stage + "/complete.json") << R"({"final_val_loss": 3.5, "tokens_trained": 4096,
+      "max_seq_len": 128, "lr": 0.002, "batch_size": 4})";
+  nlohmann::json row = scaling::sweep_record(point, stage);
+  EXPECT_DOUBLE_EQ(row["lr"].get<double>(), 0.002);
+  EXPECT_EQ(row["batch_size"], 4);
+  EXPECT_EQ(row["batch_tokens"], 4 * 128);
+
+  // A summary from before they were recorded: the point's resolved recipe, when it sets them.
+  std::ofstream(stage + "/complete.json")
+      << R"({"final_val_loss": 3.5, "tokens_trained": 4096, "max_seq_len": 128})";
+  std::ofstream(run + "/recipe.json") << "// resolved\n"
+                                      << R"({"stages": [{"name": "sft", "train": {"lr": 9}},
+                        {"name": "pretrain", "train": {"lr": 0.001, "batch_size": 8}}]})";
+  row = scaling::sweep_record(point, stage);
+  EXPECT_DOUBLE_EQ(row["lr"].get<double>(), 0.001);
+  EXPECT_EQ(row["batch_tokens"], 8 * 128);
+  std::ofstream(run + "/recipe.json") << R"({"stages": [{"name": "pretrain"}]})";
+  row = scaling::sweep_record(point, stage);
+  EXPECT_FALSE(row.contains("lr"));  // neither says: left out, the row still serves `scaling fit`
+  EXPECT_FALSE(row.contains("batch_tokens"));
 }

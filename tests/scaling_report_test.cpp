@@ -1,0 +1,245 @@
+// Pictures of a scaling fit: the three SVG charts (well-formed, one marker per run, the runs left
+// out drawn hollow, curves that follow the fitted law, the forecast with its error bar), and the
+// Scaling section of the report of a sweep directory.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/util/files.h"
+#include "report/run_report.h"
+#include "report/scaling_report.h"
+#include "scaling/analysis.h"
+#include "tests/test_util.h"
+
+using namespace tiller;
+
+namespace {
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// Whether every element is closed in order (text holds no raw '<': it is escaped).
+bool balanced_tags(const std::string& xml) {
+  std::vector<std::string> open;
+  for (size_t at = xml.find('<'); at != std::string::npos; at = xml.find('<', at + 1)) {
+    const size_t end = xml.find('>', at);
+    if (end == std::string::npos) return false;
+    const std::string tag = xml.substr(at + 1, end - at - 1);
+    if (tag.empty() || tag[0] == '?' || tag[0] == '!') continue;
+    if (tag.back() == '/') continue;
+    const std::string name =
+        tag.substr(tag[0] == '/', tag.find_first_of(" /", 1) - (tag[0] == '/'));
+    if (tag[0] != '/') {
+      open.push_back(name);
+    } else {
+      if (open.empty() || open.back() != name) return false;
+      open.pop_back();
+    }
+  }
+  return open.empty();
+}
+
+std::string series_group(const std::string& svg, const std::string& name) {
+  const size_t begin = svg.find("<g class=\"series\" data-series=\"" + name + "\"");
+  if (begin == std::string::npos) return "";
+  return svg.substr(begin, svg.find("</g>", begin) + 4 - begin);
+}
+
+std::vector<double> numbers(const std::string& text) {
+  std::vector<double> values;
+  std::istringstream in(text);
+  for (double v; in >> v;) values.push_back(v);
+  return values;
+}
+
+// Maps a chart's pixels back to data through its plot rectangle and axis ranges (log x).
+struct PlotFrame {
+  double left = 0, top = 0, width = 0, height = 0;
+  double x_low = 0, x_high = 0, y_low = 0, y_high = 0;
+
+  explicit PlotFrame(const std::string& svg) {
+    std::smatch m;
+    const std::regex rect(
+        "<rect class=\"plot\" x=\"([^\"]+)\" y=\"([^\"]+)\" width=\"([^\"]+)\" "
+        "height=\"([^\"]+)\"[^>]* data-x=\"([^\"]+)\" data-y=\"([^\"]+)\"");
+    EXPECT_TRUE(std::regex_search(svg, m, rect));
+    left = std::stod(m[1]);
+    top = std::stod(m[2]);
+    width = std::stod(m[3]);
+    height = std::stod(m[4]);
+    const auto xs = numbers(m[5]), ys = numbers(m[6]);
+    x_low = xs.at(0);
+    x_high = xs.at(1);
+    y_low = ys.at(0);
+    y_high = ys.at(1);
+  }
+  double x(double px) const { return x_low * std::pow(x_high / x_low, (px - left) / width); }
+  double y(double py) const { return y_low + (top + height - py) / height * (y_high - y_low); }
+};
+
+// The (x, y) data points of a series' polylines.
+std::vector<std::pair<double, double>> curve_points(const std::string& svg,
+                                                    const std::string& name) {
+  const PlotFrame frame(svg);
+  const std::string group = series_group(svg, name);
+  std::vector<std::pair<double, double>> points;
+  std::smatch m;
+  EXPECT_TRUE(std::regex_search(group, m, std::regex(" points=\"([^\"]*)\""))) << name;
+  std::string text = m[1];
+  for (char& ch : text)
+    if (ch == ',') ch = ' ';
+  const auto values = numbers(text);
+  for (size_t i = 0; i + 1 < values.size(); i += 2)
+    points.emplace_back(frame.x(values[i]), frame.y(values[i + 1]));
+  return points;
+}
+
+// A noiseless Chinchilla law over 5 sizes x 3 token counts, one run (the highest loss) an outlier.
+std::string synthetic_runs_jsonl() {
+  const scaling::LossLaw law{1.8, 400, 2000, 0.34, 0.28};
+  std::string text;
+  int point = 0;
+  for (double n : {1e7, 3e7, 1e8, 3e8, 1e9})
+    for (double d : {1e9, 3e9, 1e10}) {
+      const double loss = (n == 3e7 && d == 3e9) ? law.loss(n, d) + 3.0 : law.loss(n, d);
+      text += nlohmann::json({{"point", "p" + std::to_string(point++)},
+                              {"N", n},
+                              {"D", d},
+                              {"C", 6 * n * d},
+                              {"loss", loss},
+                              {"lr", 1e-3},
+                              {"batch_size", 8}})
+                  .dump() +
+              "\n";
+    }
+  return text;
+}
+
+}  // namespace
+
+TEST(ScalingReport, ChartsShowEveryRunTheFittedCurvesAndTheForecast) {
+  const std::string dir = test::temp_dir("scaling_charts");
+  std::ofstream(dir + "/runs.jsonl") << synthetic_runs_jsonl();
+  const scaling::RunsTable table = scaling::read_runs(dir + "/runs.jsonl");
+  scaling::ScalingOptions options;
+  options.exclude_highest_loss = 1;
+  options.bootstrap = 20;
+  options.predict_n = 3e9;
+  options.predict_d = 6e10;
+  const scaling::ScalingAnalysis analysis = scaling::analyze_runs(table, options);
+  const scaling::LossLaw& law = analysis.fit.law;
+
+  const auto paths = write_scaling_charts(render_scaling_charts(table, &analysis), dir + "/charts");
+  ASSERT_EQ(paths.size(), 3u);
+  for (const char* name : {"loss_vs_N", "loss_vs_D", "loss_vs_C"}) {
+    const std::string path = dir + "/charts/" + name + ".svg";
+    ASSERT_TRUE(path_exists(path)) << path;
+    const std::string svg = read_file(path);
+    EXPECT_EQ(svg.rfind("<svg class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\"", 0), 0u);
+    EXPECT_EQ(svg.substr(svg.size() - 7), "</svg>\n") << name;
+    EXPECT_TRUE(balanced_tags(svg)) << name;
+    EXPECT_NE(svg.find("data-chart=\"" + std::string(name) + "\""), std::string::npos);
+    EXPECT_FALSE(std::regex_search(svg, std::regex("[^a-z](nan|inf)[^a-z]", std::regex::icase)))
+        << name;
+    // One marker per run: 14 used, the outlier hollow.
+    const std::string used = series_group(svg, "runs"),
+                      left_out = series_group(svg, "left out of the fit");
+    EXPECT_EQ(count(used, "class=\"marker\""), 14u) << name;
+    EXPECT_EQ(count(left_out, "class=\"marker\""), 1u) << name;
+    EXPECT_NE(left_out.find("fill=\"#ffffff\""), std::string::npos) << name;
+    // The forecast: one point with its interval as an error bar.
+    const std::string forecast = series_group(svg, "forecast");
+    EXPECT_EQ(count(forecast, "class=\"marker\""), 1u) << name;
+    EXPECT_EQ(count(forecast, "class=\"error-bar\""), 1u) << name;
+  }
+
+  // The curves follow the fitted law: along N at each D of the runs (and the forecast's D).
+  const std::string n_chart = read_file(dir + "/charts/loss_vs_N.svg");
+  const PlotFrame n_frame(n_chart);
+  const double tolerance = 0.003 * (n_frame.y_high - n_frame.y_low);
+  for (double d : {1e9, 3e9, 1e10, 6e10}) {
+    char name[64];
+    std::snprintf(name, sizeof name, "fit at D = %.3g", d);
+    const auto points = curve_points(n_chart, name);
+    ASSERT_EQ(points.size(), 64u) << name;
+    EXPECT_NEAR(points.front().first, 1e7, 1e7 * 0.01);
+    EXPECT_NEAR(points.back().first, 3e9, 3e9 * 0.01);  // out to the forecast
+    for (const auto& [n, loss] : points) {
+      EXPECT_NEAR(loss, law.loss(n, d), tolerance) << name << " at N = " << n;
+    }
+  }
+  const std::string d_chart = read_file(dir + "/charts/loss_vs_D.svg");
+  for (const auto& [d, loss] : curve_points(d_chart, "fit at N = 1e+08"))
+    EXPECT_NEAR(loss, law.loss(1e8, d),
+                0.003 * (PlotFrame(d_chart).y_high - PlotFrame(d_chart).y_low));
+  // Along C, the compute-optimal frontier.
+  const std::string c_chart = read_file(dir + "/charts/loss_vs_C.svg");
+  const PlotFrame c_frame(c_chart);
+  const auto frontier = curve_points(c_chart, "compute-optimal L(N_opt(C), D_opt(C))");
+  ASSERT_EQ(frontier.size(), 64u);
+  for (const auto& [c, loss] : frontier) {
+    EXPECT_NEAR(loss, law.compute_optimal(c).loss, 0.003 * (c_frame.y_high - c_frame.y_low))
+        << "C = " << c;
+  }
+}
+
+TEST(ScalingReport, ScalingFitWritesTheChartsWithSvgDir) {
+  const std::string dir = test::temp_dir("scaling_svg_dir");
+  std::ofstream(dir + "/runs.jsonl") << synthetic_runs_jsonl();
+  std::string output;
+  ASSERT_EQ(test::run_command(
+                test::shell_command({test::tiller_binary(), "scaling", "fit", dir + "/runs.jsonl",
+                                     "--bootstrap", "10", "--svg-dir", dir + "/svg", "--predict-n",
+                                     "1e9", "--predict-d", "2e10"}),
+                &output),
+            0)
+      << output;
+  for (const char* name : {"loss_vs_N.svg", "loss_vs_D.svg", "loss_vs_C.svg"}) {
+    EXPECT_TRUE(path_exists(dir + "/svg/" + name)) << name;
+    EXPECT_NE(output.find(dir + "/svg/" + name), std::string::npos) << output;
+  }
+}
+
+TEST(ScalingReport, ReportOfASweepDirectoryHasAScalingSection) {
+  const std::string dir = test::temp_dir("scaling_sweep_report");
+  std::ofstream(dir + "/runs.jsonl") << synthetic_runs_jsonl();
+  EXPECT_TRUE(is_sweep_directory(dir));
+  const std::string page = render_run_report(dir);
+  EXPECT_NE(page.find("<h2>Scaling</h2>"), std::string::npos);
+  EXPECT_EQ(count(page, "<tr>"), 1u + 15u + 8u);  // runs header and rows; the fit table
+  EXPECT_NE(page.find("<th>lr</th>"), std::string::npos);
+  EXPECT_NE(page.find(">p14</td>"), std::string::npos);
+  EXPECT_NE(page.find("&alpha;"), std::string::npos);
+  for (const char* chart : {"loss_vs_N", "loss_vs_D", "loss_vs_C"})
+    EXPECT_NE(page.find("data-chart=\"" + std::string(chart) + "\""), std::string::npos);
+  EXPECT_EQ(page.find("class=\"warning\""), std::string::npos);
+
+  // Too few runs to fit: the runs and their charts, and why there is no fit.
+  const std::string small = test::temp_dir("scaling_sweep_small");
+  std::ofstream(small + "/runs.jsonl") << "{\"N\": 1e7, \"D\": 1e9, \"loss\": 3.2}\n"
+                                       << "{\"N\": 1e8, \"D\": 1e9, \"loss\": 3.0}\n";
+  const std::string partial = render_run_report(small);
+  EXPECT_NE(partial.find("No Chinchilla fit"), std::string::npos);
+  EXPECT_NE(partial.find("data-chart=\"loss_vs_C\""), std::string::npos);
+
+  // `tiller report` on it.
+  std::string output;
+  ASSERT_EQ(test::run_command(test::shell_command({test::tiller_binary(), "report", dir}), &output),
+            0)
+      << output;
+  EXPECT_NE(read_file(dir + "/report.html").find("<h2>Scaling</h2>"), std::string::npos);
+
+  // A bad line is one error naming it.
+  std::ofstream(small + "/runs.jsonl", std::ios::app)
+      << "{\"N\": 1e7, \"D\": \"x\", \"loss\": 3}\n";
+  EXPECT_NE(test::error_of([&] { render_run_report(small); }).find("runs.jsonl:3: 'D'"),
+            std::string::npos);
+}
