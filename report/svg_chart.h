@@ -19,7 +19,7 @@ struct ChartSeries {
   std::string name;
   std::vector<double> x, y;
   SeriesStyle style = SeriesStyle::kLine;
-  std::vector<double> y_low, y_high;
+  std::vector<double> y_low = {}, y_high = {};  // error bars, empty for none
 };
 
 struct ChartOptions {
