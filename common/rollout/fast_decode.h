@@ -1,10 +1,10 @@
 // FastDecoder: one decode step (a token per row) of a Llama-family LM in fp32 on the CPU, written
 // as direct BLAS calls and plain loops instead of LibTorch ops. At the sizes of RLHF rollouts a
-// step is mostly LibTorch's per-op dispatch (stories260k: ~60 ops of a few thousand FLOPs each),
-// which this leaves out. It reads the module's own parameters in place (no copy of the model) and
-// writes keys and values into the generator's KV cache, so the torch path's prefill and this step
-// share one cache. Same computation as TransformerImpl::hidden + logits with one query per row;
-// results differ from it by float rounding only (BLAS kernels sum in another order).
+// step is mostly LibTorch's per-op dispatch (stories260k: dozens of ops per layer, each of a few
+// thousand FLOPs), which this leaves out. It reads the module's own parameters in place (no copy
+// of the model) and writes keys and values into the generator's KV cache, so the torch path's
+// prefill and this step share one cache. Same computation as TransformerImpl::hidden + logits with
+// one query per row; results differ from it by float rounding only (the sums run in another order).
 #pragma once
 #include <torch/torch.h>
 
