@@ -39,6 +39,7 @@ struct DecodeOptions {
   std::string dtype = "fp32";  // the weights and KV cache: fp32 or bf16
   int repeats = 3;
   int threads = 0;
+  bool torch_decode = false;  // decode steps through LibTorch ops, never FastDecoder
   bool json = false;
 };
 

@@ -97,6 +97,7 @@ void run_decode(const DecodeOptions& o) {
     sampling.temperature = 1.0;
     sampling.stop_at_eos = false;         // every row runs the full length
     sampling.full_pass_logprobs = false;  // decode alone, without the rescoring pass
+    sampling.fast_decode = !o.torch_decode;
     // Prefill is timed as generate() making one token, and decode as what the other new tokens
     // add: the very code paths of a rollout (a bare forward would also compute the logits of
     // every prompt slot, which generate() does not, and its time would be taken off decode's).

@@ -527,6 +527,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   decode_cmd->add_option("--repeats", decode.repeats)->capture_default_str();
   decode_cmd->add_option("--threads", decode.threads, "intra-op threads (0: tiller --threads)");
+  decode_cmd->add_flag("--torch-decode", decode.torch_decode,
+                       "decode through LibTorch ops, without the fast fp32 CPU step");
   decode_cmd->add_flag("--json", decode.json, "print JSON instead of a table");
 
   bench::TrainOptions train_bench;

@@ -8,6 +8,7 @@ PACKAGES=(
   libgloo-dev             # the Gloo headers c10d's ProcessGroupGloo.hpp includes
   openmpi-bin             # mpirun, one of the launchers the multi-process tests try
   libopenblas0-openmp     # LibTorch's fp32 matmuls go through libblas.so.3: 30x the reference BLAS
+  libblas-dev             # cblas.h and libblas.so, for the fast decode step's direct BLAS calls
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev

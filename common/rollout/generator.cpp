@@ -1,6 +1,9 @@
 #include "common/rollout/generator.h"
 
+#include <optional>
+
 #include "common/model/attention_mask.h"
+#include "common/rollout/fast_decode.h"
 #include "common/torch_compat.h"
 #include "common/util/error.h"
 
@@ -144,6 +147,8 @@ GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<i
       model.hidden(out.prompt_ids, positions,
                    causal_mask(cache.key_valid.narrow(1, 0, prompt_len), prompt_len), &cache);
   auto logits = model.logits(hidden.narrow(1, prompt_len - 1, 1)).squeeze(1).to(torch::kFloat);
+  std::optional<FastDecoder> fast;
+  if (o.fast_decode && FastDecoder::supports(model, cache)) fast.emplace(model, cache);
 
   std::vector<torch::Tensor> tokens, logprobs, masks;
   auto alive = torch::ones({batch}, torch::dtype(torch::kBool).device(param.device()));
@@ -160,10 +165,14 @@ GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<i
 
     // Decode one: the new token at the next slot, attending to every valid slot before it.
     cache.key_valid.narrow(1, cache.length, 1).fill_(true);
-    auto allowed = causal_mask(cache.key_valid.narrow(1, 0, cache.length + 1), 1);
-    hidden = model.hidden(token.unsqueeze(1), next_position.unsqueeze(1), allowed, &cache);
+    if (fast) {
+      logits = fast->step(token, next_position);
+    } else {
+      auto allowed = causal_mask(cache.key_valid.narrow(1, 0, cache.length + 1), 1);
+      hidden = model.hidden(token.unsqueeze(1), next_position.unsqueeze(1), allowed, &cache);
+      logits = model.logits(hidden).squeeze(1).to(torch::kFloat);
+    }
     next_position = next_position + 1;
-    logits = model.logits(hidden).squeeze(1).to(torch::kFloat);
   }
   out.response_ids = torch::stack(tokens, 1);
   out.response_mask = torch::stack(masks, 1);

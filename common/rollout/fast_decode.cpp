@@ -1,0 +1,243 @@
+#include "common/rollout/fast_decode.h"
+
+#include <cblas.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "common/util/error.h"
+
+namespace tiller {
+
+namespace {
+
+bool is_plain_fp32_cpu(const torch::Tensor& t) {
+  return t.defined() && t.device().is_cpu() && t.scalar_type() == torch::kFloat &&
+         t.is_contiguous();
+}
+
+const float* data_of(const torch::Tensor& t) {
+  return t.data_ptr<float>();
+}
+const float* data_or_null(const torch::Tensor& t) {
+  return t.defined() ? t.data_ptr<float>() : nullptr;
+}
+
+// Sum of a[i] * b[i] in 8 interleaved partial sums: the compiler turns the inner loop into vector
+// operations (a single running sum is a chain of dependent adds it may not reorder), and the
+// result does not depend on the instruction set.
+float dot(const float* a, const float* b, int64_t n) {
+  constexpr int64_t kLanes = 8;
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += a[i + j] * b[i + j];
+  for (; i < n; ++i) lanes[i % kLanes] += a[i] * b[i];
+  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) +
+         ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+}
+
+// out[r] = x[r] / rms(x[r]) * weight, for `rows` rows of `dim`: RMSNormImpl::forward in fp32.
+void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
+              float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * dim;
+    const float inv_rms = 1.0f / std::sqrt(dot(xr, xr, dim) / static_cast<float>(dim) + eps);
+    float* o = out + r * dim;
+    for (int64_t i = 0; i < dim; ++i) o[i] = weight[i] * (xr[i] * inv_rms);
+  }
+}
+
+// out[rows, n] = in[rows, k] · weight[n, k]ᵀ + bias, or += that when `accumulate` (the residual
+// adds). One row times a small matrix is a plain loop: OpenBLAS's sgemv runs it on every OpenMP
+// thread, and the fork and join cost more than the work (stories260k at batch 1: 2.4k tokens/s
+// through sgemv on 2 threads, 3.0k to 4.3k with the loop). Several rows go through sgemm, still
+// faster than the loop at stories260k batch 16; one row of a large matrix through sgemv, as sgemm
+// would repack the whole weight matrix for it.
+void linear(const float* in, int64_t rows, int64_t k, const float* weight, const float* bias,
+            int64_t n, float* out, bool accumulate) {
+  constexpr int64_t kSmallMatrix = int64_t{1} << 20;  // elements
+  if (rows == 1 && n * k < kSmallMatrix) {
+    for (int64_t j = 0; j < n; ++j) {
+      const float y = dot(in, weight + j * k, k) + (bias != nullptr ? bias[j] : 0.0f);
+      out[j] = accumulate ? out[j] + y : y;
+    }
+    return;
+  }
+  float beta = accumulate ? 1.0f : 0.0f;
+  if (bias != nullptr) {
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * n, bias, n * sizeof(float));
+    beta = 1.0f;
+  }
+  const auto N = static_cast<CBLAS_INT>(n), K = static_cast<CBLAS_INT>(k);
+  if (rows == 1) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, weight, K, in, 1, beta, out, 1);
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<CBLAS_INT>(rows), N, K, 1.0f,
+                in, K, weight, K, beta, out, N);
+  }
+}
+
+// Rotary embedding of `heads` vectors of `head_dim` in place, in the rotate_half layout:
+// x * cos + rotate_half(x) * sin, with rotate_half(x) = (-x[half:], x[:half]).
+void apply_rotary(float* x, int64_t heads, int64_t head_dim, const float* cos, const float* sin) {
+  const int64_t half = head_dim / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* v = x + h * head_dim;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = v[i], b = v[i + half];
+      v[i] = a * cos[i] + -b * sin[i];
+      v[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+  }
+}
+
+// gate = silu(gate) * up, elementwise.
+void silu_mul(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+}  // namespace
+
+bool FastDecoder::supports(TransformerImpl& model, const KVCache& cache) {
+  if (model.config.num_labels != 0 || !model.tensor_parallel().single()) return false;
+  for (const auto& p : model.parameters())
+    if (!is_plain_fp32_cpu(p)) return false;
+  for (size_t l = 0; l < cache.keys.size(); ++l)
+    if (!is_plain_fp32_cpu(cache.keys[l]) || !is_plain_fp32_cpu(cache.values[l])) return false;
+  return cache.key_valid.device().is_cpu() && cache.key_valid.is_contiguous() &&
+         static_cast<int64_t>(cache.keys.size()) == model.config.num_hidden_layers;
+}
+
+FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache)
+    : cache_(cache),
+      batch_(cache.batch()),
+      dim_(model.config.hidden_size),
+      hidden_(model.config.intermediate_size),
+      heads_(model.config.num_attention_heads),
+      kv_heads_(model.config.num_key_value_heads),
+      head_dim_(model.config.resolved_head_dim()),
+      vocab_(model.config.vocab_size),
+      eps_(static_cast<float>(model.config.rms_norm_eps)) {
+  check(supports(model, cache), "FastDecoder: the model or its KV cache is not supported");
+  DecoderImpl& body = *model.model;
+  embedding_ = data_of(body.embed_tokens->weight);
+  final_norm_ = data_of(body.norm->weight);
+  lm_head_ = model.lm_head ? data_of(model.lm_head->weight) : embedding_;
+  for (size_t l = 0; l < body.layer_list.size(); ++l) {
+    DecoderLayerImpl& layer = *body.layer_list[l];
+    AttentionImpl& att = *layer.self_attn;
+    MLPImpl& mlp = *layer.mlp;
+    layers_.push_back({data_of(layer.input_layernorm->weight),
+                       data_of(layer.post_attention_layernorm->weight), data_of(att.q_proj->weight),
+                       data_of(att.k_proj->weight), data_of(att.v_proj->weight),
+                       data_of(att.o_proj->weight), data_or_null(att.q_proj->bias),
+                       data_or_null(att.k_proj->bias), data_or_null(att.v_proj->bias),
+                       data_of(mlp.gate_proj->weight), data_of(mlp.up_proj->weight),
+                       data_of(mlp.down_proj->weight), cache.keys[l].data_ptr<float>(),
+                       cache.values[l].data_ptr<float>()});
+  }
+  // The rotary tables of every slot position, from the torch path's own code.
+  const int64_t capacity = cache.capacity();
+  auto [cos, sin] = body.rotary.tables(torch::arange(capacity, torch::kLong).view({1, -1}));
+  cos_ = cos.reshape({capacity, head_dim_}).contiguous();
+  sin_ = sin.reshape({capacity, head_dim_}).contiguous();
+
+  const int64_t q_width = heads_ * head_dim_, kv_width = kv_heads_ * head_dim_;
+  x_.resize(batch_ * dim_);
+  xn_.resize(batch_ * dim_);
+  q_.resize(batch_ * q_width);
+  k_.resize(batch_ * kv_width);
+  v_.resize(batch_ * kv_width);
+  att_.resize(batch_ * q_width);
+  gate_.resize(batch_ * hidden_);
+  up_.resize(batch_ * hidden_);
+  scores_.resize(capacity);
+}
+
+// Scaled dot-product attention of each row's query heads (q: [B, H, hd]) over the cached slots
+// [0, slot] that row may see; out: [B, H, hd]. Query head h reads key/value head h / (H / KV), as
+// repeat_kv lays them out.
+void FastDecoder::attention(const float* q, const Layer& layer, int64_t slot, float* out) {
+  const int64_t capacity = cache_.capacity(), group = heads_ / kv_heads_, hd = head_dim_;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const bool* valid = cache_.key_valid.data_ptr<bool>();
+  float* scores = scores_.data();
+  for (int64_t b = 0; b < batch_; ++b) {
+    const bool* row_valid = valid + b * capacity;
+    for (int64_t h = 0; h < heads_; ++h) {
+      const int64_t cache_offset = (b * kv_heads_ + h / group) * capacity * hd;
+      const float* keys = layer.keys + cache_offset;
+      const float* values = layer.values + cache_offset;
+      const float* qh = q + (b * heads_ + h) * hd;
+      float max = -std::numeric_limits<float>::infinity();
+      for (int64_t s = 0; s <= slot; ++s) {
+        if (s < slot && !row_valid[s]) {
+          scores[s] = -std::numeric_limits<float>::infinity();
+          continue;
+        }
+        scores[s] = dot(qh, keys + s * hd, hd) * scale;
+        max = std::max(max, scores[s]);
+      }
+      float sum = 0;
+      for (int64_t s = 0; s <= slot; ++s) {
+        scores[s] = std::exp(scores[s] - max);
+        sum += scores[s];
+      }
+      float* o = out + (b * heads_ + h) * hd;
+      std::fill(o, o + hd, 0.0f);
+      for (int64_t s = 0; s <= slot; ++s) {
+        if (scores[s] == 0) continue;  // masked slots
+        const float p = scores[s] / sum;
+        for (int64_t d = 0; d < hd; ++d) o[d] += p * values[s * hd + d];
+      }
+    }
+  }
+}
+
+torch::Tensor FastDecoder::step(const torch::Tensor& tokens, const torch::Tensor& positions) {
+  check(tokens.numel() == batch_ && positions.numel() == batch_,
+        "FastDecoder::step: expected one token and one position per row");
+  const int64_t slot = cache_.length, capacity = cache_.capacity();
+  check(slot < capacity, "FastDecoder::step: the KV cache is full");
+  const auto ids_t = tokens.to(torch::kLong).contiguous();
+  const auto pos_t = positions.to(torch::kLong).contiguous();
+  const int64_t* ids = ids_t.data_ptr<int64_t>();
+  const int64_t* pos = pos_t.data_ptr<int64_t>();
+  const int64_t hd = head_dim_, q_width = heads_ * hd, kv_width = kv_heads_ * hd;
+
+  for (int64_t b = 0; b < batch_; ++b)
+    std::memcpy(&x_[b * dim_], embedding_ + ids[b] * dim_, dim_ * sizeof(float));
+  for (const Layer& layer : layers_) {
+    rms_norm(x_.data(), layer.input_norm, batch_, dim_, eps_, xn_.data());
+    linear(xn_.data(), batch_, dim_, layer.q, layer.q_bias, q_width, q_.data(), false);
+    linear(xn_.data(), batch_, dim_, layer.k, layer.k_bias, kv_width, k_.data(), false);
+    linear(xn_.data(), batch_, dim_, layer.v, layer.v_bias, kv_width, v_.data(), false);
+    for (int64_t b = 0; b < batch_; ++b) {
+      const float* cos = cos_.data_ptr<float>() + pos[b] * hd;
+      const float* sin = sin_.data_ptr<float>() + pos[b] * hd;
+      apply_rotary(&q_[b * q_width], heads_, hd, cos, sin);
+      apply_rotary(&k_[b * kv_width], kv_heads_, hd, cos, sin);
+      for (int64_t g = 0; g < kv_heads_; ++g) {
+        const int64_t at = ((b * kv_heads_ + g) * capacity + slot) * hd;
+        std::memcpy(layer.keys + at, &k_[(b * kv_heads_ + g) * hd], hd * sizeof(float));
+        std::memcpy(layer.values + at, &v_[(b * kv_heads_ + g) * hd], hd * sizeof(float));
+      }
+    }
+    attention(q_.data(), layer, slot, att_.data());
+    linear(att_.data(), batch_, q_width, layer.o, nullptr, dim_, x_.data(), true);
+    rms_norm(x_.data(), layer.post_attention_norm, batch_, dim_, eps_, xn_.data());
+    linear(xn_.data(), batch_, dim_, layer.gate, nullptr, hidden_, gate_.data(), false);
+    linear(xn_.data(), batch_, dim_, layer.up, nullptr, hidden_, up_.data(), false);
+    silu_mul(gate_.data(), up_.data(), batch_ * hidden_);
+    linear(gate_.data(), batch_, hidden_, layer.down, nullptr, dim_, x_.data(), true);
+  }
+  rms_norm(x_.data(), final_norm_, batch_, dim_, eps_, xn_.data());
+  auto logits = torch::empty({batch_, vocab_}, torch::kFloat);
+  linear(xn_.data(), batch_, dim_, lm_head_, nullptr, vocab_, logits.data_ptr<float>(), false);
+  ++cache_.length;
+  return logits;
+}
+
+}  // namespace tiller

@@ -1,0 +1,55 @@
+// FastDecoder: one decode step (a token per row) of a Llama-family LM in fp32 on the CPU, written
+// as direct BLAS calls and plain loops instead of LibTorch ops. At the sizes of RLHF rollouts a
+// step is mostly LibTorch's per-op dispatch (stories260k: dozens of ops per layer, each of a few
+// thousand FLOPs), which this leaves out. It reads the module's own parameters in place (no copy
+// of the model) and writes keys and values into the generator's KV cache, so the torch path's
+// prefill and this step share one cache. Same computation as TransformerImpl::hidden + logits with
+// one query per row; results differ from it by float rounding only (the sums run in another order).
+#pragma once
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "common/model/transformer.h"
+
+namespace tiller {
+
+class FastDecoder {
+ public:
+  // Whether the step handles this model and cache: an unsharded causal LM whose parameters and
+  // cache are contiguous fp32 CPU tensors.
+  static bool supports(TransformerImpl& model, const KVCache& cache);
+
+  // Holds pointers into `model`'s parameters and `cache`: both must outlive this object and keep
+  // their storage (no .to(), no set_data) while it is used.
+  FastDecoder(TransformerImpl& model, KVCache& cache);
+
+  // Feeds tokens[b] ([B] int64) at rotary position positions[b] ([B] int64) into slot
+  // cache.length of every row, attending to the slots [0, cache.length] that cache.key_valid
+  // marks (and always to the new one), then advances cache.length. Returns logits [B, V] float.
+  torch::Tensor step(const torch::Tensor& tokens, const torch::Tensor& positions);
+
+ private:
+  struct Layer {
+    const float *input_norm, *post_attention_norm;
+    const float *q, *k, *v, *o;             // [out, in], as torch::nn::Linear stores them
+    const float *q_bias, *k_bias, *v_bias;  // nullptr without attention_bias
+    const float *gate, *up, *down;
+    float *keys, *values;  // cache: [B, KV, capacity, head_dim]
+  };
+
+  void attention(const float* q, const Layer& layer, int64_t slot, float* out);
+
+  KVCache& cache_;
+  const int64_t batch_, dim_, hidden_, heads_, kv_heads_, head_dim_, vocab_;
+  const float eps_;
+  const float* embedding_;
+  const float* final_norm_;
+  const float* lm_head_;  // the embedding when tied
+  std::vector<Layer> layers_;
+  torch::Tensor cos_, sin_;  // [capacity, head_dim], the torch path's rotary tables
+  // Activations of one step, reused: x (residual), normed x, q, k, v, attention out, gate, up.
+  std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, scores_;
+};
+
+}  // namespace tiller

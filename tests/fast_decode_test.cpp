@@ -1,0 +1,221 @@
+// FastDecoder (the generator's BLAS decode step) against the torch path it replaces: logits of
+// every decode step, the KV cache it writes, and whole generate() runs (greedy and seeded
+// sampling), on random stories260k-shaped and GQA/untied/biased models and the real stories260K.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "common/io/llama2c.h"
+#include "common/model/attention_mask.h"
+#include "common/rollout/fast_decode.h"
+#include "common/rollout/generator.h"
+#include "common/tokenizer/tokenizer.h"
+#include "tests/test_util.h"
+
+using namespace tiller;
+
+namespace {
+
+// Random weights scaled from N(0, 0.02) to N(0, 0.2): logits with clear margins, so that greedy
+// choices do not hinge on rounding and the paths' sequences can be compared exactly.
+Transformer random_model(ModelConfig c, uint64_t seed) {
+  Transformer model(c);
+  model->init_weights(seed);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->parameters())
+    if (p.dim() == 2) p.mul_(10);
+  model->eval();
+  return model;
+}
+
+Transformer stories260k_shaped() {
+  return random_model(builtin_shape("stories260k"), 7);
+}
+
+// Grouped-query attention with 3 query heads per key/value head, an LM head of its own and
+// biased q/k/v projections (Qwen2's layout).
+Transformer gqa_untied() {
+  ModelConfig c;
+  c.vocab_size = 96;
+  c.hidden_size = 48;
+  c.intermediate_size = 80;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 6;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 64;
+  c.attention_bias = true;
+  auto model = random_model(c, 3);
+  torch::NoGradGuard no_grad;
+  for (auto& [name, p] : model->named_weights())
+    if (name.find(".bias") != std::string::npos) p.normal_(0, 0.1);
+  return model;
+}
+
+// Within 1e-5 of the reference's largest magnitude: what summing in another order can change.
+void expect_close(const torch::Tensor& got, const torch::Tensor& reference,
+                  const std::string& what) {
+  const double scale = reference.abs().max().item<double>();
+  EXPECT_LE((got - reference).abs().max().item<double>(), 1e-5 * scale)
+      << what << " (largest magnitude " << scale << ")";
+}
+
+const std::vector<std::vector<int64_t>> kPrompts = {
+    {1, 5, 9}, {1}, {1, 3, 4, 8, 30, 22, 7}, {1, 12}};
+
+// Prefills `prompts` (left-padded) into two caches with the torch path, then decodes `steps`
+// tokens (the torch path's greedy choices) through the torch path and FastDecoder side by side.
+// Each step's logits agree, and so do the caches at the end.
+void expect_steps_match(TransformerImpl& model, const std::vector<std::vector<int64_t>>& prompts,
+                        int64_t steps) {
+  torch::NoGradGuard no_grad;
+  const int64_t batch = static_cast<int64_t>(prompts.size());
+  int64_t prompt_len = 0;
+  for (const auto& p : prompts) prompt_len = std::max<int64_t>(prompt_len, p.size());
+  auto ids = torch::zeros({batch, prompt_len}, torch::kLong);
+  auto mask = torch::zeros({batch, prompt_len}, torch::kBool);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t n = static_cast<int64_t>(prompts[b].size());
+    ids[b].narrow(0, prompt_len - n, n).copy_(torch::tensor(prompts[b], torch::kLong));
+    mask[b].narrow(0, prompt_len - n, n).fill_(true);
+  }
+  KVCache torch_cache(model.config, batch, prompt_len + steps, torch::kFloat);
+  KVCache fast_cache(model.config, batch, prompt_len + steps, torch::kFloat);
+  torch::Tensor logits;
+  for (KVCache* cache : {&torch_cache, &fast_cache}) {
+    cache->key_valid.narrow(1, 0, prompt_len).copy_(mask);
+    auto hidden =
+        model.hidden(ids, positions_from_mask(mask), causal_mask(mask, prompt_len), cache);
+    logits = model.logits(hidden.narrow(1, prompt_len - 1, 1)).squeeze(1);
+  }
+  ASSERT_TRUE(FastDecoder::supports(model, fast_cache));
+  FastDecoder fast(model, fast_cache);
+  auto position = mask.to(torch::kLong).sum(1);
+  for (int64_t step = 0; step < steps; ++step) {
+    const auto token = logits.argmax(-1);
+    for (KVCache* cache : {&torch_cache, &fast_cache})
+      cache->key_valid.narrow(1, cache->length, 1).fill_(true);
+    auto allowed = causal_mask(torch_cache.key_valid.narrow(1, 0, torch_cache.length + 1), 1);
+    auto hidden = model.hidden(token.unsqueeze(1), position.unsqueeze(1), allowed, &torch_cache);
+    logits = model.logits(hidden).squeeze(1);
+    const auto fast_logits = fast.step(token, position);
+    ASSERT_EQ(fast_logits.sizes(), logits.sizes());
+    expect_close(fast_logits, logits, "logits of step " + std::to_string(step));
+    position = position + 1;
+  }
+  EXPECT_EQ(fast_cache.length, torch_cache.length);
+  for (size_t l = 0; l < torch_cache.keys.size(); ++l) {
+    expect_close(fast_cache.keys[l], torch_cache.keys[l], "keys of layer " + std::to_string(l));
+    expect_close(fast_cache.values[l], torch_cache.values[l],
+                 "values of layer " + std::to_string(l));
+  }
+}
+
+// generate() with and without the fast step: the same tokens, and per-step log-probs within 1e-5.
+// Returns the fast path's batch.
+GenerationBatch expect_generate_matches(TransformerImpl& model,
+                                        const std::vector<std::vector<int64_t>>& prompts,
+                                        SamplingOptions o) {
+  o.full_pass_logprobs = false;  // the decode steps' own log-probs, where the paths could differ
+  o.fast_decode = false;
+  const auto reference = generate(model, prompts, o);
+  o.fast_decode = true;
+  const auto fast = generate(model, prompts, o);
+  EXPECT_TRUE(torch::equal(fast.response_ids, reference.response_ids))
+      << "temperature " << o.temperature << "\nfast:\n"
+      << fast.response_ids << "\ntorch:\n"
+      << reference.response_ids;
+  EXPECT_TRUE(torch::equal(fast.response_mask, reference.response_mask));
+  // Relative to the largest log-probability (about -9 on these models), as the logits are: the
+  // two paths' log-probs differ by up to 1.7e-5 (over 80 seeds), as much as the torch decode
+  // steps' own differ from a full forward pass (generation_test.cpp).
+  expect_close(fast.logprobs, reference.logprobs, "log-probs");
+  return fast;
+}
+
+void expect_generate_matches_all_modes(TransformerImpl& model,
+                                       const std::vector<std::vector<int64_t>>& prompts) {
+  SamplingOptions o;
+  o.max_new_tokens = 24;
+  o.stop_at_eos = false;
+  o.temperature = 0;
+  expect_generate_matches(model, prompts, o);
+  o.temperature = 0.8;
+  o.top_k = 20;
+  o.top_p = 0.9;
+  o.seed = 11;
+  expect_generate_matches(model, prompts, o);
+  for (size_t b = 0; b < prompts.size(); ++b) o.row_seeds.push_back(100 + b);
+  expect_generate_matches(model, prompts, o);
+}
+
+}  // namespace
+
+TEST(FastDecode, SupportsOnlyUnshardedFp32CpuLMs) {
+  auto model = stories260k_shaped();
+  KVCache cache(model->config, 2, 8, torch::kFloat);
+  EXPECT_TRUE(FastDecoder::supports(*model, cache));
+  KVCache double_cache(model->config, 2, 8, torch::kDouble);
+  EXPECT_FALSE(FastDecoder::supports(*model, double_cache));
+  model->to(torch::kDouble);
+  EXPECT_FALSE(FastDecoder::supports(*model, double_cache));
+  ModelConfig critic = builtin_shape("stories260k");
+  critic.num_labels = 1;
+  Transformer scorer(critic);
+  EXPECT_FALSE(FastDecoder::supports(*scorer, cache));
+}
+
+TEST(FastDecode, StepLogitsMatchTorchPathStories260kShape) {
+  auto model = stories260k_shaped();
+  expect_steps_match(*model, kPrompts, 20);
+  expect_steps_match(*model, {{1, 40, 41, 42}}, 20);
+}
+
+TEST(FastDecode, StepLogitsMatchTorchPathGqaUntiedBiased) {
+  auto model = gqa_untied();
+  expect_steps_match(*model, kPrompts, 20);
+  expect_steps_match(*model, {{1, 40, 41}}, 20);
+}
+
+TEST(FastDecode, GenerateMatchesTorchPath) {
+  for (auto* make : {&stories260k_shaped, &gqa_untied}) {
+    auto model = make();
+    expect_generate_matches_all_modes(*model, kPrompts);
+    expect_generate_matches_all_modes(*model, {kPrompts[2]});
+  }
+}
+
+TEST(FastDecode, RowsStoppedAtEosMatchTorchPath) {
+  auto model = gqa_untied();
+  SamplingOptions o;
+  o.max_new_tokens = 24;
+  o.temperature = 1.0;
+  o.seed = 5;
+  // EOS ids that this model samples now and then, so that some rows stop and feed pads after.
+  int64_t ended = 0, rows = 0;
+  for (int64_t eos : {3, 17, 40}) {
+    o.eos_id = eos;
+    const auto batch = expect_generate_matches(*model, kPrompts, o);
+    ended += batch.ended_with_eos.sum().item<int64_t>();
+    rows += batch.batch();
+  }
+  EXPECT_GT(ended, 0);
+  EXPECT_LT(ended, rows);
+}
+
+TEST(FastDecode, Stories260KGreedyMatchesTorchPath) {
+  TILLER_REQUIRE_SHARED(model_path, "models/stories260K/stories260K.bin");
+  TILLER_REQUIRE_SHARED(tok_path, "models/stories260K/tok512.model");
+  Tokenizer tok(tok_path);
+  auto model = import_llama2c(model_path);
+  std::vector<std::vector<int64_t>> prompts;
+  for (const char* text :
+       {"Once upon a time", "Tom", "The little dog ran to the big park and saw a", "One day"})
+    prompts.push_back(tok.encode(text, /*add_bos=*/true));
+  expect_steps_match(*model, prompts, 40);
+  SamplingOptions o;
+  o.max_new_tokens = 116;
+  o.temperature = 0;
+  o.eos_id = tok.eos_id();
+  o.pad_id = tok.pad_id();
+  expect_generate_matches(*model, prompts, o);
+  expect_generate_matches(*model, {prompts[0]}, o);
+}
