@@ -6,6 +6,7 @@
 #include "common/model/attention_mask.h"
 #include "common/model/transformer.h"
 #include "common/torch_compat.h"
+#include "tests/test_util.h"
 
 using namespace tiller;
 
@@ -23,14 +24,7 @@ torch::Tensor bools(std::vector<std::vector<int64_t>> rows) {
 
 // A tiny random Llama (GQA); weights at N(0, 0.2) so attention is far from uniform.
 Transformer tiny_model(int64_t num_labels, uint64_t seed) {
-  ModelConfig c;
-  c.vocab_size = 50;
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 32;
+  ModelConfig c = test::llama_config(50, 32, 64, 2, 4, 2, 32);
   c.num_labels = num_labels;
   Transformer model(c);
   model->init_weights(seed);

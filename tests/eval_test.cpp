@@ -412,14 +412,7 @@ TEST(EvalEndToEnd, AcrossASweepPrintsRowsByNAndDrawsBothPanels) {
   const std::string big = stories260k_dir(sweep + "/points/p01_big/pretrain/final");
   if (big.empty()) GTEST_SKIP() << "skipped: stories260K not found under ../shared/data";
   // A smaller model on the same vocabulary, random weights.
-  ModelConfig c;
-  c.vocab_size = 512;
-  c.hidden_size = 16;
-  c.intermediate_size = 32;
-  c.num_hidden_layers = 1;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 128;
+  ModelConfig c = test::llama_config(512, 16, 32, 1, 2, 2, 128);
   Transformer small(c);
   small->init_weights(3);
   SaveOptions options;

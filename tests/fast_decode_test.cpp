@@ -15,35 +15,16 @@ using namespace tiller;
 
 namespace {
 
-// Random weights scaled from N(0, 0.02) to N(0, 0.2): logits with clear margins, so that greedy
-// choices do not hinge on rounding and the paths' sequences can be compared exactly.
-Transformer random_model(ModelConfig c, uint64_t seed) {
-  Transformer model(c);
-  model->init_weights(seed);
-  torch::NoGradGuard no_grad;
-  for (auto& p : model->parameters())
-    if (p.dim() == 2) p.mul_(10);
-  model->eval();
-  return model;
-}
-
 Transformer stories260k_shaped() {
-  return random_model(builtin_shape("stories260k"), 7);
+  return test::sharp_random_model(builtin_shape("stories260k"), 7);
 }
 
 // Grouped-query attention with 3 query heads per key/value head, an LM head of its own and
 // biased q/k/v projections (Qwen2's layout).
 Transformer gqa_untied() {
-  ModelConfig c;
-  c.vocab_size = 96;
-  c.hidden_size = 48;
-  c.intermediate_size = 80;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 6;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 64;
+  ModelConfig c = test::llama_config(96, 48, 80, 2, 6, 2, 64);
   c.attention_bias = true;
-  auto model = random_model(c, 3);
+  auto model = test::sharp_random_model(c, 3);
   torch::NoGradGuard no_grad;
   for (auto& [name, p] : model->named_weights())
     if (name.find(".bias") != std::string::npos) p.normal_(0, 0.1);

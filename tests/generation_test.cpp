@@ -37,25 +37,9 @@ SamplingOptions greedy(int64_t max_new_tokens) {
   return o;
 }
 
-// A tiny random Llama (GQA, untied head). Weights are scaled up from N(0, 0.02) to N(0, 0.2) so
-// that logits have clear margins (greedy choices do not hinge on rounding) while staying small
-// enough for fp32 log-probs to agree across code paths well within 1e-5.
+// A tiny random Llama (GQA, untied head) with sharp logits (see test::sharp_random_model).
 Transformer tiny_model(uint64_t seed) {
-  ModelConfig c;
-  c.vocab_size = 32;
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 64;
-  Transformer model(c);
-  model->init_weights(seed);
-  torch::NoGradGuard no_grad;
-  for (auto& p : model->parameters())
-    if (p.dim() == 2) p.mul_(10);
-  model->eval();
-  return model;
+  return test::sharp_random_model(test::llama_config(32, 32, 64, 2, 4, 2, 64), seed);
 }
 
 // Prompts of different lengths (BOS first) for the stories260K tests.

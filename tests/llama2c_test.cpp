@@ -38,14 +38,7 @@ Header header_of(const std::string& bytes) {
 
 // A tiny random Llama; every tensor (norms included) holds distinct values.
 Transformer random_model(bool tied, uint64_t seed) {
-  ModelConfig c;
-  c.vocab_size = 40;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 24;
+  ModelConfig c = test::llama_config(40, 32, 48, 2, 4, 2, 24);
   c.tie_word_embeddings = tied;
   Transformer model(c);
   torch::NoGradGuard no_grad;

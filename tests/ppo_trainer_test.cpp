@@ -7,20 +7,14 @@
 #include "common/train/optimizer.h"
 #include "rlhf/ppo_math.h"
 #include "rlhf/ppo_trainer.h"
+#include "tests/test_util.h"
 
 using namespace tiller;
 
 namespace {
 
 ModelConfig tiny_config(int64_t num_labels) {
-  ModelConfig c;
-  c.vocab_size = 32;
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 64;
+  ModelConfig c = test::llama_config(32, 32, 64, 2, 4, 2, 64);
   c.num_labels = num_labels;
   return c;
 }

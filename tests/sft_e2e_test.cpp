@@ -181,14 +181,7 @@ TEST_F(SftEndToEnd, NonFiniteStepsAreSkippedThenTheRunStops) {
   // A base whose embedding holds NaN: every loss is NaN.
   const std::string base = *dir_ + "/nan_base";
   {
-    ModelConfig c;
-    c.vocab_size = 300;
-    c.hidden_size = 16;
-    c.intermediate_size = 32;
-    c.num_hidden_layers = 1;
-    c.num_attention_heads = 2;
-    c.num_key_value_heads = 2;
-    c.max_position_embeddings = 64;
+    ModelConfig c = test::llama_config(300, 16, 32, 1, 2, 2, 64);
     Transformer m(c);
     m->init_weights(1);
     torch::NoGradGuard no_grad;

@@ -266,4 +266,14 @@ ModelConfig llama_config(int64_t vocab, int64_t hidden, int64_t intermediate, in
   return c;
 }
 
+Transformer sharp_random_model(const ModelConfig& config, uint64_t seed) {
+  Transformer model(config);
+  model->init_weights(seed);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->parameters())
+    if (p.dim() == 2) p.mul_(10);
+  model->eval();
+  return model;
+}
+
 }  // namespace tiller::test
