@@ -9,7 +9,11 @@
 namespace tiller::scaling {
 
 double LossLaw::loss(double n, double d) const {
-  return E + A / std::pow(n, alpha) + B / std::pow(d, beta);
+  auto term = [](double coefficient, double log_coefficient, double exponent, double x) {
+    const double log_c = std::isnan(log_coefficient) ? std::log(coefficient) : log_coefficient;
+    return std::exp(log_c - exponent * std::log(x));
+  };
+  return E + term(A, log_A, alpha, n) + term(B, log_B, beta, d);
 }
 
 double LossLaw::G() const {
@@ -34,6 +38,8 @@ LossLaw to_loss_law(const ChinchillaParameters& p) {
   law.E = std::exp(p[2]);
   law.alpha = p[3];
   law.beta = p[4];
+  law.log_A = p[0];
+  law.log_B = p[1];
   return law;
 }
 

@@ -3,6 +3,7 @@
 // L(X) = (X_c / X)^α_X. Torch-free.
 #pragma once
 #include <array>
+#include <cmath>
 #include <optional>
 #include <vector>
 
@@ -21,6 +22,10 @@ struct ComputeOptimal {
 // L(N, D) = E + A / N^alpha + B / D^beta.
 struct LossLaw {
   double E = 0, A = 0, B = 0, alpha = 0, beta = 0;
+  // log A and log B as fitted (NaN: take the logarithms of A and B). A fit may land where e^b
+  // overflows a double (b > 709, with a large β) while B / D^β itself is small: the loss is
+  // computed from the logarithms, as the fit's objective is.
+  double log_A = NAN, log_B = NAN;
 
   double loss(double n, double d) const;
   // N_opt(C) = G (C/6)^a and D_opt(C) = G^-1 (C/6)^b, with a = β/(α+β), b = α/(α+β) and

@@ -160,6 +160,20 @@ TEST(ScalingFit, TheGridFitIsExactOnNoiselessData) {
   EXPECT_NEAR(fit.law.B / truth.B, 1, 1e-2);
 }
 
+TEST(ScalingFit, LossStaysFiniteWhereTheFittedCoefficientOverflows) {
+  // A fit to runs at two token counts can land at a large beta with log B > 709: e^b is infinite
+  // in a double, yet B / D^beta is tiny at the runs' D. The loss is computed from the logarithms.
+  const ChinchillaParameters p = {std::log(300.0), 1000.0, std::log(2.0), 0.4, 80.0};
+  const LossLaw law = to_loss_law(p);
+  EXPECT_TRUE(std::isinf(law.B));
+  const double n = 1e5, d = 1e6;
+  const double expected = 2.0 + 300.0 / std::pow(n, 0.4) + std::exp(1000.0 - 80.0 * std::log(d));
+  EXPECT_NEAR(law.loss(n, d), expected, 1e-12 * expected);
+  // And it agrees with the objective's log-sum-exp prediction on ordinary parameters.
+  const LossLaw plain = to_loss_law({std::log(300.0), std::log(900.0), std::log(2.0), 0.4, 0.3});
+  EXPECT_NEAR(plain.loss(n, d), 2.0 + 300.0 / std::pow(n, 0.4) + 900.0 / std::pow(d, 0.3), 1e-12);
+}
+
 TEST(ScalingFit, ObjectiveGradientMatchesFiniteDifferences) {
   Observations runs;
   for (int i = 0; i < 12; ++i) {
