@@ -32,6 +32,9 @@ int main(int argc, char** argv) {
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "tiller_tp_probe: %s%s\n", dist::error_prefix().c_str(), e.what());
-    return 1;
+    // As the CLI does: returning would run static destructors while the heartbeat thread is still
+    // inside the store, and c10d's destructors would wait for peers that may be gone.
+    std::fflush(stderr);
+    std::_Exit(1);
   }
 }
