@@ -26,13 +26,7 @@ torch::Tensor bools(std::vector<std::vector<int64_t>> rows) {
 Transformer tiny_model(int64_t num_labels, uint64_t seed) {
   ModelConfig c = test::llama_config(50, 32, 64, 2, 4, 2, 32);
   c.num_labels = num_labels;
-  Transformer model(c);
-  model->init_weights(seed);
-  torch::NoGradGuard no_grad;
-  for (auto& p : model->parameters())
-    if (p.dim() == 2) p.mul_(10);
-  model->eval();
-  return model;
+  return test::sharp_random_model(c, seed);
 }
 
 // Random token sequences of the given lengths (ids 3.., so never a plausible pad id).
