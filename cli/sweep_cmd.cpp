@@ -1,7 +1,5 @@
 #include "cli/sweep_cmd.h"
 
-#include <fcntl.h>
-#include <spawn.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -11,9 +9,8 @@
 #include "common/recipe/recipe.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
+#include "common/util/process.h"
 #include "scaling/sweep.h"
-
-extern char** environ;
 
 namespace tiller {
 namespace {
@@ -29,21 +26,9 @@ struct SweepArgs {
 // Runs this tiller binary with `args`, stdout and stderr to `log` (appended, or discarded when
 // empty); returns the exit status.
 int run_tiller(const std::vector<std::string>& args, const std::string& log) {
-  std::vector<std::string> argv_strings = {"/proc/self/exe"};
-  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_strings) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  const std::string target = log.empty() ? "/dev/null" : log;
-  posix_spawn_file_actions_addopen(&actions, 1, target.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                   0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  pid_t pid = -1;
-  const int spawned = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  check(spawned == 0, "sweep: cannot start " + std::string(argv[0]));
+  std::vector<std::string> argv = {"/proc/self/exe"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const int pid = spawn_with_output(argv, log.empty() ? "/dev/null" : log);
   int status = 0;
   waitpid(pid, &status, 0);
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

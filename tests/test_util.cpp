@@ -2,13 +2,12 @@
 
 #include "common/util/error.h"
 #include "common/util/files.h"
+#include "common/util/process.h"
 #include "tiller_build_paths.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,7 +15,6 @@
 #include <nlohmann/json.hpp>
 
 #include <array>
-#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -24,8 +22,6 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
-
-extern char** environ;
 
 namespace tiller::test {
 
@@ -92,32 +88,7 @@ int spawn_logged(const std::vector<std::string>& args, const std::string& log) {
 
 int spawn_logged(const std::vector<std::string>& args, const std::string& log,
                  const std::vector<std::string>& environment) {
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e) {
-    const std::string entry = *e;
-    const std::string name = entry.substr(0, entry.find('='));
-    bool replaced = false;
-    for (const auto& add : environment) replaced = replaced || add.substr(0, add.find('=')) == name;
-    if (!replaced) env_strings.push_back(entry);
-  }
-  env_strings.insert(env_strings.end(), environment.begin(), environment.end());
-  std::vector<char*> envp;
-  for (auto& e : env_strings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  const int spawned = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  // A pid of -1 must never reach kill() or waitpid(): it means every process of the user.
-  check(spawned == 0 && pid > 0,
-        "cannot start " + args.front() + ": " + std::strerror(spawned == 0 ? EINVAL : spawned));
-  return pid;
+  return spawn_with_output(args, log, environment);
 }
 
 int wait_exit(int pid, double seconds) {
