@@ -76,23 +76,17 @@ std::vector<uint8_t> bytes_of(const std::string& s) {
 
 void heartbeat_loop(Launch l) {
   World& w = the_world();
-  const std::string key = kAlivePrefix + std::to_string(l.rank);
-  uint64_t beat = 0;
-  int failures_in_a_row = 0;
-  while (!w.stop_heartbeat.load()) {
-    try {
-      auto store = connect_store(l, /*server=*/false, 10s, /*wait_workers=*/false);
-      while (!w.stop_heartbeat.load()) {
-        store->set(key, bytes_of(std::to_string(++beat)));
-        failures_in_a_row = 0;
-        std::this_thread::sleep_for(kHeartbeatPeriod);
-      }
-    } catch (const std::exception&) {
-      // One slow or dropped connection must not make a live rank look lost: reconnect. A store
-      // that stays unreachable (its host ended) ends the beats; the collectives will say so.
-      if (++failures_in_a_row >= 3) return;
+  try {
+    auto store = connect_store(l, /*server=*/false, 10s, /*wait_workers=*/false);
+    const std::string key = kAlivePrefix + std::to_string(l.rank);
+    for (uint64_t beat = 1; !w.stop_heartbeat.load(); ++beat) {
+      store->set(key, bytes_of(std::to_string(beat)));
       std::this_thread::sleep_for(kHeartbeatPeriod);
     }
+  } catch (const std::exception&) {
+    // The store is gone (its host ended); the collectives will say so. No reconnecting: a new
+    // client of a store whose host died can end the process from c10d's own threads
+    // ("terminate called ... Connection reset by peer", seen when this loop retried).
   }
 }
 
