@@ -18,6 +18,7 @@
 #include "common/util/error.h"
 #include "common/util/files.h"
 #include "tests/test_util.h"
+#include "tiller_build_paths.h"
 
 using namespace tiller;
 
@@ -328,6 +329,30 @@ TEST(DataParallel, ALostRankEndsTheJobWithItsNameWithinTheTimeout) {
     EXPECT_NE(log.find("lost rank " + std::to_string(victim)), std::string::npos) << log;
     EXPECT_EQ(log.find("terminate called"), std::string::npos) << log;
   }
+}
+
+// LibTorch 1.13's store client threads let a reset connection escape them when the store's host
+// dies; the process must still end with the one line that names what was lost, and any other
+// escaped exception must still abort as before.
+TEST(DataParallel, AStoreThreadsConnectionErrorIsReportedAsTheLostStoreHost) {
+  const std::string root = test::temp_dir("dp_store_thread");
+  const test::Job reset =
+      test::launch_job(2, {TILLER_TP_PROBE, "--thread-throws", "system_error"}, root + "/reset");
+  const std::vector<int> codes = test::wait_job(reset, 60);
+  const std::string log = test::read_bytes(reset.logs[1]);
+  EXPECT_EQ(codes, std::vector<int>({0, 1})) << test::job_logs(reset);
+  EXPECT_NE(log.find("tiller: error: [rank 1] distributed: lost rank 0, which hosts the "
+                     "rendezvous store (a store connection failed: Connection reset by peer)"),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(log.find("terminate called"), std::string::npos) << log;
+
+  const test::Job other =
+      test::launch_job(2, {TILLER_TP_PROBE, "--thread-throws", "runtime_error"}, root + "/other");
+  EXPECT_EQ(test::wait_job(other, 60), std::vector<int>({0, 128 + SIGABRT}))
+      << test::job_logs(other);
+  EXPECT_NE(test::read_bytes(other.logs[1]).find("not a connection error"), std::string::npos)
+      << test::job_logs(other);
 }
 
 TEST(DataParallel, LaunchedByTorchrunAndMpirun) {

@@ -12,7 +12,10 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
+#include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "common/torch_compat.h"
@@ -90,20 +93,28 @@ void heartbeat_loop(Launch l) {
   }
 }
 
+std::string store_host_words(const Launch& l) {
+  return l.agent_store ? "the launcher's rendezvous store"
+                       : "rank 0, which hosts the rendezvous store";
+}
+
 // Called on a failed collective: the ranks whose heartbeat stopped, said in words.
+// It asks through the world's own store connection: a new TCPStore client opened while the store's
+// host is being torn down can be accepted and then reset, and LibTorch 1.13's callback thread of
+// that client ends the process on the reset (seen as "terminate called ... Connection reset by
+// peer" instead of this message).
 std::string lost_ranks_message() {
   World& w = the_world();
   const Launch& l = w.launch;
-  const std::string store_host = l.agent_store ? "the launcher's rendezvous store"
-                                               : "rank 0, which hosts the rendezvous store";
   try {
-    auto store = connect_store(l, /*server=*/false, 5s, /*wait_workers=*/false);
+    // Every read below is bounded: wait() sets the connection's receive timeout it then keeps.
+    w.store->wait({kAlivePrefix + std::to_string(l.rank)}, 5s);
     auto read_beats = [&] {
       std::vector<std::string> beats(static_cast<size_t>(l.world_size));
       for (int r = 0; r < l.world_size; ++r) {
         const std::string key = kAlivePrefix + std::to_string(r);
-        if (store->check({key})) {
-          const auto v = store->get(key);
+        if (w.store->check({key})) {
+          const auto v = w.store->get(key);
           beats[static_cast<size_t>(r)] = std::string(v.begin(), v.end());
         }
       }
@@ -119,8 +130,32 @@ std::string lost_ranks_message() {
     if (lost.empty()) return "every rank is still alive";
     return "lost rank " + lost + " (its heartbeat stopped)";
   } catch (const std::exception&) {
-    return "lost " + store_host + " (the store no longer answers)";
+    return "lost " + store_host_words(l) + " (the store no longer answers)";
   }
+}
+
+// LibTorch 1.13 gives every TCPStore client a background thread that reads the store's
+// notifications and lets any socket error escape it, which ends the process through
+// std::terminate when the store's host dies and the connection is reset. That thread can only be
+// answered here: the error becomes the same one line a failed collective gives.
+std::terminate_handler previous_terminate = nullptr;
+
+[[noreturn]] void on_terminate() {
+  const World& w = the_world();
+  if (std::exception_ptr in_flight = std::current_exception()) {
+    try {
+      std::rethrow_exception(in_flight);
+    } catch (const std::system_error& e) {
+      std::fprintf(
+          stderr, "tiller: error: [rank %d] distributed: lost %s (a store connection failed: %s)\n",
+          w.launch.rank, store_host_words(w.launch).c_str(), e.what());
+      std::fflush(nullptr);
+      std::_Exit(1);
+    } catch (...) {
+    }
+  }
+  if (previous_terminate != nullptr) previous_terminate();
+  std::abort();
 }
 
 [[noreturn]] void fail(const std::string& what, const std::exception& e) {
@@ -315,6 +350,7 @@ void initialize(const Launch& l, const WorldOptions& options) {
                 std::to_string(options.timeout.count()) + " s [" +
                 cause.substr(0, cause.find('\n')) + "]");
   }
+  previous_terminate = std::set_terminate(on_terminate);
   w.heartbeat = std::thread(heartbeat_loop, l);
 
   auto backend = std::make_shared<Group::Backend>();
