@@ -12,7 +12,8 @@ torch::Tensor causal_mask(const torch::Tensor& key_valid, int64_t num_queries) {
   auto device = key_valid.device();
   // query t sits at slot keys - num_queries + t
   auto query_slot =
-      torch::arange(keys - num_queries, keys, torch::dtype(torch::kLong).device(device)).view({-1, 1});
+      torch::arange(keys - num_queries, keys, torch::dtype(torch::kLong).device(device))
+          .view({-1, 1});
   auto key_slot = torch::arange(keys, torch::dtype(torch::kLong).device(device)).view({1, -1});
   auto causal = key_slot.le(query_slot);  // [T, S]
   auto self = key_slot.eq(query_slot);
@@ -24,7 +25,7 @@ torch::Tensor segment_causal_mask(const torch::Tensor& segment_ids) {
   const int64_t batch = segment_ids.size(0), length = segment_ids.size(1);
   auto device = segment_ids.device();
   auto idx = torch::arange(length, torch::dtype(torch::kLong).device(device));
-  auto causal = idx.view({1, -1}).le(idx.view({-1, 1}));  // [T, T]: key <= query
+  auto causal = idx.view({1, -1}).le(idx.view({-1, 1}));              // [T, T]: key <= query
   auto same = segment_ids.unsqueeze(2).eq(segment_ids.unsqueeze(1));  // [B, T, T]
   auto valid = segment_ids.ge(0).unsqueeze(1);                        // keys that are tokens
   auto self = idx.view({1, -1}).eq(idx.view({-1, 1}));
@@ -37,9 +38,8 @@ torch::Tensor positions_from_segments(const torch::Tensor& segment_ids) {
   auto idx = torch::arange(length, torch::dtype(torch::kLong).device(segment_ids.device()))
                  .expand_as(segment_ids);
   // A segment starts where its id differs from the previous token's.
-  auto previous = torch::cat({torch::full_like(segment_ids.narrow(1, 0, 1), -2),
-                              segment_ids.narrow(1, 0, length - 1)},
-                             1);
+  auto previous = torch::cat(
+      {torch::full_like(segment_ids.narrow(1, 0, 1), -2), segment_ids.narrow(1, 0, length - 1)}, 1);
   auto start = segment_ids.ne(previous);
   auto start_index = torch::where(start, idx, torch::zeros_like(idx));
   start_index = std::get<0>(start_index.cummax(1));

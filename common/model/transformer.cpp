@@ -2,6 +2,7 @@
 
 #include "common/dist/tensor_parallel.h"
 #include "common/model/attention_mask.h"
+#include "common/model/fused_linear.h"
 #include "common/torch_compat.h"
 #include "common/train/activation_checkpoint.h"
 #include "common/util/error.h"
@@ -93,6 +94,12 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
   v_proj =
       register_module("v_proj", linear(c.hidden_size, n_kv_heads * head_dim, c.attention_bias));
   o_proj = register_module("o_proj", linear(n_heads * head_dim, c.hidden_size, false));
+  fuse_projections();
+}
+
+void AttentionImpl::fuse_projections() {
+  fuse_parameter_storage({q_proj->weight, k_proj->weight, v_proj->weight});
+  if (q_proj->bias.defined()) fuse_parameter_storage({q_proj->bias, k_proj->bias, v_proj->bias});
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
@@ -100,9 +107,12 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                                      KVCache* cache, int64_t layer) {
   const int64_t batch = x.size(0), length = x.size(1);
   const auto input = dist::copy_to_tensor_parallel(x, tp);  // column-parallel q/k/v
-  auto q = q_proj(input).view({batch, length, n_heads, head_dim}).transpose(1, 2);
-  auto k = k_proj(input).view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
-  auto v = v_proj(input).view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
+  std::vector<torch::Tensor> biases;
+  if (q_proj->bias.defined()) biases = {q_proj->bias, k_proj->bias, v_proj->bias};
+  const auto qkv = project(input, {q_proj->weight, k_proj->weight, v_proj->weight}, biases);
+  auto q = qkv[0].view({batch, length, n_heads, head_dim}).transpose(1, 2);
+  auto k = qkv[1].view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
+  auto v = qkv[2].view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
   q = apply_rotary(q, cos, sin);  // [B, H, T, hd]
   k = apply_rotary(k, cos, sin);  // [B, KV, T, hd]
   if (cache != nullptr) {
@@ -136,12 +146,17 @@ MLPImpl::MLPImpl(int64_t dim, int64_t hidden) {
   gate_proj = register_module("gate_proj", linear(dim, hidden, false));
   up_proj = register_module("up_proj", linear(dim, hidden, false));
   down_proj = register_module("down_proj", linear(hidden, dim, false));
+  fuse_projections();
+}
+
+void MLPImpl::fuse_projections() {
+  fuse_parameter_storage({gate_proj->weight, up_proj->weight});
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  if (tp.single()) return down_proj(F::silu(gate_proj(x)) * up_proj(x));
   const auto input = dist::copy_to_tensor_parallel(x, tp);  // column-parallel gate/up
-  return dist::reduce_from_tensor_parallel(down_proj(F::silu(gate_proj(input)) * up_proj(input)),
+  const auto gate_up = project(input, {gate_proj->weight, up_proj->weight}, {});
+  return dist::reduce_from_tensor_parallel(down_proj(F::silu(gate_up[0]) * gate_up[1]),
                                            tp);  // row-parallel down
 }
 
@@ -330,6 +345,10 @@ void TransformerImpl::shard_for_tensor_parallel(const dist::Group& tp) {
   // set_data keeps each parameter the same autograd leaf, with this rank's part as its data.
   for (auto& [name, param] : local_weights())
     if (sharded_dim(name) >= 0) param.set_data(local_part(name, param).clone());
+  for (auto& layer : model->layer_list) {
+    layer->self_attn->fuse_projections();
+    layer->mlp->fuse_projections();
+  }
 }
 
 void TransformerImpl::init_weights(uint64_t seed, bool heads_only) {

@@ -40,6 +40,9 @@ struct AttentionImpl : torch::nn::Module {
   // and attention reads slots [0, length + T), so S == length + T.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& allowed, KVCache* cache, int64_t layer);
+  // Puts q/k/v's weights (and biases) back to back in one buffer, so that forward multiplies
+  // once (common/model/fused_linear.h). Done at construction and after sharding.
+  void fuse_projections();
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t n_heads, n_kv_heads, head_dim;  // this rank's heads under tensor parallelism
   dist::Group tp;
@@ -50,6 +53,7 @@ struct MLPImpl : torch::nn::Module {
   MLPImpl(int64_t dim, int64_t hidden);
   // x: [B, T, C] -> [B, T, C]; SwiGLU: down(silu(gate(x)) * up(x))
   torch::Tensor forward(const torch::Tensor& x);
+  void fuse_projections();  // gate and up back to back, as Attention's q/k/v
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
   dist::Group tp;
 };

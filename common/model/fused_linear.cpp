@@ -1,0 +1,133 @@
+#include "common/model/fused_linear.h"
+
+#include <numeric>
+
+#include "common/torch_compat.h"
+#include "common/util/error.h"
+
+namespace tiller {
+
+namespace F = torch::nn::functional;
+
+void fuse_parameter_storage(const std::vector<torch::Tensor>& parts) {
+  check(!parts.empty(), "fuse_parameter_storage: no tensors");
+  int64_t total = 0;
+  for (const auto& part : parts) {
+    check(part.is_contiguous() && part.scalar_type() == parts[0].scalar_type() &&
+              part.device() == parts[0].device(),
+          "fuse_parameter_storage: the tensors must be contiguous, of one dtype and device");
+    total += part.numel();
+  }
+  torch::NoGradGuard no_grad;
+  const auto buffer = torch::empty({total}, parts[0].options().requires_grad(false));
+  int64_t offset = 0;
+  for (const auto& part : parts) {
+    auto slot = buffer.narrow(0, offset, part.numel()).view(part.sizes());
+    slot.copy_(part.detach());
+    part.set_data(slot);  // the same parameter (autograd leaf), its data now a view of the buffer
+    offset += part.numel();
+  }
+}
+
+bool stored_back_to_back(const std::vector<torch::Tensor>& parts) {
+  if (parts.empty() || !parts[0].defined() || !parts[0].has_storage()) return false;
+  const auto& first = parts[0];
+  int64_t offset = first.storage_offset();
+  for (const auto& part : parts) {
+    if (!part.defined() || !part.has_storage() || !part.is_contiguous() ||
+        part.scalar_type() != first.scalar_type() || part.device() != first.device() ||
+        !part.storage().is_alias_of(first.storage()) || part.storage_offset() != offset)
+      return false;
+    offset += part.numel();
+  }
+  return true;
+}
+
+namespace {
+
+int64_t rows_of(const std::vector<int64_t>& sizes) {
+  return std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
+}
+
+// The back-to-back parts as one tensor: weights [sum out_i, in], biases [sum out_i].
+torch::Tensor whole(torch::TensorList parts) {
+  int64_t rows = 0;
+  for (const auto& part : parts) rows += part.size(0);
+  const auto& first = parts[0];
+  if (first.dim() == 1) return first.detach().as_strided({rows}, {1}, first.storage_offset());
+  const int64_t columns = first.size(1);
+  return first.detach().as_strided({rows, columns}, {columns, 1}, first.storage_offset());
+}
+
+torch::Tensor multiply(const torch::Tensor& input, const torch::Tensor& weight,
+                       const torch::Tensor& bias) {
+  const auto flat = input.reshape({-1, input.size(-1)});
+  auto out = bias.defined() ? torch::addmm(bias, flat, weight.t()) : torch::mm(flat, weight.t());
+  auto shape = input.sizes().vec();
+  shape.back() = weight.size(0);
+  return out.view(shape);
+}
+
+// One matrix multiply forward; backward, one for the input's gradient and one for all the
+// weights' gradients, handed to each weight as its rows.
+struct FusedLinear : torch::autograd::Function<FusedLinear> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& input,
+                               torch::TensorList weights, torch::TensorList biases) {
+    const auto weight = whole(weights);
+    std::vector<int64_t> rows;
+    for (const auto& w : weights) rows.push_back(w.size(0));
+    ctx->saved_data["rows"] = rows;
+    ctx->saved_data["biased"] = !biases.empty();
+    ctx->save_for_backward({input, weight});
+    return multiply(input, weight, biases.empty() ? torch::Tensor() : whole(biases));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& input = saved[0];
+    const auto& weight = saved[1];
+    const auto rows = ctx->saved_data["rows"].toIntVector();
+    const bool biased = ctx->saved_data["biased"].toBool();
+    const auto grad = grad_outputs[0].reshape({-1, rows_of(rows)});
+    torch::autograd::variable_list out;
+    out.push_back(grad.mm(weight).view(input.sizes()));
+    const auto weight_grad = grad.t().mm(input.reshape({-1, input.size(-1)}));
+    for (auto& part : weight_grad.split_with_sizes(rows, 0)) out.push_back(part);
+    if (biased)
+      for (auto& part : grad.sum(0).split_with_sizes(rows, 0)) out.push_back(part);
+    return out;
+  }
+};
+
+}  // namespace
+
+std::vector<torch::Tensor> project(const torch::Tensor& input,
+                                   const std::vector<torch::Tensor>& weights,
+                                   const std::vector<torch::Tensor>& biases) {
+  check(biases.empty() || biases.size() == weights.size(), "project: one bias per weight");
+  const bool fusable =
+      weights.size() > 1 && input.device().is_cpu() && !compat::cpu_autocast_enabled() &&
+      input.scalar_type() == weights[0].scalar_type() && stored_back_to_back(weights) &&
+      (biases.empty() || stored_back_to_back(biases));
+  if (!fusable) {
+    std::vector<torch::Tensor> out;
+    for (size_t i = 0; i < weights.size(); ++i)
+      out.push_back(F::linear(input, weights[i], biases.empty() ? torch::Tensor() : biases[i]));
+    return out;
+  }
+  std::vector<int64_t> rows;
+  for (const auto& w : weights) rows.push_back(w.size(0));
+  bool tracked = false;
+  if (torch::GradMode::is_enabled()) {
+    tracked = input.requires_grad();
+    for (const auto& t : weights) tracked = tracked || t.requires_grad();
+    for (const auto& t : biases) tracked = tracked || t.requires_grad();
+  }
+  const auto joined =
+      tracked ? FusedLinear::apply(input, torch::TensorList(weights), torch::TensorList(biases))
+              : multiply(input, whole(weights), biases.empty() ? torch::Tensor() : whole(biases));
+  return joined.split_with_sizes(rows, -1);
+}
+
+}  // namespace tiller

@@ -1,0 +1,31 @@
+// Fused projections: several linear layers applied to one input (q/k/v, gate/up) as one matrix
+// multiply forward and two backward, while each layer keeps its own parameters, with Hugging
+// Face's names, for checkpoints, optimizers and tensor-parallel sharding.
+//
+// fuse_parameter_storage() moves the layers' weights (and biases) into one buffer, each a view of
+// its rows; the parameters stay the same autograd leaves. project() multiplies by the whole
+// buffer when the parts still lie back to back in it, and falls back to one linear per layer when
+// they do not (after a set_data that replaced one, such as a cast of the model to bf16), under
+// autocast (which chooses each matmul's dtype itself) and off the CPU. Both paths give the same
+// outputs and gradients within float rounding (tests/fused_linear_test.cpp).
+#pragma once
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace tiller {
+
+// Moves the tensors' data into one contiguous buffer in order, each parameter keeping its shape
+// and values. The tensors must be contiguous and share a dtype and device.
+void fuse_parameter_storage(const std::vector<torch::Tensor>& parts);
+
+// Whether the tensors lie back to back, in order, in one buffer (what project() needs to fuse).
+bool stored_back_to_back(const std::vector<torch::Tensor>& parts);
+
+// input: [..., in]; weights[i]: [out_i, in]; biases: empty, or one per weight.
+// Returns [..., out_i] for each layer.
+std::vector<torch::Tensor> project(const torch::Tensor& input,
+                                   const std::vector<torch::Tensor>& weights,
+                                   const std::vector<torch::Tensor>& biases);
+
+}  // namespace tiller
