@@ -1,0 +1,211 @@
+#include "common/rollout/decode_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define TILLER_HAVE_AVX2_KERNELS 1
+#endif
+
+namespace tiller::decode_kernels {
+
+namespace {
+
+// Sum of a[i] * b[i] in 8 interleaved partial sums, which the compiler vectorises.
+float dot(const float* a, const float* b, int64_t n) {
+  constexpr int64_t kLanes = 8;
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += a[i + j] * b[i + j];
+  for (; i < n; ++i) lanes[i % kLanes] += a[i] * b[i];
+  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) +
+         ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+}
+
+void attend_portable(const float* q, int64_t group, const float* keys, const float* values,
+                     const float* mask_bias, int64_t slots, int64_t head_dim, float scale,
+                     float* scratch, float* out) {
+  const int64_t padded = padded_slots(slots);
+  for (int64_t h = 0; h < group; ++h) {
+    const float* qh = q + h * head_dim;
+    float* scores = scratch + h * padded;
+    float max = -std::numeric_limits<float>::infinity();
+    for (int64_t s = 0; s < slots; ++s) {
+      scores[s] = dot(qh, keys + s * head_dim, head_dim) * scale + mask_bias[s];
+      max = std::max(max, scores[s]);
+    }
+    float sum = 0;
+    for (int64_t s = 0; s < slots; ++s) {
+      scores[s] = std::exp(scores[s] - max);
+      sum += scores[s];
+    }
+    float* o = out + h * head_dim;
+    std::fill(o, o + head_dim, 0.0f);
+    for (int64_t s = 0; s < slots; ++s) {
+      if (scores[s] == 0) continue;  // masked slots
+      const float p = scores[s] / sum;
+      for (int64_t d = 0; d < head_dim; ++d) o[d] += p * values[s * head_dim + d];
+    }
+  }
+}
+
+void silu_mul_portable(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+#ifdef TILLER_HAVE_AVX2_KERNELS
+#define TILLER_AVX2 __attribute__((target("avx2,fma")))
+
+// exp(x) to about 1 ulp: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by Cephes' expf polynomial,
+// 2^n through the exponent bits. Below -87.3 (where exp leaves the normal floats) it returns 0,
+// so exp(-inf) is 0; above 88 it saturates at exp(88).
+TILLER_AVX2 inline __m256 exp8(__m256 x) {
+  const __m256 underflows = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // ln2 in two parts, the first exact in few bits, so that n * part1 is exact.
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  const __m256i exponent =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 result = _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
+  return _mm256_andnot_ps(underflows, result);
+}
+
+TILLER_AVX2 inline float sum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+TILLER_AVX2 inline float max8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+// The 8 horizontal sums of v[0..7], as one vector in that order.
+TILLER_AVX2 inline __m256 sums_of_8(const __m256* v) {
+  const __m256 s01 = _mm256_hadd_ps(v[0], v[1]), s23 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 s45 = _mm256_hadd_ps(v[4], v[5]), s67 = _mm256_hadd_ps(v[6], v[7]);
+  // Each 128-bit half now holds a partial sum of heads 0-3 (s0123) or 4-7 (s4567).
+  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20),
+                       _mm256_permute2f128_ps(s0123, s4567, 0x31));
+}
+
+// attend() for head_dim a multiple of 8. Scores are made 8 slots at a time (8 key rows against
+// the query, then one transposing sum), so that the mask, the max, the exp and the sum run over
+// whole vectors; the value sum takes one multiply-add per slot and 8 dims, in two chains.
+TILLER_AVX2 void attend_avx2(const float* q, int64_t group, const float* keys, const float* values,
+                             const float* mask_bias, int64_t slots, int64_t head_dim, float scale,
+                             float* scratch, float* out) {
+  const int64_t padded = padded_slots(slots), chunks = head_dim / 8;
+  const __m256 vscale = _mm256_set1_ps(scale);
+  for (int64_t h = 0; h < group; ++h) {
+    const float* qh = q + h * head_dim;
+    float* scores = scratch + h * padded;
+    __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t s0 = 0; s0 < padded; s0 += kSlotBlock) {
+      __m256 products[kSlotBlock];
+      for (int64_t j = 0; j < kSlotBlock; ++j) {
+        __m256 acc = _mm256_setzero_ps();
+        if (s0 + j < slots) {  // rows past the last slot may lie outside the cache
+          const float* key = keys + (s0 + j) * head_dim;
+          for (int64_t c = 0; c < chunks; ++c)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * c), _mm256_loadu_ps(key + 8 * c), acc);
+        }
+        products[j] = acc;
+      }
+      const __m256 block =
+          _mm256_fmadd_ps(sums_of_8(products), vscale, _mm256_loadu_ps(mask_bias + s0));
+      _mm256_storeu_ps(scores + s0, block);
+      vmax = _mm256_max_ps(vmax, block);
+    }
+    const __m256 max = _mm256_set1_ps(max8(vmax));
+    __m256 vsum = _mm256_setzero_ps();
+    for (int64_t s0 = 0; s0 < padded; s0 += kSlotBlock) {
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + s0), max));
+      _mm256_storeu_ps(scores + s0, e);
+      vsum = _mm256_add_ps(vsum, e);
+    }
+    const __m256 inv_sum = _mm256_set1_ps(1.0f / sum8(vsum));
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float* v = values + 8 * c;
+      __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+      int64_t s = 0;
+      for (; s + 1 < slots; s += 2) {
+        even = _mm256_fmadd_ps(_mm256_set1_ps(scores[s]), _mm256_loadu_ps(v + s * head_dim), even);
+        odd = _mm256_fmadd_ps(_mm256_set1_ps(scores[s + 1]),
+                              _mm256_loadu_ps(v + (s + 1) * head_dim), odd);
+      }
+      if (s < slots)
+        even = _mm256_fmadd_ps(_mm256_set1_ps(scores[s]), _mm256_loadu_ps(v + s * head_dim), even);
+      _mm256_storeu_ps(out + h * head_dim + 8 * c,
+                       _mm256_mul_ps(_mm256_add_ps(even, odd), inv_sum));
+    }
+  }
+}
+
+TILLER_AVX2 void silu_mul_avx2(float* gate, const float* up, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 sigmoid_denominator = _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, g)));
+    _mm256_storeu_ps(gate + i,
+                     _mm256_mul_ps(_mm256_div_ps(g, sigmoid_denominator), _mm256_loadu_ps(up + i)));
+  }
+  silu_mul_portable(gate + i, up + i, n - i);
+}
+#endif
+
+}  // namespace
+
+bool supported(Isa isa) {
+  switch (isa) {
+    case Isa::portable:
+      return true;
+    case Isa::avx2_fma:
+#ifdef TILLER_HAVE_AVX2_KERNELS
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+      return false;
+#endif
+  }
+  return false;
+}
+
+Isa best_isa() {
+  return supported(Isa::avx2_fma) ? Isa::avx2_fma : Isa::portable;
+}
+
+void attend(Isa isa, const float* q, int64_t group, const float* keys, const float* values,
+            const float* mask_bias, int64_t slots, int64_t head_dim, float scale, float* scratch,
+            float* out) {
+#ifdef TILLER_HAVE_AVX2_KERNELS
+  if (isa == Isa::avx2_fma && head_dim % 8 == 0)
+    return attend_avx2(q, group, keys, values, mask_bias, slots, head_dim, scale, scratch, out);
+#endif
+  attend_portable(q, group, keys, values, mask_bias, slots, head_dim, scale, scratch, out);
+}
+
+void silu_mul(Isa isa, float* gate, const float* up, int64_t n) {
+#ifdef TILLER_HAVE_AVX2_KERNELS
+  if (isa == Isa::avx2_fma) return silu_mul_avx2(gate, up, n);
+#endif
+  silu_mul_portable(gate, up, n);
+}
+
+}  // namespace tiller::decode_kernels

@@ -1,0 +1,36 @@
+// The elementwise and attention loops of FastDecoder's step (common/rollout/fast_decode.h), in two
+// builds: portable C++ for any x86-64 (or other) CPU, and AVX2+FMA intrinsics chosen at run time
+// where the CPU has them. The binary itself stays at the baseline instruction set.
+#pragma once
+#include <cstdint>
+
+namespace tiller::decode_kernels {
+
+enum class Isa {
+  portable,  // plain loops and std::exp
+  avx2_fma,  // 8-wide vectors and a polynomial exp (about 1 ulp)
+};
+
+// The fastest set this CPU runs.
+Isa best_isa();
+bool supported(Isa isa);
+
+// Where a query head's scores go: slots rounded up to whole vectors.
+constexpr int64_t kSlotBlock = 8;
+inline int64_t padded_slots(int64_t slots) {
+  return (slots + kSlotBlock - 1) / kSlotBlock * kSlotBlock;
+}
+
+// Softmax attention of `group` query heads that share one key/value head, over `slots` cached
+// slots. q: [group, head_dim]; keys, values: [slots, head_dim] rows; mask_bias: padded_slots(slots)
+// additive biases, 0 for a slot the row may see and -inf for one it may not (and for the padding);
+// scratch: group * padded_slots(slots) floats; out: [group, head_dim]. Every row of scores must
+// see at least one slot.
+void attend(Isa isa, const float* q, int64_t group, const float* keys, const float* values,
+            const float* mask_bias, int64_t slots, int64_t head_dim, float scale, float* scratch,
+            float* out);
+
+// gate = silu(gate) * up, elementwise over n.
+void silu_mul(Isa isa, float* gate, const float* up, int64_t n);
+
+}  // namespace tiller::decode_kernels
