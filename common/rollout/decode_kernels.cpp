@@ -105,12 +105,33 @@ TILLER_AVX2 inline __m256 sums_of_8(const __m256* v) {
                        _mm256_permute2f128_ps(s0123, s4567, 0x31));
 }
 
-// attend() for head_dim a multiple of 8. Scores are made 8 slots at a time (8 key rows against
-// the query, then one transposing sum), so that the mask, the max, the exp and the sum run over
-// whole vectors; the value sum takes one multiply-add per slot and 8 dims, in two chains.
+// The query row qh against key rows [s0, s0 + 8) (those below `slots`; zeros for the rest, as
+// rows past the last slot may lie outside the cache): 8 vectors of products summed over the head
+// dim's chunks of 8. kChunks > 0 fixes the chunk count at compile time (then `chunks` is unused).
+template <int64_t kChunks>
+TILLER_AVX2 inline void key_products(const float* qh, const float* keys, int64_t s0, int64_t slots,
+                                     int64_t chunks, __m256* products) {
+  const int64_t n = kChunks > 0 ? kChunks : chunks, head_dim = 8 * n;
+  for (int64_t j = 0; j < kSlotBlock; ++j) {
+    __m256 acc = _mm256_setzero_ps();
+    if (s0 + j < slots) {
+      const float* key = keys + (s0 + j) * head_dim;
+      for (int64_t c = 0; c < n; ++c)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * c), _mm256_loadu_ps(key + 8 * c), acc);
+    }
+    products[j] = acc;
+  }
+}
+
+// attend() for head_dim a multiple of 8 (kChunks of them, or head_dim / 8 when kChunks is 0).
+// Scores are made 8 slots at a time (8 key rows against the query, then one transposing sum), so
+// that the mask, the max, the exp and the sum run over whole vectors; the value sum takes one
+// multiply-add per slot and 8 dims, in two chains.
+template <int64_t kChunks>
 TILLER_AVX2 void attend_avx2(const float* q, int64_t group, const float* keys, const float* values,
                              const float* mask_bias, int64_t slots, int64_t head_dim, float scale,
                              float* scratch, float* out) {
+  if (kChunks > 0) head_dim = 8 * kChunks;
   const int64_t padded = padded_slots(slots), chunks = head_dim / 8;
   const __m256 vscale = _mm256_set1_ps(scale);
   for (int64_t h = 0; h < group; ++h) {
@@ -119,15 +140,10 @@ TILLER_AVX2 void attend_avx2(const float* q, int64_t group, const float* keys, c
     __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t s0 = 0; s0 < padded; s0 += kSlotBlock) {
       __m256 products[kSlotBlock];
-      for (int64_t j = 0; j < kSlotBlock; ++j) {
-        __m256 acc = _mm256_setzero_ps();
-        if (s0 + j < slots) {  // rows past the last slot may lie outside the cache
-          const float* key = keys + (s0 + j) * head_dim;
-          for (int64_t c = 0; c < chunks; ++c)
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * c), _mm256_loadu_ps(key + 8 * c), acc);
-        }
-        products[j] = acc;
-      }
+      if (s0 + kSlotBlock <= slots)  // a whole block: the bound is known to hold
+        key_products<kChunks>(qh, keys, s0, s0 + kSlotBlock, chunks, products);
+      else
+        key_products<kChunks>(qh, keys, s0, slots, chunks, products);
       const __m256 block =
           _mm256_fmadd_ps(sums_of_8(products), vscale, _mm256_loadu_ps(mask_bias + s0));
       _mm256_storeu_ps(scores + s0, block);
@@ -195,8 +211,10 @@ void attend(Isa isa, const float* q, int64_t group, const float* keys, const flo
             const float* mask_bias, int64_t slots, int64_t head_dim, float scale, float* scratch,
             float* out) {
 #ifdef TILLER_HAVE_AVX2_KERNELS
+  if (isa == Isa::avx2_fma && head_dim == 8)  // stories260k's: q and the key rows in one register
+    return attend_avx2<1>(q, group, keys, values, mask_bias, slots, head_dim, scale, scratch, out);
   if (isa == Isa::avx2_fma && head_dim % 8 == 0)
-    return attend_avx2(q, group, keys, values, mask_bias, slots, head_dim, scale, scratch, out);
+    return attend_avx2<0>(q, group, keys, values, mask_bias, slots, head_dim, scale, scratch, out);
 #endif
   attend_portable(q, group, keys, values, mask_bias, slots, head_dim, scale, scratch, out);
 }
