@@ -90,7 +90,8 @@ void expect_steps_match(TransformerImpl& model, const std::vector<std::vector<in
   }
 }
 
-// generate() with and without the fast step: the same tokens, and per-step log-probs within 1e-5.
+// generate() with and without the fast step and sampler: the same tokens, and per-step log-probs
+// within 1e-5.
 // Returns the fast path's batch.
 GenerationBatch expect_generate_matches(TransformerImpl& model,
                                         const std::vector<std::vector<int64_t>>& prompts,
@@ -119,6 +120,13 @@ void expect_generate_matches_all_modes(TransformerImpl& model,
   o.stop_at_eos = false;
   o.temperature = 0;
   expect_generate_matches(model, prompts, o);
+  // Unfiltered sampling, which the fast path draws in loops of its own.
+  o.temperature = 1.0;
+  o.seed = 11;
+  expect_generate_matches(model, prompts, o);
+  for (size_t b = 0; b < prompts.size(); ++b) o.row_seeds.push_back(200 + b);
+  expect_generate_matches(model, prompts, o);
+  o.row_seeds.clear();
   o.temperature = 0.8;
   o.top_k = 20;
   o.top_p = 0.9;

@@ -52,6 +52,15 @@ void attend_portable(const float* q, int64_t group, const float* keys, const flo
   }
 }
 
+float exp_and_sum_portable(const float* x, int64_t n, float shift, float* out) {
+  float sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = std::exp(x[i] - shift);
+    sum += out[i];
+  }
+  return sum;
+}
+
 void silu_mul_portable(float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
@@ -174,6 +183,18 @@ TILLER_AVX2 void attend_avx2(const float* q, int64_t group, const float* keys, c
   }
 }
 
+TILLER_AVX2 float exp_and_sum_avx2(const float* x, int64_t n, float shift, float* out) {
+  const __m256 vshift = _mm256_set1_ps(shift);
+  __m256 vsum = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vshift));
+    _mm256_storeu_ps(out + i, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  return sum8(vsum) + exp_and_sum_portable(x + i, n - i, shift, out + i);
+}
+
 TILLER_AVX2 void silu_mul_avx2(float* gate, const float* up, int64_t n) {
   const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
   int64_t i = 0;
@@ -217,6 +238,13 @@ void attend(Isa isa, const float* q, int64_t group, const float* keys, const flo
     return attend_avx2<0>(q, group, keys, values, mask_bias, slots, head_dim, scale, scratch, out);
 #endif
   attend_portable(q, group, keys, values, mask_bias, slots, head_dim, scale, scratch, out);
+}
+
+float exp_and_sum(Isa isa, const float* x, int64_t n, float shift, float* out) {
+#ifdef TILLER_HAVE_AVX2_KERNELS
+  if (isa == Isa::avx2_fma) return exp_and_sum_avx2(x, n, shift, out);
+#endif
+  return exp_and_sum_portable(x, n, shift, out);
 }
 
 void silu_mul(Isa isa, float* gate, const float* up, int64_t n) {

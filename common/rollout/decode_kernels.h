@@ -30,6 +30,9 @@ void attend(Isa isa, const float* q, int64_t group, const float* keys, const flo
             const float* mask_bias, int64_t slots, int64_t head_dim, float scale, float* scratch,
             float* out);
 
+// out[i] = exp(x[i] - shift) over n; returns their sum (in float, in an order of its own).
+float exp_and_sum(Isa isa, const float* x, int64_t n, float shift, float* out);
+
 // gate = silu(gate) * up, elementwise over n.
 void silu_mul(Isa isa, float* gate, const float* up, int64_t n);
 
