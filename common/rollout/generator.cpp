@@ -220,41 +220,69 @@ GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<i
   std::optional<FastDecoder> fast;
   if (o.fast_decode && FastDecoder::supports(model, cache)) fast.emplace(model, cache);
 
-  std::vector<torch::Tensor> tokens, logprobs, masks;
+  // Each step's picks and which rows still run, kept in plain arrays on the CPU (where the
+  // tokens are picked), not in a dozen small LibTorch ops a step: the responses go to the
+  // model's device once at the end.
+  const int64_t max_new = o.max_new_tokens;
+  auto response_ids = torch::full({batch, max_new}, o.pad_id, torch::kLong);
+  auto response_mask = torch::zeros({batch, max_new}, torch::kBool);
+  auto step_logprobs = torch::zeros({batch, max_new}, torch::kFloat);
+  auto fed_tokens = torch::empty({batch}, torch::kLong);  // the picks, pad_id on ended rows
+  auto positions_cpu = next_position.cpu().contiguous();
+  int64_t* const ids = response_ids.data_ptr<int64_t>();
+  bool* const mask = response_mask.data_ptr<bool>();
+  float* const logprob = step_logprobs.data_ptr<float>();
+  int64_t* const fed = fed_tokens.data_ptr<int64_t>();
+  int64_t* const position = positions_cpu.data_ptr<int64_t>();
+  std::vector<char> alive(batch, 1);
   std::vector<float> sampling_buffer;
-  auto alive = torch::ones({batch}, torch::dtype(torch::kBool).device(param.device()));
-  for (int64_t step = 0; step < o.max_new_tokens; ++step) {
+  int64_t steps = 0;
+  for (int64_t step = 0; step < max_new; ++step) {
     torch::Tensor token, logp;
     if (cpu_sampling_applies(logits, o)) {
       auto picks = sample_on_cpu(logits, o, uniforms, sampling_buffer);
       token = picks.tokens;
       logp = picks.logprobs;
     } else {
-      token = sample(logits.cpu(), o, uniforms).to(param.device());
-      logp =
-          torch::log_softmax(logits / temperature, -1).gather(-1, token.unsqueeze(-1)).squeeze(-1);
+      token = sample(logits.cpu(), o, uniforms);
+      logp = torch::log_softmax(logits / temperature, -1)
+                 .gather(-1, token.to(logits.device()).unsqueeze(-1))
+                 .squeeze(-1)
+                 .to(torch::kCPU, torch::kFloat);
     }
-    token = torch::where(alive, token, torch::full_like(token, o.pad_id));
-    tokens.push_back(token);
-    masks.push_back(alive.clone());
-    logprobs.push_back(torch::where(alive, logp, torch::zeros_like(logp)));
-    if (o.stop_at_eos) alive = alive.logical_and(token.ne(o.eos_id));
-    if (!alive.any().item<bool>() || step + 1 == o.max_new_tokens) break;
+    token = token.to(torch::kLong).contiguous();
+    logp = logp.contiguous();
+    const int64_t* picked = token.data_ptr<int64_t>();
+    const float* picked_logprob = logp.data_ptr<float>();
+    bool any_alive = false;
+    for (int64_t b = 0; b < batch; ++b) {
+      fed[b] = alive[b] ? picked[b] : o.pad_id;
+      if (alive[b]) {
+        ids[b * max_new + step] = picked[b];
+        mask[b * max_new + step] = true;
+        logprob[b * max_new + step] = picked_logprob[b];
+        if (o.stop_at_eos && picked[b] == o.eos_id) alive[b] = 0;
+      }
+      any_alive = any_alive || alive[b];
+    }
+    steps = step + 1;
+    if (!any_alive || step + 1 == max_new) break;
 
     // Decode one: the new token at the next slot, attending to every valid slot before it.
     cache.key_valid.narrow(1, cache.length, 1).fill_(true);
     if (fast) {
-      logits = fast->step(token, next_position);
+      logits = fast->step(fed_tokens, positions_cpu);
     } else {
       auto allowed = causal_mask(cache.key_valid.narrow(1, 0, cache.length + 1), 1);
-      hidden = model.hidden(token.unsqueeze(1), next_position.unsqueeze(1), allowed, &cache);
+      hidden = model.hidden(fed_tokens.to(param.device()).unsqueeze(1),
+                            positions_cpu.to(param.device()).unsqueeze(1), allowed, &cache);
       logits = model.logits(hidden).squeeze(1).to(torch::kFloat);
     }
-    next_position = next_position + 1;
+    for (int64_t b = 0; b < batch; ++b) ++position[b];
   }
-  out.response_ids = torch::stack(tokens, 1);
-  out.response_mask = torch::stack(masks, 1);
-  out.logprobs = torch::stack(logprobs, 1);
+  out.response_ids = response_ids.narrow(1, 0, steps).contiguous().to(param.device());
+  out.response_mask = response_mask.narrow(1, 0, steps).contiguous().to(param.device());
+  out.logprobs = step_logprobs.narrow(1, 0, steps).contiguous().to(param.device());
   auto is_eos = out.response_ids.eq(o.eos_id).logical_and(out.response_mask);
   out.ended_with_eos = is_eos.any(1);
   if (o.full_pass_logprobs) out.logprobs = response_logprobs(model, out, o.temperature);
