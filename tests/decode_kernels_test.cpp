@@ -136,3 +136,43 @@ TEST(DecodeKernels, SiluMulMatchesDoublePrecision) {
     }
   }
 }
+
+TEST(DecodeKernels, SmallMatmulMatchesDoublePrecisionAtEveryEdge) {
+  if (!decode_kernels::supported(Isa::avx2_fma)) GTEST_SKIP() << "no AVX2+FMA on this CPU";
+  EXPECT_FALSE(decode_kernels::small_matmul(Isa::portable, nullptr, 2, 8, nullptr, nullptr, 2,
+                                            nullptr, false));
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  // Row counts around the 4-row tiles, outputs around the 2-output tiles, k with and without a
+  // partial chunk of 8.
+  for (int64_t rows : {1, 3, 4, 5, 16}) {
+    for (int64_t k : {8, 12, 64, 172}) {
+      for (int64_t n : {1, 3, 64}) {
+        std::vector<float> in(rows * k), weight(n * k), bias(n), out(rows * n);
+        for (float& v : in) v = normal(rng);
+        for (float& v : weight) v = normal(rng);
+        for (float& v : bias) v = normal(rng);
+        for (bool accumulate : {false, true}) {
+          for (const float* b :
+               {static_cast<const float*>(nullptr), static_cast<const float*>(bias.data())}) {
+            SCOPED_TRACE("rows " + std::to_string(rows) + ", k " + std::to_string(k) + ", n " +
+                         std::to_string(n) + (accumulate ? ", accumulate" : "") +
+                         (b != nullptr ? ", bias" : ""));
+            for (int64_t i = 0; i < rows * n; ++i) out[i] = static_cast<float>(i % 7);
+            ASSERT_TRUE(decode_kernels::small_matmul(Isa::avx2_fma, in.data(), rows, k,
+                                                     weight.data(), b, n, out.data(), accumulate));
+            for (int64_t r = 0; r < rows; ++r) {
+              for (int64_t j = 0; j < n; ++j) {
+                double reference = (b != nullptr ? b[j] : 0.0) + (accumulate ? (r * n + j) % 7 : 0);
+                for (int64_t i = 0; i < k; ++i)
+                  reference += double{in[r * k + i]} * weight[j * k + i];
+                EXPECT_NEAR(out[r * n + j], reference, 1e-5 * std::sqrt(static_cast<double>(k)))
+                    << "row " << r << " output " << j;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}

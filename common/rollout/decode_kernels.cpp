@@ -183,6 +183,55 @@ TILLER_AVX2 void attend_avx2(const float* q, int64_t group, const float* keys, c
   }
 }
 
+// small_matmul() in tiles of 4 rows by 2 outputs: 8 running dot products along k (each weight
+// chunk loaded once for 4 rows), reduced to one vector by sums_of_8. Tiles at the edges repeat
+// the last row or output instead of branching, and store only what is real.
+TILLER_AVX2 void small_matmul_avx2(const float* in, int64_t rows, int64_t k, const float* weight,
+                                   const float* bias, int64_t n, float* out, bool accumulate) {
+  constexpr int64_t kRows = 4, kOutputs = 2;
+  const int64_t whole_chunks = k / 8, tail = k % 8;
+  static const int32_t kMaskTable[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  const __m256i tail_mask =
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - tail));
+  for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+    const float* a[kRows];
+    for (int64_t r = 0; r < kRows; ++r) a[r] = in + std::min(r0 + r, rows - 1) * k;
+    for (int64_t j0 = 0; j0 < n; j0 += kOutputs) {
+      const float* w0 = weight + j0 * k;
+      const float* w1 = weight + std::min(j0 + 1, n - 1) * k;
+      __m256 acc[kRows * kOutputs];
+      for (auto& v : acc) v = _mm256_setzero_ps();
+      for (int64_t c = 0; c < whole_chunks; ++c) {
+        const __m256 w0v = _mm256_loadu_ps(w0 + 8 * c), w1v = _mm256_loadu_ps(w1 + 8 * c);
+        for (int64_t r = 0; r < kRows; ++r) {
+          const __m256 av = _mm256_loadu_ps(a[r] + 8 * c);
+          acc[2 * r] = _mm256_fmadd_ps(av, w0v, acc[2 * r]);
+          acc[2 * r + 1] = _mm256_fmadd_ps(av, w1v, acc[2 * r + 1]);
+        }
+      }
+      if (tail > 0) {  // masked loads: the rest of the last row may lie past the buffer
+        const int64_t at = 8 * whole_chunks;
+        const __m256 w0v = _mm256_maskload_ps(w0 + at, tail_mask);
+        const __m256 w1v = _mm256_maskload_ps(w1 + at, tail_mask);
+        for (int64_t r = 0; r < kRows; ++r) {
+          const __m256 av = _mm256_maskload_ps(a[r] + at, tail_mask);
+          acc[2 * r] = _mm256_fmadd_ps(av, w0v, acc[2 * r]);
+          acc[2 * r + 1] = _mm256_fmadd_ps(av, w1v, acc[2 * r + 1]);
+        }
+      }
+      float sums[kRows * kOutputs];
+      _mm256_storeu_ps(sums, sums_of_8(acc));
+      for (int64_t r = 0; r < std::min(kRows, rows - r0); ++r) {
+        for (int64_t o = 0; o < std::min(kOutputs, n - j0); ++o) {
+          const float y = sums[kOutputs * r + o] + (bias != nullptr ? bias[j0 + o] : 0.0f);
+          float& target = out[(r0 + r) * n + j0 + o];
+          target = accumulate ? target + y : y;
+        }
+      }
+    }
+  }
+}
+
 TILLER_AVX2 float exp_and_sum_avx2(const float* x, int64_t n, float shift, float* out) {
   const __m256 vshift = _mm256_set1_ps(shift);
   __m256 vsum = _mm256_setzero_ps();
@@ -238,6 +287,18 @@ void attend(Isa isa, const float* q, int64_t group, const float* keys, const flo
     return attend_avx2<0>(q, group, keys, values, mask_bias, slots, head_dim, scale, scratch, out);
 #endif
   attend_portable(q, group, keys, values, mask_bias, slots, head_dim, scale, scratch, out);
+}
+
+bool small_matmul(Isa isa, const float* in, int64_t rows, int64_t k, const float* weight,
+                  const float* bias, int64_t n, float* out, bool accumulate) {
+#ifdef TILLER_HAVE_AVX2_KERNELS
+  if (isa == Isa::avx2_fma) {
+    small_matmul_avx2(in, rows, k, weight, bias, n, out, accumulate);
+    return true;
+  }
+#endif
+  (void)in, (void)rows, (void)k, (void)weight, (void)bias, (void)n, (void)out, (void)accumulate;
+  return false;
 }
 
 float exp_and_sum(Isa isa, const float* x, int64_t n, float shift, float* out) {

@@ -1,4 +1,5 @@
-// The elementwise and attention loops of FastDecoder's step (common/rollout/fast_decode.h), in two
+// The attention, elementwise and tiny-matmul loops of FastDecoder's step
+// (common/rollout/fast_decode.h), and the exp of the generator's sampler, in two
 // builds: portable C++ for any x86-64 (or other) CPU, and AVX2+FMA intrinsics chosen at run time
 // where the CPU has them. The binary itself stays at the baseline instruction set.
 #pragma once
@@ -29,6 +30,12 @@ inline int64_t padded_slots(int64_t slots) {
 void attend(Isa isa, const float* q, int64_t group, const float* keys, const float* values,
             const float* mask_bias, int64_t slots, int64_t head_dim, float scale, float* scratch,
             float* out);
+
+// out[rows, n] = in[rows, k] · weight[n, k]ᵀ + bias (bias may be null), or += that when
+// `accumulate`, for matrices small enough that BLAS's packing and threading outweigh the work.
+// Returns false, doing nothing, where this set has no such kernel (the portable one).
+bool small_matmul(Isa isa, const float* in, int64_t rows, int64_t k, const float* weight,
+                  const float* bias, int64_t n, float* out, bool accumulate);
 
 // out[i] = exp(x[i] - shift) over n; returns their sum (in float, in an order of its own).
 float exp_and_sum(Isa isa, const float* x, int64_t n, float shift, float* out);

@@ -54,10 +54,16 @@ void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, fl
 // thread, and the fork and join cost more than the work (stories260k at batch 1: 2.4k tokens/s
 // through sgemv on 2 threads, 3.0k to 4.3k with the loop). Several rows go through sgemm, still
 // faster than the loop at stories260k batch 16; one row of a large matrix through sgemv, as sgemm
-// would repack the whole weight matrix for it.
-void linear(const float* in, int64_t rows, int64_t k, const float* weight, const float* bias,
-            int64_t n, float* out, bool accumulate) {
+// would repack the whole weight matrix for it. Several rows times a tiny matrix (all of
+// stories260k's) go through decode_kernels::small_matmul where the CPU has one: sgemm's packing
+// took over a third of its time there.
+void linear(decode_kernels::Isa isa, const float* in, int64_t rows, int64_t k, const float* weight,
+            const float* bias, int64_t n, float* out, bool accumulate) {
   constexpr int64_t kSmallMatrix = int64_t{1} << 20;  // elements
+  constexpr int64_t kTinyMatrix = int64_t{1} << 15;
+  if (rows > 1 && n * k <= kTinyMatrix &&
+      decode_kernels::small_matmul(isa, in, rows, k, weight, bias, n, out, accumulate))
+    return;
   if (rows == 1 && n * k < kSmallMatrix) {
     for (int64_t j = 0; j < n; ++j) {
       const float y = dot(in, weight + j * k, k) + (bias != nullptr ? bias[j] : 0.0f);
@@ -198,9 +204,9 @@ torch::Tensor FastDecoder::step(const torch::Tensor& tokens, const torch::Tensor
   }
   for (const Layer& layer : layers_) {
     rms_norm(x_.data(), layer.input_norm, batch_, dim_, eps_, xn_.data());
-    linear(xn_.data(), batch_, dim_, layer.q, layer.q_bias, q_width, q_.data(), false);
-    linear(xn_.data(), batch_, dim_, layer.k, layer.k_bias, kv_width, k_.data(), false);
-    linear(xn_.data(), batch_, dim_, layer.v, layer.v_bias, kv_width, v_.data(), false);
+    linear(isa_, xn_.data(), batch_, dim_, layer.q, layer.q_bias, q_width, q_.data(), false);
+    linear(isa_, xn_.data(), batch_, dim_, layer.k, layer.k_bias, kv_width, k_.data(), false);
+    linear(isa_, xn_.data(), batch_, dim_, layer.v, layer.v_bias, kv_width, v_.data(), false);
     for (int64_t b = 0; b < batch_; ++b) {
       const float* cos = cos_.data_ptr<float>() + pos[b] * hd;
       const float* sin = sin_.data_ptr<float>() + pos[b] * hd;
@@ -213,16 +219,17 @@ torch::Tensor FastDecoder::step(const torch::Tensor& tokens, const torch::Tensor
       }
     }
     attention(q_.data(), layer, slot, att_.data());
-    linear(att_.data(), batch_, q_width, layer.o, nullptr, dim_, x_.data(), true);
+    linear(isa_, att_.data(), batch_, q_width, layer.o, nullptr, dim_, x_.data(), true);
     rms_norm(x_.data(), layer.post_attention_norm, batch_, dim_, eps_, xn_.data());
-    linear(xn_.data(), batch_, dim_, layer.gate, nullptr, hidden_, gate_.data(), false);
-    linear(xn_.data(), batch_, dim_, layer.up, nullptr, hidden_, up_.data(), false);
+    linear(isa_, xn_.data(), batch_, dim_, layer.gate, nullptr, hidden_, gate_.data(), false);
+    linear(isa_, xn_.data(), batch_, dim_, layer.up, nullptr, hidden_, up_.data(), false);
     decode_kernels::silu_mul(isa_, gate_.data(), up_.data(), batch_ * hidden_);
-    linear(gate_.data(), batch_, hidden_, layer.down, nullptr, dim_, x_.data(), true);
+    linear(isa_, gate_.data(), batch_, hidden_, layer.down, nullptr, dim_, x_.data(), true);
   }
   rms_norm(x_.data(), final_norm_, batch_, dim_, eps_, xn_.data());
   auto logits = torch::empty({batch_, vocab_}, torch::kFloat);
-  linear(xn_.data(), batch_, dim_, lm_head_, nullptr, vocab_, logits.data_ptr<float>(), false);
+  linear(isa_, xn_.data(), batch_, dim_, lm_head_, nullptr, vocab_, logits.data_ptr<float>(),
+         false);
   ++cache_.length;
   return logits;
 }
