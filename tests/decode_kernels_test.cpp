@@ -88,6 +88,20 @@ TEST(DecodeKernels, ExpIsWithinAFewUlpAndVanishesBelowTheNormalRange) {
   }
 }
 
+TEST(DecodeKernels, MaxValueFindsTheLargestWhereverItIs) {
+  for (auto isa : kernel_sets()) {
+    for (int64_t n : {1, 7, 8, 9, 17, 512}) {
+      for (int64_t at = 0; at < n; at += std::max<int64_t>(1, n / 5)) {
+        std::vector<float> x(n);
+        for (int64_t i = 0; i < n; ++i) x[i] = -1000.0f + static_cast<float>((i * 37) % 101);
+        x[at] = 7.5f;
+        EXPECT_EQ(decode_kernels::max_value(isa, x.data(), n), 7.5f)
+            << name_of(isa) << ", n " << n << ", at " << at;
+      }
+    }
+  }
+}
+
 TEST(DecodeKernels, AttendMatchesDoublePrecisionWithMaskedSlots) {
   std::mt19937 rng(17);
   std::normal_distribution<float> normal(0.0f, 1.0f);

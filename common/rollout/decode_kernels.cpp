@@ -52,6 +52,10 @@ void attend_portable(const float* q, int64_t group, const float* keys, const flo
   }
 }
 
+float max_value_portable(const float* x, int64_t n) {
+  return *std::max_element(x, x + n);
+}
+
 float exp_and_sum_portable(const float* x, int64_t n, float shift, float* out) {
   float sum = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -232,6 +236,16 @@ TILLER_AVX2 void small_matmul_avx2(const float* in, int64_t rows, int64_t k, con
   }
 }
 
+TILLER_AVX2 float max_value_avx2(const float* x, int64_t n) {
+  if (n < 8) return max_value_portable(x, n);
+  __m256 vmax = _mm256_loadu_ps(x);
+  int64_t i = 8;
+  for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
+  float max = max8(vmax);
+  for (; i < n; ++i) max = std::max(max, x[i]);
+  return max;
+}
+
 TILLER_AVX2 float exp_and_sum_avx2(const float* x, int64_t n, float shift, float* out) {
   const __m256 vshift = _mm256_set1_ps(shift);
   __m256 vsum = _mm256_setzero_ps();
@@ -299,6 +313,13 @@ bool small_matmul(Isa isa, const float* in, int64_t rows, int64_t k, const float
 #endif
   (void)in, (void)rows, (void)k, (void)weight, (void)bias, (void)n, (void)out, (void)accumulate;
   return false;
+}
+
+float max_value(Isa isa, const float* x, int64_t n) {
+#ifdef TILLER_HAVE_AVX2_KERNELS
+  if (isa == Isa::avx2_fma) return max_value_avx2(x, n);
+#endif
+  return max_value_portable(x, n);
 }
 
 float exp_and_sum(Isa isa, const float* x, int64_t n, float shift, float* out) {

@@ -37,6 +37,9 @@ void attend(Isa isa, const float* q, int64_t group, const float* keys, const flo
 bool small_matmul(Isa isa, const float* in, int64_t rows, int64_t k, const float* weight,
                   const float* bias, int64_t n, float* out, bool accumulate);
 
+// The largest of x[0..n), n >= 1 (NaNs are not looked for).
+float max_value(Isa isa, const float* x, int64_t n);
+
 // out[i] = exp(x[i] - shift) over n; returns their sum (in float, in an order of its own).
 float exp_and_sum(Isa isa, const float* x, int64_t n, float shift, float* out);
 

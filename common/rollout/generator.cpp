@@ -133,14 +133,8 @@ Picks sample_on_cpu(const torch::Tensor& logits_in, const SamplingOptions& o, Ro
   float *scaled = buffer.data(), *exps = buffer.data() + vocab;
   for (int64_t b = 0; b < batch; ++b) {
     const float* row = logits.data_ptr<float>() + b * vocab;
-    // The max in 8 lanes, which the compiler vectorises.
-    float lanes[8];
-    std::fill(lanes, lanes + 8, -std::numeric_limits<float>::infinity());
-    for (int64_t i = 0; i < vocab; ++i) {
-      scaled[i] = row[i] / temperature;
-      lanes[i % 8] = std::max(lanes[i % 8], scaled[i]);
-    }
-    const float max = *std::max_element(lanes, lanes + 8);
+    for (int64_t i = 0; i < vocab; ++i) scaled[i] = row[i] / temperature;
+    const float max = decode_kernels::max_value(isa, scaled, vocab);
     const float sum = decode_kernels::exp_and_sum(isa, scaled, vocab, max, exps);
     const auto first_max = [&] { return std::find(scaled, scaled + vocab, max) - scaled; };
     int64_t token;
