@@ -46,7 +46,7 @@ const std::vector<std::vector<int64_t>> kPrompts = {
 // tokens (the torch path's greedy choices) through the torch path and FastDecoder side by side.
 // Each step's logits agree, and so do the caches at the end.
 void expect_steps_match(TransformerImpl& model, const std::vector<std::vector<int64_t>>& prompts,
-                        int64_t steps) {
+                        int64_t steps, decode_kernels::Isa isa = decode_kernels::best_isa()) {
   torch::NoGradGuard no_grad;
   const int64_t batch = static_cast<int64_t>(prompts.size());
   int64_t prompt_len = 0;
@@ -68,7 +68,7 @@ void expect_steps_match(TransformerImpl& model, const std::vector<std::vector<in
     logits = model.logits(hidden.narrow(1, prompt_len - 1, 1)).squeeze(1);
   }
   ASSERT_TRUE(FastDecoder::supports(model, fast_cache));
-  FastDecoder fast(model, fast_cache);
+  FastDecoder fast(model, fast_cache, isa);
   auto position = mask.to(torch::kLong).sum(1);
   for (int64_t step = 0; step < steps; ++step) {
     const auto token = logits.argmax(-1);
@@ -90,7 +90,8 @@ void expect_steps_match(TransformerImpl& model, const std::vector<std::vector<in
   }
 }
 
-// generate() with and without the fast step: the same tokens, and per-step log-probs within 1e-5.
+// generate() with and without the fast step and sampler: the same tokens, and per-step log-probs
+// within 1e-5.
 // Returns the fast path's batch.
 GenerationBatch expect_generate_matches(TransformerImpl& model,
                                         const std::vector<std::vector<int64_t>>& prompts,
@@ -119,6 +120,13 @@ void expect_generate_matches_all_modes(TransformerImpl& model,
   o.stop_at_eos = false;
   o.temperature = 0;
   expect_generate_matches(model, prompts, o);
+  // Unfiltered sampling, which the fast path draws in loops of its own.
+  o.temperature = 1.0;
+  o.seed = 11;
+  expect_generate_matches(model, prompts, o);
+  for (size_t b = 0; b < prompts.size(); ++b) o.row_seeds.push_back(200 + b);
+  expect_generate_matches(model, prompts, o);
+  o.row_seeds.clear();
   o.temperature = 0.8;
   o.top_k = 20;
   o.top_p = 0.9;
@@ -154,6 +162,33 @@ TEST(FastDecode, StepLogitsMatchTorchPathGqaUntiedBiased) {
   auto model = gqa_untied();
   expect_steps_match(*model, kPrompts, 20);
   expect_steps_match(*model, {{1, 40, 41}}, 20);
+}
+
+// Every kernel set this CPU runs (the tests above take the fastest), on head dims of one vector
+// (8), several (16) and an odd size that the vector kernels leave to the portable loops (12).
+TEST(FastDecode, StepLogitsMatchTorchPathWithEachKernelSet) {
+  std::vector<decode_kernels::Isa> sets = {decode_kernels::Isa::portable};
+  if (decode_kernels::supported(decode_kernels::Isa::avx2_fma))
+    sets.push_back(decode_kernels::Isa::avx2_fma);
+  else
+    std::cout << "[   NOTE   ] no AVX2+FMA on this CPU: only the portable kernels checked\n";
+  for (auto* make : {&stories260k_shaped, &gqa_untied}) {
+    auto model = make();
+    for (auto isa : sets) {
+      SCOPED_TRACE("kernels " + std::to_string(static_cast<int>(isa)));
+      expect_steps_match(*model, kPrompts, 20, isa);
+    }
+  }
+  for (int64_t heads : {4, 8}) {  // head dims 16 and 8: 2 and 4 query heads per key/value head
+    auto model = test::sharp_random_model(test::llama_config(96, 64, 80, 2, heads, 2, 64), 4);
+    for (auto isa : sets) {
+      SCOPED_TRACE("heads " + std::to_string(heads) + ", kernels " +
+                   std::to_string(static_cast<int>(isa)));
+      expect_steps_match(*model, kPrompts, 20, isa);
+    }
+  }
+  auto odd = test::sharp_random_model(test::llama_config(96, 48, 80, 2, 4, 4, 64), 5);
+  for (auto isa : sets) expect_steps_match(*odd, kPrompts, 20, isa);
 }
 
 TEST(FastDecode, GenerateMatchesTorchPath) {

@@ -54,10 +54,16 @@ void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, fl
 // thread, and the fork and join cost more than the work (stories260k at batch 1: 2.4k tokens/s
 // through sgemv on 2 threads, 3.0k to 4.3k with the loop). Several rows go through sgemm, still
 // faster than the loop at stories260k batch 16; one row of a large matrix through sgemv, as sgemm
-// would repack the whole weight matrix for it.
-void linear(const float* in, int64_t rows, int64_t k, const float* weight, const float* bias,
-            int64_t n, float* out, bool accumulate) {
+// would repack the whole weight matrix for it. Several rows times a tiny matrix (all of
+// stories260k's) go through decode_kernels::small_matmul where the CPU has one: sgemm's packing
+// took over a third of its time there.
+void linear(decode_kernels::Isa isa, const float* in, int64_t rows, int64_t k, const float* weight,
+            const float* bias, int64_t n, float* out, bool accumulate) {
   constexpr int64_t kSmallMatrix = int64_t{1} << 20;  // elements
+  constexpr int64_t kTinyMatrix = int64_t{1} << 15;
+  if (rows > 1 && n * k <= kTinyMatrix &&
+      decode_kernels::small_matmul(isa, in, rows, k, weight, bias, n, out, accumulate))
+    return;
   if (rows == 1 && n * k < kSmallMatrix) {
     for (int64_t j = 0; j < n; ++j) {
       const float y = dot(in, weight + j * k, k) + (bias != nullptr ? bias[j] : 0.0f);
@@ -93,11 +99,6 @@ void apply_rotary(float* x, int64_t heads, int64_t head_dim, const float* cos, c
   }
 }
 
-// gate = silu(gate) * up, elementwise.
-void silu_mul(float* gate, const float* up, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
-}
-
 }  // namespace
 
 bool FastDecoder::supports(TransformerImpl& model, const KVCache& cache) {
@@ -110,8 +111,9 @@ bool FastDecoder::supports(TransformerImpl& model, const KVCache& cache) {
          static_cast<int64_t>(cache.keys.size()) == model.config.num_hidden_layers;
 }
 
-FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache)
+FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache, decode_kernels::Isa isa)
     : cache_(cache),
+      isa_(isa),
       batch_(cache.batch()),
       dim_(model.config.hidden_size),
       hidden_(model.config.intermediate_size),
@@ -121,6 +123,7 @@ FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache)
       vocab_(model.config.vocab_size),
       eps_(static_cast<float>(model.config.rms_norm_eps)) {
   check(supports(model, cache), "FastDecoder: the model or its KV cache is not supported");
+  check(decode_kernels::supported(isa), "FastDecoder: this CPU lacks the instructions asked for");
   DecoderImpl& body = *model.model;
   embedding_ = data_of(body.embed_tokens->weight);
   final_norm_ = data_of(body.norm->weight);
@@ -153,45 +156,25 @@ FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache)
   att_.resize(batch_ * q_width);
   gate_.resize(batch_ * hidden_);
   up_.resize(batch_ * hidden_);
-  scores_.resize(capacity);
+  const int64_t padded = decode_kernels::padded_slots(capacity);
+  scores_.resize((heads_ / kv_heads_) * padded);
+  mask_bias_.resize(batch_ * padded);
 }
 
 // Scaled dot-product attention of each row's query heads (q: [B, H, hd]) over the cached slots
-// [0, slot] that row may see; out: [B, H, hd]. Query head h reads key/value head h / (H / KV), as
-// repeat_kv lays them out.
+// [0, slot] that mask_bias_ lets it see; out: [B, H, hd]. Query heads h of one group (h / (H / KV)
+// the same, as repeat_kv lays them out) share their key/value head, so they go together.
 void FastDecoder::attention(const float* q, const Layer& layer, int64_t slot, float* out) {
   const int64_t capacity = cache_.capacity(), group = heads_ / kv_heads_, hd = head_dim_;
+  const int64_t padded = decode_kernels::padded_slots(capacity);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const bool* valid = cache_.key_valid.data_ptr<bool>();
-  float* scores = scores_.data();
   for (int64_t b = 0; b < batch_; ++b) {
-    const bool* row_valid = valid + b * capacity;
-    for (int64_t h = 0; h < heads_; ++h) {
-      const int64_t cache_offset = (b * kv_heads_ + h / group) * capacity * hd;
-      const float* keys = layer.keys + cache_offset;
-      const float* values = layer.values + cache_offset;
-      const float* qh = q + (b * heads_ + h) * hd;
-      float max = -std::numeric_limits<float>::infinity();
-      for (int64_t s = 0; s <= slot; ++s) {
-        if (s < slot && !row_valid[s]) {
-          scores[s] = -std::numeric_limits<float>::infinity();
-          continue;
-        }
-        scores[s] = dot(qh, keys + s * hd, hd) * scale;
-        max = std::max(max, scores[s]);
-      }
-      float sum = 0;
-      for (int64_t s = 0; s <= slot; ++s) {
-        scores[s] = std::exp(scores[s] - max);
-        sum += scores[s];
-      }
-      float* o = out + (b * heads_ + h) * hd;
-      std::fill(o, o + hd, 0.0f);
-      for (int64_t s = 0; s <= slot; ++s) {
-        if (scores[s] == 0) continue;  // masked slots
-        const float p = scores[s] / sum;
-        for (int64_t d = 0; d < hd; ++d) o[d] += p * values[s * hd + d];
-      }
+    for (int64_t g = 0; g < kv_heads_; ++g) {
+      const int64_t cache_offset = (b * kv_heads_ + g) * capacity * hd;
+      const int64_t heads_offset = (b * heads_ + g * group) * hd;
+      decode_kernels::attend(isa_, q + heads_offset, group, layer.keys + cache_offset,
+                             layer.values + cache_offset, &mask_bias_[b * padded], slot + 1, hd,
+                             scale, scores_.data(), out + heads_offset);
     }
   }
 }
@@ -209,11 +192,21 @@ torch::Tensor FastDecoder::step(const torch::Tensor& tokens, const torch::Tensor
 
   for (int64_t b = 0; b < batch_; ++b)
     std::memcpy(&x_[b * dim_], embedding_ + ids[b] * dim_, dim_ * sizeof(float));
+  // The new slot is always seen; earlier ones where key_valid says; the padding never.
+  const int64_t padded = decode_kernels::padded_slots(capacity);
+  const bool* valid = cache_.key_valid.data_ptr<bool>();
+  for (int64_t b = 0; b < batch_; ++b) {
+    float* bias = &mask_bias_[b * padded];
+    for (int64_t s = 0; s < decode_kernels::padded_slots(slot + 1); ++s) {
+      const bool seen = s == slot || (s < slot && valid[b * capacity + s]);
+      bias[s] = seen ? 0.0f : -std::numeric_limits<float>::infinity();
+    }
+  }
   for (const Layer& layer : layers_) {
     rms_norm(x_.data(), layer.input_norm, batch_, dim_, eps_, xn_.data());
-    linear(xn_.data(), batch_, dim_, layer.q, layer.q_bias, q_width, q_.data(), false);
-    linear(xn_.data(), batch_, dim_, layer.k, layer.k_bias, kv_width, k_.data(), false);
-    linear(xn_.data(), batch_, dim_, layer.v, layer.v_bias, kv_width, v_.data(), false);
+    linear(isa_, xn_.data(), batch_, dim_, layer.q, layer.q_bias, q_width, q_.data(), false);
+    linear(isa_, xn_.data(), batch_, dim_, layer.k, layer.k_bias, kv_width, k_.data(), false);
+    linear(isa_, xn_.data(), batch_, dim_, layer.v, layer.v_bias, kv_width, v_.data(), false);
     for (int64_t b = 0; b < batch_; ++b) {
       const float* cos = cos_.data_ptr<float>() + pos[b] * hd;
       const float* sin = sin_.data_ptr<float>() + pos[b] * hd;
@@ -226,16 +219,17 @@ torch::Tensor FastDecoder::step(const torch::Tensor& tokens, const torch::Tensor
       }
     }
     attention(q_.data(), layer, slot, att_.data());
-    linear(att_.data(), batch_, q_width, layer.o, nullptr, dim_, x_.data(), true);
+    linear(isa_, att_.data(), batch_, q_width, layer.o, nullptr, dim_, x_.data(), true);
     rms_norm(x_.data(), layer.post_attention_norm, batch_, dim_, eps_, xn_.data());
-    linear(xn_.data(), batch_, dim_, layer.gate, nullptr, hidden_, gate_.data(), false);
-    linear(xn_.data(), batch_, dim_, layer.up, nullptr, hidden_, up_.data(), false);
-    silu_mul(gate_.data(), up_.data(), batch_ * hidden_);
-    linear(gate_.data(), batch_, hidden_, layer.down, nullptr, dim_, x_.data(), true);
+    linear(isa_, xn_.data(), batch_, dim_, layer.gate, nullptr, hidden_, gate_.data(), false);
+    linear(isa_, xn_.data(), batch_, dim_, layer.up, nullptr, hidden_, up_.data(), false);
+    decode_kernels::silu_mul(isa_, gate_.data(), up_.data(), batch_ * hidden_);
+    linear(isa_, gate_.data(), batch_, hidden_, layer.down, nullptr, dim_, x_.data(), true);
   }
   rms_norm(x_.data(), final_norm_, batch_, dim_, eps_, xn_.data());
   auto logits = torch::empty({batch_, vocab_}, torch::kFloat);
-  linear(xn_.data(), batch_, dim_, lm_head_, nullptr, vocab_, logits.data_ptr<float>(), false);
+  linear(isa_, xn_.data(), batch_, dim_, lm_head_, nullptr, vocab_, logits.data_ptr<float>(),
+         false);
   ++cache_.length;
   return logits;
 }

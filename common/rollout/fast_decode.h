@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/model/transformer.h"
+#include "common/rollout/decode_kernels.h"
 
 namespace tiller {
 
@@ -21,8 +22,10 @@ class FastDecoder {
   static bool supports(TransformerImpl& model, const KVCache& cache);
 
   // Holds pointers into `model`'s parameters and `cache`: both must outlive this object and keep
-  // their storage (no .to(), no set_data) while it is used.
-  FastDecoder(TransformerImpl& model, KVCache& cache);
+  // their storage (no .to(), no set_data) while it is used. `isa` picks the attention and SiLU
+  // loops (the tests run each set this CPU supports).
+  FastDecoder(TransformerImpl& model, KVCache& cache,
+              decode_kernels::Isa isa = decode_kernels::best_isa());
 
   // Feeds tokens[b] ([B] int64) at rotary position positions[b] ([B] int64) into slot
   // cache.length of every row, attending to the slots [0, cache.length] that cache.key_valid
@@ -41,6 +44,7 @@ class FastDecoder {
   void attention(const float* q, const Layer& layer, int64_t slot, float* out);
 
   KVCache& cache_;
+  const decode_kernels::Isa isa_;
   const int64_t batch_, dim_, hidden_, heads_, kv_heads_, head_dim_, vocab_;
   const float eps_;
   const float* embedding_;
@@ -48,8 +52,10 @@ class FastDecoder {
   const float* lm_head_;  // the embedding when tied
   std::vector<Layer> layers_;
   torch::Tensor cos_, sin_;  // [capacity, head_dim], the torch path's rotary tables
-  // Activations of one step, reused: x (residual), normed x, q, k, v, attention out, gate, up.
-  std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, scores_;
+  // Activations of one step, reused: x (residual), normed x, q, k, v, attention out, gate, up;
+  // the attention's scores of one key/value head, and each row's mask as additive biases
+  // ([B, padded capacity]: 0 or -inf).
+  std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, scores_, mask_bias_;
 };
 
 }  // namespace tiller

@@ -1,8 +1,11 @@
 #include "common/rollout/generator.h"
 
+#include <algorithm>
+#include <limits>
 #include <optional>
 
 #include "common/model/attention_mask.h"
+#include "common/rollout/decode_kernels.h"
 #include "common/rollout/fast_decode.h"
 #include "common/torch_compat.h"
 #include "common/util/error.h"
@@ -97,6 +100,67 @@ torch::Tensor sample(const torch::Tensor& logits, const SamplingOptions& o, RowU
   return torch::where(picked_prob > 0, token, probs.argmax(-1));
 }
 
+// Whether sample_on_cpu() takes these logits: fp32 on the CPU, with neither a top-k nor a top-p
+// filter (those stay with sample()).
+bool cpu_sampling_applies(const torch::Tensor& logits, const SamplingOptions& o) {
+  const int64_t vocab = logits.size(-1);
+  return o.fast_decode && logits.device().is_cpu() && logits.scalar_type() == torch::kFloat &&
+         logits.dim() == 2 && (o.top_k == 0 || o.top_k >= vocab) && o.top_p >= 1.0;
+}
+
+struct Picks {
+  torch::Tensor tokens;    // [B] int64
+  torch::Tensor logprobs;  // [B] float: log p(token) at the effective temperature
+};
+
+// sample() without filters, and the log-probability of each pick, in plain loops over each row
+// instead of some 15 LibTorch ops (at stories260k batch 16 their dispatch cost as much as the
+// attention of a decode step). The same draw: inverse CDF with one uniform per row from the same
+// generators, the CDF summed in double as torch's cumsum does; picks can differ from sample()'s
+// only where the uniform falls within rounding of a CDF step. `buffer` is reused across steps.
+Picks sample_on_cpu(const torch::Tensor& logits_in, const SamplingOptions& o, RowUniforms& uniforms,
+                    std::vector<float>& buffer) {
+  const auto logits = logits_in.contiguous();
+  const int64_t batch = logits.size(0), vocab = logits.size(1);
+  const float temperature = static_cast<float>(effective_temperature(o.temperature));
+  const auto isa = decode_kernels::best_isa();
+  torch::Tensor draws;
+  if (o.temperature > 0) draws = uniforms.draw(batch).contiguous();
+  Picks picks{torch::empty({batch}, torch::kLong), torch::empty({batch}, torch::kFloat)};
+  int64_t* tokens = picks.tokens.data_ptr<int64_t>();
+  float* logprobs = picks.logprobs.data_ptr<float>();
+  buffer.resize(2 * vocab);
+  float *scaled = buffer.data(), *exps = buffer.data() + vocab;
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* row = logits.data_ptr<float>() + b * vocab;
+    for (int64_t i = 0; i < vocab; ++i) scaled[i] = row[i] / temperature;
+    const float max = decode_kernels::max_value(isa, scaled, vocab);
+    const float sum = decode_kernels::exp_and_sum(isa, scaled, vocab, max, exps);
+    const auto first_max = [&] { return std::find(scaled, scaled + vocab, max) - scaled; };
+    int64_t token;
+    if (o.temperature == 0) {
+      token = first_max();
+    } else {
+      // Four partial sums for the total (independent adds), then the running sum to the pick.
+      double partial[4] = {};
+      int64_t i = 0;
+      for (; i + 4 <= vocab; i += 4)
+        for (int64_t j = 0; j < 4; ++j) partial[j] += exps[i + j];
+      for (; i < vocab; ++i) partial[0] += exps[i];
+      const double total = (partial[0] + partial[1]) + (partial[2] + partial[3]);
+      const double target = draws.data_ptr<float>()[b] * total;
+      double cdf = 0;
+      token = 0;
+      while (token < vocab - 1 && (cdf += exps[token]) <= target) ++token;
+      // Never a zero-probability token through rounding at the end of the CDF.
+      if (exps[token] == 0) token = first_max();
+    }
+    tokens[b] = token;
+    logprobs[b] = (scaled[token] - max) - std::log(sum);
+  }
+  return picks;
+}
+
 }  // namespace
 
 GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<int64_t>>& prompts,
@@ -150,33 +214,69 @@ GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<i
   std::optional<FastDecoder> fast;
   if (o.fast_decode && FastDecoder::supports(model, cache)) fast.emplace(model, cache);
 
-  std::vector<torch::Tensor> tokens, logprobs, masks;
-  auto alive = torch::ones({batch}, torch::dtype(torch::kBool).device(param.device()));
-  for (int64_t step = 0; step < o.max_new_tokens; ++step) {
-    auto token = sample(logits.cpu(), o, uniforms).to(param.device());
-    auto logp =
-        torch::log_softmax(logits / temperature, -1).gather(-1, token.unsqueeze(-1)).squeeze(-1);
-    token = torch::where(alive, token, torch::full_like(token, o.pad_id));
-    tokens.push_back(token);
-    masks.push_back(alive.clone());
-    logprobs.push_back(torch::where(alive, logp, torch::zeros_like(logp)));
-    if (o.stop_at_eos) alive = alive.logical_and(token.ne(o.eos_id));
-    if (!alive.any().item<bool>() || step + 1 == o.max_new_tokens) break;
+  // Each step's picks and which rows still run, kept in plain arrays on the CPU (where the
+  // tokens are picked), not in a dozen small LibTorch ops a step: the responses go to the
+  // model's device once at the end.
+  const int64_t max_new = o.max_new_tokens;
+  auto response_ids = torch::full({batch, max_new}, o.pad_id, torch::kLong);
+  auto response_mask = torch::zeros({batch, max_new}, torch::kBool);
+  auto step_logprobs = torch::zeros({batch, max_new}, torch::kFloat);
+  auto fed_tokens = torch::empty({batch}, torch::kLong);  // the picks, pad_id on ended rows
+  auto positions_cpu = next_position.cpu().contiguous();
+  int64_t* const ids = response_ids.data_ptr<int64_t>();
+  bool* const mask = response_mask.data_ptr<bool>();
+  float* const logprob = step_logprobs.data_ptr<float>();
+  int64_t* const fed = fed_tokens.data_ptr<int64_t>();
+  int64_t* const position = positions_cpu.data_ptr<int64_t>();
+  std::vector<char> alive(batch, 1);
+  std::vector<float> sampling_buffer;
+  int64_t steps = 0;
+  for (int64_t step = 0; step < max_new; ++step) {
+    torch::Tensor token, logp;
+    if (cpu_sampling_applies(logits, o)) {
+      auto picks = sample_on_cpu(logits, o, uniforms, sampling_buffer);
+      token = picks.tokens;
+      logp = picks.logprobs;
+    } else {
+      token = sample(logits.cpu(), o, uniforms);
+      logp = torch::log_softmax(logits / temperature, -1)
+                 .gather(-1, token.to(logits.device()).unsqueeze(-1))
+                 .squeeze(-1)
+                 .to(torch::kCPU, torch::kFloat);
+    }
+    token = token.to(torch::kLong).contiguous();
+    logp = logp.contiguous();
+    const int64_t* picked = token.data_ptr<int64_t>();
+    const float* picked_logprob = logp.data_ptr<float>();
+    bool any_alive = false;
+    for (int64_t b = 0; b < batch; ++b) {
+      fed[b] = alive[b] ? picked[b] : o.pad_id;
+      if (alive[b]) {
+        ids[b * max_new + step] = picked[b];
+        mask[b * max_new + step] = true;
+        logprob[b * max_new + step] = picked_logprob[b];
+        if (o.stop_at_eos && picked[b] == o.eos_id) alive[b] = 0;
+      }
+      any_alive = any_alive || alive[b];
+    }
+    steps = step + 1;
+    if (!any_alive || step + 1 == max_new) break;
 
     // Decode one: the new token at the next slot, attending to every valid slot before it.
     cache.key_valid.narrow(1, cache.length, 1).fill_(true);
     if (fast) {
-      logits = fast->step(token, next_position);
+      logits = fast->step(fed_tokens, positions_cpu);
     } else {
       auto allowed = causal_mask(cache.key_valid.narrow(1, 0, cache.length + 1), 1);
-      hidden = model.hidden(token.unsqueeze(1), next_position.unsqueeze(1), allowed, &cache);
+      hidden = model.hidden(fed_tokens.to(param.device()).unsqueeze(1),
+                            positions_cpu.to(param.device()).unsqueeze(1), allowed, &cache);
       logits = model.logits(hidden).squeeze(1).to(torch::kFloat);
     }
-    next_position = next_position + 1;
+    for (int64_t b = 0; b < batch; ++b) ++position[b];
   }
-  out.response_ids = torch::stack(tokens, 1);
-  out.response_mask = torch::stack(masks, 1);
-  out.logprobs = torch::stack(logprobs, 1);
+  out.response_ids = response_ids.narrow(1, 0, steps).contiguous().to(param.device());
+  out.response_mask = response_mask.narrow(1, 0, steps).contiguous().to(param.device());
+  out.logprobs = step_logprobs.narrow(1, 0, steps).contiguous().to(param.device());
   auto is_eos = out.response_ids.eq(o.eos_id).logical_and(out.response_mask);
   out.ended_with_eos = is_eos.any(1);
   if (o.full_pass_logprobs) out.logprobs = response_logprobs(model, out, o.temperature);

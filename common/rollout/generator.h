@@ -28,8 +28,9 @@ struct SamplingOptions {
   // ~22). Costs one batched forward.
   bool full_pass_logprobs = true;
   // Decode steps through FastDecoder (common/rollout/fast_decode.h: direct BLAS calls on the
-  // model's own weights) where it supports the model: fp32 on the CPU, unsharded. false: always
-  // LibTorch's ops, as prefill uses (tests and benchmarks compare the two).
+  // model's own weights) where it supports the model: fp32 on the CPU, unsharded; and sampling
+  // without top-k/top-p in plain loops over fp32 CPU logits. false: always LibTorch's ops, as
+  // prefill uses (tests and benchmarks compare the two).
   bool fast_decode = true;
 
   void validate() const;  // throws tiller::Error on out-of-range values
