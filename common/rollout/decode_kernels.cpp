@@ -11,9 +11,6 @@
 
 namespace tiller::decode_kernels {
 
-namespace {
-
-// Sum of a[i] * b[i] in 8 interleaved partial sums, which the compiler vectorises.
 float dot(const float* a, const float* b, int64_t n) {
   constexpr int64_t kLanes = 8;
   float lanes[kLanes] = {};
@@ -24,6 +21,8 @@ float dot(const float* a, const float* b, int64_t n) {
   return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) +
          ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
 }
+
+namespace {
 
 void attend_portable(const float* q, int64_t group, const float* keys, const float* values,
                      const float* mask_bias, int64_t slots, int64_t head_dim, float scale,

@@ -12,6 +12,11 @@ enum class Isa {
   avx2_fma,  // 8-wide vectors and a polynomial exp (about 1 ulp)
 };
 
+// Sum of a[i] * b[i] in 8 interleaved partial sums: the compiler turns the inner loop into vector
+// operations (a single running sum is a chain of dependent adds it may not reorder), and the
+// result does not depend on the instruction set.
+float dot(const float* a, const float* b, int64_t n);
+
 // The fastest set this CPU runs.
 Isa best_isa();
 bool supported(Isa isa);

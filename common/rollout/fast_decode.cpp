@@ -24,26 +24,13 @@ const float* data_or_null(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<float>() : nullptr;
 }
 
-// Sum of a[i] * b[i] in 8 interleaved partial sums: the compiler turns the inner loop into vector
-// operations (a single running sum is a chain of dependent adds it may not reorder), and the
-// result does not depend on the instruction set.
-float dot(const float* a, const float* b, int64_t n) {
-  constexpr int64_t kLanes = 8;
-  float lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += a[i + j] * b[i + j];
-  for (; i < n; ++i) lanes[i % kLanes] += a[i] * b[i];
-  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) +
-         ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-}
-
 // out[r] = x[r] / rms(x[r]) * weight, for `rows` rows of `dim`: RMSNormImpl::forward in fp32.
 void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
               float* out) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
-    const float inv_rms = 1.0f / std::sqrt(dot(xr, xr, dim) / static_cast<float>(dim) + eps);
+    const float inv_rms =
+        1.0f / std::sqrt(decode_kernels::dot(xr, xr, dim) / static_cast<float>(dim) + eps);
     float* o = out + r * dim;
     for (int64_t i = 0; i < dim; ++i) o[i] = weight[i] * (xr[i] * inv_rms);
   }
@@ -66,7 +53,8 @@ void linear(decode_kernels::Isa isa, const float* in, int64_t rows, int64_t k, c
     return;
   if (rows == 1 && n * k < kSmallMatrix) {
     for (int64_t j = 0; j < n; ++j) {
-      const float y = dot(in, weight + j * k, k) + (bias != nullptr ? bias[j] : 0.0f);
+      const float y =
+          decode_kernels::dot(in, weight + j * k, k) + (bias != nullptr ? bias[j] : 0.0f);
       out[j] = accumulate ? out[j] + y : y;
     }
     return;
