@@ -22,6 +22,18 @@ struct ScalingFitArgs {
   bool json = false;
 };
 
+// --bootstrap R and --seed S, as every fit with intervals takes them.
+void add_bootstrap_options(CLI::App& cmd, const std::string& resampled, int& bootstrap,
+                           uint64_t& seed) {
+  cmd.add_option("--bootstrap", bootstrap,
+                 "resamples of " + resampled + " for the intervals (0: none)")
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
+  cmd.add_option("--seed", seed, "seed of the bootstrap")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+}
+
 void run_scaling_fit(ScalingFitArgs args) {
   const scaling::RunsTable table = scaling::read_runs(args.path, args.columns);
   const scaling::RunsColumns& c = args.columns;
@@ -86,13 +98,7 @@ void add_hparams_command(CLI::App& scaling_cmd) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str()
       ->excludes(budget_col);
-  cmd->add_option("--bootstrap", args->options.bootstrap,
-                  "resamples of the near-optimal runs for the intervals (0: none)")
-      ->check(CLI::Range(0, 100000))
-      ->capture_default_str();
-  cmd->add_option("--seed", args->options.seed, "seed of the bootstrap")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
+  add_bootstrap_options(*cmd, "the near-optimal runs", args->options.bootstrap, args->options.seed);
   cmd->add_option("--predict-c", args->options.predict_c,
                   "also give B_opt and eta_opt at this many FLOPs (repeatable)")
       ->expected(1)
@@ -127,13 +133,7 @@ void add_scaling_commands(CLI::App& app) {
                   "leave out the K runs of highest loss (outliers)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  fit->add_option("--bootstrap", args->options.bootstrap,
-                  "resamples of the runs for the intervals (0: none)")
-      ->check(CLI::Range(0, 100000))
-      ->capture_default_str();
-  fit->add_option("--seed", args->options.seed, "seed of the bootstrap")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
+  add_bootstrap_options(*fit, "the runs", args->options.bootstrap, args->options.seed);
   auto* predict_n = fit->add_option("--predict-n", args->predict_n,
                                     "forecast the loss of a run with N parameters...");
   auto* predict_d = fit->add_option("--predict-d", args->predict_d, "...and D training tokens");

@@ -243,9 +243,7 @@ nlohmann::json to_json(const ScalingAnalysis& analysis) {
     const LossForecast& f = *analysis.forecast;
     j["forecast"] = {{"N", f.n}, {"D", f.d}, {"C", 6 * f.n * f.d}, {"loss", interval_json(f.loss)}};
   }
-  j["bootstrap"] = {{"resamples", analysis.resamples},
-                    {"seed", analysis.seed},
-                    {"percentiles", {analysis.percentiles.low, analysis.percentiles.high}}};
+  j["bootstrap"] = bootstrap_json(analysis.resamples, analysis.seed, analysis.percentiles);
   return j;
 }
 

@@ -36,6 +36,10 @@ nlohmann::json bounds_json(const Interval& i) {
   return nlohmann::json::array({number_or_null(i.low), number_or_null(i.high)});
 }
 
+nlohmann::json bootstrap_json(int resamples, uint64_t seed, const PercentileRange& range) {
+  return {{"resamples", resamples}, {"seed", seed}, {"percentiles", {range.low, range.high}}};
+}
+
 std::string format_value(const char* pattern, double x) {
   if (!std::isfinite(x)) return "-";
   char buffer[64];

@@ -52,6 +52,8 @@ nlohmann::json number_or_null(double x);
 nlohmann::json interval_json(const Interval& interval);
 // [low, high].
 nlohmann::json bounds_json(const Interval& interval);
+// {"resamples", "seed", "percentiles": [low, high]}: how a result's intervals were drawn.
+nlohmann::json bootstrap_json(int resamples, uint64_t seed, const PercentileRange& range);
 
 // x printed with a printf pattern, "-" when it is not finite.
 std::string format_value(const char* pattern, double x);

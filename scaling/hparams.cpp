@@ -200,9 +200,7 @@ nlohmann::json to_json(const HparamAnalysis& analysis) {
   for (const HparamForecast& f : analysis.forecasts)
     j["forecasts"].push_back(
         {{"C", f.compute}, {"B_opt", interval_json(f.batch)}, {"eta_opt", interval_json(f.lr)}});
-  j["bootstrap"] = {{"resamples", analysis.resamples},
-                    {"seed", analysis.seed},
-                    {"percentiles", {analysis.percentiles.low, analysis.percentiles.high}}};
+  j["bootstrap"] = bootstrap_json(analysis.resamples, analysis.seed, analysis.percentiles);
   return j;
 }
 
