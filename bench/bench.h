@@ -68,6 +68,7 @@ struct PpoBenchOptions {
   int warmup = 1;
   int64_t prompt_tokens = 16;
   int threads = 0;
+  bool sequential = false;  // never the actor's and critic's passes side by side
   bool json = false;
 };
 

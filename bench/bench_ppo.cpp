@@ -122,6 +122,7 @@ void run_ppo(const PpoBenchOptions& o) {
   // does the same work, here and in the reference.
   options.sampling.stop_at_eos = false;
   options.bf16 = use_bf16(c.precision, device);
+  if (o.sequential) options.side_by_side = false;
   double rm_seconds = 0;
   EpisodeScorer scorer = [&](const std::vector<std::vector<int64_t>>& prompts,
                              const std::vector<std::vector<int64_t>>& responses) {
@@ -185,6 +186,7 @@ void run_ppo(const PpoBenchOptions& o) {
                           {"parameters", config.parameter_count()},
                           {"dtype", options.bf16 ? "bf16" : "fp32"},
                           {"threads", torch::get_num_threads()},
+                          {"side_by_side", trainer.side_by_side()},
                           {"batch_size", c.batch_size},
                           {"prompt_tokens", o.prompt_tokens},
                           {"new_tokens", new_tokens},
@@ -206,10 +208,11 @@ void run_ppo(const PpoBenchOptions& o) {
   }
   std::printf(
       "recipe: %s (%.3fM-parameter models, %s), %lld episodes x (%lld prompt + %lld new tokens), "
-      "%lld epochs of minibatch %lld, %d threads\n",
+      "%lld epochs of minibatch %lld, %d threads%s\n",
       o.recipe.c_str(), config.parameter_count() / 1e6, options.bf16 ? "bf16" : "fp32",
       (long long)c.batch_size, (long long)o.prompt_tokens, (long long)new_tokens,
-      (long long)options.epochs, (long long)options.mini_batch_size, torch::get_num_threads());
+      (long long)options.epochs, (long long)options.mini_batch_size, torch::get_num_threads(),
+      trainer.side_by_side() ? ", actor and critic side by side" : "");
   std::printf("seconds per iteration (mean of %d, after %d warm-up):\n", o.iterations, o.warmup);
   std::printf("  generate  %8.3f\n", generate_s);
   std::printf("  scoring   %8.3f  (actor log-probs, reference, critic, reward model %.3f)\n",

@@ -76,6 +76,10 @@ for r in $(seq 1 "$rounds"); do
     --threads "$threads" --json >"$out/ppo-quickstart.tiller.$r.json"
   "$python" bench/reference/bench.py ppo --like "$out/ppo-quickstart.tiller.$r.json" \
     --iterations "$ppo_iterations" --threads "$threads" >"$out/ppo-quickstart.reference.$r.json"
+  # At these shapes the eager reference is faster on one thread than on two (per-operator
+  # overhead, not arithmetic, sets its pace): the ratio is also given against that.
+  "$python" bench/reference/bench.py ppo --like "$out/ppo-quickstart.tiller.$r.json" \
+    --iterations "$ppo_iterations" --threads 1 >"$out/ppo-quickstart.reference-1-thread.$r.json"
 done
 
 # best NAME SIDE JQ_FILTER max|min: the best value of a number over the rounds.
@@ -114,6 +118,9 @@ for part in generate_s score_s train_s; do
   p=$(best ppo-quickstart reference ".$part" min)
   line "  ${part%_s} s" "$t" "$p" "$(ratio "$p" "$t")"
 done
+t=$(best ppo-quickstart tiller .iteration_s min)
+p=$(best ppo-quickstart reference-1-thread .iteration_s min)
+line "ppo s/iteration, reference 1 thread" "$t" "$p" "$(ratio "$p" "$t")"
 echo "(ratios: tiller/reference for tokens/s, reference/tiller for seconds:"
 echo " above 1 means Tiller is faster)"
 echo "load at end:$(uptime | sed 's/.*load average://')"

@@ -560,6 +560,9 @@ int main(int argc, char** argv) {
   ppo_bench_cmd->add_option("--prompt-tokens", ppo_bench.prompt_tokens)->capture_default_str();
   ppo_bench_cmd->add_option("--threads", ppo_bench.threads,
                             "intra-op threads (0: tiller --threads)");
+  ppo_bench_cmd->add_flag("--sequential", ppo_bench.sequential,
+                          "actor and critic one after the other on all threads, never side by "
+                          "side (to measure what side by side gains)");
   ppo_bench_cmd->add_flag("--json", ppo_bench.json, "print JSON instead of a table");
 
   RecipeArgs recipe_args;

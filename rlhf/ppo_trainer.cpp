@@ -9,6 +9,7 @@
 #include "common/torch_compat.h"
 #include "common/train/nonfinite_guard.h"
 #include "common/util/error.h"
+#include "common/util/side_by_side.h"
 #include "rlhf/ppo_math.h"
 
 namespace tiller {
@@ -95,6 +96,20 @@ PpoTrainer::PpoTrainer(PpoOptions options, TransformerImpl& actor, TransformerIm
             actor.config.vocab_size == critic.config.vocab_size,
         "ppo: actor, reference and critic must share one vocabulary");
   for (auto& p : reference_.parameters()) p.requires_grad_(false);
+
+  const auto matmul_parameters_per_token = [](const ModelConfig& c) {
+    // The token embedding is a lookup; an LM's head (tied or not) is a matrix multiply.
+    return static_cast<double>(c.non_embedding_parameter_count() +
+                               (c.num_labels == 0 ? c.vocab_size * c.hidden_size : 0));
+  };
+  const double actor_size = matmul_parameters_per_token(actor.config);
+  const double critic_size = matmul_parameters_per_token(critic.config);
+  side_by_side_ = o.side_by_side && at::get_num_threads() >= 2 &&
+                  actor.parameters().front().device().is_cpu() &&
+                  critic.parameters().front().device().is_cpu() &&
+                  actor_optimizer.tensor_parallel().single() &&
+                  critic_optimizer.tensor_parallel().single() &&
+                  std::min(actor_size, critic_size) * 3 >= std::max(actor_size, critic_size);
 }
 
 std::pair<torch::Tensor, torch::Tensor> PpoTrainer::actor_pass(TransformerImpl& model,
@@ -194,7 +209,8 @@ void PpoTrainer::compute_passes(Rollout& r) {
   for (int64_t b = 0; b < local; ++b) my_responses.push_back(g.response(b));
   const dist::Shard shard = dist::shard_of(total, group_.rank(), group_.size());
   my_prompts.assign(r.prompts.begin() + shard.begin, r.prompts.begin() + shard.begin + local);
-  {
+  // The actor's and critic's passes beside the reference's and the scorer's: similar work.
+  const auto actor_and_critic = [&] {
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> entropy;
     r.logprobs = in_chunks(local, o.micro_batch_size, [&](const torch::Tensor& rows) {
@@ -205,8 +221,8 @@ void PpoTrainer::compute_passes(Rollout& r) {
     r.entropy = torch::cat(entropy, 0);
     r.values = in_chunks(local, o.micro_batch_size,
                          [&](const torch::Tensor& rows) { return critic_pass(r, rows); });
-  }
-  {
+  };
+  const auto reference_and_scorer = [&] {
     torch::Tensor ref;
     {
       c10::InferenceMode inference;
@@ -215,8 +231,9 @@ void PpoTrainer::compute_passes(Rollout& r) {
       });
     }
     r.ref_logprobs = ref.clone();  // a normal tensor, usable beside autograd ones
-  }
-  r.scorer_scores = scorer_(my_prompts, my_responses).to(torch::kFloat).cpu().clone();
+    r.scorer_scores = scorer_(my_prompts, my_responses).to(torch::kFloat).cpu().clone();
+  };
+  SideBySide(side_by_side_).run(actor_and_critic, reference_and_scorer);
   check(r.scorer_scores.dim() == 1 && r.scorer_scores.size(0) == local,
         "ppo: the scorer must return one score per episode");
   check(torch::isfinite(r.scorer_scores).all().item<bool>(),
@@ -242,6 +259,7 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
   s.explained_variance = ppo::explained_variance(r.values, r.returns, r.mask).item<double>();
   const int64_t batch = r.size();
   int64_t minibatches = 0;
+  SideBySide side_by_side(side_by_side_);  // restores the threads when learn() returns
   for (int64_t epoch = 0; epoch < o.epochs; ++epoch) {
     const auto order = seeded_permutation(
         batch, shuffle_seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(epoch));
@@ -258,37 +276,61 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
       const dist::Shard mine =
           dist::shard_of(static_cast<int64_t>(minibatch.size()), group_.rank(), group_.size());
       const size_t mine_end = static_cast<size_t>(mine.begin + mine.count);
+      struct MicroBatch {
+        torch::Tensor rows, mask;
+        double weight;  // its share of the minibatch's tokens
+      };
+      std::vector<MicroBatch> micro_batches;
       for (size_t begin = static_cast<size_t>(mine.begin); begin < mine_end;
            begin += static_cast<size_t>(o.micro_batch_size)) {
         const size_t stop = std::min(mine_end, begin + static_cast<size_t>(o.micro_batch_size));
-        const auto rows = row_index({minibatch.begin() + begin, minibatch.begin() + stop});
-        auto mask = r.mask.index_select(0, rows);
+        MicroBatch m;
+        m.rows = row_index({minibatch.begin() + begin, minibatch.begin() + stop});
+        m.mask = r.mask.index_select(0, m.rows);
         // Each micro-batch's masked means weighted by its share of the minibatch's tokens: the
         // sum is the minibatch's masked mean, whatever the split.
-        const double weight = mask.sum().item<double>() / tokens;
-        auto logp = actor_pass(actor_, r, rows, /*entropy=*/false).first;
-        auto policy = ppo::clipped_policy_loss(logp, r.logprobs.index_select(0, rows),
-                                               r.advantages.index_select(0, rows), mask, o.clip);
-        auto values = critic_pass(r, rows);
-        auto value = ppo::clipped_value_loss(values, r.values.index_select(0, rows),
-                                             r.returns.index_select(0, rows), mask, o.value_clip);
-        ((policy.loss + o.value_coef * value.loss) * weight).backward();
-        // The figures in one read from the device, not one host sync each.
-        const auto figures = torch::stack({policy.loss.detach(), value.loss.detach(),
-                                           policy.clipfrac, value.clipfrac, policy.approx_kl})
-                                 .to(torch::kDouble)
-                                 .cpu();
-        const auto f = figures.accessor<double, 1>();
-        policy_loss += f[0] * weight;
-        value_loss += f[1] * weight;
-        clipfrac += f[2] * weight;
-        value_clipfrac += f[3] * weight;
-        approx_kl += f[4] * weight;
-        if (first) {
-          const double deviation = ((policy.ratio - 1).abs() * mask).max().item<double>();
-          s.first_ratio_max_deviation = std::max(s.first_ratio_max_deviation, deviation);
-        }
+        m.weight = m.mask.sum().item<double>() / tokens;
+        micro_batches.push_back(std::move(m));
       }
+      // The actor's and the critic's passes share no parameter: each backward fills its own
+      // model's gradients, side by side when enabled.
+      const auto actor_work = [&] {
+        for (const MicroBatch& m : micro_batches) {
+          auto logp = actor_pass(actor_, r, m.rows, /*entropy=*/false).first;
+          auto policy =
+              ppo::clipped_policy_loss(logp, r.logprobs.index_select(0, m.rows),
+                                       r.advantages.index_select(0, m.rows), m.mask, o.clip);
+          (policy.loss * m.weight).backward();
+          // The figures in one read from the device, not one host sync each.
+          const auto figures =
+              torch::stack({policy.loss.detach(), policy.clipfrac, policy.approx_kl})
+                  .to(torch::kDouble)
+                  .cpu();
+          const auto f = figures.accessor<double, 1>();
+          policy_loss += f[0] * m.weight;
+          clipfrac += f[1] * m.weight;
+          approx_kl += f[2] * m.weight;
+          if (first) {
+            const double deviation = ((policy.ratio - 1).abs() * m.mask).max().item<double>();
+            s.first_ratio_max_deviation = std::max(s.first_ratio_max_deviation, deviation);
+          }
+        }
+      };
+      const auto critic_work = [&] {
+        for (const MicroBatch& m : micro_batches) {
+          auto values = critic_pass(r, m.rows);
+          auto value =
+              ppo::clipped_value_loss(values, r.values.index_select(0, m.rows),
+                                      r.returns.index_select(0, m.rows), m.mask, o.value_clip);
+          (value.loss * o.value_coef * m.weight).backward();
+          const auto figures =
+              torch::stack({value.loss.detach(), value.clipfrac}).to(torch::kDouble).cpu();
+          const auto f = figures.accessor<double, 1>();
+          value_loss += f[0] * m.weight;
+          value_clipfrac += f[1] * m.weight;
+        }
+      };
+      side_by_side.run(actor_work, critic_work);
       if (!group_.single()) {
         const auto sums =
             group_.sum({policy_loss, value_loss, clipfrac, value_clipfrac, approx_kl});

@@ -33,10 +33,14 @@ struct PpoOptions {
   int64_t micro_batch_size = 8;  // episodes per forward/backward (gradient accumulation)
   double actor_grad_clip = 1.0, critic_grad_clip = 1.0;  // <= 0: no clipping
   bool bf16 = false;
+  // The actor's and the critic's training passes side by side on the CPU, each on half the
+  // intra-op threads (common/util/side_by_side.h), where that pays: see PpoTrainer::side_by_side.
+  bool side_by_side = true;
 };
 
 // Scores episodes: prompts (token ids, BOS first) and responses (generated tokens, EOS included
-// when produced) -> [B] float.
+// when produced) -> [B] float. When PpoTrainer::side_by_side() holds it runs on another thread
+// beside the actor's and critic's passes, so it must not call collectives then.
 using EpisodeScorer =
     std::function<torch::Tensor(const std::vector<std::vector<int64_t>>& prompts,
                                 const std::vector<std::vector<int64_t>>& responses)>;
@@ -103,6 +107,14 @@ class PpoTrainer {
                    int64_t step_for_guard = 0);
 
   const PpoOptions& options() const { return options_; }
+  // Whether rollout() and learn() run the actor's and the critic's passes side by side: asked
+  // for, with two or more intra-op threads, on the CPU, without tensor parallelism (its layers call
+  // collectives), and the two models' matrix multiplies per token within a factor of three of each
+  // other (else the larger one alone, on half the threads, sets the pace). Decided once, from the
+  // shapes, so a run is reproducible. Measured on 2 cores (`tiller bench ppo`, docs/bench.md): the
+  // quickstart's PPO training pass 2.3x faster; at llama-15m shapes, where the critic has 0.4x the
+  // actor's multiplies (no LM head), an iteration still 1.2x faster.
+  bool side_by_side() const { return side_by_side_; }
 
  private:
   // Actor log-probs and entropy [b, R] of rows `rows` of the rollout (autograd as the caller's
@@ -118,6 +130,7 @@ class PpoTrainer {
   TransformerImpl& reference_;
   TransformerImpl& critic_;
   EpisodeScorer scorer_;
+  bool side_by_side_ = false;
   ParallelAdamW& actor_optimizer_;
   ParallelAdamW& critic_optimizer_;
   dist::Group group_;

@@ -188,3 +188,87 @@ TEST(PpoTrainer, EpisodesDependOnTheirSeedNotTheirBatch) {
     EXPECT_EQ(alone.responses[0], together.responses[i]) << "episode " << i;
   }
 }
+
+namespace {
+
+// Sets LibTorch's intra-op threads for a test's duration.
+struct ThreadsForTest {
+  int before = at::get_num_threads();
+  explicit ThreadsForTest(int threads) { at::set_num_threads(threads); }
+  ~ThreadsForTest() { at::set_num_threads(before); }
+};
+
+void expect_close(const torch::Tensor& a, const torch::Tensor& b, const std::string& what) {
+  EXPECT_TRUE(torch::allclose(a, b, /*rtol=*/1e-5, /*atol=*/1e-6))
+      << what << ": max difference " << (a - b).abs().max().item<double>();
+}
+
+}  // namespace
+
+// The actor's and critic's passes side by side (two threads, one intra-op thread each) compute
+// what they compute one after the other: the same rollout figures and, after two epochs of
+// updates, the same weights.
+TEST(PpoTrainer, SideBySideComputesWhatOneAfterTheOtherDoes) {
+  ThreadsForTest two(2);
+  auto sequential_options = options_for_tests();
+  sequential_options.side_by_side = false;
+  PpoSetup sequential(sequential_options, target_frequency);
+  PpoSetup side_by_side(options_for_tests(), target_frequency);
+  ASSERT_FALSE(sequential.trainer->side_by_side());
+  ASSERT_TRUE(side_by_side.trainer->side_by_side());
+
+  const auto a = sequential.trainer->rollout(prompts(16), seeds(16, 3), 0.05);
+  const auto b = side_by_side.trainer->rollout(prompts(16), seeds(16, 3), 0.05);
+  EXPECT_EQ(at::get_num_threads(), 2) << "the threads are restored after the rollout";
+  ASSERT_TRUE(torch::equal(a.sequence_ids, b.sequence_ids));
+  expect_close(a.logprobs, b.logprobs, "log-probs");
+  expect_close(a.ref_logprobs, b.ref_logprobs, "reference log-probs");
+  expect_close(a.values, b.values, "values");
+  expect_close(a.entropy, b.entropy, "entropy");
+  expect_close(a.scorer_scores, b.scorer_scores, "scores");
+
+  const auto learned_a = sequential.trainer->learn(a, 5);
+  const auto learned_b = side_by_side.trainer->learn(b, 5);
+  EXPECT_EQ(at::get_num_threads(), 2) << "the threads are restored after learning";
+  EXPECT_EQ(learned_b.updates, 4);
+  EXPECT_NEAR(learned_a.policy_loss, learned_b.policy_loss, 1e-6);
+  EXPECT_NEAR(learned_a.value_loss, learned_b.value_loss, 1e-6);
+  EXPECT_NEAR(learned_a.actor_grad_norm, learned_b.actor_grad_norm, 1e-5);
+  EXPECT_NEAR(learned_a.critic_grad_norm, learned_b.critic_grad_norm, 1e-5);
+  const auto pairs = {std::make_pair(sequential.actor.ptr(), side_by_side.actor.ptr()),
+                      std::make_pair(sequential.critic.ptr(), side_by_side.critic.ptr())};
+  for (const auto& [x, y] : pairs) {
+    const auto px = x->named_parameters(), py = y->named_parameters();
+    ASSERT_EQ(px.size(), py.size());
+    for (size_t i = 0; i < px.size(); ++i) expect_close(px[i].value(), py[i].value(), px[i].key());
+  }
+  // And they did move: a comparison of two untouched models would prove nothing.
+  EXPECT_FALSE(torch::equal(side_by_side.actor->named_parameters()[1].value(),
+                            side_by_side.reference->named_parameters()[1].value()));
+}
+
+// Side by side only where it pays: never with one intra-op thread, and not when one model has
+// far fewer matrix multiplies per token than the other (the larger alone would set the pace).
+TEST(PpoTrainer, SideBySideOnlyWithTwoThreadsAndModelsOfSimilarSize) {
+  {
+    ThreadsForTest one(1);
+    PpoSetup s(options_for_tests(), target_frequency);
+    EXPECT_FALSE(s.trainer->side_by_side());
+  }
+  ThreadsForTest two(2);
+  PpoSetup similar(options_for_tests(), target_frequency);
+  EXPECT_TRUE(similar.trainer->side_by_side());
+
+  ModelConfig small = test::llama_config(32, 8, 16, 1, 2, 2, 64);
+  small.num_labels = 1;
+  Transformer small_critic(small);
+  small_critic->init_weights(4);
+  ParallelAdamW critic_opt(*small_critic, OptimizerOptions{1e-3, 0.0, 0.9, 0.95, 1e-8},
+                           dist::Group());
+  PpoTrainer lopsided(options_for_tests(), *similar.actor, *similar.reference, *small_critic,
+                      target_frequency, *similar.actor_opt, critic_opt);
+  EXPECT_FALSE(lopsided.side_by_side());
+  // It still trains, one after the other.
+  const auto r = lopsided.rollout(prompts(8), seeds(8, 1), 0.05);
+  EXPECT_EQ(lopsided.learn(r, 1).updates, 2);
+}
