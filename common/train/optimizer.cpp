@@ -2,6 +2,7 @@
 
 #include <sstream>
 
+#include "common/train/fused_adamw.h"
 #include "common/util/error.h"
 
 namespace tiller {
@@ -28,7 +29,7 @@ std::unique_ptr<torch::optim::AdamW> make_adamw(torch::nn::Module& model, const 
                                    torch::optim::AdamWOptions(base).weight_decay(o.weight_decay)));
   groups.emplace_back(plain, std::make_unique<torch::optim::AdamWOptions>(
                                  torch::optim::AdamWOptions(base).weight_decay(0.0)));
-  return std::make_unique<torch::optim::AdamW>(groups, base);
+  return std::make_unique<FusedAdamW>(groups, base);
 }
 
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
