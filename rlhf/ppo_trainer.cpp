@@ -260,6 +260,12 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
   const int64_t batch = r.size();
   int64_t minibatches = 0;
   SideBySide side_by_side(side_by_side_);  // restores the threads when learn() returns
+  // On one process the gradients' reduction and clipping call no collective, so each model's can
+  // run in its own piece; under data parallel they all-reduce, on this thread.
+  const bool reduce_in_pieces = group_.single();
+  double actor_norm = 0, critic_norm = 0;
+  actor_optimizer_.zero_grad();
+  critic_optimizer_.zero_grad();
   for (int64_t epoch = 0; epoch < o.epochs; ++epoch) {
     const auto order = seeded_permutation(
         batch, shuffle_seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(epoch));
@@ -269,8 +275,6 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
       const double tokens =
           std::max(1.0, r.mask.index_select(0, row_index(minibatch)).sum().item<double>());
       const bool first = epoch == 0 && start == 0;
-      actor_optimizer_.zero_grad();
-      critic_optimizer_.zero_grad();
       double policy_loss = 0, value_loss = 0, clipfrac = 0, value_clipfrac = 0, approx_kl = 0;
       // This rank's part of the minibatch.
       const dist::Shard mine =
@@ -315,6 +319,8 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
             s.first_ratio_max_deviation = std::max(s.first_ratio_max_deviation, deviation);
           }
         }
+        if (reduce_in_pieces)
+          actor_norm = actor_optimizer_.reduce_gradients_and_clip(o.actor_grad_clip);
       };
       const auto critic_work = [&] {
         for (const MicroBatch& m : micro_batches) {
@@ -329,6 +335,8 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
           value_loss += f[0] * m.weight;
           value_clipfrac += f[1] * m.weight;
         }
+        if (reduce_in_pieces)
+          critic_norm = critic_optimizer_.reduce_gradients_and_clip(o.critic_grad_clip);
       };
       side_by_side.run(actor_work, critic_work);
       if (!group_.single()) {
@@ -339,22 +347,29 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
         if (first) s.first_ratio_max_deviation = group_.max(s.first_ratio_max_deviation);
       }
       if (first) s.first_approx_kl = approx_kl;
-      const double actor_norm = actor_optimizer_.reduce_gradients_and_clip(o.actor_grad_clip);
-      const double critic_norm = critic_optimizer_.reduce_gradients_and_clip(o.critic_grad_clip);
+      if (!reduce_in_pieces) {
+        actor_norm = actor_optimizer_.reduce_gradients_and_clip(o.actor_grad_clip);
+        critic_norm = critic_optimizer_.reduce_gradients_and_clip(o.critic_grad_clip);
+      }
       const double loss = policy_loss + o.value_coef * value_loss;
       const bool finite =
           std::isfinite(loss) && std::isfinite(actor_norm) && std::isfinite(critic_norm);
       const bool accept =
           guard ? guard->accept(loss, actor_norm + critic_norm, step_for_guard) : finite;
-      if (accept) {
-        actor_optimizer_.step();
-        critic_optimizer_.step();
-        ++s.updates;
+      // Under ZeRO-1 a step broadcasts the updated shards: side by side on one process only.
+      const auto step_and_clear = [&](ParallelAdamW& optimizer) {
+        return [target = &optimizer, accept] {
+          if (accept) target->step();
+          target->zero_grad();
+        };
+      };
+      if (reduce_in_pieces) {
+        side_by_side.run(step_and_clear(actor_optimizer_), step_and_clear(critic_optimizer_));
       } else {
-        ++s.skipped_updates;
+        step_and_clear(actor_optimizer_)();
+        step_and_clear(critic_optimizer_)();
       }
-      actor_optimizer_.zero_grad();
-      critic_optimizer_.zero_grad();
+      ++(accept ? s.updates : s.skipped_updates);
       s.policy_loss += policy_loss;
       s.value_loss += value_loss;
       s.clipfrac += clipfrac;

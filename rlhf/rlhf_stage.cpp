@@ -16,6 +16,7 @@
 #include "common/train/parallel_adamw.h"
 #include "common/train/precision.h"
 #include "common/train/schedule.h"
+#include "common/train/train_config.h"  // read_parallel_options
 #include "common/util/error.h"
 #include "common/util/files.h"
 #include "common/util/interrupt.h"
@@ -135,12 +136,7 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
     c.log_every = t.integer("log_every", c.log_every);
     c.precision = t.string("precision", c.precision);
     c.max_nonfinite_steps = t.integer("max_nonfinite_steps", c.max_nonfinite_steps);
-    c.parallel.zero_stage = static_cast<int>(t.integer("zero_stage", c.parallel.zero_stage));
-    const double bucket_mb = t.number("allreduce_bucket_mb", 25);
-    c.parallel.bucket_bytes = static_cast<int64_t>(bucket_mb * (1 << 20));
-    t.require(c.parallel.zero_stage == 0 || c.parallel.zero_stage == 1, "zero_stage",
-              "must be 0 (replicated optimizer state) or 1 (sharded over data-parallel ranks)");
-    t.require(bucket_mb > 0 && bucket_mb <= 4096, "allreduce_bucket_mb", "must be in (0, 4096]");
+    c.parallel = read_parallel_options(t);
     t.require(c.iterations >= 1, "iterations", "must be at least 1");
     t.require(c.actor_lr > 0 && c.actor_lr < 1, "actor_lr", "must be in (0, 1)");
     t.require(c.critic_lr > 0 && c.critic_lr < 1, "critic_lr", "must be in (0, 1)");

@@ -3,6 +3,7 @@
 #include "common/dist/tensor_parallel.h"
 #include "common/model/attention_mask.h"
 #include "common/model/fused_linear.h"
+#include "common/model/fused_rms_norm.h"
 #include "common/torch_compat.h"
 #include "common/train/activation_checkpoint.h"
 #include "common/util/error.h"
@@ -36,9 +37,7 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps(eps) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  auto xf = x.to(torch::kFloat);
-  auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return weight * normed.to(x.scalar_type());
+  return rms_norm(x, weight, eps);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -79,8 +79,8 @@ ParallelAdamW::ParallelAdamW(torch::nn::Module& model, const OptimizerOptions& o
 }
 
 void ParallelAdamW::zero_grad() {
-  adamw_->zero_grad();
-  // A sharded AdamW only clears its own parameters' gradients.
+  // Every parameter's, not only those a sharded AdamW holds (adamw_->zero_grad() would clear
+  // those twice).
   for (auto& p : params_)
     if (p.grad().defined()) p.mutable_grad().zero_();
 }

@@ -6,6 +6,19 @@
 
 namespace tiller {
 
+ParallelOptions read_parallel_options(ConfigReader& r) {
+  ParallelOptions options;
+  const int64_t zero_stage = r.integer("zero_stage", options.zero_stage);
+  const double bucket_mb = r.number("allreduce_bucket_mb", 25);
+  r.require(zero_stage == 0 || zero_stage == 1, "zero_stage",
+            "must be 0 (replicated optimizer state) or 1 (sharded over data-parallel ranks)");
+  r.require(bucket_mb > 0 && bucket_mb <= 4096, "allreduce_bucket_mb", "must be in (0, 4096]");
+  options.zero_stage = zero_stage == 1 ? 1 : 0;
+  if (bucket_mb > 0 && bucket_mb <= 4096)
+    options.bucket_bytes = static_cast<int64_t>(bucket_mb * (1 << 20));
+  return options;
+}
+
 TrainConfig parse_train_config(const nlohmann::json& json, const std::string& path,
                                ConfigErrors& errors) {
   TrainConfig c;
@@ -33,8 +46,7 @@ TrainConfig parse_train_config(const nlohmann::json& json, const std::string& pa
   c.max_nonfinite_steps = r.integer("max_nonfinite_steps", c.max_nonfinite_steps);
   c.loss_spike_zscore = r.number("loss_spike_zscore", c.loss_spike_zscore);
   c.loss_spike_window = r.integer("loss_spike_window", c.loss_spike_window);
-  c.zero_stage = r.integer("zero_stage", c.zero_stage);
-  c.allreduce_bucket_mb = r.number("allreduce_bucket_mb", c.allreduce_bucket_mb);
+  c.parallel = read_parallel_options(r);
 
   r.require(c.steps >= 1, "steps", "must be at least 1");
   r.require(c.batch_size >= 1, "batch_size", "must be at least 1");
@@ -62,10 +74,6 @@ TrainConfig parse_train_config(const nlohmann::json& json, const std::string& pa
   r.require(c.loss_spike_zscore >= 0, "loss_spike_zscore", "must be >= 0 (0: off)");
   r.require(c.loss_spike_window >= 2 && c.loss_spike_window <= 100000, "loss_spike_window",
             "must be in [2, 100000]");
-  r.require(c.zero_stage == 0 || c.zero_stage == 1, "zero_stage",
-            "must be 0 (replicated optimizer state) or 1 (sharded over data-parallel ranks)");
-  r.require(c.allreduce_bucket_mb > 0 && c.allreduce_bucket_mb <= 4096, "allreduce_bucket_mb",
-            "must be in (0, 4096]");
   return c;
 }
 
@@ -79,7 +87,7 @@ int64_t TrainConfig::per_rank_batch(const std::string& stage, const dist::Group&
   if (!data_parallel.single())
     std::printf("[%s] data parallel: %d ranks x %lld %s = global batch %lld %s%s\n", stage.c_str(),
                 data_parallel.size(), (long long)local, unit, (long long)batch_size, unit,
-                zero_stage == 1 ? ", optimizer state sharded (ZeRO-1)" : "");
+                parallel.zero_stage == 1 ? ", optimizer state sharded (ZeRO-1)" : "");
   return local;
 }
 

@@ -12,6 +12,11 @@
 
 namespace tiller {
 
+// A train object's data-parallel keys, read and checked: zero_stage (0: replicated AdamW state;
+// 1: sharded over the data-parallel ranks) and allreduce_bucket_mb (the gradients' all-reduce
+// bucket, MiB). Every stage's train object has them, the rlhf stage's included.
+ParallelOptions read_parallel_options(ConfigReader& r);
+
 struct TrainConfig {
   int64_t steps = 100;
   int64_t batch_size = 8;        // sequences (rows) per optimizer step
@@ -34,16 +39,10 @@ struct TrainConfig {
   int64_t max_nonfinite_steps = 5;  // consecutive non-finite steps that stop the run
   double loss_spike_zscore = 0;     // > 0: skip a step whose loss is this many stds above ...
   int64_t loss_spike_window = 50;   // ... the mean of the last this many accepted losses
-  int64_t zero_stage = 0;           // 1: AdamW state sharded over the data-parallel ranks
-  double allreduce_bucket_mb = 25;  // gradients are all-reduced in buckets of this size
+  ParallelOptions parallel;  // zero_stage and allreduce_bucket_mb (read_parallel_options)
 
   OptimizerOptions optimizer() const { return {lr, weight_decay, beta1, beta2, eps}; }
-  ParallelOptions parallel_options() const {
-    ParallelOptions options;
-    options.zero_stage = static_cast<int>(zero_stage);
-    options.bucket_bytes = static_cast<int64_t>(allreduce_bucket_mb * (1 << 20));
-    return options;
-  }
+  ParallelOptions parallel_options() const { return parallel; }
   ScheduleOptions schedule_options() const {
     return {lr, min_lr_ratio, warmup_steps, steps, schedule};
   }
