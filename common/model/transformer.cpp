@@ -2,8 +2,10 @@
 
 #include "common/dist/tensor_parallel.h"
 #include "common/model/attention_mask.h"
+#include "common/model/fused_attention.h"
 #include "common/model/fused_linear.h"
 #include "common/model/fused_rms_norm.h"
+#include "common/model/fused_rotary.h"
 #include "common/torch_compat.h"
 #include "common/train/activation_checkpoint.h"
 #include "common/util/error.h"
@@ -56,16 +58,6 @@ std::pair<torch::Tensor, torch::Tensor> Rotary::tables(const torch::Tensor& posi
 }
 
 namespace {
-
-torch::Tensor rotate_half(const torch::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-}
-
-torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& cos,
-                           const torch::Tensor& sin) {
-  return x * cos.to(x.scalar_type()) + rotate_half(x) * sin.to(x.scalar_type());
-}
 
 // [B, n_kv, S, hd] -> [B, n_kv * rep, S, hd], each kv head repeated for its query group.
 torch::Tensor repeat_kv(const torch::Tensor& x, int64_t rep) {
@@ -132,8 +124,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     v = values.narrow(2, 0, start + length);
   }
   const int64_t rep = n_heads / n_kv_heads;
-  auto out = compat::attention(q, repeat_kv(k, rep).to(q.scalar_type()),
-                               repeat_kv(v, rep).to(q.scalar_type()), allowed);
+  auto out = attention(q, repeat_kv(k, rep).to(q.scalar_type()),
+                       repeat_kv(v, rep).to(q.scalar_type()), allowed);
   out = out.transpose(1, 2).reshape({batch, length, n_heads * head_dim});
   return dist::reduce_from_tensor_parallel(o_proj(out), tp);  // row-parallel o_proj
 }

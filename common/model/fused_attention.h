@@ -1,0 +1,19 @@
+// Masked softmax attention, softmax(q k^T / sqrt(d) + mask) v, as one operator forward and one
+// backward on the CPU in fp32: per (batch, head), two single-threaded BLAS multiplies and the
+// masked softmax forward, four multiplies and the softmax's adjoint backward, heads split over the
+// intra-op threads. LibTorch's formula is seven operators forward and about eight autograd nodes
+// backward per layer (compat::attention on 1.13); this is one each.
+//
+// q: [B, H, T, D]; k, v: [B, H, S, D] (grouped-query heads already repeated); any strides with the
+// last one 1. allowed: [B, 1, T, S] bool. A query that may see no key (a padding row) gets zeros,
+// as compat::attention gives. Other dtypes and devices take compat::attention, which the tests hold
+// this to (outputs and the three gradients within 1e-5).
+#pragma once
+#include <torch/torch.h>
+
+namespace tiller {
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& allowed);
+
+}  // namespace tiller

@@ -1,0 +1,89 @@
+// The fused attention against compat::attention (LibTorch's formula): outputs and the gradients of
+// q, k and v within 1e-5, through strided views like the model's, with causal and padding masks
+// that leave some queries seeing nothing (zeros, not NaN).
+#include "common/model/fused_attention.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "common/model/attention_mask.h"
+#include "common/torch_compat.h"
+
+using namespace tiller;
+
+namespace {
+
+void expect_close(const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
+  ASSERT_FALSE(torch::isnan(got).any().item<bool>()) << what;
+  const double scale = std::max(1.0, want.abs().max().item<double>());
+  const double diff = (got - want).abs().max().item<double>();
+  EXPECT_LE(diff, 1e-5 * scale) << what << ": max difference " << diff;
+}
+
+// [B, H, L, D] views of one [B, L, 3 * H * D] projection, as the model takes q, k and v.
+std::vector<torch::Tensor> views_of(const torch::Tensor& projection, int64_t heads, int64_t dim) {
+  const int64_t b = projection.size(0), l = projection.size(1);
+  std::vector<torch::Tensor> out;
+  for (int64_t i = 0; i < 3; ++i)
+    out.push_back(projection.narrow(2, i * heads * dim, heads * dim)
+                      .view({b, l, heads, dim})
+                      .transpose(1, 2));
+  return out;
+}
+
+}  // namespace
+
+TEST(FusedAttention, EqualsTheFormulaForwardAndBackward) {
+  torch::manual_seed(9);
+  for (const auto& [heads, dim] : {std::make_pair(4, 16), std::make_pair(2, 5)}) {
+    SCOPED_TRACE("heads " + std::to_string(heads) + ", dim " + std::to_string(dim));
+    const int64_t batch = 3, length = 9;
+    // Row 1 is left-padded by 3 (its first queries see only themselves), row 2 is all padding but
+    // its last 4 slots.
+    auto valid = torch::ones({batch, length}, torch::kBool);
+    valid[1].narrow(0, 0, 3).fill_(false);
+    valid[2].narrow(0, 0, 5).fill_(false);
+    const auto allowed = causal_mask(valid, length);
+    // Make some queries see nothing at all, as segment masks of padding can.
+    auto blind = allowed.clone();
+    blind[2][0].narrow(0, 0, 2).fill_(false);
+
+    const auto base0 = torch::randn({batch, length, 3 * heads * dim}) * 2;
+    const auto upstream = torch::randn({batch, heads, length, dim});
+    for (const auto& mask : {allowed, blind}) {
+      auto base = base0.clone().requires_grad_();
+      auto parts = views_of(base, heads, dim);
+      const auto y = attention(parts[0], parts[1], parts[2], mask);
+      (y * upstream).sum().backward();
+      auto base_ref = base0.clone().requires_grad_();
+      auto ref = views_of(base_ref, heads, dim);
+      const auto y_ref = compat::attention(ref[0], ref[1], ref[2], mask);
+      (y_ref * upstream).sum().backward();
+      EXPECT_NE(y.grad_fn()->name().find("AttentionFunction"), std::string::npos);
+      expect_close(y, y_ref, "output");
+      expect_close(base.grad(), base_ref.grad(), "gradient of q, k and v");
+    }
+    // A query that sees nothing gets zeros.
+    auto parts = views_of(base0, heads, dim);
+    const auto y = attention(parts[0], parts[1], parts[2], blind);
+    EXPECT_EQ(y[2].select(1, 0).abs().max().item<double>(), 0.0);
+  }
+}
+
+TEST(FusedAttention, KeysLongerThanQueriesAsWithACache) {
+  torch::manual_seed(10);
+  const int64_t batch = 2, heads = 3, dim = 8, queries = 2, keys = 6;
+  const auto q = torch::randn({batch, heads, queries, dim});
+  const auto k = torch::randn({batch, heads, keys, dim});
+  const auto v = torch::randn({batch, heads, keys, dim});
+  const auto allowed = causal_mask(torch::ones({batch, keys}, torch::kBool), queries);
+  ASSERT_EQ(allowed.sizes(), torch::IntArrayRef({batch, 1, queries, keys}));
+  torch::NoGradGuard no_grad;
+  expect_close(attention(q, k, v, allowed), compat::attention(q, k, v, allowed), "output");
+}
+
+TEST(FusedAttention, OtherDtypesTakeTheFormula) {
+  const auto q = torch::randn({1, 2, 4, 8}).to(torch::kBFloat16);
+  const auto allowed = causal_mask(torch::ones({1, 4}, torch::kBool), 4);
+  EXPECT_TRUE(torch::equal(attention(q, q, q, allowed), compat::attention(q, q, q, allowed)));
+}
