@@ -109,7 +109,7 @@ PpoTrainer::PpoTrainer(PpoOptions options, TransformerImpl& actor, TransformerIm
                   critic.parameters().front().device().is_cpu() &&
                   actor_optimizer.tensor_parallel().single() &&
                   critic_optimizer.tensor_parallel().single() &&
-                  std::min(actor_size, critic_size) * 3 >= std::max(actor_size, critic_size);
+                  std::min(actor_size, critic_size) * 2 >= std::max(actor_size, critic_size);
 }
 
 std::pair<torch::Tensor, torch::Tensor> PpoTrainer::actor_pass(TransformerImpl& model,

@@ -108,12 +108,12 @@ class PpoTrainer {
 
   const PpoOptions& options() const { return options_; }
   // Whether rollout() and learn() run the actor's and the critic's passes side by side: asked
-  // for, with two or more intra-op threads, on the CPU, without tensor parallelism (its layers call
-  // collectives), and the two models' matrix multiplies per token within a factor of three of each
-  // other (else the larger one alone, on half the threads, sets the pace). Decided once, from the
-  // shapes, so a run is reproducible. Measured on 2 cores (`tiller bench ppo`, docs/bench.md): the
-  // quickstart's PPO training pass 2.3x faster; at llama-15m shapes, where the critic has 0.4x the
-  // actor's multiplies (no LM head), an iteration still 1.2x faster.
+  // for, with two or more intra-op threads, on the CPU, without tensor parallelism (its layers
+  // call collectives), and the two models' matrix multiplies per token within a factor of two of
+  // each other (else the larger one alone, on half the threads, sets the pace). Decided once,
+  // from the shapes, so a run is reproducible. Measured on 2 cores (`tiller bench ppo`,
+  // docs/bench.md): the quickstart's training pass (critic 0.89x the actor) 2.3x faster; at
+  // llama-15m shapes (critic 0.4x: no 32000-row LM head) an iteration 3% to 7% slower side by side.
   bool side_by_side() const { return side_by_side_; }
 
  private:
