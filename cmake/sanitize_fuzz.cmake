@@ -62,10 +62,12 @@ file(GENERATE OUTPUT ${CMAKE_BINARY_DIR}/generated/tiller_build_paths.h CONTENT
 if(TILLER_SANITIZE)
   enable_testing()
   find_package(GTest REQUIRED)
-  # The unit tests that need no training run and no tiller binary (tests that do are filtered out
-  # by name in scripts/sanitize_and_fuzz.sh).
+  # The unit tests that need no training run and no tiller binary, and those of the hand-written
+  # kernels (fused layers, AdamW, decode), whose loops index raw pointers. Tests that need a run
+  # are filtered out by name in scripts/sanitize_and_fuzz.sh.
   set(TILLER_SAN_TESTS safetensors hf_dir llama2c model_config sft_data tokenizer recipes ppo_math
-      attention_mask rlhf_stage reward)
+      attention_mask rlhf_stage reward fused_adamw fused_rms_norm fused_rotary fused_attention
+      side_by_side decode_kernels)
   list(TRANSFORM TILLER_SAN_TESTS PREPEND tests/)
   list(TRANSFORM TILLER_SAN_TESTS APPEND _test.cpp)
   add_executable(tiller_sanitize_tests ${TILLER_SAN_TESTS} tests/test_util.cpp)

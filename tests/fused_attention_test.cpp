@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "tests/test_util.h"
+
 #include "common/model/attention_mask.h"
 #include "common/torch_compat.h"
 
@@ -14,10 +16,7 @@ using namespace tiller;
 namespace {
 
 void expect_close(const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
-  ASSERT_FALSE(torch::isnan(got).any().item<bool>()) << what;
-  const double scale = std::max(1.0, want.abs().max().item<double>());
-  const double diff = (got - want).abs().max().item<double>();
-  EXPECT_LE(diff, 1e-5 * scale) << what << ": max difference " << diff;
+  test::expect_close_to_scale(got, want, 1e-5, what);
 }
 
 // [B, H, L, D] views of one [B, L, 3 * H * D] projection, as the model takes q, k and v.

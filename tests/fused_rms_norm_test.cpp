@@ -8,14 +8,14 @@
 
 #include <string>
 
+#include "tests/test_util.h"
+
 using namespace tiller;
 
 namespace {
 
 void expect_close(const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
-  const double scale = std::max(1.0, want.abs().max().item<double>());
-  const double diff = (got - want).abs().max().item<double>();
-  EXPECT_LE(diff, 1e-5 * scale) << what << ": max difference " << diff;
+  test::expect_close_to_scale(got, want, 1e-5, what);
 }
 
 }  // namespace

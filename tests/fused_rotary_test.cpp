@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "tests/test_util.h"
+
 #include "common/model/transformer.h"
 
 using namespace tiller;
@@ -13,9 +15,7 @@ using namespace tiller;
 namespace {
 
 void expect_close(const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
-  const double scale = std::max(1.0, want.abs().max().item<double>());
-  const double diff = (got - want).abs().max().item<double>();
-  EXPECT_LE(diff, 1e-5 * scale) << what << ": max difference " << diff;
+  test::expect_close_to_scale(got, want, 1e-5, what);
 }
 
 // q as the model takes it: a [B, H, T, hd] view (narrow, view, transpose) of a fused projection.

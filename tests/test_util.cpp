@@ -248,3 +248,15 @@ Transformer sharp_random_model(const ModelConfig& config, uint64_t seed) {
 }
 
 }  // namespace tiller::test
+
+namespace tiller::test {
+
+void expect_close_to_scale(const torch::Tensor& got, const torch::Tensor& want, double tolerance,
+                           const std::string& what) {
+  ASSERT_FALSE(torch::isnan(got).any().item<bool>()) << what << ": NaN";
+  const double scale = std::max(1.0, want.abs().max().item<double>());
+  const double diff = (got - want).abs().max().item<double>();
+  EXPECT_LE(diff, tolerance * scale) << what << ": max difference " << diff;
+}
+
+}  // namespace tiller::test

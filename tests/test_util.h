@@ -79,6 +79,12 @@ Transformer sharp_random_model(const ModelConfig& config, uint64_t seed);
 
 }  // namespace tiller::test
 
+namespace tiller::test {
+// Expects got within tolerance * max(1, max |want|) of want everywhere, and no NaN in got.
+void expect_close_to_scale(const torch::Tensor& got, const torch::Tensor& want, double tolerance,
+                           const std::string& what);
+}  // namespace tiller::test
+
 #define TILLER_REQUIRE_SHARED(var, relative)                                                \
   const std::string var = ::tiller::test::shared_file(relative);                            \
   if (var.empty())                                                                          \
