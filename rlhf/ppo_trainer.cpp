@@ -260,8 +260,9 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
   const int64_t batch = r.size();
   int64_t minibatches = 0;
   SideBySide side_by_side(side_by_side_);  // restores the threads when learn() returns
-  // On one process the gradients' reduction and clipping call no collective, so each model's can
-  // run in its own piece; under data parallel they all-reduce, on this thread.
+  // On one data-parallel rank the gradients' reduction calls no collective, so each model's can
+  // run in its own piece; under data parallel they all-reduce, on this thread. (Tensor parallel
+  // clipping does reduce over its group, but side_by_side_ is off then: the pieces run in order.)
   const bool reduce_in_pieces = group_.single();
   double actor_norm = 0, critic_norm = 0;
   actor_optimizer_.zero_grad();
