@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <vector>
 
 #include "common/torch_compat.h"
 
@@ -79,22 +80,25 @@ void adamw_update(float* p, const float* g, float* m, float* v, int64_t n,
 }
 
 torch::Tensor FusedAdamW::step(LossClosure closure) {
+  // Every parameter with a gradient is checked first (the step fuses all or none), and its state
+  // found once: null where AdamW would create it on its first step.
+  std::vector<torch::optim::AdamWParamState*> states;
+  last_step_fused_ = false;
   for (const auto& group : param_groups_) {
     if (static_cast<const torch::optim::AdamWOptions&>(group.options()).amsgrad())
       return AdamW::step(closure);
     for (const auto& p : group.params()) {
       if (!p.grad().defined()) continue;
-      bool fits = fusable(p) && fusable(p.grad());
+      if (!fusable(p) || !fusable(p.grad())) return AdamW::step(closure);
       const auto found = state_.find(compat::optimizer_state_key(state_, p));
-      if (fits && found != state_.end()) {
-        const auto& s = static_cast<const torch::optim::AdamWParamState&>(*found->second);
-        fits = fusable(s.exp_avg()) && fusable(s.exp_avg_sq()) &&
-               s.exp_avg().numel() == p.numel() && s.exp_avg_sq().numel() == p.numel();
-      }
-      if (!fits) {
-        last_step_fused_ = false;
+      auto* s = found == state_.end()
+                    ? nullptr
+                    : static_cast<torch::optim::AdamWParamState*>(found->second.get());
+      if (s != nullptr &&
+          !(fusable(s->exp_avg()) && fusable(s->exp_avg_sq()) &&
+            s->exp_avg().numel() == p.numel() && s->exp_avg_sq().numel() == p.numel()))
         return AdamW::step(closure);
-      }
+      states.push_back(s);
     }
   }
   last_step_fused_ = true;
@@ -105,20 +109,21 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
     loss = closure();
   }
   const AdamWKernels kernels = best_adamw_kernels();
+  size_t next = 0;
   for (auto& group : param_groups_) {
     const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
-      const auto key = compat::optimizer_state_key(state_, p);
-      auto found = state_.find(key);
-      if (found == state_.end()) {
+      torch::optim::AdamWParamState* state = states[next++];
+      if (state == nullptr) {
         auto fresh = std::make_unique<torch::optim::AdamWParamState>();
         fresh->step(0);
         fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
         fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-        found = state_.emplace(key, std::move(fresh)).first;
+        state = fresh.get();
+        state_.emplace(compat::optimizer_state_key(state_, p), std::move(fresh));
       }
-      auto& s = static_cast<torch::optim::AdamWParamState&>(*found->second);
+      auto& s = *state;
       s.step(s.step() + 1);
       const double beta1 = std::get<0>(options.betas()), beta2 = std::get<1>(options.betas());
       const double t = static_cast<double>(s.step());
