@@ -2,6 +2,8 @@
 // checkpoints, TensorBoard framing, recipe validation.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <filesystem>
 #include <fstream>
 
@@ -125,17 +127,27 @@ TEST(SftTrain, GradientAccumulationMatchesOneLargeBatch) {
   opt_four->step();
 
   EXPECT_LT(max_relative_difference(grads_one, grads_four), 1e-6);
-  // The AdamW updates agree too (relative to the update's norm).
+  // The AdamW updates agree too, element by element, as far as those gradients allow: the first
+  // update is lr * g / (|g| + eps) (the decay is the same in both), which a gradient differing by
+  // dg moves by up to lr * eps * dg / (|g| + eps)^2, so near |g| = eps rounding becomes visible
+  // (a fixed bound on the updates' difference passed or failed with the data's seed). Twice that,
+  // plus float rounding of the step and of the subtraction that measures it (a few ulps of the
+  // weight and of lr, the largest update).
   auto start = tiny_model(4)->parameters();
   auto p_one = one->parameters(), p_four = four->parameters();
-  double diff = 0, norm = 0;
+  const double lr = adam.lr, eps = adam.eps;
+  double worst = 0, norm = 0;
   for (size_t i = 0; i < start.size(); ++i) {
     auto u1 = p_one[i].detach() - start[i].detach(), u4 = p_four[i].detach() - start[i].detach();
-    diff += (u1 - u4).pow(2).sum().item<double>();
+    const auto g_small = torch::minimum(grads_one[i].abs(), grads_four[i].abs());
+    const auto allowed =
+        2 * lr * eps * (grads_one[i] - grads_four[i]).abs() / (g_small + eps).pow(2) +
+        4 * std::numeric_limits<float>::epsilon() * (start[i].detach().abs() + lr);
+    worst = std::max(worst, ((u1 - u4).abs() / allowed).max().item<double>());
     norm += u1.pow(2).sum().item<double>();
   }
   EXPECT_GT(norm, 0);
-  EXPECT_LT(std::sqrt(diff / norm), 1e-6);
+  EXPECT_LE(worst, 1.0) << "largest update difference over what the gradients allow";
 }
 
 TEST(SftTrain, ActivationCheckpointingGivesTheSameGradients) {

@@ -1,6 +1,7 @@
 #include "common/train/lm_loss.h"
 
 #include "common/model/attention_mask.h"
+#include "common/train/token_log_probs.h"
 
 namespace tiller {
 
@@ -11,9 +12,7 @@ torch::Tensor lm_loss_sum(TransformerImpl& model, const TokenBatch& batch) {
   auto targets = batch.targets.to(device);
   auto hidden = model.hidden(ids, positions_from_segments(segments), segment_causal_mask(segments));
   auto logits = model.logits(hidden).to(torch::kFloat);  // [B, T, V]
-  return torch::nn::functional::cross_entropy(
-      logits.view({-1, logits.size(-1)}), targets.view({-1}),
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+  return -token_log_probs(logits, targets).sum();
 }
 
 }  // namespace tiller

@@ -1,0 +1,125 @@
+// The fused token log-probabilities against LibTorch's log_softmax + gather: values and logit
+// gradients within 1e-5 over vocabularies with and without a vector tail, ignored targets (0 and
+// no gradient), NaN logits carried to the result, bad targets refused with one line, and the
+// language-model loss built on it equal to LibTorch's cross_entropy.
+#include "common/train/token_log_probs.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <limits>
+#include <string>
+
+#include "common/data/batching.h"
+#include "common/model/attention_mask.h"
+#include "common/train/lm_loss.h"
+#include "tests/test_util.h"
+
+using namespace tiller;
+
+namespace {
+
+// The names of the autograd nodes from t back along first inputs, two deep ("A <- B").
+std::string last_nodes(const torch::Tensor& t) {
+  const auto node = t.grad_fn();
+  if (!node) return "";
+  std::string names = node->name();
+  if (!node->next_edges().empty() && node->next_edges().front().function)
+    names += " <- " + node->next_edges().front().function->name();
+  return names;
+}
+
+}  // namespace
+
+TEST(TokenLogProbs, EqualsTheFormulaForwardAndBackward) {
+  torch::manual_seed(11);
+  for (int64_t vocab : {1, 7, 33, 512, 3001}) {
+    SCOPED_TRACE("vocabulary " + std::to_string(vocab));
+    const auto logits0 = torch::randn({3, 5, vocab}) * 5 + 1;
+    auto targets = torch::randint(vocab, {3, 5}, torch::kLong);
+    targets[0][1] = -100;
+    targets[2][4] = -100;
+    const auto upstream = torch::randn({3, 5});
+
+    auto logits = logits0.clone().requires_grad_();
+    const auto got = token_log_probs(logits, targets);
+    (got * upstream).sum().backward();
+    auto logits_ref = logits0.clone().requires_grad_();
+    const auto want = token_log_probs_reference(logits_ref, targets);
+    (want * upstream).sum().backward();
+
+    EXPECT_EQ(got.sizes(), targets.sizes());
+    test::expect_close_to_scale(got, want, 1e-5, "log-probabilities");
+    test::expect_close_to_scale(logits.grad(), logits_ref.grad(), 1e-5, "logit gradient");
+    EXPECT_EQ(got[0][1].item<float>(), 0.0f);
+    EXPECT_EQ(logits.grad()[0][1].abs().sum().item<float>(), 0.0f) << "ignored row has gradient";
+    EXPECT_NE(last_nodes(got).find("TokenLogProbsFunction"), std::string::npos)
+        << last_nodes(got);
+  }
+}
+
+TEST(TokenLogProbs, StridedLogitsAndOtherDtypesGiveTheFormula) {
+  torch::manual_seed(12);
+  const auto wide = torch::randn({4, 6, 40});
+  const auto logits = wide.narrow(1, 1, 4);  // not contiguous: rows of a larger tensor
+  const auto targets = torch::randint(40, {4, 4}, torch::kLong);
+  test::expect_close_to_scale(token_log_probs(logits, targets),
+                              token_log_probs_reference(logits, targets), 1e-5, "strided");
+  const auto doubles = wide.to(torch::kDouble).requires_grad_();
+  const auto ids = torch::randint(40, {4, 6}, torch::kLong);
+  const auto got = token_log_probs(doubles, ids);
+  EXPECT_TRUE(torch::equal(got, token_log_probs_reference(doubles, ids)));
+  EXPECT_EQ(last_nodes(got).find("TokenLogProbsFunction"), std::string::npos) << last_nodes(got);
+}
+
+TEST(TokenLogProbs, NanLogitsReachTheResultOfTheirRowOnly) {
+  auto logits = torch::zeros({3, 20});
+  logits[0][17] = std::numeric_limits<float>::quiet_NaN();
+  logits[2][3] = std::numeric_limits<float>::quiet_NaN();
+  const auto targets = torch::tensor({1, 2, -100}, torch::kLong);
+  const auto got = token_log_probs(logits, targets);
+  EXPECT_TRUE(std::isnan(got[0].item<float>()));
+  EXPECT_NEAR(got[1].item<float>(), -std::log(20.0), 1e-6);
+  EXPECT_EQ(got[2].item<float>(), 0.0f) << "an ignored row's NaN is not read";
+}
+
+TEST(TokenLogProbs, TargetsOutsideTheVocabularyAreRefused) {
+  const auto logits = torch::zeros({2, 2, 10});
+  const auto bad = torch::tensor({{1, 10}, {-100, 3}}, torch::kLong);
+  const std::string message = test::error_of([&] { token_log_probs(logits, bad); });
+  EXPECT_NE(message.find("target id 10 is outside the vocabulary [0, 10)"), std::string::npos)
+      << message;
+  const auto negative = torch::tensor({{1, -3}, {-100, 3}}, torch::kLong);
+  EXPECT_NE(test::error_of([&] { token_log_probs(logits, negative); }).find("target id -3"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] {
+              token_log_probs(logits, torch::zeros({2, 3}, torch::kLong));
+            }).find("do not match"),
+            std::string::npos);
+}
+
+TEST(TokenLogProbs, LanguageModelLossEqualsCrossEntropy) {
+  torch::manual_seed(13);
+  auto model = test::sharp_random_model(test::llama_config(97, 32, 64, 2, 4, 2, 64), 7);
+  TokenBatch batch;
+  batch.input_ids = torch::randint(97, {2, 9}, torch::kLong);
+  batch.targets = torch::randint(97, {2, 9}, torch::kLong);
+  batch.targets[1][0] = -100;
+  batch.segment_ids = torch::zeros({2, 9}, torch::kLong);
+  batch.target_count = 17;
+  const auto loss = lm_loss_sum(*model, batch);
+  loss.backward();
+  const auto fused_grad = model->parameters().front().grad().clone();
+  for (auto& p : model->parameters()) p.mutable_grad().reset();
+
+  auto logits =
+      model->logits(model->hidden(batch.input_ids, positions_from_segments(batch.segment_ids),
+                                  segment_causal_mask(batch.segment_ids)));
+  const auto want = torch::nn::functional::cross_entropy(
+      logits.view({-1, 97}), batch.targets.view({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+  want.backward();
+  EXPECT_NEAR(loss.item<double>(), want.item<double>(), 1e-5 * want.item<double>());
+  test::expect_close_to_scale(fused_grad, model->parameters().front().grad(), 1e-5,
+                              "first parameter's gradient");
+}
