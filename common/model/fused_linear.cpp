@@ -107,7 +107,7 @@ std::vector<torch::Tensor> project(const torch::Tensor& input,
                                    const std::vector<torch::Tensor>& biases) {
   check(biases.empty() || biases.size() == weights.size(), "project: one bias per weight");
   const bool fusable =
-      weights.size() > 1 && input.device().is_cpu() && !compat::cpu_autocast_enabled() &&
+      !weights.empty() && input.device().is_cpu() && !compat::cpu_autocast_enabled() &&
       input.scalar_type() == weights[0].scalar_type() && stored_back_to_back(weights) &&
       (biases.empty() || stored_back_to_back(biases));
   if (!fusable) {
@@ -127,7 +127,12 @@ std::vector<torch::Tensor> project(const torch::Tensor& input,
   const auto joined =
       tracked ? FusedLinear::apply(input, torch::TensorList(weights), torch::TensorList(biases))
               : multiply(input, whole(weights), biases.empty() ? torch::Tensor() : whole(biases));
+  if (weights.size() == 1) return {joined};
   return joined.split_with_sizes(rows, -1);
+}
+
+torch::Tensor project(const torch::Tensor& input, const torch::Tensor& weight) {
+  return project(input, std::vector<torch::Tensor>{weight}, {}).front();
 }
 
 }  // namespace tiller

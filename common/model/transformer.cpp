@@ -127,7 +127,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   auto out = attention(q, repeat_kv(k, rep).to(q.scalar_type()),
                        repeat_kv(v, rep).to(q.scalar_type()), allowed);
   out = out.transpose(1, 2).reshape({batch, length, n_heads * head_dim});
-  return dist::reduce_from_tensor_parallel(o_proj(out), tp);  // row-parallel o_proj
+  return dist::reduce_from_tensor_parallel(project(out, o_proj->weight),
+                                           tp);  // row-parallel o_proj
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -147,8 +148,9 @@ void MLPImpl::fuse_projections() {
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
   const auto input = dist::copy_to_tensor_parallel(x, tp);  // column-parallel gate/up
   const auto gate_up = project(input, {gate_proj->weight, up_proj->weight}, {});
-  return dist::reduce_from_tensor_parallel(down_proj(F::silu(gate_up[0]) * gate_up[1]),
-                                           tp);  // row-parallel down
+  return dist::reduce_from_tensor_parallel(
+      project(F::silu(gate_up[0]) * gate_up[1], down_proj->weight),
+      tp);  // row-parallel down
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
@@ -231,13 +233,11 @@ torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
   check(config.num_labels == 0, "this model has a score head, not an LM head");
   const dist::Group& tp = model->tp;
   if (tp.single()) {
-    if (lm_head) return lm_head(hidden);
-    return torch::matmul(hidden, model->embed_tokens->weight.t());
+    return project(hidden, lm_head ? lm_head->weight : model->embed_tokens->weight);
   }
   // Vocabulary-parallel: this rank's slice of the logits, gathered into the full [B, T, V].
   const auto input = dist::copy_to_tensor_parallel(hidden, tp);
-  const auto local =
-      lm_head ? lm_head(input) : torch::matmul(input, model->embed_tokens->weight.t());
+  const auto local = project(input, lm_head ? lm_head->weight : model->embed_tokens->weight);
   return dist::gather_last_dim(local, tp);
 }
 
