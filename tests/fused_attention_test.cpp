@@ -69,6 +69,51 @@ TEST(FusedAttention, EqualsTheFormulaForwardAndBackward) {
   }
 }
 
+// Queries run in blocks, each multiplying only the keys some query of it may see: sequences of
+// several blocks, under causal, packed-segment and irregular masks (keys allowed with holes, so a
+// query's span is not all allowed), and under causal with many queries over a longer cache.
+TEST(FusedAttention, BlocksOfQueriesSeeOnlyTheirKeysUnderEveryMask) {
+  torch::manual_seed(21);
+  const int64_t batch = 2, heads = 2, dim = 8, length = 300;
+  auto segments = torch::zeros({batch, length}, torch::kLong);
+  segments[0].narrow(0, 90, 150).fill_(1);  // three packed examples in row 0
+  segments[0].narrow(0, 240, 60).fill_(2);
+  segments[1].narrow(0, 0, 200).fill_(-1);  // nothing in row 1 but 100 trailing tokens
+  segments[1].narrow(0, 200, 100).fill_(0);
+  auto irregular = torch::rand({batch, 1, length, length}) < 0.7;
+  irregular[0][0][5].fill_(false);  // one query sees nothing
+  const std::vector<std::pair<std::string, torch::Tensor>> masks = {
+      {"causal", causal_mask(torch::ones({batch, length}, torch::kBool), length)},
+      {"segments", segment_causal_mask(segments)},
+      {"irregular", irregular}};
+  const auto base0 = torch::randn({batch, length, 3 * heads * dim});
+  const auto upstream = torch::randn({batch, heads, length, dim});
+  for (const auto& [name, mask] : masks) {
+    SCOPED_TRACE(name);
+    auto base = base0.clone().requires_grad_();
+    auto parts = views_of(base, heads, dim);
+    const auto y = attention(parts[0], parts[1], parts[2], mask);
+    (y * upstream).sum().backward();
+    auto base_ref = base0.clone().requires_grad_();
+    auto ref = views_of(base_ref, heads, dim);
+    const auto y_ref = compat::attention(ref[0], ref[1], ref[2], mask);
+    (y_ref * upstream).sum().backward();
+    expect_close(y, y_ref, "output");
+    expect_close(base.grad(), base_ref.grad(), "gradient of q, k and v");
+  }
+  // A cache: 200 new queries over 260 keys, each seeing the first 60 and the new ones up to itself.
+  const auto q = torch::randn({batch, heads, 200, dim}).requires_grad_();
+  const auto k = torch::randn({batch, heads, 260, dim}).requires_grad_();
+  const auto v = torch::randn({batch, heads, 260, dim}).requires_grad_();
+  const auto allowed = causal_mask(torch::ones({batch, 260}, torch::kBool), 200);
+  const auto y = attention(q, k, v, allowed);
+  const auto grads = torch::autograd::grad({(y * y).sum()}, {q, k, v});
+  const auto y_ref = compat::attention(q, k, v, allowed);
+  const auto grads_ref = torch::autograd::grad({(y_ref * y_ref).sum()}, {q, k, v});
+  expect_close(y, y_ref, "cached output");
+  for (size_t i = 0; i < 3; ++i) expect_close(grads[i], grads_ref[i], "cached gradient");
+}
+
 TEST(FusedAttention, KeysLongerThanQueriesAsWithACache) {
   torch::manual_seed(10);
   const int64_t batch = 2, heads = 3, dim = 8, queries = 2, keys = 6;

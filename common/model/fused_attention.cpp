@@ -5,8 +5,10 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "common/torch_compat.h"
+#include "common/util/vec_math.h"
 
 namespace tiller {
 
@@ -29,9 +31,9 @@ HeadView head(const torch::Tensor& t, int64_t b, int64_t h) {
 // The sizes of one call: q [batch, heads, t_len, dim], k and v [batch, heads, s_len, dim].
 struct Dims {
   int64_t batch, heads, t_len, s_len, dim;
-  float scale;        // 1 / sqrt(dim)
-  CBLAS_INT T, S, D;  // t_len, s_len, dim for BLAS
-  int64_t grain;      // heads per parallel chunk: about 2^15 multiply-adds each
+  float scale;     // 1 / sqrt(dim)
+  CBLAS_INT S, D;  // s_len, dim for BLAS
+  int64_t grain;   // heads per parallel chunk: about 2^15 multiply-adds each
 
   Dims(const torch::Tensor& q, const torch::Tensor& k)
       : batch(q.size(0)),
@@ -40,19 +42,91 @@ struct Dims {
         s_len(k.size(2)),
         dim(q.size(3)),
         scale(static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)))),
-        T(static_cast<CBLAS_INT>(t_len)),
         S(static_cast<CBLAS_INT>(s_len)),
         D(static_cast<CBLAS_INT>(dim)),
         grain(
             std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, t_len * s_len * dim))) {}
 };
 
+// Queries are taken in blocks of this many rows, and each block multiplies only the keys some
+// row of it may see: under a causal mask that skips nearly half the work, and with packed
+// segments more.
+constexpr int64_t kRowsPerBlock = 64;
+
+// Where a query's allowed keys lie: [first, end), all of them allowed where `dense` (causal,
+// padding and segment masks), only some where not (then the mask is read).
+struct RowSpan {
+  int64_t first = 0, end = 0;
+  bool dense = true;
+};
+
+// The mask read once for every head: each query's span and each block's union of them.
+struct MaskSpans {
+  int64_t t_len, blocks_per_row;
+  std::vector<RowSpan> rows;    // [batch * t_len]
+  std::vector<RowSpan> blocks;  // [batch * blocks_per_row]: [first, end) only
+
+  MaskSpans(const torch::Tensor& allowed, int64_t batch, int64_t t_len_, int64_t s_len)
+      : t_len(t_len_),
+        blocks_per_row((t_len_ + kRowsPerBlock - 1) / kRowsPerBlock),
+        rows(static_cast<size_t>(batch * t_len_)),
+        blocks(static_cast<size_t>(batch * blocks_per_row)) {
+    const bool* mask = allowed.data_ptr<bool>();
+    for (int64_t r = 0; r < batch * t_len; ++r) {
+      const bool* seen = mask + r * s_len;
+      RowSpan& span = rows[static_cast<size_t>(r)];
+      int64_t count = 0;
+      span.first = s_len;
+      for (int64_t s = 0; s < s_len; ++s)
+        if (seen[s]) {
+          span.first = std::min(span.first, s);
+          span.end = s + 1;
+          ++count;
+        }
+      if (count == 0) span.first = span.end = 0;
+      span.dense = count == span.end - span.first;
+      RowSpan& block =
+          blocks[static_cast<size_t>((r / t_len) * blocks_per_row + (r % t_len) / kRowsPerBlock)];
+      if (count == 0) continue;
+      if (block.first == block.end) block = {span.first, span.end, true};
+      block.first = std::min(block.first, span.first);
+      block.end = std::max(block.end, span.end);
+    }
+  }
+
+  const RowSpan& row(int64_t b, int64_t t) const {
+    return rows[static_cast<size_t>(b * t_len + t)];
+  }
+  const RowSpan& block(int64_t b, int64_t i) const {
+    return blocks[static_cast<size_t>(b * blocks_per_row + i)];
+  }
+};
+
+// One query's scores over its block's keys [lo, hi) -> its probabilities there (0 where masked).
+void softmax_row(float* row, const RowSpan& span, const bool* seen, int64_t lo, int64_t hi) {
+  if (span.first == span.end) {  // sees nothing: zeros, as compat::attention gives
+    std::fill(row + lo, row + hi, 0.0f);
+    return;
+  }
+  if (!span.dense)
+    for (int64_t s = span.first; s < span.end; ++s)
+      if (!seen[s]) row[s] = -std::numeric_limits<float>::infinity();  // exp gives exactly 0
+  float* kept = row + span.first;
+  const int64_t n = span.end - span.first;
+  const float largest = vec::max(kept, n);
+  const float inv = 1.0f / vec::exp_sum(kept, largest, n, kept);
+  for (int64_t s = 0; s < n; ++s) kept[s] *= inv;
+  std::fill(row + lo, row + span.first, 0.0f);
+  std::fill(row + span.end, row + hi, 0.0f);
+}
+
 struct AttentionFunction : torch::autograd::Function<AttentionFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& allowed) {
     const Dims n(q, k);
     const int64_t batch = n.batch, heads = n.heads, t_len = n.t_len, s_len = n.s_len, dim = n.dim;
-    const CBLAS_INT T = n.T, S = n.S, D = n.D;
+    const MaskSpans spans(allowed, batch, t_len, s_len);
+    // probs holds each query's probabilities over its block's keys; the rest is never read.
     auto probs = torch::empty({batch, heads, t_len, s_len}, q.options());
     auto out = torch::empty({batch, heads, t_len, dim}, q.options());
     const bool* mask = allowed.data_ptr<bool>();
@@ -61,45 +135,41 @@ struct AttentionFunction : torch::autograd::Function<AttentionFunction> {
         const int64_t b = bh / heads, h = bh % heads;
         const HeadView qh = head(q, b, h), kh = head(k, b, h), vh = head(v, b, h);
         float* p = probs.data_ptr<float>() + bh * t_len * s_len;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, S, D, n.scale, qh.data, qh.ld,
-                    kh.data, kh.ld, 0.0f, p, S);
-        for (int64_t t = 0; t < t_len; ++t) {
-          float* row = p + t * s_len;
-          const bool* seen = mask + (b * t_len + t) * s_len;
-          float max = -std::numeric_limits<float>::infinity();
-          for (int64_t s = 0; s < s_len; ++s)
-            if (seen[s]) max = std::max(max, row[s]);
-          if (max == -std::numeric_limits<float>::infinity()) {  // sees nothing: zeros
-            std::fill(row, row + s_len, 0.0f);
+        float* o = out.data_ptr<float>() + bh * t_len * dim;
+        for (int64_t i = 0; i < spans.blocks_per_row; ++i) {
+          const int64_t t0 = i * kRowsPerBlock, rows = std::min(kRowsPerBlock, t_len - t0);
+          const int64_t lo = spans.block(b, i).first, hi = spans.block(b, i).end;
+          if (lo == hi) {  // no query of the block sees anything
+            std::fill(o + t0 * dim, o + (t0 + rows) * dim, 0.0f);
             continue;
           }
-          float sum = 0;
-          for (int64_t s = 0; s < s_len; ++s) {
-            row[s] = seen[s] ? std::exp(row[s] - max) : 0.0f;
-            sum += row[s];
-          }
-          const float inv = 1.0f / sum;
-          for (int64_t s = 0; s < s_len; ++s) row[s] *= inv;
+          const auto R = static_cast<CBLAS_INT>(rows), C = static_cast<CBLAS_INT>(hi - lo);
+          float* pb = p + t0 * s_len + lo;
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, C, n.D, n.scale,
+                      qh.data + t0 * qh.ld, qh.ld, kh.data + lo * kh.ld, kh.ld, 0.0f, pb, n.S);
+          for (int64_t t = t0; t < t0 + rows; ++t)
+            softmax_row(p + t * s_len, spans.row(b, t), mask + (b * t_len + t) * s_len, lo, hi);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, n.D, C, 1.0f, pb, n.S,
+                      vh.data + lo * vh.ld, vh.ld, 0.0f, o + t0 * dim, n.D);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, S, 1.0f, p, S, vh.data, vh.ld,
-                    0.0f, out.data_ptr<float>() + bh * t_len * dim, D);
       }
     });
-    ctx->save_for_backward({q, k, v, probs});
+    ctx->save_for_backward({q, k, v, probs, allowed});
     return out;
   }
 
-  // dV = P^T dO; dP = dO V^T; dS = P * (dP - rowsum(P * dP)); dQ = scale dS K; dK = scale dS^T Q.
+  // Per block of queries, over its keys [lo, hi): dV += P^T dO; dP = dO V^T;
+  // dS = P * (dP - rowsum(P * dP)); dQ = scale dS K; dK += scale dS^T Q.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto &q = saved[0], &k = saved[1], &v = saved[2], &probs = saved[3];
+    const auto &q = saved[0], &k = saved[1], &v = saved[2], &probs = saved[3], &allowed = saved[4];
     const auto d_out = grads[0].contiguous();
     const Dims n(q, k);
     const int64_t batch = n.batch, heads = n.heads, t_len = n.t_len, s_len = n.s_len, dim = n.dim;
-    const CBLAS_INT T = n.T, S = n.S, D = n.D;
+    const MaskSpans spans(allowed, batch, t_len, s_len);
     auto dq = torch::empty({batch, heads, t_len, dim}, q.options());
-    auto dk = torch::empty({batch, heads, s_len, dim}, q.options());
-    auto dv = torch::empty({batch, heads, s_len, dim}, q.options());
+    auto dk = torch::zeros({batch, heads, s_len, dim}, q.options());  // blocks add into these
+    auto dv = torch::zeros({batch, heads, s_len, dim}, q.options());
     auto d_scores = torch::empty({batch, heads, t_len, s_len}, q.options());
     at::parallel_for(0, batch * heads, n.grain, [&](int64_t begin, int64_t end) {
       for (int64_t bh = begin; bh < end; ++bh) {
@@ -108,21 +178,35 @@ struct AttentionFunction : torch::autograd::Function<AttentionFunction> {
         const float* p = probs.data_ptr<float>() + bh * t_len * s_len;
         const float* go = d_out.data_ptr<float>() + bh * t_len * dim;
         float* ds = d_scores.data_ptr<float>() + bh * t_len * s_len;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, T, 1.0f, p, S, go, D, 0.0f,
-                    dv.data_ptr<float>() + bh * s_len * dim, D);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, S, D, 1.0f, go, D, vh.data, vh.ld,
-                    0.0f, ds, S);
-        for (int64_t t = 0; t < t_len; ++t) {
-          const float* pr = p + t * s_len;
-          float* row = ds + t * s_len;
-          float dot = 0;
-          for (int64_t s = 0; s < s_len; ++s) dot += pr[s] * row[s];
-          for (int64_t s = 0; s < s_len; ++s) row[s] = pr[s] * (row[s] - dot);
+        float* dqh = dq.data_ptr<float>() + bh * t_len * dim;
+        float* dkh = dk.data_ptr<float>() + bh * s_len * dim;
+        float* dvh = dv.data_ptr<float>() + bh * s_len * dim;
+        for (int64_t i = 0; i < spans.blocks_per_row; ++i) {
+          const int64_t t0 = i * kRowsPerBlock, rows = std::min(kRowsPerBlock, t_len - t0);
+          const int64_t lo = spans.block(b, i).first, hi = spans.block(b, i).end;
+          if (lo == hi) {
+            std::fill(dqh + t0 * dim, dqh + (t0 + rows) * dim, 0.0f);
+            continue;
+          }
+          const auto R = static_cast<CBLAS_INT>(rows), C = static_cast<CBLAS_INT>(hi - lo);
+          const float* pb = p + t0 * s_len + lo;
+          float* dsb = ds + t0 * s_len + lo;
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, n.D, R, 1.0f, pb, n.S,
+                      go + t0 * dim, n.D, 1.0f, dvh + lo * dim, n.D);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, C, n.D, 1.0f, go + t0 * dim, n.D,
+                      vh.data + lo * vh.ld, vh.ld, 0.0f, dsb, n.S);
+          for (int64_t r = 0; r < rows; ++r) {
+            const float* pr = pb + r * s_len;
+            float* row = dsb + r * s_len;
+            float dot = 0;
+            for (int64_t s = 0; s < hi - lo; ++s) dot += pr[s] * row[s];
+            for (int64_t s = 0; s < hi - lo; ++s) row[s] = pr[s] * (row[s] - dot);
+          }
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, n.D, C, n.scale, dsb, n.S,
+                      kh.data + lo * kh.ld, kh.ld, 0.0f, dqh + t0 * dim, n.D);
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, n.D, R, n.scale, dsb, n.S,
+                      qh.data + t0 * qh.ld, qh.ld, 1.0f, dkh + lo * dim, n.D);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, S, n.scale, ds, S, kh.data,
-                    kh.ld, 0.0f, dq.data_ptr<float>() + bh * t_len * dim, D);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, T, n.scale, ds, S, qh.data,
-                    qh.ld, 0.0f, dk.data_ptr<float>() + bh * s_len * dim, D);
       }
     });
     return {dq, dk, dv, torch::Tensor()};
