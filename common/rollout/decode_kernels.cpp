@@ -4,10 +4,7 @@
 #include <cmath>
 #include <limits>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define TILLER_HAVE_AVX2_KERNELS 1
-#endif
+#include "common/util/vec_avx2.h"
 
 namespace tiller::decode_kernels {
 
@@ -69,43 +66,9 @@ void silu_mul_portable(float* gate, const float* up, int64_t n) {
 }
 
 #ifdef TILLER_HAVE_AVX2_KERNELS
-#define TILLER_AVX2 __attribute__((target("avx2,fma")))
-
-// exp(x) to about 1 ulp: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by Cephes' expf polynomial,
-// 2^n through the exponent bits. Below -87.3 (where exp leaves the normal floats) it returns 0,
-// so exp(-inf) is 0; above 88 it saturates at exp(88).
-TILLER_AVX2 inline __m256 exp8(__m256 x) {
-  const __m256 underflows = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // ln2 in two parts, the first exact in few bits, so that n * part1 is exact.
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-  const __m256i exponent =
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 result = _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
-  return _mm256_andnot_ps(underflows, result);
-}
-
-TILLER_AVX2 inline float sum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
-TILLER_AVX2 inline float max8(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-}
+using vec::avx2::exp8;
+using vec::avx2::max8;
+using vec::avx2::sum8;
 
 // The 8 horizontal sums of v[0..7], as one vector in that order.
 TILLER_AVX2 inline __m256 sums_of_8(const __m256* v) {
