@@ -1,6 +1,6 @@
-// The decode step's kernel sets against each other and against double-precision references: the
-// AVX2 polynomial exp, attention with masked slots and partial slot blocks, and SiLU, on inputs
-// wider than the models in fast_decode_test.cpp reach.
+// The decode step's kernel sets against each other and against double-precision references:
+// attention with masked slots and partial slot blocks, and SiLU, on inputs wider than the models
+// in fast_decode_test.cpp reach. (Their exp and row maxima: tests/vec_math_test.cpp.)
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -46,61 +46,6 @@ std::vector<double> attention_reference(const float* q, const float* keys, const
 }
 
 }  // namespace
-
-TEST(DecodeKernels, ExpIsWithinAFewUlpAndVanishesBelowTheNormalRange) {
-  std::vector<float> x;
-  for (float v = -87.0f; v <= 88.0f; v += 0.0137f) x.push_back(v);
-  x.push_back(0.0f);
-  x.push_back(-1e-8f);
-  for (auto isa : kernel_sets()) {
-    SCOPED_TRACE(name_of(isa));
-    std::vector<float> out(x.size());
-    decode_kernels::exp_and_sum(isa, x.data(), x.size(), 0.0f, out.data());
-    double worst = 0;
-    for (size_t i = 0; i < x.size(); ++i) {
-      const double reference = std::exp(double{x[i]});
-      worst = std::max(worst, std::abs(out[i] - reference) / reference);
-    }
-    EXPECT_LT(worst, 3e-7);  // float's unit roundoff is 6e-8
-
-    // The sum, over a range whose exps float can add up.
-    const int64_t n = 1001;
-    std::vector<float> y(n);
-    double reference_sum = 0;
-    for (int64_t i = 0; i < n; ++i) reference_sum += std::exp(double{y[i] = -20.0f + 0.04f * i});
-    const float sum = decode_kernels::exp_and_sum(isa, y.data(), n, 1.5f, out.data());
-    EXPECT_NEAR(sum / (reference_sum * std::exp(-1.5)), 1.0, 1e-6);
-
-    // Shifted by the max as softmax does: masked (-inf) entries give 0, and so do the vector
-    // lanes below exp's normal range (the portable loops and the tail give denormals there).
-    const float masked[] = {
-        -std::numeric_limits<float>::infinity(), -200.0f, -95.0f, 3.0f, 2.0f, -1e30f,
-        -std::numeric_limits<float>::infinity(), 1.0f,    -100.0f};
-    float exps[9];
-    decode_kernels::exp_and_sum(isa, masked, 9, 3.0f, exps);
-    for (int i : {0, 5, 6}) EXPECT_EQ(exps[i], 0.0f) << "entry " << i;
-    for (int i : {1, 2, 8}) EXPECT_LT(exps[i], 1e-40f) << "entry " << i;
-    if (isa != Isa::portable) {
-      for (int i : {1, 2}) EXPECT_EQ(exps[i], 0.0f) << "entry " << i;
-    }
-    EXPECT_FLOAT_EQ(exps[3], 1.0f);
-    EXPECT_NEAR(exps[7], std::exp(-2.0), 1e-7);
-  }
-}
-
-TEST(DecodeKernels, MaxValueFindsTheLargestWhereverItIs) {
-  for (auto isa : kernel_sets()) {
-    for (int64_t n : {1, 7, 8, 9, 17, 512}) {
-      for (int64_t at = 0; at < n; at += std::max<int64_t>(1, n / 5)) {
-        std::vector<float> x(n);
-        for (int64_t i = 0; i < n; ++i) x[i] = -1000.0f + static_cast<float>((i * 37) % 101);
-        x[at] = 7.5f;
-        EXPECT_EQ(decode_kernels::max_value(isa, x.data(), n), 7.5f)
-            << name_of(isa) << ", n " << n << ", at " << at;
-      }
-    }
-  }
-}
 
 TEST(DecodeKernels, AttendMatchesDoublePrecisionWithMaskedSlots) {
   std::mt19937 rng(17);

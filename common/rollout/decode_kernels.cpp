@@ -48,19 +48,6 @@ void attend_portable(const float* q, int64_t group, const float* keys, const flo
   }
 }
 
-float max_value_portable(const float* x, int64_t n) {
-  return *std::max_element(x, x + n);
-}
-
-float exp_and_sum_portable(const float* x, int64_t n, float shift, float* out) {
-  float sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    out[i] = std::exp(x[i] - shift);
-    sum += out[i];
-  }
-  return sum;
-}
-
 void silu_mul_portable(float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
@@ -198,28 +185,6 @@ TILLER_AVX2 void small_matmul_avx2(const float* in, int64_t rows, int64_t k, con
   }
 }
 
-TILLER_AVX2 float max_value_avx2(const float* x, int64_t n) {
-  if (n < 8) return max_value_portable(x, n);
-  __m256 vmax = _mm256_loadu_ps(x);
-  int64_t i = 8;
-  for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
-  float max = max8(vmax);
-  for (; i < n; ++i) max = std::max(max, x[i]);
-  return max;
-}
-
-TILLER_AVX2 float exp_and_sum_avx2(const float* x, int64_t n, float shift, float* out) {
-  const __m256 vshift = _mm256_set1_ps(shift);
-  __m256 vsum = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vshift));
-    _mm256_storeu_ps(out + i, e);
-    vsum = _mm256_add_ps(vsum, e);
-  }
-  return sum8(vsum) + exp_and_sum_portable(x + i, n - i, shift, out + i);
-}
-
 TILLER_AVX2 void silu_mul_avx2(float* gate, const float* up, int64_t n) {
   const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
   int64_t i = 0;
@@ -234,24 +199,6 @@ TILLER_AVX2 void silu_mul_avx2(float* gate, const float* up, int64_t n) {
 #endif
 
 }  // namespace
-
-bool supported(Isa isa) {
-  switch (isa) {
-    case Isa::portable:
-      return true;
-    case Isa::avx2_fma:
-#ifdef TILLER_HAVE_AVX2_KERNELS
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-      return false;
-#endif
-  }
-  return false;
-}
-
-Isa best_isa() {
-  return supported(Isa::avx2_fma) ? Isa::avx2_fma : Isa::portable;
-}
 
 void attend(Isa isa, const float* q, int64_t group, const float* keys, const float* values,
             const float* mask_bias, int64_t slots, int64_t head_dim, float scale, float* scratch,
@@ -275,20 +222,6 @@ bool small_matmul(Isa isa, const float* in, int64_t rows, int64_t k, const float
 #endif
   (void)in, (void)rows, (void)k, (void)weight, (void)bias, (void)n, (void)out, (void)accumulate;
   return false;
-}
-
-float max_value(Isa isa, const float* x, int64_t n) {
-#ifdef TILLER_HAVE_AVX2_KERNELS
-  if (isa == Isa::avx2_fma) return max_value_avx2(x, n);
-#endif
-  return max_value_portable(x, n);
-}
-
-float exp_and_sum(Isa isa, const float* x, int64_t n, float shift, float* out) {
-#ifdef TILLER_HAVE_AVX2_KERNELS
-  if (isa == Isa::avx2_fma) return exp_and_sum_avx2(x, n, shift, out);
-#endif
-  return exp_and_sum_portable(x, n, shift, out);
 }
 
 void silu_mul(Isa isa, float* gate, const float* up, int64_t n) {

@@ -1,25 +1,22 @@
 // The attention, elementwise and tiny-matmul loops of FastDecoder's step
-// (common/rollout/fast_decode.h), and the exp of the generator's sampler, in two
-// builds: portable C++ for any x86-64 (or other) CPU, and AVX2+FMA intrinsics chosen at run time
-// where the CPU has them. The binary itself stays at the baseline instruction set.
+// (common/rollout/fast_decode.h), in two builds: portable C++ for any x86-64 (or other) CPU, and
+// AVX2+FMA intrinsics chosen at run time where the CPU has them. The binary itself stays at the
+// baseline instruction set.
 #pragma once
 #include <cstdint>
 
+#include "common/util/vec_math.h"
+
 namespace tiller::decode_kernels {
 
-enum class Isa {
-  portable,  // plain loops and std::exp
-  avx2_fma,  // 8-wide vectors and a polynomial exp (about 1 ulp)
-};
+using Isa = vec::Isa;  // the kernel sets of common/util/vec_math.h
+using vec::best_isa;
+using vec::supported;
 
 // Sum of a[i] * b[i] in 8 interleaved partial sums: the compiler turns the inner loop into vector
 // operations (a single running sum is a chain of dependent adds it may not reorder), and the
 // result does not depend on the instruction set.
 float dot(const float* a, const float* b, int64_t n);
-
-// The fastest set this CPU runs.
-Isa best_isa();
-bool supported(Isa isa);
 
 // Where a query head's scores go: slots rounded up to whole vectors.
 constexpr int64_t kSlotBlock = 8;
@@ -41,12 +38,6 @@ void attend(Isa isa, const float* q, int64_t group, const float* keys, const flo
 // Returns false, doing nothing, where this set has no such kernel (the portable one).
 bool small_matmul(Isa isa, const float* in, int64_t rows, int64_t k, const float* weight,
                   const float* bias, int64_t n, float* out, bool accumulate);
-
-// The largest of x[0..n), n >= 1 (NaNs are not looked for).
-float max_value(Isa isa, const float* x, int64_t n);
-
-// out[i] = exp(x[i] - shift) over n; returns their sum (in float, in an order of its own).
-float exp_and_sum(Isa isa, const float* x, int64_t n, float shift, float* out);
 
 // gate = silu(gate) * up, elementwise over n.
 void silu_mul(Isa isa, float* gate, const float* up, int64_t n);

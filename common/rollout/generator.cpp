@@ -5,10 +5,10 @@
 #include <optional>
 
 #include "common/model/attention_mask.h"
-#include "common/rollout/decode_kernels.h"
 #include "common/rollout/fast_decode.h"
 #include "common/torch_compat.h"
 #include "common/util/error.h"
+#include "common/util/vec_math.h"
 
 namespace tiller {
 
@@ -123,7 +123,7 @@ Picks sample_on_cpu(const torch::Tensor& logits_in, const SamplingOptions& o, Ro
   const auto logits = logits_in.contiguous();
   const int64_t batch = logits.size(0), vocab = logits.size(1);
   const float temperature = static_cast<float>(effective_temperature(o.temperature));
-  const auto isa = decode_kernels::best_isa();
+  const auto isa = vec::best_isa();
   torch::Tensor draws;
   if (o.temperature > 0) draws = uniforms.draw(batch).contiguous();
   Picks picks{torch::empty({batch}, torch::kLong), torch::empty({batch}, torch::kFloat)};
@@ -134,8 +134,8 @@ Picks sample_on_cpu(const torch::Tensor& logits_in, const SamplingOptions& o, Ro
   for (int64_t b = 0; b < batch; ++b) {
     const float* row = logits.data_ptr<float>() + b * vocab;
     for (int64_t i = 0; i < vocab; ++i) scaled[i] = row[i] / temperature;
-    const float max = decode_kernels::max_value(isa, scaled, vocab);
-    const float sum = decode_kernels::exp_and_sum(isa, scaled, vocab, max, exps);
+    const float max = vec::max(isa, scaled, vocab);
+    const float sum = vec::exp_sum(isa, scaled, max, vocab, exps);
     const auto first_max = [&] { return std::find(scaled, scaled + vocab, max) - scaled; };
     int64_t token;
     if (o.temperature == 0) {

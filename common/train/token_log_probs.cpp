@@ -31,6 +31,7 @@ struct TokenLogProbsFunction : torch::autograd::Function<TokenLogProbsFunction> 
     const int64_t* target = targets.data_ptr<int64_t>();
     float* o = out.data_ptr<float>();
     float* lse = log_sum_exp.data_ptr<float>();
+    const vec::Isa isa = vec::best_isa();
     at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         if (target[r] == ignore_index) {
@@ -38,8 +39,8 @@ struct TokenLogProbsFunction : torch::autograd::Function<TokenLogProbsFunction> 
           continue;
         }
         const float* row = x + r * vocab;
-        const float largest = vec::max(row, vocab);
-        lse[r] = largest + std::log(vec::exp_sum(row, largest, vocab, nullptr));
+        const float largest = vec::max(isa, row, vocab);
+        lse[r] = largest + std::log(vec::exp_sum(isa, row, largest, vocab, nullptr));
         o[r] = row[target[r]] - lse[r];
       }
     });
@@ -61,6 +62,7 @@ struct TokenLogProbsFunction : torch::autograd::Function<TokenLogProbsFunction> 
     const float* lse = log_sum_exp.data_ptr<float>();
     const float* g = upstream.data_ptr<float>();
     float* d = d_logits.data_ptr<float>();
+    const vec::Isa isa = vec::best_isa();
     at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         float* d_row = d + r * vocab;
@@ -68,7 +70,7 @@ struct TokenLogProbsFunction : torch::autograd::Function<TokenLogProbsFunction> 
           std::fill(d_row, d_row + vocab, 0.0f);
           continue;
         }
-        vec::scaled_exp(x + r * vocab, lse[r], -g[r], vocab, d_row);
+        vec::scaled_exp(isa, x + r * vocab, lse[r], -g[r], vocab, d_row);
         d_row[target[r]] += g[r];
       }
     });

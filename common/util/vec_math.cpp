@@ -1,6 +1,5 @@
 #include "common/util/vec_math.h"
 
-#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -9,8 +8,6 @@
 namespace tiller::vec {
 
 namespace {
-
-std::atomic<bool> forced_portable{false};
 
 #ifdef TILLER_HAVE_AVX2_KERNELS
 using avx2::kLowestExponent;
@@ -92,36 +89,45 @@ TILLER_AVX2 void scaled_exp_avx2(const float* x, float shift, float scale, int64
 
 }  // namespace
 
-bool using_avx2() {
+bool supported(Isa isa) {
+  switch (isa) {
+    case Isa::portable:
+      return true;
+    case Isa::avx2_fma:
 #ifdef TILLER_HAVE_AVX2_KERNELS
-  return avx2::cpu_has_avx2_fma() && !forced_portable.load(std::memory_order_relaxed);
+      return avx2::cpu_has_avx2_fma();
 #else
+      return false;
+#endif
+  }
   return false;
-#endif
 }
 
-void force_portable_for_test(bool portable) {
-  forced_portable.store(portable);
+Isa best_isa() {
+  return supported(Isa::avx2_fma) ? Isa::avx2_fma : Isa::portable;
 }
 
-float max(const float* x, int64_t n) {
+float max(Isa isa, const float* x, int64_t n) {
 #ifdef TILLER_HAVE_AVX2_KERNELS
-  if (using_avx2()) return max_avx2(x, n);
+  if (isa == Isa::avx2_fma) return max_avx2(x, n);
 #endif
+  (void)isa;
   return max_portable(x, n);
 }
 
-float exp_sum(const float* x, float shift, int64_t n, float* out) {
+float exp_sum(Isa isa, const float* x, float shift, int64_t n, float* out) {
 #ifdef TILLER_HAVE_AVX2_KERNELS
-  if (using_avx2()) return exp_sum_avx2(x, shift, n, out);
+  if (isa == Isa::avx2_fma) return exp_sum_avx2(x, shift, n, out);
 #endif
+  (void)isa;
   return exp_sum_portable(x, shift, n, out);
 }
 
-void scaled_exp(const float* x, float shift, float scale, int64_t n, float* out) {
+void scaled_exp(Isa isa, const float* x, float shift, float scale, int64_t n, float* out) {
 #ifdef TILLER_HAVE_AVX2_KERNELS
-  if (using_avx2()) return scaled_exp_avx2(x, shift, scale, n, out);
+  if (isa == Isa::avx2_fma) return scaled_exp_avx2(x, shift, scale, n, out);
 #endif
+  (void)isa;
   scaled_exp_portable(x, shift, scale, n, out);
 }
 
