@@ -60,18 +60,37 @@ struct RowSpan {
   bool dense = true;
 };
 
-// The mask read once for every head: each query's span and each block's union of them.
+// Each block of queries' keys: the union [first, end) of its queries' spans, empty where none of
+// them sees anything. A [batch, blocks, 2] int64 table, made by the forward and saved for the
+// backward, which needs nothing else of the mask.
+struct BlockSpans {
+  torch::Tensor table;
+  int64_t blocks_per_row;
+
+  explicit BlockSpans(torch::Tensor spans)
+      : table(std::move(spans)), blocks_per_row(table.size(1)) {}
+  int64_t first(int64_t b, int64_t i) const { return at(b, i)[0]; }
+  int64_t end(int64_t b, int64_t i) const { return at(b, i)[1]; }
+
+ private:
+  const int64_t* at(int64_t b, int64_t i) const {
+    return table.data_ptr<int64_t>() + (b * blocks_per_row + i) * 2;
+  }
+};
+
+// The mask read once for every head: each query's span, and each block's.
 struct MaskSpans {
-  int64_t t_len, blocks_per_row;
-  std::vector<RowSpan> rows;    // [batch * t_len]
-  std::vector<RowSpan> blocks;  // [batch * blocks_per_row]: [first, end) only
+  int64_t t_len;
+  std::vector<RowSpan> rows;  // [batch * t_len]
+  BlockSpans blocks;
 
   MaskSpans(const torch::Tensor& allowed, int64_t batch, int64_t t_len_, int64_t s_len)
       : t_len(t_len_),
-        blocks_per_row((t_len_ + kRowsPerBlock - 1) / kRowsPerBlock),
         rows(static_cast<size_t>(batch * t_len_)),
-        blocks(static_cast<size_t>(batch * blocks_per_row)) {
+        blocks(
+            torch::zeros({batch, (t_len_ + kRowsPerBlock - 1) / kRowsPerBlock, 2}, torch::kLong)) {
     const bool* mask = allowed.data_ptr<bool>();
+    int64_t* block_table = blocks.table.data_ptr<int64_t>();
     for (int64_t r = 0; r < batch * t_len; ++r) {
       const bool* seen = mask + r * s_len;
       RowSpan& span = rows[static_cast<size_t>(r)];
@@ -83,27 +102,27 @@ struct MaskSpans {
           span.end = s + 1;
           ++count;
         }
-      if (count == 0) span.first = span.end = 0;
+      if (count == 0) {
+        span.first = span.end = 0;
+        continue;
+      }
       span.dense = count == span.end - span.first;
-      RowSpan& block =
-          blocks[static_cast<size_t>((r / t_len) * blocks_per_row + (r % t_len) / kRowsPerBlock)];
-      if (count == 0) continue;
-      if (block.first == block.end) block = {span.first, span.end, true};
-      block.first = std::min(block.first, span.first);
-      block.end = std::max(block.end, span.end);
+      int64_t* block =
+          block_table + ((r / t_len) * blocks.blocks_per_row + (r % t_len) / kRowsPerBlock) * 2;
+      const bool block_empty = block[0] == block[1];
+      block[0] = block_empty ? span.first : std::min(block[0], span.first);
+      block[1] = block_empty ? span.end : std::max(block[1], span.end);
     }
   }
 
   const RowSpan& row(int64_t b, int64_t t) const {
     return rows[static_cast<size_t>(b * t_len + t)];
   }
-  const RowSpan& block(int64_t b, int64_t i) const {
-    return blocks[static_cast<size_t>(b * blocks_per_row + i)];
-  }
 };
 
 // One query's scores over its block's keys [lo, hi) -> its probabilities there (0 where masked).
-void softmax_row(float* row, const RowSpan& span, const bool* seen, int64_t lo, int64_t hi) {
+void softmax_row(vec::Isa isa, float* row, const RowSpan& span, const bool* seen, int64_t lo,
+                 int64_t hi) {
   if (span.first == span.end) {  // sees nothing: zeros, as compat::attention gives
     std::fill(row + lo, row + hi, 0.0f);
     return;
@@ -113,8 +132,8 @@ void softmax_row(float* row, const RowSpan& span, const bool* seen, int64_t lo, 
       if (!seen[s]) row[s] = -std::numeric_limits<float>::infinity();  // exp gives exactly 0
   float* kept = row + span.first;
   const int64_t n = span.end - span.first;
-  const float largest = vec::max(kept, n);
-  const float inv = 1.0f / vec::exp_sum(kept, largest, n, kept);
+  const float largest = vec::max(isa, kept, n);
+  const float inv = 1.0f / vec::exp_sum(isa, kept, largest, n, kept);
   for (int64_t s = 0; s < n; ++s) kept[s] *= inv;
   std::fill(row + lo, row + span.first, 0.0f);
   std::fill(row + span.end, row + hi, 0.0f);
@@ -130,15 +149,16 @@ struct AttentionFunction : torch::autograd::Function<AttentionFunction> {
     auto probs = torch::empty({batch, heads, t_len, s_len}, q.options());
     auto out = torch::empty({batch, heads, t_len, dim}, q.options());
     const bool* mask = allowed.data_ptr<bool>();
+    const vec::Isa isa = vec::best_isa();
     at::parallel_for(0, batch * heads, n.grain, [&](int64_t begin, int64_t end) {
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / heads, h = bh % heads;
         const HeadView qh = head(q, b, h), kh = head(k, b, h), vh = head(v, b, h);
         float* p = probs.data_ptr<float>() + bh * t_len * s_len;
         float* o = out.data_ptr<float>() + bh * t_len * dim;
-        for (int64_t i = 0; i < spans.blocks_per_row; ++i) {
+        for (int64_t i = 0; i < spans.blocks.blocks_per_row; ++i) {
           const int64_t t0 = i * kRowsPerBlock, rows = std::min(kRowsPerBlock, t_len - t0);
-          const int64_t lo = spans.block(b, i).first, hi = spans.block(b, i).end;
+          const int64_t lo = spans.blocks.first(b, i), hi = spans.blocks.end(b, i);
           if (lo == hi) {  // no query of the block sees anything
             std::fill(o + t0 * dim, o + (t0 + rows) * dim, 0.0f);
             continue;
@@ -148,13 +168,14 @@ struct AttentionFunction : torch::autograd::Function<AttentionFunction> {
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, C, n.D, n.scale,
                       qh.data + t0 * qh.ld, qh.ld, kh.data + lo * kh.ld, kh.ld, 0.0f, pb, n.S);
           for (int64_t t = t0; t < t0 + rows; ++t)
-            softmax_row(p + t * s_len, spans.row(b, t), mask + (b * t_len + t) * s_len, lo, hi);
+            softmax_row(isa, p + t * s_len, spans.row(b, t), mask + (b * t_len + t) * s_len, lo,
+                        hi);
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, n.D, C, 1.0f, pb, n.S,
                       vh.data + lo * vh.ld, vh.ld, 0.0f, o + t0 * dim, n.D);
         }
       }
     });
-    ctx->save_for_backward({q, k, v, probs, allowed});
+    ctx->save_for_backward({q, k, v, probs, spans.blocks.table});
     return out;
   }
 
@@ -162,11 +183,11 @@ struct AttentionFunction : torch::autograd::Function<AttentionFunction> {
   // dS = P * (dP - rowsum(P * dP)); dQ = scale dS K; dK += scale dS^T Q.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto &q = saved[0], &k = saved[1], &v = saved[2], &probs = saved[3], &allowed = saved[4];
+    const auto &q = saved[0], &k = saved[1], &v = saved[2], &probs = saved[3];
+    const BlockSpans blocks(saved[4]);
     const auto d_out = grads[0].contiguous();
     const Dims n(q, k);
     const int64_t batch = n.batch, heads = n.heads, t_len = n.t_len, s_len = n.s_len, dim = n.dim;
-    const MaskSpans spans(allowed, batch, t_len, s_len);
     auto dq = torch::empty({batch, heads, t_len, dim}, q.options());
     auto dk = torch::zeros({batch, heads, s_len, dim}, q.options());  // blocks add into these
     auto dv = torch::zeros({batch, heads, s_len, dim}, q.options());
@@ -181,9 +202,9 @@ struct AttentionFunction : torch::autograd::Function<AttentionFunction> {
         float* dqh = dq.data_ptr<float>() + bh * t_len * dim;
         float* dkh = dk.data_ptr<float>() + bh * s_len * dim;
         float* dvh = dv.data_ptr<float>() + bh * s_len * dim;
-        for (int64_t i = 0; i < spans.blocks_per_row; ++i) {
+        for (int64_t i = 0; i < blocks.blocks_per_row; ++i) {
           const int64_t t0 = i * kRowsPerBlock, rows = std::min(kRowsPerBlock, t_len - t0);
-          const int64_t lo = spans.block(b, i).first, hi = spans.block(b, i).end;
+          const int64_t lo = blocks.first(b, i), hi = blocks.end(b, i);
           if (lo == hi) {
             std::fill(dqh + t0 * dim, dqh + (t0 + rows) * dim, 0.0f);
             continue;

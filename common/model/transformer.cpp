@@ -127,8 +127,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   auto out = attention(q, repeat_kv(k, rep).to(q.scalar_type()),
                        repeat_kv(v, rep).to(q.scalar_type()), allowed);
   out = out.transpose(1, 2).reshape({batch, length, n_heads * head_dim});
-  return dist::reduce_from_tensor_parallel(project(out, o_proj->weight),
-                                           tp);  // row-parallel o_proj
+  // Row-parallel o_proj: each rank's partial product, summed over the group.
+  return dist::reduce_from_tensor_parallel(project(out, o_proj->weight), tp);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -148,9 +148,9 @@ void MLPImpl::fuse_projections() {
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
   const auto input = dist::copy_to_tensor_parallel(x, tp);  // column-parallel gate/up
   const auto gate_up = project(input, {gate_proj->weight, up_proj->weight}, {});
+  // Row-parallel down_proj, as o_proj.
   return dist::reduce_from_tensor_parallel(
-      project(F::silu(gate_up[0]) * gate_up[1], down_proj->weight),
-      tp);  // row-parallel down
+      project(F::silu(gate_up[0]) * gate_up[1], down_proj->weight), tp);
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
