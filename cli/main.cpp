@@ -645,11 +645,15 @@ int main(int argc, char** argv) {
     } else if (*verify_cmd) {
       for (const auto& dir : checkpoint_dirs) {
         const auto steps = verify_checkpoints(dir);
+        std::string detail;
+        if (!steps.empty()) {
+          detail = " (steps " + std::to_string(steps.front()) + ".." +
+                   std::to_string(steps.back()) + ")";
+          if (!path_exists(dir + "/latest"))
+            detail += "; no `latest`: none committed, a resume starts over";
+        }
         std::printf("%s: %zu checkpoints read in full%s\n", dir.c_str(), steps.size(),
-                    steps.empty() ? ""
-                                  : (" (steps " + std::to_string(steps.front()) + ".." +
-                                     std::to_string(steps.back()) + ")")
-                                        .c_str());
+                    detail.c_str());
       }
     } else if (*convert_cmd) {
       run_convert(convert);

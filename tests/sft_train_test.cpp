@@ -260,6 +260,13 @@ TEST(SftTrain, CheckpointVerifyReadsEveryCheckpointAndNamesABadFile) {
             std::string::npos);
   std::filesystem::rename(dir + "/rng.bak", dir + "/step-1/rng.safetensors");
 
+  // Killed between renaming the first checkpoint and writing `latest`: finished checkpoints that
+  // were never committed read in full, and a resume starts over instead of loading them.
+  std::filesystem::rename(dir + "/latest", dir + "/latest.bak");
+  EXPECT_EQ(verify_checkpoints(dir), (std::vector<int64_t>{1, 2}));
+  EXPECT_TRUE(load_latest_checkpoint(dir, {{{"model", model.get()}}, {}}).is_null());
+  std::filesystem::rename(dir + "/latest.bak", dir + "/latest");
+
   // A garbled optimizer archive, and a `latest` naming nothing.
   std::ofstream(dir + "/step-2/optimizer.optimizer.pt", std::ios::trunc) << "not an archive";
   EXPECT_NE(test::error_of([&] { verify_checkpoints(dir); }).find("not a readable optimizer"),

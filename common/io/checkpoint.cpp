@@ -232,9 +232,10 @@ std::vector<int64_t> verify_checkpoints(const std::string& dir) {
     std::string name = read_file(dir + "/latest");
     while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
     check(is_directory(dir + "/" + name), dir + "/latest names " + name + ", which does not exist");
-  } else {
-    check(steps.empty(), dir + ": checkpoints without a `latest` file");
   }
+  // No `latest` beside finished checkpoints: the run was killed between renaming its first
+  // checkpoint's directory and writing `latest`. Those checkpoints were never committed; a resume
+  // starts over and discards them, as it discards any step newer than `latest`.
   return steps;
 }
 

@@ -34,8 +34,10 @@ nlohmann::json load_latest_checkpoint(const std::string& checkpoints_dir,
                                       const CheckpointParts& parts);
 
 // Reads every finished checkpoint in the directory without a model: each safetensors file parsed
-// in full, each optimizer archive deserialized, state.json parsed, and `latest` naming one of
-// them. Returns the steps found (ascending); throws tiller::Error naming the first bad file.
+// in full, each optimizer archive deserialized, state.json parsed, and `latest`, when present,
+// naming one of them (a run killed before its first `latest` leaves finished checkpoints without
+// one, which a resume ignores). Returns the steps found (ascending); throws tiller::Error naming
+// the first bad file.
 std::vector<int64_t> verify_checkpoints(const std::string& checkpoints_dir);
 
 }  // namespace tiller
