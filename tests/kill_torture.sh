@@ -36,7 +36,8 @@ run="$work/run"
 sed "s#runs/quickstart#$run#g" recipes/quickstart.json >"$work/recipe.json"
 export OMP_WAIT_POLICY=passive
 
-# Budgets: enough steps that each stage outlives its kills; a checkpoint after every step.
+# Budgets: enough steps that each stage outlives its kills (a kill keeps at most about one step,
+# see below); a checkpoint after every step.
 steps=$((4 * kills_per_stage))
 small=(
   synthetic_data.corpus_stories=300 synthetic_data.sft_examples=120
@@ -46,7 +47,7 @@ small=(
   sft.train.eval_every=0 sft.train.log_every=1
   reward.train.steps=$steps reward.train.checkpoint_every=1 reward.train.keep_checkpoints=3
   reward.train.eval_every=0 reward.train.log_every=1
-  ppo.train.iterations=$((steps / 3)) ppo.train.checkpoint_every=1 ppo.train.keep_checkpoints=3
+  ppo.train.iterations=$((2 * kills_per_stage)) ppo.train.checkpoint_every=1 ppo.train.keep_checkpoints=3
   ppo.rollout.batch_size=16 ppo.rollout.max_new_tokens=24 ppo.ppo.epochs=2
   ppo.eval.prompts=8 ppo.eval.every=0 'ppo.eval.baselines=[]' ppo.samples.every=1
 )
@@ -85,48 +86,56 @@ verify_all() {
   verified=$((verified + ${#dirs[@]}))
 }
 
+# A kill's moment is tied to the stage's progress, not to the clock alone, so a faster build
+# cannot outrun the kills: a plain kill comes at a random moment within 2 s but no later than the
+# stage's next finished checkpoint (at most one step kept per kill); every third waits for a
+# checkpoint this process started writing (a step-N.tmp newer than the start; one left by an
+# earlier kill does not count) and keeps no step.
+latest_of() { local f="$run/$1/checkpoints/latest"; [ -f "$f" ] && echo "$(<"$f")" || echo none; }
+fresh_write() {
+  local d
+  for d in "$run/$1"/checkpoints/*.tmp; do [[ -d "$d" && "$d" -nt "$started" ]] && return 0; done
+  return 1
+}
+started="$work/started"
 while [ "$(current_stage)" != done ]; do
+  touch "$started"
   "$tiller" run "$work/recipe.json" "${small[@]}" >>"$work/tortured.log" 2>&1 &
   pid=$!
   starts=$((starts + 1))
   if ! owes_kills; then
     # This stage had its kills: let the process run until a stage that still owes kills starts.
-    while alive && ! owes_kills; do sleep 0.05; done
-    if ! alive; then
-      wait "$pid" || { tail -20 "$work/tortured.log"; echo "kill_torture: run failed" >&2; exit 1; }
-      pid=""
-      continue
-    fi
+    while alive && ! owes_kills; do sleep 0.02; done
   fi
   stage=$(current_stage)
-  if [ $(((killed[$stage] + 1) % 3)) -eq 0 ]; then
-    # Aimed at a checkpoint write: killed the moment a step-N.tmp directory appears.
-    for i in $(seq 1 200000); do
-      if compgen -G "$run/$stage/checkpoints/*.tmp" >/dev/null; then
-        kill -9 "$pid" 2>/dev/null || true
-        break
-      fi
-      # Every so often: still running, and still in this stage?
-      if [ $((i % 200)) -eq 0 ]; then
-        alive && [ "$(current_stage)" = "$stage" ] || break
-      fi
-    done
-  else
-    sleep "$((RANDOM % 2)).$(printf %03d $((RANDOM % 1000)))"
-  fi
-  if ! alive && wait "$pid" 2>/dev/null; then
-    pid=""  # it finished (every stage done) before the kill
-    continue
+  if [ "$stage" != done ]; then
+    if [ $(((killed[$stage] + 1) % 3)) -eq 0 ]; then
+      while alive && [ "$(current_stage)" = "$stage" ] && ! fresh_write "$stage"; do :; done
+    else
+      was=$(latest_of "$stage")
+      deadline=$((RANDOM % 2000))
+      for ((ms = 0; ms < deadline; ms += 10)); do
+        alive && [ "$(latest_of "$stage")" = "$was" ] || break
+        sleep 0.01
+      done
+    fi
   fi
   kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  exit_code=0
+  wait "$pid" 2>/dev/null || exit_code=$?
   pid=""
+  [ "$exit_code" = 0 ] && continue  # it finished (every stage done) before the kill
+  if [ "$exit_code" != 137 ]; then
+    tail -20 "$work/tortured.log"
+    echo "kill_torture: run failed on its own (exit $exit_code)" >&2
+    exit 1
+  fi
+  # Counted against the stage that was running when the kill landed.
+  stage=$(current_stage)
   [ "$stage" = done ] && continue
   kills=$((kills + 1))
   killed[$stage]=$((killed[$stage] + 1))
-  if compgen -G "$run/$stage/checkpoints/*.tmp" >/dev/null; then
-    write_kills=$((write_kills + 1))
-  fi
+  fresh_write "$stage" && write_kills=$((write_kills + 1))
   verify_all
 done
 
