@@ -332,6 +332,12 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
   check(c.batch_size >= dp.size(), "stage " + c.name + ": rollout.batch_size " +
                                        std::to_string(c.batch_size) + " is smaller than the " +
                                        std::to_string(dp.size()) + " data-parallel ranks");
+  // The evaluation rollouts are shared the same way; found now, not at the first evaluation.
+  check(eval_prompts.empty() || static_cast<int64_t>(eval_prompts.size()) >= dp.size(),
+        "stage " + c.name + ": " + std::to_string(eval_prompts.size()) +
+            " evaluation prompts (eval.prompts " + std::to_string(c.eval_prompts) +
+            ") cannot be shared by " + std::to_string(dp.size()) +
+            " data-parallel ranks; raise eval.prompts or set it to 0");
   if (!dp.single())
     std::printf("[%s] data parallel: %d ranks share each rollout of %lld episodes\n",
                 c.name.c_str(), dp.size(), (long long)c.batch_size);

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -229,6 +230,22 @@ TEST(DataParallel, TwoRanksMatchOneRankOnTheQuickstartChain) {
   EXPECT_EQ(expect_same_curve(ppo_one, ppo_two, "rm_score", 1e-5), 2);
   EXPECT_EQ(expect_same_curve(ppo_one, ppo_two, "kl_k1", 1e-4), 2);
   EXPECT_EQ(expect_same_curve(ppo_one, ppo_two, "value_loss", 1e-4), 2);
+
+  // Fewer evaluation prompts than ranks: refused when the stage starts, before any rollout,
+  // naming the setting (not at the first evaluation, iterations later).
+  std::filesystem::remove_all(root + "/two/ppo");
+  std::vector<std::string> args = args_for(root + "/two");
+  args.push_back("ppo.eval.prompts=1");
+  const test::Job few = test::launch_job(2, args, root + "/few");
+  const std::vector<int> codes = test::wait_job(few, 300);
+  ASSERT_EQ(codes.size(), 2u);
+  EXPECT_NE(codes[0], 0);
+  EXPECT_NE(codes[1], 0);
+  const std::string log = test::read_bytes(few.logs[0]);
+  EXPECT_NE(log.find("1 evaluation prompts (eval.prompts 1) cannot be shared by 2 data-parallel"),
+            std::string::npos)
+      << log;
+  EXPECT_FALSE(path_exists(root + "/two/ppo/metrics.jsonl"));
 }
 
 TEST(DataParallel, ZeroStage1KeepsHalfTheStateAndTheSameWeights) {
