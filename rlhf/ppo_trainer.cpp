@@ -8,6 +8,7 @@
 #include "common/model/attention_mask.h"
 #include "common/torch_compat.h"
 #include "common/train/nonfinite_guard.h"
+#include "common/train/token_log_probs.h"
 #include "common/util/error.h"
 #include "common/util/side_by_side.h"
 #include "rlhf/ppo_math.h"
@@ -126,7 +127,7 @@ std::pair<torch::Tensor, torch::Tensor> PpoTrainer::actor_pass(TransformerImpl& 
                              options_.sampling.temperature);
   }
   auto tokens = r.generation.response_ids.index_select(0, rows);
-  auto logp = torch::log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1) * mask;
+  auto logp = token_log_probs(logits, tokens) * mask;
   torch::Tensor ent;
   if (entropy) ent = ppo::entropy_from_logits(logits.detach()) * mask;
   return {logp, ent};

@@ -7,6 +7,7 @@
 #include "common/model/attention_mask.h"
 #include "common/rollout/fast_decode.h"
 #include "common/torch_compat.h"
+#include "common/train/token_log_probs.h"
 #include "common/util/error.h"
 #include "common/util/vec_math.h"
 
@@ -300,8 +301,7 @@ torch::Tensor response_logprobs(TransformerImpl& model, const GenerationBatch& b
                                 double temperature) {
   auto logits = response_logits(model, batch.sequence_ids(), batch.sequence_mask(),
                                 batch.prompt_ids.size(1), temperature);
-  auto logp =
-      torch::log_softmax(logits, -1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1);
+  auto logp = token_log_probs(logits, batch.response_ids);
   return torch::where(batch.response_mask, logp, torch::zeros_like(logp));
 }
 
