@@ -264,6 +264,10 @@ TEST(HfDir, MissingPiecesAreNamed) {
 
   message = test::error_of([&] { tokenizer_path_in(no_weights); });
   EXPECT_NE(message.find(no_weights + ": no tokenizer.model"), std::string::npos) << message;
+  // A byte-level BPE tokenizer.json alone (Llama 3, Qwen2) is named as what cannot be read.
+  std::ofstream(no_weights + "/tokenizer.json") << "{}";
+  message = test::error_of([&] { tokenizer_path_in(no_weights); });
+  EXPECT_NE(message.find(no_weights + ": only tokenizer.json"), std::string::npos) << message;
 }
 
 TEST(HfDir, FailedSaveLeavesNothingBehind) {

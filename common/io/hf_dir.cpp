@@ -194,12 +194,15 @@ void save_hf_model(const ModelConfig& config,
   }
 }
 
-}  // namespace tiller
-
-namespace tiller {
 std::string tokenizer_path_in(const std::string& dir) {
   const std::string path = dir + "/tokenizer.model";
+  // Llama 3, Qwen2 and GPT-2 directories ship only a byte-level BPE tokenizer.json.
+  check(path_exists(path) || !path_exists(dir + "/tokenizer.json"),
+        dir +
+            ": only tokenizer.json, a Hugging Face tokenizer Tiller cannot read yet; it needs a "
+            "SentencePiece tokenizer.model (pass --tokenizer)");
   check(path_exists(path), dir + ": no tokenizer.model (pass --tokenizer)");
   return path;
 }
+
 }  // namespace tiller
