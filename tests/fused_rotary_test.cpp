@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "tests/test_util.h"
+#include <cmath>
 
+#include "common/model/attention_mask.h"
 #include "common/model/transformer.h"
+#include "tests/test_util.h"
 
 using namespace tiller;
 
@@ -63,4 +65,64 @@ TEST(FusedRotary, OtherDtypesTakeTheFormula) {
   const auto [cos, sin] = rotary.tables(torch::arange(5).unsqueeze(0));
   const auto x = torch::randn({1, 2, 5, 8}).to(torch::kBFloat16);
   EXPECT_TRUE(torch::equal(apply_rotary(x, cos, sin), apply_rotary_reference(x, cos, sin)));
+}
+
+TEST(RopeScaling, LinearStretchesPositionsByItsFactor) {
+  RopeScaling linear;
+  linear.type = "linear";
+  linear.factor = 2.0;
+  const Rotary plain(16, 10000.0), scaled(16, 10000.0, linear);
+  EXPECT_TRUE(torch::equal(scaled.inv_freq, plain.inv_freq / 2));
+
+  // A model with factor 2 at positions 0, 2, 4, ... computes what the same weights without
+  // scaling compute at 0, 1, 2, ...: the whole forward pass, not only the tables.
+  ModelConfig config = test::llama_config(64, 32, 48, 2, 4, 2, 64);
+  Transformer base(config);
+  base->init_weights(3);
+  config.rope_scaling = linear;
+  Transformer stretched(config);
+  torch::NoGradGuard no_grad;
+  auto targets = stretched->named_parameters();
+  for (const auto& item : base->named_parameters()) targets[item.key()].copy_(item.value());
+  const auto ids = torch::randint(0, 64, {2, 9});
+  const auto positions = torch::arange(9).unsqueeze(0).repeat({2, 1});
+  const auto allowed = causal_mask(torch::ones({2, 9}, torch::kBool), 9);
+  const auto want = base->hidden(ids, positions, allowed);
+  EXPECT_TRUE(torch::equal(stretched->hidden(ids, positions * 2, allowed), want));
+  EXPECT_FALSE(torch::allclose(stretched->hidden(ids, positions, allowed), want));
+}
+
+TEST(RopeScaling, Llama3KeepsHighFrequenciesStretchesLowOnesAndBlendsBetween) {
+  RopeScaling llama3;
+  llama3.type = "llama3";
+  llama3.factor = 8.0;
+  llama3.low_freq_factor = 1.0;
+  llama3.high_freq_factor = 4.0;
+  llama3.original_max_position_embeddings = 8192;
+  const int64_t head_dim = 128;
+  const double theta = 500000.0;
+  const Rotary plain(head_dim, theta), scaled(head_dim, theta, llama3);
+  int kept = 0, stretched = 0, blended = 0;
+  for (int64_t i = 0; i < head_dim / 2; ++i) {
+    // Meta's apply_scaling (llama/model.py of Llama 3.1), one frequency at a time, in double.
+    const double freq = plain.inv_freq[i].item<double>();
+    const double wavelength = 2 * M_PI / freq;
+    double want;
+    if (wavelength < 8192.0 / 4.0) {
+      want = freq;
+      ++kept;
+    } else if (wavelength > 8192.0 / 1.0) {
+      want = freq / 8.0;
+      ++stretched;
+    } else {
+      const double smooth = (8192.0 / wavelength - 1.0) / (4.0 - 1.0);
+      want = (1 - smooth) * freq / 8.0 + smooth * freq;
+      ++blended;
+    }
+    EXPECT_NEAR(scaled.inv_freq[i].item<double>(), want, 1e-6 * want) << "frequency " << i;
+  }
+  // Llama 3.1 8B's 64 frequencies fall in all three bands.
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(stretched, 0);
+  EXPECT_GT(blended, 0);
 }

@@ -302,6 +302,14 @@ TEST(Llama2c, ExportRefusesModelsTheFormatCannotHold) {
   Transformer biased(c);
   EXPECT_NE(test::error_of([&] { export_llama2c(*biased, "/nonexistent/x.bin"); }).find("biases"),
             std::string::npos);
+  c.attention_bias = false;
+  c.rope_scaling.type = "linear";
+  c.rope_scaling.factor = 2.0;
+  Transformer stretched(c);
+  EXPECT_NE(test::error_of([&] {
+              export_llama2c(*stretched, "/nonexistent/x.bin");
+            }).find("no rope_scaling"),
+            std::string::npos);
 }
 
 TEST(Llama2c, TokenizerOfAnotherVocabularyIsRejected) {

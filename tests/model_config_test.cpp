@@ -35,6 +35,12 @@ void expect_equal(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(a.max_position_embeddings, b.max_position_embeddings);
   EXPECT_EQ(a.rms_norm_eps, b.rms_norm_eps);
   EXPECT_EQ(a.rope_theta, b.rope_theta);
+  EXPECT_EQ(a.rope_scaling.type, b.rope_scaling.type);
+  EXPECT_EQ(a.rope_scaling.factor, b.rope_scaling.factor);
+  EXPECT_EQ(a.rope_scaling.low_freq_factor, b.rope_scaling.low_freq_factor);
+  EXPECT_EQ(a.rope_scaling.high_freq_factor, b.rope_scaling.high_freq_factor);
+  EXPECT_EQ(a.rope_scaling.original_max_position_embeddings,
+            b.rope_scaling.original_max_position_embeddings);
   EXPECT_EQ(a.tie_word_embeddings, b.tie_word_embeddings);
   EXPECT_EQ(a.attention_bias, b.attention_bias);
   EXPECT_EQ(a.bos_token_id, b.bos_token_id);
@@ -161,8 +167,21 @@ TEST(ModelConfig, InvalidConfigsNameTheProblem) {
   EXPECT_NE(m.find("model_type 'gpt_neox' is not supported"), std::string::npos) << m;
   m = with("hidden_act", "gelu");
   EXPECT_NE(m.find("hidden_act 'gelu' is not supported"), std::string::npos) << m;
-  m = with("rope_scaling", {{"type", "linear"}, {"factor", 2.0}});
-  EXPECT_NE(m.find("rope_scaling"), std::string::npos) << m;
+  m = with("rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}});
+  EXPECT_NE(m.find("cfg.json: rope_scaling: type 'dynamic' is not supported (linear, llama3)"),
+            std::string::npos)
+      << m;
+  m = with("rope_scaling", {{"rope_type", "linear"}, {"factor", 0.5}});
+  EXPECT_NE(m.find("rope_scaling factor must be at least 1, got 0.5"), std::string::npos) << m;
+  m = with("rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}});
+  EXPECT_NE(m.find("rope_scaling: llama3 needs 'low_freq_factor'"), std::string::npos) << m;
+  m = with("rope_scaling", {{"factor", 2.0}});
+  EXPECT_NE(m.find("rope_scaling: a factor without a type"), std::string::npos) << m;
+  m = with("rope_scaling", {{"type", "linear"}, {"factor", "2"}});
+  EXPECT_NE(m.find("rope_scaling: key 'factor' has the wrong type (string)"), std::string::npos)
+      << m;
+  m = with("rope_scaling", "linear");
+  EXPECT_NE(m.find("rope_scaling must be an object or null"), std::string::npos) << m;
   m = with("hidden_size", "48");
   EXPECT_NE(m.find("cfg.json: key 'hidden_size' has the wrong type (string)"), std::string::npos)
       << m;
@@ -187,6 +206,35 @@ TEST(ModelConfig, InvalidConfigsNameTheProblem) {
   EXPECT_NE(m.find("head_dim -8 is out of range"), std::string::npos) << m;
   EXPECT_NE(parse_error(nlohmann::json::array()).find("expected a JSON object"), std::string::npos);
   EXPECT_EQ(parse_error(base), "");  // the base itself is valid: the errors above are the edits'
+}
+
+TEST(ModelConfig, RopeScalingAsLlama2LongContextAndLlama31WriteIt) {
+  // Llama 3.1's rope_scaling as its config.json has it, and a Llama 2 long-context fine-tune's.
+  auto json = model_config_to_hf_json(small_llama());
+  json["rope_scaling"] = {{"factor", 8.0},
+                          {"low_freq_factor", 1.0},
+                          {"high_freq_factor", 4.0},
+                          {"original_max_position_embeddings", 8192},
+                          {"rope_type", "llama3"}};
+  const ModelConfig llama3 = model_config_from_hf_json(json, "llama3.json");
+  EXPECT_EQ(llama3.rope_scaling.type, "llama3");
+  EXPECT_EQ(llama3.rope_scaling.factor, 8.0);
+  EXPECT_EQ(llama3.rope_scaling.high_freq_factor, 4.0);
+  EXPECT_EQ(llama3.rope_scaling.original_max_position_embeddings, 8192);
+  expect_equal(llama3, model_config_from_hf_json(model_config_to_hf_json(llama3), "again"));
+
+  json["rope_scaling"] = {{"type", "linear"}, {"factor", 4.0}};
+  const ModelConfig linear = model_config_from_hf_json(json, "linear.json");
+  EXPECT_EQ(linear.rope_scaling.type, "linear");
+  EXPECT_EQ(linear.rope_scaling.factor, 4.0);
+  const auto written = model_config_to_hf_json(linear);
+  EXPECT_EQ(written["rope_scaling"]["rope_type"], "linear");
+  EXPECT_EQ(written["rope_scaling"]["type"], "linear");  // what transformers < 4.43 reads
+  expect_equal(linear, model_config_from_hf_json(written, "again"));
+
+  json["rope_scaling"] = {{"rope_type", "default"}};
+  EXPECT_TRUE(model_config_from_hf_json(json, "default.json").rope_scaling.type.empty());
+  EXPECT_TRUE(model_config_to_hf_json(small_llama())["rope_scaling"].is_null());
 }
 
 TEST(ModelConfig, MalformedConfigFileNamesFileAndLine) {

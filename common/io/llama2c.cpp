@@ -210,6 +210,9 @@ void export_llama2c(TransformerImpl& model, const std::string& path) {
   const ModelConfig& c = model.config;
   check(c.num_labels == 0, "llama2.c export needs a causal LM, not a model with a score head");
   check(!c.attention_bias, "llama2.c has no attention biases; cannot export this model");
+  check(c.rope_scaling.type.empty(),
+        "llama2.c has no rope_scaling; cannot export this model (rope_scaling " +
+            c.rope_scaling.type + ")");
   check(c.resolved_head_dim() * c.num_attention_heads == c.hidden_size,
         "llama2.c needs head_dim * heads == dim");
   std::map<std::string, torch::Tensor> w;
@@ -220,9 +223,12 @@ void export_llama2c(TransformerImpl& model, const std::string& path) {
     auto c = t.contiguous();
     out.append(static_cast<const char*>(c.data_ptr()), c.numel() * sizeof(float));
   };
-  Llama2cHeader h{static_cast<int32_t>(c.hidden_size),        static_cast<int32_t>(c.intermediate_size),
-                  static_cast<int32_t>(c.num_hidden_layers),  static_cast<int32_t>(c.num_attention_heads),
-                  static_cast<int32_t>(c.num_key_value_heads), static_cast<int32_t>(c.vocab_size),
+  Llama2cHeader h{static_cast<int32_t>(c.hidden_size),
+                  static_cast<int32_t>(c.intermediate_size),
+                  static_cast<int32_t>(c.num_hidden_layers),
+                  static_cast<int32_t>(c.num_attention_heads),
+                  static_cast<int32_t>(c.num_key_value_heads),
+                  static_cast<int32_t>(c.vocab_size),
                   static_cast<int32_t>(c.max_position_embeddings)};
   if (!c.tie_word_embeddings) h.vocab_size = -h.vocab_size;
   out.append(reinterpret_cast<const char*>(&h), sizeof(h));

@@ -45,6 +45,38 @@ int64_t read_token_id(const nlohmann::json& json, const char* key, int64_t fallb
   throw Error(where + ": key '" + key + "' must be an integer or a list of integers");
 }
 
+// rope_scaling: null, or {"rope_type" (or the older "type"), "factor", ...}.
+RopeScaling read_rope_scaling(const nlohmann::json& json, const std::string& where) {
+  RopeScaling r;
+  auto it = json.find("rope_scaling");
+  if (it == json.end() || it->is_null()) return r;
+  const std::string at = where + ": rope_scaling";
+  check(it->is_object(), at + " must be an object or null");
+  for (const char* key : {"rope_type", "type"}) {
+    auto type = it->find(key);
+    if (type == it->end()) continue;
+    check(type->is_string(), at + ": '" + key + "' must be a string");
+    r.type = type->get<std::string>();
+    break;
+  }
+  if (r.type == "default") r.type.clear();
+  check(r.type.empty() || r.type == "linear" || r.type == "llama3",
+        at + ": type '" + r.type + "' is not supported (linear, llama3)");
+  check(!r.type.empty() || it->find("factor") == it->end(), at + ": a factor without a type");
+  if (r.type.empty()) return r;
+  auto required = [&](const char* key, auto& out) {
+    check(it->contains(key), at + ": " + r.type + " needs '" + key + "'");
+    read_field(*it, key, out, at);
+  };
+  required("factor", r.factor);
+  if (r.type == "llama3") {
+    required("low_freq_factor", r.low_freq_factor);
+    required("high_freq_factor", r.high_freq_factor);
+    required("original_max_position_embeddings", r.original_max_position_embeddings);
+  }
+  return r;
+}
+
 }  // namespace
 
 void ModelConfig::validate(const std::string& where) const {
@@ -79,6 +111,16 @@ void ModelConfig::validate(const std::string& where) const {
         where + ": head_dim " + std::to_string(resolved_head_dim()) + " must be even for RoPE");
   check(rms_norm_eps > 0, where + ": rms_norm_eps must be positive");
   check(rope_theta > 0, where + ": rope_theta must be positive");
+  if (!rope_scaling.type.empty()) {
+    const RopeScaling& r = rope_scaling;
+    check(r.factor >= 1,
+          where + ": rope_scaling factor must be at least 1, got " + std::to_string(r.factor));
+    check(r.type != "llama3" || (r.low_freq_factor > 0 && r.high_freq_factor > r.low_freq_factor &&
+                                 r.original_max_position_embeddings > 0),
+          where +
+              ": rope_scaling llama3 needs 0 < low_freq_factor < high_freq_factor and a positive "
+              "original_max_position_embeddings");
+  }
   check(num_labels >= 0 && num_labels <= 1024, where + ": num_labels out of range");
   check(pad_token_id < vocab_size,
         where + ": pad_token_id " + std::to_string(pad_token_id) + " is outside the vocabulary");
@@ -131,8 +173,7 @@ ModelConfig model_config_from_hf_json(const nlohmann::json& json, const std::str
   std::string act = "silu";
   read_field(json, "hidden_act", act, where);
   check(act == "silu", where + ": hidden_act '" + act + "' is not supported (silu)");
-  auto scaling = json.find("rope_scaling");
-  check(scaling == json.end() || scaling->is_null(), where + ": rope_scaling is not supported yet");
+  c.rope_scaling = read_rope_scaling(json, where);
 
   // A sequence-classification head is declared by its architecture name.
   auto arch = json.find("architectures");
@@ -169,6 +210,16 @@ nlohmann::json model_config_to_hf_json(const ModelConfig& c) {
   j["rms_norm_eps"] = c.rms_norm_eps;
   j["rope_theta"] = c.rope_theta;
   j["rope_scaling"] = nullptr;
+  if (!c.rope_scaling.type.empty()) {
+    const RopeScaling& r = c.rope_scaling;
+    // "type" too: transformers before 4.43 read only that key.
+    j["rope_scaling"] = {{"rope_type", r.type}, {"type", r.type}, {"factor", r.factor}};
+    if (r.type == "llama3") {
+      j["rope_scaling"]["low_freq_factor"] = r.low_freq_factor;
+      j["rope_scaling"]["high_freq_factor"] = r.high_freq_factor;
+      j["rope_scaling"]["original_max_position_embeddings"] = r.original_max_position_embeddings;
+    }
+  }
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   if (!qwen) {
     j["attention_bias"] = c.attention_bias;

@@ -7,6 +7,16 @@
 
 namespace tiller {
 
+// config.json's rope_scaling, the kinds whose frequencies are fixed: "linear" divides every
+// rotary frequency by factor (positions stretched: Llama 2 long-context fine-tunes), "llama3"
+// divides the low frequencies by factor, keeps the high ones and blends those between (Llama 3.1+).
+struct RopeScaling {
+  std::string type;  // "" (none), "linear" or "llama3"
+  double factor = 1.0;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+  int64_t original_max_position_embeddings = 8192;       // llama3
+};
+
 struct ModelConfig {
   std::string model_type = "llama";  // "llama" or "qwen2"
   int64_t vocab_size = 32000;
@@ -19,6 +29,7 @@ struct ModelConfig {
   int64_t max_position_embeddings = 2048;
   double rms_norm_eps = 1e-5;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // bias on q/k/v projections (always true for qwen2)
   int64_t bos_token_id = 1;

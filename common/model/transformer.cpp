@@ -45,9 +45,23 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
 // ---------------------------------------------------------------------------------------------
 // Rotary embedding
 
-Rotary::Rotary(int64_t head_dim, double theta) {
+Rotary::Rotary(int64_t head_dim, double theta, const RopeScaling& scaling) {
   auto exponents = torch::arange(0, head_dim, 2, torch::kFloat) / static_cast<double>(head_dim);
   inv_freq = 1.0 / torch::pow(torch::tensor(theta, torch::kFloat), exponents);
+  if (scaling.type == "linear") {
+    inv_freq = inv_freq / scaling.factor;
+  } else if (scaling.type == "llama3") {
+    // transformers' _compute_llama3_parameters, in float32 as there: wavelengths longer than the
+    // original context / low_freq_factor are stretched by factor, those shorter than
+    // context / high_freq_factor kept, the band between blended linearly in context / wavelength.
+    const double context = static_cast<double>(scaling.original_max_position_embeddings);
+    const double low = scaling.low_freq_factor, high = scaling.high_freq_factor;
+    const auto wavelength = 2 * M_PI / inv_freq;
+    const auto smooth = (context / wavelength - low) / (high - low);
+    const auto blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq;
+    inv_freq = torch::where(wavelength > context / low, inv_freq / scaling.factor,
+                            torch::where(wavelength < context / high, inv_freq, blended));
+  }
 }
 
 std::pair<torch::Tensor, torch::Tensor> Rotary::tables(const torch::Tensor& positions) {
@@ -171,7 +185,8 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
 // ---------------------------------------------------------------------------------------------
 // Decoder body
 
-DecoderImpl::DecoderImpl(const ModelConfig& c) : rotary(c.resolved_head_dim(), c.rope_theta) {
+DecoderImpl::DecoderImpl(const ModelConfig& c)
+    : rotary(c.resolved_head_dim(), c.rope_theta, c.rope_scaling) {
   embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {

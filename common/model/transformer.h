@@ -27,8 +27,8 @@ TORCH_MODULE(RMSNorm);
 
 // Rotary embedding in Hugging Face's rotate_half layout.
 struct Rotary {
-  torch::Tensor inv_freq;  // [head_dim / 2] float
-  Rotary(int64_t head_dim, double theta);
+  torch::Tensor inv_freq;  // [head_dim / 2] float, rope_scaling applied
+  Rotary(int64_t head_dim, double theta, const RopeScaling& scaling = {});
   // positions: [B, T] -> (cos, sin) each [B, 1, T, head_dim]
   std::pair<torch::Tensor, torch::Tensor> tables(const torch::Tensor& positions);
 };
