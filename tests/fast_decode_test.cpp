@@ -20,10 +20,12 @@ Transformer stories260k_shaped() {
 }
 
 // Grouped-query attention with 3 query heads per key/value head, an LM head of its own and
-// biased q/k/v projections (Qwen2's layout).
+// biased q/k/v projections (Qwen2's layout), and llama3 rope_scaling over a 64-token original
+// context, so that its 4 frequencies fall in all three bands (kept, blended, stretched).
 Transformer gqa_untied() {
   ModelConfig c = test::llama_config(96, 48, 80, 2, 6, 2, 64);
   c.attention_bias = true;
+  c.rope_scaling = {"llama3", 8.0, 1.0, 4.0, 64};
   auto model = test::sharp_random_model(c, 3);
   torch::NoGradGuard no_grad;
   for (auto& [name, p] : model->named_weights())
