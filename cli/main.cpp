@@ -54,8 +54,9 @@ void run_convert(const ConvertArgs& a) {
     model = import_llama2c(a.model);
   } else {
     model = load_hf_model(a.model);
-    if (tokenizer.empty() && path_exists(a.model + "/tokenizer.model"))
-      tokenizer = a.model + "/tokenizer.model";
+    if (tokenizer.empty() &&
+        (path_exists(a.model + "/tokenizer.model") || path_exists(a.model + "/tokenizer.json")))
+      tokenizer = tokenizer_path_in(a.model);
   }
   if (!tokenizer.empty()) Tokenizer(tokenizer).check_matches(model->config, a.model);
   if (a.to == "hf") {
@@ -150,13 +151,28 @@ void run_generate(GenerateArgs a) {
 // tokenize
 
 struct TokenizeArgs {
-  std::string tokenizer, model, text;
+  std::string tokenizer, model, text, texts;
   bool bos = false, eos = false, pieces = false;
 };
 
 void run_tokenize(const TokenizeArgs& a) {
   check(a.tokenizer.empty() != a.model.empty(), "tokenize: give --tokenizer or --model");
   Tokenizer tok(a.tokenizer.empty() ? tokenizer_path_in(a.model) : a.tokenizer);
+  if (!a.texts.empty()) {
+    // A JSON list of strings -> a JSON list of {"ids", "decoded"}: for comparisons with other
+    // tokenizer implementations (tests/tokenizer_reference/compare.sh).
+    const nlohmann::json texts = read_json_file(a.texts);
+    check(texts.is_array(), a.texts + ": expected a JSON list of strings");
+    nlohmann::json out = nlohmann::json::array();
+    for (size_t i = 0; i < texts.size(); ++i) {
+      check(texts[i].is_string(), a.texts + ": item " + std::to_string(i) + " is not a string");
+      const auto ids = tok.encode(texts[i].get<std::string>(), a.bos, a.eos);
+      out.push_back({{"ids", ids}, {"decoded", tok.decode(ids)}});
+    }
+    // A token boundary may cut a character: invalid UTF-8 is written as U+FFFD.
+    std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    return;
+  }
   auto ids = tok.encode(a.text, a.bos, a.eos);
   std::string line;
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -452,7 +468,7 @@ int main(int argc, char** argv) {
   convert_cmd->add_option("--model", convert.model, "input: a llama2.c .bin or an HF directory")
       ->required();
   convert_cmd->add_option("--tokenizer", convert.tokenizer,
-                          "SentencePiece tokenizer.model to ship");
+                          "tokenizer.model or tokenizer.json to ship");
   convert_cmd->add_option("--out", convert.out, "output directory (hf) or file (llama2c)")
       ->required();
 
@@ -467,7 +483,7 @@ int main(int argc, char** argv) {
   auto* gen_cmd = app.add_subcommand("generate", "sample completions from a model directory");
   gen_cmd->add_option("--model", gen.model, "HF model directory")->required();
   gen_cmd->add_option("--tokenizer", gen.tokenizer,
-                      "tokenizer.model (default: MODEL/tokenizer.model)");
+                      "tokenizer.model or tokenizer.json (default: the model directory's)");
   gen_cmd->add_option("--prompt", gen.prompt, "prompt text")->each([&gen](const std::string&) {
     gen.has_prompt = true;
   });
@@ -485,9 +501,16 @@ int main(int argc, char** argv) {
 
   TokenizeArgs tokenize;
   auto* tok_cmd = app.add_subcommand("tokenize", "print the token ids of a text");
-  tok_cmd->add_option("--tokenizer", tokenize.tokenizer, "SentencePiece tokenizer.model");
-  tok_cmd->add_option("--model", tokenize.model, "HF directory holding tokenizer.model");
-  tok_cmd->add_option("--text", tokenize.text, "text to encode")->required();
+  tok_cmd->add_option("--tokenizer", tokenize.tokenizer, "tokenizer.model or tokenizer.json");
+  tok_cmd->add_option("--model", tokenize.model, "HF directory holding the tokenizer");
+  auto* tok_text = tok_cmd->add_option("--text", tokenize.text, "text to encode");
+  auto* tok_texts = tok_cmd->add_option(
+      "--texts", tokenize.texts, "a JSON list of texts: prints a JSON list of {ids, decoded}");
+  tok_text->excludes(tok_texts);
+  tok_cmd->callback([tok_text, tok_texts] {
+    if (tok_text->count() + tok_texts->count() == 0)
+      throw CLI::RequiredError("tokenize: --text or --texts");
+  });
   tok_cmd->add_flag("--bos", tokenize.bos, "prepend BOS");
   tok_cmd->add_flag("--eos", tokenize.eos, "append EOS");
   tok_cmd->add_flag("--pieces", tokenize.pieces, "print pieces instead of ids");

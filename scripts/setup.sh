@@ -11,6 +11,7 @@ PACKAGES=(
   libblas-dev             # cblas.h and libblas.so, for the fast decode step's direct BLAS calls
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev zlib1g-dev
+  libicu-dev              # Unicode regexes and NFC for byte-level BPE tokenizers (tokenizer.json)
   libgtest-dev
   clang libclang-rt-14-dev llvm  # the sanitizer build and libFuzzer (scripts/sanitize_and_fuzz.sh)
   python3                 # tests/fuzz/make_corpus.py writes the fuzzers' seeds

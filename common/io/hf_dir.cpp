@@ -167,8 +167,14 @@ void save_hf_model(const ModelConfig& config,
       }
       write_file_atomic(tmp + "/" + kIndexFile, index.dump(2) + "\n");
     }
-    if (!options.tokenizer_path.empty()) {
-      write_file_atomic(tmp + "/tokenizer.model", read_file(options.tokenizer_path));
+    const std::string& tokenizer = options.tokenizer_path;
+    if (tokenizer.size() >= 5 && tokenizer.compare(tokenizer.size() - 5, 5, ".json") == 0) {
+      write_file_atomic(tmp + "/tokenizer.json", read_file(tokenizer));
+      const std::string beside =
+          (fs::path(tokenizer).parent_path() / "tokenizer_config.json").string();
+      if (path_exists(beside)) write_file_atomic(tmp + "/tokenizer_config.json", read_file(beside));
+    } else if (!tokenizer.empty()) {
+      write_file_atomic(tmp + "/tokenizer.model", read_file(tokenizer));
       nlohmann::json tokenizer_config = {{"tokenizer_class", "LlamaTokenizer"},
                                          {"add_bos_token", true},
                                          {"add_eos_token", false},
@@ -195,14 +201,12 @@ void save_hf_model(const ModelConfig& config,
 }
 
 std::string tokenizer_path_in(const std::string& dir) {
-  const std::string path = dir + "/tokenizer.model";
-  // Llama 3, Qwen2 and GPT-2 directories ship only a byte-level BPE tokenizer.json.
-  check(path_exists(path) || !path_exists(dir + "/tokenizer.json"),
-        dir +
-            ": only tokenizer.json, a Hugging Face tokenizer Tiller cannot read yet; it needs a "
-            "SentencePiece tokenizer.model (pass --tokenizer)");
-  check(path_exists(path), dir + ": no tokenizer.model (pass --tokenizer)");
-  return path;
+  // SentencePiece first: Llama 2 and Mistral directories ship a tokenizer.json beside their
+  // tokenizer.model that is not byte-level BPE.
+  const std::string sentencepiece = dir + "/tokenizer.model", json = dir + "/tokenizer.json";
+  if (path_exists(sentencepiece)) return sentencepiece;
+  check(path_exists(json), dir + ": no tokenizer.model or tokenizer.json (pass --tokenizer)");
+  return json;
 }
 
 }  // namespace tiller

@@ -26,7 +26,9 @@ void load_weights(TransformerImpl& model, const std::map<std::string, torch::Ten
 Transformer load_hf_model(const std::string& dir, int64_t num_labels = -1);
 
 struct SaveOptions {
-  std::string tokenizer_path;           // copied as tokenizer.model when non-empty
+  // Copied as tokenizer.model when non-empty; a tokenizer.json is copied as tokenizer.json, with
+  // the tokenizer_config.json beside it (its special tokens and chat template).
+  std::string tokenizer_path;
   int64_t max_shard_bytes = 2ll << 30;  // larger models are split as model-0000k-of-0000n
 };
 
@@ -43,6 +45,7 @@ void save_hf_model(const ModelConfig& config,
 }  // namespace tiller
 
 namespace tiller {
-// DIR/tokenizer.model; throws tiller::Error when the directory has none.
+// DIR/tokenizer.model, else DIR/tokenizer.json; throws tiller::Error when the directory has
+// neither.
 std::string tokenizer_path_in(const std::string& dir);
 }  // namespace tiller

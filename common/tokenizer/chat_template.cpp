@@ -95,10 +95,14 @@ TokenizedConversation tokenize_conversation(const Tokenizer& tok, const std::str
                                             bool train_on_prompt) {
   check(is_chat_template(name), "unknown chat template '" + name + "'");
   TokenizedConversation out;
-  out.tokens.push_back(tok.bos_id());
-  out.trainable.push_back(0);
+  // A tokenizer without BOS (Qwen2's) starts with the template's text.
+  const bool has_bos = tok.bos_id() >= 0;
+  if (has_bos) {
+    out.tokens.push_back(tok.bos_id());
+    out.trainable.push_back(0);
+  }
   for (const auto& segment : render(name, messages, /*generation_prompt=*/false)) {
-    if (segment.bos_before) {
+    if (segment.bos_before && has_bos) {
       out.tokens.push_back(tok.bos_id());
       out.trainable.push_back(train_on_prompt ? 1 : 0);
     }
@@ -114,9 +118,11 @@ TokenizedConversation tokenize_conversation(const Tokenizer& tok, const std::str
 std::vector<int64_t> tokenize_prompt(const Tokenizer& tok, const std::string& name,
                                      const std::vector<Message>& messages) {
   check(is_chat_template(name), "unknown chat template '" + name + "'");
-  std::vector<int64_t> out = {tok.bos_id()};
+  const bool has_bos = tok.bos_id() >= 0;
+  std::vector<int64_t> out;
+  if (has_bos) out.push_back(tok.bos_id());
   for (const auto& segment : render(name, messages, /*generation_prompt=*/true)) {
-    if (segment.bos_before) out.push_back(tok.bos_id());
+    if (segment.bos_before && has_bos) out.push_back(tok.bos_id());
     auto ids = tok.encode(segment.text);
     out.insert(out.end(), ids.begin(), ids.end());
     if (segment.assistant) out.push_back(tok.eos_id());

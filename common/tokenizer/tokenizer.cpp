@@ -9,11 +9,14 @@
 #include <filesystem>
 #include <mutex>
 
+#include <nlohmann/json.hpp>
+
 #include "common/model/model_config.h"
+#include "common/tokenizer/byte_level_bpe.h"
 #include "common/tokenizer/module/sentencepiece_api.h"
 #include "common/util/error.h"
-#include "tiller_build_paths.h"
 #include "common/util/files.h"
+#include "tiller_build_paths.h"
 
 // AddressSanitizer refuses RTLD_DEEPBIND (its interceptors would be bypassed), so a sanitized
 // build (cmake/sanitize_fuzz.cmake) loads the module into a link-map namespace of its own instead:
@@ -108,8 +111,43 @@ std::string take_message(char* message) {
 
 }  // namespace
 
+namespace {
+
+bool is_tokenizer_json(const std::string& path) {
+  return path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0;
+}
+
+// A special token as tokenizer_config.json names it: a string, or {"content": string, ...}.
+int64_t special_token_id(const nlohmann::json& config, const char* key, const ByteLevelBpe& bpe,
+                         const std::string& where) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return -1;
+  const nlohmann::json& value = it->is_object() && it->contains("content") ? (*it)["content"] : *it;
+  check(value.is_string(), where + ": " + key + " is neither a string nor {\"content\": string}");
+  const int64_t id = bpe.id_of(value.get<std::string>());
+  check(id >= 0, where + ": " + key + " '" + value.get<std::string>() +
+                     "' is not a token of the tokenizer beside it");
+  return id;
+}
+
+}  // namespace
+
 Tokenizer::Tokenizer(const std::string& path) : path_(path) {
   check(path_exists(path), "tokenizer " + path + " does not exist");
+  if (is_tokenizer_json(path)) {
+    bpe_ = std::make_shared<const ByteLevelBpe>(path);
+    vocab_size_ = bpe_->vocab_size();
+    const std::string config_path =
+        (std::filesystem::path(path).parent_path() / "tokenizer_config.json").string();
+    if (path_exists(config_path)) {
+      const nlohmann::json config = read_json_file(config_path);
+      check(config.is_object(), config_path + ": not a JSON object");
+      bos_id_ = special_token_id(config, "bos_token", *bpe_, config_path);
+      eos_id_ = special_token_id(config, "eos_token", *bpe_, config_path);
+      pad_id_ = special_token_id(config, "pad_token", *bpe_, config_path);
+    }
+    return;
+  }
   const std::string bytes = read_file(path);
   check(!bytes.empty(), path + ": empty file, not a SentencePiece model");
   char* error = nullptr;
@@ -134,7 +172,9 @@ Tokenizer::~Tokenizer() {
   if (handle_ != nullptr) module().unload(handle_);
 }
 
-Tokenizer::Tokenizer(Tokenizer&& other) noexcept { *this = std::move(other); }
+Tokenizer::Tokenizer(Tokenizer&& other) noexcept {
+  *this = std::move(other);
+}
 
 Tokenizer& Tokenizer::operator=(Tokenizer&& other) noexcept {
   if (this == &other) return *this;
@@ -142,6 +182,7 @@ Tokenizer& Tokenizer::operator=(Tokenizer&& other) noexcept {
   path_ = std::move(other.path_);
   handle_ = other.handle_;
   other.handle_ = nullptr;
+  bpe_ = std::move(other.bpe_);
   vocab_size_ = other.vocab_size_;
   bos_id_ = other.bos_id_;
   eos_id_ = other.eos_id_;
@@ -150,6 +191,15 @@ Tokenizer& Tokenizer::operator=(Tokenizer&& other) noexcept {
 }
 
 std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_bos, bool add_eos) const {
+  if (bpe_) {
+    check(!add_eos || eos_id_ >= 0, "tokenizer " + path_ + " defines no EOS token");
+    std::vector<int64_t> out;
+    if (add_bos && bos_id_ >= 0) out.push_back(bos_id_);
+    const auto ids = bpe_->encode(text);
+    out.insert(out.end(), ids.begin(), ids.end());
+    if (add_eos) out.push_back(eos_id_);
+    return out;
+  }
   int32_t* ids = nullptr;
   size_t count = 0;
   char* error = nullptr;
@@ -166,6 +216,7 @@ std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_bos, bo
 }
 
 std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
+  if (bpe_) return bpe_->decode(ids);
   std::vector<int32_t> narrow;
   narrow.reserve(ids.size());
   for (int64_t id : ids) {
@@ -185,6 +236,7 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
 }
 
 std::string Tokenizer::piece(int64_t id) const {
+  if (bpe_) return bpe_->piece(id);
   if (id < 0 || id >= vocab_size_)
     throw Error("tokenizer " + path_ + ": id " + std::to_string(id) +
                 " is outside the vocabulary of " + std::to_string(vocab_size_));
@@ -194,17 +246,26 @@ std::string Tokenizer::piece(int64_t id) const {
   return out;
 }
 
-int64_t Tokenizer::vocab_size() const { return vocab_size_; }
-int64_t Tokenizer::bos_id() const { return bos_id_; }
-int64_t Tokenizer::eos_id() const { return eos_id_; }
-int64_t Tokenizer::pad_id() const { return pad_id_ >= 0 ? pad_id_ : eos_id_; }
+int64_t Tokenizer::vocab_size() const {
+  return vocab_size_;
+}
+int64_t Tokenizer::bos_id() const {
+  return bos_id_;
+}
+int64_t Tokenizer::eos_id() const {
+  return eos_id_;
+}
+int64_t Tokenizer::pad_id() const {
+  return pad_id_ >= 0 ? pad_id_ : eos_id_;
+}
 
 void Tokenizer::check_matches(const ModelConfig& config, const std::string& model_where) const {
-  check(vocab_size() == config.vocab_size,
+  check(bpe_ ? vocab_size() <= config.vocab_size : vocab_size() == config.vocab_size,
         "vocabulary mismatch: tokenizer " + path_ + " has " + std::to_string(vocab_size()) +
             " pieces but model " + model_where + " has vocab_size " +
             std::to_string(config.vocab_size) + " (wrong tokenizer for this model?)");
-  check(eos_id() >= 0, "tokenizer " + path_ + " defines no EOS piece");
+  check(eos_id() >= 0, "tokenizer " + path_ + " defines no EOS piece" +
+                           (bpe_ ? " (tokenizer_config.json beside it names eos_token)" : ""));
 }
 
 void train_tokenizer(const std::string& input, int64_t vocab_size, const std::string& out_dir,

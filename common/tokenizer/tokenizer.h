@@ -1,4 +1,6 @@
-// Tokenizer: a SentencePiece model (tokenizer.model) with its BOS/EOS/PAD ids.
+// Tokenizer: a SentencePiece model (tokenizer.model), or a Hugging Face tokenizer.json of the
+// byte-level BPE kind (Llama 3, Qwen2, SmolLM; common/tokenizer/byte_level_bpe.h), with its
+// BOS/EOS/PAD ids.
 #pragma once
 #include <memory>
 #include <string>
@@ -7,10 +9,13 @@
 namespace tiller {
 
 struct ModelConfig;
+class ByteLevelBpe;
 
 class Tokenizer {
  public:
-  // Loads a SentencePiece model file; throws tiller::Error naming the path when it cannot.
+  // Loads a SentencePiece model file, or a tokenizer.json (by its .json name) with the special
+  // tokens that tokenizer_config.json beside it names; throws tiller::Error naming the path when
+  // it cannot.
   explicit Tokenizer(const std::string& path);
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;
@@ -22,18 +27,21 @@ class Tokenizer {
   std::string piece(int64_t id) const;
 
   int64_t vocab_size() const;
+  // -1 where a tokenizer.json has none (Qwen2): encode's add_bos then adds nothing.
   int64_t bos_id() const;
   int64_t eos_id() const;
   // The pad id: SentencePiece's own if the model defines one, else EOS (as for Llama).
   int64_t pad_id() const;
   const std::string& path() const { return path_; }
 
-  // Throws tiller::Error when this vocabulary does not fit the model's embedding.
+  // Throws tiller::Error when this vocabulary does not fit the model's embedding: a SentencePiece
+  // model's must equal it; a tokenizer.json's may be smaller (embeddings padded, as Qwen2's).
   void check_matches(const ModelConfig& config, const std::string& model_where) const;
 
  private:
   std::string path_;
-  void* handle_ = nullptr;  // a SentencePieceProcessor inside libtiller_spm.so
+  void* handle_ = nullptr;                   // a SentencePieceProcessor inside libtiller_spm.so
+  std::shared_ptr<const ByteLevelBpe> bpe_;  // or this
   int64_t vocab_size_ = 0, bos_id_ = -1, eos_id_ = -1, pad_id_ = -1;
 };
 

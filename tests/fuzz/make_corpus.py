@@ -130,6 +130,42 @@ def seeds_recipes(repo):
     put("recipe", "minimal_errors.json", '// comment\n{"run": {"name": 5}, "stages": [{"name": "s", "type": "sft", "bogus": 1}]}\n')
 
 
+def byte_symbols():
+    """GPT-2's bytes_to_unicode."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    codes, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            codes[b] = b
+        else:
+            codes[b] = 256 + n
+            n += 1
+    return [chr(codes[b]) for b in range(256)]
+
+
+def seeds_tokenizer_json():
+    sym = byte_symbols()
+    vocab = {sym[b]: b for b in range(256)}
+    merges = []
+    for left, right in [("t", "h"), ("th", "e"), (" ", "the"), ("1", "2"), ("\n", "\n")]:
+        merges.append(" ".join("".join(sym[c] for c in part.encode()) for part in (left, right)))
+        vocab.setdefault("".join(sym[c] for c in (left + right).encode()), len(vocab))
+    added = [{"id": 300 + i, "content": c, "single_word": False, "lstrip": i == 1, "rstrip": i == 1,
+              "normalized": False, "special": i < 2} for i, c in enumerate(["<|end|>", "<s>", "[X]"])]
+    llama3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    pre = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": llama3}, "behavior": "Isolated", "invert": False},
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]}
+    tok = {"added_tokens": added, "normalizer": {"type": "NFC"}, "pre_tokenizer": pre,
+           "model": {"type": "BPE", "ignore_merges": True, "vocab": vocab, "merges": merges}}
+    put("tokenizer_json", "llama3_like.json", json.dumps(tok, ensure_ascii=False))
+    tok["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": True, "use_regex": True}
+    tok["normalizer"] = None
+    tok["model"]["merges"] = [m.split(" ") for m in merges]
+    put("tokenizer_json", "gpt2_like.json", json.dumps(tok, ensure_ascii=False))
+
+
 def seeds_tokenizer(model):
     with open(model, "rb") as f:
         data = f.read()
@@ -150,5 +186,6 @@ if __name__ == "__main__":
     seeds_data()
     seeds_recipes(repo)
     put("tokenizer", "not_a_model", "hello world\n")
+    seeds_tokenizer_json()
     if a.tokenizer:
         seeds_tokenizer(a.tokenizer)
