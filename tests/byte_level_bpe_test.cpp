@@ -367,8 +367,12 @@ TEST(ByteLevelBpe, TokenizerTakesSpecialTokensFromTokenizerConfig) {
     EXPECT_NE(test::error_of([&] { tok.check_matches(config, "m"); }).find("defines no EOS"),
               std::string::npos);
   }
-  std::ofstream(dir + "/tokenizer_config.json")
-      << R"({"bos_token": "<s>", "eos_token": {"content": "</s>", "special": true},
+  // A bos_token alone is not added (GPT-2's tokenizer_config names one; transformers adds none).
+  std::ofstream(dir + "/tokenizer_config.json") << R"({"bos_token": "<s>", "eos_token": "</s>"})";
+  EXPECT_EQ(Tokenizer(path).bos_id(), -1);
+  EXPECT_EQ(Tokenizer(path).encode("ab", true), bytes_of("ab"));
+  std::ofstream(dir + "/tokenizer_config.json") << R"({"add_bos_token": true, "bos_token": "<s>",
+             "eos_token": {"content": "</s>", "special": true},
              "pad_token": "<pad>", "chat_template": "ignored here"})";
   const Tokenizer tok(path);
   EXPECT_EQ(tok.bos_id(), 300);
@@ -388,6 +392,17 @@ TEST(ByteLevelBpe, TokenizerTakesSpecialTokensFromTokenizerConfig) {
   std::ofstream(dir + "/tokenizer_config.json") << R"({"eos_token": "<|eot|>"})";
   const std::string error = test::error_of([&] { Tokenizer again(path); });
   EXPECT_NE(error.find("eos_token '<|eot|>' is not a token"), std::string::npos) << error;
+
+  // A post-processor whose template starts with a special token (Llama 3's newer tokenizer.json,
+  // inside a Sequence) adds it as BOS, with no add_bos_token.
+  auto json = tokenizer_json(spec);
+  json["post_processor"] = nlohmann::json::parse(R"({"type": "Sequence", "processors": [
+      {"type": "ByteLevel"},
+      {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                                {"Sequence": {"id": "A", "type_id": 0}}]}]})");
+  const std::string templated = write_tokenizer(dir + "/templated", json);
+  std::ofstream(dir + "/templated/tokenizer_config.json") << R"({"eos_token": "</s>"})";
+  EXPECT_EQ(Tokenizer(templated).encode("ab", true), (std::vector<int64_t>{300, 'a', 'b'}));
 }
 
 TEST(ByteLevelBpe, SftStageStartsFromAnHfDirectoryWithTokenizerJson) {

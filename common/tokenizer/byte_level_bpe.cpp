@@ -177,6 +177,7 @@ struct ByteLevelBpe::State {
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;
   bool ignore_merges = false;
   bool nfc = false;
+  int64_t template_bos = -1;
   std::vector<Step> steps;
   std::vector<AddedToken> added;  // longest content first
   std::vector<bool> special;      // by id
@@ -315,6 +316,31 @@ void ByteLevelBpe::State::parse(const nlohmann::json& json) {
   check(std::any_of(steps.begin(), steps.end(),
                     [](const Step& s) { return s.kind == Step::kByteLevel; }),
         path + ": the pre_tokenizer has no ByteLevel step: not a byte-level BPE tokenizer");
+
+  // Post-processor: only whether a template puts a special token first (BOS); the rest of what
+  // it does (type ids, pairs) does not change the ids of one text.
+  std::vector<const nlohmann::json*> processors;
+  if (const auto* post = member(json, "post_processor"); post != nullptr && post->is_object())
+    processors.push_back(post);
+  for (size_t i = 0; i < processors.size() && i < 16; ++i) {
+    const nlohmann::json& p = *processors[i];
+    if (const auto* list = member(p, "processors"); list != nullptr && list->is_array())
+      for (const auto& inner : *list)
+        if (inner.is_object()) processors.push_back(&inner);
+    const auto* single = member(p, "single");
+    if (!p.contains("type") || p["type"] != "TemplateProcessing" || single == nullptr ||
+        !single->is_array() || single->empty() || !(*single)[0].is_object())
+      continue;
+    const auto* first = member((*single)[0], "SpecialToken");
+    if (first == nullptr || !first->is_object() || !first->contains("id") ||
+        !(*first)["id"].is_string())
+      continue;
+    const std::string token = (*first)["id"].get<std::string>();
+    auto it = vocab.find(token);
+    check(it != vocab.end(),
+          path + ": post_processor's template starts with '" + token + "', which is not a token");
+    template_bos = it->second;
+  }
 
   byte_symbol = byte_symbols();
   byte_id.assign(256, -1);
@@ -562,6 +588,10 @@ std::string ByteLevelBpe::piece(int64_t id) const {
 
 int64_t ByteLevelBpe::vocab_size() const {
   return static_cast<int64_t>(state_->pieces.size());
+}
+
+int64_t ByteLevelBpe::template_bos() const {
+  return state_->template_bos;
 }
 
 int64_t ByteLevelBpe::id_of(const std::string& token) const {

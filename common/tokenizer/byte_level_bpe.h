@@ -34,6 +34,9 @@ class ByteLevelBpe {
   int64_t vocab_size() const;
   // The id of a token spelled exactly so (an added token or a vocabulary entry), or -1.
   int64_t id_of(const std::string& token) const;
+  // The special token the post-processor puts before a text (TemplateProcessing's, as Llama 3's
+  // newer tokenizer.json has it), or -1: transformers adds it as BOS.
+  int64_t template_bos() const;
 
  private:
   struct State;

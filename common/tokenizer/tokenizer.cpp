@@ -139,10 +139,17 @@ Tokenizer::Tokenizer(const std::string& path) : path_(path) {
     vocab_size_ = bpe_->vocab_size();
     const std::string config_path =
         (std::filesystem::path(path).parent_path() / "tokenizer_config.json").string();
+    // BOS as transformers adds it: the post-processor's template's, else tokenizer_config's
+    // bos_token when add_bos_token says so. GPT-2 and Qwen2 add none (GPT-2 names a bos_token
+    // all the same).
+    bos_id_ = bpe_->template_bos();
     if (path_exists(config_path)) {
       const nlohmann::json config = read_json_file(config_path);
       check(config.is_object(), config_path + ": not a JSON object");
-      bos_id_ = special_token_id(config, "bos_token", *bpe_, config_path);
+      const int64_t named_bos = special_token_id(config, "bos_token", *bpe_, config_path);
+      auto add_bos = config.find("add_bos_token");
+      if (bos_id_ < 0 && add_bos != config.end() && add_bos->is_boolean() && add_bos->get<bool>())
+        bos_id_ = named_bos;
       eos_id_ = special_token_id(config, "eos_token", *bpe_, config_path);
       pad_id_ = special_token_id(config, "pad_token", *bpe_, config_path);
     }

@@ -14,7 +14,8 @@ class ByteLevelBpe;
 class Tokenizer {
  public:
   // Loads a SentencePiece model file, or a tokenizer.json (by its .json name) with the special
-  // tokens that tokenizer_config.json beside it names; throws tiller::Error naming the path when
+  // tokens that tokenizer_config.json beside it names (BOS only where transformers adds one:
+  // the post-processor's template, or add_bos_token); throws tiller::Error naming the path when
   // it cannot.
   explicit Tokenizer(const std::string& path);
   ~Tokenizer();
@@ -27,7 +28,7 @@ class Tokenizer {
   std::string piece(int64_t id) const;
 
   int64_t vocab_size() const;
-  // -1 where a tokenizer.json has none (Qwen2): encode's add_bos then adds nothing.
+  // -1 where a tokenizer.json adds none (Qwen2, GPT-2): encode's add_bos then adds nothing.
   int64_t bos_id() const;
   int64_t eos_id() const;
   // The pad id: SentencePiece's own if the model defines one, else EOS (as for Llama).
