@@ -123,7 +123,7 @@ nlohmann::json added_token(int64_t id, const std::string& content, bool special,
 TEST(ByteLevelBpe, AnyUtf8TextRoundTrips) {
   Spec spec;
   spec.merges = {{"t", "h"}, {"th", "e"}, {" ", "the"}, {"\xC3", "\xA9"}};  // é's two bytes
-  spec.added = {added_token(300, "<|end|>", true)};
+  spec.added = nlohmann::json::array({added_token(300, "<|end|>", true)});
   const std::string path = write_tokenizer(test::temp_dir("bpe_round_trip"), spec);
   const ByteLevelBpe bpe(path);
   const std::vector<std::string> pool = {
@@ -235,8 +235,9 @@ TEST(ByteLevelBpe, MergesNeverCrossThePreTokenizersPieces) {
 TEST(ByteLevelBpe, AddedTokensComeFirstWithTheirStripFlags) {
   Spec spec;
   spec.merges = {{"h", "i"}};
-  spec.added = {added_token(300, "<|end|>", true), added_token(301, "<|end|>x", true),
-                added_token(302, "<sep>", true, /*strip=*/true), added_token(303, "[X]", false)};
+  spec.added = nlohmann::json::array(
+      {added_token(300, "<|end|>", true), added_token(301, "<|end|>x", true),
+       added_token(302, "<sep>", true, /*strip=*/true), added_token(303, "[X]", false)});
   const ByteLevelBpe bpe(write_tokenizer(test::temp_dir("bpe_added"), spec));
   const int64_t hi = id_of(bpe, "hi");
   EXPECT_EQ(bpe.encode("hi<|end|>hi"), (std::vector<int64_t>{hi, 300, hi}));
@@ -254,6 +255,20 @@ TEST(ByteLevelBpe, AddedTokensComeFirstWithTheirStripFlags) {
   // Ids without a token (an embedding padded past the vocabulary) decode to nothing.
   EXPECT_EQ(bpe.decode({hi, 999, 299, hi}), "hihi");
   EXPECT_NE(test::error_of([&] { bpe.decode({-1}); }).find("negative id -1"), std::string::npos);
+}
+
+TEST(ByteLevelBpe, DecodedTextIsAlwaysUtf8) {
+  auto json = tokenizer_json(Spec{});
+  json["model"]["vocab"]["\u2581x"] = 400;  // a character outside the byte alphabet
+  const ByteLevelBpe bpe(write_tokenizer(test::temp_dir("bpe_utf8"), json));
+  // "é" is C3 A9: a response cut after C3, or C3 before another character, shows U+FFFD there,
+  // as transformers' decoder does.
+  EXPECT_EQ(bpe.decode({0xC3, 0xA9}), "\u00e9");
+  EXPECT_EQ(bpe.decode({'a', 0xC3}), "a\ufffd");
+  EXPECT_EQ(bpe.decode({0xC3, 'a', 0xA9, 0xA9}), "\ufffda\ufffd\ufffd");
+  EXPECT_EQ(bpe.decode({0xF0, 0x9F, 0xA6}), "\ufffd");  // three bytes of a four-byte emoji
+  // A token the byte alphabet cannot spell is its own text.
+  EXPECT_EQ(bpe.decode({'a', 400}), "a\u2581x");
 }
 
 TEST(ByteLevelBpe, IgnoreMergesTakesAWholeWordFromTheVocabulary) {
@@ -328,13 +343,14 @@ TEST(ByteLevelBpe, WhatItCannotTokenizeAlikeIsRefusedByName) {
       "cannot compile the pre-tokenizer regex '(unclosed'");
   has(error_for("single_word",
                 [](auto& j) {
-                  j["added_tokens"] = {added_token(300, "<w>", true)};
+                  j["added_tokens"] = nlohmann::json::array({added_token(300, "<w>", true)});
                   j["added_tokens"][0]["single_word"] = true;
                 }),
       "added_tokens[0]: single_word tokens are not supported");
-  has(error_for("unknown_merge", [](auto& j) { j["model"]["merges"] = {"a zz"}; }),
+  has(error_for("unknown_merge",
+                [](auto& j) { j["model"]["merges"] = nlohmann::json::array({"a zz"}); }),
       "model.merges[0] names a token that is not in the vocabulary");
-  has(error_for("bad_merge", [](auto& j) { j["model"]["merges"] = {"ab"}; }),
+  has(error_for("bad_merge", [](auto& j) { j["model"]["merges"] = nlohmann::json::array({"ab"}); }),
       "model.merges[0] is not 'a b'");
   has(error_for("negative_id", [](auto& j) { j["model"]["vocab"]["x"] = -3; }),
       "model.vocab['x'] is not an id");
@@ -352,8 +368,8 @@ TEST(ByteLevelBpe, WhatItCannotTokenizeAlikeIsRefusedByName) {
 TEST(ByteLevelBpe, TokenizerTakesSpecialTokensFromTokenizerConfig) {
   const std::string dir = test::temp_dir("bpe_special");
   Spec spec;
-  spec.added = {added_token(300, "<s>", true), added_token(301, "</s>", true),
-                added_token(302, "<pad>", true)};
+  spec.added = nlohmann::json::array({added_token(300, "<s>", true), added_token(301, "</s>", true),
+                                      added_token(302, "<pad>", true)});
   const std::string path = write_tokenizer(dir, spec);
 
   // No tokenizer_config.json: no special ids; a model cannot be matched without EOS.
@@ -409,8 +425,9 @@ TEST(ByteLevelBpe, SftStageStartsFromAnHfDirectoryWithTokenizerJson) {
   const std::string dir = test::temp_dir("bpe_sft");
   Spec spec;
   spec.merges = {{"t", "h"}, {"th", "e"}, {" ", "the"}, {"o", "n"}, {"i", "s"}};
-  spec.added = {added_token(300, "<|im_start|>", true), added_token(301, "<|im_end|>", true),
-                added_token(302, "<|endoftext|>", true)};
+  spec.added = nlohmann::json::array({added_token(300, "<|im_start|>", true),
+                                      added_token(301, "<|im_end|>", true),
+                                      added_token(302, "<|endoftext|>", true)});
   const std::string tokenizer = write_tokenizer(dir + "/tok", spec);
   std::ofstream(dir + "/tok/tokenizer_config.json")
       << R"({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": null})";

@@ -86,6 +86,12 @@ TEST(ModelConfig, HfJsonRoundTrips) {
   EXPECT_EQ(j["architectures"], nlohmann::json::array({"LlamaForCausalLM"}));
   EXPECT_EQ(j["tie_word_embeddings"], true);
   EXPECT_FALSE(j.contains("num_labels"));
+  // No BOS (Qwen2 models built from scratch on a tokenizer without one): written as null, read
+  // back as none.
+  ModelConfig no_bos = small_llama();
+  no_bos.bos_token_id = -1;
+  EXPECT_TRUE(model_config_to_hf_json(no_bos)["bos_token_id"].is_null());
+  expect_equal(no_bos, model_config_from_hf_json(model_config_to_hf_json(no_bos), "again"));
 }
 
 TEST(ModelConfig, ReadsConfigsAsTransformersWritesThem) {

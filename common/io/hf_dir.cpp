@@ -181,8 +181,10 @@ void save_hf_model(const ModelConfig& config,
                                          {"legacy", true}};
       write_file_atomic(tmp + "/tokenizer_config.json", tokenizer_config.dump(2) + "\n");
     }
-    nlohmann::json generation = {{"bos_token_id", config.bos_token_id},
-                                 {"eos_token_id", config.eos_token_id}};
+    nlohmann::json generation = {
+        {"bos_token_id",
+         config.bos_token_id >= 0 ? nlohmann::json(config.bos_token_id) : nlohmann::json()},
+        {"eos_token_id", config.eos_token_id}};
     write_file_atomic(tmp + "/generation_config.json", generation.dump(2) + "\n");
     fsync_directory(tmp);
     // Replace: move any old directory aside, rename the new one in, then delete the old.

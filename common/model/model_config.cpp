@@ -166,7 +166,10 @@ ModelConfig model_config_from_hf_json(const nlohmann::json& json, const std::str
   read_field(json, "tie_word_embeddings", c.tie_word_embeddings, where);
   read_field(json, "attention_bias", c.attention_bias, where);
   if (c.model_type == "qwen2") c.attention_bias = true;
-  c.bos_token_id = read_token_id(json, "bos_token_id", c.bos_token_id, where);
+  // An explicit null is "none" (-1), as written below; a missing key keeps Llama's default.
+  c.bos_token_id = json.contains("bos_token_id") && json["bos_token_id"].is_null()
+                       ? -1
+                       : read_token_id(json, "bos_token_id", c.bos_token_id, where);
   c.eos_token_id = read_token_id(json, "eos_token_id", c.eos_token_id, where);
   c.pad_token_id = read_token_id(json, "pad_token_id", -1, where);
 
@@ -228,7 +231,7 @@ nlohmann::json model_config_to_hf_json(const ModelConfig& c) {
   j["hidden_act"] = "silu";
   j["initializer_range"] = 0.02;
   j["use_cache"] = true;
-  j["bos_token_id"] = c.bos_token_id;
+  j["bos_token_id"] = c.bos_token_id >= 0 ? nlohmann::json(c.bos_token_id) : nlohmann::json();
   j["eos_token_id"] = c.eos_token_id;
   if (c.pad_token_id >= 0) j["pad_token_id"] = c.pad_token_id;
   j["torch_dtype"] = "float32";

@@ -551,7 +551,7 @@ std::vector<int64_t> ByteLevelBpe::encode(const std::string& text) const {
 
 std::string ByteLevelBpe::decode(const std::vector<int64_t>& ids) const {
   const State& s = *state_;
-  std::string out;
+  std::string bytes;
   for (int64_t id : ids) {
     check(id >= 0, "tokenizer " + s.path + ": negative id " + std::to_string(id));
     // An id with no token (an embedding padded past the vocabulary, as Qwen2's) decodes to
@@ -559,11 +559,13 @@ std::string ByteLevelBpe::decode(const std::vector<int64_t>& ids) const {
     if (id >= vocab_size() || s.pieces[static_cast<size_t>(id)].empty()) continue;
     const std::string& piece = s.pieces[static_cast<size_t>(id)];
     if (s.special[static_cast<size_t>(id)]) continue;
-    // Added tokens are plain text; vocabulary tokens are byte symbols.
+    // Added tokens are plain text; vocabulary tokens are byte symbols, except one with a
+    // character outside the byte alphabet, which transformers' ByteLevel decoder keeps as text.
     if (s.is_added[static_cast<size_t>(id)]) {
-      out += piece;
+      bytes += piece;
       continue;
     }
+    std::string decoded;
     int32_t i = 0;
     const int32_t n = static_cast<int32_t>(piece.size());
     while (i < n) {
@@ -572,10 +574,28 @@ std::string ByteLevelBpe::decode(const std::vector<int64_t>& ids) const {
       U8_NEXT(piece.data(), i, n, c);
       auto it = s.symbol_byte.find(
           piece.substr(static_cast<size_t>(start), static_cast<size_t>(i - start)));
-      check(c >= 0 && it != s.symbol_byte.end(),
-            "tokenizer " + s.path + ": token " + std::to_string(id) + " is not byte-level");
-      out += static_cast<char>(it->second);
+      if (c < 0 || it == s.symbol_byte.end()) {
+        decoded = piece;
+        break;
+      }
+      decoded += static_cast<char>(it->second);
     }
+    bytes += decoded;
+  }
+  // Tokens may end inside a character (a sampled response often does): like transformers
+  // (from_utf8_lossy), each ill-formed sequence becomes U+FFFD, so the text is always UTF-8.
+  std::string out;
+  out.reserve(bytes.size());
+  int32_t i = 0;
+  const int32_t n = static_cast<int32_t>(bytes.size());
+  while (i < n) {
+    const int32_t start = i;
+    UChar32 c;
+    U8_NEXT(bytes.data(), i, n, c);
+    if (c < 0)
+      out += "\xEF\xBF\xBD";
+    else
+      out.append(bytes, static_cast<size_t>(start), static_cast<size_t>(i - start));
   }
   return out;
 }
