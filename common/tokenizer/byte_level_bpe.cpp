@@ -107,6 +107,20 @@ struct AddedToken {
   bool lstrip, rstrip, special;
 };
 
+// Calls visit(begin, end, code point) for each UTF-8 character of text, left to right; an
+// ill-formed sequence comes as one call with a negative code point.
+template <typename Visit>
+void for_each_character(const std::string& text, Visit visit) {
+  int32_t i = 0;
+  const int32_t n = static_cast<int32_t>(text.size());
+  while (i < n) {
+    const int32_t start = i;
+    UChar32 c;
+    U8_NEXT(text.data(), i, n, c);
+    visit(static_cast<size_t>(start), static_cast<size_t>(i), c);
+  }
+}
+
 bool is_numeric(UChar32 c) {
   const int8_t type = u_charType(c);
   return type == U_DECIMAL_DIGIT_NUMBER || type == U_LETTER_NUMBER || type == U_OTHER_NUMBER;
@@ -135,18 +149,13 @@ std::vector<std::pair<size_t, size_t>> literal_matches(const std::string& text,
 
 std::vector<std::pair<size_t, size_t>> digit_matches(const std::string& text, bool individual) {
   std::vector<std::pair<size_t, size_t>> out;
-  int32_t i = 0;
-  const int32_t n = static_cast<int32_t>(text.size());
-  while (i < n) {
-    const int32_t start = i;
-    UChar32 c;
-    U8_NEXT(text.data(), i, n, c);
-    if (c < 0 || !is_numeric(c)) continue;
-    if (!individual && !out.empty() && out.back().second == static_cast<size_t>(start))
-      out.back().second = static_cast<size_t>(i);
+  for_each_character(text, [&](size_t begin, size_t end, UChar32 c) {
+    if (c < 0 || !is_numeric(c)) return;
+    if (!individual && !out.empty() && out.back().second == begin)
+      out.back().second = end;
     else
-      out.emplace_back(static_cast<size_t>(start), static_cast<size_t>(i));
-  }
+      out.emplace_back(begin, end);
+  });
   return out;
 }
 
@@ -566,37 +575,24 @@ std::string ByteLevelBpe::decode(const std::vector<int64_t>& ids) const {
       continue;
     }
     std::string decoded;
-    int32_t i = 0;
-    const int32_t n = static_cast<int32_t>(piece.size());
-    while (i < n) {
-      const int32_t start = i;
-      UChar32 c;
-      U8_NEXT(piece.data(), i, n, c);
-      auto it = s.symbol_byte.find(
-          piece.substr(static_cast<size_t>(start), static_cast<size_t>(i - start)));
-      if (c < 0 || it == s.symbol_byte.end()) {
-        decoded = piece;
-        break;
-      }
-      decoded += static_cast<char>(it->second);
-    }
-    bytes += decoded;
+    bool byte_level = true;
+    for_each_character(piece, [&](size_t begin, size_t end, UChar32 c) {
+      auto it = s.symbol_byte.find(piece.substr(begin, end - begin));
+      byte_level = byte_level && c >= 0 && it != s.symbol_byte.end();
+      if (byte_level) decoded += static_cast<char>(it->second);
+    });
+    bytes += byte_level ? decoded : piece;
   }
   // Tokens may end inside a character (a sampled response often does): like transformers
   // (from_utf8_lossy), each ill-formed sequence becomes U+FFFD, so the text is always UTF-8.
   std::string out;
   out.reserve(bytes.size());
-  int32_t i = 0;
-  const int32_t n = static_cast<int32_t>(bytes.size());
-  while (i < n) {
-    const int32_t start = i;
-    UChar32 c;
-    U8_NEXT(bytes.data(), i, n, c);
+  for_each_character(bytes, [&](size_t begin, size_t end, UChar32 c) {
     if (c < 0)
       out += "\xEF\xBF\xBD";
     else
-      out.append(bytes, static_cast<size_t>(start), static_cast<size_t>(i - start));
-  }
+      out.append(bytes, begin, end - begin);
+  });
   return out;
 }
 
