@@ -7,6 +7,7 @@
 #include <unicode/utf8.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <climits>
 #include <mutex>
@@ -188,9 +189,10 @@ struct ByteLevelBpe::State {
   bool nfc = false;
   int64_t template_bos = -1;
   std::vector<Step> steps;
-  std::vector<AddedToken> added;  // longest content first
-  std::vector<bool> special;      // by id
-  std::vector<bool> is_added;     // by id: an added token, whose content is plain text
+  std::vector<AddedToken> added;         // longest content first
+  std::array<bool, 256> starts_added{};  // by byte: some added token begins with it
+  std::vector<bool> special;             // by id
+  std::vector<bool> is_added;            // by id: an added token, whose content is plain text
   std::vector<std::string> byte_symbol;
   std::unordered_map<std::string, uint8_t> symbol_byte;
   std::vector<int32_t> byte_id;  // the vocabulary id of each byte's symbol (-1: none)
@@ -267,6 +269,7 @@ void ByteLevelBpe::State::parse(const nlohmann::json& json) {
   std::stable_sort(added.begin(), added.end(), [](const AddedToken& a, const AddedToken& b) {
     return a.content.size() > b.content.size();
   });
+  for (const AddedToken& t : added) starts_added[static_cast<unsigned char>(t.content[0])] = true;
   pieces.assign(static_cast<size_t>(largest + 1), std::string());
   special.assign(static_cast<size_t>(largest + 1), false);
   is_added.assign(static_cast<size_t>(largest + 1), false);
@@ -533,6 +536,11 @@ std::vector<int64_t> ByteLevelBpe::encode(const std::string& text) const {
   // Added tokens first: the text between them goes through the normalizer and BPE.
   size_t plain_from = 0, at = 0;
   while (at < text.size()) {
+    // Most bytes begin no added token (Llama 3 has 256 of them): skip those without a scan.
+    if (!s.starts_added[static_cast<unsigned char>(text[at])]) {
+      ++at;
+      continue;
+    }
     const AddedToken* found = nullptr;
     for (const AddedToken& t : s.added)  // longest first
       if (text.compare(at, t.content.size(), t.content) == 0) {
