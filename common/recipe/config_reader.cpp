@@ -38,19 +38,24 @@ ConfigReader::~ConfigReader() {
 }
 
 bool ConfigReader::has(const std::string& key) const {
-  return is_object_ && json_.contains(key) && !json_.at(key).is_null();
+  return is_object_ && json_.contains(key);
 }
 
 std::string ConfigReader::path_of(const std::string& key) const {
   return path_.empty() ? key : path_ + "." + key;
 }
 
-const nlohmann::json* ConfigReader::find(const std::string& key) {
+const nlohmann::json* ConfigReader::find(const std::string& key, bool null_allowed) {
   read_.insert(key);
   if (key_observer()) key_observer()(path_of(key));
   if (!is_object_) return nullptr;
   auto it = json_.find(key);
-  if (it == json_.end() || it->is_null()) return nullptr;
+  if (it == json_.end()) return nullptr;
+  if (it->is_null()) {
+    if (!null_allowed)
+      errors_.add(path_of(key), "null is not a value here; remove the key to use its default");
+    return nullptr;
+  }
   return &*it;
 }
 
@@ -94,17 +99,35 @@ std::string ConfigReader::string(const std::string& key, const std::string& fall
   return fallback;
 }
 
+std::optional<double> ConfigReader::number_or_null(const std::string& key,
+                                                   std::optional<double> fallback) {
+  if (!has(key)) {
+    find(key);  // marks it read (and tells the key observer)
+    return fallback;
+  }
+  const auto* v = find(key, /*null_allowed=*/true);
+  if (v == nullptr) return std::nullopt;
+  if (v->is_number()) return v->get<double>();
+  wrong_type(key, "a number or null");
+  return fallback;
+}
+
 std::string ConfigReader::required_string(const std::string& key) {
   if (!has(key)) {
     read_.insert(key);
     if (is_object_) errors_.add(path_of(key), "required key is missing");
     return "";
   }
+  if (json_.at(key).is_null()) {
+    read_.insert(key);
+    errors_.add(path_of(key), "required key is null");
+    return "";
+  }
   return string(key, "");
 }
 
 const nlohmann::json& ConfigReader::raw(const std::string& key) {
-  const auto* v = find(key);
+  const auto* v = find(key, /*null_allowed=*/true);
   return v == nullptr ? kNull : *v;
 }
 

@@ -1,9 +1,14 @@
 // ConfigReader: typed, path-aware reading of JSON config objects. Every unknown key, wrong type and
 // bad value is collected (with its JSON path) so that all mistakes are reported at once.
+//
+// `null` is a value, not an absence: the typed getters and object() refuse it (a recipe that says
+// `"lr": null` must not run at a default the user never sees). A key whose null has a documented
+// meaning is read with number_or_null(), or with raw() by a caller that handles null itself.
 #pragma once
 #include <nlohmann/json.hpp>
 
 #include <functional>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -33,6 +38,7 @@ class ConfigReader {
   ~ConfigReader();
   ConfigReader(const ConfigReader&) = delete;
 
+  // Whether the key is present (with any value, null included).
   bool has(const std::string& key) const;
   std::string path_of(const std::string& key) const;
 
@@ -40,9 +46,13 @@ class ConfigReader {
   double number(const std::string& key, double fallback);
   bool boolean(const std::string& key, bool fallback);
   std::string string(const std::string& key, const std::string& fallback);
+  // A number whose null means something (documented where the key is): fallback when the key is
+  // absent, std::nullopt when it is null.
+  std::optional<double> number_or_null(const std::string& key, std::optional<double> fallback);
   // A required string; reports an error and returns "" when absent.
   std::string required_string(const std::string& key);
-  // The raw value (marked as read); null json when absent.
+  // The raw value (marked as read); null json when absent or null: the caller gives null its
+  // meaning.
   const nlohmann::json& raw(const std::string& key);
   // A sub-object, or an empty object when absent (errors go through `sub`'s own reader).
   const nlohmann::json& object(const std::string& key);
@@ -57,7 +67,9 @@ class ConfigReader {
               const std::set<std::string>& allowed);
 
  private:
-  const nlohmann::json* find(const std::string& key);
+  // The key's value, marked as read; nullptr when absent. A null value is reported as an error
+  // (and nullptr returned) unless null_allowed.
+  const nlohmann::json* find(const std::string& key, bool null_allowed = false);
   void wrong_type(const std::string& key, const char* expected);
 
   const nlohmann::json& json_;
