@@ -78,16 +78,31 @@ TEST(SftData, TruncationKeepsTheResponse) {
   Example e;
   e.tokens = {1, 10, 11, 12, 13, 14, 20, 21, 2};
   e.trainable = {0, 0, 0, 0, 0, 0, 1, 1, 1};
-  EXPECT_TRUE(truncate_keeping_response(e, 6));
+  EXPECT_TRUE(truncate_keeping_response(e, 6, /*eos_id=*/2));
   EXPECT_EQ(e.tokens, (std::vector<int64_t>{1, 13, 14, 20, 21, 2}));
   EXPECT_EQ(e.trainable, (std::vector<uint8_t>{0, 0, 0, 1, 1, 1}));
   Example long_response;
   long_response.tokens = {1, 10, 20, 21, 22, 23};
   long_response.trainable = {0, 0, 1, 1, 1, 1};
-  EXPECT_TRUE(truncate_keeping_response(long_response, 4));
+  EXPECT_TRUE(truncate_keeping_response(long_response, 4, /*eos_id=*/2));
   EXPECT_EQ(long_response.tokens, (std::vector<int64_t>{1, 20, 21, 22}));
   Example fits = e;
-  EXPECT_FALSE(truncate_keeping_response(fits, 100));
+  EXPECT_FALSE(truncate_keeping_response(fits, 100, /*eos_id=*/2));
+}
+
+TEST(SftData, TruncationOfALongResponseKeepsItsTrainedEos) {
+  Example e;
+  e.tokens = {1, 10, 20, 21, 22, 23, 24, 2};
+  e.trainable = {0, 0, 1, 1, 1, 1, 1, 1};
+  EXPECT_TRUE(truncate_keeping_response(e, 5, /*eos_id=*/2));
+  EXPECT_EQ(e.tokens, (std::vector<int64_t>{1, 20, 21, 22, 2}));
+  EXPECT_EQ(e.trainable, (std::vector<uint8_t>{0, 1, 1, 1, 1}));
+  // An EOS in the prompt (not trained) is not a response's stop: the tail is cut as it comes.
+  Example untrained_end;
+  untrained_end.tokens = {1, 20, 21, 22, 2};
+  untrained_end.trainable = {0, 1, 1, 1, 0};
+  EXPECT_TRUE(truncate_keeping_response(untrained_end, 3, /*eos_id=*/2));
+  EXPECT_EQ(untrained_end.tokens, (std::vector<int64_t>{1, 20, 21}));
 }
 
 TEST(SftData, PackedBatchTargetsNeverCrossExamples) {

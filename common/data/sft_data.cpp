@@ -69,7 +69,7 @@ std::vector<Message> conversation_from_record(const nlohmann::json& record,
   return messages;
 }
 
-bool truncate_keeping_response(Example& e, int64_t max_len) {
+bool truncate_keeping_response(Example& e, int64_t max_len, int64_t eos_id) {
   const int64_t n = static_cast<int64_t>(e.tokens.size());
   if (n <= max_len) return false;
   int64_t first_trained = 0;
@@ -80,8 +80,15 @@ bool truncate_keeping_response(Example& e, int64_t max_len) {
   e.tokens.erase(e.tokens.begin() + 1, e.tokens.begin() + 1 + cut);
   e.trainable.erase(e.trainable.begin() + 1, e.trainable.begin() + 1 + cut);
   if (static_cast<int64_t>(e.tokens.size()) > max_len) {
+    // The response's tail goes, but not its trained EOS: a model that never sees its stop in
+    // the long examples learns to run on (and PPO then starts from responses that never end).
+    const bool ends_with_trained_eos = e.tokens.back() == eos_id && e.trainable.back() != 0;
     e.tokens.resize(max_len);
     e.trainable.resize(max_len);
+    if (ends_with_trained_eos && max_len >= 2) {
+      e.tokens.back() = eos_id;
+      e.trainable.back() = 1;
+    }
   }
   return true;
 }
@@ -109,7 +116,7 @@ std::vector<Example> load_sft_examples(const SftDataOptions& o, const Tokenizer&
     }
     auto conv = tokenize_conversation(tok, o.template_name, messages, o.train_on_prompt);
     Example e{std::move(conv.tokens), std::move(conv.trainable)};
-    if (truncate_keeping_response(e, o.max_seq_len)) ++s.truncated;
+    if (truncate_keeping_response(e, o.max_seq_len, tok.eos_id())) ++s.truncated;
     bool any = false;
     for (size_t i = 1; i < e.trainable.size(); ++i) any = any || e.trainable[i];
     if (!any) {

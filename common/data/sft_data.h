@@ -54,9 +54,9 @@ struct DataStats {
 std::vector<Example> load_sft_examples(const SftDataOptions& options, const Tokenizer& tokenizer,
                                        DataStats* stats);
 
-// Truncates to max_len keeping the response: prompt tokens after BOS go first, then the tail.
-// Returns true when the example was cut.
-bool truncate_keeping_response(Example& example, int64_t max_len);
+// Truncates to max_len keeping the response: prompt tokens after BOS go first, then the tail,
+// except a trained EOS at the very end, which stays the last token. Returns true when cut.
+bool truncate_keeping_response(Example& example, int64_t max_len, int64_t eos_id);
 
 // The documents of a pretraining text file: its non-empty lines, or the "text" of each JSONL
 // record (a record without one is an error naming file:line unless skip_bad_lines).
