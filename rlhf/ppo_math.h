@@ -1,6 +1,6 @@
 // PPO's math as pure functions over [B, T] tensors (B episodes, T response tokens, mask 1 on
 // real response tokens), following InstructGPT and "The N+ Implementation Details of RLHF with
-// PPO". The PPO loop (not yet written) composes these; each is unit-tested against hand values.
+// PPO". rlhf/ppo_trainer.cpp composes these; each is unit-tested against hand values.
 #pragma once
 #include <torch/torch.h>
 

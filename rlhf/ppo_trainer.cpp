@@ -23,16 +23,19 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-torch::Tensor row_index(const std::vector<int64_t>& rows) {
-  return torch::tensor(rows, torch::kLong);
+// Row indices on the device of the tensors they select from.
+torch::Tensor row_index(const std::vector<int64_t>& rows, const torch::Device& device) {
+  return torch::tensor(rows, torch::kLong).to(device);
 }
 
 // Runs `pass` over rows [0, n) in chunks of `chunk` and concatenates the results along dim 0.
+// The row indices are made on `device`, beside the tensors they select from.
 template <typename Pass>
-torch::Tensor in_chunks(int64_t n, int64_t chunk, Pass pass) {
+torch::Tensor in_chunks(int64_t n, int64_t chunk, const torch::Device& device, Pass pass) {
   std::vector<torch::Tensor> parts;
   for (int64_t begin = 0; begin < n; begin += chunk)
-    parts.push_back(pass(torch::arange(begin, std::min(n, begin + chunk), torch::kLong)));
+    parts.push_back(pass(torch::arange(begin, std::min(n, begin + chunk),
+                                       torch::dtype(torch::kLong).device(device))));
   return torch::cat(parts, 0);
 }
 
@@ -48,14 +51,36 @@ torch::Tensor pad_to(const torch::Tensor& t, int64_t dim, int64_t size, double v
 }  // namespace
 
 torch::Tensor response_values(TransformerImpl& critic, const torch::Tensor& sequence_ids,
-                              const torch::Tensor& sequence_mask, int64_t prompt_len) {
+                              const torch::Tensor& sequence_mask, int64_t prompt_len,
+                              double value_offset) {
   check(critic.config.num_labels == 1, "response_values: the critic needs a single score head");
   const int64_t response_len = sequence_ids.size(1) - prompt_len;
   auto hidden = critic.hidden(sequence_ids, positions_from_mask(sequence_mask),
                               causal_mask(sequence_mask, sequence_ids.size(1)));
-  return critic.scores(hidden.narrow(1, prompt_len - 1, response_len))
-      .squeeze(-1)
-      .to(torch::kFloat);
+  auto values =
+      critic.scores(hidden.narrow(1, prompt_len - 1, response_len)).squeeze(-1).to(torch::kFloat);
+  return value_offset == 0.0 ? values : values - value_offset;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> rollout_tensors(const Rollout& r) {
+  const GenerationBatch& g = r.generation;
+  return {{"prompt_ids", g.prompt_ids},
+          {"prompt_mask", g.prompt_mask},
+          {"response_ids", g.response_ids},
+          {"response_mask", g.response_mask},
+          {"ended_with_eos", g.ended_with_eos.to(torch::kLong)},
+          {"mask", r.mask},
+          {"logprobs", r.logprobs},
+          {"ref_logprobs", r.ref_logprobs},
+          {"entropy", r.entropy},
+          {"values", r.values},
+          {"scorer_scores", r.scorer_scores},
+          {"penalized_scores", r.penalized_scores},
+          {"scores", r.scores},
+          {"kl", r.kl},
+          {"rewards", r.rewards},
+          {"advantages", r.advantages},
+          {"returns", r.returns}};
 }
 
 RolloutStats rollout_stats(const Rollout& r) {
@@ -63,6 +88,10 @@ RolloutStats rollout_stats(const Rollout& r) {
   auto scores = r.scorer_scores.to(torch::kDouble);
   s.score_mean = scores.mean().item<double>();
   s.score_std = scores.numel() > 1 ? scores.std().item<double>() : 0.0;
+  s.penalized_score_mean = r.penalized_scores.to(torch::kDouble).mean().item<double>();
+  s.score_trained_mean = r.scores.to(torch::kDouble).mean().item<double>();
+  s.eos_penalized_fraction =
+      static_cast<double>(r.eos_penalized) / static_cast<double>(std::max<int64_t>(1, r.size()));
   s.kl_k1 = (ppo::kl_k1(r.logprobs, r.ref_logprobs) * r.mask).sum(1).mean().item<double>();
   s.kl_k3 = (ppo::kl_k3(r.logprobs, r.ref_logprobs) * r.mask).sum(1).mean().item<double>();
   s.entropy = ppo::masked_mean(r.entropy, r.mask).item<double>();
@@ -136,7 +165,8 @@ std::pair<torch::Tensor, torch::Tensor> PpoTrainer::actor_pass(TransformerImpl& 
 torch::Tensor PpoTrainer::critic_pass(const Rollout& r, const torch::Tensor& rows) {
   compat::AutocastGuard cast(options_.bf16, r.sequence_ids.device());
   return response_values(critic_, r.sequence_ids.index_select(0, rows),
-                         r.sequence_mask.index_select(0, rows), r.generation.prompt_ids.size(1)) *
+                         r.sequence_mask.index_select(0, rows), r.generation.prompt_ids.size(1),
+                         options_.value_offset) *
          r.mask.index_select(0, rows);
 }
 
@@ -169,11 +199,16 @@ Rollout PpoTrainer::rollout(const std::vector<std::vector<int64_t>>& prompts,
   for (int64_t b = 0; b < total; ++b) r.responses.push_back(r.generation.response(b));
   r.scorer_scores = dist::gather_rows(group_, r.scorer_scores, total);
 
-  auto scores = r.scorer_scores.to(r.mask.device());
-  if (o.penalize_missing_eos)
-    scores =
-        ppo::apply_missing_eos_penalty(scores, r.generation.ended_with_eos, o.missing_eos_penalty);
-  r.scores = ppo::normalize_scores(scores, o.whiten_rewards, o.reward_clip);
+  r.penalized_scores = r.scorer_scores.to(r.mask.device());
+  if (o.missing_eos_penalty) {
+    const auto ended = r.generation.ended_with_eos.to(r.mask.device());
+    r.penalized_scores =
+        ppo::apply_missing_eos_penalty(r.penalized_scores, ended, *o.missing_eos_penalty);
+    r.eos_penalized = total - ended.sum().item<int64_t>();
+  }
+  r.scores_constant =
+      total > 1 && (r.penalized_scores.max() - r.penalized_scores.min()).item<double>() == 0.0;
+  r.scores = ppo::normalize_scores(r.penalized_scores, o.whiten_rewards, o.reward_clip);
   r.kl = (o.kl_estimator == "k3" ? ppo::kl_k3(r.logprobs, r.ref_logprobs)
                                  : ppo::kl_k1(r.logprobs, r.ref_logprobs)) *
          r.mask;
@@ -214,20 +249,21 @@ void PpoTrainer::compute_passes(Rollout& r) {
   const auto actor_and_critic = [&] {
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> entropy;
-    r.logprobs = in_chunks(local, o.micro_batch_size, [&](const torch::Tensor& rows) {
-      auto [logp, ent] = actor_pass(actor_, r, rows, /*entropy=*/true);
-      entropy.push_back(ent);
-      return logp;
-    });
+    r.logprobs =
+        in_chunks(local, o.micro_batch_size, r.mask.device(), [&](const torch::Tensor& rows) {
+          auto [logp, ent] = actor_pass(actor_, r, rows, /*entropy=*/true);
+          entropy.push_back(ent);
+          return logp;
+        });
     r.entropy = torch::cat(entropy, 0);
-    r.values = in_chunks(local, o.micro_batch_size,
+    r.values = in_chunks(local, o.micro_batch_size, r.mask.device(),
                          [&](const torch::Tensor& rows) { return critic_pass(r, rows); });
   };
   const auto reference_and_scorer = [&] {
     torch::Tensor ref;
     {
       c10::InferenceMode inference;
-      ref = in_chunks(local, o.micro_batch_size, [&](const torch::Tensor& rows) {
+      ref = in_chunks(local, o.micro_batch_size, r.mask.device(), [&](const torch::Tensor& rows) {
         return actor_pass(reference_, r, rows, /*entropy=*/false).first;
       });
     }
@@ -274,8 +310,8 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
     for (int64_t start = 0; start < batch; start += o.mini_batch_size) {
       const int64_t end = std::min(batch, start + o.mini_batch_size);
       const std::vector<int64_t> minibatch(order.begin() + start, order.begin() + end);
-      const double tokens =
-          std::max(1.0, r.mask.index_select(0, row_index(minibatch)).sum().item<double>());
+      const double tokens = std::max(
+          1.0, r.mask.index_select(0, row_index(minibatch, r.mask.device())).sum().item<double>());
       const bool first = epoch == 0 && start == 0;
       double policy_loss = 0, value_loss = 0, clipfrac = 0, value_clipfrac = 0, approx_kl = 0;
       // This rank's part of the minibatch.
@@ -291,7 +327,7 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
            begin += static_cast<size_t>(o.micro_batch_size)) {
         const size_t stop = std::min(mine_end, begin + static_cast<size_t>(o.micro_batch_size));
         MicroBatch m;
-        m.rows = row_index({minibatch.begin() + begin, minibatch.begin() + stop});
+        m.rows = row_index({minibatch.begin() + begin, minibatch.begin() + stop}, r.mask.device());
         m.mask = r.mask.index_select(0, m.rows);
         // Each micro-batch's masked means weighted by its share of the minibatch's tokens: the
         // sum is the minibatch's masked mean, whatever the split.

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,11 +21,16 @@ class NonFiniteGuard;
 
 struct PpoOptions {
   SamplingOptions sampling;  // max_new_tokens, temperature, top_k, top_p, eos_id, pad_id
-  bool penalize_missing_eos = true;
-  double missing_eos_penalty = -1.0;  // the score of a response that never produced EOS
-  bool whiten_rewards = false;        // whiten the episode scores over the rollout batch
-  double reward_clip = 0.0;           // clip the scores to [-clip, clip] (0: no clipping)
-  std::string kl_estimator = "k1";    // the per-token KL in the rewards: "k1" or "k3"
+  // The score given, in place of the scorer's, to a response that never produced EOS; none (the
+  // default, as TRL's) keeps the scorer's. A base model rarely ends within max_new_tokens: a
+  // penalty then replaces every score by one constant and PPO learns nothing (the rollout says so).
+  std::optional<double> missing_eos_penalty;
+  bool whiten_rewards = false;      // whiten the episode scores over the rollout batch
+  double reward_clip = 0.0;         // clip the scores to [-clip, clip] (0: no clipping)
+  std::string kl_estimator = "k1";  // the per-token KL in the rewards: "k1" or "k3"
+  // Subtracted from the critic's head: a critic initialised from a reward model predicts its raw
+  // head score, the rewards are that score less the model's tiller_reward_offset.
+  double value_offset = 0.0;
   double gamma = 1.0, lam = 0.95;
   double clip = 0.2, value_clip = 0.2, value_coef = 0.1;
   bool whiten_advantages = true;
@@ -50,14 +56,19 @@ struct Rollout {
   GenerationBatch generation;
   torch::Tensor sequence_ids, sequence_mask;  // [B, P + R] prompt and response laid together
   std::vector<std::vector<int64_t>> prompts, responses;
-  torch::Tensor mask;           // [B, R] float, 1 on response tokens (EOS included)
-  torch::Tensor logprobs;       // [B, R] actor at rollout time (temperature-scaled)
-  torch::Tensor ref_logprobs;   // [B, R] reference, same scaling
-  torch::Tensor entropy;        // [B, R] the actor's entropy at each response position
-  torch::Tensor values;         // [B, R] critic at rollout time
-  torch::Tensor scorer_scores;  // [B] what the scorer said
-  torch::Tensor scores;         // [B] after the missing-EOS penalty, whitening and clipping
-  torch::Tensor kl;             // [B, R] the estimator's per-token KL used in the rewards
+  torch::Tensor mask;              // [B, R] float, 1 on response tokens (EOS included)
+  torch::Tensor logprobs;          // [B, R] actor at rollout time (temperature-scaled)
+  torch::Tensor ref_logprobs;      // [B, R] reference, same scaling
+  torch::Tensor entropy;           // [B, R] the actor's entropy at each response position
+  torch::Tensor values;            // [B, R] critic at rollout time
+  torch::Tensor scorer_scores;     // [B] what the scorer said
+  torch::Tensor penalized_scores;  // [B] after the missing-EOS penalty
+  torch::Tensor scores;            // [B] what PPO learns from: penalized, whitened and clipped
+  int64_t eos_penalized = 0;       // episodes whose score the missing-EOS penalty replaced
+  // Every episode's penalized score the same (more than one episode): whitened they are all 0,
+  // unwhitened no response is better than another. The rollout carries no reward signal.
+  bool scores_constant = false;
+  torch::Tensor kl;  // [B, R] the estimator's per-token KL used in the rewards
   torch::Tensor rewards, advantages, returns;  // [B, R]
   double beta = 0;
   double seconds_generate = 0, seconds_score = 0;
@@ -68,6 +79,9 @@ struct Rollout {
 // Figures of a rollout: means over episodes (KL summed over each response's tokens).
 struct RolloutStats {
   double score_mean = 0, score_std = 0;  // scorer scores (before penalty)
+  double penalized_score_mean = 0;       // after the missing-EOS penalty
+  double score_trained_mean = 0;         // what PPO learns from (penalized, whitened, clipped)
+  double eos_penalized_fraction = 0;     // episodes whose score the penalty replaced
   double kl_k1 = 0, kl_k3 = 0;
   double entropy = 0;  // mean over response tokens
   double response_length = 0, eos_rate = 0;
@@ -136,9 +150,14 @@ class PpoTrainer {
   dist::Group group_;
 };
 
-// The value head read at each response position: the critic's score for the state before each
-// response token (the slots whose hidden states predict them). [B, R].
+// The value head read at each response position, less value_offset: the critic's estimate for
+// the state before each response token (the slots whose hidden states predict them). [B, R].
 torch::Tensor response_values(TransformerImpl& critic, const torch::Tensor& sequence_ids,
-                              const torch::Tensor& sequence_mask, int64_t prompt_len);
+                              const torch::Tensor& sequence_mask, int64_t prompt_len,
+                              double value_offset = 0.0);
+
+// Every tensor of a rollout batch by name (prompt_ids, response_ids, masks, log-probs, values,
+// scores, rewards, advantages, returns, ...), for a dump an independent implementation can check.
+std::vector<std::pair<std::string, torch::Tensor>> rollout_tensors(const Rollout& rollout);
 
 }  // namespace tiller

@@ -8,6 +8,7 @@
 #include "common/data/preference_data.h"
 #include "common/io/checkpoint.h"
 #include "common/io/hf_dir.h"
+#include "common/io/safetensors.h"
 #include "common/model/reward_model.h"
 #include "common/recipe/stage_io.h"
 #include "common/tokenizer/tokenizer.h"
@@ -60,16 +61,20 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
     s.temperature = g.number("temperature", s.temperature);
     s.top_k = g.integer("top_k", s.top_k);
     s.top_p = g.number("top_p", s.top_p);
-    if (g.raw("missing_eos_penalty").is_null() && g.has("missing_eos_penalty"))
-      c.ppo.penalize_missing_eos = false;  // null: score such responses with the reward model
-    else
-      c.ppo.missing_eos_penalty = g.number("missing_eos_penalty", c.ppo.missing_eos_penalty);
+    // null (the default): responses without EOS are scored by the reward model like the others.
+    c.ppo.missing_eos_penalty = g.number_or_null("missing_eos_penalty", std::nullopt);
     g.require(c.batch_size >= 1, "batch_size", "must be at least 1");
     g.require(s.max_new_tokens >= 1, "max_new_tokens", "must be at least 1");
     g.require(s.temperature > 0, "temperature",
               "must be > 0 (PPO samples; the log-probs use the same temperature)");
-    g.require(s.top_k >= 0, "top_k", "must be >= 0 (0: no top-k filter)");
-    g.require(s.top_p > 0 && s.top_p <= 1, "top_p", "must be in (0, 1]");
+    // PPO's ratios and KL use the log-probabilities of the whole (temperature-scaled)
+    // distribution; a response drawn from a truncated one would make every update off-policy.
+    g.require(s.top_k == 0, "top_k",
+              "must be 0 in PPO: a top-k sample comes from another distribution than the "
+              "log-probabilities PPO learns from (off-policy)");
+    g.require(s.top_p == 1, "top_p",
+              "must be 1 in PPO: a top-p sample comes from another distribution than the "
+              "log-probabilities PPO learns from (off-policy)");
   }
   {
     ConfigReader w(r.object("reward"), r.path_of("reward"), errors);
@@ -78,6 +83,8 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
     c.reward_max_seq_len = w.integer("max_seq_len", 0);
     w.require(c.ppo.reward_clip >= 0, "clip", "must be >= 0 (0: no clipping)");
     w.require(c.reward_max_seq_len >= 0, "max_seq_len", "must be >= 0 (0: the RM's own)");
+    w.require(!c.ppo.whiten_rewards || c.batch_size >= 2, "whiten",
+              "needs rollout.batch_size >= 2: one episode's score cannot be whitened");
   }
   {
     ConfigReader k(r.object("kl"), r.path_of("kl"), errors);
@@ -86,6 +93,12 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
     c.kl_target = k.number("target", c.kl_target);
     c.kl_horizon = k.number("horizon", c.kl_horizon);
     c.kl_max = k.number("max", c.kl_max);
+    // k3 = exp(ref - logp) - (ref - logp) - 1 is second order in the log-ratio: as a reward it
+    // has almost no gradient near the reference (a tenth of the true KL's on a 5-way softmax,
+    // tests/ppo_math_test.cpp). It belongs in a KL loss term, which PPO here does not have.
+    k.require(c.ppo.kl_estimator != "k3", "estimator",
+              "k3 is refused in PPO's reward: near the reference its gradient is a small fraction "
+              "of the true KL's (use k1; k3 is for a KL loss term)");
     k.one_of("estimator", c.ppo.kl_estimator, {"k1", "k3"});
     k.require(c.beta >= 0 && std::isfinite(c.beta), "beta", "must be >= 0");
     k.require(c.kl_target >= 0, "target", "must be >= 0 (0: fixed beta)");
@@ -104,6 +117,14 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
     o.value_clip = p.number("value_clip", o.value_clip);
     o.value_coef = p.number("value_coef", o.value_coef);
     o.whiten_advantages = p.boolean("whiten_advantages", o.whiten_advantages);
+    c.critic_head = p.string("critic_head", "auto");
+    p.one_of("critic_head", c.critic_head, {"auto", "reward_model", "zeros"});
+    // auto: whitened scores have mean 0, and a zero head starts the critic there; unwhitened ones
+    // are the reward model's (raw head - offset), which its own head, less the offset, predicts.
+    if (c.critic_head == "auto") c.critic_head = c.ppo.whiten_rewards ? "zeros" : "reward_model";
+    c.dump_rollouts = p.integer("dump_rollouts", 0);
+    p.require(c.dump_rollouts >= 0, "dump_rollouts",
+              "must be >= 0 (the first N iterations' rollouts written as safetensors)");
     p.require(o.epochs >= 1, "epochs", "must be at least 1");
     p.require(o.mini_batch_size >= 1 && c.batch_size % std::max<int64_t>(1, o.mini_batch_size) == 0,
               "mini_batch_size",
@@ -186,7 +207,32 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
 
 nlohmann::json rlhf_stated_defaults(const RlhfStageConfig& c) {
   const PpoOptions& o = c.ppo;
-  return {{"ppo",
+  const SamplingOptions& s = o.sampling;
+  return {{"data",
+           {{"format", c.data.format},
+            {"template", c.data.template_name},
+            {"max_prompt_len", c.data.max_prompt_len},
+            {"max_records", c.data.max_records},
+            {"skip_bad_lines", c.data.skip_bad_lines}}},
+          {"rollout",
+           {{"batch_size", c.batch_size},
+            {"max_new_tokens", s.max_new_tokens},
+            {"temperature", s.temperature},
+            {"top_k", s.top_k},
+            {"top_p", s.top_p},
+            {"missing_eos_penalty", o.missing_eos_penalty ? nlohmann::json(*o.missing_eos_penalty)
+                                                          : nlohmann::json(nullptr)}}},
+          {"reward",
+           {{"whiten", o.whiten_rewards},
+            {"clip", o.reward_clip},
+            {"max_seq_len", c.reward_max_seq_len}}},
+          {"kl",
+           {{"estimator", o.kl_estimator},
+            {"beta", c.beta},
+            {"target", c.kl_target},
+            {"horizon", c.kl_horizon},
+            {"max", c.kl_max}}},
+          {"ppo",
            {{"epochs", o.epochs},
             {"mini_batch_size", o.mini_batch_size},
             {"micro_batch_size", o.micro_batch_size},
@@ -195,13 +241,30 @@ nlohmann::json rlhf_stated_defaults(const RlhfStageConfig& c) {
             {"clip", o.clip},
             {"value_clip", o.value_clip},
             {"value_coef", o.value_coef},
-            {"whiten_advantages", o.whiten_advantages}}},
-          {"kl",
-           {{"estimator", o.kl_estimator},
-            {"beta", c.beta},
-            {"target", c.kl_target},
-            {"horizon", c.kl_horizon},
-            {"max", c.kl_max}}}};
+            {"whiten_advantages", o.whiten_advantages},
+            {"critic_head", c.critic_head},
+            {"dump_rollouts", c.dump_rollouts}}},
+          {"train",
+           {{"iterations", c.iterations},
+            {"actor_lr", c.actor_lr},
+            {"critic_lr", c.critic_lr},
+            {"schedule", c.schedule},
+            {"min_lr_ratio", c.min_lr_ratio},
+            {"warmup_iterations", c.warmup_iterations},
+            {"weight_decay", c.weight_decay},
+            {"beta1", c.beta1},
+            {"beta2", c.beta2},
+            {"eps", c.eps},
+            {"grad_clip", o.actor_grad_clip},
+            {"checkpoint_every", c.checkpoint_every},
+            {"keep_checkpoints", c.keep_checkpoints},
+            {"log_every", c.log_every},
+            {"precision", c.precision},
+            {"max_nonfinite_steps", c.max_nonfinite_steps},
+            {"zero_stage", c.parallel.zero_stage},
+            {"allreduce_bucket_mb", static_cast<double>(c.parallel.bucket_bytes) / (1 << 20)}}},
+          {"eval", {{"prompts", c.eval_prompts}, {"every", c.eval_every}}},
+          {"samples", {{"every", c.sample_every}, {"count", c.sample_count}}}};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,6 +273,13 @@ nlohmann::json rlhf_stated_defaults(const RlhfStageConfig& c) {
 namespace {
 
 // A 64-bit mix of several values (splitmix64 steps): episode and shuffle seeds.
+// A double as text that reads back to the same value.
+std::string exact_text(double value) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.17g", value);
+  return text;
+}
+
 uint64_t mix_seed(std::initializer_list<uint64_t> values) {
   uint64_t h = 0x9e3779b97f4a7c15ull;
   for (uint64_t v : values) {
@@ -254,7 +324,17 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
   Transformer reference = load_causal_lm(resolve_model_reference(recipe, c.reference), "reference");
   const std::string rm_dir = resolve_model_reference(recipe, c.reward_model);
   RewardModel rm = load_reward_model(rm_dir);
-  Transformer critic = load_hf_model(resolve_model_reference(recipe, c.critic), /*num_labels=*/1);
+  const std::string critic_dir = resolve_model_reference(recipe, c.critic);
+  Transformer critic = load_hf_model(critic_dir, /*num_labels=*/1);
+  // The critic's values on the scale of the returns it learns to predict (a resumed run's
+  // checkpoint replaces the head below).
+  double value_offset = 0.0;
+  if (c.critic_head == "zeros") {
+    torch::NoGradGuard no_grad;
+    critic->score->weight.zero_();
+  } else {
+    value_offset = read_reward_metadata(critic_dir).offset;
+  }
   const std::string tokenizer_path = tokenizer_path_in(policy_dir);
   Tokenizer tok(tokenizer_path);
   tok.check_matches(actor->config, c.policy);
@@ -273,7 +353,8 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
   check(c.data.max_prompt_len < rm_max_len,
         "stage " + c.name + ": data.max_prompt_len " + std::to_string(c.data.max_prompt_len) +
             " leaves no room for a response in the reward model's " + std::to_string(rm_max_len) +
-            " tokens");
+            " tokens; set data.max_prompt_len below " + std::to_string(rm_max_len) +
+            " (or reward.max_seq_len above it)");
   check(c.data.max_prompt_len + c.ppo.sampling.max_new_tokens <=
             actor->config.max_position_embeddings,
         "stage " + c.name +
@@ -294,8 +375,13 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
   PromptStats stats;
   auto all_prompts = load_prompts(c.data, tok, &stats);
   const auto shuffled = seeded_permutation(static_cast<int64_t>(all_prompts.size()), seed);
-  const size_t eval_count = static_cast<size_t>(
-      std::min<int64_t>(c.eval_prompts, static_cast<int64_t>(all_prompts.size()) - 1));
+  check(c.eval_prompts < static_cast<int64_t>(all_prompts.size()),
+        "stage " + c.name + ": eval.prompts " + std::to_string(c.eval_prompts) + " holds out " +
+            (c.eval_prompts == static_cast<int64_t>(all_prompts.size()) ? "every one"
+                                                                        : "more than all") +
+            " of the " + std::to_string(all_prompts.size()) + " usable prompts in " + c.data.path +
+            ", leaving none to train on; lower eval.prompts");
+  const size_t eval_count = static_cast<size_t>(c.eval_prompts);
   std::vector<std::vector<int64_t>> eval_prompts, train_prompts;
   for (size_t i = 0; i < shuffled.size(); ++i)
     (i < eval_count ? eval_prompts : train_prompts)
@@ -305,12 +391,18 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
       "dropped; %lld bad lines skipped\n",
       c.name.c_str(), (long long)stats.records, train_prompts.size(), eval_prompts.size(),
       (long long)stats.too_long, (long long)c.data.max_prompt_len, (long long)stats.skipped);
+  if (static_cast<int64_t>(train_prompts.size()) < c.batch_size)
+    std::fprintf(stderr,
+                 "[%s] warning: %zu training prompts for rollout.batch_size %lld: every rollout "
+                 "repeats prompts\n",
+                 c.name.c_str(), train_prompts.size(), (long long)c.batch_size);
 
   // Trainer
   PpoOptions options = c.ppo;
   options.sampling.eos_id = tok.eos_id();
   options.sampling.pad_id = reward_pad_id(tok);
   options.bf16 = use_bf16(c.precision, device);
+  options.value_offset = value_offset;
   const int64_t rm_pad =
       rm.model->config.pad_token_id >= 0 ? rm.model->config.pad_token_id : reward_pad_id(tok);
   EpisodeScorer scorer = [&](const std::vector<std::vector<int64_t>>& prompts,
@@ -420,7 +512,7 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
   for (size_t i = 0; i < eval_prompts.size(); ++i)
     eval_seeds.push_back(mix_seed({seed, kEvalStream, i}));
   auto evaluate = [&](int64_t at) {
-    nlohmann::json out;
+    nlohmann::json out = nlohmann::json::object();
     if (eval_prompts.empty()) return out;
     const Rollout r = trainer.rollout(eval_prompts, eval_seeds, kl.value());
     const RolloutStats s = rollout_stats(r);
@@ -478,6 +570,52 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     save_checkpoint(checkpoints, parts, s, c.keep_checkpoints);
   };
 
+  // Loud, once per run (and in every metrics record): a rollout whose scores carry no signal.
+  bool warned_penalty = false, warned_constant = false;
+  int64_t no_signal_iterations = 0;  // this attempt's (a resumed run counts from its resume)
+  auto warn_if_no_signal = [&](const Rollout& r, int64_t at) {
+    if (r.scores_constant) ++no_signal_iterations;
+    if (r.eos_penalized == r.size() && !warned_penalty) {
+      warned_penalty = true;
+      std::fprintf(stderr,
+                   "[%s] WARNING: at iteration %lld no response ended with EOS within "
+                   "rollout.max_new_tokens %lld, so rollout.missing_eos_penalty %g replaced every "
+                   "score: PPO learns from no reward signal. Set missing_eos_penalty to null (the "
+                   "reward model scores unfinished responses) or raise max_new_tokens.\n",
+                   c.name.c_str(), (long long)at, (long long)c.ppo.sampling.max_new_tokens,
+                   *c.ppo.missing_eos_penalty);
+    } else if (r.scores_constant && !warned_constant && r.eos_penalized < r.size()) {
+      warned_constant = true;
+      std::fprintf(stderr,
+                   "[%s] WARNING: at iteration %lld every episode's score was %g: PPO learns "
+                   "from no reward signal%s.\n",
+                   c.name.c_str(), (long long)at, r.penalized_scores[0].item<double>(),
+                   c.ppo.whiten_rewards ? " (whitened, every score is 0)" : "");
+    }
+  };
+  const std::string dump_dir = stage_dir + "/rollouts";
+  auto dump_rollout = [&](const Rollout& r, int64_t at) {
+    make_directories(dump_dir);
+    char name[64];
+    std::snprintf(name, sizeof(name), "/iteration-%06lld.safetensors", (long long)at);
+    std::vector<std::pair<std::string, torch::Tensor>> tensors;
+    for (auto& [key, tensor] : rollout_tensors(r))
+      tensors.emplace_back(key, tensor.detach().cpu().contiguous());
+    const PpoOptions& o = trainer.options();
+    const std::map<std::string, std::string> metadata = {
+        {"iteration", std::to_string(at)},
+        {"beta", exact_text(r.beta)},
+        {"temperature", exact_text(o.sampling.temperature)},
+        {"value_offset", exact_text(o.value_offset)},
+        {"reward_offset", exact_text(rm.metadata.offset)},
+        {"reward_max_seq_len", std::to_string(rm_max_len)},
+        {"reward_pad_id", std::to_string(rm_pad)},
+        {"eos_id", std::to_string(o.sampling.eos_id)},
+        {"pad_id", std::to_string(o.sampling.pad_id)},
+        {"config", rlhf_stated_defaults(c).dump()}};
+    write_safetensors(dump_dir + name, tensors, metadata);
+  };
+
   nlohmann::json last_eval = initial_eval;
   while (iteration < c.iterations) {
     for (auto [optimizer, lr] :
@@ -498,37 +636,41 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     const Rollout r = trainer.rollout(prompts, seeds, beta);
     const RolloutStats s = rollout_stats(r);
     const auto truth = truth_of(r.responses);
+    warn_if_no_signal(r, iteration + 1);
+    if (iteration < c.dump_rollouts && dist::is_main()) dump_rollout(r, iteration + 1);
     const LearnStats learned =
         trainer.learn(r, mix_seed({seed, kShuffleStream, static_cast<uint64_t>(iteration)}), &guard,
                       iteration + 1);
     kl.update(c.ppo.kl_estimator == "k3" ? s.kl_k3 : s.kl_k1, c.batch_size);
     ++iteration;
 
-    nlohmann::json record = {
-        {"step", iteration},
-        {"rm_score", s.score_mean},
-        {"rm_score_std", s.score_std},
-        {"score", ppo::masked_mean(r.scores, torch::ones_like(r.scores)).item<double>()},
-        {"kl_k1", s.kl_k1},
-        {"kl_k3", s.kl_k3},
-        {"beta", beta},
-        {"entropy", s.entropy},
-        {"response_length", s.response_length},
-        {"eos_rate", s.eos_rate},
-        {"policy_loss", learned.policy_loss},
-        {"value_loss", learned.value_loss},
-        {"clipfrac", learned.clipfrac},
-        {"value_clipfrac", learned.value_clipfrac},
-        {"approx_kl", learned.approx_kl},
-        {"first_ratio_max_deviation", learned.first_ratio_max_deviation},
-        {"explained_variance", learned.explained_variance},
-        {"actor_grad_norm", learned.actor_grad_norm},
-        {"critic_grad_norm", learned.critic_grad_norm},
-        {"actor_lr", actor_optimizer.learning_rate()},
-        {"skipped_updates", guard.skipped()},
-        {"seconds_generate", r.seconds_generate},
-        {"seconds_score", r.seconds_score},
-        {"seconds_train", learned.seconds}};
+    nlohmann::json record = {{"step", iteration},
+                             {"rm_score", s.score_mean},
+                             {"rm_score_std", s.score_std},
+                             {"score_penalized", s.penalized_score_mean},
+                             {"score", s.score_trained_mean},
+                             {"eos_penalized_fraction", s.eos_penalized_fraction},
+                             {"scores_constant", r.scores_constant},
+                             {"kl_k1", s.kl_k1},
+                             {"kl_k3", s.kl_k3},
+                             {"beta", beta},
+                             {"entropy", s.entropy},
+                             {"response_length", s.response_length},
+                             {"eos_rate", s.eos_rate},
+                             {"policy_loss", learned.policy_loss},
+                             {"value_loss", learned.value_loss},
+                             {"clipfrac", learned.clipfrac},
+                             {"value_clipfrac", learned.value_clipfrac},
+                             {"approx_kl", learned.approx_kl},
+                             {"first_ratio_max_deviation", learned.first_ratio_max_deviation},
+                             {"explained_variance", learned.explained_variance},
+                             {"actor_grad_norm", learned.actor_grad_norm},
+                             {"critic_grad_norm", learned.critic_grad_norm},
+                             {"actor_lr", actor_optimizer.learning_rate()},
+                             {"skipped_updates", guard.skipped()},
+                             {"seconds_generate", r.seconds_generate},
+                             {"seconds_score", r.seconds_score},
+                             {"seconds_train", learned.seconds}};
     if (c.ground_truth.enabled()) record["ground_truth"] = mean(truth);
     const bool eval_now =
         (c.eval_every > 0 && iteration % c.eval_every == 0) || iteration == c.iterations;
@@ -541,10 +683,13 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     if (iteration % c.log_every == 0 || iteration == c.iterations || eval_now) {
       metrics.log(record);
       std::map<std::string, double> shown = {{"rm", s.score_mean},
+                                             {"eos", s.eos_rate},
                                              {"kl", s.kl_k1},
                                              {"clip", learned.clipfrac},
                                              {"len", s.response_length}};
       if (c.ground_truth.enabled()) shown["truth"] = mean(truth);
+      // The score PPO learns from, when the penalty makes it differ from the RM's.
+      if (c.ppo.missing_eos_penalty) shown["rm_penalized"] = s.penalized_score_mean;
       const double seconds = r.seconds_generate + r.seconds_score + learned.seconds;
       const double tokens = r.mask.sum().item<double>();
       std::printf("[%s] %s\n", c.name.c_str(),
@@ -562,7 +707,14 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
                             {"train_prompts", train_prompts.size()},
                             {"eval_prompts", eval_prompts.size()},
                             {"beta_final", kl.value()},
-                            {"skipped_updates", guard.skipped()}};
+                            {"skipped_updates", guard.skipped()},
+                            {"critic_head", c.critic_head},
+                            {"critic_value_offset", value_offset}};
+  if (no_signal_iterations > 0) {
+    summary["no_signal_iterations"] = no_signal_iterations;
+    std::fprintf(stderr, "[%s] WARNING: %lld iterations learned from constant scores (no signal)\n",
+                 c.name.c_str(), (long long)no_signal_iterations);
+  }
   if (c.ground_truth.enabled()) summary["ground_truth_rule"] = c.ground_truth.describe();
   for (const auto& [key, initial_key, final_key] :
        {std::tuple{"eval_rm_score", "rm_score_initial", "rm_score_final"},

@@ -3,6 +3,11 @@
 // is preferred; the rule is the ground truth), then PPO, all through `tiller run`. PPO must raise
 // the ground-truth rate of sampled responses by 30 points with the KL under the recipe's bound.
 // Then the PPO stage resumed from a mid-run checkpoint ends byte-identical to an uninterrupted run.
+//
+// And from the state a user starts in: the base model itself as the policy (no SFT: its responses
+// never end within the rollout's tokens), a reward model on pairs that differ only in one feeling
+// word in the middle of the response, PPO with the defaults for everything the setting leaves
+// out, with and without reward whitening.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -128,6 +133,76 @@ std::string recipe(const std::string& dir, const std::string& model, const std::
   return path;
 }
 
+// Pairs that differ in one word mid-response: a story's next sentence, then "She was very happy."
+// (chosen) or "... sad." (rejected), then the sentence after. The prompts are the stories' first
+// sentences. Nothing else separates chosen from rejected, so the word is what the RM learns.
+void write_feeling_data(const std::string& text_path, const std::string& dir) {
+  static const char* const kFeelings[] = {"She was very %s.", "He felt %s.", "They were all %s.",
+                                          "Tim was so %s.", "Lily felt %s."};
+  std::ifstream in(text_path);
+  std::ofstream prefs(dir + "/feeling_prefs.jsonl"), prompts(dir + "/feeling_prompts.jsonl");
+  std::string line;
+  int pairs = 0;
+  while (std::getline(in, line)) {
+    const auto s = sentences(line);
+    if (s.size() < 3 || words(s[0]) > 25 || words(s[1]) + words(s[2]) > 30) continue;
+    prompts << nlohmann::json{{"prompt", s[0]}}.dump() << "\n";
+    const std::string feeling = kFeelings[pairs % 5];
+    const auto with = [&](const char* word) {
+      const size_t at = feeling.find("%s");
+      return s[1] + " " + feeling.substr(0, at) + word + feeling.substr(at + 2) + " " + s[2];
+    };
+    prefs << nlohmann::json{{"prompt", s[0]}, {"chosen", with("happy")}, {"rejected", with("sad")}}
+                 .dump()
+          << "\n";
+    ++pairs;
+  }
+  ASSERT_GT(pairs, 500);
+}
+
+std::string feeling_recipe(const std::string& dir, const std::string& model,
+                           const std::string& tok) {
+  const nlohmann::json ppo = {{"name", "ppo"},
+                              {"type", "rlhf"},
+                              {"policy", "@base"},
+                              {"reward_model", "@reward"},
+                              {"data",
+                               {{"prompts", dir + "/feeling_prompts.jsonl"},
+                                {"template", "plain"},
+                                {"max_prompt_len", 64}}},
+                              {"rollout", {{"batch_size", 32}, {"max_new_tokens", 24}}},
+                              {"kl", {{"estimator", "k1"}, {"beta", 0.05}}},
+                              {"ppo", {{"epochs", 4}, {"mini_batch_size", 16}}},
+                              {"train", {{"iterations", 30}, {"actor_lr", 3e-4}}},
+                              {"ground_truth", {{"rule", "regex"}, {"pattern", "\\bhappy\\b"}}},
+                              {"eval", {{"prompts", 64}, {"every", 10}}},
+                              {"samples", {{"count", 0}}}};
+  nlohmann::json whitened = ppo;
+  whitened["name"] = "ppo_whitened";
+  whitened["reward"] = {{"whiten", true}};
+  nlohmann::json r = {
+      {"run", {{"name", "feeling"}, {"dir", dir + "/feeling"}, {"seed", 7}}},
+      {"base", {{"llama2c", model}, {"tokenizer", tok}}},
+      {"stages",
+       {{{"name", "reward"},
+         {"type", "reward"},
+         {"init", "@base"},
+         {"data",
+          {{"train", dir + "/feeling_prefs.jsonl"}, {"template", "plain"}, {"val_fraction", 0.1}}},
+         {"train",
+          {{"steps", 120},
+           {"batch_size", 16},
+           {"lr", 2e-3},
+           {"warmup_steps", 10},
+           {"max_seq_len", 128},
+           {"log_every", 40}}}},
+        ppo,
+        whitened}}};
+  const std::string path = dir + "/feeling.json";
+  write_file_atomic(path, r.dump(2));
+  return path;
+}
+
 int run(const std::string& args, std::string* out) {
   return test::run_command(
       "cd '" + std::string(TILLER_SOURCE_DIR) + "' && '" + test::tiller_binary() + "' " + args,
@@ -194,4 +269,35 @@ TEST(PpoEndToEnd, Stories260KRaisesTheGroundTruthRateWithBoundedKlAndResumesExac
   EXPECT_NE(out.find("resumed from"), std::string::npos) << out;
   EXPECT_EQ(read_file(dir + "/straight/ppo/final/model.safetensors"),
             read_file(dir + "/resumed/ppo/final/model.safetensors"));
+}
+
+// The setting of issue 18: before it, `missing_eos_penalty` replaced every score (no response of a
+// base model ends in 24 tokens) and the critic started on another scale than the returns; PPO did
+// not climb. Now the held-out rate of the rewarded word rises by 50 points in 30 iterations, with
+// and without whitened rewards, the reward model's score rises, and the KL is reported.
+TEST(PpoEndToEnd, FromTheBaseModelARewardedWordMidResponseIsLearnedWithAndWithoutWhitening) {
+  TILLER_REQUIRE_SHARED(model, "models/stories260K/stories260K.bin");
+  TILLER_REQUIRE_SHARED(tok, "models/stories260K/tok512.model");
+  TILLER_REQUIRE_SHARED(text, "corpus/tinystories_head.txt");
+  const std::string dir = test::temp_dir("ppo_feeling");
+  write_feeling_data(text, dir);
+  std::string out;
+  ASSERT_EQ(run("run '" + feeling_recipe(dir, model, tok) + "'", &out), 0) << out;
+  const auto reward = read_json_file(dir + "/feeling/reward/complete.json");
+  EXPECT_GE(reward.at("val_accuracy").get<double>(), 0.95) << reward.dump();
+  for (const char* stage : {"ppo", "ppo_whitened"}) {
+    const auto ppo = read_json_file(dir + "/feeling/" + stage + "/complete.json");
+    const double before = ppo.at("ground_truth_initial").get<double>();
+    const double after = ppo.at("ground_truth_final").get<double>();
+    std::printf("%s: 'happy' rate %.3f -> %.3f, RM score %.3f -> %.3f, KL %.3f, EOS rate %.2f\n",
+                stage, before, after, ppo.at("rm_score_initial").get<double>(),
+                ppo.at("rm_score_final").get<double>(), ppo.at("kl_final").get<double>(),
+                ppo.at("eos_rate_final").get<double>());
+    EXPECT_GE(after - before, 0.50) << stage << "\n" << out;
+    EXPECT_GT(ppo.at("rm_score_final").get<double>(), ppo.at("rm_score_initial").get<double>());
+    EXPECT_GT(ppo.at("kl_final").get<double>(), 0.0);
+    // No rollout was left without a signal.
+    EXPECT_FALSE(ppo.contains("no_signal_iterations")) << ppo.dump();
+  }
+  EXPECT_EQ(out.find("WARNING"), std::string::npos) << out;
 }

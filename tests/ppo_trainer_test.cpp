@@ -80,7 +80,7 @@ PpoOptions options_for_tests() {
   o.sampling.max_new_tokens = 8;
   // Every response 8 tokens long: the rewarded token's frequency cannot rise by shortening.
   o.sampling.stop_at_eos = false;
-  o.penalize_missing_eos = false;
+  o.missing_eos_penalty = std::nullopt;
   o.sampling.eos_id = 2;
   o.sampling.pad_id = 0;
   o.epochs = 2;
@@ -101,6 +101,12 @@ void train(PpoTrainer& trainer, int64_t iterations, double beta) {
     const auto r = trainer.rollout(prompts(32), seeds(32, static_cast<uint64_t>(it)), beta);
     trainer.learn(r, static_cast<uint64_t>(it));
   }
+}
+
+void expect_close_masked(const torch::Tensor& got, const torch::Tensor& want,
+                         const std::string& what) {
+  EXPECT_TRUE(torch::allclose(got, want, /*rtol=*/1e-5, /*atol=*/1e-5))
+      << what << ": max difference " << (got - want).abs().max().item<double>();
 }
 
 }  // namespace
@@ -143,7 +149,6 @@ TEST(PpoTrainer, ResponsesWithoutEosGetThePenalty) {
   auto options = options_for_tests();
   options.sampling.max_new_tokens = 3;
   options.sampling.stop_at_eos = true;
-  options.penalize_missing_eos = true;
   options.missing_eos_penalty = -1.0;
   auto constant = [](const std::vector<std::vector<int64_t>>& p,
                      const std::vector<std::vector<int64_t>>&) {
@@ -162,6 +167,8 @@ TEST(PpoTrainer, ResponsesWithoutEosGetThePenalty) {
     auto expected = torch::where(ended, torch::full({64}, 5.0f), torch::full({64}, -1.0f));
     EXPECT_TRUE(torch::equal(r.scores, expected)) << r.scores;
     EXPECT_TRUE(torch::equal(r.scorer_scores, torch::full({64}, 5.0f)));
+    EXPECT_EQ(r.eos_penalized, 64 - with_eos);
+    EXPECT_FALSE(r.scores_constant);
     // The score lands on each row's last response token, beside the (zero) KL penalty.
     const auto last = r.mask.sum(1).to(torch::kLong) - 1;
     for (int64_t b = 0; b < 64; ++b)
@@ -170,11 +177,73 @@ TEST(PpoTrainer, ResponsesWithoutEosGetThePenalty) {
   }
   EXPECT_TRUE(found) << "no EOS id gave a mix of finished and unfinished rows";
 
-  options.penalize_missing_eos = false;
+  options.missing_eos_penalty = std::nullopt;
   options.sampling.eos_id = 2;
   PpoSetup off(options, constant);
   const auto r = off.trainer->rollout(prompts(16), seeds(16, 3), 0.1);
   EXPECT_TRUE(torch::equal(r.scores, torch::full({16}, 5.0f)));
+  EXPECT_EQ(r.eos_penalized, 0);
+  // A constant scorer gives no signal, and the rollout says so.
+  EXPECT_TRUE(r.scores_constant);
+}
+
+// The default keeps the scorer's score for a response that never ended: a base model rarely
+// ends within max_new_tokens, and a penalty would then replace every score by one constant.
+TEST(PpoTrainer, ByDefaultUnfinishedResponsesKeepTheScorersScore) {
+  PpoOptions defaults;
+  EXPECT_FALSE(defaults.missing_eos_penalty.has_value());
+  auto options = options_for_tests();
+  options.missing_eos_penalty = defaults.missing_eos_penalty;
+  options.sampling.stop_at_eos = true;
+  options.sampling.eos_id = 2;
+  PpoSetup s(options, target_frequency);
+  const auto r = s.trainer->rollout(prompts(16), seeds(16, 3), 0.1);
+  ASSERT_LT(r.generation.ended_with_eos.sum().item<int64_t>(), 16) << "every row ended";
+  EXPECT_TRUE(torch::equal(r.scores, r.scorer_scores));
+  EXPECT_EQ(r.eos_penalized, 0);
+}
+
+// With a penalty set and no response ending, every score is the penalty: the rollout marks it as
+// carrying no signal (the stage warns), and whitening turns it into zeros.
+TEST(PpoTrainer, APenaltyThatReplacesEveryScoreIsMarkedAsNoSignal) {
+  auto options = options_for_tests();
+  options.sampling.stop_at_eos = true;
+  options.sampling.max_new_tokens = 2;
+  options.missing_eos_penalty = -10.0;
+  options.whiten_rewards = true;
+  // An EOS id this random model never emits in these 16 rows of 2 tokens.
+  std::unique_ptr<PpoSetup> s;
+  Rollout r;
+  for (int64_t eos = 3; eos < 32; ++eos) {
+    options.sampling.eos_id = eos;
+    s = std::make_unique<PpoSetup>(options, target_frequency);
+    r = s->trainer->rollout(prompts(16), seeds(16, 5), 0.1);
+    if (r.generation.ended_with_eos.sum().item<int64_t>() == 0) break;
+  }
+  ASSERT_EQ(r.generation.ended_with_eos.sum().item<int64_t>(), 0) << "no EOS id left every row";
+  EXPECT_EQ(r.eos_penalized, 16);
+  EXPECT_TRUE(r.scores_constant);
+  EXPECT_TRUE(torch::equal(r.penalized_scores, torch::full({16}, -10.0f)));
+  EXPECT_EQ(r.scores.abs().max().item<float>(), 0.0f);
+  EXPECT_DOUBLE_EQ(rollout_stats(r).eos_penalized_fraction, 1.0);
+}
+
+// The critic's values are its head less value_offset: a critic initialised from a reward model
+// predicts the raw head, the rewards are the head less the model's offset.
+TEST(PpoTrainer, TheValueOffsetPutsTheCriticOnTheRewardsScale) {
+  auto options = options_for_tests();
+  PpoSetup plain(options, target_frequency);
+  {
+    torch::NoGradGuard no_grad;
+    plain.critic->score->weight.normal_(0, 0.5);
+  }
+  options.value_offset = 7.5;
+  PpoTrainer offset(options, *plain.actor, *plain.reference, *plain.critic, target_frequency,
+                    *plain.actor_opt, *plain.critic_opt);
+  const auto a = plain.trainer->rollout(prompts(8), seeds(8, 2), 0.1);
+  const auto b = offset.rollout(prompts(8), seeds(8, 2), 0.1);
+  ASSERT_TRUE(torch::equal(a.sequence_ids, b.sequence_ids));
+  expect_close_masked(b.values, (a.values - 7.5) * a.mask, "values less the offset");
 }
 
 TEST(PpoTrainer, EpisodesDependOnTheirSeedNotTheirBatch) {

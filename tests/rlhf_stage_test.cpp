@@ -67,6 +67,101 @@ TEST(RlhfStage, DefaultsAreStatedForTheResolvedRecipe) {
   EXPECT_EQ(config.critic, config.reward_model);  // and the critic to the reward model
 }
 
+namespace {
+
+// Every error of parsing the recipe's rlhf stage, one per line.
+std::string parse_errors(const std::string& path, const std::vector<std::string>& overrides,
+                         RlhfStageConfig* config = nullptr) {
+  ConfigErrors errors;
+  auto recipe = load_recipe(path, overrides, errors);
+  auto parsed = parse_rlhf_stage(recipe.stages[0], errors);
+  if (config) *config = parsed;
+  std::string all;
+  for (const auto& e : errors.list()) all += e + "\n";
+  return all;
+}
+
+}  // namespace
+
+// `null` means "no penalty" for the missing-EOS penalty (its documented meaning, and the default);
+// everywhere else it is refused, never silently replaced by the default.
+TEST(RlhfStage, NullIsTheMissingEosPenaltysNoPenaltyAndRefusedElsewhere) {
+  const std::string dir = test::temp_dir("rlhf_null");
+  RlhfStageConfig config;
+  EXPECT_EQ(
+      parse_errors(write_recipe(dir, R"("rollout": {"missing_eos_penalty": null})"), {}, &config),
+      "");
+  EXPECT_FALSE(config.ppo.missing_eos_penalty.has_value());
+  EXPECT_TRUE(rlhf_stated_defaults(config)["rollout"]["missing_eos_penalty"].is_null());
+  // The default is no penalty too; a number is honoured and stated.
+  EXPECT_EQ(parse_errors(write_recipe(dir, R"("rollout": {})"), {}, &config), "");
+  EXPECT_FALSE(config.ppo.missing_eos_penalty.has_value());
+  EXPECT_EQ(parse_errors(write_recipe(dir, R"("rollout": {})"),
+                         {"ppo.rollout.missing_eos_penalty=-3"}, &config),
+            "");
+  ASSERT_TRUE(config.ppo.missing_eos_penalty.has_value());
+  EXPECT_EQ(*config.ppo.missing_eos_penalty, -3.0);
+  EXPECT_EQ(rlhf_stated_defaults(config)["rollout"]["missing_eos_penalty"].get<double>(), -3.0);
+  // From the command line, null is null.
+  EXPECT_EQ(parse_errors(write_recipe(dir, R"("rollout": {"missing_eos_penalty": -1})"),
+                         {"ppo.rollout.missing_eos_penalty=null"}, &config),
+            "");
+  EXPECT_FALSE(config.ppo.missing_eos_penalty.has_value());
+
+  const auto errors =
+      parse_errors(write_recipe(dir, R"("train": {"actor_lr": null, "grad_clip": null},
+                           "kl": {"beta": null}, "rollout": {"missing_eos_penalty": "none"})"),
+                   {});
+  for (const char* key : {"train.actor_lr", "train.grad_clip", "kl.beta"})
+    EXPECT_NE(errors.find(std::string("stages[0].") + key +
+                          ": null is not a value here; remove the key to use its default"),
+              std::string::npos)
+        << key << "\n"
+        << errors;
+  EXPECT_NE(errors.find("stages[0].rollout.missing_eos_penalty: expected a number or null"),
+            std::string::npos)
+      << errors;
+}
+
+// Settings that would make PPO learn from no signal or off-policy are refused before the run.
+TEST(RlhfStage, SettingsThatBreakPpoAreRefusedWithTheirReason) {
+  const std::string dir = test::temp_dir("rlhf_refused");
+  const auto errors =
+      parse_errors(write_recipe(dir, R"("rollout": {"batch_size": 1, "top_k": 40, "top_p": 0.9},
+                           "ppo": {"mini_batch_size": 1}, "reward": {"whiten": true},
+                           "kl": {"estimator": "k3"})"),
+                   {});
+  EXPECT_NE(errors.find("stages[0].rollout.top_k: must be 0 in PPO"), std::string::npos) << errors;
+  EXPECT_NE(errors.find("stages[0].rollout.top_p: must be 1 in PPO"), std::string::npos) << errors;
+  EXPECT_NE(errors.find("stages[0].reward.whiten: needs rollout.batch_size >= 2"),
+            std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("stages[0].kl.estimator: k3 is refused in PPO's reward"), std::string::npos)
+      << errors;
+}
+
+// The resolved recipe states every value the stage ran with, and parses back to the same values.
+TEST(RlhfStage, TheStatedValuesParseBackToThemselves) {
+  const std::string dir = test::temp_dir("rlhf_stated");
+  RlhfStageConfig config;
+  ASSERT_EQ(parse_errors(write_recipe(dir, R"("reward": {"whiten": true}, "ppo": {"epochs": 2},
+                                              "train": {"schedule": "constant"})"),
+                         {}, &config),
+            "");
+  EXPECT_EQ(config.critic_head, "zeros");  // auto, with whitened scores
+  const auto stated = rlhf_stated_defaults(config);
+  std::vector<std::string> overrides;
+  for (const auto& section : stated.items())
+    for (const auto& value : section.value().items())
+      overrides.push_back("ppo." + section.key() + "." + value.key() + "=" + value.value().dump());
+  RlhfStageConfig again;
+  ASSERT_EQ(parse_errors(write_recipe(dir, R"("samples": {})"), overrides, &again), "");
+  EXPECT_EQ(rlhf_stated_defaults(again), stated);
+  EXPECT_EQ(stated["train"]["schedule"], "constant");
+  EXPECT_EQ(stated["ppo"]["epochs"], 2);
+  EXPECT_EQ(stated["reward"]["whiten"], true);
+}
+
 TEST(RlhfStage, PromptRecordsInEachLayout) {
   auto prompt = prompt_from_record(nlohmann::json::parse(R"({"prompt": "Tell a story."})"), "auto",
                                    "chatml", "f:1");
