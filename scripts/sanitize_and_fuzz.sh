@@ -10,7 +10,7 @@
 #   SKIP_SANITIZE_TESTS=1 ...               # fuzzers only
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --tests  # clang and the sanitizer runtime are test packages
 
 BUILD=${SANITIZE_BUILD_DIR:-build-sanitize}
 FUZZ_SECONDS=${FUZZ_SECONDS:-25}

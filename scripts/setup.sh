@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages Tiller needs that are missing (as root, or through sudo).
+# With --tests, also what only the tests need (the quickstart does without them).
 set -euo pipefail
 
 PACKAGES=(
@@ -12,11 +13,17 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev zlib1g-dev
   libicu-dev              # Unicode regexes and NFC for byte-level BPE tokenizers (tokenizer.json)
-  libgtest-dev
+  libgtest-dev            # CMake configures the test targets (built only by scripts/test.sh)
+)
+TEST_PACKAGES=(
   clang libclang-rt-14-dev llvm  # the sanitizer build and libFuzzer (scripts/sanitize_and_fuzz.sh)
   python3                 # tests/fuzz/make_corpus.py writes the fuzzers' seeds
+  python3-torch           # the independent PPO oracle (tests/oracle/ppo_oracle.py); never Tiller
   chromium                # headless, for the test that renders report.html as a browser does
 )
+if [ "${1:-}" = "--tests" ]; then
+  PACKAGES+=("${TEST_PACKAGES[@]}")
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
