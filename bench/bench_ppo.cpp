@@ -51,7 +51,7 @@ RecipeShapes read_recipe_shapes(const std::string& path) {
   check(message.empty(), path + ": " + message);
   check(rlhf_stages.size() == 1, "bench ppo: " + path + " has " +
                                      std::to_string(rlhf_stages.size()) +
-                                     " PPO stages; it needs exactly one");
+                                     " rlhf stages; it needs exactly one");
 
   // The model: a stage that trains from scratch states its shape (and its tokenizer's size);
   // otherwise the base is an HF directory whose config.json says it.
