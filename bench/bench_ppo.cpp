@@ -4,6 +4,7 @@
 #include "bench/bench.h"
 #include "common/data/preference_data.h"
 #include "common/model/reward_model.h"
+#include "common/recipe/pipeline.h"
 #include "common/recipe/recipe.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/torch_compat.h"
@@ -14,6 +15,7 @@
 #include "rlhf/ppo_trainer.h"
 #include "rlhf/rlhf_stage.h"
 #include "sft/sft_stage.h"
+#include "stages/stage_types.h"
 
 namespace tiller::bench {
 
@@ -32,11 +34,11 @@ RecipeShapes read_recipe_shapes(const std::string& path) {
   const Recipe recipe = load_recipe(path, {}, errors);
   std::vector<SftStageConfig> sft_stages;
   std::vector<RlhfStageConfig> rlhf_stages;
-  for (const auto& stage : recipe.stages) {
-    if (stage.type == "pretrain" || stage.type == "sft")
-      sft_stages.push_back(parse_sft_stage(stage, errors));
-    else if (stage.type == "rlhf")
-      rlhf_stages.push_back(parse_rlhf_stage(stage, errors));
+  for (const auto& stage : parse_stages(stage_registry(), recipe, errors)) {
+    if (const auto* sft = std::any_cast<SftStageConfig>(&stage.config))
+      sft_stages.push_back(*sft);
+    else if (const auto* rlhf = std::any_cast<RlhfStageConfig>(&stage.config))
+      rlhf_stages.push_back(*rlhf);
   }
   std::string message;
   for (const auto& e : errors.list()) {

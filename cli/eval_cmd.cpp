@@ -1,6 +1,7 @@
 #include "cli/eval_cmd.h"
 
 #include <algorithm>
+#include <any>
 #include <cstdio>
 #include <filesystem>
 #include <iterator>
@@ -15,6 +16,7 @@
 #include "eval/make_task.h"
 #include "eval/task_eval.h"
 #include "sft/sft_stage.h"
+#include "stages/stage_types.h"
 
 namespace tiller {
 namespace {
@@ -87,9 +89,12 @@ std::vector<int64_t> held_out_by_stage(const std::string& stage_dir, const std::
     if (s.name == stage) entry = &s;
   check(entry != nullptr,
         "--held-out-of " + stage_dir + ": " + recipe_path + " has no stage named '" + stage + "'");
-  const SftStageConfig c = parse_sft_stage(*entry, errors);
+  const std::any parsed = parse_stage(*entry, errors);
   errors.throw_if_any(recipe_path);
-  check(c.pretrain, "--held-out-of " + stage_dir + ": stage " + stage + " is not a pretrain stage");
+  const auto* lm_stage = std::any_cast<SftStageConfig>(&parsed);
+  check(lm_stage != nullptr && lm_stage->pretrain,
+        "--held-out-of " + stage_dir + ": stage " + stage + " is not a pretrain stage");
+  const SftStageConfig& c = *lm_stage;
   check(c.val_path.empty(), "--held-out-of " + stage_dir +
                                 ": the stage validates on its own file " + c.val_path +
                                 "; make the task --from that file instead");

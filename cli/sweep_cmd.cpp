@@ -11,6 +11,7 @@
 #include "common/util/files.h"
 #include "common/util/process.h"
 #include "scaling/sweep.h"
+#include "stages/stage_types.h"
 
 namespace tiller {
 namespace {
@@ -44,18 +45,24 @@ void run_sweep(const SweepArgs& a) {
   ConfigErrors errors;
   const Recipe recipe = load_recipe(a.recipe, a.overrides, errors);
   errors.throw_if_any(a.recipe);
+  // A sweep measures a stage that trains a language model (its validation loss).
+  auto sweepable = [](const StageEntry& entry) {
+    const StageType* type = find_stage_type(stage_registry(), entry.type);
+    return type != nullptr && type->sweepable;
+  };
+  const std::string kinds = stage_type_names(stage_registry(), " or ", /*sweepable_only=*/true);
   std::string stage = a.stage;
   if (stage.empty()) {
     for (const auto& s : recipe.stages)
-      if (stage.empty() && (s.type == "pretrain" || s.type == "sft")) stage = s.name;
-    check(!stage.empty(), a.recipe + ": no pretrain or sft stage to sweep");
+      if (stage.empty() && sweepable(s)) stage = s.name;
+    check(!stage.empty(), a.recipe + ": no " + kinds + " stage to sweep");
   }
   bool found = false;
   for (const auto& s : recipe.stages) {
     if (s.name != stage) continue;
     found = true;
-    check(s.type == "pretrain" || s.type == "sft",
-          "--stage " + stage + ": a sweep measures a pretrain or sft stage, not " + s.type);
+    check(sweepable(s),
+          "--stage " + stage + ": a sweep measures a " + kinds + " stage, not " + s.type);
   }
   check(found, "--stage: no stage named '" + stage + "' in " + a.recipe);
 

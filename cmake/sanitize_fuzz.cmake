@@ -7,7 +7,7 @@
 #   -DTILLER_FUZZ=ON      (clang only): one libFuzzer binary per parser, tests/fuzz/*_fuzz.cpp.
 #
 # Both link one library of Tiller's sources built with the sanitizers, so that a build with both
-# options compiles each source once. Only common/ and the three stages are built: no CLI, bench,
+# options compiles each source once. Only common/, the stages and their registry are built: no CLI, bench,
 # report or scaling code. LibTorch, SentencePiece and libstdc++ are not instrumented.
 
 set(TILLER_SAN_FLAGS -fsanitize=address,undefined -fno-sanitize-recover=undefined
@@ -36,7 +36,7 @@ target_compile_options(tiller_spm PRIVATE ${TILLER_WARNINGS} -O2)
 
 file(GLOB_RECURSE TILLER_SAN_SOURCES CONFIGURE_DEPENDS common/*.cpp)
 list(FILTER TILLER_SAN_SOURCES EXCLUDE REGEX "common/tokenizer/module/")
-file(GLOB TILLER_SAN_STAGE_SOURCES CONFIGURE_DEPENDS sft/*.cpp reward/*.cpp rlhf/*.cpp)
+file(GLOB TILLER_SAN_STAGE_SOURCES CONFIGURE_DEPENDS sft/*.cpp reward/*.cpp rlhf/*.cpp stages/*.cpp)
 add_library(tiller_san STATIC ${TILLER_SAN_SOURCES} ${TILLER_SAN_STAGE_SOURCES})
 target_include_directories(tiller_san PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}
                            ${CMAKE_BINARY_DIR}/generated)

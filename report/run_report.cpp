@@ -15,6 +15,7 @@
 #include "common/util/files.h"
 #include "report/scaling_report.h"
 #include "report/svg_chart.h"
+#include "stages/stage_types.h"
 
 namespace tiller {
 
@@ -269,14 +270,10 @@ const char* status_text(StageStatus status) {
   return "";
 }
 
-// The complete.json figures worth a glance in the stage table, by stage type.
+// The complete.json figures worth a glance in the stage table, as the stage's type names them.
 std::vector<std::string> key_figure_names(const std::string& type) {
-  if (type == "sft" || type == "pretrain") return {"final_loss", "final_val_loss", "steps"};
-  if (type == "reward") return {"val_accuracy", "val_loss", "val_margin", "reward_offset", "steps"};
-  if (type == "rlhf")
-    return {"ground_truth_initial", "ground_truth_final", "rm_score_initial", "rm_score_final",
-            "kl_final"};
-  return {};
+  const StageType* known = find_stage_type(stage_registry(), type);
+  return known != nullptr ? known->report_figures : std::vector<std::string>{};
 }
 
 std::string key_figures(const Stage& stage) {
@@ -300,42 +297,11 @@ std::string key_figures(const Stage& stage) {
 // ---------------------------------------------------------------------------------------------
 // Charts
 
-struct ChartSpec {
-  std::string metric;  // the chart's data-metric
-  std::string title;
-  std::vector<std::string> keys;  // metrics.jsonl keys drawn as its series
-  bool log_y = false;
-};
+using ChartSpec = MetricChart;
 
 std::vector<ChartSpec> chart_specs(const std::string& type) {
-  if (type == "sft" || type == "pretrain")
-    return {{"loss", "Loss (train and validation)", {"loss", "val_loss"}},
-            {"lr", "Learning rate", {"lr"}},
-            {"grad_norm", "Gradient norm (log scale)", {"grad_norm"}, true},
-            {"tokens_per_s", "Throughput (tokens/s)", {"tokens_per_s"}}};
-  if (type == "reward")
-    return {{"loss", "Loss (train and validation)", {"loss", "val_loss"}},
-            {"accuracy", "Pair accuracy", {"accuracy", "val_accuracy"}},
-            {"margin", "Margin (chosen minus rejected)", {"margin", "val_margin"}},
-            {"rewards", "Rewards of chosen and rejected", {"chosen_reward", "rejected_reward"}},
-            {"lr", "Learning rate", {"lr"}}};
-  if (type == "rlhf")
-    return {{"rm_score", "Reward-model score", {"rm_score"}},
-            {"ground_truth", "Ground-truth rate", {"ground_truth"}},
-            {"kl", "KL to the reference (k1, k3)", {"kl_k1", "kl_k3"}},
-            {"beta", "KL coefficient", {"beta"}},
-            {"entropy", "Entropy", {"entropy"}},
-            {"response_length", "Response length (tokens)", {"response_length"}},
-            {"eos_rate", "Responses ending with EOS", {"eos_rate"}},
-            {"clipfrac", "Policy clip fraction", {"clipfrac"}},
-            {"approx_kl", "Approximate KL per update", {"approx_kl"}},
-            {"policy_loss", "Policy loss", {"policy_loss"}},
-            {"value_loss", "Value loss", {"value_loss"}},
-            {"explained_variance", "Value explained variance", {"explained_variance"}},
-            {"seconds",
-             "Seconds per iteration",
-             {"seconds_generate", "seconds_score", "seconds_train"}}};
-  return {};
+  const StageType* known = find_stage_type(stage_registry(), type);
+  return known != nullptr ? known->report_charts : std::vector<ChartSpec>{};
 }
 
 std::string render_chart(const Stage& stage, const ChartSpec& spec) {
@@ -346,7 +312,8 @@ std::string render_chart(const Stage& stage, const ChartSpec& spec) {
   }
   ChartOptions options;
   options.title = spec.title;
-  options.x_label = stage.type == "rlhf" ? "iteration" : "step";
+  const StageType* known = find_stage_type(stage_registry(), stage.type);
+  options.x_label = known != nullptr ? known->step_name : "step";
   options.log_y = spec.log_y;
   options.attributes = {{"data-stage", stage.name}, {"data-metric", spec.metric}};
   return render_line_chart(series, options);

@@ -1,24 +1,20 @@
 #include "reward/reward_stage.h"
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 
 #include "common/data/batching.h"  // seeded_permutation
-#include "common/io/checkpoint.h"
 #include "common/io/hf_dir.h"
 #include "common/model/reward_model.h"
 #include "common/recipe/stage_io.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/torch_compat.h"
-#include "common/train/metrics.h"
-#include "common/train/nonfinite_guard.h"
-#include "common/train/optimizer.h"
+#include "common/train/epoch_cursor.h"
 #include "common/train/precision.h"
 #include "common/train/schedule.h"
+#include "common/train/stage_loop.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
-#include "common/util/interrupt.h"
 
 namespace tiller {
 
@@ -225,7 +221,7 @@ RewardEvalResult evaluate_reward_model(const std::string& model_dir, const std::
 }
 
 // ---------------------------------------------------------------------------------------------
-// Loop
+// Set-up
 
 namespace {
 
@@ -251,230 +247,212 @@ double reference_mean(TransformerImpl& model, const std::vector<std::vector<int6
   return scores.empty() ? 0.0 : sum / static_cast<double>(scores.size());
 }
 
-}  // namespace
+// The init's body with a scalar head (a fresh N(0, 1/(d+1)) head when the init is an LM), its
+// tokenizer, on the device in training mode.
+struct RewardSetUp {
+  Transformer model;
+  std::string tokenizer_path;
+  Tokenizer tokenizer;
+  int64_t pad_id;
+};
 
-nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c) {
-  check(recipe.run.tensor_parallel == 1, "stage " + c.name +
-                                             ": reward stages do not support run.tensor_parallel " +
-                                             std::to_string(recipe.run.tensor_parallel) +
-                                             " yet; run them with run.tensor_parallel=1");
-  const std::string stage_dir = recipe.stage_dir(c.name);
-  const std::string checkpoints = stage_dir + "/checkpoints";
-  const TrainConfig& t = c.train;
-  torch::manual_seed(recipe.run.seed);
-  const torch::Device device(recipe.run.device);
-
-  // Model: the init's body with a scalar head (a fresh N(0, 1/(d+1)) head when the init is an LM).
+RewardSetUp set_up_model(const Recipe& recipe, const RewardStageConfig& c,
+                         const torch::Device& device) {
   const std::string init_dir = resolve_model_reference(recipe, c.init);
   const std::string tokenizer_path = tokenizer_path_in(init_dir);
   Transformer model = load_hf_model(init_dir, /*num_labels=*/1);
-  Tokenizer tok(tokenizer_path);
-  tok.check_matches(model->config, c.init);
-  check(t.max_seq_len <= model->config.max_position_embeddings,
-        "stage " + c.name + ": train.max_seq_len " + std::to_string(t.max_seq_len) +
+  Tokenizer tokenizer(tokenizer_path);
+  tokenizer.check_matches(model->config, c.init);
+  check(c.train.max_seq_len <= model->config.max_position_embeddings,
+        "stage " + c.name + ": train.max_seq_len " + std::to_string(c.train.max_seq_len) +
             " exceeds the model's max_position_embeddings " +
             std::to_string(model->config.max_position_embeddings));
-  const int64_t pad_id = reward_pad_id(tok);
+  const int64_t pad_id = reward_pad_id(tokenizer);
   model->config.pad_token_id = pad_id;
   model->to(device);
   model->train();
-  model->model->activation_checkpointing = t.activation_checkpointing;
-  const bool bf16 = use_bf16(t.precision, device);
+  model->model->activation_checkpointing = c.train.activation_checkpointing;
+  return {model, tokenizer_path, std::move(tokenizer), pad_id};
+}
 
-  // Data
+struct RewardData {
+  std::vector<PreferencePair> train, val;
   PreferenceStats stats, val_stats;
-  std::vector<PreferencePair> all = load_preference_pairs(c.data, tok, &stats), train, val;
+};
+
+RewardData load_data(const Recipe& recipe, const RewardStageConfig& c, const Tokenizer& tokenizer) {
+  RewardData data;
+  std::vector<PreferencePair> all = load_preference_pairs(c.data, tokenizer, &data.stats);
   if (!c.val_path.empty()) {
-    train = std::move(all);
-    PreferenceDataOptions vo = c.data;
-    vo.path = c.val_path;
-    vo.max_records = -1;
-    val = load_preference_pairs(vo, tok, &val_stats);
+    data.train = std::move(all);
+    PreferenceDataOptions val_options = c.data;
+    val_options.path = c.val_path;
+    val_options.max_records = -1;
+    data.val = load_preference_pairs(val_options, tokenizer, &data.val_stats);
   } else if (c.val_fraction > 0) {
-    split_preference_validation(all, c.val_fraction, recipe.run.seed, &train, &val);
+    split_preference_validation(all, c.val_fraction, recipe.run.seed, &data.train, &data.val);
   } else {
-    train = std::move(all);
+    data.train = std::move(all);
   }
+  const PreferenceStats& s = data.stats;
+  const PreferenceStats& v = data.val_stats;
   std::printf(
       "[%s] data: %lld records -> %lld train / %lld validation pairs; dropped %lld identical, "
       "%lld with a prompt over %lld tokens; %lld sequences truncated; %lld bad lines skipped\n",
-      c.name.c_str(), (long long)stats.records, (long long)train.size(), (long long)val.size(),
-      (long long)(stats.identical + val_stats.identical),
-      (long long)(stats.prompt_too_long + val_stats.prompt_too_long), (long long)t.max_seq_len,
-      (long long)(stats.truncated + val_stats.truncated),
-      (long long)(stats.skipped + val_stats.skipped));
+      c.name.c_str(), (long long)s.records, (long long)data.train.size(),
+      (long long)data.val.size(), (long long)(s.identical + v.identical),
+      (long long)(s.prompt_too_long + v.prompt_too_long), (long long)c.train.max_seq_len,
+      (long long)(s.truncated + v.truncated), (long long)(s.skipped + v.skipped));
   std::fflush(stdout);
+  return data;
+}
 
-  // Data parallel: each rank takes an equal slice of every global batch of t.batch_size pairs.
-  const dist::Group& dp = dist::world();
-  const int64_t local_pairs = t.per_rank_batch(c.name, dp, "pairs");
+// One optimizer step over a global batch of pairs, and the validation pass.
+struct RewardStepper {
+  TransformerImpl& model;
+  ParallelAdamW& optimizer;
+  const RewardStageConfig& config;
+  const RewardData& data;
+  const dist::Group& data_parallel;
+  int64_t pad_id;
+  int64_t local_pairs;  // this rank's slice of every global batch
+  bool bf16;
 
-  // Optimizer, and resume
-  ParallelAdamW optimizer(*model, t.optimizer(), dp, t.parallel_options());
-  CheckpointParts parts{{{"model", model.get()}}, {{"optimizer", &optimizer}}};
-  int64_t step = 0, epoch = 0, index = 0;
-  NonFiniteGuard guard(c.name, checkpoints, t.max_nonfinite_steps);
-  guard.set_spike_filter(t.loss_spike_zscore, t.loss_spike_window);
-  auto state = load_latest_checkpoint(checkpoints, parts);
-  if (!state.is_null()) {
-    step = state.at("step").get<int64_t>();
-    epoch = state.at("epoch").get<int64_t>();
-    index = state.at("index").get<int64_t>();
-    guard.restore(state);
-    std::printf("[%s] resumed from %s/step-%lld\n", c.name.c_str(), checkpoints.c_str(),
-                (long long)step);
-  }
-  // Step step's record was logged before its checkpoint: lines after it are a killed attempt's.
-  const int64_t first_unlogged = state.is_null() ? 0 : step + 1;
-  MetricsLog metrics(stage_dir, first_unlogged);
-  Progress progress(step, t.steps);
-  std::vector<int64_t> order = epoch_order(train.size(), recipe.run.seed, epoch);
-
-  auto save = [&](int64_t at_step) {
-    nlohmann::json s = {{"step", at_step}, {"epoch", epoch}, {"index", index}};
-    s.update(guard.to_json());
-    save_checkpoint(checkpoints, parts, s, t.keep_checkpoints);
-  };
-  auto evaluate = [&]() {
-    return evaluate_pairs(*model, val, pad_id, t.micro_batch_size, t.eval_batches, 0.0,
-                          c.use_margin, bf16, dp);
-  };
-
-  RewardEvalResult first_val, last_val;
-  if (step == 0 && !val.empty()) {
-    first_val = evaluate();
-    nlohmann::json record = eval_json(first_val, "val_");
-    record["step"] = 0;
-    metrics.log(record);
-    std::printf("[%s] step 0/%lld  val_accuracy %.4f  val_loss %.4f  val_margin %.4f\n",
-                c.name.c_str(), (long long)t.steps, first_val.accuracy, first_val.loss,
-                first_val.margin);
-  }
-
-  double last_loss = std::nan("");
-  RewardEvalResult last_train;
-  while (step < t.steps) {
-    const auto started = std::chrono::steady_clock::now();
-    const double lr = learning_rate(t.schedule_options(), step);
-    optimizer.set_learning_rate(lr);
-
-    // The step's pairs, continuing into the next epoch's order when this one runs out.
-    std::vector<int64_t> picked;
-    while (static_cast<int64_t>(picked.size()) < t.batch_size) {
-      if (index >= static_cast<int64_t>(order.size())) {
-        ++epoch;
-        index = 0;
-        order = epoch_order(train.size(), recipe.run.seed, epoch);
-      }
-      picked.push_back(order[static_cast<size_t>(index++)]);
-    }
-
+  StepReport step(const StepContext& context, const std::vector<int64_t>& picked) const {
+    const TrainConfig& train = config.train;
+    const double lr =
+        set_scheduled_learning_rate(optimizer, train.schedule_options(), context.step);
     optimizer.zero_grad();
     double loss_sum = 0;
     int64_t tokens = 0;
     PairTotals totals;
-    const int64_t first = dp.rank() * local_pairs;
-    for (int64_t begin = first; begin < first + local_pairs; begin += t.micro_batch_size) {
-      const int64_t count = std::min(t.micro_batch_size, first + local_pairs - begin);
-      auto batch = make_pair_batch(train, picked, static_cast<size_t>(begin),
-                                   static_cast<size_t>(count), pad_id, c.use_margin);
+    const auto device = model.parameters().front().device();
+    const int64_t first = data_parallel.rank() * local_pairs;
+    for (int64_t begin = first; begin < first + local_pairs; begin += train.micro_batch_size) {
+      const int64_t count = std::min(train.micro_batch_size, first + local_pairs - begin);
+      auto batch = make_pair_batch(data.train, picked, static_cast<size_t>(begin),
+                                   static_cast<size_t>(count), pad_id, config.use_margin);
       torch::Tensor scores;
       {
         compat::AutocastGuard cast(bf16, device);
-        scores = raw_scores(*model, batch.rows).cpu();
+        scores = raw_scores(model, batch.rows).cpu();
       }
-      const int64_t p = batch.pairs;
-      auto chosen = scores.narrow(0, 0, p), rejected = scores.narrow(0, p, p);
-      auto loss = pairwise_loss_sum(chosen, rejected, batch.margin, c.center_coef);
-      (loss / static_cast<double>(t.batch_size)).backward();
+      const int64_t pairs = batch.pairs;
+      auto chosen = scores.narrow(0, 0, pairs), rejected = scores.narrow(0, pairs, pairs);
+      auto loss = pairwise_loss_sum(chosen, rejected, batch.margin, config.center_coef);
+      (loss / static_cast<double>(train.batch_size)).backward();
       loss_sum += loss.item<double>();
       tokens += batch.tokens;
       totals.add(chosen, rejected, batch.margin);
     }
-    const auto global = dp.sum({loss_sum, static_cast<double>(tokens)});
-    const double loss = global[0] / static_cast<double>(t.batch_size);
-    totals.reduce(dp);
-    const double grad_norm = optimizer.reduce_gradients_and_clip(t.grad_clip);
-    if (guard.accept(loss, grad_norm, step + 1)) {
-      optimizer.step();
-    } else {
-      optimizer.zero_grad();
-    }
-    ++step;
-    last_loss = loss;
-    last_train = totals.result();
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    const double tokens_per_s = global[1] / std::max(seconds, 1e-9);
-
-    nlohmann::json record = {{"step", step},
-                             {"loss", loss},
-                             {"accuracy", last_train.accuracy},
-                             {"margin", last_train.margin},
-                             {"chosen_reward", last_train.chosen_reward},
-                             {"rejected_reward", last_train.rejected_reward},
-                             {"lr", lr},
-                             {"grad_norm", grad_norm},
-                             {"tokens_per_s", tokens_per_s},
-                             {"skipped_steps", guard.skipped()},
-                             {"spike_skipped_steps", guard.spikes_skipped()}};
-    const bool eval_now =
-        !val.empty() && ((t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps);
-    if (eval_now) {
-      last_val = evaluate();
-      record.update(eval_json(last_val, "val_"));
-    }
-    if (step % t.log_every == 0 || step == t.steps || eval_now) {
-      metrics.log(record);
-      std::map<std::string, double> shown = {
-          {"loss", loss}, {"acc", last_train.accuracy}, {"lr", lr}};
-      if (eval_now) {
-        shown["val_acc"] = last_val.accuracy;
-        shown["val_margin"] = last_val.margin;
-      }
-      std::printf("[%s] %s\n", c.name.c_str(), progress.line(step, shown, tokens_per_s).c_str());
-      std::fflush(stdout);
-    }
-    const bool save_now =
-        (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || step == t.steps;
-    if (save_now) save(step);
-    stop_if_interrupted(c.name, step, save_now, [&] { save(step); });
+    const auto global = data_parallel.sum({loss_sum, static_cast<double>(tokens)});
+    const double loss = global[0] / static_cast<double>(train.batch_size);
+    totals.reduce(data_parallel);
+    const double grad_norm =
+        apply_update(optimizer, context.guard, loss, train.grad_clip, context.step + 1);
+    const RewardEvalResult figures = totals.result();
+    StepReport report;
+    report.record = {{"loss", loss},
+                     {"accuracy", figures.accuracy},
+                     {"margin", figures.margin},
+                     {"chosen_reward", figures.chosen_reward},
+                     {"rejected_reward", figures.rejected_reward},
+                     {"lr", lr},
+                     {"grad_norm", grad_norm}};
+    report.shown = {{"loss", loss}, {"acc", figures.accuracy}, {"lr", lr}};
+    report.tokens = global[1];
+    return report;
   }
 
-  // Normalise: the reference set's mean reward becomes 0.
-  model->eval();
+  // The validation pairs' figures with rewards less `offset` (`max_batches` 0: all of them).
+  RewardEvalResult validation(double offset, int64_t max_batches) const {
+    return evaluate_pairs(model, data.val, pad_id, config.train.micro_batch_size, max_batches,
+                          offset, config.use_margin, bf16, data_parallel);
+  }
+};
+
+// The normalisation offset: the mean raw reward of the reference set's chosen responses.
+double normalisation_offset(TransformerImpl& model, const RewardStageConfig& c,
+                            const RewardData& data, const Tokenizer& tokenizer, int64_t pad_id) {
+  model.eval();
   std::vector<std::vector<int64_t>> reference;
   if (c.normalize_reference == "val_chosen" || c.normalize_reference == "train_chosen") {
-    for (const auto& p : c.normalize_reference == "val_chosen" ? val : train)
-      reference.push_back(p.chosen);
+    for (const auto& pair : c.normalize_reference == "val_chosen" ? data.val : data.train)
+      reference.push_back(pair.chosen);
   } else if (c.normalize_reference != "none") {
-    PreferenceDataOptions ro = c.data;
-    ro.path = c.normalize_reference;
-    ro.max_records = -1;
-    for (auto& p : load_preference_pairs(ro, tok, nullptr))
-      reference.push_back(std::move(p.chosen));
+    PreferenceDataOptions reference_options = c.data;
+    reference_options.path = c.normalize_reference;
+    reference_options.max_records = -1;
+    for (auto& pair : load_preference_pairs(reference_options, tokenizer, nullptr))
+      reference.push_back(std::move(pair.chosen));
   }
-  const double offset = reference_mean(*model, reference, pad_id, 2 * t.micro_batch_size);
+  const double offset = reference_mean(model, reference, pad_id, 2 * c.train.micro_batch_size);
   std::printf("[%s] normalisation: offset %.6f (mean raw reward of %zu %s sequences)\n",
               c.name.c_str(), offset, reference.size(), c.normalize_reference.c_str());
+  return offset;
+}
 
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Run
+
+nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c) {
+  require_no_tensor_parallel(recipe, c.name, "reward");
+  const TrainConfig& train = c.train;
+  StageLoop loop(recipe, c.name, loop_schedule(train));
+  RewardSetUp built = set_up_model(recipe, c, loop.device());
+  TransformerImpl& model = *built.model;
+  const RewardData data = load_data(recipe, c, built.tokenizer);
+  // Data parallel: each rank takes an equal slice of every global batch of batch_size pairs.
+  const dist::Group& data_parallel = dist::world();
+  const int64_t local_pairs = train.per_rank_batch(c.name, data_parallel, "pairs");
+  ParallelAdamW optimizer(model, train.optimizer(), data_parallel, train.parallel_options());
+
+  EpochCursor<int64_t> pairs(
+      [&](int64_t epoch) { return epoch_order(data.train.size(), recipe.run.seed, epoch); });
+  loop.resume({{{"model", &model}}, {{"optimizer", &optimizer}}}, [&](const nlohmann::json& state) {
+    pairs.seek(state.at("epoch").get<int64_t>(), state.at("index").get<int64_t>());
+  });
+
+  const RewardStepper stepper{
+      model,         optimizer,    c,           data,
+      data_parallel, built.pad_id, local_pairs, use_bf16(train.precision, loop.device())};
+  RewardEvalResult first_val, last_val;
+  double last_loss = std::nan("");
+  StageSteps steps;
+  steps.step = [&](const StepContext& context) {
+    StepReport report = stepper.step(context, pairs.take(train.batch_size));
+    last_loss = report.record["loss"].get<double>();
+    return report;
+  };
+  if (!data.val.empty())
+    steps.evaluate = [&](int64_t at) {
+      const RewardEvalResult figures = stepper.validation(0.0, train.eval_batches);
+      (at == 0 ? first_val : last_val) = figures;
+      StepReport report;
+      report.record = eval_json(figures, "val_");
+      report.shown = {{"val_acc", figures.accuracy}, {"val_margin", figures.margin}};
+      return report;
+    };
+  steps.state = [&] { return nlohmann::json{{"epoch", pairs.epoch()}, {"index", pairs.index()}}; };
+  loop.run(steps);
+
+  const double offset = normalisation_offset(model, c, data, built.tokenizer, built.pad_id);
   nlohmann::json summary = {
-      {"stage", c.name},
-      {"type", "reward"},
-      {"steps", step},
+      {"steps", loop.step()},
       {"final_loss", last_loss},
-      {"skipped_steps", guard.skipped()},
-      {"train_pairs", train.size()},
-      {"val_pairs", val.size()},
-      {"dropped_identical", stats.identical + val_stats.identical},
-      {"dropped_prompt_too_long", stats.prompt_too_long + val_stats.prompt_too_long},
-      {"truncated_sequences", stats.truncated + val_stats.truncated},
+      {"skipped_steps", loop.guard().skipped()},
+      {"train_pairs", data.train.size()},
+      {"val_pairs", data.val.size()},
+      {"dropped_identical", data.stats.identical + data.val_stats.identical},
+      {"dropped_prompt_too_long", data.stats.prompt_too_long + data.val_stats.prompt_too_long},
+      {"truncated_sequences", data.stats.truncated + data.val_stats.truncated},
       {"reward_offset", offset},
       {"normalize_reference", c.normalize_reference}};
-  if (!val.empty()) {
+  if (!data.val.empty()) {
     // Final validation figures with the offset applied (accuracy and margins do not change).
-    const auto v =
-        evaluate_pairs(*model, val, pad_id, t.micro_batch_size, 0, offset, c.use_margin, bf16, dp);
+    const auto v = stepper.validation(offset, 0);
     summary.update(eval_json(v, "val_"));
     if (first_val.pairs > 0) summary["initial_val_accuracy"] = first_val.accuracy;
     std::printf(
@@ -483,23 +461,41 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
         c.name.c_str(), (long long)v.pairs, v.accuracy, v.loss, v.margin, v.chosen_reward,
         v.rejected_reward);
   }
+  if (!data_parallel.single()) summary["data_parallel_ranks"] = data_parallel.size();
+  loop.report_optimizer_state(optimizer, summary);
+  return loop.finish(summary, [&](const std::string& final_dir) {
+    SaveOptions options;
+    options.tokenizer_path = built.tokenizer_path;
+    built.model->to(torch::kCPU);
+    if (!dist::is_main()) return;
+    save_hf_model(model, final_dir, options);
+    write_reward_metadata(final_dir, {offset, c.data.template_name, train.max_seq_len});
+  });
+}
 
-  SaveOptions options;
-  options.tokenizer_path = tokenizer_path;
-  model->to(torch::kCPU);
-  const std::string final_dir = stage_output_dir(recipe, c.name);
-  if (!dp.single()) summary["data_parallel_ranks"] = dp.size();
-  summary["optimizer_state_bytes_per_rank"] = optimizer.state_bytes_per_rank();
-  const std::string state_line = optimizer.describe_state_per_rank();
-  std::printf("[%s] %s\n", c.name.c_str(), state_line.c_str());
-  if (dist::is_main()) {
-    save_hf_model(*model, final_dir, options);
-    write_reward_metadata(final_dir, {offset, c.data.template_name, t.max_seq_len});
-    mark_stage_complete(recipe, c.name, summary);
-  }
-  dist::world().barrier();  // the next stage, on every rank, reads what rank 0 wrote
-  std::printf("[%s] done: %s\n", c.name.c_str(), final_dir.c_str());
-  return summary;
+// ---------------------------------------------------------------------------------------------
+// Registry entry
+
+StageType reward_stage_type() {
+  StageType type = typed_stage_type<RewardStageConfig>(parse_reward_stage, run_reward_stage);
+  type.description = "a reward model: Bradley-Terry loss on preference pairs";
+  type.batch_layout = [](const std::any& config, int ranks) {
+    const int64_t batch = std::any_cast<const RewardStageConfig&>(config).train.batch_size;
+    return "global batch " + std::to_string(batch) + " pairs = " + std::to_string(ranks) +
+           " ranks x " + std::to_string(batch / ranks);
+  };
+  type.summary_rows = [](const std::string& stage, const nlohmann::json& summary) {
+    return std::vector<SummaryRow>{
+        {stage + ": RM validation accuracy", summary.value("val_accuracy", nlohmann::json())}};
+  };
+  type.report_figures = {"val_accuracy", "val_loss", "val_margin", "reward_offset", "steps"};
+  type.report_charts = {
+      {"loss", "Loss (train and validation)", {"loss", "val_loss"}},
+      {"accuracy", "Pair accuracy", {"accuracy", "val_accuracy"}},
+      {"margin", "Margin (chosen minus rejected)", {"margin", "val_margin"}},
+      {"rewards", "Rewards of chosen and rejected", {"chosen_reward", "rejected_reward"}},
+      {"lr", "Learning rate", {"lr"}}};
+  return type;
 }
 
 }  // namespace tiller

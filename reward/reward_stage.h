@@ -13,6 +13,7 @@
 #include "common/dist/process_group.h"
 #include "common/model/transformer.h"
 #include "common/recipe/recipe.h"
+#include "common/recipe/stage_registry.h"
 #include "common/train/train_config.h"
 
 namespace tiller {
@@ -72,5 +73,8 @@ RewardEvalResult evaluate_reward_model(const std::string& model_dir, const std::
 // Runs the stage to completion (resuming from RUN_DIR/<name>/checkpoints when present) and
 // writes RUN_DIR/<name>/final/. Returns a summary.
 nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& config);
+
+// The registry's entry for reward-model stages: parser, runner, summary and report.
+StageType reward_stage_type();
 
 }  // namespace tiller

@@ -1,24 +1,22 @@
 #include "sft/sft_stage.h"
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 
 #include "common/data/batching.h"
 #include "common/dist/process_group.h"
 #include "common/dist/tensor_parallel.h"
-#include "common/io/checkpoint.h"
 #include "common/io/hf_dir.h"
 #include "common/recipe/stage_io.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/torch_compat.h"
+#include "common/train/epoch_cursor.h"
 #include "common/train/lm_loss.h"
-#include "common/train/metrics.h"
-#include "common/train/nonfinite_guard.h"
 #include "common/train/precision.h"
+#include "common/train/schedule.h"
+#include "common/train/stage_loop.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
-#include "common/util/interrupt.h"
 
 namespace tiller {
 
@@ -72,11 +70,12 @@ void check_vocabulary_agrees(const SftStageConfig& c, const std::string& path,
 
 }  // namespace
 
-SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors) {
+SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bool pretrain) {
   SftStageConfig c;
   ConfigReader r(*entry.body, entry.path, errors);
   c.name = r.string("name", "");
-  c.pretrain = r.string("type", "") == "pretrain";
+  r.string("type", "");
+  c.pretrain = pretrain;
   c.init = r.string("init", c.pretrain ? "" : "@base");
   if (r.has("model")) {
     ConfigReader model(r.object("model"), r.path_of("model"), errors);
@@ -139,15 +138,9 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Loop
+// Set-up
 
 namespace {
-
-struct DataPosition {
-  int64_t epoch = 0;
-  int64_t row = 0;    // next row of the epoch's plan
-  double tokens = 0;  // tokens trained on so far (padding excluded), every rank's
-};
 
 // Mean loss per target token over (up to max_batches of) the validation rows; the batches are
 // dealt round-robin to the data-parallel ranks and the sums reduced.
@@ -208,233 +201,252 @@ Transformer build_model(const Recipe& recipe, const SftStageConfig& c,
   return model;
 }
 
-}  // namespace
+// The stage's model and tokenizer: built from scratch or loaded from init, checked against each
+// other, sharded over the tensor-parallel group, on the device in training mode.
+struct SftModel {
+  Transformer model;
+  std::string tokenizer_path;
+  Tokenizer tokenizer;
+};
 
-nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
-  const std::string stage_dir = recipe.stage_dir(c.name);
-  const std::string checkpoints = stage_dir + "/checkpoints";
-  const TrainConfig& t = c.train;
-  torch::manual_seed(recipe.run.seed);
-  const torch::Device device(recipe.run.device);
-
+SftModel set_up_model(const Recipe& recipe, const SftStageConfig& c,
+                      const dist::Group& tensor_parallel, const torch::Device& device) {
   std::string tokenizer_path;
   Transformer model = build_model(recipe, c, &tokenizer_path);
-  Tokenizer tok(tokenizer_path);
-  tok.check_matches(model->config, c.init.empty() ? "built from " + c.model_shape : c.init);
-  check(t.max_seq_len <= model->config.max_position_embeddings,
-        "stage " + c.name + ": train.max_seq_len " + std::to_string(t.max_seq_len) +
+  Tokenizer tokenizer(tokenizer_path);
+  tokenizer.check_matches(model->config, c.init.empty() ? "built from " + c.model_shape : c.init);
+  check(c.train.max_seq_len <= model->config.max_position_embeddings,
+        "stage " + c.name + ": train.max_seq_len " + std::to_string(c.train.max_seq_len) +
             " exceeds the model's max_position_embeddings " +
             std::to_string(model->config.max_position_embeddings));
   // Tensor parallel: every rank built the same full model; each keeps its shard of it.
-  const dist::Layout layout = dist::layout();
-  const dist::Group& tp = layout.tensor;
-  model->shard_for_tensor_parallel(tp);
-  if (!tp.single())
+  model->shard_for_tensor_parallel(tensor_parallel);
+  if (!tensor_parallel.single())
     std::printf(
         "[%s] tensor parallel: model sharded over %d ranks (%d heads, %lld MLP units, "
         "%lld vocabulary rows each)\n",
-        c.name.c_str(), tp.size(), static_cast<int>(model->config.num_attention_heads / tp.size()),
-        (long long)(model->config.intermediate_size / tp.size()),
-        (long long)(model->config.vocab_size / tp.size()));
+        c.name.c_str(), tensor_parallel.size(),
+        static_cast<int>(model->config.num_attention_heads / tensor_parallel.size()),
+        (long long)(model->config.intermediate_size / tensor_parallel.size()),
+        (long long)(model->config.vocab_size / tensor_parallel.size()));
   model->to(device);
   model->train();
-  model->model->activation_checkpointing = t.activation_checkpointing;
-  const bool bf16 = use_bf16(t.precision, device);
+  model->model->activation_checkpointing = c.train.activation_checkpointing;
+  return {model, tokenizer_path, std::move(tokenizer)};
+}
 
-  // Data
+// The training and validation examples, and how they are cut into rows.
+struct SftData {
+  std::vector<Example> train, val;
   DataStats stats, val_stats;
-  std::vector<Example> all, train, val;
-  if (c.pretrain) {
-    all = load_text_examples(c.data.path, tok, t.max_seq_len, c.data.skip_bad_lines, &stats);
-  } else {
-    all = load_sft_examples(c.data, tok, &stats);
-  }
+  BatchingOptions batching;
+  std::vector<Row> val_rows;  // the validation examples in order
+};
+
+std::vector<Example> load_examples(const SftStageConfig& c, const SftDataOptions& options,
+                                   const Tokenizer& tokenizer, DataStats* stats) {
+  return c.pretrain ? load_text_examples(options.path, tokenizer, c.train.max_seq_len,
+                                         options.skip_bad_lines, stats)
+                    : load_sft_examples(options, tokenizer, stats);
+}
+
+SftData load_data(const Recipe& recipe, const SftStageConfig& c, const Tokenizer& tokenizer) {
+  SftData data;
+  std::vector<Example> all = load_examples(c, c.data, tokenizer, &data.stats);
   if (!c.val_path.empty()) {
-    train = std::move(all);
-    SftDataOptions vo = c.data;
-    vo.path = c.val_path;
-    vo.max_records = -1;
-    val = c.pretrain ? load_text_examples(c.val_path, tok, t.max_seq_len, c.data.skip_bad_lines,
-                                          &val_stats)
-                     : load_sft_examples(vo, tok, &val_stats);
+    data.train = std::move(all);
+    SftDataOptions val_options = c.data;
+    val_options.path = c.val_path;
+    val_options.max_records = -1;
+    data.val = load_examples(c, val_options, tokenizer, &data.val_stats);
   } else if (c.val_fraction > 0) {
-    split_validation(all, c.val_fraction, recipe.run.seed, &train, &val);
+    split_validation(all, c.val_fraction, recipe.run.seed, &data.train, &data.val);
   } else {
-    train = std::move(all);
+    data.train = std::move(all);
   }
   std::printf(
       "[%s] data: %lld records -> %lld train / %lld validation examples, %lld truncated, "
       "%lld dropped, %lld bad lines skipped\n",
-      c.name.c_str(), (long long)stats.records, (long long)train.size(), (long long)val.size(),
-      (long long)stats.truncated, (long long)stats.dropped,
-      (long long)(stats.skipped + val_stats.skipped));
+      c.name.c_str(), (long long)data.stats.records, (long long)data.train.size(),
+      (long long)data.val.size(), (long long)data.stats.truncated, (long long)data.stats.dropped,
+      (long long)(data.stats.skipped + data.val_stats.skipped));
+  data.batching.max_seq_len = c.train.max_seq_len;
+  data.batching.packing = c.packing;
+  data.batching.seed = recipe.run.seed;
+  data.batching.rows_per_batch = c.train.micro_batch_size;
+  if (!data.val.empty()) data.val_rows = plan_in_order(data.val, data.batching);
+  return data;
+}
 
-  BatchingOptions batching;
-  batching.max_seq_len = t.max_seq_len;
-  batching.packing = c.packing;
-  batching.seed = recipe.run.seed;
-  batching.rows_per_batch = t.micro_batch_size;
-  const std::vector<Row> val_rows = val.empty() ? std::vector<Row>{} : plan_in_order(val, batching);
+// The optimizer over this rank's weights (under tensor parallelism: its shards, which the
+// gradient-norm reduction must know).
+ParallelOptions parallel_options(TransformerImpl& model, const TrainConfig& train,
+                                 const dist::Group& tensor_parallel) {
+  ParallelOptions parallel = train.parallel_options();
+  parallel.tensor_parallel = tensor_parallel;
+  for (auto& [name, weight] : model.local_weights())
+    if (!tensor_parallel.single() && TransformerImpl::sharded_dim(name) >= 0)
+      parallel.tensor_parallel_shards.push_back(weight);
+  return parallel;
+}
 
-  // Data parallel: each rank takes an equal slice of every global batch of t.batch_size rows; the
-  // ranks of a tensor-parallel group share a slice.
-  const dist::Group& dp = layout.data;
-  const int64_t local_rows = t.per_rank_batch(c.name, dp, "rows");
+// ---------------------------------------------------------------------------------------------
+// Step
 
-  // Optimizer, and resume
-  ParallelOptions parallel = t.parallel_options();
-  parallel.tensor_parallel = tp;
-  for (auto& [name, p] : model->local_weights())
-    if (!tp.single() && TransformerImpl::sharded_dim(name) >= 0)
-      parallel.tensor_parallel_shards.push_back(p);
-  ParallelAdamW optimizer(*model, t.optimizer(), dp, parallel);
-  CheckpointParts parts{{{"model", model.get()}}, {{"optimizer", &optimizer}}};
-  int64_t step = 0;
-  NonFiniteGuard guard(c.name, checkpoints, t.max_nonfinite_steps);
-  guard.set_spike_filter(t.loss_spike_zscore, t.loss_spike_window);
-  DataPosition position;
-  auto state = load_latest_checkpoint(checkpoints, parts);
-  if (!state.is_null()) {
-    step = state.at("step").get<int64_t>();
-    position.epoch = state.at("epoch").get<int64_t>();
-    position.row = state.at("row").get<int64_t>();
-    position.tokens = state.value("tokens_trained", 0.0);
-    guard.restore(state);
-    std::printf("[%s] resumed from %s/step-%lld\n", c.name.c_str(), checkpoints.c_str(),
-                (long long)step);
-  }
-  // Step step's record was logged before its checkpoint: lines after it are a killed attempt's.
-  const int64_t first_unlogged = state.is_null() ? 0 : step + 1;
-  MetricsLog metrics(stage_dir, first_unlogged);
-  Progress progress(step, t.steps);
-  std::vector<Row> epoch_rows = plan_epoch(train, batching, position.epoch);
-  check(!epoch_rows.empty(), "stage " + c.name + ": no training rows");
+// One optimizer step over a global batch of rows, and the validation pass.
+struct SftStepper {
+  TransformerImpl& model;
+  ParallelAdamW& optimizer;
+  const TrainConfig& train;
+  const SftData& data;
+  const dist::Group& data_parallel;
+  int64_t pad_id;
+  int64_t local_rows;  // this rank's slice of every global batch
+  bool bf16;
 
-  auto save = [&](int64_t at_step) {
-    nlohmann::json s = {{"step", at_step},
-                        {"epoch", position.epoch},
-                        {"row", position.row},
-                        {"tokens_trained", position.tokens}};
-    s.update(guard.to_json());
-    save_checkpoint(checkpoints, parts, s, t.keep_checkpoints);
-  };
-  auto evaluate = [&]() {
-    return val_rows.empty() ? std::nan("")
-                            : validation_loss(*model, val, val_rows, batching, tok.pad_id(),
-                                              t.micro_batch_size, t.eval_batches, bf16, dp);
-  };
-
-  double first_val_loss = std::nan(""), last_val_loss = std::nan(""), last_loss = std::nan("");
-  if (step == 0 && !val_rows.empty()) {
-    first_val_loss = evaluate();
-    metrics.log({{"step", 0}, {"val_loss", first_val_loss}, {"val_ppl", std::exp(first_val_loss)}});
-    std::printf("[%s] step 0/%lld  val_loss %.4f\n", c.name.c_str(), (long long)t.steps,
-                first_val_loss);
-  }
-
-  while (step < t.steps) {
-    const auto started = std::chrono::steady_clock::now();
-    const double lr = learning_rate(t.schedule_options(), step);
-    optimizer.set_learning_rate(lr);
-
-    // The step's rows, continuing into the next epoch's plan when this one runs out.
-    std::vector<Row> rows;
-    while (static_cast<int64_t>(rows.size()) < t.batch_size) {
-      if (position.row >= static_cast<int64_t>(epoch_rows.size())) {
-        ++position.epoch;
-        position.row = 0;
-        epoch_rows = plan_epoch(train, batching, position.epoch);
-      }
-      rows.push_back(epoch_rows[position.row++]);
-    }
-    auto batch =
-        make_batch(train, rows, dp.rank() * local_rows, local_rows, batching, tok.pad_id());
+  StepReport step(const StepContext& context, const std::vector<Row>& rows) const {
+    const double lr =
+        set_scheduled_learning_rate(optimizer, train.schedule_options(), context.step);
+    auto batch = make_batch(data.train, rows, data_parallel.rank() * local_rows, local_rows,
+                            data.batching, pad_id);
     const double local_tokens = batch.segment_ids.ge(0).sum().item<double>();
-    const auto counts = dp.sum({static_cast<double>(batch.target_count), local_tokens});
+    const auto counts = data_parallel.sum({static_cast<double>(batch.target_count), local_tokens});
     const double total_targets = std::max(1.0, counts[0]);
 
     optimizer.zero_grad();
     double loss_sum = 0;
-    for (int64_t begin = 0; begin < local_rows; begin += t.micro_batch_size) {
-      auto micro = batch.slice(begin, std::min(t.micro_batch_size, local_rows - begin));
+    const auto device = model.parameters().front().device();
+    for (int64_t begin = 0; begin < local_rows; begin += train.micro_batch_size) {
+      auto micro = batch.slice(begin, std::min(train.micro_batch_size, local_rows - begin));
       torch::Tensor loss;
       {
         compat::AutocastGuard cast(bf16, device);
-        loss = lm_loss_sum(*model, micro);
+        loss = lm_loss_sum(model, micro);
       }
       (loss / total_targets).backward();
       loss_sum += loss.item<double>();
     }
-    const double loss = dp.sum(loss_sum) / total_targets;
-    const double grad_norm = optimizer.reduce_gradients_and_clip(t.grad_clip);
-    if (guard.accept(loss, grad_norm, step + 1)) {
-      optimizer.step();
-    } else {
-      optimizer.zero_grad();
-    }
-    ++step;
-    last_loss = loss;
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    const double tokens_per_s = counts[1] / std::max(seconds, 1e-9);
-    position.tokens += counts[1];
-
-    nlohmann::json record = {{"step", step},
-                             {"loss", loss},
-                             {"lr", lr},
-                             {"tokens_per_s", tokens_per_s},
-                             {"grad_norm", grad_norm},
-                             {"skipped_steps", guard.skipped()},
-                             {"spike_skipped_steps", guard.spikes_skipped()}};
-    const bool eval_now =
-        !val_rows.empty() && ((t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps);
-    if (eval_now) {
-      last_val_loss = evaluate();
-      record["val_loss"] = last_val_loss;
-      record["val_ppl"] = std::exp(last_val_loss);
-    }
-    if (step % t.log_every == 0 || step == t.steps || eval_now) {
-      metrics.log(record);
-      std::map<std::string, double> shown = {{"loss", loss}, {"lr", lr}};
-      if (eval_now) shown["val_loss"] = last_val_loss;
-      std::printf("[%s] %s\n", c.name.c_str(), progress.line(step, shown, tokens_per_s).c_str());
-      std::fflush(stdout);
-    }
-    const bool save_now =
-        (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || step == t.steps;
-    if (save_now) save(step);
-    stop_if_interrupted(c.name, step, save_now, [&] { save(step); });
+    const double loss = data_parallel.sum(loss_sum) / total_targets;
+    const double grad_norm =
+        apply_update(optimizer, context.guard, loss, train.grad_clip, context.step + 1);
+    StepReport report;
+    report.record = {{"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}};
+    report.shown = {{"loss", loss}, {"lr", lr}};
+    report.tokens = counts[1];
+    return report;
   }
 
-  SaveOptions options;
-  options.tokenizer_path = tokenizer_path;
-  model->to(torch::kCPU);
-  const auto weights = model->named_weights();  // full weights: gathered on every rank under TP
-  if (dist::is_main())
-    save_hf_model(model->config, weights, stage_output_dir(recipe, c.name), options);
-  nlohmann::json summary = {{"stage", c.name},
-                            {"type", c.pretrain ? "pretrain" : "sft"},
-                            {"steps", step},
+  double validation() const {
+    return validation_loss(model, data.val, data.val_rows, data.batching, pad_id,
+                           train.micro_batch_size, train.eval_batches, bf16, data_parallel);
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Run
+
+nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
+  const TrainConfig& train = c.train;
+  StageLoop loop(recipe, c.name, loop_schedule(train));
+  const dist::Layout layout = dist::layout();
+  SftModel built = set_up_model(recipe, c, layout.tensor, loop.device());
+  TransformerImpl& model = *built.model;
+  const SftData data = load_data(recipe, c, built.tokenizer);
+  // Data parallel: each rank takes an equal slice of every global batch of train.batch_size
+  // rows; the ranks of a tensor-parallel group share a slice.
+  const int64_t local_rows = train.per_rank_batch(c.name, layout.data, "rows");
+  ParallelAdamW optimizer(model, train.optimizer(), layout.data,
+                          parallel_options(model, train, layout.tensor));
+
+  EpochCursor<Row> rows(
+      [&](int64_t epoch) { return plan_epoch(data.train, data.batching, epoch); });
+  double tokens_trained = 0;  // padding excluded, every rank's
+  loop.resume({{{"model", &model}}, {{"optimizer", &optimizer}}}, [&](const nlohmann::json& state) {
+    rows.seek(state.at("epoch").get<int64_t>(), state.at("row").get<int64_t>());
+    tokens_trained = state.value("tokens_trained", 0.0);
+  });
+  check(!rows.current().empty(), "stage " + c.name + ": no training rows");
+
+  const SftStepper stepper{model,       optimizer,
+                           train,       data,
+                           layout.data, built.tokenizer.pad_id(),
+                           local_rows,  use_bf16(train.precision, loop.device())};
+  double first_val_loss = std::nan(""), last_val_loss = std::nan(""), last_loss = std::nan("");
+  StageSteps steps;
+  steps.step = [&](const StepContext& context) {
+    StepReport report = stepper.step(context, rows.take(train.batch_size));
+    last_loss = report.record["loss"].get<double>();
+    tokens_trained += report.tokens;
+    return report;
+  };
+  if (!data.val_rows.empty())
+    steps.evaluate = [&](int64_t at) {
+      const double loss = stepper.validation();
+      (at == 0 ? first_val_loss : last_val_loss) = loss;
+      StepReport report;
+      report.record = {{"val_loss", loss}, {"val_ppl", std::exp(loss)}};
+      report.shown = {{"val_loss", loss}};
+      return report;
+    };
+  steps.state = [&] {
+    return nlohmann::json{
+        {"epoch", rows.epoch()}, {"row", rows.index()}, {"tokens_trained", tokens_trained}};
+  };
+  loop.run(steps);
+
+  nlohmann::json summary = {{"steps", loop.step()},
                             {"final_loss", last_loss},
-                            {"tokens_trained", position.tokens},
-                            {"max_seq_len", t.max_seq_len},
-                            {"lr", t.lr},
-                            {"batch_size", t.batch_size},
-                            {"skipped_steps", guard.skipped()},
-                            {"train_examples", train.size()},
-                            {"val_examples", val.size()},
-                            {"truncated", stats.truncated}};
+                            {"tokens_trained", tokens_trained},
+                            {"max_seq_len", train.max_seq_len},
+                            {"lr", train.lr},
+                            {"batch_size", train.batch_size},
+                            {"skipped_steps", loop.guard().skipped()},
+                            {"train_examples", data.train.size()},
+                            {"val_examples", data.val.size()},
+                            {"truncated", data.stats.truncated}};
   if (!std::isnan(first_val_loss)) summary["initial_val_loss"] = first_val_loss;
   if (!std::isnan(last_val_loss)) summary["final_val_loss"] = last_val_loss;
-  if (!dp.single()) summary["data_parallel_ranks"] = dp.size();
-  if (!tp.single()) summary["tensor_parallel_ranks"] = tp.size();
-  summary["optimizer_state_bytes_per_rank"] = optimizer.state_bytes_per_rank();
-  const std::string state_line = optimizer.describe_state_per_rank();
-  std::printf("[%s] %s\n", c.name.c_str(), state_line.c_str());
-  if (dist::is_main()) mark_stage_complete(recipe, c.name, summary);
-  dist::world().barrier();  // the next stage, on every rank, reads what rank 0 wrote
-  std::printf("[%s] done: %s\n", c.name.c_str(), stage_output_dir(recipe, c.name).c_str());
-  return summary;
+  if (!layout.data.single()) summary["data_parallel_ranks"] = layout.data.size();
+  if (!layout.tensor.single()) summary["tensor_parallel_ranks"] = layout.tensor.size();
+  loop.report_optimizer_state(optimizer, summary);
+  return loop.finish(summary, [&](const std::string& final_dir) {
+    SaveOptions options;
+    options.tokenizer_path = built.tokenizer_path;
+    built.model->to(torch::kCPU);
+    const auto weights = built.model->named_weights();  // full weights: gathered under TP
+    if (dist::is_main()) save_hf_model(built.model->config, weights, final_dir, options);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry entry
+
+StageType sft_stage_type(bool pretrain) {
+  StageType type = typed_stage_type<SftStageConfig>(
+      [pretrain](const StageEntry& entry, ConfigErrors& errors) {
+        return parse_sft_stage(entry, errors, pretrain);
+      },
+      run_sft_stage);
+  type.description = pretrain ? "pretraining: next-token loss on every token"
+                              : "instruction SFT: next-token loss on the responses";
+  type.batch_layout = [](const std::any& config, int ranks) {
+    const int64_t batch = std::any_cast<const SftStageConfig&>(config).train.batch_size;
+    return "global batch " + std::to_string(batch) + " rows = " + std::to_string(ranks) +
+           " ranks x " + std::to_string(batch / ranks);
+  };
+  type.summary_rows = [](const std::string& stage, const nlohmann::json& summary) {
+    return std::vector<SummaryRow>{
+        {stage + ": validation loss", summary.value("final_val_loss", nlohmann::json())}};
+  };
+  type.report_figures = {"final_loss", "final_val_loss", "steps"};
+  type.report_charts = {{"loss", "Loss (train and validation)", {"loss", "val_loss"}},
+                        {"lr", "Learning rate", {"lr"}},
+                        {"grad_norm", "Gradient norm (log scale)", {"grad_norm"}, true},
+                        {"tokens_per_s", "Throughput (tokens/s)", {"tokens_per_s"}}};
+  type.sweepable = true;
+  return type;
 }
 
 }  // namespace tiller

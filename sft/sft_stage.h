@@ -7,6 +7,7 @@
 
 #include "common/data/sft_data.h"
 #include "common/recipe/recipe.h"
+#include "common/recipe/stage_registry.h"
 #include "common/train/train_config.h"
 
 namespace tiller {
@@ -28,11 +29,15 @@ struct SftStageConfig {
   TrainConfig train;
 };
 
-// Parses a pretrain or sft stage body; mistakes go to `errors` with their paths.
-SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors);
+// Parses a pretrain (`pretrain`: every token counts, no init by default) or sft stage body;
+// mistakes go to `errors` with their paths.
+SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bool pretrain);
 
 // Runs the stage to completion (resuming from RUN_DIR/<name>/checkpoints when present) and
 // writes RUN_DIR/<name>/final/. Returns a summary (figures for the run's report).
 nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& config);
+
+// The registry's entry for pretraining (`pretrain`) or SFT: parser, runner, summary and report.
+StageType sft_stage_type(bool pretrain);
 
 }  // namespace tiller

@@ -11,6 +11,7 @@
 #include "reward/reward_stage.h"
 #include "rlhf/rlhf_stage.h"
 #include "sft/sft_stage.h"
+#include "stages/stage_types.h"
 
 #include "tests/test_util.h"
 #include "tiller_build_paths.h"
@@ -86,9 +87,7 @@ TEST(Recipes, ReferenceDocumentsEveryKeyTheParsersRead) {
   ConfigErrors errors;
   auto parsed = load_recipe(dir + "/r.json", {}, errors);
   for (const auto& stage : parsed.stages) {
-    if (stage.type == "pretrain" || stage.type == "sft") parse_sft_stage(stage, errors);
-    if (stage.type == "reward") parse_reward_stage(stage, errors);
-    if (stage.type == "rlhf") parse_rlhf_stage(stage, errors);
+    parse_stage(stage, errors);
   }
   ConfigReader::set_key_observer(nullptr);
   ASSERT_GT(keys.size(), 80u);
@@ -142,6 +141,6 @@ TEST(Recipes, InitConfigWithAMalformedVocabSizeIsLeftToTheModelLoader) {
     ConfigErrors errors;
     const Recipe recipe = load_recipe(dir + "/r.json", {}, errors);
     ASSERT_EQ(recipe.stages.size(), 1u);
-    EXPECT_NO_THROW(parse_sft_stage(recipe.stages[0], errors)) << config;
+    EXPECT_NO_THROW(parse_stage(recipe.stages[0], errors)) << config;
   }
 }

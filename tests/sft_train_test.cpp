@@ -21,6 +21,7 @@
 #include "common/util/error.h"
 #include "common/util/files.h"
 #include "sft/sft_stage.h"
+#include "stages/stage_types.h"
 #include "tests/test_util.h"
 
 using namespace tiller;
@@ -324,7 +325,7 @@ TEST(SftTrain, RecipeMistakesAreAllReportedWithPaths) {
   })";
   ConfigErrors errors;
   auto recipe = load_recipe(dir + "/r.json", {"sft.train.warmup=3"}, errors);
-  parse_sft_stage(recipe.stages[0], errors);
+  parse_stage(recipe.stages[0], errors);
   std::string all;
   for (const auto& e : errors.list()) all += e + "\n";
   EXPECT_NE(all.find("run.sed: unknown key"), std::string::npos) << all;
@@ -381,7 +382,7 @@ TEST(SftTrain, TokenizerAndModelVocabularyContradictionsAreFoundBeforeRunning) {
                                  << dir << R"(/corpus.txt"}}]})";
   ConfigErrors errors;
   auto recipe = load_recipe(dir + "/r.json", {}, errors);
-  parse_sft_stage(recipe.stages[0], errors);
+  parse_stage(recipe.stages[0], errors);
   ASSERT_EQ(errors.list().size(), 1u);
   EXPECT_EQ(errors.list()[0],
             "stages[0].model.vocab_size: 512 contradicts the tokenizer's 300 pieces");

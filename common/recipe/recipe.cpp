@@ -168,9 +168,6 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
       errors.add(at + ".name", "a stage needs a name (not 'base', no '/')");
     if (!names.insert(entry.name).second)
       errors.add(at + ".name", "duplicate stage name '" + entry.name + "'");
-    static const std::set<std::string> types = {"pretrain", "sft", "reward", "rlhf"};
-    if (!types.count(entry.type))
-      errors.add(at + ".type", "'" + entry.type + "' is not one of: pretrain, sft, reward, rlhf");
     recipe.stages.push_back(entry);
   }
   if (!recipe.base.stage.empty() && !names.count(recipe.base.stage))

@@ -7,11 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "common/recipe/pipeline.h"
 #include "common/recipe/recipe.h"
 #include "common/util/error.h"
-#include "reward/reward_stage.h"
-#include "rlhf/rlhf_stage.h"
-#include "sft/sft_stage.h"
+#include "stages/stage_types.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -33,15 +32,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     tiller::ConfigErrors errors;
     const tiller::Recipe recipe = tiller::load_recipe(path, overrides, errors);
-    for (const auto& stage : recipe.stages) {
-      if (stage.type == "pretrain" || stage.type == "sft") {
-        (void)tiller::parse_sft_stage(stage, errors);
-      } else if (stage.type == "reward") {
-        (void)tiller::parse_reward_stage(stage, errors);
-      } else if (stage.type == "rlhf") {
-        (void)tiller::rlhf_stated_defaults(tiller::parse_rlhf_stage(stage, errors));
-      }
-    }
+    for (const auto& stage : tiller::parse_stages(tiller::stage_registry(), recipe, errors))
+      if (stage.type->stated_defaults) (void)stage.type->stated_defaults(stage.config);
     errors.throw_if_any(path);
   } catch (const tiller::Error&) {
   }

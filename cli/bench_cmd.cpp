@@ -1,0 +1,136 @@
+// `tiller bench gemm | decode | train | ppo` (docs/bench.md).
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench/bench.h"
+#include "cli/commands.h"
+#include "common/util/error.h"
+#include "common/util/runtime.h"
+
+namespace tiller {
+
+namespace {
+
+std::vector<int64_t> parse_int_list(const std::string& text, const char* flag) {
+  std::vector<int64_t> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stoll(item, &used));
+      check(used == item.size() && out.back() > 0, "");
+    } catch (...) {
+      throw Error(std::string(flag) + ": expected positive integers separated by commas, got '" +
+                  text + "'");
+    }
+  }
+  check(!out.empty(), std::string(flag) + ": empty list");
+  return out;
+}
+
+void add_gemm_command(CLI::App& bench_cmd, CommandAction& action) {
+  auto gemm = std::make_shared<bench::GemmOptions>();
+  auto* gemm_cmd = bench_cmd.add_subcommand(
+      "gemm", "this machine's ceilings: fp32 and bf16 matmul GFLOP/s, copy GB/s");
+  gemm_cmd->add_option("--size", gemm->size, "square matrix size")->capture_default_str();
+  gemm_cmd->add_option("--repeats", gemm->repeats)->capture_default_str();
+  gemm_cmd->add_option("--threads", gemm->threads, "intra-op threads (0: tiller --threads)");
+  gemm_cmd->add_flag("--json", gemm->json, "print JSON instead of a table");
+  gemm_cmd->callback([gemm, &action] {
+    action = [gemm] {
+      bench::run_gemm(*gemm);
+      return 0;
+    };
+  });
+}
+
+void add_decode_command(CLI::App& bench_cmd, CommandAction& action) {
+  auto decode = std::make_shared<bench::DecodeOptions>();
+  auto batches = std::make_shared<std::string>("1,16");
+  auto* decode_cmd =
+      bench_cmd.add_subcommand("decode", "generation tokens/s at several batch sizes");
+  decode_cmd->add_option("--model", decode->model_dir,
+                         "HF directory (default: --shape, random weights)");
+  decode_cmd->add_option("--shape", decode->shape, "stories260k, llama-15m, llama-124m")
+      ->capture_default_str();
+  decode_cmd->add_option("--batch", *batches, "comma-separated batch sizes")->capture_default_str();
+  decode_cmd->add_option("--prompt-tokens", decode->prompt_tokens)->capture_default_str();
+  decode_cmd->add_option("--new-tokens", decode->new_tokens)->capture_default_str();
+  decode_cmd->add_option("--dtype", decode->dtype, "weights and KV cache: fp32 or bf16")
+      ->capture_default_str();
+  decode_cmd->add_option("--repeats", decode->repeats)->capture_default_str();
+  decode_cmd->add_option("--threads", decode->threads, "intra-op threads (0: tiller --threads)");
+  decode_cmd->add_flag("--torch-decode", decode->torch_decode,
+                       "decode through LibTorch ops, without the fast fp32 CPU step");
+  decode_cmd->add_flag("--json", decode->json, "print JSON instead of a table");
+  decode_cmd->callback([decode, batches, &action] {
+    action = [decode, batches] {
+      warn_if_slow_blas();
+      decode->batches = parse_int_list(*batches, "--batch");
+      bench::run_decode(*decode);
+      return 0;
+    };
+  });
+}
+
+void add_train_command(CLI::App& bench_cmd, CommandAction& action) {
+  auto train = std::make_shared<bench::TrainOptions>();
+  auto* train_cmd = bench_cmd.add_subcommand(
+      "train", "SFT step tokens/s, GFLOP/s and the fraction of the matmul peak");
+  train_cmd->add_option("--model", train->model_dir,
+                        "HF directory (default: --shape, random weights)");
+  train_cmd->add_option("--shape", train->shape, "stories260k, llama-15m, llama-124m")
+      ->capture_default_str();
+  train_cmd->add_option("--batch", train->batch, "rows per step")->capture_default_str();
+  train_cmd->add_option("--seq", train->seq, "tokens per row")->capture_default_str();
+  train_cmd->add_option("--dtype", train->dtype, "fp32, or bf16 autocast")->capture_default_str();
+  train_cmd->add_option("--steps", train->steps, "timed steps (after one warm-up)")
+      ->capture_default_str();
+  train_cmd->add_option("--threads", train->threads, "intra-op threads (0: tiller --threads)");
+  train_cmd->add_flag("--json", train->json, "print JSON instead of a table");
+  train_cmd->callback([train, &action] {
+    action = [train] {
+      warn_if_slow_blas();
+      bench::run_train(*train);
+      return 0;
+    };
+  });
+}
+
+void add_ppo_command(CLI::App& bench_cmd, CommandAction& action) {
+  auto ppo = std::make_shared<bench::PpoBenchOptions>();
+  auto* ppo_cmd = bench_cmd.add_subcommand(
+      "ppo", "PPO iteration seconds (generate / scoring / training) on a recipe's shapes");
+  ppo_cmd->add_option("--recipe", ppo->recipe, "recipe JSON with a PPO stage")->required();
+  ppo_cmd->add_option("--iterations", ppo->iterations, "timed iterations")->capture_default_str();
+  ppo_cmd->add_option("--warmup", ppo->warmup, "untimed iterations first")->capture_default_str();
+  ppo_cmd->add_option("--prompt-tokens", ppo->prompt_tokens)->capture_default_str();
+  ppo_cmd->add_option("--threads", ppo->threads, "intra-op threads (0: tiller --threads)");
+  ppo_cmd->add_flag("--sequential", ppo->sequential,
+                    "actor and critic one after the other on all threads, never side by "
+                    "side (to measure what side by side gains)");
+  ppo_cmd->add_flag("--json", ppo->json, "print JSON instead of a table");
+  ppo_cmd->callback([ppo, &action] {
+    action = [ppo] {
+      warn_if_slow_blas();
+      bench::run_ppo(*ppo);
+      return 0;
+    };
+  });
+}
+
+}  // namespace
+
+void add_bench_commands(CLI::App& app, CommandAction& action) {
+  auto* bench_cmd = app.add_subcommand("bench", "benchmarks (docs/bench.md)");
+  bench_cmd->require_subcommand(1);
+  add_gemm_command(*bench_cmd, action);
+  add_decode_command(*bench_cmd, action);
+  add_train_command(*bench_cmd, action);
+  add_ppo_command(*bench_cmd, action);
+}
+
+}  // namespace tiller

@@ -1,0 +1,125 @@
+// `tiller generate`: sample completions from a model directory.
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "common/io/hf_dir.h"
+#include "common/rollout/generator.h"
+#include "common/tokenizer/chat_template.h"
+#include "common/tokenizer/tokenizer.h"
+#include "common/util/error.h"
+#include "common/util/files.h"
+#include "common/util/runtime.h"
+
+namespace tiller {
+
+namespace {
+
+struct GenerateArgs {
+  std::string model, tokenizer, prompt, prompts_file, out_file;
+  bool has_prompt = false;  // --prompt given, maybe as "" (BOS alone: unconditional generation)
+  SamplingOptions sampling;
+  bool no_bos = false;
+  std::string chat_template;  // wrap each prompt as a user turn in this chat template
+};
+
+// Reads {"prompt": "..."} lines; errors name file and line.
+std::vector<std::string> read_prompt_lines(const std::string& path) {
+  std::istringstream in(read_file(path));
+  std::vector<std::string> prompts;
+  std::string line;
+  int64_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(number);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      throw Error(where + ": invalid JSON");
+    }
+    check(j.is_object() && j.contains("prompt") && j["prompt"].is_string(),
+          where + ": expected an object with a string \"prompt\"");
+    prompts.push_back(j["prompt"].get<std::string>());
+  }
+  check(!prompts.empty(), path + ": no prompts");
+  return prompts;
+}
+
+void run_generate(GenerateArgs a) {
+  check(!a.model.empty(), "generate: --model is required");
+  check(a.has_prompt == a.prompts_file.empty(), "generate: give one of --prompt and --prompts");
+  check(a.prompts_file.empty() || !a.out_file.empty(), "generate: --prompts needs --out");
+  Transformer model = load_hf_model(a.model);
+  Tokenizer tok(a.tokenizer.empty() ? tokenizer_path_in(a.model) : a.tokenizer);
+  tok.check_matches(model->config, a.model);
+  a.sampling.eos_id = tok.eos_id();
+  a.sampling.pad_id = tok.pad_id();
+  a.sampling.full_pass_logprobs = false;  // generate prints text, not log-probs
+
+  std::vector<std::string> texts = a.prompts_file.empty() ? std::vector<std::string>{a.prompt}
+                                                          : read_prompt_lines(a.prompts_file);
+  std::vector<std::vector<int64_t>> prompts;
+  check(a.chat_template.empty() || is_chat_template(a.chat_template),
+        "generate: unknown --template '" + a.chat_template + "' (chatml, llama2, alpaca, plain)");
+  for (const auto& text : texts) {
+    prompts.push_back(a.chat_template.empty()
+                          ? tok.encode(text, /*add_bos=*/!a.no_bos)
+                          : tokenize_prompt(tok, a.chat_template, {{"user", text}}));
+  }
+  auto batch = generate(*model, prompts, a.sampling);
+
+  if (a.prompts_file.empty()) {
+    std::vector<int64_t> all = prompts[0];
+    for (int64_t id : batch.response(0)) all.push_back(id);
+    std::printf("%s\n", completion_text(tok, all, tok.eos_id()).c_str());
+    return;
+  }
+  std::string out;
+  for (int64_t b = 0; b < batch.batch(); ++b) {
+    auto response = batch.response(b);
+    nlohmann::json j = {{"prompt", texts[b]},
+                        {"completion", continuation_text(tok, prompts[b], response, tok.eos_id())},
+                        {"tokens", response},
+                        {"finished", batch.ended_with_eos[b].item<bool>()}};
+    out += j.dump() + "\n";
+  }
+  write_file_atomic(a.out_file, out);
+  std::printf("wrote %lld completions to %s\n", (long long)batch.batch(), a.out_file.c_str());
+}
+
+}  // namespace
+
+void add_generate_command(CLI::App& app, CommandAction& action) {
+  auto gen = std::make_shared<GenerateArgs>();
+  auto* gen_cmd = app.add_subcommand("generate", "sample completions from a model directory");
+  gen_cmd->add_option("--model", gen->model, "HF model directory")->required();
+  gen_cmd->add_option("--tokenizer", gen->tokenizer,
+                      "tokenizer.model or tokenizer.json (default: the model directory's)");
+  gen_cmd->add_option("--prompt", gen->prompt, "prompt text")->each([gen](const std::string&) {
+    gen->has_prompt = true;
+  });
+  gen_cmd->add_option("--prompts", gen->prompts_file, "JSONL file of {\"prompt\": ...} lines");
+  gen_cmd->add_option("--out", gen->out_file, "JSONL output for --prompts");
+  gen_cmd->add_option("--max-new-tokens", gen->sampling.max_new_tokens)->capture_default_str();
+  gen_cmd->add_option("--temperature", gen->sampling.temperature, "0 = greedy")
+      ->capture_default_str();
+  gen_cmd->add_option("--top-p", gen->sampling.top_p)->capture_default_str();
+  gen_cmd->add_option("--top-k", gen->sampling.top_k, "0 = off")->capture_default_str();
+  gen_cmd->add_option("--seed", gen->sampling.seed)->capture_default_str();
+  gen_cmd->add_flag("--no-bos", gen->no_bos, "do not prepend BOS to prompts");
+  gen_cmd->add_option("--template", gen->chat_template,
+                      "wrap each prompt as a user turn of this chat template (as in SFT)");
+  gen_cmd->callback([gen, &action] {
+    action = [gen] {
+      warn_if_slow_blas();
+      run_generate(*gen);
+      return 0;
+    };
+  });
+}
+
+}  // namespace tiller

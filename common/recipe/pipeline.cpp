@@ -1,0 +1,182 @@
+#include "common/recipe/pipeline.h"
+
+#include <chrono>
+#include <cstdio>
+
+#include "common/data/synthetic.h"
+#include "common/dist/launch.h"
+#include "common/dist/process_group.h"
+#include "common/dist/tensor_parallel.h"
+#include "common/recipe/stage_io.h"
+#include "common/util/error.h"
+#include "common/util/files.h"
+#include "common/util/runtime.h"
+
+namespace tiller {
+
+namespace {
+
+// A recipe whose stages are parsed.
+struct ParsedRecipe {
+  Recipe recipe;
+  std::vector<ParsedStage> stages;
+};
+
+// Joins the multi-process job the launcher describes (torchrun, srun, mpirun), if any. On CUDA
+// each process takes the GPU of its local rank.
+void join_job(Recipe& recipe) {
+  const dist::Launch launch = dist::launch_from_environment();
+  if (launch.single()) {
+    check(recipe.run.tensor_parallel == 1,
+          "run.tensor_parallel " + std::to_string(recipe.run.tensor_parallel) +
+              " needs a multi-process job (torchrun, srun, mpirun) of a multiple of that many "
+              "ranks; this is a single process");
+    return;
+  }
+  if (recipe.run.device == "cuda") recipe.run.device = "cuda:" + std::to_string(launch.local_rank);
+  dist::initialize(launch, {std::chrono::seconds(recipe.run.dist_timeout_s), recipe.run.device});
+  std::printf("distributed: %d ranks via %s, rendezvous %s:%d, %s\n", launch.world_size,
+              launch.launcher.c_str(), launch.master_addr.c_str(), launch.master_port,
+              recipe.run.device == "cpu" ? "gloo" : "nccl");
+  dist::set_up_layout(recipe.run.tensor_parallel);
+  if (recipe.run.tensor_parallel > 1)
+    std::printf("distributed: %d data parallel x %d tensor parallel\n",
+                launch.world_size / recipe.run.tensor_parallel, recipe.run.tensor_parallel);
+}
+
+void check_stage_types(const StageRegistry& registry, const Recipe& recipe, ConfigErrors& errors) {
+  for (const auto& entry : recipe.stages)
+    if (find_stage_type(registry, entry.type) == nullptr)
+      errors.add(entry.path + ".type",
+                 "'" + entry.type + "' is not one of: " + stage_type_names(registry));
+}
+
+// The resolved recipe states the values a stage runs with that its type says it must (PPO's
+// GAE gamma and lambda among them).
+void state_defaults(const std::vector<ParsedStage>& stages, nlohmann::json& resolved) {
+  for (const auto& stage : stages) {
+    if (!stage.type->stated_defaults) continue;
+    const nlohmann::json stated = stage.type->stated_defaults(stage.config);
+    for (auto& body : resolved["stages"]) {
+      if (body.value("name", "") != stage.name) continue;
+      for (const auto& section : stated.items())
+        for (const auto& value : section.value().items())
+          body[section.key()][value.key()] = value.value();
+    }
+  }
+}
+
+// Loads the recipe and parses every stage; all mistakes are reported together.
+ParsedRecipe parse_recipe(const StageRegistry& registry, const PipelineOptions& options) {
+  ConfigErrors errors;
+  ParsedRecipe parsed{load_recipe(options.path, options.overrides, errors), {}};
+  check_stage_types(registry, parsed.recipe, errors);
+  if (!options.check_only && errors.empty()) join_job(parsed.recipe);
+  // The recipe's own dataset exists before the stages check their files (rank 0 writes it).
+  const SyntheticDataConfig& synthetic = parsed.recipe.synthetic;
+  if (synthetic.enabled && errors.empty() && dist::is_main() &&
+      write_synthetic_dataset(synthetic.options))
+    std::printf("synthetic data written to %s\n", synthetic.options.dir.c_str());
+  dist::world().barrier();
+  parsed.stages = parse_stages(registry, parsed.recipe, errors);
+  errors.throw_if_any(options.path);
+  state_defaults(parsed.stages, parsed.recipe.resolved);
+  return parsed;
+}
+
+void run_stage(const ParsedRecipe& parsed, const std::string& name) {
+  check_stage_reusable(parsed.recipe, name);
+  if (stage_complete(parsed.recipe, name)) {
+    std::printf("[%s] already complete (%s); skipped\n", name.c_str(),
+                stage_output_dir(parsed.recipe, name).c_str());
+    return;
+  }
+  for (const auto& stage : parsed.stages)
+    if (stage.name == name) stage.type->run(parsed.recipe, stage.config);
+}
+
+// The job's layout and each stage's effective global batch, for the head of the resolved recipe.
+std::vector<std::string> distributed_layout(const ParsedRecipe& parsed) {
+  const dist::Group& world = dist::world();
+  if (world.single()) return {};
+  const dist::Group& data = dist::layout().data;
+  std::vector<std::string> lines = {
+      "distributed: " + std::to_string(world.size()) + " ranks (" + dist::launch().launcher +
+      "), " + std::to_string(data.size()) + "-way data parallel x " +
+      std::to_string(dist::layout().tensor.size()) +
+      "-way tensor parallel; every batch_size below is the global batch"};
+  for (const auto& stage : parsed.stages)
+    if (stage.type->batch_layout)
+      lines.push_back("stage " + stage.name + ": " +
+                      stage.type->batch_layout(stage.config, data.size()));
+  return lines;
+}
+
+// Every stage the flags choose, in recipe order.
+void run_chosen_stages(const ParsedRecipe& parsed, const PipelineOptions& options) {
+  if (!options.only_type.empty()) {
+    run_stage(parsed, only_stage_of_type(parsed.recipe, options.only_type).name);
+    return;
+  }
+  for (const auto* flag : {&options.from, &options.only, &options.until}) {
+    bool named = flag->empty();
+    for (const auto& stage : parsed.recipe.stages) named = named || stage.name == *flag;
+    check(named, "no stage named '" + *flag + "' in " + options.path);
+  }
+  bool started = options.from.empty();
+  for (const auto& stage : parsed.recipe.stages) {
+    started = started || stage.name == options.from;
+    if (!started || (!options.only.empty() && stage.name != options.only)) continue;
+    run_stage(parsed, stage.name);
+    if (stage.name == options.until) break;
+  }
+}
+
+}  // namespace
+
+std::vector<ParsedStage> parse_stages(const StageRegistry& registry, const Recipe& recipe,
+                                      ConfigErrors& errors) {
+  std::vector<ParsedStage> stages;
+  for (const auto& entry : recipe.stages) {
+    const StageType* type = find_stage_type(registry, entry.type);
+    if (type != nullptr) stages.push_back({entry.name, type, type->parse(entry, errors)});
+  }
+  return stages;
+}
+
+int run_pipeline(const StageRegistry& registry, const PipelineOptions& options) {
+  ParsedRecipe parsed = parse_recipe(registry, options);
+  if (options.check_only) {
+    std::printf("%s: OK (%zu stages)\n", options.path.c_str(), parsed.recipe.stages.size());
+    return 0;
+  }
+  set_threads(parsed.recipe.run.threads);
+  warn_if_slow_blas();
+  if (dist::is_main()) save_resolved_recipe(parsed.recipe, distributed_layout(parsed));
+  run_chosen_stages(parsed, options);
+  if (options.only_type.empty() && dist::is_main()) write_run_summary(registry, parsed.recipe);
+  dist::shutdown();
+  return 0;
+}
+
+void write_run_summary(const StageRegistry& registry, const Recipe& recipe) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& stage : recipe.stages) {
+    const std::string path = recipe.stage_dir(stage.name) + "/complete.json";
+    const StageType* type = find_stage_type(registry, stage.type);
+    if (!path_exists(path) || type == nullptr || !type->summary_rows) continue;
+    for (const SummaryRow& row : type->summary_rows(stage.name, read_json_file(path)))
+      if (row.value.is_number()) rows.push_back({{"label", row.label}, {"value", row.value}});
+  }
+  if (rows.empty()) return;
+  write_file_atomic(recipe.run.dir + "/summary.json",
+                    nlohmann::json{{"rows", rows}}.dump(2) + "\n");
+  std::printf("\n%-56s %s\n", "summary", "value");
+  for (const auto& row : rows)
+    std::printf("%-56s %.4f\n", row["label"].get<std::string>().c_str(),
+                row["value"].get<double>());
+  std::printf("(%s/summary.json; `tiller report %s` draws the curves)\n", recipe.run.dir.c_str(),
+              recipe.run.dir.c_str());
+}
+
+}  // namespace tiller

@@ -1,0 +1,171 @@
+#include "common/train/stage_loop.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "common/dist/process_group.h"
+#include "common/recipe/stage_io.h"
+#include "common/util/error.h"
+#include "common/util/interrupt.h"
+
+namespace tiller {
+
+LoopSchedule loop_schedule(const TrainConfig& train) {
+  LoopSchedule schedule;
+  schedule.steps = train.steps;
+  schedule.log_every = train.log_every;
+  schedule.eval_every = train.eval_every;
+  schedule.checkpoint_every = train.checkpoint_every;
+  schedule.keep_checkpoints = train.keep_checkpoints;
+  schedule.max_nonfinite_steps = train.max_nonfinite_steps;
+  schedule.loss_spike_zscore = train.loss_spike_zscore;
+  schedule.loss_spike_window = train.loss_spike_window;
+  return schedule;
+}
+
+StageLoop::StageLoop(const Recipe& recipe, std::string name, LoopSchedule schedule)
+    : recipe_(recipe),
+      name_(std::move(name)),
+      stage_dir_(recipe.stage_dir(name_)),
+      checkpoints_(stage_dir_ + "/checkpoints"),
+      schedule_(schedule),
+      guard_(name_, checkpoints_, schedule.max_nonfinite_steps) {
+  guard_.set_spike_filter(schedule.loss_spike_zscore, schedule.loss_spike_window);
+  torch::manual_seed(recipe.run.seed);
+}
+
+std::string StageLoop::final_dir() const {
+  return stage_output_dir(recipe_, name_);
+}
+
+void StageLoop::resume(CheckpointParts parts,
+                       const std::function<void(const nlohmann::json& state)>& restore) {
+  parts_ = std::move(parts);
+  const nlohmann::json state = load_latest_checkpoint(checkpoints_, parts_);
+  if (!state.is_null()) {
+    step_ = state.at("step").get<int64_t>();
+    guard_.restore(state);
+    if (restore) restore(state);
+    std::printf("[%s] resumed from %s/step-%lld\n", name_.c_str(), checkpoints_.c_str(),
+                (long long)step_);
+  }
+  // Step step_'s record was logged before its checkpoint: lines after it are a killed attempt's.
+  first_unlogged_ = state.is_null() ? 0 : step_ + 1;
+  metrics_ = std::make_unique<MetricsLog>(stage_dir_, first_unlogged_);
+  progress_ = std::make_unique<Progress>(step_, schedule_.steps);
+}
+
+void StageLoop::save(const StageSteps& steps) const {
+  nlohmann::json state = {{"step", step_}};
+  if (steps.state) state.update(steps.state());
+  state.update(guard_.to_json());
+  save_checkpoint(checkpoints_, parts_, state, schedule_.keep_checkpoints);
+}
+
+void StageLoop::evaluate_at_start(const StageSteps& steps) {
+  const StepReport report = steps.evaluate(0);
+  if (!report.record.empty()) {
+    nlohmann::json record = report.record;
+    record["step"] = 0;
+    metrics_->log(record);
+  }
+  if (report.shown.empty()) return;
+  std::string line = "step 0/" + std::to_string(schedule_.steps);
+  for (const auto& [label, value] : report.shown) {
+    char figure[64];
+    std::snprintf(figure, sizeof figure, "  %s %.4f", label.c_str(), value);
+    line += figure;
+  }
+  std::printf("[%s] %s\n", name_.c_str(), line.c_str());
+}
+
+void StageLoop::log(int64_t step, const StepReport& report) {
+  const double tokens_per_s = report.record.value("tokens_per_s", 0.0);
+  nlohmann::json record = report.record;
+  record["step"] = step;
+  metrics_->log(record);
+  std::printf("[%s] %s\n", name_.c_str(),
+              progress_->line(step, report.shown, tokens_per_s).c_str());
+  std::fflush(stdout);
+}
+
+void StageLoop::run(const StageSteps& steps) {
+  check(metrics_ != nullptr, "StageLoop::run: resume() first");
+  check(static_cast<bool>(steps.step), "StageLoop::run: a stage needs a step");
+  if (step_ == 0 && steps.evaluate) evaluate_at_start(steps);
+  while (step_ < schedule_.steps) {
+    const int64_t next = step_ + 1;
+    const bool evaluate =
+        steps.evaluate &&
+        ((schedule_.eval_every > 0 && next % schedule_.eval_every == 0) || next == schedule_.steps);
+    const auto started = std::chrono::steady_clock::now();
+    StepReport report = steps.step(StepContext{step_, evaluate, guard_});
+    const double seconds =
+        report.seconds > 0
+            ? report.seconds
+            : std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    report.record["tokens_per_s"] = report.tokens / std::max(seconds, 1e-9);
+    report.record["skipped_steps"] = guard_.skipped();
+    report.record["spike_skipped_steps"] = guard_.spikes_skipped();
+    step_ = next;
+    if (evaluate) {
+      const StepReport evaluation = steps.evaluate(step_);
+      report.record.update(evaluation.record);
+      for (const auto& [label, value] : evaluation.shown) report.shown[label] = value;
+    }
+    if (step_ % schedule_.log_every == 0 || step_ == schedule_.steps || evaluate)
+      log(step_, report);
+    const bool save_now =
+        (schedule_.checkpoint_every > 0 && step_ % schedule_.checkpoint_every == 0) ||
+        step_ == schedule_.steps;
+    if (save_now) save(steps);
+    stop_if_interrupted(name_, step_, save_now, [&] { save(steps); });
+  }
+}
+
+void StageLoop::report_optimizer_state(const ParallelAdamW& optimizer,
+                                       nlohmann::json& summary) const {
+  summary["optimizer_state_bytes_per_rank"] = optimizer.state_bytes_per_rank();
+  std::printf("[%s] %s\n", name_.c_str(), optimizer.describe_state_per_rank().c_str());
+}
+
+nlohmann::json StageLoop::finish(
+    nlohmann::json summary, const std::function<void(const std::string& final_dir)>& save_final) {
+  summary["stage"] = name_;
+  for (const auto& entry : recipe_.stages)
+    if (entry.name == name_ && !entry.type.empty()) summary["type"] = entry.type;
+  const std::string final = final_dir();
+  save_final(final);
+  if (dist::is_main()) mark_stage_complete(recipe_, name_, summary);
+  dist::world().barrier();  // the next stage, on every rank, reads what rank 0 wrote
+  std::printf("[%s] done: %s\n", name_.c_str(), final.c_str());
+  return summary;
+}
+
+double apply_update(ParallelAdamW& optimizer, NonFiniteGuard& guard, double loss, double grad_clip,
+                    int64_t step) {
+  const double grad_norm = optimizer.reduce_gradients_and_clip(grad_clip);
+  if (guard.accept(loss, grad_norm, step))
+    optimizer.step();
+  else
+    optimizer.zero_grad();
+  return grad_norm;
+}
+
+double set_scheduled_learning_rate(ParallelAdamW& optimizer, const ScheduleOptions& schedule,
+                                   int64_t step) {
+  const double lr = learning_rate(schedule, step);
+  optimizer.set_learning_rate(lr);
+  return lr;
+}
+
+void require_no_tensor_parallel(const Recipe& recipe, const std::string& stage,
+                                const std::string& kind) {
+  check(recipe.run.tensor_parallel == 1, "stage " + stage + ": " + kind +
+                                             " stages do not support run.tensor_parallel " +
+                                             std::to_string(recipe.run.tensor_parallel) +
+                                             " yet; run them with run.tensor_parallel=1");
+}
+
+}  // namespace tiller
