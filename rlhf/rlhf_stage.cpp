@@ -12,11 +12,13 @@
 #include "common/model/reward_model.h"
 #include "common/recipe/stage_io.h"
 #include "common/tokenizer/tokenizer.h"
+#include "common/train/epoch_cursor.h"
 #include "common/train/metrics.h"
 #include "common/train/nonfinite_guard.h"
 #include "common/train/parallel_adamw.h"
 #include "common/train/precision.h"
 #include "common/train/schedule.h"
+#include "common/train/stage_loop.h"
 #include "common/train/train_config.h"  // read_parallel_options
 #include "common/util/error.h"
 #include "common/util/files.h"
@@ -273,13 +275,6 @@ nlohmann::json rlhf_stated_defaults(const RlhfStageConfig& c) {
 namespace {
 
 // A 64-bit mix of several values (splitmix64 steps): episode and shuffle seeds.
-// A double as text that reads back to the same value.
-std::string exact_text(double value) {
-  char text[32];
-  std::snprintf(text, sizeof(text), "%.17g", value);
-  return text;
-}
-
 uint64_t mix_seed(std::initializer_list<uint64_t> values) {
   uint64_t h = 0x9e3779b97f4a7c15ull;
   for (uint64_t v : values) {
@@ -293,6 +288,19 @@ uint64_t mix_seed(std::initializer_list<uint64_t> values) {
 
 constexpr uint64_t kEvalStream = 0xe7a1, kTrainStream = 0x7a1a, kShuffleStream = 0x5f1e;
 
+// A double as text that reads back to the same value.
+std::string exact_text(double value) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.17g", value);
+  return text;
+}
+
+double mean_of(const std::vector<double>& values) {
+  double sum = 0;
+  for (double v : values) sum += v;
+  return values.empty() ? std::nan("") : sum / static_cast<double>(values.size());
+}
+
 Transformer load_causal_lm(const std::string& dir, const std::string& role) {
   Transformer model = load_hf_model(dir);
   check(model->config.num_labels == 0,
@@ -305,275 +313,217 @@ std::string response_text(const Tokenizer& tok, std::vector<int64_t> response) {
   return tok.decode(response);
 }
 
-}  // namespace
+// The models PPO holds, checked against each other and moved to the device: the actor and the
+// critic train, the reference and the reward model are frozen.
+struct PpoModels {
+  Transformer actor{nullptr}, reference{nullptr}, critic{nullptr};
+  RewardModel reward;
+  std::string reward_dir;
+  int64_t reward_max_len = 0;  // the length the RM scores prompt + response at
+  int64_t reward_pad = 0;
+  double value_offset = 0;  // subtracted from the critic's head (ppo.critic_head)
+};
 
-nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
-  check(recipe.run.tensor_parallel == 1, "stage " + c.name +
-                                             ": PPO stages do not support run.tensor_parallel " +
-                                             std::to_string(recipe.run.tensor_parallel) +
-                                             " yet; run them with run.tensor_parallel=1");
-  const std::string stage_dir = recipe.stage_dir(c.name);
-  const std::string checkpoints = stage_dir + "/checkpoints";
-  const uint64_t seed = recipe.run.seed;
-  torch::manual_seed(seed);
-  const torch::Device device(recipe.run.device);
-
-  // Roles
-  const std::string policy_dir = resolve_model_reference(recipe, c.policy);
-  Transformer actor = load_causal_lm(policy_dir, "policy");
-  Transformer reference = load_causal_lm(resolve_model_reference(recipe, c.reference), "reference");
-  const std::string rm_dir = resolve_model_reference(recipe, c.reward_model);
-  RewardModel rm = load_reward_model(rm_dir);
+PpoModels load_models(const Recipe& recipe, const RlhfStageConfig& c, const std::string& policy_dir,
+                      const Tokenizer& tok, const torch::Device& device) {
+  PpoModels m;
+  m.actor = load_causal_lm(policy_dir, "policy");
+  m.reference = load_causal_lm(resolve_model_reference(recipe, c.reference), "reference");
+  m.reward_dir = resolve_model_reference(recipe, c.reward_model);
+  m.reward = load_reward_model(m.reward_dir);
   const std::string critic_dir = resolve_model_reference(recipe, c.critic);
-  Transformer critic = load_hf_model(critic_dir, /*num_labels=*/1);
+  m.critic = load_hf_model(critic_dir, /*num_labels=*/1);
   // The critic's values on the scale of the returns it learns to predict (a resumed run's
-  // checkpoint replaces the head below).
-  double value_offset = 0.0;
+  // checkpoint replaces the head).
   if (c.critic_head == "zeros") {
     torch::NoGradGuard no_grad;
-    critic->score->weight.zero_();
+    m.critic->score->weight.zero_();
   } else {
-    value_offset = read_reward_metadata(critic_dir).offset;
+    m.value_offset = read_reward_metadata(critic_dir).offset;
   }
-  const std::string tokenizer_path = tokenizer_path_in(policy_dir);
-  Tokenizer tok(tokenizer_path);
-  tok.check_matches(actor->config, c.policy);
-  check(read_file(tokenizer_path_in(rm_dir)) == read_file(tokenizer_path),
-        "stage " + c.name + ": the reward model " + rm_dir +
+  tok.check_matches(m.actor->config, c.policy);
+  check(read_file(tokenizer_path_in(m.reward_dir)) == read_file(tokenizer_path_in(policy_dir)),
+        "stage " + c.name + ": the reward model " + m.reward_dir +
             " has a different tokenizer from the policy's; it scores the policy's tokens");
-  if (!rm.metadata.template_name.empty() && rm.metadata.template_name != c.data.template_name)
+  const RewardMetadata& meta = m.reward.metadata;
+  if (!meta.template_name.empty() && meta.template_name != c.data.template_name)
     std::fprintf(stderr,
                  "[%s] warning: the reward model was trained with the '%s' template, the prompts "
                  "use '%s'\n",
-                 c.name.c_str(), rm.metadata.template_name.c_str(), c.data.template_name.c_str());
-  const int64_t rm_max_len = c.reward_max_seq_len > 0 ? c.reward_max_seq_len
-                             : rm.metadata.max_seq_len > 0
-                                 ? rm.metadata.max_seq_len
-                                 : rm.model->config.max_position_embeddings;
-  check(c.data.max_prompt_len < rm_max_len,
+                 c.name.c_str(), meta.template_name.c_str(), c.data.template_name.c_str());
+  m.reward_max_len = c.reward_max_seq_len > 0 ? c.reward_max_seq_len
+                     : meta.max_seq_len > 0   ? meta.max_seq_len
+                                              : m.reward.model->config.max_position_embeddings;
+  check(c.data.max_prompt_len < m.reward_max_len,
         "stage " + c.name + ": data.max_prompt_len " + std::to_string(c.data.max_prompt_len) +
-            " leaves no room for a response in the reward model's " + std::to_string(rm_max_len) +
-            " tokens; set data.max_prompt_len below " + std::to_string(rm_max_len) +
-            " (or reward.max_seq_len above it)");
+            " leaves no room for a response in the reward model's " +
+            std::to_string(m.reward_max_len) + " tokens; set data.max_prompt_len below " +
+            std::to_string(m.reward_max_len) + " (or reward.max_seq_len above it)");
   check(c.data.max_prompt_len + c.ppo.sampling.max_new_tokens <=
-            actor->config.max_position_embeddings,
+            m.actor->config.max_position_embeddings,
         "stage " + c.name +
-            ": data.max_prompt_len + rollout.max_new_tokens exceeds the policy's "
-            "context of " +
-            std::to_string(actor->config.max_position_embeddings));
-  for (TransformerImpl* frozen : {reference.get(), rm.model.get()}) {
+            ": data.max_prompt_len + rollout.max_new_tokens exceeds the policy's context of " +
+            std::to_string(m.actor->config.max_position_embeddings));
+  m.reward_pad = m.reward.model->config.pad_token_id >= 0 ? m.reward.model->config.pad_token_id
+                                                          : reward_pad_id(tok);
+  for (TransformerImpl* frozen : {m.reference.get(), m.reward.model.get()}) {
     for (auto& p : frozen->parameters()) p.requires_grad_(false);
     frozen->eval();
     frozen->to(device);
   }
-  actor->to(device);
-  critic->to(device);
-  actor->train();
-  critic->train();
+  m.actor->to(device);
+  m.critic->to(device);
+  m.actor->train();
+  m.critic->train();
+  return m;
+}
 
-  // Prompts: a seeded hold-out for the evaluation rollouts, the rest for training.
+// The prompts: a seeded hold-out for the evaluation rollouts (with their fixed seeds), the rest
+// for training.
+struct PromptSplit {
+  std::vector<std::vector<int64_t>> train, eval;
+  std::vector<uint64_t> eval_seeds;
+};
+
+PromptSplit split_prompts(const RlhfStageConfig& c, const Tokenizer& tok, uint64_t seed,
+                          int data_parallel_ranks) {
   PromptStats stats;
-  auto all_prompts = load_prompts(c.data, tok, &stats);
-  const auto shuffled = seeded_permutation(static_cast<int64_t>(all_prompts.size()), seed);
-  check(c.eval_prompts < static_cast<int64_t>(all_prompts.size()),
+  const auto all = load_prompts(c.data, tok, &stats);
+  const int64_t usable = static_cast<int64_t>(all.size());
+  check(c.eval_prompts < usable,
         "stage " + c.name + ": eval.prompts " + std::to_string(c.eval_prompts) + " holds out " +
-            (c.eval_prompts == static_cast<int64_t>(all_prompts.size()) ? "every one"
-                                                                        : "more than all") +
-            " of the " + std::to_string(all_prompts.size()) + " usable prompts in " + c.data.path +
+            (c.eval_prompts == usable ? "every one" : "more than all") + " of the " +
+            std::to_string(usable) + " usable prompts in " + c.data.path +
             ", leaving none to train on; lower eval.prompts");
-  const size_t eval_count = static_cast<size_t>(c.eval_prompts);
-  std::vector<std::vector<int64_t>> eval_prompts, train_prompts;
-  for (size_t i = 0; i < shuffled.size(); ++i)
-    (i < eval_count ? eval_prompts : train_prompts)
-        .push_back(all_prompts[static_cast<size_t>(shuffled[i])]);
+  PromptSplit split;
+  const auto shuffled = seeded_permutation(usable, seed);
+  for (int64_t i = 0; i < usable; ++i)
+    (i < c.eval_prompts ? split.eval : split.train)
+        .push_back(all[static_cast<size_t>(shuffled[static_cast<size_t>(i)])]);
+  for (size_t i = 0; i < split.eval.size(); ++i)
+    split.eval_seeds.push_back(mix_seed({seed, kEvalStream, i}));
   std::printf(
       "[%s] prompts: %lld records -> %zu train / %zu evaluation; %lld over %lld tokens "
       "dropped; %lld bad lines skipped\n",
-      c.name.c_str(), (long long)stats.records, train_prompts.size(), eval_prompts.size(),
+      c.name.c_str(), (long long)stats.records, split.train.size(), split.eval.size(),
       (long long)stats.too_long, (long long)c.data.max_prompt_len, (long long)stats.skipped);
-  if (static_cast<int64_t>(train_prompts.size()) < c.batch_size)
+  if (static_cast<int64_t>(split.train.size()) < c.batch_size)
     std::fprintf(stderr,
                  "[%s] warning: %zu training prompts for rollout.batch_size %lld: every rollout "
                  "repeats prompts\n",
-                 c.name.c_str(), train_prompts.size(), (long long)c.batch_size);
+                 c.name.c_str(), split.train.size(), (long long)c.batch_size);
+  // The evaluation rollouts are shared by the data-parallel ranks too: found now, not at the
+  // first evaluation.
+  check(split.eval.empty() || static_cast<int64_t>(split.eval.size()) >= data_parallel_ranks,
+        "stage " + c.name + ": " + std::to_string(split.eval.size()) +
+            " evaluation prompts (eval.prompts " + std::to_string(c.eval_prompts) +
+            ") cannot be shared by " + std::to_string(data_parallel_ranks) +
+            " data-parallel ranks; raise eval.prompts or set it to 0");
+  return split;
+}
 
-  // Trainer
-  PpoOptions options = c.ppo;
-  options.sampling.eos_id = tok.eos_id();
-  options.sampling.pad_id = reward_pad_id(tok);
-  options.bf16 = use_bf16(c.precision, device);
-  options.value_offset = value_offset;
-  const int64_t rm_pad =
-      rm.model->config.pad_token_id >= 0 ? rm.model->config.pad_token_id : reward_pad_id(tok);
-  EpisodeScorer scorer = [&](const std::vector<std::vector<int64_t>>& prompts,
-                             const std::vector<std::vector<int64_t>>& responses) {
+// Scores episodes with the reward model: prompt + response + EOS, as it was trained.
+EpisodeScorer reward_model_scorer(PpoModels& m, const Tokenizer& tok, int64_t micro_batch) {
+  return [&m, &tok, micro_batch](const std::vector<std::vector<int64_t>>& prompts,
+                                 const std::vector<std::vector<int64_t>>& responses) {
     std::vector<std::vector<int64_t>> sequences;
     for (size_t i = 0; i < prompts.size(); ++i)
       sequences.push_back(
-          reward_sequence(prompts[i], responses[i], tok.eos_id(), rm_max_len).tokens);
-    std::vector<double> scores;
-    {
-      c10::InferenceMode inference;
-      scores = score_sequences(*rm.model, sequences, rm_pad, options.micro_batch_size,
-                               rm.metadata.offset);
-    }
+          reward_sequence(prompts[i], responses[i], tok.eos_id(), m.reward_max_len).tokens);
+    c10::InferenceMode inference;
+    const auto scores = score_sequences(*m.reward.model, sequences, m.reward_pad, micro_batch,
+                                        m.reward.metadata.offset);
     return torch::tensor(scores, torch::kDouble).to(torch::kFloat);
   };
-  // Data parallel: each rank generates, scores and trains on its share of every rollout batch.
-  const dist::Group& dp = dist::world();
-  check(c.batch_size >= dp.size(), "stage " + c.name + ": rollout.batch_size " +
-                                       std::to_string(c.batch_size) + " is smaller than the " +
-                                       std::to_string(dp.size()) + " data-parallel ranks");
-  // The evaluation rollouts are shared the same way; found now, not at the first evaluation.
-  check(eval_prompts.empty() || static_cast<int64_t>(eval_prompts.size()) >= dp.size(),
-        "stage " + c.name + ": " + std::to_string(eval_prompts.size()) +
-            " evaluation prompts (eval.prompts " + std::to_string(c.eval_prompts) +
-            ") cannot be shared by " + std::to_string(dp.size()) +
-            " data-parallel ranks; raise eval.prompts or set it to 0");
-  if (!dp.single())
-    std::printf("[%s] data parallel: %d ranks share each rollout of %lld episodes\n",
-                c.name.c_str(), dp.size(), (long long)c.batch_size);
-  ParallelAdamW actor_optimizer(*actor, {c.actor_lr, c.weight_decay, c.beta1, c.beta2, c.eps}, dp,
-                                c.parallel);
-  ParallelAdamW critic_optimizer(*critic, {c.critic_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
-                                 dp, c.parallel);
-  PpoTrainer trainer(options, *actor, *reference, *critic, scorer, actor_optimizer,
-                     critic_optimizer, dp);
-  ppo::KLController kl(c.beta, c.kl_target, c.kl_horizon);
+}
 
-  // Resume
-  CheckpointParts parts{
-      {{"actor", actor.get()}, {"critic", critic.get()}},
-      {{"actor_optimizer", &actor_optimizer}, {"critic_optimizer", &critic_optimizer}}};
-  NonFiniteGuard guard(c.name, checkpoints, c.max_nonfinite_steps);
-  int64_t iteration = 0, prompt_epoch = 0, prompt_index = 0;
-  nlohmann::json initial_eval;
-  auto state = load_latest_checkpoint(checkpoints, parts);
-  if (!state.is_null()) {
-    iteration = state.at("step").get<int64_t>();
-    prompt_epoch = state.at("prompt_epoch").get<int64_t>();
-    prompt_index = state.at("prompt_index").get<int64_t>();
-    kl.set_value(state.at("beta").get<double>());
-    initial_eval = state.value("initial_eval", nlohmann::json());
-    guard.restore(state);
-    std::printf("[%s] resumed from %s/step-%lld\n", c.name.c_str(), checkpoints.c_str(),
-                (long long)iteration);
-  }
-  // Step iteration's record was logged before its checkpoint: lines after it are a killed
-  // attempt's.
-  const int64_t first_unlogged = state.is_null() ? 0 : iteration + 1;
-  MetricsLog metrics(stage_dir, first_unlogged);
-  const std::string samples_path = stage_dir + "/samples.jsonl";
-  if (dist::is_main()) truncate_jsonl_from(samples_path, "iteration", first_unlogged);
-  Progress progress(iteration, c.iterations);
-  auto prompt_order = [&](int64_t epoch) {
-    return seeded_permutation(static_cast<int64_t>(train_prompts.size()),
-                              mix_seed({seed, kTrainStream, static_cast<uint64_t>(epoch)}));
-  };
-  std::vector<int64_t> order = prompt_order(prompt_epoch);
+// What the stage reports beside training: evaluation rollouts on the held-out prompts (same seeds
+// every time: paired comparisons), baselines, samples (samples.jsonl and the console), the
+// ground-truth rule, loud warnings when a rollout carries no reward signal, and rollout dumps.
+struct PpoReports {
+  const RlhfStageConfig& c;
+  const Recipe& recipe;
+  const Tokenizer& tok;
+  const PromptSplit& prompts;
+  PpoTrainer& trainer;
+  PpoModels& models;
+  std::string stage_dir;
+  bool warned_penalty = false, warned_constant = false;
+  int64_t no_signal_iterations = 0;  // this attempt's (a resumed run counts from its resume)
 
-  // Samples go to samples.jsonl and, as a short table, to the console.
-  auto one_line = [](std::string text, size_t width) {
-    for (char& ch : text)
-      if (ch == '\n' || ch == '\r' || ch == '\t') ch = ' ';
-    return text.size() > width ? text.substr(0, width - 3) + "..." : text;
-  };
-  auto log_samples = [&](const Rollout& r, int64_t at, const std::vector<double>& truth) {
-    if (c.sample_count > 0)
-      std::printf("[%s] samples at iteration %lld (score | prompt -> response)\n", c.name.c_str(),
-                  (long long)at);
-    for (int64_t i = 0; i < std::min<int64_t>(c.sample_count, r.size()); ++i) {
-      std::printf("  %8.3f | %s -> %s\n", r.scorer_scores[i].item<double>(),
-                  one_line(tok.decode(r.prompts[i]), 40).c_str(),
-                  one_line(response_text(tok, r.responses[i]), 70).c_str());
-      nlohmann::json line = {{"iteration", at},
-                             {"prompt", tok.decode(r.prompts[i])},
-                             {"response", response_text(tok, r.responses[i])},
-                             {"score", r.scorer_scores[i].item<double>()},
-                             {"ended_with_eos", r.generation.ended_with_eos[i].item<bool>()}};
-      if (c.ground_truth.enabled()) line["ground_truth"] = truth[i];
-      if (dist::is_main()) append_jsonl(samples_path, line);
-    }
-  };
-  auto truth_of = [&](const std::vector<std::vector<int64_t>>& responses) {
+  std::vector<double> truth_of(const std::vector<std::vector<int64_t>>& responses) const {
     std::vector<double> truth;
     if (c.ground_truth.enabled())
       for (const auto& response : responses)
         truth.push_back(c.ground_truth.score(response_text(tok, response)));
     return truth;
-  };
-  auto mean = [](const std::vector<double>& v) {
-    double s = 0;
-    for (double x : v) s += x;
-    return v.empty() ? std::nan("") : s / static_cast<double>(v.size());
-  };
-  // Evaluation rollouts: the held-out prompts with the same seeds every time (paired comparisons).
-  std::vector<uint64_t> eval_seeds;
-  for (size_t i = 0; i < eval_prompts.size(); ++i)
-    eval_seeds.push_back(mix_seed({seed, kEvalStream, i}));
-  auto evaluate = [&](int64_t at) {
+  }
+
+  void log_samples(const Rollout& r, int64_t at, const std::vector<double>& truth) const {
+    auto one_line = [](std::string text, size_t width) {
+      for (char& ch : text)
+        if (ch == '\n' || ch == '\r' || ch == '\t') ch = ' ';
+      return text.size() > width ? text.substr(0, width - 3) + "..." : text;
+    };
+    if (c.sample_count > 0)
+      std::printf("[%s] samples at iteration %lld (score | prompt -> response)\n", c.name.c_str(),
+                  (long long)at);
+    for (int64_t i = 0; i < std::min<int64_t>(c.sample_count, r.size()); ++i) {
+      const std::string prompt = tok.decode(r.prompts[i]);
+      const std::string response = response_text(tok, r.responses[i]);
+      std::printf("  %8.3f | %s -> %s\n", r.scorer_scores[i].item<double>(),
+                  one_line(prompt, 40).c_str(), one_line(response, 70).c_str());
+      nlohmann::json line = {{"iteration", at},
+                             {"prompt", prompt},
+                             {"response", response},
+                             {"score", r.scorer_scores[i].item<double>()},
+                             {"ended_with_eos", r.generation.ended_with_eos[i].item<bool>()}};
+      if (c.ground_truth.enabled()) line["ground_truth"] = truth[i];
+      if (dist::is_main()) append_jsonl(stage_dir + "/samples.jsonl", line);
+    }
+  }
+
+  nlohmann::json evaluate(int64_t at, double beta) const {
     nlohmann::json out = nlohmann::json::object();
-    if (eval_prompts.empty()) return out;
-    const Rollout r = trainer.rollout(eval_prompts, eval_seeds, kl.value());
+    if (prompts.eval.empty()) return out;
+    const Rollout r = trainer.rollout(prompts.eval, prompts.eval_seeds, beta);
     const RolloutStats s = rollout_stats(r);
     const auto truth = truth_of(r.responses);
     out = {{"eval_rm_score", s.score_mean}, {"eval_kl_k1", s.kl_k1},
            {"eval_kl_k3", s.kl_k3},         {"eval_response_length", s.response_length},
            {"eval_eos_rate", s.eos_rate},   {"eval_entropy", s.entropy}};
-    if (c.ground_truth.enabled()) out["eval_ground_truth"] = mean(truth);
+    if (c.ground_truth.enabled()) out["eval_ground_truth"] = mean_of(truth);
     log_samples(r, at, truth);
     std::printf(
         "[%s] evaluation at iteration %lld (%zu prompts): rm_score %.4f%s  kl %.4f  "
         "length %.1f  eos %.2f\n",
-        c.name.c_str(), (long long)at, eval_prompts.size(), s.score_mean,
-        c.ground_truth.enabled() ? ("  ground_truth " + std::to_string(mean(truth))).c_str() : "",
+        c.name.c_str(), (long long)at, prompts.eval.size(), s.score_mean,
+        c.ground_truth.enabled() ? ("  ground_truth " + std::to_string(mean_of(truth))).c_str()
+                                 : "",
         s.kl_k1, s.response_length, s.eos_rate);
     return out;
-  };
+  }
 
-  // Other policies on the same evaluation prompts and seeds (the table's "base" row).
-  auto evaluate_baseline = [&](const std::string& reference_name) {
+  // Another policy on the same evaluation prompts and seeds (the summary's "base" row).
+  nlohmann::json evaluate_baseline(const std::string& reference_name,
+                                   const EpisodeScorer& scorer) const {
     Transformer model = load_causal_lm(resolve_model_reference(recipe, reference_name), "baseline");
-    model->to(device);
+    model->to(models.actor->parameters().front().device());
     model->eval();
-    SamplingOptions sampling = options.sampling;
-    sampling.row_seeds = eval_seeds;
-    const GenerationBatch g = generate(*model, eval_prompts, sampling);
+    SamplingOptions sampling = trainer.options().sampling;
+    sampling.row_seeds = prompts.eval_seeds;
+    const GenerationBatch g = generate(*model, prompts.eval, sampling);
     std::vector<std::vector<int64_t>> responses;
     for (int64_t b = 0; b < g.batch(); ++b) responses.push_back(g.response(b));
-    const auto truth = truth_of(responses);
-    nlohmann::json out = {{"rm_score", scorer(eval_prompts, responses).mean().item<double>()}};
-    if (c.ground_truth.enabled()) out["ground_truth"] = mean(truth);
+    nlohmann::json out = {{"rm_score", scorer(prompts.eval, responses).mean().item<double>()}};
+    if (c.ground_truth.enabled()) out["ground_truth"] = mean_of(truth_of(responses));
     std::printf("[%s] baseline %s: %s\n", c.name.c_str(), reference_name.c_str(),
                 out.dump().c_str());
     return out;
-  };
-
-  if (iteration == 0) {
-    initial_eval = evaluate(0);
-    if (!eval_prompts.empty())
-      for (const auto& b : c.baselines) initial_eval["baselines"][b] = evaluate_baseline(b);
-    if (!initial_eval.empty()) {
-      nlohmann::json record = initial_eval;
-      record.erase("baselines");
-      record["step"] = 0;
-      metrics.log(record);
-    }
   }
-  auto save = [&](int64_t at) {
-    nlohmann::json s = {{"step", at},
-                        {"prompt_epoch", prompt_epoch},
-                        {"prompt_index", prompt_index},
-                        {"beta", kl.value()},
-                        {"initial_eval", initial_eval}};
-    s.update(guard.to_json());
-    save_checkpoint(checkpoints, parts, s, c.keep_checkpoints);
-  };
 
   // Loud, once per run (and in every metrics record): a rollout whose scores carry no signal.
-  bool warned_penalty = false, warned_constant = false;
-  int64_t no_signal_iterations = 0;  // this attempt's (a resumed run counts from its resume)
-  auto warn_if_no_signal = [&](const Rollout& r, int64_t at) {
+  void warn_if_no_signal(const Rollout& r, int64_t at) {
     if (r.scores_constant) ++no_signal_iterations;
     if (r.eos_penalized == r.size() && !warned_penalty) {
       warned_penalty = true;
@@ -592,10 +542,12 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
                    c.name.c_str(), (long long)at, r.penalized_scores[0].item<double>(),
                    c.ppo.whiten_rewards ? " (whitened, every score is 0)" : "");
     }
-  };
-  const std::string dump_dir = stage_dir + "/rollouts";
-  auto dump_rollout = [&](const Rollout& r, int64_t at) {
-    make_directories(dump_dir);
+  }
+
+  // Every tensor of the rollout, and what an independent check needs to recompute them.
+  void dump(const Rollout& r, int64_t at) const {
+    const std::string dir = stage_dir + "/rollouts";
+    make_directories(dir);
     char name[64];
     std::snprintf(name, sizeof(name), "/iteration-%06lld.safetensors", (long long)at);
     std::vector<std::pair<std::string, torch::Tensor>> tensors;
@@ -607,113 +559,79 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
         {"beta", exact_text(r.beta)},
         {"temperature", exact_text(o.sampling.temperature)},
         {"value_offset", exact_text(o.value_offset)},
-        {"reward_offset", exact_text(rm.metadata.offset)},
-        {"reward_max_seq_len", std::to_string(rm_max_len)},
-        {"reward_pad_id", std::to_string(rm_pad)},
+        {"reward_offset", exact_text(models.reward.metadata.offset)},
+        {"reward_max_seq_len", std::to_string(models.reward_max_len)},
+        {"reward_pad_id", std::to_string(models.reward_pad)},
         {"eos_id", std::to_string(o.sampling.eos_id)},
         {"pad_id", std::to_string(o.sampling.pad_id)},
         {"config", rlhf_stated_defaults(c).dump()}};
-    write_safetensors(dump_dir + name, tensors, metadata);
-  };
-
-  nlohmann::json last_eval = initial_eval;
-  while (iteration < c.iterations) {
-    for (auto [optimizer, lr] :
-         {std::pair{&actor_optimizer, c.actor_lr}, std::pair{&critic_optimizer, c.critic_lr}})
-      optimizer->set_learning_rate(learning_rate(
-          {lr, c.min_lr_ratio, c.warmup_iterations, c.iterations, c.schedule}, iteration));
-    std::vector<std::vector<int64_t>> prompts;
-    std::vector<uint64_t> seeds;
-    while (static_cast<int64_t>(prompts.size()) < c.batch_size) {
-      if (prompt_index >= static_cast<int64_t>(order.size())) {
-        order = prompt_order(++prompt_epoch);
-        prompt_index = 0;
-      }
-      seeds.push_back(mix_seed({seed, static_cast<uint64_t>(iteration), prompts.size()}));
-      prompts.push_back(train_prompts[static_cast<size_t>(order[prompt_index++])]);
-    }
-    const double beta = kl.value();
-    const Rollout r = trainer.rollout(prompts, seeds, beta);
-    const RolloutStats s = rollout_stats(r);
-    const auto truth = truth_of(r.responses);
-    warn_if_no_signal(r, iteration + 1);
-    if (iteration < c.dump_rollouts && dist::is_main()) dump_rollout(r, iteration + 1);
-    const LearnStats learned =
-        trainer.learn(r, mix_seed({seed, kShuffleStream, static_cast<uint64_t>(iteration)}), &guard,
-                      iteration + 1);
-    kl.update(c.ppo.kl_estimator == "k3" ? s.kl_k3 : s.kl_k1, c.batch_size);
-    ++iteration;
-
-    nlohmann::json record = {{"step", iteration},
-                             {"rm_score", s.score_mean},
-                             {"rm_score_std", s.score_std},
-                             {"score_penalized", s.penalized_score_mean},
-                             {"score", s.score_trained_mean},
-                             {"eos_penalized_fraction", s.eos_penalized_fraction},
-                             {"scores_constant", r.scores_constant},
-                             {"kl_k1", s.kl_k1},
-                             {"kl_k3", s.kl_k3},
-                             {"beta", beta},
-                             {"entropy", s.entropy},
-                             {"response_length", s.response_length},
-                             {"eos_rate", s.eos_rate},
-                             {"policy_loss", learned.policy_loss},
-                             {"value_loss", learned.value_loss},
-                             {"clipfrac", learned.clipfrac},
-                             {"value_clipfrac", learned.value_clipfrac},
-                             {"approx_kl", learned.approx_kl},
-                             {"first_ratio_max_deviation", learned.first_ratio_max_deviation},
-                             {"explained_variance", learned.explained_variance},
-                             {"actor_grad_norm", learned.actor_grad_norm},
-                             {"critic_grad_norm", learned.critic_grad_norm},
-                             {"actor_lr", actor_optimizer.learning_rate()},
-                             {"skipped_updates", guard.skipped()},
-                             {"seconds_generate", r.seconds_generate},
-                             {"seconds_score", r.seconds_score},
-                             {"seconds_train", learned.seconds}};
-    if (c.ground_truth.enabled()) record["ground_truth"] = mean(truth);
-    const bool eval_now =
-        (c.eval_every > 0 && iteration % c.eval_every == 0) || iteration == c.iterations;
-    if (c.sample_every > 0 && iteration % c.sample_every == 0 && !eval_now)
-      log_samples(r, iteration, truth);
-    if (eval_now) {
-      last_eval = evaluate(iteration);
-      record.update(last_eval);
-    }
-    if (iteration % c.log_every == 0 || iteration == c.iterations || eval_now) {
-      metrics.log(record);
-      std::map<std::string, double> shown = {{"rm", s.score_mean},
-                                             {"eos", s.eos_rate},
-                                             {"kl", s.kl_k1},
-                                             {"clip", learned.clipfrac},
-                                             {"len", s.response_length}};
-      if (c.ground_truth.enabled()) shown["truth"] = mean(truth);
-      // The score PPO learns from, when the penalty makes it differ from the RM's.
-      if (c.ppo.missing_eos_penalty) shown["rm_penalized"] = s.penalized_score_mean;
-      const double seconds = r.seconds_generate + r.seconds_score + learned.seconds;
-      const double tokens = r.mask.sum().item<double>();
-      std::printf("[%s] %s\n", c.name.c_str(),
-                  progress.line(iteration, shown, tokens / std::max(seconds, 1e-9)).c_str());
-    }
-    const bool save_now = (c.checkpoint_every > 0 && iteration % c.checkpoint_every == 0) ||
-                          iteration == c.iterations;
-    if (save_now) save(iteration);
-    stop_if_interrupted(c.name, iteration, save_now, [&] { save(iteration); });
+    write_safetensors(dir + name, tensors, metadata);
   }
+};
 
-  nlohmann::json summary = {{"stage", c.name},
-                            {"type", "rlhf"},
-                            {"iterations", iteration},
-                            {"train_prompts", train_prompts.size()},
-                            {"eval_prompts", eval_prompts.size()},
-                            {"beta_final", kl.value()},
-                            {"skipped_updates", guard.skipped()},
+// One iteration's metrics record and progress-line figures.
+StepReport iteration_report(const RlhfStageConfig& c, const Rollout& r, const LearnStats& learned,
+                            const std::vector<double>& truth,
+                            const ParallelAdamW& actor_optimizer) {
+  const RolloutStats s = rollout_stats(r);
+  StepReport report;
+  report.record = {{"rm_score", s.score_mean},
+                   {"rm_score_std", s.score_std},
+                   {"score_penalized", s.penalized_score_mean},
+                   {"score", s.score_trained_mean},
+                   {"eos_penalized_fraction", s.eos_penalized_fraction},
+                   {"scores_constant", r.scores_constant},
+                   {"kl_k1", s.kl_k1},
+                   {"kl_k3", s.kl_k3},
+                   {"beta", r.beta},
+                   {"entropy", s.entropy},
+                   {"response_length", s.response_length},
+                   {"eos_rate", s.eos_rate},
+                   {"policy_loss", learned.policy_loss},
+                   {"value_loss", learned.value_loss},
+                   {"clipfrac", learned.clipfrac},
+                   {"value_clipfrac", learned.value_clipfrac},
+                   {"approx_kl", learned.approx_kl},
+                   {"first_ratio_max_deviation", learned.first_ratio_max_deviation},
+                   {"explained_variance", learned.explained_variance},
+                   {"actor_grad_norm", learned.actor_grad_norm},
+                   {"critic_grad_norm", learned.critic_grad_norm},
+                   {"actor_lr", actor_optimizer.learning_rate()},
+                   {"seconds_generate", r.seconds_generate},
+                   {"seconds_score", r.seconds_score},
+                   {"seconds_train", learned.seconds}};
+  report.shown = {{"rm", s.score_mean},
+                  {"eos", s.eos_rate},
+                  {"kl", s.kl_k1},
+                  {"clip", learned.clipfrac},
+                  {"len", s.response_length}};
+  if (c.ground_truth.enabled()) {
+    report.record["ground_truth"] = mean_of(truth);
+    report.shown["truth"] = mean_of(truth);
+  }
+  // The score PPO learns from, when the penalty makes it differ from the RM's.
+  if (c.ppo.missing_eos_penalty) report.shown["rm_penalized"] = s.penalized_score_mean;
+  report.tokens = r.mask.sum().item<double>();
+  report.seconds = r.seconds_generate + r.seconds_score + learned.seconds;
+  return report;
+}
+
+// complete.json: the evaluation figures before and after, the KL bound, the run's counts.
+nlohmann::json ppo_summary(const RlhfStageConfig& c, const nlohmann::json& initial_eval,
+                           const nlohmann::json& last_eval, const PromptSplit& prompts,
+                           const PpoReports& reports, const PpoModels& models, double beta,
+                           int64_t iterations, int64_t skipped) {
+  nlohmann::json summary = {{"iterations", iterations},
+                            {"train_prompts", prompts.train.size()},
+                            {"eval_prompts", prompts.eval.size()},
+                            {"beta_final", beta},
+                            {"skipped_updates", skipped},
                             {"critic_head", c.critic_head},
-                            {"critic_value_offset", value_offset}};
-  if (no_signal_iterations > 0) {
-    summary["no_signal_iterations"] = no_signal_iterations;
+                            {"critic_value_offset", models.value_offset}};
+  if (reports.no_signal_iterations > 0) {
+    summary["no_signal_iterations"] = reports.no_signal_iterations;
     std::fprintf(stderr, "[%s] WARNING: %lld iterations learned from constant scores (no signal)\n",
-                 c.name.c_str(), (long long)no_signal_iterations);
+                 c.name.c_str(), (long long)reports.no_signal_iterations);
   }
   if (c.ground_truth.enabled()) summary["ground_truth_rule"] = c.ground_truth.describe();
   for (const auto& [key, initial_key, final_key] :
@@ -734,19 +652,184 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
       std::fprintf(stderr, "[%s] warning: final KL %.4f exceeds kl.max %.4f\n", c.name.c_str(),
                    final_kl, c.kl_max);
   }
-
-  SaveOptions save_options;
-  save_options.tokenizer_path = tokenizer_path;
-  actor->to(torch::kCPU);
-  const std::string final_dir = stage_output_dir(recipe, c.name);
-  if (!dp.single()) summary["data_parallel_ranks"] = dp.size();
-  if (dist::is_main()) {
-    save_hf_model(*actor, final_dir, save_options);
-    mark_stage_complete(recipe, c.name, summary);
-  }
-  dist::world().barrier();  // the next stage, on every rank, reads what rank 0 wrote
-  std::printf("[%s] done: %s\n", c.name.c_str(), final_dir.c_str());
   return summary;
+}
+
+LoopSchedule ppo_schedule(const RlhfStageConfig& c) {
+  LoopSchedule schedule;
+  schedule.steps = c.iterations;
+  schedule.log_every = c.log_every;
+  schedule.eval_every = c.eval_every;
+  schedule.checkpoint_every = c.checkpoint_every;
+  schedule.keep_checkpoints = c.keep_checkpoints;
+  schedule.max_nonfinite_steps = c.max_nonfinite_steps;
+  return schedule;
+}
+
+}  // namespace
+
+nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
+  require_no_tensor_parallel(recipe, c.name, "PPO");
+  StageLoop loop(recipe, c.name, ppo_schedule(c));
+  const uint64_t seed = recipe.run.seed;
+  const std::string policy_dir = resolve_model_reference(recipe, c.policy);
+  const std::string tokenizer_path = tokenizer_path_in(policy_dir);
+  const Tokenizer tok(tokenizer_path);
+  PpoModels models = load_models(recipe, c, policy_dir, tok, loop.device());
+  // Data parallel: each rank generates, scores and trains on its share of every rollout batch.
+  const dist::Group& data_parallel = dist::world();
+  check(c.batch_size >= data_parallel.size(),
+        "stage " + c.name + ": rollout.batch_size " + std::to_string(c.batch_size) +
+            " is smaller than the " + std::to_string(data_parallel.size()) +
+            " data-parallel ranks");
+  const PromptSplit prompts = split_prompts(c, tok, seed, data_parallel.size());
+  if (!data_parallel.single())
+    std::printf("[%s] data parallel: %d ranks share each rollout of %lld episodes\n",
+                c.name.c_str(), data_parallel.size(), (long long)c.batch_size);
+
+  PpoOptions options = c.ppo;
+  options.sampling.eos_id = tok.eos_id();
+  options.sampling.pad_id = reward_pad_id(tok);
+  options.bf16 = use_bf16(c.precision, loop.device());
+  options.value_offset = models.value_offset;
+  const EpisodeScorer scorer = reward_model_scorer(models, tok, options.micro_batch_size);
+  ParallelAdamW actor_optimizer(*models.actor,
+                                {c.actor_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
+                                data_parallel, c.parallel);
+  ParallelAdamW critic_optimizer(*models.critic,
+                                 {c.critic_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
+                                 data_parallel, c.parallel);
+  PpoTrainer trainer(options, *models.actor, *models.reference, *models.critic, scorer,
+                     actor_optimizer, critic_optimizer, data_parallel);
+  ppo::KLController kl(c.beta, c.kl_target, c.kl_horizon);
+
+  EpochCursor<int64_t> cursor([&](int64_t epoch) {
+    return seeded_permutation(static_cast<int64_t>(prompts.train.size()),
+                              mix_seed({seed, kTrainStream, static_cast<uint64_t>(epoch)}));
+  });
+  nlohmann::json initial_eval, last_eval;
+  loop.resume({{{"actor", models.actor.get()}, {"critic", models.critic.get()}},
+               {{"actor_optimizer", &actor_optimizer}, {"critic_optimizer", &critic_optimizer}}},
+              [&](const nlohmann::json& state) {
+                cursor.seek(state.at("prompt_epoch").get<int64_t>(),
+                            state.at("prompt_index").get<int64_t>());
+                kl.set_value(state.at("beta").get<double>());
+                initial_eval = state.value("initial_eval", nlohmann::json());
+              });
+  last_eval = initial_eval;
+  PpoReports reports{c, recipe, tok, prompts, trainer, models, loop.stage_dir()};
+  if (dist::is_main())
+    truncate_jsonl_from(loop.stage_dir() + "/samples.jsonl", "iteration", loop.first_unlogged());
+
+  StageSteps steps;
+  steps.step = [&](const StepContext& context) {
+    const int64_t iteration = context.step;
+    for (auto [optimizer, lr] :
+         {std::pair{&actor_optimizer, c.actor_lr}, std::pair{&critic_optimizer, c.critic_lr}})
+      set_scheduled_learning_rate(
+          *optimizer, {lr, c.min_lr_ratio, c.warmup_iterations, c.iterations, c.schedule},
+          iteration);
+    std::vector<std::vector<int64_t>> batch;
+    std::vector<uint64_t> episode_seeds;
+    for (int64_t index : cursor.take(c.batch_size)) {
+      episode_seeds.push_back(mix_seed({seed, static_cast<uint64_t>(iteration), batch.size()}));
+      batch.push_back(prompts.train[static_cast<size_t>(index)]);
+    }
+    const Rollout r = trainer.rollout(batch, episode_seeds, kl.value());
+    const auto truth = reports.truth_of(r.responses);
+    reports.warn_if_no_signal(r, iteration + 1);
+    if (iteration < c.dump_rollouts && dist::is_main()) reports.dump(r, iteration + 1);
+    const LearnStats learned =
+        trainer.learn(r, mix_seed({seed, kShuffleStream, static_cast<uint64_t>(iteration)}),
+                      &context.guard, iteration + 1);
+    const RolloutStats stats = rollout_stats(r);
+    kl.update(stats.kl_k1, c.batch_size);
+    const bool samples_now = c.sample_every > 0 && (iteration + 1) % c.sample_every == 0;
+    if (samples_now && !context.evaluates_after) reports.log_samples(r, iteration + 1, truth);
+    return iteration_report(c, r, learned, truth, actor_optimizer);
+  };
+  steps.evaluate = [&](int64_t at) {
+    StepReport report;
+    report.record = reports.evaluate(at, kl.value());
+    if (at == 0) {
+      initial_eval = report.record;
+      if (!prompts.eval.empty())
+        for (const auto& b : c.baselines)
+          initial_eval["baselines"][b] = reports.evaluate_baseline(b, scorer);
+    }
+    last_eval = report.record;
+    return report;
+  };
+  steps.state = [&] {
+    return nlohmann::json{{"prompt_epoch", cursor.epoch()},
+                          {"prompt_index", cursor.index()},
+                          {"beta", kl.value()},
+                          {"initial_eval", initial_eval}};
+  };
+  loop.run(steps);
+
+  nlohmann::json summary = ppo_summary(c, initial_eval, last_eval, prompts, reports, models,
+                                       kl.value(), loop.step(), loop.guard().skipped());
+  if (!data_parallel.single()) summary["data_parallel_ranks"] = data_parallel.size();
+  return loop.finish(summary, [&](const std::string& final_dir) {
+    models.actor->to(torch::kCPU);
+    if (!dist::is_main()) return;
+    SaveOptions save_options;
+    save_options.tokenizer_path = tokenizer_path;
+    save_hf_model(*models.actor, final_dir, save_options);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry entry
+
+StageType rlhf_stage_type() {
+  StageType type = typed_stage_type<RlhfStageConfig>(parse_rlhf_stage, run_rlhf_stage);
+  type.description = "RLHF with PPO against a reward model";
+  type.stated_defaults = [](const std::any& config) {
+    return rlhf_stated_defaults(std::any_cast<const RlhfStageConfig&>(config));
+  };
+  type.batch_layout = [](const std::any& config, int ranks) {
+    const int64_t batch = std::any_cast<const RlhfStageConfig&>(config).batch_size;
+    return "rollout batch " + std::to_string(batch) + " episodes shared by " +
+           std::to_string(ranks) + " ranks";
+  };
+  type.summary_rows = [](const std::string& stage, const nlohmann::json& summary) {
+    auto get = [&](const char* key) { return summary.value(key, nlohmann::json()); };
+    std::vector<SummaryRow> rows;
+    if (summary.contains("baselines"))
+      for (const auto& [name, figures] : summary["baselines"].items())
+        rows.push_back(
+            {"ground-truth rate, " + name, figures.value("ground_truth", nlohmann::json())});
+    rows.push_back({"ground-truth rate, policy before " + stage, get("ground_truth_initial")});
+    rows.push_back({"ground-truth rate, after " + stage, get("ground_truth_final")});
+    rows.push_back({stage + ": RM score before", get("rm_score_initial")});
+    rows.push_back({stage + ": RM score after", get("rm_score_final")});
+    rows.push_back({stage + ": final KL to the reference (nats/response)", get("kl_final")});
+    return rows;
+  };
+  type.report_figures = {"ground_truth_initial", "ground_truth_final", "rm_score_initial",
+                         "rm_score_final", "kl_final"};
+  type.report_charts = {
+      {"rm_score",
+       "Reward-model score (and after the missing-EOS penalty)",
+       {"rm_score", "score_penalized"}},
+      {"ground_truth", "Ground-truth rate", {"ground_truth"}},
+      {"kl", "KL to the reference (k1, k3)", {"kl_k1", "kl_k3"}},
+      {"beta", "KL coefficient", {"beta"}},
+      {"entropy", "Entropy", {"entropy"}},
+      {"response_length", "Response length (tokens)", {"response_length"}},
+      {"eos_rate",
+       "Responses ending with EOS (and penalized for not)",
+       {"eos_rate", "eos_penalized_fraction"}},
+      {"clipfrac", "Policy clip fraction", {"clipfrac"}},
+      {"approx_kl", "Approximate KL per update", {"approx_kl"}},
+      {"policy_loss", "Policy loss", {"policy_loss"}},
+      {"value_loss", "Value loss", {"value_loss"}},
+      {"explained_variance", "Value explained variance", {"explained_variance"}},
+      {"seconds", "Seconds per iteration", {"seconds_generate", "seconds_score", "seconds_train"}}};
+  type.step_name = "iteration";
+  return type;
 }
 
 }  // namespace tiller

@@ -10,6 +10,7 @@
 
 #include "common/data/prompt_data.h"
 #include "common/recipe/recipe.h"
+#include "common/recipe/stage_registry.h"
 #include "common/train/parallel_adamw.h"
 #include "rlhf/ground_truth.h"
 #include "rlhf/ppo_trainer.h"
@@ -65,5 +66,8 @@ nlohmann::json rlhf_stated_defaults(const RlhfStageConfig& config);
 // Runs the stage to completion (resuming from RUN_DIR/<name>/checkpoints when present) and writes
 // RUN_DIR/<name>/final/ (the actor). Returns a summary.
 nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& config);
+
+// The rlhf type's registry entry (stages/stage_types.cpp registers it).
+StageType rlhf_stage_type();
 
 }  // namespace tiller
