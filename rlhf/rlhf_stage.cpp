@@ -656,14 +656,8 @@ nlohmann::json ppo_summary(const RlhfStageConfig& c, const nlohmann::json& initi
 }
 
 LoopSchedule ppo_schedule(const RlhfStageConfig& c) {
-  LoopSchedule schedule;
-  schedule.steps = c.iterations;
-  schedule.log_every = c.log_every;
-  schedule.eval_every = c.eval_every;
-  schedule.checkpoint_every = c.checkpoint_every;
-  schedule.keep_checkpoints = c.keep_checkpoints;
-  schedule.max_nonfinite_steps = c.max_nonfinite_steps;
-  return schedule;
+  return LoopSchedule{c.iterations,       c.log_every,        c.eval_every,
+                      c.checkpoint_every, c.keep_checkpoints, c.max_nonfinite_steps};
 }
 
 }  // namespace
