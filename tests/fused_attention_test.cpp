@@ -128,7 +128,17 @@ TEST(FusedAttention, KeysLongerThanQueriesAsWithACache) {
 }
 
 TEST(FusedAttention, OtherDtypesTakeTheFormula) {
+  torch::manual_seed(3);
   const auto q = torch::randn({1, 2, 4, 8}).to(torch::kBFloat16);
+  const auto k = torch::randn({1, 2, 4, 8}).to(torch::kBFloat16);
+  const auto v = torch::randn({1, 2, 4, 8}).to(torch::kBFloat16);
   const auto allowed = causal_mask(torch::ones({1, 4}, torch::kBool), 4);
-  EXPECT_TRUE(torch::equal(attention(q, q, q, allowed), compat::attention(q, q, q, allowed)));
+  // softmax(q k^T / sqrt(d)) v over the allowed keys, written here in double.
+  const auto qd = q.to(torch::kDouble), kd = k.to(torch::kDouble), vd = v.to(torch::kDouble);
+  const auto scores = torch::matmul(qd, kd.transpose(2, 3)) / std::sqrt(8.0);
+  const auto want =
+      torch::matmul(torch::softmax(scores.masked_fill(allowed.logical_not(), -INFINITY), -1), vd);
+  const auto got = attention(q, k, v, allowed);
+  ASSERT_EQ(got.scalar_type(), torch::kBFloat16);
+  test::expect_close_to_scale(got.to(torch::kDouble), want, 3e-2, "bf16 attention");
 }

@@ -64,7 +64,13 @@ TEST(FusedRotary, OtherDtypesTakeTheFormula) {
   Rotary rotary(8, 10000.0);
   const auto [cos, sin] = rotary.tables(torch::arange(5).unsqueeze(0));
   const auto x = torch::randn({1, 2, 5, 8}).to(torch::kBFloat16);
-  EXPECT_TRUE(torch::equal(apply_rotary(x, cos, sin), apply_rotary_reference(x, cos, sin)));
+  // rotate_half written here in double: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin).
+  const auto xd = x.to(torch::kDouble);
+  const auto rotated = torch::cat({-xd.narrow(-1, 4, 4), xd.narrow(-1, 0, 4)}, -1);
+  const auto want = xd * cos.to(torch::kDouble) + rotated * sin.to(torch::kDouble);
+  const auto got = apply_rotary(x, cos, sin);
+  ASSERT_EQ(got.scalar_type(), torch::kBFloat16);
+  test::expect_close_to_scale(got.to(torch::kDouble), want, 2e-2, "bf16 rotary");
 }
 
 TEST(RopeScaling, LinearStretchesPositionsByItsFactor) {
