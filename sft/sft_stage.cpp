@@ -127,6 +127,16 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bo
       d.one_of("format", c.data.format, {"messages", "prompt_completion", "alpaca"});
     d.one_of("template", c.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
     d.require(c.val_fraction >= 0 && c.val_fraction < 1, "val_fraction", "must be in [0, 1)");
+    d.require(c.val_path.empty() || !d.has("val_fraction"), "val_fraction",
+              "give either data.val (a validation file) or data.val_fraction, not both");
+    d.require(c.data.max_records == -1 || c.data.max_records >= 1, "max_records",
+              "must be at least 1 (or -1: all)");
+    // Pretraining reads plain text, every token trained: these would be accepted and ignored.
+    if (c.pretrain)
+      for (const char* key : {"template", "train_on_prompt", "max_records"})
+        d.require(!d.has(key), key,
+                  "does not apply to pretraining (plain text, every token trained, the whole "
+                  "file read)");
     if (!c.data.path.empty() && !path_exists(c.data.path))
       errors.add(d.path_of("train"), "file " + c.data.path + " does not exist");
     if (!c.val_path.empty() && !path_exists(c.val_path))

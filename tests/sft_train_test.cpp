@@ -337,6 +337,42 @@ TEST(SftTrain, RecipeMistakesAreAllReportedWithPaths) {
   EXPECT_THROW(errors.throw_if_any("r.json"), Error);
 }
 
+// Keys a stage would accept and then not honour are refused: a validation file beside a split
+// fraction, a record limit of 0 or -7, and for pretraining the template, train_on_prompt and
+// max_records (plain text, every token trained, the whole file read). `null` is refused too.
+TEST(SftTrain, KeysThatWouldBeIgnoredAreRefused) {
+  const std::string dir = test::temp_dir("ignored_keys");
+  std::ofstream(dir + "/data.jsonl") << R"({"prompt":"a","completion":"b"})"
+                                     << "\n";
+  const std::string data = dir + "/data.jsonl";
+  std::ofstream(dir + "/r.json") << R"({"run": {"name": "t", "dir": ")" << dir << R"(/run"},
+    "base": {"hf": ")" << dir << R"("},
+    "stages": [{"name": "sft", "type": "sft",
+                "data": {"train": ")"
+                                 << data << R"(", "val": ")" << data << R"(",
+                         "val_fraction": 0.2, "max_records": -7},
+                "train": {"lr": null}},
+               {"name": "pretrain", "type": "pretrain", "init": "@base",
+                "data": {"train": ")"
+                                 << data << R"(", "template": "plain",
+                         "train_on_prompt": false, "max_records": 10}}]})";
+  ConfigErrors errors;
+  auto recipe = load_recipe(dir + "/r.json", {}, errors);
+  for (const auto& stage : recipe.stages) parse_stage(stage, errors);
+  std::string all;
+  for (const auto& e : errors.list()) all += e + "\n";
+  for (const char* expected :
+       {"stages[0].data.val_fraction: give either data.val (a validation file) or "
+        "data.val_fraction, not both",
+        "stages[0].data.max_records: must be at least 1 (or -1: all)",
+        "stages[0].train.lr: null is not a value here",
+        "stages[1].data.template: does not apply to pretraining",
+        "stages[1].data.train_on_prompt: does not apply to pretraining",
+        "stages[1].data.max_records: does not apply to pretraining"})
+    EXPECT_NE(all.find(expected), std::string::npos) << expected << "\n" << all;
+  EXPECT_EQ(errors.list().size(), 6u) << all;
+}
+
 TEST(SftTrain, OverridesAddressStagesByName) {
   auto j = nlohmann::json::parse(
       R"({"run": {"seed": 1}, "stages": [{"name": "sft", "train": {"steps": 3}}]})");
