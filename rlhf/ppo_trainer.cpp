@@ -48,6 +48,38 @@ torch::Tensor pad_to(const torch::Tensor& t, int64_t dim, int64_t size, double v
   return left ? torch::cat({fill, t}, dim) : torch::cat({t, fill}, dim);
 }
 
+// A micro-batch of this rank's part of a minibatch: its rows, their mask, and its share of the
+// minibatch's tokens (each micro-batch's masked means weighted by it sum to the minibatch's
+// masked mean, whatever the split).
+struct MicroBatch {
+  torch::Tensor rows, mask;
+  double weight;
+};
+
+// This rank's share of a minibatch (rollout rows), cut into micro-batches.
+std::vector<MicroBatch> this_ranks_micro_batches(const Rollout& r,
+                                                 const std::vector<int64_t>& minibatch,
+                                                 const dist::Group& group,
+                                                 int64_t micro_batch_size) {
+  const torch::Device device = r.mask.device();
+  const double tokens =
+      std::max(1.0, r.mask.index_select(0, row_index(minibatch, device)).sum().item<double>());
+  const dist::Shard mine =
+      dist::shard_of(static_cast<int64_t>(minibatch.size()), group.rank(), group.size());
+  const size_t end = static_cast<size_t>(mine.begin + mine.count);
+  const size_t step = static_cast<size_t>(micro_batch_size);
+  std::vector<MicroBatch> out;
+  for (size_t begin = static_cast<size_t>(mine.begin); begin < end; begin += step) {
+    MicroBatch m;
+    m.rows = row_index({minibatch.begin() + begin, minibatch.begin() + std::min(end, begin + step)},
+                       device);
+    m.mask = r.mask.index_select(0, m.rows);
+    m.weight = m.mask.sum().item<double>() / tokens;
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
 }  // namespace
 
 torch::Tensor response_values(TransformerImpl& critic, const torch::Tensor& sequence_ids,
@@ -310,30 +342,10 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
     for (int64_t start = 0; start < batch; start += o.mini_batch_size) {
       const int64_t end = std::min(batch, start + o.mini_batch_size);
       const std::vector<int64_t> minibatch(order.begin() + start, order.begin() + end);
-      const double tokens = std::max(
-          1.0, r.mask.index_select(0, row_index(minibatch, r.mask.device())).sum().item<double>());
       const bool first = epoch == 0 && start == 0;
       double policy_loss = 0, value_loss = 0, clipfrac = 0, value_clipfrac = 0, approx_kl = 0;
-      // This rank's part of the minibatch.
-      const dist::Shard mine =
-          dist::shard_of(static_cast<int64_t>(minibatch.size()), group_.rank(), group_.size());
-      const size_t mine_end = static_cast<size_t>(mine.begin + mine.count);
-      struct MicroBatch {
-        torch::Tensor rows, mask;
-        double weight;  // its share of the minibatch's tokens
-      };
-      std::vector<MicroBatch> micro_batches;
-      for (size_t begin = static_cast<size_t>(mine.begin); begin < mine_end;
-           begin += static_cast<size_t>(o.micro_batch_size)) {
-        const size_t stop = std::min(mine_end, begin + static_cast<size_t>(o.micro_batch_size));
-        MicroBatch m;
-        m.rows = row_index({minibatch.begin() + begin, minibatch.begin() + stop}, r.mask.device());
-        m.mask = r.mask.index_select(0, m.rows);
-        // Each micro-batch's masked means weighted by its share of the minibatch's tokens: the
-        // sum is the minibatch's masked mean, whatever the split.
-        m.weight = m.mask.sum().item<double>() / tokens;
-        micro_batches.push_back(std::move(m));
-      }
+      const std::vector<MicroBatch> micro_batches =
+          this_ranks_micro_batches(r, minibatch, group_, o.micro_batch_size);
       // The actor's and the critic's passes share no parameter: each backward fills its own
       // model's gradients, side by side when enabled.
       const auto actor_work = [&] {

@@ -30,6 +30,198 @@ namespace tiller {
 // ---------------------------------------------------------------------------------------------
 // Config
 
+namespace {
+
+// data: the prompt file and how it is read.
+void read_data(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
+               RlhfStageConfig& c) {
+  ConfigReader d(json, path, errors);
+  c.data.path = d.required_string("prompts");
+  c.data.format = d.string("format", c.data.format);
+  c.data.template_name = d.string("template", c.data.template_name);
+  c.data.max_prompt_len = d.integer("max_prompt_len", c.data.max_prompt_len);
+  c.data.max_records = d.integer("max_records", -1);
+  c.data.skip_bad_lines = d.boolean("skip_bad_lines", false);
+  d.one_of("format", c.data.format, {"auto", "prompt", "messages", "alpaca", "hh"});
+  d.one_of("template", c.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
+  d.require(c.data.max_prompt_len >= 1, "max_prompt_len", "must be at least 1");
+  d.require(c.data.max_records == -1 || c.data.max_records >= 1, "max_records",
+            "must be at least 1 (or -1: all)");
+  if (!c.data.path.empty() && !path_exists(c.data.path))
+    errors.add(d.path_of("prompts"), "file " + c.data.path + " does not exist");
+}
+
+// rollout: sampling, and the missing-EOS penalty.
+void read_rollout(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
+                  RlhfStageConfig& c) {
+  ConfigReader g(json, path, errors);
+  SamplingOptions& s = c.ppo.sampling;
+  c.batch_size = g.integer("batch_size", c.batch_size);
+  s.max_new_tokens = g.integer("max_new_tokens", s.max_new_tokens);
+  s.temperature = g.number("temperature", s.temperature);
+  s.top_k = g.integer("top_k", s.top_k);
+  s.top_p = g.number("top_p", s.top_p);
+  // null (the default): responses without EOS are scored by the reward model like the others.
+  c.ppo.missing_eos_penalty = g.number_or_null("missing_eos_penalty", std::nullopt);
+  g.require(c.batch_size >= 1, "batch_size", "must be at least 1");
+  g.require(s.max_new_tokens >= 1, "max_new_tokens", "must be at least 1");
+  g.require(s.temperature > 0, "temperature",
+            "must be > 0 (PPO samples; the log-probs use the same temperature)");
+  // PPO's ratios and KL use the log-probabilities of the whole (temperature-scaled)
+  // distribution; a response drawn from a truncated one would make every update off-policy.
+  g.require(s.top_k == 0, "top_k",
+            "must be 0 in PPO: a top-k sample comes from another distribution than the "
+            "log-probabilities PPO learns from (off-policy)");
+  g.require(s.top_p == 1, "top_p",
+            "must be 1 in PPO: a top-p sample comes from another distribution than the "
+            "log-probabilities PPO learns from (off-policy)");
+}
+
+// reward: what is done to the scores.
+void read_reward(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
+                 RlhfStageConfig& c) {
+  ConfigReader w(json, path, errors);
+  c.ppo.whiten_rewards = w.boolean("whiten", false);
+  c.ppo.reward_clip = w.number("clip", 0.0);
+  c.reward_max_seq_len = w.integer("max_seq_len", 0);
+  w.require(c.ppo.reward_clip >= 0, "clip", "must be >= 0 (0: no clipping)");
+  w.require(c.reward_max_seq_len >= 0, "max_seq_len", "must be >= 0 (0: the RM's own)");
+  w.require(!c.ppo.whiten_rewards || c.batch_size >= 2, "whiten",
+            "needs rollout.batch_size >= 2: one episode's score cannot be whitened");
+}
+
+// kl: the KL penalty and its controller.
+void read_kl(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
+             RlhfStageConfig& c) {
+  ConfigReader k(json, path, errors);
+  c.ppo.kl_estimator = k.string("estimator", c.ppo.kl_estimator);
+  c.beta = k.number("beta", c.beta);
+  c.kl_target = k.number("target", c.kl_target);
+  c.kl_horizon = k.number("horizon", c.kl_horizon);
+  c.kl_max = k.number("max", c.kl_max);
+  // k3 = exp(ref - logp) - (ref - logp) - 1 is second order in the log-ratio: as a reward it
+  // has almost no gradient near the reference (a tenth of the true KL's on a 5-way softmax,
+  // tests/ppo_math_test.cpp). It belongs in a KL loss term, which PPO here does not have.
+  k.require(c.ppo.kl_estimator != "k3", "estimator",
+            "k3 is refused in PPO's reward: near the reference its gradient is a small fraction "
+            "of the true KL's (use k1; k3 is for a KL loss term)");
+  k.one_of("estimator", c.ppo.kl_estimator, {"k1", "k3"});
+  k.require(c.beta >= 0 && std::isfinite(c.beta), "beta", "must be >= 0");
+  k.require(c.kl_target >= 0, "target", "must be >= 0 (0: fixed beta)");
+  k.require(c.kl_horizon > 0, "horizon", "must be positive");
+  k.require(c.kl_max >= 0, "max", "must be >= 0 (0: no bound)");
+}
+
+// ppo: the PPO update, the critic's head and rollout dumps.
+void read_ppo(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
+              RlhfStageConfig& c) {
+  ConfigReader p(json, path, errors);
+  PpoOptions& o = c.ppo;
+  o.epochs = p.integer("epochs", o.epochs);
+  o.mini_batch_size = p.integer("mini_batch_size", o.mini_batch_size);
+  o.micro_batch_size = p.integer("micro_batch_size", o.mini_batch_size);
+  o.gamma = p.number("gamma", o.gamma);
+  o.lam = p.number("lambda", o.lam);
+  o.clip = p.number("clip", o.clip);
+  o.value_clip = p.number("value_clip", o.value_clip);
+  o.value_coef = p.number("value_coef", o.value_coef);
+  o.whiten_advantages = p.boolean("whiten_advantages", o.whiten_advantages);
+  c.critic_head = p.string("critic_head", "auto");
+  p.one_of("critic_head", c.critic_head, {"auto", "reward_model", "zeros"});
+  // auto: whitened scores have mean 0, and a zero head starts the critic there; unwhitened ones
+  // are the reward model's (raw head - offset), which its own head, less the offset, predicts.
+  if (c.critic_head == "auto") c.critic_head = c.ppo.whiten_rewards ? "zeros" : "reward_model";
+  c.dump_rollouts = p.integer("dump_rollouts", 0);
+  p.require(c.dump_rollouts >= 0, "dump_rollouts",
+            "must be >= 0 (the first N iterations' rollouts written as safetensors)");
+  p.require(o.epochs >= 1, "epochs", "must be at least 1");
+  p.require(o.mini_batch_size >= 1 && c.batch_size % std::max<int64_t>(1, o.mini_batch_size) == 0,
+            "mini_batch_size",
+            "must be at least 1 and divide rollout.batch_size " + std::to_string(c.batch_size));
+  p.require(
+      o.micro_batch_size >= 1 && o.mini_batch_size % std::max<int64_t>(1, o.micro_batch_size) == 0,
+      "micro_batch_size", "must be at least 1 and divide mini_batch_size");
+  p.require(o.gamma > 0 && o.gamma <= 1, "gamma", "must be in (0, 1]");
+  p.require(o.lam >= 0 && o.lam <= 1, "lambda", "must be in [0, 1]");
+  p.require(o.clip > 0 && o.clip < 1, "clip", "must be in (0, 1)");
+  p.require(o.value_clip > 0, "value_clip", "must be positive");
+  p.require(o.value_coef >= 0, "value_coef", "must be >= 0");
+}
+
+// train: optimizers, schedule, checkpoints.
+void read_train(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
+                RlhfStageConfig& c) {
+  ConfigReader t(json, path, errors);
+  c.iterations = t.integer("iterations", c.iterations);
+  c.actor_lr = t.number("actor_lr", c.actor_lr);
+  c.critic_lr = t.number("critic_lr", c.critic_lr);
+  c.schedule = t.string("schedule", c.schedule);
+  c.min_lr_ratio = t.number("min_lr_ratio", c.min_lr_ratio);
+  c.warmup_iterations = t.integer("warmup_iterations", c.warmup_iterations);
+  c.weight_decay = t.number("weight_decay", c.weight_decay);
+  c.beta1 = t.number("beta1", c.beta1);
+  c.beta2 = t.number("beta2", c.beta2);
+  c.eps = t.number("eps", c.eps);
+  const double grad_clip = t.number("grad_clip", 1.0);
+  c.ppo.actor_grad_clip = c.ppo.critic_grad_clip = grad_clip;
+  c.checkpoint_every = t.integer("checkpoint_every", c.checkpoint_every);
+  c.keep_checkpoints = t.integer("keep_checkpoints", c.keep_checkpoints);
+  c.log_every = t.integer("log_every", c.log_every);
+  c.precision = t.string("precision", c.precision);
+  c.max_nonfinite_steps = t.integer("max_nonfinite_steps", c.max_nonfinite_steps);
+  c.parallel = read_parallel_options(t);
+  t.require(c.iterations >= 1, "iterations", "must be at least 1");
+  t.require(c.actor_lr > 0 && c.actor_lr < 1, "actor_lr", "must be in (0, 1)");
+  t.require(c.critic_lr > 0 && c.critic_lr < 1, "critic_lr", "must be in (0, 1)");
+  t.one_of("schedule", c.schedule, {"linear", "cosine", "constant"});
+  t.require(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]");
+  t.require(c.warmup_iterations >= 0, "warmup_iterations", "must be >= 0");
+  t.require(c.weight_decay >= 0, "weight_decay", "must be >= 0");
+  t.require(c.beta1 >= 0 && c.beta1 < 1, "beta1", "must be in [0, 1)");
+  t.require(c.beta2 >= 0 && c.beta2 < 1, "beta2", "must be in [0, 1)");
+  t.require(c.eps > 0, "eps", "must be positive");
+  t.require(c.checkpoint_every >= 0, "checkpoint_every", "must be >= 0");
+  t.require(c.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1");
+  t.require(c.log_every >= 1, "log_every", "must be at least 1");
+  t.one_of("precision", c.precision, {"fp32", "bf16", "auto"});
+  t.require(c.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be at least 1");
+}
+
+// samples: samples.jsonl.
+void read_samples(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
+                  RlhfStageConfig& c) {
+  ConfigReader s(json, path, errors);
+  c.sample_every = s.integer("every", c.sample_every);
+  c.sample_count = s.integer("count", c.sample_count);
+  s.require(c.sample_every >= 0, "every", "must be >= 0 (0: only before and after)");
+  s.require(c.sample_count >= 0, "count", "must be >= 0");
+}
+
+// eval: the evaluation rollouts and baselines.
+void read_eval(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
+               RlhfStageConfig& c) {
+  ConfigReader e(json, path, errors);
+  c.eval_prompts = e.integer("prompts", c.eval_prompts);
+  c.eval_every = e.integer("every", c.eval_every);
+  const auto& baselines = e.raw("baselines");
+  if (baselines.is_array()) {
+    for (const auto& b : baselines) {
+      if (b.is_string())
+        c.baselines.push_back(b.get<std::string>());
+      else
+        errors.add(e.path_of("baselines"), "expected a list of model references (strings)");
+    }
+  } else if (!baselines.is_null()) {
+    errors.add(e.path_of("baselines"), "expected a list of model references (strings)");
+  }
+  e.require(c.eval_prompts >= 0, "prompts", "must be >= 0 (0: no evaluation rollouts)");
+  e.require(c.baselines.empty() || c.eval_prompts > 0, "baselines",
+            "baselines are evaluated on the evaluation prompts; eval.prompts must be > 0");
+  e.require(c.eval_every >= 0, "every", "must be >= 0 (0: before and after only)");
+}
+
+}  // namespace
+
 RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) {
   RlhfStageConfig c;
   ConfigReader r(*entry.body, entry.path, errors);
@@ -39,171 +231,15 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
   c.reference = r.string("reference", c.policy);
   c.reward_model = r.string("reward_model", c.reward_model);
   c.critic = r.string("critic", c.reward_model);
-  {
-    ConfigReader d(r.object("data"), r.path_of("data"), errors);
-    c.data.path = d.required_string("prompts");
-    c.data.format = d.string("format", c.data.format);
-    c.data.template_name = d.string("template", c.data.template_name);
-    c.data.max_prompt_len = d.integer("max_prompt_len", c.data.max_prompt_len);
-    c.data.max_records = d.integer("max_records", -1);
-    c.data.skip_bad_lines = d.boolean("skip_bad_lines", false);
-    d.one_of("format", c.data.format, {"auto", "prompt", "messages", "alpaca", "hh"});
-    d.one_of("template", c.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
-    d.require(c.data.max_prompt_len >= 1, "max_prompt_len", "must be at least 1");
-    d.require(c.data.max_records == -1 || c.data.max_records >= 1, "max_records",
-              "must be at least 1 (or -1: all)");
-    if (!c.data.path.empty() && !path_exists(c.data.path))
-      errors.add(d.path_of("prompts"), "file " + c.data.path + " does not exist");
-  }
-  {
-    ConfigReader g(r.object("rollout"), r.path_of("rollout"), errors);
-    SamplingOptions& s = c.ppo.sampling;
-    c.batch_size = g.integer("batch_size", c.batch_size);
-    s.max_new_tokens = g.integer("max_new_tokens", s.max_new_tokens);
-    s.temperature = g.number("temperature", s.temperature);
-    s.top_k = g.integer("top_k", s.top_k);
-    s.top_p = g.number("top_p", s.top_p);
-    // null (the default): responses without EOS are scored by the reward model like the others.
-    c.ppo.missing_eos_penalty = g.number_or_null("missing_eos_penalty", std::nullopt);
-    g.require(c.batch_size >= 1, "batch_size", "must be at least 1");
-    g.require(s.max_new_tokens >= 1, "max_new_tokens", "must be at least 1");
-    g.require(s.temperature > 0, "temperature",
-              "must be > 0 (PPO samples; the log-probs use the same temperature)");
-    // PPO's ratios and KL use the log-probabilities of the whole (temperature-scaled)
-    // distribution; a response drawn from a truncated one would make every update off-policy.
-    g.require(s.top_k == 0, "top_k",
-              "must be 0 in PPO: a top-k sample comes from another distribution than the "
-              "log-probabilities PPO learns from (off-policy)");
-    g.require(s.top_p == 1, "top_p",
-              "must be 1 in PPO: a top-p sample comes from another distribution than the "
-              "log-probabilities PPO learns from (off-policy)");
-  }
-  {
-    ConfigReader w(r.object("reward"), r.path_of("reward"), errors);
-    c.ppo.whiten_rewards = w.boolean("whiten", false);
-    c.ppo.reward_clip = w.number("clip", 0.0);
-    c.reward_max_seq_len = w.integer("max_seq_len", 0);
-    w.require(c.ppo.reward_clip >= 0, "clip", "must be >= 0 (0: no clipping)");
-    w.require(c.reward_max_seq_len >= 0, "max_seq_len", "must be >= 0 (0: the RM's own)");
-    w.require(!c.ppo.whiten_rewards || c.batch_size >= 2, "whiten",
-              "needs rollout.batch_size >= 2: one episode's score cannot be whitened");
-  }
-  {
-    ConfigReader k(r.object("kl"), r.path_of("kl"), errors);
-    c.ppo.kl_estimator = k.string("estimator", c.ppo.kl_estimator);
-    c.beta = k.number("beta", c.beta);
-    c.kl_target = k.number("target", c.kl_target);
-    c.kl_horizon = k.number("horizon", c.kl_horizon);
-    c.kl_max = k.number("max", c.kl_max);
-    // k3 = exp(ref - logp) - (ref - logp) - 1 is second order in the log-ratio: as a reward it
-    // has almost no gradient near the reference (a tenth of the true KL's on a 5-way softmax,
-    // tests/ppo_math_test.cpp). It belongs in a KL loss term, which PPO here does not have.
-    k.require(c.ppo.kl_estimator != "k3", "estimator",
-              "k3 is refused in PPO's reward: near the reference its gradient is a small fraction "
-              "of the true KL's (use k1; k3 is for a KL loss term)");
-    k.one_of("estimator", c.ppo.kl_estimator, {"k1", "k3"});
-    k.require(c.beta >= 0 && std::isfinite(c.beta), "beta", "must be >= 0");
-    k.require(c.kl_target >= 0, "target", "must be >= 0 (0: fixed beta)");
-    k.require(c.kl_horizon > 0, "horizon", "must be positive");
-    k.require(c.kl_max >= 0, "max", "must be >= 0 (0: no bound)");
-  }
-  {
-    ConfigReader p(r.object("ppo"), r.path_of("ppo"), errors);
-    PpoOptions& o = c.ppo;
-    o.epochs = p.integer("epochs", o.epochs);
-    o.mini_batch_size = p.integer("mini_batch_size", o.mini_batch_size);
-    o.micro_batch_size = p.integer("micro_batch_size", o.mini_batch_size);
-    o.gamma = p.number("gamma", o.gamma);
-    o.lam = p.number("lambda", o.lam);
-    o.clip = p.number("clip", o.clip);
-    o.value_clip = p.number("value_clip", o.value_clip);
-    o.value_coef = p.number("value_coef", o.value_coef);
-    o.whiten_advantages = p.boolean("whiten_advantages", o.whiten_advantages);
-    c.critic_head = p.string("critic_head", "auto");
-    p.one_of("critic_head", c.critic_head, {"auto", "reward_model", "zeros"});
-    // auto: whitened scores have mean 0, and a zero head starts the critic there; unwhitened ones
-    // are the reward model's (raw head - offset), which its own head, less the offset, predicts.
-    if (c.critic_head == "auto") c.critic_head = c.ppo.whiten_rewards ? "zeros" : "reward_model";
-    c.dump_rollouts = p.integer("dump_rollouts", 0);
-    p.require(c.dump_rollouts >= 0, "dump_rollouts",
-              "must be >= 0 (the first N iterations' rollouts written as safetensors)");
-    p.require(o.epochs >= 1, "epochs", "must be at least 1");
-    p.require(o.mini_batch_size >= 1 && c.batch_size % std::max<int64_t>(1, o.mini_batch_size) == 0,
-              "mini_batch_size",
-              "must be at least 1 and divide rollout.batch_size " + std::to_string(c.batch_size));
-    p.require(o.micro_batch_size >= 1 &&
-                  o.mini_batch_size % std::max<int64_t>(1, o.micro_batch_size) == 0,
-              "micro_batch_size", "must be at least 1 and divide mini_batch_size");
-    p.require(o.gamma > 0 && o.gamma <= 1, "gamma", "must be in (0, 1]");
-    p.require(o.lam >= 0 && o.lam <= 1, "lambda", "must be in [0, 1]");
-    p.require(o.clip > 0 && o.clip < 1, "clip", "must be in (0, 1)");
-    p.require(o.value_clip > 0, "value_clip", "must be positive");
-    p.require(o.value_coef >= 0, "value_coef", "must be >= 0");
-  }
-  {
-    ConfigReader t(r.object("train"), r.path_of("train"), errors);
-    c.iterations = t.integer("iterations", c.iterations);
-    c.actor_lr = t.number("actor_lr", c.actor_lr);
-    c.critic_lr = t.number("critic_lr", c.critic_lr);
-    c.schedule = t.string("schedule", c.schedule);
-    c.min_lr_ratio = t.number("min_lr_ratio", c.min_lr_ratio);
-    c.warmup_iterations = t.integer("warmup_iterations", c.warmup_iterations);
-    c.weight_decay = t.number("weight_decay", c.weight_decay);
-    c.beta1 = t.number("beta1", c.beta1);
-    c.beta2 = t.number("beta2", c.beta2);
-    c.eps = t.number("eps", c.eps);
-    const double grad_clip = t.number("grad_clip", 1.0);
-    c.ppo.actor_grad_clip = c.ppo.critic_grad_clip = grad_clip;
-    c.checkpoint_every = t.integer("checkpoint_every", c.checkpoint_every);
-    c.keep_checkpoints = t.integer("keep_checkpoints", c.keep_checkpoints);
-    c.log_every = t.integer("log_every", c.log_every);
-    c.precision = t.string("precision", c.precision);
-    c.max_nonfinite_steps = t.integer("max_nonfinite_steps", c.max_nonfinite_steps);
-    c.parallel = read_parallel_options(t);
-    t.require(c.iterations >= 1, "iterations", "must be at least 1");
-    t.require(c.actor_lr > 0 && c.actor_lr < 1, "actor_lr", "must be in (0, 1)");
-    t.require(c.critic_lr > 0 && c.critic_lr < 1, "critic_lr", "must be in (0, 1)");
-    t.one_of("schedule", c.schedule, {"linear", "cosine", "constant"});
-    t.require(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]");
-    t.require(c.warmup_iterations >= 0, "warmup_iterations", "must be >= 0");
-    t.require(c.weight_decay >= 0, "weight_decay", "must be >= 0");
-    t.require(c.beta1 >= 0 && c.beta1 < 1, "beta1", "must be in [0, 1)");
-    t.require(c.beta2 >= 0 && c.beta2 < 1, "beta2", "must be in [0, 1)");
-    t.require(c.eps > 0, "eps", "must be positive");
-    t.require(c.checkpoint_every >= 0, "checkpoint_every", "must be >= 0");
-    t.require(c.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1");
-    t.require(c.log_every >= 1, "log_every", "must be at least 1");
-    t.one_of("precision", c.precision, {"fp32", "bf16", "auto"});
-    t.require(c.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be at least 1");
-  }
+  read_data(r.object("data"), r.path_of("data"), errors, c);
+  read_rollout(r.object("rollout"), r.path_of("rollout"), errors, c);
+  read_reward(r.object("reward"), r.path_of("reward"), errors, c);
+  read_kl(r.object("kl"), r.path_of("kl"), errors, c);
+  read_ppo(r.object("ppo"), r.path_of("ppo"), errors, c);
+  read_train(r.object("train"), r.path_of("train"), errors, c);
   c.ground_truth = parse_ground_truth(r.raw("ground_truth"), r.path_of("ground_truth"), errors);
-  {
-    ConfigReader s(r.object("samples"), r.path_of("samples"), errors);
-    c.sample_every = s.integer("every", c.sample_every);
-    c.sample_count = s.integer("count", c.sample_count);
-    s.require(c.sample_every >= 0, "every", "must be >= 0 (0: only before and after)");
-    s.require(c.sample_count >= 0, "count", "must be >= 0");
-  }
-  {
-    ConfigReader e(r.object("eval"), r.path_of("eval"), errors);
-    c.eval_prompts = e.integer("prompts", c.eval_prompts);
-    c.eval_every = e.integer("every", c.eval_every);
-    const auto& baselines = e.raw("baselines");
-    if (baselines.is_array()) {
-      for (const auto& b : baselines) {
-        if (b.is_string())
-          c.baselines.push_back(b.get<std::string>());
-        else
-          errors.add(e.path_of("baselines"), "expected a list of model references (strings)");
-      }
-    } else if (!baselines.is_null()) {
-      errors.add(e.path_of("baselines"), "expected a list of model references (strings)");
-    }
-    e.require(c.eval_prompts >= 0, "prompts", "must be >= 0 (0: no evaluation rollouts)");
-    e.require(c.baselines.empty() || c.eval_prompts > 0, "baselines",
-              "baselines are evaluated on the evaluation prompts; eval.prompts must be > 0");
-    e.require(c.eval_every >= 0, "every", "must be >= 0 (0: before and after only)");
-  }
+  read_samples(r.object("samples"), r.path_of("samples"), errors, c);
+  read_eval(r.object("eval"), r.path_of("eval"), errors, c);
   return c;
 }
 
@@ -570,10 +606,9 @@ struct PpoReports {
 };
 
 // One iteration's metrics record and progress-line figures.
-StepReport iteration_report(const RlhfStageConfig& c, const Rollout& r, const LearnStats& learned,
-                            const std::vector<double>& truth,
+StepReport iteration_report(const RlhfStageConfig& c, const Rollout& r, const RolloutStats& s,
+                            const LearnStats& learned, const std::vector<double>& truth,
                             const ParallelAdamW& actor_optimizer) {
-  const RolloutStats s = rollout_stats(r);
   StepReport report;
   report.record = {{"rm_score", s.score_mean},
                    {"rm_score_std", s.score_std},
@@ -740,7 +775,7 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     kl.update(stats.kl_k1, c.batch_size);
     const bool samples_now = c.sample_every > 0 && (iteration + 1) % c.sample_every == 0;
     if (samples_now && !context.evaluates_after) reports.log_samples(r, iteration + 1, truth);
-    return iteration_report(c, r, learned, truth, actor_optimizer);
+    return iteration_report(c, r, stats, learned, truth, actor_optimizer);
   };
   steps.evaluate = [&](int64_t at) {
     StepReport report;
