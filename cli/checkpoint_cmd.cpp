@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "cli/commands.h"
-#include "common/io/checkpoint.h"
+#include "common/train/checkpoint.h"
 #include "common/util/files.h"
 
 namespace tiller {

@@ -12,9 +12,9 @@
 #include "cli/report_cmd.h"
 #include "cli/scaling_cmd.h"
 #include "cli/sweep_cmd.h"
+#include "common/dist/interrupt.h"
 #include "common/dist/process_group.h"
 #include "common/util/error.h"
-#include "common/util/interrupt.h"
 #include "common/util/runtime.h"
 
 using namespace tiller;

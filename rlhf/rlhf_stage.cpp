@@ -6,12 +6,13 @@
 
 #include "common/data/batching.h"  // seeded_permutation
 #include "common/data/preference_data.h"
-#include "common/io/checkpoint.h"
+#include "common/dist/interrupt.h"
 #include "common/io/hf_dir.h"
 #include "common/io/safetensors.h"
 #include "common/model/reward_model.h"
 #include "common/recipe/stage_io.h"
 #include "common/tokenizer/tokenizer.h"
+#include "common/train/checkpoint.h"
 #include "common/train/epoch_cursor.h"
 #include "common/train/metrics.h"
 #include "common/train/nonfinite_guard.h"
@@ -22,7 +23,6 @@
 #include "common/train/train_config.h"  // read_parallel_options
 #include "common/util/error.h"
 #include "common/util/files.h"
-#include "common/util/interrupt.h"
 #include "rlhf/ppo_math.h"
 
 namespace tiller {

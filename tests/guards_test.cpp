@@ -8,10 +8,10 @@
 #include <filesystem>
 #include <fstream>
 
-#include "common/io/checkpoint.h"
 #include "common/io/hf_dir.h"
 #include "common/model/kv_cache.h"
 #include "common/model/transformer.h"
+#include "common/train/checkpoint.h"
 #include "common/train/nonfinite_guard.h"
 #include "common/util/error.h"
 #include "common/util/files.h"

@@ -9,9 +9,9 @@
 
 #include <cstring>
 #include "common/data/batching.h"
-#include "common/io/checkpoint.h"
 #include "common/recipe/recipe.h"
 #include "common/torch_compat.h"
+#include "common/train/checkpoint.h"
 #include "common/train/lm_loss.h"
 #include "common/train/metrics.h"
 #include "common/train/optimizer.h"

@@ -1,13 +1,13 @@
 #include "common/model/transformer.h"
 
 #include "common/dist/tensor_parallel.h"
+#include "common/model/activation_checkpoint.h"
 #include "common/model/attention_mask.h"
 #include "common/model/fused_attention.h"
 #include "common/model/fused_linear.h"
 #include "common/model/fused_rms_norm.h"
 #include "common/model/fused_rotary.h"
 #include "common/torch_compat.h"
-#include "common/train/activation_checkpoint.h"
 #include "common/util/error.h"
 #include "common/util/runtime.h"
 

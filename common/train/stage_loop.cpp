@@ -4,10 +4,10 @@
 #include <chrono>
 #include <cstdio>
 
+#include "common/dist/interrupt.h"
 #include "common/dist/process_group.h"
 #include "common/recipe/stage_io.h"
 #include "common/util/error.h"
-#include "common/util/interrupt.h"
 
 namespace tiller {
 

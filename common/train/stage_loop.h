@@ -34,8 +34,8 @@
 #include <memory>
 #include <string>
 
-#include "common/io/checkpoint.h"
 #include "common/recipe/recipe.h"
+#include "common/train/checkpoint.h"
 #include "common/train/metrics.h"
 #include "common/train/nonfinite_guard.h"
 #include "common/train/parallel_adamw.h"

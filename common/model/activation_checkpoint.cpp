@@ -1,4 +1,4 @@
-#include "common/train/activation_checkpoint.h"
+#include "common/model/activation_checkpoint.h"
 
 #include "common/model/transformer.h"
 #include "common/torch_compat.h"

@@ -1,4 +1,4 @@
-#include "common/io/checkpoint.h"
+#include "common/train/checkpoint.h"
 
 #include <filesystem>
 #include <regex>

@@ -1,4 +1,4 @@
-#include "common/util/interrupt.h"
+#include "common/dist/interrupt.h"
 
 #include <unistd.h>
 
