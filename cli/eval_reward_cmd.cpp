@@ -4,8 +4,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "common/train/pairwise_reward.h"
 #include "common/util/runtime.h"
-#include "reward/reward_stage.h"
 
 namespace tiller {
 

@@ -5,11 +5,13 @@
 
 #include "common/data/batching.h"  // seeded_permutation
 #include "common/io/hf_dir.h"
+#include "common/io/reward_model_dir.h"
 #include "common/model/reward_model.h"
 #include "common/recipe/stage_io.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/torch_compat.h"
 #include "common/train/epoch_cursor.h"
+#include "common/train/pairwise_reward.h"
 #include "common/train/precision.h"
 #include "common/train/schedule.h"
 #include "common/train/stage_loop.h"
@@ -17,8 +19,6 @@
 #include "common/util/files.h"
 
 namespace tiller {
-
-namespace F = torch::nn::functional;
 
 // ---------------------------------------------------------------------------------------------
 // Config
@@ -73,151 +73,6 @@ RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& erro
   c.train = parse_train_config(r.object("train"), r.path_of("train"), errors);
   c.data.max_seq_len = c.train.max_seq_len;
   return c;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Loss and evaluation
-
-torch::Tensor pairwise_loss_sum(const torch::Tensor& chosen, const torch::Tensor& rejected,
-                                const torch::Tensor& margin, double center_coef) {
-  TORCH_CHECK(
-      chosen.dim() == 1 && chosen.sizes() == rejected.sizes() && chosen.sizes() == margin.sizes(),
-      "pairwise_loss_sum: chosen, rejected and margin must be [P] alike");
-  auto loss = -F::logsigmoid(chosen - rejected - margin).sum();
-  if (center_coef > 0) loss = loss + center_coef * (chosen + rejected).pow(2).sum();
-  return loss;
-}
-
-namespace {
-
-// Pairs [begin, begin + count) of `order` as one forward batch: chosen rows first, then rejected.
-struct PairBatch {
-  ScoreBatch rows;
-  torch::Tensor margin;  // [P]
-  int64_t pairs = 0;
-  int64_t tokens = 0;
-};
-
-PairBatch make_pair_batch(const std::vector<PreferencePair>& pairs,
-                          const std::vector<int64_t>& order, size_t begin, size_t count,
-                          int64_t pad_id, bool use_margin) {
-  std::vector<const std::vector<int64_t>*> rows;
-  std::vector<float> margins;
-  PairBatch b;
-  for (size_t i = begin; i < begin + count; ++i)
-    rows.push_back(&pairs[static_cast<size_t>(order[i])].chosen);
-  for (size_t i = begin; i < begin + count; ++i) {
-    const auto& p = pairs[static_cast<size_t>(order[i])];
-    rows.push_back(&p.rejected);
-    margins.push_back(use_margin ? static_cast<float>(p.margin) : 0.0f);
-    b.tokens += static_cast<int64_t>(p.chosen.size() + p.rejected.size());
-  }
-  b.rows = make_score_batch(rows, pad_id);
-  b.margin = torch::tensor(margins, torch::kFloat);
-  b.pairs = static_cast<int64_t>(count);
-  return b;
-}
-
-// Running sums of a set of pairs' figures.
-struct PairTotals {
-  double loss = 0, correct = 0, margin = 0, chosen = 0, rejected = 0;
-  int64_t pairs = 0;
-  void add(const torch::Tensor& chosen_r, const torch::Tensor& rejected_r,
-           const torch::Tensor& margin_r) {
-    auto c = chosen_r.detach().to(torch::kDouble).cpu(),
-         r = rejected_r.detach().to(torch::kDouble).cpu();
-    loss += -F::logsigmoid(c - r - margin_r.to(torch::kDouble).cpu()).sum().item<double>();
-    correct += (c > r).sum().item<double>();
-    margin += (c - r).sum().item<double>();
-    chosen += c.sum().item<double>();
-    rejected += r.sum().item<double>();
-    pairs += c.size(0);
-  }
-  // Sums over the ranks of a data-parallel group.
-  void reduce(const dist::Group& group) {
-    auto sums = group.sum({loss, correct, margin, chosen, rejected, static_cast<double>(pairs)});
-    loss = sums[0], correct = sums[1], margin = sums[2], chosen = sums[3], rejected = sums[4];
-    pairs = static_cast<int64_t>(sums[5]);
-  }
-  RewardEvalResult result() const {
-    RewardEvalResult out;
-    const double n = std::max<int64_t>(1, pairs);
-    out.pairs = pairs;
-    out.accuracy = correct / n;
-    out.loss = loss / n;
-    out.margin = margin / n;
-    out.chosen_reward = chosen / n;
-    out.rejected_reward = rejected / n;
-    return out;
-  }
-};
-
-std::vector<int64_t> identity_order(size_t n) {
-  std::vector<int64_t> order(n);
-  for (size_t i = 0; i < n; ++i) order[i] = static_cast<int64_t>(i);
-  return order;
-}
-
-}  // namespace
-
-RewardEvalResult evaluate_pairs(TransformerImpl& model, const std::vector<PreferencePair>& pairs,
-                                int64_t pad_id, int64_t micro_batch, int64_t max_batches,
-                                double offset, bool use_margin, bool bf16,
-                                const dist::Group& group) {
-  check(micro_batch >= 1, "evaluate_pairs: micro_batch must be at least 1");
-  torch::NoGradGuard no_grad;
-  const bool was_training = model.is_training();
-  model.eval();
-  const auto order = identity_order(pairs.size());
-  const auto device = model.parameters().front().device();
-  PairTotals totals;
-  int64_t batch_index = 0;
-  for (size_t begin = 0; begin < pairs.size();
-       begin += static_cast<size_t>(micro_batch), ++batch_index) {
-    if (max_batches > 0 && batch_index >= max_batches) break;
-    if (batch_index % group.size() != group.rank()) continue;  // another rank's batch
-    const size_t count = std::min(pairs.size() - begin, static_cast<size_t>(micro_batch));
-    auto batch = make_pair_batch(pairs, order, begin, count, pad_id, use_margin);
-    torch::Tensor scores;
-    {
-      compat::AutocastGuard cast(bf16, device);
-      scores = raw_scores(model, batch.rows).cpu() - offset;
-    }
-    const int64_t p = batch.pairs;
-    totals.add(scores.narrow(0, 0, p), scores.narrow(0, p, p), batch.margin);
-  }
-  if (was_training) model.train();
-  totals.reduce(group);
-  return totals.result();
-}
-
-RewardEvalResult evaluate_reward_model(const std::string& model_dir, const std::string& data_path,
-                                       const std::string& format, const std::string& template_name,
-                                       int64_t max_seq_len) {
-  RewardModel rm = load_reward_model(model_dir);
-  Tokenizer tok(tokenizer_path_in(model_dir));
-  tok.check_matches(rm.model->config, model_dir);
-  PreferenceDataOptions o;
-  o.path = data_path;
-  o.format = format;
-  o.template_name = !template_name.empty()               ? template_name
-                    : !rm.metadata.template_name.empty() ? rm.metadata.template_name
-                                                         : "chatml";
-  o.max_seq_len = max_seq_len > 0               ? max_seq_len
-                  : rm.metadata.max_seq_len > 0 ? rm.metadata.max_seq_len
-                                                : rm.model->config.max_position_embeddings;
-  check(o.max_seq_len <= rm.model->config.max_position_embeddings,
-        "max_seq_len " + std::to_string(o.max_seq_len) +
-            " exceeds the model's max_position_embeddings " +
-            std::to_string(rm.model->config.max_position_embeddings));
-  PreferenceStats stats;
-  auto pairs = load_preference_pairs(o, tok, &stats);
-  const int64_t pad_id =
-      rm.model->config.pad_token_id >= 0 ? rm.model->config.pad_token_id : reward_pad_id(tok);
-  auto result = evaluate_pairs(*rm.model, pairs, pad_id, /*micro_batch=*/8, /*max_batches=*/0,
-                               rm.metadata.offset);
-  result.data = stats;
-  return result;
 }
 
 // ---------------------------------------------------------------------------------------------

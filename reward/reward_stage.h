@@ -35,41 +35,6 @@ struct RewardStageConfig {
 // Parses a reward stage body; mistakes go to `errors` with their paths.
 RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& errors);
 
-// The Bradley-Terry loss of a batch of pairs, summed (the caller divides by the step's pair count
-// so that micro-batches accumulate exactly):
-//   sum_i [ -log sigmoid(chosen_i - rejected_i - margin_i) + center_coef * (chosen_i +
-//   rejected_i)^2 ]
-// chosen, rejected, margin: [P] float. Returns a scalar.
-torch::Tensor pairwise_loss_sum(const torch::Tensor& chosen, const torch::Tensor& rejected,
-                                const torch::Tensor& margin, double center_coef);
-
-// Figures over a set of pairs (rewards as scored, i.e. after any offset).
-struct RewardEvalResult {
-  int64_t pairs = 0;
-  double accuracy = 0;         // fraction with r_chosen > r_rejected
-  double loss = 0;             // mean -log sigmoid(r_c - r_r - margin)
-  double margin = 0;           // mean r_chosen - r_rejected
-  double chosen_reward = 0;    // mean r_chosen
-  double rejected_reward = 0;  // mean r_rejected
-  PreferenceStats data;        // what loading the file dropped (evaluate_reward_model)
-};
-
-// Scores the pairs with `model` (no autograd), `micro_batch` pairs per forward, at most
-// `max_batches` forwards (0: all); rewards are raw scores minus `offset`. The batches are dealt
-// round-robin to the members of `group` and the figures summed over them.
-RewardEvalResult evaluate_pairs(TransformerImpl& model, const std::vector<PreferencePair>& pairs,
-                                int64_t pad_id, int64_t micro_batch, int64_t max_batches,
-                                double offset, bool use_margin = true, bool bf16 = false,
-                                const dist::Group& group = dist::Group());
-
-// `tiller eval reward`: loads a reward-model directory and scores a preference file, tokenized
-// exactly as training tokenizes (load_preference_pairs). An empty template or a max_seq_len of 0
-// takes the value the model recorded in training (else "chatml" and max_position_embeddings).
-RewardEvalResult evaluate_reward_model(const std::string& model_dir, const std::string& data_path,
-                                       const std::string& format = "preference",
-                                       const std::string& template_name = "",
-                                       int64_t max_seq_len = 0);
-
 // Runs the stage to completion (resuming from RUN_DIR/<name>/checkpoints when present) and
 // writes RUN_DIR/<name>/final/. Returns a summary.
 nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& config);

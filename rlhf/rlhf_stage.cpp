@@ -8,6 +8,7 @@
 #include "common/data/preference_data.h"
 #include "common/dist/interrupt.h"
 #include "common/io/hf_dir.h"
+#include "common/io/reward_model_dir.h"
 #include "common/io/safetensors.h"
 #include "common/model/reward_model.h"
 #include "common/recipe/stage_io.h"

@@ -10,8 +10,6 @@
 
 namespace tiller {
 
-class Tokenizer;
-
 // Written into config.json next to the HF keys (transformers keeps unknown keys as config
 // attributes). Hugging Face's LlamaForSequenceClassification `score` has no bias, and no weight
 // change can add a constant to a head that reads an RMS-normalised state, so the normalisation is
@@ -32,13 +30,7 @@ struct RewardModel {
   RewardMetadata metadata;
 };
 
-// Loads DIR as a reward model: it must be a single-label sequence classifier (num_labels 1).
-RewardModel load_reward_model(const std::string& dir);
-
-// The pad id a reward model's config.json declares. It must differ from EOS: every scored sequence
-// ends with EOS, and transformers finds the last real token as the last one that is not pad.
-// The tokenizer's own pad when it has one, else 0 (SentencePiece's <unk> in Llama vocabularies).
-int64_t reward_pad_id(const Tokenizer& tokenizer);
+// load_reward_model and reward_pad_id: common/io/reward_model_dir.h.
 
 // Sequences laid in a padded batch: input_ids, attention_mask [N, T] (T: the longest).
 struct ScoreBatch {
