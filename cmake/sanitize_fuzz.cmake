@@ -41,7 +41,7 @@ add_library(tiller_san STATIC ${TILLER_SAN_SOURCES} ${TILLER_SAN_STAGE_SOURCES})
 target_include_directories(tiller_san PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}
                            ${CMAKE_BINARY_DIR}/generated)
 target_link_libraries(tiller_san PUBLIC ${TORCH_LIBRARIES} nlohmann_json::nlohmann_json ZLIB::ZLIB
-                      ${CMAKE_DL_LIBS} PRIVATE ${TILLER_BLAS_LIB} ICU::i18n ICU::uc)
+                      ${CMAKE_DL_LIBS} PRIVATE ${TILLER_BLAS_LIB} ICU::i18n ICU::uc ${TILLER_YAML_CPP})
 target_compile_options(tiller_san PUBLIC ${TILLER_SAN_FLAGS} PRIVATE ${TILLER_WARNINGS})
 target_link_options(tiller_san PUBLIC -fsanitize=address,undefined)
 add_dependencies(tiller_san tiller_spm)
@@ -67,7 +67,7 @@ if(TILLER_SANITIZE)
   # are filtered out by name in scripts/sanitize_and_fuzz.sh.
   set(TILLER_SAN_TESTS safetensors hf_dir llama2c model_config sft_data tokenizer recipes ppo_math
       attention_mask rlhf_stage reward fused_adamw fused_rms_norm fused_rotary fused_attention
-      side_by_side decode_kernels vec_math token_log_probs byte_level_bpe)
+      side_by_side decode_kernels vec_math token_log_probs byte_level_bpe yaml_recipe)
   list(TRANSFORM TILLER_SAN_TESTS PREPEND tests/)
   list(TRANSFORM TILLER_SAN_TESTS APPEND _test.cpp)
   add_executable(tiller_sanitize_tests ${TILLER_SAN_TESTS} tests/test_util.cpp)

@@ -12,6 +12,7 @@ PACKAGES=(
   libblas-dev             # cblas.h and libblas.so, for the fast decode step's direct BLAS calls
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev zlib1g-dev
+  libyaml-cpp-dev         # YAML recipes
   libicu-dev              # Unicode regexes and NFC for byte-level BPE tokenizers (tokenizer.json)
   libgtest-dev            # CMake configures the test targets (built only by scripts/test.sh)
 )

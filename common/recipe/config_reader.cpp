@@ -17,6 +17,23 @@ void ConfigReader::set_key_observer(std::function<void(const std::string&)> obse
   key_observer() = std::move(observer);
 }
 
+void ConfigErrors::add(const std::string& path, const std::string& message) {
+  const std::string where = location_of(path);
+  errors_.push_back((path.empty() ? "<root>" : path) + (where.empty() ? "" : " (" + where + ")") +
+                    ": " + message);
+}
+
+std::string ConfigErrors::location_of(std::string path) const {
+  if (locations_.empty()) return "";
+  while (!path.empty()) {
+    const auto found = locations_.find(path);
+    if (found != locations_.end()) return found->second;
+    const size_t parent_end = path.find_last_of(".[");
+    path.resize(parent_end == std::string::npos ? 0 : parent_end);
+  }
+  return "";
+}
+
 void ConfigErrors::throw_if_any(const std::string& source) const {
   if (errors_.empty()) return;
   std::string message = source + ": " + std::to_string(errors_.size()) +

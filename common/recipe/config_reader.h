@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <functional>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -15,19 +16,28 @@
 
 namespace tiller {
 
-// The mistakes found in a config, each "path: what".
+// Where each value of a config was written, by JSON path ("stages[1].train.lr" ->
+// "recipe.yaml:12"), for formats that tell (YAML).
+using ConfigLocations = std::map<std::string, std::string>;
+
+// The mistakes found in a config, each "path: what", or "path (where): what" when locations are
+// known.
 class ConfigErrors {
  public:
-  void add(const std::string& path, const std::string& message) {
-    errors_.push_back((path.empty() ? "<root>" : path) + ": " + message);
-  }
+  void add(const std::string& path, const std::string& message);
+  // From now on a mistake at a path names the place of that path, or of its nearest parent listed
+  // (a missing key: where its section is).
+  void set_locations(ConfigLocations locations) { locations_ = std::move(locations); }
   bool empty() const { return errors_.empty(); }
   const std::vector<std::string>& list() const { return errors_; }
   // Throws tiller::Error listing every mistake (one per line after the first), if any.
   void throw_if_any(const std::string& source) const;
 
  private:
+  std::string location_of(std::string path) const;
+
   std::vector<std::string> errors_;
+  ConfigLocations locations_;
 };
 
 class ConfigReader {

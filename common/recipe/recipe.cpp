@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 
+#include "common/recipe/yaml_recipe.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
 
@@ -26,9 +27,34 @@ bool is_index(const std::string& s) {
   return !s.empty() && s.size() < 9 && s.find_first_not_of("0123456789") == std::string::npos;
 }
 
+// The recipe file as a JSON object; for a YAML file, also where each value was written.
+nlohmann::json read_recipe_file(const std::string& path, ConfigLocations& locations) {
+  if (!is_yaml_path(path)) {
+    nlohmann::json json = read_json_file(path);
+    check(json.is_object(), path + ": a recipe is a JSON object");
+    return json;
+  }
+  YamlDocument document = read_yaml_file(path);
+  check(document.json.is_object(), path + ": a recipe is a YAML mapping (key: value lines)");
+  for (const auto& [at, line] : document.lines) locations[at] = path + ":" + std::to_string(line);
+  return std::move(document.json);
+}
+
+// An override replaces what the file said at its path: a mistake there, or below, names it.
+void locate_override(ConfigLocations& locations, const std::string& at,
+                     const std::string& assignment) {
+  auto it = locations.lower_bound(at);
+  while (it != locations.end() && it->first.compare(0, at.size(), at) == 0) {
+    const char next = it->first.size() > at.size() ? it->first[at.size()] : '\0';
+    const bool below = next == '\0' || next == '.' || next == '[';
+    it = below ? locations.erase(it) : std::next(it);
+  }
+  locations[at] = "override " + assignment;
+}
+
 }  // namespace
 
-void apply_override(nlohmann::json& json, const std::string& assignment) {
+std::string apply_override(nlohmann::json& json, const std::string& assignment) {
   const size_t eq = assignment.find('=');
   check(eq != std::string::npos && eq > 0,
         "override '" + assignment + "' must look like key.sub=value");
@@ -42,16 +68,19 @@ void apply_override(nlohmann::json& json, const std::string& assignment) {
   auto parts = split_path(key);
   for (const auto& p : parts) check(!p.empty(), "override '" + assignment + "': empty key segment");
   nlohmann::json* node = &json;
+  std::string path;  // as ConfigReader spells it
   size_t i = 0;
   // "sft.train.steps": the first segment names a stage.
   if (json.contains("stages") && json["stages"].is_array() && parts[0] != "stages" &&
       !json.contains(parts[0])) {
-    for (auto& stage : json["stages"]) {
+    auto& stages = json["stages"];
+    for (size_t s = 0; s < stages.size(); ++s) {
       // A name that is not a string is the recipe check's to report, not a reason to throw.
-      if (!stage.is_object()) continue;
-      const auto name = stage.find("name");
-      if (name != stage.end() && name->is_string() && name->get<std::string>() == parts[0]) {
-        node = &stage;
+      if (!stages[s].is_object()) continue;
+      const auto name = stages[s].find("name");
+      if (name != stages[s].end() && name->is_string() && name->get<std::string>() == parts[0]) {
+        node = &stages[s];
+        path = "stages[" + std::to_string(s) + "]";
         i = 1;
         break;
       }
@@ -63,24 +92,31 @@ void apply_override(nlohmann::json& json, const std::string& assignment) {
       check(is_index(parts[i]) && std::stoul(parts[i]) < node->size(),
             "override '" + assignment + "': '" + parts[i] + "' is not an index of the list");
       node = &(*node)[std::stoul(parts[i])];
+      path += "[" + std::to_string(std::stoul(parts[i])) + "]";
     } else {
       if (node->is_null()) *node = nlohmann::json::object();
       if (!node->is_object())
         throw Error("override '" + assignment + "': '" + (i > 0 ? parts[i - 1] : "<root>") +
                     "' is not an object");
       node = &(*node)[parts[i]];
+      path += (path.empty() ? "" : ".") + parts[i];
     }
     if (last) *node = value;
   }
+  return path;
 }
 
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides,
                    ConfigErrors& errors) {
   Recipe recipe;
   recipe.source = path;
-  recipe.resolved = read_json_file(path);
-  check(recipe.resolved.is_object(), path + ": a recipe is a JSON object");
-  for (const auto& o : overrides) apply_override(recipe.resolved, o);
+  ConfigLocations locations;
+  recipe.resolved = read_recipe_file(path, locations);
+  for (const auto& o : overrides) {
+    const std::string at = apply_override(recipe.resolved, o);
+    if (!locations.empty()) locate_override(locations, at, o);
+  }
+  errors.set_locations(std::move(locations));
   const auto& root = recipe.resolved;
 
   ConfigReader top(root, "", errors);

@@ -1,6 +1,6 @@
-// Recipe: the JSON file that names a run, its base model and its ordered stages. This file reads
-// the skeleton (run, base, stage names and types) and applies command-line overrides; each stage
-// parses its own body, reporting into the same error list.
+// Recipe: the JSON (or YAML) file that names a run, its base model and its ordered stages. This
+// file reads the skeleton (run, base, stage names and types) and applies command-line overrides;
+// each stage parses its own body, reporting into the same error list.
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -59,10 +59,12 @@ struct Recipe {
 
 // Applies "a.b.c=value" to json: the value is parsed as JSON when it is valid JSON, else taken as
 // a string. The first segment may name a stage ("sft.train.steps=10" = "stages.<i>.train...").
-void apply_override(nlohmann::json& json, const std::string& assignment);
+// Returns the path it set, as ConfigReader spells paths ("stages[1].train.steps").
+std::string apply_override(nlohmann::json& json, const std::string& assignment);
 
-// Reads the file (comments allowed), applies overrides, and reads the skeleton. Mistakes are
-// added to `errors` (the caller adds the stages' own and throws once).
+// Reads the file (JSON with comments; YAML when it ends in .yaml or .yml, see yaml_recipe.h),
+// applies overrides, and reads the skeleton. Mistakes are added to `errors` (the caller adds the
+// stages' own and throws once); for a YAML file, `errors` names the line of each mistake.
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides,
                    ConfigErrors& errors);
 

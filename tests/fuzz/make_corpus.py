@@ -128,6 +128,15 @@ def seeds_recipes(repo):
         "stages.0.name=\"p\"\nreward.data.format=hh\nnot_an_override\nrun.seed.x=1\n")
     put("recipe", "stage_name_number", '{"stages": [{"name": 5, "type": "sft"}]}\n%%\nx.a=1\n')
     put("recipe", "minimal_errors.json", '// comment\n{"run": {"name": 5}, "stages": [{"name": "s", "type": "sft", "bogus": 1}]}\n')
+    for name in sorted(os.listdir(os.path.join(repo, "recipes"))):
+        if name.endswith(".yaml"):
+            with open(os.path.join(repo, "recipes", name), "rb") as f:
+                text = f.read()
+            put("yaml_recipe", name, text)
+            put("yaml_recipe", name + "_overrides", text.rstrip(b"\n") + b"\n%%\nsft.train.steps=3\nppo.kl.beta=x\n")
+    put("yaml_recipe", "refusals.yaml", "a: &x 1\nb: *x\n<<: {c: 1}\nd: .nan\n1: e\nf: !!int 3\na: 2\n? [g]\n: h\n---\ni: 1\n")
+    put("yaml_recipe", "scalars.yaml", "run: {name: r, seed: 0x10, threads: 0o1, dir: ~}\nstages:\n- {name: s, type: sft, train: {lr: 1e-4, steps: '3'}}\n")
+    put("yaml_recipe", "syntax.yaml", "stages:\n\t- name: s\n  - [1, 2\n")
 
 
 def byte_symbols():

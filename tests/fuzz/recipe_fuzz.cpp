@@ -1,41 +1,8 @@
-// Fuzzes recipes: the input is a recipe file (JSON with comments), optionally followed by a line
-// "%%" and then one key=value override a line. It goes through load_recipe (file, comments,
-// overrides, skeleton) and each stage's own parser, as `tiller run --check` does. Mistakes must
-// be collected into ConfigErrors or thrown as a tiller::Error.
-#include <cstddef>
-#include <cstdint>
-#include <string>
-#include <vector>
-
-#include "common/recipe/pipeline.h"
-#include "common/recipe/recipe.h"
-#include "common/util/error.h"
-#include "stages/stage_types.h"
-#include "tests/fuzz/fuzz_util.h"
+// Fuzzes JSON recipes (JSON with comments, then optional overrides:
+// tests/fuzz/recipe_fuzz_input.h).
+#include "tests/fuzz/recipe_fuzz_input.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  std::string text(reinterpret_cast<const char*>(data), size);
-  std::vector<std::string> overrides;
-  const size_t split = text.find("\n%%\n");
-  if (split != std::string::npos) {
-    size_t begin = split + 4;
-    while (begin <= text.size()) {
-      size_t end = text.find('\n', begin);
-      if (end == std::string::npos) end = text.size();
-      if (end > begin) overrides.push_back(text.substr(begin, end - begin));
-      begin = end + 1;
-    }
-    text.resize(split + 1);
-  }
-  const std::string path = tiller::fuzz::write_input(
-      "recipe.json", reinterpret_cast<const uint8_t*>(text.data()), text.size());
-  try {
-    tiller::ConfigErrors errors;
-    const tiller::Recipe recipe = tiller::load_recipe(path, overrides, errors);
-    for (const auto& stage : tiller::parse_stages(tiller::stage_registry(), recipe, errors))
-      if (stage.type->stated_defaults) (void)stage.type->stated_defaults(stage.config);
-    errors.throw_if_any(path);
-  } catch (const tiller::Error&) {
-  }
+  tiller::fuzz::check_recipe_input(data, size, "recipe.json");
   return 0;
 }
