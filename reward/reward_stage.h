@@ -1,5 +1,5 @@
-// The pairwise reward-model stage: a scalar head on the transformer trained with the
-// Bradley-Terry loss on preference pairs, normalised after training, saved as
+// The reward-model stage: a scalar head on the transformer trained with the Bradley-Terry loss on
+// preference pairs, or with InstructGPT's loss on rankings, normalised after training, saved as
 // LlamaForSequenceClassification. parse -> build model, data, optimizer -> resume -> train ->
 // normalise -> save final/.
 #pragma once
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/data/preference_data.h"
+#include "common/data/ranking_data.h"
 #include "common/dist/process_group.h"
 #include "common/model/transformer.h"
 #include "common/recipe/recipe.h"
@@ -21,15 +22,20 @@ namespace tiller {
 struct RewardStageConfig {
   std::string name;
   std::string init;            // "@base", "@stage" or a model directory
-  PreferenceDataOptions data;  // data.max_seq_len = train.max_seq_len
+  PreferenceDataOptions data;  // data.max_seq_len = train.max_seq_len; format: preference, hh,
+                               // ranking or oasst
   std::string val_path;        // a validation file, or empty to split val_fraction off train
   double val_fraction = 0.1;
   bool use_margin = true;    // subtract each pair's "margin" inside the loss
   double center_coef = 0.0;  // reward centering: + center_coef * mean over pairs of (r_c + r_r)^2
+  // Rankings (formats ranking, oasst) only: "instructgpt" trains each ranking as one example, all
+  // its comparisons in one batch from one forward per response, weighted 1/C(K,2); "pairs"
+  // expands each ranking into its C(K,2) pairs, each an example of its own (two forwards a pair).
+  std::string ranking_loss = "instructgpt";
   // The set whose mean reward is made 0 after training: "val_chosen", "train_chosen", "none", or
   // a preference file (in data.format) whose chosen responses are the reference.
   std::string normalize_reference = "val_chosen";
-  TrainConfig train;  // batch_size and micro_batch_size count pairs
+  TrainConfig train;  // batch_size and micro_batch_size count pairs, or rankings ("instructgpt")
 };
 
 // Parses a reward stage body; mistakes go to `errors` with their paths.
@@ -43,9 +49,18 @@ RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& erro
 torch::Tensor pairwise_loss_sum(const torch::Tensor& chosen, const torch::Tensor& rejected,
                                 const torch::Tensor& margin, double center_coef);
 
-// Figures over a set of pairs (rewards as scored, i.e. after any offset).
+// InstructGPT's loss on rankings, summed over comparisons (the caller divides by the step's
+// ranking count): sum_c weight_c * [ -log sigmoid(better_c - worse_c) + center_coef * (better_c +
+// worse_c)^2 ] where weight_c is 1/(comparisons of c's ranking), 1/C(K,2) without ties, so each
+// ranking weighs 1. better, worse, weight: [C] float (scores gathered from one forward of every
+// response). Returns a scalar.
+torch::Tensor ranking_loss_sum(const torch::Tensor& better, const torch::Tensor& worse,
+                               const torch::Tensor& weight, double center_coef);
+
+// Figures over a set of pairs, or the comparisons of a set of rankings (rewards as scored, i.e.
+// after any offset).
 struct RewardEvalResult {
-  int64_t pairs = 0;
+  int64_t pairs = 0;           // pairs, or comparisons
   double accuracy = 0;         // fraction with r_chosen > r_rejected
   double loss = 0;             // mean -log sigmoid(r_c - r_r - margin)
   double margin = 0;           // mean r_chosen - r_rejected
@@ -61,6 +76,13 @@ RewardEvalResult evaluate_pairs(TransformerImpl& model, const std::vector<Prefer
                                 int64_t pad_id, int64_t micro_batch, int64_t max_batches,
                                 double offset, bool use_margin = true, bool bf16 = false,
                                 const dist::Group& group = dist::Group());
+
+// evaluate_pairs over all comparisons of the rankings (ties excluded), `micro_batch` rankings per
+// forward, each response scored once.
+RewardEvalResult evaluate_rankings(TransformerImpl& model,
+                                   const std::vector<TokenizedRanking>& rankings, int64_t pad_id,
+                                   int64_t micro_batch, int64_t max_batches, double offset,
+                                   bool bf16 = false, const dist::Group& group = dist::Group());
 
 // `tiller eval reward`: loads a reward-model directory and scores a preference file, tokenized
 // exactly as training tokenizes (load_preference_pairs). An empty template or a max_seq_len of 0

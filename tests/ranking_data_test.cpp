@@ -23,12 +23,14 @@ std::string write_lines(const std::string& path, const std::vector<std::string>&
   return path;
 }
 
-// A comparison as "better>worse" by the responses' last turn text.
+// A ranking's comparisons as "better>worse" by the responses' last turn text, sorted (a flat
+// export lists replies in no set order).
 std::vector<std::string> comparisons_text(const RankingConversation& r) {
   std::vector<std::string> out;
   for (const auto& c : ranking_comparisons(r.ranks))
     out.push_back(r.responses[static_cast<size_t>(c.better)].back().content + ">" +
                   r.responses[static_cast<size_t>(c.worse)].back().content);
+  std::sort(out.begin(), out.end());
   return out;
 }
 
