@@ -638,12 +638,12 @@ TEST(RankingRewardStage, OneForwardPerResponseReachesThePairwiseAccuracyWithFewe
         "train": {"steps": )" + std::to_string(steps) +
                                       R"(, "batch_size": )" + std::to_string(batch) +
                                       R"(, "micro_batch_size": )" + std::to_string(batch / 2) +
-                                      R"(, "lr": 0.003, "warmup_steps": 5, "max_seq_len": 64,
-                  "eval_every": 5, "log_every": 5}})",
+                                      R"(, "lr": 0.0005, "warmup_steps": 5, "max_seq_len": 64,
+                  "eval_every": 3, "log_every": 3}})",
                                   &config);
     return run_reward_stage(recipe, config);
   };
-  const int steps = 40;
+  const int steps = 30;
   const auto listwise = run(listwise_dir, "instructgpt", 8, steps);
   const auto pairs = run(pairs_dir, "pairs", 48, steps);
 
