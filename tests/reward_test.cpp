@@ -563,32 +563,42 @@ TEST(RewardStage, ResumeEndsBitIdenticalToAnUninterruptedRun) {
   TILLER_REQUIRE_SHARED(bin, kStoriesBin);
   TILLER_REQUIRE_SHARED(tok, kStoriesTok);
   const std::string init = stories_hf_dir(bin, tok);
-  const std::string data = test::temp_dir("reward_resume_data") + "/train.jsonl";
-  write_story_pairs(data, 21, 5);  // batches of 6 pairs cross epoch boundaries mid-step
-  auto stage = [&](int steps) {
-    return R"({"name": "rm", "type": "reward", "init": "@base",
-      "data": {"train": ")" +
-           data + R"(", "template": "plain", "val_fraction": 0.1},
-      "loss": {"center_coef": 0.01},
-      "train": {"steps": )" +
-           std::to_string(steps) + R"(, "batch_size": 6, "micro_batch_size": 3, "lr": 0.003,
-                "schedule": "constant", "max_seq_len": 48, "checkpoint_every": 2}})";
-  };
-  RewardStageConfig config;
-  const std::string straight = test::temp_dir("reward_resume_a"),
-                    resumed = test::temp_dir("reward_resume_b");
-  Recipe a = reward_recipe(straight, init, stage(7), &config);
-  run_reward_stage(a, config);
-  Recipe b = reward_recipe(resumed, init, stage(4), &config);
-  run_reward_stage(b, config);  // stops after step 4 (a checkpoint), as a killed run would have
-  remove_all(stage_output_dir(b, "rm"));
-  b = reward_recipe(resumed, init, stage(7), &config);
-  auto summary = run_reward_stage(b, config);  // resumes at step 4
-  EXPECT_EQ(summary["steps"], 7);
-  EXPECT_EQ(read_file(stage_output_dir(a, "rm") + "/model.safetensors"),
-            read_file(stage_output_dir(b, "rm") + "/model.safetensors"));
-  EXPECT_EQ(read_file(stage_output_dir(a, "rm") + "/config.json"),
-            read_file(stage_output_dir(b, "rm") + "/config.json"));
+  // Pairs, and rankings trained with InstructGPT's loss (whose forward count resumes too).
+  for (const std::string format : {"preference", "ranking"}) {
+    SCOPED_TRACE(format);
+    const std::string data = test::temp_dir("reward_resume_data") + "/train.jsonl";
+    // batches of 6 examples cross epoch boundaries mid-step
+    if (format == "preference")
+      write_story_pairs(data, 21, 5);
+    else
+      write_story_rankings(data, 21, 5);
+    auto stage = [&](int steps) {
+      return R"({"name": "rm", "type": "reward", "init": "@base",
+        "data": {"train": ")" +
+             data + R"(", "format": ")" + format + R"(", "template": "plain", "val_fraction": 0.1},
+        "loss": {"center_coef": 0.01},
+        "train": {"steps": )" +
+             std::to_string(steps) + R"(, "batch_size": 6, "micro_batch_size": 3, "lr": 0.003,
+                  "schedule": "constant", "max_seq_len": 48, "checkpoint_every": 2}})";
+    };
+    RewardStageConfig config;
+    const std::string straight = test::temp_dir("reward_resume_a"),
+                      resumed = test::temp_dir("reward_resume_b");
+    Recipe a = reward_recipe(straight, init, stage(7), &config);
+    const auto straight_summary = run_reward_stage(a, config);
+    Recipe b = reward_recipe(resumed, init, stage(4), &config);
+    run_reward_stage(b, config);  // stops after step 4 (a checkpoint), as a killed run would have
+    remove_all(stage_output_dir(b, "rm"));
+    b = reward_recipe(resumed, init, stage(7), &config);
+    auto summary = run_reward_stage(b, config);  // resumes at step 4
+    EXPECT_EQ(summary["steps"], 7);
+    EXPECT_EQ(straight_summary["responses_scored"], 7 * 6 * (format == "preference" ? 2 : 4));
+    EXPECT_EQ(summary["responses_scored"], straight_summary["responses_scored"]);
+    EXPECT_EQ(read_file(stage_output_dir(a, "rm") + "/model.safetensors"),
+              read_file(stage_output_dir(b, "rm") + "/model.safetensors"));
+    EXPECT_EQ(read_file(stage_output_dir(a, "rm") + "/config.json"),
+              read_file(stage_output_dir(b, "rm") + "/config.json"));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
