@@ -310,10 +310,22 @@ RewardEvalResult evaluate_reward_model(const std::string& model_dir, const std::
         "max_seq_len " + std::to_string(o.max_seq_len) +
             " exceeds the model's max_position_embeddings " +
             std::to_string(rm.model->config.max_position_embeddings));
-  PreferenceStats stats;
-  auto pairs = load_preference_pairs(o, tok, &stats);
   const int64_t pad_id =
       rm.model->config.pad_token_id >= 0 ? rm.model->config.pad_token_id : reward_pad_id(tok);
+  if (is_ranking_format(o.format)) {
+    RankingStats stats;
+    auto rankings = load_rankings(o, tok, &stats);
+    auto result = evaluate_rankings(*rm.model, rankings, pad_id, /*micro_batch=*/8,
+                                    /*max_batches=*/0, rm.metadata.offset);
+    result.data.records = stats.records;
+    result.data.skipped = stats.skipped;
+    result.data.identical = stats.identical;
+    result.data.prompt_too_long = stats.prompt_too_long;
+    result.data.truncated = stats.truncated;
+    return result;
+  }
+  PreferenceStats stats;
+  auto pairs = load_preference_pairs(o, tok, &stats);
   auto result = evaluate_pairs(*rm.model, pairs, pad_id, /*micro_batch=*/8, /*max_batches=*/0,
                                rm.metadata.offset);
   result.data = stats;

@@ -87,6 +87,8 @@ RewardEvalResult evaluate_rankings(TransformerImpl& model,
 // `tiller eval reward`: loads a reward-model directory and scores a preference file, tokenized
 // exactly as training tokenizes (load_preference_pairs). An empty template or a max_seq_len of 0
 // takes the value the model recorded in training (else "chatml" and max_position_embeddings).
+// The ranking formats are scored over all comparisons (evaluate_rankings): `pairs` counts them,
+// and data.identical counts responses dropped as identical.
 RewardEvalResult evaluate_reward_model(const std::string& model_dir, const std::string& data_path,
                                        const std::string& format = "preference",
                                        const std::string& template_name = "",

@@ -681,6 +681,14 @@ TEST(RankingRewardStage, OneForwardPerResponseReachesThePairwiseAccuracyWithFewe
   const int64_t pairs_forwards = forwards_to_reach(pairs_curve, target - 0.02);
   ASSERT_GT(listwise_forwards, 0) << listwise.dump();
   EXPECT_LT(listwise_forwards, pairs_forwards);
+
+  // `tiller eval reward --format ranking` scores the validation rankings' comparisons as the
+  // stage's final validation did.
+  const auto eval =
+      evaluate_reward_model(listwise_dir + "/run/rm/final", dir + "/val.jsonl", "ranking");
+  EXPECT_EQ(eval.pairs, 40 * 6);
+  EXPECT_DOUBLE_EQ(eval.accuracy, listwise["val_accuracy"].get<double>());
+  EXPECT_NEAR(eval.margin, listwise["val_margin"].get<double>(), 1e-5);
 }
 
 TEST(RankingRewardStage, RankingOptionsAreRefusedWherePairsAreRead) {
