@@ -246,6 +246,26 @@ TEST(RankingData, OasstBadTreesAreErrorsOrCountedSkips) {
   o.path = flat_path;
   EXPECT_EQ(read_ranking_conversations(o, &stats).size(), 2u);
   EXPECT_EQ(stats.skipped, 1);
+  // Messages whose parent_ids loop (never reached from an initial prompt).
+  auto looped = flatten(hand_made_tree()["prompt"], nullptr);
+  looped.push_back(R"({"message_id": "X", "parent_id": "Y", "role": "prompter", "text": "x"})");
+  looped.push_back(R"({"message_id": "Y", "parent_id": "X", "role": "assistant", "text": "y"})");
+  const std::string loop_path = write_lines(dir + "/loop.jsonl", looped);
+  error = test::error_of([&] { read_ranking_conversations(options(loop_path, "oasst"), nullptr); });
+  EXPECT_EQ(error, loop_path + ":" + std::to_string(looped.size() - 1) +
+                       ": message X: its parent_id chain loops back to it");
+  // A conversation nested deeper than the reader recurses.
+  nlohmann::json deep = oasst_message("D0", "prompter");
+  nlohmann::json* leaf = &deep;
+  for (int depth = 1; depth <= 1001; ++depth) {
+    (*leaf)["replies"].push_back(
+        oasst_message("D" + std::to_string(depth), depth % 2 ? "assistant" : "prompter", 0));
+    leaf = &(*leaf)["replies"][0];
+  }
+  const std::string deep_path =
+      write_lines(dir + "/deep.jsonl", {nlohmann::json{{"prompt", deep}}.dump()});
+  error = test::error_of([&] { read_ranking_conversations(options(deep_path, "oasst"), nullptr); });
+  EXPECT_EQ(error, deep_path + ":1: message D1001 is nested deeper than 1000 turns");
   // Without skip_bad_lines, the non-alternating tree alone.
   const std::string roles_path = write_lines(dir + "/roles.jsonl", {two_prompters.dump()});
   error =

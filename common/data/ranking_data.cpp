@@ -158,13 +158,23 @@ OasstMessage oasst_message(const nlohmann::json& json, const std::string& where)
   return m;
 }
 
+// Conversations deeper than this are refused: the tree is read recursively (real trees are a few
+// dozen turns deep; a hostile line could nest far enough to overflow the stack).
+constexpr int kMaxTreeDepth = 1000;
+
+void check_depth(int depth, const std::string& where, const std::string& id) {
+  check(depth <= kMaxTreeDepth, where + ": message " + id + " is nested deeper than " +
+                                    std::to_string(kMaxTreeDepth) + " turns");
+}
+
 // A message and its nested "replies" (the trees export).
-OasstMessage oasst_subtree(const nlohmann::json& json, const std::string& where) {
+OasstMessage oasst_subtree(const nlohmann::json& json, const std::string& where, int depth = 0) {
   OasstMessage m = oasst_message(json, where);
+  check_depth(depth, where, m.id);
   auto replies = json.find("replies");
   if (replies == json.end() || replies->is_null()) return m;
   check(replies->is_array(), where + ": message " + m.id + ": \"replies\" must be a list");
-  for (const auto& reply : *replies) m.replies.push_back(oasst_subtree(reply, where));
+  for (const auto& reply : *replies) m.replies.push_back(oasst_subtree(reply, where, depth + 1));
   return m;
 }
 
@@ -173,6 +183,33 @@ struct FlatTree {
   OasstMessage root;
   std::string where;
 };
+
+// Messages no initial prompt reaches either descend from a missing parent (already reported) or
+// from a loop of parent_ids (a cycle: an error here). parents[i]: i's parent index, or -1 when it
+// has none in the file.
+void check_no_parent_cycle(const std::vector<int64_t>& parents, const std::vector<bool>& reached,
+                           bool skip_bad, RankingStats& stats,
+                           const std::function<std::string(size_t)>& where) {
+  enum Fate : char { kUnknown, kSettled, kOnPath };
+  std::vector<Fate> fate(parents.size(), kUnknown);
+  for (size_t i = 0; i < parents.size(); ++i)
+    if (reached[i]) fate[i] = kSettled;
+  for (size_t i = 0; i < parents.size(); ++i) {
+    std::vector<size_t> path;
+    int64_t at = static_cast<int64_t>(i);
+    while (at >= 0 && fate[static_cast<size_t>(at)] == kUnknown) {
+      fate[static_cast<size_t>(at)] = kOnPath;
+      path.push_back(static_cast<size_t>(at));
+      at = parents[static_cast<size_t>(at)];
+    }
+    const bool cycle = at >= 0 && fate[static_cast<size_t>(at)] == kOnPath;
+    for (size_t p : path) fate[p] = kSettled;
+    if (!cycle) continue;
+    if (!skip_bad)
+      throw Error(where(static_cast<size_t>(at)) + ": its parent_id chain loops back to it");
+    ++stats.skipped;
+  }
+}
 
 std::vector<FlatTree> link_flat_messages(const std::vector<JsonRecord>& records, bool skip_bad,
                                          RankingStats& stats) {
@@ -199,6 +236,7 @@ std::vector<FlatTree> link_flat_messages(const std::vector<JsonRecord>& records,
     }
   }
   std::vector<std::vector<size_t>> children(flat.size());
+  std::vector<int64_t> parents(flat.size(), -1);
   std::vector<size_t> roots;
   for (size_t i = 0; i < flat.size(); ++i) {
     if (flat[i].parent_id.empty()) {
@@ -214,15 +252,29 @@ std::vector<FlatTree> link_flat_messages(const std::vector<JsonRecord>& records,
       continue;
     }
     children[parent->second].push_back(i);
+    parents[i] = static_cast<int64_t>(parent->second);
   }
   // Depth first from each initial prompt; a message reaches its replies only through its parent.
-  std::function<OasstMessage(size_t)> build = [&](size_t i) {
+  std::vector<bool> reached(flat.size(), false);
+  std::function<OasstMessage(size_t, int)> build = [&](size_t i, int depth) {
+    check_depth(depth, flat[i].where, flat[i].message.id);
+    reached[i] = true;
     OasstMessage m = std::move(flat[i].message);
-    for (size_t child : children[i]) m.replies.push_back(build(child));
+    for (size_t child : children[i]) m.replies.push_back(build(child, depth + 1));
     return m;
   };
   std::vector<FlatTree> trees;
-  for (size_t root : roots) trees.push_back({build(root), flat[root].where});
+  for (size_t root : roots) {
+    try {
+      trees.push_back({build(root, 0), flat[root].where});
+    } catch (const Error&) {
+      if (!skip_bad) throw;
+      ++stats.skipped;
+    }
+  }
+  check_no_parent_cycle(parents, reached, skip_bad, stats, [&](size_t i) {
+    return flat[i].where + ": message " + flat[i].message.id;
+  });
   return trees;
 }
 
