@@ -66,8 +66,8 @@ struct RankingStats {
 // conversation from the initial prompt to that message. Deleted replies (and what follows them),
 // unranked replies and rankings under two ranked replies are left out and counted. Errors (one
 // line naming file:line, or skipped and counted with skip_bad_lines): a malformed message, roles
-// that do not alternate, a parent missing from a flat export, and a tree every reply of which is
-// deleted.
+// that do not alternate, a parent missing from a flat export or parent_ids that loop, nesting past
+// 1000 turns, and a tree every reply to whose initial prompt is deleted.
 std::vector<RankingConversation> read_ranking_conversations(const PreferenceDataOptions& options,
                                                             RankingStats* stats);
 
