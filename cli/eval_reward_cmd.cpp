@@ -49,10 +49,13 @@ void add_eval_reward_command(CLI::App& eval_cmd, CommandAction& action) {
   auto* eval_reward_cmd = eval_cmd.add_subcommand(
       "reward", "accuracy and margins of a reward model on preference pairs");
   eval_reward_cmd->add_option("--model", eval_reward->model, "reward-model directory")->required();
-  eval_reward_cmd->add_option("--data", eval_reward->data, "preference JSONL (.gz read too)")
+  eval_reward_cmd
+      ->add_option(
+          "--data", eval_reward->data,
+          "preference or ranking JSONL (.gz read too); rankings count comparisons as pairs")
       ->required();
   eval_reward_cmd->add_option("--format", eval_reward->format)
-      ->check(CLI::IsMember({"preference", "hh"}))
+      ->check(CLI::IsMember({"preference", "hh", "ranking", "oasst"}))
       ->capture_default_str();
   eval_reward_cmd->add_option("--template", eval_reward->template_name,
                               "chat template (default: the one trained with)");

@@ -38,7 +38,7 @@ RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& erro
     c.val_fraction = d.number("val_fraction", c.val_path.empty() ? 0.1 : 0.0);
     c.data.skip_bad_lines = d.boolean("skip_bad_lines", false);
     c.data.max_records = d.integer("max_records", -1);
-    d.one_of("format", c.data.format, {"preference", "hh"});
+    d.one_of("format", c.data.format, {"preference", "hh", "ranking", "oasst"});
     d.one_of("template", c.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
     d.require(c.val_fraction >= 0 && c.val_fraction < 1, "val_fraction", "must be in [0, 1)");
     d.require(c.val_path.empty() || c.val_fraction == 0, "val_fraction",
@@ -55,6 +55,12 @@ RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& erro
     c.use_margin = l.boolean("use_margin", true);
     c.center_coef = l.number("center_coef", 0.0);
     l.require(c.center_coef >= 0 && std::isfinite(c.center_coef), "center_coef", "must be >= 0");
+    if (l.has("rankings")) {
+      c.ranking_loss = l.string("rankings", c.ranking_loss);
+      l.one_of("rankings", c.ranking_loss, {"instructgpt", "pairs"});
+      l.require(is_ranking_format(c.data.format), "rankings",
+                "applies to the ranking formats (data.format ranking or oasst) only");
+    }
   }
   const bool has_val = !c.val_path.empty() || c.val_fraction > 0;
   {
@@ -131,23 +137,27 @@ RewardSetUp set_up_model(const Recipe& recipe, const RewardStageConfig& c,
 }
 
 struct RewardData {
-  std::vector<PreferencePair> train, val;
-  PreferenceStats stats, val_stats;
+  RewardExamples train, val;
+  bool from_rankings = false;                     // data.format ranking or oasst
+  PreferenceStats stats, val_stats;               // the pair formats' loading figures
+  RankingStats ranking_stats, val_ranking_stats;  // the ranking formats'
 };
 
-RewardData load_data(const Recipe& recipe, const RewardStageConfig& c, const Tokenizer& tokenizer) {
+RewardData load_pair_data(const Recipe& recipe, const RewardStageConfig& c,
+                          const Tokenizer& tokenizer) {
   RewardData data;
   std::vector<PreferencePair> all = load_preference_pairs(c.data, tokenizer, &data.stats);
   if (!c.val_path.empty()) {
-    data.train = std::move(all);
+    data.train.pairs = std::move(all);
     PreferenceDataOptions val_options = c.data;
     val_options.path = c.val_path;
     val_options.max_records = -1;
-    data.val = load_preference_pairs(val_options, tokenizer, &data.val_stats);
+    data.val.pairs = load_preference_pairs(val_options, tokenizer, &data.val_stats);
   } else if (c.val_fraction > 0) {
-    split_preference_validation(all, c.val_fraction, recipe.run.seed, &data.train, &data.val);
+    split_preference_validation(all, c.val_fraction, recipe.run.seed, &data.train.pairs,
+                                &data.val.pairs);
   } else {
-    data.train = std::move(all);
+    data.train.pairs = std::move(all);
   }
   const PreferenceStats& s = data.stats;
   const PreferenceStats& v = data.val_stats;
@@ -158,11 +168,98 @@ RewardData load_data(const Recipe& recipe, const RewardStageConfig& c, const Tok
       (long long)data.val.size(), (long long)(s.identical + v.identical),
       (long long)(s.prompt_too_long + v.prompt_too_long), (long long)c.train.max_seq_len,
       (long long)(s.truncated + v.truncated), (long long)(s.skipped + v.skipped));
+  return data;
+}
+
+// Rankings as examples: themselves ("instructgpt") or their pairs ("pairs"); the rankings stay
+// either way, for the normalisation reference (their best responses).
+RewardExamples ranking_examples(std::vector<TokenizedRanking> rankings, bool listwise) {
+  RewardExamples examples;
+  examples.listwise = listwise;
+  if (!listwise)
+    for (const auto& ranking : rankings)
+      for (auto& pair : ranking_preference_pairs(ranking))
+        examples.pairs.push_back(std::move(pair));
+  examples.rankings = std::move(rankings);
+  return examples;
+}
+
+// Rankings are split (or read) into train and validation before any expansion into pairs, so
+// that both losses see the same validation comparisons.
+RewardData load_ranking_data(const Recipe& recipe, const RewardStageConfig& c,
+                             const Tokenizer& tokenizer) {
+  RewardData data;
+  data.from_rankings = true;
+  std::vector<TokenizedRanking> all = load_rankings(c.data, tokenizer, &data.ranking_stats);
+  std::vector<TokenizedRanking> train, val;
+  if (!c.val_path.empty()) {
+    train = std::move(all);
+    PreferenceDataOptions val_options = c.data;
+    val_options.path = c.val_path;
+    val_options.max_records = -1;
+    val = load_rankings(val_options, tokenizer, &data.val_ranking_stats);
+  } else if (c.val_fraction > 0) {
+    split_ranking_validation(all, c.val_fraction, recipe.run.seed, &train, &val);
+  } else {
+    train = std::move(all);
+  }
+  const bool listwise = c.ranking_loss == "instructgpt";
+  data.train = ranking_examples(std::move(train), listwise);
+  data.val = ranking_examples(std::move(val), listwise);
+  const RankingStats& s = data.ranking_stats;
+  const RankingStats& v = data.val_ranking_stats;
+  std::printf(
+      "[%s] data: %lld records -> %lld train / %lld validation rankings (%lld / %lld "
+      "comparisons, trained as %s); dropped %lld identical responses, %lld rankings without a "
+      "comparison, %lld with a prompt over %lld tokens; left out %lld deleted OASST trees, %lld "
+      "deleted and %lld unranked replies; %lld sequences truncated; %lld bad lines skipped\n",
+      c.name.c_str(), (long long)s.records, (long long)data.train.rankings.size(),
+      (long long)data.val.rankings.size(), (long long)data.train.comparisons(),
+      (long long)data.val.comparisons(), listwise ? "rankings" : "pairs",
+      (long long)(s.identical + v.identical), (long long)(s.no_comparison + v.no_comparison),
+      (long long)(s.prompt_too_long + v.prompt_too_long), (long long)c.train.max_seq_len,
+      (long long)(s.deleted_trees + v.deleted_trees),
+      (long long)(s.deleted_messages + v.deleted_messages),
+      (long long)(s.unranked_replies + v.unranked_replies), (long long)(s.truncated + v.truncated),
+      (long long)(s.skipped + v.skipped));
+  return data;
+}
+
+RewardData load_data(const Recipe& recipe, const RewardStageConfig& c, const Tokenizer& tokenizer) {
+  RewardData data = is_ranking_format(c.data.format) ? load_ranking_data(recipe, c, tokenizer)
+                                                     : load_pair_data(recipe, c, tokenizer);
   std::fflush(stdout);
   return data;
 }
 
-// One optimizer step over a global batch of pairs, and the validation pass.
+// The loading figures the summary states.
+nlohmann::json data_summary(const RewardData& data) {
+  if (!data.from_rankings) {
+    const PreferenceStats& s = data.stats;
+    const PreferenceStats& v = data.val_stats;
+    return {{"train_pairs", data.train.size()},
+            {"val_pairs", data.val.size()},
+            {"dropped_identical", s.identical + v.identical},
+            {"dropped_prompt_too_long", s.prompt_too_long + v.prompt_too_long},
+            {"truncated_sequences", s.truncated + v.truncated}};
+  }
+  const RankingStats& s = data.ranking_stats;
+  const RankingStats& v = data.val_ranking_stats;
+  return {{"train_rankings", data.train.rankings.size()},
+          {"val_rankings", data.val.rankings.size()},
+          {"train_comparisons", data.train.comparisons()},
+          {"val_comparisons", data.val.comparisons()},
+          {"dropped_identical_responses", s.identical + v.identical},
+          {"dropped_no_comparison", s.no_comparison + v.no_comparison},
+          {"dropped_prompt_too_long", s.prompt_too_long + v.prompt_too_long},
+          {"oasst_deleted_trees", s.deleted_trees + v.deleted_trees},
+          {"oasst_deleted_messages", s.deleted_messages + v.deleted_messages},
+          {"oasst_unranked_replies", s.unranked_replies + v.unranked_replies},
+          {"truncated_sequences", s.truncated + v.truncated}};
+}
+
+// One optimizer step over a global batch of examples (pairs or rankings), and the validation
+// pass.
 struct RewardStepper {
   TransformerImpl& model;
   ParallelAdamW& optimizer;
@@ -170,8 +267,9 @@ struct RewardStepper {
   const RewardData& data;
   const dist::Group& data_parallel;
   int64_t pad_id;
-  int64_t local_pairs;  // this rank's slice of every global batch
+  int64_t local_examples;  // this rank's slice of every global batch
   bool bf16;
+  int64_t* responses_scored;  // sequences scored by training forwards so far, every rank's
 
   StepReport step(const StepContext& context, const std::vector<int64_t>& picked) const {
     const TrainConfig& train = config.train;
@@ -182,25 +280,31 @@ struct RewardStepper {
     int64_t tokens = 0;
     PairTotals totals;
     const auto device = model.parameters().front().device();
-    const int64_t first = data_parallel.rank() * local_pairs;
-    for (int64_t begin = first; begin < first + local_pairs; begin += train.micro_batch_size) {
-      const int64_t count = std::min(train.micro_batch_size, first + local_pairs - begin);
-      auto batch = make_pair_batch(data.train, picked, static_cast<size_t>(begin),
-                                   static_cast<size_t>(count), pad_id, config.use_margin);
-      torch::Tensor scores;
+    int64_t responses = 0;
+    const int64_t first = data_parallel.rank() * local_examples;
+    for (int64_t begin = first; begin < first + local_examples; begin += train.micro_batch_size) {
+      const int64_t count = std::min(train.micro_batch_size, first + local_examples - begin);
+      auto batch = data.train.batch(picked, static_cast<size_t>(begin), static_cast<size_t>(count),
+                                    pad_id, config.use_margin);
+      torch::Tensor scores;  // [R]: one score per response
       {
         compat::AutocastGuard cast(bf16, device);
         scores = raw_scores(model, batch.rows).cpu();
       }
-      const int64_t pairs = batch.pairs;
-      auto chosen = scores.narrow(0, 0, pairs), rejected = scores.narrow(0, pairs, pairs);
-      auto loss = pairwise_loss_sum(chosen, rejected, batch.margin, config.center_coef);
+      auto better = scores.index_select(0, batch.better),
+           worse = scores.index_select(0, batch.worse);
+      auto loss = batch.weight.defined()
+                      ? ranking_loss_sum(better, worse, batch.weight, config.center_coef)
+                      : pairwise_loss_sum(better, worse, batch.margin, config.center_coef);
       (loss / static_cast<double>(train.batch_size)).backward();
       loss_sum += loss.item<double>();
       tokens += batch.tokens;
-      totals.add(chosen, rejected, batch.margin);
+      responses += batch.responses();
+      totals.add(better, worse, batch.margin);
     }
-    const auto global = data_parallel.sum({loss_sum, static_cast<double>(tokens)});
+    const auto global =
+        data_parallel.sum({loss_sum, static_cast<double>(tokens), static_cast<double>(responses)});
+    *responses_scored += static_cast<int64_t>(global[2]);
     const double loss = global[0] / static_cast<double>(train.batch_size);
     totals.reduce(data_parallel);
     const double grad_norm =
@@ -213,18 +317,34 @@ struct RewardStepper {
                      {"chosen_reward", figures.chosen_reward},
                      {"rejected_reward", figures.rejected_reward},
                      {"lr", lr},
-                     {"grad_norm", grad_norm}};
+                     {"grad_norm", grad_norm},
+                     {"responses_scored", *responses_scored}};
     report.shown = {{"loss", loss}, {"acc", figures.accuracy}, {"lr", lr}};
     report.tokens = global[1];
     return report;
   }
 
-  // The validation pairs' figures with rewards less `offset` (`max_batches` 0: all of them).
+  // The validation comparisons' figures with rewards less `offset` (`max_batches` 0: all).
   RewardEvalResult validation(double offset, int64_t max_batches) const {
-    return evaluate_pairs(model, data.val, pad_id, config.train.micro_batch_size, max_batches,
-                          offset, config.use_margin, bf16, data_parallel);
+    return evaluate_examples(model, data.val, pad_id, config.train.micro_batch_size, max_batches,
+                             offset, config.use_margin, bf16, data_parallel);
   }
 };
+
+// The chosen responses of pairs; of rankings, the best-ranked ones (all of a tie).
+std::vector<std::vector<int64_t>> chosen_responses(const RewardExamples& examples) {
+  std::vector<std::vector<int64_t>> chosen;
+  if (examples.rankings.empty()) {
+    for (const auto& pair : examples.pairs) chosen.push_back(pair.chosen);
+    return chosen;
+  }
+  for (const auto& ranking : examples.rankings) {
+    const int64_t best = *std::min_element(ranking.ranks.begin(), ranking.ranks.end());
+    for (size_t i = 0; i < ranking.responses.size(); ++i)
+      if (ranking.ranks[i] == best) chosen.push_back(ranking.responses[i]);
+  }
+  return chosen;
+}
 
 // The normalisation offset: the mean raw reward of the reference set's chosen responses.
 double normalisation_offset(TransformerImpl& model, const RewardStageConfig& c,
@@ -232,14 +352,17 @@ double normalisation_offset(TransformerImpl& model, const RewardStageConfig& c,
   model.eval();
   std::vector<std::vector<int64_t>> reference;
   if (c.normalize_reference == "val_chosen" || c.normalize_reference == "train_chosen") {
-    for (const auto& pair : c.normalize_reference == "val_chosen" ? data.val : data.train)
-      reference.push_back(pair.chosen);
+    reference = chosen_responses(c.normalize_reference == "val_chosen" ? data.val : data.train);
   } else if (c.normalize_reference != "none") {
     PreferenceDataOptions reference_options = c.data;
     reference_options.path = c.normalize_reference;
     reference_options.max_records = -1;
-    for (auto& pair : load_preference_pairs(reference_options, tokenizer, nullptr))
-      reference.push_back(std::move(pair.chosen));
+    RewardExamples file;
+    if (is_ranking_format(c.data.format))
+      file.rankings = load_rankings(reference_options, tokenizer, nullptr);
+    else
+      file.pairs = load_preference_pairs(reference_options, tokenizer, nullptr);
+    reference = chosen_responses(file);
   }
   const double offset = reference_mean(model, reference, pad_id, 2 * c.train.micro_batch_size);
   std::printf("[%s] normalisation: offset %.6f (mean raw reward of %zu %s sequences)\n",
@@ -259,25 +382,34 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
   RewardSetUp built = set_up_model(recipe, c, loop.device());
   TransformerImpl& model = *built.model;
   const RewardData data = load_data(recipe, c, built.tokenizer);
-  // Data parallel: each rank takes an equal slice of every global batch of batch_size pairs.
+  // Data parallel: each rank takes an equal slice of every global batch of batch_size examples.
   const dist::Group& data_parallel = dist::world();
-  const int64_t local_pairs = train.per_rank_batch(c.name, data_parallel, "pairs");
+  const int64_t local_examples =
+      train.per_rank_batch(c.name, data_parallel, data.train.listwise ? "rankings" : "pairs");
   ParallelAdamW optimizer(model, train.optimizer(), data_parallel, train.parallel_options());
 
-  EpochCursor<int64_t> pairs(
+  EpochCursor<int64_t> examples(
       [&](int64_t epoch) { return epoch_order(data.train.size(), recipe.run.seed, epoch); });
+  int64_t responses_scored = 0;
   loop.resume({{{"model", &model}}, {{"optimizer", &optimizer}}}, [&](const nlohmann::json& state) {
-    pairs.seek(state.at("epoch").get<int64_t>(), state.at("index").get<int64_t>());
+    examples.seek(state.at("epoch").get<int64_t>(), state.at("index").get<int64_t>());
+    responses_scored = state.value("responses_scored", int64_t{0});  // 0 before it was kept
   });
 
-  const RewardStepper stepper{
-      model,         optimizer,    c,           data,
-      data_parallel, built.pad_id, local_pairs, use_bf16(train.precision, loop.device())};
+  const RewardStepper stepper{model,
+                              optimizer,
+                              c,
+                              data,
+                              data_parallel,
+                              built.pad_id,
+                              local_examples,
+                              use_bf16(train.precision, loop.device()),
+                              &responses_scored};
   RewardEvalResult first_val, last_val;
   double last_loss = std::nan("");
   StageSteps steps;
   steps.step = [&](const StepContext& context) {
-    StepReport report = stepper.step(context, pairs.take(train.batch_size));
+    StepReport report = stepper.step(context, examples.take(train.batch_size));
     last_loss = report.record["loss"].get<double>();
     return report;
   };
@@ -287,31 +419,33 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
       (at == 0 ? first_val : last_val) = figures;
       StepReport report;
       report.record = eval_json(figures, "val_");
+      report.record["responses_scored"] = responses_scored;
       report.shown = {{"val_acc", figures.accuracy}, {"val_margin", figures.margin}};
       return report;
     };
-  steps.state = [&] { return nlohmann::json{{"epoch", pairs.epoch()}, {"index", pairs.index()}}; };
+  steps.state = [&] {
+    return nlohmann::json{{"epoch", examples.epoch()},
+                          {"index", examples.index()},
+                          {"responses_scored", responses_scored}};
+  };
   loop.run(steps);
 
   const double offset = normalisation_offset(model, c, data, built.tokenizer, built.pad_id);
-  nlohmann::json summary = {
-      {"steps", loop.step()},
-      {"final_loss", last_loss},
-      {"skipped_steps", loop.guard().skipped()},
-      {"train_pairs", data.train.size()},
-      {"val_pairs", data.val.size()},
-      {"dropped_identical", data.stats.identical + data.val_stats.identical},
-      {"dropped_prompt_too_long", data.stats.prompt_too_long + data.val_stats.prompt_too_long},
-      {"truncated_sequences", data.stats.truncated + data.val_stats.truncated},
-      {"reward_offset", offset},
-      {"normalize_reference", c.normalize_reference}};
+  nlohmann::json summary = {{"steps", loop.step()},
+                            {"final_loss", last_loss},
+                            {"skipped_steps", loop.guard().skipped()},
+                            {"responses_scored", responses_scored},
+                            {"reward_offset", offset},
+                            {"normalize_reference", c.normalize_reference}};
+  summary.update(data_summary(data));
+  if (data.from_rankings) summary["ranking_loss"] = c.ranking_loss;
   if (!data.val.empty()) {
     // Final validation figures with the offset applied (accuracy and margins do not change).
     const auto v = stepper.validation(offset, 0);
     summary.update(eval_json(v, "val_"));
     if (first_val.pairs > 0) summary["initial_val_accuracy"] = first_val.accuracy;
     std::printf(
-        "[%s] validation (%lld pairs): accuracy %.4f  loss %.4f  margin %.4f  chosen %.4f  "
+        "[%s] validation (%lld comparisons): accuracy %.4f  loss %.4f  margin %.4f  chosen %.4f  "
         "rejected %.4f\n",
         c.name.c_str(), (long long)v.pairs, v.accuracy, v.loss, v.margin, v.chosen_reward,
         v.rejected_reward);
@@ -333,11 +467,14 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
 
 StageType reward_stage_type() {
   StageType type = typed_stage_type<RewardStageConfig>(parse_reward_stage, run_reward_stage);
-  type.description = "a reward model: Bradley-Terry loss on preference pairs";
+  type.description =
+      "a reward model: Bradley-Terry loss on preference pairs, InstructGPT's loss on rankings";
   type.batch_layout = [](const std::any& config, int ranks) {
-    const int64_t batch = std::any_cast<const RewardStageConfig&>(config).train.batch_size;
-    return "global batch " + std::to_string(batch) + " pairs = " + std::to_string(ranks) +
-           " ranks x " + std::to_string(batch / ranks);
+    const auto& c = std::any_cast<const RewardStageConfig&>(config);
+    const bool listwise = is_ranking_format(c.data.format) && c.ranking_loss == "instructgpt";
+    const int64_t batch = c.train.batch_size;
+    return "global batch " + std::to_string(batch) + (listwise ? " rankings" : " pairs") + " = " +
+           std::to_string(ranks) + " ranks x " + std::to_string(batch / ranks);
   };
   type.summary_rows = [](const std::string& stage, const nlohmann::json& summary) {
     return std::vector<SummaryRow>{

@@ -3,6 +3,7 @@
 // end-to-end check that stories260K learns a preference rule (validation accuracy >= 0.95).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <random>
@@ -72,6 +73,41 @@ void write_story_pairs(const std::string& path, int count, uint32_t seed) {
     } else {
       record["prompt"] =
           nlohmann::json::array({{{"role", "user"}, {"content", "A story about " + name + "?"}}});
+    }
+    out << record.dump() << "\n";
+  }
+}
+
+// A generated ranking set with a graded rule: each of a prompt's four stories has three feeling
+// sentences, of which 3, 2, 1 or 0 say "happy"; more "happy" ranks higher. Half the records list
+// the responses best first, half shuffled with explicit "ranks".
+void write_story_rankings(const std::string& path, int count, uint32_t seed) {
+  const char* names[] = {"Tom", "Lily", "Ben", "Mia", "Sam", "Anna"};
+  const char* things[] = {"ball", "cat", "tree", "boat", "cake", "kite", "dog"};
+  const char* bad[] = {"sad", "angry", "tired", "scared", "bored"};
+  std::mt19937 rng(seed);
+  std::ofstream out(path);
+  for (int i = 0; i < count; ++i) {
+    const std::string name = names[rng() % 6];
+    std::vector<std::string> responses;
+    for (int happy = 3; happy >= 0; --happy) {
+      std::vector<std::string> feelings;
+      for (int f = 0; f < 3; ++f) feelings.push_back(f < happy ? "happy" : bad[rng() % 5]);
+      std::shuffle(feelings.begin(), feelings.end(), rng);
+      std::string story = name + " had a " + things[rng() % 7] + ".";
+      for (const auto& feeling : feelings) story += " " + name + " was " + feeling + ".";
+      responses.push_back(story);
+    }
+    nlohmann::json record = {{"prompt", "Tell me a story about " + name + "."}};
+    if (i % 2) {
+      record["responses"] = responses;
+    } else {
+      std::vector<int> order = {0, 1, 2, 3};
+      std::shuffle(order.begin(), order.end(), rng);
+      for (int k : order) {
+        record["responses"].push_back(responses[static_cast<size_t>(k)]);
+        record["ranks"].push_back(k);
+      }
     }
     out << record.dump() << "\n";
   }
@@ -529,30 +565,155 @@ TEST(RewardStage, ResumeEndsBitIdenticalToAnUninterruptedRun) {
   TILLER_REQUIRE_SHARED(bin, kStoriesBin);
   TILLER_REQUIRE_SHARED(tok, kStoriesTok);
   const std::string init = stories_hf_dir(bin, tok);
-  const std::string data = test::temp_dir("reward_resume_data") + "/train.jsonl";
-  write_story_pairs(data, 21, 5);  // batches of 6 pairs cross epoch boundaries mid-step
-  auto stage = [&](int steps) {
-    return R"({"name": "rm", "type": "reward", "init": "@base",
-      "data": {"train": ")" +
-           data + R"(", "template": "plain", "val_fraction": 0.1},
-      "loss": {"center_coef": 0.01},
-      "train": {"steps": )" +
-           std::to_string(steps) + R"(, "batch_size": 6, "micro_batch_size": 3, "lr": 0.003,
-                "schedule": "constant", "max_seq_len": 48, "checkpoint_every": 2}})";
+  // Pairs, and rankings trained with InstructGPT's loss (whose forward count resumes too).
+  for (const std::string format : {"preference", "ranking"}) {
+    SCOPED_TRACE(format);
+    const std::string data = test::temp_dir("reward_resume_data") + "/train.jsonl";
+    // batches of 6 examples cross epoch boundaries mid-step
+    if (format == "preference")
+      write_story_pairs(data, 21, 5);
+    else
+      write_story_rankings(data, 21, 5);
+    auto stage = [&](int steps) {
+      return R"({"name": "rm", "type": "reward", "init": "@base",
+        "data": {"train": ")" +
+             data + R"(", "format": ")" + format + R"(", "template": "plain", "val_fraction": 0.1},
+        "loss": {"center_coef": 0.01},
+        "train": {"steps": )" +
+             std::to_string(steps) + R"(, "batch_size": 6, "micro_batch_size": 3, "lr": 0.003,
+                  "schedule": "constant", "max_seq_len": 48, "checkpoint_every": 2}})";
+    };
+    RewardStageConfig config;
+    const std::string straight = test::temp_dir("reward_resume_a"),
+                      resumed = test::temp_dir("reward_resume_b");
+    Recipe a = reward_recipe(straight, init, stage(7), &config);
+    const auto straight_summary = run_reward_stage(a, config);
+    Recipe b = reward_recipe(resumed, init, stage(4), &config);
+    run_reward_stage(b, config);  // stops after step 4 (a checkpoint), as a killed run would have
+    remove_all(stage_output_dir(b, "rm"));
+    b = reward_recipe(resumed, init, stage(7), &config);
+    auto summary = run_reward_stage(b, config);  // resumes at step 4
+    EXPECT_EQ(summary["steps"], 7);
+    EXPECT_EQ(straight_summary["responses_scored"], 7 * 6 * (format == "preference" ? 2 : 4));
+    EXPECT_EQ(summary["responses_scored"], straight_summary["responses_scored"]);
+    EXPECT_EQ(read_file(stage_output_dir(a, "rm") + "/model.safetensors"),
+              read_file(stage_output_dir(b, "rm") + "/model.safetensors"));
+    EXPECT_EQ(read_file(stage_output_dir(a, "rm") + "/config.json"),
+              read_file(stage_output_dir(b, "rm") + "/config.json"));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rankings (InstructGPT's loss)
+
+namespace {
+
+// (training forwards so far, validation accuracy) at each evaluation of a run.
+std::vector<std::pair<int64_t, double>> accuracy_by_forwards(const std::string& metrics_path) {
+  std::vector<std::pair<int64_t, double>> out;
+  for (const auto& [step, record] : test::metrics_by_step(metrics_path))
+    if (record.contains("val_accuracy"))
+      out.push_back(
+          {record.at("responses_scored").get<int64_t>(), record.at("val_accuracy").get<double>()});
+  return out;
+}
+
+// The forwards a run took to first reach `accuracy` on validation (-1: never).
+int64_t forwards_to_reach(const std::vector<std::pair<int64_t, double>>& curve, double accuracy) {
+  for (const auto& [forwards, value] : curve)
+    if (value >= accuracy) return forwards;
+  return -1;
+}
+
+}  // namespace
+
+TEST(RankingRewardStage, OneForwardPerResponseReachesThePairwiseAccuracyWithFewerForwards) {
+  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
+  TILLER_REQUIRE_SHARED(tok, kStoriesTok);
+  const std::string dir = test::temp_dir("reward_rankings");
+  const std::string init = stories_hf_dir(bin, tok);
+  write_story_rankings(dir + "/train.jsonl", 240, 11);
+  write_story_rankings(dir + "/val.jsonl", 40, 12);
+  // Both runs take the same rankings and see the same comparisons per step: 8 rankings of K=4
+  // (48 comparisons from 32 forwards) against their 48 pairs (96 forwards).
+  const std::string listwise_dir = test::temp_dir("reward_rankings_listwise"),
+                    pairs_dir = test::temp_dir("reward_rankings_pairs");
+  auto run = [&](const std::string& run_dir, const std::string& rankings, int batch, int steps) {
+    RewardStageConfig config;
+    Recipe recipe = reward_recipe(run_dir, init,
+                                  R"({"name": "rm", "type": "reward", "init": "@base",
+        "data": {"train": ")" + dir + R"(/train.jsonl", "val": ")" +
+                                      dir +
+                                      R"(/val.jsonl", "format": "ranking", "template": "plain"},
+        "loss": {"rankings": ")" + rankings +
+                                      R"("},
+        "train": {"steps": )" + std::to_string(steps) +
+                                      R"(, "batch_size": )" + std::to_string(batch) +
+                                      R"(, "micro_batch_size": )" + std::to_string(batch / 2) +
+                                      R"(, "lr": 0.0005, "warmup_steps": 5, "max_seq_len": 64,
+                  "eval_every": 3, "log_every": 3}})",
+                                  &config);
+    return run_reward_stage(recipe, config);
   };
-  RewardStageConfig config;
-  const std::string straight = test::temp_dir("reward_resume_a"),
-                    resumed = test::temp_dir("reward_resume_b");
-  Recipe a = reward_recipe(straight, init, stage(7), &config);
-  run_reward_stage(a, config);
-  Recipe b = reward_recipe(resumed, init, stage(4), &config);
-  run_reward_stage(b, config);  // stops after step 4 (a checkpoint), as a killed run would have
-  remove_all(stage_output_dir(b, "rm"));
-  b = reward_recipe(resumed, init, stage(7), &config);
-  auto summary = run_reward_stage(b, config);  // resumes at step 4
-  EXPECT_EQ(summary["steps"], 7);
-  EXPECT_EQ(read_file(stage_output_dir(a, "rm") + "/model.safetensors"),
-            read_file(stage_output_dir(b, "rm") + "/model.safetensors"));
-  EXPECT_EQ(read_file(stage_output_dir(a, "rm") + "/config.json"),
-            read_file(stage_output_dir(b, "rm") + "/config.json"));
+  const int steps = 30;
+  const auto listwise = run(listwise_dir, "instructgpt", 8, steps);
+  const auto pairs = run(pairs_dir, "pairs", 48, steps);
+
+  // One forward per response: 4 a ranking, against 2 for each of its 6 pairs.
+  EXPECT_EQ(listwise["responses_scored"].get<int64_t>(), steps * 8 * 4);
+  EXPECT_EQ(pairs["responses_scored"].get<int64_t>(), steps * 48 * 2);
+  EXPECT_EQ(listwise["train_rankings"], 240);
+  EXPECT_EQ(listwise["train_comparisons"], 240 * 6);
+  EXPECT_EQ(listwise["val_comparisons"], 40 * 6);
+  EXPECT_EQ(pairs["val_comparisons"], 40 * 6);
+  EXPECT_EQ(listwise["ranking_loss"], "instructgpt");
+
+  const auto listwise_curve = accuracy_by_forwards(listwise_dir + "/run/rm/metrics.jsonl");
+  const auto pairs_curve = accuracy_by_forwards(pairs_dir + "/run/rm/metrics.jsonl");
+  for (const auto& [label, curve] :
+       {std::make_pair("instructgpt", listwise_curve), std::make_pair("pairs", pairs_curve)}) {
+    std::string line = std::string("[ rankings ] ") + label + " (forwards: val accuracy):";
+    for (const auto& [forwards, accuracy] : curve)
+      line += " " + std::to_string(forwards) + ":" + std::to_string(accuracy).substr(0, 5);
+    std::printf("%s\n", line.c_str());
+  }
+  const double target = pairs["val_accuracy"].get<double>();
+  EXPECT_GE(target, 0.9) << pairs.dump();
+  const int64_t listwise_forwards = forwards_to_reach(listwise_curve, target - 0.02);
+  const int64_t pairs_forwards = forwards_to_reach(pairs_curve, target - 0.02);
+  ASSERT_GT(listwise_forwards, 0) << listwise.dump();
+  EXPECT_LT(listwise_forwards, pairs_forwards);
+
+  // `tiller eval reward --format ranking` scores the validation rankings' comparisons as the
+  // stage's final validation did.
+  const auto eval =
+      evaluate_reward_model(listwise_dir + "/run/rm/final", dir + "/val.jsonl", "ranking");
+  EXPECT_EQ(eval.pairs, 40 * 6);
+  EXPECT_DOUBLE_EQ(eval.accuracy, listwise["val_accuracy"].get<double>());
+  EXPECT_NEAR(eval.margin, listwise["val_margin"].get<double>(), 1e-5);
+}
+
+TEST(RankingRewardStage, RankingOptionsAreRefusedWherePairsAreRead) {
+  const std::string dir = test::temp_dir("reward_rankings_config");
+  write_text(dir + "/p.jsonl", R"({"prompt": "Q", "chosen": "a", "rejected": "b"})"
+                               "\n");
+  const std::string path = write_text(dir + "/r.json", R"({
+    "run": {"name": "x", "dir": ")" + dir + R"(/run"}, "base": {"hf": "m"},
+    "stages": [{"name": "rm", "type": "reward", "init": "@base",
+                "data": {"train": ")" + dir + R"(/p.jsonl", "format": "preference"},
+                "loss": {"rankings": "pairs"}},
+               {"name": "rm2", "type": "reward", "init": "@base",
+                "data": {"train": ")" + dir + R"(/p.jsonl", "format": "oasst"},
+                "loss": {"rankings": "listwise"}}]})");
+  ConfigErrors errors;
+  Recipe recipe = load_recipe(path, {}, errors);
+  parse_reward_stage(recipe.stages.at(0), errors);
+  const auto oasst = parse_reward_stage(recipe.stages.at(1), errors);
+  std::string all;
+  for (const auto& e : errors.list()) all += e + "\n";
+  EXPECT_NE(all.find("stages[0].loss.rankings: applies to the ranking formats"), std::string::npos)
+      << all;
+  EXPECT_NE(all.find("stages[1].loss.rankings: "), std::string::npos) << all;
+  EXPECT_EQ(all.find("stages[1].data.format"), std::string::npos) << all;
+  EXPECT_EQ(oasst.data.format, "oasst");
 }

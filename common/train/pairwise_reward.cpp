@@ -12,6 +12,16 @@ namespace tiller {
 
 namespace F = torch::nn::functional;
 
+namespace {
+
+std::vector<int64_t> identity_order(size_t n) {
+  std::vector<int64_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = static_cast<int64_t>(i);
+  return order;
+}
+
+}  // namespace
+
 torch::Tensor pairwise_loss_sum(const torch::Tensor& chosen, const torch::Tensor& rejected,
                                 const torch::Tensor& margin, double center_coef) {
   TORCH_CHECK(
@@ -22,12 +32,23 @@ torch::Tensor pairwise_loss_sum(const torch::Tensor& chosen, const torch::Tensor
   return loss;
 }
 
-PairBatch make_pair_batch(const std::vector<PreferencePair>& pairs,
-                          const std::vector<int64_t>& order, size_t begin, size_t count,
-                          int64_t pad_id, bool use_margin) {
+torch::Tensor ranking_loss_sum(const torch::Tensor& better, const torch::Tensor& worse,
+                               const torch::Tensor& weight, double center_coef) {
+  TORCH_CHECK(
+      better.dim() == 1 && better.sizes() == worse.sizes() && better.sizes() == weight.sizes(),
+      "ranking_loss_sum: better, worse and weight must be [C] alike");
+  auto per_comparison = -F::logsigmoid(better - worse);
+  if (center_coef > 0) per_comparison = per_comparison + center_coef * (better + worse).pow(2);
+  return (weight * per_comparison).sum();
+}
+
+// Pairs [begin, begin + count) of `order`: chosen rows first, then rejected.
+ComparisonBatch make_pair_batch(const std::vector<PreferencePair>& pairs,
+                                const std::vector<int64_t>& order, size_t begin, size_t count,
+                                int64_t pad_id, bool use_margin) {
   std::vector<const std::vector<int64_t>*> rows;
   std::vector<float> margins;
-  PairBatch b;
+  ComparisonBatch b;
   for (size_t i = begin; i < begin + count; ++i)
     rows.push_back(&pairs[static_cast<size_t>(order[i])].chosen);
   for (size_t i = begin; i < begin + count; ++i) {
@@ -37,8 +58,40 @@ PairBatch make_pair_batch(const std::vector<PreferencePair>& pairs,
     b.tokens += static_cast<int64_t>(p.chosen.size() + p.rejected.size());
   }
   b.rows = make_score_batch(rows, pad_id);
+  const int64_t n = static_cast<int64_t>(count);
+  b.better = torch::arange(n, torch::kLong);
+  b.worse = torch::arange(n, 2 * n, torch::kLong);
   b.margin = torch::tensor(margins, torch::kFloat);
-  b.pairs = static_cast<int64_t>(count);
+  return b;
+}
+
+// Rankings [begin, begin + count) of `order`: each response one row, its comparisons gathered.
+ComparisonBatch make_ranking_batch(const std::vector<TokenizedRanking>& rankings,
+                                   const std::vector<int64_t>& order, size_t begin, size_t count,
+                                   int64_t pad_id) {
+  std::vector<const std::vector<int64_t>*> rows;
+  std::vector<int64_t> better, worse;
+  std::vector<float> weight;
+  ComparisonBatch b;
+  for (size_t i = begin; i < begin + count; ++i) {
+    const auto& ranking = rankings[static_cast<size_t>(order[i])];
+    const int64_t first_row = static_cast<int64_t>(rows.size());
+    for (const auto& response : ranking.responses) {
+      rows.push_back(&response);
+      b.tokens += static_cast<int64_t>(response.size());
+    }
+    const auto comparisons = ranking_comparisons(ranking.ranks);
+    for (const auto& c : comparisons) {
+      better.push_back(first_row + c.better);
+      worse.push_back(first_row + c.worse);
+      weight.push_back(1.0f / static_cast<float>(comparisons.size()));
+    }
+  }
+  b.rows = make_score_batch(rows, pad_id);
+  b.better = torch::tensor(better, torch::kLong);
+  b.worse = torch::tensor(worse, torch::kLong);
+  b.margin = torch::zeros({static_cast<int64_t>(better.size())}, torch::kFloat);
+  b.weight = torch::tensor(weight, torch::kFloat);
   return b;
 }
 
@@ -72,45 +125,56 @@ RewardEvalResult PairTotals::result() const {
   return out;
 }
 
-namespace {
-
-std::vector<int64_t> identity_order(size_t n) {
-  std::vector<int64_t> order(n);
-  for (size_t i = 0; i < n; ++i) order[i] = static_cast<int64_t>(i);
-  return order;
-}
-
-}  // namespace
-
-RewardEvalResult evaluate_pairs(TransformerImpl& model, const std::vector<PreferencePair>& pairs,
-                                int64_t pad_id, int64_t micro_batch, int64_t max_batches,
-                                double offset, bool use_margin, bool bf16,
-                                const dist::Group& group) {
+RewardEvalResult evaluate_examples(TransformerImpl& model, const RewardExamples& examples,
+                                   int64_t pad_id, int64_t micro_batch, int64_t max_batches,
+                                   double offset, bool use_margin, bool bf16,
+                                   const dist::Group& group) {
   check(micro_batch >= 1, "evaluate_pairs: micro_batch must be at least 1");
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
-  const auto order = identity_order(pairs.size());
+  const auto order = identity_order(examples.size());
   const auto device = model.parameters().front().device();
   PairTotals totals;
   int64_t batch_index = 0;
-  for (size_t begin = 0; begin < pairs.size();
+  for (size_t begin = 0; begin < examples.size();
        begin += static_cast<size_t>(micro_batch), ++batch_index) {
     if (max_batches > 0 && batch_index >= max_batches) break;
     if (batch_index % group.size() != group.rank()) continue;  // another rank's batch
-    const size_t count = std::min(pairs.size() - begin, static_cast<size_t>(micro_batch));
-    auto batch = make_pair_batch(pairs, order, begin, count, pad_id, use_margin);
+    const size_t count = std::min(examples.size() - begin, static_cast<size_t>(micro_batch));
+    auto batch = examples.batch(order, begin, count, pad_id, use_margin);
     torch::Tensor scores;
     {
       compat::AutocastGuard cast(bf16, device);
       scores = raw_scores(model, batch.rows).cpu() - offset;
     }
-    const int64_t p = batch.pairs;
-    totals.add(scores.narrow(0, 0, p), scores.narrow(0, p, p), batch.margin);
+    totals.add(scores.index_select(0, batch.better), scores.index_select(0, batch.worse),
+               batch.margin);
   }
   if (was_training) model.train();
   totals.reduce(group);
   return totals.result();
+}
+
+RewardEvalResult evaluate_pairs(TransformerImpl& model, const std::vector<PreferencePair>& pairs,
+                                int64_t pad_id, int64_t micro_batch, int64_t max_batches,
+                                double offset, bool use_margin, bool bf16,
+                                const dist::Group& group) {
+  RewardExamples examples;
+  examples.pairs = pairs;
+  return evaluate_examples(model, examples, pad_id, micro_batch, max_batches, offset, use_margin,
+                           bf16, group);
+}
+
+RewardEvalResult evaluate_rankings(TransformerImpl& model,
+                                   const std::vector<TokenizedRanking>& rankings, int64_t pad_id,
+                                   int64_t micro_batch, int64_t max_batches, double offset,
+                                   bool bf16, const dist::Group& group) {
+  RewardExamples examples;
+  examples.rankings = rankings;
+  examples.listwise = true;
+  return evaluate_examples(model, examples, pad_id, micro_batch, max_batches, offset,
+                           /*use_margin=*/false, bf16, group);
 }
 
 RewardEvalResult evaluate_reward_model(const std::string& model_dir, const std::string& data_path,
@@ -132,10 +196,22 @@ RewardEvalResult evaluate_reward_model(const std::string& model_dir, const std::
         "max_seq_len " + std::to_string(o.max_seq_len) +
             " exceeds the model's max_position_embeddings " +
             std::to_string(rm.model->config.max_position_embeddings));
-  PreferenceStats stats;
-  auto pairs = load_preference_pairs(o, tok, &stats);
   const int64_t pad_id =
       rm.model->config.pad_token_id >= 0 ? rm.model->config.pad_token_id : reward_pad_id(tok);
+  if (is_ranking_format(o.format)) {
+    RankingStats stats;
+    auto rankings = load_rankings(o, tok, &stats);
+    auto result = evaluate_rankings(*rm.model, rankings, pad_id, /*micro_batch=*/8,
+                                    /*max_batches=*/0, rm.metadata.offset);
+    result.data.records = stats.records;
+    result.data.skipped = stats.skipped;
+    result.data.identical = stats.identical;
+    result.data.prompt_too_long = stats.prompt_too_long;
+    result.data.truncated = stats.truncated;
+    return result;
+  }
+  PreferenceStats stats;
+  auto pairs = load_preference_pairs(o, tok, &stats);
   auto result = evaluate_pairs(*rm.model, pairs, pad_id, /*micro_batch=*/8, /*max_batches=*/0,
                                rm.metadata.offset);
   result.data = stats;

@@ -1,5 +1,6 @@
-// The pairwise (Bradley-Terry) reward-model loss, batches of preference pairs, and the figures of a
-// reward model over a set of pairs: shared by the reward stage and `tiller eval reward`.
+// The reward model's losses on comparisons (pairs, Bradley-Terry; rankings, InstructGPT), the
+// forward batches they are computed on, and the figures of a reward model over a set of pairs or
+// rankings: shared by the reward stage and `tiller eval reward`.
 #pragma once
 #include <torch/torch.h>
 
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "common/data/preference_data.h"
+#include "common/data/ranking_data.h"
 #include "common/dist/process_group.h"
 #include "common/model/reward_model.h"
 #include "common/model/transformer.h"
@@ -22,9 +24,18 @@ namespace tiller {
 torch::Tensor pairwise_loss_sum(const torch::Tensor& chosen, const torch::Tensor& rejected,
                                 const torch::Tensor& margin, double center_coef);
 
-// Figures over a set of pairs (rewards as scored, i.e. after any offset).
+// InstructGPT's loss on rankings, summed over comparisons (the caller divides by the step's
+// ranking count): sum_c weight_c * [ -log sigmoid(better_c - worse_c) + center_coef * (better_c +
+// worse_c)^2 ] where weight_c is 1/(comparisons of c's ranking), 1/C(K,2) without ties, so each
+// ranking weighs 1. better, worse, weight: [C] float (scores gathered from one forward of every
+// response). Returns a scalar.
+torch::Tensor ranking_loss_sum(const torch::Tensor& better, const torch::Tensor& worse,
+                               const torch::Tensor& weight, double center_coef);
+
+// Figures over a set of pairs, or the comparisons of a set of rankings (rewards as scored, i.e.
+// after any offset).
 struct RewardEvalResult {
-  int64_t pairs = 0;
+  int64_t pairs = 0;           // pairs, or comparisons
   double accuracy = 0;         // fraction with r_chosen > r_rejected
   double loss = 0;             // mean -log sigmoid(r_c - r_r - margin)
   double margin = 0;           // mean r_chosen - r_rejected
@@ -33,16 +44,28 @@ struct RewardEvalResult {
   PreferenceStats data;        // what loading the file dropped (evaluate_reward_model)
 };
 
-// Pairs [begin, begin + count) of `order` as one forward batch: chosen rows first, then rejected.
-struct PairBatch {
-  ScoreBatch rows;
-  torch::Tensor margin;  // [P]
-  int64_t pairs = 0;
+// One forward batch: every sequence of its examples once, and the comparisons among the rows.
+// A pair is two rows and one comparison; a ranking of K responses is K rows and its comparisons.
+struct ComparisonBatch {
+  ScoreBatch rows;       // [R, T]
+  torch::Tensor better;  // [C] int64: the preferred row of each comparison
+  torch::Tensor worse;   // [C] int64
+  torch::Tensor margin;  // [C] float (0 for rankings)
+  torch::Tensor weight;  // [C] float, rankings only: 1/(its ranking's comparisons); undefined
+                         // for pairs, which pairwise_loss_sum weighs 1 each
   int64_t tokens = 0;
+  int64_t responses() const { return rows.input_ids.size(0); }
 };
-PairBatch make_pair_batch(const std::vector<PreferencePair>& pairs,
-                          const std::vector<int64_t>& order, size_t begin, size_t count,
-                          int64_t pad_id, bool use_margin);
+
+// Pairs [begin, begin + count) of `order`: chosen rows first, then rejected.
+ComparisonBatch make_pair_batch(const std::vector<PreferencePair>& pairs,
+                                const std::vector<int64_t>& order, size_t begin, size_t count,
+                                int64_t pad_id, bool use_margin);
+
+// Rankings [begin, begin + count) of `order`: each response one row, its comparisons gathered.
+ComparisonBatch make_ranking_batch(const std::vector<TokenizedRanking>& rankings,
+                                   const std::vector<int64_t>& order, size_t begin, size_t count,
+                                   int64_t pad_id);
 
 // Running sums of a set of pairs' figures.
 struct PairTotals {
@@ -56,6 +79,36 @@ struct PairTotals {
   RewardEvalResult result() const;
 };
 
+// The examples a reward stage trains or validates on: pairs (the pair formats, or rankings
+// expanded to pairs) or rankings (trained with ranking_loss_sum).
+struct RewardExamples {
+  std::vector<PreferencePair> pairs;
+  std::vector<TokenizedRanking> rankings;
+  bool listwise = false;  // the rankings are the examples
+
+  size_t size() const { return listwise ? rankings.size() : pairs.size(); }
+  bool empty() const { return size() == 0; }
+  int64_t comparisons() const {
+    if (!listwise) return static_cast<int64_t>(pairs.size());
+    int64_t n = 0;
+    for (const auto& ranking : rankings)
+      n += static_cast<int64_t>(ranking_comparisons(ranking.ranks).size());
+    return n;
+  }
+  ComparisonBatch batch(const std::vector<int64_t>& order, size_t begin, size_t count,
+                        int64_t pad_id, bool use_margin) const {
+    return listwise ? make_ranking_batch(rankings, order, begin, count, pad_id)
+                    : make_pair_batch(pairs, order, begin, count, pad_id, use_margin);
+  }
+};
+
+// Scores `examples` in order, `micro_batch` examples per forward, at most `max_batches` forwards
+// (0: all), dealt round-robin to the ranks of `group`, without autograd.
+RewardEvalResult evaluate_examples(TransformerImpl& model, const RewardExamples& examples,
+                                   int64_t pad_id, int64_t micro_batch, int64_t max_batches,
+                                   double offset, bool use_margin, bool bf16,
+                                   const dist::Group& group);
+
 // Scores the pairs with `model` (no autograd), `micro_batch` pairs per forward, at most
 // `max_batches` forwards (0: all); rewards are raw scores minus `offset`. The batches are dealt
 // round-robin to the members of `group` and the figures summed over them.
@@ -64,9 +117,18 @@ RewardEvalResult evaluate_pairs(TransformerImpl& model, const std::vector<Prefer
                                 double offset, bool use_margin = true, bool bf16 = false,
                                 const dist::Group& group = dist::Group());
 
+// evaluate_pairs over all comparisons of the rankings (ties excluded), `micro_batch` rankings per
+// forward, each response scored once.
+RewardEvalResult evaluate_rankings(TransformerImpl& model,
+                                   const std::vector<TokenizedRanking>& rankings, int64_t pad_id,
+                                   int64_t micro_batch, int64_t max_batches, double offset,
+                                   bool bf16 = false, const dist::Group& group = dist::Group());
+
 // `tiller eval reward`: loads a reward-model directory and scores a preference file, tokenized
 // exactly as training tokenizes (load_preference_pairs). An empty template or a max_seq_len of 0
 // takes the value the model recorded in training (else "chatml" and max_position_embeddings).
+// The ranking formats are scored over all comparisons (evaluate_rankings): `pairs` counts them,
+// and data.identical counts responses dropped as identical.
 RewardEvalResult evaluate_reward_model(const std::string& model_dir, const std::string& data_path,
                                        const std::string& format = "preference",
                                        const std::string& template_name = "",

@@ -110,6 +110,23 @@ def seeds_data():
     put("preference_data", "hh.jsonl", jsonl([{"chosen": hh_c, "rejected": hh_r}]))
     put("preference_data", "long_prompt.jsonl", jsonl([{"prompt": "word " * 200, "chosen": "a", "rejected": "b"}]))
 
+    def oasst(mid, role, rank=None, deleted=False, replies=()):
+        return {"message_id": mid, "role": role, "text": "text of " + mid, "deleted": deleted,
+                "rank": rank, "replies": list(replies)}
+    tree = oasst("P0", "prompter", replies=[
+        oasst("A1", "assistant", 0, replies=[oasst("P1", "prompter", replies=[
+            oasst("A11", "assistant", 1), oasst("A12", "assistant", 0), oasst("A13", "assistant", 0)])]),
+        oasst("A2", "assistant", 1), oasst("A3", "assistant", None, True), oasst("A4", "assistant")])
+    def flat(message, parent):
+        row = {k: v for k, v in message.items() if k != "replies"}
+        row["parent_id"] = parent
+        return [row] + [r for reply in message["replies"] for r in flat(reply, message["message_id"])]
+    put("ranking_data", "best_first.jsonl", jsonl([{"prompt": "Say hi", "responses": ["Hi!", "Hello.", "No."]},
+                                                   {"prompt": msgs[:2], "responses": [msgs[2:], "A cat."]}]))
+    put("ranking_data", "ranks.jsonl", jsonl([{"prompt": "Q", "responses": ["a", "b", "c", "d"], "ranks": [2, 0, 1, 1]}]))
+    put("ranking_data", "oasst_trees.jsonl", jsonl([{"message_tree_id": "P0", "prompt": tree}]))
+    put("ranking_data", "oasst_messages.jsonl", jsonl(flat(tree, None)))
+
     put("prompt_data", "prompt.jsonl", jsonl([{"prompt": "Tell me a story."}, {"prompt": msgs[:2]}]))
     put("prompt_data", "messages.jsonl", jsonl([{"messages": msgs}]))
     put("prompt_data", "alpaca.jsonl", jsonl([{"instruction": "Name a color", "input": "warm"}]))
