@@ -35,6 +35,11 @@ struct RewardStageConfig {
 // Parses a reward stage body; mistakes go to `errors` with their paths.
 RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& errors);
 
+// Every value the stage runs with, defaults included, as stage-body sections (init, data, loss,
+// normalize, train): the resolved recipe's, which parse_reward_stage reads back to the same
+// config. normalize.reference is the set the offset is taken on.
+nlohmann::json reward_stated_values(const RewardStageConfig& config);
+
 // The Bradley-Terry loss of a batch of pairs, summed (the caller divides by the step's pair count
 // so that micro-batches accumulate exactly):
 //   sum_i [ -log sigmoid(chosen_i - rejected_i - margin_i) + center_coef * (chosen_i +
