@@ -5,6 +5,7 @@
 // optimizer's settings, a short run's metrics and checkpoints) it is checked too.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <any>
 #include <cmath>
 #include <filesystem>
@@ -449,6 +450,11 @@ TEST(StageKeys, TheTableCoversEveryKeyTheParsersRead) {
     if (!covered.count(key) && !is_section(key)) missing += " '" + key + "'";
   }
   EXPECT_EQ(missing, "") << "read by a parser, not in the table";
+  // Every registered type has its rows (a new stage type adds its keys here).
+  for (const StageType& registered : stage_registry())
+    EXPECT_TRUE(std::any_of(cases.begin(), cases.end(),
+                            [&](const KeyCase& c) { return c.type == registered.type; }))
+        << registered.type << " has no rows in the table";
   EXPECT_GT(read.size(), 150u);
 }
 
