@@ -107,7 +107,10 @@ int main(int argc, char** argv) {
   CLI::App app{"tiller: instruction SFT, reward models and PPO-based RLHF on LibTorch"};
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "intra-op threads (0, the default: all cores)")
+  // Added before the commands: `tiller run` reads it (it wins over the recipe's run.threads).
+  app.add_option("--threads", threads,
+                 "intra-op threads (0: all cores; the default: all cores, or a recipe's "
+                 "run.threads, which this flag overrides)")
       ->check(CLI::Range(0, 1024));
   CommandAction action;
   add_commands(app, action);

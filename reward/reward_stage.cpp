@@ -81,6 +81,25 @@ RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& erro
   return c;
 }
 
+nlohmann::json reward_stated_values(const RewardStageConfig& c) {
+  nlohmann::json data = {{"train", c.data.path},
+                         {"format", c.data.format},
+                         {"template", c.data.template_name},
+                         {"skip_bad_lines", c.data.skip_bad_lines},
+                         {"max_records", c.data.max_records}};
+  if (c.val_path.empty())
+    data["val_fraction"] = c.val_fraction;
+  else
+    data["val"] = c.val_path;
+  nlohmann::json loss = {{"use_margin", c.use_margin}, {"center_coef", c.center_coef}};
+  if (is_ranking_format(c.data.format)) loss["rankings"] = c.ranking_loss;
+  return {{"init", c.init},
+          {"data", data},
+          {"loss", loss},
+          {"normalize", {{"reference", c.normalize_reference}}},
+          {"train", train_config_values(c.train)}};
+}
+
 // ---------------------------------------------------------------------------------------------
 // Set-up
 
@@ -346,9 +365,15 @@ std::vector<std::vector<int64_t>> chosen_responses(const RewardExamples& example
   return chosen;
 }
 
-// The normalisation offset: the mean raw reward of the reference set's chosen responses.
-double normalisation_offset(TransformerImpl& model, const RewardStageConfig& c,
-                            const RewardData& data, const Tokenizer& tokenizer, int64_t pad_id) {
+// The normalisation offset and how many chosen responses it is the mean raw reward of.
+struct RewardOffset {
+  double offset = 0;
+  int64_t sequences = 0;
+};
+
+RewardOffset normalisation_offset(TransformerImpl& model, const RewardStageConfig& c,
+                                  const RewardData& data, const Tokenizer& tokenizer,
+                                  int64_t pad_id) {
   model.eval();
   std::vector<std::vector<int64_t>> reference;
   if (c.normalize_reference == "val_chosen" || c.normalize_reference == "train_chosen") {
@@ -367,7 +392,7 @@ double normalisation_offset(TransformerImpl& model, const RewardStageConfig& c,
   const double offset = reference_mean(model, reference, pad_id, 2 * c.train.micro_batch_size);
   std::printf("[%s] normalisation: offset %.6f (mean raw reward of %zu %s sequences)\n",
               c.name.c_str(), offset, reference.size(), c.normalize_reference.c_str());
-  return offset;
+  return {offset, static_cast<int64_t>(reference.size())};
 }
 
 }  // namespace
@@ -382,6 +407,12 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
   RewardSetUp built = set_up_model(recipe, c, loop.device());
   TransformerImpl& model = *built.model;
   const RewardData data = load_data(recipe, c, built.tokenizer);
+  check(c.normalize_reference != "val_chosen" || !data.val.empty(),
+        "stage " + c.name +
+            ": normalize.reference is val_chosen, but no validation pair is left "
+            "of " +
+            (c.val_path.empty() ? std::string("the split") : c.val_path) +
+            "; name another reference (train_chosen, none or a file)");
   // Data parallel: each rank takes an equal slice of every global batch of batch_size examples.
   const dist::Group& data_parallel = dist::world();
   const int64_t local_examples =
@@ -430,13 +461,16 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
   };
   loop.run(steps);
 
-  const double offset = normalisation_offset(model, c, data, built.tokenizer, built.pad_id);
+  const RewardOffset normalised =
+      normalisation_offset(model, c, data, built.tokenizer, built.pad_id);
+  const double offset = normalised.offset;
   nlohmann::json summary = {{"steps", loop.step()},
                             {"final_loss", last_loss},
                             {"skipped_steps", loop.guard().skipped()},
                             {"responses_scored", responses_scored},
                             {"reward_offset", offset},
-                            {"normalize_reference", c.normalize_reference}};
+                            {"normalize_reference", c.normalize_reference},
+                            {"normalize_reference_sequences", normalised.sequences}};
   summary.update(data_summary(data));
   if (data.from_rankings) summary["ranking_loss"] = c.ranking_loss;
   if (!data.val.empty()) {
@@ -467,6 +501,9 @@ nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c
 
 StageType reward_stage_type() {
   StageType type = typed_stage_type<RewardStageConfig>(parse_reward_stage, run_reward_stage);
+  type.stated_defaults = [](const std::any& config) {
+    return reward_stated_values(std::any_cast<const RewardStageConfig&>(config));
+  };
   type.description =
       "a reward model: Bradley-Terry loss on preference pairs, InstructGPT's loss on rankings";
   type.batch_layout = [](const std::any& config, int ranks) {

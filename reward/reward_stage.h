@@ -41,6 +41,11 @@ struct RewardStageConfig {
 // Parses a reward stage body; mistakes go to `errors` with their paths.
 RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& errors);
 
+// Every value the stage runs with, defaults included, as stage-body sections (init, data, loss,
+// normalize, train): the resolved recipe's, which parse_reward_stage reads back to the same
+// config. normalize.reference is the set the offset is taken on.
+nlohmann::json reward_stated_values(const RewardStageConfig& config);
+
 // Runs the stage to completion (resuming from RUN_DIR/<name>/checkpoints when present) and
 // writes RUN_DIR/<name>/final/. Returns a summary.
 nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& config);

@@ -244,66 +244,96 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
   return c;
 }
 
-nlohmann::json rlhf_stated_defaults(const RlhfStageConfig& c) {
+namespace {
+
+// The ground-truth rule's keys (null: no rule).
+nlohmann::json ground_truth_values(const GroundTruthRule& rule) {
+  if (!rule.enabled()) return nullptr;
+  nlohmann::json stated = {{"rule", rule.kind}, {"ignore_case", rule.ignore_case}};
+  if (rule.kind == "regex") stated["pattern"] = rule.pattern;
+  if (rule.kind == "contains") stated["text"] = rule.text;
+  if (rule.kind == "length") {
+    stated["min_words"] = rule.min_words;
+    stated["max_words"] = rule.max_words;
+  }
+  return stated;
+}
+
+// The stage's sections (data, rollout, reward, kl, ppo, train, eval, samples).
+nlohmann::json section_values(const RlhfStageConfig& c) {
   const PpoOptions& o = c.ppo;
   const SamplingOptions& s = o.sampling;
-  return {{"data",
-           {{"format", c.data.format},
-            {"template", c.data.template_name},
-            {"max_prompt_len", c.data.max_prompt_len},
-            {"max_records", c.data.max_records},
-            {"skip_bad_lines", c.data.skip_bad_lines}}},
-          {"rollout",
-           {{"batch_size", c.batch_size},
-            {"max_new_tokens", s.max_new_tokens},
-            {"temperature", s.temperature},
-            {"top_k", s.top_k},
-            {"top_p", s.top_p},
-            {"missing_eos_penalty", o.missing_eos_penalty ? nlohmann::json(*o.missing_eos_penalty)
-                                                          : nlohmann::json(nullptr)}}},
-          {"reward",
-           {{"whiten", o.whiten_rewards},
-            {"clip", o.reward_clip},
-            {"max_seq_len", c.reward_max_seq_len}}},
-          {"kl",
-           {{"estimator", o.kl_estimator},
-            {"beta", c.beta},
-            {"target", c.kl_target},
-            {"horizon", c.kl_horizon},
-            {"max", c.kl_max}}},
-          {"ppo",
-           {{"epochs", o.epochs},
-            {"mini_batch_size", o.mini_batch_size},
-            {"micro_batch_size", o.micro_batch_size},
-            {"gamma", o.gamma},
-            {"lambda", o.lam},
-            {"clip", o.clip},
-            {"value_clip", o.value_clip},
-            {"value_coef", o.value_coef},
-            {"whiten_advantages", o.whiten_advantages},
-            {"critic_head", c.critic_head},
-            {"dump_rollouts", c.dump_rollouts}}},
-          {"train",
-           {{"iterations", c.iterations},
-            {"actor_lr", c.actor_lr},
-            {"critic_lr", c.critic_lr},
-            {"schedule", c.schedule},
-            {"min_lr_ratio", c.min_lr_ratio},
-            {"warmup_iterations", c.warmup_iterations},
-            {"weight_decay", c.weight_decay},
-            {"beta1", c.beta1},
-            {"beta2", c.beta2},
-            {"eps", c.eps},
-            {"grad_clip", o.actor_grad_clip},
-            {"checkpoint_every", c.checkpoint_every},
-            {"keep_checkpoints", c.keep_checkpoints},
-            {"log_every", c.log_every},
-            {"precision", c.precision},
-            {"max_nonfinite_steps", c.max_nonfinite_steps},
-            {"zero_stage", c.parallel.zero_stage},
-            {"allreduce_bucket_mb", static_cast<double>(c.parallel.bucket_bytes) / (1 << 20)}}},
-          {"eval", {{"prompts", c.eval_prompts}, {"every", c.eval_every}}},
-          {"samples", {{"every", c.sample_every}, {"count", c.sample_count}}}};
+  return {
+      {"data",
+       {{"prompts", c.data.path},
+        {"format", c.data.format},
+        {"template", c.data.template_name},
+        {"max_prompt_len", c.data.max_prompt_len},
+        {"max_records", c.data.max_records},
+        {"skip_bad_lines", c.data.skip_bad_lines}}},
+      {"rollout",
+       {{"batch_size", c.batch_size},
+        {"max_new_tokens", s.max_new_tokens},
+        {"temperature", s.temperature},
+        {"top_k", s.top_k},
+        {"top_p", s.top_p},
+        {"missing_eos_penalty", o.missing_eos_penalty ? nlohmann::json(*o.missing_eos_penalty)
+                                                      : nlohmann::json(nullptr)}}},
+      {"reward",
+       {{"whiten", o.whiten_rewards},
+        {"clip", o.reward_clip},
+        {"max_seq_len", c.reward_max_seq_len}}},
+      {"kl",
+       {{"estimator", o.kl_estimator},
+        {"beta", c.beta},
+        {"target", c.kl_target},
+        {"horizon", c.kl_horizon},
+        {"max", c.kl_max}}},
+      {"ppo",
+       {{"epochs", o.epochs},
+        {"mini_batch_size", o.mini_batch_size},
+        {"micro_batch_size", o.micro_batch_size},
+        {"gamma", o.gamma},
+        {"lambda", o.lam},
+        {"clip", o.clip},
+        {"value_clip", o.value_clip},
+        {"value_coef", o.value_coef},
+        {"whiten_advantages", o.whiten_advantages},
+        {"critic_head", c.critic_head},
+        {"dump_rollouts", c.dump_rollouts}}},
+      {"train",
+       {{"iterations", c.iterations},
+        {"actor_lr", c.actor_lr},
+        {"critic_lr", c.critic_lr},
+        {"schedule", c.schedule},
+        {"min_lr_ratio", c.min_lr_ratio},
+        {"warmup_iterations", c.warmup_iterations},
+        {"weight_decay", c.weight_decay},
+        {"beta1", c.beta1},
+        {"beta2", c.beta2},
+        {"eps", c.eps},
+        {"grad_clip", o.actor_grad_clip},
+        {"checkpoint_every", c.checkpoint_every},
+        {"keep_checkpoints", c.keep_checkpoints},
+        {"log_every", c.log_every},
+        {"precision", c.precision},
+        {"max_nonfinite_steps", c.max_nonfinite_steps},
+        {"zero_stage", c.parallel.zero_stage},
+        {"allreduce_bucket_mb", static_cast<double>(c.parallel.bucket_bytes) / (1 << 20)}}},
+      {"eval", {{"prompts", c.eval_prompts}, {"every", c.eval_every}, {"baselines", c.baselines}}},
+      {"samples", {{"every", c.sample_every}, {"count", c.sample_count}}}};
+}
+
+}  // namespace
+
+nlohmann::json rlhf_stated_defaults(const RlhfStageConfig& c) {
+  nlohmann::json stated = section_values(c);
+  stated["policy"] = c.policy;
+  stated["reference"] = c.reference;
+  stated["reward_model"] = c.reward_model;
+  stated["critic"] = c.critic;
+  if (c.ground_truth.enabled()) stated["ground_truth"] = ground_truth_values(c.ground_truth);
+  return stated;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -58,8 +58,10 @@ struct RlhfStageConfig {
 // Parses an rlhf stage body; mistakes go to `errors` with their paths.
 RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors);
 
-// Every value the stage runs with, defaults included, section by section ({"rollout": {...},
-// "reward": {...}, "kl": {...}, "ppo": {...}, "train": {...}, "eval": {...}, "samples": {...}}),
+// Every value the stage runs with, defaults included: the models (policy, reference,
+// reward_model, critic), then section by section ({"data": {...}, "rollout": {...}, "reward":
+// {...}, "kl": {...}, "ppo": {...}, "train": {...}, "eval": {...}, "samples": {...}, and
+// "ground_truth" when there is a rule}),
 // to be written into the resolved recipe: what it states is what ran, and it runs again as is.
 nlohmann::json rlhf_stated_defaults(const RlhfStageConfig& config);
 

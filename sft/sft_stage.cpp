@@ -80,6 +80,7 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bo
   if (r.has("model")) {
     ConfigReader model(r.object("model"), r.path_of("model"), errors);
     c.model_shape = model.string("shape", "stories260k");
+    model.one_of("shape", c.model_shape, {"stories260k", "llama-15m", "llama-124m"});
     for (const char* key :
          {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
           "num_attention_heads", "num_key_value_heads", "max_position_embeddings"}) {
@@ -105,6 +106,10 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bo
               "\"vocab_size\": N}");
   } else {
     r.require(c.model_shape.empty(), "model", "give either init or model, not both");
+    // A model loaded from init keeps its vocabulary: a tokenizer trained here would be ignored.
+    r.require(c.tokenizer_corpus.empty(), "tokenizer",
+              "a tokenizer is trained ({\"train\": corpus}) only for a model from scratch; with "
+              "init, give a tokenizer.model path or leave it out (the init's)");
   }
   if (!c.tokenizer.empty() && !path_exists(c.tokenizer))
     errors.add(r.path_of("tokenizer"), "file " + c.tokenizer + " does not exist");
@@ -145,6 +150,43 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bo
   c.train = parse_train_config(r.object("train"), r.path_of("train"), errors);
   c.data.max_seq_len = c.train.max_seq_len;
   return c;
+}
+
+nlohmann::json sft_stated_values(const SftStageConfig& c) {
+  nlohmann::json stated = nlohmann::json::object();
+  if (!c.init.empty()) stated["init"] = c.init;
+  if (!c.model_shape.empty()) {
+    // The shape's fields, then those the recipe overrides (vocab_size: the tokenizer's).
+    const ModelConfig shape = builtin_shape(c.model_shape);
+    stated["model"] = {{"shape", c.model_shape},
+                       {"hidden_size", shape.hidden_size},
+                       {"intermediate_size", shape.intermediate_size},
+                       {"num_hidden_layers", shape.num_hidden_layers},
+                       {"num_attention_heads", shape.num_attention_heads},
+                       {"num_key_value_heads", shape.num_key_value_heads},
+                       {"max_position_embeddings", shape.max_position_embeddings}};
+    stated["model"].update(c.model_fields);
+  }
+  if (!c.tokenizer_corpus.empty())
+    stated["tokenizer"] = {{"train", c.tokenizer_corpus}, {"vocab_size", c.tokenizer_vocab_size}};
+  else if (!c.tokenizer.empty())
+    stated["tokenizer"] = c.tokenizer;
+  nlohmann::json data = {{"train", c.data.path},
+                         {"format", c.data.format},
+                         {"packing", c.packing},
+                         {"skip_bad_lines", c.data.skip_bad_lines}};
+  if (c.val_path.empty())
+    data["val_fraction"] = c.val_fraction;
+  else
+    data["val"] = c.val_path;
+  if (!c.pretrain) {
+    data["template"] = c.data.template_name;
+    data["train_on_prompt"] = c.data.train_on_prompt;
+    data["max_records"] = c.data.max_records;
+  }
+  stated["data"] = data;
+  stated["train"] = train_config_values(c.train);
+  return stated;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -439,6 +481,10 @@ StageType sft_stage_type(bool pretrain) {
         return parse_sft_stage(entry, errors, pretrain);
       },
       run_sft_stage);
+  type.stated_defaults = [](const std::any& config) {
+    return sft_stated_values(std::any_cast<const SftStageConfig&>(config));
+  };
+  type.tensor_parallel = true;
   type.description = pretrain ? "pretraining: next-token loss on every token"
                               : "instruction SFT: next-token loss on the responses";
   type.batch_layout = [](const std::any& config, int ranks) {

@@ -33,6 +33,11 @@ struct SftStageConfig {
 // mistakes go to `errors` with their paths.
 SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bool pretrain);
 
+// Every value the stage runs with, defaults included, as stage-body sections ({"data": {...},
+// "train": {...}, "init": ...}): the resolved recipe's, which parse_sft_stage reads back to the
+// same config. Keys pretraining refuses are left out of a pretrain stage's.
+nlohmann::json sft_stated_values(const SftStageConfig& config);
+
 // Runs the stage to completion (resuming from RUN_DIR/<name>/checkpoints when present) and
 // writes RUN_DIR/<name>/final/. Returns a summary (figures for the run's report).
 nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& config);

@@ -4,10 +4,6 @@
 // is refused instead of reusing stale outputs; the quickstart's closing table is written.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/wait.h>
-
-#include <chrono>
-#include <thread>
 
 #include "common/util/files.h"
 #include "tests/test_util.h"
@@ -55,22 +51,21 @@ TEST(Chain, KilledDuringRewardResumesAndEndsWithTheUninterruptedActor) {
   EXPECT_TRUE(path_exists(straight + "/summary.json")) << out;
   EXPECT_NE(out.find("ground-truth rate, after ppo"), std::string::npos) << out;
 
-  // Killed once the reward stage has logged step 11 (checkpoints every 2 steps).
+  // Killed (SIGKILL, by TILLER_CRASH_AFTER_STEP) once the reward stage has logged step 11 and
+  // before anything after it: its last checkpoint is step 10 (checkpoints every 2 steps).
   const auto args = command(test::quickstart_recipe_in(killed));
-  const int pid = test::spawn_logged(args, killed + ".log");
+  const int pid = test::spawn_logged(args, killed + ".log", {"TILLER_CRASH_AFTER_STEP=reward:11"});
   ASSERT_GT(pid, 0);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
-  while (test::last_logged_step(killed + "/reward/metrics.jsonl") < 11 &&
-         std::chrono::steady_clock::now() < deadline && waitpid(pid, nullptr, WNOHANG) == 0)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  ASSERT_EQ(kill(pid, SIGKILL), 0) << "the run ended before the reward stage reached step 11";
-  waitpid(pid, nullptr, 0);
+  ASSERT_EQ(test::wait_exit(pid, 600), 128 + SIGKILL) << test::read_bytes(killed + ".log");
+  EXPECT_EQ(test::last_logged_step(killed + "/reward/metrics.jsonl"), 11);
   ASSERT_FALSE(path_exists(killed + "/reward/complete.json"));
+  ASSERT_FALSE(path_exists(killed + "/ppo"));
 
   ASSERT_EQ(test::run_command(test::shell_command(args), &out), 0) << out;
   EXPECT_NE(out.find("[pretrain] already complete"), std::string::npos) << out;
   EXPECT_NE(out.find("[sft] already complete"), std::string::npos) << out;
-  EXPECT_NE(out.find("[reward] resumed from"), std::string::npos) << out;
+  EXPECT_NE(out.find("[reward] resumed from "), std::string::npos) << out;
+  EXPECT_NE(out.find("/reward/checkpoints/step-10\n"), std::string::npos) << out;
   EXPECT_NE(out.find("[ppo] done"), std::string::npos) << out;
   for (const std::string stage : {"reward", "ppo"}) {
     const std::string a = test::read_bytes(straight + "/" + stage + "/final/model.safetensors");

@@ -316,7 +316,10 @@ TEST(DataParallel, CheckpointOfTwoRanksResumesOnOneAndContinuesTheCurve) {
             16);
 }
 
-TEST(DataParallel, ALostRankEndsTheJobWithItsNameWithinTheTimeout) {
+// The survivor ends on its own (no hang: the harness waits far longer than run.dist_timeout_s,
+// so only a hang reaches its limit), with exit code 1 and an error line that names its own rank
+// and the rank that was lost.
+TEST(DataParallel, ALostRankEndsTheJobWithItsName) {
   const std::string root = test::temp_dir("dp_lost");
   for (int victim : {1, 0}) {
     const std::string dir = root + "/kill" + std::to_string(victim);
@@ -331,19 +334,20 @@ TEST(DataParallel, ALostRankEndsTheJobWithItsNameWithinTheTimeout) {
            std::chrono::steady_clock::now() < deadline && test::wait_exit(job.pids[0], 0) == -1)
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     ASSERT_EQ(kill(job.pids[static_cast<size_t>(victim)], SIGKILL), 0);
-    const auto killed_at = std::chrono::steady_clock::now();
     const int survivor = 1 - victim;
-    const int code = test::wait_exit(job.pids[static_cast<size_t>(survivor)], 45);
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count();
+    const int code = test::wait_exit(job.pids[static_cast<size_t>(survivor)], 300);
     test::wait_job(job, 1);
     const std::string log = test::read_bytes(job.logs[static_cast<size_t>(survivor)]);
-    EXPECT_NE(code, -1) << "rank " << survivor << " still running 45 s after rank " << victim
-                        << " was killed (timeout 30 s)";
-    EXPECT_NE(code, 0) << log;
-    EXPECT_LT(seconds, 40.0);
-    EXPECT_NE(log.find("[rank " + std::to_string(survivor) + "]"), std::string::npos) << log;
-    EXPECT_NE(log.find("lost rank " + std::to_string(victim)), std::string::npos) << log;
+    ASSERT_NE(code, -1) << "rank " << survivor << " hangs after rank " << victim
+                        << " was killed (run.dist_timeout_s 30)";
+    EXPECT_EQ(code, 1) << log;
+    // One error line: a failed collective's ("... failed: lost rank V (its heartbeat stopped)")
+    // or, when the store's host went, "distributed: lost rank 0, which hosts the ... store".
+    const std::string error = "tiller: error: [rank " + std::to_string(survivor) + "] ";
+    const size_t at = log.find(error);
+    ASSERT_NE(at, std::string::npos) << log;
+    const std::string line = log.substr(at, log.find('\n', at) - at);
+    EXPECT_NE(line.find("lost rank " + std::to_string(victim)), std::string::npos) << line;
     EXPECT_EQ(log.find("terminate called"), std::string::npos) << log;
   }
 }

@@ -1,11 +1,15 @@
-// Every shipped recipe passes `tiller run --check` (from the project root, as users run them).
+// The shipped recipes: each passes `tiller run --check` (from the project root, as users run
+// them), parses into its stages with its values, and a mistake in it is named by its path; the
+// reference documents every key; the parsers survive what the fuzzer found.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <set>
 
+#include "common/recipe/pipeline.h"
 #include "common/recipe/recipe.h"
 #include "common/util/files.h"
 #include "reward/reward_stage.h"
@@ -18,25 +22,109 @@
 
 using namespace tiller;
 
-// The quickstart reads only what it generates (its synthetic data, written by --check itself
-// into runs/quickstart/data), so it is checked everywhere; the others need ../shared/data.
-TEST(Recipes, EveryShippedRecipePassesCheck) {
-  const bool shared = !test::shared_file("models/stories260K/stories260K.bin").empty();
-  int checked = 0;
-  for (const auto& entry :
-       std::filesystem::directory_iterator(std::string(TILLER_SOURCE_DIR) + "/recipes")) {
-    if (entry.path().extension() != ".json") continue;
-    if (!shared && entry.path().filename() != "quickstart.json") continue;
-    std::string out;
-    const int rc = test::run_command("cd '" + std::string(TILLER_SOURCE_DIR) + "' && '" +
-                                         test::tiller_binary() + "' run --check 'recipes/" +
-                                         entry.path().filename().string() + "'",
-                                     &out);
-    EXPECT_EQ(rc, 0) << entry.path() << ":\n" << out;
-    EXPECT_NE(out.find(": OK ("), std::string::npos) << out;
-    ++checked;
+namespace {
+
+// The working directory changed for a scope (shipped recipes name paths relative to the source
+// tree, as users run them).
+class InDirectory {
+ public:
+  explicit InDirectory(const std::string& dir) : previous_(std::filesystem::current_path()) {
+    std::filesystem::current_path(dir);
   }
-  EXPECT_GE(checked, shared ? 5 : 1);
+  ~InDirectory() { std::filesystem::current_path(previous_); }
+
+ private:
+  std::filesystem::path previous_;
+};
+
+// Every leaf of `body` as a dotted key ("train.lr") and its value.
+void leaves(const nlohmann::json& body, const std::string& prefix,
+            std::vector<std::pair<std::string, nlohmann::json>>& out) {
+  for (const auto& item : body.items()) {
+    const std::string key = prefix + item.key();
+    if (item.value().is_object())
+      leaves(item.value(), key + ".", out);
+    else
+      out.emplace_back(key, item.value());
+  }
+}
+
+nlohmann::json at_path(const nlohmann::json& object, const std::string& key) {
+  const nlohmann::json* node = &object;
+  for (size_t start = 0;;) {
+    const size_t dot = key.find('.', start);
+    const std::string part = key.substr(start, dot == std::string::npos ? dot : dot - start);
+    if (!node->is_object() || !node->contains(part)) return nullptr;
+    node = &(*node)[part];
+    if (dot == std::string::npos) return *node;
+    start = dot + 1;
+  }
+}
+
+// The shipped recipes and the stages (name, type) each must parse into.
+const std::map<std::string, std::vector<std::pair<std::string, std::string>>> kShipped = {
+    {"quickstart.json",
+     {{"pretrain", "pretrain"}, {"sft", "sft"}, {"reward", "reward"}, {"ppo", "rlhf"}}},
+    {"stories260k_alpaca_sft.json", {{"sft", "sft"}}},
+    {"stories260k_hh.json", {{"sft", "sft"}, {"reward", "reward"}, {"ppo", "rlhf"}}},
+    {"stories260k_hh_reward.json", {{"reward", "reward"}}},
+    {"tinystories_pretrain.json", {{"pretrain", "pretrain"}}},
+    {"tinystories_sweep.json", {{"pretrain", "pretrain"}}},
+};
+
+}  // namespace
+
+// Each shipped recipe parses into the stages it names, of the types it names, and every value it
+// sets reaches the parsed config unchanged (read back through the type's stated values, which the
+// resolved recipe is written from); a copy with a mistake in a stage is refused with its path.
+TEST(Recipes, ShippedRecipesParseIntoTheirStagesAndValuesAndAMistakeIsNamed) {
+  const bool shared = !test::shared_file("models/stories260K/stories260K.bin").empty();
+  std::set<std::string> on_disk;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(std::string(TILLER_SOURCE_DIR) + "/recipes"))
+    if (entry.path().extension() == ".json") on_disk.insert(entry.path().filename().string());
+  std::set<std::string> listed;
+  for (const auto& [file, stages] : kShipped) listed.insert(file);
+  EXPECT_EQ(on_disk, listed) << "a shipped recipe is missing from kShipped, or gone";
+
+  for (const auto& [file, expected] : kShipped) {
+    if (!shared && file != "quickstart.json") continue;
+    SCOPED_TRACE(file);
+    std::string out;
+    // --check writes the quickstart's synthetic data, which its stages then name.
+    const std::string check = "cd '" + std::string(TILLER_SOURCE_DIR) + "' && '" +
+                              test::tiller_binary() + "' run --check recipes/" + file;
+    ASSERT_EQ(test::run_command(check, &out), 0) << out;
+    EXPECT_NE(out.find(": OK (" + std::to_string(expected.size()) + " stages)"), std::string::npos)
+        << out;
+    InDirectory source(TILLER_SOURCE_DIR);
+    ConfigErrors errors;
+    const Recipe recipe = load_recipe("recipes/" + file, {}, errors);
+    const auto parsed = parse_stages(stage_registry(), recipe, errors);
+    ASSERT_TRUE(errors.empty()) << errors.list()[0];
+    ASSERT_EQ(parsed.size(), expected.size());
+    for (size_t i = 0; i < parsed.size(); ++i) {
+      EXPECT_EQ(parsed[i].name, expected[i].first);
+      EXPECT_EQ(parsed[i].type->type, expected[i].second);
+      ASSERT_TRUE(parsed[i].type->stated_defaults) << parsed[i].type->type;
+      const nlohmann::json stated = parsed[i].type->stated_defaults(parsed[i].config);
+      std::vector<std::pair<std::string, nlohmann::json>> given;
+      leaves(*recipe.stages[i].body, "", given);
+      for (const auto& [key, value] : given) {
+        if (key == "name" || key == "type") continue;
+        EXPECT_EQ(at_path(stated, key), value) << parsed[i].name << "." << key;
+      }
+    }
+    // A mistake in every stage: all refused at once, each with its path.
+    std::string mistakes;
+    for (size_t i = 0; i < expected.size(); ++i)
+      mistakes += " stages." + std::to_string(i) + ".train.stepz=3";
+    EXPECT_EQ(test::run_command(check + mistakes, &out), 1) << out;
+    for (size_t i = 0; i < expected.size(); ++i)
+      EXPECT_NE(out.find("stages[" + std::to_string(i) + "].train.stepz: unknown key"),
+                std::string::npos)
+          << out;
+  }
   if (!shared) GTEST_SKIP() << "checked only quickstart.json: ../shared/data is absent";
 }
 
@@ -141,6 +229,13 @@ TEST(Recipes, InitConfigWithAMalformedVocabSizeIsLeftToTheModelLoader) {
     ConfigErrors errors;
     const Recipe recipe = load_recipe(dir + "/r.json", {}, errors);
     ASSERT_EQ(recipe.stages.size(), 1u);
-    EXPECT_NO_THROW(parse_stage(recipe.stages[0], errors)) << config;
+    std::any parsed;
+    EXPECT_NO_THROW(parsed = parse_stage(recipe.stages[0], errors)) << config;
+    // Parsed in full (the init directory kept), the vocabulary left for the loader to report.
+    const auto* sft = std::any_cast<SftStageConfig>(&parsed);
+    ASSERT_NE(sft, nullptr) << config;
+    EXPECT_EQ(sft->init, dir + "/init");
+    for (const auto& e : errors.list())
+      EXPECT_EQ(e.find("vocab_size"), std::string::npos) << config << ": " << e;
   }
 }

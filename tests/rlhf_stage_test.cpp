@@ -151,9 +151,14 @@ TEST(RlhfStage, TheStatedValuesParseBackToThemselves) {
   EXPECT_EQ(config.critic_head, "zeros");  // auto, with whitened scores
   const auto stated = rlhf_stated_defaults(config);
   std::vector<std::string> overrides;
-  for (const auto& section : stated.items())
+  for (const auto& section : stated.items()) {
+    if (!section.value().is_object()) {  // policy, reference, reward_model, critic
+      overrides.push_back("ppo." + section.key() + "=" + section.value().dump());
+      continue;
+    }
     for (const auto& value : section.value().items())
       overrides.push_back("ppo." + section.key() + "." + value.key() + "=" + value.value().dump());
+  }
   RlhfStageConfig again;
   ASSERT_EQ(parse_errors(write_recipe(dir, R"("samples": {})"), overrides, &again), "");
   EXPECT_EQ(rlhf_stated_defaults(again), stated);

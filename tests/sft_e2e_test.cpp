@@ -48,10 +48,6 @@ void write_corpus(const std::string& path, const std::string& sft_path) {
 using test::last_logged_step;
 using test::read_bytes;
 
-pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
-  return test::spawn_logged(args, log);
-}
-
 class SftEndToEnd : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -111,35 +107,25 @@ TEST_F(SftEndToEnd, PretrainThenSftLowersLossAndResumesExactlyAfterKills) {
       0);
   EXPECT_NE(out.find("[sft] already complete"), std::string::npos) << out;
 
-  // Killed at several moments, resumed each time: first after seeded random delays (early, so
-  // the run is surely still going; with checkpoint_every 1-2 these often land inside a
-  // checkpoint write), then after given steps of each stage.
-  std::mt19937 rng(11);
-  int kills = 0;
+  // Killed (SIGKILL, by TILLER_CRASH_AFTER_STEP) after given steps of each stage, before their
+  // checkpoints, and resumed each time: before the first checkpoint, between checkpoints (every 2
+  // steps in pretraining, every step in SFT), and after each stage's last step, before its final
+  // checkpoint and final/. (Kills at random instants, inside checkpoint writes too, are
+  // tests/kill_torture.sh's.)
   const std::vector<std::string> args = {test::tiller_binary(), "run", recipe(),
                                          "run.dir=" + killed};
-  for (int i = 0; i < 3; ++i) {
-    pid_t pid = spawn(args, killed + ".log");
+  const std::vector<std::pair<std::string, int64_t>> crashes = {
+      {"pretrain", 1}, {"pretrain", 4}, {"pretrain", 17}, {"pretrain", 25}, {"pretrain", 30},
+      {"sft", 1},      {"sft", 4},      {"sft", 21},      {"sft", 30}};
+  for (const auto& [stage, at_step] : crashes) {
+    SCOPED_TRACE(stage + " step " + std::to_string(at_step));
+    const std::string at = "TILLER_CRASH_AFTER_STEP=" + stage + ":" + std::to_string(at_step);
+    const pid_t pid = test::spawn_logged(args, killed + ".log", {at});
     ASSERT_GT(pid, 0);
-    std::this_thread::sleep_for(std::chrono::milliseconds(300 + rng() % 700));
-    if (kill(pid, SIGKILL) == 0) ++kills;
-    waitpid(pid, nullptr, 0);
+    ASSERT_EQ(test::wait_exit(pid, 300), 128 + SIGKILL) << read_bytes(killed + ".log");
+    EXPECT_EQ(last_logged_step(killed + "/" + stage + "/metrics.jsonl"), at_step);
+    EXPECT_FALSE(path_exists(killed + "/" + stage + "/complete.json"));
   }
-  const std::vector<std::pair<std::string, int64_t>> step_kills = {
-      {"pretrain", 17}, {"pretrain", 25}, {"sft", 4}, {"sft", 21}};
-  for (const auto& [stage, at_step] : step_kills) {
-    pid_t pid = spawn(args, killed + ".log");
-    ASSERT_GT(pid, 0);
-    const std::string metrics = killed + "/" + stage + "/metrics.jsonl";
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    while (last_logged_step(metrics) < at_step && std::chrono::steady_clock::now() < deadline &&
-           waitpid(pid, nullptr, WNOHANG) == 0)
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 40));
-    if (kill(pid, SIGKILL) == 0) ++kills;
-    waitpid(pid, nullptr, 0);
-  }
-  EXPECT_GE(kills, 5);
   ASSERT_EQ(test::run_command(args[0] + " run " + recipe() + " run.dir=" + killed, &out), 0) << out;
   for (const std::string stage : {"pretrain", "sft"}) {
     const std::string a = read_bytes(straight + "/" + stage + "/final/model.safetensors");

@@ -44,26 +44,87 @@ void join_job(Recipe& recipe) {
                 launch.world_size / recipe.run.tensor_parallel, recipe.run.tensor_parallel);
 }
 
-void check_stage_types(const StageRegistry& registry, const Recipe& recipe, ConfigErrors& errors) {
-  for (const auto& entry : recipe.stages)
-    if (find_stage_type(registry, entry.type) == nullptr)
-      errors.add(entry.path + ".type",
-                 "'" + entry.type + "' is not one of: " + stage_type_names(registry));
+// "pretrain, sft": the types that run under tensor parallelism.
+std::string tensor_parallel_types(const StageRegistry& registry) {
+  std::string names;
+  for (const StageType& stage : registry)
+    if (stage.tensor_parallel) names += (names.empty() ? "" : ", ") + stage.type;
+  return names;
 }
 
-// The resolved recipe states the values a stage runs with that its type says it must (PPO's
-// GAE gamma and lambda among them).
-void state_defaults(const std::vector<ParsedStage>& stages, nlohmann::json& resolved) {
+// Every stage's type is registered, and runs under the recipe's tensor parallelism: checked
+// before the job is joined (a single process asked for tensor parallelism hears of its stages
+// first).
+void check_stage_types(const StageRegistry& registry, const Recipe& recipe, ConfigErrors& errors) {
+  for (const auto& entry : recipe.stages) {
+    const StageType* type = find_stage_type(registry, entry.type);
+    if (type == nullptr)
+      errors.add(entry.path + ".type",
+                 "'" + entry.type + "' is not one of: " + stage_type_names(registry));
+    else if (recipe.run.tensor_parallel > 1 && !type->tensor_parallel)
+      errors.add("run.tensor_parallel",
+                 std::to_string(recipe.run.tensor_parallel) + " ranks, but stage '" + entry.name +
+                     "' (" + entry.type + ") does not support tensor parallelism yet (" +
+                     tensor_parallel_types(registry) + " stages do); set run.tensor_parallel=1");
+  }
+}
+
+// Writes `stated` into `body`, object into object; any other value (null included: it may mean
+// something, as rollout.missing_eos_penalty's does) replaces what is there.
+void merge_stated(nlohmann::json& body, const nlohmann::json& stated) {
+  for (const auto& item : stated.items()) {
+    nlohmann::json& target = body[item.key()];
+    if (item.value().is_object() && (target.is_object() || target.is_null())) {
+      if (target.is_null()) target = nlohmann::json::object();
+      merge_stated(target, item.value());
+    } else {
+      target = item.value();
+    }
+  }
+}
+
+// The resolved recipe states every value each stage runs with, defaults included, from its
+// parsed config (its type's stated_defaults). Stage bodies are the fingerprints' input, so a
+// default written out or left implicit fingerprints alike.
+void state_stage_values(const std::vector<ParsedStage>& stages, nlohmann::json& resolved) {
   for (const auto& stage : stages) {
     if (!stage.type->stated_defaults) continue;
     const nlohmann::json stated = stage.type->stated_defaults(stage.config);
-    for (auto& body : resolved["stages"]) {
-      if (body.value("name", "") != stage.name) continue;
-      for (const auto& section : stated.items())
-        for (const auto& value : section.value().items())
-          body[section.key()][value.key()] = value.value();
-    }
+    for (auto& body : resolved["stages"])
+      if (body.value("name", "") == stage.name) merge_stated(body, stated);
   }
+}
+
+// The run section and the synthetic data's as they run (before join_job gives each rank of a
+// multi-process job its own GPU: the recipe's "cuda" stays "cuda").
+void state_run_values(const Recipe& recipe, nlohmann::json& resolved) {
+  const RunConfig& run = recipe.run;
+  resolved["run"] = {{"name", run.name},
+                     {"dir", run.dir},
+                     {"seed", run.seed},
+                     {"threads", run.threads},
+                     {"device", run.device},
+                     {"dist_timeout_s", run.dist_timeout_s},
+                     {"tensor_parallel", run.tensor_parallel}};
+  if (!recipe.synthetic.enabled) return;
+  const SyntheticDataOptions& o = recipe.synthetic.options;
+  resolved["synthetic_data"] = {{"dir", o.dir},
+                                {"seed", o.seed},
+                                {"corpus_stories", o.corpus_stories},
+                                {"sft_examples", o.sft_examples},
+                                {"preference_pairs", o.preference_pairs},
+                                {"prompts", o.prompts}};
+}
+
+// `tiller --threads N` wins over run.threads; when the recipe sets run.threads too, the choice
+// is said.
+void choose_threads(Recipe& recipe, int flag) {
+  if (flag < 0) return;
+  const nlohmann::json& run = recipe.resolved.value("run", nlohmann::json::object());
+  if (run.is_object() && run.contains("threads") && recipe.run.threads != flag)
+    std::printf("threads: %d from --threads (the recipe's run.threads %d is overridden)\n", flag,
+                recipe.run.threads);
+  recipe.run.threads = flag;
 }
 
 // Loads the recipe and parses every stage; all mistakes are reported together.
@@ -71,6 +132,8 @@ ParsedRecipe parse_recipe(const StageRegistry& registry, const PipelineOptions& 
   ConfigErrors errors;
   ParsedRecipe parsed{load_recipe(options.path, options.overrides, errors), {}};
   check_stage_types(registry, parsed.recipe, errors);
+  choose_threads(parsed.recipe, options.threads);
+  if (errors.empty()) state_run_values(parsed.recipe, parsed.recipe.resolved);
   if (!options.check_only && errors.empty()) join_job(parsed.recipe);
   // The recipe's own dataset exists before the stages check their files (rank 0 writes it).
   const SyntheticDataConfig& synthetic = parsed.recipe.synthetic;
@@ -80,7 +143,7 @@ ParsedRecipe parse_recipe(const StageRegistry& registry, const PipelineOptions& 
   dist::world().barrier();
   parsed.stages = parse_stages(registry, parsed.recipe, errors);
   errors.throw_if_any(options.path);
-  state_defaults(parsed.stages, parsed.recipe.resolved);
+  state_stage_values(parsed.stages, parsed.recipe.resolved);
   return parsed;
 }
 
@@ -151,6 +214,9 @@ int run_pipeline(const StageRegistry& registry, const PipelineOptions& options) 
     return 0;
   }
   set_threads(parsed.recipe.run.threads);
+  // The count that runs (0 asked for every core): exact resume holds under the same count.
+  parsed.recipe.run.threads = torch::get_num_threads();
+  parsed.recipe.resolved["run"]["threads"] = parsed.recipe.run.threads;
   warn_if_slow_blas();
   if (dist::is_main()) save_resolved_recipe(parsed.recipe, distributed_layout(parsed));
   run_chosen_stages(parsed, options);

@@ -19,6 +19,9 @@ struct PipelineOptions {
   bool check_only = false;        // --check: parse and validate, run nothing
   std::string only, from, until;  // stage names
   std::string only_type;          // `tiller <type> R.json`: the recipe's one stage of this type
+  // `tiller --threads N`: wins over the recipe's run.threads (said on stdout when the recipe sets
+  // it too); -1: not given.
+  int threads = -1;
 };
 
 // One stage of a recipe, parsed.
@@ -29,7 +32,8 @@ struct ParsedStage {
 };
 
 // Parses every stage of `recipe` with its registered type; an unregistered type is a mistake at
-// stages[i].type. Mistakes go to `errors`.
+// stages[i].type. Mistakes go to `errors`. (run_pipeline also refuses run.tensor_parallel > 1
+// beside a stage whose type does not run under it.)
 std::vector<ParsedStage> parse_stages(const StageRegistry& registry, const Recipe& recipe,
                                       ConfigErrors& errors);
 

@@ -38,8 +38,9 @@ struct StageType {
   std::function<std::any(const StageEntry& entry, ConfigErrors& errors)> parse;
   // Runs the stage to completion (resuming from its checkpoints) and returns its summary.
   std::function<nlohmann::json(const Recipe& recipe, const std::any& config)> run;
-  // Optional: values the stage runs with that the resolved recipe must state,
-  // {"section": {"key": value}}, written into the stage's body of RUN_DIR/recipe.json.
+  // Optional: every value the stage runs with, defaults included, as parts of a stage body
+  // ({"section": {"key": value}, "key": value}), merged into the stage's body of
+  // RUN_DIR/recipe.json. Parsing the merged body must give the same config back.
   std::function<nlohmann::json(const std::any& config)> stated_defaults;
   // Optional: in a multi-process job, the stage's batch layout for the head of the resolved
   // recipe ("global batch 8 rows = 2 ranks x 4").
@@ -52,6 +53,9 @@ struct StageType {
   std::vector<MetricChart> report_charts;   // the report's charts of metrics.jsonl
   std::string step_name = "step";           // the charts' x axis ("iteration" for PPO)
   bool sweepable = false;  // `tiller sweep` may measure it: it trains a language model
+  // It runs with run.tensor_parallel > 1; the pipeline refuses a recipe that asks for tensor
+  // parallelism beside a stage of any other type before anything runs (--check too), naming it.
+  bool tensor_parallel = false;
 };
 
 using StageRegistry = std::vector<StageType>;

@@ -1,8 +1,12 @@
 #include "common/train/stage_loop.h"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 
 #include "common/dist/interrupt.h"
 #include "common/dist/process_group.h"
@@ -10,6 +14,23 @@
 #include "common/util/error.h"
 
 namespace tiller {
+
+namespace {
+
+// A crash at a known point, for resume tests: TILLER_CRASH_AFTER_STEP=STAGE:STEP ends the
+// process with SIGKILL once STAGE's step STEP is done (its metrics line written) and before that
+// step's checkpoint, as a crash there would; a test then kills at a step it names instead of
+// racing a timer against the run.
+void crash_if_asked(const std::string& stage, int64_t step) {
+  const char* asked = std::getenv("TILLER_CRASH_AFTER_STEP");
+  if (asked == nullptr || stage + ":" + std::to_string(step) != asked) return;
+  std::printf("[%s] TILLER_CRASH_AFTER_STEP: killed after step %lld\n", stage.c_str(),
+              (long long)step);
+  std::fflush(nullptr);
+  ::kill(::getpid(), SIGKILL);
+}
+
+}  // namespace
 
 LoopSchedule loop_schedule(const TrainConfig& train) {
   LoopSchedule schedule;
@@ -116,6 +137,7 @@ void StageLoop::run(const StageSteps& steps) {
     }
     if (step_ % schedule_.log_every == 0 || step_ == schedule_.steps || evaluate)
       log(step_, report);
+    crash_if_asked(name_, step_);
     const bool save_now =
         (schedule_.checkpoint_every > 0 && step_ % schedule_.checkpoint_every == 0) ||
         step_ == schedule_.steps;

@@ -18,6 +18,8 @@
 // - the NonFiniteGuard (non-finite steps and loss spikes; the stage asks it through apply_update
 //   or its own trainer, the loop checkpoints and restores it);
 // - SIGINT/SIGTERM: after each step, a checkpoint and Interrupted (stop_if_interrupted);
+// - for resume tests, a crash at a named step: TILLER_CRASH_AFTER_STEP=STAGE:STEP (SIGKILL after
+//   the step's metrics line, before its checkpoint);
 // - the end: RUN_DIR/<stage>/final/ through the stage's save callback, complete.json with the
 //   summary (plus "stage" and "type") and its fingerprint, then the barrier between ranks.
 //

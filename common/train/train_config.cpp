@@ -77,6 +77,34 @@ TrainConfig parse_train_config(const nlohmann::json& json, const std::string& pa
   return c;
 }
 
+nlohmann::json train_config_values(const TrainConfig& c) {
+  return {{"steps", c.steps},
+          {"batch_size", c.batch_size},
+          {"micro_batch_size", c.micro_batch_size},
+          {"lr", c.lr},
+          {"min_lr_ratio", c.min_lr_ratio},
+          {"warmup_steps", c.warmup_steps},
+          {"schedule", c.schedule},
+          {"max_seq_len", c.max_seq_len},
+          {"weight_decay", c.weight_decay},
+          {"beta1", c.beta1},
+          {"beta2", c.beta2},
+          {"eps", c.eps},
+          {"grad_clip", c.grad_clip},
+          {"checkpoint_every", c.checkpoint_every},
+          {"keep_checkpoints", c.keep_checkpoints},
+          {"eval_every", c.eval_every},
+          {"eval_batches", c.eval_batches},
+          {"log_every", c.log_every},
+          {"precision", c.precision},
+          {"activation_checkpointing", c.activation_checkpointing},
+          {"max_nonfinite_steps", c.max_nonfinite_steps},
+          {"loss_spike_zscore", c.loss_spike_zscore},
+          {"loss_spike_window", c.loss_spike_window},
+          {"zero_stage", c.parallel.zero_stage},
+          {"allreduce_bucket_mb", static_cast<double>(c.parallel.bucket_bytes) / (1 << 20)}};
+}
+
 int64_t TrainConfig::per_rank_batch(const std::string& stage, const dist::Group& data_parallel,
                                     const char* unit) const {
   check(batch_size % data_parallel.size() == 0,

@@ -39,7 +39,7 @@ struct TrainConfig {
   int64_t max_nonfinite_steps = 5;  // consecutive non-finite steps that stop the run
   double loss_spike_zscore = 0;     // > 0: skip a step whose loss is this many stds above ...
   int64_t loss_spike_window = 50;   // ... the mean of the last this many accepted losses
-  ParallelOptions parallel;  // zero_stage and allreduce_bucket_mb (read_parallel_options)
+  ParallelOptions parallel;         // zero_stage and allreduce_bucket_mb (read_parallel_options)
 
   OptimizerOptions optimizer() const { return {lr, weight_decay, beta1, beta2, eps}; }
   ParallelOptions parallel_options() const { return parallel; }
@@ -56,5 +56,9 @@ struct TrainConfig {
 // Reads and checks a "train" object; every mistake goes to `errors` with its path.
 TrainConfig parse_train_config(const nlohmann::json& json, const std::string& path,
                                ConfigErrors& errors);
+
+// Every key of a "train" object with the value `config` runs with, defaults included: the
+// resolved recipe's train section, which parse_train_config reads back to the same config.
+nlohmann::json train_config_values(const TrainConfig& config);
 
 }  // namespace tiller
