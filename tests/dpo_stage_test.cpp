@@ -1,7 +1,7 @@
 // The dpo stage: its recipe checks (a value the loss does not use is refused with its path), the
 // reference log-prob cache (resumed chunk by chunk, refused when made for other inputs), a run on
-// stories260K whose implicit-reward accuracy rises, the live reference agreeing with the cache,
-// and exact resume.
+// stories260K whose implicit-reward accuracy rises (`tiller eval preference` agreeing), the live
+// reference agreeing with the cache, and exact resume.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -16,6 +16,7 @@
 #include "common/util/error.h"
 #include "common/util/files.h"
 #include "dpo/dpo_stage.h"
+#include "dpo/preference_eval.h"
 #include "dpo/reference_cache.h"
 #include "tests/test_util.h"
 
@@ -252,6 +253,30 @@ TEST(DpoStage, RaisesTheImplicitRewardAccuracyAndLogsTrlsMetrics) {
   EXPECT_TRUE(summary.contains("eval_nll"));  // the SFT term is on
   EXPECT_TRUE(path_exists(recipe.stage_dir("dpo") + "/reference_logps/train/chunk-000000.json"));
   EXPECT_TRUE(path_exists(stage_output_dir(recipe, "dpo") + "/model.safetensors"));
+
+  // `tiller eval preference` on held-out pairs: the trained policy against its initial weights.
+  write_story_pairs(dir + "/held_out.jsonl", 16, 99);
+  PreferenceEvalOptions eval;
+  eval.model = stage_output_dir(recipe, "dpo");
+  eval.reference = init;
+  eval.data = dir + "/held_out.jsonl";
+  eval.template_name = "plain";
+  eval.max_seq_len = 48;
+  const PreferenceEvalResult held_out = evaluate_preference_policy(eval);
+  EXPECT_EQ(held_out.pairs, 16);
+  EXPECT_GE(held_out.accuracy, 0.75);
+  eval.reference = eval.model;  // against itself: every reward 0, no pair ranked right
+  EXPECT_EQ(evaluate_preference_policy(eval).accuracy, 0.0);
+  std::string out;
+  ASSERT_EQ(test::run_command(test::tiller_binary() + " eval preference --model " + eval.model +
+                                  " --reference " + init + " --data " + eval.data +
+                                  " --template plain --max-seq-len 48 --json",
+                              &out),
+            0)
+      << out;
+  const auto printed = nlohmann::json::parse(out.substr(out.find('{')));
+  EXPECT_EQ(printed["pairs"], 16);
+  EXPECT_NEAR(printed["accuracy"].get<double>(), held_out.accuracy, 1e-12);
 
   const auto metrics = test::metrics_by_step(recipe.stage_dir("dpo") + "/metrics.jsonl");
   ASSERT_EQ(metrics.size(), 13u);  // step 0 (validation alone) and 12 steps
