@@ -3,15 +3,21 @@
 // word "happy" before the rest of the sentence, the rejected side with the rest alone. After
 // training, the implicit rewards rank held-out pairs (validation accuracy >= 0.95), and sampled
 // from the held-out stems the trained policy says "happy" right after the stem at least 30 points
-// more often than the reference does; the KL to the reference is reported.
+// more often than the reference does; the KL to the reference is reported, and how often a free
+// 48-token continuation says "happy" later on (printed: measured, not asserted). The RPO term
+// (sft_weight 1) keeps the continuation a story: pure DPO collapsed into "happy" everywhere.
 #include <gtest/gtest.h>
 
 #include <fstream>
 #include <sstream>
 
+#include "common/data/prompt_data.h"
 #include "common/io/hf_dir.h"
 #include "common/io/llama2c.h"
 #include "common/recipe/recipe.h"
+#include "common/recipe/stage_io.h"
+#include "common/rollout/generator.h"
+#include "common/tokenizer/tokenizer.h"
 #include "common/util/files.h"
 #include "dpo/dpo_stage.h"
 #include "tests/test_util.h"
@@ -87,6 +93,34 @@ void write_prompts(const std::string& path, const std::vector<StemPair>& pairs, 
     out << nlohmann::json{{"prompt", pairs[i].stem}}.dump() << "\n";
 }
 
+// The fraction of 48-token continuations of the stems that say "happy" after their first word:
+// the free continuation, away from the one position the pairs reward.
+double happy_later_rate(const std::string& model_dir, const std::string& stems) {
+  Transformer model = load_hf_model(model_dir);
+  model->eval();
+  Tokenizer tok(tokenizer_path_in(model_dir));
+  PromptDataOptions o;
+  o.path = stems;
+  o.format = "prompt";
+  o.template_name = "plain";
+  PromptStats stats;
+  const auto prompts = load_prompts(o, tok, &stats);
+  SamplingOptions sampling;
+  sampling.max_new_tokens = 48;
+  sampling.eos_id = tok.eos_id();
+  for (size_t i = 0; i < prompts.size(); ++i) sampling.row_seeds.push_back(1000 + i);
+  const GenerationBatch g = generate(*model, prompts, sampling);
+  int hits = 0;
+  for (int64_t b = 0; b < g.batch(); ++b) {
+    const auto words = words_of(tok.decode(g.response(b)));
+    hits += std::find(words.begin() + std::min<size_t>(1, words.size()), words.end(), "happy") !=
+                    words.end()
+                ? 1
+                : 0;
+  }
+  return static_cast<double>(hits) / static_cast<double>(g.batch());
+}
+
 }  // namespace
 
 TEST(DpoEndToEnd, Stories260KLearnsToSayTheRewardedWordAfterTheStem) {
@@ -111,7 +145,7 @@ TEST(DpoEndToEnd, Stories260KLearnsToSayTheRewardedWordAfterTheStem) {
       "data": {"train": ")" + dir + R"(/train.jsonl", "val": ")" +
                                              dir + R"(/val.jsonl",
                "template": "plain"},
-      "loss": {"type": "sigmoid", "beta": 0.1},
+      "loss": {"type": "sigmoid", "beta": 0.1, "sft_weight": 1.0},
       "train": {"steps": 120, "batch_size": 8, "lr": 0.0005, "warmup_steps": 10,
                 "schedule": "constant", "max_seq_len": 64, "log_every": 20},
       "eval": {"prompts": ")" + dir + R"(/stems.jsonl", "format": "prompt", "count": 200,
@@ -129,4 +163,10 @@ TEST(DpoEndToEnd, Stories260KLearnsToSayTheRewardedWordAfterTheStem) {
   const double after = summary["ground_truth_final"].get<double>();
   EXPECT_GE(after - before, 0.30) << "before " << before << ", after " << after;
   EXPECT_GT(summary["kl_final"].get<double>(), 0.0);
+  // Measured, not asserted: how much "happy" later in a free continuation moved.
+  std::printf(
+      "\"happy\" after the first word of 48-token continuations: reference %.3f, "
+      "trained %.3f\n",
+      happy_later_rate(dir + "/base", dir + "/stems.jsonl"),
+      happy_later_rate(stage_output_dir(recipe, "dpo"), dir + "/stems.jsonl"));
 }
