@@ -334,3 +334,23 @@ TEST(DpoStage, ResumeEndsBitIdenticalToAnUninterruptedRun) {
   EXPECT_EQ(read_file(stage_output_dir(a, "dpo") + "/model.safetensors"),
             read_file(stage_output_dir(b, "dpo") + "/model.safetensors"));
 }
+
+TEST(DpoStage, EveryLossTypeTrainsAndOnlyReferenceLossesBuildACache) {
+  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
+  TILLER_REQUIRE_SHARED(tok, kStoriesTok);
+  const std::string init = stories_hf_dir(bin, tok);
+  const std::string data = test::temp_dir("dpo_types_data") + "/pairs.jsonl";
+  write_story_pairs(data, 10, 14);
+  for (const std::string& type : preference_loss_types()) {
+    const std::string dir = test::temp_dir("dpo_type_" + type);
+    DpoStageConfig config;
+    const Recipe recipe = dpo_recipe(
+        dir, init, stage_body(data, R"(, "loss": {"type": ")" + type + R"("})", 2), &config);
+    const nlohmann::json summary = run_dpo_stage(recipe, config);
+    EXPECT_TRUE(std::isfinite(summary["final_loss"].get<double>())) << type;
+    EXPECT_EQ(path_exists(recipe.stage_dir("dpo") + "/reference_logps"), loss_uses_reference(type))
+        << type;
+    EXPECT_EQ(summary.contains("reference_mode"), loss_uses_reference(type)) << type;
+    EXPECT_EQ(summary.contains("eval_nll"), type == "orpo") << type;
+  }
+}
