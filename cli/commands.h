@@ -19,5 +19,7 @@ void add_tokenize_commands(CLI::App& app, CommandAction& action);         // tok
 void add_bench_commands(CLI::App& app, CommandAction& action);            // bench_cmd.cpp
 void add_recipe_commands(CLI::App& app, CommandAction& action);           // run_cmd.cpp
 void add_eval_reward_command(CLI::App& eval_cmd, CommandAction& action);  // eval_reward_cmd.cpp
+void add_eval_preference_command(CLI::App& eval_cmd,
+                                 CommandAction& action);  // eval_preference_cmd.cpp
 
 }  // namespace tiller

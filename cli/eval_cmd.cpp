@@ -31,7 +31,7 @@ struct EvalArgs {
 void run_eval(const EvalArgs& a) {
   check(a.model.empty() != a.across.empty(),
         "eval: give --model DIR or --across SWEEP_DIR/runs.jsonl (or a subcommand: reward, "
-        "make-task)");
+        "preference, make-task)");
   check(!a.tasks.empty(), "eval: --tasks TASK.jsonl is required");
   check(a.svg.empty() || !a.across.empty(), "eval: --svg needs --across");
   check(a.stage.empty() || !a.across.empty(), "eval: --stage needs --across");

@@ -48,6 +48,7 @@ void add_commands(CLI::App& app, CommandAction& action) {
       "eval", "evaluate a model on tasks (--model/--across, docs/eval.md) or a reward model");
   eval_cmd->require_subcommand(0, 1);
   add_eval_reward_command(*eval_cmd, action);
+  add_eval_preference_command(*eval_cmd, action);
   add_eval_task_commands(*eval_cmd);
   add_report_command(app);
   add_scaling_commands(app);

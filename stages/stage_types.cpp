@@ -1,6 +1,7 @@
 #include "stages/stage_types.h"
 
 #include "common/recipe/pipeline.h"
+#include "dpo/dpo_stage.h"
 #include "reward/reward_stage.h"
 #include "rlhf/rlhf_stage.h"
 #include "sft/sft_stage.h"
@@ -23,6 +24,7 @@ const StageRegistry& stage_registry() {
       registered("sft", sft_stage_type(/*pretrain=*/false)),
       registered("reward", reward_stage_type()),
       registered("rlhf", rlhf_stage_type()),
+      registered("dpo", dpo_stage_type()),
   };
   return registry;
 }

@@ -1,7 +1,8 @@
-// The quickstart chain (pretrain -> SFT -> reward -> PPO on the project's synthetic data), shrunk:
-// `tiller run` killed during the reward stage and run again skips the finished stages, resumes
-// the reward stage, runs PPO, and ends with the actor of an uninterrupted run; a changed config
-// is refused instead of reusing stale outputs; the quickstart's closing table is written.
+// The quickstart chain (pretrain -> SFT -> reward -> PPO, then DPO, on the project's synthetic
+// data), shrunk: `tiller run` killed during the reward stage and run again skips the finished
+// stages, resumes the reward stage, runs PPO and DPO, and ends with the models of an
+// uninterrupted run; a changed config is refused instead of reusing stale outputs; the
+// quickstart's closing table is written.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -30,7 +31,11 @@ const std::vector<std::string> kSmall = {"synthetic_data.corpus_stories=600",
                                          "ppo.train.iterations=2",
                                          "ppo.rollout.batch_size=16",
                                          "ppo.eval.prompts=8",
-                                         "ppo.eval.every=0"};
+                                         "ppo.eval.every=0",
+                                         "dpo.train.steps=4",
+                                         "dpo.train.eval_every=0",
+                                         "dpo.eval.count=8",
+                                         "dpo.eval.max_new_tokens=16"};
 
 std::vector<std::string> command(const std::string& recipe) {
   std::vector<std::string> args = {test::tiller_binary(), "run", recipe};
@@ -50,6 +55,7 @@ TEST(Chain, KilledDuringRewardResumesAndEndsWithTheUninterruptedActor) {
       << out;
   EXPECT_TRUE(path_exists(straight + "/summary.json")) << out;
   EXPECT_NE(out.find("ground-truth rate, after ppo"), std::string::npos) << out;
+  EXPECT_NE(out.find("ground-truth rate, after dpo"), std::string::npos) << out;
 
   // Killed (SIGKILL, by TILLER_CRASH_AFTER_STEP) once the reward stage has logged step 11 and
   // before anything after it: its last checkpoint is step 10 (checkpoints every 2 steps).
@@ -67,7 +73,8 @@ TEST(Chain, KilledDuringRewardResumesAndEndsWithTheUninterruptedActor) {
   EXPECT_NE(out.find("[reward] resumed from "), std::string::npos) << out;
   EXPECT_NE(out.find("/reward/checkpoints/step-10\n"), std::string::npos) << out;
   EXPECT_NE(out.find("[ppo] done"), std::string::npos) << out;
-  for (const std::string stage : {"reward", "ppo"}) {
+  EXPECT_NE(out.find("[dpo] done"), std::string::npos) << out;
+  for (const std::string stage : {"reward", "ppo", "dpo"}) {
     const std::string a = test::read_bytes(straight + "/" + stage + "/final/model.safetensors");
     ASSERT_FALSE(a.empty());
     EXPECT_EQ(a, test::read_bytes(killed + "/" + stage + "/final/model.safetensors")) << stage;
@@ -81,5 +88,5 @@ TEST(Chain, KilledDuringRewardResumesAndEndsWithTheUninterruptedActor) {
   EXPECT_NE(out.find("different config or different inputs"), std::string::npos) << out;
   // The same config again: everything is complete and reused.
   ASSERT_EQ(test::run_command(test::shell_command(args), &out), 0) << out;
-  EXPECT_NE(out.find("[ppo] already complete"), std::string::npos) << out;
+  EXPECT_NE(out.find("[dpo] already complete"), std::string::npos) << out;
 }

@@ -55,7 +55,13 @@ const std::vector<std::string> kSmallChain = {"synthetic_data.corpus_stories=400
                                               "ppo.eval.every=0",
                                               "ppo.eval.baselines=[]",
                                               "ppo.samples.every=1",
-                                              "ppo.samples.count=16"};
+                                              "ppo.samples.count=16",
+                                              "dpo.train.steps=3",
+                                              "dpo.train.micro_batch_size=8",
+                                              "dpo.train.log_every=1",
+                                              "dpo.train.eval_every=0",
+                                              "dpo.eval.count=8",
+                                              "dpo.eval.max_new_tokens=16"};
 
 std::vector<nlohmann::json> jsonl(const std::string& path) {
   std::vector<nlohmann::json> out;
@@ -213,6 +219,11 @@ TEST(DataParallel, TwoRanksMatchOneRankOnTheQuickstartChain) {
   EXPECT_GE(expect_same_curve(root + "/one/reward/metrics.jsonl",
                               root + "/two/reward/metrics.jsonl", "accuracy", 1e-9),
             6);
+
+  // DPO: the same pairs in the same micro-batches, and the cache every rank reads.
+  EXPECT_EQ(expect_same_curve(root + "/one/dpo/metrics.jsonl", root + "/two/dpo/metrics.jsonl",
+                              "loss", 1e-5),
+            3);
 
   // PPO: episode i is seeded by i, not by the rank that generates it: the same responses, the
   // same scores, and the same updates.

@@ -183,6 +183,7 @@ ScoredSequence reward_sequence(const std::vector<int64_t>& prompt_ids,
   const int64_t over = p + static_cast<int64_t>(response.size()) - max_len;
   const int64_t cut = over > 0 ? std::min<int64_t>(over, p - 1) : 0;  // BOS stays
   out.truncated = over > 0;
+  out.prompt_tokens = p - cut;
   out.tokens.reserve(static_cast<size_t>(std::min<int64_t>(max_len, p + response.size())));
   out.tokens.push_back(prompt_ids[0]);
   out.tokens.insert(out.tokens.end(), prompt_ids.begin() + 1 + cut, prompt_ids.end());
@@ -235,7 +236,8 @@ std::vector<PreferencePair> load_preference_pairs(const PreferenceDataOptions& o
     }
     s.truncated += (chosen.truncated ? 1 : 0) + (rejected.truncated ? 1 : 0);
     if (r.value.contains("margin") && !r.value["margin"].is_null()) ++s.with_margin;
-    out.push_back({std::move(chosen.tokens), std::move(rejected.tokens), c.margin});
+    out.push_back({std::move(chosen.tokens), std::move(rejected.tokens), c.margin,
+                   chosen.prompt_tokens, rejected.prompt_tokens});
   }
   if (stats) *stats = s;
   check(!out.empty(), o.path + ": no usable preference pairs (" + std::to_string(s.records) +

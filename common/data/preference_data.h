@@ -42,6 +42,7 @@ PreferenceConversation preference_from_record(const nlohmann::json& record,
 struct ScoredSequence {
   std::vector<int64_t> tokens;
   bool truncated = false;
+  int64_t prompt_tokens = 0;  // how many leading tokens are the (kept) prompt's
 };
 ScoredSequence reward_sequence(const std::vector<int64_t>& prompt_ids,
                                const std::vector<int64_t>& response_ids, int64_t eos_id,
@@ -60,6 +61,10 @@ struct PreferencePair {
   std::vector<int64_t> chosen;    // reward_sequence(prompt, chosen response)
   std::vector<int64_t> rejected;  // reward_sequence(prompt, rejected response)
   double margin = 0.0;
+  // How many leading tokens of each sequence are the prompt's (BOS included): the rest is the
+  // response a policy is scored on (DPO sums its log-probabilities over those tokens only).
+  int64_t chosen_prompt_tokens = 0;
+  int64_t rejected_prompt_tokens = 0;
 };
 
 struct PreferenceDataOptions {
