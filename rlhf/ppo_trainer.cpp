@@ -329,11 +329,6 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
   const int64_t batch = r.size();
   int64_t minibatches = 0;
   SideBySide side_by_side(side_by_side_);  // restores the threads when learn() returns
-  // On one data-parallel rank the gradients' reduction calls no collective, so each model's can
-  // run in its own piece; under data parallel they all-reduce, on this thread. (Tensor parallel
-  // clipping does reduce over its group, but side_by_side_ is off then: the pieces run in order.)
-  const bool reduce_in_pieces = group_.single();
-  double actor_norm = 0, critic_norm = 0;
   actor_optimizer_.zero_grad();
   critic_optimizer_.zero_grad();
   for (int64_t epoch = 0; epoch < o.epochs; ++epoch) {
@@ -342,91 +337,8 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
     for (int64_t start = 0; start < batch; start += o.mini_batch_size) {
       const int64_t end = std::min(batch, start + o.mini_batch_size);
       const std::vector<int64_t> minibatch(order.begin() + start, order.begin() + end);
-      const bool first = epoch == 0 && start == 0;
-      double policy_loss = 0, value_loss = 0, clipfrac = 0, value_clipfrac = 0, approx_kl = 0;
-      const std::vector<MicroBatch> micro_batches =
-          this_ranks_micro_batches(r, minibatch, group_, o.micro_batch_size);
-      // The actor's and the critic's passes share no parameter: each backward fills its own
-      // model's gradients, side by side when enabled.
-      const auto actor_work = [&] {
-        for (const MicroBatch& m : micro_batches) {
-          auto logp = actor_pass(actor_, r, m.rows, /*entropy=*/false).first;
-          auto policy =
-              ppo::clipped_policy_loss(logp, r.logprobs.index_select(0, m.rows),
-                                       r.advantages.index_select(0, m.rows), m.mask, o.clip);
-          (policy.loss * m.weight).backward();
-          // The figures in one read from the device, not one host sync each.
-          const auto figures =
-              torch::stack({policy.loss.detach(), policy.clipfrac, policy.approx_kl})
-                  .to(torch::kDouble)
-                  .cpu();
-          const auto f = figures.accessor<double, 1>();
-          policy_loss += f[0] * m.weight;
-          clipfrac += f[1] * m.weight;
-          approx_kl += f[2] * m.weight;
-          if (first) {
-            const double deviation = ((policy.ratio - 1).abs() * m.mask).max().item<double>();
-            s.first_ratio_max_deviation = std::max(s.first_ratio_max_deviation, deviation);
-          }
-        }
-        if (reduce_in_pieces)
-          actor_norm = actor_optimizer_.reduce_gradients_and_clip(o.actor_grad_clip);
-      };
-      const auto critic_work = [&] {
-        for (const MicroBatch& m : micro_batches) {
-          auto values = critic_pass(r, m.rows);
-          auto value =
-              ppo::clipped_value_loss(values, r.values.index_select(0, m.rows),
-                                      r.returns.index_select(0, m.rows), m.mask, o.value_clip);
-          (value.loss * o.value_coef * m.weight).backward();
-          const auto figures =
-              torch::stack({value.loss.detach(), value.clipfrac}).to(torch::kDouble).cpu();
-          const auto f = figures.accessor<double, 1>();
-          value_loss += f[0] * m.weight;
-          value_clipfrac += f[1] * m.weight;
-        }
-        if (reduce_in_pieces)
-          critic_norm = critic_optimizer_.reduce_gradients_and_clip(o.critic_grad_clip);
-      };
-      side_by_side.run(actor_work, critic_work);
-      if (!group_.single()) {
-        const auto sums =
-            group_.sum({policy_loss, value_loss, clipfrac, value_clipfrac, approx_kl});
-        policy_loss = sums[0], value_loss = sums[1], clipfrac = sums[2];
-        value_clipfrac = sums[3], approx_kl = sums[4];
-        if (first) s.first_ratio_max_deviation = group_.max(s.first_ratio_max_deviation);
-      }
-      if (first) s.first_approx_kl = approx_kl;
-      if (!reduce_in_pieces) {
-        actor_norm = actor_optimizer_.reduce_gradients_and_clip(o.actor_grad_clip);
-        critic_norm = critic_optimizer_.reduce_gradients_and_clip(o.critic_grad_clip);
-      }
-      const double loss = policy_loss + o.value_coef * value_loss;
-      const bool finite =
-          std::isfinite(loss) && std::isfinite(actor_norm) && std::isfinite(critic_norm);
-      const bool accept =
-          guard ? guard->accept(loss, actor_norm + critic_norm, step_for_guard) : finite;
-      // Under ZeRO-1 a step broadcasts the updated shards: side by side on one process only.
-      const auto step_and_clear = [&](ParallelAdamW& optimizer) {
-        return [target = &optimizer, accept] {
-          if (accept) target->step();
-          target->zero_grad();
-        };
-      };
-      if (reduce_in_pieces) {
-        side_by_side.run(step_and_clear(actor_optimizer_), step_and_clear(critic_optimizer_));
-      } else {
-        step_and_clear(actor_optimizer_)();
-        step_and_clear(critic_optimizer_)();
-      }
-      ++(accept ? s.updates : s.skipped_updates);
-      s.policy_loss += policy_loss;
-      s.value_loss += value_loss;
-      s.clipfrac += clipfrac;
-      s.value_clipfrac += value_clipfrac;
-      s.approx_kl += approx_kl;
-      s.actor_grad_norm += actor_norm;
-      s.critic_grad_norm += critic_norm;
+      learn_minibatch(r, minibatch, /*first=*/epoch == 0 && start == 0, side_by_side, guard,
+                      step_for_guard, s);
       ++minibatches;
     }
   }
@@ -436,6 +348,97 @@ LearnStats PpoTrainer::learn(const Rollout& r, uint64_t shuffle_seed, NonFiniteG
     *v /= n;
   s.seconds = seconds_since(started);
   return s;
+}
+
+void PpoTrainer::learn_minibatch(const Rollout& r, const std::vector<int64_t>& minibatch,
+                                 bool first, SideBySide& side_by_side, NonFiniteGuard* guard,
+                                 int64_t step_for_guard, LearnStats& s) {
+  const PpoOptions& o = options_;
+  // On one data-parallel rank the gradients' reduction calls no collective, so each model's can
+  // run in its own piece; under data parallel they all-reduce, on this thread. (Tensor parallel
+  // clipping does reduce over its group, but side_by_side_ is off then: the pieces run in order.)
+  const bool reduce_in_pieces = group_.single();
+  double actor_norm = 0, critic_norm = 0;
+  double policy_loss = 0, value_loss = 0, clipfrac = 0, value_clipfrac = 0, approx_kl = 0;
+  const std::vector<MicroBatch> micro_batches =
+      this_ranks_micro_batches(r, minibatch, group_, o.micro_batch_size);
+  // The actor's and the critic's passes share no parameter: each backward fills its own
+  // model's gradients, side by side when enabled.
+  const auto actor_work = [&] {
+    for (const MicroBatch& m : micro_batches) {
+      auto logp = actor_pass(actor_, r, m.rows, /*entropy=*/false).first;
+      auto policy = ppo::clipped_policy_loss(logp, r.logprobs.index_select(0, m.rows),
+                                             r.advantages.index_select(0, m.rows), m.mask, o.clip);
+      (policy.loss * m.weight).backward();
+      // The figures in one read from the device, not one host sync each.
+      const auto figures = torch::stack({policy.loss.detach(), policy.clipfrac, policy.approx_kl})
+                               .to(torch::kDouble)
+                               .cpu();
+      const auto f = figures.accessor<double, 1>();
+      policy_loss += f[0] * m.weight;
+      clipfrac += f[1] * m.weight;
+      approx_kl += f[2] * m.weight;
+      if (first) {
+        const double deviation = ((policy.ratio - 1).abs() * m.mask).max().item<double>();
+        s.first_ratio_max_deviation = std::max(s.first_ratio_max_deviation, deviation);
+      }
+    }
+    if (reduce_in_pieces)
+      actor_norm = actor_optimizer_.reduce_gradients_and_clip(o.actor_grad_clip);
+  };
+  const auto critic_work = [&] {
+    for (const MicroBatch& m : micro_batches) {
+      auto values = critic_pass(r, m.rows);
+      auto value = ppo::clipped_value_loss(values, r.values.index_select(0, m.rows),
+                                           r.returns.index_select(0, m.rows), m.mask, o.value_clip);
+      (value.loss * o.value_coef * m.weight).backward();
+      const auto figures =
+          torch::stack({value.loss.detach(), value.clipfrac}).to(torch::kDouble).cpu();
+      const auto f = figures.accessor<double, 1>();
+      value_loss += f[0] * m.weight;
+      value_clipfrac += f[1] * m.weight;
+    }
+    if (reduce_in_pieces)
+      critic_norm = critic_optimizer_.reduce_gradients_and_clip(o.critic_grad_clip);
+  };
+  side_by_side.run(actor_work, critic_work);
+  if (!group_.single()) {
+    const auto sums = group_.sum({policy_loss, value_loss, clipfrac, value_clipfrac, approx_kl});
+    policy_loss = sums[0], value_loss = sums[1], clipfrac = sums[2];
+    value_clipfrac = sums[3], approx_kl = sums[4];
+    if (first) s.first_ratio_max_deviation = group_.max(s.first_ratio_max_deviation);
+  }
+  if (first) s.first_approx_kl = approx_kl;
+  if (!reduce_in_pieces) {
+    actor_norm = actor_optimizer_.reduce_gradients_and_clip(o.actor_grad_clip);
+    critic_norm = critic_optimizer_.reduce_gradients_and_clip(o.critic_grad_clip);
+  }
+  const double loss = policy_loss + o.value_coef * value_loss;
+  const bool finite =
+      std::isfinite(loss) && std::isfinite(actor_norm) && std::isfinite(critic_norm);
+  const bool accept =
+      guard ? guard->accept(loss, actor_norm + critic_norm, step_for_guard) : finite;
+  // Under ZeRO-1 a step broadcasts the updated shards: side by side on one process only.
+  const auto step_and_clear = [&](ParallelAdamW& optimizer) {
+    return [target = &optimizer, accept] {
+      if (accept) target->step();
+      target->zero_grad();
+    };
+  };
+  if (reduce_in_pieces) {
+    side_by_side.run(step_and_clear(actor_optimizer_), step_and_clear(critic_optimizer_));
+  } else {
+    step_and_clear(actor_optimizer_)();
+    step_and_clear(critic_optimizer_)();
+  }
+  ++(accept ? s.updates : s.skipped_updates);
+  s.policy_loss += policy_loss;
+  s.value_loss += value_loss;
+  s.clipfrac += clipfrac;
+  s.value_clipfrac += value_clipfrac;
+  s.approx_kl += approx_kl;
+  s.actor_grad_norm += actor_norm;
+  s.critic_grad_norm += critic_norm;
 }
 
 }  // namespace tiller

@@ -18,6 +18,7 @@
 namespace tiller {
 
 class NonFiniteGuard;
+class SideBySide;
 
 struct PpoOptions {
   SamplingOptions sampling;  // max_new_tokens, temperature, top_k, top_p, eos_id, pad_id
@@ -136,6 +137,11 @@ class PpoTrainer {
   std::pair<torch::Tensor, torch::Tensor> actor_pass(TransformerImpl& model, const Rollout& r,
                                                      const torch::Tensor& rows, bool entropy);
   torch::Tensor critic_pass(const Rollout& r, const torch::Tensor& rows);
+  // One minibatch of learn(): both models' passes, the update (when the guard accepts it) and
+  // its figures added to `s`.
+  void learn_minibatch(const Rollout& r, const std::vector<int64_t>& minibatch, bool first,
+                       SideBySide& side_by_side, NonFiniteGuard* guard, int64_t step_for_guard,
+                       LearnStats& s);
   // The rollout's per-episode figures for this rank's episodes, then everyone's (gather_rows).
   void compute_passes(Rollout& r);
 

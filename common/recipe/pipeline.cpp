@@ -1,5 +1,6 @@
 #include "common/recipe/pipeline.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -52,16 +53,36 @@ std::string tensor_parallel_types(const StageRegistry& registry) {
   return names;
 }
 
-// Every stage's type is registered, and runs under the recipe's tensor parallelism: checked
-// before the job is joined (a single process asked for tensor parallelism hears of its stages
-// first).
-void check_stage_types(const StageRegistry& registry, const Recipe& recipe, ConfigErrors& errors) {
+// The stages the flags choose, in recipe order (run_chosen_stages checks that the names exist).
+std::vector<std::string> chosen_stages(const Recipe& recipe, const PipelineOptions& options) {
+  std::vector<std::string> names;
+  bool started = options.from.empty();
+  for (const auto& stage : recipe.stages) {
+    if (!options.only_type.empty()) {
+      if (stage.type == options.only_type) names.push_back(stage.name);
+      continue;
+    }
+    started = started || stage.name == options.from;
+    if (!started || (!options.only.empty() && stage.name != options.only)) continue;
+    names.push_back(stage.name);
+    if (stage.name == options.until) break;
+  }
+  return names;
+}
+
+// Every stage's type is registered, and every stage chosen to run runs under the recipe's tensor
+// parallelism: checked before the job is joined (a single process asked for tensor parallelism
+// hears of its stages first).
+void check_stage_types(const StageRegistry& registry, const Recipe& recipe,
+                       const PipelineOptions& options, ConfigErrors& errors) {
+  const std::vector<std::string> chosen = chosen_stages(recipe, options);
   for (const auto& entry : recipe.stages) {
     const StageType* type = find_stage_type(registry, entry.type);
+    const bool runs = std::find(chosen.begin(), chosen.end(), entry.name) != chosen.end();
     if (type == nullptr)
       errors.add(entry.path + ".type",
                  "'" + entry.type + "' is not one of: " + stage_type_names(registry));
-    else if (recipe.run.tensor_parallel > 1 && !type->tensor_parallel)
+    else if (runs && recipe.run.tensor_parallel > 1 && !type->tensor_parallel)
       errors.add("run.tensor_parallel",
                  std::to_string(recipe.run.tensor_parallel) + " ranks, but stage '" + entry.name +
                      "' (" + entry.type + ") does not support tensor parallelism yet (" +
@@ -131,7 +152,7 @@ void choose_threads(Recipe& recipe, int flag) {
 ParsedRecipe parse_recipe(const StageRegistry& registry, const PipelineOptions& options) {
   ConfigErrors errors;
   ParsedRecipe parsed{load_recipe(options.path, options.overrides, errors), {}};
-  check_stage_types(registry, parsed.recipe, errors);
+  check_stage_types(registry, parsed.recipe, options, errors);
   choose_threads(parsed.recipe, options.threads);
   if (errors.empty()) state_run_values(parsed.recipe, parsed.recipe.resolved);
   if (!options.check_only && errors.empty()) join_job(parsed.recipe);
@@ -186,13 +207,7 @@ void run_chosen_stages(const ParsedRecipe& parsed, const PipelineOptions& option
     for (const auto& stage : parsed.recipe.stages) named = named || stage.name == *flag;
     check(named, "no stage named '" + *flag + "' in " + options.path);
   }
-  bool started = options.from.empty();
-  for (const auto& stage : parsed.recipe.stages) {
-    started = started || stage.name == options.from;
-    if (!started || (!options.only.empty() && stage.name != options.only)) continue;
-    run_stage(parsed, stage.name);
-    if (stage.name == options.until) break;
-  }
+  for (const std::string& name : chosen_stages(parsed.recipe, options)) run_stage(parsed, name);
 }
 
 }  // namespace
