@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "common/data/batching.h"  // seeded_permutation
+#include "common/data/ranking_data.h"
 #include "common/dist/process_group.h"
 #include "common/io/hf_dir.h"
 #include "common/recipe/stage_io.h"
@@ -43,7 +44,7 @@ void read_data(ConfigReader& d, DpoStageConfig& c, ConfigErrors& errors) {
   c.val_fraction = d.number("val_fraction", c.val_path.empty() ? 0.1 : 0.0);
   c.data.skip_bad_lines = d.boolean("skip_bad_lines", false);
   c.data.max_records = d.integer("max_records", -1);
-  d.one_of("format", c.data.format, {"preference", "hh"});
+  d.one_of("format", c.data.format, {"preference", "hh", "ranking", "oasst"});
   d.one_of("template", c.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
   d.require(c.val_fraction >= 0 && c.val_fraction < 1, "val_fraction", "must be in [0, 1)");
   d.require(c.val_path.empty() || c.val_fraction == 0, "val_fraction",
@@ -163,24 +164,17 @@ nlohmann::json dpo_stated_defaults(const DpoStageConfig& c) {
   if (loss_uses_label_smoothing(o.type)) loss["label_smoothing"] = o.label_smoothing;
   if (o.type == "simpo") loss["gamma"] = o.gamma;
   if (o.type != "orpo") loss["sft_weight"] = o.sft_weight;
-  nlohmann::json stated = {{"data",
-                            {{"format", c.data.format},
-                             {"template", c.data.template_name},
-                             {"val_fraction", c.val_fraction},
-                             {"skip_bad_lines", c.data.skip_bad_lines},
-                             {"max_records", c.data.max_records}}},
-                           {"loss", loss},
-                           {"train",
-                            {{"steps", c.train.steps},
-                             {"batch_size", c.train.batch_size},
-                             {"micro_batch_size", c.train.micro_batch_size},
-                             {"lr", c.train.lr},
-                             {"schedule", c.train.schedule},
-                             {"warmup_steps", c.train.warmup_steps},
-                             {"min_lr_ratio", c.train.min_lr_ratio},
-                             {"max_seq_len", c.train.max_seq_len},
-                             {"grad_clip", c.train.grad_clip},
-                             {"precision", c.train.precision}}}};
+  nlohmann::json data = {{"train", c.data.path},
+                         {"format", c.data.format},
+                         {"template", c.data.template_name},
+                         {"skip_bad_lines", c.data.skip_bad_lines},
+                         {"max_records", c.data.max_records}};
+  if (c.val_path.empty())
+    data["val_fraction"] = c.val_fraction;
+  else
+    data["val"] = c.val_path;
+  nlohmann::json stated = {
+      {"init", c.init}, {"data", data}, {"loss", loss}, {"train", train_config_values(c.train)}};
   if (loss_uses_reference(o.type)) {
     stated["reference"] = {{"model", c.reference.empty() ? c.init : c.reference},
                            {"mode", c.reference_mode}};
@@ -188,12 +182,14 @@ nlohmann::json dpo_stated_defaults(const DpoStageConfig& c) {
   }
   const DpoSampleEval& s = c.sample_eval;
   if (!s.prompts.path.empty())
-    stated["eval"] = {{"format", s.prompts.format},
+    stated["eval"] = {{"prompts", s.prompts.path},
+                      {"format", s.prompts.format},
                       {"template", s.prompts.template_name},
                       {"max_prompt_len", s.prompts.max_prompt_len},
                       {"count", s.count},
                       {"max_new_tokens", s.max_new_tokens},
                       {"temperature", s.temperature}};
+  if (s.ground_truth.enabled()) stated["ground_truth"] = ground_truth_values(s.ground_truth);
   return stated;
 }
 
@@ -246,12 +242,7 @@ std::string reference_dir(const Recipe& recipe, const DpoStageConfig& c,
   return c.reference.empty() ? init_dir : resolve_model_reference(recipe, c.reference);
 }
 
-struct DpoData {
-  std::vector<PreferencePair> train, val;
-  PreferenceStats stats, val_stats;
-};
-
-DpoData load_data(const Recipe& recipe, const DpoStageConfig& c, const Tokenizer& tokenizer) {
+DpoData load_pair_data(const Recipe& recipe, const DpoStageConfig& c, const Tokenizer& tokenizer) {
   DpoData data;
   std::vector<PreferencePair> all = load_preference_pairs(c.data, tokenizer, &data.stats);
   if (!c.val_path.empty()) {
@@ -265,6 +256,61 @@ DpoData load_data(const Recipe& recipe, const DpoStageConfig& c, const Tokenizer
   } else {
     data.train = std::move(all);
   }
+  return data;
+}
+
+// Every ranking's comparisons, ranking by ranking, as unweighted pairs (docs/recipes.md says why).
+std::vector<PreferencePair> all_pairs(const std::vector<TokenizedRanking>& rankings) {
+  std::vector<PreferencePair> pairs;
+  for (const auto& ranking : rankings)
+    for (auto& pair : ranking_preference_pairs(ranking)) pairs.push_back(std::move(pair));
+  return pairs;
+}
+
+PreferenceStats preference_stats(const RankingStats& r) {
+  PreferenceStats s;
+  s.records = r.records;
+  s.skipped = r.skipped;
+  s.identical = r.identical;
+  s.prompt_too_long = r.prompt_too_long;
+  s.truncated = r.truncated;
+  return s;
+}
+
+// Rankings (format "ranking" or "oasst") trained as all their pairs. The validation split is of
+// whole rankings, so that no ranking has pairs on both sides of it.
+DpoData load_ranking_data(const Recipe& recipe, const DpoStageConfig& c,
+                          const Tokenizer& tokenizer) {
+  RankingStats stats, val_stats;
+  std::vector<TokenizedRanking> all = load_rankings(c.data, tokenizer, &stats), train, val;
+  if (!c.val_path.empty()) {
+    train = std::move(all);
+    PreferenceDataOptions val_options = c.data;
+    val_options.path = c.val_path;
+    val_options.max_records = -1;
+    val = load_rankings(val_options, tokenizer, &val_stats);
+  } else if (c.val_fraction > 0) {
+    split_ranking_validation(all, c.val_fraction, recipe.run.seed, &train, &val);
+  } else {
+    train = std::move(all);
+  }
+  std::printf("[%s] rankings: %zu train / %zu validation, %lld responses, %lld comparisons\n",
+              c.name.c_str(), train.size(), val.size(),
+              (long long)(stats.responses + val_stats.responses),
+              (long long)(stats.comparisons + val_stats.comparisons));
+  DpoData data;
+  data.train = all_pairs(train);
+  data.val = all_pairs(val);
+  data.stats = preference_stats(stats);
+  data.val_stats = preference_stats(val_stats);
+  return data;
+}
+
+}  // namespace
+
+DpoData load_dpo_data(const Recipe& recipe, const DpoStageConfig& c, const Tokenizer& tokenizer) {
+  DpoData data = is_ranking_format(c.data.format) ? load_ranking_data(recipe, c, tokenizer)
+                                                  : load_pair_data(recipe, c, tokenizer);
   const PreferenceStats &s = data.stats, &v = data.val_stats;
   std::printf(
       "[%s] data: %lld records -> %zu train / %zu validation pairs; dropped %lld identical, "
@@ -276,6 +322,8 @@ DpoData load_data(const Recipe& recipe, const DpoStageConfig& c, const Tokenizer
   std::fflush(stdout);
   return data;
 }
+
+namespace {
 
 // Where the reference log-probabilities come from while training: the cache (train and
 // validation pairs, by index), a live model, or nowhere (reference-free losses).
@@ -571,7 +619,7 @@ nlohmann::json run_dpo_stage(const Recipe& recipe, const DpoStageConfig& c) {
   StageLoop loop(recipe, c.name, loop_schedule(train));
   DpoPolicy built = set_up_policy(recipe, c, loop.device());
   TransformerImpl& policy = *built.model;
-  const DpoData data = load_data(recipe, c, built.tokenizer);
+  const DpoData data = load_dpo_data(recipe, c, built.tokenizer);
   const ReferenceSource reference = !loss_uses_reference(c.loss.type) ? ReferenceSource()
                                     : c.reference_mode == "live"
                                         ? live_reference(recipe, c, built, loop.device())

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <string>
+#include <vector>
 
 #include "common/data/preference_data.h"
 #include "common/data/prompt_data.h"
@@ -16,6 +17,8 @@
 #include "rlhf/ground_truth.h"
 
 namespace tiller {
+
+class Tokenizer;
 
 // Optional sampling check after training: responses of the initial policy and of the trained one
 // to held-out prompts (same seeds), judged by a ground-truth rule, with the KL to the reference.
@@ -46,6 +49,15 @@ DpoStageConfig parse_dpo_stage(const StageEntry& entry, ConfigErrors& errors);
 
 // The values the stage runs with, for the resolved recipe.
 nlohmann::json dpo_stated_defaults(const DpoStageConfig& config);
+
+// The stage's training and validation pairs: pair formats as read, rankings ("ranking", "oasst")
+// as all their pairs, unweighted, split by whole rankings.
+struct DpoData {
+  std::vector<PreferencePair> train, val;
+  PreferenceStats stats, val_stats;
+};
+DpoData load_dpo_data(const Recipe& recipe, const DpoStageConfig& config,
+                      const Tokenizer& tokenizer);
 
 // Runs the stage to completion (resuming from RUN_DIR/<name>/checkpoints when present) and
 // writes RUN_DIR/<name>/final/. Returns a summary.

@@ -78,4 +78,16 @@ GroundTruthRule parse_ground_truth(const nlohmann::json& json, const std::string
   return rule;
 }
 
+nlohmann::json ground_truth_values(const GroundTruthRule& rule) {
+  if (!rule.enabled()) return nullptr;
+  nlohmann::json stated = {{"rule", rule.kind}, {"ignore_case", rule.ignore_case}};
+  if (rule.kind == "regex") stated["pattern"] = rule.pattern;
+  if (rule.kind == "contains") stated["text"] = rule.text;
+  if (rule.kind == "length") {
+    stated["min_words"] = rule.min_words;
+    stated["max_words"] = rule.max_words;
+  }
+  return stated;
+}
+
 }  // namespace tiller

@@ -33,4 +33,7 @@ struct GroundTruthRule {
 GroundTruthRule parse_ground_truth(const nlohmann::json& json, const std::string& path,
                                    ConfigErrors& errors);
 
+// The rule's keys, for a resolved recipe (null: no rule).
+nlohmann::json ground_truth_values(const GroundTruthRule& rule);
+
 }  // namespace tiller

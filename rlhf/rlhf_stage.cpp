@@ -246,19 +246,6 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
 
 namespace {
 
-// The ground-truth rule's keys (null: no rule).
-nlohmann::json ground_truth_values(const GroundTruthRule& rule) {
-  if (!rule.enabled()) return nullptr;
-  nlohmann::json stated = {{"rule", rule.kind}, {"ignore_case", rule.ignore_case}};
-  if (rule.kind == "regex") stated["pattern"] = rule.pattern;
-  if (rule.kind == "contains") stated["text"] = rule.text;
-  if (rule.kind == "length") {
-    stated["min_words"] = rule.min_words;
-    stated["max_words"] = rule.max_words;
-  }
-  return stated;
-}
-
 // The stage's sections (data, rollout, reward, kl, ppo, train, eval, samples).
 nlohmann::json section_values(const RlhfStageConfig& c) {
   const PpoOptions& o = c.ppo;

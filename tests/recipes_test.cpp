@@ -64,8 +64,13 @@ nlohmann::json at_path(const nlohmann::json& object, const std::string& key) {
 // The shipped recipes and the stages (name, type) each must parse into.
 const std::map<std::string, std::vector<std::pair<std::string, std::string>>> kShipped = {
     {"quickstart.json",
-     {{"pretrain", "pretrain"}, {"sft", "sft"}, {"reward", "reward"}, {"ppo", "rlhf"}}},
+     {{"pretrain", "pretrain"},
+      {"sft", "sft"},
+      {"reward", "reward"},
+      {"ppo", "rlhf"},
+      {"dpo", "dpo"}}},
     {"stories260k_alpaca_sft.json", {{"sft", "sft"}}},
+    {"stories260k_dpo.json", {{"dpo", "dpo"}}},
     {"stories260k_hh.json", {{"sft", "sft"}, {"reward", "reward"}, {"ppo", "rlhf"}}},
     {"stories260k_hh_reward.json", {{"reward", "reward"}}},
     {"tinystories_pretrain.json", {{"pretrain", "pretrain"}}},

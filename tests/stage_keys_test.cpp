@@ -20,6 +20,7 @@
 #include "common/train/pairwise_reward.h"
 #include "common/train/stage_loop.h"
 #include "common/util/files.h"
+#include "dpo/dpo_stage.h"
 #include "reward/reward_stage.h"
 #include "rlhf/rlhf_stage.h"
 #include "sft/sft_stage.h"
@@ -34,7 +35,7 @@ namespace {
 // One row of the table: a key of a stage body, a value that is not its default, and where the
 // parsed config holds it.
 struct KeyCase {
-  std::string type;                             // pretrain, sft, reward, rlhf
+  std::string type;                             // pretrain, sft, reward, rlhf, dpo
   std::string key;                              // "train.lr": the path in the stage body
   json value;                                   // not the default
   std::function<json(const std::any&)> parsed;  // the value in the parsed config
@@ -96,7 +97,7 @@ json base_body(const std::string& type) {
             {"tokenizer", {{"train", f.data}}},
             {"data", {{"train", f.data}}}};
   if (type == "sft") return {{"name", "s"}, {"type", type}, {"data", {{"train", f.data}}}};
-  if (type == "reward")
+  if (type == "reward" || type == "dpo")
     return {{"name", "s"}, {"type", type}, {"init", "@sft"}, {"data", {{"train", f.data}}}};
   return {{"name", "s"}, {"type", type}, {"data", {{"prompts", f.data}}}};
 }
@@ -181,6 +182,8 @@ std::vector<KeyCase> train_cases(const std::string& type) {
     std::function<json(const std::any&)> parsed;
     if (type == "reward")
       parsed = field<RewardStageConfig>([get](const RewardStageConfig& c) { return get(c.train); });
+    else if (type == "dpo")
+      parsed = field<DpoStageConfig>([get](const DpoStageConfig& c) { return get(c.train); });
     else
       parsed = field<SftStageConfig>([get](const SftStageConfig& c) { return get(c.train); });
     cases.push_back({type, "train." + key, value, parsed});
@@ -348,6 +351,60 @@ std::vector<KeyCase> rlhf_cases() {
   };
 }
 
+// The loss keys apply under the loss types that use them (case_body picks the type): gamma under
+// simpo, the reference section under the reference losses (sigmoid, the default).
+std::vector<KeyCase> dpo_cases() {
+  using C = DpoStageConfig;
+  const Files& f = files();
+  auto row = [](const std::string& key, json value, std::function<json(const C&)> get) {
+    return KeyCase{"dpo", key, std::move(value), field<C>(std::move(get))};
+  };
+  return {
+      row("init", "@other", [](const C& c) { return json(c.init); }),
+      row("data.train", f.other, [](const C& c) { return json(c.data.path); }),
+      row("data.val", f.other, [](const C& c) { return json(c.val_path); }),
+      row("data.val_fraction", 0.2, [](const C& c) { return json(c.val_fraction); }),
+      row("data.format", "hh", [](const C& c) { return json(c.data.format); }),
+      row("data.template", "plain", [](const C& c) { return json(c.data.template_name); }),
+      row("data.skip_bad_lines", true, [](const C& c) { return json(c.data.skip_bad_lines); }),
+      row("data.max_records", 5, [](const C& c) { return json(c.data.max_records); }),
+      row("loss.type", "ipo", [](const C& c) { return json(c.loss.type); }),
+      row("loss.beta", 0.3, [](const C& c) { return json(c.loss.beta); }),
+      row("loss.label_smoothing", 0.1, [](const C& c) { return json(c.loss.label_smoothing); }),
+      row("loss.gamma", 1.5, [](const C& c) { return json(c.loss.gamma); }),
+      row("loss.sft_weight", 0.5, [](const C& c) { return json(c.loss.sft_weight); }),
+      row("reference.model", "@r", [](const C& c) { return json(c.reference); }),
+      row("reference.mode", "live", [](const C& c) { return json(c.reference_mode); }),
+      row("reference.chunk_pairs", 16, [](const C& c) { return json(c.cache_chunk_pairs); }),
+      row("eval.prompts", f.other, [](const C& c) { return json(c.sample_eval.prompts.path); }),
+      row("eval.format", "prompt", [](const C& c) { return json(c.sample_eval.prompts.format); }),
+      row("eval.template", "plain",
+          [](const C& c) { return json(c.sample_eval.prompts.template_name); }),
+      row("eval.max_prompt_len", 32,
+          [](const C& c) { return json(c.sample_eval.prompts.max_prompt_len); }),
+      row("eval.count", 8, [](const C& c) { return json(c.sample_eval.count); }),
+      row("eval.max_new_tokens", 16, [](const C& c) { return json(c.sample_eval.max_new_tokens); }),
+      row("eval.temperature", 0.7, [](const C& c) { return json(c.sample_eval.temperature); }),
+      row("ground_truth", json{{"rule", "contains"}, {"text", "x"}},
+          [](const C& c) {
+            const GroundTruthRule& g = c.sample_eval.ground_truth;
+            return json{{"rule", g.kind}, {"text", g.text}};
+          }),
+      row("ground_truth.rule", "regex",
+          [](const C& c) { return json(c.sample_eval.ground_truth.kind); }),
+      row("ground_truth.pattern", "y+",
+          [](const C& c) { return json(c.sample_eval.ground_truth.pattern); }),
+      row("ground_truth.ignore_case", true,
+          [](const C& c) { return json(c.sample_eval.ground_truth.ignore_case); }),
+      row("ground_truth.text", "z",
+          [](const C& c) { return json(c.sample_eval.ground_truth.text); }),
+      row("ground_truth.min_words", 2,
+          [](const C& c) { return json(c.sample_eval.ground_truth.min_words); }),
+      row("ground_truth.max_words", 5,
+          [](const C& c) { return json(c.sample_eval.ground_truth.max_words); }),
+  };
+}
+
 // Keys read only to be refused, or whose only accepted value is their default: nothing else can
 // be set.
 const std::set<std::string> kNoOtherValue = {
@@ -362,7 +419,7 @@ const std::set<std::string> kNoOtherValue = {
 
 std::vector<KeyCase> all_cases() {
   std::vector<KeyCase> cases;
-  for (const std::string type : {"pretrain", "sft", "reward"}) {
+  for (const std::string type : {"pretrain", "sft", "reward", "dpo"}) {
     auto train = train_cases(type);
     cases.insert(cases.end(), train.begin(), train.end());
   }
@@ -374,6 +431,8 @@ std::vector<KeyCase> all_cases() {
   cases.insert(cases.end(), reward.begin(), reward.end());
   auto rlhf = rlhf_cases();
   cases.insert(cases.end(), rlhf.begin(), rlhf.end());
+  auto dpo = dpo_cases();
+  cases.insert(cases.end(), dpo.begin(), dpo.end());
   return cases;
 }
 
@@ -395,6 +454,10 @@ json case_body(const KeyCase& c) {
   if (c.type == "reward" && c.key == "normalize.reference") body["data"]["val_fraction"] = 0.1;
   if (c.type == "reward" && c.key == "loss.rankings") body["data"]["format"] = "ranking";
   if (c.key == "tokenizer" && c.type == "pretrain") body.erase("tokenizer");
+  // dpo: the sampling check and its rule need the prompts; gamma is SimPO's.
+  if (c.type == "dpo" && (c.key.rfind("eval.", 0) == 0 || c.key.rfind("ground_truth", 0) == 0))
+    body["eval"]["prompts"] = files().data;
+  if (c.type == "dpo" && c.key == "loss.gamma") body["loss"]["type"] = "simpo";
   set_path(body, c.key, c.value);
   return body;
 }

@@ -42,9 +42,13 @@ std::vector<PreferenceConversation> ranking_pairs(const RankingConversation& ran
 
 std::vector<PreferencePair> ranking_preference_pairs(const TokenizedRanking& ranking) {
   std::vector<PreferencePair> out;
-  for (const auto& c : ranking_comparisons(ranking.ranks))
-    out.push_back({ranking.responses[static_cast<size_t>(c.better)],
-                   ranking.responses[static_cast<size_t>(c.worse)], 0.0});
+  check(ranking.prompt_tokens.size() == ranking.responses.size(),
+        "ranking_preference_pairs: one prompt length per response");
+  for (const auto& c : ranking_comparisons(ranking.ranks)) {
+    const auto better = static_cast<size_t>(c.better), worse = static_cast<size_t>(c.worse);
+    out.push_back({ranking.responses[better], ranking.responses[worse], 0.0,
+                   ranking.prompt_tokens[better], ranking.prompt_tokens[worse]});
+  }
   return out;
 }
 
@@ -443,6 +447,7 @@ bool tokenize_ranking(const RankingConversation& c, const PreferenceDataOptions&
     truncated += sequence.truncated ? 1 : 0;
     out->responses.push_back(std::move(sequence.tokens));
     out->ranks.push_back(c.ranks[i]);
+    out->prompt_tokens.push_back(sequence.prompt_tokens);
   }
   const int64_t comparisons = static_cast<int64_t>(ranking_comparisons(out->ranks).size());
   if (comparisons == 0) {

@@ -75,6 +75,7 @@ std::vector<RankingConversation> read_ranking_conversations(const PreferenceData
 struct TokenizedRanking {
   std::vector<std::vector<int64_t>> responses;
   std::vector<int64_t> ranks;
+  std::vector<int64_t> prompt_tokens;  // per response: its leading tokens that are the prompt's
 };
 
 // Reads (read_ranking_conversations), templates and tokenizes a ranking file. A response whose
@@ -84,7 +85,7 @@ struct TokenizedRanking {
 std::vector<TokenizedRanking> load_rankings(const PreferenceDataOptions& options,
                                             const Tokenizer& tokenizer, RankingStats* stats);
 
-// A tokenized ranking's comparisons as preference pairs (margin 0).
+// A tokenized ranking's comparisons as preference pairs (margin 0, the prompt lengths filled).
 std::vector<PreferencePair> ranking_preference_pairs(const TokenizedRanking& ranking);
 
 // Whether `format` names a ranking format ("ranking", "oasst").
