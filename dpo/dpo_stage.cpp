@@ -9,6 +9,7 @@
 #include "common/data/ranking_data.h"
 #include "common/dist/process_group.h"
 #include "common/io/hf_dir.h"
+#include "common/recipe/preference_data_section.h"
 #include "common/recipe/stage_io.h"
 #include "common/rollout/generator.h"
 #include "common/tokenizer/tokenizer.h"
@@ -34,27 +35,6 @@ void refuse_unused(ConfigReader& r, const std::string& key, const std::string& w
   if (!r.has(key)) return;
   r.raw(key);
   r.require(false, key, why);
-}
-
-void read_data(ConfigReader& d, DpoStageConfig& c, ConfigErrors& errors) {
-  c.data.path = d.required_string("train");
-  c.val_path = d.string("val", "");
-  c.data.format = d.string("format", "preference");
-  c.data.template_name = d.string("template", "chatml");
-  c.val_fraction = d.number("val_fraction", c.val_path.empty() ? 0.1 : 0.0);
-  c.data.skip_bad_lines = d.boolean("skip_bad_lines", false);
-  c.data.max_records = d.integer("max_records", -1);
-  d.one_of("format", c.data.format, {"preference", "hh", "ranking", "oasst"});
-  d.one_of("template", c.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
-  d.require(c.val_fraction >= 0 && c.val_fraction < 1, "val_fraction", "must be in [0, 1)");
-  d.require(c.val_path.empty() || c.val_fraction == 0, "val_fraction",
-            "give either data.val or data.val_fraction, not both");
-  d.require(c.data.max_records == -1 || c.data.max_records >= 1, "max_records",
-            "must be at least 1 (or -1: all)");
-  if (!c.data.path.empty() && !path_exists(c.data.path))
-    errors.add(d.path_of("train"), "file " + c.data.path + " does not exist");
-  if (!c.val_path.empty() && !path_exists(c.val_path))
-    errors.add(d.path_of("val"), "file " + c.val_path + " does not exist");
 }
 
 // TRL's defaults: beta 0.1 (DPOTrainer, ORPOTrainer's lambda), 2.0 and gamma 0.5 for SimPO
@@ -145,7 +125,10 @@ DpoStageConfig parse_dpo_stage(const StageEntry& entry, ConfigErrors& errors) {
   c.init = r.required_string("init");
   {
     ConfigReader d(r.object("data"), r.path_of("data"), errors);
-    read_data(d, c, errors);
+    const PreferenceDataSection section = read_preference_data_section(d);
+    c.data = section.data;
+    c.val_path = section.val_path;
+    c.val_fraction = section.val_fraction;
   }
   {
     ConfigReader l(r.object("loss"), r.path_of("loss"), errors);
@@ -164,15 +147,7 @@ nlohmann::json dpo_stated_defaults(const DpoStageConfig& c) {
   if (loss_uses_label_smoothing(o.type)) loss["label_smoothing"] = o.label_smoothing;
   if (o.type == "simpo") loss["gamma"] = o.gamma;
   if (o.type != "orpo") loss["sft_weight"] = o.sft_weight;
-  nlohmann::json data = {{"train", c.data.path},
-                         {"format", c.data.format},
-                         {"template", c.data.template_name},
-                         {"skip_bad_lines", c.data.skip_bad_lines},
-                         {"max_records", c.data.max_records}};
-  if (c.val_path.empty())
-    data["val_fraction"] = c.val_fraction;
-  else
-    data["val"] = c.val_path;
+  const nlohmann::json data = preference_data_section_values({c.data, c.val_path, c.val_fraction});
   nlohmann::json stated = {
       {"init", c.init}, {"data", data}, {"loss", loss}, {"train", train_config_values(c.train)}};
   if (loss_uses_reference(o.type)) {

@@ -7,6 +7,7 @@
 #include "common/io/hf_dir.h"
 #include "common/io/reward_model_dir.h"
 #include "common/model/reward_model.h"
+#include "common/recipe/preference_data_section.h"
 #include "common/recipe/stage_io.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/torch_compat.h"
@@ -31,24 +32,10 @@ RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& erro
   c.init = r.required_string("init");
   {
     ConfigReader d(r.object("data"), r.path_of("data"), errors);
-    c.data.path = d.required_string("train");
-    c.val_path = d.string("val", "");
-    c.data.format = d.string("format", "preference");
-    c.data.template_name = d.string("template", "chatml");
-    c.val_fraction = d.number("val_fraction", c.val_path.empty() ? 0.1 : 0.0);
-    c.data.skip_bad_lines = d.boolean("skip_bad_lines", false);
-    c.data.max_records = d.integer("max_records", -1);
-    d.one_of("format", c.data.format, {"preference", "hh", "ranking", "oasst"});
-    d.one_of("template", c.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
-    d.require(c.val_fraction >= 0 && c.val_fraction < 1, "val_fraction", "must be in [0, 1)");
-    d.require(c.val_path.empty() || c.val_fraction == 0, "val_fraction",
-              "give either data.val or data.val_fraction, not both");
-    d.require(c.data.max_records == -1 || c.data.max_records >= 1, "max_records",
-              "must be at least 1 (or -1: all)");
-    if (!c.data.path.empty() && !path_exists(c.data.path))
-      errors.add(d.path_of("train"), "file " + c.data.path + " does not exist");
-    if (!c.val_path.empty() && !path_exists(c.val_path))
-      errors.add(d.path_of("val"), "file " + c.val_path + " does not exist");
+    const PreferenceDataSection section = read_preference_data_section(d);
+    c.data = section.data;
+    c.val_path = section.val_path;
+    c.val_fraction = section.val_fraction;
   }
   {
     ConfigReader l(r.object("loss"), r.path_of("loss"), errors);
@@ -82,15 +69,7 @@ RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& erro
 }
 
 nlohmann::json reward_stated_values(const RewardStageConfig& c) {
-  nlohmann::json data = {{"train", c.data.path},
-                         {"format", c.data.format},
-                         {"template", c.data.template_name},
-                         {"skip_bad_lines", c.data.skip_bad_lines},
-                         {"max_records", c.data.max_records}};
-  if (c.val_path.empty())
-    data["val_fraction"] = c.val_fraction;
-  else
-    data["val"] = c.val_path;
+  const nlohmann::json data = preference_data_section_values({c.data, c.val_path, c.val_fraction});
   nlohmann::json loss = {{"use_margin", c.use_margin}, {"center_coef", c.center_coef}};
   if (is_ranking_format(c.data.format)) loss["rankings"] = c.ranking_loss;
   return {{"init", c.init},
