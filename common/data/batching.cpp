@@ -144,4 +144,17 @@ void split_validation(std::vector<Example>& all, double fraction, uint64_t seed,
   all.clear();
 }
 
+std::vector<bool> validation_choice(int64_t n, double fraction, uint64_t seed,
+                                    const std::string& what) {
+  check(fraction >= 0 && fraction < 1, "val_fraction must be in [0, 1)");
+  const int64_t val_count =
+      fraction > 0 ? std::max<int64_t>(1, static_cast<int64_t>(n * fraction)) : 0;
+  check(val_count < n, "val_fraction " + std::to_string(fraction) + " leaves no training " + what +
+                           " (" + std::to_string(n) + " " + what + ")");
+  const auto perm = seeded_permutation(n, seed);
+  std::vector<bool> is_val(static_cast<size_t>(n), false);
+  for (int64_t i = 0; i < val_count; ++i) is_val[static_cast<size_t>(perm[i])] = true;
+  return is_val;
+}
+
 }  // namespace tiller

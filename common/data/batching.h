@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common/data/sft_data.h"
@@ -56,5 +57,11 @@ uint64_t splitmix64(uint64_t& state);
 
 // Portable seeded permutation of [0, n) (Fisher-Yates over a 64-bit mixer; the same everywhere).
 std::vector<int64_t> seeded_permutation(int64_t n, uint64_t seed);
+
+// Which of `n` records go to validation: `fraction` of them (at least one when fraction > 0), the
+// first of a permutation seeded with `seed`. Throws tiller::Error when fraction is outside [0, 1)
+// or leaves no training record (`what` names the records: "pairs", "rankings").
+std::vector<bool> validation_choice(int64_t n, double fraction, uint64_t seed,
+                                    const std::string& what);
 
 }  // namespace tiller

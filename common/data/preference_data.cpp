@@ -251,15 +251,9 @@ std::vector<PreferencePair> load_preference_pairs(const PreferenceDataOptions& o
 void split_preference_validation(std::vector<PreferencePair>& all, double fraction, uint64_t seed,
                                  std::vector<PreferencePair>* train,
                                  std::vector<PreferencePair>* validation) {
-  check(fraction >= 0 && fraction < 1, "val_fraction must be in [0, 1)");
   const int64_t n = static_cast<int64_t>(all.size());
-  const int64_t val_count =
-      fraction > 0 ? std::max<int64_t>(1, static_cast<int64_t>(n * fraction)) : 0;
-  check(val_count < n, "val_fraction " + std::to_string(fraction) + " leaves no training pairs (" +
-                           std::to_string(n) + " pairs)");
-  auto perm = seeded_permutation(n, seed ^ 0xa0761d6478bd642full);
-  std::vector<bool> is_val(static_cast<size_t>(n), false);
-  for (int64_t i = 0; i < val_count; ++i) is_val[static_cast<size_t>(perm[i])] = true;
+  const std::vector<bool> is_val =
+      validation_choice(n, fraction, seed ^ 0xa0761d6478bd642full, "pairs");
   for (int64_t i = 0; i < n; ++i)
     (is_val[static_cast<size_t>(i)] ? validation : train)
         ->push_back(std::move(all[static_cast<size_t>(i)]));
