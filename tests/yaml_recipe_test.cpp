@@ -138,6 +138,9 @@ TEST(YamlRecipe, RefusesWhatJsonCannotHoldWithItsLine) {
       {"a:\n\tb: 1\n", "t.yaml:2:3: invalid YAML: a tab in the indentation"},
       {"a: [1, 2\nb: 3\n", "t.yaml:2:2: invalid YAML: end of sequence flow not found"},
       {"a: 1\n  b: 2\n", "t.yaml:2:4: invalid YAML: illegal map value"},
+      // Found by the YAML fuzzer: a byte that is not UTF-8 reached the error message's JSON dump.
+      {"a: 1\nb: x\xD4y\n", "t.yaml:2:4: this text is not UTF-8"},
+      {"a: 1\n\xFF: 2\n", "t.yaml:2:1: this text is not UTF-8"},
   };
   for (const auto& [text, expected] : cases) {
     const std::string message = yaml_error(text);

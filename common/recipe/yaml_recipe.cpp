@@ -137,6 +137,17 @@ std::string describe(const nlohmann::json& value) {
 // ---------------------------------------------------------------------------------------------
 // Building JSON from yaml-cpp's events
 
+// Whether `text` is valid UTF-8 (no overlong forms, no surrogates): nlohmann's serializer checks
+// exactly that, and everything a recipe holds is serialized into the resolved recipe.
+bool is_utf8(const std::string& text) {
+  try {
+    (void)nlohmann::json(text).dump();
+    return true;
+  } catch (const nlohmann::json::type_error&) {
+    return false;
+  }
+}
+
 // Builds one document's JSON value from yaml-cpp's parse events, noting the line of every value
 // and each construct JSON cannot hold. Once a problem is noted the value is still built (with
 // placeholders) so that later problems are found too; the caller then discards it.
@@ -164,6 +175,11 @@ class JsonBuilder : public YAML::EventHandler {
   void OnScalar(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t anchor,
                 const std::string& text) override {
     refuse_anchor(mark, anchor);
+    if (!is_utf8(text)) {  // JSON's strings, and so the resolved recipe's, are UTF-8
+      problem(mark, "this text is not UTF-8; a recipe is UTF-8 text");
+      add(mark, "");
+      return;
+    }
     if (tag == kPlainTag) {
       add_plain(mark, text);
       return;
