@@ -218,20 +218,9 @@ std::string reference_dir(const Recipe& recipe, const DpoStageConfig& c,
 }
 
 DpoData load_pair_data(const Recipe& recipe, const DpoStageConfig& c, const Tokenizer& tokenizer) {
-  DpoData data;
-  std::vector<PreferencePair> all = load_preference_pairs(c.data, tokenizer, &data.stats);
-  if (!c.val_path.empty()) {
-    data.train = std::move(all);
-    PreferenceDataOptions val_options = c.data;
-    val_options.path = c.val_path;
-    val_options.max_records = -1;
-    data.val = load_preference_pairs(val_options, tokenizer, &data.val_stats);
-  } else if (c.val_fraction > 0) {
-    split_preference_validation(all, c.val_fraction, recipe.run.seed, &data.train, &data.val);
-  } else {
-    data.train = std::move(all);
-  }
-  return data;
+  SplitPairs split =
+      load_split_pairs({c.data, c.val_path, c.val_fraction}, tokenizer, recipe.run.seed);
+  return {std::move(split.train), std::move(split.val), split.stats, split.val_stats};
 }
 
 // Every ranking's comparisons, ranking by ranking, as unweighted pairs (docs/recipes.md says why).
@@ -242,33 +231,14 @@ std::vector<PreferencePair> all_pairs(const std::vector<TokenizedRanking>& ranki
   return pairs;
 }
 
-PreferenceStats preference_stats(const RankingStats& r) {
-  PreferenceStats s;
-  s.records = r.records;
-  s.skipped = r.skipped;
-  s.identical = r.identical;
-  s.prompt_too_long = r.prompt_too_long;
-  s.truncated = r.truncated;
-  return s;
-}
-
 // Rankings (format "ranking" or "oasst") trained as all their pairs. The validation split is of
 // whole rankings, so that no ranking has pairs on both sides of it.
 DpoData load_ranking_data(const Recipe& recipe, const DpoStageConfig& c,
                           const Tokenizer& tokenizer) {
-  RankingStats stats, val_stats;
-  std::vector<TokenizedRanking> all = load_rankings(c.data, tokenizer, &stats), train, val;
-  if (!c.val_path.empty()) {
-    train = std::move(all);
-    PreferenceDataOptions val_options = c.data;
-    val_options.path = c.val_path;
-    val_options.max_records = -1;
-    val = load_rankings(val_options, tokenizer, &val_stats);
-  } else if (c.val_fraction > 0) {
-    split_ranking_validation(all, c.val_fraction, recipe.run.seed, &train, &val);
-  } else {
-    train = std::move(all);
-  }
+  SplitRankings split =
+      load_split_rankings({c.data, c.val_path, c.val_fraction}, tokenizer, recipe.run.seed);
+  const auto &train = split.train, &val = split.val;
+  const RankingStats &stats = split.stats, &val_stats = split.val_stats;
   std::printf("[%s] rankings: %zu train / %zu validation, %lld responses, %lld comparisons\n",
               c.name.c_str(), train.size(), val.size(),
               (long long)(stats.responses + val_stats.responses),
@@ -276,8 +246,8 @@ DpoData load_ranking_data(const Recipe& recipe, const DpoStageConfig& c,
   DpoData data;
   data.train = all_pairs(train);
   data.val = all_pairs(val);
-  data.stats = preference_stats(stats);
-  data.val_stats = preference_stats(val_stats);
+  data.stats = as_preference_stats(stats);
+  data.val_stats = as_preference_stats(val_stats);
   return data;
 }
 

@@ -143,20 +143,13 @@ struct RewardData {
 
 RewardData load_pair_data(const Recipe& recipe, const RewardStageConfig& c,
                           const Tokenizer& tokenizer) {
+  SplitPairs split =
+      load_split_pairs({c.data, c.val_path, c.val_fraction}, tokenizer, recipe.run.seed);
   RewardData data;
-  std::vector<PreferencePair> all = load_preference_pairs(c.data, tokenizer, &data.stats);
-  if (!c.val_path.empty()) {
-    data.train.pairs = std::move(all);
-    PreferenceDataOptions val_options = c.data;
-    val_options.path = c.val_path;
-    val_options.max_records = -1;
-    data.val.pairs = load_preference_pairs(val_options, tokenizer, &data.val_stats);
-  } else if (c.val_fraction > 0) {
-    split_preference_validation(all, c.val_fraction, recipe.run.seed, &data.train.pairs,
-                                &data.val.pairs);
-  } else {
-    data.train.pairs = std::move(all);
-  }
+  data.train.pairs = std::move(split.train);
+  data.val.pairs = std::move(split.val);
+  data.stats = split.stats;
+  data.val_stats = split.val_stats;
   const PreferenceStats& s = data.stats;
   const PreferenceStats& v = data.val_stats;
   std::printf(
@@ -188,22 +181,13 @@ RewardData load_ranking_data(const Recipe& recipe, const RewardStageConfig& c,
                              const Tokenizer& tokenizer) {
   RewardData data;
   data.from_rankings = true;
-  std::vector<TokenizedRanking> all = load_rankings(c.data, tokenizer, &data.ranking_stats);
-  std::vector<TokenizedRanking> train, val;
-  if (!c.val_path.empty()) {
-    train = std::move(all);
-    PreferenceDataOptions val_options = c.data;
-    val_options.path = c.val_path;
-    val_options.max_records = -1;
-    val = load_rankings(val_options, tokenizer, &data.val_ranking_stats);
-  } else if (c.val_fraction > 0) {
-    split_ranking_validation(all, c.val_fraction, recipe.run.seed, &train, &val);
-  } else {
-    train = std::move(all);
-  }
+  SplitRankings split =
+      load_split_rankings({c.data, c.val_path, c.val_fraction}, tokenizer, recipe.run.seed);
+  data.ranking_stats = split.stats;
+  data.val_ranking_stats = split.val_stats;
   const bool listwise = c.ranking_loss == "instructgpt";
-  data.train = ranking_examples(std::move(train), listwise);
-  data.val = ranking_examples(std::move(val), listwise);
+  data.train = ranking_examples(std::move(split.train), listwise);
+  data.val = ranking_examples(std::move(split.val), listwise);
   const RankingStats& s = data.ranking_stats;
   const RankingStats& v = data.val_ranking_stats;
   std::printf(

@@ -24,19 +24,6 @@ using namespace tiller;
 
 namespace {
 
-// The working directory changed for a scope (shipped recipes name paths relative to the source
-// tree, as users run them).
-class InDirectory {
- public:
-  explicit InDirectory(const std::string& dir) : previous_(std::filesystem::current_path()) {
-    std::filesystem::current_path(dir);
-  }
-  ~InDirectory() { std::filesystem::current_path(previous_); }
-
- private:
-  std::filesystem::path previous_;
-};
-
 // Every leaf of `body` as a dotted key ("train.lr") and its value.
 void leaves(const nlohmann::json& body, const std::string& prefix,
             std::vector<std::pair<std::string, nlohmann::json>>& out) {
@@ -102,7 +89,7 @@ TEST(Recipes, ShippedRecipesParseIntoTheirStagesAndValuesAndAMistakeIsNamed) {
     ASSERT_EQ(test::run_command(check, &out), 0) << out;
     EXPECT_NE(out.find(": OK (" + std::to_string(expected.size()) + " stages)"), std::string::npos)
         << out;
-    InDirectory source(TILLER_SOURCE_DIR);
+    test::InDirectory source(TILLER_SOURCE_DIR);
     ConfigErrors errors;
     const Recipe recipe = load_recipe("recipes/" + file, {}, errors);
     const auto parsed = parse_stages(stage_registry(), recipe, errors);

@@ -260,13 +260,14 @@ TEST(RlhfStage, FingerprintsFollowConfigInputsAndUpstreamStages) {
   // A bare word is a name, not a path: a directory called "sft" where the command runs (the
   // source tree has one) changing under it leaves the stage's fingerprint alone.
   const auto before = fingerprints({});
-  const auto cwd = std::filesystem::current_path();
-  std::filesystem::current_path(dir);
-  std::filesystem::create_directories("sft");
-  const auto with_dir = fingerprints({});
-  std::ofstream("sft/edited.cpp") << "changed";
-  const auto after_edit = fingerprints({});
-  std::filesystem::current_path(cwd);
+  std::pair<std::string, std::string> with_dir, after_edit;
+  {
+    test::InDirectory in(dir);
+    std::filesystem::create_directories("sft");
+    with_dir = fingerprints({});
+    std::ofstream("sft/edited.cpp") << "changed";
+    after_edit = fingerprints({});
+  }
   EXPECT_EQ(with_dir, before);
   EXPECT_EQ(after_edit, before);
 }

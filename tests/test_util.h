@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <string>
@@ -13,6 +14,18 @@
 #include "common/model/transformer.h"
 
 namespace tiller::test {
+
+// The working directory changed for a scope (recipes name paths relative to where they run).
+class InDirectory {
+ public:
+  explicit InDirectory(const std::string& dir) : previous_(std::filesystem::current_path()) {
+    std::filesystem::current_path(dir);
+  }
+  ~InDirectory() { std::filesystem::current_path(previous_); }
+
+ private:
+  std::filesystem::path previous_;
+};
 
 // ../shared/data relative to the source tree (or $TILLER_SHARED_DATA).
 std::string shared_data();

@@ -48,18 +48,6 @@ std::string joined(const std::vector<std::string>& errors) {
   return all;
 }
 
-// Runs the test body in a fresh directory (recipes name relative paths), then returns.
-class InDirectory {
- public:
-  explicit InDirectory(const std::string& dir) : previous_(std::filesystem::current_path()) {
-    std::filesystem::current_path(dir);
-  }
-  ~InDirectory() { std::filesystem::current_path(previous_); }
-
- private:
-  std::filesystem::path previous_;
-};
-
 }  // namespace
 
 TEST(YamlRecipe, ScalarsFollowTheYaml12CoreSchema) {
@@ -253,7 +241,7 @@ TEST(YamlRecipe, QuickstartYamlParsesAsQuickstartJsonDoes) {
   make_directories(dir + "/runs/quickstart/data");
   for (const char* file : {"corpus.txt", "sft.jsonl", "preferences.jsonl", "prompts.jsonl"})
     std::ofstream(dir + "/runs/quickstart/data/" + file) << "\n";
-  InDirectory in(dir);
+  test::InDirectory in(dir);
   const std::string recipes = std::string(TILLER_SOURCE_DIR) + "/recipes/";
   ConfigErrors json_errors, yaml_errors;
   const Recipe from_json = load_recipe(recipes + "quickstart.json", {}, json_errors);

@@ -503,4 +503,14 @@ void split_ranking_validation(std::vector<TokenizedRanking>& all, double fractio
   all.clear();
 }
 
+PreferenceStats as_preference_stats(const RankingStats& r) {
+  PreferenceStats s;
+  s.records = r.records;
+  s.skipped = r.skipped;
+  s.identical = r.identical;
+  s.prompt_too_long = r.prompt_too_long;
+  s.truncated = r.truncated;
+  return s;
+}
+
 }  // namespace tiller

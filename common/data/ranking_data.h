@@ -58,6 +58,9 @@ struct RankingStats {
   int64_t unranked_replies = 0;  // OASST: assistant replies without a rank
 };
 
+// The figures a pair loader also counts (records, skipped, identical, prompt_too_long, truncated).
+PreferenceStats as_preference_stats(const RankingStats& stats);
+
 // The rankings of a file in format "ranking" or "oasst", as conversations. OASST: the trees
 // export (one {"message_tree_id", "prompt": message} a line, each message with "message_id",
 // "role" ("prompter" or "assistant"), "text", "deleted", "rank" and "replies") or the flat

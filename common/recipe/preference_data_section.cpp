@@ -40,4 +40,47 @@ nlohmann::json preference_data_section_values(const PreferenceDataSection& s) {
   return data;
 }
 
+namespace {
+
+template <typename Example, typename Stats, typename Load, typename Split>
+SplitExamples<Example, Stats> load_split(const PreferenceDataSection& section, uint64_t seed,
+                                         Load load, Split split) {
+  SplitExamples<Example, Stats> out;
+  std::vector<Example> all = load(section.data, &out.stats);
+  if (!section.val_path.empty()) {
+    out.train = std::move(all);
+    PreferenceDataOptions val_options = section.data;
+    val_options.path = section.val_path;
+    val_options.max_records = -1;
+    out.val = load(val_options, &out.val_stats);
+  } else if (section.val_fraction > 0) {
+    split(all, section.val_fraction, seed, &out.train, &out.val);
+  } else {
+    out.train = std::move(all);
+  }
+  return out;
+}
+
+}  // namespace
+
+SplitPairs load_split_pairs(const PreferenceDataSection& section, const Tokenizer& tokenizer,
+                            uint64_t seed) {
+  return load_split<PreferencePair, PreferenceStats>(
+      section, seed,
+      [&](const PreferenceDataOptions& o, PreferenceStats* stats) {
+        return load_preference_pairs(o, tokenizer, stats);
+      },
+      split_preference_validation);
+}
+
+SplitRankings load_split_rankings(const PreferenceDataSection& section, const Tokenizer& tokenizer,
+                                  uint64_t seed) {
+  return load_split<TokenizedRanking, RankingStats>(
+      section, seed,
+      [&](const PreferenceDataOptions& o, RankingStats* stats) {
+        return load_rankings(o, tokenizer, stats);
+      },
+      split_ranking_validation);
+}
+
 }  // namespace tiller

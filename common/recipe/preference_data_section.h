@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/data/preference_data.h"
+#include "common/data/ranking_data.h"
 #include "common/recipe/config_reader.h"
 
 namespace tiller {
@@ -23,5 +24,22 @@ PreferenceDataSection read_preference_data_section(ConfigReader& d);
 
 // The section as the resolved recipe states it: every value that ran, `val` or `val_fraction`.
 nlohmann::json preference_data_section_values(const PreferenceDataSection& section);
+
+// A section's examples split into training and validation, with each side's loading figures.
+template <typename Example, typename Stats>
+struct SplitExamples {
+  std::vector<Example> train, val;
+  Stats stats, val_stats;
+};
+using SplitPairs = SplitExamples<PreferencePair, PreferenceStats>;
+using SplitRankings = SplitExamples<TokenizedRanking, RankingStats>;
+
+// The section's pairs (formats preference, hh) or rankings (ranking, oasst): validation from
+// `val_path` when given (all its records), else val_fraction of the training file chosen by
+// `seed`, else none. Rankings are split whole, before any expansion into pairs.
+SplitPairs load_split_pairs(const PreferenceDataSection& section, const Tokenizer& tokenizer,
+                            uint64_t seed);
+SplitRankings load_split_rankings(const PreferenceDataSection& section, const Tokenizer& tokenizer,
+                                  uint64_t seed);
 
 }  // namespace tiller

@@ -203,11 +203,7 @@ RewardEvalResult evaluate_reward_model(const std::string& model_dir, const std::
     auto rankings = load_rankings(o, tok, &stats);
     auto result = evaluate_rankings(*rm.model, rankings, pad_id, /*micro_batch=*/8,
                                     /*max_batches=*/0, rm.metadata.offset);
-    result.data.records = stats.records;
-    result.data.skipped = stats.skipped;
-    result.data.identical = stats.identical;
-    result.data.prompt_too_long = stats.prompt_too_long;
-    result.data.truncated = stats.truncated;
+    result.data = as_preference_stats(stats);
     return result;
   }
   PreferenceStats stats;
