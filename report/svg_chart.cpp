@@ -147,6 +147,227 @@ std::vector<LegendItem> layout_legend(const std::vector<ChartSeries>& series, do
   return items;
 }
 
+// Where the plot sits: below the title and legend, inside the margins.
+struct PlotArea {
+  double left, right, top, bottom;
+};
+
+PlotArea plot_area(const std::vector<LegendItem>& legend, double width, double height) {
+  const double legend_bottom = legend.empty() ? kTitleHeight : legend.back().y + 10;
+  return {kMarginLeft, width - kMarginRight, legend_bottom + 6, height - kMarginBottom};
+}
+
+// The opening <svg> tag, the accessible title, the white background and the visible title.
+std::string chart_header(const ChartOptions& options, double width, double height,
+                         const PlotArea& area) {
+  std::string svg = "<svg class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\"";
+  for (const auto& [name, value] : options.attributes)
+    svg += " " + name + "=\"" + xml_escape(value) + "\"";
+  svg += " width=\"" + fixed(width, 0) + "\" height=\"" + fixed(height, 0) + "\" viewBox=\"0 0 " +
+         fixed(width, 0) + " " + fixed(height, 0) + "\" role=\"img\" font-family=\"sans-serif\">";
+  svg += "<title>" + xml_escape(options.title) + "</title>";
+  svg += "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>";
+  svg += "<text x=\"" + coordinate(area.left) +
+         "\" y=\"18\" font-size=\"14\" font-weight=\"bold\" fill=\"#222\">" +
+         xml_escape(options.title) + "</text>";
+  return svg;
+}
+
+std::string legend_svg(const std::vector<LegendItem>& legend) {
+  std::string svg;
+  for (const LegendItem& item : legend) {
+    if (item.style == SeriesStyle::kLine)
+      svg += "<line x1=\"" + coordinate(item.x) + "\" y1=\"" + coordinate(item.y - 4) + "\" x2=\"" +
+             coordinate(item.x + 16) + "\" y2=\"" + coordinate(item.y - 4) + "\" stroke=\"" +
+             item.color + "\" stroke-width=\"2.5\"/>";
+    else  // not a "marker": the legend's dots are not data
+      svg += "<circle cx=\"" + coordinate(item.x + 8) + "\" cy=\"" + coordinate(item.y - 4) +
+             "\" r=\"3.5\"" +
+             (item.style == SeriesStyle::kHollowMarkers
+                  ? " fill=\"#ffffff\" stroke=\"" + item.color + "\" stroke-width=\"1.4\"/>"
+                  : " fill=\"" + item.color + "\"/>");
+    svg += "<text x=\"" + coordinate(item.x + 21) + "\" y=\"" + coordinate(item.y) +
+           "\" font-size=\"11\" fill=\"#333\">" + xml_escape(item.name) + "</text>";
+  }
+  return svg;
+}
+
+// The smallest and largest plottable x and y; empty (low > high) when nothing is plottable.
+struct DataExtent {
+  double x_low = std::numeric_limits<double>::infinity(), x_high = -x_low;
+  double y_low = x_low, y_high = -x_low;
+
+  bool empty() const { return !(x_low <= x_high); }
+};
+
+// The data's extent (error bars included) decides both axes; points a log scale cannot show do
+// not count.
+DataExtent data_extent(const std::vector<ChartSeries>& series, const ChartOptions& options) {
+  DataExtent e;
+  for (const ChartSeries& s : series) {
+    for (size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i) {
+      if (!plottable(s.x[i], s.y[i], options)) continue;
+      e.x_low = std::min(e.x_low, s.x[i]);
+      e.x_high = std::max(e.x_high, s.x[i]);
+      e.y_low = std::min(e.y_low, s.y[i]);
+      e.y_high = std::max(e.y_high, s.y[i]);
+      if (!has_error_bar(s, i)) continue;
+      for (double bound : {s.y_low[i], s.y_high[i]})
+        if (plottable(s.x[i], bound, options)) {
+          e.y_low = std::min(e.y_low, bound);
+          e.y_high = std::max(e.y_high, bound);
+        }
+    }
+  }
+  return e;
+}
+
+// The plot's frame, left open so that attributes can follow.
+std::string open_plot_rect(const PlotArea& area) {
+  return "<rect class=\"plot\" x=\"" + coordinate(area.left) + "\" y=\"" + coordinate(area.top) +
+         "\" width=\"" + coordinate(area.right - area.left) + "\" height=\"" +
+         coordinate(area.bottom - area.top) + "\" fill=\"none\" stroke=\"#bbb\"";
+}
+
+// An empty frame saying "no data", and an empty group for each series.
+std::string no_data_svg(const std::vector<ChartSeries>& series, const PlotArea& area) {
+  std::string svg = open_plot_rect(area) + "/>";
+  svg += "<text x=\"" + coordinate((area.left + area.right) / 2) + "\" y=\"" +
+         coordinate((area.top + area.bottom) / 2) +
+         "\" font-size=\"12\" fill=\"#888\" text-anchor=\"middle\">no data</text>";
+  for (size_t i = 0; i < series.size(); ++i)
+    svg += "<g class=\"series\" data-series=\"" + xml_escape(series[i].name) +
+           "\" data-points=\"0\"></g>";
+  return svg;
+}
+
+// Maps data values to SVG coordinates.
+struct PlotScale {
+  PlotArea area;
+  Axis x_axis, y_axis;
+
+  double to_x(double x) const { return area.left + x_axis.fraction(x) * (area.right - area.left); }
+  double to_y(double y) const {
+    return area.bottom - y_axis.fraction(y) * (area.bottom - area.top);
+  }
+};
+
+// The frame with the axes' ranges as data attributes, the grid lines, tick labels, x label and
+// the two axis lines.
+std::string axes_svg(const PlotScale& scale, const ChartOptions& options, double height) {
+  const PlotArea& area = scale.area;
+  const Axis &x_axis = scale.x_axis, &y_axis = scale.y_axis;
+  std::string svg = open_plot_rect(area) + " data-x=\"" + precise(x_axis.low) + " " +
+                    precise(x_axis.high) + "\" data-y=\"" + precise(y_axis.low) + " " +
+                    precise(y_axis.high) + "\"/>";
+  svg += "<g class=\"axis\" font-size=\"11\" fill=\"#555\">";
+  for (size_t i = 0; i < y_axis.ticks.size(); ++i) {
+    const std::string y = coordinate(scale.to_y(y_axis.ticks[i]));
+    svg += "<line x1=\"" + coordinate(area.left) + "\" y1=\"" + y + "\" x2=\"" +
+           coordinate(area.right) + "\" y2=\"" + y + "\" stroke=\"#e6e6e6\"/>";
+    svg += "<text x=\"" + coordinate(area.left - 6) + "\" y=\"" + y +
+           "\" text-anchor=\"end\" dominant-baseline=\"middle\">" + y_axis.labels[i] + "</text>";
+  }
+  for (size_t i = 0; i < x_axis.ticks.size(); ++i) {
+    const std::string x = coordinate(scale.to_x(x_axis.ticks[i]));
+    svg += "<line x1=\"" + x + "\" y1=\"" + coordinate(area.top) + "\" x2=\"" + x + "\" y2=\"" +
+           coordinate(area.bottom) + "\" stroke=\"#e6e6e6\"/>";
+    svg += "<text x=\"" + x + "\" y=\"" + coordinate(area.bottom + 15) +
+           "\" text-anchor=\"middle\">" + x_axis.labels[i] + "</text>";
+  }
+  svg += "<text x=\"" + coordinate((area.left + area.right) / 2) + "\" y=\"" +
+         coordinate(height - 6) + "\" text-anchor=\"middle\" fill=\"#333\">" +
+         xml_escape(options.x_label) + "</text>";
+  svg += "<line x1=\"" + coordinate(area.left) + "\" y1=\"" + coordinate(area.bottom) + "\" x2=\"" +
+         coordinate(area.right) + "\" y2=\"" + coordinate(area.bottom) + "\" stroke=\"#666\"/>";
+  svg += "<line x1=\"" + coordinate(area.left) + "\" y1=\"" + coordinate(area.top) + "\" x2=\"" +
+         coordinate(area.left) + "\" y2=\"" + coordinate(area.bottom) + "\" stroke=\"#666\"/>";
+  return svg + "</g>";
+}
+
+// The indices of a series' points in x order (NaN x last, ties in input order).
+std::vector<size_t> points_in_x_order(const ChartSeries& line) {
+  std::vector<size_t> order(std::min(line.x.size(), line.y.size()));
+  std::iota(order.begin(), order.end(), 0);
+  auto sort_key = [&](size_t i) {
+    return std::isnan(line.x[i]) ? std::numeric_limits<double>::infinity() : line.x[i];
+  };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return sort_key(a) < sort_key(b); });
+  return order;
+}
+
+// A series' points in SVG coordinates, split into runs where an unplottable point ends one.
+struct PointRuns {
+  using Points = std::vector<std::pair<double, double>>;
+  std::vector<Points> runs = std::vector<Points>(1);  // the last run is the one being extended
+  size_t drawn = 0;
+};
+
+PointRuns plottable_runs(const ChartSeries& line, const std::vector<size_t>& order,
+                         const PlotScale& scale, const ChartOptions& options) {
+  PointRuns points;
+  for (size_t i : order) {
+    if (!plottable(line.x[i], line.y[i], options)) {
+      if (!points.runs.back().empty()) points.runs.emplace_back();
+      continue;
+    }
+    points.runs.back().emplace_back(scale.to_x(line.x[i]), scale.to_y(line.y[i]));
+    ++points.drawn;
+  }
+  return points;
+}
+
+std::string error_bars_svg(const ChartSeries& line, const std::vector<size_t>& order,
+                           const PlotScale& scale, const ChartOptions& options,
+                           const std::string& color) {
+  std::string svg;
+  for (size_t i : order)
+    if (has_error_bar(line, i) && plottable(line.x[i], line.y[i], options) &&
+        plottable(line.x[i], line.y_low[i], options) &&
+        plottable(line.x[i], line.y_high[i], options))
+      svg += error_bar(scale.to_x(line.x[i]), scale.to_y(line.y_low[i]), scale.to_y(line.y_high[i]),
+                       color);
+  return svg;
+}
+
+// A polyline for each run of two or more points; dots on a lone point, and on every point of a
+// sparse series.
+std::string line_runs_svg(const PointRuns& points, const std::string& color) {
+  std::string svg;
+  const bool markers = points.drawn <= kMarkerLimit;
+  for (const auto& run : points.runs) {
+    if (run.size() >= 2) {
+      svg += "<polyline fill=\"none\" stroke=\"" + color +
+             "\" stroke-width=\"1.6\" stroke-linejoin=\"round\" points=\"";
+      for (size_t i = 0; i < run.size(); ++i)
+        svg += (i ? " " : "") + coordinate(run[i].first) + "," + coordinate(run[i].second);
+      svg += "\"/>";
+    }
+    if (run.size() == 1 || markers)
+      for (const auto& [x, y] : run)
+        svg += marker(x, y, color, SeriesStyle::kLine, run.size() == 1 ? "3" : "2.2");
+  }
+  return svg;
+}
+
+// One series' <g>: its error bars, then its line or its markers.
+std::string series_svg(const ChartSeries& line, const std::string& color, const PlotScale& scale,
+                       const ChartOptions& options) {
+  const std::vector<size_t> order = points_in_x_order(line);
+  const PointRuns points = plottable_runs(line, order, scale, options);
+  std::string svg = "<g class=\"series\" data-series=\"" + xml_escape(line.name) +
+                    "\" data-points=\"" + std::to_string(points.drawn) + "\">";
+  svg += error_bars_svg(line, order, scale, options, color);
+  if (line.style != SeriesStyle::kLine) {
+    for (const auto& run : points.runs)
+      for (const auto& [x, y] : run) svg += marker(x, y, color, line.style, "3.5");
+  } else {
+    svg += line_runs_svg(points, color);
+  }
+  return svg + "</g>";
+}
+
 }  // namespace
 
 std::vector<double> nice_ticks(double low, double high, int target) {
@@ -219,149 +440,19 @@ std::string xml_escape(const std::string& text) {
 std::string render_line_chart(const std::vector<ChartSeries>& series, const ChartOptions& options) {
   const double width = options.width, height = options.height;
   const std::vector<LegendItem> legend = layout_legend(series, width);
-  const double legend_bottom = legend.empty() ? kTitleHeight : legend.back().y + 10;
-  const double plot_left = kMarginLeft, plot_right = width - kMarginRight;
-  const double plot_top = legend_bottom + 6, plot_bottom = height - kMarginBottom;
+  const PlotArea area = plot_area(legend, width, height);
+  std::string svg = chart_header(options, width, height, area) + legend_svg(legend);
 
-  std::string svg = "<svg class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\"";
-  for (const auto& [name, value] : options.attributes)
-    svg += " " + name + "=\"" + xml_escape(value) + "\"";
-  svg += " width=\"" + fixed(width, 0) + "\" height=\"" + fixed(height, 0) + "\" viewBox=\"0 0 " +
-         fixed(width, 0) + " " + fixed(height, 0) + "\" role=\"img\" font-family=\"sans-serif\">";
-  svg += "<title>" + xml_escape(options.title) + "</title>";
-  svg += "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>";
-  svg += "<text x=\"" + coordinate(plot_left) +
-         "\" y=\"18\" font-size=\"14\" font-weight=\"bold\" fill=\"#222\">" +
-         xml_escape(options.title) + "</text>";
-  for (const LegendItem& item : legend) {
-    if (item.style == SeriesStyle::kLine)
-      svg += "<line x1=\"" + coordinate(item.x) + "\" y1=\"" + coordinate(item.y - 4) + "\" x2=\"" +
-             coordinate(item.x + 16) + "\" y2=\"" + coordinate(item.y - 4) + "\" stroke=\"" +
-             item.color + "\" stroke-width=\"2.5\"/>";
-    else  // not a "marker": the legend's dots are not data
-      svg += "<circle cx=\"" + coordinate(item.x + 8) + "\" cy=\"" + coordinate(item.y - 4) +
-             "\" r=\"3.5\"" +
-             (item.style == SeriesStyle::kHollowMarkers
-                  ? " fill=\"#ffffff\" stroke=\"" + item.color + "\" stroke-width=\"1.4\"/>"
-                  : " fill=\"" + item.color + "\"/>");
-    svg += "<text x=\"" + coordinate(item.x + 21) + "\" y=\"" + coordinate(item.y) +
-           "\" font-size=\"11\" fill=\"#333\">" + xml_escape(item.name) + "</text>";
-  }
-
-  // The data's extent (error bars included) decides both axes; points a log scale cannot show do
-  // not count.
-  double x_low = std::numeric_limits<double>::infinity(), x_high = -x_low;
-  double y_low = x_low, y_high = -x_low;
-  for (const ChartSeries& s : series) {
-    for (size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i) {
-      if (!plottable(s.x[i], s.y[i], options)) continue;
-      x_low = std::min(x_low, s.x[i]);
-      x_high = std::max(x_high, s.x[i]);
-      y_low = std::min(y_low, s.y[i]);
-      y_high = std::max(y_high, s.y[i]);
-      if (!has_error_bar(s, i)) continue;
-      for (double bound : {s.y_low[i], s.y_high[i]})
-        if (plottable(s.x[i], bound, options)) {
-          y_low = std::min(y_low, bound);
-          y_high = std::max(y_high, bound);
-        }
-    }
-  }
-  const std::string plot_rect =
-      "<rect class=\"plot\" x=\"" + coordinate(plot_left) + "\" y=\"" + coordinate(plot_top) +
-      "\" width=\"" + coordinate(plot_right - plot_left) + "\" height=\"" +
-      coordinate(plot_bottom - plot_top) + "\" fill=\"none\" stroke=\"#bbb\"";
-  if (!(x_low <= x_high)) {
-    svg += plot_rect + "/>";
-    svg += "<text x=\"" + coordinate((plot_left + plot_right) / 2) + "\" y=\"" +
-           coordinate((plot_top + plot_bottom) / 2) +
-           "\" font-size=\"12\" fill=\"#888\" text-anchor=\"middle\">no data</text>";
-    for (size_t i = 0; i < series.size(); ++i)
-      svg += "<g class=\"series\" data-series=\"" + xml_escape(series[i].name) +
-             "\" data-points=\"0\"></g>";
-    return svg + "</svg>";
-  }
-
-  const Axis x_axis = options.log_x ? log_axis(x_low, x_high) : linear_axis(x_low, x_high, 6);
-  const Axis y_axis = options.log_y ? log_axis(y_low, y_high) : linear_axis(y_low, y_high, 5);
-  svg += plot_rect + " data-x=\"" + precise(x_axis.low) + " " + precise(x_axis.high) +
-         "\" data-y=\"" + precise(y_axis.low) + " " + precise(y_axis.high) + "\"/>";
-  auto to_x = [&](double x) { return plot_left + x_axis.fraction(x) * (plot_right - plot_left); };
-  auto to_y = [&](double y) { return plot_bottom - y_axis.fraction(y) * (plot_bottom - plot_top); };
-
-  svg += "<g class=\"axis\" font-size=\"11\" fill=\"#555\">";
-  for (size_t i = 0; i < y_axis.ticks.size(); ++i) {
-    const std::string y = coordinate(to_y(y_axis.ticks[i]));
-    svg += "<line x1=\"" + coordinate(plot_left) + "\" y1=\"" + y + "\" x2=\"" +
-           coordinate(plot_right) + "\" y2=\"" + y + "\" stroke=\"#e6e6e6\"/>";
-    svg += "<text x=\"" + coordinate(plot_left - 6) + "\" y=\"" + y +
-           "\" text-anchor=\"end\" dominant-baseline=\"middle\">" + y_axis.labels[i] + "</text>";
-  }
-  for (size_t i = 0; i < x_axis.ticks.size(); ++i) {
-    const std::string x = coordinate(to_x(x_axis.ticks[i]));
-    svg += "<line x1=\"" + x + "\" y1=\"" + coordinate(plot_top) + "\" x2=\"" + x + "\" y2=\"" +
-           coordinate(plot_bottom) + "\" stroke=\"#e6e6e6\"/>";
-    svg += "<text x=\"" + x + "\" y=\"" + coordinate(plot_bottom + 15) +
-           "\" text-anchor=\"middle\">" + x_axis.labels[i] + "</text>";
-  }
-  svg += "<text x=\"" + coordinate((plot_left + plot_right) / 2) + "\" y=\"" +
-         coordinate(height - 6) + "\" text-anchor=\"middle\" fill=\"#333\">" +
-         xml_escape(options.x_label) + "</text>";
-  svg += "<line x1=\"" + coordinate(plot_left) + "\" y1=\"" + coordinate(plot_bottom) + "\" x2=\"" +
-         coordinate(plot_right) + "\" y2=\"" + coordinate(plot_bottom) + "\" stroke=\"#666\"/>";
-  svg += "<line x1=\"" + coordinate(plot_left) + "\" y1=\"" + coordinate(plot_top) + "\" x2=\"" +
-         coordinate(plot_left) + "\" y2=\"" + coordinate(plot_bottom) + "\" stroke=\"#666\"/>";
-  svg += "</g>";
-
-  for (size_t s = 0; s < series.size(); ++s) {
-    const ChartSeries& line = series[s];
-    const std::string color = kPalette[s % kPaletteSize];
-    // Points in x order; an unplottable point ends the current run.
-    std::vector<size_t> order(std::min(line.x.size(), line.y.size()));
-    std::iota(order.begin(), order.end(), 0);
-    auto sort_key = [&](size_t i) {
-      return std::isnan(line.x[i]) ? std::numeric_limits<double>::infinity() : line.x[i];
-    };
-    std::stable_sort(order.begin(), order.end(),
-                     [&](size_t a, size_t b) { return sort_key(a) < sort_key(b); });
-    std::vector<std::vector<std::pair<double, double>>> runs(1);
-    size_t drawn = 0;
-    for (size_t i : order) {
-      if (!plottable(line.x[i], line.y[i], options)) {
-        if (!runs.back().empty()) runs.emplace_back();
-        continue;
-      }
-      runs.back().emplace_back(to_x(line.x[i]), to_y(line.y[i]));
-      ++drawn;
-    }
-    svg += "<g class=\"series\" data-series=\"" + xml_escape(line.name) + "\" data-points=\"" +
-           std::to_string(drawn) + "\">";
-    for (size_t i : order)
-      if (has_error_bar(line, i) && plottable(line.x[i], line.y[i], options) &&
-          plottable(line.x[i], line.y_low[i], options) &&
-          plottable(line.x[i], line.y_high[i], options))
-        svg += error_bar(to_x(line.x[i]), to_y(line.y_low[i]), to_y(line.y_high[i]), color);
-    if (line.style != SeriesStyle::kLine) {
-      for (const auto& run : runs)
-        for (const auto& [x, y] : run) svg += marker(x, y, color, line.style, "3.5");
-      svg += "</g>";
-      continue;
-    }
-    const bool markers = drawn <= kMarkerLimit;
-    for (const auto& run : runs) {
-      if (run.size() >= 2) {
-        svg += "<polyline fill=\"none\" stroke=\"" + color +
-               "\" stroke-width=\"1.6\" stroke-linejoin=\"round\" points=\"";
-        for (size_t i = 0; i < run.size(); ++i)
-          svg += (i ? " " : "") + coordinate(run[i].first) + "," + coordinate(run[i].second);
-        svg += "\"/>";
-      }
-      if (run.size() == 1 || markers)
-        for (const auto& [x, y] : run)
-          svg += marker(x, y, color, SeriesStyle::kLine, run.size() == 1 ? "3" : "2.2");
-    }
-    svg += "</g>";
-  }
+  const DataExtent extent = data_extent(series, options);
+  if (extent.empty()) return svg + no_data_svg(series, area) + "</svg>";
+  const Axis x_axis = options.log_x ? log_axis(extent.x_low, extent.x_high)
+                                    : linear_axis(extent.x_low, extent.x_high, 6);
+  const Axis y_axis = options.log_y ? log_axis(extent.y_low, extent.y_high)
+                                    : linear_axis(extent.y_low, extent.y_high, 5);
+  const PlotScale scale{area, x_axis, y_axis};
+  svg += axes_svg(scale, options, height);
+  for (size_t s = 0; s < series.size(); ++s)
+    svg += series_svg(series[s], kPalette[s % kPaletteSize], scale, options);
   return svg + "</svg>";
 }
 

@@ -60,14 +60,8 @@ void check_options(const ScalingOptions& options) {
   check(options.fit.huber_delta > 0, "scaling fit: the Huber delta must be positive");
 }
 
-}  // namespace
-
-ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& options) {
-  check_options(options);
-  check(table.has_n && table.has_d,
-        table.source +
-            ": the Chinchilla fit needs N and D for every run (columns for two of N, "
-            "D and C; see --n-col, --d-col, --c-col)");
+// The analysis with its inputs' description and the settings that ran filled in.
+ScalingAnalysis analysis_settings(const RunsTable& table, const ScalingOptions& options) {
   ScalingAnalysis analysis;
   analysis.source = table.source;
   analysis.runs_read = table.runs.size();
@@ -75,9 +69,13 @@ ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& optio
   analysis.seed = options.seed;
   analysis.resamples = options.bootstrap;
   analysis.percentiles = options.percentiles;
+  return analysis;
+}
 
-  // Leave out the K highest-loss runs; keep the rest in file order.
-  const size_t excluded = static_cast<size_t>(options.exclude_highest_loss);
+// The runs left after the `excluded` highest-loss ones, in file order; the source lines of those
+// left out are appended to excluded_lines, highest loss first.
+std::vector<Run> runs_without_highest_loss(const RunsTable& table, size_t excluded,
+                                           std::vector<int64_t>& excluded_lines) {
   check(excluded + kMinRuns <= table.runs.size(),
         "scaling fit: " + std::to_string(table.runs.size()) + " runs, " + std::to_string(excluded) +
             " excluded: the fit needs at least " + std::to_string(kMinRuns));
@@ -88,11 +86,164 @@ ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& optio
   std::vector<bool> keep(table.runs.size(), true);
   for (size_t k = 0; k < excluded; ++k) {
     keep[by_loss[k]] = false;
-    analysis.excluded_lines.push_back(table.runs[by_loss[k]].line);
+    excluded_lines.push_back(table.runs[by_loss[k]].line);
   }
   std::vector<Run> runs;
   for (size_t i = 0; i < table.runs.size(); ++i)
     if (keep[i]) runs.push_back(table.runs[i]);
+  return runs;
+}
+
+// A Kaplan power law L(X) for each of N, D, C the table has, fitted on all the runs.
+struct KaplanFits {
+  std::vector<KaplanVariable> variables;
+  std::vector<std::vector<double>> log_x;  // per variable
+  std::vector<std::optional<PowerLaw>> full;
+};
+
+KaplanFits fit_kaplan_laws(const RunsTable& table, const std::vector<Run>& runs,
+                           const std::vector<double>& log_loss) {
+  KaplanFits fits;
+  if (table.has_n) fits.variables.push_back({"N", &Run::n});
+  if (table.has_d) fits.variables.push_back({"D", &Run::d});
+  if (table.has_c) fits.variables.push_back({"C", &Run::c});
+  for (const KaplanVariable& v : fits.variables) {
+    fits.log_x.push_back(log_of(runs, v.quantity));
+    fits.full.push_back(fit_power_law(fits.log_x.back(), log_loss));
+  }
+  return fits;
+}
+
+// The fits refitted on each bootstrap resample: laws[r], kaplan[variable][r].
+struct BootstrapRefits {
+  std::vector<LossLaw> laws;
+  std::vector<std::vector<std::optional<PowerLaw>>> kaplan;
+};
+
+// Refits on runs drawn with replacement. Every resample is drawn up front from one seeded
+// generator, so the intervals do not depend on the thread count. Each refit starts from the full
+// fit's optimum and from the grid point that led there, not from the whole grid: the interval
+// describes the spread of that optimum, and it keeps 200 refits to a second or so.
+BootstrapRefits refit_bootstrap_resamples(const Observations& observations,
+                                          const std::vector<std::vector<double>>& log_x,
+                                          const ChinchillaFit& full_fit,
+                                          const ScalingOptions& options) {
+  const size_t run_count = observations.log_n.size();
+  std::mt19937_64 rng(options.seed);
+  std::vector<std::vector<size_t>> draws(options.bootstrap);
+  for (auto& draw : draws)
+    for (size_t i = 0; i < run_count; ++i) draw.push_back(draw_index(rng, run_count));
+  BootstrapRefits refits;
+  refits.laws.resize(draws.size());
+  refits.kaplan.assign(log_x.size(), std::vector<std::optional<PowerLaw>>(draws.size()));
+  ChinchillaFitOptions refit = options.fit;
+  refit.threads = 1;  // the resamples are the parallel loop
+  parallel_for(draws.size(), options.fit.threads, [&](size_t r) {
+    Observations sample;
+    std::vector<std::vector<double>> sample_log_x(log_x.size());
+    for (size_t i : draws[r]) {
+      sample.log_n.push_back(observations.log_n[i]);
+      sample.log_d.push_back(observations.log_d[i]);
+      sample.log_loss.push_back(observations.log_loss[i]);
+      for (size_t v = 0; v < log_x.size(); ++v) sample_log_x[v].push_back(log_x[v][i]);
+    }
+    refits.laws[r] = fit_chinchilla(sample, {full_fit.parameters, full_fit.start}, refit).law;
+    for (size_t v = 0; v < log_x.size(); ++v)
+      refits.kaplan[v][r] = fit_power_law(sample_log_x[v], sample.log_loss);
+  });
+  return refits;
+}
+
+// A quantity of the fitted law, bounded by the percentiles of that quantity over the refits.
+class LawIntervals {
+ public:
+  LawIntervals(const LossLaw& law, const std::vector<LossLaw>& resampled,
+               const PercentileRange& percentiles)
+      : law_(law), resampled_(resampled), percentiles_(percentiles) {}
+
+  Interval operator()(const std::function<double(const LossLaw&)>& quantity) const {
+    return interval_of(quantity(law_), resampled_, quantity, percentiles_);
+  }
+
+ private:
+  const LossLaw& law_;
+  const std::vector<LossLaw>& resampled_;
+  const PercentileRange& percentiles_;
+};
+
+void set_law_parameter_intervals(ScalingAnalysis& analysis, const LawIntervals& law_interval) {
+  analysis.E = law_interval([](const LossLaw& l) { return l.E; });
+  analysis.A = law_interval([](const LossLaw& l) { return l.A; });
+  analysis.B = law_interval([](const LossLaw& l) { return l.B; });
+  analysis.alpha = law_interval([](const LossLaw& l) { return l.alpha; });
+  analysis.beta = law_interval([](const LossLaw& l) { return l.beta; });
+  analysis.a = law_interval([](const LossLaw& l) { return l.n_exponent(); });
+  analysis.b = law_interval([](const LossLaw& l) { return l.d_exponent(); });
+  analysis.G = law_interval([](const LossLaw& l) { return l.G(); });
+}
+
+// The compute-optimal allocation at the default budgets and the asked ones, by increasing budget.
+std::vector<BudgetAllocation> compute_optimal_allocations(const std::vector<double>& asked_budgets,
+                                                          const LawIntervals& law_interval) {
+  std::vector<double> budgets = kDefaultBudgets;
+  budgets.insert(budgets.end(), asked_budgets.begin(), asked_budgets.end());
+  std::sort(budgets.begin(), budgets.end());
+  budgets.erase(std::unique(budgets.begin(), budgets.end()), budgets.end());
+  std::vector<BudgetAllocation> allocations;
+  for (double c : budgets) {
+    BudgetAllocation allocation;
+    allocation.compute = c;
+    allocation.n_opt = law_interval([c](const LossLaw& l) { return l.compute_optimal(c).n; });
+    allocation.d_opt = law_interval([c](const LossLaw& l) { return l.compute_optimal(c).d; });
+    allocation.tokens_per_parameter =
+        law_interval([c](const LossLaw& l) { return l.compute_optimal(c).tokens_per_parameter; });
+    allocation.loss = law_interval([c](const LossLaw& l) { return l.compute_optimal(c).loss; });
+    allocations.push_back(allocation);
+  }
+  return allocations;
+}
+
+LossForecast loss_forecast(double n, double d, const LawIntervals& law_interval) {
+  LossForecast forecast;
+  forecast.n = n;
+  forecast.d = d;
+  forecast.loss = law_interval([&](const LossLaw& l) { return l.loss(forecast.n, forecast.d); });
+  return forecast;
+}
+
+// The Kaplan laws with bootstrap intervals; a variable constant across the runs is named in
+// kaplan_skipped instead.
+void add_kaplan_laws(ScalingAnalysis& analysis, const KaplanFits& fits,
+                     const BootstrapRefits& refits, const PercentileRange& percentiles) {
+  for (size_t v = 0; v < fits.variables.size(); ++v) {
+    if (!fits.full[v]) {
+      analysis.kaplan_skipped.push_back(fits.variables[v].name);
+      continue;
+    }
+    std::vector<PowerLaw> samples;
+    for (const auto& fitted : refits.kaplan[v])
+      if (fitted) samples.push_back(*fitted);  // a draw of runs that all share one X says nothing
+    KaplanLaw kaplan;
+    kaplan.variable = fits.variables[v].name;
+    kaplan.alpha = interval_of(
+        fits.full[v]->alpha, samples, [](const PowerLaw& p) { return p.alpha; }, percentiles);
+    kaplan.x_c = interval_of(
+        fits.full[v]->x_c, samples, [](const PowerLaw& p) { return p.x_c; }, percentiles);
+    analysis.kaplan.push_back(kaplan);
+  }
+}
+
+}  // namespace
+
+ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& options) {
+  check_options(options);
+  check(table.has_n && table.has_d,
+        table.source +
+            ": the Chinchilla fit needs N and D for every run (columns for two of N, "
+            "D and C; see --n-col, --d-col, --c-col)");
+  ScalingAnalysis analysis = analysis_settings(table, options);
+  const std::vector<Run> runs = runs_without_highest_loss(
+      table, static_cast<size_t>(options.exclude_highest_loss), analysis.excluded_lines);
   analysis.runs_used = runs.size();
 
   const Observations observations = observations_of(runs);
@@ -103,99 +254,16 @@ ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& optio
   const std::vector<ChinchillaParameters> grid = chinchilla_grid();
   analysis.grid_starts = grid.size();
   analysis.fit = fit_chinchilla(observations, grid, options.fit);
-  const LossLaw& law = analysis.fit.law;
+  const KaplanFits kaplan = fit_kaplan_laws(table, runs, observations.log_loss);
 
-  std::vector<KaplanVariable> variables;
-  if (table.has_n) variables.push_back({"N", &Run::n});
-  if (table.has_d) variables.push_back({"D", &Run::d});
-  if (table.has_c) variables.push_back({"C", &Run::c});
-  std::vector<std::vector<double>> log_x;  // per variable
-  std::vector<std::optional<PowerLaw>> kaplan_full;
-  for (const KaplanVariable& v : variables) {
-    log_x.push_back(log_of(runs, v.quantity));
-    kaplan_full.push_back(fit_power_law(log_x.back(), observations.log_loss));
-  }
-
-  // The bootstrap: refit on runs drawn with replacement. Every resample is drawn up front from one
-  // seeded generator, so the intervals do not depend on the thread count. Each refit starts from
-  // the full fit's optimum and from the grid point that led there, not from the whole grid: the
-  // interval describes the spread of that optimum, and it keeps 200 refits to a second or so.
-  std::mt19937_64 rng(options.seed);
-  std::vector<std::vector<size_t>> draws(options.bootstrap);
-  for (auto& draw : draws)
-    for (size_t i = 0; i < runs.size(); ++i) draw.push_back(draw_index(rng, runs.size()));
-  std::vector<LossLaw> resampled_laws(draws.size());
-  std::vector<std::vector<std::optional<PowerLaw>>> resampled_kaplan(
-      variables.size(), std::vector<std::optional<PowerLaw>>(draws.size()));
-  ChinchillaFitOptions refit = options.fit;
-  refit.threads = 1;  // the resamples are the parallel loop
-  parallel_for(draws.size(), options.fit.threads, [&](size_t r) {
-    Observations sample;
-    std::vector<std::vector<double>> sample_log_x(variables.size());
-    for (size_t i : draws[r]) {
-      sample.log_n.push_back(observations.log_n[i]);
-      sample.log_d.push_back(observations.log_d[i]);
-      sample.log_loss.push_back(observations.log_loss[i]);
-      for (size_t v = 0; v < variables.size(); ++v) sample_log_x[v].push_back(log_x[v][i]);
-    }
-    resampled_laws[r] =
-        fit_chinchilla(sample, {analysis.fit.parameters, analysis.fit.start}, refit).law;
-    for (size_t v = 0; v < variables.size(); ++v)
-      resampled_kaplan[v][r] = fit_power_law(sample_log_x[v], sample.log_loss);
-  });
-
-  auto law_interval = [&](const std::function<double(const LossLaw&)>& quantity) {
-    return interval_of(quantity(law), resampled_laws, quantity, options.percentiles);
-  };
-  analysis.E = law_interval([](const LossLaw& l) { return l.E; });
-  analysis.A = law_interval([](const LossLaw& l) { return l.A; });
-  analysis.B = law_interval([](const LossLaw& l) { return l.B; });
-  analysis.alpha = law_interval([](const LossLaw& l) { return l.alpha; });
-  analysis.beta = law_interval([](const LossLaw& l) { return l.beta; });
-  analysis.a = law_interval([](const LossLaw& l) { return l.n_exponent(); });
-  analysis.b = law_interval([](const LossLaw& l) { return l.d_exponent(); });
-  analysis.G = law_interval([](const LossLaw& l) { return l.G(); });
-
-  std::vector<double> budgets = kDefaultBudgets;
-  budgets.insert(budgets.end(), options.budgets.begin(), options.budgets.end());
-  std::sort(budgets.begin(), budgets.end());
-  budgets.erase(std::unique(budgets.begin(), budgets.end()), budgets.end());
-  for (double c : budgets) {
-    BudgetAllocation allocation;
-    allocation.compute = c;
-    allocation.n_opt = law_interval([c](const LossLaw& l) { return l.compute_optimal(c).n; });
-    allocation.d_opt = law_interval([c](const LossLaw& l) { return l.compute_optimal(c).d; });
-    allocation.tokens_per_parameter =
-        law_interval([c](const LossLaw& l) { return l.compute_optimal(c).tokens_per_parameter; });
-    allocation.loss = law_interval([c](const LossLaw& l) { return l.compute_optimal(c).loss; });
-    analysis.compute_optimal.push_back(allocation);
-  }
-
-  if (options.predict_n) {
-    LossForecast forecast;
-    forecast.n = *options.predict_n;
-    forecast.d = *options.predict_d;
-    forecast.loss = law_interval([&](const LossLaw& l) { return l.loss(forecast.n, forecast.d); });
-    analysis.forecast = forecast;
-  }
-
-  for (size_t v = 0; v < variables.size(); ++v) {
-    if (!kaplan_full[v]) {
-      analysis.kaplan_skipped.push_back(variables[v].name);
-      continue;
-    }
-    std::vector<PowerLaw> samples;
-    for (const auto& fitted : resampled_kaplan[v])
-      if (fitted) samples.push_back(*fitted);  // a draw of runs that all share one X says nothing
-    KaplanLaw kaplan;
-    kaplan.variable = variables[v].name;
-    kaplan.alpha = interval_of(
-        kaplan_full[v]->alpha, samples, [](const PowerLaw& p) { return p.alpha; },
-        options.percentiles);
-    kaplan.x_c = interval_of(
-        kaplan_full[v]->x_c, samples, [](const PowerLaw& p) { return p.x_c; }, options.percentiles);
-    analysis.kaplan.push_back(kaplan);
-  }
+  const BootstrapRefits refits =
+      refit_bootstrap_resamples(observations, kaplan.log_x, analysis.fit, options);
+  const LawIntervals law_interval(analysis.fit.law, refits.laws, options.percentiles);
+  set_law_parameter_intervals(analysis, law_interval);
+  analysis.compute_optimal = compute_optimal_allocations(options.budgets, law_interval);
+  if (options.predict_n)
+    analysis.forecast = loss_forecast(*options.predict_n, *options.predict_d, law_interval);
+  add_kaplan_laws(analysis, kaplan, refits, options.percentiles);
   return analysis;
 }
 
