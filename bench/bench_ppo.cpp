@@ -87,36 +87,34 @@ Transformer random_model(ModelConfig config, int64_t num_labels, uint64_t seed) 
   return model;
 }
 
-}  // namespace
-
-void run_ppo(const PpoBenchOptions& o) {
+void check_options(const PpoBenchOptions& o) {
   check(!o.recipe.empty(), "bench ppo: --recipe is required");
   check(o.iterations >= 1, "bench ppo: --iterations must be at least 1");
   check(o.warmup >= 0, "bench ppo: --warmup must be >= 0");
   check(o.prompt_tokens >= 1, "bench ppo: --prompt-tokens must be at least 1");
-  apply_threads(o.threads);
-  const RecipeShapes shapes = read_recipe_shapes(o.recipe);
-  const ModelConfig& config = shapes.model;
-  const RlhfStageConfig& c = shapes.rlhf;
-  check(o.prompt_tokens + c.ppo.sampling.max_new_tokens <= config.max_position_embeddings,
-        "bench ppo: --prompt-tokens + rollout.max_new_tokens exceed the model's context of " +
-            std::to_string(config.max_position_embeddings));
-  const torch::Device device(torch::kCPU);
+}
 
-  // The stage's four roles, with random weights: actor and reference start equal (as when both
-  // are the SFT policy), the critic and the reward model are scalar-head models.
+// The stage's four roles, with random weights: actor and reference start equal (as when both
+// are the SFT policy), the critic and the reward model are scalar-head models.
+struct PpoRoles {
+  Transformer actor, reference, critic, reward;
+};
+
+PpoRoles random_roles(const ModelConfig& config) {
   torch::manual_seed(1234);
-  Transformer actor = random_model(config, 0, 1);
-  Transformer reference = random_model(config, 0, 1);
-  Transformer critic = random_model(config, 1, 2);
-  Transformer reward = random_model(config, 1, 3);
-  for (TransformerImpl* frozen : {reference.get(), reward.get()}) {
+  PpoRoles roles{random_model(config, 0, 1), random_model(config, 0, 1), random_model(config, 1, 2),
+                 random_model(config, 1, 3)};
+  for (TransformerImpl* frozen : {roles.reference.get(), roles.reward.get()}) {
     for (auto& p : frozen->parameters()) p.requires_grad_(false);
     frozen->eval();
   }
-  actor->train();
-  critic->train();
+  roles.actor->train();
+  roles.critic->train();
+  return roles;
+}
 
+PpoOptions bench_ppo_options(const RlhfStageConfig& c, const ModelConfig& config,
+                             const PpoBenchOptions& o, const torch::Device& device) {
   PpoOptions options = c.ppo;
   options.sampling.eos_id = config.eos_token_id;
   options.sampling.pad_id = 0;
@@ -125,42 +123,54 @@ void run_ppo(const PpoBenchOptions& o) {
   options.sampling.stop_at_eos = false;
   options.bf16 = use_bf16(c.precision, device);
   if (o.sequential) options.side_by_side = false;
-  double rm_seconds = 0;
-  EpisodeScorer scorer = [&](const std::vector<std::vector<int64_t>>& prompts,
-                             const std::vector<std::vector<int64_t>>& responses) {
+  return options;
+}
+
+// Scores episodes with the reward model, adding the time it takes to rm_seconds.
+EpisodeScorer reward_model_scorer(TransformerImpl& reward, const ModelConfig& config,
+                                  int64_t micro_batch_size, double& rm_seconds) {
+  const int64_t eos = config.eos_token_id, max_positions = config.max_position_embeddings;
+  return [&reward, eos, max_positions, micro_batch_size, &rm_seconds](
+             const std::vector<std::vector<int64_t>>& prompts,
+             const std::vector<std::vector<int64_t>>& responses) {
     Stopwatch watch;
     std::vector<std::vector<int64_t>> sequences;
     for (size_t i = 0; i < prompts.size(); ++i)
-      sequences.push_back(reward_sequence(prompts[i], responses[i], config.eos_token_id,
-                                          config.max_position_embeddings)
-                              .tokens);
+      sequences.push_back(reward_sequence(prompts[i], responses[i], eos, max_positions).tokens);
     std::vector<double> scores;
     {
       c10::InferenceMode inference;
-      scores = score_sequences(*reward, sequences, 0, options.micro_batch_size);
+      scores = score_sequences(reward, sequences, 0, micro_batch_size);
     }
     rm_seconds += watch.seconds();
     return torch::tensor(scores, torch::kDouble).to(torch::kFloat);
   };
-  ParallelAdamW actor_optimizer(*actor, {c.actor_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
-                                dist::Group());
-  ParallelAdamW critic_optimizer(*critic, {c.critic_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
-                                 dist::Group());
-  PpoTrainer trainer(options, *actor, *reference, *critic, scorer, actor_optimizer,
-                     critic_optimizer);
+}
 
-  // Prompts: BOS and random tokens, all of one length.
+// Prompts: BOS and random tokens, all of one length.
+std::vector<std::vector<int64_t>> random_prompts(const ModelConfig& config, int64_t batch_size,
+                                                 int64_t prompt_tokens) {
   auto generator = compat::make_cpu_generator(7);
-  const auto tokens = torch::randint(3, config.vocab_size, {c.batch_size, o.prompt_tokens},
-                                     generator, torch::kLong);
-  std::vector<std::vector<int64_t>> prompts(static_cast<size_t>(c.batch_size));
-  for (int64_t b = 0; b < c.batch_size; ++b) {
+  const auto tokens =
+      torch::randint(3, config.vocab_size, {batch_size, prompt_tokens}, generator, torch::kLong);
+  std::vector<std::vector<int64_t>> prompts(static_cast<size_t>(batch_size));
+  for (int64_t b = 0; b < batch_size; ++b) {
     prompts[b].push_back(config.bos_token_id);
-    for (int64_t t = 1; t < o.prompt_tokens; ++t)
-      prompts[b].push_back(tokens[b][t].item<int64_t>());
+    for (int64_t t = 1; t < prompt_tokens; ++t) prompts[b].push_back(tokens[b][t].item<int64_t>());
   }
+  return prompts;
+}
 
-  double generate_s = 0, score_s = 0, rm_s = 0, train_s = 0, total_s = 0;
+// Seconds per iteration, means over the timed iterations.
+struct IterationSeconds {
+  double generate = 0, score = 0, rm = 0, train = 0, total = 0;
+};
+
+IterationSeconds time_iterations(PpoTrainer& trainer,
+                                 const std::vector<std::vector<int64_t>>& prompts,
+                                 const RlhfStageConfig& c, const PpoBenchOptions& o,
+                                 double& rm_seconds) {
+  IterationSeconds s;
   for (int i = 0; i < o.warmup + o.iterations; ++i) {
     std::vector<uint64_t> seeds;
     for (int64_t b = 0; b < c.batch_size; ++b)
@@ -171,56 +181,110 @@ void run_ppo(const PpoBenchOptions& o) {
     const LearnStats learned = trainer.learn(r, static_cast<uint64_t>(i));
     const double seconds = watch.seconds();
     if (i < o.warmup) continue;
-    generate_s += r.seconds_generate;
-    score_s += r.seconds_score;
-    rm_s += rm_seconds;
-    train_s += learned.seconds;
-    total_s += seconds;
+    s.generate += r.seconds_generate;
+    s.score += r.seconds_score;
+    s.rm += rm_seconds;
+    s.train += learned.seconds;
+    s.total += seconds;
   }
   const double n = o.iterations;
-  generate_s /= n, score_s /= n, rm_s /= n, train_s /= n, total_s /= n;
-  const double episodes_per_s = static_cast<double>(c.batch_size) / total_s;
-  const int64_t new_tokens = options.sampling.max_new_tokens;
-  if (o.json) {
-    nlohmann::json doc = {{"bench", "ppo"},
-                          {"recipe", o.recipe},
-                          {"model", model_config_to_hf_json(config)},
-                          {"parameters", config.parameter_count()},
-                          {"dtype", options.bf16 ? "bf16" : "fp32"},
-                          {"threads", torch::get_num_threads()},
-                          {"side_by_side", trainer.side_by_side()},
-                          {"batch_size", c.batch_size},
-                          {"prompt_tokens", o.prompt_tokens},
-                          {"new_tokens", new_tokens},
-                          {"temperature", options.sampling.temperature},
-                          {"epochs", options.epochs},
-                          {"mini_batch_size", options.mini_batch_size},
-                          {"micro_batch_size", options.micro_batch_size},
-                          {"actor_lr", c.actor_lr},
-                          {"critic_lr", c.critic_lr},
-                          {"iterations", o.iterations},
-                          {"generate_s", generate_s},
-                          {"score_s", score_s},
-                          {"rm_s", rm_s},
-                          {"train_s", train_s},
-                          {"iteration_s", total_s},
-                          {"episodes_per_s", episodes_per_s}};
-    std::printf("%s\n", doc.dump(2).c_str());
-    return;
-  }
+  s.generate /= n, s.score /= n, s.rm /= n, s.train /= n, s.total /= n;
+  return s;
+}
+
+// What the report states besides the timings.
+struct PpoBenchSetup {
+  const PpoBenchOptions& o;
+  const ModelConfig& config;
+  const RlhfStageConfig& c;
+  const PpoOptions& options;
+  bool side_by_side;
+};
+
+void print_json(const PpoBenchSetup& setup, const IterationSeconds& s) {
+  const PpoBenchOptions& o = setup.o;
+  const RlhfStageConfig& c = setup.c;
+  const PpoOptions& options = setup.options;
+  const double episodes_per_s = static_cast<double>(c.batch_size) / s.total;
+  nlohmann::json doc = {{"bench", "ppo"},
+                        {"recipe", o.recipe},
+                        {"model", model_config_to_hf_json(setup.config)},
+                        {"parameters", setup.config.parameter_count()},
+                        {"dtype", options.bf16 ? "bf16" : "fp32"},
+                        {"threads", torch::get_num_threads()},
+                        {"side_by_side", setup.side_by_side},
+                        {"batch_size", c.batch_size},
+                        {"prompt_tokens", o.prompt_tokens},
+                        {"new_tokens", options.sampling.max_new_tokens},
+                        {"temperature", options.sampling.temperature},
+                        {"epochs", options.epochs},
+                        {"mini_batch_size", options.mini_batch_size},
+                        {"micro_batch_size", options.micro_batch_size},
+                        {"actor_lr", c.actor_lr},
+                        {"critic_lr", c.critic_lr},
+                        {"iterations", o.iterations},
+                        {"generate_s", s.generate},
+                        {"score_s", s.score},
+                        {"rm_s", s.rm},
+                        {"train_s", s.train},
+                        {"iteration_s", s.total},
+                        {"episodes_per_s", episodes_per_s}};
+  std::printf("%s\n", doc.dump(2).c_str());
+}
+
+void print_table(const PpoBenchSetup& setup, const IterationSeconds& s) {
+  const PpoBenchOptions& o = setup.o;
+  const PpoOptions& options = setup.options;
+  const double episodes_per_s = static_cast<double>(setup.c.batch_size) / s.total;
   std::printf(
       "recipe: %s (%.3fM-parameter models, %s), %lld episodes x (%lld prompt + %lld new tokens), "
       "%lld epochs of minibatch %lld, %d threads%s\n",
-      o.recipe.c_str(), config.parameter_count() / 1e6, options.bf16 ? "bf16" : "fp32",
-      (long long)c.batch_size, (long long)o.prompt_tokens, (long long)new_tokens,
-      (long long)options.epochs, (long long)options.mini_batch_size, torch::get_num_threads(),
-      trainer.side_by_side() ? ", actor and critic side by side" : "");
+      o.recipe.c_str(), setup.config.parameter_count() / 1e6, options.bf16 ? "bf16" : "fp32",
+      (long long)setup.c.batch_size, (long long)o.prompt_tokens,
+      (long long)options.sampling.max_new_tokens, (long long)options.epochs,
+      (long long)options.mini_batch_size, torch::get_num_threads(),
+      setup.side_by_side ? ", actor and critic side by side" : "");
   std::printf("seconds per iteration (mean of %d, after %d warm-up):\n", o.iterations, o.warmup);
-  std::printf("  generate  %8.3f\n", generate_s);
+  std::printf("  generate  %8.3f\n", s.generate);
   std::printf("  scoring   %8.3f  (actor log-probs, reference, critic, reward model %.3f)\n",
-              score_s, rm_s);
-  std::printf("  training  %8.3f\n", train_s);
-  std::printf("  total     %8.3f  (%.1f episodes/s)\n", total_s, episodes_per_s);
+              s.score, s.rm);
+  std::printf("  training  %8.3f\n", s.train);
+  std::printf("  total     %8.3f  (%.1f episodes/s)\n", s.total, episodes_per_s);
+}
+
+}  // namespace
+
+void run_ppo(const PpoBenchOptions& o) {
+  check_options(o);
+  apply_threads(o.threads);
+  const RecipeShapes shapes = read_recipe_shapes(o.recipe);
+  const ModelConfig& config = shapes.model;
+  const RlhfStageConfig& c = shapes.rlhf;
+  check(o.prompt_tokens + c.ppo.sampling.max_new_tokens <= config.max_position_embeddings,
+        "bench ppo: --prompt-tokens + rollout.max_new_tokens exceed the model's context of " +
+            std::to_string(config.max_position_embeddings));
+  const torch::Device device(torch::kCPU);
+
+  PpoRoles roles = random_roles(config);
+  const PpoOptions options = bench_ppo_options(c, config, o, device);
+  double rm_seconds = 0;
+  EpisodeScorer scorer =
+      reward_model_scorer(*roles.reward, config, options.micro_batch_size, rm_seconds);
+  ParallelAdamW actor_optimizer(*roles.actor, {c.actor_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
+                                dist::Group());
+  ParallelAdamW critic_optimizer(
+      *roles.critic, {c.critic_lr, c.weight_decay, c.beta1, c.beta2, c.eps}, dist::Group());
+  PpoTrainer trainer(options, *roles.actor, *roles.reference, *roles.critic, scorer,
+                     actor_optimizer, critic_optimizer);
+  const std::vector<std::vector<int64_t>> prompts =
+      random_prompts(config, c.batch_size, o.prompt_tokens);
+
+  const IterationSeconds seconds = time_iterations(trainer, prompts, c, o, rm_seconds);
+  const PpoBenchSetup setup{o, config, c, options, trainer.side_by_side()};
+  if (o.json)
+    print_json(setup, seconds);
+  else
+    print_table(setup, seconds);
 }
 
 }  // namespace tiller::bench

@@ -194,113 +194,154 @@ std::vector<std::vector<double>> continuation_logprobs(
   return out;
 }
 
-EvalResult evaluate_tasks(TransformerImpl& model, const Tokenizer& tok,
-                          const std::vector<TaskItem>& items, const EvalOptions& options) {
-  check(options.max_new_tokens >= 0, "--max-new-tokens must be >= 0");
-  check(options.batch_size >= 1, "eval: batch size must be at least 1");
-  check(model.config.num_labels == 0, "eval: the model is not a causal LM (it has a score head)");
-  model.eval();
-  const int64_t max_positions = model.config.max_position_embeddings;
-  const int64_t eos = tok.eos_id();
+namespace {
 
-  EvalResult result;
-  result.items = static_cast<int64_t>(items.size());
-  result.per_item.resize(items.size());
-
-  // Every (context, continuation) pair to score: targets and choices, item by item.
-  std::vector<std::vector<int64_t>> prompt_ids(items.size()), contexts, continuations;
+// Every (context, continuation) pair to score, targets and choices item by item, with the
+// tokens of each item's prompt.
+struct ScoringPairs {
   struct Owner {
     size_t item;
     int64_t choice;  // -1: the target
   };
+  std::vector<std::vector<int64_t>> prompt_ids, contexts, continuations;
   std::vector<Owner> owners;
+};
+
+// Also records each target's tokens in its item's result.
+ScoringPairs collect_scoring_pairs(const Tokenizer& tok, const std::vector<TaskItem>& items,
+                                   int64_t max_positions, std::vector<ItemResult>& per_item) {
+  ScoringPairs pairs;
+  pairs.prompt_ids.resize(items.size());
   for (size_t i = 0; i < items.size(); ++i) {
     const TaskItem& item = items[i];
-    prompt_ids[i] = tok.encode(item.prompt, /*add_bos=*/true);
+    pairs.prompt_ids[i] = tok.encode(item.prompt, /*add_bos=*/true);
     auto add = [&](const std::string& text, int64_t choice) {
       const std::string what = choice < 0 ? "target" : "choices[" + std::to_string(choice) + "]";
-      Split s = split_continuation(tok, prompt_ids[i], item.prompt, text, what, item.where);
+      Split s = split_continuation(tok, pairs.prompt_ids[i], item.prompt, text, what, item.where);
       const int64_t total = static_cast<int64_t>(s.context.size() + s.continuation.size());
       check(total <= max_positions, item.where + ": prompt and " + what + " are " +
                                         std::to_string(total) +
                                         " tokens, more than the model's max_position_embeddings " +
                                         std::to_string(max_positions));
-      if (choice < 0) result.per_item[i].target_ids = s.continuation;
-      contexts.push_back(std::move(s.context));
-      continuations.push_back(std::move(s.continuation));
-      owners.push_back({i, choice});
+      if (choice < 0) per_item[i].target_ids = s.continuation;
+      pairs.contexts.push_back(std::move(s.context));
+      pairs.continuations.push_back(std::move(s.continuation));
+      pairs.owners.push_back({i, choice});
     };
     if (item.has_target) add(item.target, -1);
     for (size_t c = 0; c < item.choices.size(); ++c) add(item.choices[c], static_cast<int64_t>(c));
   }
+  return pairs;
+}
 
-  const auto logprobs =
-      continuation_logprobs(model, contexts, continuations, options.batch_size, tok.pad_id());
-  for (size_t k = 0; k < owners.size(); ++k) {
-    ItemResult& r = result.per_item[owners[k].item];
+void record_logliks(const std::vector<TaskItem>& items, const ScoringPairs& pairs,
+                    const std::vector<std::vector<double>>& logprobs,
+                    std::vector<ItemResult>& per_item) {
+  for (size_t k = 0; k < pairs.owners.size(); ++k) {
+    const ScoringPairs::Owner& owner = pairs.owners[k];
+    ItemResult& r = per_item[owner.item];
     double sum = 0;
     for (double v : logprobs[k]) sum += v;
-    const TaskItem& item = items[owners[k].item];
-    if (owners[k].choice >= 0) r.choice_logliks.push_back(sum);
+    const TaskItem& item = items[owner.item];
+    if (owner.choice >= 0) r.choice_logliks.push_back(sum);
     // The log-likelihood reported is the target's, or the right choice's when there is none.
-    if (owners[k].choice < 0 || (!item.has_target && owners[k].choice == item.answer)) {
+    if (owner.choice < 0 || (!item.has_target && owner.choice == item.answer)) {
       r.loglik_sum = sum;
       r.loglik_tokens = static_cast<int64_t>(logprobs[k].size());
     }
   }
+}
 
-  // Greedy continuations of the generation items, a batch of prompts at a time.
-  std::vector<size_t> generation;
-  for (size_t i = 0; i < items.size(); ++i)
-    if (items[i].has_target) generation.push_back(i);
-  std::map<int64_t, bool> ends_line;  // token id -> its text holds a newline
-  auto has_newline = [&](int64_t id) {
-    auto it = ends_line.find(id);
-    if (it == ends_line.end())
-      it = ends_line.emplace(id, tok.decode({id}).find('\n') != std::string::npos).first;
+// Whether a token's text holds a newline, decoded once per token id.
+class NewlineTokens {
+ public:
+  explicit NewlineTokens(const Tokenizer& tok) : tok_(tok) {}
+  bool contains(int64_t id) {
+    auto it = ends_line_.find(id);
+    if (it == ends_line_.end())
+      it = ends_line_.emplace(id, tok_.decode({id}).find('\n') != std::string::npos).first;
     return it->second;
-  };
-  for (size_t begin = 0; begin < generation.size(); begin += options.batch_size) {
-    const size_t end = std::min(generation.size(), begin + static_cast<size_t>(options.batch_size));
-    std::vector<std::vector<int64_t>> prompts;
-    std::vector<int64_t> budgets;
-    for (size_t g = begin; g < end; ++g) {
-      const size_t i = generation[g];
-      const int64_t budget = options.max_new_tokens > 0
-                                 ? options.max_new_tokens
-                                 : static_cast<int64_t>(result.per_item[i].target_ids.size());
-      const int64_t total = static_cast<int64_t>(prompt_ids[i].size()) + budget;
-      check(total <= max_positions,
-            items[i].where + ": the prompt and " + std::to_string(budget) +
-                " generated tokens are more than the model's max_position_embeddings " +
-                std::to_string(max_positions));
-      prompts.push_back(prompt_ids[i]);
-      budgets.push_back(budget);
-    }
-    SamplingOptions sampling;
-    sampling.temperature = 0;
-    sampling.max_new_tokens = *std::max_element(budgets.begin(), budgets.end());
-    sampling.eos_id = eos;
-    sampling.pad_id = tok.pad_id();
-    sampling.full_pass_logprobs = false;
-    const GenerationBatch batch = generate(model, prompts, sampling);
-    for (size_t g = begin; g < end; ++g) {
-      const size_t i = generation[g];
-      ItemResult& r = result.per_item[i];
-      const auto response = batch.response(static_cast<int64_t>(g - begin));
-      for (int64_t id : response) {
-        if (static_cast<int64_t>(r.output_ids.size()) == budgets[g - begin] || id == eos ||
-            has_newline(id))
-          break;
-        r.output_ids.push_back(id);
-      }
-      r.output = continuation_text(tok, prompt_ids[i], r.output_ids, eos);
-      r.exact = exact_match(r.output, items[i].target);
-      r.edit = edit_distance(r.output_ids, r.target_ids);
-    }
   }
 
-  // Summaries
+ private:
+  const Tokenizer& tok_;
+  std::map<int64_t, bool> ends_line_;  // token id -> its text holds a newline
+};
+
+// What the items of one generation batch share.
+struct GreedyContext {
+  TransformerImpl& model;
+  const Tokenizer& tok;
+  const std::vector<TaskItem>& items;
+  const std::vector<std::vector<int64_t>>& prompt_ids;
+  const EvalOptions& options;
+  int64_t max_positions;
+  NewlineTokens& newlines;
+};
+
+// Each item's token budget: --max-new-tokens, or else its target's length.
+std::vector<int64_t> generation_budgets(const GreedyContext& g, const std::vector<size_t>& batch,
+                                        const std::vector<ItemResult>& per_item) {
+  std::vector<int64_t> budgets;
+  for (size_t i : batch) {
+    const int64_t budget = g.options.max_new_tokens > 0
+                               ? g.options.max_new_tokens
+                               : static_cast<int64_t>(per_item[i].target_ids.size());
+    const int64_t total = static_cast<int64_t>(g.prompt_ids[i].size()) + budget;
+    check(total <= g.max_positions,
+          g.items[i].where + ": the prompt and " + std::to_string(budget) +
+              " generated tokens are more than the model's max_position_embeddings " +
+              std::to_string(g.max_positions));
+    budgets.push_back(budget);
+  }
+  return budgets;
+}
+
+// The greedy output of one item: its response up to the budget, EOS or a newline token.
+void record_greedy_output(const GreedyContext& g, size_t i, const std::vector<int64_t>& response,
+                          int64_t budget, ItemResult& r) {
+  const int64_t eos = g.tok.eos_id();
+  for (int64_t id : response) {
+    if (static_cast<int64_t>(r.output_ids.size()) == budget || id == eos || g.newlines.contains(id))
+      break;
+    r.output_ids.push_back(id);
+  }
+  r.output = continuation_text(g.tok, g.prompt_ids[i], r.output_ids, eos);
+  r.exact = exact_match(r.output, g.items[i].target);
+  r.edit = edit_distance(r.output_ids, r.target_ids);
+}
+
+void generate_greedy_batch(const GreedyContext& g, const std::vector<size_t>& batch,
+                           std::vector<ItemResult>& per_item) {
+  const std::vector<int64_t> budgets = generation_budgets(g, batch, per_item);
+  std::vector<std::vector<int64_t>> prompts;
+  for (size_t i : batch) prompts.push_back(g.prompt_ids[i]);
+  SamplingOptions sampling;
+  sampling.temperature = 0;
+  sampling.max_new_tokens = *std::max_element(budgets.begin(), budgets.end());
+  sampling.eos_id = g.tok.eos_id();
+  sampling.pad_id = g.tok.pad_id();
+  sampling.full_pass_logprobs = false;
+  const GenerationBatch generated = generate(g.model, prompts, sampling);
+  for (size_t b = 0; b < batch.size(); ++b)
+    record_greedy_output(g, batch[b], generated.response(static_cast<int64_t>(b)), budgets[b],
+                         per_item[batch[b]]);
+}
+
+// Greedy continuations of the generation items, a batch of prompts at a time.
+void generate_greedy_outputs(const GreedyContext& g, std::vector<ItemResult>& per_item) {
+  std::vector<size_t> generation;
+  for (size_t i = 0; i < g.items.size(); ++i)
+    if (g.items[i].has_target) generation.push_back(i);
+  const size_t batch_size = static_cast<size_t>(g.options.batch_size);
+  for (size_t begin = 0; begin < generation.size(); begin += batch_size) {
+    const size_t end = std::min(generation.size(), begin + batch_size);
+    generate_greedy_batch(
+        g, std::vector<size_t>(generation.begin() + begin, generation.begin() + end), per_item);
+  }
+}
+
+void summarise(const std::vector<TaskItem>& items, EvalResult& result) {
   double exact = 0, edit = 0, edit_norm = 0, loglik = 0, accuracy = 0, p_correct = 0, brier = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     ItemResult& r = result.per_item[i];
@@ -328,6 +369,29 @@ EvalResult evaluate_tasks(TransformerImpl& model, const Tokenizer& tok,
   result.mc_accuracy = mean_or_nan(accuracy, result.choice_items);
   result.p_correct = mean_or_nan(p_correct, result.choice_items);
   result.brier = mean_or_nan(brier, result.choice_items);
+}
+
+}  // namespace
+
+EvalResult evaluate_tasks(TransformerImpl& model, const Tokenizer& tok,
+                          const std::vector<TaskItem>& items, const EvalOptions& options) {
+  check(options.max_new_tokens >= 0, "--max-new-tokens must be >= 0");
+  check(options.batch_size >= 1, "eval: batch size must be at least 1");
+  check(model.config.num_labels == 0, "eval: the model is not a causal LM (it has a score head)");
+  model.eval();
+  const int64_t max_positions = model.config.max_position_embeddings;
+
+  EvalResult result;
+  result.items = static_cast<int64_t>(items.size());
+  result.per_item.resize(items.size());
+  const ScoringPairs pairs = collect_scoring_pairs(tok, items, max_positions, result.per_item);
+  const auto logprobs = continuation_logprobs(model, pairs.contexts, pairs.continuations,
+                                              options.batch_size, tok.pad_id());
+  record_logliks(items, pairs, logprobs, result.per_item);
+  NewlineTokens newlines(tok);
+  generate_greedy_outputs({model, tok, items, pairs.prompt_ids, options, max_positions, newlines},
+                          result.per_item);
+  summarise(items, result);
   return result;
 }
 
