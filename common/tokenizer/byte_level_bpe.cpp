@@ -201,6 +201,15 @@ struct ByteLevelBpe::State {
   mutable std::unordered_map<std::string, std::vector<int64_t>> cache;
 
   void parse(const nlohmann::json& json);
+  const nlohmann::json& read_model_settings(const nlohmann::json& json);
+  int64_t read_vocab(const nlohmann::json& model);
+  int64_t read_added_tokens(const nlohmann::json& json);
+  void index_tokens_by_id(int64_t largest_id);
+  void read_merges(const nlohmann::json& model);
+  void read_normalizer(const nlohmann::json& json);
+  void read_pre_tokenizer(const nlohmann::json& json);
+  void read_post_processor(const nlohmann::json& json);
+  void map_bytes_to_symbols();
   void parse_step(const nlohmann::json& step, const std::string& where, int depth = 0);
   std::vector<std::string> pre_tokenize(const std::string& text) const;
   void bpe(const std::string& word, std::vector<int64_t>& out) const;
@@ -221,8 +230,23 @@ ByteLevelBpe::ByteLevelBpe(const std::string& path) : state_(std::make_unique<St
 
 ByteLevelBpe::~ByteLevelBpe() = default;
 
+// Reads the whole tokenizer.json, its sections in this order (the order of the checks, and so of
+// which error a file with several faults gets).
 void ByteLevelBpe::State::parse(const nlohmann::json& json) {
   check(json.is_object(), path + ": not a tokenizer.json (not a JSON object)");
+  const nlohmann::json& model = read_model_settings(json);
+  const int64_t largest_vocab_id = read_vocab(model);
+  const int64_t largest_added_id = read_added_tokens(json);
+  index_tokens_by_id(std::max(largest_vocab_id, largest_added_id));
+  read_merges(model);
+  read_normalizer(json);
+  read_pre_tokenizer(json);
+  read_post_processor(json);
+  map_bytes_to_symbols();
+}
+
+// The model section's type and options; the vocabulary and merges are read apart.
+const nlohmann::json& ByteLevelBpe::State::read_model_settings(const nlohmann::json& json) {
   const auto* model = member(json, "model");
   check(model != nullptr && model->is_object(), path + ": no model");
   const std::string model_type =
@@ -235,9 +259,12 @@ void ByteLevelBpe::State::parse(const nlohmann::json& json) {
           path + ": model." + affix + " is not supported");
   }
   ignore_merges = flag(*model, "ignore_merges", false);
+  return *model;
+}
 
-  // The vocabulary.
-  const auto* vocab_json = member(*model, "vocab");
+// Returns the largest id in the vocabulary.
+int64_t ByteLevelBpe::State::read_vocab(const nlohmann::json& model) {
+  const auto* vocab_json = member(model, "vocab");
   check(vocab_json != nullptr && vocab_json->is_object() && !vocab_json->empty(),
         path + ": model.vocab is missing or empty");
   int64_t largest = -1;
@@ -247,8 +274,13 @@ void ByteLevelBpe::State::parse(const nlohmann::json& json) {
     vocab[token] = id.get<int64_t>();
     largest = std::max(largest, id.get<int64_t>());
   }
+  return largest;
+}
 
-  // Added tokens (special ones among them).
+// Added tokens (special ones among them), longest content first; returns their largest id (-1
+// when there are none).
+int64_t ByteLevelBpe::State::read_added_tokens(const nlohmann::json& json) {
+  int64_t largest = -1;
   if (const auto* tokens = member(json, "added_tokens")) {
     check(tokens->is_array(), path + ": added_tokens is not a list");
     for (size_t i = 0; i < tokens->size(); ++i) {
@@ -270,9 +302,14 @@ void ByteLevelBpe::State::parse(const nlohmann::json& json) {
     return a.content.size() > b.content.size();
   });
   for (const AddedToken& t : added) starts_added[static_cast<unsigned char>(t.content[0])] = true;
-  pieces.assign(static_cast<size_t>(largest + 1), std::string());
-  special.assign(static_cast<size_t>(largest + 1), false);
-  is_added.assign(static_cast<size_t>(largest + 1), false);
+  return largest;
+}
+
+// The tables by id, for ids 0..largest_id; an added token's content joins the vocabulary.
+void ByteLevelBpe::State::index_tokens_by_id(int64_t largest_id) {
+  pieces.assign(static_cast<size_t>(largest_id + 1), std::string());
+  special.assign(static_cast<size_t>(largest_id + 1), false);
+  is_added.assign(static_cast<size_t>(largest_id + 1), false);
   for (const auto& [token, id] : vocab) pieces[static_cast<size_t>(id)] = token;
   for (const AddedToken& t : added) {
     pieces[static_cast<size_t>(t.id)] = t.content;
@@ -280,9 +317,11 @@ void ByteLevelBpe::State::parse(const nlohmann::json& json) {
     is_added[static_cast<size_t>(t.id)] = true;
     vocab.emplace(t.content, t.id);
   }
+}
 
-  // Merges, in rank order.
-  const auto* merges_json = member(*model, "merges");
+// Merges, in rank order; each names tokens of the vocabulary (added tokens included).
+void ByteLevelBpe::State::read_merges(const nlohmann::json& model) {
+  const auto* merges_json = member(model, "merges");
   check(merges_json == nullptr || merges_json->is_array(), path + ": model.merges is not a list");
   for (size_t rank = 0; merges_json != nullptr && rank < merges_json->size(); ++rank) {
     const auto& m = (*merges_json)[rank];
@@ -307,8 +346,10 @@ void ByteLevelBpe::State::parse(const nlohmann::json& json) {
     merges.emplace(
         key, std::make_pair(static_cast<int32_t>(rank), static_cast<int32_t>(merged->second)));
   }
+}
 
-  // Normalizer.
+// None, NFC, or an empty Sequence.
+void ByteLevelBpe::State::read_normalizer(const nlohmann::json& json) {
   if (const auto* normalizer = member(json, "normalizer")) {
     const std::string type = type_of(*normalizer, path + ": normalizer");
     bool empty_sequence = type == "Sequence" && normalizer->contains("normalizers") &&
@@ -318,8 +359,10 @@ void ByteLevelBpe::State::parse(const nlohmann::json& json) {
           path + ": normalizer " + type + " is not supported (none or NFC)");
     nfc = type == "NFC";
   }
+}
 
-  // Pre-tokenizer: it must map bytes to symbols (ByteLevel) somewhere.
+// The pre-tokenizer must map bytes to symbols (ByteLevel) somewhere.
+void ByteLevelBpe::State::read_pre_tokenizer(const nlohmann::json& json) {
   const auto* pre = member(json, "pre_tokenizer");
   check(pre != nullptr, path +
                             ": no pre_tokenizer: not a byte-level BPE tokenizer (a "
@@ -328,9 +371,11 @@ void ByteLevelBpe::State::parse(const nlohmann::json& json) {
   check(std::any_of(steps.begin(), steps.end(),
                     [](const Step& s) { return s.kind == Step::kByteLevel; }),
         path + ": the pre_tokenizer has no ByteLevel step: not a byte-level BPE tokenizer");
+}
 
-  // Post-processor: only whether a template puts a special token first (BOS); the rest of what
-  // it does (type ids, pairs) does not change the ids of one text.
+// Only whether a template puts a special token first (BOS); the rest of what the post-processor
+// does (type ids, pairs) does not change the ids of one text.
+void ByteLevelBpe::State::read_post_processor(const nlohmann::json& json) {
   std::vector<const nlohmann::json*> processors;
   if (const auto* post = member(json, "post_processor"); post != nullptr && post->is_object())
     processors.push_back(post);
@@ -353,7 +398,10 @@ void ByteLevelBpe::State::parse(const nlohmann::json& json) {
           path + ": post_processor's template starts with '" + token + "', which is not a token");
     template_bos = it->second;
   }
+}
 
+// Each byte's printable symbol, back, and its vocabulary id.
+void ByteLevelBpe::State::map_bytes_to_symbols() {
   byte_symbol = byte_symbols();
   byte_id.assign(256, -1);
   for (int b = 0; b < 256; ++b) {
