@@ -121,7 +121,7 @@ PpoOptions bench_ppo_options(const RlhfStageConfig& c, const ModelConfig& config
   // Every episode runs to max_new_tokens (random weights rarely stop early), so each iteration
   // does the same work, here and in the reference.
   options.sampling.stop_at_eos = false;
-  options.bf16 = use_bf16(c.precision, device);
+  options.bf16 = use_bf16(c.train.precision, device);
   if (o.sequential) options.side_by_side = false;
   return options;
 }
@@ -270,10 +270,8 @@ void run_ppo(const PpoBenchOptions& o) {
   double rm_seconds = 0;
   EpisodeScorer scorer =
       reward_model_scorer(*roles.reward, config, options.micro_batch_size, rm_seconds);
-  ParallelAdamW actor_optimizer(*roles.actor, {c.actor_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
-                                dist::Group());
-  ParallelAdamW critic_optimizer(
-      *roles.critic, {c.critic_lr, c.weight_decay, c.beta1, c.beta2, c.eps}, dist::Group());
+  ParallelAdamW actor_optimizer(*roles.actor, c.train.optimizer(c.actor_lr), dist::Group());
+  ParallelAdamW critic_optimizer(*roles.critic, c.train.optimizer(c.critic_lr), dist::Group());
   PpoTrainer trainer(options, *roles.actor, *roles.reference, *roles.critic, scorer,
                      actor_optimizer, critic_optimizer);
   const std::vector<std::vector<int64_t>> prompts =

@@ -153,39 +153,12 @@ void read_ppo(const nlohmann::json& json, const std::string& path, ConfigErrors&
 void read_train(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
                 RlhfStageConfig& c) {
   ConfigReader t(json, path, errors);
-  c.iterations = t.integer("iterations", c.iterations);
+  read_rl_train(t, c.train);
   c.actor_lr = t.number("actor_lr", c.actor_lr);
   c.critic_lr = t.number("critic_lr", c.critic_lr);
-  c.schedule = t.string("schedule", c.schedule);
-  c.min_lr_ratio = t.number("min_lr_ratio", c.min_lr_ratio);
-  c.warmup_iterations = t.integer("warmup_iterations", c.warmup_iterations);
-  c.weight_decay = t.number("weight_decay", c.weight_decay);
-  c.beta1 = t.number("beta1", c.beta1);
-  c.beta2 = t.number("beta2", c.beta2);
-  c.eps = t.number("eps", c.eps);
-  const double grad_clip = t.number("grad_clip", 1.0);
-  c.ppo.actor_grad_clip = c.ppo.critic_grad_clip = grad_clip;
-  c.checkpoint_every = t.integer("checkpoint_every", c.checkpoint_every);
-  c.keep_checkpoints = t.integer("keep_checkpoints", c.keep_checkpoints);
-  c.log_every = t.integer("log_every", c.log_every);
-  c.precision = t.string("precision", c.precision);
-  c.max_nonfinite_steps = t.integer("max_nonfinite_steps", c.max_nonfinite_steps);
-  c.parallel = read_parallel_options(t);
-  t.require(c.iterations >= 1, "iterations", "must be at least 1");
+  c.ppo.actor_grad_clip = c.ppo.critic_grad_clip = c.train.grad_clip;
   t.require(c.actor_lr > 0 && c.actor_lr < 1, "actor_lr", "must be in (0, 1)");
   t.require(c.critic_lr > 0 && c.critic_lr < 1, "critic_lr", "must be in (0, 1)");
-  t.one_of("schedule", c.schedule, {"linear", "cosine", "constant"});
-  t.require(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]");
-  t.require(c.warmup_iterations >= 0, "warmup_iterations", "must be >= 0");
-  t.require(c.weight_decay >= 0, "weight_decay", "must be >= 0");
-  t.require(c.beta1 >= 0 && c.beta1 < 1, "beta1", "must be in [0, 1)");
-  t.require(c.beta2 >= 0 && c.beta2 < 1, "beta2", "must be in [0, 1)");
-  t.require(c.eps > 0, "eps", "must be positive");
-  t.require(c.checkpoint_every >= 0, "checkpoint_every", "must be >= 0");
-  t.require(c.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1");
-  t.require(c.log_every >= 1, "log_every", "must be at least 1");
-  t.one_of("precision", c.precision, {"fp32", "bf16", "auto"});
-  t.require(c.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be at least 1");
 }
 
 // samples: samples.jsonl.
@@ -246,6 +219,13 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
 
 namespace {
 
+nlohmann::json train_values(const RlhfStageConfig& c) {
+  nlohmann::json train = rl_train_values(c.train);
+  train["actor_lr"] = c.actor_lr;
+  train["critic_lr"] = c.critic_lr;
+  return train;
+}
+
 // The stage's sections (data, rollout, reward, kl, ppo, train, eval, samples).
 nlohmann::json section_values(const RlhfStageConfig& c) {
   const PpoOptions& o = c.ppo;
@@ -288,25 +268,7 @@ nlohmann::json section_values(const RlhfStageConfig& c) {
         {"whiten_advantages", o.whiten_advantages},
         {"critic_head", c.critic_head},
         {"dump_rollouts", c.dump_rollouts}}},
-      {"train",
-       {{"iterations", c.iterations},
-        {"actor_lr", c.actor_lr},
-        {"critic_lr", c.critic_lr},
-        {"schedule", c.schedule},
-        {"min_lr_ratio", c.min_lr_ratio},
-        {"warmup_iterations", c.warmup_iterations},
-        {"weight_decay", c.weight_decay},
-        {"beta1", c.beta1},
-        {"beta2", c.beta2},
-        {"eps", c.eps},
-        {"grad_clip", o.actor_grad_clip},
-        {"checkpoint_every", c.checkpoint_every},
-        {"keep_checkpoints", c.keep_checkpoints},
-        {"log_every", c.log_every},
-        {"precision", c.precision},
-        {"max_nonfinite_steps", c.max_nonfinite_steps},
-        {"zero_stage", c.parallel.zero_stage},
-        {"allreduce_bucket_mb", static_cast<double>(c.parallel.bucket_bytes) / (1 << 20)}}},
+      {"train", train_values(c)},
       {"eval", {{"prompts", c.eval_prompts}, {"every", c.eval_every}, {"baselines", c.baselines}}},
       {"samples", {{"every", c.sample_every}, {"count", c.sample_count}}}};
 }
@@ -327,45 +289,6 @@ nlohmann::json rlhf_stated_defaults(const RlhfStageConfig& c) {
 // Run
 
 namespace {
-
-// A 64-bit mix of several values (splitmix64 steps): episode and shuffle seeds.
-uint64_t mix_seed(std::initializer_list<uint64_t> values) {
-  uint64_t h = 0x9e3779b97f4a7c15ull;
-  for (uint64_t v : values) {
-    h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
-    h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
-    h ^= h >> 31;
-  }
-  return h;
-}
-
-constexpr uint64_t kEvalStream = 0xe7a1, kTrainStream = 0x7a1a, kShuffleStream = 0x5f1e;
-
-// A double as text that reads back to the same value.
-std::string exact_text(double value) {
-  char text[32];
-  std::snprintf(text, sizeof(text), "%.17g", value);
-  return text;
-}
-
-double mean_of(const std::vector<double>& values) {
-  double sum = 0;
-  for (double v : values) sum += v;
-  return values.empty() ? std::nan("") : sum / static_cast<double>(values.size());
-}
-
-Transformer load_causal_lm(const std::string& dir, const std::string& role) {
-  Transformer model = load_hf_model(dir);
-  check(model->config.num_labels == 0,
-        role + " " + dir + " has a score head; it must be a causal LM");
-  return model;
-}
-
-std::string response_text(const Tokenizer& tok, std::vector<int64_t> response) {
-  if (!response.empty() && response.back() == tok.eos_id()) response.pop_back();
-  return tok.decode(response);
-}
 
 // The models PPO holds, checked against each other and moved to the device: the actor and the
 // critic train, the reference and the reward model are frozen.
@@ -450,12 +373,10 @@ PromptSplit split_prompts(const RlhfStageConfig& c, const Tokenizer& tok, uint64
             std::to_string(usable) + " usable prompts in " + c.data.path +
             ", leaving none to train on; lower eval.prompts");
   PromptSplit split;
-  const auto shuffled = seeded_permutation(usable, seed);
-  for (int64_t i = 0; i < usable; ++i)
-    (i < c.eval_prompts ? split.eval : split.train)
-        .push_back(all[static_cast<size_t>(shuffled[static_cast<size_t>(i)])]);
-  for (size_t i = 0; i < split.eval.size(); ++i)
-    split.eval_seeds.push_back(mix_seed({seed, kEvalStream, i}));
+  const HeldOutSplit held_out = hold_out(usable, c.eval_prompts, seed);
+  for (int64_t i : held_out.train) split.train.push_back(all[static_cast<size_t>(i)]);
+  for (int64_t i : held_out.eval) split.eval.push_back(all[static_cast<size_t>(i)]);
+  split.eval_seeds = held_out.eval_seeds;
   std::printf(
       "[%s] prompts: %lld records -> %zu train / %zu evaluation; %lld over %lld tokens "
       "dropped; %lld bad lines skipped\n",
@@ -514,11 +435,6 @@ struct PpoReports {
   }
 
   void log_samples(const Rollout& r, int64_t at, const std::vector<double>& truth) const {
-    auto one_line = [](std::string text, size_t width) {
-      for (char& ch : text)
-        if (ch == '\n' || ch == '\r' || ch == '\t') ch = ' ';
-      return text.size() > width ? text.substr(0, width - 3) + "..." : text;
-    };
     if (c.sample_count > 0)
       std::printf("[%s] samples at iteration %lld (score | prompt -> response)\n", c.name.c_str(),
                   (long long)at);
@@ -708,16 +624,11 @@ nlohmann::json ppo_summary(const RlhfStageConfig& c, const nlohmann::json& initi
   return summary;
 }
 
-LoopSchedule ppo_schedule(const RlhfStageConfig& c) {
-  return LoopSchedule{c.iterations,       c.log_every,        c.eval_every,
-                      c.checkpoint_every, c.keep_checkpoints, c.max_nonfinite_steps};
-}
-
 }  // namespace
 
 nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
   require_no_tensor_parallel(recipe, c.name, "PPO");
-  StageLoop loop(recipe, c.name, ppo_schedule(c));
+  StageLoop loop(recipe, c.name, c.train.loop(c.eval_every));
   const uint64_t seed = recipe.run.seed;
   const std::string policy_dir = resolve_model_reference(recipe, c.policy);
   const std::string tokenizer_path = tokenizer_path_in(policy_dir);
@@ -737,15 +648,13 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
   PpoOptions options = c.ppo;
   options.sampling.eos_id = tok.eos_id();
   options.sampling.pad_id = reward_pad_id(tok);
-  options.bf16 = use_bf16(c.precision, loop.device());
+  options.bf16 = use_bf16(c.train.precision, loop.device());
   options.value_offset = models.value_offset;
   const EpisodeScorer scorer = reward_model_scorer(models, tok, options.micro_batch_size);
-  ParallelAdamW actor_optimizer(*models.actor,
-                                {c.actor_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
-                                data_parallel, c.parallel);
-  ParallelAdamW critic_optimizer(*models.critic,
-                                 {c.critic_lr, c.weight_decay, c.beta1, c.beta2, c.eps},
-                                 data_parallel, c.parallel);
+  ParallelAdamW actor_optimizer(*models.actor, c.train.optimizer(c.actor_lr), data_parallel,
+                                c.train.parallel);
+  ParallelAdamW critic_optimizer(*models.critic, c.train.optimizer(c.critic_lr), data_parallel,
+                                 c.train.parallel);
   PpoTrainer trainer(options, *models.actor, *models.reference, *models.critic, scorer,
                      actor_optimizer, critic_optimizer, data_parallel);
   ppo::KLController kl(c.beta, c.kl_target, c.kl_horizon);
@@ -773,9 +682,7 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     const int64_t iteration = context.step;
     for (auto [optimizer, lr] :
          {std::pair{&actor_optimizer, c.actor_lr}, std::pair{&critic_optimizer, c.critic_lr}})
-      set_scheduled_learning_rate(
-          *optimizer, {lr, c.min_lr_ratio, c.warmup_iterations, c.iterations, c.schedule},
-          iteration);
+      set_scheduled_learning_rate(*optimizer, c.train.schedule_for(lr), iteration);
     std::vector<std::vector<int64_t>> batch;
     std::vector<uint64_t> episode_seeds;
     for (int64_t index : cursor.take(c.batch_size)) {

@@ -14,6 +14,7 @@
 #include "common/train/parallel_adamw.h"
 #include "rlhf/ground_truth.h"
 #include "rlhf/ppo_trainer.h"
+#include "rlhf/rl_common.h"
 
 namespace tiller {
 
@@ -33,20 +34,9 @@ struct RlhfStageConfig {
   double beta = 0.05;    // initial KL coefficient
   double kl_target = 0;  // adaptive controller target (0: fixed beta)
   double kl_horizon = 10000;
-  double kl_max = 0;  // a bound on the evaluation KL reported at the end (0: none)
-  int64_t iterations = 100;
+  double kl_max = 0;     // a bound on the evaluation KL reported at the end (0: none)
+  RlTrainOptions train;  // iterations, schedule, optimizer, checkpoints, precision
   double actor_lr = 1e-5, critic_lr = 1e-5;
-  // Constant: an RL run's length is a guess and its targets move; a decay to 0 over
-  // `iterations` halves the mean step and stops learning at the end (from the base stories260K
-  // with whitened scores, 30 iterations: 'happy' 0.00 -> 0.47 linear, 0.80 constant).
-  std::string schedule = "constant";
-  double min_lr_ratio = 0.0;
-  int64_t warmup_iterations = 0;
-  double weight_decay = 0.0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
-  int64_t checkpoint_every = 0, keep_checkpoints = 2, log_every = 1;
-  std::string precision = "fp32";
-  int64_t max_nonfinite_steps = 5;
-  ParallelOptions parallel;  // train.zero_stage, train.allreduce_bucket_mb
   GroundTruthRule ground_truth;
   int64_t sample_every = 10, sample_count = 4;
   // The critic's head at the start: "reward_model" (its head, less the reward offset, predicts
