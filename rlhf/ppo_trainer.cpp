@@ -6,6 +6,7 @@
 
 #include "common/data/batching.h"  // seeded_permutation
 #include "common/model/attention_mask.h"
+#include "common/rollout/batch_layout.h"
 #include "common/torch_compat.h"
 #include "common/train/nonfinite_guard.h"
 #include "common/train/token_log_probs.h"
@@ -26,26 +27,6 @@ double seconds_since(Clock::time_point start) {
 // Row indices on the device of the tensors they select from.
 torch::Tensor row_index(const std::vector<int64_t>& rows, const torch::Device& device) {
   return torch::tensor(rows, torch::kLong).to(device);
-}
-
-// Runs `pass` over rows [0, n) in chunks of `chunk` and concatenates the results along dim 0.
-// The row indices are made on `device`, beside the tensors they select from.
-template <typename Pass>
-torch::Tensor in_chunks(int64_t n, int64_t chunk, const torch::Device& device, Pass pass) {
-  std::vector<torch::Tensor> parts;
-  for (int64_t begin = 0; begin < n; begin += chunk)
-    parts.push_back(pass(torch::arange(begin, std::min(n, begin + chunk),
-                                       torch::dtype(torch::kLong).device(device))));
-  return torch::cat(parts, 0);
-}
-
-// Pads dimension `dim` of t to `size` with `value`, at the end or (left) at the start.
-torch::Tensor pad_to(const torch::Tensor& t, int64_t dim, int64_t size, double value, bool left) {
-  if (t.size(dim) == size) return t;
-  auto shape = t.sizes().vec();
-  shape[static_cast<size_t>(dim)] = size - t.size(dim);
-  auto fill = torch::full(shape, value, t.options());
-  return left ? torch::cat({fill, t}, dim) : torch::cat({t, fill}, dim);
 }
 
 // A micro-batch of this rank's part of a minibatch: its rows, their mask, and its share of the
@@ -263,13 +244,7 @@ void PpoTrainer::compute_passes(Rollout& r) {
       static_cast<int64_t>(group_.max(static_cast<double>(g.prompt_ids.size(1))));
   const int64_t response_len =
       static_cast<int64_t>(group_.max(static_cast<double>(g.response_ids.size(1))));
-  const double pad = static_cast<double>(o.sampling.pad_id);
-  g.prompt_ids = pad_to(g.prompt_ids, 1, prompt_len, pad, /*left=*/true);
-  g.prompt_mask = pad_to(g.prompt_mask, 1, prompt_len, 0, /*left=*/true);
-  g.response_ids = pad_to(g.response_ids, 1, response_len, pad, /*left=*/false);
-  g.response_mask = pad_to(g.response_mask, 1, response_len, 0, /*left=*/false);
-  if (g.logprobs.defined()) g.logprobs = pad_to(g.logprobs, 1, response_len, 0, /*left=*/false);
-
+  widen(g, prompt_len, response_len, o.sampling.pad_id);
   r.sequence_ids = g.sequence_ids();
   r.sequence_mask = g.sequence_mask();
   r.mask = g.response_mask.to(torch::kFloat);

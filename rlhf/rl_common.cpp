@@ -8,6 +8,7 @@
 #include "common/tokenizer/tokenizer.h"
 #include "common/train/train_config.h"  // read_parallel_options
 #include "common/util/error.h"
+#include "common/util/files.h"
 
 namespace tiller {
 
@@ -59,6 +60,46 @@ nlohmann::json rl_train_values(const RlTrainOptions& o) {
           {"max_nonfinite_steps", o.max_nonfinite_steps},
           {"zero_stage", o.parallel.zero_stage},
           {"allreduce_bucket_mb", static_cast<double>(o.parallel.bucket_bytes) / (1 << 20)}};
+}
+
+void read_prompt_data(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
+                      const std::set<std::string>& formats, PromptDataOptions& data) {
+  ConfigReader d(json, path, errors);
+  data.path = d.required_string("prompts");
+  data.format = d.string("format", data.format);
+  data.template_name = d.string("template", data.template_name);
+  data.max_prompt_len = d.integer("max_prompt_len", data.max_prompt_len);
+  data.max_records = d.integer("max_records", -1);
+  data.skip_bad_lines = d.boolean("skip_bad_lines", false);
+  d.one_of("format", data.format, formats);
+  d.one_of("template", data.template_name, {"chatml", "llama2", "alpaca", "plain"});
+  d.require(data.max_prompt_len >= 1, "max_prompt_len", "must be at least 1");
+  d.require(data.max_records == -1 || data.max_records >= 1, "max_records",
+            "must be at least 1 (or -1: all)");
+  if (!data.path.empty() && !path_exists(data.path))
+    errors.add(d.path_of("prompts"), "file " + data.path + " does not exist");
+}
+
+nlohmann::json prompt_data_values(const PromptDataOptions& data) {
+  return {{"prompts", data.path},
+          {"format", data.format},
+          {"template", data.template_name},
+          {"max_prompt_len", data.max_prompt_len},
+          {"max_records", data.max_records},
+          {"skip_bad_lines", data.skip_bad_lines}};
+}
+
+void read_samples(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
+                  int64_t& every, int64_t& count) {
+  ConfigReader s(json, path, errors);
+  every = s.integer("every", every);
+  count = s.integer("count", count);
+  s.require(every >= 0, "every", "must be >= 0 (0: only before and after)");
+  s.require(count >= 0, "count", "must be >= 0");
+}
+
+nlohmann::json samples_values(int64_t every, int64_t count) {
+  return {{"every", every}, {"count", count}};
 }
 
 uint64_t mix_seed(std::initializer_list<uint64_t> values) {

@@ -6,9 +6,11 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "common/data/prompt_data.h"
 #include "common/model/transformer.h"
 #include "common/recipe/config_reader.h"
 #include "common/train/optimizer.h"
@@ -50,6 +52,18 @@ struct RlTrainOptions {
 void read_rl_train(ConfigReader& t, RlTrainOptions& o);
 // The keys as they run, for the resolved recipe (the caller adds its learning rates).
 nlohmann::json rl_train_values(const RlTrainOptions& o);
+
+// The "data" section of an online-RL stage: the prompt file ("prompts") and how it is read, in
+// one of `formats`.
+void read_prompt_data(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
+                      const std::set<std::string>& formats, PromptDataOptions& data);
+nlohmann::json prompt_data_values(const PromptDataOptions& data);
+
+// The "samples" section: samples.jsonl every `every` iterations (0: before and after only),
+// `count` episodes each.
+void read_samples(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
+                  int64_t& every, int64_t& count);
+nlohmann::json samples_values(int64_t every, int64_t count);
 
 // A 64-bit mix of several values (splitmix64 steps): episode, evaluation and shuffle seeds.
 uint64_t mix_seed(std::initializer_list<uint64_t> values);

@@ -33,25 +33,6 @@ namespace tiller {
 
 namespace {
 
-// data: the prompt file and how it is read.
-void read_data(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
-               RlhfStageConfig& c) {
-  ConfigReader d(json, path, errors);
-  c.data.path = d.required_string("prompts");
-  c.data.format = d.string("format", c.data.format);
-  c.data.template_name = d.string("template", c.data.template_name);
-  c.data.max_prompt_len = d.integer("max_prompt_len", c.data.max_prompt_len);
-  c.data.max_records = d.integer("max_records", -1);
-  c.data.skip_bad_lines = d.boolean("skip_bad_lines", false);
-  d.one_of("format", c.data.format, {"auto", "prompt", "messages", "alpaca", "hh"});
-  d.one_of("template", c.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
-  d.require(c.data.max_prompt_len >= 1, "max_prompt_len", "must be at least 1");
-  d.require(c.data.max_records == -1 || c.data.max_records >= 1, "max_records",
-            "must be at least 1 (or -1: all)");
-  if (!c.data.path.empty() && !path_exists(c.data.path))
-    errors.add(d.path_of("prompts"), "file " + c.data.path + " does not exist");
-}
-
 // rollout: sampling, and the missing-EOS penalty.
 void read_rollout(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
                   RlhfStageConfig& c) {
@@ -161,16 +142,6 @@ void read_train(const nlohmann::json& json, const std::string& path, ConfigError
   t.require(c.critic_lr > 0 && c.critic_lr < 1, "critic_lr", "must be in (0, 1)");
 }
 
-// samples: samples.jsonl.
-void read_samples(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
-                  RlhfStageConfig& c) {
-  ConfigReader s(json, path, errors);
-  c.sample_every = s.integer("every", c.sample_every);
-  c.sample_count = s.integer("count", c.sample_count);
-  s.require(c.sample_every >= 0, "every", "must be >= 0 (0: only before and after)");
-  s.require(c.sample_count >= 0, "count", "must be >= 0");
-}
-
 // eval: the evaluation rollouts and baselines.
 void read_eval(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
                RlhfStageConfig& c) {
@@ -205,14 +176,15 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
   c.reference = r.string("reference", c.policy);
   c.reward_model = r.string("reward_model", c.reward_model);
   c.critic = r.string("critic", c.reward_model);
-  read_data(r.object("data"), r.path_of("data"), errors, c);
+  read_prompt_data(r.object("data"), r.path_of("data"), errors,
+                   {"auto", "prompt", "messages", "alpaca", "hh"}, c.data);
   read_rollout(r.object("rollout"), r.path_of("rollout"), errors, c);
   read_reward(r.object("reward"), r.path_of("reward"), errors, c);
   read_kl(r.object("kl"), r.path_of("kl"), errors, c);
   read_ppo(r.object("ppo"), r.path_of("ppo"), errors, c);
   read_train(r.object("train"), r.path_of("train"), errors, c);
   c.ground_truth = parse_ground_truth(r.raw("ground_truth"), r.path_of("ground_truth"), errors);
-  read_samples(r.object("samples"), r.path_of("samples"), errors, c);
+  read_samples(r.object("samples"), r.path_of("samples"), errors, c.sample_every, c.sample_count);
   read_eval(r.object("eval"), r.path_of("eval"), errors, c);
   return c;
 }
@@ -231,13 +203,7 @@ nlohmann::json section_values(const RlhfStageConfig& c) {
   const PpoOptions& o = c.ppo;
   const SamplingOptions& s = o.sampling;
   return {
-      {"data",
-       {{"prompts", c.data.path},
-        {"format", c.data.format},
-        {"template", c.data.template_name},
-        {"max_prompt_len", c.data.max_prompt_len},
-        {"max_records", c.data.max_records},
-        {"skip_bad_lines", c.data.skip_bad_lines}}},
+      {"data", prompt_data_values(c.data)},
       {"rollout",
        {{"batch_size", c.batch_size},
         {"max_new_tokens", s.max_new_tokens},
@@ -270,7 +236,7 @@ nlohmann::json section_values(const RlhfStageConfig& c) {
         {"dump_rollouts", c.dump_rollouts}}},
       {"train", train_values(c)},
       {"eval", {{"prompts", c.eval_prompts}, {"every", c.eval_every}, {"baselines", c.baselines}}},
-      {"samples", {{"every", c.sample_every}, {"count", c.sample_count}}}};
+      {"samples", samples_values(c.sample_every, c.sample_count)}};
 }
 
 }  // namespace
