@@ -60,8 +60,8 @@ GrpoTrainer::GrpoTrainer(GrpoOptions options, TransformerImpl& actor, Transforme
 }
 
 GenerationBatch GrpoTrainer::sample(const std::vector<std::vector<int64_t>>& prompts,
-                                    const std::vector<uint64_t>& row_seeds) {
-  const int64_t g = options_.group_size;
+                                    const std::vector<uint64_t>& row_seeds, int64_t group_size) {
+  const int64_t g = group_size > 0 ? group_size : options_.group_size;
   check(static_cast<int64_t>(row_seeds.size()) == static_cast<int64_t>(prompts.size()) * g,
         "grpo: one seed per sampled row is needed");
   SamplingOptions sampling = options_.sampling;

@@ -68,9 +68,10 @@ class GrpoTrainer {
   GrpoTrainer(GrpoOptions options, TransformerImpl& actor, TransformerImpl* reference,
               ParallelAdamW& optimizer);
 
-  // G responses to each prompt: row b * G + g samples prompt b with row_seeds[b * G + g].
+  // G responses to each prompt (G: group_size, or options.group_size when 0): row b * G + g
+  // samples prompt b with row_seeds[b * G + g].
   GenerationBatch sample(const std::vector<std::vector<int64_t>>& prompts,
-                         const std::vector<uint64_t>& row_seeds);
+                         const std::vector<uint64_t>& row_seeds, int64_t group_size = 0);
 
   // The scored batch ready to learn from: log-probs the algorithm needs and the advantages.
   GroupBatch prepare(GenerationBatch generation, const torch::Tensor& scores);
