@@ -28,9 +28,17 @@ std::string trim(const std::string& s) {
   return s.substr(first, s.find_last_not_of(" \t\r\n\f\v") - first + 1);
 }
 
+// Linear in the length of s, whatever it holds.
 void replace_all(std::string& s, const std::string& from, const std::string& to) {
-  for (size_t at = s.find(from); at != kNone; at = s.find(from, at + to.size()))
-    s.replace(at, from.size(), to);
+  std::string out;
+  size_t start = 0;
+  for (size_t at = s.find(from); at != kNone; at = s.find(from, start)) {
+    out.append(s, start, at - start);
+    out += to;
+    start = at + from.size();
+  }
+  out.append(s, start, kNone);
+  s = std::move(out);
 }
 
 // The position just past the brace that closes the one at `open`; kNone when unbalanced.
@@ -177,16 +185,34 @@ std::optional<std::string> last_boxed(const std::string& text) {
 // ---------------------------------------------------------------------------------------------
 // Parsing an answer as one number.
 
-// Replaces \text{...}-style wrappers by their content ("5\text{ cm}" -> "5 cm").
+// The \text{-style wrapper that starts at i, if one does.
+const std::string* wrapper_at(const std::string& s, size_t i) {
+  static const std::string kWrappers[] = {"\\text{", "\\textbf{", "\\mathrm{", "\\mbox{"};
+  for (const auto& wrapper : kWrappers)
+    if (s.compare(i, wrapper.size(), wrapper) == 0) return &wrapper;
+  return nullptr;
+}
+
+// Replaces \text{...}-style wrappers by their content ("5\text{ cm}" -> "5 cm"), in one pass.
 void unwrap_text_commands(std::string& s) {
-  for (const std::string command : {"\\text{", "\\textbf{", "\\mathrm{", "\\mbox{"}) {
-    for (size_t at = s.find(command); at != kNone; at = s.find(command, at)) {
-      const size_t close = closing_brace(s, at + command.size() - 1);
-      if (close == kNone) break;
-      s.erase(close - 1, 1);
-      s.erase(at, command.size());
+  std::string out;
+  std::vector<bool> wrapper_braces;  // per brace open at this point: whether a wrapper opened it
+  for (size_t i = 0; i < s.size(); ++i) {
+    const std::string* wrapper = s[i] == '\\' ? wrapper_at(s, i) : nullptr;
+    if (wrapper != nullptr) {
+      wrapper_braces.push_back(true);
+      i += wrapper->size() - 1;
+      continue;
     }
+    if (s[i] == '{') wrapper_braces.push_back(false);
+    if (s[i] == '}' && !wrapper_braces.empty()) {
+      const bool closes_wrapper = wrapper_braces.back();
+      wrapper_braces.pop_back();
+      if (closes_wrapper) continue;
+    }
+    out += s[i];
   }
+  s = std::move(out);
 }
 
 // The answer without LaTeX spacing, dollars, degree signs, wrappers and whitespace; \dfrac and

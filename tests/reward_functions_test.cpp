@@ -84,7 +84,9 @@ TEST(MathAnswer, ExtractsTheFinalAnswerOfRealWorldResponses) {
     if (!answer) continue;
     const auto value = parse_number(*answer);
     ASSERT_EQ(value.has_value(), c.value.has_value()) << "answer: " << *answer;
-    if (value) EXPECT_DOUBLE_EQ(*value, *c.value);
+    if (value) {
+      EXPECT_DOUBLE_EQ(*value, *c.value);
+    }
   }
 }
 
