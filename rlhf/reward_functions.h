@@ -11,6 +11,18 @@
 //
 // Every function's scores are kept apart (metrics per function) and summed with their weights
 // into the score the policy learns from.
+//
+// Keys of every entry: type, weight (default 1, finite), name (default the type; _2, _3 when
+// taken). Each type's own keys and defaults (unknown keys are errors):
+//   math_answer  tolerance 1e-6 (absolute below 1, relative above), missing 0 (the score when no
+//                answer can be extracted); 1 right, 0 wrong (rlhf/math_answer.h)
+//   regex        pattern (ECMAScript, required), ignore_case false; 1 when found anywhere
+//   contains     text (required), ignore_case false; 1 when found
+//   length       max_tokens -1 (none), min_tokens 0, penalty (required): -penalty per response
+//                token (response_ids, EOS included) above max_tokens or below min_tokens
+//   model        model (required, e.g. "@reward"), max_seq_len 0 (the stage's default)
+//   command      command (argv, required), timeout_seconds 60, on_timeout "error" or a number (the
+//                score of every episode of a batch that timed out), working_dir ""
 #pragma once
 #include <nlohmann/json.hpp>
 

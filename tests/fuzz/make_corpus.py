@@ -199,6 +199,15 @@ def seeds_tokenizer(model):
     put("tokenizer", "truncated.model", data[: len(data) // 3])
 
 
+def seeds_math_answer():
+    put("math_answer", "gsm8k", "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+        "Natalia sold 48+24 = <<48+24=72>>72 clips altogether.\n#### 72")
+    put("math_answer", "boxed_frac", "So the answer is $\\boxed{-\\dfrac{3}{4}}$ cm.")
+    put("math_answer", "units", "The total is $1,234.50 dollars, or 50% \u2212 2e3 apples, 3/4 \\text{ kg}")
+    put("math_answer", "latex", "\\fbox{x = 1{,}234\\!5} \\boxed 7$ \\frac34 \\text{\\textbf{(B)}}")
+    put("math_answer", "list", "\\boxed{1, 2, (3,4)}1,2,3")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True, help="directory to write <target>/<seed> files into")
@@ -213,5 +222,6 @@ if __name__ == "__main__":
     seeds_recipes(repo)
     put("tokenizer", "not_a_model", "hello world\n")
     seeds_tokenizer_json()
+    seeds_math_answer()
     if a.tokenizer:
         seeds_tokenizer(a.tokenizer)
