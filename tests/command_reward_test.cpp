@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tests/test_util.h"
+#include "tiller_build_paths.h"
 
 using namespace tiller;
 
@@ -211,4 +212,20 @@ TEST(CommandReward, OptionsAreCheckedWithTheirPathsAndStatedInFull) {
                             {"working_dir", ""}}));
   spec.options = read.values();
   EXPECT_EQ(make_command_reward(spec)->score(episodes(1)), (std::vector<double>{3}));
+}
+
+TEST(CommandReward, TheDocumentedExampleVerifierScoresAsDocumented) {
+  if (test::run_command("command -v python3", nullptr) != 0)
+    GTEST_SKIP() << "skipped: python3 is not on PATH (the documented example is Python)";
+  const std::string docs = test::read_bytes(std::string(TILLER_SOURCE_DIR) + "/docs/rewards.md");
+  const size_t start = docs.find("```python\n");
+  ASSERT_NE(start, std::string::npos) << "docs/rewards.md has no Python example";
+  const size_t code = start + std::string("```python\n").size();
+  const std::string example = docs.substr(code, docs.find("```", code) - code);
+  CommandRewardOptions options;
+  options.command = {"python3", "-c", example};
+  CommandReward reward("example", options);
+  EXPECT_EQ(reward.score({episode("2+2?", "so #### 4 ", "4"), episode("3+3?", "5", "6"),
+                          episode("hi", "hello", "")}),
+            (std::vector<double>{1, 0, 0}));
 }
