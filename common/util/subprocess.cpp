@@ -249,10 +249,14 @@ SubprocessResult run_subprocess(const std::vector<std::string>& argv, const std:
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                            std::chrono::duration<double>(seconds));
   bool finished = false;
-  {
+  try {
     SigpipeBlocked sigpipe_blocked;
     finished = exchange(input, in, out, err, deadline, options.stderr_tail_bytes, result) &&
                exited_by(pid, deadline);
+  } catch (const Error&) {
+    ::killpg(pid, SIGKILL);
+    reap(pid, result);
+    throw;
   }
   if (!finished) {
     result.timed_out = true;

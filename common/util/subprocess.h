@@ -32,7 +32,7 @@ struct SubprocessResult {
 // without reading its input is not an error of this function (EPIPE is absorbed and SIGPIPE
 // never reaches this process). When the program exits, what is left of its process group is
 // killed; at the time limit the whole group is. The program is always reaped. Throws
-// tiller::Error only when this process cannot make pipes.
+// tiller::Error only when this process cannot make pipes or poll them (the program killed first).
 SubprocessResult run_subprocess(const std::vector<std::string>& argv, const std::string& input,
                                 const SubprocessOptions& options);
 
