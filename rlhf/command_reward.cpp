@@ -170,6 +170,10 @@ std::vector<double> CommandReward::score(const std::vector<ScoredEpisode>& episo
               << *options_.timeout_score << " (timeouts so far: " << timeouts_ << ")\n";
     return std::vector<double>(episodes.size(), *options_.timeout_score);
   }
+  check(!run.output_too_long, describe() + " printed more than " +
+                                  std::to_string(run_options.stdout_limit_bytes >> 20) +
+                                  " MiB for " + std::to_string(episodes.size()) +
+                                  " episodes; killed (one score per episode and line expected)");
   check(run.signal == 0, describe() + " was killed by signal " + std::to_string(run.signal) + " (" +
                              strsignal(run.signal) + "); " + last_stderr_line(run.error_tail));
   check(run.exit_code == 0, describe() + " exited with status " + std::to_string(run.exit_code) +

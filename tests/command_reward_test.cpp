@@ -118,6 +118,14 @@ TEST(CommandReward, TooFewOrTooManyScoresIsAnError) {
             std::string::npos);
 }
 
+TEST(CommandReward, AVerifierThatPrintsWithoutEndIsStoppedAndIsAnError) {
+  CommandReward reward("chatty", shell_verifier("yes 1"));
+  const std::string error = test::error_of([&] { reward.score(episodes(2)); });
+  EXPECT_NE(error.find("(reward chatty) printed more than 64 MiB for 2 episodes; killed"),
+            std::string::npos)
+      << error;
+}
+
 TEST(CommandReward, ALineThatIsNotAFiniteNumberIsAnErrorQuotingIt) {
   for (const std::string bad : {"correct", "nan", "inf", "0x10", "1 2", ""}) {
     CommandReward reward("words", shell_verifier("echo 1; echo '" + bad + "'; echo 0"));

@@ -144,3 +144,14 @@ TEST(Subprocess, WhatTheProgramLeavesRunningIsKilledWhenItExits) {
   ASSERT_FALSE(child.empty());
   EXPECT_TRUE(ends_soon(child));
 }
+
+TEST(Subprocess, AProgramThatPrintsTooMuchIsStoppedAtTheStdoutLimit) {
+  SubprocessOptions options;
+  options.stdout_limit_bytes = 100000;
+  const SubprocessResult result = run_subprocess({"yes"}, "", options);
+  EXPECT_TRUE(result.output_too_long);
+  EXPECT_FALSE(result.timed_out);
+  EXPECT_FALSE(result.succeeded());
+  EXPECT_GT(result.output.size(), 100000u);
+  EXPECT_LE(result.output.size(), 100000u + 64 * 1024) << "reading stops within one read";
+}

@@ -166,10 +166,13 @@ void keep_tail(std::string& text, size_t limit, bool final) {
   if (text.size() > (final ? limit : 2 * limit)) text.erase(0, text.size() - limit);
 }
 
-// Feeds stdin and drains stdout and stderr until both outputs end. False when the deadline came
-// first.
-bool exchange(const std::string& input, Pipe& in, Pipe& out, Pipe& err, Clock::time_point deadline,
-              size_t tail_bytes, SubprocessResult& result) {
+enum class Exchange { kOutputsEnded, kTimeUp, kOutputTooLong };
+
+// Feeds stdin and drains stdout and stderr until both outputs end, the deadline comes or stdout
+// outgrows its limit.
+Exchange exchange(const std::string& input, Pipe& in, Pipe& out, Pipe& err,
+                  Clock::time_point deadline, const SubprocessOptions& options,
+                  SubprocessResult& result) {
   size_t written = 0;
   if (input.empty()) in.write_end.close();
   while (out.read_end.is_open() || err.read_end.is_open()) {
@@ -183,18 +186,19 @@ bool exchange(const std::string& input, Pipe& in, Pipe& out, Pipe& err, Clock::t
     const nfds_t out_slot = watch(out.read_end, POLLIN);
     const nfds_t err_slot = watch(err.read_end, POLLIN);
     const int wait_ms = milliseconds_until(deadline);
-    if (wait_ms == 0) return false;
+    if (wait_ms == 0) return Exchange::kTimeUp;
     const int ready = ::poll(fds, count, wait_ms);
     if (ready < 0 && errno == EINTR) continue;
     check(ready >= 0, std::string("poll on a verifier's pipes: ") + std::strerror(errno));
     if (fds[in_slot].revents != 0) write_some(in.write_end, input, written);
     if (fds[out_slot].revents != 0) read_some(out.read_end, result.output);
+    if (result.output.size() > options.stdout_limit_bytes) return Exchange::kOutputTooLong;
     if (fds[err_slot].revents != 0) {
       read_some(err.read_end, result.error_tail);
-      keep_tail(result.error_tail, tail_bytes, false);
+      keep_tail(result.error_tail, options.stderr_tail_bytes, false);
     }
   }
-  return true;
+  return Exchange::kOutputsEnded;
 }
 
 // Whether the program has exited by the deadline, without reaping it: while it is an unreaped
@@ -248,23 +252,24 @@ SubprocessResult run_subprocess(const std::vector<std::string>& argv, const std:
   const double seconds = std::clamp(options.timeout_seconds, 0.0, kLongestTimeoutSeconds);
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                            std::chrono::duration<double>(seconds));
-  bool finished = false;
+  Exchange ending = Exchange::kOutputsEnded;
   try {
     SigpipeBlocked sigpipe_blocked;
-    finished = exchange(input, in, out, err, deadline, options.stderr_tail_bytes, result) &&
-               exited_by(pid, deadline);
+    ending = exchange(input, in, out, err, deadline, options, result);
+    if (ending == Exchange::kOutputsEnded && !exited_by(pid, deadline)) ending = Exchange::kTimeUp;
   } catch (const Error&) {
     ::killpg(pid, SIGKILL);
     reap(pid, result);
     throw;
   }
-  if (!finished) {
-    result.timed_out = true;
+  if (ending != Exchange::kOutputsEnded) {
+    result.timed_out = ending == Exchange::kTimeUp;
+    result.output_too_long = ending == Exchange::kOutputTooLong;
     ::killpg(pid, SIGTERM);
     exited_by(pid, Clock::now() + kTerminateGrace);
   }
   keep_tail(result.error_tail, options.stderr_tail_bytes, true);
-  // Whatever the program left running in its group goes with it (or, at the time limit, whatever
+  // Whatever the program left running in its group goes with it (or, when it was stopped, whatever
   // ignored SIGTERM).
   ::killpg(pid, SIGKILL);
   reap(pid, result);
