@@ -9,7 +9,6 @@
 #include <sstream>
 
 #include "common/util/error.h"
-#include "common/util/subprocess.h"
 
 namespace tiller {
 namespace {
@@ -154,40 +153,59 @@ std::vector<double> CommandReward::score(const std::vector<ScoredEpisode>& episo
   run_options.working_dir = options_.working_dir;
   const SubprocessResult run =
       run_subprocess(options_.command, episodes_jsonl(episodes), run_options);
+  if (run.timed_out) return timeout_scores(episodes.size());
+  check_finished(run, run_options, episodes.size());
+  return scores_in(run.output, episodes.size());
+}
 
-  check(run.spawn_error.empty(),
+std::vector<double> CommandReward::timeout_scores(size_t episodes) {
+  const std::string late = describe() + " did not answer within " +
+                           seconds_text(options_.timeout_seconds) + " s; killed";
+  check(options_.timeout_score.has_value(), late);
+  ++timeouts_;
+  std::cerr << "warning: " << late << "; its " << episodes << " episodes score "
+            << *options_.timeout_score << " (timeouts so far: " << timeouts_ << ")\n";
+  return std::vector<double>(episodes, *options_.timeout_score);
+}
+
+void CommandReward::check_finished(const SubprocessResult& run,
+                                   const SubprocessOptions& run_options, size_t episodes) const {
+  if (!run.spawn_error.empty()) {
+    throw Error(
         describe() + " cannot start: " + run.spawn_error +
-            " (command[0] is looked up on PATH unless it has a '/'" +
-            (options_.working_dir.empty() ? ""
-                                          : "; relative to working_dir " + options_.working_dir) +
-            ")");
-  if (run.timed_out) {
-    const std::string late = describe() + " did not answer within " +
-                             seconds_text(options_.timeout_seconds) + " s; killed";
-    check(options_.timeout_score.has_value(), late);
-    ++timeouts_;
-    std::cerr << "warning: " << late << "; its " << episodes.size() << " episodes score "
-              << *options_.timeout_score << " (timeouts so far: " << timeouts_ << ")\n";
-    return std::vector<double>(episodes.size(), *options_.timeout_score);
+        " (command[0] is looked up on PATH unless it has a '/'" +
+        (options_.working_dir.empty() ? "" : "; relative to working_dir " + options_.working_dir) +
+        ")");
   }
-  check(!run.output_too_long, describe() + " printed more than " +
-                                  std::to_string(run_options.stdout_limit_bytes >> 20) +
-                                  " MiB for " + std::to_string(episodes.size()) +
-                                  " episodes; killed (one score per episode and line expected)");
-  check(run.signal == 0, describe() + " was killed by signal " + std::to_string(run.signal) + " (" +
-                             strsignal(run.signal) + "); " + last_stderr_line(run.error_tail));
-  check(run.exit_code == 0, describe() + " exited with status " + std::to_string(run.exit_code) +
-                                "; " + last_stderr_line(run.error_tail));
+  if (run.output_too_long) {
+    throw Error(describe() + " printed more than " +
+                std::to_string(run_options.stdout_limit_bytes >> 20) + " MiB for " +
+                std::to_string(episodes) +
+                " episodes; killed (one score per episode and line expected)");
+  }
+  if (run.signal != 0) {
+    throw Error(describe() + " was killed by signal " + std::to_string(run.signal) + " (" +
+                strsignal(run.signal) + "); " + last_stderr_line(run.error_tail));
+  }
+  if (run.exit_code != 0) {
+    throw Error(describe() + " exited with status " + std::to_string(run.exit_code) + "; " +
+                last_stderr_line(run.error_tail));
+  }
+}
 
-  const std::vector<std::string> lines = reply_lines(run.output);
-  check(lines.size() == episodes.size(), describe() + " printed " + std::to_string(lines.size()) +
-                                             " score lines for " + std::to_string(episodes.size()) +
-                                             " episodes (one per episode, in order)");
+std::vector<double> CommandReward::scores_in(const std::string& reply, size_t episodes) const {
+  const std::vector<std::string> lines = reply_lines(reply);
+  if (lines.size() != episodes) {
+    throw Error(describe() + " printed " + std::to_string(lines.size()) + " score lines for " +
+                std::to_string(episodes) + " episodes (one per episode, in order)");
+  }
   std::vector<double> scores;
   for (size_t i = 0; i < lines.size(); ++i) {
     const std::optional<double> score = finite_number(trimmed(lines[i]));
-    check(score.has_value(), describe() + ": line " + std::to_string(i + 1) +
-                                 " of its reply is not a finite number: " + quoted(lines[i]));
+    if (!score) {
+      throw Error(describe() + ": line " + std::to_string(i + 1) +
+                  " of its reply is not a finite number: " + quoted(lines[i]));
+    }
     scores.push_back(*score);
   }
   return scores;

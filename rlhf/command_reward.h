@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/recipe/config_reader.h"
+#include "common/util/subprocess.h"
 #include "rlhf/reward_functions.h"
 
 namespace tiller {
@@ -43,6 +44,13 @@ class CommandReward : public RewardFunction {
 
  private:
   std::string describe() const;  // "verifier 'python3 verify.py' (reward check)"
+  // The on_timeout score for each episode (counted, with a warning), or the timeout's error.
+  std::vector<double> timeout_scores(size_t episodes);
+  // Throws the error of a verifier that did not start, was stopped or failed.
+  void check_finished(const SubprocessResult& run, const SubprocessOptions& run_options,
+                      size_t episodes) const;
+  // The reply's scores, one per line; throws on a wrong count or a line that is no number.
+  std::vector<double> scores_in(const std::string& reply, size_t episodes) const;
 
   std::string name_;
   CommandRewardOptions options_;
