@@ -169,11 +169,14 @@ TEST(CommandReward, ABigBatchReadWholeBeforeAnyReplyDoesNotDeadlock) {
   for (size_t i = 0; i < scores.size(); ++i) ASSERT_EQ(scores[i], i % 2) << i;
 }
 
-TEST(CommandReward, RunsInItsWorkingDirectory) {
+TEST(CommandReward, RunsInItsWorkingDirectoryWhereARelativeProgramIsFound) {
   const std::string dir = test::temp_dir("command_reward_working_dir");
-  test::run_command("printf 'cat > /dev/null; echo 0.25\\n' > " + dir + "/verify.sh", nullptr);
+  ASSERT_EQ(test::run_command("printf '#!/bin/sh\\ncat > /dev/null; echo 0.25\\n' > " + dir +
+                                  "/verify.sh && chmod +x " + dir + "/verify.sh",
+                              nullptr),
+            0);
   CommandRewardOptions options;
-  options.command = {"/bin/sh", "./verify.sh"};
+  options.command = {"./verify.sh"};
   options.working_dir = dir;
   EXPECT_EQ(CommandReward("local", options).score(episodes(1)), (std::vector<double>{0.25}));
 
