@@ -189,7 +189,7 @@ Exchange exchange(const std::string& input, Pipe& in, Pipe& out, Pipe& err,
     if (wait_ms == 0) return Exchange::kTimeUp;
     const int ready = ::poll(fds, count, wait_ms);
     if (ready < 0 && errno == EINTR) continue;
-    check(ready >= 0, std::string("poll on a verifier's pipes: ") + std::strerror(errno));
+    check(ready >= 0, std::string("poll on a child process's pipes: ") + std::strerror(errno));
     if (fds[in_slot].revents != 0) write_some(in.write_end, input, written);
     if (fds[out_slot].revents != 0) read_some(out.read_end, result.output);
     if (result.output.size() > options.stdout_limit_bytes) return Exchange::kOutputTooLong;
