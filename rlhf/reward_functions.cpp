@@ -8,6 +8,7 @@
 #include <set>
 
 #include "common/util/error.h"
+#include "rlhf/command_reward.h"
 #include "rlhf/math_answer.h"
 
 namespace tiller {
@@ -83,35 +84,8 @@ nlohmann::json parse_model(ConfigReader& r) {
 }
 
 // The verifier's argv: a non-empty list of strings, the program first.
-nlohmann::json parse_command_argv(ConfigReader& r) {
-  const nlohmann::json& argv = r.raw("command");
-  const bool ok = argv.is_array() && !argv.empty() &&
-                  std::all_of(argv.begin(), argv.end(),
-                              [](const nlohmann::json& arg) { return arg.is_string(); }) &&
-                  !argv[0].get<std::string>().empty();
-  r.require(ok, "command", "must be a non-empty list of strings (the program, then its arguments)");
-  return ok ? argv : nlohmann::json::array();
-}
-
-// "error" (the stage stops) or the score every episode of a batch that timed out gets.
-nlohmann::json parse_on_timeout(ConfigReader& r) {
-  if (!r.has("on_timeout")) return "error";
-  const nlohmann::json& value = r.raw("on_timeout");
-  const bool ok = value == "error" || (value.is_number() && std::isfinite(value.get<double>()));
-  r.require(ok, "on_timeout",
-            "must be \"error\" or a number (the score of every episode of a batch that timed out)");
-  return ok ? value : nlohmann::json("error");
-}
-
-nlohmann::json parse_command(ConfigReader& r) {
-  nlohmann::json options = {{"command", parse_command_argv(r)}};
-  const double timeout = r.number("timeout_seconds", 60.0);
-  r.require(std::isfinite(timeout) && timeout > 0, "timeout_seconds", "must be a number > 0");
-  options["timeout_seconds"] = timeout;
-  options["on_timeout"] = parse_on_timeout(r);
-  options["working_dir"] = r.string("working_dir", "");
-  return options;
-}
+// One parser for the command reward's keys: what make_command_reward reads is what is stated.
+nlohmann::json parse_command(ConfigReader& r) { return read_command_reward_options(r).values(); }
 
 using OptionsParser = nlohmann::json (*)(ConfigReader&);
 
