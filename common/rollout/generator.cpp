@@ -9,6 +9,7 @@
 #include "common/torch_compat.h"
 #include "common/train/token_log_probs.h"
 #include "common/util/error.h"
+#include "common/util/runtime.h"
 #include "common/util/vec_math.h"
 
 namespace tiller {
@@ -56,7 +57,7 @@ class RowUniforms {
     }
     check(static_cast<int64_t>(o.row_seeds.size()) == batch,
           "generate: row_seeds has " + std::to_string(o.row_seeds.size()) + " seeds for " +
-              std::to_string(batch) + " prompts");
+              std::to_string(batch) + " rows (prompts x group size)");
     for (uint64_t seed : o.row_seeds) shared_.push_back(compat::make_cpu_generator(seed));
     per_row_ = true;
   }
@@ -162,15 +163,24 @@ Picks sample_on_cpu(const torch::Tensor& logits_in, const SamplingOptions& o, Ro
   return picks;
 }
 
-}  // namespace
+// Picks the next token of every row ([B] int64) and its log-probability ([B] float), on the CPU.
+Picks pick_next(const torch::Tensor& logits, const SamplingOptions& o, RowUniforms& uniforms,
+                std::vector<float>& buffer) {
+  if (cpu_sampling_applies(logits, o)) return sample_on_cpu(logits, o, uniforms, buffer);
+  auto token = sample(logits.cpu(), o, uniforms);
+  auto logp = torch::log_softmax(logits / effective_temperature(o.temperature), -1)
+                  .gather(-1, token.to(logits.device()).unsqueeze(-1))
+                  .squeeze(-1)
+                  .to(torch::kCPU, torch::kFloat);
+  return {token.to(torch::kLong).contiguous(), logp.contiguous()};
+}
 
-GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<int64_t>>& prompts,
-                         const SamplingOptions& o) {
-  o.validate();
+// The length of the longest prompt, once every prompt is checked against the model and options.
+int64_t checked_prompt_length(const TransformerImpl& model,
+                              const std::vector<std::vector<int64_t>>& prompts,
+                              const SamplingOptions& o) {
   check(!prompts.empty(), "generate: no prompts");
   check(model.config.num_labels == 0, "generate: the model has a score head, not an LM head");
-  torch::NoGradGuard no_grad;
-  const int64_t batch = static_cast<int64_t>(prompts.size());
   int64_t prompt_len = 0;
   for (const auto& p : prompts) {
     check(!p.empty(), "generate: a prompt is empty (add BOS at least)");
@@ -179,107 +189,185 @@ GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<i
         throw Error("generate: token id " + std::to_string(id) + " is outside the vocabulary");
     prompt_len = std::max<int64_t>(prompt_len, static_cast<int64_t>(p.size()));
   }
-  const int64_t capacity = prompt_len + o.max_new_tokens;
-  check(capacity <= model.config.max_position_embeddings,
+  check(prompt_len + o.max_new_tokens <= model.config.max_position_embeddings,
         "generate: prompt (" + std::to_string(prompt_len) + " tokens) + max_new_tokens (" +
             std::to_string(o.max_new_tokens) + ") exceeds the model's context of " +
             std::to_string(model.config.max_position_embeddings));
+  return prompt_len;
+}
 
-  auto param = model.parameters().front();
-  GenerationBatch out;
-  out.prompt_ids = torch::full({batch, prompt_len}, o.pad_id, torch::kLong);
-  out.prompt_mask = torch::zeros({batch, prompt_len}, torch::kBool);
+// Sets out.prompt_ids and out.prompt_mask: the prompts left-padded to prompt_len, on `device`.
+void lay_out_prompts(const std::vector<std::vector<int64_t>>& prompts, int64_t prompt_len,
+                     int64_t pad_id, torch::Device device, GenerationBatch& out) {
+  const int64_t batch = static_cast<int64_t>(prompts.size());
+  auto ids = torch::full({batch, prompt_len}, pad_id, torch::kLong);
+  auto mask = torch::zeros({batch, prompt_len}, torch::kBool);
+  auto ids_a = ids.accessor<int64_t, 2>();
+  auto mask_a = mask.accessor<bool, 2>();
   for (int64_t b = 0; b < batch; ++b) {
     const auto& p = prompts[b];
     const int64_t offset = prompt_len - static_cast<int64_t>(p.size());
     for (size_t i = 0; i < p.size(); ++i) {
-      out.prompt_ids[b][offset + static_cast<int64_t>(i)] = p[i];
-      out.prompt_mask[b][offset + static_cast<int64_t>(i)] = true;
+      ids_a[b][offset + static_cast<int64_t>(i)] = p[i];
+      mask_a[b][offset + static_cast<int64_t>(i)] = true;
     }
   }
-  out.prompt_ids = out.prompt_ids.to(param.device());
-  out.prompt_mask = out.prompt_mask.to(param.device());
+  out.prompt_ids = ids.to(device);
+  out.prompt_mask = mask.to(device);
+}
 
-  KVCache cache(model.config, batch, capacity, param.options());
-  cache.key_valid.narrow(1, 0, prompt_len).copy_(out.prompt_mask);
-  RowUniforms uniforms(o, batch);
-  const double temperature = effective_temperature(o.temperature);
+// What decoding starts from: the KV cache holding the prompts, and for each row the logits that
+// predict its first response token and the rotary position that token takes.
+struct Prefilled {
+  KVCache cache;
+  torch::Tensor logits;     // [B, V] float
+  torch::Tensor positions;  // [B] int64
+};
 
-  // Prefill: the whole prompt at once; keep the logits of each row's last slot.
-  auto positions = positions_from_mask(out.prompt_mask);
-  auto next_position = out.prompt_mask.to(torch::kLong).sum(1);  // [B]
-  auto hidden =
-      model.hidden(out.prompt_ids, positions,
-                   causal_mask(cache.key_valid.narrow(1, 0, prompt_len), prompt_len), &cache);
-  auto logits = model.logits(hidden.narrow(1, prompt_len - 1, 1)).squeeze(1).to(torch::kFloat);
-  std::optional<FastDecoder> fast;
-  if (o.fast_decode && FastDecoder::supports(model, cache)) fast.emplace(model, cache);
+// The whole prompt at once, into a cache of `capacity` slots a row.
+Prefilled prefill(TransformerImpl& model, const GenerationBatch& prompts, int64_t capacity) {
+  const int64_t prompt_len = prompts.prompt_ids.size(1);
+  Prefilled state{
+      KVCache(model.config, prompts.batch(), capacity, model.parameters().front().options()),
+      {},
+      {}};
+  auto key_valid = state.cache.key_valid.narrow(1, 0, prompt_len);
+  key_valid.copy_(prompts.prompt_mask);
+  auto hidden = model.hidden(prompts.prompt_ids, positions_from_mask(prompts.prompt_mask),
+                             causal_mask(key_valid, prompt_len), &state.cache);
+  // Only each row's last slot goes through the LM head.
+  state.logits = model.logits(hidden.narrow(1, prompt_len - 1, 1)).squeeze(1).to(torch::kFloat);
+  state.positions = prompts.prompt_mask.to(torch::kLong).sum(1);
+  return state;
+}
 
-  // Each step's picks and which rows still run, kept in plain arrays on the CPU (where the
-  // tokens are picked), not in a dozen small LibTorch ops a step: the responses go to the
-  // model's device once at the end.
-  const int64_t max_new = o.max_new_tokens;
-  auto response_ids = torch::full({batch, max_new}, o.pad_id, torch::kLong);
-  auto response_mask = torch::zeros({batch, max_new}, torch::kBool);
-  auto step_logprobs = torch::zeros({batch, max_new}, torch::kFloat);
-  auto fed_tokens = torch::empty({batch}, torch::kLong);  // the picks, pad_id on ended rows
-  auto positions_cpu = next_position.cpu().contiguous();
-  int64_t* const ids = response_ids.data_ptr<int64_t>();
-  bool* const mask = response_mask.data_ptr<bool>();
-  float* const logprob = step_logprobs.data_ptr<float>();
-  int64_t* const fed = fed_tokens.data_ptr<int64_t>();
-  int64_t* const position = positions_cpu.data_ptr<int64_t>();
-  std::vector<char> alive(batch, 1);
-  std::vector<float> sampling_buffer;
-  int64_t steps = 0;
-  for (int64_t step = 0; step < max_new; ++step) {
-    torch::Tensor token, logp;
-    if (cpu_sampling_applies(logits, o)) {
-      auto picks = sample_on_cpu(logits, o, uniforms, sampling_buffer);
-      token = picks.tokens;
-      logp = picks.logprobs;
-    } else {
-      token = sample(logits.cpu(), o, uniforms);
-      logp = torch::log_softmax(logits / temperature, -1)
-                 .gather(-1, token.to(logits.device()).unsqueeze(-1))
-                 .squeeze(-1)
-                 .to(torch::kCPU, torch::kFloat);
-    }
-    token = token.to(torch::kLong).contiguous();
-    logp = logp.contiguous();
-    const int64_t* picked = token.data_ptr<int64_t>();
-    const float* picked_logprob = logp.data_ptr<float>();
+// Row b becomes rows b*G .. b*G + G-1 (G = group_size) of the cache, logits, positions and
+// prompts, each repeated on its own device: G samples continue from one prefill.
+void repeat_rows(Prefilled& state, GenerationBatch& out, int64_t group_size) {
+  if (group_size == 1) return;
+  KVCache& cache = state.cache;
+  const int64_t rows = cache.batch() * group_size;
+  double bytes = 0;
+  for (size_t l = 0; l < cache.keys.size(); ++l)
+    bytes += static_cast<double>(cache.keys[l].nbytes() + cache.values[l].nbytes()) * group_size;
+  check_fits_in_memory(bytes, "a KV cache of " + std::to_string(rows) + " rows x " +
+                                  std::to_string(cache.capacity()) + " positions");
+  for (auto& keys : cache.keys) keys = keys.repeat_interleave(group_size, 0);
+  for (auto& values : cache.values) values = values.repeat_interleave(group_size, 0);
+  cache.key_valid = cache.key_valid.repeat_interleave(group_size, 0);
+  state.logits = state.logits.repeat_interleave(group_size, 0);
+  state.positions = state.positions.repeat_interleave(group_size, 0);
+  out.prompt_ids = out.prompt_ids.repeat_interleave(group_size, 0);
+  out.prompt_mask = out.prompt_mask.repeat_interleave(group_size, 0);
+}
+
+// The responses as they are sampled, in plain arrays on the CPU (where the tokens are picked),
+// not in a dozen small LibTorch ops a step: they go to the model's device once at the end.
+class ResponseRecorder {
+ public:
+  ResponseRecorder(int64_t batch, const SamplingOptions& o)
+      : o_(o),
+        ids_(torch::full({batch, o.max_new_tokens}, o.pad_id, torch::kLong)),
+        mask_(torch::zeros({batch, o.max_new_tokens}, torch::kBool)),
+        logprobs_(torch::zeros({batch, o.max_new_tokens}, torch::kFloat)),
+        fed_(torch::empty({batch}, torch::kLong)),
+        alive_(batch, 1) {}
+
+  // Writes step `step`'s picks into the rows still running and ends those that picked EOS.
+  // Returns whether any row still runs.
+  bool record(int64_t step, const Picks& picks) {
+    const int64_t batch = fed_.size(0), width = o_.max_new_tokens;
+    const int64_t* picked = picks.tokens.data_ptr<int64_t>();
+    const float* picked_logprob = picks.logprobs.data_ptr<float>();
+    int64_t* ids = ids_.data_ptr<int64_t>();
+    bool* mask = mask_.data_ptr<bool>();
+    float* logprobs = logprobs_.data_ptr<float>();
+    int64_t* fed = fed_.data_ptr<int64_t>();
     bool any_alive = false;
     for (int64_t b = 0; b < batch; ++b) {
-      fed[b] = alive[b] ? picked[b] : o.pad_id;
-      if (alive[b]) {
-        ids[b * max_new + step] = picked[b];
-        mask[b * max_new + step] = true;
-        logprob[b * max_new + step] = picked_logprob[b];
-        if (o.stop_at_eos && picked[b] == o.eos_id) alive[b] = 0;
+      fed[b] = alive_[b] ? picked[b] : o_.pad_id;
+      if (alive_[b]) {
+        ids[b * width + step] = picked[b];
+        mask[b * width + step] = true;
+        logprobs[b * width + step] = picked_logprob[b];
+        if (o_.stop_at_eos && picked[b] == o_.eos_id) alive_[b] = 0;
       }
-      any_alive = any_alive || alive[b];
+      any_alive = any_alive || alive_[b];
     }
-    steps = step + 1;
-    if (!any_alive || step + 1 == max_new) break;
+    return any_alive;
+  }
+
+  // The last picks, pad_id on rows that had already ended: [B] int64 on the CPU.
+  const torch::Tensor& fed_tokens() const { return fed_; }
+
+  // Sets out's response fields from the first `steps` steps, on `device`.
+  void finish(int64_t steps, torch::Device device, GenerationBatch& out) const {
+    out.response_ids = ids_.narrow(1, 0, steps).contiguous().to(device);
+    out.response_mask = mask_.narrow(1, 0, steps).contiguous().to(device);
+    out.logprobs = logprobs_.narrow(1, 0, steps).contiguous().to(device);
+    out.ended_with_eos = out.response_ids.eq(o_.eos_id).logical_and(out.response_mask).any(1);
+  }
+
+ private:
+  const SamplingOptions& o_;
+  torch::Tensor ids_, mask_, logprobs_, fed_;
+  std::vector<char> alive_;
+};
+
+// Samples from `state` one token a step for every row until all have ended or max_new_tokens is
+// reached, feeding each step's picks back through the model; sets out's response fields.
+void decode(TransformerImpl& model, Prefilled& state, const SamplingOptions& o,
+            RowUniforms& uniforms, GenerationBatch& out) {
+  KVCache& cache = state.cache;
+  const auto device = model.parameters().front().device();
+  std::optional<FastDecoder> fast;
+  if (o.fast_decode && FastDecoder::supports(model, cache)) fast.emplace(model, cache);
+  ResponseRecorder responses(cache.batch(), o);
+  auto positions = state.positions.cpu().contiguous();
+  auto logits = state.logits;
+  std::vector<float> sampling_buffer;
+  int64_t steps = 0;
+  while (steps < o.max_new_tokens) {
+    const bool running = responses.record(steps, pick_next(logits, o, uniforms, sampling_buffer));
+    ++steps;
+    if (!running || steps == o.max_new_tokens) break;
 
     // Decode one: the new token at the next slot, attending to every valid slot before it.
     cache.key_valid.narrow(1, cache.length, 1).fill_(true);
     if (fast) {
-      logits = fast->step(fed_tokens, positions_cpu);
+      logits = fast->step(responses.fed_tokens(), positions);
     } else {
       auto allowed = causal_mask(cache.key_valid.narrow(1, 0, cache.length + 1), 1);
-      hidden = model.hidden(fed_tokens.to(param.device()).unsqueeze(1),
-                            positions_cpu.to(param.device()).unsqueeze(1), allowed, &cache);
+      auto hidden = model.hidden(responses.fed_tokens().to(device).unsqueeze(1),
+                                 positions.to(device).unsqueeze(1), allowed, &cache);
       logits = model.logits(hidden).squeeze(1).to(torch::kFloat);
     }
-    for (int64_t b = 0; b < batch; ++b) ++position[b];
+    positions.add_(1);
   }
-  out.response_ids = response_ids.narrow(1, 0, steps).contiguous().to(param.device());
-  out.response_mask = response_mask.narrow(1, 0, steps).contiguous().to(param.device());
-  out.logprobs = step_logprobs.narrow(1, 0, steps).contiguous().to(param.device());
-  auto is_eos = out.response_ids.eq(o.eos_id).logical_and(out.response_mask);
-  out.ended_with_eos = is_eos.any(1);
+  responses.finish(steps, device, out);
+}
+
+}  // namespace
+
+GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<int64_t>>& prompts,
+                         const SamplingOptions& o) {
+  return generate_groups(model, prompts, 1, o);
+}
+
+GenerationBatch generate_groups(TransformerImpl& model,
+                                const std::vector<std::vector<int64_t>>& prompts,
+                                int64_t group_size, const SamplingOptions& o) {
+  o.validate();
+  check(group_size >= 1,
+        "generate: group_size must be at least 1, got " + std::to_string(group_size));
+  const int64_t prompt_len = checked_prompt_length(model, prompts, o);
+  RowUniforms uniforms(o, static_cast<int64_t>(prompts.size()) * group_size);
+  torch::NoGradGuard no_grad;
+  GenerationBatch out;
+  lay_out_prompts(prompts, prompt_len, o.pad_id, model.parameters().front().device(), out);
+  Prefilled state = prefill(model, out, prompt_len + o.max_new_tokens);
+  repeat_rows(state, out, group_size);
+  decode(model, state, o, uniforms, out);
   if (o.full_pass_logprobs) out.logprobs = response_logprobs(model, out, o.temperature);
   return out;
 }

@@ -15,7 +15,7 @@ struct SamplingOptions {
   int64_t top_k = 0;         // 0: no top-k filter
   double top_p = 1.0;        // 1: no nucleus filter
   uint64_t seed = 0;
-  // One seed per prompt row: row b's draws come from its own generator, so its sample does not
+  // One seed per output row: row b's draws come from its own generator, so its sample does not
   // depend on which other rows share the batch (PPO seeds each episode, whatever rank or batch
   // generates it). Empty: every row draws from one generator seeded with `seed`.
   std::vector<uint64_t> row_seeds;
@@ -59,6 +59,16 @@ struct GenerationBatch {
 // no-grad mode; it must be a causal LM. Prompts may differ in length.
 GenerationBatch generate(TransformerImpl& model, const std::vector<std::vector<int64_t>>& prompts,
                          const SamplingOptions& options);
+
+// Generates group_size (G >= 1) samples from each prompt, as GRPO needs: row b * G + g of the
+// batch ([B * G, ...], prompt_ids and prompt_mask repeated to match) is prompt b's g-th sample.
+// Each prompt is prefilled once; its KV cache, last logits and positions are then repeated G
+// times and the B * G rows decode together. The same samples as generate() on each prompt
+// repeated G times in a row (with row_seeds, which then holds B * G seeds, one per output row).
+// generate() is the case G = 1.
+GenerationBatch generate_groups(TransformerImpl& model,
+                                const std::vector<std::vector<int64_t>>& prompts,
+                                int64_t group_size, const SamplingOptions& options);
 
 // The logits that predict each response token, from one full forward pass over prompt_len +
 // response_len tokens (prompt left-padded, as GenerationBatch lays them), divided by
