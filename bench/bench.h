@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/model/model_config.h"
+#include "common/model/transformer.h"
 
 namespace tiller::bench {
 
@@ -46,6 +47,24 @@ struct DecodeOptions {
 // Measures prefill and decode tokens/s of the generator at each batch size, and how close decode
 // comes to the bound that reading the weights and the KV cache once per step sets.
 void run_decode(const DecodeOptions& options);
+
+struct GroupsOptions {
+  std::string model_dir;  // an HF directory, or empty to use `shape` with random weights
+  std::string shape = "llama-15m";
+  int64_t prompts = 4;
+  int64_t group = 8;  // samples per prompt
+  int64_t prompt_tokens = 128;
+  int64_t new_tokens = 32;
+  int repeats = 2;
+  int threads = 0;
+  bool torch_decode = false;  // decode steps through LibTorch ops, never FastDecoder
+  bool json = false;
+};
+
+// GRPO's group sampling both ways in one run: generate_groups (each prompt prefilled once, its
+// KV cache repeated `group` times) against generate on each prompt repeated `group` times;
+// seconds for the prefill and for the whole generation, and their ratios.
+void run_groups(const GroupsOptions& options);
 
 struct TrainOptions {
   std::string model_dir;
@@ -91,6 +110,11 @@ class Stopwatch {
 // Parameters that take part in a matmul for each token: all but an input embedding that is only
 // looked up (it counts once when tied to the LM head, which reads all of it).
 int64_t matmul_parameters(const ModelConfig& config);
+
+// The model of an HF directory, or `shape` with random weights when model_dir is empty, in eval
+// mode; `label` names it in the output.
+Transformer load_bench_model(const std::string& model_dir, const std::string& shape,
+                             std::string& label);
 
 // "fp32" or "bf16" checked; `flag_owner` names the command in the error.
 void check_dtype(const std::string& dtype, const std::string& flag_owner);

@@ -13,6 +13,21 @@ int64_t matmul_parameters(const ModelConfig& c) {
   return c.parameter_count() - (embedding_is_head ? 0 : c.vocab_size * c.hidden_size);
 }
 
+Transformer load_bench_model(const std::string& model_dir, const std::string& shape,
+                             std::string& label) {
+  Transformer model{nullptr};
+  if (!model_dir.empty()) {
+    model = load_hf_model(model_dir);
+    label = model_dir;
+  } else {
+    model = Transformer(builtin_shape(shape));
+    model->init_weights(1234);
+    label = shape;
+  }
+  model->eval();
+  return model;
+}
+
 void check_dtype(const std::string& dtype, const std::string& flag_owner) {
   check(dtype == "fp32" || dtype == "bf16",
         flag_owner + ": --dtype must be fp32 or bf16, got '" + dtype + "'");
@@ -54,17 +69,8 @@ void run_decode(const DecodeOptions& o) {
   check(o.repeats >= 1, "bench decode: --repeats must be at least 1");
   check_dtype(o.dtype, "bench decode");
   apply_threads(o.threads);
-  Transformer model{nullptr};
   std::string label;
-  if (!o.model_dir.empty()) {
-    model = load_hf_model(o.model_dir);
-    label = o.model_dir;
-  } else {
-    model = Transformer(builtin_shape(o.shape));
-    model->init_weights(1234);
-    label = o.shape;
-  }
-  model->eval();
+  Transformer model = load_bench_model(o.model_dir, o.shape, label);
   const auto& config = model->config;
   check(o.prompt_tokens + o.new_tokens <= config.max_position_embeddings,
         "bench decode: --prompt-tokens + --new-tokens (" +

@@ -1,4 +1,4 @@
-// `tiller bench gemm | decode | train | ppo` (docs/bench.md).
+// `tiller bench gemm | decode | groups | train | ppo` (docs/bench.md).
 #include <memory>
 #include <sstream>
 #include <string>
@@ -76,6 +76,32 @@ void add_decode_command(CLI::App& bench_cmd, CommandAction& action) {
   });
 }
 
+void add_groups_command(CLI::App& bench_cmd, CommandAction& action) {
+  auto groups = std::make_shared<bench::GroupsOptions>();
+  auto* groups_cmd = bench_cmd.add_subcommand(
+      "groups", "GRPO group sampling: one prefill per prompt against the prompts repeated");
+  groups_cmd->add_option("--model", groups->model_dir,
+                         "HF directory (default: --shape, random weights)");
+  groups_cmd->add_option("--shape", groups->shape, "stories260k, llama-15m, llama-124m")
+      ->capture_default_str();
+  groups_cmd->add_option("--prompts", groups->prompts, "distinct prompts")->capture_default_str();
+  groups_cmd->add_option("--group", groups->group, "samples per prompt")->capture_default_str();
+  groups_cmd->add_option("--prompt-tokens", groups->prompt_tokens)->capture_default_str();
+  groups_cmd->add_option("--new-tokens", groups->new_tokens)->capture_default_str();
+  groups_cmd->add_option("--repeats", groups->repeats)->capture_default_str();
+  groups_cmd->add_option("--threads", groups->threads, "intra-op threads (0: tiller --threads)");
+  groups_cmd->add_flag("--torch-decode", groups->torch_decode,
+                       "decode through LibTorch ops, without the fast fp32 CPU step");
+  groups_cmd->add_flag("--json", groups->json, "print JSON instead of a table");
+  groups_cmd->callback([groups, &action] {
+    action = [groups] {
+      warn_if_slow_blas();
+      bench::run_groups(*groups);
+      return 0;
+    };
+  });
+}
+
 void add_train_command(CLI::App& bench_cmd, CommandAction& action) {
   auto train = std::make_shared<bench::TrainOptions>();
   auto* train_cmd = bench_cmd.add_subcommand(
@@ -129,6 +155,7 @@ void add_bench_commands(CLI::App& app, CommandAction& action) {
   bench_cmd->require_subcommand(1);
   add_gemm_command(*bench_cmd, action);
   add_decode_command(*bench_cmd, action);
+  add_groups_command(*bench_cmd, action);
   add_train_command(*bench_cmd, action);
   add_ppo_command(*bench_cmd, action);
 }

@@ -92,6 +92,23 @@ TEST(Bench, DecodeInBf16) {
   expect_positive(rows[0], {"tokens_per_s"});
 }
 
+TEST(Bench, GroupsJsonSetsGroupSamplingBesideRepeatedPrompts) {
+  const std::string args =
+      "groups --shape stories260k --prompts 2 --group 3 --prompt-tokens 8 --new-tokens 4 "
+      "--repeats 1 --json";
+  const auto doc = json_of(bench(args), args);
+  EXPECT_EQ(doc.at("shape"), "stories260k");
+  EXPECT_EQ(doc.at("prompts"), 2);
+  EXPECT_EQ(doc.at("group"), 3);
+  EXPECT_EQ(doc.at("prompt_tokens"), 8);
+  EXPECT_EQ(doc.at("new_tokens"), 4);
+  expect_positive(doc, {"groups_prefill_s", "groups_total_s", "repeated_prefill_s",
+                        "repeated_total_s", "prefill_speedup", "total_speedup", "threads"});
+  EXPECT_NEAR(doc.at("total_speedup").get<double>(),
+              doc.at("repeated_total_s").get<double>() / doc.at("groups_total_s").get<double>(),
+              1e-9);
+}
+
 TEST(Bench, TrainJson) {
   const std::string args = "train --shape stories260k --batch 2 --seq 32 --steps 2 --json";
   const auto doc = json_of(bench(args), args);
@@ -125,6 +142,8 @@ TEST(Bench, BadFlagsGiveOneErrorLine) {
       {"gemm --size 0", "--size"},
       {"gemm --threads -1", "--threads"},
       {"decode --shape stories260k --dtype int8", "--dtype"},
+      {"groups --shape stories260k --group 0", "--group"},
+      {"groups --shape stories260k --prompt-tokens 600", "context"},
       {"train --shape nope", "unknown model shape 'nope'"},
       {"train --shape stories260k --dtype fp16", "--dtype"},
       {"train --shape stories260k --seq 1", "--seq"},

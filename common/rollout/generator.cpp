@@ -359,7 +359,7 @@ GenerationBatch generate_groups(TransformerImpl& model,
                                 int64_t group_size, const SamplingOptions& o) {
   o.validate();
   check(group_size >= 1,
-        "generate: group_size must be at least 1, got " + std::to_string(group_size));
+        "generate_groups: group_size must be at least 1, got " + std::to_string(group_size));
   const int64_t prompt_len = checked_prompt_length(model, prompts, o);
   RowUniforms uniforms(o, static_cast<int64_t>(prompts.size()) * group_size);
   torch::NoGradGuard no_grad;
