@@ -25,16 +25,6 @@ torch::Tensor row_index(const std::vector<int64_t>& rows, const torch::Device& d
   return torch::tensor(rows, torch::kLong).to(device);
 }
 
-// TEMPORARY until generate_groups lands: every prompt repeated G times.
-GenerationBatch repeat_and_generate(TransformerImpl& model,
-                                    const std::vector<std::vector<int64_t>>& prompts, int64_t g,
-                                    const SamplingOptions& sampling) {
-  std::vector<std::vector<int64_t>> repeated;
-  for (const auto& p : prompts)
-    for (int64_t i = 0; i < g; ++i) repeated.push_back(p);
-  return generate(model, repeated, sampling);
-}
-
 }  // namespace
 
 std::string default_loss_aggregation(const std::string& algorithm) {
@@ -68,7 +58,7 @@ GenerationBatch GrpoTrainer::sample(const std::vector<std::vector<int64_t>>& pro
   sampling.row_seeds = row_seeds;
   // The log-probs come from the training pass's own computation (prepare/learn).
   sampling.full_pass_logprobs = false;
-  return repeat_and_generate(actor_, prompts, g, sampling);
+  return generate_groups(actor_, prompts, g, sampling);
 }
 
 std::pair<torch::Tensor, torch::Tensor> GrpoTrainer::pass(TransformerImpl& model,
