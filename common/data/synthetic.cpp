@@ -155,10 +155,16 @@ void check_arithmetic_options(const SyntheticArithmeticOptions& o) {
 std::vector<std::pair<std::string, std::string>> arithmetic_files(
     uint64_t seed, const SyntheticArithmeticOptions& o) {
   check_arithmetic_options(o);
+  const std::vector<Problem> problems = all_problems(o);
+  // With 100 or more, both sides of the split are all but certainly non-empty (checked below).
+  check(problems.size() >= 100,
+        "synthetic data: too few arithmetic problems to hold a tenth out (" +
+            std::to_string(problems.size()) +
+            ", at least 100 needed): raise max_operand or max_factor");
   std::vector<Problem> seen, held_out;
-  for (const Problem& p : all_problems(o)) (is_held_out(p, seed) ? held_out : seen).push_back(p);
+  for (const Problem& p : problems) (is_held_out(p, seed) ? held_out : seen).push_back(p);
   check(!seen.empty() && !held_out.empty(),
-        "synthetic data: too few arithmetic problems to hold a tenth out (raise max_operand)");
+        "synthetic data: with this seed no arithmetic problem is held out; choose another seed");
   // Separate streams, as for the stories.
   Rng corpus_rng(seed * 256 + 160), sft_rng(seed * 256 + 161), prompt_rng(seed * 256 + 162);
   auto draw = [](Rng& rng, const std::vector<Problem>& from) {
