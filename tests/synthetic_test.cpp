@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/data/synthetic.h"
+#include "common/recipe/recipe.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
 #include "tests/test_util.h"
@@ -134,4 +135,25 @@ TEST(Synthetic, ArithmeticOptionsItCannotMeetAreRefusedBeforeAnythingIsWritten) 
   EXPECT_NE(test::error_of([&] { write_synthetic_dataset(options); }).find("too few"),
             std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(dir));
+}
+
+TEST(Synthetic, ARecipesArithmeticKeysAreCheckedWithTheirPaths) {
+  const std::string dir = test::temp_dir("synthetic_recipe");
+  const nlohmann::json recipe = {
+      {"run", {{"name", "r"}}},
+      {"synthetic_data",
+       {{"dir", dir + "/data"},
+        {"arithmetic", {{"max_operand", 0}, {"operations", "+/"}, {"colour", 1}}}}},
+      {"stages", nlohmann::json::array()}};
+  write_file_atomic(dir + "/r.json", recipe.dump());
+  ConfigErrors errors;
+  load_recipe(dir + "/r.json", {}, errors);
+  std::string all;
+  for (const std::string& error : errors.list()) all += error + "\n";
+  EXPECT_NE(all.find("synthetic_data.arithmetic.colour: unknown key"), std::string::npos) << all;
+  EXPECT_NE(all.find("synthetic_data.arithmetic.max_operand: must be in [1, 999]"),
+            std::string::npos)
+      << all;
+  EXPECT_NE(all.find("synthetic_data.arithmetic.operations: must be some of"), std::string::npos)
+      << all;
 }
