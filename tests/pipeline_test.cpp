@@ -33,10 +33,10 @@ const nlohmann::json& stage_body(const nlohmann::json& recipe, const std::string
 TEST(Pipeline, ResolvedRecipeStatesWhatRanAndTheThreadsFlagWins) {
   const std::string dir = test::temp_dir("pipeline_resolved");
   std::vector<std::string> args = test::quickstart_pretrain_args(
-      dir,
-      {"pretrain.train.steps=6", "pretrain.train.log_every=3", "pretrain.train.checkpoint_every=2",
-       "pretrain.train.keep_checkpoints=2", "pretrain.train.schedule=constant",
-       "pretrain.train.warmup_steps=0", "pretrain.train.lr=0.005"});
+      dir, {"pretrain.train.steps=6", "pretrain.train.log_every=3",
+            "pretrain.train.checkpoint_every=2", "pretrain.train.keep_checkpoints=2",
+            "pretrain.train.schedule=constant", "pretrain.train.warmup_steps=0",
+            "pretrain.train.lr=0.005", "synthetic_data.arithmetic.max_operand=20"});
   args.insert(args.begin() + 1, {"--threads", "2"});  // the recipe says run.threads=1
   std::string out;
   ASSERT_EQ(test::run_command(test::shell_command(args), &out), 0) << out;
@@ -51,6 +51,10 @@ TEST(Pipeline, ResolvedRecipeStatesWhatRanAndTheThreadsFlagWins) {
   EXPECT_EQ(recipe["run"]["tensor_parallel"], 1);
   EXPECT_EQ(recipe["synthetic_data"]["corpus_stories"], 400);
   EXPECT_EQ(recipe["synthetic_data"]["prompts"], 1000);  // a default, stated
+  EXPECT_EQ(recipe["synthetic_data"]["arithmetic"]["max_operand"], 20);
+  EXPECT_EQ(recipe["synthetic_data"]["arithmetic"]["operations"], "+-");  // a default, stated
+  EXPECT_TRUE(path_exists(recipe["synthetic_data"]["dir"].get<std::string>() +
+                          "/arithmetic_prompts.jsonl"));
   const nlohmann::json& train = stage_body(recipe, "pretrain")["train"];
   EXPECT_EQ(train["lr"], 0.005);
   EXPECT_EQ(train["log_every"], 3);

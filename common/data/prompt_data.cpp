@@ -1,5 +1,7 @@
 #include "common/data/prompt_data.h"
 
+#include <functional>
+
 #include "common/data/json_records.h"
 #include "common/data/preference_data.h"
 #include "common/data/sft_data.h"
@@ -56,35 +58,112 @@ std::vector<Message> prompt_from_record(const nlohmann::json& record, const std:
   return messages;
 }
 
-std::vector<std::vector<int64_t>> load_prompts(const PromptDataOptions& o,
-                                               const Tokenizer& tokenizer, PromptStats* stats) {
+namespace {
+
+// One record's prompt turns, and its reference answer where the format has one; throws
+// tiller::Error for a bad record.
+using RecordReader =
+    std::function<std::vector<Message>(const JsonRecord& record, std::string* answer)>;
+
+// The loop both loaders share: read, parse each record (skipping and counting bad ones when asked),
+// template, tokenize, drop and count the too long.
+std::vector<AnsweredPrompt> read_prompts(const PromptDataOptions& o, const Tokenizer& tokenizer,
+                                         PromptStats* stats, const RecordReader& parse) {
   check(is_chat_template(o.template_name), "unknown chat template '" + o.template_name + "'");
   PromptStats local;
-  PromptStats& s = stats ? *stats : local;
+  PromptStats& counts = stats ? *stats : local;
   auto read = read_json_records(o.path, {o.skip_bad_lines, o.max_records});
-  s.skipped = read.skipped;
-  std::vector<std::vector<int64_t>> prompts;
+  counts.skipped = read.skipped;
+  std::vector<AnsweredPrompt> prompts;
   for (const auto& record : read.records) {
-    ++s.records;
+    ++counts.records;
+    AnsweredPrompt prompt;
     std::vector<Message> messages;
     try {
-      messages = prompt_from_record(record.value, o.format, o.template_name, record.where);
+      messages = parse(record, &prompt.answer);
     } catch (const Error&) {
       if (!o.skip_bad_lines) throw;
-      ++s.skipped;
+      ++counts.skipped;
       continue;
     }
-    auto tokens = tokenize_prompt(tokenizer, o.template_name, messages);
-    if (static_cast<int64_t>(tokens.size()) > o.max_prompt_len) {
-      ++s.too_long;
+    prompt.tokens = tokenize_prompt(tokenizer, o.template_name, messages);
+    if (static_cast<int64_t>(prompt.tokens.size()) > o.max_prompt_len) {
+      ++counts.too_long;
       continue;
     }
-    prompts.push_back(std::move(tokens));
+    prompts.push_back(std::move(prompt));
   }
-  check(!prompts.empty(), o.path + ": no usable prompts (" + std::to_string(s.too_long) +
+  check(!prompts.empty(), o.path + ": no usable prompts (" + std::to_string(counts.too_long) +
                               " longer than max_prompt_len " + std::to_string(o.max_prompt_len) +
                               ")");
   return prompts;
+}
+
+std::string trimmed(const std::string& text) {
+  const char* space = " \t\r\n";
+  const size_t first = text.find_first_not_of(space);
+  if (first == std::string::npos) return "";
+  return text.substr(first, text.find_last_not_of(space) - first + 1);
+}
+
+std::string answered_format(const nlohmann::json& record, const std::string& format,
+                            const std::string& where) {
+  check(record.is_object(), where + ": expected a JSON object");
+  if (format != "auto") return format;
+  if (record.contains("question")) return "gsm8k";
+  if (record.contains("prompt")) return "prompt_answer";
+  throw Error(where +
+              ": an answered prompt needs \"prompt\" and \"answer\", or GSM8K's \"question\" "
+              "and \"answer\"");
+}
+
+}  // namespace
+
+std::vector<std::vector<int64_t>> load_prompts(const PromptDataOptions& o,
+                                               const Tokenizer& tokenizer, PromptStats* stats) {
+  auto parse = [&](const JsonRecord& record, std::string*) {
+    return prompt_from_record(record.value, o.format, o.template_name, record.where);
+  };
+  std::vector<std::vector<int64_t>> prompts;
+  for (auto& prompt : read_prompts(o, tokenizer, stats, parse))
+    prompts.push_back(std::move(prompt.tokens));
+  return prompts;
+}
+
+std::string answer_from_record(const nlohmann::json& record, const std::string& format,
+                               const std::string& where) {
+  const std::string kind = answered_format(record, format, where);
+  check(record.contains("answer"), where + ": missing field \"answer\"");
+  std::string answer;
+  if (kind == "gsm8k") {
+    const std::string text = string_field(record, "answer", where);
+    const size_t mark = text.rfind("####");
+    check(mark != std::string::npos,
+          where + ": the GSM8K answer has no \"####\" before its final answer");
+    answer = trimmed(text.substr(mark + 4));
+  } else if (kind == "prompt_answer") {
+    const auto& value = record["answer"];
+    check(value.is_string() || value.is_number(),
+          where + ": field \"answer\" must be a string or a number");
+    answer = value.is_string() ? trimmed(value.get<std::string>()) : value.dump();
+  } else {
+    throw Error("unknown answered prompt format '" + format + "' (auto, prompt_answer, gsm8k)");
+  }
+  check(!answer.empty(), where + ": the reference answer is empty");
+  return answer;
+}
+
+std::vector<AnsweredPrompt> load_answered_prompts(const PromptDataOptions& o,
+                                                  const Tokenizer& tokenizer, PromptStats* stats) {
+  check(o.format == "auto" || o.format == "prompt_answer" || o.format == "gsm8k",
+        "unknown answered prompt format '" + o.format + "' (auto, prompt_answer, gsm8k)");
+  auto parse = [&](const JsonRecord& record, std::string* answer) {
+    *answer = answer_from_record(record.value, o.format, record.where);
+    if (answered_format(record.value, o.format, record.where) == "gsm8k")
+      return std::vector<Message>{{"user", string_field(record.value, "question", record.where)}};
+    return prompt_from_record(record.value, "prompt", o.template_name, record.where);
+  };
+  return read_prompts(o, tokenizer, stats, parse);
 }
 
 }  // namespace tiller

@@ -1,5 +1,6 @@
 // Prompts for rollouts: records in the SFT layouts cut before their (last) assistant turn, rendered
-// with the chat template up to the assistant header and tokenized.
+// with the chat template up to the assistant header and tokenized; and prompts with reference
+// answers, for rewards a program checks.
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -38,5 +39,24 @@ struct PromptStats {
 // Reads, templates and tokenizes a prompt file (BOS first). An empty result is an error.
 std::vector<std::vector<int64_t>> load_prompts(const PromptDataOptions& options,
                                                const Tokenizer& tokenizer, PromptStats* stats);
+
+// A prompt with the answer a verifier compares against.
+struct AnsweredPrompt {
+  std::vector<int64_t> tokens;  // templated and tokenized as load_prompts does (BOS first)
+  std::string answer;           // the reference answer's text
+};
+
+// A record's reference answer. format "prompt_answer": {"answer": string, or a number written as
+// JSON writes it}; "gsm8k": the text after the last "####" of {"answer"}, trimmed (commas kept);
+// "auto": gsm8k when the record has "question", else prompt_answer. Throws tiller::Error naming
+// `where`.
+std::string answer_from_record(const nlohmann::json& record, const std::string& format,
+                               const std::string& where);
+
+// Reads answered prompts: format "prompt_answer" ({"prompt": string or message list, "answer"}),
+// "gsm8k" ({"question", "answer"}: the question is the prompt) or "auto" (by the record's keys).
+// Bad records and lengths are handled and counted as load_prompts does.
+std::vector<AnsweredPrompt> load_answered_prompts(const PromptDataOptions& options,
+                                                  const Tokenizer& tokenizer, PromptStats* stats);
 
 }  // namespace tiller

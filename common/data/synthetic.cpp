@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <utility>
 #include <vector>
 
 #include "common/data/batching.h"  // splitmix64
@@ -94,20 +95,133 @@ Story make_story(Rng& rng) {
   return s;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Arithmetic
+
+struct Problem {
+  int64_t a = 0, b = 0;
+  char op = '+';
+};
+
+int64_t result_of(const Problem& p) {
+  return p.op == '+' ? p.a + p.b : p.op == '-' ? p.a - p.b : p.a * p.b;
+}
+
+std::string expression_of(const Problem& p) {
+  return std::to_string(p.a) + " " + p.op + " " + std::to_string(p.b);
+}
+
+std::string question_of(const Problem& p) {
+  return "What is " + expression_of(p) + "?";
+}
+
+// "23 + 45 = 68. #### 68": the sum written out, then the answer after the marker.
+std::string worked_answer_of(const Problem& p) {
+  const std::string result = std::to_string(result_of(p));
+  return expression_of(p) + " = " + result + ". " + synthetic_answer_marker() + " " + result;
+}
+
+// Every problem the options allow: + over [0, max_operand]^2, - with a >= b (no negative
+// results), * over [0, max_factor]^2.
+std::vector<Problem> all_problems(const SyntheticArithmeticOptions& o) {
+  std::vector<Problem> problems;
+  for (const char op : o.operations) {
+    const int64_t top = op == '*' ? o.max_factor : o.max_operand;
+    for (int64_t a = 0; a <= top; ++a)
+      for (int64_t b = 0; b <= (op == '-' ? a : top); ++b) problems.push_back({a, b, op});
+  }
+  return problems;
+}
+
+// A tenth of the problems, fixed by the problem and the seed, never seen in training.
+bool is_held_out(const Problem& p, uint64_t seed) {
+  uint64_t state = seed ^ (static_cast<uint64_t>(p.a) * 1000003u +
+                           static_cast<uint64_t>(p.b) * 1009u + static_cast<uint64_t>(p.op));
+  return splitmix64(state) % 10 == 0;
+}
+
+void check_arithmetic_options(const SyntheticArithmeticOptions& o) {
+  check(o.corpus_problems >= 1 && o.sft_examples >= 1 && o.prompts >= 1,
+        "synthetic data: every arithmetic count must be at least 1");
+  check(o.max_operand >= 1 && o.max_operand <= 999 && o.max_factor >= 1 && o.max_factor <= 999,
+        "synthetic data: arithmetic max_operand and max_factor must be in [1, 999]");
+  check(!o.operations.empty() && o.operations.find_first_not_of("+-*") == std::string::npos,
+        "synthetic data: arithmetic operations must be some of \"+-*\", got \"" + o.operations +
+            "\"");
+}
+
+// The contents of arithmetic_corpus.txt, arithmetic_sft.jsonl and arithmetic_prompts.jsonl, by
+// file name.
+std::vector<std::pair<std::string, std::string>> arithmetic_files(
+    uint64_t seed, const SyntheticArithmeticOptions& o) {
+  check_arithmetic_options(o);
+  const std::vector<Problem> problems = all_problems(o);
+  // With 100 or more, both sides of the split are all but certainly non-empty (checked below).
+  check(problems.size() >= 100,
+        "synthetic data: too few arithmetic problems to hold a tenth out (" +
+            std::to_string(problems.size()) +
+            ", at least 100 needed): raise max_operand or max_factor");
+  std::vector<Problem> seen, held_out;
+  for (const Problem& p : problems) (is_held_out(p, seed) ? held_out : seen).push_back(p);
+  check(!seen.empty() && !held_out.empty(),
+        "synthetic data: with this seed no arithmetic problem is held out; choose another seed");
+  // Separate streams, as for the stories.
+  Rng corpus_rng(seed * 256 + 160), sft_rng(seed * 256 + 161), prompt_rng(seed * 256 + 162);
+  auto draw = [](Rng& rng, const std::vector<Problem>& from) {
+    return from[rng.next() % from.size()];
+  };
+  std::string corpus, sft, prompts;
+  for (int64_t i = 0; i < o.corpus_problems; ++i) {
+    const Problem p = draw(corpus_rng, seen);
+    corpus += question_of(p) + " " + worked_answer_of(p) + "\n";
+  }
+  for (int64_t i = 0; i < o.sft_examples; ++i) {
+    const Problem p = draw(sft_rng, seen);
+    sft += nlohmann::json{{"prompt", question_of(p)}, {"completion", worked_answer_of(p)}}.dump() +
+           "\n";
+  }
+  for (int64_t i = 0; i < o.prompts; ++i) {
+    const Problem p = draw(prompt_rng, held_out);
+    prompts += nlohmann::json{{"prompt", question_of(p)}, {"answer", std::to_string(result_of(p))}}
+                   .dump() +
+               "\n";
+  }
+  return {{"arithmetic_corpus.txt", corpus},
+          {"arithmetic_sft.jsonl", sft},
+          {"arithmetic_prompts.jsonl", prompts}};
+}
+
 nlohmann::json manifest_of(const SyntheticDataOptions& o) {
-  return {{"generator", "tiller synthetic stories v2"},
-          {"seed", o.seed},
-          {"corpus_stories", o.corpus_stories},
-          {"sft_examples", o.sft_examples},
-          {"preference_pairs", o.preference_pairs},
-          {"prompts", o.prompts},
-          {"ground_truth", {{"rule", "regex"}, {"pattern", synthetic_happy_ending_pattern()}}}};
+  nlohmann::json manifest = {
+      {"generator", "tiller synthetic stories v2"},
+      {"seed", o.seed},
+      {"corpus_stories", o.corpus_stories},
+      {"sft_examples", o.sft_examples},
+      {"preference_pairs", o.preference_pairs},
+      {"prompts", o.prompts},
+      {"ground_truth", {{"rule", "regex"}, {"pattern", synthetic_happy_ending_pattern()}}}};
+  const SyntheticArithmeticOptions& a = o.arithmetic;
+  // Absent when off, so that a story-only directory written before arithmetic existed stays valid.
+  if (a.enabled)
+    manifest["arithmetic"] = {{"generator", "tiller synthetic arithmetic v1"},
+                              {"corpus_problems", a.corpus_problems},
+                              {"sft_examples", a.sft_examples},
+                              {"prompts", a.prompts},
+                              {"max_operand", a.max_operand},
+                              {"max_factor", a.max_factor},
+                              {"operations", a.operations},
+                              {"held_out", "a tenth of all problems, by hash with the seed"}};
+  return manifest;
 }
 
 }  // namespace
 
 const char* synthetic_happy_ending_pattern() {
   return "\\b(happy|smiled)\\b";
+}
+
+const char* synthetic_answer_marker() {
+  return "####";
 }
 
 bool write_synthetic_dataset(const SyntheticDataOptions& o) {
@@ -123,6 +237,9 @@ bool write_synthetic_dataset(const SyntheticDataOptions& o) {
       // unreadable: written again below
     }
   }
+  // Made before anything is written: options the arithmetic cannot meet leave the directory alone.
+  std::vector<std::pair<std::string, std::string>> files;
+  if (o.arithmetic.enabled) files = arithmetic_files(o.seed, o.arithmetic);
   make_directories(o.dir);
   // Separate streams, so that changing one count leaves the other files as they were.
   Rng corpus_rng(o.seed * 4 + 0), sft_rng(o.seed * 4 + 1), pair_rng(o.seed * 4 + 2),
@@ -153,6 +270,7 @@ bool write_synthetic_dataset(const SyntheticDataOptions& o) {
   write_file_atomic(o.dir + "/sft.jsonl", sft);
   write_file_atomic(o.dir + "/preferences.jsonl", pairs);
   write_file_atomic(o.dir + "/prompts.jsonl", prompts);
+  for (const auto& [name, contents] : files) write_file_atomic(o.dir + "/" + name, contents);
   write_file_atomic(manifest_path, manifest.dump(2) + "\n");  // last: marks the set complete
   return true;
 }

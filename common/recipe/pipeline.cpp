@@ -135,6 +135,14 @@ void state_run_values(const Recipe& recipe, nlohmann::json& resolved) {
                                 {"sft_examples", o.sft_examples},
                                 {"preference_pairs", o.preference_pairs},
                                 {"prompts", o.prompts}};
+  const SyntheticArithmeticOptions& a = o.arithmetic;
+  if (a.enabled)
+    resolved["synthetic_data"]["arithmetic"] = {{"corpus_problems", a.corpus_problems},
+                                                {"sft_examples", a.sft_examples},
+                                                {"prompts", a.prompts},
+                                                {"max_operand", a.max_operand},
+                                                {"max_factor", a.max_factor},
+                                                {"operations", a.operations}};
 }
 
 // `tiller --threads N` wins over run.threads; when the recipe sets run.threads too, the choice

@@ -52,6 +52,28 @@ void locate_override(ConfigLocations& locations, const std::string& at,
   locations[at] = "override " + assignment;
 }
 
+// synthetic_data.arithmetic: its presence turns the arithmetic files on.
+void read_synthetic_arithmetic(ConfigReader& synthetic, SyntheticArithmeticOptions& o,
+                               ConfigErrors& errors) {
+  ConfigReader arithmetic(synthetic.object("arithmetic"), synthetic.path_of("arithmetic"), errors);
+  o.enabled = true;
+  o.corpus_problems = arithmetic.integer("corpus_problems", o.corpus_problems);
+  o.sft_examples = arithmetic.integer("sft_examples", o.sft_examples);
+  o.prompts = arithmetic.integer("prompts", o.prompts);
+  o.max_operand = arithmetic.integer("max_operand", o.max_operand);
+  o.max_factor = arithmetic.integer("max_factor", o.max_factor);
+  o.operations = arithmetic.string("operations", o.operations);
+  for (const char* key : {"corpus_problems", "sft_examples", "prompts"})
+    arithmetic.require(arithmetic.integer(key, 1) >= 1 && arithmetic.integer(key, 1) <= 10000000,
+                       key, "must be in [1, 10000000]");
+  for (const char* key : {"max_operand", "max_factor"})
+    arithmetic.require(arithmetic.integer(key, 1) >= 1 && arithmetic.integer(key, 1) <= 999, key,
+                       "must be in [1, 999]");
+  arithmetic.require(
+      !o.operations.empty() && o.operations.find_first_not_of("+-*") == std::string::npos,
+      "operations", "must be some of \"+-*\", like \"+-\"");
+}
+
 }  // namespace
 
 std::string apply_override(nlohmann::json& json, const std::string& assignment) {
@@ -181,6 +203,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
       syn.require(syn.integer(key, 1) >= 1 && syn.integer(key, 1) <= 10000000, key,
                   "must be in [1, 10000000]");
     syn.require(o.prompts >= 2 && o.prompts <= 10000000, "prompts", "must be in [2, 10000000]");
+    if (syn.has("arithmetic")) read_synthetic_arithmetic(syn, o.arithmetic, errors);
   }
   const auto& stages = top.raw("stages");
   if (!stages.is_array() || stages.empty()) {
