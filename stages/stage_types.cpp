@@ -2,6 +2,7 @@
 
 #include "common/recipe/pipeline.h"
 #include "dpo/dpo_stage.h"
+#include "rlhf/grpo_stage.h"
 #include "reward/reward_stage.h"
 #include "rlhf/rlhf_stage.h"
 #include "sft/sft_stage.h"
@@ -25,6 +26,7 @@ const StageRegistry& stage_registry() {
       registered("reward", reward_stage_type()),
       registered("rlhf", rlhf_stage_type()),
       registered("dpo", dpo_stage_type()),
+      registered("grpo", grpo_stage_type()),
   };
   return registry;
 }

@@ -172,7 +172,22 @@ TEST(Recipes, ReferenceDocumentsEveryKeyTheParsersRead) {
         {{"name", "reward"}, {"type", "reward"}, {"init", "@sft"}, {"data", {{"train", f}}}},
         rlhf,
         with_rule("ppo2", {{"rule", "contains"}, {"text", "x"}}),
-        with_rule("ppo3", {{"rule", "length"}, {"min_words", 1}})}}};
+        with_rule("ppo3", {{"rule", "length"}, {"min_words", 1}}),
+        {{"name", "grpo"},
+         {"type", "grpo"},
+         {"algorithm", "dapo"},
+         {"data", {{"prompts", f}}},
+         {"rewards",
+          {{{"type", "math_answer"}, {"tolerance", 0.01}, {"missing", -1}},
+           {{"type", "regex"}, {"pattern", "x"}, {"ignore_case", true}},
+           {{"type", "contains"}, {"text", "x"}, {"name", "has_x"}, {"weight", 0.5}},
+           {{"type", "length"}, {"max_tokens", 10}, {"min_tokens", 1}, {"penalty", 0.1}},
+           {{"type", "model"}, {"model", "@reward"}, {"max_seq_len", 64}},
+           {{"type", "command"},
+            {"command", {"true"}},
+            {"timeout_seconds", 5},
+            {"on_timeout", 0},
+            {"working_dir", dir}}}}}}}};
   write_file_atomic(dir + "/r.json", recipe.dump());
 
   std::set<std::string> keys;
