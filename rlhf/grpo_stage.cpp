@@ -1,5 +1,6 @@
 #include "rlhf/grpo_stage.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -230,6 +231,13 @@ AnsweredSplit split_prompts(const GrpoStageConfig& c, const Tokenizer& tok, uint
         "stage " + c.name + ": eval.prompts " + std::to_string(c.eval_prompts) +
             " holds out every one of the " + std::to_string(usable) + " usable prompts in " +
             c.data.path + ", leaving none to train on; lower eval.prompts");
+  const int64_t unanswered = std::count_if(
+      all.begin(), all.end(), [](const AnsweredPrompt& p) { return p.answer.empty(); });
+  for (const auto& spec : c.rewards)
+    check(spec.type != "math_answer" || unanswered == 0,
+          "stage " + c.name + ": reward " + spec.name + " (math_answer) compares with reference " +
+              "answers, and " + std::to_string(unanswered) + " of the prompts in " + c.data.path +
+              " have none");
   const HeldOutSplit held_out = hold_out(usable, c.eval_prompts, seed);
   AnsweredSplit split;
   for (int64_t i : held_out.train) split.train.push_back(all[static_cast<size_t>(i)]);

@@ -35,7 +35,10 @@ const std::vector<std::string> kSmall = {"synthetic_data.corpus_stories=600",
                                          "dpo.train.steps=4",
                                          "dpo.train.eval_every=0",
                                          "dpo.eval.count=8",
-                                         "dpo.eval.max_new_tokens=16"};
+                                         "dpo.eval.max_new_tokens=16",
+                                         "grpo.train.iterations=2",
+                                         "grpo.eval.prompts=8",
+                                         "grpo.eval.every=0"};
 
 std::vector<std::string> command(const std::string& recipe) {
   std::vector<std::string> args = {test::tiller_binary(), "run", recipe};
@@ -74,7 +77,8 @@ TEST(Chain, KilledDuringRewardResumesAndEndsWithTheUninterruptedActor) {
   EXPECT_NE(out.find("/reward/checkpoints/step-10\n"), std::string::npos) << out;
   EXPECT_NE(out.find("[ppo] done"), std::string::npos) << out;
   EXPECT_NE(out.find("[dpo] done"), std::string::npos) << out;
-  for (const std::string stage : {"reward", "ppo", "dpo"}) {
+  EXPECT_NE(out.find("[grpo] done"), std::string::npos) << out;
+  for (const std::string stage : {"reward", "ppo", "dpo", "grpo"}) {
     const std::string a = test::read_bytes(straight + "/" + stage + "/final/model.safetensors");
     ASSERT_FALSE(a.empty());
     EXPECT_EQ(a, test::read_bytes(killed + "/" + stage + "/final/model.safetensors")) << stage;
@@ -88,5 +92,5 @@ TEST(Chain, KilledDuringRewardResumesAndEndsWithTheUninterruptedActor) {
   EXPECT_NE(out.find("different config or different inputs"), std::string::npos) << out;
   // The same config again: everything is complete and reused.
   ASSERT_EQ(test::run_command(test::shell_command(args), &out), 0) << out;
-  EXPECT_NE(out.find("[dpo] already complete"), std::string::npos) << out;
+  EXPECT_NE(out.find("[grpo] already complete"), std::string::npos) << out;
 }

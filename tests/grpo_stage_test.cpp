@@ -230,3 +230,26 @@ TEST(GrpoStage, ACrashingVerifierStopsTheStageWithOneLineAndASlowOneGetsItsTimeo
   const auto metrics = test::metrics_by_step(slow_dir + "/run/grpo/metrics.jsonl");
   EXPECT_EQ(metrics.at(1)["reward_command"], -1.0) << metrics.at(1).dump();
 }
+
+// Prompts alone ({"prompt"}) serve rewards that need no answer; math_answer refuses them before
+// any training, naming the reward and the file.
+TEST(GrpoStage, MathAnswerOnPromptsWithoutAnswersIsRefusedBeforeTraining) {
+  TILLER_REQUIRE_SHARED(bin, "models/stories260K/stories260K.bin");
+  TILLER_REQUIRE_SHARED(tok, "models/stories260K/tok512.model");
+  const std::string dir = test::temp_dir("grpo_no_answers");
+  const std::string recipe = write_recipe(dir, bin, tok,
+                                          {{"data", {{"prompts", dir + "/bare.jsonl"}}},
+                                           {"rewards", json::array({{{"type", "math_answer"}}})}});
+  {
+    std::ofstream bare(dir + "/bare.jsonl");
+    for (int i = 0; i < 20; ++i) bare << json{{"prompt", "Once upon a time"}}.dump() << "\n";
+  }
+  std::string out;
+  EXPECT_EQ(test::run_command(test::tiller_binary() + " run " + recipe, &out), 1) << out;
+  EXPECT_NE(out.find("reward math_answer (math_answer) compares with reference answers, and 20 of "
+                     "the prompts in " +
+                     dir + "/bare.jsonl have none"),
+            std::string::npos)
+      << out;
+  EXPECT_FALSE(path_exists(dir + "/run/grpo/metrics.jsonl"));
+}

@@ -105,7 +105,7 @@ TEST(Pipeline, TheResolvedRecipeRunsAgainAsItIs) {
   ASSERT_EQ(test::run_command(test::tiller_binary() + " run --check " + dir + "/recipe.json", &out),
             0)
       << out;
-  EXPECT_NE(out.find(": OK (5 stages)"), std::string::npos) << out;
+  EXPECT_NE(out.find(": OK (6 stages)"), std::string::npos) << out;
 }
 
 // run.tensor_parallel 2 with reward and rlhf stages: --check refuses it, naming each, before any

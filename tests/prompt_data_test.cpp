@@ -42,8 +42,11 @@ TEST(PromptData, ABadAnsweredRecordIsNamedByFileAndLine) {
   auto error = [](const std::string& record, const std::string& format = "auto") {
     return test::error_of([&] { answer_of(record, format); });
   };
-  EXPECT_NE(error(R"({"prompt": "p"})").find("f.jsonl:1: missing field \"answer\""),
-            std::string::npos);
+  EXPECT_NE(
+      error(R"({"prompt": "p"})", "prompt_answer").find("f.jsonl:1: missing field \"answer\""),
+      std::string::npos);
+  // Under auto a prompt alone is a prompt without an answer (for rewards that need none).
+  EXPECT_EQ(answer_of(R"({"prompt": "p"})"), "");
   EXPECT_NE(error(R"({"question": "q", "answer": "no marker here"})").find("f.jsonl:1"),
             std::string::npos);
   EXPECT_NE(error(R"({"question": "q", "answer": "####  "})").find("empty"), std::string::npos);
@@ -93,8 +96,10 @@ TEST(PromptData, BadAnsweredRecordsFailWithTheirLineOrAreSkippedAndCounted) {
 {"question": "q", "answer": "no final answer"}
 )";
   options.path = write_text("bad.jsonl", records);
+  // (line 2, a prompt alone, is a prompt without an answer under auto)
   const std::string error = test::error_of([&] { load_answered_prompts(options, tok, nullptr); });
-  EXPECT_NE(error.find("bad.jsonl:2: missing field \"answer\""), std::string::npos) << error;
+  EXPECT_NE(error.find("bad.jsonl:3: the GSM8K answer has no \"####\""), std::string::npos)
+      << error;
 
   options.path = write_text("bad_and_broken.jsonl", records + R"(not json
 {"question": "What is 3 + 3?", "answer": "#### 6"}
@@ -102,9 +107,10 @@ TEST(PromptData, BadAnsweredRecordsFailWithTheirLineOrAreSkippedAndCounted) {
   options.skip_bad_lines = true;
   PromptStats stats;
   const auto answered = load_answered_prompts(options, tok, &stats);
-  ASSERT_EQ(answered.size(), 2u);
-  EXPECT_EQ(answered[1].answer, "6");
-  EXPECT_EQ(stats.skipped, 3);  // the malformed line, the missing answer, the missing marker
+  ASSERT_EQ(answered.size(), 3u);
+  EXPECT_EQ(answered[1].answer, "");
+  EXPECT_EQ(answered[2].answer, "6");
+  EXPECT_EQ(stats.skipped, 2);  // the malformed line, the missing marker
 
   options.format = "gsm8k";
   options.path = write_text("gsm8k_format.jsonl", R"({"prompt": "p", "answer": "#### 1"})");

@@ -254,7 +254,7 @@ TEST(YamlRecipe, QuickstartYamlParsesAsQuickstartJsonDoes) {
   EXPECT_EQ(from_yaml.resolved, from_json.resolved) << from_yaml.resolved.dump(2);
   EXPECT_EQ(from_yaml.run.name, from_json.run.name);
   EXPECT_EQ(from_yaml.base.stage, "pretrain");
-  ASSERT_EQ(yaml_stages.size(), 5u);  // pretrain, sft, reward, ppo, dpo
+  ASSERT_EQ(yaml_stages.size(), 6u);  // pretrain, sft, reward, ppo, dpo, grpo
   ASSERT_EQ(json_stages.size(), yaml_stages.size());
   for (size_t i = 0; i < yaml_stages.size(); ++i) {
     EXPECT_EQ(yaml_stages[i].name, json_stages[i].name);
@@ -273,7 +273,7 @@ TEST(YamlRecipe, QuickstartYamlPassesTillerRunCheck) {
                             "' run --check recipes/quickstart.yaml",
                         &out);
   EXPECT_EQ(rc, 0) << out;
-  EXPECT_NE(out.find("recipes/quickstart.yaml: OK (5 stages)"), std::string::npos) << out;
+  EXPECT_NE(out.find("recipes/quickstart.yaml: OK (6 stages)"), std::string::npos) << out;
 }
 
 TEST(YamlRecipe, ARecipeIsAMapping) {

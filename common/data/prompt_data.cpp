@@ -111,7 +111,7 @@ std::string answered_format(const nlohmann::json& record, const std::string& for
   check(record.is_object(), where + ": expected a JSON object");
   if (format != "auto") return format;
   if (record.contains("question")) return "gsm8k";
-  if (record.contains("prompt")) return "prompt_answer";
+  if (record.contains("prompt")) return record.contains("answer") ? "prompt_answer" : "prompt";
   throw Error(where +
               ": an answered prompt needs \"prompt\" and \"answer\", or GSM8K's \"question\" "
               "and \"answer\"");
@@ -133,6 +133,7 @@ std::vector<std::vector<int64_t>> load_prompts(const PromptDataOptions& o,
 std::string answer_from_record(const nlohmann::json& record, const std::string& format,
                                const std::string& where) {
   const std::string kind = answered_format(record, format, where);
+  if (kind == "prompt") return "";  // a prompt without a reference answer
   check(record.contains("answer"), where + ": missing field \"answer\"");
   std::string answer;
   if (kind == "gsm8k") {
@@ -147,7 +148,8 @@ std::string answer_from_record(const nlohmann::json& record, const std::string& 
           where + ": field \"answer\" must be a string or a number");
     answer = value.is_string() ? trimmed(value.get<std::string>()) : value.dump();
   } else {
-    throw Error("unknown answered prompt format '" + format + "' (auto, prompt_answer, gsm8k)");
+    throw Error("unknown answered prompt format '" + format +
+                "' (auto, prompt_answer, gsm8k, prompt)");
   }
   check(!answer.empty(), where + ": the reference answer is empty");
   return answer;
@@ -155,8 +157,9 @@ std::string answer_from_record(const nlohmann::json& record, const std::string& 
 
 std::vector<AnsweredPrompt> load_answered_prompts(const PromptDataOptions& o,
                                                   const Tokenizer& tokenizer, PromptStats* stats) {
-  check(o.format == "auto" || o.format == "prompt_answer" || o.format == "gsm8k",
-        "unknown answered prompt format '" + o.format + "' (auto, prompt_answer, gsm8k)");
+  check(o.format == "auto" || o.format == "prompt_answer" || o.format == "gsm8k" ||
+            o.format == "prompt",
+        "unknown answered prompt format '" + o.format + "' (auto, prompt_answer, gsm8k, prompt)");
   auto parse = [&](const JsonRecord& record, std::string* answer) {
     *answer = answer_from_record(record.value, o.format, record.where);
     if (answered_format(record.value, o.format, record.where) == "gsm8k")

@@ -48,13 +48,15 @@ struct AnsweredPrompt {
 
 // A record's reference answer. format "prompt_answer": {"answer": string, or a number written as
 // JSON writes it}; "gsm8k": the text after the last "####" of {"answer"}, trimmed (commas kept);
-// "auto": gsm8k when the record has "question", else prompt_answer. Throws tiller::Error naming
+// "prompt": none ("": rewards that need no reference); "auto": gsm8k when the record has
+// "question", else prompt_answer when it has "answer", else prompt. Throws tiller::Error naming
 // `where`.
 std::string answer_from_record(const nlohmann::json& record, const std::string& format,
                                const std::string& where);
 
 // Reads answered prompts: format "prompt_answer" ({"prompt": string or message list, "answer"}),
-// "gsm8k" ({"question", "answer"}: the question is the prompt) or "auto" (by the record's keys).
+// "gsm8k" ({"question", "answer"}: the question is the prompt), "prompt" ({"prompt"}, answers
+// "") or "auto" (by the record's keys).
 // Bad records and lengths are handled and counted as load_prompts does.
 std::vector<AnsweredPrompt> load_answered_prompts(const PromptDataOptions& options,
                                                   const Tokenizer& tokenizer, PromptStats* stats);
