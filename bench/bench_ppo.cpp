@@ -85,16 +85,13 @@ void run_ppo(const PpoBenchOptions& o) {
   check_fits_context(shapes, o.prompt_tokens, "bench ppo");
 
   PpoBenchRun run(shapes, o.prompt_tokens, o.sequential);
-  IterationMean timed;
-  for (int i = 0; i < o.warmup + o.iterations; ++i) {
-    const IterationSeconds seconds = run.iterate(i);
-    if (i >= o.warmup) timed.add(seconds);
-  }
+  const IterationSeconds seconds =
+      mean_iteration([&run](int i) { return run.iterate(i); }, o.warmup, o.iterations);
   const PpoBenchSetup setup{o, shapes.model, shapes.rlhf, run.options(), run.side_by_side()};
   if (o.json)
-    print_json(setup, timed.mean());
+    print_json(setup, seconds);
   else
-    print_table(setup, timed.mean());
+    print_table(setup, seconds);
 }
 
 }  // namespace tiller::bench

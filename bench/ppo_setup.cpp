@@ -152,18 +152,20 @@ std::vector<std::vector<int64_t>> random_prompts(const ModelConfig& config, int6
   return prompts;
 }
 
-void IterationMean::add(const IterationSeconds& s) {
-  sum_.generate += s.generate;
-  sum_.score += s.score;
-  sum_.rm += s.rm;
-  sum_.train += s.train;
-  sum_.total += s.total;
-  ++count_;
-}
-
-IterationSeconds IterationMean::mean() const {
-  const double n = std::max(1, count_);
-  return {sum_.generate / n, sum_.score / n, sum_.rm / n, sum_.train / n, sum_.total / n};
+IterationSeconds mean_iteration(const std::function<IterationSeconds(int)>& iterate, int warmup,
+                                int iterations) {
+  IterationSeconds sum;
+  for (int i = 0; i < warmup + iterations; ++i) {
+    const IterationSeconds s = iterate(i);
+    if (i < warmup) continue;
+    sum.generate += s.generate;
+    sum.score += s.score;
+    sum.rm += s.rm;
+    sum.train += s.train;
+    sum.total += s.total;
+  }
+  const double n = std::max(1, iterations);
+  return {sum.generate / n, sum.score / n, sum.rm / n, sum.train / n, sum.total / n};
 }
 
 PpoBenchRun::PpoBenchRun(const RecipeShapes& shapes, int64_t prompt_tokens, bool sequential)

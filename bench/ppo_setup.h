@@ -2,6 +2,7 @@
 // random weights, the reward-model scorer, random prompts, and a PPO iteration timed as
 // `bench ppo` times it.
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -53,16 +54,10 @@ struct IterationSeconds {
   double total = 0;
 };
 
-// Sums iterations and divides by their count.
-class IterationMean {
- public:
-  void add(const IterationSeconds& s);
-  IterationSeconds mean() const;
-
- private:
-  IterationSeconds sum_;
-  int count_ = 0;
-};
+// The mean seconds of `iterations` calls of iterate(i), after `warmup` untimed ones (i counts
+// from 0 through both).
+IterationSeconds mean_iteration(const std::function<IterationSeconds(int)>& iterate, int warmup,
+                                int iterations);
 
 // The recipe's PPO stage as `bench ppo` runs it: PpoTrainer over random_roles, the reward-model
 // scorer and batch_size random prompts; every episode runs to max_new_tokens.
