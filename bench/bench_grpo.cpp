@@ -190,13 +190,13 @@ void print_table(const GrpoBenchSetup& setup, const IterationSeconds& ppo,
       (long long)c.batch_size, (long long)o.prompt_tokens, (long long)p.sampling.max_new_tokens,
       torch::get_num_threads());
   std::printf(
-      "PPO:  %lld prompts, %lld epochs of minibatch %lld (micro %lld), critic, KL %s beta %g in "
+      "PPO:  %lld prompts, epochs %lld of minibatch %lld (micro %lld), critic, KL %s beta %g in "
       "the rewards%s\n",
       (long long)c.batch_size, (long long)p.epochs, (long long)p.mini_batch_size,
       (long long)p.micro_batch_size, p.kl_estimator.c_str(), c.beta,
       setup.ppo.side_by_side() ? ", actor and critic side by side" : "");
   std::printf(
-      "GRPO: %lld prompts x group %lld, %lld epochs of minibatch %lld (micro %lld), no critic, KL "
+      "GRPO: %lld prompts x group %lld, epochs %lld of minibatch %lld (micro %lld), no critic, KL "
       "k3 beta %g in the loss\n",
       (long long)setup.grpo.prompts(), (long long)g.group_size, (long long)g.epochs,
       (long long)g.mini_batch_size, (long long)g.micro_batch_size, g.beta);
