@@ -95,6 +95,22 @@ struct PpoBenchOptions {
 // checkpoints needed): seconds per iteration split into generate / scoring / training.
 void run_ppo(const PpoBenchOptions& options);
 
+struct GrpoBenchOptions {
+  std::string recipe;
+  int64_t group = 8;        // samples per prompt: the recipe's batch is batch / group prompts
+  int64_t grpo_epochs = 1;  // GRPO's policy updates per batch (mu)
+  int iterations = 2;       // timed iterations of each, after `warmup` untimed ones
+  int warmup = 1;
+  int64_t prompt_tokens = 16;
+  int threads = 0;
+  bool json = false;
+};
+
+// The recipe's PPO iteration (as run_ppo times it) beside a GRPO iteration on the same shapes:
+// as many episodes, batch / group prompts each sampled `group` times, no critic, a k3 KL to a
+// reference; seconds per phase for each and PPO's over GRPO's.
+void run_grpo(const GrpoBenchOptions& options);
+
 // Helpers shared by the benchmarks.
 class Stopwatch {
  public:

@@ -1,4 +1,4 @@
-// `tiller bench gemm | decode | groups | train | ppo` (docs/bench.md).
+// `tiller bench gemm | decode | groups | train | ppo | grpo` (docs/bench.md).
 #include <memory>
 #include <sstream>
 #include <string>
@@ -148,6 +148,29 @@ void add_ppo_command(CLI::App& bench_cmd, CommandAction& action) {
   });
 }
 
+void add_grpo_command(CLI::App& bench_cmd, CommandAction& action) {
+  auto grpo = std::make_shared<bench::GrpoBenchOptions>();
+  auto* grpo_cmd = bench_cmd.add_subcommand(
+      "grpo", "a GRPO iteration beside the recipe's PPO iteration, on the same shapes");
+  grpo_cmd->add_option("--recipe", grpo->recipe, "recipe JSON with a PPO stage")->required();
+  grpo_cmd->add_option("--group", grpo->group, "GRPO samples per prompt")->capture_default_str();
+  grpo_cmd->add_option("--grpo-epochs", grpo->grpo_epochs, "GRPO policy updates per batch")
+      ->capture_default_str();
+  grpo_cmd->add_option("--iterations", grpo->iterations, "timed iterations of each")
+      ->capture_default_str();
+  grpo_cmd->add_option("--warmup", grpo->warmup, "untimed iterations first")->capture_default_str();
+  grpo_cmd->add_option("--prompt-tokens", grpo->prompt_tokens)->capture_default_str();
+  grpo_cmd->add_option("--threads", grpo->threads, "intra-op threads (0: tiller --threads)");
+  grpo_cmd->add_flag("--json", grpo->json, "print JSON instead of a table");
+  grpo_cmd->callback([grpo, &action] {
+    action = [grpo] {
+      warn_if_slow_blas();
+      bench::run_grpo(*grpo);
+      return 0;
+    };
+  });
+}
+
 }  // namespace
 
 void add_bench_commands(CLI::App& app, CommandAction& action) {
@@ -158,6 +181,7 @@ void add_bench_commands(CLI::App& app, CommandAction& action) {
   add_groups_command(*bench_cmd, action);
   add_train_command(*bench_cmd, action);
   add_ppo_command(*bench_cmd, action);
+  add_grpo_command(*bench_cmd, action);
 }
 
 }  // namespace tiller

@@ -137,6 +137,47 @@ TEST(Bench, PpoJsonOnTheQuickstartShapes) {
             doc.at("iteration_s").get<double>() * 1.001);
 }
 
+TEST(Bench, GrpoJsonSetsGrpoBesidePpoOnTheSameShapes) {
+  const std::string args = "grpo --recipe " + kQuickstart +
+                           " --group 4 --grpo-epochs 2 --iterations 1 --warmup 0 --json";
+  const auto doc = json_of(bench(args), args);
+  EXPECT_EQ(doc.at("bench"), "grpo");
+  EXPECT_EQ(doc.at("batch_size"), 32);
+  EXPECT_EQ(doc.at("new_tokens"), 48);
+  const auto& ppo = doc.at("ppo");
+  const auto& grpo = doc.at("grpo");
+  // The two sides report the same keys; only their values differ.
+  std::vector<std::string> ppo_keys, grpo_keys;
+  for (auto it = ppo.begin(); it != ppo.end(); ++it) ppo_keys.push_back(it.key());
+  for (auto it = grpo.begin(); it != grpo.end(); ++it) grpo_keys.push_back(it.key());
+  EXPECT_EQ(ppo_keys, grpo_keys);
+  // PPO as the recipe states it; GRPO with as many episodes, in groups, on the whole batch.
+  EXPECT_EQ(ppo.at("prompts"), 32);
+  EXPECT_EQ(ppo.at("group"), 1);
+  EXPECT_EQ(ppo.at("epochs"), 4);
+  EXPECT_EQ(ppo.at("mini_batch_size"), 8);
+  EXPECT_EQ(ppo.at("critic"), true);
+  EXPECT_EQ(ppo.at("kl_beta"), 0.1);
+  EXPECT_EQ(grpo.at("prompts"), 8);
+  EXPECT_EQ(grpo.at("group"), 4);
+  EXPECT_EQ(grpo.at("epochs"), 2);
+  EXPECT_EQ(grpo.at("mini_batch_size"), 32);
+  EXPECT_EQ(grpo.at("micro_batch_size"), ppo.at("micro_batch_size"));
+  EXPECT_EQ(grpo.at("critic"), false);
+  EXPECT_EQ(grpo.at("kl_beta"), 0.04);
+  const std::vector<std::string> seconds = {"generate_s", "score_s",     "rm_s",
+                                            "train_s",    "iteration_s", "episodes_per_s"};
+  expect_positive(ppo, seconds);
+  expect_positive(grpo, seconds);
+  const auto& ratio = doc.at("ppo_over_grpo");
+  for (const std::string phase : {"generate", "score", "train", "iteration"}) {
+    const std::string key = phase + "_s";
+    EXPECT_NEAR(ratio.at(phase).get<double>(),
+                ppo.at(key).get<double>() / grpo.at(key).get<double>(), 1e-9)
+        << phase;
+  }
+}
+
 TEST(Bench, BadFlagsGiveOneErrorLine) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"gemm --size 0", "--size"},
@@ -155,6 +196,14 @@ TEST(Bench, BadFlagsGiveOneErrorLine) {
       {"ppo --recipe " + std::string(TILLER_SOURCE_DIR) + "/recipes/stories260k_alpaca_sft.json",
        "rlhf"},
       {"ppo --recipe " + kQuickstart + " --prompt-tokens 300", "context"},
+      {"grpo", "--recipe"},
+      {"grpo --recipe " + kQuickstart + " --group 5", "not a multiple of --group 5"},
+      {"grpo --recipe " + kQuickstart + " --group 1", "--group"},
+      {"grpo --recipe " + kQuickstart + " --grpo-epochs 0", "--grpo-epochs"},
+      {"grpo --recipe " + kQuickstart + " --warmup -1", "--warmup"},
+      {"grpo --recipe " + kQuickstart + " --prompt-tokens 300", "context"},
+      {"grpo --recipe " + std::string(TILLER_SOURCE_DIR) + "/recipes/stories260k_alpaca_sft.json",
+       "rlhf"},
   };
   for (const auto& [args, mention] : cases) {
     const BenchRun r = bench(args);
