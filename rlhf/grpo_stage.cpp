@@ -17,6 +17,7 @@
 #include "common/train/metrics.h"
 #include "common/train/precision.h"
 #include "common/train/stage_loop.h"
+#include "common/util/clock.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
 #include "rlhf/ppo_math.h"
@@ -34,27 +35,14 @@ const std::set<std::string> kAlgorithms = {"grpo", "dr_grpo", "dapo", "rloo", "r
 void read_rollout(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
                   GrpoStageConfig& c) {
   ConfigReader g(json, path, errors);
-  SamplingOptions& s = c.grpo.sampling;
   c.prompts_per_iteration = g.integer("prompts_per_iteration", c.prompts_per_iteration);
   c.grpo.group_size = g.integer("group_size", c.grpo.group_size);
-  s.max_new_tokens = g.integer("max_new_tokens", s.max_new_tokens);
-  s.temperature = g.number("temperature", s.temperature);
-  s.top_k = g.integer("top_k", 0);
-  s.top_p = g.number("top_p", 1.0);
+  read_on_policy_sampling(g, "GRPO", c.grpo.sampling);
   g.require(c.prompts_per_iteration >= 1, "prompts_per_iteration", "must be at least 1");
   // A group of one has no group to be relative to (REINFORCE++ whitens over the batch instead).
   const int64_t least = c.grpo.algorithm == "reinforce_pp" ? 1 : 2;
   g.require(c.grpo.group_size >= least, "group_size",
             "must be at least " + std::to_string(least) + " for algorithm " + c.grpo.algorithm);
-  g.require(s.max_new_tokens >= 1, "max_new_tokens", "must be at least 1");
-  g.require(s.temperature > 0, "temperature",
-            "must be > 0 (the policy samples; its log-probs use the same temperature)");
-  g.require(s.top_k == 0, "top_k",
-            "must be 0: a top-k sample comes from another distribution than the log-probs the "
-            "update uses (off-policy)");
-  g.require(s.top_p == 1, "top_p",
-            "must be 1: a top-p sample comes from another distribution than the log-probs the "
-            "update uses (off-policy)");
 }
 
 // grpo: the update, dynamic sampling and the overlong penalty; defaults follow the algorithm.
@@ -603,7 +591,7 @@ nlohmann::json run_grpo_stage(const Recipe& recipe, const GrpoStageConfig& c) {
   steps.step = [&](const StepContext& context) {
     const int64_t iteration = context.step;
     const double lr = set_scheduled_learning_rate(optimizer, c.train.schedule_for(c.lr), iteration);
-    const auto started = std::chrono::steady_clock::now();
+    const auto started = Clock::now();
     RoundFigures first;
     ScoredRound first_round;
     const GrpoRun::Batch batch = run.draw_batch(cursor, seed, iteration, first, first_round);
@@ -611,8 +599,7 @@ nlohmann::json run_grpo_stage(const Recipe& recipe, const GrpoStageConfig& c) {
     const bool samples_now = c.sample_every > 0 && (iteration + 1) % c.sample_every == 0;
     if (samples_now && !context.evaluates_after) run.log_samples(first_round, iteration + 1);
     GrpoLearnStats learned;
-    const double seconds_sample =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const double seconds_sample = seconds_since(started);
     if (batch.groups > 0) {
       const GroupBatch prepared = trainer.prepare(batch.generation, batch.scores);
       learned = trainer.learn(prepared,

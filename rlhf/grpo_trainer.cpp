@@ -1,6 +1,5 @@
 #include "rlhf/grpo_trainer.h"
 
-#include <chrono>
 #include <cmath>
 
 #include "common/data/batching.h"  // seeded_permutation
@@ -8,24 +7,11 @@
 #include "common/torch_compat.h"
 #include "common/train/nonfinite_guard.h"
 #include "common/train/token_log_probs.h"
+#include "common/util/clock.h"
 #include "common/util/error.h"
 #include "rlhf/ppo_math.h"
 
 namespace tiller {
-
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-torch::Tensor row_index(const std::vector<int64_t>& rows, const torch::Device& device) {
-  return torch::tensor(rows, torch::kLong).to(device);
-}
-
-}  // namespace
 
 std::string default_loss_aggregation(const std::string& algorithm) {
   if (algorithm == "dr_grpo") return "sequence_sum_constant";

@@ -1,6 +1,5 @@
 #include "rlhf/ppo_trainer.h"
 
-#include <chrono>
 #include <cmath>
 #include <limits>
 
@@ -10,6 +9,7 @@
 #include "common/torch_compat.h"
 #include "common/train/nonfinite_guard.h"
 #include "common/train/token_log_probs.h"
+#include "common/util/clock.h"
 #include "common/util/error.h"
 #include "common/util/side_by_side.h"
 #include "rlhf/ppo_math.h"
@@ -17,17 +17,6 @@
 namespace tiller {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// Row indices on the device of the tensors they select from.
-torch::Tensor row_index(const std::vector<int64_t>& rows, const torch::Device& device) {
-  return torch::tensor(rows, torch::kLong).to(device);
-}
 
 // A micro-batch of this rank's part of a minibatch: its rows, their mask, and its share of the
 // minibatch's tokens (each micro-batch's masked means weighted by it sum to the minibatch's

@@ -9,17 +9,12 @@
 
 #include "common/util/error.h"
 #include "rlhf/command_reward.h"
+#include "rlhf/ground_truth.h"
 #include "rlhf/math_answer.h"
 
 namespace tiller {
 
 namespace {
-
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return s;
-}
 
 std::string index_path(const std::string& path, size_t index) {
   return path + "[" + std::to_string(index) + "]";
@@ -85,7 +80,9 @@ nlohmann::json parse_model(ConfigReader& r) {
 
 // The verifier's argv: a non-empty list of strings, the program first.
 // One parser for the command reward's keys: what make_command_reward reads is what is stated.
-nlohmann::json parse_command(ConfigReader& r) { return read_command_reward_options(r).values(); }
+nlohmann::json parse_command(ConfigReader& r) {
+  return read_command_reward_options(r).values();
+}
 
 using OptionsParser = nlohmann::json (*)(ConfigReader&);
 
@@ -181,22 +178,19 @@ EpisodeRule math_answer_rule(const RewardFunctionSpec& spec) {
   };
 }
 
-EpisodeRule regex_rule(const RewardFunctionSpec& spec) {
-  const auto pattern = std::make_shared<const std::regex>(compile_pattern(
-      spec.options.at("pattern").get<std::string>(), spec.options.at("ignore_case").get<bool>()));
-  return [pattern](const ScoredEpisode& episode) {
-    return std::regex_search(episode.response, *pattern) ? 1.0 : 0.0;
-  };
-}
-
-EpisodeRule contains_rule(const RewardFunctionSpec& spec) {
-  const bool ignore_case = spec.options.at("ignore_case").get<bool>();
-  const std::string text = spec.options.at("text").get<std::string>();
-  const std::string wanted = ignore_case ? lower(text) : text;
-  return [=](const ScoredEpisode& episode) {
-    const std::string& response = ignore_case ? lower(episode.response) : episode.response;
-    return response.find(wanted) != std::string::npos ? 1.0 : 0.0;
-  };
+// regex and contains: the ground-truth rules' own matching (rlhf/ground_truth.h), 1 or 0.
+EpisodeRule text_rule(const RewardFunctionSpec& spec) {
+  GroundTruthRule rule;
+  rule.kind = spec.type;
+  rule.ignore_case = spec.options.at("ignore_case").get<bool>();
+  if (spec.type == "regex") {
+    rule.pattern = spec.options.at("pattern").get<std::string>();
+    rule.compiled =
+        std::make_shared<const std::regex>(compile_pattern(rule.pattern, rule.ignore_case));
+  } else {
+    rule.text = spec.options.at("text").get<std::string>();
+  }
+  return [rule](const ScoredEpisode& episode) { return rule.score(episode.response); };
 }
 
 // -penalty per response token (EOS included when produced) above max_tokens or below min_tokens.
@@ -259,8 +253,8 @@ nlohmann::json reward_function_values(const std::vector<RewardFunctionSpec>& spe
 std::unique_ptr<RewardFunction> make_rule_reward(const RewardFunctionSpec& spec) {
   static const std::map<std::string, EpisodeRule (*)(const RewardFunctionSpec&)> rules = {
       {"math_answer", math_answer_rule},
-      {"regex", regex_rule},
-      {"contains", contains_rule},
+      {"regex", text_rule},
+      {"contains", text_rule},
       {"length", length_rule}};
   const auto rule = rules.find(spec.type);
   check(rule != rules.end(), "reward function '" + spec.name + "': type '" + spec.type +

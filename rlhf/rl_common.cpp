@@ -89,6 +89,24 @@ nlohmann::json prompt_data_values(const PromptDataOptions& data) {
           {"skip_bad_lines", data.skip_bad_lines}};
 }
 
+void read_on_policy_sampling(ConfigReader& g, const std::string& algorithm, SamplingOptions& s) {
+  s.max_new_tokens = g.integer("max_new_tokens", s.max_new_tokens);
+  s.temperature = g.number("temperature", s.temperature);
+  s.top_k = g.integer("top_k", s.top_k);
+  s.top_p = g.number("top_p", s.top_p);
+  g.require(s.max_new_tokens >= 1, "max_new_tokens", "must be at least 1");
+  g.require(s.temperature > 0, "temperature",
+            "must be > 0 (" + algorithm + " samples; the log-probs use the same temperature)");
+  g.require(s.top_k == 0, "top_k",
+            "must be 0 in " + algorithm +
+                ": a top-k sample comes from another distribution than the log-probabilities " +
+                algorithm + " learns from (off-policy)");
+  g.require(s.top_p == 1, "top_p",
+            "must be 1 in " + algorithm +
+                ": a top-p sample comes from another distribution than the log-probabilities " +
+                algorithm + " learns from (off-policy)");
+}
+
 void read_samples(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
                   int64_t& every, int64_t& count) {
   ConfigReader s(json, path, errors);

@@ -13,6 +13,7 @@
 #include "common/data/prompt_data.h"
 #include "common/model/transformer.h"
 #include "common/recipe/config_reader.h"
+#include "common/rollout/generator.h"
 #include "common/train/optimizer.h"
 #include "common/train/parallel_adamw.h"
 #include "common/train/schedule.h"
@@ -58,6 +59,12 @@ nlohmann::json rl_train_values(const RlTrainOptions& o);
 void read_prompt_data(const nlohmann::json& json, const std::string& path, ConfigErrors& errors,
                       const std::set<std::string>& formats, PromptDataOptions& data);
 nlohmann::json prompt_data_values(const PromptDataOptions& data);
+
+// The sampling keys of a "rollout" section: max_new_tokens, temperature (> 0), and top_k / top_p,
+// which must stay 0 / 1: the update's ratios and KL are those of the whole temperature-scaled
+// distribution, and a sample from a truncated one would be off-policy. `algorithm` names the
+// stage's update in the messages ("PPO").
+void read_on_policy_sampling(ConfigReader& g, const std::string& algorithm, SamplingOptions& s);
 
 // The "samples" section: samples.jsonl every `every` iterations (0: before and after only),
 // `count` episodes each.

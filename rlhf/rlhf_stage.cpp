@@ -39,24 +39,10 @@ void read_rollout(const nlohmann::json& json, const std::string& path, ConfigErr
   ConfigReader g(json, path, errors);
   SamplingOptions& s = c.ppo.sampling;
   c.batch_size = g.integer("batch_size", c.batch_size);
-  s.max_new_tokens = g.integer("max_new_tokens", s.max_new_tokens);
-  s.temperature = g.number("temperature", s.temperature);
-  s.top_k = g.integer("top_k", s.top_k);
-  s.top_p = g.number("top_p", s.top_p);
+  read_on_policy_sampling(g, "PPO", s);
   // null (the default): responses without EOS are scored by the reward model like the others.
   c.ppo.missing_eos_penalty = g.number_or_null("missing_eos_penalty", std::nullopt);
   g.require(c.batch_size >= 1, "batch_size", "must be at least 1");
-  g.require(s.max_new_tokens >= 1, "max_new_tokens", "must be at least 1");
-  g.require(s.temperature > 0, "temperature",
-            "must be > 0 (PPO samples; the log-probs use the same temperature)");
-  // PPO's ratios and KL use the log-probabilities of the whole (temperature-scaled)
-  // distribution; a response drawn from a truncated one would make every update off-policy.
-  g.require(s.top_k == 0, "top_k",
-            "must be 0 in PPO: a top-k sample comes from another distribution than the "
-            "log-probabilities PPO learns from (off-policy)");
-  g.require(s.top_p == 1, "top_p",
-            "must be 1 in PPO: a top-p sample comes from another distribution than the "
-            "log-probabilities PPO learns from (off-policy)");
 }
 
 // reward: what is done to the scores.

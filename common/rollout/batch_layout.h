@@ -17,6 +17,11 @@ torch::Tensor pad_to(const torch::Tensor& t, int64_t dim, int64_t size, double v
 // `response_len` (right padding) with pad_id. Log-probs, when defined, are padded with 0.
 void widen(GenerationBatch& batch, int64_t prompt_len, int64_t response_len, int64_t pad_id);
 
+// Row indices on the device of the tensors they select from.
+inline torch::Tensor row_index(const std::vector<int64_t>& rows, const torch::Device& device) {
+  return torch::tensor(rows, torch::kLong).to(device);
+}
+
 // Runs `pass` over rows [0, n) in chunks of `chunk` and concatenates the results along dim 0.
 // The row indices are made on `device`, beside the tensors they select from.
 template <typename Pass>
