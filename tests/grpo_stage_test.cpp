@@ -52,7 +52,9 @@ std::string write_recipe(const std::string& dir, const std::string& bin, const s
   return path;
 }
 
-std::string parse_errors(const json& stage_patch) {
+// A grpo stage body with a prompt file and a math_answer reward, `stage_patch` merged over it,
+// parsed: the config and every error, one per line.
+std::pair<GrpoStageConfig, std::string> parse_body(const json& stage_patch) {
   const std::string dir = test::temp_dir("grpo_config");
   write_prompts(dir + "/p.jsonl", 4);
   json body = {{"name", "g"},
@@ -62,24 +64,19 @@ std::string parse_errors(const json& stage_patch) {
   body.merge_patch(stage_patch);
   ConfigErrors errors;
   StageEntry entry{"g", "grpo", "stages[0]", &body};
-  parse_grpo_stage(entry, errors);
+  auto config = parse_grpo_stage(entry, errors);
   std::string all;
   for (const auto& e : errors.list()) all += e + "\n";
-  return all;
+  return {config, all};
+}
+
+std::string parse_errors(const json& stage_patch) {
+  return parse_body(stage_patch).second;
 }
 
 GrpoStageConfig parsed(const json& stage_patch) {
-  const std::string dir = test::temp_dir("grpo_parsed");
-  write_prompts(dir + "/p.jsonl", 4);
-  json body = {{"name", "g"},
-               {"type", "grpo"},
-               {"data", {{"prompts", dir + "/p.jsonl"}}},
-               {"rewards", json::array({{{"type", "math_answer"}}})}};
-  body.merge_patch(stage_patch);
-  ConfigErrors errors;
-  StageEntry entry{"g", "grpo", "stages[0]", &body};
-  auto config = parse_grpo_stage(entry, errors);
-  EXPECT_TRUE(errors.empty()) << errors.list()[0];
+  auto [config, errors] = parse_body(stage_patch);
+  EXPECT_EQ(errors, "");
   return config;
 }
 
