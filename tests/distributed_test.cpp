@@ -182,7 +182,9 @@ TEST(Launch, ShardsCoverEveryItemOnce) {
 TEST(DataParallel, TwoRanksMatchOneRankOnTheQuickstartChain) {
   const std::string root = test::temp_dir("dp_chain");
   auto args_for = [&](const std::string& dir) {
-    std::vector<std::string> args = {test::tiller_binary(), "run", test::quickstart_recipe_in(dir)};
+    // Through dpo: the grpo stage runs on one process only (refused below).
+    std::vector<std::string> args = {test::tiller_binary(), "run", test::quickstart_recipe_in(dir),
+                                     "--until", "dpo"};
     args.insert(args.end(), kSmallChain.begin(), kSmallChain.end());
     return args;
   };
@@ -257,6 +259,20 @@ TEST(DataParallel, TwoRanksMatchOneRankOnTheQuickstartChain) {
             std::string::npos)
       << log;
   EXPECT_FALSE(path_exists(root + "/two/ppo/metrics.jsonl"));
+
+  // GRPO has no data parallel yet: two ranks are refused when the stage starts, in one line.
+  std::vector<std::string> grpo = {test::tiller_binary(), "run",
+                                   test::quickstart_recipe_in(root + "/two"), "--only", "grpo"};
+  grpo.insert(grpo.end(), kSmallChain.begin(), kSmallChain.end());
+  const test::Job refused = test::launch_job(2, grpo, root + "/grpo");
+  const std::vector<int> grpo_codes = test::wait_job(refused, 300);
+  ASSERT_EQ(grpo_codes.size(), 2u);
+  EXPECT_NE(grpo_codes[0], 0);
+  const std::string grpo_log = test::read_bytes(refused.logs[0]);
+  EXPECT_NE(grpo_log.find("grpo runs on one process; data parallel is not built yet"),
+            std::string::npos)
+      << grpo_log;
+  EXPECT_FALSE(path_exists(root + "/two/grpo/metrics.jsonl"));
 }
 
 TEST(DataParallel, ZeroStage1KeepsHalfTheStateAndTheSameWeights) {

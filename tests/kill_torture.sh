@@ -50,6 +50,7 @@ small=(
   ppo.train.iterations=$((2 * kills_per_stage)) ppo.train.checkpoint_every=1 ppo.train.keep_checkpoints=3
   ppo.rollout.batch_size=16 ppo.rollout.max_new_tokens=24 ppo.ppo.epochs=2
   ppo.eval.prompts=8 ppo.eval.every=0 'ppo.eval.baselines=[]' ppo.samples.every=1
+  grpo.train.iterations=2 grpo.eval.prompts=8 grpo.eval.every=0
 )
 stages=(sft reward ppo)
 
