@@ -278,3 +278,23 @@ TEST(Recipes, InitConfigWithAMalformedVocabSizeIsLeftToTheModelLoader) {
       EXPECT_EQ(e.find("vocab_size"), std::string::npos) << config << ": " << e;
   }
 }
+
+// Found by recipe_fuzz: a number beyond int64's range for an integer key was cast (undefined
+// behaviour); it is refused as not an integer.
+TEST(Recipes, AnIntegerKeyBeyondInt64IsRefusedNotCast) {
+  for (double value : {1e30, -1e30, 9223372036854775808.0, 2.5}) {
+    const nlohmann::json object = {{"steps", value}};
+    ConfigErrors errors;
+    {
+      ConfigReader reader(object, "train", errors);
+      EXPECT_EQ(reader.integer("steps", 5), 5) << value;
+    }
+    ASSERT_EQ(errors.list().size(), 1u) << value;
+    EXPECT_NE(errors.list()[0].find("train.steps: expected an integer"), std::string::npos)
+        << errors.list()[0];
+  }
+  const nlohmann::json whole = {{"steps", 12.0}};
+  ConfigErrors errors;
+  ConfigReader reader(whole, "train", errors);
+  EXPECT_EQ(reader.integer("steps", 5), 12);
+}

@@ -1,5 +1,7 @@
 #include "common/recipe/config_reader.h"
 
+#include <cmath>
+
 #include "common/util/error.h"
 
 namespace tiller {
@@ -85,9 +87,14 @@ int64_t ConfigReader::integer(const std::string& key, int64_t fallback) {
   const auto* v = find(key);
   if (v == nullptr) return fallback;
   if (v->is_number_integer()) return v->get<int64_t>();
-  if (v->is_number_float() &&
-      v->get<double>() == static_cast<double>(static_cast<int64_t>(v->get<double>())))
-    return static_cast<int64_t>(v->get<double>());
+  if (v->is_number_float()) {
+    // A whole number within int64's range first: casting one beyond it is undefined (found by
+    // recipe_fuzz: 1e30 for an integer key).
+    const double d = v->get<double>();
+    if (std::isfinite(d) && d >= -9223372036854775808.0 && d < 9223372036854775808.0 &&
+        std::trunc(d) == d)
+      return static_cast<int64_t>(d);
+  }
   wrong_type(key, "an integer");
   return fallback;
 }
