@@ -293,15 +293,18 @@ struct GrpoRun {
     round.generation = trainer.sample(ids, row_seeds, g);
     round.group_size = g;
     const auto lengths = round.generation.response_mask.sum(1).cpu();
+    const auto ended = round.generation.ended_with_eos.cpu();
+    std::vector<std::string> prompt_texts;
+    for (const auto* p : group_prompts) prompt_texts.push_back(tok.decode(p->tokens));
     for (int64_t row = 0; row < round.generation.batch(); ++row) {
       const AnsweredPrompt& p = *group_prompts[static_cast<size_t>(row / g)];
       ScoredEpisode e;
       e.prompt_ids = p.tokens;
-      e.prompt = tok.decode(p.tokens);
+      e.prompt = prompt_texts[static_cast<size_t>(row / g)];
       e.response_ids = round.generation.response(row);
       e.response = response_text(tok, e.response_ids);
       e.answer = p.answer;
-      e.ended_with_eos = round.generation.ended_with_eos[row].item<bool>();
+      e.ended_with_eos = ended[row].item<bool>();
       round.episodes.push_back(std::move(e));
     }
     round.rewards = rewards.score(round.episodes);
@@ -341,15 +344,15 @@ struct GrpoRun {
   }
 
   // One iteration's batch: sampling rounds of prompts_per_iteration groups until as many groups
-  // with signal are kept (dynamic sampling; else the first round, all of it). `first` gets the
-  // first round's figures (the policy as it is, before any group is dropped).
+  // with signal are kept (dynamic sampling; else the first round, all of it). `first_round` gets
+  // the first round as sampled (the policy as it is, before any group is dropped).
   struct Batch {
     GenerationBatch generation;
     torch::Tensor scores;
     int64_t groups = 0, rounds = 0, dropped_groups = 0;
   };
   Batch draw_batch(EpochCursor<int64_t>& cursor, uint64_t seed, int64_t iteration,
-                   RoundFigures& first, ScoredRound& first_round) {
+                   ScoredRound& first_round) {
     const int64_t g = trainer.options().group_size;
     const int64_t wanted = c.prompts_per_iteration;
     const int64_t rounds_allowed = c.dynamic_sampling ? c.max_sampling_rounds : 1;
@@ -368,7 +371,6 @@ struct GrpoRun {
         group_prompts.push_back(&prompts.train[static_cast<size_t>(index)]);
       }
       ScoredRound scored = score_round(group_prompts, row_seeds, g);
-      if (round == 0) first = figures(scored);
       const auto signal = grpo::groups_with_signal(scored.totals, g);
       std::vector<int64_t> keep;
       for (int64_t group = 0; group < signal.numel() && out.groups < wanted; ++group) {
@@ -592,9 +594,8 @@ nlohmann::json run_grpo_stage(const Recipe& recipe, const GrpoStageConfig& c) {
     const int64_t iteration = context.step;
     const double lr = set_scheduled_learning_rate(optimizer, c.train.schedule_for(c.lr), iteration);
     const auto started = Clock::now();
-    RoundFigures first;
     ScoredRound first_round;
-    const GrpoRun::Batch batch = run.draw_batch(cursor, seed, iteration, first, first_round);
+    const GrpoRun::Batch batch = run.draw_batch(cursor, seed, iteration, first_round);
     run.warn_no_signal(iteration + 1, batch);
     const bool samples_now = c.sample_every > 0 && (iteration + 1) % c.sample_every == 0;
     if (samples_now && !context.evaluates_after) run.log_samples(first_round, iteration + 1);
@@ -606,7 +607,7 @@ nlohmann::json run_grpo_stage(const Recipe& recipe, const GrpoStageConfig& c) {
                               mix_seed({seed, kShuffleStream, static_cast<uint64_t>(iteration)}),
                               &context.guard, iteration + 1);
     }
-    return iteration_report(first, batch, learned, lr, seconds_sample);
+    return iteration_report(run.figures(first_round), batch, learned, lr, seconds_sample);
   };
   steps.evaluate = [&](int64_t at) {
     StepReport report;
