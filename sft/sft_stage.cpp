@@ -149,6 +149,9 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bo
   }
   c.train = parse_train_config(r.object("train"), r.path_of("train"), errors);
   c.data.max_seq_len = c.train.max_seq_len;
+  c.lora = read_lora_section(r, errors);
+  r.require(!c.lora.enabled || !c.init.empty(), "lora",
+            "LoRA adapts a model: give init (a base model), not a model from scratch");
   return c;
 }
 
@@ -186,6 +189,7 @@ nlohmann::json sft_stated_values(const SftStageConfig& c) {
   }
   stated["data"] = data;
   stated["train"] = train_config_values(c.train);
+  if (c.lora.enabled) stated["lora"] = lora_section_values(c.lora);
   return stated;
 }
 
@@ -281,6 +285,8 @@ SftModel set_up_model(const Recipe& recipe, const SftStageConfig& c,
         static_cast<int>(model->config.num_attention_heads / tensor_parallel.size()),
         (long long)(model->config.intermediate_size / tensor_parallel.size()),
         (long long)(model->config.vocab_size / tensor_parallel.size()));
+  apply_lora_section(*model, c.lora, c.init.empty() ? "" : resolve_model_reference(recipe, c.init),
+                     recipe.run.seed, c.name);
   model->to(device);
   model->train();
   model->model->activation_checkpointing = c.train.activation_checkpointing;
@@ -467,6 +473,10 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
     SaveOptions options;
     options.tokenizer_path = built.tokenizer_path;
     built.model->to(torch::kCPU);
+    if (has_lora(*built.model)) {  // merged weights and adapter/ (no tensor parallelism)
+      if (dist::is_main()) save_hf_model(*built.model, final_dir, options);
+      return;
+    }
     const auto weights = built.model->named_weights();  // full weights: gathered under TP
     if (dist::is_main()) save_hf_model(built.model->config, weights, final_dir, options);
   });

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/data/sft_data.h"
+#include "common/recipe/lora_section.h"
 #include "common/recipe/recipe.h"
 #include "common/recipe/stage_registry.h"
 #include "common/train/train_config.h"
@@ -27,6 +28,7 @@ struct SftStageConfig {
   double val_fraction = 0.1;
   bool packing = true;
   TrainConfig train;
+  LoraSection lora;  // enabled: adapters on the init model, the base frozen
 };
 
 // Parses a pretrain (`pretrain`: every token counts, no init by default) or sft stage body;

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <set>
 
+#include "common/io/peft_adapter.h"
 #include "common/io/safetensors.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
@@ -123,7 +124,10 @@ Transformer load_hf_model(const std::string& dir, int64_t num_labels) {
 }
 
 void save_hf_model(TransformerImpl& model, const std::string& dir, const SaveOptions& options) {
-  save_hf_model(model.config, model.named_weights(), dir, options);
+  if (!has_lora(model)) return save_hf_model(model.config, model.named_weights(), dir, options);
+  SaveOptions with_adapter = options;
+  with_adapter.adapter_of = &model;
+  save_hf_model(model.config, merged_weights(model), dir, with_adapter);
 }
 
 void save_hf_model(const ModelConfig& config,
@@ -186,6 +190,7 @@ void save_hf_model(const ModelConfig& config,
          config.bos_token_id >= 0 ? nlohmann::json(config.bos_token_id) : nlohmann::json()},
         {"eos_token_id", config.eos_token_id}};
     write_file_atomic(tmp + "/generation_config.json", generation.dump(2) + "\n");
+    if (options.adapter_of != nullptr) write_peft_adapter(*options.adapter_of, tmp + "/adapter");
     fsync_directory(tmp);
     // Replace: move any old directory aside, rename the new one in, then delete the old.
     const std::string old = target.string() + ".old-" + std::to_string(::getpid());

@@ -30,9 +30,12 @@ struct SaveOptions {
   // the tokenizer_config.json beside it (its special tokens and chat template).
   std::string tokenizer_path;
   int64_t max_shard_bytes = 2ll << 30;  // larger models are split as model-0000k-of-0000n
+  // A model with LoRA adapters whose adapter goes beside the weights as adapter/ (PEFT's layout).
+  TransformerImpl* adapter_of = nullptr;
 };
 
-// Writes an HF directory to `dir` atomically: everything goes to a sibling temporary directory
+// Writes an HF directory to `dir` atomically (a model with LoRA adapters: its merged weights, and
+// its adapter in PEFT's layout as dir/adapter/): everything goes to a sibling temporary directory
 // that is renamed into place last, so `dir` either does not exist or is complete.
 // An existing `dir` is replaced.
 void save_hf_model(TransformerImpl& model, const std::string& dir, const SaveOptions& options = {});

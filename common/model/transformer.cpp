@@ -7,6 +7,7 @@
 #include "common/model/fused_linear.h"
 #include "common/model/fused_rms_norm.h"
 #include "common/model/fused_rotary.h"
+#include "common/model/lora.h"
 #include "common/torch_compat.h"
 #include "common/util/error.h"
 #include "common/util/runtime.h"
@@ -80,6 +81,14 @@ torch::Tensor repeat_kv(const torch::Tensor& x, int64_t rep) {
   return x.unsqueeze(2).expand({b, h, rep, s, d}).reshape({b, h * rep, s, d});
 }
 
+// A projection's output with its LoRA adapter's share added, when the layer has one.
+torch::Tensor adapted(const LoraAdaptersImpl* lora, int64_t layer, const char* target,
+                      const torch::Tensor& base, const torch::Tensor& input) {
+  if (lora == nullptr) return base;
+  const LoraLinear* adapter = lora->find(layer, target);
+  return adapter == nullptr ? base : adapter->add_to(base, input);
+}
+
 torch::nn::Linear linear(int64_t in, int64_t out, bool bias) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
@@ -115,9 +124,15 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   std::vector<torch::Tensor> biases;
   if (q_proj->bias.defined()) biases = {q_proj->bias, k_proj->bias, v_proj->bias};
   const auto qkv = project(input, {q_proj->weight, k_proj->weight, v_proj->weight}, biases);
-  auto q = qkv[0].view({batch, length, n_heads, head_dim}).transpose(1, 2);
-  auto k = qkv[1].view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
-  auto v = qkv[2].view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
+  auto q = adapted(lora, layer_index, "q_proj", qkv[0], input)
+               .view({batch, length, n_heads, head_dim})
+               .transpose(1, 2);
+  auto k = adapted(lora, layer_index, "k_proj", qkv[1], input)
+               .view({batch, length, n_kv_heads, head_dim})
+               .transpose(1, 2);
+  auto v = adapted(lora, layer_index, "v_proj", qkv[2], input)
+               .view({batch, length, n_kv_heads, head_dim})
+               .transpose(1, 2);
   q = apply_rotary(q, cos, sin);  // [B, H, T, hd]
   k = apply_rotary(k, cos, sin);  // [B, KV, T, hd]
   if (cache != nullptr) {
@@ -142,7 +157,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                        repeat_kv(v, rep).to(q.scalar_type()), allowed);
   out = out.transpose(1, 2).reshape({batch, length, n_heads * head_dim});
   // Row-parallel o_proj: each rank's partial product, summed over the group.
-  return dist::reduce_from_tensor_parallel(project(out, o_proj->weight), tp);
+  return dist::reduce_from_tensor_parallel(
+      adapted(lora, layer_index, "o_proj", project(out, o_proj->weight), out), tp);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -162,9 +178,12 @@ void MLPImpl::fuse_projections() {
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
   const auto input = dist::copy_to_tensor_parallel(x, tp);  // column-parallel gate/up
   const auto gate_up = project(input, {gate_proj->weight, up_proj->weight}, {});
+  const auto gate = adapted(lora, layer_index, "gate_proj", gate_up[0], input);
+  const auto up = adapted(lora, layer_index, "up_proj", gate_up[1], input);
+  const auto hidden = F::silu(gate) * up;
   // Row-parallel down_proj, as o_proj.
   return dist::reduce_from_tensor_parallel(
-      project(F::silu(gate_up[0]) * gate_up[1], down_proj->weight), tp);
+      adapted(lora, layer_index, "down_proj", project(hidden, down_proj->weight), hidden), tp);
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
@@ -173,6 +192,11 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+void DecoderLayerImpl::attach_lora(const LoraAdaptersImpl* adapters, int64_t index) {
+  self_attn->lora = mlp->lora = adapters;
+  self_attn->layer_index = mlp->layer_index = index;
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
@@ -290,7 +314,8 @@ std::vector<std::pair<std::string, torch::Tensor>> TransformerImpl::named_weight
 
 std::vector<std::pair<std::string, torch::Tensor>> TransformerImpl::local_weights() {
   std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (auto& item : named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
+  for (auto& item : named_parameters(/*recurse=*/true))
+    if (item.key().rfind("lora.", 0) != 0) out.emplace_back(item.key(), item.value());
   return out;
 }
 

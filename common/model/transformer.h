@@ -16,6 +16,8 @@
 
 namespace tiller {
 
+struct LoraAdaptersImpl;
+
 struct RMSNormImpl : torch::nn::Module {
   RMSNormImpl(int64_t dim, double eps);
   // x: [..., dim] -> [..., dim]
@@ -46,6 +48,8 @@ struct AttentionImpl : torch::nn::Module {
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t n_heads, n_kv_heads, head_dim;  // this rank's heads under tensor parallelism
   dist::Group tp;
+  const LoraAdaptersImpl* lora = nullptr;  // the model's adapters (common/model/lora.h), if any
+  int64_t layer_index = 0;
 };
 TORCH_MODULE(Attention);
 
@@ -56,6 +60,8 @@ struct MLPImpl : torch::nn::Module {
   void fuse_projections();  // gate and up back to back, as Attention's q/k/v
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
   dist::Group tp;
+  const LoraAdaptersImpl* lora = nullptr;
+  int64_t layer_index = 0;
 };
 TORCH_MODULE(MLP);
 
@@ -63,6 +69,8 @@ struct DecoderLayerImpl : torch::nn::Module {
   explicit DecoderLayerImpl(const ModelConfig& config);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& allowed, KVCache* cache, int64_t layer);
+  // Routes this layer's projections through `adapters` (layer `index` of them).
+  void attach_lora(const LoraAdaptersImpl* adapters, int64_t index);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
   MLP mlp{nullptr};
@@ -110,7 +118,8 @@ struct TransformerImpl : torch::nn::Module {
   torch::Tensor sequence_scores(const torch::Tensor& input_ids,
                                 const torch::Tensor& attention_mask);
 
-  // Weights as they are named in Hugging Face checkpoints (tied lm_head omitted), full-size.
+  // Weights as they are named in Hugging Face checkpoints (tied lm_head omitted), full-size;
+  // LoRA adapters are not among them (common/model/lora.h: lora_weights, merged_weights).
   // Unsharded: the parameters themselves. Sharded: gathered copies, a collective that every
   // rank of the tensor-parallel group calls.
   std::vector<std::pair<std::string, torch::Tensor>> named_weights();
@@ -139,6 +148,8 @@ struct TransformerImpl : torch::nn::Module {
   Decoder model{nullptr};
   torch::nn::Linear lm_head{nullptr};
   torch::nn::Linear score{nullptr};
+  // LoRA adapters (attach_lora in common/model/lora.h), registered as the submodule "lora".
+  std::shared_ptr<LoraAdaptersImpl> lora;
 };
 TORCH_MODULE(Transformer);
 

@@ -1,5 +1,7 @@
 #include "common/rollout/fast_decode.h"
 
+#include "common/model/lora.h"
+
 #include <cblas.h>
 
 #include <cmath>
@@ -121,13 +123,45 @@ FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache, decode_kernels:
     AttentionImpl& att = *layer.self_attn;
     MLPImpl& mlp = *layer.mlp;
     layers_.push_back({data_of(layer.input_layernorm->weight),
-                       data_of(layer.post_attention_layernorm->weight), data_of(att.q_proj->weight),
-                       data_of(att.k_proj->weight), data_of(att.v_proj->weight),
-                       data_of(att.o_proj->weight), data_or_null(att.q_proj->bias),
-                       data_or_null(att.k_proj->bias), data_or_null(att.v_proj->bias),
-                       data_of(mlp.gate_proj->weight), data_of(mlp.up_proj->weight),
-                       data_of(mlp.down_proj->weight), cache.keys[l].data_ptr<float>(),
-                       cache.values[l].data_ptr<float>()});
+                       data_of(layer.post_attention_layernorm->weight),
+                       data_of(att.q_proj->weight),
+                       data_of(att.k_proj->weight),
+                       data_of(att.v_proj->weight),
+                       data_of(att.o_proj->weight),
+                       data_or_null(att.q_proj->bias),
+                       data_or_null(att.k_proj->bias),
+                       data_or_null(att.v_proj->bias),
+                       data_of(mlp.gate_proj->weight),
+                       data_of(mlp.up_proj->weight),
+                       data_of(mlp.down_proj->weight),
+                       cache.keys[l].data_ptr<float>(),
+                       cache.values[l].data_ptr<float>(),
+                       /*adapters, set below:*/ {},
+                       {},
+                       {},
+                       {},
+                       {},
+                       {},
+                       {}});
+    if (model.lora && model.lora->active) {
+      auto low_rank = [&](const char* target) {
+        const LoraLinear* adapter = model.lora->find(static_cast<int64_t>(l), target);
+        return adapter == nullptr ? LowRank{} : LowRank{data_of(adapter->a), data_of(adapter->b)};
+      };
+      Layer& last = layers_.back();
+      last.q_lora = low_rank("q_proj");
+      last.k_lora = low_rank("k_proj");
+      last.v_lora = low_rank("v_proj");
+      last.o_lora = low_rank("o_proj");
+      last.gate_lora = low_rank("gate_proj");
+      last.up_lora = low_rank("up_proj");
+      last.down_lora = low_rank("down_proj");
+    }
+  }
+  if (model.lora && model.lora->active) {
+    lora_rank_ = model.lora->options.rank;
+    lora_scale_ = static_cast<float>(model.lora->options.scale());
+    low_.resize(batch_ * lora_rank_);
   }
   // The rotary tables of every slot position, from the torch path's own code.
   const int64_t capacity = cache.capacity();
@@ -147,6 +181,14 @@ FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache, decode_kernels:
   const int64_t padded = decode_kernels::padded_slots(capacity);
   scores_.resize((heads_ / kv_heads_) * padded);
   mask_bias_.resize(batch_ * padded);
+}
+
+void FastDecoder::add_low_rank(const LowRank& adapter, const float* in, int64_t k, int64_t n,
+                               float* out) {
+  if (adapter.a == nullptr) return;
+  linear(isa_, in, batch_, k, adapter.a, nullptr, lora_rank_, low_.data(), false);
+  for (float& value : low_) value *= lora_scale_;
+  linear(isa_, low_.data(), batch_, lora_rank_, adapter.b, nullptr, n, out, true);
 }
 
 // Scaled dot-product attention of each row's query heads (q: [B, H, hd]) over the cached slots
@@ -195,6 +237,9 @@ torch::Tensor FastDecoder::step(const torch::Tensor& tokens, const torch::Tensor
     linear(isa_, xn_.data(), batch_, dim_, layer.q, layer.q_bias, q_width, q_.data(), false);
     linear(isa_, xn_.data(), batch_, dim_, layer.k, layer.k_bias, kv_width, k_.data(), false);
     linear(isa_, xn_.data(), batch_, dim_, layer.v, layer.v_bias, kv_width, v_.data(), false);
+    add_low_rank(layer.q_lora, xn_.data(), dim_, q_width, q_.data());
+    add_low_rank(layer.k_lora, xn_.data(), dim_, kv_width, k_.data());
+    add_low_rank(layer.v_lora, xn_.data(), dim_, kv_width, v_.data());
     for (int64_t b = 0; b < batch_; ++b) {
       const float* cos = cos_.data_ptr<float>() + pos[b] * hd;
       const float* sin = sin_.data_ptr<float>() + pos[b] * hd;
@@ -208,11 +253,15 @@ torch::Tensor FastDecoder::step(const torch::Tensor& tokens, const torch::Tensor
     }
     attention(q_.data(), layer, slot, att_.data());
     linear(isa_, att_.data(), batch_, q_width, layer.o, nullptr, dim_, x_.data(), true);
+    add_low_rank(layer.o_lora, att_.data(), q_width, dim_, x_.data());
     rms_norm(x_.data(), layer.post_attention_norm, batch_, dim_, eps_, xn_.data());
     linear(isa_, xn_.data(), batch_, dim_, layer.gate, nullptr, hidden_, gate_.data(), false);
     linear(isa_, xn_.data(), batch_, dim_, layer.up, nullptr, hidden_, up_.data(), false);
+    add_low_rank(layer.gate_lora, xn_.data(), dim_, hidden_, gate_.data());
+    add_low_rank(layer.up_lora, xn_.data(), dim_, hidden_, up_.data());
     decode_kernels::silu_mul(isa_, gate_.data(), up_.data(), batch_ * hidden_);
     linear(isa_, gate_.data(), batch_, hidden_, layer.down, nullptr, dim_, x_.data(), true);
+    add_low_rank(layer.down_lora, gate_.data(), hidden_, dim_, x_.data());
   }
   rms_norm(x_.data(), final_norm_, batch_, dim_, eps_, xn_.data());
   auto logits = torch::empty({batch_, vocab_}, torch::kFloat);

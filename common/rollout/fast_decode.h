@@ -5,6 +5,8 @@
 // of the model) and writes keys and values into the generator's KV cache, so the torch path's
 // prefill and this step share one cache. Same computation as TransformerImpl::hidden + logits with
 // one query per row; results differ from it by float rounding only (the sums run in another order).
+// Active LoRA adapters (common/model/lora.h) are applied as the torch path applies them, without
+// dropout (generation).
 #pragma once
 #include <torch/torch.h>
 
@@ -33,13 +35,22 @@ class FastDecoder {
   torch::Tensor step(const torch::Tensor& tokens, const torch::Tensor& positions);
 
  private:
+  // A LoRA adapter's matrices (a: [rank, in], b: [out, rank]); a == nullptr: none.
+  struct LowRank {
+    const float* a = nullptr;
+    const float* b = nullptr;
+  };
   struct Layer {
     const float *input_norm, *post_attention_norm;
     const float *q, *k, *v, *o;             // [out, in], as torch::nn::Linear stores them
     const float *q_bias, *k_bias, *v_bias;  // nullptr without attention_bias
     const float *gate, *up, *down;
     float *keys, *values;  // cache: [B, KV, capacity, head_dim]
+    LowRank q_lora, k_lora, v_lora, o_lora, gate_lora, up_lora, down_lora;
   };
+
+  // out[rows, n] += lora_scale_ * (in · aᵀ) · bᵀ, when the adapter is there.
+  void add_low_rank(const LowRank& adapter, const float* in, int64_t k, int64_t n, float* out);
 
   void attention(const float* q, const Layer& layer, int64_t slot, float* out);
 
@@ -51,6 +62,9 @@ class FastDecoder {
   const float* final_norm_;
   const float* lm_head_;  // the embedding when tied
   std::vector<Layer> layers_;
+  int64_t lora_rank_ = 0;
+  float lora_scale_ = 0;
+  std::vector<float> low_;   // [B, rank]: in · aᵀ of one adapter
   torch::Tensor cos_, sin_;  // [capacity, head_dim], the torch path's rotary tables
   // Activations of one step, reused: x (residual), normed x, q, k, v, attention out, gate, up;
   // the attention's scores of one key/value head, and each row's mask as additive biases

@@ -7,6 +7,7 @@
 
 #include "common/io/hf_dir.h"
 #include "common/io/safetensors.h"
+#include "common/model/lora.h"
 #include "common/train/optimizer.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
@@ -136,7 +137,10 @@ void save_checkpoint(const std::string& dir, const CheckpointParts& parts,
   // Collectives first, on every rank: full weights of tensor-parallel models, the optimizer state
   // gathered over data parallel, then each tensor-parallel rank's state to rank 0.
   std::vector<NamedTensors> model_weights;
-  for (const auto& [part, model] : parts.models) model_weights.push_back(model->named_weights());
+  // A LoRA model's checkpoint holds what trains (adapters, modules to save): its base is the
+  // stage's init, loaded again at resume.
+  for (const auto& [part, model] : parts.models)
+    model_weights.push_back(has_lora(*model) ? lora_weights(*model) : model->named_weights());
   std::vector<std::vector<std::string>> optimizer_states;
   for (const auto& [part, optimizer] : parts.optimizers)
     optimizer_states.push_back(
@@ -166,8 +170,13 @@ nlohmann::json load_latest_checkpoint(const std::string& dir, const CheckpointPa
   const std::string ckpt = dir + "/" + name;
   check(is_directory(ckpt), latest_file + " names " + name + ", which does not exist");
 
-  for (const auto& [part, model] : parts.models)
-    load_weights(*model, read_safetensors(ckpt + "/" + part + ".safetensors"), ckpt + "/" + part);
+  for (const auto& [part, model] : parts.models) {
+    const auto weights = read_safetensors(ckpt + "/" + part + ".safetensors");
+    if (has_lora(*model))
+      load_lora_weights(*model, weights, ckpt + "/" + part);
+    else
+      load_weights(*model, weights, ckpt + "/" + part);
+  }
   for (const auto& [part, optimizer] : parts.optimizers) {
     const dist::Group& tp = optimizer->tensor_parallel();
     const std::string path = ckpt + "/" + optimizer_file(part, tp.rank(), tp.size());
