@@ -138,6 +138,7 @@ DpoStageConfig parse_dpo_stage(const StageEntry& entry, ConfigErrors& errors) {
   read_sample_eval(r, c, errors);
   c.train = parse_train_config(r.object("train"), r.path_of("train"), errors);
   c.data.max_seq_len = c.train.max_seq_len;
+  c.lora = read_lora_section(r, errors);
   return c;
 }
 
@@ -165,6 +166,7 @@ nlohmann::json dpo_stated_defaults(const DpoStageConfig& c) {
                       {"max_new_tokens", s.max_new_tokens},
                       {"temperature", s.temperature}};
   if (s.ground_truth.enabled()) stated["ground_truth"] = ground_truth_values(s.ground_truth);
+  if (c.lora.enabled) stated["lora"] = lora_section_values(c.lora);
   return stated;
 }
 
@@ -204,6 +206,7 @@ DpoPolicy set_up_policy(const Recipe& recipe, const DpoStageConfig& c,
         "stage " + c.name + ": train.max_seq_len " + std::to_string(c.train.max_seq_len) +
             " exceeds the model's max_position_embeddings " +
             std::to_string(model->config.max_position_embeddings));
+  apply_lora_section(*model, c.lora, init_dir, recipe.run.seed, c.name);
   model->to(device);
   model->train();
   model->model->activation_checkpointing = c.train.activation_checkpointing;
@@ -291,6 +294,7 @@ ReferenceSource cached_reference(const Recipe& recipe, const DpoStageConfig& c, 
     freeze(*separate, device);
   }
   TransformerImpl& reference = separate ? *separate : *policy.model;
+  const LoraSwitchedOff base_only(*policy.model);  // the policy as reference: its base
   ReferenceCacheOptions o;
   o.dir = recipe.stage_dir(c.name) + "/reference_logps";
   o.fingerprint = reference_fingerprint(reference, {&data.train, &data.val}, c.data.template_name,
@@ -319,6 +323,10 @@ ReferenceSource live_reference(const Recipe& recipe, const DpoStageConfig& c,
                                const DpoPolicy& policy, const torch::Device& device) {
   ReferenceSource source;
   source.used = true;
+  if (c.reference.empty() && has_lora(*policy.model)) {
+    source.live = policy.model;  // switched off in add_reference: no second copy of the weights
+    return source;
+  }
   source.live = load_causal_lm(reference_dir(recipe, c, policy.init_dir), "reference");
   policy.tokenizer.check_matches(source.live->config, c.reference.empty() ? c.init : c.reference);
   freeze(*source.live, device);
@@ -407,6 +415,7 @@ struct DpoStepper {
     if (reference.live) {
       torch::NoGradGuard no_grad;
       compat::AutocastGuard cast(bf16, options.device());
+      const LoraSwitchedOff base_only(*reference.live.ptr());  // the policy itself, with LoRA
       const SideLogProbs r = pair_log_probs(*reference.live.ptr(), slice, pad_id);
       logps.reference_chosen = r.chosen.to(options.dtype());
       logps.reference_rejected = r.rejected.to(options.dtype());

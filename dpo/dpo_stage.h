@@ -10,6 +10,7 @@
 
 #include "common/data/preference_data.h"
 #include "common/data/prompt_data.h"
+#include "common/recipe/lora_section.h"
 #include "common/recipe/recipe.h"
 #include "common/recipe/stage_registry.h"
 #include "common/train/train_config.h"
@@ -42,6 +43,8 @@ struct DpoStageConfig {
   int64_t cache_chunk_pairs = 256;
   DpoSampleEval sample_eval;
   TrainConfig train;  // batch_size and micro_batch_size count pairs
+  // enabled: adapters on the policy; the default reference is the policy with them switched off
+  LoraSection lora;
 };
 
 // Parses a dpo stage body; mistakes go to `errors` with their paths.

@@ -1,5 +1,6 @@
 #include "reward/reward_stage.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -65,6 +66,12 @@ RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& erro
   }
   c.train = parse_train_config(r.object("train"), r.path_of("train"), errors);
   c.data.max_seq_len = c.train.max_seq_len;
+  c.lora = read_lora_section(r, errors);
+  // The score head is new (or a reward model's own): it trains whole, as PEFT's SEQ_CLS task
+  // adds it to modules_to_save.
+  auto& saved = c.lora.options.modules_to_save;
+  if (c.lora.enabled && std::find(saved.begin(), saved.end(), "score") == saved.end())
+    saved.push_back("score");
   return c;
 }
 
@@ -72,11 +79,13 @@ nlohmann::json reward_stated_values(const RewardStageConfig& c) {
   const nlohmann::json data = preference_data_section_values({c.data, c.val_path, c.val_fraction});
   nlohmann::json loss = {{"use_margin", c.use_margin}, {"center_coef", c.center_coef}};
   if (is_ranking_format(c.data.format)) loss["rankings"] = c.ranking_loss;
-  return {{"init", c.init},
-          {"data", data},
-          {"loss", loss},
-          {"normalize", {{"reference", c.normalize_reference}}},
-          {"train", train_config_values(c.train)}};
+  nlohmann::json stated = {{"init", c.init},
+                           {"data", data},
+                           {"loss", loss},
+                           {"normalize", {{"reference", c.normalize_reference}}},
+                           {"train", train_config_values(c.train)}};
+  if (c.lora.enabled) stated["lora"] = lora_section_values(c.lora);
+  return stated;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,6 +137,7 @@ RewardSetUp set_up_model(const Recipe& recipe, const RewardStageConfig& c,
             std::to_string(model->config.max_position_embeddings));
   const int64_t pad_id = reward_pad_id(tokenizer);
   model->config.pad_token_id = pad_id;
+  apply_lora_section(*model, c.lora, init_dir, recipe.run.seed, c.name);
   model->to(device);
   model->train();
   model->model->activation_checkpointing = c.train.activation_checkpointing;

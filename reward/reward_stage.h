@@ -13,6 +13,7 @@
 #include "common/data/ranking_data.h"
 #include "common/dist/process_group.h"
 #include "common/model/transformer.h"
+#include "common/recipe/lora_section.h"
 #include "common/recipe/recipe.h"
 #include "common/recipe/stage_registry.h"
 #include "common/train/train_config.h"
@@ -36,6 +37,7 @@ struct RewardStageConfig {
   // a preference file (in data.format) whose chosen responses are the reference.
   std::string normalize_reference = "val_chosen";
   TrainConfig train;  // batch_size and micro_batch_size count pairs, or rankings ("instructgpt")
+  LoraSection lora;   // enabled: adapters on the init's body; the score head always trains whole
 };
 
 // Parses a reward stage body; mistakes go to `errors` with their paths.

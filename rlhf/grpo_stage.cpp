@@ -126,6 +126,7 @@ GrpoStageConfig parse_grpo_stage(const StageEntry& entry, ConfigErrors& errors) 
   read_train(r.object("train"), r.path_of("train"), errors, c);
   read_eval(r.object("eval"), r.path_of("eval"), errors, c);
   read_samples(r.object("samples"), r.path_of("samples"), errors, c.sample_every, c.sample_count);
+  c.lora = read_lora_section(r, errors);
   return c;
 }
 
@@ -133,7 +134,7 @@ nlohmann::json grpo_stated_defaults(const GrpoStageConfig& c) {
   const GrpoOptions& o = c.grpo;
   nlohmann::json train = rl_train_values(c.train);
   train["lr"] = c.lr;
-  return {
+  nlohmann::json stated = {
       {"policy", c.policy},
       {"reference", c.reference},
       {"algorithm", o.algorithm},
@@ -161,6 +162,8 @@ nlohmann::json grpo_stated_defaults(const GrpoStageConfig& c) {
       {"train", train},
       {"eval", {{"prompts", c.eval_prompts}, {"every", c.eval_every}, {"samples", c.eval_samples}}},
       {"samples", samples_values(c.sample_every, c.sample_count)}};
+  if (c.lora.enabled) stated["lora"] = lora_section_values(c.lora);
+  return stated;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -547,6 +550,7 @@ nlohmann::json run_grpo_stage(const Recipe& recipe, const GrpoStageConfig& c) {
   const std::string tokenizer_path = tokenizer_path_in(policy_dir);
   const Tokenizer tok(tokenizer_path);
   Transformer actor = load_causal_lm(policy_dir, "policy");
+  apply_lora_section(*actor, c.lora, policy_dir, recipe.run.seed, c.name);
   tok.check_matches(actor->config, c.policy);
   check(c.data.max_prompt_len + c.grpo.sampling.max_new_tokens <=
             actor->config.max_position_embeddings,
@@ -554,7 +558,9 @@ nlohmann::json run_grpo_stage(const Recipe& recipe, const GrpoStageConfig& c) {
             ": data.max_prompt_len + rollout.max_new_tokens exceeds the policy's context of " +
             std::to_string(actor->config.max_position_embeddings));
   Transformer reference{nullptr};
-  if (c.grpo.needs_reference()) {
+  if (c.grpo.needs_reference() && has_lora(*actor) && c.reference == c.policy) {
+    reference = actor;  // the policy with its adapters switched off: no second copy
+  } else if (c.grpo.needs_reference()) {
     reference = load_causal_lm(resolve_model_reference(recipe, c.reference), "reference");
     reference->eval();
     reference->to(loop.device());

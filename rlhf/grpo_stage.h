@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/data/prompt_data.h"
+#include "common/recipe/lora_section.h"
 #include "common/recipe/recipe.h"
 #include "common/recipe/stage_registry.h"
 #include "rlhf/grpo_trainer.h"
@@ -34,6 +35,7 @@ struct GrpoStageConfig {
   // down to -penalty at max_new_tokens. buffer 0: off.
   int64_t overlong_buffer = 0;
   double overlong_penalty = 1.0;
+  LoraSection lora;  // enabled: adapters on the policy; a reference that is the policy is its base
   RlTrainOptions train;
   double lr = 1e-6;
   int64_t eval_prompts = 64;  // held out of training

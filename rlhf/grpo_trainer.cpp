@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/data/batching.h"  // seeded_permutation
+#include "common/model/lora.h"
 #include "common/rollout/batch_layout.h"
 #include "common/torch_compat.h"
 #include "common/train/nonfinite_guard.h"
@@ -31,7 +32,8 @@ GrpoTrainer::GrpoTrainer(GrpoOptions options, TransformerImpl& actor, Transforme
   check(actor.config.num_labels == 0, "grpo: the policy must be a causal LM");
   check(reference_ == nullptr || reference_->config.vocab_size == actor.config.vocab_size,
         "grpo: the policy and the reference must share one vocabulary");
-  if (reference_ != nullptr)
+  // With LoRA the reference may be the policy itself, computing with its adapters switched off.
+  if (reference_ != nullptr && reference_ != &actor_)
     for (auto& p : reference_->parameters()) p.requires_grad_(false);
 }
 
@@ -79,6 +81,7 @@ std::pair<torch::Tensor, torch::Tensor> GrpoTrainer::logprobs(const GenerationBa
   torch::Tensor ref;
   if (reference_ != nullptr)
     ref = in_chunks(n, chunk, device, [&](const torch::Tensor& rows) {
+      const LoraSwitchedOff base_only(*reference_);
       return pass(*reference_, b, rows, false).first;
     });
   return {policy.clone(), ref.defined() ? ref.clone() : ref};
@@ -105,6 +108,7 @@ GroupBatch GrpoTrainer::prepare(GenerationBatch generation, const torch::Tensor&
     c10::InferenceMode inference;
     b.ref_logprobs =
         in_chunks(b.size(), o.micro_batch_size, b.mask.device(), [&](const torch::Tensor& rows) {
+          const LoraSwitchedOff base_only(*reference_);
           return pass(*reference_, b, rows, false).first;
         }).clone();
   }

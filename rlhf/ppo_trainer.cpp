@@ -5,6 +5,7 @@
 
 #include "common/data/batching.h"  // seeded_permutation
 #include "common/model/attention_mask.h"
+#include "common/model/lora.h"
 #include "common/rollout/batch_layout.h"
 #include "common/torch_compat.h"
 #include "common/train/nonfinite_guard.h"
@@ -127,7 +128,9 @@ PpoTrainer::PpoTrainer(PpoOptions options, TransformerImpl& actor, TransformerIm
   check(actor.config.vocab_size == reference.config.vocab_size &&
             actor.config.vocab_size == critic.config.vocab_size,
         "ppo: actor, reference and critic must share one vocabulary");
-  for (auto& p : reference_.parameters()) p.requires_grad_(false);
+  // With LoRA the reference is the actor itself, computing with its adapters switched off.
+  if (&reference_ != &actor_)
+    for (auto& p : reference_.parameters()) p.requires_grad_(false);
 
   const auto matmul_parameters_per_token = [](const ModelConfig& c) {
     // The token embedding is a lookup; an LM's head (tied or not) is a matrix multiply.
@@ -266,7 +269,13 @@ void PpoTrainer::compute_passes(Rollout& r) {
     r.ref_logprobs = ref.clone();  // a normal tensor, usable beside autograd ones
     r.scorer_scores = scorer_(my_prompts, my_responses).to(torch::kFloat).cpu().clone();
   };
-  SideBySide(side_by_side_).run(actor_and_critic, reference_and_scorer);
+  if (&reference_ == &actor_) {  // LoRA: one model, its adapters on, then off
+    actor_and_critic();
+    const LoraSwitchedOff base_only(reference_);
+    reference_and_scorer();
+  } else {
+    SideBySide(side_by_side_).run(actor_and_critic, reference_and_scorer);
+  }
   check(r.scorer_scores.dim() == 1 && r.scorer_scores.size(0) == local,
         "ppo: the scorer must return one score per episode");
   check(torch::isfinite(r.scorer_scores).all().item<bool>(),

@@ -172,6 +172,7 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
   c.ground_truth = parse_ground_truth(r.raw("ground_truth"), r.path_of("ground_truth"), errors);
   read_samples(r.object("samples"), r.path_of("samples"), errors, c.sample_every, c.sample_count);
   read_eval(r.object("eval"), r.path_of("eval"), errors, c);
+  c.lora = read_lora_section(r, errors);
   return c;
 }
 
@@ -234,6 +235,7 @@ nlohmann::json rlhf_stated_defaults(const RlhfStageConfig& c) {
   stated["reward_model"] = c.reward_model;
   stated["critic"] = c.critic;
   if (c.ground_truth.enabled()) stated["ground_truth"] = ground_truth_values(c.ground_truth);
+  if (c.lora.enabled) stated["lora"] = lora_section_values(c.lora);
   return stated;
 }
 
@@ -257,7 +259,12 @@ PpoModels load_models(const Recipe& recipe, const RlhfStageConfig& c, const std:
                       const Tokenizer& tok, const torch::Device& device) {
   PpoModels m;
   m.actor = load_causal_lm(policy_dir, "policy");
-  m.reference = load_causal_lm(resolve_model_reference(recipe, c.reference), "reference");
+  apply_lora_section(*m.actor, c.lora, policy_dir, recipe.run.seed, c.name);
+  // With LoRA, a reference that is the policy's init is the actor with its adapters switched off:
+  // no second copy of the weights.
+  m.reference = has_lora(*m.actor) && c.reference == c.policy
+                    ? m.actor
+                    : load_causal_lm(resolve_model_reference(recipe, c.reference), "reference");
   m.reward_dir = resolve_model_reference(recipe, c.reward_model);
   m.reward = load_reward_model(m.reward_dir);
   const std::string critic_dir = resolve_model_reference(recipe, c.critic);
@@ -296,6 +303,7 @@ PpoModels load_models(const Recipe& recipe, const RlhfStageConfig& c, const std:
   m.reward_pad = m.reward.model->config.pad_token_id >= 0 ? m.reward.model->config.pad_token_id
                                                           : reward_pad_id(tok);
   for (TransformerImpl* frozen : {m.reference.get(), m.reward.model.get()}) {
+    if (frozen == m.actor.get()) continue;
     for (auto& p : frozen->parameters()) p.requires_grad_(false);
     frozen->eval();
     frozen->to(device);

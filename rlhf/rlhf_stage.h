@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/data/prompt_data.h"
+#include "common/recipe/lora_section.h"
 #include "common/recipe/recipe.h"
 #include "common/recipe/stage_registry.h"
 #include "common/train/parallel_adamw.h"
@@ -34,7 +35,8 @@ struct RlhfStageConfig {
   double beta = 0.05;    // initial KL coefficient
   double kl_target = 0;  // adaptive controller target (0: fixed beta)
   double kl_horizon = 10000;
-  double kl_max = 0;     // a bound on the evaluation KL reported at the end (0: none)
+  double kl_max = 0;  // a bound on the evaluation KL reported at the end (0: none)
+  LoraSection lora;   // enabled: adapters on the policy; a reference that is the policy is its base
   RlTrainOptions train;  // iterations, schedule, optimizer, checkpoints, precision
   double actor_lr = 1e-5, critic_lr = 1e-5;
   GroundTruthRule ground_truth;
