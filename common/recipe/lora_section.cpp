@@ -78,10 +78,13 @@ LoraSection read_lora_section(ConfigReader& stage, ConfigErrors& errors) {
 
 nlohmann::json lora_section_values(const LoraSection& s) {
   const LoraOptions& o = s.options;
+  // All seven projections are stated as the recipe names them, which parses back the same.
+  const nlohmann::json targets =
+      o.targets == lora_target_names() ? nlohmann::json("all-linear") : nlohmann::json(o.targets);
   nlohmann::json values = {{"rank", o.rank},
                            {"alpha", o.alpha},
                            {"dropout", o.dropout},
-                           {"targets", o.targets},
+                           {"targets", targets},
                            {"init", o.init},
                            {"rslora", o.rslora},
                            {"modules_to_save", o.modules_to_save}};
