@@ -35,6 +35,7 @@ void run_eval(const EvalArgs& a) {
   check(!a.tasks.empty(), "eval: --tasks TASK.jsonl is required");
   check(a.svg.empty() || !a.across.empty(), "eval: --svg needs --across");
   check(a.stage.empty() || !a.across.empty(), "eval: --stage needs --across");
+  check(a.options.adapter.empty() || !a.model.empty(), "eval: --adapter needs --model");
   const auto items = eval::read_task_file(a.tasks);
   set_threads(a.threads);
   warn_if_slow_blas();
@@ -43,6 +44,7 @@ void run_eval(const EvalArgs& a) {
     if (a.json) {
       auto j = eval::result_json(result, items, /*per_item=*/true);
       j["model"] = a.model;
+      if (!a.options.adapter.empty()) j["adapter"] = a.options.adapter;
       j["tasks"] = a.tasks;
       std::printf("%s\n", j.dump().c_str());
     } else {
@@ -148,6 +150,8 @@ void run_make_task(const MakeTaskArgs& a) {
 void add_eval_task_commands(CLI::App& eval_cmd) {
   auto args = std::make_shared<EvalArgs>();
   eval_cmd.add_option("--model", args->model, "HF model directory to evaluate");
+  eval_cmd.add_option("--adapter", args->options.adapter,
+                      "a LoRA adapter directory (PEFT layout) applied to --model");
   eval_cmd.add_option("--across", args->across,
                       "a sweep's runs.jsonl: evaluate every run's model, sorted by N");
   eval_cmd.add_option("--tasks", args->tasks, "task JSONL (docs/eval.md)");

@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "common/io/hf_dir.h"
+#include "common/io/peft_adapter.h"
 #include "common/rollout/generator.h"
 #include "common/tokenizer/chat_template.h"
 #include "common/tokenizer/tokenizer.h"
@@ -18,7 +19,7 @@ namespace tiller {
 namespace {
 
 struct GenerateArgs {
-  std::string model, tokenizer, prompt, prompts_file, out_file;
+  std::string model, adapter, tokenizer, prompt, prompts_file, out_file;
   bool has_prompt = false;  // --prompt given, maybe as "" (BOS alone: unconditional generation)
   SamplingOptions sampling;
   bool no_bos = false;
@@ -53,7 +54,7 @@ void run_generate(GenerateArgs a) {
   check(!a.model.empty(), "generate: --model is required");
   check(a.has_prompt == a.prompts_file.empty(), "generate: give one of --prompt and --prompts");
   check(a.prompts_file.empty() || !a.out_file.empty(), "generate: --prompts needs --out");
-  Transformer model = load_hf_model(a.model);
+  Transformer model = load_hf_model_with_adapter(a.model, a.adapter);
   Tokenizer tok(a.tokenizer.empty() ? tokenizer_path_in(a.model) : a.tokenizer);
   tok.check_matches(model->config, a.model);
   a.sampling.eos_id = tok.eos_id();
@@ -97,6 +98,8 @@ void add_generate_command(CLI::App& app, CommandAction& action) {
   auto gen = std::make_shared<GenerateArgs>();
   auto* gen_cmd = app.add_subcommand("generate", "sample completions from a model directory");
   gen_cmd->add_option("--model", gen->model, "HF model directory")->required();
+  gen_cmd->add_option("--adapter", gen->adapter,
+                      "a LoRA adapter directory (PEFT layout) applied to --model");
   gen_cmd->add_option("--tokenizer", gen->tokenizer,
                       "tokenizer.model or tokenizer.json (default: the model directory's)");
   gen_cmd->add_option("--prompt", gen->prompt, "prompt text")->each([gen](const std::string&) {

@@ -9,6 +9,7 @@
 
 #include "common/data/json_records.h"
 #include "common/io/hf_dir.h"
+#include "common/io/peft_adapter.h"
 #include "common/rollout/generator.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
@@ -397,7 +398,7 @@ EvalResult evaluate_tasks(TransformerImpl& model, const Tokenizer& tok,
 
 EvalResult evaluate_model_dir(const std::string& dir, const std::vector<TaskItem>& items,
                               const EvalOptions& options) {
-  Transformer model = load_hf_model(dir);
+  Transformer model = load_hf_model_with_adapter(dir, options.adapter);
   Tokenizer tok(tokenizer_path_in(dir));
   tok.check_matches(model->config, dir);
   return evaluate_tasks(*model, tok, items, options);

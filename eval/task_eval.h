@@ -52,6 +52,7 @@ struct EvalOptions {
   // Greedy tokens generated per generation item; 0: as many as the item's target has.
   int64_t max_new_tokens = 0;
   int64_t batch_size = 16;  // sequences per forward pass, prompts per generation batch
+  std::string adapter;      // a LoRA adapter (PEFT layout) on the model directory ("" none)
 };
 
 struct ItemResult {

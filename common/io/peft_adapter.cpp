@@ -2,6 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sstream>
+
+#include "common/io/hf_dir.h"
 #include "common/io/safetensors.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
@@ -36,8 +39,17 @@ bool set(const nlohmann::json& config, const char* key) {
   return true;
 }
 
-// PEFT names modules by suffix; Tiller's adapted projections and modules to save are these.
-std::string tiller_target(const std::string& name) {
+// PEFT matches a target to every module whose name ends with it ("self_attn.q_proj": every
+// layer's q_proj); Tiller's adapted projections and modules to save are named by the last part.
+// A target naming one layer ("model.layers.0.self_attn.q_proj") would adapt that layer alone,
+// which Tiller does not do: refused rather than widened to every layer.
+std::string tiller_target(const std::string& name, const std::string& where) {
+  std::string part;
+  std::istringstream parts(name);
+  while (std::getline(parts, part, '.'))
+    check(part.empty() || part.find_first_not_of("0123456789") != std::string::npos,
+          where + ": \"" + name +
+              "\" names one layer's module; Tiller adapts a projection in every layer");
   const auto dot = name.rfind('.');
   return dot == std::string::npos ? name : name.substr(dot + 1);
 }
@@ -102,11 +114,12 @@ LoraOptions read_peft_adapter_config(const std::string& dir) {
     o.targets.clear();
     for (const auto& name :
          string_list(config.value("target_modules", nlohmann::json()), where("target_modules")))
-      o.targets.push_back(name == "all-linear" ? name : tiller_target(name));
+      o.targets.push_back(name == "all-linear" ? name
+                                               : tiller_target(name, where("target_modules")));
     if (o.targets.size() == 1 && o.targets[0] == "all-linear") o.targets = lora_target_names();
     for (const auto& name :
          string_list(config.value("modules_to_save", nlohmann::json()), where("modules_to_save")))
-      o.modules_to_save.push_back(tiller_target(name));
+      o.modules_to_save.push_back(tiller_target(name, where("modules_to_save")));
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + ": " + std::string(e.what()));
   }
@@ -135,6 +148,18 @@ void attach_peft_adapter(TransformerImpl& model, const std::string& dir) {
   model.lora->base_model =
       read_json_file(dir + "/" + kConfigFile).value("base_model_name_or_path", std::string());
   load_peft_adapter_weights(model, dir);
+}
+
+Transformer load_hf_model_with_adapter(const std::string& model_dir, const std::string& adapter_dir,
+                                       int64_t num_labels) {
+  Transformer model = load_hf_model(model_dir, num_labels);
+  if (adapter_dir.empty()) return model;
+  try {
+    attach_peft_adapter(*model, adapter_dir);
+  } catch (const Error& e) {
+    throw Error("adapter " + adapter_dir + " on the model in " + model_dir + ": " + e.what());
+  }
+  return model;
 }
 
 }  // namespace tiller

@@ -21,6 +21,13 @@ LoraOptions read_peft_adapter_config(const std::string& dir);
 // weights; base mismatches (shapes, vocabulary of a module to save) are one clear line.
 void attach_peft_adapter(TransformerImpl& model, const std::string& dir);
 
+// The HF model in `model_dir` with the adapter in `adapter_dir` attached (`tiller merge`, and
+// `--adapter` of generate and eval); the model alone when adapter_dir is "". A base that does not
+// match the adapter (shapes, vocabulary), like a bad adapter config, is one line naming both
+// directories.
+Transformer load_hf_model_with_adapter(const std::string& model_dir, const std::string& adapter_dir,
+                                       int64_t num_labels = -1);
+
 // Loads DIR's adapter weights into adapters already attached (a stage's lora.init_adapter): the
 // adapter's rank, targets and modules to save must be the stage's.
 void load_peft_adapter_weights(TransformerImpl& model, const std::string& dir);

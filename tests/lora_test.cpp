@@ -1,0 +1,379 @@
+// LoRA adapters (common/model/lora.h) and PEFT's adapter directories (common/io/peft_adapter.h):
+// what trains, merging, writing and reading back, a hand-made PEFT adapter, and bad adapters.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "common/io/hf_dir.h"
+#include "common/io/peft_adapter.h"
+#include "common/io/safetensors.h"
+#include "common/model/lora.h"
+#include "common/util/files.h"
+#include "tests/test_util.h"
+
+using namespace tiller;
+
+namespace {
+
+// Vocabulary 61, width 32, MLP 48, 2 layers, 4 heads over 2 key/value heads: every projection
+// has its own shape.
+ModelConfig small_config() {
+  return test::llama_config(61, 32, 48, 2, 4, 2, 32);
+}
+
+Transformer random_base(const ModelConfig& config, uint64_t seed) {
+  Transformer model(config);
+  model->init_weights(seed);
+  model->eval();
+  return model;
+}
+
+// Fresh adapters have B = 0 (the model is its base); these give every B values too.
+void randomize_b(TransformerImpl& model, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(seed);
+  for (auto& [name, adapter] : model.lora->adapters) adapter->b.normal_(0.0, 0.05);
+}
+
+torch::Tensor tokens() {
+  return torch::tensor({{3, 17, 42, 5, 60, 1, 9, 33}, {8, 8, 2, 50, 21, 7, 0, 44}}, torch::kLong);
+}
+
+torch::Tensor logits_of(TransformerImpl& model) {
+  torch::NoGradGuard no_grad;
+  const auto ids = tokens();
+  return model.forward(ids, torch::ones_like(ids));
+}
+
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a - b).abs().max().item<double>();
+}
+
+LoraOptions options(int64_t rank, double alpha, std::vector<std::string> targets) {
+  LoraOptions o;
+  o.rank = rank;
+  o.alpha = alpha;
+  o.targets = std::move(targets);
+  return o;
+}
+
+// The base's HF directory (its weights, not merged) and the adapter's PEFT directory.
+void save_base_and_adapter(TransformerImpl& model, const std::string& base_dir,
+                           const std::string& adapter_dir) {
+  save_hf_model(model.config, model.named_weights(), base_dir);
+  write_peft_adapter(model, adapter_dir);
+}
+
+void write_json(const std::string& path, const nlohmann::json& j) {
+  std::ofstream(path) << j.dump(2);
+}
+
+}  // namespace
+
+TEST(Lora, OnlyTheAdaptersTrainAndTheBaseStaysBitForBit) {
+  const ModelConfig c = small_config();
+  Transformer model = random_base(c, 1);
+  std::map<std::string, torch::Tensor> before;
+  for (const auto& [name, w] : model->named_weights()) before[name] = w.clone();
+  attach_lora(*model, options(4, 8, lora_target_names()), /*seed=*/2, "test");
+
+  // r * (in + out) for each of the seven projections of each layer, and nothing else.
+  const int64_t h = c.hidden_size, m = c.intermediate_size;
+  const int64_t kv = c.num_key_value_heads * (c.hidden_size / c.num_attention_heads);
+  const int64_t per_layer = 4 * ((h + h) + (h + kv) + (h + kv) + (h + h) + 3 * (h + m));
+  std::vector<torch::Tensor> trainable;
+  int64_t count = 0;
+  for (const auto& p : model->parameters())
+    if (p.requires_grad()) {
+      trainable.push_back(p);
+      count += p.numel();
+    }
+  EXPECT_EQ(count, c.num_hidden_layers * per_layer);
+  // A fresh adapter starts at the base (B = 0).
+  Transformer base = random_base(c, 1);
+  EXPECT_TRUE(torch::equal(logits_of(*model), logits_of(*base)));
+
+  model->train();
+  torch::optim::AdamW optimizer(trainable, torch::optim::AdamWOptions(1e-2));
+  for (int step = 0; step < 3; ++step) {
+    optimizer.zero_grad();
+    const auto ids = tokens();
+    const auto logits = model->forward(ids, torch::ones_like(ids));
+    torch::nn::functional::cross_entropy(logits.reshape({-1, c.vocab_size}), ids.reshape({-1}))
+        .backward();
+    optimizer.step();
+  }
+  for (const auto& [name, w] : model->named_weights()) {
+    EXPECT_FALSE(w.grad().defined()) << name;
+    EXPECT_TRUE(torch::equal(w, before.at(name))) << name << " changed";
+  }
+  model->eval();
+  EXPECT_GT(max_abs_diff(logits_of(*model), logits_of(*base)), 1e-3)
+      << "the adapters did not learn";
+  // Switched off, the adapted model is its base again, exactly.
+  {
+    LoraSwitchedOff off(*model);
+    EXPECT_TRUE(torch::equal(logits_of(*model), logits_of(*base)));
+  }
+  EXPECT_FALSE(torch::equal(logits_of(*model), logits_of(*base)));
+}
+
+TEST(Lora, MergedWeightsGiveTheLogitsOfBasePlusAdapters) {
+  const ModelConfig c = small_config();
+  for (const bool rslora : {false, true}) {
+    SCOPED_TRACE(rslora ? "rslora" : "alpha / rank");
+    Transformer model = random_base(c, 3);
+    LoraOptions o = options(4, 12, lora_target_names());
+    o.rslora = rslora;
+    attach_lora(*model, o, 4, "test");
+    randomize_b(*model, 5);
+    Transformer merged(c);
+    std::map<std::string, torch::Tensor> weights;
+    for (const auto& [name, w] : merged_weights(*model)) weights[name] = w;
+    load_weights(*merged, weights, "merged");
+    merged->eval();
+    const auto adapted = logits_of(*model);
+    Transformer base = random_base(c, 3);
+    EXPECT_GT(max_abs_diff(adapted, logits_of(*base)), 1e-2) << "the adapters change nothing";
+    EXPECT_LT(max_abs_diff(logits_of(*merged), adapted), 1e-5);
+  }
+}
+
+TEST(Lora, AnAdapterWrittenAndReadBackGivesIdenticalOutputs) {
+  const ModelConfig c = small_config();
+  const std::string dir = test::temp_dir("lora_round_trip");
+  Transformer model = random_base(c, 6);
+  LoraOptions o = options(3, 7, {"q_proj", "v_proj", "down_proj"});
+  o.init = "gaussian";
+  attach_lora(*model, o, 7, "test");
+  randomize_b(*model, 8);
+  model->lora->base_model = "tests/base";
+  save_base_and_adapter(*model, dir + "/base", dir + "/adapter");
+
+  const auto config = read_json_file(dir + "/adapter/adapter_config.json");
+  EXPECT_EQ(config["peft_type"], "LORA");
+  EXPECT_EQ(config["task_type"], "CAUSAL_LM");
+  EXPECT_EQ(config["r"], 3);
+  EXPECT_EQ(config["lora_alpha"], 7.0);
+  EXPECT_EQ(config["base_model_name_or_path"], "tests/base");
+  EXPECT_EQ(config["init_lora_weights"], "gaussian");
+  const auto saved = read_safetensors(dir + "/adapter/adapter_model.safetensors");
+  ASSERT_TRUE(saved.count("base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"));
+  EXPECT_EQ(saved.at("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight").sizes(),
+            (std::vector<int64_t>{c.hidden_size, 3}));
+  EXPECT_EQ(saved.size(), 2u * 3u * 2u);  // A and B, three targets, two layers
+
+  Transformer read = load_hf_model_with_adapter(dir + "/base", dir + "/adapter");
+  read->eval();
+  ASSERT_TRUE(has_lora(*read));
+  EXPECT_EQ(read->lora->options.rank, 3);
+  EXPECT_EQ(read->lora->options.init, "gaussian");
+  EXPECT_TRUE(torch::equal(logits_of(*read), logits_of(*model)));
+}
+
+// An adapter written by hand the way PEFT saves one (older PEFT's ".default." in the names, a
+// module path suffix in target_modules, keys Tiller does not use) gives W + alpha/r B A exactly
+// where it says, and nothing elsewhere.
+TEST(Lora, AHandMadePeftAdapterIsReadAsPeftMeansIt) {
+  const ModelConfig c = small_config();
+  const std::string dir = test::temp_dir("lora_hand_made");
+  Transformer base = random_base(c, 9);
+  save_hf_model(*base, dir + "/base");
+  make_directories(dir + "/adapter");
+  write_json(dir + "/adapter/adapter_config.json",
+             {{"peft_type", "LORA"},
+              {"task_type", "CAUSAL_LM"},
+              {"base_model_name_or_path", "someone/tiny-llama"},
+              {"r", 2},
+              {"lora_alpha", 6},
+              {"lora_dropout", 0.05},
+              {"target_modules", {"self_attn.k_proj", "up_proj"}},
+              {"bias", "none"},
+              {"fan_in_fan_out", false},
+              {"inference_mode", true},
+              {"modules_to_save", nullptr},
+              {"revision", nullptr},
+              {"auto_mapping", nullptr}});
+  torch::manual_seed(10);
+  std::vector<std::pair<std::string, torch::Tensor>> adapter;
+  std::map<std::string, torch::Tensor> expected;
+  for (const auto& [name, w] : base->named_weights()) expected[name] = w.clone();
+  const int64_t kv = c.num_key_value_heads * (c.hidden_size / c.num_attention_heads);
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    const std::string l = "model.layers." + std::to_string(layer);
+    for (const auto& [module, out] : std::vector<std::pair<std::string, int64_t>>{
+             {l + ".self_attn.k_proj", kv}, {l + ".mlp.up_proj", c.intermediate_size}}) {
+      const auto a = torch::randn({2, c.hidden_size}) * 0.2;
+      const auto b = torch::randn({out, 2}) * 0.2;
+      adapter.emplace_back("base_model.model." + module + ".lora_A.default.weight", a);
+      adapter.emplace_back("base_model.model." + module + ".lora_B.default.weight", b);
+      expected[module + ".weight"] += 3.0 * torch::matmul(b, a);
+    }
+  }
+  write_safetensors(dir + "/adapter/adapter_model.safetensors", adapter, {{"format", "pt"}});
+
+  Transformer read = load_hf_model_with_adapter(dir + "/base", dir + "/adapter");
+  read->eval();
+  EXPECT_EQ(read->lora->options.rank, 2);
+  EXPECT_DOUBLE_EQ(read->lora->options.scale(), 3.0);
+  EXPECT_EQ(read->lora->base_model, "someone/tiny-llama");
+  Transformer by_hand(c);
+  load_weights(*by_hand, expected, "by hand");
+  by_hand->eval();
+  EXPECT_GT(max_abs_diff(logits_of(*by_hand), logits_of(*base)), 1e-2);
+  EXPECT_LT(max_abs_diff(logits_of(*read), logits_of(*by_hand)), 1e-5);
+}
+
+// Each bad adapter is one line that names the adapter and what is wrong, and nothing is loaded.
+TEST(Lora, BadAdaptersAreOneClearLine) {
+  const ModelConfig c = small_config();
+  const std::string dir = test::temp_dir("lora_bad");
+  Transformer model = random_base(c, 11);
+  attach_lora(*model, options(2, 4, {"q_proj", "o_proj"}), 12, "test");
+  save_base_and_adapter(*model, dir + "/base", dir + "/good");
+  const auto good = read_json_file(dir + "/good/adapter_config.json");
+  auto variant = [&](const std::string& name, const std::function<void(nlohmann::json&)>& edit) {
+    const std::string out = dir + "/" + name;
+    make_directories(out);
+    nlohmann::json config = good;
+    edit(config);
+    write_json(out + "/adapter_config.json", config);
+    std::filesystem::copy_file(dir + "/good/adapter_model.safetensors",
+                               out + "/adapter_model.safetensors");
+    return out;
+  };
+  // A wider base of the same vocabulary, and one of another vocabulary.
+  save_hf_model(*random_base(test::llama_config(61, 48, 48, 2, 4, 2, 32), 13), dir + "/wider");
+  Transformer vocab_model = random_base(c, 14);
+  LoraOptions with_head = options(2, 4, {"q_proj"});
+  with_head.modules_to_save = {"lm_head"};
+  attach_lora(*vocab_model, with_head, 15, "test");
+  save_base_and_adapter(*vocab_model, dir + "/vocab_base", dir + "/with_head");
+  save_hf_model(*random_base(test::llama_config(70, 32, 48, 2, 4, 2, 32), 16), dir + "/vocab70");
+
+  const std::vector<std::tuple<std::string, std::string, std::string, std::string>> cases = {
+      {"unknown target", dir + "/base",
+       variant("fc1",
+               [](auto& j) {
+                 j["target_modules"] = {"q_proj", "fc1"};
+               }),
+       "fc1"},
+      {"rank 0", dir + "/base", variant("rank0", [](auto& j) { j["r"] = 0; }), "rank"},
+      {"not LoRA", dir + "/base", variant("ia3", [](auto& j) { j["peft_type"] = "IA3"; }),
+       "peft_type"},
+      {"DoRA", dir + "/base", variant("dora", [](auto& j) { j["use_dora"] = true; }), "use_dora"},
+      {"one layer's module", dir + "/base",
+       variant("layer0",
+               [](auto& j) { j["target_modules"] = {"model.layers.0.self_attn.q_proj"}; }),
+       "one layer"},
+      {"no config", dir + "/base", dir + "/base", "adapter_config.json"},
+      {"rank in the config is not the tensors'", dir + "/base",
+       variant("rank3", [](auto& j) { j["r"] = 3; }), "lora_A"},
+      {"base of another width", dir + "/wider", dir + "/good", "[2, 32]"},
+      {"base of another vocabulary", dir + "/vocab70", dir + "/with_head", "lm_head"},
+  };
+  for (const auto& [what, base_dir, adapter_dir, names] : cases) {
+    SCOPED_TRACE(what);
+    const std::string message =
+        test::error_of([&] { load_hf_model_with_adapter(base_dir, adapter_dir); });
+    ASSERT_FALSE(message.empty()) << "accepted";
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    EXPECT_NE(message.find(adapter_dir), std::string::npos) << message;
+    EXPECT_NE(message.find(names), std::string::npos) << message;
+  }
+  // The good adapter on its base loads.
+  EXPECT_EQ(test::error_of([&] { load_hf_model_with_adapter(dir + "/base", dir + "/good"); }), "");
+}
+
+// `tiller merge` and `--adapter` of generate and eval, run as a user runs them, on the pretrained
+// stories260K with an adapter that changes its text: the merged directory, the model with its
+// adapter and the in-process adapted model agree.
+TEST(LoraCli, MergeAndAdapterFlagsAgreeWithTheAdaptedModel) {
+  TILLER_REQUIRE_SHARED(bin, "models/stories260K/stories260K.bin");
+  TILLER_REQUIRE_SHARED(tok, "models/stories260K/tok512.model");
+  const std::string dir = test::temp_dir("lora_cli");
+  const std::string tiller = test::tiller_binary();
+  std::string out;
+  ASSERT_EQ(test::run_command(tiller + " convert --model " + bin + " --tokenizer " + tok +
+                                  " --out " + dir + "/base",
+                              &out),
+            0)
+      << out;
+  Transformer model = load_hf_model(dir + "/base");
+  model->eval();
+  attach_lora(*model, options(4, 8, lora_target_names()), 21, "test");
+  {
+    torch::NoGradGuard no_grad;
+    torch::manual_seed(22);
+    for (auto& [name, adapter] : model->lora->adapters) adapter->b.normal_(0.0, 0.1);
+  }
+  write_peft_adapter(*model, dir + "/adapter");
+
+  ASSERT_EQ(test::run_command(tiller + " merge --base " + dir + "/base --adapter " + dir +
+                                  "/adapter --out " + dir + "/merged",
+                              &out),
+            0)
+      << out;
+  EXPECT_TRUE(path_exists(dir + "/merged/tokenizer.model"));
+  EXPECT_FALSE(path_exists(dir + "/merged/adapter")) << "a merged model is a plain HF model";
+  Transformer merged = load_hf_model(dir + "/merged");
+  merged->eval();
+  EXPECT_LT(max_abs_diff(logits_of(*merged), logits_of(*model)), 1e-5);
+
+  auto generate = [&](const std::string& flags) {
+    std::string text;
+    EXPECT_EQ(test::run_command(tiller + " generate " + flags +
+                                    " --prompt 'Once upon a time' --max-new-tokens 40 "
+                                    "--temperature 0 2>&1",
+                                &text),
+              0)
+        << text;
+    return text;
+  };
+  const std::string adapted = generate("--model " + dir + "/base --adapter " + dir + "/adapter");
+  EXPECT_EQ(adapted, generate("--model " + dir + "/merged"));
+  EXPECT_NE(adapted, generate("--model " + dir + "/base")) << "the adapter changes nothing";
+
+  std::ofstream(dir + "/task.jsonl")
+      << R"({"prompt": "Once upon a time", "target": " there was a little girl."})"
+      << "\n"
+      << R"({"prompt": "Tom saw a", "choices": [" big dog.", " red ball."], "answer": 1})"
+      << "\n";
+  auto eval = [&](const std::string& flags) {
+    std::string text;
+    EXPECT_EQ(test::run_command(
+                  tiller + " eval " + flags + " --tasks " + dir + "/task.jsonl --json 2>/dev/null",
+                  &text),
+              0)
+        << text;
+    return nlohmann::json::parse(text.substr(text.find('{')));
+  };
+  const auto with_adapter = eval("--model " + dir + "/base --adapter " + dir + "/adapter");
+  const auto of_merged = eval("--model " + dir + "/merged");
+  EXPECT_EQ(with_adapter["adapter"], dir + "/adapter");
+  EXPECT_NEAR(with_adapter["loglik_per_token"].get<double>(),
+              of_merged["loglik_per_token"].get<double>(), 1e-4);
+  EXPECT_EQ(with_adapter["exact_match"], of_merged["exact_match"]);
+
+  // An adapter of another base: one error line, nothing written.
+  save_hf_model(*random_base(small_config(), 23), dir + "/other");
+  EXPECT_EQ(test::run_command(tiller + " merge --base " + dir + "/other --adapter " + dir +
+                                  "/adapter --out " + dir + "/bad 2>&1",
+                              &out),
+            1)
+      << out;
+  EXPECT_NE(
+      out.find("tiller: error: adapter " + dir + "/adapter on the model in " + dir + "/other"),
+      std::string::npos)
+      << out;
+  EXPECT_FALSE(path_exists(dir + "/bad"));
+  EXPECT_EQ(test::run_command(tiller + " eval --across " + dir + "/runs.jsonl --adapter " + dir +
+                                  "/adapter --tasks " + dir + "/task.jsonl 2>&1",
+                              &out),
+            1);
+  EXPECT_NE(out.find("--adapter needs --model"), std::string::npos) << out;
+}
