@@ -1,7 +1,22 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages Tiller needs that are missing (as root, or through sudo).
-# With --tests, also what only the tests need (the quickstart does without them).
+#   setup.sh [--tests] [--oracles]
+# --tests: also what only the tests need (the quickstart does without them), --oracles included.
+# --oracles: the pinned Python packages of the oracle tests (tests/oracle/requirements-peft.txt:
+# peft, transformers) in .venv at the repository root, over Debian's python3-torch. Skipped when
+# .venv already holds exactly those pins, so a second run is quick.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TESTS=0
+ORACLES=0
+for option in "$@"; do
+  case "$option" in
+    --tests) TESTS=1; ORACLES=1 ;;
+    --oracles) ORACLES=1 ;;
+    *) echo "setup: unknown option '$option' (expected --tests or --oracles)" >&2; exit 2 ;;
+  esac
+done
 
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
@@ -22,23 +37,44 @@ TEST_PACKAGES=(
   python3-torch           # the independent PPO oracle (tests/oracle/ppo_oracle.py); never Tiller
   chromium                # headless, for the test that renders report.html as a browser does
 )
-if [ "${1:-}" = "--tests" ]; then
+ORACLE_PACKAGES=(
+  python3 python3-venv    # .venv, made with --system-site-packages
+  python3-torch           # the torch (1.13) that peft and transformers run on in .venv
+)
+if [ "$TESTS" = 1 ]; then
   PACKAGES+=("${TEST_PACKAGES[@]}")
+fi
+if [ "$ORACLES" = 1 ]; then
+  PACKAGES+=("${ORACLE_PACKAGES[@]}")
 fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    SUDO="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-echo "setup: installing ${missing[*]}"
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
-  SUDO="sudo"
+
+# The oracles' Python packages: pinned, --no-deps (every dependency is pinned in the file too, and
+# Debian's torch, numpy, yaml and requests come from the system), never into the system Python.
+# The stamp is a copy of the requirements installed last; a changed file reinstalls.
+if [ "$ORACLES" = 1 ]; then
+  REQUIREMENTS=tests/oracle/requirements-peft.txt
+  STAMP=.venv/tiller-requirements-peft.txt
+  if ! { [ -x .venv/bin/python ] && cmp -s "$REQUIREMENTS" "$STAMP"; }; then
+    echo "setup: installing $REQUIREMENTS into .venv"
+    [ -x .venv/bin/python ] || /usr/bin/python3 -m venv --system-site-packages .venv
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+      -r "$REQUIREMENTS"
+    cp "$REQUIREMENTS" "$STAMP"
+  fi
 fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <sstream>
 
 #include "common/io/hf_dir.h"
@@ -117,9 +118,17 @@ LoraOptions read_peft_adapter_config(const std::string& dir) {
       o.targets.push_back(name == "all-linear" ? name
                                                : tiller_target(name, where("target_modules")));
     if (o.targets.size() == 1 && o.targets[0] == "all-linear") o.targets = lora_target_names();
+    // PEFT adds "classifier" and "score" to a SEQ_CLS adapter's modules_to_save whatever the user
+    // named (peft 0.11 saves ["score", "classifier", "score"]): Llama's head is "score", so
+    // "classifier" names nothing here, and a name given twice is one module.
     for (const auto& name :
-         string_list(config.value("modules_to_save", nlohmann::json()), where("modules_to_save")))
-      o.modules_to_save.push_back(tiller_target(name, where("modules_to_save")));
+         string_list(config.value("modules_to_save", nlohmann::json()), where("modules_to_save"))) {
+      const std::string module = tiller_target(name, where("modules_to_save"));
+      if (module == "classifier") continue;
+      if (std::find(o.modules_to_save.begin(), o.modules_to_save.end(), module) ==
+          o.modules_to_save.end())
+        o.modules_to_save.push_back(module);
+    }
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + ": " + std::string(e.what()));
   }
