@@ -139,6 +139,9 @@ DpoStageConfig parse_dpo_stage(const StageEntry& entry, ConfigErrors& errors) {
   c.train = parse_train_config(r.object("train"), r.path_of("train"), errors);
   c.data.max_seq_len = c.train.max_seq_len;
   c.lora = read_lora_section(r, errors);
+  // The cache is computed before the first step, while the modules to save are still the base's.
+  if (c.reference.empty() && c.reference_mode == "live")
+    refuse_modules_to_save_beside_switched_off_reference(c.lora, r, errors);
   return c;
 }
 

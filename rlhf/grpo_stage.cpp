@@ -127,6 +127,8 @@ GrpoStageConfig parse_grpo_stage(const StageEntry& entry, ConfigErrors& errors) 
   read_eval(r.object("eval"), r.path_of("eval"), errors, c);
   read_samples(r.object("samples"), r.path_of("samples"), errors, c.sample_every, c.sample_count);
   c.lora = read_lora_section(r, errors);
+  if (c.reference == c.policy && c.grpo.needs_reference())
+    refuse_modules_to_save_beside_switched_off_reference(c.lora, r, errors);
   return c;
 }
 

@@ -173,6 +173,8 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
   read_samples(r.object("samples"), r.path_of("samples"), errors, c.sample_every, c.sample_count);
   read_eval(r.object("eval"), r.path_of("eval"), errors, c);
   c.lora = read_lora_section(r, errors);
+  if (c.reference == c.policy)
+    refuse_modules_to_save_beside_switched_off_reference(c.lora, r, errors);
   return c;
 }
 

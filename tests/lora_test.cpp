@@ -377,3 +377,32 @@ TEST(LoraCli, MergeAndAdapterFlagsAgreeWithTheAdaptedModel) {
             1);
   EXPECT_NE(out.find("--adapter needs --model"), std::string::npos) << out;
 }
+
+// Recipe mistakes in a lora section are refused before anything runs, each at its path, and so is
+// a module to save where the reference is the policy with its adapters switched off (it would
+// keep the trained module).
+TEST(LoraRecipe, MistakesAreRefusedAtTheirPathsBeforeAnythingRuns) {
+  const std::string dir = test::temp_dir("lora_recipe");
+  const std::string recipe = test::quickstart_recipe_in(dir + "/run");
+  std::string out;
+  const int code = test::run_command(
+      test::tiller_binary() + " run --check " + recipe +
+          " sft.lora.rank=0 sft.lora.targets=fc1 reward.lora.init=normal"
+          " ppo.lora.modules_to_save=lm_head grpo.lora.dropout=1 dpo.lora.modules_to_save=lm_head"
+          " dpo.reference.mode=live 2>&1",
+      &out);
+  EXPECT_EQ(code, 1) << out;
+  for (const std::string expected :
+       {"stages[1].lora.rank: must be at least 1", "stages[1].lora.targets: \"fc1\" is not",
+        "stages[2].lora.init", "stages[3].lora.modules_to_save: the reference is this policy",
+        "stages[4].lora.modules_to_save: the reference is this policy",
+        "stages[5].lora.dropout: must be in [0, 1)"})
+    EXPECT_NE(out.find(expected), std::string::npos) << expected << "\n" << out;
+  EXPECT_FALSE(path_exists(dir + "/run/sft"));
+  // The same module to save beside the cached DPO reference (computed before training) runs.
+  EXPECT_EQ(test::run_command(test::tiller_binary() + " run --check " + recipe +
+                                  " dpo.lora.modules_to_save=lm_head 2>&1",
+                              &out),
+            0)
+      << out;
+}

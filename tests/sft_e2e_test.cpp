@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "common/io/hf_dir.h"
+#include "common/io/safetensors.h"
 #include "common/util/files.h"
 #include "tests/test_util.h"
 
@@ -216,4 +217,63 @@ TEST_F(SftEndToEnd, SigintFinishesTheStepSavesAndExitsZero) {
   std::string out;
   ASSERT_EQ(test::run_command(test::shell_command(args), &out), 0) << out;
   EXPECT_NE(out.find("resumed from"), std::string::npos) << out;
+}
+
+// SFT with a lora section, from the pretrained base: only the adapters train (the checkpoints
+// hold them and their optimizer state, not the base), validation loss falls, final/ holds the
+// merged weights and the PEFT adapter, and a run killed mid-stage resumes to the same bytes.
+TEST_F(SftEndToEnd, LoraSftTrainsAdaptersOnlyAndResumesExactlyAfterKills) {
+  const std::string straight = *dir_ + "/lora_straight", killed = *dir_ + "/lora_killed";
+  const std::string lora = " sft.lora.rank=4 sft.lora.alpha=8 sft.train.lr=0.01";
+  std::string out;
+  ASSERT_EQ(test::run_command(
+                test::tiller_binary() + " run " + recipe() + " run.dir=" + straight + lora, &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("[sft] LoRA rank 4 on 7 projections per layer"), std::string::npos) << out;
+  const auto summary = read_json_file(straight + "/sft/complete.json");
+  EXPECT_LT(summary["final_val_loss"].get<double>(), summary["initial_val_loss"].get<double>());
+  const auto resolved = read_json_file(straight + "/recipe.json");
+  EXPECT_EQ(resolved["stages"][1]["lora"]["rank"], 4) << resolved.dump();
+  EXPECT_EQ(resolved["stages"][1]["lora"]["targets"], "all-linear");
+
+  // The checkpoint's model part is the adapters alone (A and B of 7 projections in 2 layers).
+  const std::string ckpt = straight + "/sft/checkpoints/step-30";
+  ASSERT_TRUE(path_exists(ckpt)) << "no final checkpoint";
+  for (const auto& entry : std::filesystem::directory_iterator(ckpt)) {
+    if (entry.path().extension() != ".safetensors") continue;
+    const auto tensors = read_safetensors(entry.path().string());
+    if (tensors.count("model.embed_tokens.weight") > 0 || tensors.count("lm_head.weight") > 0)
+      ADD_FAILURE() << entry.path() << " holds base weights";
+  }
+  // final/: merged weights that differ from the base, and the adapter in PEFT's layout.
+  EXPECT_TRUE(path_exists(straight + "/sft/final/adapter/adapter_config.json"));
+  const auto base = read_safetensors(straight + "/pretrain/final/model.safetensors");
+  const auto merged = read_safetensors(straight + "/sft/final/model.safetensors");
+  EXPECT_TRUE(
+      torch::equal(base.at("model.embed_tokens.weight"), merged.at("model.embed_tokens.weight")));
+  EXPECT_FALSE(torch::equal(base.at("model.layers.0.self_attn.q_proj.weight"),
+                            merged.at("model.layers.0.self_attn.q_proj.weight")));
+
+  const std::vector<std::string> args = {test::tiller_binary(),
+                                         "run",
+                                         recipe(),
+                                         "run.dir=" + killed,
+                                         "sft.lora.rank=4",
+                                         "sft.lora.alpha=8",
+                                         "sft.train.lr=0.01"};
+  for (const int64_t at_step : {3, 17}) {
+    SCOPED_TRACE("sft step " + std::to_string(at_step));
+    const pid_t pid = test::spawn_logged(
+        args, killed + ".log", {"TILLER_CRASH_AFTER_STEP=sft:" + std::to_string(at_step)});
+    ASSERT_GT(pid, 0);
+    ASSERT_EQ(test::wait_exit(pid, 300), 128 + SIGKILL) << read_bytes(killed + ".log");
+  }
+  ASSERT_EQ(test::run_command(test::shell_command(args), &out), 0) << out;
+  for (const std::string file : {"model.safetensors", "adapter/adapter_model.safetensors"}) {
+    const std::string a = read_bytes(straight + "/sft/final/" + file);
+    ASSERT_FALSE(a.empty()) << file;
+    EXPECT_TRUE(a == read_bytes(killed + "/sft/final/" + file))
+        << file << ": the resumed run differs from the uninterrupted one";
+  }
 }

@@ -76,6 +76,16 @@ LoraSection read_lora_section(ConfigReader& stage, ConfigErrors& errors) {
   return s;
 }
 
+void refuse_modules_to_save_beside_switched_off_reference(const LoraSection& s, ConfigReader& stage,
+                                                          ConfigErrors& errors) {
+  if (!s.enabled || s.options.modules_to_save.empty()) return;
+  errors.add(stage.path_of("lora") + ".modules_to_save",
+             "the reference is this policy with its adapters switched off, which would keep the "
+             "trained " +
+                 s.options.modules_to_save[0] +
+                 "; train adapters only, or name a separate reference model");
+}
+
 nlohmann::json lora_section_values(const LoraSection& s) {
   const LoraOptions& o = s.options;
   // All seven projections are stated as the recipe names them, which parses back the same.

@@ -24,6 +24,13 @@ struct LoraSection {
 // targets and modules, an existing init_adapter); the rest when the adapters are attached.
 LoraSection read_lora_section(ConfigReader& stage, ConfigErrors& errors);
 
+// A stage whose reference is its own policy with the adapters switched off (rlhf, grpo, dpo by
+// default) refuses modules_to_save: switching adapters off leaves a trained whole module as
+// trained, so the reference would not be the base. Reported at `stage`'s lora.modules_to_save.
+void refuse_modules_to_save_beside_switched_off_reference(const LoraSection& section,
+                                                          ConfigReader& stage,
+                                                          ConfigErrors& errors);
+
 // The section as the resolved recipe states it (every value that ran, targets expanded).
 nlohmann::json lora_section_values(const LoraSection& section);
 
