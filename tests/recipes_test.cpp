@@ -11,8 +11,10 @@
 #include <regex>
 #include <set>
 
+#include "common/data/json_records.h"
 #include "common/recipe/pipeline.h"
 #include "common/recipe/recipe.h"
+#include "common/util/error.h"
 #include "common/util/files.h"
 #include "reward/reward_stage.h"
 #include "rlhf/rlhf_stage.h"
@@ -309,4 +311,34 @@ TEST(Recipes, AnIntegerKeyBeyondInt64IsRefusedNotCast) {
   ConfigErrors errors;
   ConfigReader reader(whole, "train", errors);
   EXPECT_EQ(reader.integer("steps", 5), 12);
+}
+
+// Found by recipe_fuzz: a number beyond double's range (1e999) made nlohmann's parser throw
+// out_of_range, which only parse_error handlers were waiting for: an abort, not an error line.
+// Recipes, overrides and data files alike give one error naming the file (or take the override
+// as text).
+TEST(Recipes, ANumberBeyondDoubleIsAnErrorNamingTheFileNotACrash) {
+  const std::string dir = test::temp_dir("number_overflow");
+  std::ofstream(dir + "/r.json") << R"({"stages": [{"mean": 665E666, "name": "x"}]})";
+  const std::string recipe_error = test::error_of([&] {
+    ConfigErrors errors;
+    load_recipe(dir + "/r.json", {}, errors);
+    if (!errors.empty()) throw tiller::Error(errors.list()[0]);
+  });
+  EXPECT_NE(recipe_error.find(dir + "/r.json"), std::string::npos) << recipe_error;
+  EXPECT_NE(recipe_error.find("too large"), std::string::npos) << recipe_error;
+
+  auto j = nlohmann::json::parse(R"({"stages": [{"name": "sft"}]})");
+  EXPECT_NO_THROW(apply_override(j, "sft.train.lr=1e999"));
+  EXPECT_EQ(j["stages"][0]["train"]["lr"], "1e999");
+
+  std::ofstream(dir + "/d.jsonl") << "{\"prompt\": \"a\"}\n{\"prompt\": 1e999}\n";
+  const std::string line_error = test::error_of([&] { read_json_records(dir + "/d.jsonl"); });
+  EXPECT_NE(line_error.find(dir + "/d.jsonl:2"), std::string::npos) << line_error;
+  RecordReadOptions skip;
+  skip.skip_bad_lines = true;
+  EXPECT_EQ(read_json_records(dir + "/d.jsonl", skip).skipped, 1);
+  std::ofstream(dir + "/d.json") << "[{\"prompt\": 1e999}]";
+  EXPECT_NE(test::error_of([&] { read_json_records(dir + "/d.json"); }).find(dir + "/d.json"),
+            std::string::npos);
 }

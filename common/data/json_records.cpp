@@ -67,7 +67,7 @@ RecordReadResult read_json_records(const std::string& path, const RecordReadOpti
     nlohmann::json array;
     try {
       array = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range (1e999)
       throw Error(path + ": invalid JSON array (" + std::string(e.what()) + ")");
     }
     for (size_t i = 0; i < array.size(); ++i) {
@@ -101,7 +101,7 @@ RecordReadResult read_json_records(const std::string& path, const RecordReadOpti
       try {
         value = nlohmann::json::parse(content.begin(), content.end());
         if (!value.is_object()) problem = "expected a JSON object";
-      } catch (const nlohmann::json::parse_error& e) {
+      } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range (1e999)
         std::string what = e.what();
         auto colon = what.rfind(": ");
         problem =

@@ -84,7 +84,7 @@ std::string apply_override(nlohmann::json& json, const std::string& assignment) 
   nlohmann::json value;
   try {
     value = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error&) {
+  } catch (const nlohmann::json::exception&) {  // not JSON, or a number beyond double: text
     value = text;
   }
   auto parts = split_path(key);

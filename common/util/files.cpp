@@ -67,6 +67,10 @@ nlohmann::json read_json_file(const std::string& path) {
     auto colon = what.rfind(": ");
     throw Error(path + ":" + std::to_string(line) + ":" + std::to_string(column) +
                 ": invalid JSON: " + (colon == std::string::npos ? what : what.substr(colon + 2)));
+  } catch (const nlohmann::json::out_of_range&) {
+    // Found by recipe_fuzz: a number beyond double's range (1e999) is out_of_range, not a
+    // parse_error, and nothing caught it.
+    throw Error(path + ": invalid JSON: a number too large for a double");
   }
 }
 

@@ -144,6 +144,8 @@ def seeds_recipes(repo):
     put("recipe", "quickstart_overrides", quick.rstrip("\n") + "\n%%\nsft.train.steps=3\nrun.name=x\n"
         "stages.0.name=\"p\"\nreward.data.format=hh\nnot_an_override\nrun.seed.x=1\n")
     put("recipe", "stage_name_number", '{"stages": [{"name": 5, "type": "sft"}]}\n%%\nx.a=1\n')
+    # Once a crash: a number beyond double's range (nlohmann throws out_of_range, not parse_error).
+    put("recipe", "number_overflow", '{"stages": [{"mean": 665E666, "name": "x"}]}\n%%\nx.a=1e999\n')
     put("recipe", "minimal_errors.json", '// comment\n{"run": {"name": 5}, "stages": [{"name": "s", "type": "sft", "bogus": 1}]}\n')
     for name in sorted(os.listdir(os.path.join(repo, "recipes"))):
         if name.endswith(".yaml"):
