@@ -7,7 +7,6 @@
 #include "common/io/llama2c.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/error.h"
-#include "common/util/files.h"
 
 namespace tiller {
 
@@ -26,9 +25,7 @@ void run_convert(const ConvertArgs& a) {
     model = import_llama2c(a.model);
   } else {
     model = load_hf_model(a.model);
-    if (tokenizer.empty() &&
-        (path_exists(a.model + "/tokenizer.model") || path_exists(a.model + "/tokenizer.json")))
-      tokenizer = tokenizer_path_in(a.model);
+    if (tokenizer.empty()) tokenizer = tokenizer_path_if_any(a.model);
   }
   if (!tokenizer.empty()) Tokenizer(tokenizer).check_matches(model->config, a.model);
   if (a.to == "hf") {

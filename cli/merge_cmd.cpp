@@ -7,7 +7,6 @@
 #include "common/io/peft_adapter.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/error.h"
-#include "common/util/files.h"
 
 namespace tiller {
 
@@ -20,10 +19,7 @@ struct MergeArgs {
 void run_merge(const MergeArgs& a) {
   Transformer model = load_hf_model_with_adapter(a.base, a.adapter);
   SaveOptions options;
-  options.tokenizer_path = a.tokenizer;
-  if (options.tokenizer_path.empty() &&
-      (path_exists(a.base + "/tokenizer.model") || path_exists(a.base + "/tokenizer.json")))
-    options.tokenizer_path = tokenizer_path_in(a.base);
+  options.tokenizer_path = a.tokenizer.empty() ? tokenizer_path_if_any(a.base) : a.tokenizer;
   if (!options.tokenizer_path.empty())
     Tokenizer(options.tokenizer_path).check_matches(model->config, a.base);
   // The merged weights alone: the output is a plain HF model, with no adapter beside it.

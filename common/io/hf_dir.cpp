@@ -207,13 +207,18 @@ void save_hf_model(const ModelConfig& config,
   }
 }
 
-std::string tokenizer_path_in(const std::string& dir) {
+std::string tokenizer_path_if_any(const std::string& dir) {
   // SentencePiece first: Llama 2 and Mistral directories ship a tokenizer.json beside their
   // tokenizer.model that is not byte-level BPE.
-  const std::string sentencepiece = dir + "/tokenizer.model", json = dir + "/tokenizer.json";
-  if (path_exists(sentencepiece)) return sentencepiece;
-  check(path_exists(json), dir + ": no tokenizer.model or tokenizer.json (pass --tokenizer)");
-  return json;
+  for (const std::string file : {"/tokenizer.model", "/tokenizer.json"})
+    if (path_exists(dir + file)) return dir + file;
+  return "";
+}
+
+std::string tokenizer_path_in(const std::string& dir) {
+  const std::string path = tokenizer_path_if_any(dir);
+  check(!path.empty(), dir + ": no tokenizer.model or tokenizer.json (pass --tokenizer)");
+  return path;
 }
 
 }  // namespace tiller

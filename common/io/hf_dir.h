@@ -51,4 +51,6 @@ namespace tiller {
 // DIR/tokenizer.model, else DIR/tokenizer.json; throws tiller::Error when the directory has
 // neither.
 std::string tokenizer_path_in(const std::string& dir);
+// The same, or "" when the directory has neither.
+std::string tokenizer_path_if_any(const std::string& dir);
 }  // namespace tiller
