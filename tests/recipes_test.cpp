@@ -342,3 +342,17 @@ TEST(Recipes, ANumberBeyondDoubleIsAnErrorNamingTheFileNotACrash) {
   EXPECT_NE(test::error_of([&] { read_json_records(dir + "/d.json"); }).find(dir + "/d.json"),
             std::string::npos);
 }
+
+// An override is text from the command line: bytes that are not UTF-8 became a JSON string that
+// nlohmann refuses to print, and the first message quoting the value aborted (yaml_recipe_fuzz).
+TEST(Recipes, AnOverrideThatIsNotUtf8IsAnErrorNamingItsKeyNotACrash) {
+  auto j = nlohmann::json::parse(R"({"stages": [{"name": "ppo", "kl": {"beta": 0.1}}]})");
+  const std::string value_error = test::error_of([&] { apply_override(j, "ppo.kl.beta=\xff"); });
+  EXPECT_NE(value_error.find("ppo.kl.beta"), std::string::npos) << value_error;
+  EXPECT_NE(value_error.find("not UTF-8"), std::string::npos) << value_error;
+  EXPECT_EQ(j["stages"][0]["kl"]["beta"], 0.1);  // nothing half-applied
+  const std::string key_error = test::error_of([&] { apply_override(j, "ppo.\xc3(=1"); });
+  EXPECT_NE(key_error.find("key is not UTF-8"), std::string::npos) << key_error;
+  EXPECT_NO_THROW(apply_override(j, "ppo.kl.estimator=k\xc3\xa9"));  // é is UTF-8
+  EXPECT_NO_THROW((void)j.dump());
+}

@@ -15,6 +15,15 @@ std::function<void(const std::string&)>& key_observer() {
 }
 }  // namespace
 
+bool is_utf8(const std::string& text) {
+  try {
+    (void)nlohmann::json(text).dump();
+    return true;
+  } catch (const nlohmann::json::type_error&) {
+    return false;
+  }
+}
+
 void ConfigReader::set_key_observer(std::function<void(const std::string&)> observer) {
   key_observer() = std::move(observer);
 }

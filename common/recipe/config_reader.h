@@ -20,6 +20,12 @@ namespace tiller {
 // "recipe.yaml:12"), for formats that tell (YAML).
 using ConfigLocations = std::map<std::string, std::string>;
 
+// Whether `text` is valid UTF-8 (no overlong forms, no surrogates), as nlohmann's serializer
+// requires of every string: everything a recipe holds is serialized into the resolved recipe and
+// into error messages, so text from outside (a YAML scalar, a command-line override) is checked
+// before it becomes a JSON string.
+bool is_utf8(const std::string& text);
+
 // The mistakes found in a config, each "path: what", or "path (where): what" when locations are
 // known.
 class ConfigErrors {

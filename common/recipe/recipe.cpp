@@ -78,6 +78,13 @@ void read_synthetic_arithmetic(ConfigReader& synthetic, SyntheticArithmeticOptio
 
 std::string apply_override(nlohmann::json& json, const std::string& assignment) {
   const size_t eq = assignment.find('=');
+  // Before anything quotes it: a key or text value that is not UTF-8 would make the resolved
+  // recipe, and any message naming the override, unprintable (found by yaml_recipe_fuzz).
+  if (!is_utf8(assignment)) {
+    const std::string key = assignment.substr(0, eq);
+    throw Error(is_utf8(key) ? "override '" + key + "=...': the value is not UTF-8 text"
+                             : std::string("an override's key is not UTF-8 text"));
+  }
   check(eq != std::string::npos && eq > 0,
         "override '" + assignment + "' must look like key.sub=value");
   const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);

@@ -14,6 +14,7 @@
 #include <sstream>
 #include <vector>
 
+#include "common/recipe/config_reader.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
 
@@ -136,17 +137,6 @@ std::string describe(const nlohmann::json& value) {
 
 // ---------------------------------------------------------------------------------------------
 // Building JSON from yaml-cpp's events
-
-// Whether `text` is valid UTF-8 (no overlong forms, no surrogates): nlohmann's serializer checks
-// exactly that, and everything a recipe holds is serialized into the resolved recipe.
-bool is_utf8(const std::string& text) {
-  try {
-    (void)nlohmann::json(text).dump();
-    return true;
-  } catch (const nlohmann::json::type_error&) {
-    return false;
-  }
-}
 
 // Builds one document's JSON value from yaml-cpp's parse events, noting the line of every value
 // and each construct JSON cannot hold. Once a problem is noted the value is still built (with

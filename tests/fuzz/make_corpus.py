@@ -153,6 +153,8 @@ def seeds_recipes(repo):
                 text = f.read()
             put("yaml_recipe", name, text)
             put("yaml_recipe", name + "_overrides", text.rstrip(b"\n") + b"\n%%\nsft.train.steps=3\nppo.kl.beta=x\n")
+    # Once a crash: an override whose value is not UTF-8 (the resolved recipe could not be printed).
+    put("yaml_recipe", "override_not_utf8", b"stages:\n- {name: ppo, type: rlhf}\n%%\nppo.kl.beta=\xff\n")
     put("yaml_recipe", "refusals.yaml", "a: &x 1\nb: *x\n<<: {c: 1}\nd: .nan\n1: e\nf: !!int 3\na: 2\n? [g]\n: h\n---\ni: 1\n")
     put("yaml_recipe", "scalars.yaml", "run: {name: r, seed: 0x10, threads: 0o1, dir: ~}\nstages:\n- {name: s, type: sft, train: {lr: 1e-4, steps: '3'}}\n")
     put("yaml_recipe", "syntax.yaml", "stages:\n\t- name: s\n  - [1, 2\n")
