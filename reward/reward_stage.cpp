@@ -67,11 +67,7 @@ RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& erro
   c.train = parse_train_config(r.object("train"), r.path_of("train"), errors);
   c.data.max_seq_len = c.train.max_seq_len;
   c.lora = read_lora_section(r, errors);
-  // The score head is new (or a reward model's own): it trains whole, as PEFT's SEQ_CLS task
-  // adds it to modules_to_save.
-  auto& saved = c.lora.options.modules_to_save;
-  if (c.lora.enabled && std::find(saved.begin(), saved.end(), "score") == saved.end())
-    saved.push_back("score");
+  train_score_head_whole(c.lora);  // the score head is new (or a reward model's own)
   return c;
 }
 

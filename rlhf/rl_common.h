@@ -75,7 +75,8 @@ nlohmann::json samples_values(int64_t every, int64_t count);
 // A 64-bit mix of several values (splitmix64 steps): episode, evaluation and shuffle seeds.
 uint64_t mix_seed(std::initializer_list<uint64_t> values);
 // The streams mixed into the run's seed for each use.
-constexpr uint64_t kEvalStream = 0xe7a1, kTrainStream = 0x7a1a, kShuffleStream = 0x5f1e;
+constexpr uint64_t kEvalStream = 0xe7a1, kTrainStream = 0x7a1a, kShuffleStream = 0x5f1e,
+                   kCriticLoraStream = 0xc1a0;
 
 // Which of `count` records are held out for evaluation (the first `held_out` of a permutation
 // seeded with `seed`) and which train, each in that permutation's order.

@@ -175,6 +175,8 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
   c.lora = read_lora_section(r, errors);
   if (c.reference == c.policy)
     refuse_modules_to_save_beside_switched_off_reference(c.lora, r, errors);
+  c.critic_lora = read_lora_section(r, errors, "critic_lora");
+  train_score_head_whole(c.critic_lora);  // the value head learns the returns
   return c;
 }
 
@@ -238,6 +240,7 @@ nlohmann::json rlhf_stated_defaults(const RlhfStageConfig& c) {
   stated["critic"] = c.critic;
   if (c.ground_truth.enabled()) stated["ground_truth"] = ground_truth_values(c.ground_truth);
   if (c.lora.enabled) stated["lora"] = lora_section_values(c.lora);
+  if (c.critic_lora.enabled) stated["critic_lora"] = lora_section_values(c.critic_lora);
   return stated;
 }
 
@@ -256,6 +259,23 @@ struct PpoModels {
   int64_t reward_pad = 0;
   double value_offset = 0;  // subtracted from the critic's head (ppo.critic_head)
 };
+
+// With critic_lora: adapters on the critic (their own seed stream: not the actor's draws). A
+// critic read from the reward model's directory then computes with the reward model's frozen
+// weights, as one copy; its score head, trained whole, stays its own.
+void apply_critic_lora(PpoModels& m, const RlhfStageConfig& c, const std::string& critic_dir,
+                       uint64_t seed) {
+  if (!c.critic_lora.enabled) return;
+  apply_lora_section(*m.critic, c.critic_lora, critic_dir, mix_seed({seed, kCriticLoraStream}),
+                     c.name + " (critic)");
+  if (critic_dir != m.reward_dir) return;
+  const int64_t bytes =
+      share_frozen_base(*m.critic, *m.reward.model, "stage " + c.name + ": the LoRA critic");
+  std::printf(
+      "[%s] the LoRA critic computes with the reward model's frozen weights (%.1f MiB "
+      "held once)\n",
+      c.name.c_str(), static_cast<double>(bytes) / (1 << 20));
+}
 
 PpoModels load_models(const Recipe& recipe, const RlhfStageConfig& c, const std::string& policy_dir,
                       const Tokenizer& tok, const torch::Device& device) {
@@ -312,6 +332,7 @@ PpoModels load_models(const Recipe& recipe, const RlhfStageConfig& c, const std:
   }
   m.actor->to(device);
   m.critic->to(device);
+  apply_critic_lora(m, c, critic_dir, recipe.run.seed);
   m.actor->train();
   m.critic->train();
   return m;

@@ -37,6 +37,9 @@ struct RlhfStageConfig {
   double kl_horizon = 10000;
   double kl_max = 0;  // a bound on the evaluation KL reported at the end (0: none)
   LoraSection lora;   // enabled: adapters on the policy; a reference that is the policy is its base
+  // enabled: adapters on the critic, its score head trained whole; a critic that is the reward
+  // model shares the reward model's frozen weights (one copy)
+  LoraSection critic_lora;
   RlTrainOptions train;  // iterations, schedule, optimizer, checkpoints, precision
   double actor_lr = 1e-5, critic_lr = 1e-5;
   GroundTruthRule ground_truth;

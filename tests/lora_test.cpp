@@ -122,6 +122,68 @@ TEST(Lora, OnlyTheAdaptersTrainAndTheBaseStaysBitForBit) {
   EXPECT_FALSE(torch::equal(logits_of(*model), logits_of(*base)));
 }
 
+// PPO's LoRA critic on the reward model: one copy of the frozen weights serves both; training the
+// critic's adapters and head leaves the reward model's scores exactly as they were.
+TEST(Lora, ACriticSharingTheRewardModelsBaseTrainsOnlyItsOwnAdaptersAndHead) {
+  ModelConfig c = small_config();
+  c.num_labels = 1;
+  Transformer reward = random_base(c, 1);
+  Transformer critic = random_base(c, 1);  // as read from the reward model's directory
+  LoraOptions o = options(4, 8, lora_target_names());
+  o.modules_to_save = {"score"};
+  attach_lora(*critic, o, /*seed=*/2, "test");
+  const auto ids = tokens();
+  const auto mask = torch::ones_like(ids);
+  const auto reward_scores = [&] {
+    torch::NoGradGuard no_grad;
+    return reward->sequence_scores(ids, mask);
+  };
+  const torch::Tensor scores_before = reward_scores();
+
+  const int64_t shared = share_frozen_base(*critic, *reward, "test");
+  std::map<std::string, torch::Tensor> reward_weights;
+  for (auto& [name, w] : reward->local_weights()) reward_weights[name] = w;
+  int64_t frozen_bytes = 0;
+  for (auto& [name, w] : critic->local_weights()) {
+    const bool same = w.data_ptr() == reward_weights.at(name).data_ptr();
+    EXPECT_EQ(same, name != "score.weight") << name;
+    if (!w.requires_grad()) frozen_bytes += w.numel() * static_cast<int64_t>(w.element_size());
+  }
+  EXPECT_EQ(shared, frozen_bytes);
+  EXPECT_GT(shared, 0);
+  {
+    torch::NoGradGuard no_grad;  // fresh adapters: the critic is the reward model
+    EXPECT_TRUE(torch::equal(critic->sequence_scores(ids, mask), scores_before));
+  }
+
+  critic->train();
+  std::vector<torch::Tensor> trainable;
+  for (const auto& p : critic->parameters())
+    if (p.requires_grad()) trainable.push_back(p);
+  torch::optim::AdamW optimizer(trainable, torch::optim::AdamWOptions(1e-2));
+  for (int step = 0; step < 3; ++step) {
+    optimizer.zero_grad();
+    (critic->sequence_scores(ids, mask) - 1.0).pow(2).sum().backward();
+    optimizer.step();
+  }
+  EXPECT_TRUE(torch::equal(reward_scores(), scores_before)) << "the reward model changed";
+  torch::NoGradGuard no_grad;
+  EXPECT_GT(max_abs_diff(critic->sequence_scores(ids, mask), scores_before), 1e-3)
+      << "the critic did not learn";
+
+  // Another width, or a model without adapters, is one clear error.
+  Transformer narrow = random_base(test::llama_config(61, 16, 48, 2, 4, 2, 32), 3);
+  const std::string width_error =
+      test::error_of([&] { share_frozen_base(*critic, *narrow, "stage ppo"); });
+  EXPECT_NE(width_error.find("stage ppo: weight model.embed_tokens.weight is [61, 32]"),
+            std::string::npos)
+      << width_error;
+  EXPECT_NE(test::error_of([&] {
+              share_frozen_base(*reward, *critic, "stage ppo");
+            }).find("only a model with LoRA adapters"),
+            std::string::npos);
+}
+
 TEST(Lora, MergedWeightsGiveTheLogitsOfBasePlusAdapters) {
   const ModelConfig c = small_config();
   for (const bool rslora : {false, true}) {

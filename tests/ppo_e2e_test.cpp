@@ -272,6 +272,39 @@ TEST(PpoEndToEnd, Stories260KRaisesTheGroundTruthRateWithBoundedKlAndResumesExac
   EXPECT_NE(out.find("resumed from"), std::string::npos) << out;
   EXPECT_EQ(read_file(dir + "/straight/ppo/final/model.safetensors"),
             read_file(dir + "/resumed/ppo/final/model.safetensors"));
+
+  // The same with LoRA on the actor (its reference: itself, adapters off) and on the critic (on
+  // the reward model's own frozen weights): checkpoints of adapters and heads, resumed exactly.
+  const std::string lora = common + " ppo.lora.rank=4 ppo.critic_lora.rank=4";
+  ASSERT_EQ(
+      run("run '" + path + "' run.dir='" + dir + "/lora_straight' ppo.train.iterations=4" + lora,
+          &out),
+      0)
+      << out;
+  EXPECT_NE(out.find("the LoRA critic computes with the reward model's frozen weights"),
+            std::string::npos)
+      << out;
+  ASSERT_EQ(
+      run("run '" + path + "' run.dir='" + dir + "/lora_resumed' ppo.train.iterations=2" + lora,
+          &out),
+      0)
+      << out;
+  remove_all(dir + "/lora_resumed/ppo/complete.json");
+  remove_all(dir + "/lora_resumed/ppo/final");
+  ASSERT_EQ(
+      run("run '" + path + "' run.dir='" + dir + "/lora_resumed' ppo.train.iterations=4" + lora,
+          &out),
+      0)
+      << out;
+  EXPECT_NE(out.find("resumed from"), std::string::npos) << out;
+  for (const char* file : {"model.safetensors", "adapter/adapter_model.safetensors"})
+    EXPECT_EQ(read_file(dir + "/lora_straight/ppo/final/" + file),
+              read_file(dir + "/lora_resumed/ppo/final/" + file))
+        << file;
+  for (const auto& stage : read_json_file(dir + "/lora_straight/recipe.json")["stages"]) {
+    if (stage["name"] != "ppo") continue;
+    EXPECT_EQ(stage["critic_lora"]["modules_to_save"], nlohmann::json::array({"score"}));
+  }
 }
 
 // The setting of issue 18: before it, `missing_eos_penalty` replaced every score (no response of a

@@ -158,6 +158,7 @@ TEST(Recipes, ReferenceDocumentsEveryKeyTheParsersRead) {
   const nlohmann::json rlhf = {{"name", "ppo"},
                                {"type", "rlhf"},
                                {"data", {{"prompts", f}}},
+                               {"critic_lora", {{"rank", 4}}},
                                {"ground_truth", {{"rule", "regex"}, {"pattern", "x"}}}};
   auto with_rule = [&](const std::string& name, const nlohmann::json& rule) {
     auto s = rlhf;

@@ -145,7 +145,8 @@ TEST(RlhfStage, TheStatedValuesParseBackToThemselves) {
   const std::string dir = test::temp_dir("rlhf_stated");
   RlhfStageConfig config;
   ASSERT_EQ(parse_errors(write_recipe(dir, R"("reward": {"whiten": true}, "ppo": {"epochs": 2},
-                                              "train": {"schedule": "constant"})"),
+                                              "train": {"schedule": "constant"},
+                                              "critic_lora": {"rank": 4})"),
                          {}, &config),
             "");
   EXPECT_EQ(config.critic_head, "zeros");  // auto, with whitened scores
@@ -165,6 +166,10 @@ TEST(RlhfStage, TheStatedValuesParseBackToThemselves) {
   EXPECT_EQ(stated["train"]["schedule"], "constant");
   EXPECT_EQ(stated["ppo"]["epochs"], 2);
   EXPECT_EQ(stated["reward"]["whiten"], true);
+  // The critic's value head trains whole beside its adapters, stated as such; the actor has none.
+  EXPECT_EQ(stated["critic_lora"]["rank"], 4);
+  EXPECT_EQ(stated["critic_lora"]["modules_to_save"], nlohmann::json::array({"score"}));
+  EXPECT_FALSE(stated.contains("lora"));
 }
 
 TEST(RlhfStage, PromptRecordsInEachLayout) {

@@ -231,6 +231,31 @@ std::vector<std::pair<std::string, torch::Tensor>> merged_weights(TransformerImp
   return weights;
 }
 
+int64_t share_frozen_base(TransformerImpl& model, TransformerImpl& source,
+                          const std::string& where) {
+  check(has_lora(model), where + ": only a model with LoRA adapters shares its frozen base");
+  std::map<std::string, torch::Tensor> sources;
+  for (auto& [name, tensor] : source.local_weights()) sources.emplace(name, tensor);
+  int64_t shared = 0;
+  torch::NoGradGuard no_grad;
+  for (auto& [name, weight] : model.local_weights()) {
+    if (weight.requires_grad()) continue;  // a module to save: this model's own
+    const auto it = sources.find(name);
+    check(it != sources.end(), where + ": the model to share with has no weight " + name);
+    const torch::Tensor& from = it->second;
+    check(from.sizes() == weight.sizes() && from.scalar_type() == weight.scalar_type() &&
+              from.device() == weight.device(),
+          where + ": weight " + name + " is " + shape_text(weight.sizes()) + " " +
+              std::string(c10::toString(weight.scalar_type())) + " here but " +
+              shape_text(from.sizes()) + " " + c10::toString(from.scalar_type()) +
+              " in the model to share with");
+    // set_data keeps `from`'s view of its storage, so fused q/k/v and gate/up stay fused.
+    weight.set_data(from);
+    shared += from.numel() * static_cast<int64_t>(from.element_size());
+  }
+  return shared;
+}
+
 LoraSwitchedOff::LoraSwitchedOff(TransformerImpl& model) : adapters_(model.lora.get()) {
   if (adapters_ == nullptr) return;
   was_active_ = adapters_->active;

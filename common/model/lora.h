@@ -100,6 +100,14 @@ void load_lora_weights(TransformerImpl& model, const std::map<std::string, torch
 // stored in W's dtype); the model itself is left unchanged. Without adapters: named_weights().
 std::vector<std::pair<std::string, torch::Tensor>> merged_weights(TransformerImpl& model);
 
+// Makes every frozen weight of `model` (all but its adapters and modules to save) the very tensor
+// of `source`'s weight of the same name, so that the two hold one copy: PPO's LoRA critic on the
+// reward model's body. Both must be on one device with the same config; `model`'s own copies are
+// freed. Throws tiller::Error naming `where` on a model without adapters or a weight that
+// differs in shape, dtype or device. Returns the bytes now shared.
+int64_t share_frozen_base(TransformerImpl& model, TransformerImpl& source,
+                          const std::string& where);
+
 // While alive, the model computes as its base: the reference policy of PPO and GRPO with LoRA is
 // the policy with its adapters off, with no second copy of the weights. No-op without adapters.
 class LoraSwitchedOff {

@@ -40,11 +40,11 @@ int64_t trainable_count(TransformerImpl& model) {
 
 }  // namespace
 
-LoraSection read_lora_section(ConfigReader& stage, ConfigErrors& errors) {
+LoraSection read_lora_section(ConfigReader& stage, ConfigErrors& errors, const std::string& key) {
   LoraSection s;
-  if (!stage.has("lora")) return s;
+  if (!stage.has(key)) return s;
   s.enabled = true;
-  ConfigReader r(stage.object("lora"), stage.path_of("lora"), errors);
+  ConfigReader r(stage.object(key), stage.path_of(key), errors);
   LoraOptions& o = s.options;
   o.rank = r.integer("rank", 8);
   o.alpha = r.number("alpha", 16.0);
@@ -74,6 +74,11 @@ LoraSection read_lora_section(ConfigReader& stage, ConfigErrors& errors) {
     errors.add(r.path_of("init_adapter"),
                s.init_adapter + " is not a PEFT adapter directory (no adapter_config.json)");
   return s;
+}
+
+void train_score_head_whole(LoraSection& s) {
+  auto& saved = s.options.modules_to_save;
+  if (s.enabled && !listed(saved, "score")) saved.push_back("score");
 }
 
 void refuse_modules_to_save_beside_switched_off_reference(const LoraSection& s, ConfigReader& stage,

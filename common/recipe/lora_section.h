@@ -22,7 +22,13 @@ struct LoraSection {
 // projection names; default all-linear), `init` (kaiming | gaussian), `rslora` (false),
 // `modules_to_save` ([]), `init_adapter`. What needs no model is checked here (rank >= 1, known
 // targets and modules, an existing init_adapter); the rest when the adapters are attached.
-LoraSection read_lora_section(ConfigReader& stage, ConfigErrors& errors);
+// `key` names the section: "lora", or "critic_lora" for PPO's critic.
+LoraSection read_lora_section(ConfigReader& stage, ConfigErrors& errors,
+                              const std::string& key = "lora");
+
+// A model with a score head that starts fresh, or from a reward model, trains it whole beside the
+// adapters (as PEFT's SEQ_CLS task adds it to modules_to_save): adds "score" when missing.
+void train_score_head_whole(LoraSection& section);
 
 // A stage whose reference is its own policy with the adapters switched off (rlhf, grpo, dpo by
 // default) refuses modules_to_save: switching adapters off leaves a trained whole module as
