@@ -124,4 +124,14 @@ inline bool cpu_autocast_enabled() {
 #endif
 }
 
+// Whether autocast is on for `device`'s type in this thread.
+inline bool autocast_enabled(const torch::Device& device) {
+  if (!device.is_cuda()) return cpu_autocast_enabled();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  return at::autocast::is_autocast_enabled(at::kCUDA);
+#else
+  return at::autocast::is_enabled();
+#endif
+}
+
 }  // namespace tiller::compat

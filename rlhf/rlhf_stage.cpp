@@ -177,6 +177,11 @@ RlhfStageConfig parse_rlhf_stage(const StageEntry& entry, ConfigErrors& errors) 
     refuse_modules_to_save_beside_switched_off_reference(c.lora, r, errors);
   c.critic_lora = read_lora_section(r, errors, "critic_lora");
   train_score_head_whole(c.critic_lora);  // the value head learns the returns
+  r.require(!(c.critic_lora.enabled && c.critic_lora.options.base_dtype == "bf16" &&
+              c.critic == c.reward_model),
+            "critic_lora",
+            "base_dtype bf16 is refused for a critic that is the reward model: it computes with "
+            "the reward model's own fp32 weights (name another critic to store its base in bf16)");
   return c;
 }
 

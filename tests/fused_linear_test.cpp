@@ -78,6 +78,46 @@ TEST(FusedLinear, ProjectEqualsSeparateLinearsForwardAndBackward) {
   EXPECT_LT(relative_difference(weights[1].grad(), expected), 1e-5);
 }
 
+// A frozen base (LoRA): only the input's gradient, equal to the separate linears', in fp32 and
+// with the weights stored in bf16 (widened for each multiply); a bf16 weight that trains is
+// refused.
+TEST(FusedLinear, FrozenWeightsGiveTheInputGradientAloneAlsoStoredInBf16) {
+  torch::manual_seed(4);
+  std::vector<torch::Tensor> weights = {torch::randn({12, 16}), torch::randn({4, 16})};
+  std::vector<torch::Tensor> biases = {torch::randn({12}), torch::randn({4})};
+  fuse_parameter_storage(weights);
+  std::vector<torch::Tensor> narrow = {weights[0].to(torch::kBFloat16),
+                                       weights[1].to(torch::kBFloat16)};
+  fuse_parameter_storage(narrow);
+  const auto x = torch::randn({3, 5, 16});
+  const auto gradient = [&](const std::vector<torch::Tensor>& w, bool separate) {
+    const auto input = x.clone().requires_grad_(true);
+    const auto out = separate ? std::vector<torch::Tensor>{F::linear(input, w[0], biases[0]),
+                                                           F::linear(input, w[1], biases[1])}
+                              : project(input, w, biases);
+    const auto d0 = torch::ones(out[0].sizes()), d1 = torch::full(out[1].sizes(), 0.5);
+    ((out[0] * d0).sum() + (out[1] * d1).sum()).backward();
+    return std::pair{out, input.grad()};
+  };
+  const auto [fused_out, fused_grad] = gradient(weights, false);
+  const auto [separate_out, separate_grad] = gradient(weights, true);
+  EXPECT_LT(relative_difference(fused_out[0], separate_out[0]), 1e-5);
+  EXPECT_LT(relative_difference(fused_grad, separate_grad), 1e-5);
+  for (const auto& w : weights) EXPECT_FALSE(w.grad().defined());
+
+  std::vector<torch::Tensor> rounded = {narrow[0].to(torch::kFloat), narrow[1].to(torch::kFloat)};
+  const auto [narrow_out, narrow_grad] = gradient(narrow, false);
+  const auto [rounded_out, rounded_grad] = gradient(rounded, true);
+  EXPECT_EQ(narrow_out[1].scalar_type(), torch::kFloat);
+  EXPECT_LT(relative_difference(narrow_out[0], rounded_out[0]), 1e-6);
+  EXPECT_LT(relative_difference(narrow_out[1], rounded_out[1]), 1e-6);
+  EXPECT_LT(relative_difference(narrow_grad, rounded_grad), 1e-6);
+
+  narrow[1].requires_grad_(true);
+  EXPECT_NE(test::error_of([&] { project(x, narrow, {}); }).find("must be frozen"),
+            std::string::npos);
+}
+
 TEST(FusedLinear, ModelWithFusedProjectionsEqualsTheUnfusedModel) {
   for (const bool bias : {false, true}) {
     auto config = test::llama_config(64, 32, 48, 2, 4, 2, 16);

@@ -11,7 +11,9 @@
 #include "common/io/hf_dir.h"
 #include "common/io/peft_adapter.h"
 #include "common/io/safetensors.h"
+#include "common/model/fused_linear.h"
 #include "common/model/lora.h"
+#include "common/rollout/generator.h"
 #include "common/util/files.h"
 #include "tests/test_util.h"
 
@@ -182,6 +184,82 @@ TEST(Lora, ACriticSharingTheRewardModelsBaseTrainsOnlyItsOwnAdaptersAndHead) {
               share_frozen_base(*reward, *critic, "stage ppo");
             }).find("only a model with LoRA adapters"),
             std::string::npos);
+}
+
+// lora.base_dtype bf16 (the QLoRA idea): the frozen matrices take half the bytes, and the model
+// computes, trains and generates as an fp32 model whose matrices were rounded to bf16 would.
+TEST(Lora, ABf16BaseIsTheFp32ComputationOfTheRoundedBaseInHalfTheBytes) {
+  const ModelConfig c = small_config();
+  LoraOptions o = options(4, 8, lora_target_names());
+  Transformer rounded = random_base(c, 1);
+  int64_t matrix_bytes_fp32 = 0;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [name, w] : rounded->local_weights())
+      if (w.dim() == 2) {
+        w.copy_(w.to(torch::kBFloat16).to(torch::kFloat));
+        matrix_bytes_fp32 += w.numel() * 4;
+      }
+  }
+  attach_lora(*rounded, o, /*seed=*/2, "test");
+  randomize_b(*rounded, 3);
+  Transformer model = random_base(c, 1);
+  o.base_dtype = "bf16";
+  attach_lora(*model, o, /*seed=*/2, "test");
+  randomize_b(*model, 3);
+
+  int64_t matrix_bytes = 0;
+  for (auto& [name, w] : model->local_weights()) {
+    EXPECT_EQ(w.scalar_type(), w.dim() == 2 ? torch::kBFloat16 : torch::kFloat) << name;
+    if (w.dim() == 2) matrix_bytes += w.numel() * static_cast<int64_t>(w.element_size());
+  }
+  EXPECT_EQ(2 * matrix_bytes, matrix_bytes_fp32);
+  for (auto& [prefix, adapter] : model->lora->adapters)
+    EXPECT_EQ(adapter->a.scalar_type(), torch::kFloat) << prefix;
+  const auto& attention = *model->model->layer_list[0]->self_attn;
+  EXPECT_TRUE(stored_back_to_back(
+      {attention.q_proj->weight, attention.k_proj->weight, attention.v_proj->weight}));
+  EXPECT_LT(max_abs_diff(logits_of(*model), logits_of(*rounded)), 1e-5);
+
+  // Training: the same adapter updates, the base untouched.
+  std::map<std::string, torch::Tensor> base_before;
+  for (auto& [name, w] : model->local_weights()) base_before[name] = w.clone();
+  for (Transformer* m : {&model, &rounded}) {
+    (*m)->train();
+    std::vector<torch::Tensor> trainable;
+    for (const auto& p : (*m)->parameters())
+      if (p.requires_grad()) trainable.push_back(p);
+    torch::optim::AdamW optimizer(trainable, torch::optim::AdamWOptions(1e-2));
+    for (int step = 0; step < 3; ++step) {
+      optimizer.zero_grad();
+      const auto ids = tokens();
+      const auto logits = (*m)->forward(ids, torch::ones_like(ids));
+      torch::nn::functional::cross_entropy(logits.reshape({-1, c.vocab_size}), ids.reshape({-1}))
+          .backward();
+      optimizer.step();
+    }
+    (*m)->eval();
+  }
+  for (auto& [name, w] : model->local_weights())
+    EXPECT_TRUE(torch::equal(w, base_before.at(name))) << name << " changed";
+  const auto trained = lora_weights(*model), reference = lora_weights(*rounded);
+  ASSERT_EQ(trained.size(), reference.size());
+  for (size_t i = 0; i < trained.size(); ++i)
+    EXPECT_LT(max_abs_diff(trained[i].second, reference[i].second), 1e-5) << trained[i].first;
+
+  // Merged weights come out in fp32; generation picks the tokens the rounded model picks (both
+  // through the model's forward: the fast decode step reads fp32 weights only, and the bf16 base
+  // falls back from it by itself).
+  for (const auto& [name, w] : merged_weights(*model))
+    EXPECT_EQ(w.scalar_type(), torch::kFloat) << name;
+  SamplingOptions greedy;
+  greedy.temperature = 0;
+  greedy.max_new_tokens = 12;
+  greedy.stop_at_eos = false;
+  greedy.fast_decode = false;
+  const std::vector<std::vector<int64_t>> prompts = {{1, 5, 9}, {1, 40}};
+  EXPECT_TRUE(torch::equal(generate(*model, prompts, greedy).response_ids,
+                           generate(*rounded, prompts, greedy).response_ids));
 }
 
 TEST(Lora, MergedWeightsGiveTheLogitsOfBasePlusAdapters) {
@@ -451,14 +529,16 @@ TEST(LoraRecipe, MistakesAreRefusedAtTheirPathsBeforeAnythingRuns) {
       test::tiller_binary() + " run --check " + recipe +
           " sft.lora.rank=0 sft.lora.targets=fc1 reward.lora.init=normal"
           " ppo.lora.modules_to_save=lm_head grpo.lora.dropout=1 dpo.lora.modules_to_save=lm_head"
-          " dpo.reference.mode=live 2>&1",
+          " dpo.reference.mode=live pretrain.lora.base_dtype=fp16 ppo.critic_lora.base_dtype=bf16"
+          " 2>&1",
       &out);
   EXPECT_EQ(code, 1) << out;
   for (const std::string expected :
        {"stages[1].lora.rank: must be at least 1", "stages[1].lora.targets: \"fc1\" is not",
         "stages[2].lora.init", "stages[3].lora.modules_to_save: the reference is this policy",
         "stages[4].lora.modules_to_save: the reference is this policy",
-        "stages[5].lora.dropout: must be in [0, 1)"})
+        "stages[5].lora.dropout: must be in [0, 1)", "stages[0].lora.base_dtype",
+        "stages[3].critic_lora: base_dtype bf16 is refused for a critic that is the reward model"})
     EXPECT_NE(out.find(expected), std::string::npos) << expected << "\n" << out;
   EXPECT_FALSE(path_exists(dir + "/run/sft"));
   // The same module to save beside the cached DPO reference (computed before training) runs.

@@ -78,7 +78,14 @@ struct FusedLinear : torch::autograd::Function<FusedLinear> {
     for (const auto& w : weights) rows.push_back(w.size(0));
     ctx->saved_data["rows"] = rows;
     ctx->saved_data["biased"] = !biases.empty();
-    ctx->save_for_backward({input, weight});
+    // A frozen base (LoRA) needs no weight gradient: skipping it saves a third of the work, and
+    // the input, kept only for that gradient, is not held until backward.
+    bool weights_train = false;
+    for (const auto& w : weights) weights_train = weights_train || w.requires_grad();
+    for (const auto& b : biases) weights_train = weights_train || b.requires_grad();
+    ctx->saved_data["weights_train"] = weights_train;
+    ctx->saved_data["input_sizes"] = input.sizes().vec();
+    ctx->save_for_backward({weights_train ? input : torch::Tensor(), weight});
     return multiply(input, weight, biases.empty() ? torch::Tensor() : whole(biases));
   }
 
@@ -91,7 +98,11 @@ struct FusedLinear : torch::autograd::Function<FusedLinear> {
     const bool biased = ctx->saved_data["biased"].toBool();
     const auto grad = grad_outputs[0].reshape({-1, rows_of(rows)});
     torch::autograd::variable_list out;
-    out.push_back(grad.mm(weight).view(input.sizes()));
+    out.push_back(grad.mm(weight).view(ctx->saved_data["input_sizes"].toIntVector()));
+    if (!ctx->saved_data["weights_train"].toBool()) {
+      out.resize(1 + rows.size() * (biased ? 2 : 1));  // undefined: no gradient
+      return out;
+    }
     const auto weight_grad = grad.t().mm(input.reshape({-1, input.size(-1)}));
     for (auto& part : weight_grad.split_with_sizes(rows, 0)) out.push_back(part);
     if (biased)
@@ -100,12 +111,54 @@ struct FusedLinear : torch::autograd::Function<FusedLinear> {
   }
 };
 
+// A frozen weight stored narrower than the input (a LoRA's bf16 base): widened for the multiply,
+// one matrix at a time, and widened again for the input's gradient instead of keeping the wide
+// copy alive until backward (which would hold every layer's at once).
+struct WidenedLinear : torch::autograd::Function<WidenedLinear> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& input,
+                               const torch::Tensor& narrow) {
+    ctx->save_for_backward({narrow});
+    ctx->saved_data["input_sizes"] = input.sizes().vec();
+    return multiply(input, narrow.to(input.scalar_type()), torch::Tensor());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto narrow = ctx->get_saved_variables()[0];
+    const auto sizes = ctx->saved_data["input_sizes"].toIntVector();
+    const auto grad = grad_outputs[0].reshape({-1, narrow.size(0)});
+    return {grad.mm(narrow.to(grad.scalar_type())).view(sizes), torch::Tensor()};
+  }
+};
+
+std::vector<torch::Tensor> project_widened(const torch::Tensor& input,
+                                           const std::vector<torch::Tensor>& weights,
+                                           const std::vector<torch::Tensor>& biases) {
+  for (const auto& w : weights)
+    check(!w.requires_grad(), std::string("project: a weight stored in ") +
+                                  c10::toString(w.scalar_type()) + " under a " +
+                                  c10::toString(input.scalar_type()) +
+                                  " input must be frozen (a LoRA's base)");
+  const auto narrow = stored_back_to_back(weights) ? whole(weights) : torch::cat(weights);
+  const bool tracked = torch::GradMode::is_enabled() && input.requires_grad();
+  auto joined = tracked ? WidenedLinear::apply(input, narrow)
+                        : multiply(input, narrow.to(input.scalar_type()), torch::Tensor());
+  if (!biases.empty()) joined = joined + torch::cat(biases);  // fp32, and may train
+  std::vector<int64_t> rows;
+  for (const auto& w : weights) rows.push_back(w.size(0));
+  if (weights.size() == 1) return {joined};
+  return joined.split_with_sizes(rows, -1);
+}
+
 }  // namespace
 
 std::vector<torch::Tensor> project(const torch::Tensor& input,
                                    const std::vector<torch::Tensor>& weights,
                                    const std::vector<torch::Tensor>& biases) {
   check(biases.empty() || biases.size() == weights.size(), "project: one bias per weight");
+  if (!weights.empty() && weights[0].scalar_type() != input.scalar_type() &&
+      !compat::autocast_enabled(input.device()))
+    return project_widened(input, weights, biases);
   const bool fusable =
       !weights.empty() && input.device().is_cpu() && !compat::cpu_autocast_enabled() &&
       input.scalar_type() == weights[0].scalar_type() && stored_back_to_back(weights) &&

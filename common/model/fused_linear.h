@@ -7,7 +7,9 @@
 // buffer when the parts still lie back to back in it, and falls back to one linear per layer when
 // they do not (after a set_data that replaced one, such as a cast of the model to bf16), under
 // autocast (which chooses each matmul's dtype itself) and off the CPU. Both paths give the same
-// outputs and gradients within float rounding (tests/fused_linear_test.cpp).
+// outputs and gradients within float rounding (tests/fused_linear_test.cpp). Frozen weights
+// stored narrower than the input (a LoRA's bf16 base, common/model/lora.h) are widened to the
+// input's dtype for each multiply, forward and backward, outside autocast.
 #pragma once
 #include <torch/torch.h>
 

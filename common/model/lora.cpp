@@ -83,6 +83,8 @@ void check_lora_options(const LoraOptions& o, const ModelConfig& config, const s
   check(o.dropout >= 0 && o.dropout < 1, where + ": lora dropout must be in [0, 1)");
   check(o.init == "kaiming" || o.init == "gaussian",
         where + ": lora init \"" + o.init + "\" is not one of kaiming, gaussian");
+  check(o.base_dtype == "fp32" || o.base_dtype == "bf16",
+        where + ": lora base_dtype \"" + o.base_dtype + "\" is not one of fp32, bf16");
   check(!o.targets.empty(), where + ": lora targets is empty");
   std::set<std::string> seen;
   for (const auto& target : o.targets) {
@@ -141,6 +143,24 @@ const LoraLinear* LoraAdaptersImpl::find(int64_t layer, const std::string& targe
   return it == slots.end() ? nullptr : it->second;
 }
 
+namespace {
+
+// The frozen matrices of the base (the embedding, the seven projections, an untied LM head) in
+// bf16; q/k/v and gate/up fused again, so that each group is still one multiply.
+void store_frozen_matrices_in_bf16(TransformerImpl& model) {
+  torch::NoGradGuard no_grad;
+  for (auto& [name, weight] : model.local_weights()) {
+    const bool matrix = weight.dim() == 2 && name.rfind("score.", 0) != 0;
+    if (matrix && !weight.requires_grad()) weight.set_data(weight.to(torch::kBFloat16));
+  }
+  for (auto& layer : model.model->layer_list) {
+    layer->self_attn->fuse_projections();
+    layer->mlp->fuse_projections();
+  }
+}
+
+}  // namespace
+
 bool has_lora(const TransformerImpl& model) {
   return model.lora != nullptr;
 }
@@ -172,6 +192,7 @@ void attach_lora(TransformerImpl& model, const LoraOptions& options, uint64_t se
                        bound);
     }
   }
+  if (options.base_dtype == "bf16") store_frozen_matrices_in_bf16(model);
   const auto device = model.model->embed_tokens->weight.device();
   adapters->to(device);
   model.lora = model.register_module("lora", adapters);
@@ -217,6 +238,8 @@ std::vector<std::pair<std::string, torch::Tensor>> merged_weights(TransformerImp
   auto weights = model.named_weights();
   if (!has_lora(model)) return weights;
   torch::NoGradGuard no_grad;
+  for (auto& [name, weight] : weights)
+    if (weight.scalar_type() == torch::kBFloat16) weight = weight.to(torch::kFloat);
   const double scale = model.lora->options.scale();
   std::map<std::string, const LoraLinear*> by_weight;
   for (const auto& [prefix, adapter] : model.lora->adapters)
@@ -226,7 +249,7 @@ std::vector<std::pair<std::string, torch::Tensor>> merged_weights(TransformerImp
     if (it == by_weight.end()) continue;
     const auto& adapter = *it->second;
     const auto delta = torch::matmul(adapter.b.to(torch::kDouble), adapter.a.to(torch::kDouble));
-    weight = (weight.to(torch::kDouble) + scale * delta).to(weight.scalar_type());
+    weight = (weight.to(torch::kDouble) + scale * delta).to(torch::kFloat);
   }
   return weights;
 }

@@ -38,6 +38,11 @@ struct LoraOptions {
   bool rslora = false;
   // Whole weights trained beside the adapters: "score", "lm_head", "embed_tokens".
   std::vector<std::string> modules_to_save;
+  // How the frozen base's matrices are stored: "fp32", or "bf16" (the QLoRA idea with bf16 in
+  // place of 4-bit NF4: the embedding, the seven projections and an untied LM head in half the
+  // bytes, widened to fp32 one matrix at a time as each is used; norms, biases, the adapters and
+  // the modules to save stay fp32, and so does every activation).
+  std::string base_dtype = "fp32";
 
   double scale() const;
 };
@@ -80,9 +85,10 @@ struct LoraAdaptersImpl : torch::nn::Module {
   std::vector<std::map<std::string, const LoraLinear*>> by_layer_;
 };
 
-// Adds fresh adapters to `model` (initialised by options.init from `seed`) and freezes every base
-// weight but the modules to save. Throws tiller::Error (`where`) on bad options, on a model that
-// already has adapters or is sharded for tensor parallelism. Build optimizers after this.
+// Adds fresh adapters to `model` (initialised by options.init from `seed`), freezes every base
+// weight but the modules to save, and stores the frozen matrices in options.base_dtype. Throws
+// tiller::Error (`where`) on bad options, on a model that already has adapters or is sharded for
+// tensor parallelism. Build optimizers after this.
 void attach_lora(TransformerImpl& model, const LoraOptions& options, uint64_t seed,
                  const std::string& where);
 bool has_lora(const TransformerImpl& model);
@@ -96,8 +102,9 @@ std::vector<std::pair<std::string, torch::Tensor>> lora_weights(TransformerImpl&
 void load_lora_weights(TransformerImpl& model, const std::map<std::string, torch::Tensor>& weights,
                        const std::string& where);
 
-// The model's HF weights with every adapter merged in (W + scale B A, computed in fp64 and
-// stored in W's dtype); the model itself is left unchanged. Without adapters: named_weights().
+// The model's HF weights with every adapter merged in (W + scale B A, computed in fp64), all in
+// fp32 (a bf16 base's values widened); the model itself is left unchanged. Without adapters:
+// named_weights().
 std::vector<std::pair<std::string, torch::Tensor>> merged_weights(TransformerImpl& model);
 
 // Makes every frozen weight of `model` (all but its adapters and modules to save) the very tensor

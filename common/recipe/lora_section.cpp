@@ -51,6 +51,8 @@ LoraSection read_lora_section(ConfigReader& stage, ConfigErrors& errors, const s
   o.dropout = r.number("dropout", 0.0);
   o.init = r.string("init", "kaiming");
   o.rslora = r.boolean("rslora", false);
+  o.base_dtype = r.string("base_dtype", "fp32");
+  r.one_of("base_dtype", o.base_dtype, {"fp32", "bf16"});
   r.require(o.rank >= 1, "rank", "must be at least 1");
   r.require(o.alpha > 0, "alpha", "must be > 0");
   r.require(o.dropout >= 0 && o.dropout < 1, "dropout", "must be in [0, 1)");
@@ -102,6 +104,7 @@ nlohmann::json lora_section_values(const LoraSection& s) {
                            {"targets", targets},
                            {"init", o.init},
                            {"rslora", o.rslora},
+                           {"base_dtype", o.base_dtype},
                            {"modules_to_save", o.modules_to_save}};
   if (!s.init_adapter.empty()) values["init_adapter"] = s.init_adapter;
   return values;

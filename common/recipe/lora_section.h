@@ -20,6 +20,7 @@ struct LoraSection {
 
 // Reads stage.lora: `rank` (8), `alpha` (16), `dropout` (0), `targets` ("all-linear" or a list of
 // projection names; default all-linear), `init` (kaiming | gaussian), `rslora` (false),
+// `base_dtype` (fp32 | bf16),
 // `modules_to_save` ([]), `init_adapter`. What needs no model is checked here (rank >= 1, known
 // targets and modules, an existing init_adapter); the rest when the adapters are attached.
 // `key` names the section: "lora", or "critic_lora" for PPO's critic.
