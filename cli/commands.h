@@ -14,6 +14,7 @@ using CommandAction = std::function<int()>;
 void add_version_command(CLI::App& app, CommandAction& action);           // version_cmd.cpp
 void add_convert_command(CLI::App& app, CommandAction& action);           // convert_cmd.cpp
 void add_merge_command(CLI::App& app, CommandAction& action);             // merge_cmd.cpp
+void add_export_command(CLI::App& app, CommandAction& action);            // export_cmd.cpp
 void add_checkpoint_command(CLI::App& app, CommandAction& action);        // checkpoint_cmd.cpp
 void add_generate_command(CLI::App& app, CommandAction& action);          // generate_cmd.cpp
 void add_tokenize_commands(CLI::App& app, CommandAction& action);         // tokenize_cmd.cpp

@@ -35,6 +35,7 @@ TEST_PACKAGES=(
   clang libclang-rt-14-dev llvm  # the sanitizer build and libFuzzer (scripts/sanitize_and_fuzz.sh)
   python3                 # tests/fuzz/make_corpus.py writes the fuzzers' seeds
   python3-torch           # the independent PPO oracle (tests/oracle/ppo_oracle.py); never Tiller
+  python3-numpy           # the independent GGUF reader (tests/oracle/gguf_reader.py)
   chromium                # headless, for the test that renders report.html as a browser does
 )
 ORACLE_PACKAGES=(

@@ -68,11 +68,6 @@ torch::Tensor permute_to_hf(const torch::Tensor& w, int64_t heads) {
   return w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape({rows, cols});
 }
 
-torch::Tensor permute_to_meta(const torch::Tensor& w, int64_t heads) {
-  const int64_t rows = w.size(0), cols = w.size(1);
-  return w.view({heads, 2, rows / heads / 2, cols}).transpose(1, 2).reshape({rows, cols});
-}
-
 struct Llama2cHeader {
   int32_t dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
 };
@@ -119,6 +114,11 @@ uint64_t expected_weight_bytes(const ModelConfig& c, bool legacy) {
 }
 
 }  // namespace
+
+torch::Tensor permute_to_meta(const torch::Tensor& w, int64_t heads) {
+  const int64_t rows = w.size(0), cols = w.size(1);
+  return w.view({heads, 2, rows / heads / 2, cols}).transpose(1, 2).reshape({rows, cols});
+}
 
 Transformer import_llama2c(const std::string& path) {
   return import_llama2c_bytes(read_file(path), path);

@@ -43,6 +43,7 @@ struct SentencePieceModule {
   decltype(&tspm_decode) decode;
   decltype(&tspm_id_to_piece) id_to_piece;
   decltype(&tspm_property) property;
+  decltype(&tspm_piece_kind) piece_kind;
   decltype(&tspm_train) train;
 };
 
@@ -89,6 +90,7 @@ const SentencePieceModule& module() {
       resolve(lib, "tspm_decode", m.decode, path);
       resolve(lib, "tspm_id_to_piece", m.id_to_piece, path);
       resolve(lib, "tspm_property", m.property, path);
+      resolve(lib, "tspm_piece_kind", m.piece_kind, path);
       resolve(lib, "tspm_train", m.train, path);
     } catch (const Error& e) {
       failure = e.what();
@@ -240,6 +242,18 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
   std::string out(text, size);
   module().free(text);
   return out;
+}
+
+Tokenizer::PieceEntry Tokenizer::sentencepiece_entry(int64_t id) const {
+  check(!bpe_, "tokenizer " + path_ + ": not a SentencePiece model (a tokenizer.json)");
+  PieceEntry entry;
+  entry.piece = piece(id);
+  entry.kind = module().piece_kind(handle_, static_cast<int32_t>(id), &entry.score);
+  return entry;
+}
+
+int64_t Tokenizer::unk_id() const {
+  return bpe_ ? -1 : module().property(handle_, 4);
 }
 
 std::string Tokenizer::piece(int64_t id) const {

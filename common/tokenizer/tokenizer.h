@@ -26,6 +26,16 @@ class Tokenizer {
                               bool add_eos = false) const;
   std::string decode(const std::vector<int64_t>& ids) const;
   std::string piece(int64_t id) const;
+  // A SentencePiece vocabulary entry: its piece, score and kind (as GGUF numbers token types: 1
+  // normal, 2 unknown, 3 control, 5 unused, 6 byte). Throws tiller::Error for a tokenizer.json.
+  struct PieceEntry {
+    std::string piece;
+    float score = 0;
+    int32_t kind = 1;
+  };
+  PieceEntry sentencepiece_entry(int64_t id) const;
+  bool is_sentencepiece() const { return bpe_ == nullptr; }
+  int64_t unk_id() const;
 
   int64_t vocab_size() const;
   // -1 where a tokenizer.json adds none (Qwen2, GPT-2): encode's add_bos then adds nothing.

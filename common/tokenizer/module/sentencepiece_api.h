@@ -28,6 +28,10 @@ char* tspm_id_to_piece(void* handle, int32_t id);
 // 0: piece count, 1: bos, 2: eos, 3: pad, 4: unk.
 int32_t tspm_property(void* handle, int which);
 
+// The kind of an id, numbered as GGUF's tokenizer.ggml.token_type: 1 normal, 2 unknown, 3 control,
+// 5 unused, 6 byte; its score in *score.
+int32_t tspm_piece_kind(void* handle, int32_t id, float* score);
+
 // Trains a model with SentencePieceTrainer's flag string; returns 0, or -1 with *error.
 int tspm_train(const char* flags, char** error);
 }

@@ -129,6 +129,16 @@ int32_t tspm_property(void* handle, int which) {
   }
 }
 
+int32_t tspm_piece_kind(void* handle, int32_t id, float* score) {
+  auto* sp = processor(handle);
+  *score = sp->GetScore(id);
+  if (sp->IsUnknown(id)) return 2;
+  if (sp->IsControl(id)) return 3;
+  if (sp->IsUnused(id)) return 5;
+  if (sp->IsByte(id)) return 6;
+  return 1;
+}
+
 int tspm_train(const char* flags, char** error) {
   // "--key=value ..." as a map, as Train(string) splits it, but without its unconditional
   // "Running command" log line: the map overload applies --minloglevel before logging anything.

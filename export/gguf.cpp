@@ -1,0 +1,375 @@
+#include "export/gguf.h"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "common/io/hf_dir.h"
+#include "common/io/llama2c.h"
+#include "common/model/model_config.h"
+#include "common/tokenizer/tokenizer.h"
+#include "common/util/error.h"
+#include "common/util/files.h"
+
+namespace tiller {
+
+namespace {
+
+constexpr int64_t kBlock = 32;       // values per q8_0 / q4_0 block
+constexpr uint64_t kAlignment = 32;  // general.alignment's default, written out
+
+// GGUF's metadata value types.
+enum : uint32_t { kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7, kString = 8, kArray = 9 };
+
+// Little-endian appends (GGUF is little-endian; so is every machine Tiller builds for).
+template <typename T>
+void put(std::string& out, T value) {
+  out.append(reinterpret_cast<const char*>(&value), sizeof(T));
+}
+
+void put_string(std::string& out, const std::string& s) {
+  put<uint64_t>(out, s.size());
+  out += s;
+}
+
+uint16_t half_bits(float value) {
+  return c10::Half(value).x;  // round to nearest even, as ggml's GGML_FP32_TO_FP16
+}
+
+// The key/value section, counted as it grows.
+class Metadata {
+ public:
+  void text(const std::string& key, const std::string& value) {
+    head(key, kString);
+    put_string(bytes_, value);
+  }
+  void u32(const std::string& key, uint64_t value) {
+    check(value <= UINT32_MAX, "gguf: " + key + " " + std::to_string(value) + " exceeds 32 bits");
+    head(key, kU32);
+    put<uint32_t>(bytes_, static_cast<uint32_t>(value));
+  }
+  void f32(const std::string& key, double value) {
+    head(key, kF32);
+    put<float>(bytes_, static_cast<float>(value));
+  }
+  void flag(const std::string& key, bool value) {
+    head(key, kBool);
+    put<uint8_t>(bytes_, value ? 1 : 0);
+  }
+  void texts(const std::string& key, const std::vector<std::string>& values) {
+    array_head(key, kString, values.size());
+    for (const auto& v : values) put_string(bytes_, v);
+  }
+  void f32s(const std::string& key, const std::vector<float>& values) {
+    array_head(key, kF32, values.size());
+    for (float v : values) put<float>(bytes_, v);
+  }
+  void i32s(const std::string& key, const std::vector<int32_t>& values) {
+    array_head(key, kI32, values.size());
+    for (int32_t v : values) put<int32_t>(bytes_, v);
+  }
+  uint64_t count() const { return count_; }
+  const std::string& bytes() const { return bytes_; }
+
+ private:
+  void head(const std::string& key, uint32_t type) {
+    put_string(bytes_, key);
+    put<uint32_t>(bytes_, type);
+    ++count_;
+  }
+  void array_head(const std::string& key, uint32_t element_type, size_t n) {
+    head(key, kArray);
+    put<uint32_t>(bytes_, element_type);
+    put<uint64_t>(bytes_, n);
+  }
+  std::string bytes_;
+  uint64_t count_ = 0;
+};
+
+struct TensorPlan {
+  std::string name;    // llama.cpp's
+  torch::Tensor data;  // fp32, contiguous, HF layout [rows, columns] or [n]
+  GgmlType type;
+  uint64_t offset = 0;  // from the start of the data section
+};
+
+GgmlType requested_type(const std::string& type) {
+  static const std::map<std::string, GgmlType> types = {{"f32", GgmlType::F32},
+                                                        {"f16", GgmlType::F16},
+                                                        {"bf16", GgmlType::BF16},
+                                                        {"q8_0", GgmlType::Q8_0},
+                                                        {"q4_0", GgmlType::Q4_0}};
+  const auto it = types.find(type);
+  check(it != types.end(), "export: --type " + type + " is not one of f32, f16, bf16, q8_0, q4_0");
+  return it->second;
+}
+
+// llama.cpp's LLAMA_FTYPE of a file mostly in `type`.
+uint32_t file_type(GgmlType type) {
+  switch (type) {
+    case GgmlType::F32:
+      return 0;
+    case GgmlType::F16:
+      return 1;
+    case GgmlType::Q4_0:
+      return 2;
+    case GgmlType::Q8_0:
+      return 7;
+    case GgmlType::BF16:
+      return 32;
+  }
+  return 0;
+}
+
+std::string encode(const TensorPlan& t) {
+  const float* values = t.data.data_ptr<float>();
+  const int64_t n = t.data.numel();
+  switch (t.type) {
+    case GgmlType::F32:
+      return std::string(reinterpret_cast<const char*>(values), static_cast<size_t>(n) * 4);
+    case GgmlType::F16: {
+      std::string out;
+      out.reserve(static_cast<size_t>(n) * 2);
+      for (int64_t i = 0; i < n; ++i) put<uint16_t>(out, half_bits(values[i]));
+      return out;
+    }
+    case GgmlType::BF16: {
+      std::string out;
+      out.reserve(static_cast<size_t>(n) * 2);
+      for (int64_t i = 0; i < n; ++i) put<uint16_t>(out, c10::BFloat16(values[i]).x);
+      return out;
+    }
+    case GgmlType::Q8_0:
+      return quantize_q8_0(values, n);
+    case GgmlType::Q4_0:
+      return quantize_q4_0(values, n);
+  }
+  return {};
+}
+
+// What a llama.cpp "llama" model cannot hold, refused with the directory named.
+void check_exportable(const ModelConfig& c, const std::string& dir) {
+  const std::string where = "export: " + dir + ": ";
+  check(c.num_labels == 0, where + "a model with a score head (a reward model) is not a causal LM");
+  check(!c.attention_bias,
+        where + "attention biases (" + c.model_type + ") are not exported to GGUF yet");
+  check(c.rope_scaling.type.empty(),
+        where + "RoPE scaling \"" + c.rope_scaling.type + "\" is not exported to GGUF yet");
+  check(c.resolved_head_dim() * c.num_attention_heads == c.hidden_size,
+        where + "a head_dim other than hidden_size / num_attention_heads is not exported yet");
+}
+
+void put_llama_metadata(Metadata& m, const ModelConfig& c, const std::string& name, GgmlType type) {
+  m.text("general.architecture", "llama");
+  m.text("general.name", name);
+  m.u32("general.alignment", kAlignment);
+  m.u32("general.file_type", file_type(type));
+  if (type == GgmlType::Q8_0 || type == GgmlType::Q4_0) m.u32("general.quantization_version", 2);
+  m.u32("llama.vocab_size", c.vocab_size);
+  m.u32("llama.context_length", c.max_position_embeddings);
+  m.u32("llama.embedding_length", c.hidden_size);
+  m.u32("llama.block_count", c.num_hidden_layers);
+  m.u32("llama.feed_forward_length", c.intermediate_size);
+  m.u32("llama.rope.dimension_count", c.resolved_head_dim());
+  m.u32("llama.attention.head_count", c.num_attention_heads);
+  m.u32("llama.attention.head_count_kv", c.num_key_value_heads);
+  m.f32("llama.attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+  m.f32("llama.rope.freq_base", c.rope_theta);
+}
+
+// SentencePiece as llama.cpp's "llama" vocabulary: pieces, scores and token types.
+void put_sentencepiece(Metadata& m, const Tokenizer& tok, const std::string& dir) {
+  check(tok.is_sentencepiece(),
+        "export: " + dir +
+            ": a byte-level BPE tokenizer (tokenizer.json) is not exported to "
+            "GGUF yet; only SentencePiece (tokenizer.model)");
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  std::vector<int32_t> kinds;
+  for (int64_t id = 0; id < tok.vocab_size(); ++id) {
+    auto entry = tok.sentencepiece_entry(id);
+    pieces.push_back(std::move(entry.piece));
+    scores.push_back(entry.score);
+    kinds.push_back(entry.kind);
+  }
+  m.text("tokenizer.ggml.model", "llama");
+  m.text("tokenizer.ggml.pre", "default");
+  m.texts("tokenizer.ggml.tokens", pieces);
+  m.f32s("tokenizer.ggml.scores", scores);
+  m.i32s("tokenizer.ggml.token_type", kinds);
+  for (const auto& [key, id] : {std::pair{"tokenizer.ggml.bos_token_id", tok.bos_id()},
+                                std::pair{"tokenizer.ggml.eos_token_id", tok.eos_id()},
+                                std::pair{"tokenizer.ggml.unknown_token_id", tok.unk_id()},
+                                std::pair{"tokenizer.ggml.padding_token_id", tok.pad_id()}})
+    if (id >= 0) m.u32(key, static_cast<uint64_t>(id));
+  m.flag("tokenizer.ggml.add_bos_token", true);
+  m.flag("tokenizer.ggml.add_eos_token", false);
+}
+
+// HF weight names -> llama.cpp's, q and k rows back in Meta's interleaved rotary order.
+std::vector<TensorPlan> plan_tensors(const ModelConfig& c,
+                                     const std::map<std::string, torch::Tensor>& hf, GgmlType type,
+                                     std::vector<std::string>& f16_instead) {
+  std::vector<TensorPlan> plans;
+  const auto add = [&](const std::string& name, torch::Tensor t) {
+    t = t.to(torch::kFloat).contiguous();
+    GgmlType chosen = t.dim() == 1 ? GgmlType::F32 : type;
+    const bool blocks = chosen == GgmlType::Q8_0 || chosen == GgmlType::Q4_0;
+    if (blocks && t.size(-1) % kBlock != 0) {
+      chosen = GgmlType::F16;
+      f16_instead.push_back(name);
+    }
+    plans.push_back({name, t, chosen});
+  };
+  const auto weight = [&](const std::string& name) {
+    const auto it = hf.find(name);
+    check(it != hf.end(), "export: the model has no weight " + name);
+    return it->second;
+  };
+  add("token_embd.weight", weight("model.embed_tokens.weight"));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string hf_layer = "model.layers." + std::to_string(l) + ".";
+    const std::string blk = "blk." + std::to_string(l) + ".";
+    add(blk + "attn_norm.weight", weight(hf_layer + "input_layernorm.weight"));
+    add(blk + "attn_q.weight",
+        permute_to_meta(weight(hf_layer + "self_attn.q_proj.weight"), c.num_attention_heads));
+    add(blk + "attn_k.weight",
+        permute_to_meta(weight(hf_layer + "self_attn.k_proj.weight"), c.num_key_value_heads));
+    add(blk + "attn_v.weight", weight(hf_layer + "self_attn.v_proj.weight"));
+    add(blk + "attn_output.weight", weight(hf_layer + "self_attn.o_proj.weight"));
+    add(blk + "ffn_norm.weight", weight(hf_layer + "post_attention_layernorm.weight"));
+    add(blk + "ffn_gate.weight", weight(hf_layer + "mlp.gate_proj.weight"));
+    add(blk + "ffn_up.weight", weight(hf_layer + "mlp.up_proj.weight"));
+    add(blk + "ffn_down.weight", weight(hf_layer + "mlp.down_proj.weight"));
+  }
+  add("output_norm.weight", weight("model.norm.weight"));
+  // Tied: no output.weight; llama.cpp then reads token_embd for the head.
+  if (!c.tie_word_embeddings) add("output.weight", weight("lm_head.weight"));
+  return plans;
+}
+
+uint64_t aligned(uint64_t offset) {
+  return (offset + kAlignment - 1) / kAlignment * kAlignment;
+}
+
+}  // namespace
+
+int64_t ggml_bytes(GgmlType type, int64_t count) {
+  switch (type) {
+    case GgmlType::F32:
+      return count * 4;
+    case GgmlType::F16:
+    case GgmlType::BF16:
+      return count * 2;
+    case GgmlType::Q8_0:
+      return count / kBlock * (2 + kBlock);
+    case GgmlType::Q4_0:
+      return count / kBlock * (2 + kBlock / 2);
+  }
+  return 0;
+}
+
+std::string quantize_q8_0(const float* x, int64_t count) {
+  check(count % kBlock == 0, "quantize_q8_0: the values are not whole blocks of 32");
+  std::string out;
+  out.reserve(static_cast<size_t>(ggml_bytes(GgmlType::Q8_0, count)));
+  for (int64_t b = 0; b < count; b += kBlock) {
+    float amax = 0;
+    for (int64_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(x[b + j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    put<uint16_t>(out, half_bits(d));
+    for (int64_t j = 0; j < kBlock; ++j)
+      put<int8_t>(out, static_cast<int8_t>(std::round(x[b + j] * id)));
+  }
+  return out;
+}
+
+std::string quantize_q4_0(const float* x, int64_t count) {
+  check(count % kBlock == 0, "quantize_q4_0: the values are not whole blocks of 32");
+  std::string out;
+  out.reserve(static_cast<size_t>(ggml_bytes(GgmlType::Q4_0, count)));
+  for (int64_t b = 0; b < count; b += kBlock) {
+    float amax = 0, max = 0;
+    for (int64_t j = 0; j < kBlock; ++j)
+      if (amax < std::fabs(x[b + j])) {
+        amax = std::fabs(x[b + j]);
+        max = x[b + j];
+      }
+    const float d = max / -8.0f;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    put<uint16_t>(out, half_bits(d));
+    for (int64_t j = 0; j < kBlock / 2; ++j) {
+      // As ggml: truncation after adding 8.5 is rounding to nearest, then clamped to 15.
+      const auto low = std::min<int>(15, static_cast<int8_t>(x[b + j] * id + 8.5f));
+      const auto high = std::min<int>(15, static_cast<int8_t>(x[b + kBlock / 2 + j] * id + 8.5f));
+      put<uint8_t>(out, static_cast<uint8_t>(low | (high << 4)));
+    }
+  }
+  return out;
+}
+
+GgufExportSummary export_gguf(const std::string& model_dir, const std::string& type_name,
+                              const std::string& out_path) {
+  const GgmlType type = requested_type(type_name);
+  const ModelConfig config = load_model_config(model_dir);
+  check_exportable(config, model_dir);
+  const Tokenizer tok(tokenizer_path_in(model_dir));
+  tok.check_matches(config, model_dir);
+
+  Metadata metadata;
+  std::string name = model_dir;
+  while (name.size() > 1 && name.back() == '/') name.pop_back();
+  name = name.substr(name.find_last_of('/') + 1);
+  put_llama_metadata(metadata, config, name, type);
+  put_sentencepiece(metadata, tok, model_dir);
+
+  GgufExportSummary summary;
+  summary.type = type_name;
+  std::map<std::string, torch::Tensor> weights;
+  {
+    Transformer model = load_hf_model(model_dir);  // every shape checked against config.json
+    for (auto& [weight_name, tensor] : model->named_weights()) weights[weight_name] = tensor;
+  }
+  std::vector<TensorPlan> tensors = plan_tensors(config, weights, type, summary.f16_instead);
+  std::string head;
+  head += "GGUF";
+  put<uint32_t>(head, 3);
+  put<uint64_t>(head, tensors.size());
+  put<uint64_t>(head, metadata.count());
+  head += metadata.bytes();
+  uint64_t offset = 0;
+  for (auto& t : tensors) {
+    t.offset = offset;
+    put_string(head, t.name);
+    put<uint32_t>(head, static_cast<uint32_t>(t.data.dim()));
+    for (int64_t d = t.data.dim() - 1; d >= 0; --d)
+      put<uint64_t>(head, t.data.size(d));  // ne0 first
+    put<uint32_t>(head, static_cast<uint32_t>(t.type));
+    put<uint64_t>(head, t.offset);
+    offset = aligned(offset + static_cast<uint64_t>(ggml_bytes(t.type, t.data.numel())));
+  }
+  head.resize(aligned(head.size()), '\0');
+
+  AtomicFileWriter file(out_path);
+  file.write(head.data(), head.size());
+  uint64_t written = 0;
+  for (const auto& t : tensors) {
+    const std::string padding(t.offset - written, '\0');
+    file.write(padding.data(), padding.size());
+    const std::string bytes = encode(t);
+    file.write(bytes.data(), bytes.size());
+    written = t.offset + bytes.size();
+  }
+  file.commit();
+  summary.tensors = static_cast<int64_t>(tensors.size());
+  summary.bytes = static_cast<int64_t>(head.size() + written);
+  return summary;
+}
+
+}  // namespace tiller

@@ -1,0 +1,222 @@
+// GGUF export (export/gguf.h) read back by an independent reader written from the specification
+// (tests/oracle/gguf_reader.py, numpy): every metadata key, tensor name, shape, type and offset;
+// every tensor's bytes against the reference encoding of the HF weights it came from; and the
+// f32 export of stories260K, run greedily by the reader from the file alone, prints the golden
+// text of llama2.c's run.c. Bad exports are one line with nothing written.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+
+#include "common/io/hf_dir.h"
+#include "common/util/files.h"
+#include "export/gguf.h"
+#include "tests/test_util.h"
+#include "tiller_build_paths.h"
+
+using namespace tiller;
+
+namespace {
+
+// A Python with numpy (Debian's python3-numpy, beside python3-torch); "" when there is none.
+std::string python_with_numpy() {
+  for (const char* python : {"/usr/bin/python3", "python3"}) {
+    std::string out;
+    if (test::run_command(std::string(python) + " -c 'import numpy' 2>&1", &out) == 0)
+      return python;
+  }
+  return "";
+}
+
+int run_tiller(const std::string& args, std::string* out) {
+  return test::run_command(test::tiller_binary() + " " + args + " 2>&1", out);
+}
+
+nlohmann::json read_back(const std::string& python, const std::string& gguf, const std::string& hf,
+                         const std::string& extra = "") {
+  std::string out;
+  const int code = test::run_command(
+      test::shell_command({python, std::string(TILLER_SOURCE_DIR) + "/tests/oracle/gguf_reader.py",
+                           gguf, "--hf", hf}) +
+          extra + " 2>&1",
+      &out);
+  EXPECT_EQ(code, 0) << out;
+  return code == 0 ? nlohmann::json::parse(out) : nlohmann::json::object();
+}
+
+}  // namespace
+
+TEST(Gguf, EveryTypeReadsBackByAnIndependentReaderAndF32GivesTheGoldenText) {
+  TILLER_REQUIRE_SHARED(model, "models/stories260K/stories260K.bin");
+  TILLER_REQUIRE_SHARED(tok, "models/stories260K/tok512.model");
+  TILLER_REQUIRE_SHARED(golden, "models/stories260K/greedy_once_upon_a_time.txt");
+  const std::string python = python_with_numpy();
+  if (python.empty()) GTEST_SKIP() << "skipped: no Python with numpy (Debian's python3-numpy)";
+  const std::string dir = test::temp_dir("gguf");
+  std::string out;
+  ASSERT_EQ(
+      run_tiller("convert --model '" + model + "' --tokenizer '" + tok + "' --out " + dir + "/hf",
+                 &out),
+      0)
+      << out;
+
+  // stories260K: 5 layers, width 64, 8 heads over 4 key/value heads, MLP 172, vocabulary 512,
+  // tied head. llama.cpp's tensor names, each layer's in its order.
+  std::vector<std::string> names = {"token_embd.weight"};
+  for (int l = 0; l < 5; ++l)
+    for (const char* part : {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm",
+                             "ffn_gate", "ffn_up", "ffn_down"})
+      names.push_back("blk." + std::to_string(l) + "." + part + ".weight");
+  names.push_back("output_norm.weight");
+  const std::map<std::string, std::vector<int64_t>> ne = {
+      {"token_embd", {64, 512}}, {"attn_norm", {64}},     {"attn_q", {64, 64}},
+      {"attn_k", {64, 32}},      {"attn_v", {64, 32}},    {"attn_output", {64, 64}},
+      {"ffn_norm", {64}},        {"ffn_gate", {64, 172}}, {"ffn_up", {64, 172}},
+      {"ffn_down", {172, 64}},   {"output_norm", {64}}};
+  const std::set<std::string> keys = {"general.architecture",
+                                      "general.name",
+                                      "general.alignment",
+                                      "general.file_type",
+                                      "llama.vocab_size",
+                                      "llama.context_length",
+                                      "llama.embedding_length",
+                                      "llama.block_count",
+                                      "llama.feed_forward_length",
+                                      "llama.rope.dimension_count",
+                                      "llama.attention.head_count",
+                                      "llama.attention.head_count_kv",
+                                      "llama.attention.layer_norm_rms_epsilon",
+                                      "llama.rope.freq_base",
+                                      "tokenizer.ggml.model",
+                                      "tokenizer.ggml.pre",
+                                      "tokenizer.ggml.tokens",
+                                      "tokenizer.ggml.scores",
+                                      "tokenizer.ggml.token_type",
+                                      "tokenizer.ggml.bos_token_id",
+                                      "tokenizer.ggml.eos_token_id",
+                                      "tokenizer.ggml.unknown_token_id",
+                                      "tokenizer.ggml.padding_token_id",
+                                      "tokenizer.ggml.add_bos_token",
+                                      "tokenizer.ggml.add_eos_token"};
+  struct Case {
+    const char* type;
+    int ggml, file_type;
+    double max_error;  // relative to each tensor's largest magnitude
+  };
+  for (const Case& c : {Case{"f32", 0, 0, 0.0}, Case{"f16", 1, 1, 1e-3}, Case{"bf16", 30, 32, 8e-3},
+                        Case{"q8_0", 8, 7, 1e-2}, Case{"q4_0", 2, 2, 0.15}}) {
+    SCOPED_TRACE(c.type);
+    const std::string gguf = dir + "/stories260K." + c.type + ".gguf";
+    ASSERT_EQ(run_tiller(std::string("export --format gguf --type ") + c.type + " --model " + dir +
+                             "/hf --out " + gguf,
+                         &out),
+              0)
+        << out;
+    const bool blocks = c.ggml == 8 || c.ggml == 2;
+    // The MLP's down projection has rows of 172, not whole blocks of 32: f16, and said.
+    EXPECT_EQ(out.find("5 matrices in f16 instead") != std::string::npos, blocks) << out;
+    const auto r = read_back(python, gguf, dir + "/hf",
+                             std::string(c.ggml == 0 ? " --prompt 'Once upon a time'"
+                                                       " --total-tokens 121"
+                                                     : ""));
+    ASSERT_FALSE(r.empty());
+    EXPECT_EQ(r["version"], 3);
+    std::set<std::string> got_keys;
+    for (const auto& item : r["metadata"].items()) got_keys.insert(item.key());
+    if (blocks) got_keys.erase("general.quantization_version");
+    EXPECT_EQ(got_keys, keys);
+    const auto& m = r["metadata"];
+    EXPECT_EQ(m["general.architecture"], "llama");
+    EXPECT_EQ(m["general.file_type"], c.file_type);
+    EXPECT_EQ(m["general.alignment"], 32);
+    EXPECT_EQ(m["llama.block_count"], 5);
+    EXPECT_EQ(m["llama.embedding_length"], 64);
+    EXPECT_EQ(m["llama.feed_forward_length"], 172);
+    EXPECT_EQ(m["llama.attention.head_count"], 8);
+    EXPECT_EQ(m["llama.attention.head_count_kv"], 4);
+    EXPECT_EQ(m["llama.rope.dimension_count"], 8);
+    EXPECT_EQ(m["llama.context_length"], 512);
+    EXPECT_FLOAT_EQ(m["llama.attention.layer_norm_rms_epsilon"].get<float>(), 1e-5f);
+    EXPECT_EQ(m["llama.rope.freq_base"], 10000.0);
+    EXPECT_EQ(m["tokenizer.ggml.model"], "llama");
+    EXPECT_EQ(m["tokenizer.ggml.tokens"]["array"], 512);
+    EXPECT_EQ(m["tokenizer.ggml.tokens"]["first"], nlohmann::json({"<unk>", "<s>", "</s>"}));
+    EXPECT_EQ(m["tokenizer.ggml.token_type"]["first"], nlohmann::json({2, 3, 3}));
+    EXPECT_EQ(m["tokenizer.ggml.bos_token_id"], 1);
+    EXPECT_EQ(m["tokenizer.ggml.eos_token_id"], 2);
+    EXPECT_EQ(r["metadata_types"]["tokenizer.ggml.scores"], 9);       // an array (of float32)
+    EXPECT_EQ(r["metadata_types"]["llama.attention.head_count"], 4);  // uint32
+
+    const auto& tensors = r["tensors"];
+    ASSERT_EQ(tensors.size(), names.size());
+    int64_t previous_offset = -1;
+    for (size_t i = 0; i < names.size(); ++i) {
+      const auto& t = tensors[i];
+      EXPECT_EQ(t["name"], names[i]);
+      const std::string part =
+          names[i].rfind("blk.", 0) == 0 ? names[i].substr(names[i].find('.', 4) + 1) : names[i];
+      const std::string short_name = part.substr(0, part.find(".weight"));
+      EXPECT_EQ(t["ne"], nlohmann::json(ne.at(short_name))) << names[i];
+      const bool norm = short_name.find("norm") != std::string::npos;
+      const int expected_type = norm ? 0 : blocks && short_name == "ffn_down" ? 1 : c.ggml;
+      EXPECT_EQ(t["type"], expected_type) << names[i];
+      EXPECT_EQ(t["offset"].get<int64_t>() % 32, 0) << names[i];
+      EXPECT_GT(t["offset"].get<int64_t>(), previous_offset) << names[i];
+      previous_offset = t["offset"].get<int64_t>();
+    }
+    for (const auto& [type, error] : r["relative_error"].items())
+      EXPECT_LE(error.get<double>(), type == "F32"   ? 0.0
+                                     : type == "F16" ? 1e-3
+                                                     : c.max_error)
+          << type;
+    if (c.ggml == 0) {
+      EXPECT_EQ(r["greedy"].get<std::string>() + "\n", read_file(golden));
+    }
+  }
+}
+
+TEST(Gguf, WhatItCannotCarryIsOneLineAndNothingIsWritten) {
+  const std::string dir = test::temp_dir("gguf_bad");
+  std::string out;
+  // A reward model (a score head), from a tiny random model.
+  ModelConfig reward = test::llama_config(40, 16, 32, 1, 2, 2, 16);
+  reward.num_labels = 1;
+  Transformer rm(reward);
+  rm->init_weights(3);
+  save_hf_model(*rm, dir + "/rm");
+  EXPECT_EQ(run_tiller("export --model " + dir + "/rm --out " + dir + "/rm.gguf", &out), 1) << out;
+  EXPECT_NE(out.find("a model with a score head (a reward model) is not a causal LM"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/rm.gguf"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/rm.gguf.tmp"));
+  // An unknown type, and a directory that is not a model.
+  EXPECT_NE(run_tiller("export --type q5_k --model " + dir + "/rm --out " + dir + "/x.gguf", &out),
+            0);
+  EXPECT_NE(out.find("q5_k"), std::string::npos) << out;
+  EXPECT_EQ(run_tiller("export --model " + dir + "/none --out " + dir + "/x.gguf", &out), 1) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/x.gguf"));
+}
+
+TEST(Gguf, QuantisedBlocksFollowGgmlsReferenceArithmetic) {
+  // q8_0: scale amax / 127 in fp16, values rounded; q4_0: scale max / -8 with max the value of
+  // largest magnitude (here -4, so the scale is +0.5), values + 8 in nibbles.
+  std::vector<float> x(32);
+  for (int i = 0; i < 32; ++i) x[i] = static_cast<float>(i % 8) * 0.5f - 2.0f;  // -2 .. 1.5
+  x[5] = -4.0f;
+  const std::string q8 = quantize_q8_0(x.data(), 32);
+  ASSERT_EQ(q8.size(), 34u);
+  EXPECT_EQ(static_cast<int8_t>(q8[2 + 5]), -127);  // the extreme maps to -127
+  EXPECT_EQ(static_cast<int8_t>(q8[2 + 0]), -64);   // -2 / (4 / 127) = -63.5 -> -64 (away from 0)
+  const std::string q4 = quantize_q4_0(x.data(), 32);
+  ASSERT_EQ(q4.size(), 18u);
+  EXPECT_EQ(static_cast<uint8_t>(q4[1]) << 8 | static_cast<uint8_t>(q4[0]), 0x3800);  // fp16 0.5
+  // Element 5 is -4 / 0.5 + 8 = 0 in the low nibble of byte 5; element 21 (= 0.5) is 9, high.
+  EXPECT_EQ(static_cast<uint8_t>(q4[2 + 5]), 0 | (9 << 4));
+  EXPECT_EQ(ggml_bytes(GgmlType::Q4_0, 64), 36);
+  EXPECT_EQ(ggml_bytes(GgmlType::BF16, 10), 20);
+}
