@@ -5,8 +5,10 @@
 #include "cli/commands.h"
 #include "common/io/hf_dir.h"
 #include "common/io/llama2c.h"
+#include "common/io/llama2c_tokenizer.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/error.h"
+#include "common/util/files.h"
 
 namespace tiller {
 
@@ -26,6 +28,20 @@ void run_convert(const ConvertArgs& a) {
   } else {
     model = load_hf_model(a.model);
     if (tokenizer.empty()) tokenizer = tokenizer_path_if_any(a.model);
+  }
+  // llama2.c's own tokenizer.bin: the same vocabulary as a SentencePiece model, which the output
+  // directory ships as tokenizer.model (through a temporary file beside it).
+  const bool llama2c_tokenizer =
+      tokenizer.size() >= 4 && tokenizer.compare(tokenizer.size() - 4, 4, ".bin") == 0;
+  const std::string converted = a.out + ".tokenizer-model.tmp";
+  struct RemoveOnExit {
+    std::string path;
+    ~RemoveOnExit() { std::remove(path.c_str()); }
+  } remove_converted{llama2c_tokenizer ? converted : ""};
+  if (llama2c_tokenizer) {
+    write_file_atomic(
+        converted, sentencepiece_model_from_llama2c_tokenizer(tokenizer, model->config.vocab_size));
+    tokenizer = converted;
   }
   if (!tokenizer.empty()) Tokenizer(tokenizer).check_matches(model->config, a.model);
   if (a.to == "hf") {
@@ -53,7 +69,8 @@ void add_convert_command(CLI::App& app, CommandAction& action) {
   convert_cmd->add_option("--model", convert->model, "input: a llama2.c .bin or an HF directory")
       ->required();
   convert_cmd->add_option("--tokenizer", convert->tokenizer,
-                          "tokenizer.model or tokenizer.json to ship");
+                          "tokenizer.model or tokenizer.json to ship, or llama2.c's tokenizer.bin "
+                          "(shipped as the tokenizer.model of the same vocabulary)");
   convert_cmd->add_option("--out", convert->out, "output directory (hf) or file (llama2c)")
       ->required();
   convert_cmd->callback([convert, &action] {

@@ -1,5 +1,6 @@
 // llama2.c checkpoints: export/import are inverse (stories260K and an untied model), the v1 format
-// imports like the legacy one, and broken or hostile files give one clear error each.
+// imports like the legacy one, its tokenizer.bin reads as the SentencePiece model it came from, and
+// broken or hostile files give one clear error each.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -11,6 +12,7 @@
 #include <functional>
 
 #include "common/io/llama2c.h"
+#include "common/io/llama2c_tokenizer.h"
 #include "common/rollout/generator.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/torch_compat.h"
@@ -335,4 +337,76 @@ TEST(Llama2c, TokenizerOfAnotherVocabularyIsRejected) {
   EXPECT_NE(rc, 0);
   EXPECT_NE(log.find("tiller: error: vocabulary mismatch"), std::string::npos) << log;
   EXPECT_FALSE(path_exists(out));
+}
+
+// llama2.c's tokenizer.bin (tok512.bin) read back as a SentencePiece model is the vocabulary of
+// tok512.model: every piece, score and kind, the special ids, and the same ids for story text.
+// Whitespace is kept as run.c keeps it (tok512.model removes extra spaces: the one difference).
+// Converted beside stories260K it generates the golden text; broken files are one line each.
+TEST(Llama2c, TokenizerBinIsTheVocabularyOfTheSentencePieceModel) {
+  TILLER_REQUIRE_SHARED(model, kModel);
+  TILLER_REQUIRE_SHARED(spm, kTokenizer);
+  TILLER_REQUIRE_SHARED(bin, "models/stories260K/tok512.bin");
+  TILLER_REQUIRE_SHARED(corpus, "corpus/tinystories_head.txt");
+  TILLER_REQUIRE_SHARED(greedy, "models/stories260K/greedy_once_upon_a_time.txt");
+  const std::string dir = test::temp_dir("llama2c_tokenizer");
+  write_file_atomic(dir + "/tok.model", sentencepiece_model_from_llama2c_tokenizer(bin, 512));
+  const Tokenizer converted(dir + "/tok.model"), reference(spm);
+  ASSERT_EQ(converted.vocab_size(), reference.vocab_size());
+  for (int64_t id = 0; id < reference.vocab_size(); ++id) {
+    const auto a = converted.sentencepiece_entry(id), b = reference.sentencepiece_entry(id);
+    EXPECT_EQ(a.piece, b.piece) << id;
+    EXPECT_EQ(a.score, b.score) << id;
+    EXPECT_EQ(a.kind, b.kind) << id;
+  }
+  EXPECT_EQ(converted.bos_id(), reference.bos_id());
+  EXPECT_EQ(converted.eos_id(), reference.eos_id());
+  EXPECT_EQ(converted.unk_id(), reference.unk_id());
+  EXPECT_EQ(converted.pad_id(), reference.pad_id());
+  std::ifstream lines(corpus);
+  std::string line;
+  int compared = 0;
+  while (std::getline(lines, line) && compared < 300) {
+    if (line.empty() || line.find("  ") != std::string::npos || line.front() == ' ' ||
+        line.back() == ' ')
+      continue;  // where the two normalisations differ (below)
+    ASSERT_EQ(converted.encode(line, true), reference.encode(line, true)) << line;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 300);
+  const std::string spaced = "Tom  ran.   Then \xc3\xa9t\xc3\xa9 \xf0\x9f\x98\x80";  // été 😀
+  EXPECT_EQ(converted.decode(converted.encode(spaced)), spaced);
+  EXPECT_NE(reference.decode(reference.encode(spaced)), spaced);
+
+  std::string out;
+  ASSERT_EQ(test::run_command(test::tiller_binary() + " convert --model " + model +
+                                  " --tokenizer " + bin + " --out " + dir + "/m 2>&1",
+                              &out),
+            0)
+      << out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/m.tokenizer-model.tmp"));
+  ASSERT_EQ(test::run_command(test::tiller_binary() + " generate --model " + dir +
+                                  "/m --prompt 'Once upon a time' --max-new-tokens 116"
+                                  " --temperature 0",
+                              &out),
+            0);
+  EXPECT_EQ(out, read_file(greedy));
+
+  const std::string bytes = read_file(bin);
+  write_file_atomic(dir + "/cut.bin", bytes.substr(0, bytes.size() - 3));
+  write_file_atomic(dir + "/zero.bin", std::string(8, '\0'));
+  for (const auto& [file, expected] :
+       {std::pair{dir + "/cut.bin", "cut.bin: the file ends inside entry 511"},
+        std::pair{dir + "/zero.bin", "zero.bin: max_token_length 0 is not"},
+        std::pair{std::string(bin), "512 entries, but the checkpoint's vocabulary has 32000"}}) {
+    const std::string error = test::error_of(
+        [&] { sentencepiece_model_from_llama2c_tokenizer(file, file == bin ? 32000 : 512); });
+    EXPECT_NE(error.find(expected), std::string::npos) << error;
+  }
+  EXPECT_NE(test::run_command(test::tiller_binary() + " convert --model " + model +
+                                  " --tokenizer " + dir + "/cut.bin --out " + dir + "/bad 2>&1",
+                              &out),
+            0);
+  EXPECT_NE(out.find("cut.bin: the file ends inside"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/bad"));
 }

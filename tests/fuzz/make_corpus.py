@@ -83,6 +83,22 @@ def seeds_llama2c():
     put("llama2c", "bad_version.bin", struct.pack("<Ii", 0x616b3432, 2) + bytes(300))
 
 
+def llama2c_tokenizer(entries, max_length=8):
+    out = struct.pack("<i", max_length)
+    for score, piece in entries:
+        out += struct.pack("<fi", score, len(piece)) + piece
+    return out
+
+
+def seeds_llama2c_tokenizer():
+    vocab = [(0.0, b"<unk>"), (0.0, b"\n<s>\n"), (0.0, b"\n</s>\n"), (0.0, b"<0x41>"),
+             (-1.0, b" t"), (-2.0, b"he"), (-3.0, b"\xc3\xa9")]
+    put("llama2c_tokenizer", "small.bin", llama2c_tokenizer(vocab))
+    put("llama2c_tokenizer", "repeated.bin", llama2c_tokenizer(vocab + [(-4.0, b"he")]))
+    put("llama2c_tokenizer", "no_unk.bin", llama2c_tokenizer(vocab[1:]))
+    put("llama2c_tokenizer", "truncated.bin", llama2c_tokenizer(vocab)[:-3])
+
+
 def jsonl(records):
     return "".join(json.dumps(r) + "\n" for r in records)
 
@@ -222,6 +238,7 @@ if __name__ == "__main__":
     seeds_safetensors()
     seeds_model_config()
     seeds_llama2c()
+    seeds_llama2c_tokenizer()
     seeds_data()
     seeds_recipes(repo)
     put("tokenizer", "not_a_model", "hello world\n")
