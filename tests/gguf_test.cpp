@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <set>
 
@@ -175,6 +176,47 @@ TEST(Gguf, EveryTypeReadsBackByAnIndependentReaderAndF32GivesTheGoldenText) {
     if (c.ggml == 0) {
       EXPECT_EQ(r["greedy"].get<std::string>() + "\n", read_file(golden));
     }
+  }
+}
+
+// llama.cpp itself (llama-cpp-python, which builds llama.cpp from source: not installed by
+// scripts/setup.sh) loads the files and generates stories260K's golden text from the f32, f16 and
+// bf16 ones. Runs where TILLER_LLAMA_CPP_PYTHON names a Python that imports llama_cpp.
+TEST(Gguf, LlamaCppGeneratesTheGoldenText) {
+  TILLER_REQUIRE_SHARED(model, "models/stories260K/stories260K.bin");
+  TILLER_REQUIRE_SHARED(tok, "models/stories260K/tok512.model");
+  TILLER_REQUIRE_SHARED(golden, "models/stories260K/greedy_once_upon_a_time.txt");
+  const char* python = std::getenv("TILLER_LLAMA_CPP_PYTHON");
+  std::string out;
+  if (python == nullptr ||
+      test::run_command(std::string(python) + " -c 'import llama_cpp' 2>&1", &out) != 0)
+    GTEST_SKIP() << "skipped: set TILLER_LLAMA_CPP_PYTHON to a Python with llama-cpp-python "
+                    "(python3 -m venv V && V/bin/pip install llama-cpp-python)";
+  const std::string dir = test::temp_dir("gguf_llama_cpp");
+  ASSERT_EQ(
+      run_tiller("convert --model '" + model + "' --tokenizer '" + tok + "' --out " + dir + "/hf",
+                 &out),
+      0)
+      << out;
+  for (const char* type : {"f32", "f16", "bf16"}) {
+    const std::string gguf = dir + "/" + type + ".gguf";
+    ASSERT_EQ(
+        run_tiller(std::string("export --type ") + type + " --model " + dir + "/hf --out " + gguf,
+                   &out),
+        0)
+        << out;
+    ASSERT_EQ(
+        test::run_command(
+            test::shell_command(
+                {python, std::string(TILLER_SOURCE_DIR) + "/tests/oracle/llama_cpp_generate.py",
+                 gguf, "--prompt", "Once upon a time", "--new-tokens", "116"}) +
+                " 2>&1",
+            &out),
+        0)
+        << out;
+    const auto r = nlohmann::json::parse(out.substr(out.rfind('{')));
+    EXPECT_EQ(r["prompt_ids"], nlohmann::json({1, 403, 407, 261, 378})) << type;
+    EXPECT_EQ(r["text"].get<std::string>() + "\n", read_file(golden)) << type;
   }
 }
 
