@@ -17,6 +17,7 @@ void add_merge_command(CLI::App& app, CommandAction& action);             // mer
 void add_export_command(CLI::App& app, CommandAction& action);            // export_cmd.cpp
 void add_checkpoint_command(CLI::App& app, CommandAction& action);        // checkpoint_cmd.cpp
 void add_generate_command(CLI::App& app, CommandAction& action);          // generate_cmd.cpp
+void add_chat_command(CLI::App& app, CommandAction& action);              // chat_cmd.cpp
 void add_tokenize_commands(CLI::App& app, CommandAction& action);         // tokenize_cmd.cpp
 void add_bench_commands(CLI::App& app, CommandAction& action);            // bench_cmd.cpp
 void add_recipe_commands(CLI::App& app, CommandAction& action);           // run_cmd.cpp

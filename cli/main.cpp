@@ -41,6 +41,7 @@ void add_commands(CLI::App& app, CommandAction& action) {
   add_convert_command(app, action);
   add_merge_command(app, action);
   add_export_command(app, action);
+  add_chat_command(app, action);
   add_checkpoint_command(app, action);
   add_generate_command(app, action);
   add_tokenize_commands(app, action);

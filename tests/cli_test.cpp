@@ -163,6 +163,66 @@ TEST(Cli, ConvertOfBadInputLeavesNothingBehind) {
   EXPECT_EQ(listing(dir), before);
 }
 
+// `tiller chat` on stdin: each reply follows "assistant> ", each prompt (--show-prompt) holds the
+// conversation so far, /reset forgets it, /exit ends it; a greedy reply is generate's text; the
+// oldest exchange is dropped (and said) when the next would not fit the context.
+TEST(Cli, ChatKeepsTheConversationInItsPrompts) {
+  TILLER_REQUIRE_SHARED(bin, "models/stories260K/stories260K.bin");
+  TILLER_REQUIRE_SHARED(tok_path, "models/stories260K/tok512.model");
+  const std::string dir = test::temp_dir("cli_chat");
+  ASSERT_EQ(
+      tiller_run("convert --model " + bin + " --tokenizer " + tok_path + " --out " + dir + "/m")
+          .code,
+      0);
+  std::ofstream(dir + "/turns.txt")
+      << "Once upon a time\n\nThe dog ran\n/reset\nThe end\n/exit\nnever read\n";
+  const std::string chat = "chat --model " + dir +
+                           "/m --template plain --temperature 0 --max-new-tokens 12 --show-prompt";
+  CliRun r = tiller_run(chat + " < " + dir + "/turns.txt");
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::vector<std::string> prompts, replies;
+  std::string current;
+  for (const auto& line : lines_of(r.out)) {
+    if (line.rfind("[prompt] ", 0) == 0) {
+      prompts.push_back(line.substr(9));
+    } else if (line.rfind("assistant> ", 0) == 0) {
+      replies.push_back(line.substr(11));
+    } else if (!prompts.empty() && replies.size() < prompts.size()) {
+      prompts.back() += "\n" + line;  // a prompt's further lines
+    }
+  }
+  ASSERT_EQ(replies.size(), 3u) << r.out;
+  ASSERT_EQ(prompts.size(), 3u) << r.out;
+  EXPECT_FALSE(replies[0].empty());
+  EXPECT_NE(prompts[1].find("Once upon a time"), std::string::npos) << prompts[1];
+  EXPECT_NE(prompts[1].find(replies[0]), std::string::npos) << prompts[1];
+  EXPECT_NE(prompts[1].find("The dog ran"), std::string::npos) << prompts[1];
+  EXPECT_NE(r.out.find("[conversation reset]"), std::string::npos);
+  EXPECT_EQ(prompts[2].find("Once upon a time"), std::string::npos) << prompts[2];
+  EXPECT_NE(prompts[2].find("The end"), std::string::npos) << prompts[2];
+  EXPECT_EQ(r.out.find("never read"), std::string::npos);
+
+  const CliRun g = tiller_run("generate --model " + dir +
+                              "/m --template plain --prompt 'Once upon a time' --temperature 0"
+                              " --max-new-tokens 12");
+  ASSERT_EQ(g.code, 0) << g.err;
+  ASSERT_GE(g.out.size(), replies[0].size() + 1);
+  EXPECT_EQ(g.out.substr(g.out.size() - replies[0].size() - 1), replies[0] + "\n") << g.out;
+
+  // 500 new tokens leave room for one exchange in stories260K's 512 positions.
+  std::ofstream(dir + "/two.txt") << "Once upon a time\nThe dog ran\n";
+  r = tiller_run("chat --model " + dir +
+                 "/m --template plain --temperature 0 --max-new-tokens 500" + " --show-prompt < " +
+                 dir + "/two.txt");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("[the oldest exchange was dropped to fit the context of 512 tokens]"),
+            std::string::npos)
+      << r.out;
+  r = tiller_run("chat --model " + dir + "/m --max-new-tokens 510 < " + dir + "/two.txt");
+  EXPECT_NE(expect_user_error(r, "too long").find("this turn alone does not fit"),
+            std::string::npos);
+}
+
 TEST(Cli, GenerateWritesOneObjectPerPrompt) {
   TILLER_REQUIRE_SHARED(bin, "models/stories260K/stories260K.bin");
   TILLER_REQUIRE_SHARED(tok_path, "models/stories260K/tok512.model");

@@ -331,6 +331,7 @@ void decode(TransformerImpl& model, Prefilled& state, const SamplingOptions& o,
   int64_t steps = 0;
   while (steps < o.max_new_tokens) {
     const bool running = responses.record(steps, pick_next(logits, o, uniforms, sampling_buffer));
+    if (o.on_step) o.on_step(responses.fed_tokens());
     ++steps;
     if (!running || steps == o.max_new_tokens) break;
 

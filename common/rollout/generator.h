@@ -3,6 +3,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <vector>
 
 #include "common/model/transformer.h"
@@ -32,6 +33,9 @@ struct SamplingOptions {
   // without top-k/top-p in plain loops over fp32 CPU logits. false: always LibTorch's ops, as
   // prefill uses (tests and benchmarks compare the two).
   bool fast_decode = true;
+  // Called after each step with that step's picks ([B] int64 on the CPU; pad_id on rows that had
+  // already ended): `tiller chat` prints each token as it comes.
+  std::function<void(const torch::Tensor& picks)> on_step;
 
   void validate() const;  // throws tiller::Error on out-of-range values
 };
