@@ -179,6 +179,38 @@ TEST(Gguf, EveryTypeReadsBackByAnIndependentReaderAndF32GivesTheGoldenText) {
   }
 }
 
+// An untied head (output.weight) and grouped-query attention with other head counts: the reader
+// finds every HF weight in the file, q and k permuted by their own head counts, in f32 and q8_0.
+TEST(Gguf, AnUntiedModelWithGroupedQueryAttentionReadsBack) {
+  TILLER_REQUIRE_SHARED(tok, "models/stories260K/tok512.model");
+  const std::string python = python_with_numpy();
+  if (python.empty()) GTEST_SKIP() << "skipped: no Python with numpy (Debian's python3-numpy)";
+  const std::string dir = test::temp_dir("gguf_untied");
+  ModelConfig config = test::llama_config(512, 64, 96, 2, 8, 2, 128);
+  config.tie_word_embeddings = false;
+  Transformer model(config);
+  model->init_weights(5);
+  SaveOptions options;
+  options.tokenizer_path = tok;
+  save_hf_model(*model, dir + "/hf", options);
+  std::string out;
+  for (const char* type : {"f32", "q8_0"}) {
+    const std::string gguf = dir + "/" + type + ".gguf";
+    ASSERT_EQ(
+        run_tiller(std::string("export --type ") + type + " --model " + dir + "/hf --out " + gguf,
+                   &out),
+        0)
+        << out;
+    const auto r = read_back(python, gguf, dir + "/hf");
+    ASSERT_FALSE(r.empty());
+    EXPECT_EQ(r["tensors"].size(), 1u + 2u * 9u + 2u) << type;
+    EXPECT_EQ(r["tensors"].back()["name"], "output.weight");
+    EXPECT_EQ(r["tensors"].back()["ne"], nlohmann::json({64, 512}));
+    EXPECT_EQ(r["metadata"]["llama.attention.head_count_kv"], 2);
+    EXPECT_EQ(r["tensors"][3]["ne"], nlohmann::json({64, 16}));  // blk.0.attn_k: 2 heads of 8
+  }
+}
+
 // llama.cpp itself (llama-cpp-python, which builds llama.cpp from source: not installed by
 // scripts/setup.sh) loads the files and generates stories260K's golden text from the f32, f16 and
 // bf16 ones. Runs where TILLER_LLAMA_CPP_PYTHON names a Python that imports llama_cpp.
