@@ -224,8 +224,9 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& input_ids, const torch::
                                    const torch::Tensor& allowed, KVCache* cache) {
   auto [cos, sin] = rotary.tables(positions);
   auto x = tp.single() ? embed_tokens(input_ids) : parallel_embedding(input_ids);  // [B, T, C]
-  // The residual stream is fp32 even where a LoRA's frozen embedding is stored in bf16.
-  if (x.scalar_type() == torch::kBFloat16) x = x.to(torch::kFloat);
+  // The residual stream is in the norms' dtype: fp32 also where a LoRA's frozen embedding is
+  // stored in bf16; bf16 in a model cast to bf16 as a whole (bench decode --dtype bf16).
+  if (x.scalar_type() != norm->weight.scalar_type()) x = x.to(norm->weight.scalar_type());
   const bool recompute =
       activation_checkpointing && cache == nullptr && torch::GradMode::is_enabled();
   for (size_t i = 0; i < layer_list.size(); ++i) {

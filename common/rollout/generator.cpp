@@ -228,9 +228,9 @@ struct Prefilled {
 Prefilled prefill(TransformerImpl& model, const GenerationBatch& prompts, int64_t capacity) {
   const int64_t prompt_len = prompts.prompt_ids.size(1);
   Prefilled state{
-      // In the activations' dtype, fp32, also where a LoRA's frozen base is stored in bf16.
+      // In the activations' dtype, the norms': fp32 also where a LoRA's frozen base is bf16.
       KVCache(model.config, prompts.batch(), capacity,
-              model.parameters().front().options().dtype(torch::kFloat)),
+              model.model->norm->weight.options().requires_grad(false)),
       {},
       {}};
   auto key_valid = state.cache.key_valid.narrow(1, 0, prompt_len);
