@@ -342,13 +342,11 @@ TEST(Llama2c, TokenizerOfAnotherVocabularyIsRejected) {
 // llama2.c's tokenizer.bin (tok512.bin) read back as a SentencePiece model is the vocabulary of
 // tok512.model: every piece, score and kind, the special ids, and the same ids for story text.
 // Whitespace is kept as run.c keeps it (tok512.model removes extra spaces: the one difference).
-// Converted beside stories260K it generates the golden text; broken files are one line each.
+// Broken files are one line each.
 TEST(Llama2c, TokenizerBinIsTheVocabularyOfTheSentencePieceModel) {
-  TILLER_REQUIRE_SHARED(model, kModel);
   TILLER_REQUIRE_SHARED(spm, kTokenizer);
   TILLER_REQUIRE_SHARED(bin, "models/stories260K/tok512.bin");
   TILLER_REQUIRE_SHARED(corpus, "corpus/tinystories_head.txt");
-  TILLER_REQUIRE_SHARED(greedy, "models/stories260K/greedy_once_upon_a_time.txt");
   const std::string dir = test::temp_dir("llama2c_tokenizer");
   write_file_atomic(dir + "/tok.model", sentencepiece_model_from_llama2c_tokenizer(bin, 512));
   const Tokenizer converted(dir + "/tok.model"), reference(spm);
@@ -378,20 +376,6 @@ TEST(Llama2c, TokenizerBinIsTheVocabularyOfTheSentencePieceModel) {
   EXPECT_EQ(converted.decode(converted.encode(spaced)), spaced);
   EXPECT_NE(reference.decode(reference.encode(spaced)), spaced);
 
-  std::string out;
-  ASSERT_EQ(test::run_command(test::tiller_binary() + " convert --model " + model +
-                                  " --tokenizer " + bin + " --out " + dir + "/m 2>&1",
-                              &out),
-            0)
-      << out;
-  EXPECT_FALSE(std::filesystem::exists(dir + "/m.tokenizer-model.tmp"));
-  ASSERT_EQ(test::run_command(test::tiller_binary() + " generate --model " + dir +
-                                  "/m --prompt 'Once upon a time' --max-new-tokens 116"
-                                  " --temperature 0",
-                              &out),
-            0);
-  EXPECT_EQ(out, read_file(greedy));
-
   const std::string bytes = read_file(bin);
   write_file_atomic(dir + "/cut.bin", bytes.substr(0, bytes.size() - 3));
   write_file_atomic(dir + "/zero.bin", std::string(8, '\0'));
@@ -403,6 +387,32 @@ TEST(Llama2c, TokenizerBinIsTheVocabularyOfTheSentencePieceModel) {
         [&] { sentencepiece_model_from_llama2c_tokenizer(file, file == bin ? 32000 : 512); });
     EXPECT_NE(error.find(expected), std::string::npos) << error;
   }
+}
+
+// `tiller convert --tokenizer tokenizer.bin`: the output ships the converted tokenizer.model and
+// generates the golden text; a broken tokenizer.bin is one line and no output directory.
+TEST(Llama2c, ConvertWithTokenizerBinGeneratesTheGoldenText) {
+  TILLER_REQUIRE_SHARED(model, kModel);
+  TILLER_REQUIRE_SHARED(bin, "models/stories260K/tok512.bin");
+  TILLER_REQUIRE_SHARED(greedy, "models/stories260K/greedy_once_upon_a_time.txt");
+  const std::string dir = test::temp_dir("llama2c_convert_bin");
+  std::string out;
+  ASSERT_EQ(test::run_command(test::tiller_binary() + " convert --model " + model +
+                                  " --tokenizer " + bin + " --out " + dir + "/m 2>&1",
+                              &out),
+            0)
+      << out;
+  EXPECT_TRUE(std::filesystem::exists(dir + "/m/tokenizer.model"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/m.tokenizer-model.tmp"));
+  ASSERT_EQ(test::run_command(test::tiller_binary() + " generate --model " + dir +
+                                  "/m --prompt 'Once upon a time' --max-new-tokens 116"
+                                  " --temperature 0",
+                              &out),
+            0);
+  EXPECT_EQ(out, read_file(greedy));
+
+  const std::string bytes = read_file(bin);
+  write_file_atomic(dir + "/cut.bin", bytes.substr(0, bytes.size() - 3));
   EXPECT_NE(test::run_command(test::tiller_binary() + " convert --model " + model +
                                   " --tokenizer " + dir + "/cut.bin --out " + dir + "/bad 2>&1",
                               &out),
