@@ -383,8 +383,9 @@ TEST(Llama2c, TokenizerBinIsTheVocabularyOfTheSentencePieceModel) {
        {std::pair{dir + "/cut.bin", "cut.bin: the file ends inside entry 511"},
         std::pair{dir + "/zero.bin", "zero.bin: max_token_length 0 is not"},
         std::pair{std::string(bin), "512 entries, but the checkpoint's vocabulary has 32000"}}) {
+    const std::string path = file;  // a structured binding cannot be captured in C++17
     const std::string error = test::error_of(
-        [&] { sentencepiece_model_from_llama2c_tokenizer(file, file == bin ? 32000 : 512); });
+        [&] { sentencepiece_model_from_llama2c_tokenizer(path, path == bin ? 32000 : 512); });
     EXPECT_NE(error.find(expected), std::string::npos) << error;
   }
 }
