@@ -8,8 +8,7 @@
 #include <vector>
 
 #include "cli/commands.h"
-#include "common/io/hf_dir.h"
-#include "common/io/peft_adapter.h"
+#include "cli/sampling_flags.h"
 #include "common/rollout/generator.h"
 #include "common/tokenizer/chat_template.h"
 #include "common/tokenizer/tokenizer.h"
@@ -81,15 +80,7 @@ std::vector<int64_t> fitting_prompt(const Tokenizer& tok, const ChatArgs& a,
 }
 
 void run_chat(ChatArgs a) {
-  check(is_chat_template(a.chat_template),
-        "chat: unknown --template '" + a.chat_template + "' (chatml, llama2, alpaca, plain)");
-  Transformer model = load_hf_model_with_adapter(a.model, a.adapter);
-  model->eval();
-  const Tokenizer tok(tokenizer_path_in(a.model));
-  tok.check_matches(model->config, a.model);
-  a.sampling.eos_id = tok.eos_id();
-  a.sampling.pad_id = tok.pad_id();
-  a.sampling.full_pass_logprobs = false;
+  auto [model, tok] = load_text_model(a.model, a.adapter, "", a.sampling);
   a.sampling.validate();
 
   std::vector<Message> messages;
@@ -131,15 +122,11 @@ void add_chat_command(CLI::App& app, CommandAction& action) {
   cmd->add_option("--model", args->model, "HF model directory")->required();
   cmd->add_option("--adapter", args->adapter,
                   "a LoRA adapter directory (PEFT layout) applied to --model");
-  cmd->add_option("--template", args->chat_template, "chatml, llama2, alpaca or plain")
+  cmd->add_option("--template", args->chat_template, "the chat template")
+      ->check(CLI::IsMember(chat_template_names()))
       ->capture_default_str();
   cmd->add_option("--system", args->system, "a system message first in the conversation");
-  cmd->add_option("--max-new-tokens", args->sampling.max_new_tokens)->capture_default_str();
-  cmd->add_option("--temperature", args->sampling.temperature, "0 = greedy")->capture_default_str();
-  cmd->add_option("--top-p", args->sampling.top_p)->capture_default_str();
-  cmd->add_option("--top-k", args->sampling.top_k, "0 = off")->capture_default_str();
-  cmd->add_option("--seed", args->sampling.seed, "the first turn's; each turn adds one")
-      ->capture_default_str();
+  add_sampling_flags(*cmd, args->sampling, "the first turn's; each turn adds one");
   cmd->add_flag("--show-prompt", args->show_prompt,
                 "print each prompt as the model receives it (the conversation so far)");
   cmd->callback([args, &action] {

@@ -30,18 +30,18 @@ void run_convert(const ConvertArgs& a) {
     if (tokenizer.empty()) tokenizer = tokenizer_path_if_any(a.model);
   }
   // llama2.c's own tokenizer.bin: the same vocabulary as a SentencePiece model, which the output
-  // directory ships as tokenizer.model (through a temporary file beside it).
-  const bool llama2c_tokenizer =
-      tokenizer.size() >= 4 && tokenizer.compare(tokenizer.size() - 4, 4, ".bin") == 0;
-  const std::string converted = a.out + ".tokenizer-model.tmp";
-  struct RemoveOnExit {
+  // directory ships as tokenizer.model (through a temporary file beside it, removed at the end).
+  struct RemovedAtExit {
     std::string path;
-    ~RemoveOnExit() { std::remove(path.c_str()); }
-  } remove_converted{llama2c_tokenizer ? converted : ""};
-  if (llama2c_tokenizer) {
-    write_file_atomic(
-        converted, sentencepiece_model_from_llama2c_tokenizer(tokenizer, model->config.vocab_size));
-    tokenizer = converted;
+    ~RemovedAtExit() {
+      if (!path.empty()) std::remove(path.c_str());
+    }
+  } converted;
+  if (tokenizer.size() >= 4 && tokenizer.compare(tokenizer.size() - 4, 4, ".bin") == 0) {
+    converted.path = a.out + ".tokenizer-model.tmp";
+    write_file_atomic(converted.path, sentencepiece_model_from_llama2c_tokenizer(
+                                          tokenizer, model->config.vocab_size));
+    tokenizer = converted.path;
   }
   if (!tokenizer.empty()) Tokenizer(tokenizer).check_matches(model->config, a.model);
   if (a.to == "hf") {

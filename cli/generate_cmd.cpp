@@ -5,8 +5,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
-#include "common/io/hf_dir.h"
-#include "common/io/peft_adapter.h"
+#include "cli/sampling_flags.h"
 #include "common/rollout/generator.h"
 #include "common/tokenizer/chat_template.h"
 #include "common/tokenizer/tokenizer.h"
@@ -54,18 +53,11 @@ void run_generate(GenerateArgs a) {
   check(!a.model.empty(), "generate: --model is required");
   check(a.has_prompt == a.prompts_file.empty(), "generate: give one of --prompt and --prompts");
   check(a.prompts_file.empty() || !a.out_file.empty(), "generate: --prompts needs --out");
-  Transformer model = load_hf_model_with_adapter(a.model, a.adapter);
-  Tokenizer tok(a.tokenizer.empty() ? tokenizer_path_in(a.model) : a.tokenizer);
-  tok.check_matches(model->config, a.model);
-  a.sampling.eos_id = tok.eos_id();
-  a.sampling.pad_id = tok.pad_id();
-  a.sampling.full_pass_logprobs = false;  // generate prints text, not log-probs
+  auto [model, tok] = load_text_model(a.model, a.adapter, a.tokenizer, a.sampling);
 
   std::vector<std::string> texts = a.prompts_file.empty() ? std::vector<std::string>{a.prompt}
                                                           : read_prompt_lines(a.prompts_file);
   std::vector<std::vector<int64_t>> prompts;
-  check(a.chat_template.empty() || is_chat_template(a.chat_template),
-        "generate: unknown --template '" + a.chat_template + "' (chatml, llama2, alpaca, plain)");
   for (const auto& text : texts) {
     prompts.push_back(a.chat_template.empty()
                           ? tok.encode(text, /*add_bos=*/!a.no_bos)
@@ -107,15 +99,12 @@ void add_generate_command(CLI::App& app, CommandAction& action) {
   });
   gen_cmd->add_option("--prompts", gen->prompts_file, "JSONL file of {\"prompt\": ...} lines");
   gen_cmd->add_option("--out", gen->out_file, "JSONL output for --prompts");
-  gen_cmd->add_option("--max-new-tokens", gen->sampling.max_new_tokens)->capture_default_str();
-  gen_cmd->add_option("--temperature", gen->sampling.temperature, "0 = greedy")
-      ->capture_default_str();
-  gen_cmd->add_option("--top-p", gen->sampling.top_p)->capture_default_str();
-  gen_cmd->add_option("--top-k", gen->sampling.top_k, "0 = off")->capture_default_str();
-  gen_cmd->add_option("--seed", gen->sampling.seed)->capture_default_str();
+  add_sampling_flags(*gen_cmd, gen->sampling, "seed of the sampling");
   gen_cmd->add_flag("--no-bos", gen->no_bos, "do not prepend BOS to prompts");
-  gen_cmd->add_option("--template", gen->chat_template,
-                      "wrap each prompt as a user turn of this chat template (as in SFT)");
+  gen_cmd
+      ->add_option("--template", gen->chat_template,
+                   "wrap each prompt as a user turn of this chat template (as in SFT)")
+      ->check(CLI::IsMember(chat_template_names()));
   gen_cmd->callback([gen, &action] {
     action = [gen] {
       warn_if_slow_blas();

@@ -1,12 +1,10 @@
 #include "export/gguf.h"
 
-#include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <map>
 
 #include "common/io/hf_dir.h"
@@ -126,28 +124,25 @@ uint32_t file_type(GgmlType type) {
   return 0;
 }
 
+// The tensor's bytes as `dtype` (torch converts to f16 and bf16 rounding to nearest even, as ggml).
+std::string bytes_as(const torch::Tensor& t, torch::ScalarType dtype) {
+  const auto converted = t.to(dtype).contiguous();
+  return std::string(static_cast<const char*>(converted.data_ptr()),
+                     static_cast<size_t>(converted.numel() * converted.element_size()));
+}
+
 std::string encode(const TensorPlan& t) {
-  const float* values = t.data.data_ptr<float>();
-  const int64_t n = t.data.numel();
   switch (t.type) {
     case GgmlType::F32:
-      return std::string(reinterpret_cast<const char*>(values), static_cast<size_t>(n) * 4);
-    case GgmlType::F16: {
-      std::string out;
-      out.reserve(static_cast<size_t>(n) * 2);
-      for (int64_t i = 0; i < n; ++i) put<uint16_t>(out, half_bits(values[i]));
-      return out;
-    }
-    case GgmlType::BF16: {
-      std::string out;
-      out.reserve(static_cast<size_t>(n) * 2);
-      for (int64_t i = 0; i < n; ++i) put<uint16_t>(out, c10::BFloat16(values[i]).x);
-      return out;
-    }
+      return bytes_as(t.data, torch::kFloat);
+    case GgmlType::F16:
+      return bytes_as(t.data, torch::kHalf);
+    case GgmlType::BF16:
+      return bytes_as(t.data, torch::kBFloat16);
     case GgmlType::Q8_0:
-      return quantize_q8_0(values, n);
+      return quantize_q8_0(t.data.data_ptr<float>(), t.data.numel());
     case GgmlType::Q4_0:
-      return quantize_q4_0(values, n);
+      return quantize_q4_0(t.data.data_ptr<float>(), t.data.numel());
   }
   return {};
 }

@@ -22,16 +22,6 @@ using namespace tiller;
 
 namespace {
 
-// A Python with numpy (Debian's python3-numpy, beside python3-torch); "" when there is none.
-std::string python_with_numpy() {
-  for (const char* python : {"/usr/bin/python3", "python3"}) {
-    std::string out;
-    if (test::run_command(std::string(python) + " -c 'import numpy' 2>&1", &out) == 0)
-      return python;
-  }
-  return "";
-}
-
 int run_tiller(const std::string& args, std::string* out) {
   return test::run_command(test::tiller_binary() + " " + args + " 2>&1", out);
 }
@@ -54,7 +44,7 @@ TEST(Gguf, EveryTypeReadsBackByAnIndependentReaderAndF32GivesTheGoldenText) {
   TILLER_REQUIRE_SHARED(model, "models/stories260K/stories260K.bin");
   TILLER_REQUIRE_SHARED(tok, "models/stories260K/tok512.model");
   TILLER_REQUIRE_SHARED(golden, "models/stories260K/greedy_once_upon_a_time.txt");
-  const std::string python = python_with_numpy();
+  const std::string python = test::python_importing("numpy");
   if (python.empty()) GTEST_SKIP() << "skipped: no Python with numpy (Debian's python3-numpy)";
   const std::string dir = test::temp_dir("gguf");
   std::string out;
@@ -183,7 +173,7 @@ TEST(Gguf, EveryTypeReadsBackByAnIndependentReaderAndF32GivesTheGoldenText) {
 // finds every HF weight in the file, q and k permuted by their own head counts, in f32 and q8_0.
 TEST(Gguf, AnUntiedModelWithGroupedQueryAttentionReadsBack) {
   TILLER_REQUIRE_SHARED(tok, "models/stories260K/tok512.model");
-  const std::string python = python_with_numpy();
+  const std::string python = test::python_importing("numpy");
   if (python.empty()) GTEST_SKIP() << "skipped: no Python with numpy (Debian's python3-numpy)";
   const std::string dir = test::temp_dir("gguf_untied");
   ModelConfig config = test::llama_config(512, 64, 96, 2, 8, 2, 128);

@@ -19,16 +19,6 @@ using namespace tiller;
 
 namespace {
 
-// A Python that imports torch ("" when none does).
-std::string python_with_torch() {
-  for (const char* python : {"/usr/bin/python3", "python3"}) {
-    std::string out;
-    if (test::run_command(std::string(python) + " -c 'import torch' 2>&1", &out) == 0)
-      return python;
-  }
-  return "";
-}
-
 constexpr int64_t kEos = 2;
 
 // A random policy over the 512-piece vocabulary that ends about one response in two within 16
@@ -99,7 +89,7 @@ std::string write_recipe(const std::string& dir, const nlohmann::json& extra) {
 class PpoOracle : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(PpoOracle, EveryRolloutTensorAndOneUpdateAgreeWithAnEagerImplementation) {
-  const std::string python = python_with_torch();
+  const std::string python = test::python_importing("torch");
   if (python.empty())
     GTEST_SKIP() << "skipped: no Python with torch (Debian's python3-torch) to run the oracle";
   TILLER_REQUIRE_SHARED(tokenizer, "models/stories260K/tok512.model");

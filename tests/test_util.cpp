@@ -65,6 +65,14 @@ int run_command(const std::string& command, std::string* output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+std::string python_importing(const std::string& module) {
+  for (const char* python : {"/usr/bin/python3", "python3"}) {
+    std::string out;
+    if (run_command(std::string(python) + " -c 'import " + module + "'", &out) == 0) return python;
+  }
+  return "";
+}
+
 std::string tiller_binary() {
   return TILLER_BINARY;
 }

@@ -35,6 +35,9 @@ std::string shared_file(const std::string& relative);
 std::string temp_dir(const std::string& name);
 // Runs a shell command; returns its exit status and fills output with stdout + stderr.
 int run_command(const std::string& command, std::string* output);
+// The system Python that imports `module` (Debian's python3-torch, python3-numpy: the oracles'),
+// or "" when none does.
+std::string python_importing(const std::string& module);
 // The tiller binary built alongside the tests.
 std::string tiller_binary();
 // Starts a command (argv[0] a path) in the background, stdout and stderr appended to `log`.

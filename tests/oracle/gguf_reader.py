@@ -170,8 +170,12 @@ def read_safetensors(directory):
 
 def meta_to_hf(w, heads):
     """Meta's interleaved rotary rows -> Hugging Face's rotate_half rows (undoes llama.cpp's permute)."""
-    rows = w.shape[0]
-    return w.reshape(heads, rows // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
+    return w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
+
+
+def hf_to_meta(w, heads):
+    """Hugging Face's rotate_half rows -> Meta's interleaved ones (llama.cpp's permute)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(w.shape)
 
 
 def hf_name(name, m):
@@ -203,9 +207,7 @@ def compare(tensors, metadata, hf):
         if heads:
             got = meta_to_hf(got, heads)
         kind = TYPES[t["type"]][0]
-        source = expected  # the file holds q and k rows in Meta's order: re-encode those
-        if heads:
-            source = expected.reshape(heads, 2, expected.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(expected.shape)
+        source = hf_to_meta(expected, heads) if heads else expected  # the file's row order
         flat = np.ascontiguousarray(source, dtype=np.float32).reshape(-1)
         want = {"F32": lambda: flat.tobytes(), "F16": lambda: fp16_bits(flat).tobytes(),
                 "BF16": lambda: bf16_bits(flat).tobytes(), "Q8_0": lambda: quantize_q8_0(flat),
