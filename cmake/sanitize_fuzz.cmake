@@ -41,7 +41,7 @@ add_library(tiller_san STATIC ${TILLER_SAN_SOURCES} ${TILLER_SAN_STAGE_SOURCES})
 target_include_directories(tiller_san PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}
                            ${CMAKE_BINARY_DIR}/generated)
 target_link_libraries(tiller_san PUBLIC ${TORCH_LIBRARIES} nlohmann_json::nlohmann_json ZLIB::ZLIB
-                      ${CMAKE_DL_LIBS} PRIVATE ${TILLER_BLAS_LIB} ICU::i18n ICU::uc ${TILLER_YAML_CPP})
+                      PkgConfig::ZSTD PkgConfig::XXHASH ${CMAKE_DL_LIBS} PRIVATE ${TILLER_BLAS_LIB} ICU::i18n ICU::uc ${TILLER_YAML_CPP})
 target_compile_options(tiller_san PUBLIC ${TILLER_SAN_FLAGS} PRIVATE ${TILLER_WARNINGS})
 target_link_options(tiller_san PUBLIC -fsanitize=address,undefined)
 add_dependencies(tiller_san tiller_spm)

@@ -29,6 +29,8 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev zlib1g-dev
   libyaml-cpp-dev         # YAML recipes
   libicu-dev              # Unicode regexes and NFC for byte-level BPE tokenizers (tokenizer.json)
+  libzstd-dev             # `data prepare` reads .zst inputs
+  libxxhash-dev           # `data prepare`: document hashes for exact and MinHash deduplication
   libgtest-dev            # CMake configures the test targets (built only by scripts/test.sh)
 )
 TEST_PACKAGES=(
