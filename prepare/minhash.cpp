@@ -137,6 +137,8 @@ double lsh_threshold(int64_t bands, int64_t rows) {
 }
 
 Signature minhash_signature(std::string_view text, const MinHashOptions& options) {
+  check(options.permutations >= 1,
+        "minhash_signature: permutations " + std::to_string(options.permutations) + " < 1");
   static const ByteClasses classes;
   const HashFunctions& functions = hash_functions(options);
   const int64_t k = options.permutations;
@@ -172,6 +174,11 @@ Signature minhash_signature(std::string_view text, const MinHashOptions& options
     const size_t end = count == 0 ? 0 : starts[std::min(s + n, count)] - 1;
     const uint64_t h = XXH3_64bits_withSeed(words.data() + begin, end - begin, options.seed);
     take_minimum(signature.data(), functions.a.data(), functions.b.data(), k, h);
+  }
+  // A worker keeps its scratch between documents, but not a huge document's.
+  if (words.capacity() > (size_t{1} << 24)) {
+    std::string().swap(words);
+    std::vector<size_t>().swap(starts);
   }
   return signature;
 }

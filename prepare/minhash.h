@@ -60,15 +60,14 @@ double estimated_jaccard(const Signature& a, const Signature& b);
 
 // The kept documents' band keys and, for verification, a compact fingerprint of each signature.
 //
-// Layout: per band, one flat open-addressing table (linear probing) of 8-byte entries
-// {the band key's high 32 bits, 32-bit document slot} (the key's low bits of those 32 place the
-// entry, so growth needs nothing else; two bands that agree only in 32 key bits are refused by
-// verification), kept at most 3/4 full; per kept document, its
-// id (8 bytes) and the low 8 bits of each signature value (permutations bytes), in fixed-size
-// chunks so that growth never copies them. Verification estimates the Jaccard from those 8-bit
-// values (b-bit minwise hashing, Li & Koenig 2010): two unequal minima agree in 8 bits with
-// chance 1/256, which the estimate (m/k - 1/256) / (1 - 1/256) removes; its standard error is
-// within 0.2% of the full signature's.
+// Layout: per band, one flat open-addressing table (linear probing, at most 3/4 full) of 8-byte
+// entries {the band key's high 32 bits, a 32-bit document slot}; the low bits of those 32 place
+// the entry, so growth needs nothing else, and two bands that agree only in these 32 bits are
+// refused by verification. Per kept document: its id (8 bytes) and the low 8 bits of each signature
+// value (permutations bytes), in fixed-size chunks that growth never copies. Verification
+// estimates the Jaccard from those 8-bit values (b-bit minwise hashing, Li & Koenig 2010): two
+// unequal minima agree in 8 bits with chance 1/256, which the estimate (m/k - 1/256) / (1 - 1/256)
+// removes; its standard error is within 1% of the full signature's for J >= 0.5.
 class NearDuplicateIndex {
  public:
   explicit NearDuplicateIndex(const MinHashOptions& options);
