@@ -315,31 +315,34 @@ struct HashSet {
   }
 };
 
+// Counts of hashes, and which is the most frequent (the first seen among equals, as Python's
+// Counter.most_common): a hash that reaches the highest count so far, or ties it having been seen
+// first, becomes the top.
 struct HashCounter {
-  std::vector<uint64_t> keys;
-  std::vector<uint32_t> counts, firsts;
+  struct Entry {
+    uint64_t key;
+    uint32_t count, first;
+  };
+  std::vector<Entry> entries;
   size_t mask = 0;
+  uint32_t top_count = 0, top_first = 0;
   void reset(size_t n) {
     size_t capacity = 16;
     while (capacity < 2 * n) capacity <<= 1;
-    keys.assign(capacity, 0);
-    counts.assign(capacity, 0);
-    firsts.assign(capacity, 0);
+    entries.assign(capacity, Entry{0, 0, 0});
     mask = capacity - 1;
+    top_count = top_first = 0;
   }
   void add(uint64_t h, uint32_t index) {
     h = nonzero(h);
-    for (size_t i = slot_of(h) & mask;; i = (i + 1) & mask) {
-      if (keys[i] == h) {
-        ++counts[i];
-        return;
-      }
-      if (keys[i] == 0) {
-        keys[i] = h;
-        counts[i] = 1;
-        firsts[i] = index;
-        return;
-      }
+    size_t i = slot_of(h) & mask;
+    while (entries[i].key != h && entries[i].key != 0) i = (i + 1) & mask;
+    Entry& e = entries[i];
+    if (e.key == 0) e = Entry{h, 0, index};
+    ++e.count;
+    if (e.count > top_count || (e.count == top_count && e.first < top_first)) {
+      top_count = e.count;
+      top_first = e.first;
     }
   }
 };
@@ -387,6 +390,7 @@ int64_t count_sentences(std::string_view s, int64_t enough) {
   auto end_mark_length = [&](size_t i) -> size_t {
     const char c = s[i];
     if (c == '.' || c == '!' || c == '?') return 1;
+    if (static_cast<unsigned char>(c) < 0x80) return 0;
     for (std::string_view mark : {"\u2026", "\u3002", "\uFF01", "\uFF1F"})
       if (s.compare(i, mark.size(), mark) == 0) return mark.size();
     return 0;
@@ -394,6 +398,7 @@ int64_t count_sentences(std::string_view s, int64_t enough) {
   auto closing_length = [&](size_t i) -> size_t {
     const char c = s[i];
     if (c == '"' || c == '\'' || c == ')' || c == ']') return 1;
+    if (static_cast<unsigned char>(c) < 0x80) return 0;
     for (std::string_view mark : {"\u201D", "\u2019"})
       if (s.compare(i, mark.size(), mark) == 0) return mark.size();
     return 0;
@@ -788,8 +793,14 @@ std::string gopher_repetition_rejection(std::string_view text, const GopherRepet
   const double chars = static_cast<double>(total);
   thread_local RepetitionScratch scratch;
   RepetitionScratch& t = scratch;
-  auto fraction_rule = [](const std::string& name, double value, double limit) {
-    return value > limit ? name + " " + format_number(value) + " > " + format_number(limit) : "";
+  auto fraction_rule = [](const char* name, double value, double limit) {
+    return value > limit ? name + (" " + format_number(value)) + " > " + format_number(limit)
+                         : std::string();
+  };
+  auto gram_rule = [](const char* kind, size_t n, double value, double limit) {
+    return value > limit ? kind + std::to_string(n) + "_gram_char_frac " + format_number(value) +
+                               " > " + format_number(limit)
+                         : std::string();
   };
   std::string why;
 
@@ -851,24 +862,14 @@ std::string gopher_repetition_rejection(std::string_view text, const GopherRepet
     const size_t grams = w - n + 1;
     for (size_t i = 0; i < grams; ++i)
       t.gram_hashes[i] = combine(t.gram_hashes[i], t.word_hashes[i + n - 1]);
-    const std::string name = std::to_string(n);
     if (auto top = o.max_top_ngram_char_frac.find(static_cast<int>(n));
         top != o.max_top_ngram_char_frac.end()) {
-      // The most frequent n-gram (the first seen among equals, as Counter.most_common).
       t.counter.reset(grams);
       for (size_t i = 0; i < grams; ++i) t.counter.add(t.gram_hashes[i], static_cast<uint32_t>(i));
-      uint32_t best_count = 0, best_first = 0;
-      for (size_t k = 0; k <= t.counter.mask; ++k) {
-        if (t.counter.keys[k] == 0) continue;
-        const uint32_t count = t.counter.counts[k], first = t.counter.firsts[k];
-        if (count > best_count || (count == best_count && first < best_first)) {
-          best_count = count;
-          best_first = first;
-        }
-      }
+      const uint32_t best_count = t.counter.top_count, best_first = t.counter.top_first;
       const double top_chars =
           static_cast<double>(best_count) * static_cast<double>(gram_chars(best_first, n));
-      why = fraction_rule("top_" + name + "_gram_char_frac", top_chars / chars, top->second);
+      why = gram_rule("top_", n, top_chars / chars, top->second);
       if (!why.empty()) return why;
     }
     if (auto dup = o.max_dup_ngram_char_frac.find(static_cast<int>(n));
@@ -886,8 +887,7 @@ std::string gopher_repetition_rejection(std::string_view text, const GopherRepet
           ++i;
         }
       }
-      why = fraction_rule("dup_" + name + "_gram_char_frac", static_cast<double>(repeated) / chars,
-                          dup->second);
+      why = gram_rule("dup_", n, static_cast<double>(repeated) / chars, dup->second);
       if (!why.empty()) return why;
     }
   }
