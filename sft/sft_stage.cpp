@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "common/data/batching.h"
+#include "common/data/shards.h"
 #include "common/dist/process_group.h"
 #include "common/dist/tensor_parallel.h"
 #include "common/io/hf_dir.h"
@@ -68,6 +69,51 @@ void check_vocabulary_agrees(const SftStageConfig& c, const std::string& path,
   }
 }
 
+// data.format "shards": data.train is a prepared directory (tiller data prepare's) with a train
+// split and maybe a val split, made with this stage's tokenizer (checked here when the tokenizer is
+// a file; a trained one, or the init's, is checked when the stage loads the shards).
+void check_shards_data(const SftStageConfig& c, ConfigReader& d, bool shard_val) {
+  d.require(c.val_path.empty(), "val",
+            "does not apply to format shards: the validation set is the prepared directory's val "
+            "split (val-*.bin) when it has one, else data.val_fraction of the train chunks");
+  d.require(!shard_val || c.val_fraction == 0, "val_fraction",
+            c.data.path +
+                " has a val split (val-00000.bin), which is the validation set; a "
+                "fraction of train would be a second one: leave val_fraction out (or 0)");
+  d.require(!d.has("skip_bad_lines"), "skip_bad_lines",
+            "does not apply to format shards (the text was read when the shards were prepared)");
+  if (!is_directory(c.data.path)) {
+    d.require(false, "train",
+              "format shards reads a prepared directory (tiller data prepare's output); " +
+                  c.data.path + " is a file");
+    return;
+  }
+  if (!has_shard_split(c.data.path, "train")) {
+    d.require(false, "train",
+              c.data.path +
+                  " has no train-00000.bin: not a directory of token shards (tiller "
+                  "data prepare writes one)");
+    return;
+  }
+  try {
+    const ShardHeader header = read_shard_header(c.data.path + "/train-00000.bin");
+    if (!c.tokenizer.empty() && path_exists(c.tokenizer)) {
+      const uint64_t fingerprint = tokenizer_fingerprint(Tokenizer(c.tokenizer));
+      char numbers[80];
+      std::snprintf(numbers, sizeof(numbers), "(fingerprint %016llx, %s's %016llx)",
+                    static_cast<unsigned long long>(header.fingerprint), "@",
+                    static_cast<unsigned long long>(fingerprint));
+      std::string detail = numbers;
+      detail.replace(detail.find('@'), 1, c.tokenizer);
+      d.require(header.fingerprint == fingerprint, "train",
+                c.data.path + "/train-00000.bin was made with another tokenizer " + detail +
+                    ": prepare the shards with this one");
+    }
+  } catch (const Error& e) {
+    d.require(false, "train", e.what());
+  }
+}
+
 }  // namespace
 
 SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bool pretrain) {
@@ -121,13 +167,17 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bo
     c.val_path = d.string("val", "");
     c.data.format = d.string("format", c.pretrain ? "text" : "messages");
     c.data.template_name = d.string("template", "chatml");
-    c.val_fraction = d.number("val_fraction", c.val_path.empty() ? 0.1 : 0.0);
+    // Shards whose directory has a val split validate on it: no fraction of train by default.
+    const bool shards = c.pretrain && c.data.format == "shards";
+    const bool shard_val =
+        shards && is_directory(c.data.path) && has_shard_split(c.data.path, "val");
+    c.val_fraction = d.number("val_fraction", c.val_path.empty() && !shard_val ? 0.1 : 0.0);
     c.data.skip_bad_lines = d.boolean("skip_bad_lines", false);
     c.data.train_on_prompt = d.boolean("train_on_prompt", c.pretrain);
     c.packing = d.boolean("packing", true);
     c.data.max_records = d.integer("max_records", -1);
     if (c.pretrain)
-      d.one_of("format", c.data.format, {"text"});
+      d.one_of("format", c.data.format, {"text", "shards"});
     else
       d.one_of("format", c.data.format, {"messages", "prompt_completion", "alpaca"});
     d.one_of("template", c.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
@@ -144,6 +194,8 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bo
                   "file read)");
     if (!c.data.path.empty() && !path_exists(c.data.path))
       errors.add(d.path_of("train"), "file " + c.data.path + " does not exist");
+    else if (shards && !c.data.path.empty())
+      check_shards_data(c, d, shard_val);
     if (!c.val_path.empty() && !path_exists(c.val_path))
       errors.add(d.path_of("val"), "file " + c.val_path + " does not exist");
   }
@@ -174,10 +226,9 @@ nlohmann::json sft_stated_values(const SftStageConfig& c) {
     stated["tokenizer"] = {{"train", c.tokenizer_corpus}, {"vocab_size", c.tokenizer_vocab_size}};
   else if (!c.tokenizer.empty())
     stated["tokenizer"] = c.tokenizer;
-  nlohmann::json data = {{"train", c.data.path},
-                         {"format", c.data.format},
-                         {"packing", c.packing},
-                         {"skip_bad_lines", c.data.skip_bad_lines}};
+  nlohmann::json data = {{"train", c.data.path}, {"format", c.data.format}, {"packing", c.packing}};
+  // Shards were read (and cleaned) when they were prepared: no lines to skip here.
+  if (c.data.format != "shards") data["skip_bad_lines"] = c.data.skip_bad_lines;
   if (c.val_path.empty())
     data["val_fraction"] = c.val_fraction;
   else
@@ -200,7 +251,7 @@ namespace {
 
 // Mean loss per target token over (up to max_batches of) the validation rows; the batches are
 // dealt round-robin to the data-parallel ranks and the sums reduced.
-double validation_loss(TransformerImpl& model, const std::vector<Example>& examples,
+double validation_loss(TransformerImpl& model, const ExampleSource& examples,
                        const std::vector<Row>& rows, const BatchingOptions& batching,
                        int64_t pad_id, int64_t micro_batch, int64_t max_batches, bool bf16,
                        const dist::Group& group) {
@@ -295,7 +346,7 @@ SftModel set_up_model(const Recipe& recipe, const SftStageConfig& c,
 
 // The training and validation examples, and how they are cut into rows.
 struct SftData {
-  std::vector<Example> train, val;
+  std::shared_ptr<const ExampleSource> train, val;  // val: empty without validation
   DataStats stats, val_stats;
   BatchingOptions batching;
   std::vector<Row> val_rows;  // the validation examples in order
@@ -308,31 +359,91 @@ std::vector<Example> load_examples(const SftStageConfig& c, const SftDataOptions
                     : load_sft_examples(options, tokenizer, stats);
 }
 
-SftData load_data(const Recipe& recipe, const SftStageConfig& c, const Tokenizer& tokenizer) {
-  SftData data;
+// Records read and tokenized in memory: SFT, and pretraining's text path.
+void load_record_data(const Recipe& recipe, const SftStageConfig& c, const Tokenizer& tokenizer,
+                      SftData& data) {
   std::vector<Example> all = load_examples(c, c.data, tokenizer, &data.stats);
+  std::vector<Example> train, val;
   if (!c.val_path.empty()) {
-    data.train = std::move(all);
+    train = std::move(all);
     SftDataOptions val_options = c.data;
     val_options.path = c.val_path;
     val_options.max_records = -1;
-    data.val = load_examples(c, val_options, tokenizer, &data.val_stats);
+    val = load_examples(c, val_options, tokenizer, &data.val_stats);
   } else if (c.val_fraction > 0) {
-    split_validation(all, c.val_fraction, recipe.run.seed, &data.train, &data.val);
+    split_validation(all, c.val_fraction, recipe.run.seed, &train, &val);
   } else {
-    data.train = std::move(all);
+    train = std::move(all);
   }
   std::printf(
       "[%s] data: %lld records -> %lld train / %lld validation examples, %lld truncated, "
       "%lld dropped, %lld bad lines skipped\n",
-      c.name.c_str(), (long long)data.stats.records, (long long)data.train.size(),
-      (long long)data.val.size(), (long long)data.stats.truncated, (long long)data.stats.dropped,
+      c.name.c_str(), (long long)data.stats.records, (long long)train.size(), (long long)val.size(),
+      (long long)data.stats.truncated, (long long)data.stats.dropped,
       (long long)(data.stats.skipped + data.val_stats.skipped));
+  data.train = std::make_shared<const InMemoryExamples>(std::move(train));
+  data.val = std::make_shared<const InMemoryExamples>(std::move(val));
+}
+
+// Pretraining from token shards: the train split's stream cut into chunks of max_seq_len, read
+// through the maps as batches need them. Validation: the directory's val split (its chunks), or
+// val_fraction of the train chunks split as the text path splits its own.
+void load_shard_data(const Recipe& recipe, const SftStageConfig& c, const Tokenizer& tokenizer,
+                     SftData& data) {
+  const uint64_t fingerprint = tokenizer_fingerprint(tokenizer);
+  const int64_t length = c.train.max_seq_len;
+  auto shards = std::make_shared<const TokenShards>(c.data.path, "train", fingerprint,
+                                                    tokenizer.vocab_size());
+  auto chunks = std::make_shared<const ShardChunks>(shards, length);
+  check(chunks->size() > 0,
+        c.data.path + ": the train split's " + std::to_string(shards->token_count()) +
+            " tokens are fewer than max_seq_len (" + std::to_string(length) + ")");
+  std::string validation = "no validation";
+  if (has_shard_split(c.data.path, "val")) {
+    check(c.val_fraction == 0, "stage " + c.name + ": data.val_fraction with " + c.data.path +
+                                   ", which has its own val split");
+    auto val_shards = std::make_shared<const TokenShards>(c.data.path, "val", fingerprint,
+                                                          tokenizer.vocab_size());
+    data.val = std::make_shared<const ShardChunks>(val_shards, length);
+    check(data.val->size() > 0,
+          c.data.path + ": the val split's " + std::to_string(val_shards->token_count()) +
+              " tokens are fewer than max_seq_len (" + std::to_string(length) + ")");
+    data.train = chunks;
+    validation = "validation: the val split's " + std::to_string(val_shards->token_count()) +
+                 " tokens in " + std::to_string(val_shards->document_count()) + " documents";
+  } else if (c.val_fraction > 0) {
+    ValidationSplit split = split_validation(chunks->size(), c.val_fraction, recipe.run.seed);
+    data.train = std::make_shared<const ExampleSubset>(chunks, std::move(split.train));
+    data.val = std::make_shared<const ExampleSubset>(chunks, std::move(split.validation));
+    char fraction[32];
+    std::snprintf(fraction, sizeof(fraction), "%g", c.val_fraction);
+    validation = "validation: val_fraction " + std::string(fraction) + " of the chunks";
+  } else {
+    data.train = chunks;
+  }
+  if (!data.val) data.val = std::make_shared<const InMemoryExamples>(std::vector<Example>());
+  data.stats.records = shards->document_count();
+  data.stats.tokens = chunks->size() * length;
+  std::printf(
+      "[%s] data: shards %s: %lld tokens in %lld documents (%lld shards) -> %lld chunks of %lld "
+      "tokens -> %lld train / %lld validation chunks (%s)\n",
+      c.name.c_str(), c.data.path.c_str(), (long long)shards->token_count(),
+      (long long)shards->document_count(), (long long)shards->shards().size(),
+      (long long)chunks->size(), (long long)length, (long long)data.train->size(),
+      (long long)data.val->size(), validation.c_str());
+}
+
+SftData load_data(const Recipe& recipe, const SftStageConfig& c, const Tokenizer& tokenizer) {
+  SftData data;
+  if (c.pretrain && c.data.format == "shards")
+    load_shard_data(recipe, c, tokenizer, data);
+  else
+    load_record_data(recipe, c, tokenizer, data);
   data.batching.max_seq_len = c.train.max_seq_len;
   data.batching.packing = c.packing;
   data.batching.seed = recipe.run.seed;
   data.batching.rows_per_batch = c.train.micro_batch_size;
-  if (!data.val.empty()) data.val_rows = plan_in_order(data.val, data.batching);
+  if (data.val->size() > 0) data.val_rows = plan_in_order(*data.val, data.batching);
   return data;
 }
 
@@ -365,7 +476,7 @@ struct SftStepper {
   StepReport step(const StepContext& context, const std::vector<Row>& rows) const {
     const double lr =
         set_scheduled_learning_rate(optimizer, train.schedule_options(), context.step);
-    auto batch = make_batch(data.train, rows, data_parallel.rank() * local_rows, local_rows,
+    auto batch = make_batch(*data.train, rows, data_parallel.rank() * local_rows, local_rows,
                             data.batching, pad_id);
     const double local_tokens = batch.segment_ids.ge(0).sum().item<double>();
     const auto counts = data_parallel.sum({static_cast<double>(batch.target_count), local_tokens});
@@ -395,7 +506,7 @@ struct SftStepper {
   }
 
   double validation() const {
-    return validation_loss(model, data.val, data.val_rows, data.batching, pad_id,
+    return validation_loss(model, *data.val, data.val_rows, data.batching, pad_id,
                            train.micro_batch_size, train.eval_batches, bf16, data_parallel);
   }
 };
@@ -419,7 +530,7 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
                           parallel_options(model, train, layout.tensor));
 
   EpochCursor<Row> rows(
-      [&](int64_t epoch) { return plan_epoch(data.train, data.batching, epoch); });
+      [&](int64_t epoch) { return plan_epoch(*data.train, data.batching, epoch); });
   double tokens_trained = 0;  // padding excluded, every rank's
   loop.resume({{{"model", &model}}, {{"optimizer", &optimizer}}}, [&](const nlohmann::json& state) {
     rows.seek(state.at("epoch").get<int64_t>(), state.at("row").get<int64_t>());
@@ -461,8 +572,8 @@ nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
                             {"lr", train.lr},
                             {"batch_size", train.batch_size},
                             {"skipped_steps", loop.guard().skipped()},
-                            {"train_examples", data.train.size()},
-                            {"val_examples", data.val.size()},
+                            {"train_examples", data.train->size()},
+                            {"val_examples", data.val->size()},
                             {"truncated", data.stats.truncated}};
   if (!std::isnan(first_val_loss)) summary["initial_val_loss"] = first_val_loss;
   if (!std::isnan(last_val_loss)) summary["final_val_loss"] = last_val_loss;

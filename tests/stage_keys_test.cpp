@@ -501,7 +501,7 @@ const std::set<std::string> kNoOtherValue = {
     "pretrain data.template",         // refused: pretraining reads plain text
     "pretrain data.train_on_prompt",  // refused: pretraining trains every token
     "pretrain data.max_records",      // refused: pretraining reads the whole file
-    "pretrain data.format",           // text
+    "pretrain data.format",           // text (shards needs a prepared directory: shards_test.cpp)
     "rlhf kl.estimator",              // k1 (k3 is refused in PPO's reward)
     "rlhf rollout.top_k",             // 0 (PPO's ratios are those of the whole distribution)
     "rlhf rollout.top_p",             // 1

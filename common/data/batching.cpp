@@ -16,19 +16,19 @@ uint64_t splitmix64(uint64_t& state) {
 
 namespace {
 
-int64_t row_length(const std::vector<Example>& examples, const Row& row) {
+int64_t row_length(const ExampleSource& examples, const Row& row) {
   int64_t n = 0;
-  for (int64_t i : row) n += static_cast<int64_t>(examples[i].tokens.size());
+  for (int64_t i : row) n += examples.length(i);
   return n;
 }
 
-std::vector<Row> lay_out(const std::vector<Example>& examples, const std::vector<int64_t>& order,
+std::vector<Row> lay_out(const ExampleSource& examples, const std::vector<int64_t>& order,
                          const BatchingOptions& o, bool shuffle_buckets, uint64_t seed) {
   std::vector<Row> rows;
   if (o.packing) {
     int64_t used = 0;
     for (int64_t i : order) {
-      const int64_t n = static_cast<int64_t>(examples[i].tokens.size());
+      const int64_t n = examples.length(i);
       TORCH_CHECK(n <= o.max_seq_len, "example longer than max_seq_len reached batching");
       if (rows.empty() || used + n > o.max_seq_len) {
         rows.emplace_back();
@@ -46,7 +46,7 @@ std::vector<Row> lay_out(const std::vector<Example>& examples, const std::vector
   for (size_t start = 0; start < rows.size(); start += window) {
     auto end = rows.begin() + std::min(rows.size(), start + static_cast<size_t>(window));
     std::stable_sort(rows.begin() + start, end, [&](const Row& a, const Row& b) {
-      return examples[a[0]].tokens.size() < examples[b[0]].tokens.size();
+      return examples.length(a[0]) < examples.length(b[0]);
     });
   }
   if (!shuffle_buckets) return rows;
@@ -74,21 +74,34 @@ std::vector<int64_t> seeded_permutation(int64_t n, uint64_t seed) {
   return perm;
 }
 
-std::vector<Row> plan_epoch(const std::vector<Example>& examples, const BatchingOptions& o,
+std::vector<Row> plan_epoch(const ExampleSource& examples, const BatchingOptions& o,
                             int64_t epoch) {
   const uint64_t seed = o.seed * 0x100000001b3ull + static_cast<uint64_t>(epoch) + 1;
-  return lay_out(examples, seeded_permutation(static_cast<int64_t>(examples.size()), seed), o, true,
-                 seed);
+  return lay_out(examples, seeded_permutation(examples.size(), seed), o, true, seed);
 }
 
-std::vector<Row> plan_in_order(const std::vector<Example>& examples, const BatchingOptions& o) {
-  std::vector<int64_t> order(examples.size());
+std::vector<Row> plan_in_order(const ExampleSource& examples, const BatchingOptions& o) {
+  std::vector<int64_t> order(static_cast<size_t>(examples.size()));
   std::iota(order.begin(), order.end(), 0);
   return lay_out(examples, order, o, false, 0);
 }
 
+std::vector<Row> plan_epoch(const std::vector<Example>& examples, const BatchingOptions& o,
+                            int64_t epoch) {
+  return plan_epoch(InMemoryExamples(examples), o, epoch);
+}
+
+std::vector<Row> plan_in_order(const std::vector<Example>& examples, const BatchingOptions& o) {
+  return plan_in_order(InMemoryExamples(examples), o);
+}
+
 TokenBatch make_batch(const std::vector<Example>& examples, const std::vector<Row>& rows,
                       int64_t begin, int64_t count, const BatchingOptions& o, int64_t pad_id) {
+  return make_batch(InMemoryExamples(examples), rows, begin, count, o, pad_id);
+}
+
+TokenBatch make_batch(const ExampleSource& examples, const std::vector<Row>& rows, int64_t begin,
+                      int64_t count, const BatchingOptions& o, int64_t pad_id) {
   TORCH_CHECK(begin >= 0 && count > 0 && begin + count <= static_cast<int64_t>(rows.size()),
               "batch rows out of range");
   int64_t length = 0;
@@ -106,7 +119,7 @@ TokenBatch make_batch(const std::vector<Example>& examples, const std::vector<Ro
     int64_t t = 0;
     int64_t segment = 0;
     for (int64_t index : rows[begin + r]) {
-      const auto& e = examples[index];
+      const Example e = examples.at(index);
       const int64_t n = static_cast<int64_t>(e.tokens.size());
       for (int64_t i = 0; i < n; ++i) {
         in_a[r][t + i] = e.tokens[i];
@@ -131,16 +144,25 @@ TokenBatch TokenBatch::slice(int64_t begin, int64_t count) const {
   return out;
 }
 
-void split_validation(std::vector<Example>& all, double fraction, uint64_t seed,
-                      std::vector<Example>* train, std::vector<Example>* validation) {
+ValidationSplit split_validation(int64_t n, double fraction, uint64_t seed) {
   check(fraction >= 0 && fraction < 1, "val_fraction must be in [0, 1)");
-  const int64_t n = static_cast<int64_t>(all.size());
   int64_t val_count = fraction > 0 ? std::max<int64_t>(1, static_cast<int64_t>(n * fraction)) : 0;
   check(val_count < n, "val_fraction leaves no training examples");
   auto perm = seeded_permutation(n, seed ^ 0xa0761d6478bd642full);
   std::vector<bool> is_val(n, false);
   for (int64_t i = 0; i < val_count; ++i) is_val[perm[i]] = true;
-  for (int64_t i = 0; i < n; ++i) (is_val[i] ? validation : train)->push_back(std::move(all[i]));
+  ValidationSplit split;
+  split.validation.reserve(static_cast<size_t>(val_count));
+  split.train.reserve(static_cast<size_t>(n - val_count));
+  for (int64_t i = 0; i < n; ++i) (is_val[i] ? split.validation : split.train).push_back(i);
+  return split;
+}
+
+void split_validation(std::vector<Example>& all, double fraction, uint64_t seed,
+                      std::vector<Example>* train, std::vector<Example>* validation) {
+  const ValidationSplit split = split_validation(static_cast<int64_t>(all.size()), fraction, seed);
+  for (int64_t i : split.train) train->push_back(std::move(all[static_cast<size_t>(i)]));
+  for (int64_t i : split.validation) validation->push_back(std::move(all[static_cast<size_t>(i)]));
   all.clear();
 }
 

@@ -36,18 +36,32 @@ struct BatchingOptions {
 
 // The rows of one epoch: a seeded permutation of the examples (the same on every machine),
 // then packed first-fit in that order, or bucketed by length.
-std::vector<Row> plan_epoch(const std::vector<Example>& examples, const BatchingOptions& options,
+std::vector<Row> plan_epoch(const ExampleSource& examples, const BatchingOptions& options,
                             int64_t epoch);
 // Rows in the examples' own order, no shuffling (validation).
-std::vector<Row> plan_in_order(const std::vector<Example>& examples,
-                               const BatchingOptions& options);
+std::vector<Row> plan_in_order(const ExampleSource& examples, const BatchingOptions& options);
 
 // Builds the tensors for rows[begin, begin + count). Packed rows are padded to max_seq_len,
 // unpacked ones to the longest row of the batch.
+TokenBatch make_batch(const ExampleSource& examples, const std::vector<Row>& rows, int64_t begin,
+                      int64_t count, const BatchingOptions& options, int64_t pad_id);
+
+// The same over examples in a vector (identical plans and batches).
+std::vector<Row> plan_epoch(const std::vector<Example>& examples, const BatchingOptions& options,
+                            int64_t epoch);
+std::vector<Row> plan_in_order(const std::vector<Example>& examples,
+                               const BatchingOptions& options);
 TokenBatch make_batch(const std::vector<Example>& examples, const std::vector<Row>& rows,
                       int64_t begin, int64_t count, const BatchingOptions& options, int64_t pad_id);
 
-// A deterministic split: `fraction` of the examples (at least one) chosen by seed go to validation.
+// A deterministic split of n examples: `fraction` of them (at least one when fraction > 0),
+// chosen by seed, go to validation; both lists of indices ascending. Throws tiller::Error when
+// fraction is outside [0, 1) or leaves no training example.
+struct ValidationSplit {
+  std::vector<int64_t> train, validation;
+};
+ValidationSplit split_validation(int64_t n, double fraction, uint64_t seed);
+// The same split moving the examples of `all` into train and validation.
 void split_validation(std::vector<Example>& all, double fraction, uint64_t seed,
                       std::vector<Example>* train, std::vector<Example>* validation);
 

@@ -3,7 +3,9 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/tokenizer/chat_template.h"
@@ -16,6 +18,55 @@ class Tokenizer;
 struct Example {
   std::vector<int64_t> tokens;
   std::vector<uint8_t> trainable;
+};
+
+// Examples by index, what batching plans and builds batches from: held in memory (SFT, the text
+// path of pretraining) or read on demand (the chunks of token shards, common/data/shards.h), so
+// that a corpus larger than memory is never materialised. Implementations are read-only and
+// const-safe.
+class ExampleSource {
+ public:
+  virtual ~ExampleSource() = default;
+  virtual int64_t size() const = 0;
+  // Tokens in example i (what packing needs, without reading the example).
+  virtual int64_t length(int64_t i) const = 0;
+  virtual Example at(int64_t i) const = 0;
+};
+
+// Examples in a vector: a view of one the caller keeps alive, or one it hands over.
+class InMemoryExamples : public ExampleSource {
+ public:
+  explicit InMemoryExamples(const std::vector<Example>& view) : examples_(&view) {}
+  explicit InMemoryExamples(std::vector<Example>&& owned)
+      : owned_(std::move(owned)), examples_(&owned_) {}
+  InMemoryExamples(const InMemoryExamples&) = delete;
+  InMemoryExamples& operator=(const InMemoryExamples&) = delete;
+
+  int64_t size() const override { return static_cast<int64_t>(examples_->size()); }
+  int64_t length(int64_t i) const override {
+    return static_cast<int64_t>((*examples_)[static_cast<size_t>(i)].tokens.size());
+  }
+  Example at(int64_t i) const override { return (*examples_)[static_cast<size_t>(i)]; }
+  const Example& ref(int64_t i) const { return (*examples_)[static_cast<size_t>(i)]; }
+
+ private:
+  std::vector<Example> owned_;
+  const std::vector<Example>* examples_;
+};
+
+// Some examples of another source, by their indices there (a train/validation split).
+class ExampleSubset : public ExampleSource {
+ public:
+  ExampleSubset(std::shared_ptr<const ExampleSource> base, std::vector<int64_t> indices)
+      : base_(std::move(base)), indices_(std::move(indices)) {}
+  int64_t size() const override { return static_cast<int64_t>(indices_.size()); }
+  int64_t length(int64_t i) const override { return base_->length(index(i)); }
+  Example at(int64_t i) const override { return base_->at(index(i)); }
+
+ private:
+  int64_t index(int64_t i) const { return indices_[static_cast<size_t>(i)]; }
+  std::shared_ptr<const ExampleSource> base_;
+  std::vector<int64_t> indices_;
 };
 
 // A JSON list of {"role","content"} messages (roles system, user, assistant); errors name
