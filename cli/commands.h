@@ -19,6 +19,7 @@ void add_checkpoint_command(CLI::App& app, CommandAction& action);        // che
 void add_generate_command(CLI::App& app, CommandAction& action);          // generate_cmd.cpp
 void add_chat_command(CLI::App& app, CommandAction& action);              // chat_cmd.cpp
 void add_tokenize_commands(CLI::App& app, CommandAction& action);         // tokenize_cmd.cpp
+void add_data_commands(CLI::App& app, CommandAction& action);             // data_cmd.cpp
 void add_bench_commands(CLI::App& app, CommandAction& action);            // bench_cmd.cpp
 void add_recipe_commands(CLI::App& app, CommandAction& action);           // run_cmd.cpp
 void add_eval_reward_command(CLI::App& eval_cmd, CommandAction& action);  // eval_reward_cmd.cpp

@@ -45,6 +45,7 @@ void add_commands(CLI::App& app, CommandAction& action) {
   add_checkpoint_command(app, action);
   add_generate_command(app, action);
   add_tokenize_commands(app, action);
+  add_data_commands(app, action);
   add_bench_commands(app, action);
   add_recipe_commands(app, action);
   auto* eval_cmd = app.add_subcommand(

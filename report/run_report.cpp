@@ -142,6 +142,7 @@ struct Stage {
   std::string summary_problem;  // why complete.json could not be read, if it could not
   MetricsLog metrics;
   SampleLog samples;
+  json preparation;  // a prepare stage's final/stats.json, or null
 };
 
 Stage read_stage(const std::string& run_dir, const json& entry, size_t index,
@@ -159,6 +160,13 @@ Stage read_stage(const std::string& run_dir, const json& entry, size_t index,
   const std::string dir = run_dir + "/" + stage.name;
   stage.metrics = read_metrics(dir + "/metrics.jsonl");
   stage.samples = read_samples(dir + "/samples.jsonl");
+  if (path_exists(dir + "/final/stats.json")) {
+    try {
+      stage.preparation = read_json_file(dir + "/final/stats.json");
+    } catch (const Error& e) {
+      stage.summary_problem = e.what();
+    }
+  }
   const std::string complete_path = dir + "/complete.json";
   if (path_exists(complete_path)) {
     try {
@@ -495,6 +503,66 @@ std::string render_stage_table(const Run& run) {
   return out + "</table>";
 }
 
+// What a data preparation did (its stats.json): documents removed by each step, with examples,
+// and the document sizes before and after.
+std::string render_preparation(const json& stats) {
+  if (!stats.is_object()) return "";
+  std::string out = "<h3>Data preparation</h3>";
+  const json input = stats.value("input", json::object());
+  out += "<p>" + format_value(input.value("documents", json())) + " documents (" +
+         format_number(input.value("bytes", 0.0) / 1e6) + " MB) read from " +
+         format_value(input.value("files", json())) + " files; " +
+         format_value(stats.value("kept_documents", json())) + " kept; " +
+         format_number(stats.value("mb_per_s", 0.0)) + " MB/s on " +
+         format_value(stats.value("threads", json())) + " threads.</p>";
+  out +=
+      "<table class=\"preparation-steps\"><tr><th>Step</th><th>Documents removed</th>"
+      "<th>Bytes removed</th><th>Documents changed</th><th>Examples</th></tr>";
+  for (const json& step : stats.value("steps", json::array())) {
+    if (!step.is_object()) continue;
+    std::string examples;
+    for (const json& e : step.value("examples", json::array())) {
+      if (!e.is_object()) continue;
+      examples += "<div class=\"score\">" + html(e.value("where", "")) +
+                  (e.contains("reason") ? " &ndash; " + html(e.value("reason", "")) : "") +
+                  "<pre>" + html(e.value("text", "")) + "</pre></div>";
+    }
+    out += "<tr><td>" + html(step.value("step", "")) + "</td><td>" +
+           format_value(step.value("removed_documents", json())) + "</td><td>" +
+           format_value(step.value("removed_bytes", json())) + "</td><td>" +
+           format_value(step.value("changed_documents", json())) + "</td><td>" + examples +
+           "</td></tr>";
+  }
+  out += "</table>";
+  // Sizes before and after, side by side, bucket by bucket.
+  const json sizes = stats.value("document_bytes", json::object());
+  std::map<int64_t, std::pair<int64_t, int64_t>> buckets;  // min bytes -> (before, after)
+  int64_t largest = 1;
+  for (const char* side : {"before", "after"})
+    for (const json& b : sizes.value(side, json::array())) {
+      if (!b.is_object()) continue;
+      const int64_t count = b.value("documents", int64_t{0});
+      auto& slot = buckets[b.value("min_bytes", int64_t{0})];
+      (std::string(side) == "before" ? slot.first : slot.second) = count;
+      largest = std::max(largest, count);
+    }
+  if (!buckets.empty()) {
+    out +=
+        "<table class=\"preparation-sizes\"><tr><th>Document bytes</th><th>Before</th>"
+        "<th>After</th></tr>";
+    auto bar = [&](int64_t count, const char* color) {
+      const int width = static_cast<int>(200.0 * static_cast<double>(count) / largest);
+      return "<td><span style=\"display:inline-block;height:10px;width:" + std::to_string(width) +
+             "px;background:" + color + "\"></span> " + std::to_string(count) + "</td>";
+    };
+    for (const auto& [low, counts] : buckets)
+      out += "<tr><td>&ge; " + std::to_string(low) + "</td>" + bar(counts.first, "#9ab") +
+             bar(counts.second, "#37a") + "</tr>";
+    out += "</table>";
+  }
+  return out;
+}
+
 std::string render_stage(const Stage& stage) {
   std::string out = "<section class=\"stage\" id=\"stage-" + html(stage.name) + "\"><h2>" +
                     html(stage.name) + " <span class=\"muted\">(" + html(stage.type) + ", " +
@@ -508,10 +576,11 @@ std::string render_stage(const Stage& stage) {
     out += "<p class=\"warning\">" +
            html(stage.samples.skipped.describe(stage.name + "/samples.jsonl")) + "</p>";
 
-  if (!stage.metrics.present)
+  if (!stage.metrics.present && !stage.preparation.is_object())
     out += "<p class=\"muted\">No metrics logged yet (" + html(stage.name) +
            "/metrics.jsonl is absent).</p>";
   out += render_charts(stage);
+  out += render_preparation(stage.preparation);
 
   if (stage.summary.is_object()) {
     std::vector<std::pair<std::string, json>> rows;
@@ -547,6 +616,12 @@ std::string render_sweep_report(const std::string& sweep_dir) {
 
 std::string render_run_report(const std::string& run_dir) {
   if (is_directory(run_dir) && is_sweep_directory(run_dir)) return render_sweep_report(run_dir);
+  if (path_exists(run_dir + "/stats.json") && path_exists(run_dir + "/prepare.json")) {
+    // A `tiller data prepare` output directory.
+    std::string page = page_start(std::filesystem::path(run_dir).lexically_normal().string());
+    page += "<p class=\"muted\">Prepared data directory " + html(run_dir) + ".</p>";
+    return page + render_preparation(read_json_file(run_dir + "/stats.json")) + "</body></html>\n";
+  }
   const Run run = read_run(run_dir);
   std::string page = page_start(run.name);
   page += "<p class=\"muted\">Run directory " + html(run.dir) + ", " +

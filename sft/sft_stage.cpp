@@ -82,6 +82,7 @@ void check_shards_data(const SftStageConfig& c, ConfigReader& d, bool shard_val)
                 "fraction of train would be a second one: leave val_fraction out (or 0)");
   d.require(!d.has("skip_bad_lines"), "skip_bad_lines",
             "does not apply to format shards (the text was read when the shards were prepared)");
+  if (c.data.path[0] == '@') return;  // a prepare stage's output: checked when the stage loads it
   if (!is_directory(c.data.path)) {
     d.require(false, "train",
               "format shards reads a prepared directory (tiller data prepare's output); " +
@@ -171,7 +172,11 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bo
     const bool shards = c.pretrain && c.data.format == "shards";
     const bool shard_val =
         shards && is_directory(c.data.path) && has_shard_split(c.data.path, "val");
-    c.val_fraction = d.number("val_fraction", c.val_path.empty() && !shard_val ? 0.1 : 0.0);
+    // "@stage": a prepare stage's output, which does not exist before the run; its validation
+    // set is its own val split (prepare's validation_fraction), or val_fraction when given.
+    const bool shard_reference = shards && c.data.path.size() > 1 && c.data.path[0] == '@';
+    c.val_fraction =
+        d.number("val_fraction", c.val_path.empty() && !shard_val && !shard_reference ? 0.1 : 0.0);
     c.data.skip_bad_lines = d.boolean("skip_bad_lines", false);
     c.data.train_on_prompt = d.boolean("train_on_prompt", c.pretrain);
     c.packing = d.boolean("packing", true);
@@ -192,7 +197,9 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bo
         d.require(!d.has(key), key,
                   "does not apply to pretraining (plain text, every token trained, the whole "
                   "file read)");
-    if (!c.data.path.empty() && !path_exists(c.data.path))
+    if (shard_reference)
+      check_shards_data(c, d, shard_val);
+    else if (!c.data.path.empty() && !path_exists(c.data.path))
       errors.add(d.path_of("train"), "file " + c.data.path + " does not exist");
     else if (shards && !c.data.path.empty())
       check_shards_data(c, d, shard_val);
@@ -392,21 +399,23 @@ void load_shard_data(const Recipe& recipe, const SftStageConfig& c, const Tokeni
                      SftData& data) {
   const uint64_t fingerprint = tokenizer_fingerprint(tokenizer);
   const int64_t length = c.train.max_seq_len;
-  auto shards = std::make_shared<const TokenShards>(c.data.path, "train", fingerprint,
-                                                    tokenizer.vocab_size());
+  const std::string dir =
+      c.data.path[0] == '@' ? resolve_model_reference(recipe, c.data.path) : c.data.path;
+  auto shards =
+      std::make_shared<const TokenShards>(dir, "train", fingerprint, tokenizer.vocab_size());
   auto chunks = std::make_shared<const ShardChunks>(shards, length);
-  check(chunks->size() > 0,
-        c.data.path + ": the train split's " + std::to_string(shards->token_count()) +
-            " tokens are fewer than max_seq_len (" + std::to_string(length) + ")");
+  check(chunks->size() > 0, dir + ": the train split's " + std::to_string(shards->token_count()) +
+                                " tokens are fewer than max_seq_len (" + std::to_string(length) +
+                                ")");
   std::string validation = "no validation";
-  if (has_shard_split(c.data.path, "val")) {
-    check(c.val_fraction == 0, "stage " + c.name + ": data.val_fraction with " + c.data.path +
-                                   ", which has its own val split");
-    auto val_shards = std::make_shared<const TokenShards>(c.data.path, "val", fingerprint,
-                                                          tokenizer.vocab_size());
+  if (has_shard_split(dir, "val")) {
+    check(c.val_fraction == 0,
+          "stage " + c.name + ": data.val_fraction with " + dir + ", which has its own val split");
+    auto val_shards =
+        std::make_shared<const TokenShards>(dir, "val", fingerprint, tokenizer.vocab_size());
     data.val = std::make_shared<const ShardChunks>(val_shards, length);
     check(data.val->size() > 0,
-          c.data.path + ": the val split's " + std::to_string(val_shards->token_count()) +
+          dir + ": the val split's " + std::to_string(val_shards->token_count()) +
               " tokens are fewer than max_seq_len (" + std::to_string(length) + ")");
     data.train = chunks;
     validation = "validation: the val split's " + std::to_string(val_shards->token_count()) +
@@ -427,7 +436,7 @@ void load_shard_data(const Recipe& recipe, const SftStageConfig& c, const Tokeni
   std::printf(
       "[%s] data: shards %s: %lld tokens in %lld documents (%lld shards) -> %lld chunks of %lld "
       "tokens -> %lld train / %lld validation chunks (%s)\n",
-      c.name.c_str(), c.data.path.c_str(), (long long)shards->token_count(),
+      c.name.c_str(), dir.c_str(), (long long)shards->token_count(),
       (long long)shards->document_count(), (long long)shards->shards().size(),
       (long long)chunks->size(), (long long)length, (long long)data.train->size(),
       (long long)data.val->size(), validation.c_str());

@@ -2,6 +2,7 @@
 
 #include "common/recipe/pipeline.h"
 #include "dpo/dpo_stage.h"
+#include "prepare/prepare_stage.h"
 #include "rlhf/grpo_stage.h"
 #include "reward/reward_stage.h"
 #include "rlhf/rlhf_stage.h"
@@ -21,6 +22,7 @@ StageType registered(const char* name, StageType type) {
 const StageRegistry& stage_registry() {
   // A new stage type: its folder, and one line here.
   static const StageRegistry registry = {
+      registered("prepare", prepare_stage_type()),
       registered("pretrain", sft_stage_type(/*pretrain=*/true)),
       registered("sft", sft_stage_type(/*pretrain=*/false)),
       registered("reward", reward_stage_type()),

@@ -272,8 +272,8 @@ const char* kSteps = "pretrain.train.steps=12";
 const char* kCheckpoints = "pretrain.train.checkpoint_every=4";
 
 // The quickstart's pretraining run on its text (once for every test here), and its corpus
-// written as shards with the tokenizer that run trained: one document a non-empty line, encoded
-// with BOS, as the text path reads it.
+// prepared as shards by `tiller data prepare` with the tokenizer that run trained and no step:
+// one document a non-empty line, encoded with BOS, as the text path reads it.
 struct TextRun {
   std::string root, run, tokenizer, shards, failure;
 };
@@ -292,15 +292,20 @@ const TextRun& text_run() {
     }
     r.tokenizer = r.run + "/pretrain/tokenizer/tokenizer.model";
     r.shards = r.root + "/prepared";
-    const Tokenizer tokenizer(r.tokenizer);
-    ShardWriter writer(r.shards, "train", shard_token_bytes(tokenizer.vocab_size()),
-                       tokenizer_fingerprint(tokenizer), tokenizer.vocab_size(),
-                       /*max_shard_tokens=*/20000);
-    for (const auto& text : read_text_documents(r.run + "/data/corpus.txt", false, nullptr))
-      writer.add_document(tokenizer.encode(text, /*add_bos=*/true));
-    const auto written = writer.finish();
-    if (written.size() < 2)
-      r.failure = "expected several shards, got " + std::to_string(written.size());
+    const std::string config = r.root + "/prepare.json";
+    write_file_atomic(config, nlohmann::json{{"inputs", r.run + "/data/corpus.txt"},
+                                             {"tokenizer", r.tokenizer},
+                                             {"output", r.shards},
+                                             {"shard_tokens", 20000}}
+                                  .dump());
+    if (test::run_command(test::shell_command({test::tiller_binary(), "data", "prepare", config}),
+                          &out) != 0) {
+      r.failure = out;
+      return r;
+    }
+    const int64_t written =
+        read_json_file(r.shards + "/stats.json")["output"]["train"]["shards"].size();
+    if (written < 2) r.failure = "expected several shards, got " + std::to_string(written);
     return r;
   }();
   return run;

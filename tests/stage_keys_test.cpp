@@ -21,6 +21,7 @@
 #include "common/train/stage_loop.h"
 #include "common/util/files.h"
 #include "dpo/dpo_stage.h"
+#include "prepare/prepare_stage.h"
 #include "reward/reward_stage.h"
 #include "rlhf/grpo_stage.h"
 #include "rlhf/rlhf_stage.h"
@@ -98,6 +99,8 @@ json base_body(const std::string& type) {
             {"tokenizer", {{"train", f.data}}},
             {"data", {{"train", f.data}}}};
   if (type == "sft") return {{"name", "s"}, {"type", type}, {"data", {{"train", f.data}}}};
+  if (type == "prepare")
+    return {{"name", "s"}, {"type", type}, {"inputs", f.data}, {"tokenizer", f.data}};
   if (type == "reward" || type == "dpo")
     return {{"name", "s"}, {"type", type}, {"init", "@sft"}, {"data", {{"train", f.data}}}};
   if (type == "grpo")
@@ -497,6 +500,73 @@ std::vector<KeyCase> dpo_cases() {
 
 // Keys read only to be refused, or whose only accepted value is their default: nothing else can
 // be set.
+// Keys of a prepare body: each held in the config as prepare_config_values states it (a step's
+// section runs once one of its keys is given).
+std::vector<KeyCase> prepare_cases() {
+  const Files& f = files();
+  const std::vector<std::pair<std::string, json>> values = {
+      {"inputs", json::array({{{"path", f.other},
+                               {"format", "jsonl"},
+                               {"field", "body"},
+                               {"documents", "paragraphs"}}})},
+      {"tokenizer", f.other},
+      {"threads", 3},
+      {"memory_mb", 64},
+      {"max_document_bytes", 4096},
+      {"bad_documents", "skip"},
+      {"normalize.nfc", false},
+      {"normalize.control_chars", false},
+      {"normalize.whitespace", false},
+      {"boilerplate.patterns", json::array({"subscribe now"})},
+      {"boilerplate.min_words_per_line", 2},
+      {"boilerplate.require_terminal_punctuation", true},
+      {"boilerplate.drop_curly_bracket_lines", true},
+      {"c4.min_sentences", 2},
+      {"c4.drop_lorem_ipsum", false},
+      {"c4.drop_curly_bracket", true},
+      {"gopher_quality.min_words", 20},
+      {"gopher_quality.max_words", 1000},
+      {"gopher_quality.min_mean_word_length", 2.0},
+      {"gopher_quality.max_mean_word_length", 12.0},
+      {"gopher_quality.max_symbol_word_ratio", 0.2},
+      {"gopher_quality.max_bullet_lines_ratio", 0.5},
+      {"gopher_quality.max_ellipsis_lines_ratio", 0.5},
+      {"gopher_quality.min_alpha_words_ratio", 0.5},
+      {"gopher_quality.min_stop_words", 1},
+      {"gopher_quality.stop_words", json::array({"the", "a"})},
+      {"gopher_repetition.max_dup_line_frac", 0.5},
+      {"gopher_repetition.max_dup_para_frac", 0.5},
+      {"gopher_repetition.max_dup_line_char_frac", 0.5},
+      {"gopher_repetition.max_dup_para_char_frac", 0.5},
+      {"gopher_repetition.max_top_ngram_char_frac", {{"2", 0.3}}},
+      {"gopher_repetition.max_dup_ngram_char_frac", {{"5", 0.3}}},
+      {"pii.email", false},
+      {"pii.ip", false},
+      {"pii.phone", false},
+      {"pii.email_token", "[email]"},
+      {"pii.ip_token", "[ip]"},
+      {"pii.phone_token", "[phone]"},
+      {"exact_dedup", true},
+      {"near_dedup.shingle_words", 3},
+      {"near_dedup.permutations", 64},
+      {"near_dedup.bands", 32},
+      {"near_dedup.rows", 16},
+      {"near_dedup.threshold", 0.7},
+      {"near_dedup.seed", 7},
+      {"validation_fraction", 0.1},
+      {"shard_tokens", 1000},
+      {"examples", 5}};
+  std::vector<KeyCase> cases;
+  for (const auto& [key, value] : values) {
+    const std::string path = key;
+    cases.push_back(
+        {"prepare", key, value, field<PrepareStageConfig>([path](const PrepareStageConfig& c) {
+           return at_path(prepare_config_values(c.prepare), path);
+         })});
+  }
+  return cases;
+}
+
 const std::set<std::string> kNoOtherValue = {
     "pretrain data.template",         // refused: pretraining reads plain text
     "pretrain data.train_on_prompt",  // refused: pretraining trains every token
@@ -527,6 +597,8 @@ std::vector<KeyCase> all_cases() {
   cases.insert(cases.end(), dpo.begin(), dpo.end());
   auto grpo = grpo_cases();
   cases.insert(cases.end(), grpo.begin(), grpo.end());
+  auto prepare = prepare_cases();
+  cases.insert(cases.end(), prepare.begin(), prepare.end());
   return cases;
 }
 
@@ -552,6 +624,10 @@ json case_body(const KeyCase& c) {
   if (c.type == "dpo" && (c.key.rfind("eval.", 0) == 0 || c.key.rfind("ground_truth", 0) == 0))
     body["eval"]["prompts"] = files().data;
   if (c.type == "dpo" && c.key == "loss.gamma") body["loss"]["type"] = "simpo";
+  // MinHash's bands x rows must stay its permutations.
+  if (c.key == "near_dedup.permutations") body["near_dedup"] = {{"bands", 8}, {"rows", 8}};
+  if (c.key == "near_dedup.bands") body["near_dedup"] = {{"rows", 4}};
+  if (c.key == "near_dedup.rows") body["near_dedup"] = {{"bands", 8}};
   set_path(body, c.key, c.value);
   return body;
 }
