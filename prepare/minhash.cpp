@@ -1,5 +1,7 @@
 #include "prepare/minhash.h"
 
+#include <tuple>
+
 #include <xxhash.h>  // XXH3_64bits_withSeed: shingle and band hashes
 
 #include <algorithm>
@@ -94,6 +96,17 @@ void take_minimum(uint32_t* signature, const uint64_t* a, const uint64_t* b, int
 
 }  // namespace
 
+std::pair<int64_t, int64_t> banding_for(int64_t permutations, double threshold) {
+  for (int64_t rows = permutations; rows >= 1; --rows) {
+    if (permutations % rows != 0) continue;
+    const int64_t bands = permutations / rows;
+    const double candidate = 1 - std::pow(1 - std::pow(threshold, static_cast<double>(rows)),
+                                          static_cast<double>(bands));
+    if (candidate >= 0.99) return {bands, rows};
+  }
+  return {permutations, 1};
+}
+
 MinHashOptions read_minhash_section(const nlohmann::json& section, const std::string& path,
                                     ConfigErrors& errors) {
   MinHashOptions o;
@@ -105,17 +118,26 @@ MinHashOptions read_minhash_section(const nlohmann::json& section, const std::st
   ConfigReader r(section, path, errors);
   o.shingle_words = r.integer("shingle_words", o.shingle_words);
   o.permutations = r.integer("permutations", o.permutations);
-  o.bands = r.integer("bands", o.bands);
-  o.rows = r.integer("rows", o.rows);
+  const bool has_bands = r.has("bands"), has_rows = r.has("rows");
+  o.bands = r.integer("bands", 0);
+  o.rows = r.integer("rows", 0);
   o.threshold = r.number("threshold", o.threshold);
   const int64_t seed = r.integer("seed", static_cast<int64_t>(o.seed));
   r.require(seed >= 0, "seed", "must be >= 0");
   o.seed = static_cast<uint64_t>(seed);
   r.require(o.shingle_words >= 1, "shingle_words", "must be at least 1");
   r.require(o.permutations >= 1 && o.permutations <= 4096, "permutations", "must be in [1, 4096]");
-  r.require(o.bands >= 1, "bands", "must be at least 1");
-  r.require(o.rows >= 1, "rows", "must be at least 1");
+  r.require(!has_bands || o.bands >= 1, "bands", "must be at least 1");
+  r.require(!has_rows || o.rows >= 1, "rows", "must be at least 1");
   r.require(o.threshold > 0 && o.threshold <= 1, "threshold", "must be in (0, 1]");
+  if (o.permutations < 1 || o.threshold <= 0 || o.threshold > 1) return o;
+  if (!has_bands && !has_rows) {
+    std::tie(o.bands, o.rows) = banding_for(o.permutations, o.threshold);
+  } else if (!has_rows && o.bands >= 1) {
+    o.rows = o.permutations / o.bands;
+  } else if (!has_bands && o.rows >= 1) {
+    o.bands = o.permutations / o.rows;
+  }
   if (o.bands >= 1 && o.rows >= 1 && o.bands * o.rows != o.permutations)
     errors.add(path, "bands * rows (" + std::to_string(o.bands) + " * " + std::to_string(o.rows) +
                          " = " + std::to_string(o.bands * o.rows) + ") must equal permutations (" +
@@ -199,10 +221,12 @@ NearDuplicateIndex::NearDuplicateIndex(const MinHashOptions& options) : options_
         "near-duplicate index: bands * rows (" + std::to_string(options.bands) + " * " +
             std::to_string(options.rows) + ") must equal permutations (" +
             std::to_string(options.permutations) + ")");
-  // The least m with (m/k - c) / (1 - c) >= threshold.
+  // The least agreement m of k 8-bit values a pair at the threshold reaches with probability
+  // ~0.977: at Jaccard t, m/k has mean p = t (1 - c) + c and standard error sqrt(p (1 - p) / k).
   const double k = static_cast<double>(options.permutations);
-  min_agreements_ = static_cast<int64_t>(
-      std::ceil(k * (options.threshold * (1 - kChanceAgreement) + kChanceAgreement) - 1e-9));
+  const double p = options.threshold * (1 - kChanceAgreement) + kChanceAgreement;
+  min_agreements_ =
+      static_cast<int64_t>(std::ceil(k * (p - 2 * std::sqrt(p * (1 - p) / k)) - 1e-9));
   min_agreements_ = std::clamp<int64_t>(min_agreements_, 1, options.permutations);
   tables_.resize(static_cast<size_t>(options.bands));
   for (Table& t : tables_) t.entries.assign(kInitialTableEntries, Entry{0, kEmpty});

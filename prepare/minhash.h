@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/recipe/config_reader.h"
@@ -24,16 +25,29 @@
 namespace tiller {
 
 struct MinHashOptions {
-  int64_t shingle_words = 5;     // words per shingle (word n-grams), >= 1
-  int64_t permutations = 128;    // hash functions, i.e. values per signature
-  int64_t bands = 16, rows = 8;  // LSH banding; bands * rows == permutations
-  double threshold = 0.8;        // estimated Jaccard at or above which a document is a duplicate
-  uint64_t seed = 1;             // picks the hash functions; signatures compare only under one seed
+  int64_t shingle_words = 5;   // words per shingle (word n-grams), >= 1
+  int64_t permutations = 128;  // hash functions, i.e. values per signature
+  int64_t bands = 32,
+          rows = 4;  // LSH banding (bands * rows == permutations): banding_for(128, 0.8)
+  // The Jaccard similarity at which a near-duplicate is found: LSH makes it a candidate with
+  // probability >= 0.99 (banding_for) and verification passes it with probability >= 0.977 (the
+  // estimate is allowed 2 standard errors below the threshold), so recall at the threshold is
+  // >= 0.96. Pairs somewhat below it (down to about threshold - 4 standard errors, 0.14 at 128
+  // permutations and 0.8) are removed with falling probability; unrelated documents never are.
+  double threshold = 0.8;
+  uint64_t seed = 1;  // picks the hash functions; signatures compare only under one seed
 };
 
+// The banding for a threshold: of the (bands, rows) with bands * rows == permutations, the one
+// with the most rows (the fewest spurious candidates) whose S-curve 1 - (1 - t^rows)^bands makes a
+// pair at the threshold t a candidate with probability >= 0.99 (one row a band if none does).
+std::pair<int64_t, int64_t> banding_for(int64_t permutations, double threshold);
+
 // Reads the near-duplicate section at `path`: `true` or {} gives the defaults; an object overrides
-// shingle_words, permutations, bands, rows, threshold (in (0, 1]) and seed (>= 0). Every mistake
-// (unknown key, wrong type, bands * rows != permutations) is added to `errors` with its path.
+// shingle_words, permutations, bands, rows, threshold (in (0, 1]) and seed (>= 0). Without bands
+// and rows, banding_for(permutations, threshold) chooses them; with one, the other is
+// permutations / it. Every mistake (unknown key, wrong type, bands * rows != permutations) is
+// added to `errors` with its path.
 MinHashOptions read_minhash_section(const nlohmann::json& section, const std::string& path,
                                     ConfigErrors& errors);
 
@@ -72,9 +86,10 @@ class NearDuplicateIndex {
  public:
   explicit NearDuplicateIndex(const MinHashOptions& options);
 
-  // If an earlier inserted document shares a band with `signature` and their estimated Jaccard is
-  // >= options.threshold, returns that document's id (the first found: bands in order, then in
-  // table order). Otherwise inserts the signature under `id` and returns -1. `id` must be >= 0.
+  // If an earlier inserted document shares a band with `signature` and their estimated Jaccard
+  // reaches options.threshold less 2 of its standard errors there, returns that document's id (the
+  // first found: bands in order, then in table order). Otherwise inserts the signature under `id`
+  // and returns -1. `id` must be >= 0.
   int64_t find_or_insert(const Signature& signature, int64_t id);
 
   // Bytes held: band tables (their full capacity) and the kept documents' chunks.

@@ -157,7 +157,7 @@ TEST(PrepareMinHash, TheEstimateFollowsTheTrueShingleJaccard) {
 }
 
 TEST(PrepareMinHash, PlantedNearDuplicatesAreFoundAndDistinctDocumentsKept) {
-  // Defaults: 5-word shingles, 128 permutations in 16 bands of 8 rows, threshold 0.8.
+  // Defaults: 5-word shingles, 128 permutations in 32 bands of 4 rows, threshold 0.8.
   const MinHashOptions options;
   Corpus corpus(2024);
   struct Document {
@@ -376,7 +376,7 @@ TEST(PrepareMinHash, TheSectionReaderStatesAndChecksItsKeys) {
   auto list = errors_of({{"bands", 10}});
   ASSERT_EQ(list.size(), 1u);
   EXPECT_TRUE(mentions(list, "prepare.near_dedup")) << list[0];
-  EXPECT_TRUE(mentions(list, "10 * 8 = 80")) << list[0];
+  EXPECT_TRUE(mentions(list, "10 * 12 = 120")) << list[0];
   EXPECT_TRUE(mentions(list, "permutations (128)")) << list[0];
 
   list = errors_of({{"band", 16}});
@@ -400,6 +400,46 @@ TEST(PrepareMinHash, TheSectionReaderStatesAndChecksItsKeys) {
   bad.bands = 10;
   EXPECT_THROW(NearDuplicateIndex{bad}, Error);
   EXPECT_THROW(estimated_jaccard(Signature(128), Signature(64)), Error);
+}
+
+// The threshold is where recall is promised: pairs whose true Jaccard sits just above it (in
+// [t, t + 0.05]) are found at >= 0.95, at the default threshold and at a lower one, and the
+// banding chosen for a threshold makes such a pair a candidate with probability >= 0.99.
+TEST(PrepareMinHash, PairsJustAboveTheThresholdAreFound) {
+  EXPECT_EQ(banding_for(128, 0.8), std::make_pair(MinHashOptions{}.bands, MinHashOptions{}.rows));
+  for (const double threshold : {0.8, 0.6}) {
+    ConfigErrors errors;
+    const MinHashOptions options =
+        read_minhash_section({{"threshold", threshold}}, "near_dedup", errors);
+    ASSERT_TRUE(errors.empty());
+    const double candidate =
+        1 - std::pow(1 - std::pow(threshold, options.rows), static_cast<double>(options.bands));
+    EXPECT_GE(candidate, 0.99) << options.bands << " x " << options.rows;
+    Corpus corpus(threshold == 0.8 ? 7 : 8);
+    int pairs = 0, found = 0;
+    while (pairs < 300) {
+      const Words original = corpus.document(150, 250);
+      // Edit one word at a time until the true Jaccard falls into [t, t + 0.05].
+      Words copy = original;
+      double jaccard = 1;
+      while (jaccard > threshold + 0.05) {
+        copy = corpus.edited(copy, 1);
+        jaccard = true_jaccard(join(original), join(copy));
+      }
+      if (jaccard < threshold) continue;
+      NearDuplicateIndex index(options);
+      index.find_or_insert(minhash_signature(join(original), options), 0);
+      found += index.find_or_insert(minhash_signature(join(copy), options), 1) == 0;
+      ++pairs;
+    }
+    const double recall = static_cast<double>(found) / pairs;
+    std::printf(
+        "[minhash] threshold %.2f (%lld bands x %lld rows): recall %.3f of %d pairs with "
+        "true Jaccard in [t, t + 0.05]\n",
+        threshold, static_cast<long long>(options.bands), static_cast<long long>(options.rows),
+        recall, pairs);
+    EXPECT_GE(recall, 0.95);
+  }
 }
 
 }  // namespace

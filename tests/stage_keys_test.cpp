@@ -549,7 +549,7 @@ std::vector<KeyCase> prepare_cases() {
       {"exact_dedup", true},
       {"near_dedup.shingle_words", 3},
       {"near_dedup.permutations", 64},
-      {"near_dedup.bands", 32},
+      {"near_dedup.bands", 64},
       {"near_dedup.rows", 16},
       {"near_dedup.threshold", 0.7},
       {"near_dedup.seed", 7},
@@ -626,7 +626,7 @@ json case_body(const KeyCase& c) {
   if (c.type == "dpo" && c.key == "loss.gamma") body["loss"]["type"] = "simpo";
   // MinHash's bands x rows must stay its permutations.
   if (c.key == "near_dedup.permutations") body["near_dedup"] = {{"bands", 8}, {"rows", 8}};
-  if (c.key == "near_dedup.bands") body["near_dedup"] = {{"rows", 4}};
+  if (c.key == "near_dedup.bands") body["near_dedup"] = {{"rows", 2}};
   if (c.key == "near_dedup.rows") body["near_dedup"] = {{"bands", 8}};
   set_path(body, c.key, c.value);
   return body;

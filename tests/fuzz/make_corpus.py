@@ -228,6 +228,36 @@ def seeds_math_answer():
     put("math_answer", "list", "\\boxed{1, 2, (3,4)}1,2,3")
 
 
+def seeds_prepare():
+    # The first byte picks the kind: 0 lines, 1 paragraphs, 2 whole file, 3 JSONL, 4 gzip.
+    prose = ("Once upon a time, the little fox and the bear went to the river with a red ball. "
+             "They played all day and were happy. Write to fox@example.com or call +1 555 123 4567.\n")
+    put("prepare", "lines", b"\x00" + (prose * 3).encode())
+    put("prepare", "paragraphs", b"\x01" + (prose + "\n" + prose + "\n\n\n" + prose).encode())
+    put("prepare", "file_repetitive", b"\x02" + ("the same line again\n" * 40).encode())
+    put("prepare", "jsonl", b"\x03" + jsonl([{"text": prose}, {"text": 3}, {"other": "x"}]).encode())
+    put("prepare", "gzip", b"\x04" + gzip.compress((prose * 2).encode(), mtime=0))
+    put("prepare", "not_utf8_skipped", b"\x80caf\xc3\x28 au lait\n" + prose.encode())
+    put("prepare", "nfc_and_controls", b"\x00" + "cafe\u0301 \u200b\x07 na\u00efve\r\n".encode() * 4)
+
+
+def shard_pair(tokens, offsets, fingerprint=0x1234, vocab=400, width=2):
+    fmt = "<H" if width == 2 else "<I"
+    body = b"".join(struct.pack(fmt, t) for t in tokens)
+    bin_ = (b"TLRSHARD" + struct.pack("<IIQQQ", 1, width, len(tokens), fingerprint, vocab)).ljust(64, b"\0") + body
+    idx = (b"TLRINDEX" + struct.pack("<IIQQQ", 1, 0, len(offsets) - 1, len(tokens), fingerprint)).ljust(64, b"\0")
+    idx += b"".join(struct.pack("<Q", o) for o in offsets)
+    return struct.pack("<I", len(bin_)) + bin_ + idx
+
+
+def seeds_shards():
+    put("shards", "valid", shard_pair([1, 5, 6, 7, 1, 9, 10], [0, 4, 7]))
+    put("shards", "valid_u32", shard_pair([1, 70000, 2], [0, 3], vocab=80000, width=4))
+    put("shards", "offsets_backwards", shard_pair([1, 5, 6, 7], [0, 3, 2, 4]))
+    put("shards", "token_beyond_vocab", shard_pair([1, 500], [0, 2]))
+    put("shards", "truncated", shard_pair([1, 5, 6, 7], [0, 4])[:70])
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True, help="directory to write <target>/<seed> files into")
@@ -244,5 +274,7 @@ if __name__ == "__main__":
     put("tokenizer", "not_a_model", "hello world\n")
     seeds_tokenizer_json()
     seeds_math_answer()
+    seeds_prepare()
+    seeds_shards()
     if a.tokenizer:
         seeds_tokenizer(a.tokenizer)
