@@ -6,6 +6,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 
@@ -14,6 +15,7 @@
 #include "common/model/model_config.h"
 #include "common/tokenizer/byte_level_bpe.h"
 #include "common/tokenizer/module/sentencepiece_api.h"
+#include "common/tokenizer/spm_bpe.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
 #include "tiller_build_paths.h"
@@ -175,6 +177,35 @@ Tokenizer::Tokenizer(const std::string& path) : path_(path) {
     handle_ = nullptr;
     throw Error(path + ": SentencePiece model has no pieces");
   }
+  const char* force_library = std::getenv("TILLER_SPM_LIBRARY");
+  if (force_library != nullptr && std::string(force_library) == "1") {
+    library_reason_ = "TILLER_SPM_LIBRARY=1";
+    return;
+  }
+  std::shared_ptr<const SpmBpe> fast = SpmBpe::load(bytes, &library_reason_);
+  if (fast && !same_vocabulary(*fast)) {
+    fast.reset();
+    library_reason_ = "its pieces as parsed differ from the library's";
+  }
+  fast_ = std::move(fast);
+}
+
+// Whether the fast encoder read the vocabulary the library holds: every piece, kind and score
+// (a safety net under the wire-format reader; the load is the only cost).
+bool Tokenizer::same_vocabulary(const SpmBpe& fast) const {
+  const auto& pieces = fast.pieces();
+  if (static_cast<int64_t>(pieces.size()) != vocab_size_ || fast.unk_id() != unk_id()) return false;
+  for (int32_t id = 0; id < static_cast<int32_t>(pieces.size()); ++id) {
+    float score = 0;
+    const int32_t kind = module().piece_kind(handle_, id, &score);
+    if (kind != pieces[id].type || std::memcmp(&score, &pieces[id].score, sizeof(float)) != 0)
+      return false;
+    char* piece = module().id_to_piece(handle_, id);
+    const bool same = piece != nullptr && pieces[id].piece == piece;
+    module().free(piece);
+    if (!same) return false;
+  }
+  return true;
 }
 
 Tokenizer::~Tokenizer() {
@@ -192,6 +223,8 @@ Tokenizer& Tokenizer::operator=(Tokenizer&& other) noexcept {
   handle_ = other.handle_;
   other.handle_ = nullptr;
   bpe_ = std::move(other.bpe_);
+  fast_ = std::move(other.fast_);
+  library_reason_ = std::move(other.library_reason_);
   vocab_size_ = other.vocab_size_;
   bos_id_ = other.bos_id_;
   eos_id_ = other.eos_id_;
@@ -209,6 +242,25 @@ std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_bos, bo
     if (add_eos) out.push_back(eos_id_);
     return out;
   }
+  if (fast_) {
+    std::vector<int64_t> out;
+    out.reserve(text.size() / 3 + 2);
+    if (add_bos) out.push_back(bos_id());
+    fast_->encode(text, &out);
+    if (add_eos) out.push_back(eos_id());
+    return out;
+  }
+  return encode_with_library(text, add_bos, add_eos);
+}
+
+std::string Tokenizer::encoder_name() const {
+  if (bpe_) return "byte-level-bpe";
+  return fast_ ? "tiller-bpe" : "sentencepiece";
+}
+
+std::vector<int64_t> Tokenizer::encode_with_library(const std::string& text, bool add_bos,
+                                                    bool add_eos) const {
+  check(!bpe_, "tokenizer " + path_ + ": not a SentencePiece model (a tokenizer.json)");
   int32_t* ids = nullptr;
   size_t count = 0;
   char* error = nullptr;

@@ -10,6 +10,7 @@ namespace tiller {
 
 struct ModelConfig;
 class ByteLevelBpe;
+class SpmBpe;
 
 class Tokenizer {
  public:
@@ -22,8 +23,20 @@ class Tokenizer {
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
 
+  // SentencePiece BPE models with the identity normalization encode through Tiller's own encoder
+  // (common/tokenizer/spm_bpe.h), which gives exactly the library's ids; others through the
+  // library. TILLER_SPM_LIBRARY=1 in the environment keeps every model on the library.
   std::vector<int64_t> encode(const std::string& text, bool add_bos = false,
                               bool add_eos = false) const;
+  // encode through the SentencePiece library whatever encoder_name() says (the reference the
+  // fast encoder is tested against). Throws tiller::Error for a tokenizer.json.
+  std::vector<int64_t> encode_with_library(const std::string& text, bool add_bos = false,
+                                           bool add_eos = false) const;
+  // Which encoder encode() uses: "tiller-bpe" (SpmBpe), "sentencepiece" (the library) or
+  // "byte-level-bpe" (a tokenizer.json).
+  std::string encoder_name() const;
+  // Why a SentencePiece model stays on the library ("" when it does not).
+  const std::string& library_reason() const { return library_reason_; }
   std::string decode(const std::vector<int64_t>& ids) const;
   std::string piece(int64_t id) const;
   // A SentencePiece vocabulary entry: its piece, score and kind (as GGUF numbers token types: 1
@@ -50,9 +63,13 @@ class Tokenizer {
   void check_matches(const ModelConfig& config, const std::string& model_where) const;
 
  private:
+  bool same_vocabulary(const SpmBpe& fast) const;
+
   std::string path_;
   void* handle_ = nullptr;                   // a SentencePieceProcessor inside libtiller_spm.so
   std::shared_ptr<const ByteLevelBpe> bpe_;  // or this
+  std::shared_ptr<const SpmBpe> fast_;       // beside handle_ when it reproduces the library
+  std::string library_reason_;
   int64_t vocab_size_ = 0, bos_id_ = -1, eos_id_ = -1, pad_id_ = -1;
 };
 
