@@ -266,7 +266,7 @@ class Committer {
           "data prepare: the deduplication indexes need " + std::to_string(index_bytes / kMiB) +
               " MiB for " + std::to_string(kept_) + " documents, over their share of memory_mb (" +
               std::to_string(index_budget_ / kMiB) +
-              " MiB, 5/8 of it): raise memory_mb; nothing was written");
+              " MiB, 5/8 of what the workers leave): raise memory_mb; nothing was written");
   }
 
   nlohmann::json finish(nlohmann::json& outputs) {
@@ -474,15 +474,29 @@ nlohmann::json prepare_data(const PrepareConfig& c, const std::string& output_di
   const int64_t threads =
       c.threads > 0 ? c.threads : std::max<int64_t>(1, std::thread::hardware_concurrency());
 
-  // Memory: 3/8 of the bound for the batches in flight (each about 4x its text: the text, its
-  // cleaned copy and its tokens), 5/8 for the deduplication indexes (~16 bytes a kept document
-  // for exact duplicates, NearDuplicateIndex::bytes_per_document() for near ones).
-  const int64_t budget = c.memory_mb * kMiB;
+  // Memory: first what is held whatever the corpus: the tokenizer as loaded (measured: its model,
+  // its merge tables, the library's pages) and, per worker, ~3 MiB (the tokenizer's word cache and
+  // the text steps' and MinHash's scratch) and 4 MiB of I/O buffers (the reader's, the shard
+  // writers'); then of the rest 3/8 for the batches in flight, the one being read and the one
+  // being written included (each about 4x its text: the text, its cleaned copy and its tokens)
+  // and 5/8 for the
+  // deduplication indexes (~16 bytes a kept document for exact duplicates,
+  // NearDuplicateIndex::bytes_per_document() for near ones).
+  const int64_t per_worker = 3 * kMiB;
+  const int64_t tokenizer_bytes = (proc_status_kib("VmRSS:") - baseline_rss_kib) * 1024;
+  const int64_t io_bytes = 4 * kMiB;
+  const int64_t budget = c.memory_mb * kMiB - tokenizer_bytes - threads * per_worker - io_bytes;
+  check(budget >= 8 * kMiB, "data prepare: memory_mb " + std::to_string(c.memory_mb) +
+                                " leaves less than 8 MiB beside the tokenizer (" +
+                                std::to_string(tokenizer_bytes / kMiB) + " MiB) and " +
+                                std::to_string(threads) +
+                                " workers (3 MiB each) and I/O buffers (4 MiB): raise memory_mb or "
+                                "lower threads");
   const int64_t max_in_flight = 2 * threads + 1;
   // Batches of 1 MiB at most: enough to amortise the hand-offs, small enough that every worker
   // has one even near the end of a small corpus.
   const int64_t batch_bytes =
-      std::clamp<int64_t>(budget * 3 / 8 / 4 / (max_in_flight + 1), 64 << 10, 1 << 20);
+      std::clamp<int64_t>(budget * 3 / 8 / 4 / (max_in_flight + 2), 64 << 10, 1 << 20);
   const int64_t index_budget = budget * 5 / 8;
 
   const std::string staging = output_dir + ".incomplete";
@@ -556,6 +570,7 @@ nlohmann::json prepare_data(const PrepareConfig& c, const std::string& output_di
                {"peak_rss_mib", peak_rss_kib / 1024.0},
                {"peak_above_baseline_mib", (peak_rss_kib - baseline_rss_kib) / 1024.0},
                {"peak_index_mib", static_cast<double>(committer.peak_index_bytes_) / kMiB},
+               {"tokenizer_mib", static_cast<double>(tokenizer_bytes) / kMiB},
                {"batch_bytes", batch_bytes},
                {"batches_in_flight", max_in_flight}}}};
     write_file_atomic(staging + "/stats.json", stats.dump(2) + "\n");

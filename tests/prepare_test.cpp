@@ -241,7 +241,7 @@ TEST(Prepare, TheOutputDoesNotDependOnTheNumberOfThreads) {
                                         {"tokenizer", tokenizer_path},
                                         {"output", out},
                                         {"threads", threads},
-                                        {"memory_mb", 16},  // small batches: many in flight
+                                        {"memory_mb", 20},  // small batches: many in flight
                                         {"normalize", true},
                                         {"gopher_repetition", true},
                                         {"exact_dedup", true},
@@ -386,6 +386,32 @@ TEST(Prepare, MemoryStaysUnderItsBoundOnACorpusFourTimesLarger) {
       stats["input"]["bytes"].get<double>() / 1e6);
   EXPECT_LE(above, static_cast<double>(memory_mb));
   EXPECT_GT(stats["kept_documents"].get<int64_t>(), 0);
+}
+
+TEST(Prepare, DeduplicationIndexesThatWouldOutgrowTheBoundStopWithOneLine) {
+  TILLER_REQUIRE_SHARED(tokenizer_path, "models/stories260K/tok512.model");
+  const std::string dir = test::temp_dir("prepare_index_bound");
+  {
+    // 40,000 distinct short documents: ~0.8 KB of near-duplicate index each, 32 MB in all.
+    std::ofstream out(dir + "/many.txt");
+    DocumentMaker maker(23);
+    for (int i = 0; i < 40000; ++i) out << maker.document(12) << "\n";
+  }
+  write_text(dir + "/config.json", nlohmann::json{{"inputs", dir + "/many.txt"},
+                                                  {"tokenizer", tokenizer_path},
+                                                  {"output", dir + "/out"},
+                                                  {"threads", 1},
+                                                  {"memory_mb", 20},
+                                                  {"near_dedup", true}}
+                                       .dump());
+  int status = 0;
+  const std::string error = prepare_error(dir + "/config.json", &status);
+  EXPECT_NE(status, 0);
+  EXPECT_NE(error.find("the deduplication indexes need"), std::string::npos) << error;
+  EXPECT_NE(error.find("raise memory_mb"), std::string::npos) << error;
+  EXPECT_EQ(lines_of(error).size(), 1u) << error;
+  EXPECT_FALSE(path_exists(dir + "/out"));
+  EXPECT_FALSE(path_exists(dir + "/out.incomplete"));
 }
 
 TEST(Prepare, ARecipeGoesFromRawTextThroughShardsToPretrainingAndTheReportShowsIt) {
