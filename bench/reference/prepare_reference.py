@@ -411,8 +411,18 @@ def make_steps(config):
 # over a (shingles x permutations) numpy array). The words, shingles and hash functions are
 # Tiller's (prepare/minhash.cpp), so that both sides compute the very same signatures.
 
-MINHASH_DEFAULTS = {"shingle_words": 5, "permutations": 128, "bands": 16, "rows": 8,
-                    "threshold": 0.8, "seed": 1}
+MINHASH_DEFAULTS = {"shingle_words": 5, "permutations": 128, "threshold": 0.8, "seed": 1}
+
+
+def banding_for(permutations, threshold):
+    """Tiller's choice when bands and rows are not given: the most rows whose S-curve makes a pair
+    at the threshold a candidate with probability >= 0.99."""
+    for rows in range(permutations, 0, -1):
+        if permutations % rows == 0:
+            bands = permutations // rows
+            if 1 - (1 - threshold ** rows) ** bands >= 0.99:
+                return bands, rows
+    return permutations, 1
 # Words are the runs between ASCII whitespace and ASCII punctuation, ASCII letters lower-cased:
 # on bytes, where .lower() touches only ASCII.
 WORD_SEPARATORS = re.compile(rb"[\t-\r !-/:-@\[-`{-~]+")
@@ -464,7 +474,11 @@ class NearDuplicateIndex:
 
     def __init__(self, shingle_words, permutations, bands, rows, threshold, seed):
         self.bands, self.rows = bands, rows
-        self.min_agreements = max(1, math.ceil(threshold * permutations - 1e-9))
+        # Tiller's verification: the agreement a pair at the threshold reaches with probability
+        # ~0.977 (2 standard errors below its mean); on full 32-bit values chance agreement is nil.
+        p = threshold
+        self.min_agreements = max(1, math.ceil(
+            permutations * (p - 2 * math.sqrt(p * (1 - p) / permutations)) - 1e-9))
         self.buckets = [{} for _ in range(bands)]
         self.signatures = []
 
@@ -527,6 +541,13 @@ def minhash_settings(value):
     settings = dict(MINHASH_DEFAULTS)
     if isinstance(value, dict):
         settings.update(value)
+    permutations = settings["permutations"]
+    if "bands" not in settings and "rows" not in settings:
+        settings["bands"], settings["rows"] = banding_for(permutations, settings["threshold"])
+    elif "rows" not in settings:
+        settings["rows"] = permutations // settings["bands"]
+    elif "bands" not in settings:
+        settings["bands"] = permutations // settings["rows"]
     return settings
 
 
