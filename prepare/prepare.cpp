@@ -499,7 +499,10 @@ nlohmann::json prepare_data(const PrepareConfig& c, const std::string& output_di
       std::clamp<int64_t>(budget * 3 / 8 / 4 / (max_in_flight + 2), 64 << 10, 1 << 20);
   const int64_t index_budget = budget * 5 / 8;
 
-  const std::string staging = output_dir + ".incomplete";
+  // "out/" and "out" are one directory: the staging one goes beside it, never inside it.
+  std::string out = output_dir;
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  const std::string staging = out + ".incomplete";
   remove_all(staging);
   make_directories(staging);
   nlohmann::json stats;
@@ -579,8 +582,8 @@ nlohmann::json prepare_data(const PrepareConfig& c, const std::string& output_di
     remove_all(staging);
     throw;
   }
-  remove_all(output_dir);
-  std::filesystem::rename(staging, output_dir);
+  remove_all(out);
+  std::filesystem::rename(staging, out);
   return stats;
 }
 
