@@ -466,6 +466,10 @@ table.samples{table-layout:fixed;width:100%}
 table.samples pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:12px;
   max-height:18em;overflow:auto}
 .score{color:#555;font-size:12px;margin-top:4px}
+table.preparation-steps{table-layout:fixed;width:100%}
+table.preparation-steps th:nth-child(-n+4){width:9em}
+table.preparation-steps pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:12px;
+  max-height:8em;overflow:auto}
 )";
 
 std::string status_cell(StageStatus status) {
@@ -511,7 +515,8 @@ std::string render_preparation(const json& stats) {
   const json input = stats.value("input", json::object());
   out += "<p>" + format_value(input.value("documents", json())) + " documents (" +
          format_number(input.value("bytes", 0.0) / 1e6) + " MB) read from " +
-         format_value(input.value("files", json())) + " files; " +
+         format_value(input.value("files", json())) +
+         (input.value("files", 0) == 1 ? " file; " : " files; ") +
          format_value(stats.value("kept_documents", json())) + " kept; " +
          format_number(stats.value("mb_per_s", 0.0)) + " MB/s on " +
          format_value(stats.value("threads", json())) + " threads.</p>";
