@@ -199,6 +199,15 @@ TEST(Shards, DamagedOrForeignShardsAreRefusedNamingTheFile) {
     EXPECT_HAS(open_error(dir), "train-00001.bin holds");
   }
   {
+    // A forged token count whose size would wrap around 2^64 to the header's 64 bytes.
+    const std::string dir = good_split("wrap");
+    const std::string bin = dir + "/train-00000.bin";
+    const uint64_t wraps = uint64_t{1} << 63;  // x 2 bytes = 2^64 = 0
+    patch(bin, 16, std::string(reinterpret_cast<const char*>(&wraps), 8));
+    truncate_file(bin, 64);
+    EXPECT_HAS(open_error(dir), bin + ": implausible token_count");
+  }
+  {
     // Offsets that go backwards.
     const std::string dir = good_split("offsets");
     const uint64_t big = 100;

@@ -412,6 +412,9 @@ TokenShards::TokenShards(const std::string& dir, const std::string& split, uint6
     check(header.vocab_size <= static_cast<uint64_t>(vocab_size),
           bin_path + ": made for a vocabulary of " + std::to_string(header.vocab_size) +
               ", this tokenizer has " + std::to_string(vocab_size));
+    // A forged count must not wrap the size it implies around 2^64.
+    check(header.token_count <= (uint64_t{1} << 56),
+          bin_path + ": implausible token_count " + std::to_string(header.token_count));
     const uint64_t want_bin = kShardHeaderBytes + header.token_count * header.token_bytes;
     check(m->bin.size == want_bin,
           bin_path + " is " + (m->bin.size < want_bin ? "truncated" : "longer than its header") +
