@@ -131,7 +131,6 @@ struct Processed {
 };
 
 struct Batch {
-  int64_t number = 0;
   std::vector<Processed> documents;
   int64_t bytes = 0;
   bool done = false;
@@ -261,10 +260,10 @@ class Committer {
     // follows what is held, not what was once held.
     malloc_trim(0);
     const int64_t index_bytes = exact_set_.memory_bytes() + (near_ ? near_->memory_bytes() : 0);
-    peak_index_bytes_ = std::max(peak_index_bytes_, index_bytes);
+    peak_index_bytes = std::max(peak_index_bytes, index_bytes);
     check(index_bytes <= index_budget_,
           "data prepare: the deduplication indexes need " + std::to_string(index_bytes / kMiB) +
-              " MiB for " + std::to_string(kept_) + " documents, over their share of memory_mb (" +
+              " MiB for " + std::to_string(kept) + " documents, over their share of memory_mb (" +
               std::to_string(index_budget_ / kMiB) +
               " MiB, 5/8 of what the workers leave): raise memory_mb; nothing was written");
   }
@@ -286,8 +285,8 @@ class Committer {
   }
 
   Histogram before, after;
-  int64_t documents = 0, kept_ = 0;
-  int64_t peak_index_bytes_ = 0;
+  int64_t documents = 0, kept = 0;
+  int64_t peak_index_bytes = 0;
 
  private:
   bool step_runs(const std::string& step) const {
@@ -347,7 +346,7 @@ class Committer {
         return;
       }
     }
-    ++kept_;
+    ++kept;
     after.add(o.text.size());
     std::vector<int64_t> ids(d.tokens.begin(), d.tokens.end());
     if (val_ && in_validation(d.hash)) {
@@ -459,6 +458,117 @@ nlohmann::json prepare_config_values(const PrepareConfig& c) {
   return v;
 }
 
+namespace {
+
+// How memory_mb is shared. First what is held whatever the corpus: the tokenizer as loaded
+// (measured: its model, its merge tables, the library's pages), ~3 MiB a worker (the tokenizer's
+// word cache, the text steps' and MinHash's scratch) and 4 MiB of I/O buffers (the reader's, the
+// shard writers'). Of the rest, 3/8 for the batches in flight, the one being read and the one being
+// written included (each about 4x its text: the text, its cleaned copy and its tokens), and 5/8 for
+// the deduplication indexes (~16 bytes a kept document for exact duplicates,
+// NearDuplicateIndex::bytes_per_document() for near ones).
+struct MemoryPlan {
+  int64_t tokenizer_bytes = 0;
+  int64_t max_in_flight = 0;  // batches handed to the workers
+  int64_t batch_bytes = 0;
+  int64_t index_budget = 0;
+};
+
+MemoryPlan plan_memory(const PrepareConfig& c, int64_t threads, int64_t tokenizer_bytes) {
+  constexpr int64_t kPerWorker = 3 * kMiB, kIoBytes = 4 * kMiB;
+  const int64_t budget = c.memory_mb * kMiB - tokenizer_bytes - threads * kPerWorker - kIoBytes;
+  check(budget >= 8 * kMiB, "data prepare: memory_mb " + std::to_string(c.memory_mb) +
+                                " leaves less than 8 MiB beside the tokenizer (" +
+                                std::to_string(tokenizer_bytes / kMiB) + " MiB) and " +
+                                std::to_string(threads) +
+                                " workers (3 MiB each) and I/O buffers (4 MiB): raise memory_mb or "
+                                "lower threads");
+  MemoryPlan plan;
+  plan.tokenizer_bytes = tokenizer_bytes;
+  plan.max_in_flight = 2 * threads + 1;
+  // Batches of 1 MiB at most: enough to amortise the hand-offs, small enough that every worker
+  // has one even near the end of a small corpus.
+  plan.batch_bytes =
+      std::clamp<int64_t>(budget * 3 / 8 / 4 / (plan.max_in_flight + 2), 64 << 10, 1 << 20);
+  plan.index_budget = budget * 5 / 8;
+  return plan;
+}
+
+// Reads every document into batches, hands them to the workers and commits them in order, with a
+// progress line every 5 seconds.
+void run_pipeline(DocumentStream& stream, Committer& committer, const PrepareConfig& c,
+                  const Tokenizer& tokenizer, int64_t threads, const MemoryPlan& plan,
+                  const std::string& label, std::chrono::steady_clock::time_point start) {
+  WorkQueue queue(threads, plan.max_in_flight, c, tokenizer);
+  auto commit_oldest = [&] {
+    auto batch = queue.take_oldest();
+    if (!batch) return false;
+    committer.commit(*batch);
+    return true;
+  };
+  double last_progress = 0;
+  for (bool more = true; more;) {
+    auto batch = std::make_unique<Batch>();
+    Document d;
+    while (batch->bytes < plan.batch_bytes && (more = stream.next(d))) {
+      batch->bytes += static_cast<int64_t>(d.text.size());
+      batch->documents.push_back({std::move(d), {}, 0, {}, {}});
+    }
+    while (queue.full()) commit_oldest();
+    if (!batch->documents.empty()) queue.submit(std::move(batch));
+    const double elapsed = seconds_since(start);
+    if (elapsed - last_progress >= 5) {
+      last_progress = elapsed;
+      std::printf("%s %.1f MB read, %lld documents, %lld kept, %.1f MB/s\n", label.c_str(),
+                  stream.bytes_read() / 1e6, (long long)committer.documents,
+                  (long long)committer.kept, stream.bytes_read() / 1e6 / elapsed);
+      std::fflush(stdout);
+    }
+  }
+  while (commit_oldest()) {
+  }
+}
+
+// What stats.json says of a finished preparation.
+nlohmann::json preparation_stats(const DocumentStream& stream, Committer& committer,
+                                 const PrepareConfig& c, const std::string& tokenizer_path,
+                                 const Tokenizer& tokenizer, int64_t threads,
+                                 const MemoryPlan& plan, int64_t baseline_rss_kib, double seconds) {
+  nlohmann::json outputs;
+  const nlohmann::json steps = committer.finish(outputs);
+  const int64_t peak_rss_kib = proc_status_kib("VmHWM:");
+  return {{"input",
+           {{"files", stream.files_read()},
+            {"bytes", stream.bytes_read()},
+            {"documents", committer.documents},
+            {"skipped_not_utf8", stream.skipped_not_utf8()},
+            {"skipped_too_long", stream.skipped_too_long()},
+            {"skipped_malformed", stream.skipped_malformed()}}},
+          {"steps", steps},
+          {"output", outputs},
+          {"kept_documents", committer.kept},
+          {"document_bytes",
+           {{"before", committer.before.to_json()}, {"after", committer.after.to_json()}}},
+          {"tokenizer",
+           {{"path", tokenizer_path},
+            {"vocab_size", tokenizer.vocab_size()},
+            {"fingerprint", tokenizer_fingerprint(tokenizer)}}},
+          {"threads", threads},
+          {"seconds", seconds},
+          {"mb_per_s", stream.bytes_read() / 1e6 / std::max(seconds, 1e-9)},
+          {"memory",
+           {{"bound_mib", c.memory_mb},
+            {"baseline_rss_mib", baseline_rss_kib / 1024.0},
+            {"peak_rss_mib", peak_rss_kib / 1024.0},
+            {"peak_above_baseline_mib", (peak_rss_kib - baseline_rss_kib) / 1024.0},
+            {"peak_index_mib", static_cast<double>(committer.peak_index_bytes) / kMiB},
+            {"tokenizer_mib", static_cast<double>(plan.tokenizer_bytes) / kMiB},
+            {"batch_bytes", plan.batch_bytes},
+            {"batches_in_flight", plan.max_in_flight}}}};
+}
+
+}  // namespace
+
 nlohmann::json prepare_data(const PrepareConfig& c, const std::string& output_dir,
                             const std::string& label) {
   const auto start = std::chrono::steady_clock::now();
@@ -473,31 +583,8 @@ nlohmann::json prepare_data(const PrepareConfig& c, const std::string& output_di
   const Tokenizer tokenizer(tokenizer_path);
   const int64_t threads =
       c.threads > 0 ? c.threads : std::max<int64_t>(1, std::thread::hardware_concurrency());
-
-  // Memory: first what is held whatever the corpus: the tokenizer as loaded (measured: its model,
-  // its merge tables, the library's pages) and, per worker, ~3 MiB (the tokenizer's word cache and
-  // the text steps' and MinHash's scratch) and 4 MiB of I/O buffers (the reader's, the shard
-  // writers'); then of the rest 3/8 for the batches in flight, the one being read and the one
-  // being written included (each about 4x its text: the text, its cleaned copy and its tokens)
-  // and 5/8 for the
-  // deduplication indexes (~16 bytes a kept document for exact duplicates,
-  // NearDuplicateIndex::bytes_per_document() for near ones).
-  const int64_t per_worker = 3 * kMiB;
-  const int64_t tokenizer_bytes = (proc_status_kib("VmRSS:") - baseline_rss_kib) * 1024;
-  const int64_t io_bytes = 4 * kMiB;
-  const int64_t budget = c.memory_mb * kMiB - tokenizer_bytes - threads * per_worker - io_bytes;
-  check(budget >= 8 * kMiB, "data prepare: memory_mb " + std::to_string(c.memory_mb) +
-                                " leaves less than 8 MiB beside the tokenizer (" +
-                                std::to_string(tokenizer_bytes / kMiB) + " MiB) and " +
-                                std::to_string(threads) +
-                                " workers (3 MiB each) and I/O buffers (4 MiB): raise memory_mb or "
-                                "lower threads");
-  const int64_t max_in_flight = 2 * threads + 1;
-  // Batches of 1 MiB at most: enough to amortise the hand-offs, small enough that every worker
-  // has one even near the end of a small corpus.
-  const int64_t batch_bytes =
-      std::clamp<int64_t>(budget * 3 / 8 / 4 / (max_in_flight + 2), 64 << 10, 1 << 20);
-  const int64_t index_budget = budget * 5 / 8;
+  const MemoryPlan plan =
+      plan_memory(c, threads, (proc_status_kib("VmRSS:") - baseline_rss_kib) * 1024);
 
   // "out/" and "out" are one directory: the staging one goes beside it, never inside it.
   std::string out = output_dir;
@@ -508,74 +595,13 @@ nlohmann::json prepare_data(const PrepareConfig& c, const std::string& output_di
   nlohmann::json stats;
   try {
     DocumentStream stream(c.inputs, c.input);
-    Committer committer(c, staging, tokenizer, index_budget);
-    int64_t batches = 0;
-    double last_progress = 0;
-    {
-      WorkQueue queue(threads, max_in_flight, c, tokenizer);
-      auto commit_oldest = [&] {
-        auto batch = queue.take_oldest();
-        if (!batch) return false;
-        committer.commit(*batch);
-        return true;
-      };
-      for (bool more = true; more;) {
-        auto batch = std::make_unique<Batch>();
-        batch->number = batches++;
-        Document d;
-        while (batch->bytes < batch_bytes && (more = stream.next(d))) {
-          batch->bytes += static_cast<int64_t>(d.text.size());
-          batch->documents.push_back({std::move(d), {}, 0, {}, {}});
-        }
-        while (queue.full()) commit_oldest();
-        if (!batch->documents.empty()) queue.submit(std::move(batch));
-        const double elapsed = seconds_since(start);
-        if (elapsed - last_progress >= 5) {
-          last_progress = elapsed;
-          std::printf("%s %.1f MB read, %lld documents, %lld kept, %.1f MB/s\n", label.c_str(),
-                      stream.bytes_read() / 1e6, (long long)committer.documents,
-                      (long long)committer.kept_, stream.bytes_read() / 1e6 / elapsed);
-          std::fflush(stdout);
-        }
-      }
-      while (commit_oldest()) {
-      }
-    }
-    check(committer.kept_ > 0, "data prepare: no document is left after the steps (" +
-                                   std::to_string(committer.documents) +
-                                   " read); nothing was written");
-    nlohmann::json outputs;
-    const nlohmann::json steps = committer.finish(outputs);
-    const double seconds = seconds_since(start);
-    const int64_t peak_rss_kib = proc_status_kib("VmHWM:");
-    stats = {{"input",
-              {{"files", stream.files_read()},
-               {"bytes", stream.bytes_read()},
-               {"documents", committer.documents},
-               {"skipped_not_utf8", stream.skipped_not_utf8()},
-               {"skipped_too_long", stream.skipped_too_long()},
-               {"skipped_malformed", stream.skipped_malformed()}}},
-             {"steps", steps},
-             {"output", outputs},
-             {"kept_documents", committer.kept_},
-             {"document_bytes",
-              {{"before", committer.before.to_json()}, {"after", committer.after.to_json()}}},
-             {"tokenizer",
-              {{"path", tokenizer_path},
-               {"vocab_size", tokenizer.vocab_size()},
-               {"fingerprint", tokenizer_fingerprint(tokenizer)}}},
-             {"threads", threads},
-             {"seconds", seconds},
-             {"mb_per_s", stream.bytes_read() / 1e6 / std::max(seconds, 1e-9)},
-             {"memory",
-              {{"bound_mib", c.memory_mb},
-               {"baseline_rss_mib", baseline_rss_kib / 1024.0},
-               {"peak_rss_mib", peak_rss_kib / 1024.0},
-               {"peak_above_baseline_mib", (peak_rss_kib - baseline_rss_kib) / 1024.0},
-               {"peak_index_mib", static_cast<double>(committer.peak_index_bytes_) / kMiB},
-               {"tokenizer_mib", static_cast<double>(tokenizer_bytes) / kMiB},
-               {"batch_bytes", batch_bytes},
-               {"batches_in_flight", max_in_flight}}}};
+    Committer committer(c, staging, tokenizer, plan.index_budget);
+    run_pipeline(stream, committer, c, tokenizer, threads, plan, label, start);
+    check(committer.kept > 0, "data prepare: no document is left after the steps (" +
+                                  std::to_string(committer.documents) +
+                                  " read); nothing was written");
+    stats = preparation_stats(stream, committer, c, tokenizer_path, tokenizer, threads, plan,
+                              baseline_rss_kib, seconds_since(start));
     write_file_atomic(staging + "/stats.json", stats.dump(2) + "\n");
     write_file_atomic(staging + "/prepare.json", prepare_config_values(c).dump(2) + "\n");
   } catch (...) {

@@ -623,8 +623,11 @@ std::string lowercase(std::string s) {
   return s;
 }
 
-void require_fraction(ConfigReader& r, const std::string& key, double value) {
+// A fraction setting, read and checked to lie in [0, 1].
+double read_fraction(ConfigReader& r, const std::string& key, double fallback) {
+  const double value = r.number(key, fallback);
   r.require(value >= 0 && value <= 1, key, "must be in [0, 1], got " + format_number(value));
+  return value;
 }
 
 // {"n": fraction, ...}: a whole map replaces the default one.
@@ -1078,12 +1081,10 @@ TextSteps read_text_steps(ConfigReader& r, ConfigErrors& errors) {
               "must be >= min_mean_word_length");
     o.max_symbol_word_ratio = s.number("max_symbol_word_ratio", o.max_symbol_word_ratio);
     s.require(o.max_symbol_word_ratio >= 0, "max_symbol_word_ratio", "must be >= 0");
-    o.max_bullet_lines_ratio = s.number("max_bullet_lines_ratio", o.max_bullet_lines_ratio);
-    require_fraction(s, "max_bullet_lines_ratio", o.max_bullet_lines_ratio);
-    o.max_ellipsis_lines_ratio = s.number("max_ellipsis_lines_ratio", o.max_ellipsis_lines_ratio);
-    require_fraction(s, "max_ellipsis_lines_ratio", o.max_ellipsis_lines_ratio);
-    o.min_alpha_words_ratio = s.number("min_alpha_words_ratio", o.min_alpha_words_ratio);
-    require_fraction(s, "min_alpha_words_ratio", o.min_alpha_words_ratio);
+    o.max_bullet_lines_ratio = read_fraction(s, "max_bullet_lines_ratio", o.max_bullet_lines_ratio);
+    o.max_ellipsis_lines_ratio =
+        read_fraction(s, "max_ellipsis_lines_ratio", o.max_ellipsis_lines_ratio);
+    o.min_alpha_words_ratio = read_fraction(s, "min_alpha_words_ratio", o.min_alpha_words_ratio);
     o.min_stop_words = s.integer("min_stop_words", o.min_stop_words);
     s.require(o.min_stop_words >= 0, "min_stop_words", "must be >= 0");
     o.stop_words = string_list(s, "stop_words", o.stop_words);
@@ -1093,14 +1094,10 @@ TextSteps read_text_steps(ConfigReader& r, ConfigErrors& errors) {
   if (const nlohmann::json* settings = step_settings(r, "gopher_repetition")) {
     ConfigReader s(*settings, r.path_of("gopher_repetition"), errors);
     GopherRepetitionOptions o;
-    o.max_dup_line_frac = s.number("max_dup_line_frac", o.max_dup_line_frac);
-    o.max_dup_para_frac = s.number("max_dup_para_frac", o.max_dup_para_frac);
-    o.max_dup_line_char_frac = s.number("max_dup_line_char_frac", o.max_dup_line_char_frac);
-    o.max_dup_para_char_frac = s.number("max_dup_para_char_frac", o.max_dup_para_char_frac);
-    require_fraction(s, "max_dup_line_frac", o.max_dup_line_frac);
-    require_fraction(s, "max_dup_para_frac", o.max_dup_para_frac);
-    require_fraction(s, "max_dup_line_char_frac", o.max_dup_line_char_frac);
-    require_fraction(s, "max_dup_para_char_frac", o.max_dup_para_char_frac);
+    o.max_dup_line_frac = read_fraction(s, "max_dup_line_frac", o.max_dup_line_frac);
+    o.max_dup_para_frac = read_fraction(s, "max_dup_para_frac", o.max_dup_para_frac);
+    o.max_dup_line_char_frac = read_fraction(s, "max_dup_line_char_frac", o.max_dup_line_char_frac);
+    o.max_dup_para_char_frac = read_fraction(s, "max_dup_para_char_frac", o.max_dup_para_char_frac);
     o.max_top_ngram_char_frac =
         ngram_fractions(s, errors, "max_top_ngram_char_frac", o.max_top_ngram_char_frac);
     o.max_dup_ngram_char_frac =

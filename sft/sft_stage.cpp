@@ -100,15 +100,10 @@ void check_shards_data(const SftStageConfig& c, ConfigReader& d, bool shard_val)
     const ShardHeader header = read_shard_header(c.data.path + "/train-00000.bin");
     if (!c.tokenizer.empty() && path_exists(c.tokenizer)) {
       const uint64_t fingerprint = tokenizer_fingerprint(Tokenizer(c.tokenizer));
-      char numbers[80];
-      std::snprintf(numbers, sizeof(numbers), "(fingerprint %016llx, %s's %016llx)",
-                    static_cast<unsigned long long>(header.fingerprint), "@",
-                    static_cast<unsigned long long>(fingerprint));
-      std::string detail = numbers;
-      detail.replace(detail.find('@'), 1, c.tokenizer);
       d.require(header.fingerprint == fingerprint, "train",
-                c.data.path + "/train-00000.bin was made with another tokenizer " + detail +
-                    ": prepare the shards with this one");
+                c.data.path + "/train-00000.bin was made with another tokenizer (fingerprint " +
+                    fingerprint_hex(header.fingerprint) + ", " + c.tokenizer + "'s " +
+                    fingerprint_hex(fingerprint) + "): prepare the shards with this one");
     }
   } catch (const Error& e) {
     d.require(false, "train", e.what());

@@ -44,17 +44,17 @@ T get(const unsigned char* header, size_t at) {
   return value;
 }
 
-std::string hex(uint64_t value) {
-  char text[32];
-  std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(value));
-  return text;
-}
-
 void hash_u64(XXH3_state_t* state, uint64_t value) {
   XXH3_64bits_update(state, &value, 8);
 }
 
 }  // namespace
+
+std::string fingerprint_hex(uint64_t fingerprint) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(fingerprint));
+  return text;
+}
 
 uint64_t tokenizer_fingerprint(const Tokenizer& tokenizer) {
   XXH3_state_t* state = XXH3_createState();
@@ -407,8 +407,9 @@ TokenShards::TokenShards(const std::string& dir, const std::string& split, uint6
     m->bin.open(bin_path, "shard");
     const ShardHeader header = parse_shard_header(m->bin.data, bin_path);
     check(header.fingerprint == fingerprint,
-          bin_path + " was made with another tokenizer (fingerprint " + hex(header.fingerprint) +
-              ", this tokenizer's " + hex(fingerprint) + ")");
+          bin_path + " was made with another tokenizer (fingerprint " +
+              fingerprint_hex(header.fingerprint) + ", this tokenizer's " +
+              fingerprint_hex(fingerprint) + ")");
     check(header.vocab_size <= static_cast<uint64_t>(vocab_size),
           bin_path + ": made for a vocabulary of " + std::to_string(header.vocab_size) +
               ", this tokenizer has " + std::to_string(vocab_size));
@@ -438,8 +439,8 @@ TokenShards::TokenShards(const std::string& dir, const std::string& split, uint6
           idx_path + " indexes " + std::to_string(index_tokens) + " tokens, but " + file.bin +
               " holds " + std::to_string(header.token_count) + " (not its index)");
     check(get<uint64_t>(h, 32) == header.fingerprint,
-          idx_path + ": its tokenizer fingerprint " + hex(get<uint64_t>(h, 32)) + " differs from " +
-              file.bin + "'s " + hex(header.fingerprint));
+          idx_path + ": its tokenizer fingerprint " + fingerprint_hex(get<uint64_t>(h, 32)) +
+              " differs from " + file.bin + "'s " + fingerprint_hex(header.fingerprint));
     check(documents < (uint64_t{1} << 56),
           idx_path + ": implausible document_count " + std::to_string(documents));
     const uint64_t want_idx = kShardHeaderBytes + (documents + 1) * 8;

@@ -33,6 +33,8 @@ constexpr uint32_t kShardVersion = 1;
 // kind, which decide how text is cut), and the BOS and EOS ids. The same vocabulary gives the
 // same fingerprint whichever file it was loaded from.
 uint64_t tokenizer_fingerprint(const Tokenizer& tokenizer);
+// A fingerprint as errors print it: 16 hex digits.
+std::string fingerprint_hex(uint64_t fingerprint);
 
 // The narrowest token width for a vocabulary: 2 bytes when every id fits (vocab_size <= 65536),
 // else 4.

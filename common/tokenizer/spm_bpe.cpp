@@ -158,6 +158,11 @@ WordCache& thread_cache(uint64_t uid) {
 
 std::atomic<uint64_t> next_uid{1};
 
+// Whether the bytes are exactly one well-formed UTF-8 character.
+bool is_single_char(std::string_view s) {
+  return valid_char_length(reinterpret_cast<const unsigned char*>(s.data()), s.size()) == s.size();
+}
+
 }  // namespace
 
 std::unique_ptr<const SpmBpe> SpmBpe::load(std::string_view model_bytes, std::string* why) {
@@ -219,13 +224,24 @@ std::unique_ptr<const SpmBpe> SpmBpe::load(std::string_view model_bytes, std::st
 }
 
 bool SpmBpe::build(std::string* why) {
+  PieceIndex index;
+  if (!index_pieces(&index, why)) return false;
+  assign_char_symbols(index);
+  build_merge_table(index);
+  split_words_ = no_piece_spans_a_word_boundary();
+  uid_ = next_uid.fetch_add(1);
+  return true;
+}
+
+bool SpmBpe::index_pieces(PieceIndex* index, std::string* why) {
   const int32_t n = static_cast<int32_t>(pieces_.size());
   if (n == 0) {
     *why = "no pieces";
     return false;
   }
   // pieces_ of ModelInterface: NORMAL (USER_DEFINED and UNUSED refused); the rest are reserved.
-  std::unordered_map<std::string_view, int32_t> normal, reserved;
+  auto& normal = index->normal;
+  auto& reserved = index->reserved;
   for (int32_t id = 0; id < n; ++id) {
     const Piece& p = pieces_[id];
     if (p.piece.empty()) {
@@ -258,12 +274,15 @@ bool SpmBpe::build(std::string* why) {
     }
   }
 
+  return true;
+}
+
+void SpmBpe::assign_char_symbols(const PieceIndex& index) {
+  const int32_t n = static_cast<int32_t>(pieces_.size());
+  const auto& normal = index.normal;
+  const auto& reserved = index.reserved;
   // Symbol ids of single characters: a normal piece's id, else a new id when the character occurs
   // inside a normal piece or is a reserved piece's whole string.
-  auto single_char = [](std::string_view s) {
-    return valid_char_length(reinterpret_cast<const unsigned char*>(s.data()), s.size()) ==
-           s.size();
-  };
   std::fill(std::begin(ascii_symbol_), std::end(ascii_symbol_), -1);
   auto add_char = [&](std::string_view ch) {
     const uint32_t key = pack_char(ch);
@@ -295,7 +314,7 @@ bool SpmBpe::build(std::string* why) {
       char_symbol_.emplace(key, symbol);
   };
   for (const Piece& p : pieces_) {
-    if (p.type != 1 && !single_char(p.piece)) continue;
+    if (p.type != 1 && !is_single_char(p.piece)) continue;
     if (p.type != 1 && normal.count(p.piece)) continue;
     const std::string& s = p.piece;
     for (size_t i = 0; i < s.size();) {
@@ -306,14 +325,18 @@ bool SpmBpe::build(std::string* why) {
       i += len;
     }
   }
+}
 
+void SpmBpe::build_merge_table(const PieceIndex& index) {
+  const int32_t n = static_cast<int32_t>(pieces_.size());
+  const auto& normal = index.normal;
   // Merges: SentencePiece merges two adjacent symbols when their concatenated string is a normal
   // piece. Every symbol is a normal piece or a single character, both with a symbol id here, so
   // "a + b is a piece" is a lookup of (id(a), id(b)), filled from every split of every piece.
   auto symbol_of = [&](std::string_view s) -> int32_t {
     auto it = normal.find(s);
     if (it != normal.end()) return it->second;
-    if (!single_char(s)) return -1;
+    if (!is_single_char(s)) return -1;
     return char_symbol(s);
   };
   std::vector<std::pair<uint64_t, Merge>> merges;
@@ -342,31 +365,28 @@ bool SpmBpe::build(std::string* why) {
     merge_keys_[slot] = key;
     merge_values_[slot] = merge;
   }
+}
 
-  // Cutting the text into words. SentencePiece merges over the whole normalized text; a merged
-  // symbol is always a normal piece. If no normal piece has U+2581 right after another character
-  // that is not U+2581, no symbol can ever span a position where U+2581 follows a non-U+2581
-  // character, so no pair across such a position is ever a candidate. The merges of the pieces
-  // between two such positions then depend on those pieces alone: the agenda orders candidates by
-  // (score, leftmost) and a merge changes only the candidates of its own word, so the merges one
-  // word sees, in order, are those it would see encoded alone (positions shifted alike keep the
-  // order of ties). Unknown and byte fallback work per final symbol, and without UNUSED pieces
-  // there is no resegmentation across the text. So encode(text) is the concatenation of the
-  // encodings of its words, and each word can be cached.
-  split_words_ = true;
+// Cutting the text into words. SentencePiece merges over the whole normalized text; a merged
+// symbol is always a normal piece. If no normal piece has U+2581 right after another character
+// that is not U+2581, no symbol can ever span a position where U+2581 follows a non-U+2581
+// character, so no pair across such a position is ever a candidate. The merges of the pieces
+// between two such positions then depend on those pieces alone: the agenda orders candidates by
+// (score, leftmost) and a merge changes only the candidates of its own word, so the merges one
+// word sees, in order, are those it would see encoded alone (positions shifted alike keep the
+// order of ties). Unknown and byte fallback work per final symbol, and without UNUSED pieces
+// there is no resegmentation across the text. So encode(text) is the concatenation of the
+// encodings of its words, and each word can be cached.
+bool SpmBpe::no_piece_spans_a_word_boundary() const {
   for (const Piece& p : pieces_) {
     if (p.type != 1) continue;
     const std::string_view s = p.piece;
     for (size_t at = s.find(kSpaceSymbol, 1); at != std::string_view::npos;
          at = s.find(kSpaceSymbol, at + 1)) {
-      if (at < kSpaceSymbol.size() || s.substr(at - kSpaceSymbol.size(), 3) != kSpaceSymbol) {
-        split_words_ = false;
-        break;
-      }
+      if (at < kSpaceSymbol.size() || s.substr(at - kSpaceSymbol.size(), 3) != kSpaceSymbol)
+        return false;
     }
-    if (!split_words_) break;
   }
-  uid_ = next_uid.fetch_add(1);
   return true;
 }
 
@@ -447,7 +467,8 @@ void SpmBpe::emit_symbol(int32_t symbol, std::string_view surface,
 }
 
 // bpe::Model::SampleEncode with alpha 0 on one word: characters as symbols, then repeatedly the
-// adjacent pair whose concatenation is a piece with the highest score (ties: the leftmost) merged.
+// adjacent pair whose concatenation is a piece with the highest score (ties: the leftmost)
+// merged.
 void SpmBpe::encode_word(std::string_view word, std::vector<int32_t>* out) const {
   struct Symbol {
     int32_t id, prev, next;
@@ -575,7 +596,8 @@ void SpmBpe::encode_pieces(std::string_view text, std::vector<int64_t>* out) con
     cache.ids.insert(cache.ids.end(), ids.begin(), ids.end());
     ++cache.used;
   };
-  // Words start at each U+2581 that follows another character than U+2581 (see build()).
+  // Words start at each U+2581 that follows another character than U+2581 (see
+  // no_piece_spans_a_word_boundary()).
   const char* p = normalized.data();
   const size_t n = normalized.size();
   size_t start = 0;

@@ -51,8 +51,18 @@ class SpmBpe {
   };
 
  private:
+  // The pieces by string: NORMAL ones, and the rest (reserved: control, unknown, byte).
+  struct PieceIndex {
+    std::unordered_map<std::string_view, int32_t> normal, reserved;
+  };
+
   SpmBpe() = default;
+  // The steps of load(), in order: each false with *why set when the model cannot be reproduced.
   bool build(std::string* why);
+  bool index_pieces(PieceIndex* index, std::string* why);
+  void assign_char_symbols(const PieceIndex& index);
+  void build_merge_table(const PieceIndex& index);
+  bool no_piece_spans_a_word_boundary() const;
   void normalize(std::string_view text, std::string* out) const;
   void encode_pieces(std::string_view text, std::vector<int64_t>* out) const;
   void encode_word(std::string_view word, std::vector<int32_t>* out) const;
