@@ -41,6 +41,11 @@ struct DecodeOptions {
   int repeats = 3;
   int threads = 0;
   bool torch_decode = false;  // decode steps through LibTorch ops, never FastDecoder
+  // Rows also for these weight-only schemes (int8, int4), each quantised in memory by round to
+  // nearest (tiller quantize's layout; the LM head as the scheme, int4 in groups of group_size),
+  // measured alternately with the fp32 rows in one run.
+  std::vector<std::string> quantize;
+  int64_t group_size = 32;
   bool json = false;
 };
 

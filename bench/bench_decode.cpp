@@ -3,8 +3,10 @@
 
 #include "bench/bench.h"
 #include "common/io/hf_dir.h"
+#include "common/model/quantized.h"
 #include "common/rollout/generator.h"
 #include "common/util/error.h"
+#include "quantize/quantize.h"
 
 namespace tiller::bench {
 
@@ -17,7 +19,7 @@ Transformer load_bench_model(const std::string& model_dir, const std::string& sh
                              std::string& label) {
   Transformer model{nullptr};
   if (!model_dir.empty()) {
-    model = load_hf_model(model_dir);
+    model = load_hf_model(model_dir, /*num_labels=*/-1, QuantizedModels::load_frozen);
     label = model_dir;
   } else {
     model = Transformer(builtin_shape(shape));
@@ -43,20 +45,35 @@ struct StepCost {
 };
 
 StepCost decode_step_cost(const ModelConfig& c, int64_t batch, int64_t prompt_tokens,
-                          int64_t new_tokens, int64_t element_bytes) {
+                          int64_t new_tokens, double weight_bytes, int64_t element_bytes) {
   // Decode step i (1 .. new_tokens - 1) attends to prompt_tokens + i slots.
   const double mean_slots = static_cast<double>(prompt_tokens) + new_tokens / 2.0;
   const double kv_width = static_cast<double>(c.num_key_value_heads * c.resolved_head_dim());
   const double q_width = static_cast<double>(c.num_attention_heads * c.resolved_head_dim());
   const double layers = static_cast<double>(c.num_hidden_layers);
   StepCost cost;
-  cost.bytes = static_cast<double>(element_bytes) *
-               (static_cast<double>(matmul_parameters(c)) +
-                2.0 * layers * static_cast<double>(batch) * mean_slots * kv_width);
+  cost.bytes = weight_bytes + static_cast<double>(element_bytes) * 2.0 * layers *
+                                  static_cast<double>(batch) * mean_slots * kv_width;
   // Scores and the weighted sum of values: 2 FLOPs per multiply-add, each over q_width.
   cost.flops_per_token =
       2.0 * static_cast<double>(matmul_parameters(c)) + 4.0 * layers * mean_slots * q_width;
   return cost;
+}
+
+// The bytes of the matrices a decode step multiplies by (the embedding only when it is the LM
+// head): packed where the model is quantised.
+double matmul_weight_bytes(TransformerImpl& model, int64_t element_bytes) {
+  const auto& c = model.config;
+  const bool embedding_is_head = c.num_labels == 0 && c.tie_word_embeddings;
+  double bytes = 0;
+  for (auto& [name, tensor] : model.named_weights()) {
+    if (name == "model.embed_tokens.weight" && !embedding_is_head) continue;
+    if (tensor.dim() != 2) continue;  // norms: read, but not matrices
+    const QuantizedMatrix* packed = model.quantized ? model.quantized->find(name) : nullptr;
+    bytes += packed != nullptr ? static_cast<double>(packed->bytes())
+                               : static_cast<double>(tensor.numel() * element_bytes);
+  }
+  return bytes;
 }
 
 }  // namespace
@@ -68,16 +85,33 @@ void run_decode(const DecodeOptions& o) {
         "bench decode: --new-tokens must be at least 2 (the first token comes from the prefill)");
   check(o.repeats >= 1, "bench decode: --repeats must be at least 1");
   check_dtype(o.dtype, "bench decode");
+  check(o.quantize.empty() || o.dtype == "fp32",
+        "bench decode: --quantize compares with fp32 weights; it cannot be combined with --dtype "
+        "bf16");
   apply_threads(o.threads);
   std::string label;
-  Transformer model = load_bench_model(o.model_dir, o.shape, label);
-  const auto& config = model->config;
+  // One model per row kind: fp32 (or bf16) first, then each quantised copy of the same weights.
+  std::vector<std::pair<std::string, Transformer>> variants;
+  variants.emplace_back(o.dtype, load_bench_model(o.model_dir, o.shape, label));
+  for (const auto& scheme : o.quantize) {
+    QuantizeOptions q;
+    q.scheme = scheme;
+    q.group_size = o.group_size;
+    q.lm_head = scheme;
+    check(scheme == "int8" || scheme == "int4",
+          "bench decode: --quantize takes int8 and int4, got '" + scheme + "'");
+    Transformer copy = load_bench_model(o.model_dir, o.shape, label);
+    quantize_in_place(*copy, q);
+    variants.emplace_back(scheme == "int4" ? "int4-g" + std::to_string(o.group_size) : scheme,
+                          copy);
+  }
+  const auto& config = variants.front().second->config;
   check(o.prompt_tokens + o.new_tokens <= config.max_position_embeddings,
         "bench decode: --prompt-tokens + --new-tokens (" +
             std::to_string(o.prompt_tokens + o.new_tokens) + ") exceed the context of " + label +
             " (" + std::to_string(config.max_position_embeddings) + ")");
   const bool bf16 = o.dtype == "bf16";
-  if (bf16) model->to(torch::kBFloat16);  // the KV cache follows the weights' dtype
+  if (bf16) variants.front().second->to(torch::kBFloat16);  // the KV cache follows the weights
 
   // The ceilings: the memory bandwidth (decode at small batches reads every weight once a step)
   // and the matmul peak (what large batches approach). A 1024 matmul keeps this under a second.
@@ -87,12 +121,12 @@ void run_decode(const DecodeOptions& o) {
   nlohmann::json rows = nlohmann::json::array();
   if (!o.json) {
     std::printf(
-        "model: %s (%.2fM parameters, %s), prompt %lld tokens, %lld new tokens, %d threads\n"
+        "model: %s (%.2fM parameters), prompt %lld tokens, %lld new tokens, %d threads\n"
         "bounds: copy %.1f GB/s, matmul %.1f GFLOP/s\n",
-        label.c_str(), config.parameter_count() / 1e6, o.dtype.c_str(), (long long)o.prompt_tokens,
+        label.c_str(), config.parameter_count() / 1e6, (long long)o.prompt_tokens,
         (long long)o.new_tokens, torch::get_num_threads(), copy_gbps, peak_gflops);
-    std::printf("%6s  %14s  %14s  %16s  %16s\n", "batch", "prefill tok/s", "decode tok/s",
-                "of bandwidth", "of matmul peak");
+    std::printf("%8s  %6s  %10s  %14s  %14s  %10s  %16s  %16s\n", "weights", "batch", "MB/step",
+                "prefill tok/s", "decode tok/s", "speedup", "of bandwidth", "of matmul peak");
   }
   for (int64_t batch : o.batches) {
     std::vector<std::vector<int64_t>> prompts(batch);
@@ -107,45 +141,59 @@ void run_decode(const DecodeOptions& o) {
     // Prefill is timed as generate() making one token, and decode as what the other new tokens
     // add: the very code paths of a rollout (a bare forward would also compute the logits of
     // every prompt slot, which generate() does not, and its time would be taken off decode's).
-    // Each is the fastest of the repeats; the first round warms up.
-    auto timed = [&](int64_t new_tokens) {
+    // Each is the fastest of the repeats; the first round warms up. The variants take turns
+    // within each round, so that a slower or faster spell of the machine falls on all of them.
+    auto timed = [&](TransformerImpl& model, int64_t new_tokens) {
       sampling.max_new_tokens = new_tokens;
       Stopwatch watch;
-      generate(*model, prompts, sampling);
+      generate(model, prompts, sampling);
       return watch.seconds();
     };
-    double prefill_s = 1e30, total_s = 1e30;
+    std::vector<double> prefill_s(variants.size(), 1e30), total_s(variants.size(), 1e30);
     for (int r = 0; r < o.repeats + 1; ++r) {
-      const double one = timed(1), all = timed(o.new_tokens);
-      if (r == 0) continue;
-      prefill_s = std::min(prefill_s, one);
-      total_s = std::min(total_s, all);
+      for (size_t v = 0; v < variants.size(); ++v) {
+        const double one = timed(*variants[v].second, 1);
+        const double all = timed(*variants[v].second, o.new_tokens);
+        if (r == 0) continue;
+        prefill_s[v] = std::min(prefill_s[v], one);
+        total_s[v] = std::min(total_s[v], all);
+      }
     }
-    const double prefill = batch * o.prompt_tokens / prefill_s;
-    const double decode = batch * (o.new_tokens - 1) / std::max(total_s - prefill_s, 1e-9);
-    const StepCost cost =
-        decode_step_cost(config, batch, o.prompt_tokens, o.new_tokens, bf16 ? 2 : 4);
-    const double bandwidth_bound = batch / (cost.bytes / (copy_gbps * 1e9));
-    const double compute_bound = peak_gflops * 1e9 / cost.flops_per_token;
-    rows.push_back({{"shape", label},
-                    {"parameters", config.parameter_count()},
-                    {"dtype", o.dtype},
-                    {"threads", torch::get_num_threads()},
-                    {"batch", batch},
-                    {"prompt_tokens", o.prompt_tokens},
-                    {"new_tokens", o.new_tokens},
-                    {"prefill_tokens_per_s", prefill},
-                    {"tokens_per_s", decode},
-                    {"bytes_per_step", cost.bytes},
-                    {"copy_gbps", copy_gbps},
-                    {"bandwidth_bound_tokens_per_s", bandwidth_bound},
-                    {"fraction_of_bandwidth_bound", decode / bandwidth_bound},
-                    {"matmul_gflops", peak_gflops},
-                    {"compute_bound_tokens_per_s", compute_bound},
-                    {"fraction_of_compute_bound", decode / compute_bound}});
-    if (!o.json)
-      std::printf("%6lld  %14.0f  %14.0f  %15.1f%%  %15.1f%%\n", (long long)batch, prefill, decode,
-                  100.0 * decode / bandwidth_bound, 100.0 * decode / compute_bound);
+    double first_decode = 0;
+    for (size_t v = 0; v < variants.size(); ++v) {
+      auto& [weights, model] = variants[v];
+      const double prefill = batch * o.prompt_tokens / prefill_s[v];
+      const double decode = batch * (o.new_tokens - 1) / std::max(total_s[v] - prefill_s[v], 1e-9);
+      if (v == 0) first_decode = decode;
+      const StepCost cost =
+          decode_step_cost(config, batch, o.prompt_tokens, o.new_tokens,
+                           matmul_weight_bytes(*model, bf16 ? 2 : 4), bf16 ? 2 : 4);
+      const double bandwidth_bound = batch / (cost.bytes / (copy_gbps * 1e9));
+      const double compute_bound = peak_gflops * 1e9 / cost.flops_per_token;
+      rows.push_back({{"shape", label},
+                      {"parameters", config.parameter_count()},
+                      {"dtype", o.dtype},
+                      {"weights", weights},
+                      {"threads", torch::get_num_threads()},
+                      {"batch", batch},
+                      {"prompt_tokens", o.prompt_tokens},
+                      {"new_tokens", o.new_tokens},
+                      {"prefill_tokens_per_s", prefill},
+                      {"tokens_per_s", decode},
+                      {"speedup_vs_" + variants.front().first, decode / first_decode},
+                      {"bytes_per_step", cost.bytes},
+                      {"copy_gbps", copy_gbps},
+                      {"bandwidth_bound_tokens_per_s", bandwidth_bound},
+                      {"fraction_of_bandwidth_bound", decode / bandwidth_bound},
+                      {"matmul_gflops", peak_gflops},
+                      {"compute_bound_tokens_per_s", compute_bound},
+                      {"fraction_of_compute_bound", decode / compute_bound}});
+      if (!o.json)
+        std::printf("%8s  %6lld  %10.2f  %14.0f  %14.0f  %9.2fx  %15.1f%%  %15.1f%%\n",
+                    weights.c_str(), (long long)batch, cost.bytes / 1e6, prefill, decode,
+                    decode / first_decode, 100.0 * decode / bandwidth_bound,
+                    100.0 * decode / compute_bound);
+    }
   }
   if (o.json) std::printf("%s\n", rows.dump(2).c_str());
 }

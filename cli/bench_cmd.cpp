@@ -65,9 +65,21 @@ void add_decode_command(CLI::App& bench_cmd, CommandAction& action) {
   decode_cmd->add_option("--threads", decode->threads, "intra-op threads (0: tiller --threads)");
   decode_cmd->add_flag("--torch-decode", decode->torch_decode,
                        "decode through LibTorch ops, without the fast fp32 CPU step");
+  auto quantize = std::make_shared<std::string>();
+  decode_cmd->add_option("--quantize", *quantize,
+                         "also rows for these weight-only schemes, comma-separated: int8, int4 "
+                         "(round to nearest in memory, as tiller quantize writes)");
+  decode_cmd->add_option("--group-size", decode->group_size, "int4 rows: columns per group")
+      ->capture_default_str();
   decode_cmd->add_flag("--json", decode->json, "print JSON instead of a table");
-  decode_cmd->callback([decode, batches, &action] {
-    action = [decode, batches] {
+  decode_cmd->callback([decode, batches, quantize, &action] {
+    action = [decode, batches, quantize] {
+      decode->quantize.clear();
+      for (size_t start = 0; !quantize->empty() && start <= quantize->size();) {
+        const size_t comma = std::min(quantize->find(',', start), quantize->size());
+        decode->quantize.push_back(quantize->substr(start, comma - start));
+        start = comma + 1;
+      }
       warn_if_slow_blas();
       decode->batches = parse_int_list(*batches, "--batch");
       bench::run_decode(*decode);

@@ -14,6 +14,7 @@ using CommandAction = std::function<int()>;
 void add_version_command(CLI::App& app, CommandAction& action);           // version_cmd.cpp
 void add_convert_command(CLI::App& app, CommandAction& action);           // convert_cmd.cpp
 void add_merge_command(CLI::App& app, CommandAction& action);             // merge_cmd.cpp
+void add_quantize_command(CLI::App& app, CommandAction& action);          // quantize_cmd.cpp
 void add_export_command(CLI::App& app, CommandAction& action);            // export_cmd.cpp
 void add_checkpoint_command(CLI::App& app, CommandAction& action);        // checkpoint_cmd.cpp
 void add_generate_command(CLI::App& app, CommandAction& action);          // generate_cmd.cpp
@@ -25,5 +26,6 @@ void add_recipe_commands(CLI::App& app, CommandAction& action);           // run
 void add_eval_reward_command(CLI::App& eval_cmd, CommandAction& action);  // eval_reward_cmd.cpp
 void add_eval_preference_command(CLI::App& eval_cmd,
                                  CommandAction& action);  // eval_preference_cmd.cpp
+void add_eval_perplexity_command(CLI::App& eval_cmd, CommandAction& action);  // quantize_cmd.cpp
 
 }  // namespace tiller

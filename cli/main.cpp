@@ -40,6 +40,7 @@ void add_commands(CLI::App& app, CommandAction& action) {
   add_version_command(app, action);
   add_convert_command(app, action);
   add_merge_command(app, action);
+  add_quantize_command(app, action);
   add_export_command(app, action);
   add_chat_command(app, action);
   add_checkpoint_command(app, action);
@@ -53,6 +54,7 @@ void add_commands(CLI::App& app, CommandAction& action) {
   eval_cmd->require_subcommand(0, 1);
   add_eval_reward_command(*eval_cmd, action);
   add_eval_preference_command(*eval_cmd, action);
+  add_eval_perplexity_command(*eval_cmd, action);
   add_eval_task_commands(*eval_cmd);
   add_report_command(app);
   add_scaling_commands(app);

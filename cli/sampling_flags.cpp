@@ -15,7 +15,8 @@ void add_sampling_flags(CLI::App& cmd, SamplingOptions& sampling, const std::str
 
 TextModel load_text_model(const std::string& model_dir, const std::string& adapter_dir,
                           const std::string& tokenizer_path, SamplingOptions& sampling) {
-  TextModel out{load_hf_model_with_adapter(model_dir, adapter_dir),
+  TextModel out{load_hf_model_with_adapter(model_dir, adapter_dir, /*num_labels=*/-1,
+                                           QuantizedModels::load_frozen),
                 Tokenizer(tokenizer_path.empty() ? tokenizer_path_in(model_dir) : tokenizer_path)};
   out.model->eval();
   out.tokenizer.check_matches(out.model->config, model_dir);

@@ -178,13 +178,6 @@ nlohmann::json dpo_stated_defaults(const DpoStageConfig& c) {
 
 namespace {
 
-Transformer load_causal_lm(const std::string& dir, const std::string& role) {
-  Transformer model = load_hf_model(dir);
-  check(model->config.num_labels == 0,
-        role + " " + dir + " has a score head; it must be a causal LM");
-  return model;
-}
-
 void freeze(TransformerImpl& model, const torch::Device& device) {
   for (auto& p : model.parameters()) p.requires_grad_(false);
   model.eval();
@@ -292,7 +285,8 @@ ReferenceSource cached_reference(const Recipe& recipe, const DpoStageConfig& c, 
   source.used = true;
   Transformer separate{nullptr};
   if (!c.reference.empty()) {
-    separate = load_causal_lm(reference_dir(recipe, c, policy.init_dir), "reference");
+    separate = load_causal_lm(reference_dir(recipe, c, policy.init_dir), "reference",
+                              QuantizedModels::load_frozen);
     policy.tokenizer.check_matches(separate->config, c.reference);
     freeze(*separate, device);
   }
@@ -330,7 +324,8 @@ ReferenceSource live_reference(const Recipe& recipe, const DpoStageConfig& c,
     source.live = policy.model;  // switched off in add_reference: no second copy of the weights
     return source;
   }
-  source.live = load_causal_lm(reference_dir(recipe, c, policy.init_dir), "reference");
+  source.live = load_causal_lm(reference_dir(recipe, c, policy.init_dir), "reference",
+                               QuantizedModels::load_frozen);
   policy.tokenizer.check_matches(source.live->config, c.reference.empty() ? c.init : c.reference);
   freeze(*source.live, device);
   return source;
@@ -541,8 +536,9 @@ nlohmann::json sample_check(const Recipe& recipe, const DpoStageConfig& c, Trans
   const std::string ref_dir = reference_dir(recipe, c, built.init_dir);
   Transformer initial = load_causal_lm(built.init_dir, "policy");
   freeze(*initial, device);
-  Transformer reference =
-      ref_dir == built.init_dir ? initial : load_causal_lm(ref_dir, "reference");
+  Transformer reference = ref_dir == built.init_dir
+                              ? initial
+                              : load_causal_lm(ref_dir, "reference", QuantizedModels::load_frozen);
   freeze(*reference, device);
   policy.eval();
   const GenerationBatch before = generate(*initial, prompts, sampling);

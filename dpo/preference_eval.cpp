@@ -11,7 +11,7 @@ namespace tiller {
 namespace {
 
 Transformer load_frozen_lm(const std::string& dir, const std::string& role) {
-  Transformer model = load_hf_model(dir);
+  Transformer model = load_hf_model(dir, /*num_labels=*/-1, QuantizedModels::load_frozen);
   check(model->config.num_labels == 0,
         role + " " + dir + " has a score head; it must be a causal LM");
   model->eval();

@@ -398,7 +398,8 @@ EvalResult evaluate_tasks(TransformerImpl& model, const Tokenizer& tok,
 
 EvalResult evaluate_model_dir(const std::string& dir, const std::vector<TaskItem>& items,
                               const EvalOptions& options) {
-  Transformer model = load_hf_model_with_adapter(dir, options.adapter);
+  Transformer model = load_hf_model_with_adapter(dir, options.adapter, /*num_labels=*/-1,
+                                                 QuantizedModels::load_frozen);
   Tokenizer tok(tokenizer_path_in(dir));
   tok.check_matches(model->config, dir);
   return evaluate_tasks(*model, tok, items, options);

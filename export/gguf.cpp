@@ -328,7 +328,9 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& t
   summary.type = type_name;
   std::map<std::string, torch::Tensor> weights;
   {
-    Transformer model = load_hf_model(model_dir);  // every shape checked against config.json
+    Transformer model =
+        load_hf_model(model_dir, /*num_labels=*/-1,
+                      QuantizedModels::load_frozen);  // every shape checked against config.json
     for (auto& [weight_name, tensor] : model->named_weights()) weights[weight_name] = tensor;
   }
   std::vector<TensorPlan> tensors = plan_tensors(config, weights, type, summary.f16_instead);

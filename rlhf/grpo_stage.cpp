@@ -563,7 +563,8 @@ nlohmann::json run_grpo_stage(const Recipe& recipe, const GrpoStageConfig& c) {
   if (c.grpo.needs_reference() && has_lora(*actor) && c.reference == c.policy) {
     reference = actor;  // the policy with its adapters switched off: no second copy
   } else if (c.grpo.needs_reference()) {
-    reference = load_causal_lm(resolve_model_reference(recipe, c.reference), "reference");
+    reference = load_causal_lm(resolve_model_reference(recipe, c.reference), "reference",
+                               QuantizedModels::load_frozen);
     reference->eval();
     reference->to(loop.device());
   }

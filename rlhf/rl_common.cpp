@@ -164,11 +164,4 @@ std::string one_line(std::string text, size_t width) {
   return text.size() > width ? text.substr(0, width - 3) + "..." : text;
 }
 
-Transformer load_causal_lm(const std::string& dir, const std::string& role) {
-  Transformer model = load_hf_model(dir);
-  check(model->config.num_labels == 0,
-        role + " " + dir + " has a score head; it must be a causal LM");
-  return model;
-}
-
 }  // namespace tiller

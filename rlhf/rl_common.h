@@ -94,7 +94,5 @@ double mean_of(const std::vector<double>& values);
 std::string response_text(const Tokenizer& tok, std::vector<int64_t> response);
 // Text on one console line: line breaks and tabs as spaces, cut to `width` with "...".
 std::string one_line(std::string text, size_t width);
-// An HF directory that must hold a causal LM (no score head); `role` names it in errors.
-Transformer load_causal_lm(const std::string& dir, const std::string& role);
 
 }  // namespace tiller

@@ -291,7 +291,8 @@ PpoModels load_models(const Recipe& recipe, const RlhfStageConfig& c, const std:
   // no second copy of the weights.
   m.reference = has_lora(*m.actor) && c.reference == c.policy
                     ? m.actor
-                    : load_causal_lm(resolve_model_reference(recipe, c.reference), "reference");
+                    : load_causal_lm(resolve_model_reference(recipe, c.reference), "reference",
+                                     QuantizedModels::load_frozen);
   m.reward_dir = resolve_model_reference(recipe, c.reward_model);
   m.reward = load_reward_model(m.reward_dir);
   const std::string critic_dir = resolve_model_reference(recipe, c.critic);
@@ -465,7 +466,8 @@ struct PpoReports {
   // Another policy on the same evaluation prompts and seeds (the summary's "base" row).
   nlohmann::json evaluate_baseline(const std::string& reference_name,
                                    const EpisodeScorer& scorer) const {
-    Transformer model = load_causal_lm(resolve_model_reference(recipe, reference_name), "baseline");
+    Transformer model = load_causal_lm(resolve_model_reference(recipe, reference_name), "baseline",
+                                       QuantizedModels::load_frozen);
     model->to(models.actor->parameters().front().device());
     model->eval();
     SamplingOptions sampling = trainer.options().sampling;

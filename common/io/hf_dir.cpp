@@ -112,14 +112,45 @@ void load_weights(TransformerImpl& model, const std::map<std::string, torch::Ten
   throw Error(message);
 }
 
-Transformer load_hf_model(const std::string& dir, int64_t num_labels) {
+std::optional<QuantizationConfig> quantization_of(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  if (!path_exists(path)) return std::nullopt;
+  const auto json = read_json_file(path);
+  if (!json.is_object() || !json.contains("quantization_config")) return std::nullopt;
+  return parse_quantization_config(json["quantization_config"], path);
+}
+
+Transformer load_hf_model(const std::string& dir, int64_t num_labels, QuantizedModels quantized) {
   ModelConfig config = load_model_config(dir);
+  const auto quantization = quantization_of(dir);
+  check(!quantization || quantized == QuantizedModels::load_frozen,
+        dir + " is a quantised model (" + (quantization ? describe(*quantization) : "") +
+            "): it loads only where it stays frozen (generate, chat, eval, a reference or reward "
+            "model); train from the full-precision model it was quantised from");
   const bool head_changes = num_labels >= 0 && num_labels != config.num_labels;
   if (num_labels >= 0) config.num_labels = num_labels;
   Transformer model(config);
   if (head_changes) model->init_weights(/*seed=*/0, /*heads_only=*/true);
-  load_weights(*model, read_hf_weights(dir), dir, /*heads_optional=*/head_changes);
+  auto weights = read_hf_weights(dir);
+  std::shared_ptr<QuantizedWeights> packed;
+  if (quantization)
+    packed = std::make_shared<QuantizedWeights>(unpack_stored(weights, *quantization, dir));
+  load_weights(*model, weights, dir, /*heads_optional=*/head_changes);
+  if (packed) {
+    // Head weights dropped for a new head are not the model's any more.
+    for (auto it = packed->matrices.begin(); it != packed->matrices.end();)
+      it = head_changes && is_head(it->first) ? packed->matrices.erase(it) : std::next(it);
+    model->quantized = packed;
+  }
   model->eval();
+  return model;
+}
+
+Transformer load_causal_lm(const std::string& dir, const std::string& role,
+                           QuantizedModels quantized) {
+  Transformer model = load_hf_model(dir, /*num_labels=*/-1, quantized);
+  check(model->config.num_labels == 0,
+        role + " " + dir + " has a score head; it must be a causal LM");
   return model;
 }
 
@@ -141,7 +172,10 @@ void save_hf_model(const ModelConfig& config,
   remove_all(tmp);
   make_directories(tmp);
   try {
-    write_file_atomic(tmp + "/config.json", model_config_to_hf_json(config).dump(2) + "\n");
+    auto config_json = model_config_to_hf_json(config);
+    if (!options.quantization_config.is_null())
+      config_json["quantization_config"] = options.quantization_config;
+    write_file_atomic(tmp + "/config.json", config_json.dump(2) + "\n");
 
     // Split into shards in parameter order when the model is larger than one shard.
     std::vector<std::vector<std::pair<std::string, torch::Tensor>>> shards(1);
@@ -191,6 +225,8 @@ void save_hf_model(const ModelConfig& config,
         {"eos_token_id", config.eos_token_id}};
     write_file_atomic(tmp + "/generation_config.json", generation.dump(2) + "\n");
     if (options.adapter_of != nullptr) write_peft_adapter(*options.adapter_of, tmp + "/adapter");
+    for (const auto& [name, contents] : options.extra_files)
+      write_file_atomic(tmp + "/" + name, contents);
     fsync_directory(tmp);
     // Replace: move any old directory aside, rename the new one in, then delete the old.
     const std::string old = target.string() + ".old-" + std::to_string(::getpid());

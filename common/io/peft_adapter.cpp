@@ -160,8 +160,8 @@ void attach_peft_adapter(TransformerImpl& model, const std::string& dir) {
 }
 
 Transformer load_hf_model_with_adapter(const std::string& model_dir, const std::string& adapter_dir,
-                                       int64_t num_labels) {
-  Transformer model = load_hf_model(model_dir, num_labels);
+                                       int64_t num_labels, QuantizedModels quantized) {
+  Transformer model = load_hf_model(model_dir, num_labels, quantized);
   if (adapter_dir.empty()) return model;
   try {
     attach_peft_adapter(*model, adapter_dir);

@@ -3,6 +3,7 @@
 #pragma once
 #include <string>
 
+#include "common/io/hf_dir.h"  // QuantizedModels
 #include "common/model/lora.h"
 #include "common/model/transformer.h"
 
@@ -26,7 +27,8 @@ void attach_peft_adapter(TransformerImpl& model, const std::string& dir);
 // match the adapter (shapes, vocabulary), like a bad adapter config, is one line naming both
 // directories.
 Transformer load_hf_model_with_adapter(const std::string& model_dir, const std::string& adapter_dir,
-                                       int64_t num_labels = -1);
+                                       int64_t num_labels = -1,
+                                       QuantizedModels quantized = QuantizedModels::refuse);
 
 // Loads DIR's adapter weights into adapters already attached (a stage's lora.init_adapter): the
 // adapter's rank, targets and modules to save must be the stage's.

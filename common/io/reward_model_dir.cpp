@@ -8,7 +8,7 @@ namespace tiller {
 
 RewardModel load_reward_model(const std::string& dir) {
   RewardModel rm;
-  rm.model = load_hf_model(dir);
+  rm.model = load_hf_model(dir, /*num_labels=*/-1, QuantizedModels::load_frozen);
   check(rm.model->config.num_labels == 1,
         dir + ": not a reward model (num_labels " + std::to_string(rm.model->config.num_labels) +
             "; expected a ...ForSequenceClassification with num_labels 1)");

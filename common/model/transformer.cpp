@@ -121,6 +121,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                                      KVCache* cache, int64_t layer) {
   const int64_t batch = x.size(0), length = x.size(1);
   const auto input = dist::copy_to_tensor_parallel(x, tp);  // column-parallel q/k/v
+  if (observer != nullptr) (*observer)(ProjectionInput::attention, input);
   std::vector<torch::Tensor> biases;
   if (q_proj->bias.defined()) biases = {q_proj->bias, k_proj->bias, v_proj->bias};
   const auto qkv = project(input, {q_proj->weight, k_proj->weight, v_proj->weight}, biases);
@@ -156,6 +157,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   auto out = attention(q, repeat_kv(k, rep).to(q.scalar_type()),
                        repeat_kv(v, rep).to(q.scalar_type()), allowed);
   out = out.transpose(1, 2).reshape({batch, length, n_heads * head_dim});
+  if (observer != nullptr) (*observer)(ProjectionInput::attention_output, out);
   // Row-parallel o_proj: each rank's partial product, summed over the group.
   return dist::reduce_from_tensor_parallel(
       adapted(lora, layer_index, "o_proj", project(out, o_proj->weight), out), tp);
@@ -177,10 +179,12 @@ void MLPImpl::fuse_projections() {
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
   const auto input = dist::copy_to_tensor_parallel(x, tp);  // column-parallel gate/up
+  if (observer != nullptr) (*observer)(ProjectionInput::mlp, input);
   const auto gate_up = project(input, {gate_proj->weight, up_proj->weight}, {});
   const auto gate = adapted(lora, layer_index, "gate_proj", gate_up[0], input);
   const auto up = adapted(lora, layer_index, "up_proj", gate_up[1], input);
   const auto hidden = F::silu(gate) * up;
+  if (observer != nullptr) (*observer)(ProjectionInput::mlp_hidden, hidden);
   // Row-parallel down_proj, as o_proj.
   return dist::reduce_from_tensor_parallel(
       adapted(lora, layer_index, "down_proj", project(hidden, down_proj->weight), hidden), tp);

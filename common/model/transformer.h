@@ -10,6 +10,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
+
 #include "common/dist/process_group.h"
 #include "common/model/kv_cache.h"
 #include "common/model/model_config.h"
@@ -17,6 +19,12 @@
 namespace tiller {
 
 struct LoraAdaptersImpl;
+struct QuantizedWeights;
+
+// The inputs of a layer's projections, for calibration (tiller quantize's GPTQ): what q/k/v,
+// o_proj, gate/up and down_proj multiply.
+enum class ProjectionInput { attention, attention_output, mlp, mlp_hidden };
+using ProjectionObserver = std::function<void(ProjectionInput, const torch::Tensor&)>;
 
 struct RMSNormImpl : torch::nn::Module {
   RMSNormImpl(int64_t dim, double eps);
@@ -50,6 +58,7 @@ struct AttentionImpl : torch::nn::Module {
   dist::Group tp;
   const LoraAdaptersImpl* lora = nullptr;  // the model's adapters (common/model/lora.h), if any
   int64_t layer_index = 0;
+  const ProjectionObserver* observer = nullptr;  // set only while calibrating
 };
 TORCH_MODULE(Attention);
 
@@ -62,6 +71,7 @@ struct MLPImpl : torch::nn::Module {
   dist::Group tp;
   const LoraAdaptersImpl* lora = nullptr;
   int64_t layer_index = 0;
+  const ProjectionObserver* observer = nullptr;  // set only while calibrating
 };
 TORCH_MODULE(MLP);
 
@@ -150,6 +160,9 @@ struct TransformerImpl : torch::nn::Module {
   torch::nn::Linear score{nullptr};
   // LoRA adapters (attach_lora in common/model/lora.h), registered as the submodule "lora".
   std::shared_ptr<LoraAdaptersImpl> lora;
+  // A quantised model's packed weights (common/model/quantized.h), which the fast decode step
+  // multiplies by; its parameters hold the same weights dequantised. Null for a full model.
+  std::shared_ptr<const QuantizedWeights> quantized;
 };
 TORCH_MODULE(Transformer);
 

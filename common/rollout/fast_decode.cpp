@@ -1,6 +1,7 @@
 #include "common/rollout/fast_decode.h"
 
 #include "common/model/lora.h"
+#include "common/model/quantized.h"
 
 #include <cblas.h>
 
@@ -101,9 +102,11 @@ bool FastDecoder::supports(TransformerImpl& model, const KVCache& cache) {
          static_cast<int64_t>(cache.keys.size()) == model.config.num_hidden_layers;
 }
 
-FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache, decode_kernels::Isa isa)
+FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache, decode_kernels::Isa isa,
+                         quant_kernels::Isa quant_isa)
     : cache_(cache),
       isa_(isa),
+      quant_isa_(quant_isa),
       batch_(cache.batch()),
       dim_(model.config.hidden_size),
       hidden_(model.config.intermediate_size),
@@ -113,27 +116,37 @@ FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache, decode_kernels:
       vocab_(model.config.vocab_size),
       eps_(static_cast<float>(model.config.rms_norm_eps)) {
   check(supports(model, cache), "FastDecoder: the model or its KV cache is not supported");
-  check(decode_kernels::supported(isa), "FastDecoder: this CPU lacks the instructions asked for");
+  check(decode_kernels::supported(isa) && quant_kernels::supported(quant_isa),
+        "FastDecoder: this CPU lacks the instructions asked for");
   DecoderImpl& body = *model.model;
+  // Each weight by its Hugging Face name: the packed matrix where the model is quantised.
+  auto weight = [&](const std::string& name, const torch::Tensor& dense) {
+    const QuantizedMatrix* packed = model.quantized ? model.quantized->find(name) : nullptr;
+    check(packed == nullptr || (packed->rows == dense.size(0) && packed->cols == dense.size(1)),
+          "FastDecoder: the packed " + name + " does not match the weight's shape");
+    return Weight{data_of(dense), packed};
+  };
   embedding_ = data_of(body.embed_tokens->weight);
   final_norm_ = data_of(body.norm->weight);
-  lm_head_ = model.lm_head ? data_of(model.lm_head->weight) : embedding_;
+  lm_head_ = model.lm_head ? weight("lm_head.weight", model.lm_head->weight)
+                           : weight("model.embed_tokens.weight", body.embed_tokens->weight);
   for (size_t l = 0; l < body.layer_list.size(); ++l) {
     DecoderLayerImpl& layer = *body.layer_list[l];
     AttentionImpl& att = *layer.self_attn;
     MLPImpl& mlp = *layer.mlp;
+    const std::string prefix = "model.layers." + std::to_string(l) + ".";
     layers_.push_back({data_of(layer.input_layernorm->weight),
                        data_of(layer.post_attention_layernorm->weight),
-                       data_of(att.q_proj->weight),
-                       data_of(att.k_proj->weight),
-                       data_of(att.v_proj->weight),
-                       data_of(att.o_proj->weight),
+                       weight(prefix + "self_attn.q_proj.weight", att.q_proj->weight),
+                       weight(prefix + "self_attn.k_proj.weight", att.k_proj->weight),
+                       weight(prefix + "self_attn.v_proj.weight", att.v_proj->weight),
+                       weight(prefix + "self_attn.o_proj.weight", att.o_proj->weight),
                        data_or_null(att.q_proj->bias),
                        data_or_null(att.k_proj->bias),
                        data_or_null(att.v_proj->bias),
-                       data_of(mlp.gate_proj->weight),
-                       data_of(mlp.up_proj->weight),
-                       data_of(mlp.down_proj->weight),
+                       weight(prefix + "mlp.gate_proj.weight", mlp.gate_proj->weight),
+                       weight(prefix + "mlp.up_proj.weight", mlp.up_proj->weight),
+                       weight(prefix + "mlp.down_proj.weight", mlp.down_proj->weight),
                        cache.keys[l].data_ptr<float>(),
                        cache.values[l].data_ptr<float>(),
                        /*adapters, set below:*/ {},
@@ -191,6 +204,13 @@ void FastDecoder::add_low_rank(const LowRank& adapter, const float* in, int64_t 
   linear(isa_, low_.data(), batch_, lora_rank_, adapter.b, nullptr, n, out, true);
 }
 
+void FastDecoder::project(const float* in, int64_t k, const Weight& weight, const float* bias,
+                          int64_t n, float* out, bool accumulate) {
+  if (weight.quantized != nullptr)
+    return quant_kernels::matmul(quant_isa_, *weight.quantized, in, batch_, bias, out, accumulate);
+  linear(isa_, in, batch_, k, weight.dense, bias, n, out, accumulate);
+}
+
 // Scaled dot-product attention of each row's query heads (q: [B, H, hd]) over the cached slots
 // [0, slot] that mask_bias_ lets it see; out: [B, H, hd]. Query heads h of one group (h / (H / KV)
 // the same, as repeat_kv lays them out) share their key/value head, so they go together.
@@ -234,9 +254,9 @@ torch::Tensor FastDecoder::step(const torch::Tensor& tokens, const torch::Tensor
   }
   for (const Layer& layer : layers_) {
     rms_norm(x_.data(), layer.input_norm, batch_, dim_, eps_, xn_.data());
-    linear(isa_, xn_.data(), batch_, dim_, layer.q, layer.q_bias, q_width, q_.data(), false);
-    linear(isa_, xn_.data(), batch_, dim_, layer.k, layer.k_bias, kv_width, k_.data(), false);
-    linear(isa_, xn_.data(), batch_, dim_, layer.v, layer.v_bias, kv_width, v_.data(), false);
+    project(xn_.data(), dim_, layer.q, layer.q_bias, q_width, q_.data(), false);
+    project(xn_.data(), dim_, layer.k, layer.k_bias, kv_width, k_.data(), false);
+    project(xn_.data(), dim_, layer.v, layer.v_bias, kv_width, v_.data(), false);
     add_low_rank(layer.q_lora, xn_.data(), dim_, q_width, q_.data());
     add_low_rank(layer.k_lora, xn_.data(), dim_, kv_width, k_.data());
     add_low_rank(layer.v_lora, xn_.data(), dim_, kv_width, v_.data());
@@ -252,21 +272,20 @@ torch::Tensor FastDecoder::step(const torch::Tensor& tokens, const torch::Tensor
       }
     }
     attention(q_.data(), layer, slot, att_.data());
-    linear(isa_, att_.data(), batch_, q_width, layer.o, nullptr, dim_, x_.data(), true);
+    project(att_.data(), q_width, layer.o, nullptr, dim_, x_.data(), true);
     add_low_rank(layer.o_lora, att_.data(), q_width, dim_, x_.data());
     rms_norm(x_.data(), layer.post_attention_norm, batch_, dim_, eps_, xn_.data());
-    linear(isa_, xn_.data(), batch_, dim_, layer.gate, nullptr, hidden_, gate_.data(), false);
-    linear(isa_, xn_.data(), batch_, dim_, layer.up, nullptr, hidden_, up_.data(), false);
+    project(xn_.data(), dim_, layer.gate, nullptr, hidden_, gate_.data(), false);
+    project(xn_.data(), dim_, layer.up, nullptr, hidden_, up_.data(), false);
     add_low_rank(layer.gate_lora, xn_.data(), dim_, hidden_, gate_.data());
     add_low_rank(layer.up_lora, xn_.data(), dim_, hidden_, up_.data());
     decode_kernels::silu_mul(isa_, gate_.data(), up_.data(), batch_ * hidden_);
-    linear(isa_, gate_.data(), batch_, hidden_, layer.down, nullptr, dim_, x_.data(), true);
+    project(gate_.data(), hidden_, layer.down, nullptr, dim_, x_.data(), true);
     add_low_rank(layer.down_lora, gate_.data(), hidden_, dim_, x_.data());
   }
   rms_norm(x_.data(), final_norm_, batch_, dim_, eps_, xn_.data());
   auto logits = torch::empty({batch_, vocab_}, torch::kFloat);
-  linear(isa_, xn_.data(), batch_, dim_, lm_head_, nullptr, vocab_, logits.data_ptr<float>(),
-         false);
+  project(xn_.data(), dim_, lm_head_, nullptr, vocab_, logits.data_ptr<float>(), false);
   ++cache_.length;
   return logits;
 }

@@ -6,7 +6,8 @@
 // prefill and this step share one cache. Same computation as TransformerImpl::hidden + logits with
 // one query per row; results differ from it by float rounding only (the sums run in another order).
 // Active LoRA adapters (common/model/lora.h) are applied as the torch path applies them, without
-// dropout (generation).
+// dropout (generation). A quantised model's projections (TransformerImpl::quantized) multiply by
+// the packed int8/int4 weights directly (common/rollout/quant_kernels.h).
 #pragma once
 #include <torch/torch.h>
 
@@ -14,6 +15,7 @@
 
 #include "common/model/transformer.h"
 #include "common/rollout/decode_kernels.h"
+#include "common/rollout/quant_kernels.h"
 
 namespace tiller {
 
@@ -27,7 +29,8 @@ class FastDecoder {
   // their storage (no .to(), no set_data) while it is used. `isa` picks the attention and SiLU
   // loops (the tests run each set this CPU supports).
   FastDecoder(TransformerImpl& model, KVCache& cache,
-              decode_kernels::Isa isa = decode_kernels::best_isa());
+              decode_kernels::Isa isa = decode_kernels::best_isa(),
+              quant_kernels::Isa quant_isa = quant_kernels::best_isa());
 
   // Feeds tokens[b] ([B] int64) at rotary position positions[b] ([B] int64) into slot
   // cache.length of every row, attending to the slots [0, cache.length] that cache.key_valid
@@ -40,11 +43,16 @@ class FastDecoder {
     const float* a = nullptr;
     const float* b = nullptr;
   };
+  // A projection's weight: [out, in] as torch::nn::Linear stores it, or its packed form.
+  struct Weight {
+    const float* dense = nullptr;
+    const QuantizedMatrix* quantized = nullptr;
+  };
   struct Layer {
     const float *input_norm, *post_attention_norm;
-    const float *q, *k, *v, *o;             // [out, in], as torch::nn::Linear stores them
+    Weight q, k, v, o;
     const float *q_bias, *k_bias, *v_bias;  // nullptr without attention_bias
-    const float *gate, *up, *down;
+    Weight gate, up, down;
     float *keys, *values;  // cache: [B, KV, capacity, head_dim]
     LowRank q_lora, k_lora, v_lora, o_lora, gate_lora, up_lora, down_lora;
   };
@@ -54,13 +62,18 @@ class FastDecoder {
 
   void attention(const float* q, const Layer& layer, int64_t slot, float* out);
 
+  // out[B, n] = in[B, k] · weightᵀ + bias, or += that when `accumulate`.
+  void project(const float* in, int64_t k, const Weight& weight, const float* bias, int64_t n,
+               float* out, bool accumulate);
+
   KVCache& cache_;
   const decode_kernels::Isa isa_;
+  const quant_kernels::Isa quant_isa_;
   const int64_t batch_, dim_, hidden_, heads_, kv_heads_, head_dim_, vocab_;
   const float eps_;
   const float* embedding_;
   const float* final_norm_;
-  const float* lm_head_;  // the embedding when tied
+  Weight lm_head_;  // the embedding when tied
   std::vector<Layer> layers_;
   int64_t lora_rank_ = 0;
   float lora_scale_ = 0;
