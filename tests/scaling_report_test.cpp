@@ -135,7 +135,8 @@ TEST(ScalingReport, ChartsShowEveryRunTheFittedCurvesAndTheForecast) {
   options.predict_n = 3e9;
   options.predict_d = 6e10;
   const scaling::ScalingAnalysis analysis = scaling::analyze_runs(table, options);
-  const scaling::LossLaw& law = analysis.fit.law;
+  ASSERT_TRUE(analysis.chinchilla);
+  const scaling::LossLaw& law = analysis.chinchilla->fit.law;
 
   const auto paths = write_scaling_charts(render_scaling_charts(table, &analysis), dir + "/charts");
   ASSERT_EQ(paths.size(), 3u);
@@ -214,7 +215,9 @@ TEST(ScalingReport, ReportOfASweepDirectoryHasAScalingSection) {
   EXPECT_TRUE(is_sweep_directory(dir));
   const std::string page = render_run_report(dir);
   EXPECT_NE(page.find("<h2>Scaling</h2>"), std::string::npos);
-  EXPECT_EQ(count(page, "<tr>"), 1u + 15u + 8u);  // runs header and rows; the fit table
+  // Runs header and rows; the fit table; Kaplan's table (header, L(N), L(D), L(C), the two terms
+  // of L(N, D)).
+  EXPECT_EQ(count(page, "<tr>"), 1u + 15u + 8u + 6u);
   EXPECT_NE(page.find("<th>lr</th>"), std::string::npos);
   EXPECT_NE(page.find(">p14</td>"), std::string::npos);
   EXPECT_NE(page.find("&alpha;"), std::string::npos);
@@ -227,7 +230,8 @@ TEST(ScalingReport, ReportOfASweepDirectoryHasAScalingSection) {
   std::ofstream(small + "/runs.jsonl") << "{\"N\": 1e7, \"D\": 1e9, \"loss\": 3.2}\n"
                                        << "{\"N\": 1e8, \"D\": 1e9, \"loss\": 3.0}\n";
   const std::string partial = render_run_report(small);
-  EXPECT_NE(partial.find("No Chinchilla fit"), std::string::npos);
+  EXPECT_NE(partial.find("No scaling fit: "), std::string::npos);
+  EXPECT_NE(partial.find("2 runs: too few to fit any law"), std::string::npos);
   EXPECT_NE(partial.find("data-chart=\"loss_vs_C\""), std::string::npos);
 
   // `tiller report` on it.

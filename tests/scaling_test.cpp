@@ -45,6 +45,12 @@ void expect_within(const Interval& i, double truth, const char* name) {
   EXPECT_GE(i.high, truth) << name << " = " << i.value;
 }
 
+const LawForecast* forecast_of(const ScalingAnalysis& analysis, const std::string& law) {
+  for (const LawForecast& f : analysis.forecasts)
+    if (f.law == law) return &f;
+  return nullptr;
+}
+
 }  // namespace
 
 TEST(ScalingFit, ReproducesTheChinchillaReplicationOnFigure4Data) {
@@ -64,25 +70,28 @@ TEST(ScalingFit, ReproducesTheChinchillaReplicationOnFigure4Data) {
   EXPECT_EQ(analysis.runs_used, 240u);
   EXPECT_EQ(analysis.excluded_lines.size(), 5u);
   // Epoch AI's grid fit (Besiroglu et al. 2024), as the data README gives it.
-  const LossLaw& law = analysis.fit.law;
+  ASSERT_TRUE(analysis.chinchilla);
+  EXPECT_EQ(analysis.design, Design::kNAndD);
+  const ChinchillaResult& chinchilla = *analysis.chinchilla;
+  const LossLaw& law = chinchilla.fit.law;
   EXPECT_NEAR(law.A, 477.8, 0.02 * 477.8);
   EXPECT_NEAR(law.B, 2143.9, 0.02 * 2143.9);
   EXPECT_NEAR(law.E, 1.8172, 0.02 * 1.8172);
   EXPECT_NEAR(law.alpha, 0.3473, 0.02 * 0.3473);
   EXPECT_NEAR(law.beta, 0.3672, 0.02 * 0.3672);
-  EXPECT_NEAR(analysis.a.value, 0.3672 / (0.3473 + 0.3672), 0.01);
+  EXPECT_NEAR(chinchilla.a.value, 0.3672 / (0.3473 + 0.3672), 0.01);
 
-  ASSERT_EQ(analysis.compute_optimal.size(), 4u);
-  for (const BudgetAllocation& c : analysis.compute_optimal) {
+  ASSERT_EQ(chinchilla.compute_optimal.size(), 4u);
+  for (const BudgetAllocation& c : chinchilla.compute_optimal) {
     const double ratio = c.tokens_per_parameter.value;
     EXPECT_TRUE(std::isfinite(ratio) && ratio > 0) << "C = " << c.compute;
     // The allocation spends the whole budget: C = 6 N_opt D_opt.
     EXPECT_NEAR(6 * c.n_opt.value * c.d_opt.value / c.compute, 1.0, 1e-9);
   }
   // Tokens per parameter stay near Chinchilla's ~20 and fall slowly with compute (a > b).
-  EXPECT_NEAR(analysis.compute_optimal[0].tokens_per_parameter.value, 21.4, 0.5);
-  EXPECT_GT(analysis.compute_optimal[0].tokens_per_parameter.value,
-            analysis.compute_optimal[3].tokens_per_parameter.value);
+  EXPECT_NEAR(chinchilla.compute_optimal[0].tokens_per_parameter.value, 21.4, 0.5);
+  EXPECT_GT(chinchilla.compute_optimal[0].tokens_per_parameter.value,
+            chinchilla.compute_optimal[3].tokens_per_parameter.value);
 
   const nlohmann::json j = to_json(analysis);
   for (const char* key : {"E", "A", "B", "alpha", "beta", "a", "b"}) {
@@ -124,22 +133,25 @@ TEST(ScalingFit, RecoversAKnownLawFromNoisySyntheticRuns) {
   options.predict_n = 1e11;
   options.predict_d = 2e12;
   const ScalingAnalysis analysis = analyze_runs(table, options);
-  expect_within(analysis.E, truth.E, "E");
-  expect_within(analysis.A, truth.A, "A");
-  expect_within(analysis.B, truth.B, "B");
-  expect_within(analysis.alpha, truth.alpha, "alpha");
-  expect_within(analysis.beta, truth.beta, "beta");
-  expect_within(analysis.a, truth.n_exponent(), "a");
-  EXPECT_NEAR(analysis.E.value, truth.E, 0.05);
-  EXPECT_NEAR(analysis.alpha.value, truth.alpha, 0.03);
-  EXPECT_NEAR(analysis.beta.value, truth.beta, 0.03);
-  EXPECT_NEAR(std::log(analysis.A.value / truth.A), 0, 0.3);
-  EXPECT_NEAR(std::log(analysis.B.value / truth.B), 0, 0.3);
+  ASSERT_TRUE(analysis.chinchilla);
+  const ChinchillaResult& fit = *analysis.chinchilla;
+  expect_within(fit.E, truth.E, "E");
+  expect_within(fit.A, truth.A, "A");
+  expect_within(fit.B, truth.B, "B");
+  expect_within(fit.alpha, truth.alpha, "alpha");
+  expect_within(fit.beta, truth.beta, "beta");
+  expect_within(fit.a, truth.n_exponent(), "a");
+  EXPECT_NEAR(fit.E.value, truth.E, 0.05);
+  EXPECT_NEAR(fit.alpha.value, truth.alpha, 0.03);
+  EXPECT_NEAR(fit.beta.value, truth.beta, 0.03);
+  EXPECT_NEAR(std::log(fit.A.value / truth.A), 0, 0.3);
+  EXPECT_NEAR(std::log(fit.B.value / truth.B), 0, 0.3);
   // The forecast beyond the data brackets the true loss there, within 1%.
-  ASSERT_TRUE(analysis.forecast);
+  const LawForecast* forecast = forecast_of(analysis, "chinchilla");
+  ASSERT_TRUE(forecast);
   const double at_forecast = truth.loss(1e11, 2e12);
-  expect_within(analysis.forecast->loss, at_forecast, "forecast");
-  EXPECT_NEAR(analysis.forecast->loss.value / at_forecast, 1.0, 0.01);
+  expect_within(forecast->loss, at_forecast, "forecast");
+  EXPECT_NEAR(forecast->loss.value / at_forecast, 1.0, 0.01);
 }
 
 TEST(ScalingFit, TheGridFitIsExactOnNoiselessData) {
@@ -251,15 +263,59 @@ TEST(ScalingFit, PercentileInterpolatesLikeNumPy) {
   EXPECT_TRUE(std::isnan(percentile({}, 50)));
 }
 
-TEST(ScalingFit, RejectsOptionsAndTablesItCannotFit) {
-  RunsTable only_c = csv("C,loss\n1e18,3\n1e19,2.9\n");
-  EXPECT_NE(test::error_of([&] { analyze_runs(only_c); }).find("needs N and D"), std::string::npos);
-  RunsTable few = csv("N,D,loss\n1e6,1e9,3\n2e6,1e9,2.9\n4e6,2e9,2.8\n");
-  EXPECT_NE(test::error_of([&] { analyze_runs(few); }).find("at least 6"), std::string::npos);
-  ScalingOptions half_forecast;
-  half_forecast.predict_n = 1e9;
-  EXPECT_NE(test::error_of([&] { analyze_runs(few, half_forecast); }).find("--predict-d"),
-            std::string::npos);
+TEST(ScalingFit, RejectsOptionsAndTablesItCannotFitInOneLine) {
+  auto error = [](const std::string& text, const ScalingOptions& options = {}) {
+    return test::error_of([&] { analyze_runs(csv(text), options); });
+  };
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,3\n"),
+            "runs.csv: 1 run: too few to fit any law (the smallest, Kaplan's L(X), needs at least "
+            "3)");
+  EXPECT_EQ(error("C,loss\n1e18,3\n1e19,2.9\n"),
+            "runs.csv: 2 runs: too few to fit any law (the smallest, Kaplan's L(X), needs at least "
+            "3)");
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,3\n2e6,1e9,2.9\n4e6,2e9,2.8\n"),
+            "runs.csv: 3 runs: Chinchilla's L(N, D) has 5 parameters and needs at least 6 runs");
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,3\n2e6,1e9,2.9\n4e6,1e9,2.8\n"),
+            "runs.csv: 3 runs: L(N) = E + A/N^alpha has 3 parameters and needs at least 4 runs");
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,3\n1e6,2e9,2.9\n1e6,4e9,2.8\n"),
+            "runs.csv: 3 runs: L(D) = E + B/D^beta has 3 parameters and needs at least 4 runs");
+  ScalingOptions exclude;
+  exclude.exclude_highest_loss = 2;
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,3\n2e6,1e9,2.9\n4e6,1e9,2.8\n8e6,1e9,2.7\n", exclude),
+            "runs.csv: 2 runs (2 excluded): too few to fit any law (the smallest, Kaplan's L(X), "
+            "needs at least 3)");
+  exclude.exclude_highest_loss = 4;
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,3\n2e6,1e9,2.9\n4e6,1e9,2.8\n8e6,1e9,2.7\n", exclude),
+            "scaling fit: 4 runs, --exclude-highest-loss 4 would leave none");
+  // D within 1% counts as one value: nothing varies.
+  EXPECT_EQ(error("N,D,loss\n1e6,1e9,3\n1e6,1.005e9,2.9\n1e6,1e9,2.8\n1e6,1e9,2.7\n"),
+            "runs.csv: N (1e+06) and D (1e+09) are each the same in all 4 runs (within 1%): no law "
+            "can be fitted; a sweep must vary N or D");
+  EXPECT_EQ(error("C,loss\n1e18,3\n1e18,2.9\n1e18,2.8\n"),
+            "runs.csv: C is the same (1e+18) in all 3 runs: no law can be fitted");
+  EXPECT_EQ(error("N,loss\n1e6,3\n2e6,2.9\n4e6,2.8\n"),
+            "runs.csv: the fits need N and D for every run (columns for two of N, D and C; see "
+            "--n-col, --d-col, --c-col), or C alone for Kaplan's L(C)");
+
+  const std::string sweep = "N,D,loss\n1e6,1e9,3\n2e6,1e9,2.9\n4e6,1e9,2.8\n8e6,1e9,2.7\n";
+  ScalingOptions negative;
+  negative.predict_n = -1;
+  EXPECT_EQ(error(sweep, negative),
+            "scaling fit: --predict-n must be a positive finite number, got -1");
+  ScalingOptions zero_c;
+  zero_c.predict_c = 0;
+  EXPECT_EQ(error(sweep, zero_c), "scaling fit: --predict-c must be a positive finite number, got 0");
+  ScalingOptions both;
+  both.holdout_largest = true;
+  both.predict_d = 1e9;
+  EXPECT_EQ(error(sweep, both),
+            "scaling fit: --holdout-largest forecasts the largest run itself; leave out "
+            "--predict-*");
+  // The holdout leaves one run fewer: four runs are then too few for L(N).
+  ScalingOptions holdout;
+  holdout.holdout_largest = true;
+  EXPECT_EQ(error(sweep, holdout),
+            "runs.csv: 3 runs: L(N) = E + A/N^alpha has 3 parameters and needs at least 4 runs");
 }
 
 // ---------------------------------------------------------------------------------------------
