@@ -38,7 +38,8 @@ void run_scaling_fit(ScalingFitArgs args) {
   const scaling::RunsTable table = scaling::read_runs(args.path, args.columns);
   const scaling::RunsColumns& c = args.columns;
   check((table.has_n && table.has_d) || (table.has_c && !table.has_n && !table.has_d),
-        args.path + ": the fits need N and D, or C with one of them (C alone: Kaplan's L(C)); found " +
+        args.path +
+            ": the fits need N and D, or C with one of them (C alone: Kaplan's L(C)); found " +
             (table.has_n ? "" : "no '" + c.n + "' (--n-col), ") +
             (table.has_d ? "" : "no '" + c.d + "' (--d-col), ") +
             (table.has_c ? "a C column" : "no '" + c.c + "' (--c-col)"));

@@ -96,7 +96,7 @@ std::string render_chart(const scaling::RunsTable& table, const scaling::Scaling
   ChartSeries held_out{"held out (forecast target)", {}, {}, SeriesStyle::kHollowMarkers, {}, {}};
   double low = HUGE_VAL, high = 0;
   for (const Run& run : table.runs) {
-    ChartSeries& series = run.line == held_out_line ? held_out
+    ChartSeries& series = run.line == held_out_line  ? held_out
                           : excluded.count(run.line) ? left_out
                                                      : used;
     series.x.push_back(run.*axis.quantity);
@@ -166,7 +166,9 @@ std::string render_variable_chart(const scaling::RunsTable& table,
       if (k.variable == variable) kaplan = &k;
     for (const scaling::LawForecast& f : analysis->forecasts) {
       if (f.law == "chinchilla") chinchilla_forecast = &f;
-      const double x = variable == "N" ? f.n : variable == "D" ? f.d : f.c;
+      // Chinchilla's forecast sits on its compute-optimal chart at C = 6ND.
+      const double c = f.law == "chinchilla" ? 6 * f.n * f.d : f.c;
+      const double x = variable == "N" ? f.n : variable == "D" ? f.d : c;
       if (!std::isfinite(x) || f.law == "kaplan_ND") continue;  // Kaplan's L(N, D): no curve
       const bool main = f.law == "chinchilla" || f.law == "saturating";
       forecasts.push_back(
@@ -221,8 +223,8 @@ std::string render_fit_tables(const scaling::ScalingAnalysis& analysis) {
   std::string out = "<ul class=\"notes\">";
   for (const std::string& note : analysis.notes) out += "<li>" + xml_escape(note) + "</li>";
   out += "</ul><p class=\"muted\">" + std::to_string(analysis.runs_used) + " runs; " +
-         xml_escape(scaling::interval_note(analysis.resamples, analysis.seed,
-                                           analysis.percentiles, "the runs")) +
+         xml_escape(scaling::interval_note(analysis.resamples, analysis.seed, analysis.percentiles,
+                                           "the runs")) +
          " (<code>tiller scaling fit</code> for more).</p>";
   const std::string header = "<tr><th>parameter</th><th>value</th><th>interval</th></tr>";
   if (const auto& c = analysis.chinchilla) {
@@ -247,12 +249,13 @@ std::string render_fit_tables(const scaling::ScalingAnalysis& analysis) {
            parameter_row(along_n ? "&alpha;" : "&beta;", s->alpha) + "</table>";
   }
   if (!analysis.kaplan.empty() || analysis.kaplan_joint) {
-    out += "<h3>Kaplan power laws</h3><table class=\"kaplan\"><tr><th>law</th><th>exponent</th>"
-           "<th>interval</th><th>scale</th><th>interval</th></tr>";
+    out +=
+        "<h3>Kaplan power laws</h3><table class=\"kaplan\"><tr><th>law</th><th>exponent</th>"
+        "<th>interval</th><th>scale</th><th>interval</th></tr>";
     auto row = [&](const std::string& law, const scaling::Interval& exponent,
                    const scaling::Interval& scale) {
-      out += "<tr><td>" + law + "</td>" + interval_cells(exponent) + interval_cells(scale) +
-             "</tr>";
+      out +=
+          "<tr><td>" + law + "</td>" + interval_cells(exponent) + interval_cells(scale) + "</tr>";
     };
     for (const scaling::KaplanLaw& k : analysis.kaplan)
       row("L(" + k.variable + ") = (" + k.variable + "<sub>c</sub>/" + k.variable +

@@ -88,8 +88,7 @@ void check_options(const ScalingOptions& options) {
           "scaling fit: --predict-" + std::string(1, char(std::tolower(v.name[0]))) +
               " must be a positive finite number, got " + (value ? number(*value) : ""));
   }
-  check(!options.holdout_largest ||
-            !(options.predict_n || options.predict_d || options.predict_c),
+  check(!options.holdout_largest || !(options.predict_n || options.predict_d || options.predict_c),
         "scaling fit: --holdout-largest forecasts the largest run itself; leave out --predict-*");
   check(options.fit.huber_delta > 0, "scaling fit: the Huber delta must be positive");
 }
@@ -110,9 +109,9 @@ ScalingAnalysis analysis_settings(const RunsTable& table, const ScalingOptions& 
 // left out are appended to excluded_lines, highest loss first.
 std::vector<Run> runs_without_highest_loss(const RunsTable& table, size_t excluded,
                                            std::vector<int64_t>& excluded_lines) {
-  check(excluded < table.runs.size(),
-        "scaling fit: " + std::to_string(table.runs.size()) + " runs, --exclude-highest-loss " +
-            std::to_string(excluded) + " would leave none");
+  check(excluded < table.runs.size(), "scaling fit: " + std::to_string(table.runs.size()) +
+                                          " runs, --exclude-highest-loss " +
+                                          std::to_string(excluded) + " would leave none");
   std::vector<size_t> by_loss(table.runs.size());
   std::iota(by_loss.begin(), by_loss.end(), 0);
   std::stable_sort(by_loss.begin(), by_loss.end(),
@@ -235,9 +234,8 @@ BootstrapRefits refit_bootstrap_resamples(const Observations& observations, cons
               .law;
     if (full.kaplan_joint)
       refits.kaplan_joint[r] =
-          fit_kaplan_joint(sample,
-                           refit_starts(full.kaplan_joint->parameters, full.kaplan_joint->start),
-                           refit)
+          fit_kaplan_joint(
+              sample, refit_starts(full.kaplan_joint->parameters, full.kaplan_joint->start), refit)
               .law;
     for (size_t v = 0; v < log_x.size(); ++v)
       refits.kaplan[v][r] = fit_power_law(sample_log_x[v], sample.log_loss);
@@ -353,15 +351,15 @@ std::vector<KaplanLaw> kaplan_results(const KaplanFits& fits, const BootstrapRef
 }
 
 // Each fitted law's forecast at the asked point, with notes for asked values no law takes.
-void add_forecasts(ScalingAnalysis& analysis, const ScalingOptions& options,
-                   const FullFits& full, const KaplanFits& kaplan, const BootstrapRefits& refits) {
+void add_forecasts(ScalingAnalysis& analysis, const ScalingOptions& options, const FullFits& full,
+                   const KaplanFits& kaplan, const BootstrapRefits& refits) {
   const std::optional<double> n = options.predict_n, d = options.predict_d, c = options.predict_c;
   const PercentileRange& range = options.percentiles;
   bool took_n = false, took_d = false, took_c = false;
   if (n && d && full.chinchilla) {
-    LawForecast f{"chinchilla", *n, *d, 6 * *n * *d, {}};
-    f.loss = LawIntervals<LossLaw>(full.chinchilla->law, refits.chinchilla, range)(
-        [&](const LossLaw& l) { return l.loss(*n, *d); });
+    LawForecast f{"chinchilla", *n, *d, NAN, {}};
+    f.loss = LawIntervals<LossLaw>(full.chinchilla->law, refits.chinchilla,
+                                   range)([&](const LossLaw& l) { return l.loss(*n, *d); });
     analysis.forecasts.push_back(f);
     took_n = took_d = true;
   }
@@ -377,9 +375,9 @@ void add_forecasts(ScalingAnalysis& analysis, const ScalingOptions& options,
     }
   }
   for (const KaplanLaw& law : analysis.kaplan) {
-    const KaplanVariable& v = *std::find_if(
-        std::begin(kKaplanVariables), std::end(kKaplanVariables),
-        [&](const KaplanVariable& k) { return k.name == law.variable; });
+    const KaplanVariable& v =
+        *std::find_if(std::begin(kKaplanVariables), std::end(kKaplanVariables),
+                      [&](const KaplanVariable& k) { return k.name == law.variable; });
     const std::optional<double>& x = options.*v.predict;
     if (!x) continue;
     const size_t index = size_t(&law - analysis.kaplan.data());
@@ -388,8 +386,8 @@ void add_forecasts(ScalingAnalysis& analysis, const ScalingOptions& options,
       if (fitted) samples.push_back(*fitted);
     LawForecast f{"kaplan_" + law.variable, NAN, NAN, NAN, {}};
     (law.variable == "N" ? f.n : law.variable == "D" ? f.d : f.c) = *x;
-    f.loss = LawIntervals<PowerLaw>(kaplan.full[index], samples, range)(
-        [&](const PowerLaw& p) { return p.loss(*x); });
+    f.loss = LawIntervals<PowerLaw>(kaplan.full[index], samples,
+                                    range)([&](const PowerLaw& p) { return p.loss(*x); });
     analysis.forecasts.push_back(f);
     (law.variable == "N" ? took_n : law.variable == "D" ? took_d : took_c) = true;
   }
@@ -448,7 +446,8 @@ ScalingAnalysis analyze_table(const RunsTable& table, const ScalingOptions& opti
     held_value = spread_of(runs, along_n ? &Run::d : &Run::n).mean;
     const std::vector<SaturatingParameters> grid = saturating_grid();
     saturating_starts = grid.size();
-    full.saturating = fit_saturating(full.saturating_log_x, observations.log_loss, grid, options.fit);
+    full.saturating =
+        fit_saturating(full.saturating_log_x, observations.log_loss, grid, options.fit);
   }
   const KaplanFits kaplan = fit_kaplan_laws(table, runs, observations.log_loss, analysis.notes);
 
@@ -474,11 +473,12 @@ Design choose_design(const RunsTable& table, const std::vector<Run>& runs, std::
   const std::string count = std::to_string(runs.size()) + " runs";
   if (!table.has_n || !table.has_d) {
     check(table.has_c && !table.has_n && !table.has_d,
-          table.source + ": the fits need N and D for every run (columns for two of N, D and C; "
-                         "see --n-col, --d-col, --c-col), or C alone for Kaplan's L(C)");
+          table.source +
+              ": the fits need N and D for every run (columns for two of N, D and C; "
+              "see --n-col, --d-col, --c-col), or C alone for Kaplan's L(C)");
     const Spread c = spread_of(runs, &Run::c);
-    check(!c.constant(), table.source + ": C is the same (" + number(c.mean) + ") in all " +
-                             count + ": no law can be fitted");
+    check(!c.constant(), table.source + ": C is the same (" + number(c.mean) + ") in all " + count +
+                             ": no law can be fitted");
     *note = "the table has C but not N or D: fitting Kaplan's L(C) alone";
     return Design::kC;
   }
@@ -536,14 +536,12 @@ ScalingAnalysis analyze_runs(const RunsTable& table, const ScalingOptions& optio
   analysis.notes.insert(analysis.notes.begin(),
                         "held out the largest run (line " + std::to_string(held_out.line) +
                             ", loss " + format_value("%.4g", held_out.loss) +
-                            ") and forecast it from the other " +
-                            std::to_string(rest.runs.size()));
+                            ") and forecast it from the other " + std::to_string(rest.runs.size()));
   // The notes on --predict-* the holdout set itself are not the user's to act on.
-  analysis.notes.erase(std::remove_if(analysis.notes.begin(), analysis.notes.end(),
-                                      [](const std::string& note) {
-                                        return note.rfind("--predict-", 0) == 0;
-                                      }),
-                       analysis.notes.end());
+  analysis.notes.erase(
+      std::remove_if(analysis.notes.begin(), analysis.notes.end(),
+                     [](const std::string& note) { return note.rfind("--predict-", 0) == 0; }),
+      analysis.notes.end());
   return analysis;
 }
 
@@ -603,7 +601,8 @@ nlohmann::json chinchilla_json(const ChinchillaResult& c) {
 
 nlohmann::json forecast_json(const ScalingAnalysis& analysis, const LawForecast& f) {
   nlohmann::json j = {{"law", f.law}, {"formula", law_name(analysis, f.law)}};
-  for (const auto& [key, value] : {std::pair<const char*, double>{"N", f.n}, {"D", f.d}, {"C", f.c}})
+  for (const auto& [key, value] :
+       {std::pair<const char*, double>{"N", f.n}, {"D", f.d}, {"C", f.c}})
     if (std::isfinite(value)) j[key] = value;
   j["loss"] = interval_json(f.loss);
   if (std::isfinite(f.actual)) {
@@ -642,37 +641,34 @@ nlohmann::json to_json(const ScalingAnalysis& analysis) {
   if (analysis.saturating) {
     const SaturatingResult& s = *analysis.saturating;
     const auto [coefficient, exponent] = saturating_names(s);
-    j["saturating"] = {{"variable", s.variable},
-                       {"held", s.held},
-                       {"held_value", s.held_value},
-                       {"E", interval_json(s.E)},
-                       {coefficient, interval_json(s.A)},
-                       {exponent, interval_json(s.alpha)},
-                       {"objective", s.fit.objective},
-                       {"grid_starts", s.grid_starts}};
+    j["saturating"] = {{"variable", s.variable},          {"held", s.held},
+                       {"held_value", s.held_value},      {"E", interval_json(s.E)},
+                       {coefficient, interval_json(s.A)}, {exponent, interval_json(s.alpha)},
+                       {"objective", s.fit.objective},    {"grid_starts", s.grid_starts}};
   }
   j["kaplan"] = nlohmann::json::object();
   for (const KaplanLaw& k : analysis.kaplan)
     j["kaplan"][k.variable] = {{"alpha", interval_json(k.alpha)}, {"X_c", interval_json(k.x_c)}};
   if (analysis.kaplan_joint) {
     const KaplanJointResult& k = *analysis.kaplan_joint;
-    j["kaplan_ND"] = {{"alpha_N", interval_json(k.alpha_n)},
-                      {"alpha_D", interval_json(k.alpha_d)},
-                      {"N_c", interval_json(k.n_c)},
-                      {"D_c", interval_json(k.d_c)},
-                      {"objective", k.fit.objective},
-                      {"grid_starts", k.grid_starts}};
+    j["kaplan_ND"] = {{"alpha_N", interval_json(k.alpha_n)}, {"alpha_D", interval_json(k.alpha_d)},
+                      {"N_c", interval_json(k.n_c)},         {"D_c", interval_json(k.d_c)},
+                      {"objective", k.fit.objective},        {"grid_starts", k.grid_starts}};
   }
   j["forecasts"] = nlohmann::json::array();
   for (const LawForecast& f : analysis.forecasts) {
     j["forecasts"].push_back(forecast_json(analysis, f));
     if (f.law == "chinchilla")  // as before the other laws had forecasts
-      j["forecast"] = {{"N", f.n}, {"D", f.d}, {"C", f.c}, {"loss", interval_json(f.loss)}};
+      j["forecast"] = {
+          {"N", f.n}, {"D", f.d}, {"C", 6 * f.n * f.d}, {"loss", interval_json(f.loss)}};
   }
   if (analysis.held_out) {
     const Run& r = *analysis.held_out;
-    j["holdout"] = {{"line", r.line}, {"N", number_or_null(r.n)}, {"D", number_or_null(r.d)},
-                    {"C", number_or_null(r.c)}, {"loss", r.loss}};
+    j["holdout"] = {{"line", r.line},
+                    {"N", number_or_null(r.n)},
+                    {"D", number_or_null(r.d)},
+                    {"C", number_or_null(r.c)},
+                    {"loss", r.loss}};
   }
   j["bootstrap"] = bootstrap_json(analysis.resamples, analysis.seed, analysis.percentiles);
   return j;
@@ -742,8 +738,8 @@ void kaplan_lines(Lines& out, const ScalingAnalysis& analysis) {
     const KaplanJointResult& k = *analysis.kaplan_joint;
     out.push_back("Kaplan L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D");
     out.push_back(huber_line(k.fit.objective, analysis.huber_delta, k.grid_starts));
-    parameter_lines(out,
-                    {{"alpha_N", &k.alpha_n}, {"alpha_D", &k.alpha_d}, {"N_c", &k.n_c}, {"D_c", &k.d_c}});
+    parameter_lines(
+        out, {{"alpha_N", &k.alpha_n}, {"alpha_D", &k.alpha_d}, {"N_c", &k.n_c}, {"D_c", &k.d_c}});
     out.push_back("");
   }
 }
@@ -753,15 +749,15 @@ void forecast_lines(Lines& out, const ScalingAnalysis& analysis) {
   const bool checked = analysis.held_out.has_value();
   if (checked) {
     const Run& r = *analysis.held_out;
-    out.push_back("Held-out largest run (line " + std::to_string(r.line) + "): N = " +
-                  format_value("%.4g", r.n) + ", D = " + format_value("%.4g", r.d) +
+    out.push_back("Held-out largest run (line " + std::to_string(r.line) +
+                  "): N = " + format_value("%.4g", r.n) + ", D = " + format_value("%.4g", r.d) +
                   ", C = " + format_value("%.4g", r.c) + ", loss " + format_value("%.4g", r.loss));
   }
   out.push_back(std::string(checked ? "Forecasts of it" : "Forecasts"));
-  out.push_back("  " + pad_right("law", 36) + pad("N", 10) + pad("D", 10) + pad("C", 10) + "  " +
+  out.push_back("  " + pad_right("law", 40) + pad("N", 10) + pad("D", 10) + pad("C", 10) + "  " +
                 pad_right("loss", 28) + (checked ? pad("actual", 8) + pad("error", 9) : ""));
   for (const LawForecast& f : analysis.forecasts)
-    out.push_back("  " + pad_right(law_name(analysis, f.law), 36) +
+    out.push_back("  " + pad_right(law_name(analysis, f.law), 40) +
                   pad(format_value("%.3g", f.n), 10) + pad(format_value("%.3g", f.d), 10) +
                   pad(format_value("%.3g", f.c), 10) + "  " +
                   pad_right(with_bounds("%.4g", f.loss), 28) +

@@ -144,9 +144,8 @@ double log_sum_exp(double u1, double u2, double* w1, double* w2) {
 }  // namespace
 
 MultistartFit minimize_from_starts(const Objective& objective,
-                                   const std::vector<std::vector<double>>& starts,
-                                   size_t run_count, const ChinchillaFitOptions& options,
-                                   const std::string& what) {
+                                   const std::vector<std::vector<double>>& starts, size_t run_count,
+                                   const ChinchillaFitOptions& options, const std::string& what) {
   // A fit whose residuals are all around 1e-7 (in log L) is as exact as losses are measured;
   // on data a law fits exactly, this stops the slow crawl of E towards 0 or of one term's scale.
   LbfgsOptions lbfgs = options.lbfgs;
@@ -169,8 +168,8 @@ MultistartFit minimize_from_starts(const Objective& objective,
 ChinchillaFit fit_chinchilla(const Observations& runs,
                              const std::vector<ChinchillaParameters>& starts,
                              const ChinchillaFitOptions& options) {
-  const Objective objective = array_objective<5>(
-      [&](const ChinchillaParameters& p, ChinchillaParameters* g) {
+  const Objective objective =
+      array_objective<5>([&](const ChinchillaParameters& p, ChinchillaParameters* g) {
         return chinchilla_objective(runs, p, options.huber_delta, g);
       });
   const MultistartFit best =
@@ -228,8 +227,8 @@ std::vector<SaturatingParameters> saturating_grid() {
 SaturatingFit fit_saturating(const std::vector<double>& log_x, const std::vector<double>& log_loss,
                              const std::vector<SaturatingParameters>& starts,
                              const ChinchillaFitOptions& options) {
-  const Objective objective = array_objective<3>(
-      [&](const SaturatingParameters& p, SaturatingParameters* g) {
+  const Objective objective =
+      array_objective<3>([&](const SaturatingParameters& p, SaturatingParameters* g) {
         return saturating_objective(log_x, log_loss, p, options.huber_delta, g);
       });
   const MultistartFit best = minimize_from_starts(objective, as_vectors(starts), log_x.size(),
@@ -247,8 +246,8 @@ SaturatingFit fit_saturating(const std::vector<double>& log_x, const std::vector
 
 double KaplanJointLaw::loss(double n, double d) const {
   double w1, w2;
-  const double s = log_sum_exp(alpha_n / alpha_d * (log_n_c - std::log(n)), log_d_c - std::log(d),
-                               &w1, &w2);
+  const double s =
+      log_sum_exp(alpha_n / alpha_d * (log_n_c - std::log(n)), log_d_c - std::log(d), &w1, &w2);
   return std::exp(alpha_d * s);
 }
 
@@ -293,8 +292,8 @@ std::vector<KaplanJointParameters> kaplan_joint_grid() {
 KaplanJointFit fit_kaplan_joint(const Observations& runs,
                                 const std::vector<KaplanJointParameters>& starts,
                                 const ChinchillaFitOptions& options) {
-  const Objective objective = array_objective<4>(
-      [&](const KaplanJointParameters& p, KaplanJointParameters* g) {
+  const Objective objective =
+      array_objective<4>([&](const KaplanJointParameters& p, KaplanJointParameters* g) {
         return kaplan_joint_objective(runs, p, options.huber_delta, g);
       });
   const MultistartFit best = minimize_from_starts(objective, as_vectors(starts), runs.size(),

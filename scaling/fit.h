@@ -77,9 +77,8 @@ struct MultistartFit {
 // of residuals about 1e-7 in log L on each of `run_count` runs. Throws tiller::Error naming `what`
 // when no start reaches a finite objective.
 MultistartFit minimize_from_starts(const Objective& objective,
-                                   const std::vector<std::vector<double>>& starts,
-                                   size_t run_count, const ChinchillaFitOptions& options,
-                                   const std::string& what);
+                                   const std::vector<std::vector<double>>& starts, size_t run_count,
+                                   const ChinchillaFitOptions& options, const std::string& what);
 
 struct ChinchillaFit {
   LossLaw law;
