@@ -6,6 +6,7 @@
 #include <functional>
 #include <numeric>
 #include <random>
+#include <set>
 #include <tuple>
 
 #include "common/util/error.h"
@@ -350,46 +351,50 @@ std::vector<KaplanLaw> kaplan_results(const KaplanFits& fits, const BootstrapRef
   return laws;
 }
 
+// The value asked of --predict-n, -d or -c (variable "N", "D" or "C").
+const std::optional<double>& asked_value(const ScalingOptions& options,
+                                         const std::string& variable) {
+  for (const KaplanVariable& v : kKaplanVariables)
+    if (v.name == variable) return options.*v.predict;
+  throw Error("scaling fit: no variable " + variable);
+}
+
 // Each fitted law's forecast at the asked point, with notes for asked values no law takes.
 void add_forecasts(ScalingAnalysis& analysis, const ScalingOptions& options, const FullFits& full,
-                   const KaplanFits& kaplan, const BootstrapRefits& refits) {
-  const std::optional<double> n = options.predict_n, d = options.predict_d, c = options.predict_c;
+                   const BootstrapRefits& refits) {
+  const std::optional<double> n = options.predict_n, d = options.predict_d;
   const PercentileRange& range = options.percentiles;
-  bool took_n = false, took_d = false, took_c = false;
+  std::set<std::string> taken;  // the variables some forecast used
   if (n && d && full.chinchilla) {
     LawForecast f{"chinchilla", *n, *d, NAN, {}};
     f.loss = LawIntervals<LossLaw>(full.chinchilla->law, refits.chinchilla,
                                    range)([&](const LossLaw& l) { return l.loss(*n, *d); });
     analysis.forecasts.push_back(f);
-    took_n = took_d = true;
+    taken.insert({"N", "D"});
   }
   if (full.saturating) {
-    const bool along_n = analysis.design == Design::kN;
-    const std::optional<double> x = along_n ? n : d;
-    if (x) {
-      LawForecast f{"saturating", along_n ? *x : NAN, along_n ? NAN : *x, NAN, {}};
+    const std::string& variable = analysis.saturating->variable;
+    if (const std::optional<double>& x = asked_value(options, variable)) {
+      LawForecast f{"saturating", variable == "N" ? *x : NAN, variable == "D" ? *x : NAN, NAN, {}};
       f.loss = LawIntervals<SaturatingLaw>(full.saturating->law, refits.saturating, range)(
           [&](const SaturatingLaw& l) { return l.loss(*x); });
       analysis.forecasts.push_back(f);
-      (along_n ? took_n : took_d) = true;
+      taken.insert(variable);
     }
   }
-  for (const KaplanLaw& law : analysis.kaplan) {
-    const KaplanVariable& v =
-        *std::find_if(std::begin(kKaplanVariables), std::end(kKaplanVariables),
-                      [&](const KaplanVariable& k) { return k.name == law.variable; });
-    const std::optional<double>& x = options.*v.predict;
+  for (size_t v = 0; v < analysis.kaplan.size(); ++v) {
+    const KaplanLaw& law = analysis.kaplan[v];
+    const std::optional<double>& x = asked_value(options, law.variable);
     if (!x) continue;
-    const size_t index = size_t(&law - analysis.kaplan.data());
     std::vector<PowerLaw> samples;
-    for (const auto& fitted : refits.kaplan[index])
+    for (const auto& fitted : refits.kaplan[v])
       if (fitted) samples.push_back(*fitted);
     LawForecast f{"kaplan_" + law.variable, NAN, NAN, NAN, {}};
     (law.variable == "N" ? f.n : law.variable == "D" ? f.d : f.c) = *x;
-    f.loss = LawIntervals<PowerLaw>(kaplan.full[index], samples,
+    f.loss = LawIntervals<PowerLaw>(law.fit, samples,
                                     range)([&](const PowerLaw& p) { return p.loss(*x); });
     analysis.forecasts.push_back(f);
-    (law.variable == "N" ? took_n : law.variable == "D" ? took_d : took_c) = true;
+    taken.insert(law.variable);
   }
   if (n && d && full.kaplan_joint) {
     LawForecast f{"kaplan_ND", *n, *d, NAN, {}};
@@ -400,14 +405,11 @@ void add_forecasts(ScalingAnalysis& analysis, const ScalingOptions& options, con
   if ((full.chinchilla || full.kaplan_joint) && (n.has_value() != d.has_value()))
     analysis.notes.push_back(
         "the two-variable laws forecast only with --predict-n and --predict-d together");
-  const std::pair<const std::optional<double>*, bool> asked[] = {
-      {&n, took_n}, {&d, took_d}, {&c, took_c}};
-  const char* names[] = {"n", "d", "c"};
-  for (size_t k = 0; k < 3; ++k)
-    if (asked[k].first->has_value() && !asked[k].second)
-      analysis.notes.push_back(std::string("--predict-") + names[k] + " " +
-                               number(**asked[k].first) + ": no law fitted here takes " +
-                               char(std::toupper(names[k][0])) + " alone");
+  for (const KaplanVariable& v : kKaplanVariables)
+    if ((options.*v.predict) && !taken.count(v.name))
+      analysis.notes.push_back("--predict-" + std::string(1, char(std::tolower(v.name[0]))) + " " +
+                               number(*(options.*v.predict)) + ": no law fitted here takes " +
+                               v.name + " alone");
 }
 
 // The analysis on the given table, without a held-out run.
@@ -463,7 +465,7 @@ ScalingAnalysis analyze_table(const RunsTable& table, const ScalingOptions& opti
     analysis.kaplan_joint = kaplan_joint_result(*full.kaplan_joint, joint_starts,
                                                 refits.kaplan_joint, options.percentiles);
   analysis.kaplan = kaplan_results(kaplan, refits, options.percentiles);
-  add_forecasts(analysis, options, full, kaplan, refits);
+  add_forecasts(analysis, options, full, refits);
   return analysis;
 }
 
