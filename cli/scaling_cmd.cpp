@@ -17,7 +17,7 @@ struct ScalingFitArgs {
   std::string path;
   scaling::RunsColumns columns;
   scaling::ScalingOptions options;
-  double predict_n = 0, predict_d = 0;
+  double predict_n = 0, predict_d = 0, predict_c = 0;
   std::string svg_dir;
   bool json = false;
 };
@@ -37,8 +37,9 @@ void add_bootstrap_options(CLI::App& cmd, const std::string& resampled, int& boo
 void run_scaling_fit(ScalingFitArgs args) {
   const scaling::RunsTable table = scaling::read_runs(args.path, args.columns);
   const scaling::RunsColumns& c = args.columns;
-  check(table.has_n && table.has_d,
-        args.path + ": the Chinchilla fit needs N and D, or C with one of them; found " +
+  check((table.has_n && table.has_d) || (table.has_c && !table.has_n && !table.has_d),
+        args.path +
+            ": the fits need N and D, or C with one of them (C alone: Kaplan's L(C)); found " +
             (table.has_n ? "" : "no '" + c.n + "' (--n-col), ") +
             (table.has_d ? "" : "no '" + c.d + "' (--d-col), ") +
             (table.has_c ? "a C column" : "no '" + c.c + "' (--c-col)"));
@@ -118,7 +119,9 @@ void add_scaling_commands(CLI::App& app) {
       app.add_subcommand("scaling", "scaling laws: fit losses of training runs, forecast");
   scaling_cmd->require_subcommand(1);
   auto* fit = scaling_cmd->add_subcommand(
-      "fit", "fit L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla) and Kaplan power laws");
+      "fit",
+      "fit the scaling laws the runs support: Chinchilla's L(N, D), L(N) or L(D) of a single-D "
+      "(single-N) sweep, Kaplan's power laws; forecast");
   auto args = std::make_shared<ScalingFitArgs>();
   fit->add_option("FILE", args->path, "runs.jsonl, or a CSV with a header row")->required();
   auto* n_col =
@@ -134,11 +137,22 @@ void add_scaling_commands(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   add_bootstrap_options(*fit, "the runs", args->options.bootstrap, args->options.seed);
-  auto* predict_n = fit->add_option("--predict-n", args->predict_n,
-                                    "forecast the loss of a run with N parameters...");
-  auto* predict_d = fit->add_option("--predict-d", args->predict_d, "...and D training tokens");
-  predict_n->needs(predict_d);
-  predict_d->needs(predict_n);
+  auto* predict_n =
+      fit->add_option("--predict-n", args->predict_n,
+                      "forecast the loss at N parameters: L(N) laws, and with --predict-d the "
+                      "two-variable laws")
+          ->check(CLI::PositiveNumber);
+  auto* predict_d = fit->add_option("--predict-d", args->predict_d,
+                                    "forecast the loss at D tokens: L(D) laws, and with "
+                                    "--predict-n the two-variable laws")
+                        ->check(CLI::PositiveNumber);
+  auto* predict_c =
+      fit->add_option("--predict-c", args->predict_c, "forecast the loss at C FLOPs: Kaplan's L(C)")
+          ->check(CLI::PositiveNumber);
+  auto* holdout = fit->add_flag("--holdout-largest", args->options.holdout_largest,
+                                "fit on every run but the largest (by C) and forecast it with "
+                                "each law: forecast, actual, error");
+  holdout->excludes(predict_n)->excludes(predict_d)->excludes(predict_c);
   fit->add_option("--budget", args->options.budgets,
                   "also give the compute-optimal N, D at this many FLOPs (repeatable)")
       ->expected(1)
@@ -146,15 +160,14 @@ void add_scaling_commands(CLI::App& app) {
   fit->add_option("--svg-dir", args->svg_dir,
                   "write loss_vs_N.svg, loss_vs_D.svg, loss_vs_C.svg (runs, fit, forecast) here");
   fit->add_flag("--json", args->json, "print one JSON object");
-  fit->callback([args, n_col, d_col, c_col, predict_n] {
+  fit->callback([args, n_col, d_col, c_col, predict_n, predict_d, predict_c] {
     ScalingFitArgs a = *args;
     a.columns.require_n = n_col->count() > 0;
     a.columns.require_d = d_col->count() > 0;
     a.columns.require_c = c_col->count() > 0;
-    if (predict_n->count() > 0) {
-      a.options.predict_n = a.predict_n;
-      a.options.predict_d = a.predict_d;
-    }
+    if (predict_n->count() > 0) a.options.predict_n = a.predict_n;
+    if (predict_d->count() > 0) a.options.predict_d = a.predict_d;
+    if (predict_c->count() > 0) a.options.predict_c = a.predict_c;
     run_scaling_fit(a);
   });
   add_hparams_command(*scaling_cmd);

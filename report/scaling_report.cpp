@@ -69,8 +69,8 @@ std::set<int64_t> excluded_lines(const scaling::ScalingAnalysis* analysis) {
   return {analysis->excluded_lines.begin(), analysis->excluded_lines.end()};
 }
 
-// One quantity of the runs on the x axis: the runs the fit used, those it left out, the fitted
-// curves, the forecast.
+// One quantity of the runs on the x axis: the runs the fit used, those it left out, the held-out
+// run, the fitted curves, the forecasts.
 struct ChartAxis {
   const char* chart;  // loss_vs_N
   const char* title;
@@ -78,35 +78,44 @@ struct ChartAxis {
   double Run::*quantity;
 };
 
+// A forecast drawn on one chart: a point with its interval as an error bar.
+struct ChartForecast {
+  std::string name;
+  double x = NAN;
+  scaling::Interval loss;
+};
+
 std::string render_chart(const scaling::RunsTable& table, const scaling::ScalingAnalysis* analysis,
                          const ChartAxis& axis,
                          const std::function<std::vector<ChartSeries>(double, double)>& curves,
-                         double forecast_x) {
+                         const std::vector<ChartForecast>& forecasts) {
   const std::set<int64_t> excluded = excluded_lines(analysis);
+  const int64_t held_out_line = analysis && analysis->held_out ? analysis->held_out->line : -1;
   ChartSeries used{"runs", {}, {}, SeriesStyle::kMarkers, {}, {}};
   ChartSeries left_out{"left out of the fit", {}, {}, SeriesStyle::kHollowMarkers, {}, {}};
+  ChartSeries held_out{"held out (forecast target)", {}, {}, SeriesStyle::kHollowMarkers, {}, {}};
   double low = HUGE_VAL, high = 0;
   for (const Run& run : table.runs) {
-    ChartSeries& series = excluded.count(run.line) ? left_out : used;
+    ChartSeries& series = run.line == held_out_line  ? held_out
+                          : excluded.count(run.line) ? left_out
+                                                     : used;
     series.x.push_back(run.*axis.quantity);
     series.y.push_back(run.loss);
     low = std::min(low, run.*axis.quantity);
     high = std::max(high, run.*axis.quantity);
   }
-  const bool forecast = analysis && analysis->forecast && std::isfinite(forecast_x);
-  if (forecast) {
-    low = std::min(low, forecast_x);
-    high = std::max(high, forecast_x);
+  for (const ChartForecast& f : forecasts) {
+    low = std::min(low, f.x);
+    high = std::max(high, f.x);
   }
   std::vector<ChartSeries> series = {used};
   if (!left_out.x.empty()) series.push_back(left_out);
+  if (!held_out.x.empty()) series.push_back(held_out);
   if (analysis)
     for (ChartSeries& c : curves(low, high)) series.push_back(std::move(c));
-  if (forecast) {
-    const scaling::Interval& loss = analysis->forecast->loss;  // no bar without a bootstrap (NaN)
+  for (const ChartForecast& f : forecasts)  // no bar without a bootstrap (NaN bounds)
     series.push_back(
-        {"forecast", {forecast_x}, {loss.value}, SeriesStyle::kMarkers, {loss.low}, {loss.high}});
-  }
+        {f.name, {f.x}, {f.loss.value}, SeriesStyle::kMarkers, {f.loss.low}, {f.loss.high}});
   ChartOptions options;
   options.title = axis.title;
   options.x_label = axis.label;
@@ -115,12 +124,14 @@ std::string render_chart(const scaling::RunsTable& table, const scaling::Scaling
   return render_line_chart(series, options);
 }
 
+// The values of a quantity over the runs the fit used.
 std::vector<double> values_of(const scaling::RunsTable& table,
                               const scaling::ScalingAnalysis& analysis, double Run::*quantity) {
   const std::set<int64_t> excluded = excluded_lines(&analysis);
   std::vector<double> values;
   for (const Run& run : table.runs)
-    if (!excluded.count(run.line)) values.push_back(run.*quantity);
+    if (!excluded.count(run.line) && !(analysis.held_out && analysis.held_out->line == run.line))
+      values.push_back(run.*quantity);
   return values;
 }
 
@@ -141,38 +152,144 @@ std::string html_number(double x) {
   return xml_escape(scaling::format_value("%.4g", x));
 }
 
+// The chart along one of N, D, C: the main law's curves (Chinchilla's along N and D at the runs'
+// levels of the other, its compute-optimal frontier along C; the saturating law along its
+// variable), Kaplan's power law of that variable, and the forecasts of the laws drawn.
+std::string render_variable_chart(const scaling::RunsTable& table,
+                                  const scaling::ScalingAnalysis* analysis, const ChartAxis& axis,
+                                  const std::string& variable) {
+  std::vector<ChartForecast> forecasts;
+  const scaling::KaplanLaw* kaplan = nullptr;
+  const scaling::LawForecast* chinchilla_forecast = nullptr;
+  if (analysis) {
+    for (const scaling::KaplanLaw& k : analysis->kaplan)
+      if (k.variable == variable) kaplan = &k;
+    for (const scaling::LawForecast& f : analysis->forecasts) {
+      if (f.law == "chinchilla") chinchilla_forecast = &f;
+      // Chinchilla's forecast sits on its compute-optimal chart at C = 6ND.
+      const double c = f.law == "chinchilla" ? 6 * f.n * f.d : f.c;
+      const double x = variable == "N" ? f.n : variable == "D" ? f.d : c;
+      if (!std::isfinite(x) || f.law == "kaplan_ND") continue;  // Kaplan's L(N, D): no curve
+      const bool main = f.law == "chinchilla" || f.law == "saturating";
+      forecasts.push_back(
+          {main ? "forecast" : "forecast (" + scaling::law_name(*analysis, f.law) + ")", x,
+           f.loss});
+    }
+  }
+  auto curves = [&](double low, double high) {
+    std::vector<ChartSeries> series;
+    if (const auto& c = analysis->chinchilla) {
+      if (variable == "C") {
+        series.push_back(curve("compute-optimal L(N_opt(C), D_opt(C))", low, high,
+                               [&](double x) { return c->fit.law.compute_optimal(x).loss; }));
+      } else {
+        const bool along_n = variable == "N";
+        std::vector<double> levels =
+            curve_levels(values_of(table, *analysis, along_n ? &Run::d : &Run::n));
+        if (chinchilla_forecast)
+          levels.push_back(along_n ? chinchilla_forecast->d : chinchilla_forecast->n);
+        for (ChartSeries& s :
+             law_curves(c->fit.law, levels, along_n ? "D" : "N", along_n, low, high))
+          series.push_back(std::move(s));
+      }
+    }
+    if (const auto& s = analysis->saturating)
+      if (s->variable == variable)
+        series.push_back(curve("fit " + scaling::law_name(*analysis, "saturating"), low, high,
+                               [&](double x) { return s->fit.law.loss(x); }));
+    if (kaplan)
+      series.push_back(curve("Kaplan L(" + variable + ")", low, high,
+                             [&](double x) { return kaplan->fit.loss(x); }));
+    return series;
+  };
+  return render_chart(table, analysis, axis, curves, forecasts);
+}
+
+// "<td>value</td><td>[low, high]</td>" (a dash for no interval).
+std::string interval_cells(const scaling::Interval& interval) {
+  return "<td>" + html_number(interval.value) + "</td><td>" +
+         (std::isfinite(interval.low)
+              ? "[" + html_number(interval.low) + ", " + html_number(interval.high) + "]"
+              : "&ndash;") +
+         "</td>";
+}
+
+std::string parameter_row(const std::string& name, const scaling::Interval& interval) {
+  return "<tr><td>" + name + "</td>" + interval_cells(interval) + "</tr>";
+}
+
+// What was fitted and why, the main law's parameters, and Kaplan's laws, as HTML.
+std::string render_fit_tables(const scaling::ScalingAnalysis& analysis) {
+  std::string out = "<ul class=\"notes\">";
+  for (const std::string& note : analysis.notes) out += "<li>" + xml_escape(note) + "</li>";
+  out += "</ul><p class=\"muted\">" + std::to_string(analysis.runs_used) + " runs; " +
+         xml_escape(scaling::interval_note(analysis.resamples, analysis.seed, analysis.percentiles,
+                                           "the runs")) +
+         " (<code>tiller scaling fit</code> for more).</p>";
+  const std::string header = "<tr><th>parameter</th><th>value</th><th>interval</th></tr>";
+  if (const auto& c = analysis.chinchilla) {
+    out += "<h3>Chinchilla fit L(N, D) = E + A/N<sup>&alpha;</sup> + B/D<sup>&beta;</sup></h3>";
+    out += "<table class=\"fit\">" + header;
+    const std::pair<const char*, const scaling::Interval*> parameters[] = {
+        {"E", &c->E},
+        {"A", &c->A},
+        {"B", &c->B},
+        {"&alpha;", &c->alpha},
+        {"&beta;", &c->beta},
+        {"a = &beta;/(&alpha;+&beta;)", &c->a},
+        {"b = &alpha;/(&alpha;+&beta;)", &c->b}};
+    for (const auto& [name, interval] : parameters) out += parameter_row(name, *interval);
+    out += "</table>";
+  }
+  if (const auto& s = analysis.saturating) {
+    const bool along_n = s->variable == "N";
+    out += "<h3>" + xml_escape(scaling::law_name(analysis, "saturating")) + "</h3>";
+    out += "<table class=\"fit\">" + header + parameter_row("E", s->E) +
+           parameter_row(along_n ? "A" : "B", s->A) +
+           parameter_row(along_n ? "&alpha;" : "&beta;", s->alpha) + "</table>";
+  }
+  if (!analysis.kaplan.empty() || analysis.kaplan_joint) {
+    out +=
+        "<h3>Kaplan power laws</h3><table class=\"kaplan\"><tr><th>law</th><th>exponent</th>"
+        "<th>interval</th><th>scale</th><th>interval</th></tr>";
+    auto row = [&](const std::string& law, const scaling::Interval& exponent,
+                   const scaling::Interval& scale) {
+      out +=
+          "<tr><td>" + law + "</td>" + interval_cells(exponent) + interval_cells(scale) + "</tr>";
+    };
+    for (const scaling::KaplanLaw& k : analysis.kaplan)
+      row("L(" + k.variable + ") = (" + k.variable + "<sub>c</sub>/" + k.variable +
+              ")<sup>&alpha;</sup>",
+          k.alpha, k.x_c);
+    if (const auto& k = analysis.kaplan_joint) {
+      row("L(N, D): N term", k->alpha_n, k->n_c);
+      row("L(N, D): D term", k->alpha_d, k->d_c);
+    }
+    out += "</table>";
+  }
+  return out;
+}
+
 }  // namespace
 
 ScalingCharts render_scaling_charts(const scaling::RunsTable& table,
                                     const scaling::ScalingAnalysis* analysis) {
-  const scaling::LossLaw* law = analysis ? &analysis->fit.law : nullptr;
-  const auto* forecast = analysis && analysis->forecast ? &*analysis->forecast : nullptr;
-  auto levels = [&](double Run::*quantity, double forecast_value) {
-    std::vector<double> l = curve_levels(values_of(table, *analysis, quantity));
-    if (forecast) l.push_back(forecast_value);
-    return l;
+  // A variable the table lacks, or the same in every run, has no chart: its runs would be one
+  // vertical line of points.
+  auto drawn = [&](bool has, double Run::*quantity) {
+    return has && !scaling::is_constant(table.runs, quantity);
   };
   ScalingCharts charts;
-  charts.loss_vs_n = render_chart(
-      table, analysis, {"loss_vs_N", "Loss against parameters N", "parameters N", &Run::n},
-      [&](double low, double high) {
-        return law_curves(*law, levels(&Run::d, forecast ? forecast->d : 0), "D", true, low, high);
-      },
-      forecast ? forecast->n : NAN);
-  charts.loss_vs_d = render_chart(
-      table, analysis, {"loss_vs_D", "Loss against training tokens D", "tokens D", &Run::d},
-      [&](double low, double high) {
-        return law_curves(*law, levels(&Run::n, forecast ? forecast->n : 0), "N", false, low, high);
-      },
-      forecast ? forecast->d : NAN);
-  charts.loss_vs_c = render_chart(
-      table, analysis, {"loss_vs_C", "Loss against compute C", "compute C (FLOPs)", &Run::c},
-      [&](double low, double high) {
-        return std::vector<ChartSeries>{
-            curve("compute-optimal L(N_opt(C), D_opt(C))", low, high,
-                  [&](double c) { return law->compute_optimal(c).loss; })};
-      },
-      forecast ? 6 * forecast->n * forecast->d : NAN);
+  if (drawn(table.has_n, &Run::n))
+    charts.loss_vs_n = render_variable_chart(
+        table, analysis, {"loss_vs_N", "Loss against parameters N", "parameters N", &Run::n}, "N");
+  if (drawn(table.has_d, &Run::d))
+    charts.loss_vs_d = render_variable_chart(
+        table, analysis, {"loss_vs_D", "Loss against training tokens D", "tokens D", &Run::d}, "D");
+  if (drawn(table.has_c, &Run::c))
+    charts.loss_vs_c = render_variable_chart(
+        table, analysis, {"loss_vs_C", "Loss against compute C", "compute C (FLOPs)", &Run::c},
+        "C");
   return charts;
 }
 
@@ -183,6 +300,7 @@ std::vector<std::string> write_scaling_charts(const ScalingCharts& charts, const
        {std::pair<const char*, const std::string*>{"loss_vs_N", &charts.loss_vs_n},
         {"loss_vs_D", &charts.loss_vs_d},
         {"loss_vs_C", &charts.loss_vs_c}}) {
+    if (svg->empty()) continue;  // the variable does not vary: no chart
     paths.push_back((std::filesystem::path(dir) / (std::string(name) + ".svg")).string());
     write_file_atomic(paths.back(), *svg + "\n");
   }
@@ -231,32 +349,9 @@ std::string render_scaling_section(const std::string& sweep_dir) {
   try {
     analysis = scaling::analyze_runs(table);
   } catch (const Error& e) {
-    out += "<p class=\"warning\">No Chinchilla fit: " + xml_escape(e.what()) + "</p>";
+    out += "<p class=\"warning\">No scaling fit: " + xml_escape(e.what()) + "</p>";
   }
-  if (analysis) {
-    out += "<h3>Chinchilla fit L(N, D) = E + A/N<sup>&alpha;</sup> + B/D<sup>&beta;</sup></h3>";
-    out += "<p class=\"muted\">" + std::to_string(analysis->runs_used) + " runs; " +
-           xml_escape(scaling::interval_note(analysis->resamples, analysis->seed,
-                                             analysis->percentiles, "the runs")) +
-           " (<code>tiller scaling fit</code> for more).</p>";
-    out += "<table class=\"fit\"><tr><th>parameter</th><th>value</th><th>interval</th></tr>";
-    const std::pair<const char*, const scaling::Interval*> parameters[] = {
-        {"E", &analysis->E},
-        {"A", &analysis->A},
-        {"B", &analysis->B},
-        {"&alpha;", &analysis->alpha},
-        {"&beta;", &analysis->beta},
-        {"a = &beta;/(&alpha;+&beta;)", &analysis->a},
-        {"b = &alpha;/(&alpha;+&beta;)", &analysis->b}};
-    for (const auto& [name, interval] : parameters)
-      out += std::string("<tr><td>") + name + "</td><td>" + html_number(interval->value) +
-             "</td><td>" +
-             (std::isfinite(interval->low)
-                  ? "[" + html_number(interval->low) + ", " + html_number(interval->high) + "]"
-                  : "&ndash;") +
-             "</td></tr>";
-    out += "</table>";
-  }
+  if (analysis) out += render_fit_tables(*analysis);
   const ScalingCharts charts = render_scaling_charts(table, analysis ? &*analysis : nullptr);
   out +=
       "<div class=\"charts\">" + charts.loss_vs_n + charts.loss_vs_d + charts.loss_vs_c + "</div>";

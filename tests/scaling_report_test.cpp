@@ -135,7 +135,8 @@ TEST(ScalingReport, ChartsShowEveryRunTheFittedCurvesAndTheForecast) {
   options.predict_n = 3e9;
   options.predict_d = 6e10;
   const scaling::ScalingAnalysis analysis = scaling::analyze_runs(table, options);
-  const scaling::LossLaw& law = analysis.fit.law;
+  ASSERT_TRUE(analysis.chinchilla);
+  const scaling::LossLaw& law = analysis.chinchilla->fit.law;
 
   const auto paths = write_scaling_charts(render_scaling_charts(table, &analysis), dir + "/charts");
   ASSERT_EQ(paths.size(), 3u);
@@ -214,7 +215,9 @@ TEST(ScalingReport, ReportOfASweepDirectoryHasAScalingSection) {
   EXPECT_TRUE(is_sweep_directory(dir));
   const std::string page = render_run_report(dir);
   EXPECT_NE(page.find("<h2>Scaling</h2>"), std::string::npos);
-  EXPECT_EQ(count(page, "<tr>"), 1u + 15u + 8u);  // runs header and rows; the fit table
+  // Runs header and rows; the fit table; Kaplan's table (header, L(N), L(D), L(C), the two terms
+  // of L(N, D)).
+  EXPECT_EQ(count(page, "<tr>"), 1u + 15u + 8u + 6u);
   EXPECT_NE(page.find("<th>lr</th>"), std::string::npos);
   EXPECT_NE(page.find(">p14</td>"), std::string::npos);
   EXPECT_NE(page.find("&alpha;"), std::string::npos);
@@ -227,7 +230,8 @@ TEST(ScalingReport, ReportOfASweepDirectoryHasAScalingSection) {
   std::ofstream(small + "/runs.jsonl") << "{\"N\": 1e7, \"D\": 1e9, \"loss\": 3.2}\n"
                                        << "{\"N\": 1e8, \"D\": 1e9, \"loss\": 3.0}\n";
   const std::string partial = render_run_report(small);
-  EXPECT_NE(partial.find("No Chinchilla fit"), std::string::npos);
+  EXPECT_NE(partial.find("No scaling fit: "), std::string::npos);
+  EXPECT_NE(partial.find("2 runs: too few to fit any law"), std::string::npos);
   EXPECT_NE(partial.find("data-chart=\"loss_vs_C\""), std::string::npos);
 
   // `tiller report` on it.
@@ -242,4 +246,110 @@ TEST(ScalingReport, ReportOfASweepDirectoryHasAScalingSection) {
       << "{\"N\": 1e7, \"D\": \"x\", \"loss\": 3}\n";
   EXPECT_NE(test::error_of([&] { render_run_report(small); }).find("runs.jsonl:3: 'D'"),
             std::string::npos);
+}
+
+namespace {
+
+// A single-D sweep: 7 sizes at D = 2e8, L(N) = 2.5 + 400/N^0.3 exactly.
+std::string single_d_runs_jsonl() {
+  std::string text;
+  for (double n : {1e6, 3e6, 1e7, 3e7, 1e8, 3e8, 1e9})
+    text += nlohmann::json({{"N", n}, {"D", 2e8}, {"loss", 2.5 + 400 / std::pow(n, 0.3)}}).dump() +
+            "\n";
+  return text;
+}
+
+}  // namespace
+
+TEST(ScalingReport, SingleDChartsDrawLOfNAndKaplansLawsAndNoChartAlongD) {
+  const std::string dir = test::temp_dir("scaling_single_d_charts");
+  std::ofstream(dir + "/runs.jsonl") << single_d_runs_jsonl();
+  const scaling::RunsTable table = scaling::read_runs(dir + "/runs.jsonl");
+  scaling::ScalingOptions options;
+  options.bootstrap = 20;
+  options.predict_n = 3e9;
+  options.predict_c = 6 * 3e9 * 2e8;
+  const scaling::ScalingAnalysis analysis = scaling::analyze_runs(table, options);
+  ASSERT_TRUE(analysis.saturating);
+  const auto paths = write_scaling_charts(render_scaling_charts(table, &analysis), dir + "/charts");
+  ASSERT_EQ(paths.size(), 2u);  // every run has the same D: no loss_vs_D
+  EXPECT_FALSE(path_exists(dir + "/charts/loss_vs_D.svg"));
+
+  const std::string n_chart = read_file(dir + "/charts/loss_vs_N.svg");
+  EXPECT_TRUE(balanced_tags(n_chart));
+  EXPECT_EQ(count(series_group(n_chart, "runs"), "class=\"marker\""), 7u);
+  const PlotFrame frame(n_chart);
+  const double tolerance = 0.003 * (frame.y_high - frame.y_low);
+  const auto fitted = curve_points(n_chart, "fit L(N) = E + A/N^alpha at D = 2e+08");
+  ASSERT_EQ(fitted.size(), 64u);
+  EXPECT_NEAR(fitted.back().first, 3e9, 3e9 * 0.01);  // out to the forecast
+  for (const auto& [n, loss] : fitted)
+    EXPECT_NEAR(loss, 2.5 + 400 / std::pow(n, 0.3), tolerance) << "N = " << n;
+  const scaling::PowerLaw& kaplan_n = analysis.kaplan.at(0).fit;
+  for (const auto& [n, loss] : curve_points(n_chart, "Kaplan L(N)"))
+    EXPECT_NEAR(loss, kaplan_n.loss(n), tolerance) << "N = " << n;
+  // The main law's forecast and Kaplan's, each a point with its error bar.
+  for (const char* name : {"forecast", "forecast (Kaplan L(N))"}) {
+    const std::string group = series_group(n_chart, name);
+    EXPECT_EQ(count(group, "class=\"marker\""), 1u) << name;
+    EXPECT_EQ(count(group, "class=\"error-bar\""), 1u) << name;
+  }
+  const std::string c_chart = read_file(dir + "/charts/loss_vs_C.svg");
+  EXPECT_FALSE(curve_points(c_chart, "Kaplan L(C)").empty());
+  EXPECT_EQ(count(series_group(c_chart, "forecast (Kaplan L(C))"), "class=\"marker\""), 1u);
+  EXPECT_EQ(series_group(c_chart, "forecast"), "");  // L(N) at D = 2e8 has no curve along C
+
+  // The sweep report of the same runs: the note, the law and Kaplan's table.
+  const std::string section = render_scaling_section(dir);
+  EXPECT_NE(section.find("D is constant (2e+08) across 7 runs"), std::string::npos);
+  EXPECT_NE(section.find("<h3>L(N) = E + A/N^alpha at D = 2e+08</h3>"), std::string::npos);
+  EXPECT_EQ(section.find("data-chart=\"loss_vs_D\""), std::string::npos);
+  EXPECT_EQ(section.find("class=\"warning\""), std::string::npos);
+}
+
+TEST(ScalingReport, ScalingFitHoldsOutTheLargestRunAndRefusesBadInputInOneLine) {
+  const std::string dir = test::temp_dir("scaling_holdout_cli");
+  std::ofstream(dir + "/runs.jsonl") << single_d_runs_jsonl();
+  std::string output;
+  ASSERT_EQ(test::run_command(
+                test::shell_command({test::tiller_binary(), "scaling", "fit", dir + "/runs.jsonl",
+                                     "--holdout-largest", "--bootstrap", "10", "--json"}),
+                &output),
+            0)
+      << output;
+  const nlohmann::json j = nlohmann::json::parse(output);
+  EXPECT_EQ(j["design"], "N");
+  EXPECT_EQ(j["holdout"]["line"], 7);
+  ASSERT_EQ(j["forecasts"].size(), 3u);  // L(N), Kaplan's L(N) and L(C)
+  EXPECT_EQ(j["forecasts"][0]["law"], "saturating");
+  // Exact data: the right law forecasts the held-out run to within rounding.
+  EXPECT_NEAR(j["forecasts"][0]["relative_error"].get<double>(), 0, 1e-6);
+
+  ASSERT_EQ(test::run_command(
+                test::shell_command({test::tiller_binary(), "scaling", "fit", dir + "/runs.jsonl",
+                                     "--predict-n", "3e9", "--bootstrap", "0"}),
+                &output),
+            0)
+      << output;
+  EXPECT_NE(output.find("D is constant (2e+08) across 7 runs: fitting L(N)"), std::string::npos)
+      << output;
+  EXPECT_NE(output.find("Kaplan L(D): not fitted, every run has the same D"), std::string::npos);
+
+  // Bad input: one line, a non-zero exit.
+  auto fails_with = [&](const std::vector<std::string>& args, const std::string& text,
+                        const std::string& expected) {
+    std::ofstream(dir + "/bad.csv") << text;
+    std::vector<std::string> command = {test::tiller_binary(), "scaling", "fit", dir + "/bad.csv"};
+    command.insert(command.end(), args.begin(), args.end());
+    std::string out;
+    EXPECT_NE(test::run_command(test::shell_command(command), &out), 0) << out;
+    EXPECT_NE(out.find(expected), std::string::npos) << out;
+    EXPECT_EQ(count(out, "\n"), 1u) << out;
+  };
+  fails_with({}, "N,D,loss\n1e6,1e9,3\n", "bad.csv: 1 run: too few to fit any law");
+  fails_with({}, "N,D,loss\n1e6,1e9,3\n0,1e9,2.9\n", "bad.csv:3: 'N' must be a positive");
+  fails_with({}, "N,D,loss\n1e6,1e9,3\n2e6,1e9,2.9\n4e6,1e9,2.8\n",
+             "L(N) = E + A/N^alpha has 3 parameters and needs at least 4 runs");
+  fails_with({"--holdout-largest", "--predict-n", "1e9"},
+             "N,D,loss\n1e6,1e9,3\n2e6,1e9,2.9\n4e6,1e9,2.8\n8e6,1e9,2.7\n", "--holdout-largest");
 }
