@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <unordered_map>
 
+#include <unicode/uchar.h>
+
 #include "common/util/error.h"
 
 namespace tiller::jinja {
@@ -380,6 +382,7 @@ struct Expr {
   std::vector<ExprPtr> args;  // operands, items, call/filter/test arguments (dict: key, value, ...)
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
   bool negated = false;  // `is not`
+  bool tuple = false;    // a list written as a tuple
 };
 
 struct Stmt;
@@ -485,7 +488,7 @@ class Parser {
       const Token& t = peek();
       if (t.kind == Tok::kEnd) {
         if (!ends.empty())
-          fail(t.offset, "expected '" + ends.front() + "' before the end of the template");
+          fail(t.offset, "expected '" + ends.back() + "' before the end of the template");
         return body;
       }
       if (t.kind == Tok::kText) {
@@ -521,6 +524,11 @@ class Parser {
   }
 
   std::unique_ptr<Stmt> parse_tag() {
+    if (++depth_ > kMaxDepth) fail(peek().offset, "tags or expressions nested more than 200 deep");
+    struct Leave {
+      int& depth;
+      ~Leave() { --depth; }
+    } leave{depth_};
     const Token tag = next();
     auto s = std::make_unique<Stmt>();
     s->offset = tag.offset;
@@ -638,9 +646,11 @@ class Parser {
     ExprPtr first = parse_expression();
     if (!is_op(",")) return first;
     auto list = make(Expr::Kind::kList, first->offset);
+    list->tuple = true;
     list->args.push_back(std::move(first));
     while (is_op(",")) {
       next();
+      if (is_op(")")) break;  // (a,)
       list->args.push_back(parse_expression());
     }
     return list;
@@ -744,6 +754,7 @@ class Parser {
     c->value = e.value;
     c->name = e.name;
     c->negated = e.negated;
+    c->tuple = e.tuple;
     for (const auto& a : e.args) c->args.push_back(a ? clone(*a) : nullptr);
     for (const auto& kw : e.kwargs) c->kwargs.emplace_back(kw.first, clone(*kw.second));
     return c;
@@ -786,6 +797,12 @@ class Parser {
   }
 
   ExprPtr parse_unary(bool with_filter) {
+    // Nesting recurses here (brackets, unary minus, filter arguments): bounded, not the stack's.
+    if (++depth_ > kMaxDepth) fail(peek().offset, "tags or expressions nested more than 200 deep");
+    struct Leave {
+      int& depth;
+      ~Leave() { --depth; }
+    } leave{depth_};
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
       const Token& op = next();
@@ -834,10 +851,19 @@ class Parser {
       if (is_op(")")) {
         next();
         auto e = make(Expr::Kind::kList, t.offset);
+        e->tuple = true;
         return e;
       }
       ExprPtr e = parse_tuple_or_expression();
-      if (is_op(",")) next();
+      if (is_op(",")) {  // (a,) is a tuple of one
+        next();
+        if (!e->tuple) {
+          auto one = make(Expr::Kind::kList, e->offset);
+          one->tuple = true;
+          one->args.push_back(std::move(e));
+          e = std::move(one);
+        }
+      }
       expect_op(")");
       return e;
     }
@@ -938,7 +964,7 @@ class Parser {
   }
 
   ExprPtr parse_call(ExprPtr callee) {
-    auto e = make(Expr::Kind::kCall, peek().offset);
+    auto e = make(Expr::Kind::kCall, callee->offset);
     e->args.push_back(std::move(callee));
     parse_call_args(e.get());
     return e;
@@ -987,8 +1013,10 @@ class Parser {
     }
   }
 
+  static constexpr int kMaxDepth = 200;
   std::vector<Token> tokens_;
   size_t pos_ = 0;
+  int depth_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1051,33 +1079,39 @@ std::string strip(const std::string& s, const Value& chars, bool left, bool righ
   return code_points_to_utf8(cps.substr(begin, end - begin));
 }
 
-std::string ascii_upper(std::string s) {
-  for (char& c : s)
-    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 32);
-  return s;
+// Python's str.upper/lower/capitalize/title, one code point at a time (ICU's simple case
+// mappings; Python's few one-to-many mappings such as "ß".upper() == "SS" are not made).
+std::string map_case(const std::string& s, UChar32 (*map)(UChar32)) {
+  std::u32string cps = utf8_to_code_points(s);
+  for (char32_t& c : cps) c = static_cast<char32_t>(map(static_cast<UChar32>(c)));
+  return code_points_to_utf8(cps);
 }
 
-std::string ascii_lower(std::string s) {
-  for (char& c : s)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
-  return s;
+std::string to_upper(const std::string& s) {
+  return map_case(s, u_toupper);
+}
+std::string to_lower(const std::string& s) {
+  return map_case(s, u_tolower);
 }
 
 std::string capitalize(const std::string& s) {
-  std::string out = ascii_lower(s);
-  if (!out.empty() && out[0] >= 'a' && out[0] <= 'z') out[0] = static_cast<char>(out[0] - 32);
-  return out;
+  std::u32string cps = utf8_to_code_points(s);
+  for (size_t i = 0; i < cps.size(); ++i)
+    cps[i] = static_cast<char32_t>(i == 0 ? u_totitle(static_cast<UChar32>(cps[i]))
+                                          : u_tolower(static_cast<UChar32>(cps[i])));
+  return code_points_to_utf8(cps);
 }
 
 std::string title(const std::string& s) {
-  std::string out = s;
+  std::u32string cps = utf8_to_code_points(s);
   bool previous_cased = false;
-  for (char& c : out) {
-    const bool alpha = isalpha(static_cast<unsigned char>(c)) != 0;
-    if (alpha) c = previous_cased ? static_cast<char>(tolower(c)) : static_cast<char>(toupper(c));
-    previous_cased = alpha;
+  for (char32_t& c : cps) {
+    const auto u = static_cast<UChar32>(c);
+    const bool cased = u_isUUppercase(u) || u_isULowercase(u) || u_istitle(u);
+    if (cased) c = static_cast<char32_t>(previous_cased ? u_tolower(u) : u_totitle(u));
+    previous_cased = cased;
   }
-  return out;
+  return code_points_to_utf8(cps);
 }
 
 std::string replace_all(const std::string& s, const std::string& from, const std::string& to,
@@ -1346,6 +1380,9 @@ class Renderer {
   }
 
   Flow exec(const Stmt& s, std::string& out) {
+    // A template is data from a model directory: it may loop, recurse or grow without end.
+    if (++steps_ > kMaxSteps) fail(s.offset, "the template runs more than 10 million steps");
+    if (out.size() > kMaxOutput) fail(s.offset, "the template renders more than 256 MB");
     switch (s.kind) {
       case Stmt::Kind::kText:
         out += s.text;
@@ -1436,6 +1473,7 @@ class Renderer {
     }
     const auto n = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < n; ++i) {
+      if (++steps_ > kMaxSteps) fail(s.offset, "the template runs more than 10 million steps");
       bind(items[static_cast<size_t>(i)]);
       auto loop = std::make_shared<Dict>();
       loop->set("index0", Value::integer(i));
@@ -1474,10 +1512,22 @@ class Renderer {
             throw CallError("macro '" + macro->text + "' takes " +
                             std::to_string(macro->targets.size()) + " arguments, got " +
                             std::to_string(a.positional.size()));
+          if (macro_depth_ >= kMaxMacroDepth)
+            throw CallError("macro '" + macro->text + "' calls nested more than 100 deep");
           auto frame = std::make_shared<Scope>();
-          const auto saved = scopes_;
-          const int saved_depth = loop_depth_;
-          scopes_ = {saved[0], saved[1], frame};
+          // The macro sees the globals and the template's variables, not its caller's loop.
+          struct Restore {
+            Renderer& r;
+            std::vector<std::shared_ptr<Scope>> scopes;
+            int loop_depth;
+            ~Restore() {
+              r.scopes_ = std::move(scopes);
+              r.loop_depth_ = loop_depth;
+              --r.macro_depth_;
+            }
+          } restore{*this, scopes_, loop_depth_};
+          ++macro_depth_;
+          scopes_ = {restore.scopes[0], restore.scopes[1], frame};
           loop_depth_ = 0;
           for (size_t i = 0; i < macro->targets.size(); ++i) {
             Value v = argument(a, i, macro->targets[i].c_str(),
@@ -1491,15 +1541,7 @@ class Renderer {
                 macro->targets.end())
               throw CallError("macro '" + macro->text + "' has no parameter '" + kw.first + "'");
           std::string out;
-          try {
-            exec(macro->bodies[0], out);
-          } catch (...) {
-            scopes_ = saved;
-            loop_depth_ = saved_depth;
-            throw;
-          }
-          scopes_ = saved;
-          loop_depth_ = saved_depth;
+          exec(macro->bodies[0], out);
           return Value::string(out);
         },
         s.text);
@@ -1524,7 +1566,7 @@ class Renderer {
       case Expr::Kind::kList: {
         List items;
         for (const auto& a : e.args) items.push_back(eval(*a));
-        return Value::list(std::move(items));
+        return e.tuple ? Value::tuple(std::move(items)) : Value::list(std::move(items));
       }
       case Expr::Kind::kDict: {
         auto d = std::make_shared<Dict>();
@@ -1668,9 +1710,11 @@ class Renderer {
       if (text != nullptr &&
           (times->kind() == Value::Kind::kInt || times->kind() == Value::Kind::kBool)) {
         const int64_t n = std::max<int64_t>(0, times->as_int());
+        const auto size = static_cast<int64_t>(text->is_string() ? text->as_string().size()
+                                                                 : text->as_list().size());
+        if (size > 0 && n > (int64_t{1} << 24) / size)
+          throw CallError("repetition of more than 16 million items or bytes");
         if (text->is_string()) {
-          if (n * static_cast<int64_t>(text->as_string().size()) > (int64_t{1} << 28))
-            throw CallError("string repetition too large");
           std::string out;
           for (int64_t i = 0; i < n; ++i) out += text->as_string();
           return Value::string(out);
@@ -1771,7 +1815,7 @@ class Renderer {
               check_arity(a, 0, "items()");
               List out;
               for (const auto& item : target.as_dict().items)
-                out.push_back(Value::list({Value::string(item.first), item.second}));
+                out.push_back(Value::tuple({Value::string(item.first), item.second}));
               return Value::list(std::move(out));
             },
             "dict.items");
@@ -1818,10 +1862,8 @@ class Renderer {
          [](const std::string& t, const CallArgs& a) {
            return Value::string(strip(t, argument(a, 0, "chars"), false, true));
          }},
-        {"upper",
-         [](const std::string& t, const CallArgs&) { return Value::string(ascii_upper(t)); }},
-        {"lower",
-         [](const std::string& t, const CallArgs&) { return Value::string(ascii_lower(t)); }},
+        {"upper", [](const std::string& t, const CallArgs&) { return Value::string(to_upper(t)); }},
+        {"lower", [](const std::string& t, const CallArgs&) { return Value::string(to_lower(t)); }},
         {"title", [](const std::string& t, const CallArgs&) { return Value::string(title(t)); }},
         {"capitalize",
          [](const std::string& t, const CallArgs&) { return Value::string(capitalize(t)); }},
@@ -1925,8 +1967,8 @@ class Renderer {
       }
       return (((n % 2) + 2) % 2 == 1) == (name == "odd");
     }
-    if (name == "lower") return v.is_string() && ascii_lower(v.as_string()) == v.as_string();
-    if (name == "upper") return v.is_string() && ascii_upper(v.as_string()) == v.as_string();
+    if (name == "lower") return v.is_string() && to_lower(v.as_string()) == v.as_string();
+    if (name == "upper") return v.is_string() && to_upper(v.as_string()) == v.as_string();
     fail(offset, "unsupported test '" + name + "'");
   }
 
@@ -1945,8 +1987,8 @@ class Renderer {
       return Value::string(strip(v.str(), argument(args, 0, "chars"), true, true));
     if (name == "length" || name == "count") return Value::integer(length(v));
     if (name == "string") return Value::string(v.str());
-    if (name == "upper") return Value::string(ascii_upper(v.str()));
-    if (name == "lower") return Value::string(ascii_lower(v.str()));
+    if (name == "upper") return Value::string(to_upper(v.str()));
+    if (name == "lower") return Value::string(to_lower(v.str()));
     if (name == "capitalize") return Value::string(capitalize(v.str()));
     if (name == "title") return Value::string(title(v.str()));
     if (name == "safe") return v;
@@ -1957,9 +1999,14 @@ class Renderer {
             !(kw.first == "sort_keys" && !kw.second.truthy()))
           fail(offset, "unsupported tojson argument '" + kw.first + "'");
       const Value indent = argument(args, 0, "indent");
-      return Value::string(v.to_json(indent.is_undefined() || indent.is_none()
-                                         ? -1
-                                         : static_cast<int>(arg_int(indent, "tojson's indent"))));
+      const int spaces = indent.is_undefined() || indent.is_none()
+                             ? -1
+                             : static_cast<int>(std::min<int64_t>(64, arg_int(indent, "tojson's indent")));
+      try {
+        return Value::string(v.to_json(spaces));
+      } catch (const std::runtime_error& e) {  // an undefined value or a function inside
+        throw CallError(e.what());
+      }
     }
     if (name == "first" || name == "last") {
       const List items = iterate(v);
@@ -1998,7 +2045,7 @@ class Renderer {
       if (!v.is_dict()) throw CallError("items filter of a " + v.type_name() + ", not a dict");
       List out;
       for (const auto& item : v.as_dict().items)
-        out.push_back(Value::list({Value::string(item.first), item.second}));
+        out.push_back(Value::tuple({Value::string(item.first), item.second}));
       return Value::list(std::move(out));
     }
     if (name == "selectattr" || name == "rejectattr" || name == "select" || name == "reject") {
@@ -2082,6 +2129,11 @@ class Renderer {
   const Program& program_;
   std::vector<std::shared_ptr<Scope>> scopes_;
   int loop_depth_ = 0;
+  int macro_depth_ = 0;
+  uint64_t steps_ = 0;
+  static constexpr int kMaxMacroDepth = 100;
+  static constexpr uint64_t kMaxSteps = 10000000;
+  static constexpr size_t kMaxOutput = size_t{1} << 28;
 };
 
 // jinja2 reads templates with universal newlines and drops one trailing newline.

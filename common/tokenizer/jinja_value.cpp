@@ -50,6 +50,12 @@ Value Value::list(List items) {
   return v;
 }
 
+Value Value::tuple(List items) {
+  Value v = list(std::move(items));
+  v.tuple_ = true;
+  return v;
+}
+
 Value Value::dict(std::shared_ptr<Dict> d) {
   Value v;
   v.kind_ = Kind::kDict;
@@ -75,33 +81,46 @@ Value Value::undefined(std::string hint) {
   return v;
 }
 
-Value Value::from_json(const nlohmann::json& json) {
+namespace {
+
+template <typename Json>
+Value value_of_json(const Json& json) {
   switch (json.type()) {
     case nlohmann::json::value_t::null:
-      return none();
+      return Value::none();
     case nlohmann::json::value_t::boolean:
-      return boolean(json.get<bool>());
+      return Value::boolean(json.template get<bool>());
     case nlohmann::json::value_t::number_integer:
-      return integer(json.get<int64_t>());
+      return Value::integer(json.template get<int64_t>());
     case nlohmann::json::value_t::number_unsigned:
-      return integer(static_cast<int64_t>(json.get<uint64_t>()));
+      return Value::integer(static_cast<int64_t>(json.template get<uint64_t>()));
     case nlohmann::json::value_t::number_float:
-      return real(json.get<double>());
+      return Value::real(json.template get<double>());
     case nlohmann::json::value_t::string:
-      return string(json.get<std::string>());
+      return Value::string(json.template get<std::string>());
     case nlohmann::json::value_t::array: {
       List items;
-      for (const auto& item : json) items.push_back(from_json(item));
-      return list(std::move(items));
+      for (const auto& item : json) items.push_back(value_of_json(item));
+      return Value::list(std::move(items));
     }
     case nlohmann::json::value_t::object: {
       auto d = std::make_shared<Dict>();
-      for (auto it = json.begin(); it != json.end(); ++it) d->set(it.key(), from_json(it.value()));
-      return dict(std::move(d));
+      for (auto it = json.begin(); it != json.end(); ++it)
+        d->set(it.key(), value_of_json(it.value()));
+      return Value::dict(std::move(d));
     }
     default:
       throw std::runtime_error("a JSON value of a kind templates cannot use");
   }
+}
+
+}  // namespace
+
+Value Value::from_json(const nlohmann::json& json) {
+  return value_of_json(json);
+}
+Value Value::from_json(const nlohmann::ordered_json& json) {
+  return value_of_json(json);
 }
 
 bool Value::truthy() const {
@@ -304,11 +323,12 @@ std::string Value::repr() const {
     case Kind::kString:
       return python_string_repr(*string_);
     case Kind::kList: {
-      std::string out = "[";
+      std::string out = tuple_ ? "(" : "[";
       for (size_t i = 0; i < list_->size(); ++i) {
         if (i > 0) out += ", ";
         out += (*list_)[i].repr();
       }
+      if (tuple_) return out + (list_->size() == 1 ? ",)" : ")");
       return out + "]";
     }
     case Kind::kDict: {

@@ -38,6 +38,7 @@ class Value {
   static Value real(double d);
   static Value string(std::string s);
   static Value list(List items);
+  static Value tuple(List items);  // a list that prints as Python prints a tuple
   static Value dict(std::shared_ptr<Dict> d);
   static Value empty_dict();
   static Value function(Function f, std::string name);
@@ -45,6 +46,7 @@ class Value {
   static Value undefined(std::string hint);
   // JSON (as tokenizer_config.json and data hold it) to a value; objects keep their key order.
   static Value from_json(const nlohmann::json& json);
+  static Value from_json(const nlohmann::ordered_json& json);
 
   Kind kind() const { return kind_; }
   bool is_undefined() const { return kind_ == Kind::kUndefined; }
@@ -80,6 +82,7 @@ class Value {
 
  private:
   Kind kind_ = Kind::kUndefined;
+  bool tuple_ = false;
   int64_t int_ = 0;
   double real_ = 0;
   std::shared_ptr<std::string> string_;  // string, function name or undefined hint
