@@ -204,20 +204,22 @@ std::vector<int64_t> encode_with_special_tokens(const Tokenizer& tokenizer,
     return tokenizer.encode(text);  // added tokens are matched there
   // SentencePiece reads "</s>" in text as characters: split the control pieces out first.
   static std::mutex mutex;
-  static std::map<std::string, std::vector<std::pair<std::string, int64_t>>> cache;
-  std::vector<std::pair<std::string, int64_t>> specials;
+  using Specials = std::vector<std::pair<std::string, int64_t>>;
+  static std::map<std::string, std::shared_ptr<const Specials>> cache;
+  std::shared_ptr<const Specials> list;
   {
     std::lock_guard<std::mutex> lock(mutex);
     auto found = cache.find(tokenizer.path());
     if (found == cache.end()) {
-      auto list = tokenizer.special_tokens();
-      std::stable_sort(list.begin(), list.end(), [](const auto& a, const auto& b) {
+      auto made = std::make_shared<Specials>(tokenizer.special_tokens());
+      std::stable_sort(made->begin(), made->end(), [](const auto& a, const auto& b) {
         return a.first.size() > b.first.size();
       });
-      found = cache.emplace(tokenizer.path(), std::move(list)).first;
+      found = cache.emplace(tokenizer.path(), std::move(made)).first;
     }
-    specials = found->second;
+    list = found->second;
   }
+  const Specials& specials = *list;
   std::vector<int64_t> out;
   size_t start = 0, pos = 0;
   auto flush = [&](size_t end) {
@@ -226,12 +228,17 @@ std::vector<int64_t> encode_with_special_tokens(const Tokenizer& tokenizer,
       out.insert(out.end(), ids.begin(), ids.end());
     }
   };
+  bool starts[256] = {};
+  for (const auto& special : specials)
+    if (!special.first.empty()) starts[static_cast<unsigned char>(special.first[0])] = true;
   while (pos < text.size()) {
     const std::pair<std::string, int64_t>* found = nullptr;
-    for (const auto& special : specials) {
-      if (!special.first.empty() && text.compare(pos, special.first.size(), special.first) == 0) {
-        found = &special;
-        break;
+    if (starts[static_cast<unsigned char>(text[pos])]) {
+      for (const auto& special : specials) {
+        if (!special.first.empty() && text.compare(pos, special.first.size(), special.first) == 0) {
+          found = &special;
+          break;
+        }
       }
     }
     if (found == nullptr) {
