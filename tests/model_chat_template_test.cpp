@@ -59,10 +59,15 @@ std::vector<Message> messages_of(const nlohmann::json& list) {
   return out;
 }
 
-// The Python that runs the oracle: $TILLER_PYTHON, else a python3 that imports jinja2.
+// The Python that runs the oracle: $TILLER_PYTHON, else the project's .venv (transformers there
+// checks the oracle itself), else a python3 that imports jinja2.
 std::string oracle_python() {
   const char* env = std::getenv("TILLER_PYTHON");
   if (env != nullptr && *env != '\0') return env;
+  const std::string venv = std::string(TILLER_SOURCE_DIR) + "/.venv/bin/python";
+  std::string out;
+  if (path_exists(venv) && test::run_command(venv + " -c 'import jinja2' 2>&1", &out) == 0)
+    return venv;
   return test::python_importing("jinja2");
 }
 
@@ -103,6 +108,10 @@ TEST(ModelChatTemplate, RealTemplatesRenderByteForByteAsTransformersRendersThem)
         family + " / " + row["case"].get<std::string>() +
         (row["add_generation_prompt"].get<bool>() ? " / generation prompt" : "");
     const auto messages = messages_of(row["messages"]);
+    EXPECT_FALSE(row.contains("transformers_differs"))
+        << what
+        << ": jinja2 in transformers' environment and transformers' apply_chat_template differ: "
+        << row.dump();
     if (row.contains("error")) {
       const std::string error = test::error_of(
           [&] { templates[family]->render(messages, row["add_generation_prompt"]); });
@@ -124,10 +133,11 @@ TEST(ModelChatTemplate, RealTemplatesRenderByteForByteAsTransformersRendersThem)
   EXPECT_EQ(families.size(), 6u);
   EXPECT_GE(identical + raised, 140u);
   std::printf(
-      "[ chat templates ] %zu renderings byte-identical to jinja2's, %zu raise as jinja2 raises "
-      "(%zu "
-      "families)\n",
-      identical, raised, families.size());
+      "[ chat templates ] %zu renderings byte-identical to jinja2's, %zu raise as jinja2 "
+      "raises (%zu families); %d also rendered by transformers %s's apply_chat_template\n",
+      identical, raised, families.size(), table["transformers_checked"].get<int>(),
+      table["transformers"].is_string() ? table["transformers"].get<std::string>().c_str()
+                                        : "(absent)");
 }
 
 TEST(ModelChatTemplate, EachReplyAndItsEndOfTurnAreFoundOnEveryFamily) {

@@ -13,9 +13,11 @@ The environment is transformers' (transformers.utils.chat_template_utils._compil
 in transformers >= 4.43; 4.41's is the same but for tojson, loop controls and strftime_now):
 ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True) with the loopcontrols
 extension, the `generation` tag, tojson without HTML escaping, raise_exception and strftime_now.
-Rendering is checked against transformers' own apply_chat_template when transformers is importable
-and its version compiles templates the same way (it is, for every case here that uses neither
-tojson nor strftime_now).
+When transformers is importable, every rendering is also made by transformers' own
+apply_chat_template (a PreTrainedTokenizerFast carrying the family's bos/eos tokens) and must be
+the same: a difference is written as "transformers_differs" (the C++ test fails on it). Templates
+that call strftime_now are left out of that check (transformers before 4.43 does not define it,
+so it renders its fallback date where this environment renders today's).
 """
 import glob
 import json
@@ -95,9 +97,32 @@ CONVERSATIONS = {
 }
 
 
+def transformers_renderer():
+    """apply_chat_template of transformers, or None when it is not installed."""
+    try:
+        import warnings
+        warnings.filterwarnings("ignore")
+        import transformers
+        from tokenizers import Tokenizer, models
+        from transformers import PreTrainedTokenizerFast
+    except ImportError:
+        return None, None
+
+    def render(config, messages, add_generation_prompt):
+        tokens = {k: config[k] for k in ("bos_token", "eos_token") if config.get(k)}
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer(models.WordLevel({"x": 0}, unk_token="x")), **tokens)
+        return tok.apply_chat_template(messages, chat_template=config["chat_template"], tokenize=False,
+                                       add_generation_prompt=add_generation_prompt)
+
+    return render, transformers.__version__
+
+
 def main():
     templates_dir, out_path = sys.argv[1], sys.argv[2]
     env = environment()
+    by_transformers, transformers_version = transformers_renderer()
+    checked = 0
     rows = []
     for path in sorted(glob.glob(os.path.join(templates_dir, "*.json"))):
         family = os.path.splitext(os.path.basename(path))[0]
@@ -117,10 +142,20 @@ def main():
                                                   **context)
                 except jinja2.exceptions.TemplateError as e:
                     row["error"] = str(e)
+                if by_transformers and "strftime_now" not in config["chat_template"]:
+                    try:
+                        theirs = by_transformers(config, messages, add_generation_prompt)
+                    except Exception as e:  # noqa: BLE001 (jinja2's TemplateError, as transformers raises it)
+                        theirs = {"error": str(e)}
+                    if theirs != row.get("text", {"error": row.get("error")}):
+                        row["transformers_differs"] = theirs
+                    checked += 1
                 rows.append(row)
     with open(out_path, "w", encoding="utf-8") as f:
-        json.dump({"jinja2": jinja2.__version__, "rows": rows}, f, ensure_ascii=False, indent=1)
-    print(f"{len(rows)} renderings written to {out_path}")
+        json.dump({"jinja2": jinja2.__version__, "transformers": transformers_version,
+                   "transformers_checked": checked, "rows": rows}, f, ensure_ascii=False, indent=1)
+    print(f"{len(rows)} renderings written to {out_path} ({checked} also by transformers "
+          f"{transformers_version})")
 
 
 if __name__ == "__main__":
