@@ -11,6 +11,7 @@
 #include "cli/sampling_flags.h"
 #include "common/rollout/generator.h"
 #include "common/tokenizer/chat_template.h"
+#include "common/tokenizer/model_chat_template.h"  // model_end_of_turn_id
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/error.h"
 #include "common/util/runtime.h"
@@ -81,6 +82,9 @@ std::vector<int64_t> fitting_prompt(const Tokenizer& tok, const ChatArgs& a,
 
 void run_chat(ChatArgs a) {
   auto [model, tok] = load_text_model(a.model, a.adapter, "", a.sampling);
+  // The model's own template ends a turn with its own token (<|eot_id|>, <end_of_turn> ...).
+  if (a.chat_template == "model" && model_end_of_turn_id(tok) >= 0)
+    a.sampling.eos_id = model_end_of_turn_id(tok);
   a.sampling.validate();
 
   std::vector<Message> messages;
@@ -122,7 +126,8 @@ void add_chat_command(CLI::App& app, CommandAction& action) {
   cmd->add_option("--model", args->model, "HF model directory")->required();
   cmd->add_option("--adapter", args->adapter,
                   "a LoRA adapter directory (PEFT layout) applied to --model");
-  cmd->add_option("--template", args->chat_template, "the chat template")
+  cmd->add_option("--template", args->chat_template,
+                  "the chat template (model: the model's own tokenizer_config.json chat_template)")
       ->check(CLI::IsMember(chat_template_names()))
       ->capture_default_str();
   cmd->add_option("--system", args->system, "a system message first in the conversation");

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "common/tokenizer/chat_template.h"  // chat_template_names
 #include "common/util/runtime.h"
 #include "dpo/preference_eval.h"
 
@@ -45,7 +46,7 @@ void add_eval_preference_command(CLI::App& eval_cmd, CommandAction& action) {
       ->check(CLI::IsMember({"preference", "hh"}))
       ->capture_default_str();
   cmd->add_option("--template", options->template_name, "the chat template trained with")
-      ->check(CLI::IsMember({"chatml", "llama2", "alpaca", "plain"}))
+      ->check(CLI::IsMember(chat_template_names()))
       ->capture_default_str();
   cmd->add_option("--max-seq-len", options->max_seq_len, "0: the model's context")
       ->capture_default_str();

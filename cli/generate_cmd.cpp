@@ -8,6 +8,7 @@
 #include "cli/sampling_flags.h"
 #include "common/rollout/generator.h"
 #include "common/tokenizer/chat_template.h"
+#include "common/tokenizer/model_chat_template.h"  // model_end_of_turn_id
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
@@ -54,6 +55,9 @@ void run_generate(GenerateArgs a) {
   check(a.has_prompt == a.prompts_file.empty(), "generate: give one of --prompt and --prompts");
   check(a.prompts_file.empty() || !a.out_file.empty(), "generate: --prompts needs --out");
   auto [model, tok] = load_text_model(a.model, a.adapter, a.tokenizer, a.sampling);
+  // The model's own template ends a turn with its own token (<|eot_id|>, <end_of_turn> ...).
+  if (a.chat_template == "model" && model_end_of_turn_id(tok) >= 0)
+    a.sampling.eos_id = model_end_of_turn_id(tok);
 
   std::vector<std::string> texts = a.prompts_file.empty() ? std::vector<std::string>{a.prompt}
                                                           : read_prompt_lines(a.prompts_file);
@@ -103,7 +107,8 @@ void add_generate_command(CLI::App& app, CommandAction& action) {
   gen_cmd->add_flag("--no-bos", gen->no_bos, "do not prepend BOS to prompts");
   gen_cmd
       ->add_option("--template", gen->chat_template,
-                   "wrap each prompt as a user turn of this chat template (as in SFT)")
+                   "wrap each prompt as a user turn of this chat template (as in SFT; model: the "
+                   "model's own tokenizer_config.json chat_template)")
       ->check(CLI::IsMember(chat_template_names()));
   gen_cmd->callback([gen, &action] {
     action = [gen] {

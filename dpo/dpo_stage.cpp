@@ -12,6 +12,7 @@
 #include "common/recipe/preference_data_section.h"
 #include "common/recipe/stage_io.h"
 #include "common/rollout/generator.h"
+#include "common/tokenizer/chat_template.h"  // chat_template_names
 #include "common/tokenizer/tokenizer.h"
 #include "common/torch_compat.h"
 #include "common/train/epoch_cursor.h"
@@ -106,7 +107,8 @@ void read_sample_eval(ConfigReader& r, DpoStageConfig& c, ConfigErrors& errors) 
   s.max_new_tokens = e.integer("max_new_tokens", s.max_new_tokens);
   s.temperature = e.number("temperature", s.temperature);
   e.one_of("format", s.prompts.format, {"auto", "prompt", "messages", "alpaca", "hh"});
-  e.one_of("template", s.prompts.template_name, {"chatml", "llama2", "alpaca", "plain"});
+  e.one_of("template", s.prompts.template_name,
+           std::set<std::string>(chat_template_names().begin(), chat_template_names().end()));
   e.require(s.prompts.max_prompt_len >= 1, "max_prompt_len", "must be at least 1");
   e.require(s.count >= 1, "count", "must be at least 1");
   e.require(s.max_new_tokens >= 1, "max_new_tokens", "must be at least 1");

@@ -5,6 +5,7 @@
 
 #include "common/data/batching.h"  // seeded_permutation
 #include "common/io/hf_dir.h"
+#include "common/tokenizer/chat_template.h"  // chat_template_names
 #include "common/tokenizer/tokenizer.h"
 #include "common/train/train_config.h"  // read_parallel_options
 #include "common/util/error.h"
@@ -72,7 +73,8 @@ void read_prompt_data(const nlohmann::json& json, const std::string& path, Confi
   data.max_records = d.integer("max_records", -1);
   data.skip_bad_lines = d.boolean("skip_bad_lines", false);
   d.one_of("format", data.format, formats);
-  d.one_of("template", data.template_name, {"chatml", "llama2", "alpaca", "plain"});
+  d.one_of("template", data.template_name,
+           std::set<std::string>(chat_template_names().begin(), chat_template_names().end()));
   d.require(data.max_prompt_len >= 1, "max_prompt_len", "must be at least 1");
   d.require(data.max_records == -1 || data.max_records >= 1, "max_records",
             "must be at least 1 (or -1: all)");

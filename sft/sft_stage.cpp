@@ -9,6 +9,7 @@
 #include "common/dist/tensor_parallel.h"
 #include "common/io/hf_dir.h"
 #include "common/recipe/stage_io.h"
+#include "common/tokenizer/chat_template.h"  // chat_template_names
 #include "common/tokenizer/tokenizer.h"
 #include "common/torch_compat.h"
 #include "common/train/epoch_cursor.h"
@@ -180,7 +181,8 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bo
       d.one_of("format", c.data.format, {"text", "shards"});
     else
       d.one_of("format", c.data.format, {"messages", "prompt_completion", "alpaca"});
-    d.one_of("template", c.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
+    d.one_of("template", c.data.template_name,
+             std::set<std::string>(chat_template_names().begin(), chat_template_names().end()));
     d.require(c.val_fraction >= 0 && c.val_fraction < 1, "val_fraction", "must be in [0, 1)");
     d.require(c.val_path.empty() || !d.has("val_fraction"), "val_fraction",
               "give either data.val (a validation file) or data.val_fraction, not both");

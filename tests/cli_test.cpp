@@ -166,6 +166,49 @@ TEST(Cli, ConvertOfBadInputLeavesNothingBehind) {
 // `tiller chat` on stdin: each reply follows "assistant> ", each prompt (--show-prompt) holds the
 // conversation so far, /reset forgets it, /exit ends it; a greedy reply is generate's text; the
 // oldest exchange is dropped (and said) when the next would not fit the context.
+TEST(Cli, ChatAndGenerateSpeakTheModelsOwnTemplate) {
+  TILLER_REQUIRE_SHARED(bin, "models/stories260K/stories260K.bin");
+  TILLER_REQUIRE_SHARED(tok_path, "models/stories260K/tok512.model");
+  const std::string dir = test::temp_dir("cli_chat_model_template");
+  ASSERT_EQ(
+      tiller_run("convert --model " + bin + " --tokenizer " + tok_path + " --out " + dir + "/m")
+          .code,
+      0);
+  // Mistral's v3 template (tests/chat_templates/): <s> and </s> are tok512's BOS and EOS.
+  const std::string config_path = dir + "/m/tokenizer_config.json";
+  nlohmann::json config =
+      path_exists(config_path) ? read_json_file(config_path) : nlohmann::json::object();
+  const auto mistral = nlohmann::json::parse(
+      read_file(std::string(TILLER_SOURCE_DIR) + "/tests/chat_templates/mistral-v3.json"));
+  config["chat_template"] = mistral["chat_template"];
+  config["bos_token"] = "<s>";
+  config["eos_token"] = "</s>";
+  std::ofstream(config_path) << config.dump();
+  std::ofstream(dir + "/turns.txt") << "Once upon a time\nThe dog ran\n";
+  const CliRun r =
+      tiller_run("chat --model " + dir +
+                 "/m --template model --temperature 0 --max-new-tokens 8 --show-prompt < " + dir +
+                 "/turns.txt");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("[prompt] [INST] Once upon a time[/INST]\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[/INST] "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[INST] The dog ran[/INST]\n"), std::string::npos) << r.out;
+  const CliRun g = tiller_run("generate --model " + dir +
+                              "/m --template model --prompt 'Once upon a time' --temperature 0"
+                              " --max-new-tokens 4");
+  EXPECT_EQ(g.code, 0) << g.err;
+
+  // A template outside the subset: one line naming the construct and where, non-zero exit.
+  config["chat_template"] = "{{ bos_token }}\n{% include 'turns.jinja' %}";
+  std::ofstream(config_path) << config.dump();
+  const CliRun bad = tiller_run("generate --model " + dir +
+                                "/m --template model --prompt 'Once' --max-new-tokens 2");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.err.find("tokenizer_config.json: chat_template:2:4: unsupported tag 'include'"),
+            std::string::npos)
+      << bad.err;
+}
+
 TEST(Cli, ChatKeepsTheConversationInItsPrompts) {
   TILLER_REQUIRE_SHARED(bin, "models/stories260K/stories260K.bin");
   TILLER_REQUIRE_SHARED(tok_path, "models/stories260K/tok512.model");

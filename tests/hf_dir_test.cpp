@@ -273,6 +273,30 @@ TEST(HfDir, MissingPiecesAreNamed) {
   EXPECT_EQ(tokenizer_path_in(no_weights), no_weights + "/tokenizer.model");
 }
 
+TEST(HfDir, ASavedModelKeepsItsChatTemplate) {
+  // template: model reads tokenizer_config.json beside the tokenizer: a stage's final/ must carry
+  // the chat template (and the special tokens it names) of the SentencePiece model it started from.
+  auto model = random_model(tiny_llama(), 12);
+  const std::string root = test::temp_dir("hf_chat_template");
+  std::filesystem::create_directories(root + "/source");
+  write_file_atomic(root + "/source/tokenizer.model", "not read by the save");
+  const nlohmann::json config = {{"chat_template", "{{ bos_token }}{{ messages[0].content }}"},
+                                 {"bos_token", {{"content", "<s>"}}},
+                                 {"eos_token", "</s>"},
+                                 {"tokenizer_class", "LlamaTokenizerFast"}};
+  write_file_atomic(root + "/source/tokenizer_config.json", config.dump());
+  write_file_atomic(root + "/source/chat_template.jinja", "{{ messages }}");
+  SaveOptions options;
+  options.tokenizer_path = root + "/source/tokenizer.model";
+  save_hf_model(*model, root + "/model", options);
+  const auto saved = read_json_file(root + "/model/tokenizer_config.json");
+  EXPECT_EQ(saved["chat_template"], config["chat_template"]);
+  EXPECT_EQ(saved["bos_token"], config["bos_token"]);
+  EXPECT_EQ(saved["eos_token"], "</s>");
+  EXPECT_EQ(saved["tokenizer_class"], "LlamaTokenizer");
+  EXPECT_EQ(read_file(root + "/model/chat_template.jinja"), "{{ messages }}");
+}
+
 TEST(HfDir, FailedSaveLeavesNothingBehind) {
   auto model = random_model(tiny_llama(), 10);
   const std::string root = test::temp_dir("hf_failed_save");

@@ -217,7 +217,20 @@ void save_hf_model(const ModelConfig& config,
                                          {"add_bos_token", true},
                                          {"add_eos_token", false},
                                          {"legacy", true}};
+      // The model's chat template and the special tokens it names travel with it (template: model).
+      const std::string beside =
+          (fs::path(tokenizer).parent_path() / "tokenizer_config.json").string();
+      if (path_exists(beside)) {
+        const nlohmann::json source = read_json_file(beside);
+        for (const char* key : {"chat_template", "bos_token", "eos_token"})
+          if (source.is_object() && source.contains(key)) tokenizer_config[key] = source[key];
+      }
       write_file_atomic(tmp + "/tokenizer_config.json", tokenizer_config.dump(2) + "\n");
+    }
+    if (!tokenizer.empty()) {
+      const std::string jinja =
+          (fs::path(tokenizer).parent_path() / "chat_template.jinja").string();
+      if (path_exists(jinja)) write_file_atomic(tmp + "/chat_template.jinja", read_file(jinja));
     }
     nlohmann::json generation = {
         {"bos_token_id",

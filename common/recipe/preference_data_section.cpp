@@ -1,5 +1,6 @@
 #include "common/recipe/preference_data_section.h"
 
+#include "common/tokenizer/chat_template.h"  // chat_template_names
 #include "common/util/files.h"
 
 namespace tiller {
@@ -14,7 +15,8 @@ PreferenceDataSection read_preference_data_section(ConfigReader& d) {
   s.data.skip_bad_lines = d.boolean("skip_bad_lines", false);
   s.data.max_records = d.integer("max_records", -1);
   d.one_of("format", s.data.format, {"preference", "hh", "ranking", "oasst"});
-  d.one_of("template", s.data.template_name, {"chatml", "llama2", "alpaca", "plain"});
+  d.one_of("template", s.data.template_name,
+           std::set<std::string>(chat_template_names().begin(), chat_template_names().end()));
   d.require(s.val_fraction >= 0 && s.val_fraction < 1, "val_fraction", "must be in [0, 1)");
   d.require(s.val_path.empty() || s.val_fraction == 0, "val_fraction",
             "give either data.val or data.val_fraction, not both");

@@ -666,6 +666,13 @@ int64_t ByteLevelBpe::template_bos() const {
   return state_->template_bos;
 }
 
+std::vector<std::pair<std::string, int64_t>> ByteLevelBpe::special_tokens() const {
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (const AddedToken& t : state_->added)
+    if (t.special) out.emplace_back(t.content, t.id);
+  return out;
+}
+
 int64_t ByteLevelBpe::id_of(const std::string& token) const {
   auto it = state_->vocab.find(token);
   return it == state_->vocab.end() ? -1 : it->second;

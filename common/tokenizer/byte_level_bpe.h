@@ -37,6 +37,8 @@ class ByteLevelBpe {
   // The special token the post-processor puts before a text (TemplateProcessing's, as Llama 3's
   // newer tokenizer.json has it), or -1: transformers adds it as BOS.
   int64_t template_bos() const;
+  // The added tokens flagged special, with their ids (what a chat template's text may hold).
+  std::vector<std::pair<std::string, int64_t>> special_tokens() const;
 
  private:
   struct State;

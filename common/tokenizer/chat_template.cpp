@@ -1,5 +1,6 @@
 #include "common/tokenizer/chat_template.h"
 
+#include "common/tokenizer/model_chat_template.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/error.h"
 
@@ -80,7 +81,7 @@ std::vector<Segment> render(const std::string& name, const std::vector<Message>&
 }  // namespace
 
 const std::vector<std::string>& chat_template_names() {
-  static const std::vector<std::string> names = {"chatml", "llama2", "alpaca", "plain"};
+  static const std::vector<std::string> names = {"chatml", "llama2", "alpaca", "plain", "model"};
   return names;
 }
 
@@ -94,6 +95,7 @@ TokenizedConversation tokenize_conversation(const Tokenizer& tok, const std::str
                                             const std::vector<Message>& messages,
                                             bool train_on_prompt) {
   check(is_chat_template(name), "unknown chat template '" + name + "'");
+  if (name == "model") return tokenize_model_conversation(tok, messages, train_on_prompt);
   TokenizedConversation out;
   // A tokenizer without BOS (Qwen2's) starts with the template's text.
   const bool has_bos = tok.bos_id() >= 0;
@@ -118,6 +120,7 @@ TokenizedConversation tokenize_conversation(const Tokenizer& tok, const std::str
 std::vector<int64_t> tokenize_prompt(const Tokenizer& tok, const std::string& name,
                                      const std::vector<Message>& messages) {
   check(is_chat_template(name), "unknown chat template '" + name + "'");
+  if (name == "model") return tokenize_model_prompt(tok, messages);
   const bool has_bos = tok.bos_id() >= 0;
   std::vector<int64_t> out;
   if (has_bos) out.push_back(tok.bos_id());

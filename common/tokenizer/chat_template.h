@@ -12,7 +12,9 @@ struct Message {
   std::string content;
 };
 
-// Names accepted by chat_template_names(): chatml, llama2, alpaca, plain.
+// Names accepted by chat_template_names(): chatml, llama2, alpaca, plain, and model: the Jinja
+// chat_template of the tokenizer's own tokenizer_config.json
+// (common/tokenizer/model_chat_template.h).
 const std::vector<std::string>& chat_template_names();
 bool is_chat_template(const std::string& name);
 
@@ -23,8 +25,9 @@ struct TokenizedConversation {
   std::vector<uint8_t> trainable;
 };
 
-// Renders and tokenizes `messages` with the named template (BOS first). Assistant turns are
-// trainable unless train_on_prompt makes every token (but the first) trainable.
+// Renders and tokenizes `messages` with the named template (BOS first; with `model`, the BOS the
+// template itself writes). Assistant turns are trainable unless train_on_prompt makes every token
+// (but the first) trainable.
 TokenizedConversation tokenize_conversation(const Tokenizer& tokenizer,
                                             const std::string& template_name,
                                             const std::vector<Message>& messages,

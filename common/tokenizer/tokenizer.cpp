@@ -304,6 +304,17 @@ Tokenizer::PieceEntry Tokenizer::sentencepiece_entry(int64_t id) const {
   return entry;
 }
 
+std::vector<std::pair<std::string, int64_t>> Tokenizer::special_tokens() const {
+  if (bpe_) return bpe_->special_tokens();
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (int64_t id = 0; id < vocab_size_; ++id) {
+    float score = 0;
+    if (module().piece_kind(handle_, static_cast<int32_t>(id), &score) == 3)
+      out.emplace_back(piece(id), id);
+  }
+  return out;
+}
+
 int64_t Tokenizer::unk_id() const {
   return bpe_ ? -1 : module().property(handle_, 4);
 }

@@ -4,6 +4,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace tiller {
@@ -48,6 +49,9 @@ class Tokenizer {
   };
   PieceEntry sentencepiece_entry(int64_t id) const;
   bool is_sentencepiece() const { return bpe_ == nullptr; }
+  // The special tokens a rendered chat template may spell out, with their ids: a tokenizer.json's
+  // added tokens flagged special, a SentencePiece model's control pieces (<s>, </s>, [INST] ...).
+  std::vector<std::pair<std::string, int64_t>> special_tokens() const;
   int64_t unk_id() const;
 
   int64_t vocab_size() const;

@@ -228,6 +228,21 @@ def seeds_math_answer():
     put("math_answer", "list", "\\boxed{1, 2, (3,4)}1,2,3")
 
 
+def seeds_jinja(repo):
+    """The real chat templates of tests/chat_templates/ and a few constructs and errors."""
+    folder = os.path.join(repo, "tests", "chat_templates")
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json"):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                put("jinja", name[:-5], json.load(f)["chat_template"])
+    put("jinja", "constructs", "{% macro m(a, b=1) %}{{ a ~ b }}{% endmacro %}{% set ns = namespace(n=0) %}"
+        "{% for x in messages if x.role != 'system' %}{% set ns.n = ns.n + 1 %}{{ m(x.content | trim, loop.index) }}"
+        "{% if loop.last %}{{ ns.n }}{% endif %}{% endfor %}{{ messages[1:] | map(attribute='role') | join(',') }}"
+        "{{ {'a': [1, 2.5, none]} | tojson(indent=2) }}{{ 'a b'.split() }}{% if add_generation_prompt %}>{% endif %}")
+    put("jinja", "unsupported", "{% include 'x' %}{{ x | nope }}{% raw %}")
+    put("jinja", "recursion", "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}")
+
+
 def seeds_prepare():
     # The first byte picks the kind: 0 lines, 1 paragraphs, 2 whole file, 3 JSONL, 4 gzip.
     prose = ("Once upon a time, the little fox and the bear went to the river with a red ball. "
@@ -274,6 +289,7 @@ if __name__ == "__main__":
     put("tokenizer", "not_a_model", "hello world\n")
     seeds_tokenizer_json()
     seeds_math_answer()
+    seeds_jinja(repo)
     seeds_prepare()
     seeds_shards()
     if a.tokenizer:
