@@ -162,7 +162,9 @@ void quantize_layers_gptq(TransformerImpl& model, const QuantizeOptions& o, cons
   DecoderImpl& body = *model.model;
   auto hidden = body.embed_tokens(ids).to(torch::kFloat);  // [S, T, C]
   const auto positions = torch::arange(o.length).unsqueeze(0).expand({o.samples, o.length});
-  auto [cos, sin] = body.rotary.tables(positions.contiguous());
+  // Not a structured binding: clang (C++17) does not let run_layer capture one.
+  const auto tables = body.rotary.tables(positions.contiguous());
+  const torch::Tensor &cos = tables.first, &sin = tables.second;
   const auto allowed = causal_mask(torch::ones({o.samples, o.length}, torch::kBool), o.length);
   constexpr int64_t kBatch = 8;
   auto run_layer = [&](DecoderLayerImpl& layer, int64_t l) {

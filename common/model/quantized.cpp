@@ -179,7 +179,10 @@ QuantizedWeights unpack_stored(std::map<std::string, torch::Tensor>& tensors,
                                const QuantizationConfig& config, const std::string& where) {
   QuantizedWeights out;
   out.config = config;
-  for (const auto& [name, bits] : config.weights) {
+  for (const auto& entry : config.weights) {
+    // Not a structured binding: clang (C++17) does not let the lambda below capture one.
+    const std::string& name = entry.first;
+    const int bits = entry.second;
     const bool int8 = bits == 8;
     const std::string base = stem(name);
     auto take = [&](const std::string& suffix) {

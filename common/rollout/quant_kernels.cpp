@@ -124,7 +124,9 @@ TILLER_AVX2 float row_u4_avx2(const uint8_t* codes, const float* scales, const f
 // -Wuninitialized reports at every use; the values are never read.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 bool cpu_has_avx512() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
