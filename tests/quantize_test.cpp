@@ -102,12 +102,14 @@ TEST(Quantize, KernelsMatchTheDequantisedMatrixOnEverySet) {
     int bits;
     int64_t rows, cols, group;
   };
-  for (const Case& c : {Case{8, 40, 96, 0}, Case{8, 3, 7, 0}, Case{4, 40, 128, 32},
-                        Case{4, 33, 128, 64}, Case{4, 20, 48, 16}, Case{4, 9, 36, 12}}) {
+  for (const Case& c :
+       {Case{8, 40, 96, 0}, Case{8, 3, 7, 0}, Case{4, 40, 128, 32}, Case{4, 33, 128, 64},
+        Case{4, 20, 48, 16}, Case{4, 9, 36, 12}, Case{8, 700, 128, 0},
+        Case{4, 600, 128, 32}}) {  // the last two: several tiles
     const auto m = quantize_rtn(torch::randn({c.rows, c.cols}), c.bits, c.group, "w");
     const auto reference_weight = dequantize(m).to(torch::kDouble);
     const auto bias = torch::randn({c.rows});
-    for (int64_t input_rows : {1, 3}) {
+    for (int64_t input_rows : {1, 3, 6}) {  // one row, a dot product per row, sgemm tiles
       const auto in = torch::randn({input_rows, c.cols});
       const auto start = torch::randn({input_rows, c.rows});
       const auto product = in.to(torch::kDouble).matmul(reference_weight.t());
@@ -153,7 +155,8 @@ TEST(Quantize, GptqBeatsRoundToNearestOnCorrelatedInputs) {
   torch::manual_seed(7);
   const int64_t in = 64, out = 48;
   // A few directions carry most of the variance, as in a trained model's activations.
-  auto inputs = torch::randn({2048, 6}).matmul(torch::randn({6, in})) + 0.05 * torch::randn({2048, in});
+  auto inputs =
+      torch::randn({2048, 6}).matmul(torch::randn({6, in})) + 0.05 * torch::randn({2048, in});
   inputs.select(1, 5).zero_();
   HessianSum hessian(in);
   hessian.add(inputs.view({2, 1024, in}));
@@ -263,7 +266,7 @@ TEST(Quantize, GptqDirectoryFromCalibrationText) {
   ASSERT_TRUE(config.has_value());
   EXPECT_EQ(config->method, "gptq");
   EXPECT_EQ(config->details["samples"], 8);
-  EXPECT_EQ(config->weights.at("lm_head.weight"), 8);  // the head: int8 by default
+  EXPECT_EQ(config->weights.at("lm_head.weight"), 8);                 // the head: int8 by default
   EXPECT_EQ(config->weights.count("model.embed_tokens.weight"), 0u);  // embeddings: kept
   EXPECT_EQ(config->weights.at("model.layers.1.mlp.down_proj.weight"), 4);
   Transformer loaded = load_hf_model(o.out_dir, -1, QuantizedModels::load_frozen);

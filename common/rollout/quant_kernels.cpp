@@ -1,6 +1,7 @@
 #include "common/rollout/quant_kernels.h"
 
 #include <ATen/Parallel.h>
+#include <cblas.h>
 
 #include <vector>
 
@@ -10,6 +11,9 @@
 namespace tiller::quant_kernels {
 
 namespace {
+
+// From this many input rows, dequantised tiles through sgemm beat a dot product per row.
+constexpr int64_t kTileRows = 4;
 
 // ---------------------------------------------------------------------------------------------
 // Portable loops: sums in 8 interleaved lanes, as decode_kernels::dot, so the compiler vectorises.
@@ -306,9 +310,35 @@ const char* isa_name(Isa isa) {
   return "portable";
 }
 
+namespace {
+
+// Several input rows: tiles of weight rows dequantised into a buffer that stays in L2, each
+// multiplied by all the input rows through sgemm into its block of output columns.
+void matmul_tiles(const QuantizedMatrix& m, const float* in, int64_t rows, const float* bias,
+                  float* out, bool accumulate) {
+  const int64_t tile = std::max<int64_t>(16, (int64_t{1} << 16) / m.cols);
+  std::vector<float> weights(tile * m.cols);
+  if (bias != nullptr)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < m.rows; ++j)
+        out[r * m.rows + j] = (accumulate ? out[r * m.rows + j] : 0.0f) + bias[j];
+  const float beta = accumulate || bias != nullptr ? 1.0f : 0.0f;
+  for (int64_t j0 = 0; j0 < m.rows; j0 += tile) {
+    const int64_t n = std::min(tile, m.rows - j0);
+    for (int64_t j = 0; j < n; ++j) dequantize_row(m, j0 + j, weights.data() + j * m.cols);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<CBLAS_INT>(rows),
+                static_cast<CBLAS_INT>(n), static_cast<CBLAS_INT>(m.cols), 1.0f, in,
+                static_cast<CBLAS_INT>(m.cols), weights.data(), static_cast<CBLAS_INT>(m.cols),
+                beta, out + j0, static_cast<CBLAS_INT>(m.rows));
+  }
+}
+
+}  // namespace
+
 void matmul(Isa isa, const QuantizedMatrix& m, const float* in, int64_t rows, const float* bias,
             float* out, bool accumulate) {
   check(supported(isa), "quant_kernels::matmul: this CPU lacks the instructions asked for");
+  if (rows >= kTileRows) return matmul_tiles(m, in, rows, bias, out, accumulate);
   // The input's sum over each group, per row: the minimums' share of an int4 product.
   std::vector<float> group_sums;
   if (m.bits == 4) {
