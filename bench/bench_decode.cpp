@@ -4,6 +4,7 @@
 #include "bench/bench.h"
 #include "common/io/hf_dir.h"
 #include "common/model/quantized.h"
+#include "common/rollout/fast_decode.h"
 #include "common/rollout/generator.h"
 #include "common/util/error.h"
 #include "quantize/quantize.h"
@@ -61,15 +62,16 @@ StepCost decode_step_cost(const ModelConfig& c, int64_t batch, int64_t prompt_to
 }
 
 // The bytes of the matrices a decode step multiplies by (the embedding only when it is the LM
-// head): packed where the model is quantised.
-double matmul_weight_bytes(TransformerImpl& model, int64_t element_bytes) {
+// head): packed where the model is quantised and the step reads the packed weights.
+double matmul_weight_bytes(TransformerImpl& model, int64_t element_bytes, bool packed_read) {
   const auto& c = model.config;
   const bool embedding_is_head = c.num_labels == 0 && c.tie_word_embeddings;
   double bytes = 0;
   for (auto& [name, tensor] : model.named_weights()) {
     if (name == "model.embed_tokens.weight" && !embedding_is_head) continue;
     if (tensor.dim() != 2) continue;  // norms: read, but not matrices
-    const QuantizedMatrix* packed = model.quantized ? model.quantized->find(name) : nullptr;
+    const QuantizedMatrix* packed =
+        model.quantized && packed_read ? model.quantized->find(name) : nullptr;
     bytes += packed != nullptr ? static_cast<double>(packed->bytes())
                                : static_cast<double>(tensor.numel() * element_bytes);
   }
@@ -165,9 +167,11 @@ void run_decode(const DecodeOptions& o) {
       const double prefill = batch * o.prompt_tokens / prefill_s[v];
       const double decode = batch * (o.new_tokens - 1) / std::max(total_s[v] - prefill_s[v], 1e-9);
       if (v == 0) first_decode = decode;
-      const StepCost cost =
-          decode_step_cost(config, batch, o.prompt_tokens, o.new_tokens,
-                           matmul_weight_bytes(*model, bf16 ? 2 : 4), bf16 ? 2 : 4);
+      const StepCost cost = decode_step_cost(
+          config, batch, o.prompt_tokens, o.new_tokens,
+          matmul_weight_bytes(*model, bf16 ? 2 : 4,
+                              !o.torch_decode && batch < FastDecoder::kPackedRowsLimit),
+          bf16 ? 2 : 4);
       const double bandwidth_bound = batch / (cost.bytes / (copy_gbps * 1e9));
       const double compute_bound = peak_gflops * 1e9 / cost.flops_per_token;
       rows.push_back({{"shape", label},

@@ -12,6 +12,7 @@
 #include "common/io/hf_dir.h"
 #include "common/io/safetensors.h"
 #include "common/model/quantized.h"
+#include "common/rollout/fast_decode.h"
 #include "common/rollout/generator.h"
 #include "common/rollout/quant_kernels.h"
 #include "common/util/files.h"
@@ -225,13 +226,18 @@ TEST(Quantize, QuantisedDirectoryLoadsFrozenAndDecodesLikeItsDequantisedWeights)
     sampling.stop_at_eos = false;
     sampling.temperature = 0;
     sampling.full_pass_logprobs = false;
-    const std::vector<std::vector<int64_t>> prompts = {{1, 5, 9}, {1}, {1, 3, 4, 8, 30}};
-    sampling.fast_decode = false;
-    const auto torch_path = generate(*model, prompts, sampling);
-    sampling.fast_decode = true;
-    const auto fast = generate(*model, prompts, sampling);
-    EXPECT_TRUE(torch::equal(fast.response_ids, torch_path.response_ids));
-    test::expect_close_to_scale(fast.logprobs, torch_path.logprobs, 1e-5, "log-probs");
+    // Three rows read the packed weights; five, the dequantised parameters (kPackedRowsLimit).
+    for (const std::vector<std::vector<int64_t>>& prompts :
+         {std::vector<std::vector<int64_t>>{{1, 5, 9}, {1}, {1, 3, 4, 8, 30}},
+          std::vector<std::vector<int64_t>>{{1, 5, 9}, {1}, {1, 3, 4, 8, 30}, {1, 2}, {1, 7}}}) {
+      static_assert(FastDecoder::kPackedRowsLimit == 4, "the row counts above straddle it");
+      sampling.fast_decode = false;
+      const auto torch_path = generate(*model, prompts, sampling);
+      sampling.fast_decode = true;
+      const auto fast = generate(*model, prompts, sampling);
+      EXPECT_TRUE(torch::equal(fast.response_ids, torch_path.response_ids));
+      test::expect_close_to_scale(fast.logprobs, torch_path.logprobs, 1e-5, "log-probs");
+    }
   }
 }
 

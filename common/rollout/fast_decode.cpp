@@ -206,7 +206,7 @@ void FastDecoder::add_low_rank(const LowRank& adapter, const float* in, int64_t 
 
 void FastDecoder::project(const float* in, int64_t k, const Weight& weight, const float* bias,
                           int64_t n, float* out, bool accumulate) {
-  if (weight.quantized != nullptr)
+  if (weight.quantized != nullptr && batch_ < kPackedRowsLimit)
     return quant_kernels::matmul(quant_isa_, *weight.quantized, in, batch_, bias, out, accumulate);
   linear(isa_, in, batch_, k, weight.dense, bias, n, out, accumulate);
 }

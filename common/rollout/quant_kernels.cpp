@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <cblas.h>
 
+#include <cmath>
 #include <vector>
 
 #include "common/util/error.h"
@@ -121,6 +122,27 @@ TILLER_AVX2 float row_u4_avx2(const uint8_t* codes, const float* scales, const f
     from_mins += mins[g] * group_sums[g];
   }
   return sum8(acc) + from_mins;
+}
+
+// w[i] = q[i] * scale, n a multiple of 8.
+TILLER_AVX2 void dequantize_i8_avx2(const int8_t* q, float scale, int64_t n, float* w) {
+  const __m256 s = _mm256_set1_ps(scale);
+  for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(w + i, _mm256_mul_ps(widen8_i8(q + i), s));
+}
+
+// One group of 4-bit codes (half a multiple of 8) as floats: q * scale + min.
+TILLER_AVX2 void dequantize_u4_avx2(const uint8_t* q, float scale, float min, int64_t half,
+                                    float* w) {
+  const __m128i nibble = _mm_set1_epi8(15);
+  const __m256 s = _mm256_set1_ps(scale), m = _mm256_set1_ps(min);
+  for (int64_t i = 0; i < half; i += 8) {
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i));
+    const __m128i low = _mm_and_si128(bytes, nibble);
+    const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble);
+    _mm256_storeu_ps(w + i, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(low)), s, m));
+    _mm256_storeu_ps(w + half + i,
+                     _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(high)), s, m));
+  }
 }
 
 #define TILLER_AVX512 __attribute__((target("avx512f,avx512bw,avx2,fma")))
@@ -261,9 +283,23 @@ float row_times_one(Isa isa, const QuantizedMatrix& m, int64_t j, const float* x
   return sum;
 }
 
-// Row j of `m` as floats into w[m.cols].
-void dequantize_row(const QuantizedMatrix& m, int64_t j, float* w) {
+// Row j of `m` as floats into w[m.cols]: the same values whatever the set (one multiply, or one
+// fused multiply-add, a value).
+void dequantize_row(Isa isa, const QuantizedMatrix& m, int64_t j, float* w) {
   const float* scales = m.scales.data_ptr<float>() + j * m.groups();
+#ifdef TILLER_HAVE_AVX2_KERNELS
+  if (isa != Isa::portable && m.bits == 8 && m.cols % 8 == 0)
+    return dequantize_i8_avx2(m.packed.data_ptr<int8_t>() + j * m.cols, scales[0], m.cols, w);
+  if (isa != Isa::portable && m.bits == 4 && m.group_size % 16 == 0) {
+    const float* mins = m.mins.data_ptr<float>() + j * m.groups();
+    const uint8_t* codes = m.packed.data_ptr<uint8_t>() + j * (m.cols / 2);
+    const int64_t half = m.group_size / 2;
+    for (int64_t g = 0; g < m.groups(); ++g)
+      dequantize_u4_avx2(codes + g * half, scales[g], mins[g], half, w + g * m.group_size);
+    return;
+  }
+#endif
+  (void)isa;
   if (m.bits == 8) {
     const int8_t* q = m.packed.data_ptr<int8_t>() + j * m.cols;
     for (int64_t i = 0; i < m.cols; ++i) w[i] = static_cast<float>(q[i]) * scales[0];
@@ -276,8 +312,8 @@ void dequantize_row(const QuantizedMatrix& m, int64_t j, float* w) {
     const uint8_t* q = codes + g * half;
     float* out = w + g * m.group_size;
     for (int64_t i = 0; i < half; ++i) {
-      out[i] = static_cast<float>(q[i] & 15) * scales[g] + mins[g];
-      out[i + half] = static_cast<float>(q[i] >> 4) * scales[g] + mins[g];
+      out[i] = std::fma(static_cast<float>(q[i] & 15), scales[g], mins[g]);
+      out[i + half] = std::fma(static_cast<float>(q[i] >> 4), scales[g], mins[g]);
     }
   }
 }
@@ -314,9 +350,9 @@ namespace {
 
 // Several input rows: tiles of weight rows dequantised into a buffer that stays in L2, each
 // multiplied by all the input rows through sgemm into its block of output columns.
-void matmul_tiles(const QuantizedMatrix& m, const float* in, int64_t rows, const float* bias,
-                  float* out, bool accumulate) {
-  const int64_t tile = std::max<int64_t>(16, (int64_t{1} << 16) / m.cols);
+void matmul_tiles(Isa isa, const QuantizedMatrix& m, const float* in, int64_t rows,
+                  const float* bias, float* out, bool accumulate) {
+  const int64_t tile = std::max<int64_t>(16, (int64_t{1} << 18) / m.cols);
   std::vector<float> weights(tile * m.cols);
   if (bias != nullptr)
     for (int64_t r = 0; r < rows; ++r)
@@ -325,7 +361,7 @@ void matmul_tiles(const QuantizedMatrix& m, const float* in, int64_t rows, const
   const float beta = accumulate || bias != nullptr ? 1.0f : 0.0f;
   for (int64_t j0 = 0; j0 < m.rows; j0 += tile) {
     const int64_t n = std::min(tile, m.rows - j0);
-    for (int64_t j = 0; j < n; ++j) dequantize_row(m, j0 + j, weights.data() + j * m.cols);
+    for (int64_t j = 0; j < n; ++j) dequantize_row(isa, m, j0 + j, weights.data() + j * m.cols);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<CBLAS_INT>(rows),
                 static_cast<CBLAS_INT>(n), static_cast<CBLAS_INT>(m.cols), 1.0f, in,
                 static_cast<CBLAS_INT>(m.cols), weights.data(), static_cast<CBLAS_INT>(m.cols),
@@ -338,7 +374,7 @@ void matmul_tiles(const QuantizedMatrix& m, const float* in, int64_t rows, const
 void matmul(Isa isa, const QuantizedMatrix& m, const float* in, int64_t rows, const float* bias,
             float* out, bool accumulate) {
   check(supported(isa), "quant_kernels::matmul: this CPU lacks the instructions asked for");
-  if (rows >= kTileRows) return matmul_tiles(m, in, rows, bias, out, accumulate);
+  if (rows >= kTileRows) return matmul_tiles(isa, m, in, rows, bias, out, accumulate);
   // The input's sum over each group, per row: the minimums' share of an int4 product.
   std::vector<float> group_sums;
   if (m.bits == 4) {
@@ -355,7 +391,7 @@ void matmul(Isa isa, const QuantizedMatrix& m, const float* in, int64_t rows, co
     std::vector<float> w;  // one dequantised row, for several input rows
     if (rows > 1) w.resize(m.cols);
     for (int64_t j = begin; j < end; ++j) {
-      if (rows > 1) dequantize_row(m, j, w.data());
+      if (rows > 1) dequantize_row(isa, m, j, w.data());
       for (int64_t r = 0; r < rows; ++r) {
         const float* x = in + r * m.cols;
         float y = rows > 1 ? dot_f32(isa, w.data(), x, m.cols)
