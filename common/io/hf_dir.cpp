@@ -141,6 +141,8 @@ Transformer load_hf_model(const std::string& dir, int64_t num_labels, QuantizedM
     for (auto it = packed->matrices.begin(); it != packed->matrices.end();)
       it = head_changes && is_head(it->first) ? packed->matrices.erase(it) : std::next(it);
     model->quantized = packed;
+    std::fprintf(stderr, "%s: a quantised model (%s), loaded frozen\n", dir.c_str(),
+                 describe(*quantization).c_str());
   }
   model->eval();
   return model;
