@@ -10,6 +10,13 @@ the model from the GGUF alone (its vocabulary, SentencePiece-BPE encoding by sco
 interleaved RoPE) greedily, as llama2.c's run.c does. Prints one JSON object; exits 1 with a
 message on the first inconsistency.
 
+A byte-level BPE vocabulary (tokenizer.ggml.model = gpt2) is checked against the directory's
+tokenizer.json, tokenizer_config.json and config.json, read here as llama.cpp's converter reads
+them (convert_hf_to_gguf.py's get_vocab_base and gguf-py's SpecialVocab): every token and its
+type, every merge in rank order, the special ids, add_bos_token, the chat template, and
+tokenizer.ggml.pre as llama.cpp names the pre-tokenizer (llama-vocab.cpp's pre-types whose
+regexes it reproduces).
+
   gguf_reader.py FILE.gguf --hf DIR [--prompt TEXT --total-tokens N]
 """
 import argparse
@@ -221,6 +228,103 @@ def compare(tensors, metadata, hf):
     return errors
 
 
+def flatten(pre):
+    if pre.get("type") == "Sequence":
+        return [step for inner in pre.get("pretokenizers", []) for step in flatten(inner)]
+    return [pre]
+
+
+LETTERS_THEN = r"|[^\r\n\p{L}\p{N}]?\p{L}+|"
+PUNCTUATION_AND_SPACES = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+CONTRACTIONS = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)", "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])")
+
+
+def pre_name(pre):
+    """llama.cpp's name for a tokenizer.json pre-tokenizer, or None."""
+    steps = flatten(pre)
+
+    def byte_level(step, use_regex):
+        return (step.get("type") == "ByteLevel" and step.get("add_prefix_space", True) is False
+                and step.get("use_regex", True) is use_regex)
+
+    if len(steps) == 1 and byte_level(steps[0], True):
+        return "gpt-2"
+    if (len(steps) == 2 and steps[0].get("type") == "Digits" and steps[0].get("individual_digits") is True
+            and byte_level(steps[1], True)):
+        return "smollm"
+    if len(steps) == 2 and steps[0].get("type") == "Split" and byte_level(steps[1], False):
+        regex = steps[0].get("pattern", {}).get("Regex", "")
+        for contractions in CONTRACTIONS:
+            for digits, name in ((r"\p{N}{1,3}", "llama-bpe"), (r"\p{N}", "qwen2")):
+                if regex == contractions + LETTERS_THEN + digits + PUNCTUATION_AND_SPACES:
+                    return name
+    return None
+
+
+def looks_special(token):
+    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or (token.startswith("<|") and token.endswith("|>"))
+            or (token.startswith("<\uff5c") and token.endswith("\uff5c>"))
+            or (token.startswith("<unused") and token.endswith(">")))
+
+
+def check_gpt2_vocabulary(m, directory):
+    import os
+    tj = json.load(open(os.path.join(directory, "tokenizer.json"), encoding="utf-8"))
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    tc = json.load(open(config_path, encoding="utf-8")) if os.path.exists(config_path) else {}
+    config = json.load(open(os.path.join(directory, "config.json"), encoding="utf-8"))
+    n = m["llama.vocab_size"]
+    by_id = {i: (t, 1) for t, i in tj["model"]["vocab"].items()}
+    added = tj.get("added_tokens", [])
+    for a in added:
+        by_id[a["id"]] = (a["content"], 3 if a.get("special") or looks_special(a["content"]) else 4)
+    tokens = [by_id[i][0] if i in by_id else f"[PAD{i}]" for i in range(n)]
+    types = [by_id[i][1] if i in by_id else 5 for i in range(n)]
+    for key, want in (("tokenizer.ggml.tokens", tokens), ("tokenizer.ggml.token_type", types)):
+        got = m.get(key)
+        if got is None or len(got) != n:
+            fail(f"{key}: {None if got is None else len(got)} entries, expected {n}")
+        for i in range(n):
+            if got[i] != want[i]:
+                fail(f"{key}[{i}] is {got[i]!r}, expected {want[i]!r}")
+    merges = [x if isinstance(x, str) else " ".join(x) for x in tj["model"].get("merges", [])]
+    if m.get("tokenizer.ggml.merges") != merges:
+        got = m.get("tokenizer.ggml.merges") or []
+        first = next((i for i in range(min(len(got), len(merges))) if got[i] != merges[i]), None)
+        fail(f"tokenizer.ggml.merges: {len(got)} merges, expected {len(merges)}; first difference at {first}")
+    if m.get("tokenizer.ggml.model") != "gpt2" or "tokenizer.ggml.scores" in m:
+        fail("a byte-level BPE vocabulary is model gpt2 without scores")
+    pre = pre_name(tj["pre_tokenizer"])
+    if m.get("tokenizer.ggml.pre") != pre:
+        fail(f"tokenizer.ggml.pre is {m.get('tokenizer.ggml.pre')!r}, expected {pre!r}")
+    ids = {}
+    for kind, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):
+        entry = tc.get(f"{kind}_token")
+        content = entry.get("content") if isinstance(entry, dict) else entry
+        found = next((a["id"] for a in added if content is not None and a["content"] == content), None)
+        if found is None and isinstance(config.get(f"{kind}_token_id"), int):
+            found = config[f"{kind}_token_id"]
+        if m.get(f"tokenizer.ggml.{key}_token_id") != found:
+            fail(f"tokenizer.ggml.{key}_token_id is {m.get(f'tokenizer.ggml.{key}_token_id')}, expected {found}")
+        ids[kind] = found
+    processors, template_bos = [tj.get("post_processor")], False
+    while processors:
+        p = processors.pop()
+        if isinstance(p, dict):
+            processors += p.get("processors", [])
+            single = p.get("single") if p.get("type") == "TemplateProcessing" else None
+            template_bos = template_bos or bool(single and "SpecialToken" in single[0])
+    add_bos = template_bos or (tc.get("add_bos_token") is True and ids["bos"] is not None)
+    if m.get("tokenizer.ggml.add_bos_token") is not add_bos:
+        fail(f"tokenizer.ggml.add_bos_token is {m.get('tokenizer.ggml.add_bos_token')}, expected {add_bos}")
+    if m.get("tokenizer.ggml.add_eos_token") is not (tc.get("add_eos_token") is True):
+        fail("tokenizer.ggml.add_eos_token differs from tokenizer_config.json's")
+    if m.get("tokenizer.chat_template") != tc.get("chat_template"):
+        fail("tokenizer.chat_template differs from tokenizer_config.json's chat_template")
+    return {"tokens": n, "merges": len(merges), "pre": pre, "special_ids": ids,
+            "types": {str(t): types.count(t) for t in sorted(set(types))}}
+
+
 def encode(text, pieces, scores):
     """SentencePiece BPE by scores, as llama2.c's encode: characters (or their bytes), then merges."""
     index = {p: i for i, p in enumerate(pieces)}
@@ -320,6 +424,8 @@ def main():
               "metadata_types": types,
               "tensors": [{k: t[k] for k in ("name", "ne", "type", "offset")} for t in tensors],
               "relative_error": compare(tensors, metadata, read_safetensors(a.hf))}
+    if metadata.get("tokenizer.ggml.model") == "gpt2":
+        report["gpt2_vocabulary"] = check_gpt2_vocabulary(metadata, a.hf)
     if a.prompt:
         report["greedy"] = greedy(tensors, metadata, a.prompt, a.total_tokens)
     print(json.dumps(report))
