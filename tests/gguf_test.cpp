@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <set>
 
 #include "common/io/hf_dir.h"
@@ -66,7 +67,7 @@ std::string write_bpe_tokenizer(const std::string& dir, const nlohmann::json& pr
   nlohmann::json merges = nlohmann::json::array();
   int next = 256;
   for (const auto& [left, right] : std::vector<std::pair<std::string, std::string>>{
-           {" ", "t"}, {"h", "e"}, {" t", "he"}, {"o", "n"}, {"i", "s"}}) {
+           {" ", "t"}, {"h", "e"}, {" t", "he"}, {"1", "2"}, {"12", "3"}}) {
     const std::string l = byte_level_symbols(left), r = byte_level_symbols(right);
     merges.push_back(merges_as_pairs ? nlohmann::json::array({l, r}) : nlohmann::json(l + " " + r));
     vocab[l + r] = next++;
@@ -325,11 +326,22 @@ TEST(Gguf, WhatItCannotCarryIsOneLineAndNothingIsWritten) {
 
 // Byte-level BPE (Llama 3, GPT-2, Qwen2, SmolLM tokenizer.json files) as llama.cpp's "gpt2"
 // vocabulary: the reader checks every token, type and merge, the special ids, add_bos_token, the
-// chat template and the pre-tokenizer's name against the directory's own files, and every tensor.
+// chat template and the pre-tokenizer's name against the directory's own files, and every tensor;
+// and, from the file alone with llama.cpp's split regexes for its `pre`, encodes texts to Tiller's
+// ids.
 TEST(Gguf, ByteLevelBpeVocabulariesReadBackAsLlamaCppsGpt2Vocabulary) {
   const std::string python = test::python_importing("numpy");
   if (python.empty()) GTEST_SKIP() << "skipped: no Python with numpy (Debian's python3-numpy)";
+  const std::string python_regex = test::python_importing("regex");
+  if (python_regex.empty())
+    std::cerr << "the encoding from the file alone is skipped: no Python with regex (PyPI's, or "
+                 "Debian's python3-regex)\n";
   const std::string dir = test::temp_dir("gguf_bpe");
+  // Split differently by each pre-tokenizer (digits: llama-bpe takes "412" then "34", gpt-2 the
+  // whole number, qwen2 and smollm one digit at a time), with added tokens inside.
+  const nlohmann::json texts = {"41234 the then", "it's 9 the.the  \n\n x",
+                                "caf\u00e9 \u2705 <|eot_id|>the<tool>"};
+  write_file_atomic(dir + "/texts.json", texts.dump());
   const std::string chat = "{% for m in messages %}{{ m['content'] }}<|eot_id|>{% endfor %}";
   struct Case {
     std::string name;
@@ -426,6 +438,30 @@ TEST(Gguf, ByteLevelBpeVocabulariesReadBackAsLlamaCppsGpt2Vocabulary) {
       EXPECT_EQ(m.contains("tokenizer.chat_template"), c.name == "llama3");
       if (c.name == "llama3") {
         EXPECT_EQ(m["tokenizer.chat_template"], chat);
+      }
+      // The reader encodes from the file alone as llama.cpp would (its split regexes for `pre`)
+      // and gets Tiller's ids, which tests/tokenizer_reference checks against transformers.
+      if (!python_regex.empty() && std::string(type) == "f32") {
+        ASSERT_EQ(test::run_command(test::tiller_binary() + " tokenize --model " + hf +
+                                        " --texts " + dir + "/texts.json",
+                                    &out),
+                  0)
+            << out;
+        nlohmann::json tiller_ids = nlohmann::json::array();
+        for (const auto& encoded : nlohmann::json::parse(out)) tiller_ids.push_back(encoded["ids"]);
+        ASSERT_EQ(test::run_command(test::shell_command({python_regex,
+                                                         std::string(TILLER_SOURCE_DIR) +
+                                                             "/tests/oracle/gguf_reader.py",
+                                                         gguf, "--encode", dir + "/texts.json"}) +
+                                        " 2>&1",
+                                    &out),
+                  0)
+            << out;
+        EXPECT_EQ(nlohmann::json::parse(out), tiller_ids);
+        // "41234 the then": " the" is one token, " then" two; the merges 1 2 and 12 3 make
+        // "412" "34" 4 tokens under llama-bpe, "41234" 3 under gpt-2, and 5 digits 5 otherwise.
+        const nlohmann::json first = tiller_ids[0];
+        EXPECT_EQ(first.size(), c.pre == "llama-bpe" ? 7u : c.pre == "gpt-2" ? 6u : 8u) << first;
       }
       // The tensors as for SentencePiece models: every one found in the HF weights by the reader.
       ASSERT_EQ(r["tensors"].size(), 1u + 2u * 9u + 2u);

@@ -17,14 +17,24 @@ type, every merge in rank order, the special ids, add_bos_token, the chat templa
 tokenizer.ggml.pre as llama.cpp names the pre-tokenizer (llama-vocab.cpp's pre-types whose
 regexes it reproduces).
 
+Given --encode TEXTS (a file holding a JSON list of texts), it instead encodes each text from a gpt2 vocabulary's metadata
+alone, as llama.cpp's BPE tokenizer does (llama-vocab.cpp: added tokens first, then the split
+regexes of the file's tokenizer.ggml.pre, byte-level symbols, merges by rank), and prints the ids:
+the test compares them with Tiller's tokenizer. That mode needs only the `regex` module (PyPI or
+Debian's python3-regex), not numpy.
+
   gguf_reader.py FILE.gguf --hf DIR [--prompt TEXT --total-tokens N]
+  gguf_reader.py FILE.gguf --encode TEXTS
 """
 import argparse
 import json
 import struct
 import sys
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # --encode needs no numpy
+    np = None
 
 TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 8: ("Q8_0", 32, 34), 30: ("BF16", 1, 2)}
 VALUE_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -90,7 +100,9 @@ def parse(path):
     expected = 0
     for t in tensors:
         _, block, size = TYPES[t["type"]]
-        count = int(np.prod(t["ne"]))
+        count = 1
+        for n in t["ne"]:
+            count *= n
         if t["ne"][0] % block:
             fail(f"{t['name']}: rows of {t['ne'][0]} are not whole blocks of {block}")
         t["bytes"] = count // block * size
@@ -325,6 +337,85 @@ def check_gpt2_vocabulary(m, directory):
             "types": {str(t): types.count(t) for t in sorted(set(types))}}
 
 
+# llama-vocab.cpp's split regexes of the pre-types, applied in turn (each splits every piece into
+# its matches and the text between them).
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+SPLIT_REGEXES = {
+    "gpt-2": [GPT2_REGEX],
+    "smollm": [r"\p{N}", GPT2_REGEX],
+    "llama-bpe": [CONTRACTIONS[1] + LETTERS_THEN + r"\p{N}{1,3}" + PUNCTUATION_AND_SPACES],
+    "qwen2": [CONTRACTIONS[1] + LETTERS_THEN + r"\p{N}" + PUNCTUATION_AND_SPACES],
+}
+
+
+def byte_symbols():
+    """GPT-2's bytes_to_unicode."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def split_words(text, regexes):
+    import regex
+    words = [text]
+    for expression in regexes:
+        pattern, out = regex.compile(expression), []
+        for word in words:
+            at = 0
+            for match in pattern.finditer(word):
+                if match.start() > at:
+                    out.append(word[at:match.start()])
+                if match.end() > match.start():
+                    out.append(match.group())
+                at = match.end()
+            if at < len(word):
+                out.append(word[at:])
+        words = out
+    return words
+
+
+def encode_gpt2(text, m):
+    """Ids of `text` from the file's gpt2 vocabulary alone, as llama.cpp's BPE tokenizer."""
+    tokens, types = m["tokenizer.ggml.tokens"], m["tokenizer.ggml.token_type"]
+    index = {t: i for i, t in enumerate(tokens) if types[i] in (1, 3, 4)}
+    ranks = {tuple(merge.split(" ", 1)): rank for rank, merge in enumerate(m["tokenizer.ggml.merges"])}
+    added = sorted((i for i, t in enumerate(types) if t in (3, 4)), key=lambda i: -len(tokens[i]))
+    symbols, pre = byte_symbols(), m["tokenizer.ggml.pre"]
+    ids, plain, at = [], "", 0
+    while at < len(text):
+        found = next((i for i in added if text.startswith(tokens[i], at)), None)
+        if found is None:
+            plain += text[at]
+            at += 1
+            continue
+        ids += encode_plain(plain, index, ranks, symbols, pre)
+        ids.append(found)
+        plain, at = "", at + len(tokens[found])
+    return ids + encode_plain(plain, index, ranks, symbols, pre)
+
+
+def encode_plain(text, index, ranks, symbols, pre):
+    out = []
+    for word in split_words(text, SPLIT_REGEXES[pre]) if text else []:
+        parts = [symbols[b] for b in word.encode("utf-8")]  # one symbol a byte
+        if pre == "llama-bpe" and "".join(parts) in index:  # llama.cpp ignores merges for llama-bpe
+            out.append(index["".join(parts)])
+            continue
+        while len(parts) > 1:
+            best = min(range(len(parts) - 1), key=lambda i: (ranks.get((parts[i], parts[i + 1]), 1 << 62), i))
+            if (parts[best], parts[best + 1]) not in ranks:
+                break
+            parts[best:best + 2] = [parts[best] + parts[best + 1]]
+        out += [index[part] for part in parts]
+    return out
+
+
 def encode(text, pieces, scores):
     """SentencePiece BPE by scores, as llama2.c's encode: characters (or their bytes), then merges."""
     index = {p: i for i, p in enumerate(pieces)}
@@ -413,11 +504,17 @@ def greedy(tensors, m, prompt, total):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("gguf")
-    parser.add_argument("--hf", required=True)
+    parser.add_argument("--hf")
+    parser.add_argument("--encode")
     parser.add_argument("--prompt")
     parser.add_argument("--total-tokens", type=int, default=0)
     a = parser.parse_args()
     version, metadata, types, tensors = parse(a.gguf)
+    if a.encode:
+        print(json.dumps([encode_gpt2(text, metadata) for text in json.load(open(a.encode, encoding="utf-8"))]))
+        return
+    if not a.hf:
+        fail("--hf DIR is required (or --encode TEXTS)")
     report = {"version": version,
               "metadata": {k: (v if not isinstance(v, list) else {"array": len(v), "first": v[:3]})
                            for k, v in metadata.items()},
