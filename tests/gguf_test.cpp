@@ -390,7 +390,20 @@ TEST(Gguf, ByteLevelBpeVocabulariesReadBackAsLlamaCppsGpt2Vocabulary) {
        false,
        {{"add_bos_token", true}, {"bos_token", "<|begin_of_text|>"}, {"eos_token", "<|eot_id|>"}},
        262,
-       true}};
+       true},
+      // Named chat templates (tokenizer_config.json's list form): "default" is the template,
+      // "tool use" is written as tokenizer.chat_template.tool_use.
+      {"templates",
+       kGpt2Split,
+       "gpt-2",
+       false,
+       false,
+       {{"eos_token", "<|eot_id|>"},
+        {"chat_template",
+         {{{"name", "default"}, {"template", chat}},
+          {{"name", "tool use"}, {"template", "{{ tools }}"}}}}},
+       262,
+       false}};
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
     SaveOptions options;
@@ -435,9 +448,14 @@ TEST(Gguf, ByteLevelBpeVocabulariesReadBackAsLlamaCppsGpt2Vocabulary) {
       EXPECT_EQ(m["tokenizer.ggml.eos_token_id"], 263);
       EXPECT_EQ(m["tokenizer.ggml.add_bos_token"], c.add_bos);
       EXPECT_EQ(m.contains("tokenizer.ggml.padding_token_id"), c.name == "qwen2");
-      EXPECT_EQ(m.contains("tokenizer.chat_template"), c.name == "llama3");
-      if (c.name == "llama3") {
+      EXPECT_EQ(m.contains("tokenizer.chat_template"), c.name == "llama3" || c.name == "templates");
+      if (m.contains("tokenizer.chat_template")) {
         EXPECT_EQ(m["tokenizer.chat_template"], chat);
+      }
+      EXPECT_EQ(m.contains("tokenizer.chat_template.tool_use"), c.name == "templates");
+      if (c.name == "templates") {
+        EXPECT_EQ(m["tokenizer.chat_template.tool_use"], "{{ tools }}");
+        EXPECT_EQ(m["tokenizer.chat_templates"]["first"], nlohmann::json({"tool_use"}));
       }
       // The reader encodes from the file alone as llama.cpp would (its split regexes for `pre`)
       // and gets Tiller's ids, which tests/tokenizer_reference checks against transformers.

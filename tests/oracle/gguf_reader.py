@@ -331,7 +331,21 @@ def check_gpt2_vocabulary(m, directory):
         fail(f"tokenizer.ggml.add_bos_token is {m.get('tokenizer.ggml.add_bos_token')}, expected {add_bos}")
     if m.get("tokenizer.ggml.add_eos_token") is not (tc.get("add_eos_token") is True):
         fail("tokenizer.ggml.add_eos_token differs from tokenizer_config.json's")
-    if m.get("tokenizer.chat_template") != tc.get("chat_template"):
+    template = tc.get("chat_template")
+    if isinstance(template, list):  # named templates, as gguf-py's add_chat_template writes them
+        named, template = {}, None
+        for choice in tc["chat_template"]:
+            name = "".join(c if c.isascii() and c.isalnum() else "_" for c in choice.get("name", ""))
+            if name == "default":
+                template = choice["template"]
+            elif name:
+                named[name] = choice["template"]
+        for name, text in named.items():
+            if m.get(f"tokenizer.chat_template.{name}") != text:
+                fail(f"tokenizer.chat_template.{name} differs from tokenizer_config.json's")
+        if sorted(m.get("tokenizer.chat_templates", [])) != sorted(named):
+            fail(f"tokenizer.chat_templates is {m.get('tokenizer.chat_templates')}, expected {sorted(named)}")
+    if m.get("tokenizer.chat_template") != template:
         fail("tokenizer.chat_template differs from tokenizer_config.json's chat_template")
     return {"tokens": n, "merges": len(merges), "pre": pre, "special_ids": ids,
             "types": {str(t): types.count(t) for t in sorted(set(types))}}
