@@ -31,7 +31,8 @@ void add_export_command(CLI::App& app, CommandAction& action) {
   cmd->add_option("--type", args->type, "tensor type of the matrices (norms stay f32)")
       ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}))
       ->capture_default_str();
-  cmd->add_option("--model", args->model, "the model's HF directory (with tokenizer.model)")
+  cmd->add_option("--model", args->model,
+                  "the model's HF directory (tokenizer.model or tokenizer.json)")
       ->required();
   cmd->add_option("--out", args->out, "the .gguf file to write")->required();
   cmd->callback([args, &action] {

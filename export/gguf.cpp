@@ -4,12 +4,16 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "common/io/hf_dir.h"
 #include "common/io/llama2c.h"
 #include "common/model/model_config.h"
+#include "common/tokenizer/byte_level_bpe.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
@@ -177,12 +181,17 @@ void put_llama_metadata(Metadata& m, const ModelConfig& c, const std::string& na
   m.f32("llama.rope.freq_base", c.rope_theta);
 }
 
+// The BOS, EOS, unknown and padding ids, where the vocabulary has them.
+void put_special_ids(Metadata& m, int64_t bos, int64_t eos, int64_t unk, int64_t pad) {
+  for (const auto& [key, id] : {std::pair{"tokenizer.ggml.bos_token_id", bos},
+                                std::pair{"tokenizer.ggml.eos_token_id", eos},
+                                std::pair{"tokenizer.ggml.unknown_token_id", unk},
+                                std::pair{"tokenizer.ggml.padding_token_id", pad}})
+    if (id >= 0) m.u32(key, static_cast<uint64_t>(id));
+}
+
 // SentencePiece as llama.cpp's "llama" vocabulary: pieces, scores and token types.
-void put_sentencepiece(Metadata& m, const Tokenizer& tok, const std::string& dir) {
-  check(tok.is_sentencepiece(),
-        "export: " + dir +
-            ": a byte-level BPE tokenizer (tokenizer.json) is not exported to "
-            "GGUF yet; only SentencePiece (tokenizer.model)");
+void put_sentencepiece(Metadata& m, const Tokenizer& tok) {
   std::vector<std::string> pieces;
   std::vector<float> scores;
   std::vector<int32_t> kinds;
@@ -197,13 +206,185 @@ void put_sentencepiece(Metadata& m, const Tokenizer& tok, const std::string& dir
   m.texts("tokenizer.ggml.tokens", pieces);
   m.f32s("tokenizer.ggml.scores", scores);
   m.i32s("tokenizer.ggml.token_type", kinds);
-  for (const auto& [key, id] : {std::pair{"tokenizer.ggml.bos_token_id", tok.bos_id()},
-                                std::pair{"tokenizer.ggml.eos_token_id", tok.eos_id()},
-                                std::pair{"tokenizer.ggml.unknown_token_id", tok.unk_id()},
-                                std::pair{"tokenizer.ggml.padding_token_id", tok.pad_id()}})
-    if (id >= 0) m.u32(key, static_cast<uint64_t>(id));
+  put_special_ids(m, tok.bos_id(), tok.eos_id(), tok.unk_id(), tok.pad_id());
   m.flag("tokenizer.ggml.add_bos_token", true);
   m.flag("tokenizer.ggml.add_eos_token", false);
+}
+
+// A byte-level BPE pre-tokenizer in words, its Sequence flattened: what is compared with the
+// pre-tokenizers llama.cpp names, and what a refusal quotes.
+void describe_pre_tokenizer(const nlohmann::json& step, std::vector<std::string>& out) {
+  const auto flag = [&step](const char* key, bool fallback) {
+    return step.contains(key) && step[key].is_boolean() ? step[key].get<bool>() : fallback;
+  };
+  const std::string type = step.value("type", "");
+  if (type == "Sequence") {
+    for (const auto& inner : step.value("pretokenizers", nlohmann::json::array()))
+      describe_pre_tokenizer(inner, out);
+  } else if (type == "ByteLevel") {  // transformers' defaults: both true
+    out.push_back(std::string("ByteLevel(add_prefix_space=") +
+                  (flag("add_prefix_space", true) ? "true" : "false") +
+                  ", use_regex=" + (flag("use_regex", true) ? "true" : "false") + ")");
+  } else if (type == "Digits") {
+    out.push_back(std::string("Digits(individual_digits=") +
+                  (flag("individual_digits", false) ? "true" : "false") + ")");
+  } else if (type == "Split") {
+    const auto pattern = step.value("pattern", nlohmann::json::object());
+    out.push_back(pattern.contains("Regex") ? "Split(Regex " + pattern["Regex"].dump() + ")"
+                                            : "Split(String " + pattern.value("String", "") + ")");
+  } else {
+    out.push_back(type);
+  }
+}
+
+// tokenizer.ggml.pre: the name llama.cpp gives the pre-tokenizer (llama-vocab.cpp chooses its
+// split regexes by it). llama.cpp's converter (convert_hf_to_gguf.py, get_vocab_base_pre) names
+// it by hashing the ids of a fixed text, which only works for the exact published vocabularies;
+// Tiller names it by the pre-tokenizer itself, for the ones whose regexes llama.cpp's named
+// pre-types reproduce: GPT-2's ByteLevel split ("gpt-2"), Llama 3's ("llama-bpe"), Qwen2's
+// ("qwen2", Llama 3's with single digits) and SmolLM's (digits one by one, then GPT-2's:
+// "smollm"). Llama 3's and Qwen2's regexes are accepted as tokenizer.json writes them ("(?i:...)")
+// and as llama-vocab.cpp spells them out ("'[sS]|...").
+std::string llama_cpp_pre_name(const ByteLevelBpe& bpe, const std::string& where) {
+  std::vector<std::string> steps;
+  describe_pre_tokenizer(nlohmann::json::parse(bpe.pre_tokenizer_json()), steps);
+  std::string described;
+  for (const auto& step : steps) described += (described.empty() ? "" : " + ") + step;
+
+  const std::string gpt2 = "ByteLevel(add_prefix_space=false, use_regex=true)";
+  const std::string split_then_bytes = "ByteLevel(add_prefix_space=false, use_regex=false)";
+  const auto split = [&](const std::string& contractions, const std::string& digits) {
+    const std::string regex = contractions + R"(|[^\r\n\p{L}\p{N}]?\p{L}+|)" + digits +
+                              R"(| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+    return "Split(Regex " + nlohmann::json(regex).dump() + ") + " + split_then_bytes;
+  };
+  const std::string folded = "(?i:'s|'t|'re|'ve|'m|'ll|'d)";
+  const std::string spelled = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])";
+  const std::vector<std::pair<std::string, std::string>> named = {
+      {gpt2, "gpt-2"},
+      {split(folded, R"(\p{N}{1,3})"), "llama-bpe"},
+      {split(spelled, R"(\p{N}{1,3})"), "llama-bpe"},
+      {split(folded, R"(\p{N})"), "qwen2"},
+      {split(spelled, R"(\p{N})"), "qwen2"},
+      {"Digits(individual_digits=true) + " + gpt2, "smollm"}};
+  for (const auto& [pre_tokenizer, name] : named)
+    if (pre_tokenizer == described) return name;
+  throw Error(where + ": its pre-tokenizer " + described +
+              " is not one llama.cpp names (gpt-2, llama-bpe, qwen2, smollm); a GGUF would be "
+              "tokenized differently by llama.cpp");
+}
+
+// An added token llama.cpp's converter types as control although not flagged special
+// (convert_hf_to_gguf.py, does_token_look_special).
+bool looks_special(const std::string& token) {
+  const auto wrapped = [&token](const std::string& open, const std::string& close) {
+    return token.size() >= open.size() + close.size() && token.compare(0, open.size(), open) == 0 &&
+           token.compare(token.size() - close.size(), close.size(), close) == 0;
+  };
+  return token == "<pad>" || token == "<mask>" || token == "<2mass>" || token == "[@BOS@]" ||
+         wrapped("<|", "|>") || wrapped("<\xEF\xBD\x9C", "\xEF\xBD\x9C>") ||
+         wrapped("<unused", ">");
+}
+
+// The id of a special token as gguf-py's SpecialVocab finds it: tokenizer_config.json's
+// `{kind}_token` (a string or {"content": ...}) when an added token has that content, else
+// config.json's `{kind}_token_id`; -1 when neither names one.
+int64_t special_id(const nlohmann::json& tokenizer_config, const nlohmann::json& config,
+                   const std::string& kind, const ByteLevelBpe& bpe, int64_t vocab_size,
+                   const std::string& dir) {
+  const auto named = tokenizer_config.find(kind + "_token");
+  std::string content;
+  if (named != tokenizer_config.end() && named->is_string()) content = named->get<std::string>();
+  if (named != tokenizer_config.end() && named->is_object() && named->contains("content") &&
+      (*named)["content"].is_string())
+    content = (*named)["content"].get<std::string>();
+  const int64_t id = content.empty() ? -1 : bpe.id_of(content);
+  if (id >= 0 && bpe.entry(id).added) return id;
+  const auto numbered = config.find(kind + "_token_id");
+  if (numbered == config.end() || !numbered->is_number_integer()) return -1;
+  const auto value = numbered->get<int64_t>();
+  check(value >= 0 && value < vocab_size,
+        "export: " + dir + "/config.json: " + kind + "_token_id " + std::to_string(value) +
+            " is not an id of the vocabulary (0.." + std::to_string(vocab_size - 1) + ")");
+  return value;
+}
+
+// Byte-level BPE as llama.cpp's "gpt2" vocabulary (convert_hf_to_gguf.py, _set_vocab_gpt2 and
+// get_vocab_base; gguf-py's SpecialVocab for merges and special ids): every id up to the
+// model's vocab_size, as tokenizer.json spells it; ids with no token "[PAD{id}]", unused.
+void put_byte_level_bpe(Metadata& m, const Tokenizer& tok, const ModelConfig& c,
+                        const std::string& dir) {
+  const ByteLevelBpe bpe(tok.path());  // the Tokenizer keeps its own reader private
+  const std::string pre = llama_cpp_pre_name(bpe, "export: " + tok.path());
+  std::vector<std::string> tokens;
+  std::vector<int32_t> types;
+  for (int64_t id = 0; id < c.vocab_size; ++id) {
+    const ByteLevelBpe::Entry entry = id < bpe.vocab_size() ? bpe.entry(id) : ByteLevelBpe::Entry{};
+    if (entry.text.empty()) {
+      tokens.push_back("[PAD" + std::to_string(id) + "]");
+      types.push_back(5);  // unused
+    } else {
+      types.push_back(!entry.added ? 1 : (entry.special || looks_special(entry.text)) ? 3 : 4);
+      tokens.push_back(entry.text);
+    }
+  }
+  m.text("tokenizer.ggml.model", "gpt2");
+  m.text("tokenizer.ggml.pre", pre);
+  m.texts("tokenizer.ggml.tokens", tokens);
+  m.i32s("tokenizer.ggml.token_type", types);
+  m.texts("tokenizer.ggml.merges", bpe.merges());
+
+  const std::string config_path = dir + "/tokenizer_config.json";
+  const nlohmann::json tokenizer_config =
+      path_exists(config_path) ? read_json_file(config_path) : nlohmann::json::object();
+  const nlohmann::json config = read_json_file(dir + "/config.json");
+  const auto id = [&](const std::string& kind) {
+    return special_id(tokenizer_config, config, kind, bpe, c.vocab_size, dir);
+  };
+  put_special_ids(m, id("bos"), id("eos"), id("unk"), id("pad"));
+  // Whether BOS is added as transformers adds it (the post-processor's template, or
+  // add_bos_token): the tokenizer already decided.
+  m.flag("tokenizer.ggml.add_bos_token", tok.bos_id() >= 0);
+  const auto add_eos = tokenizer_config.find("add_eos_token");
+  m.flag("tokenizer.ggml.add_eos_token",
+         add_eos != tokenizer_config.end() && add_eos->is_boolean() && add_eos->get<bool>());
+}
+
+// tokenizer_config.json's chat_template, which llama.cpp applies: one template as
+// tokenizer.chat_template; a list of named ones as gguf-py's add_chat_template writes them (the
+// one named "default" as tokenizer.chat_template, each other as tokenizer.chat_template.NAME,
+// their names in tokenizer.chat_templates).
+void put_chat_template(Metadata& m, const std::string& tokenizer_dir) {
+  const std::string path = tokenizer_dir + "/tokenizer_config.json";
+  if (!path_exists(path)) return;
+  const nlohmann::json config = read_json_file(path);
+  const auto templates = config.find("chat_template");
+  if (templates == config.end() || templates->is_null()) return;
+  if (templates->is_string()) {
+    m.text("tokenizer.chat_template", templates->get<std::string>());
+    return;
+  }
+  check(templates->is_array(),
+        "export: " + path + ": chat_template is neither a string nor a list of named templates");
+  std::vector<std::string> names;
+  std::string fallback;
+  for (const auto& choice : *templates) {
+    check(choice.is_object() && choice.value("name", nlohmann::json()).is_string() &&
+              choice.value("template", nlohmann::json()).is_string(),
+          "export: " + path + ": a chat_template entry is not {\"name\": ..., \"template\": ...}");
+    std::string name = choice["name"].get<std::string>();
+    for (char& ch : name)
+      if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+    if (name.empty()) continue;
+    if (name == "default") {
+      fallback = choice["template"].get<std::string>();
+    } else if (std::find(names.begin(), names.end(), name) == names.end()) {
+      names.push_back(name);
+      m.text("tokenizer.chat_template." + name, choice["template"].get<std::string>());
+    }
+  }
+  if (!names.empty()) m.texts("tokenizer.chat_templates", names);
+  if (!fallback.empty()) m.text("tokenizer.chat_template", fallback);
 }
 
 // HF weight names -> llama.cpp's, q and k rows back in Meta's interleaved rotary order.
@@ -322,7 +503,11 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& t
   while (name.size() > 1 && name.back() == '/') name.pop_back();
   name = name.substr(name.find_last_of('/') + 1);
   put_llama_metadata(metadata, config, name, type);
-  put_sentencepiece(metadata, tok, model_dir);
+  if (tok.is_sentencepiece())
+    put_sentencepiece(metadata, tok);
+  else
+    put_byte_level_bpe(metadata, tok, config, model_dir);
+  put_chat_template(metadata, std::filesystem::path(tok.path()).parent_path().string());
 
   GgufExportSummary summary;
   summary.type = type_name;

@@ -1,13 +1,14 @@
 // GGUF export: a Hugging Face Llama directory as one GGUF v3 file that llama.cpp (and Ollama, LM
 // Studio) load, written from the published specification (ggml's docs/gguf.md) and llama.cpp's
-// conversion conventions (convert_hf_to_gguf.py): llama.* hyper-parameters, the SentencePiece
-// vocabulary as tokenizer.ggml.*, tensors under llama.cpp's names with q/k rows in Meta's
-// interleaved rotary order, 32-byte alignment.
+// conversion conventions (convert_hf_to_gguf.py): llama.* hyper-parameters, the vocabulary as
+// tokenizer.ggml.* (SentencePiece as "llama"; a byte-level BPE tokenizer.json as "gpt2" with its
+// merges and llama.cpp's name for its pre-tokenizer), the chat template, tensors under llama.cpp's
+// names with q/k rows in Meta's interleaved rotary order, 32-byte alignment.
 //
 // Types: f32, f16, bf16, q8_0 and q4_0 (ggml's reference round-to-nearest blocks of 32). Norms stay
 // f32; a matrix whose rows do not divide into blocks of 32 is written in f16 under q8_0 and q4_0,
-// as llama.cpp's converter falls back. Not built: byte-level BPE vocabularies (tokenizer.json),
-// attention biases, RoPE scaling, and k-quants.
+// as llama.cpp's converter falls back. Not built: attention biases, RoPE scaling, k-quants, and
+// byte-level BPE pre-tokenizers llama.cpp has no name for.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -33,7 +34,8 @@ struct GgufExportSummary {
   std::vector<std::string> f16_instead;  // matrices whose rows do not divide into blocks
 };
 
-// Writes `model_dir` (a causal LM with a SentencePiece tokenizer.model) as `out_path` in `type`.
+// Writes `model_dir` (a causal LM with a SentencePiece tokenizer.model or a byte-level BPE
+// tokenizer.json) as `out_path` in `type`.
 // Nothing is written on error: one tiller::Error naming what cannot be carried and where.
 GgufExportSummary export_gguf(const std::string& model_dir, const std::string& type,
                               const std::string& out_path);

@@ -21,38 +21,20 @@
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
+#include "tests/byte_level_symbols.h"
 #include "tests/test_util.h"
 
 using namespace tiller;
 
 namespace {
 
-// GPT-2's bytes_to_unicode, written out again from its definition.
 std::string byte_symbol(int byte) {
-  int code = byte;
-  const bool printable = (byte >= '!' && byte <= '~') || (byte >= 0xA1 && byte <= 0xAC) ||
-                         (byte >= 0xAE && byte <= 0xFF);
-  if (!printable) {
-    int n = 0;
-    for (int b = 0; b < byte; ++b)
-      if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF))) ++n;
-    code = 256 + n;
-  }
-  std::string out;
-  if (code < 0x80) {
-    out += static_cast<char>(code);
-  } else {
-    out += static_cast<char>(0xC0 | (code >> 6));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  }
-  return out;
+  return test::byte_level_symbols(std::string(1, static_cast<char>(byte)));
 }
 
 // "Ġ" for a space and so on: the symbols of a UTF-8 string's bytes.
 std::string symbols(const std::string& text) {
-  std::string out;
-  for (unsigned char c : text) out += byte_symbol(c);
-  return out;
+  return test::byte_level_symbols(text);
 }
 
 struct Spec {

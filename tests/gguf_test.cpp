@@ -10,11 +10,13 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <set>
 
 #include "common/io/hf_dir.h"
 #include "common/util/files.h"
 #include "export/gguf.h"
+#include "tests/byte_level_symbols.h"
 #include "tests/test_util.h"
 #include "tiller_build_paths.h"
 
@@ -36,6 +38,62 @@ nlohmann::json read_back(const std::string& python, const std::string& gguf, con
       &out);
   EXPECT_EQ(code, 0) << out;
   return code == 0 ? nlohmann::json::parse(out) : nlohmann::json::object();
+}
+
+// Llama 3's split regex as its tokenizer.json writes it, with `digits` for its numbers (Qwen2's
+// takes them one at a time).
+nlohmann::json split_then_bytes(const std::string& digits) {
+  const std::string regex = R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|)" + digits +
+                            R"(| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  return {{"type", "Sequence"},
+          {"pretokenizers",
+           {{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}},
+            {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+}
+
+const nlohmann::json kGpt2Split = {{"type", "ByteLevel"},
+                                   {"add_prefix_space", false},
+                                   {"trim_offsets", true},
+                                   {"use_regex", true}};
+
+// A byte-level BPE tokenizer.json (bytes 0..255 by their GPT-2 symbols, five merges 256..260, no
+// token 261, added tokens 262..265) with its tokenizer_config.json, in `dir`.
+std::string write_bpe_tokenizer(const std::string& dir, const nlohmann::json& pre_tokenizer,
+                                bool merges_as_pairs, bool template_bos,
+                                const nlohmann::json& tokenizer_config) {
+  using test::byte_level_symbols;
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0; b < 256; ++b) vocab[byte_level_symbols(std::string(1, static_cast<char>(b)))] = b;
+  nlohmann::json merges = nlohmann::json::array();
+  int next = 256;
+  for (const auto& [left, right] : std::vector<std::pair<std::string, std::string>>{
+           {" ", "t"}, {"h", "e"}, {" t", "he"}, {"1", "2"}, {"12", "3"}}) {
+    const std::string l = byte_level_symbols(left), r = byte_level_symbols(right);
+    merges.push_back(merges_as_pairs ? nlohmann::json::array({l, r}) : nlohmann::json(l + " " + r));
+    vocab[l + r] = next++;
+  }
+  const auto added = [](int id, const std::string& content, bool special) {
+    return nlohmann::json{{"id", id},          {"content", content}, {"single_word", false},
+                          {"lstrip", false},   {"rstrip", false},    {"normalized", false},
+                          {"special", special}};
+  };
+  nlohmann::json json = {{"version", "1.0"},
+                         {"added_tokens",
+                          {added(262, "<|begin_of_text|>", true), added(263, "<|eot_id|>", true),
+                           added(264, "<tool>", false), added(265, "<|look|>", false)}},
+                         {"normalizer", nullptr},
+                         {"pre_tokenizer", pre_tokenizer},
+                         {"post_processor", nullptr},
+                         {"decoder", {{"type", "ByteLevel"}}},
+                         {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}}}};
+  if (template_bos)
+    json["post_processor"] = nlohmann::json::parse(R"({"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}}]})");
+  make_directories(dir);
+  write_file_atomic(dir + "/tokenizer.json", json.dump());
+  write_file_atomic(dir + "/tokenizer_config.json", tokenizer_config.dump());
+  return dir + "/tokenizer.json";
 }
 
 }  // namespace
@@ -264,6 +322,218 @@ TEST(Gguf, WhatItCannotCarryIsOneLineAndNothingIsWritten) {
   EXPECT_NE(out.find("q5_k"), std::string::npos) << out;
   EXPECT_EQ(run_tiller("export --model " + dir + "/none --out " + dir + "/x.gguf", &out), 1) << out;
   EXPECT_FALSE(std::filesystem::exists(dir + "/x.gguf"));
+}
+
+// Byte-level BPE (Llama 3, GPT-2, Qwen2, SmolLM tokenizer.json files) as llama.cpp's "gpt2"
+// vocabulary: the reader checks every token, type and merge, the special ids, add_bos_token, the
+// chat template and the pre-tokenizer's name against the directory's own files, and every tensor;
+// and, from the file alone with llama.cpp's split regexes for its `pre`, encodes texts to Tiller's
+// ids.
+TEST(Gguf, ByteLevelBpeVocabulariesReadBackAsLlamaCppsGpt2Vocabulary) {
+  const std::string python = test::python_importing("numpy");
+  if (python.empty()) GTEST_SKIP() << "skipped: no Python with numpy (Debian's python3-numpy)";
+  const std::string python_regex = test::python_importing("regex");
+  if (python_regex.empty())
+    std::cerr << "the encoding from the file alone is skipped: no Python with regex (PyPI's, or "
+                 "Debian's python3-regex)\n";
+  const std::string dir = test::temp_dir("gguf_bpe");
+  // Split differently by each pre-tokenizer (digits: llama-bpe takes "412" then "34", gpt-2 the
+  // whole number, qwen2 and smollm one digit at a time), with added tokens inside.
+  const nlohmann::json texts = {"41234 the then", "it's 9 the.the  \n\n x",
+                                "caf\u00e9 \u2705 <|eot_id|>the<tool>"};
+  write_file_atomic(dir + "/texts.json", texts.dump());
+  const std::string chat = "{% for m in messages %}{{ m['content'] }}<|eot_id|>{% endfor %}";
+  struct Case {
+    std::string name;
+    nlohmann::json pre_tokenizer;
+    std::string pre;  // llama.cpp's name for it
+    bool merges_as_pairs, template_bos;
+    nlohmann::json tokenizer_config;
+    int64_t bos;  // tokenizer.ggml.bos_token_id, -1 for none
+    bool add_bos;
+  };
+  const std::vector<Case> cases = {
+      // Llama 3: BOS from the post-processor's template, a chat template.
+      {"llama3",
+       split_then_bytes(R"(\p{N}{1,3})"),
+       "llama-bpe",
+       false,
+       true,
+       {{"bos_token", "<|begin_of_text|>"}, {"eos_token", "<|eot_id|>"}, {"chat_template", chat}},
+       262,
+       true},
+      // GPT-2: a bos_token transformers does not add; merges as [a, b] pairs.
+      {"gpt2",
+       kGpt2Split,
+       "gpt-2",
+       true,
+       false,
+       {{"bos_token", "<|begin_of_text|>"}, {"eos_token", {{"content", "<|eot_id|>"}}}},
+       262,
+       false},
+      // Qwen2: digits one at a time; no bos_token, so config.json's bos_token_id (as gguf-py's
+      // SpecialVocab), not added; pad named.
+      {"qwen2",
+       split_then_bytes(R"(\p{N})"),
+       "qwen2",
+       false,
+       false,
+       {{"bos_token", nullptr}, {"eos_token", "<|eot_id|>"}, {"pad_token", "<tool>"}},
+       262,
+       false},
+      // SmolLM: Digits then GPT-2's split; BOS by add_bos_token.
+      {"smollm",
+       {{"type", "Sequence"},
+        {"pretokenizers", {{{"type", "Digits"}, {"individual_digits", true}}, kGpt2Split}}},
+       "smollm",
+       false,
+       false,
+       {{"add_bos_token", true}, {"bos_token", "<|begin_of_text|>"}, {"eos_token", "<|eot_id|>"}},
+       262,
+       true},
+      // Named chat templates (tokenizer_config.json's list form): "default" is the template,
+      // "tool use" is written as tokenizer.chat_template.tool_use.
+      {"templates",
+       kGpt2Split,
+       "gpt-2",
+       false,
+       false,
+       {{"eos_token", "<|eot_id|>"},
+        {"chat_template",
+         {{{"name", "default"}, {"template", chat}},
+          {{"name", "tool use"}, {"template", "{{ tools }}"}}}}},
+       262,
+       false}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    SaveOptions options;
+    options.tokenizer_path =
+        write_bpe_tokenizer(dir + "/" + c.name + "/tok", c.pre_tokenizer, c.merges_as_pairs,
+                            c.template_bos, c.tokenizer_config);
+    // 272 embeddings for 265 tokens: ids 261 and 266..271 have none.
+    ModelConfig config = test::llama_config(272, 64, 96, 2, 4, 2, 128);
+    config.bos_token_id = 262;
+    config.eos_token_id = 263;
+    config.tie_word_embeddings = false;
+    const std::string hf = dir + "/" + c.name + "/hf";
+    save_hf_model(*test::sharp_random_model(config, 7), hf, options);
+    for (const char* type : {"f32", "q8_0"}) {
+      SCOPED_TRACE(type);
+      const std::string gguf = dir + "/" + c.name + "/" + type + ".gguf";
+      std::string out;
+      ASSERT_EQ(
+          run_tiller(std::string("export --type ") + type + " --model " + hf + " --out " + gguf,
+                     &out),
+          0)
+          << out;
+      const auto r = read_back(python, gguf, hf);
+      ASSERT_FALSE(r.empty());
+      const auto& m = r["metadata"];
+      EXPECT_EQ(m["tokenizer.ggml.model"], "gpt2");
+      EXPECT_EQ(m["tokenizer.ggml.pre"], c.pre);
+      EXPECT_FALSE(m.contains("tokenizer.ggml.scores"));
+      // Bytes 0, 1, 2 are GPT-2's U+0100, U+0101, U+0102.
+      EXPECT_EQ(m["tokenizer.ggml.tokens"]["first"],
+                nlohmann::json({"\u0100", "\u0101", "\u0102"}));
+      EXPECT_EQ(m["tokenizer.ggml.merges"]["first"],
+                nlohmann::json({"\u0120 t", "h e", "\u0120t he"}));
+      const auto& v = r["gpt2_vocabulary"];  // the reader's own reading, compared in full
+      EXPECT_EQ(v["tokens"], 272);
+      EXPECT_EQ(v["merges"], 5);
+      EXPECT_EQ(v["pre"], c.pre);
+      // 261 normal (256 bytes, 5 merges); control: the two special tokens and "<|look|>", which
+      // llama.cpp's converter takes as special by its look; "<tool>" user-defined; 7 unused.
+      EXPECT_EQ(v["types"], nlohmann::json({{"1", 261}, {"3", 3}, {"4", 1}, {"5", 7}}));
+      EXPECT_EQ(m.value("tokenizer.ggml.bos_token_id", nlohmann::json(-1)), c.bos);
+      EXPECT_EQ(m["tokenizer.ggml.eos_token_id"], 263);
+      EXPECT_EQ(m["tokenizer.ggml.add_bos_token"], c.add_bos);
+      EXPECT_EQ(m.contains("tokenizer.ggml.padding_token_id"), c.name == "qwen2");
+      EXPECT_EQ(m.contains("tokenizer.chat_template"), c.name == "llama3" || c.name == "templates");
+      if (m.contains("tokenizer.chat_template")) {
+        EXPECT_EQ(m["tokenizer.chat_template"], chat);
+      }
+      EXPECT_EQ(m.contains("tokenizer.chat_template.tool_use"), c.name == "templates");
+      if (c.name == "templates") {
+        EXPECT_EQ(m["tokenizer.chat_template.tool_use"], "{{ tools }}");
+        EXPECT_EQ(m["tokenizer.chat_templates"]["first"], nlohmann::json({"tool_use"}));
+      }
+      // The reader encodes from the file alone as llama.cpp would (its split regexes for `pre`)
+      // and gets Tiller's ids, which tests/tokenizer_reference checks against transformers.
+      if (!python_regex.empty() && std::string(type) == "f32") {
+        ASSERT_EQ(test::run_command(test::tiller_binary() + " tokenize --model " + hf +
+                                        " --texts " + dir + "/texts.json",
+                                    &out),
+                  0)
+            << out;
+        nlohmann::json tiller_ids = nlohmann::json::array();
+        for (const auto& encoded : nlohmann::json::parse(out)) tiller_ids.push_back(encoded["ids"]);
+        ASSERT_EQ(test::run_command(test::shell_command({python_regex,
+                                                         std::string(TILLER_SOURCE_DIR) +
+                                                             "/tests/oracle/gguf_reader.py",
+                                                         gguf, "--encode", dir + "/texts.json"}) +
+                                        " 2>&1",
+                                    &out),
+                  0)
+            << out;
+        EXPECT_EQ(nlohmann::json::parse(out), tiller_ids);
+        // "41234 the then": " the" is one token, " then" two; the merges 1 2 and 12 3 make
+        // "412" "34" 4 tokens under llama-bpe, "41234" 3 under gpt-2, and 5 digits 5 otherwise.
+        const nlohmann::json first = tiller_ids[0];
+        EXPECT_EQ(first.size(), c.pre == "llama-bpe" ? 7u : c.pre == "gpt-2" ? 6u : 8u) << first;
+      }
+      // The tensors as for SentencePiece models: every one found in the HF weights by the reader.
+      ASSERT_EQ(r["tensors"].size(), 1u + 2u * 9u + 2u);
+      for (const auto& t : {r["tensors"].front(), r["tensors"].back()}) {
+        EXPECT_EQ(t["ne"], nlohmann::json({64, 272}));
+        EXPECT_EQ(t["type"], std::string(type) == "f32" ? 0 : 8);
+      }
+      EXPECT_EQ(r["tensors"].front()["name"], "token_embd.weight");
+      EXPECT_EQ(r["tensors"].back()["name"], "output.weight");
+    }
+  }
+}
+
+// A byte-level BPE pre-tokenizer llama.cpp has no name for is refused in one line that quotes it,
+// and nothing is written; a Qwen2 model (attention biases) is refused for its biases, not for its
+// tokenizer.
+TEST(Gguf, AByteLevelPreTokenizerLlamaCppCannotNameIsRefusedInOneLine) {
+  const std::string dir = test::temp_dir("gguf_bpe_bad");
+  const nlohmann::json unnamed = {
+      {"type", "Sequence"},
+      {"pretokenizers",
+       {{{"type", "Split"}, {"pattern", {{"Regex", R"(\s+|\w+)"}}}, {"behavior", "Isolated"}},
+        {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+  const nlohmann::json tokenizer_config = {{"eos_token", "<|eot_id|>"}};
+  ModelConfig config = test::llama_config(272, 32, 64, 1, 2, 2, 64);
+  config.eos_token_id = 263;
+  SaveOptions options;
+  options.tokenizer_path =
+      write_bpe_tokenizer(dir + "/tok", unnamed, false, false, tokenizer_config);
+  save_hf_model(*test::sharp_random_model(config, 1), dir + "/hf", options);
+  std::string out;
+  EXPECT_EQ(run_tiller("export --model " + dir + "/hf --out " + dir + "/x.gguf", &out), 1) << out;
+  EXPECT_NE(
+      out.find(dir +
+               "/hf/tokenizer.json: its pre-tokenizer Split(Regex \"\\\\s+|\\\\w+\") + "
+               "ByteLevel(add_prefix_space=false, use_regex=false) is not one llama.cpp names"),
+      std::string::npos)
+      << out;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/x.gguf"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/x.gguf.tmp"));
+
+  ModelConfig qwen2 = config;
+  qwen2.attention_bias = true;
+  qwen2.model_type = "qwen2";
+  options.tokenizer_path = write_bpe_tokenizer(dir + "/qwen_tok", split_then_bytes(R"(\p{N})"),
+                                               false, false, tokenizer_config);
+  save_hf_model(*test::sharp_random_model(qwen2, 1), dir + "/qwen2", options);
+  EXPECT_EQ(run_tiller("export --model " + dir + "/qwen2 --out " + dir + "/q.gguf", &out), 1)
+      << out;
+  EXPECT_NE(out.find("attention biases (qwen2) are not exported to GGUF yet"), std::string::npos)
+      << out;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/q.gguf"));
 }
 
 TEST(Gguf, QuantisedBlocksFollowGgmlsReferenceArithmetic) {

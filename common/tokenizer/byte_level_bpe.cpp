@@ -188,6 +188,7 @@ struct ByteLevelBpe::State {
   bool ignore_merges = false;
   bool nfc = false;
   int64_t template_bos = -1;
+  std::string pre_tokenizer_json;
   std::vector<Step> steps;
   std::vector<AddedToken> added;         // longest content first
   std::array<bool, 256> starts_added{};  // by byte: some added token begins with it
@@ -368,6 +369,7 @@ void ByteLevelBpe::State::read_pre_tokenizer(const nlohmann::json& json) {
                             ": no pre_tokenizer: not a byte-level BPE tokenizer (a "
                             "SentencePiece-style tokenizer.json comes with tokenizer.model)");
   parse_step(*pre, path + ": pre_tokenizer");
+  pre_tokenizer_json = pre->dump();
   check(std::any_of(steps.begin(), steps.end(),
                     [](const Step& s) { return s.kind == Step::kByteLevel; }),
         path + ": the pre_tokenizer has no ByteLevel step: not a byte-level BPE tokenizer");
@@ -671,6 +673,30 @@ std::vector<std::pair<std::string, int64_t>> ByteLevelBpe::special_tokens() cons
   for (const AddedToken& t : state_->added)
     if (t.special) out.emplace_back(t.content, t.id);
   return out;
+}
+
+ByteLevelBpe::Entry ByteLevelBpe::entry(int64_t id) const {
+  check(id >= 0 && id < vocab_size(),
+        "tokenizer " + state_->path + ": id " + std::to_string(id) + " is out of range");
+  const auto i = static_cast<size_t>(id);
+  return {state_->pieces[i], state_->is_added[i], state_->special[i]};
+}
+
+// Rebuilt from the merge table (a merge listed twice keeps its first rank, as read_merges did).
+std::vector<std::string> ByteLevelBpe::merges() const {
+  std::vector<std::string> by_rank;
+  for (const auto& [pair, rank_and_id] : state_->merges) {
+    const auto rank = static_cast<size_t>(rank_and_id.first);
+    if (by_rank.size() <= rank) by_rank.resize(rank + 1);
+    by_rank[rank] = state_->pieces[static_cast<size_t>(pair >> 32)] + " " +
+                    state_->pieces[static_cast<size_t>(pair & 0xFFFFFFFFu)];
+  }
+  by_rank.erase(std::remove(by_rank.begin(), by_rank.end(), std::string()), by_rank.end());
+  return by_rank;
+}
+
+const std::string& ByteLevelBpe::pre_tokenizer_json() const {
+  return state_->pre_tokenizer_json;
 }
 
 int64_t ByteLevelBpe::id_of(const std::string& token) const {

@@ -40,6 +40,18 @@ class ByteLevelBpe {
   // The added tokens flagged special, with their ids (what a chat template's text may hold).
   std::vector<std::pair<std::string, int64_t>> special_tokens() const;
 
+  // What a GGUF export carries (export/gguf.cpp), as tokenizer.json holds it.
+  struct Entry {
+    std::string text;      // the vocabulary's spelling, an added token's content; "" for no token
+    bool added = false;    // in added_tokens (its text is plain, not byte symbols)
+    bool special = false;  // an added token flagged special
+  };
+  Entry entry(int64_t id) const;  // ids in [0, vocab_size())
+  // The merges as "a b" in rank order, spelled as the vocabulary spells them.
+  std::vector<std::string> merges() const;
+  // The pre_tokenizer section, as JSON text.
+  const std::string& pre_tokenizer_json() const;
+
  private:
   struct State;
   std::unique_ptr<State> state_;

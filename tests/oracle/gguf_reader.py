@@ -10,14 +10,31 @@ the model from the GGUF alone (its vocabulary, SentencePiece-BPE encoding by sco
 interleaved RoPE) greedily, as llama2.c's run.c does. Prints one JSON object; exits 1 with a
 message on the first inconsistency.
 
+A byte-level BPE vocabulary (tokenizer.ggml.model = gpt2) is checked against the directory's
+tokenizer.json, tokenizer_config.json and config.json, read here as llama.cpp's converter reads
+them (convert_hf_to_gguf.py's get_vocab_base and gguf-py's SpecialVocab): every token and its
+type, every merge in rank order, the special ids, add_bos_token, the chat template, and
+tokenizer.ggml.pre as llama.cpp names the pre-tokenizer (llama-vocab.cpp's pre-types whose
+regexes it reproduces).
+
+Given --encode TEXTS (a file holding a JSON list of texts), it instead encodes each text from a gpt2 vocabulary's metadata
+alone, as llama.cpp's BPE tokenizer does (llama-vocab.cpp: added tokens first, then the split
+regexes of the file's tokenizer.ggml.pre, byte-level symbols, merges by rank), and prints the ids:
+the test compares them with Tiller's tokenizer. That mode needs only the `regex` module (PyPI or
+Debian's python3-regex), not numpy.
+
   gguf_reader.py FILE.gguf --hf DIR [--prompt TEXT --total-tokens N]
+  gguf_reader.py FILE.gguf --encode TEXTS
 """
 import argparse
 import json
 import struct
 import sys
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # --encode needs no numpy
+    np = None
 
 TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 8: ("Q8_0", 32, 34), 30: ("BF16", 1, 2)}
 VALUE_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -83,7 +100,9 @@ def parse(path):
     expected = 0
     for t in tensors:
         _, block, size = TYPES[t["type"]]
-        count = int(np.prod(t["ne"]))
+        count = 1
+        for n in t["ne"]:
+            count *= n
         if t["ne"][0] % block:
             fail(f"{t['name']}: rows of {t['ne'][0]} are not whole blocks of {block}")
         t["bytes"] = count // block * size
@@ -221,6 +240,196 @@ def compare(tensors, metadata, hf):
     return errors
 
 
+def flatten(pre):
+    if pre.get("type") == "Sequence":
+        return [step for inner in pre.get("pretokenizers", []) for step in flatten(inner)]
+    return [pre]
+
+
+LETTERS_THEN = r"|[^\r\n\p{L}\p{N}]?\p{L}+|"
+PUNCTUATION_AND_SPACES = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+CONTRACTIONS = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)", "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])")
+
+
+def pre_name(pre):
+    """llama.cpp's name for a tokenizer.json pre-tokenizer, or None."""
+    steps = flatten(pre)
+
+    def byte_level(step, use_regex):
+        return (step.get("type") == "ByteLevel" and step.get("add_prefix_space", True) is False
+                and step.get("use_regex", True) is use_regex)
+
+    if len(steps) == 1 and byte_level(steps[0], True):
+        return "gpt-2"
+    if (len(steps) == 2 and steps[0].get("type") == "Digits" and steps[0].get("individual_digits") is True
+            and byte_level(steps[1], True)):
+        return "smollm"
+    if len(steps) == 2 and steps[0].get("type") == "Split" and byte_level(steps[1], False):
+        regex = steps[0].get("pattern", {}).get("Regex", "")
+        for contractions in CONTRACTIONS:
+            for digits, name in ((r"\p{N}{1,3}", "llama-bpe"), (r"\p{N}", "qwen2")):
+                if regex == contractions + LETTERS_THEN + digits + PUNCTUATION_AND_SPACES:
+                    return name
+    return None
+
+
+def looks_special(token):
+    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or (token.startswith("<|") and token.endswith("|>"))
+            or (token.startswith("<\uff5c") and token.endswith("\uff5c>"))
+            or (token.startswith("<unused") and token.endswith(">")))
+
+
+def check_gpt2_vocabulary(m, directory):
+    import os
+    tj = json.load(open(os.path.join(directory, "tokenizer.json"), encoding="utf-8"))
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    tc = json.load(open(config_path, encoding="utf-8")) if os.path.exists(config_path) else {}
+    config = json.load(open(os.path.join(directory, "config.json"), encoding="utf-8"))
+    n = m["llama.vocab_size"]
+    by_id = {i: (t, 1) for t, i in tj["model"]["vocab"].items()}
+    added = tj.get("added_tokens", [])
+    for a in added:
+        by_id[a["id"]] = (a["content"], 3 if a.get("special") or looks_special(a["content"]) else 4)
+    tokens = [by_id[i][0] if i in by_id else f"[PAD{i}]" for i in range(n)]
+    types = [by_id[i][1] if i in by_id else 5 for i in range(n)]
+    for key, want in (("tokenizer.ggml.tokens", tokens), ("tokenizer.ggml.token_type", types)):
+        got = m.get(key)
+        if got is None or len(got) != n:
+            fail(f"{key}: {None if got is None else len(got)} entries, expected {n}")
+        for i in range(n):
+            if got[i] != want[i]:
+                fail(f"{key}[{i}] is {got[i]!r}, expected {want[i]!r}")
+    merges = [x if isinstance(x, str) else " ".join(x) for x in tj["model"].get("merges", [])]
+    if m.get("tokenizer.ggml.merges") != merges:
+        got = m.get("tokenizer.ggml.merges") or []
+        first = next((i for i in range(min(len(got), len(merges))) if got[i] != merges[i]), None)
+        fail(f"tokenizer.ggml.merges: {len(got)} merges, expected {len(merges)}; first difference at {first}")
+    if m.get("tokenizer.ggml.model") != "gpt2" or "tokenizer.ggml.scores" in m:
+        fail("a byte-level BPE vocabulary is model gpt2 without scores")
+    pre = pre_name(tj["pre_tokenizer"])
+    if m.get("tokenizer.ggml.pre") != pre:
+        fail(f"tokenizer.ggml.pre is {m.get('tokenizer.ggml.pre')!r}, expected {pre!r}")
+    ids = {}
+    for kind, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):
+        entry = tc.get(f"{kind}_token")
+        content = entry.get("content") if isinstance(entry, dict) else entry
+        found = next((a["id"] for a in added if content is not None and a["content"] == content), None)
+        if found is None and isinstance(config.get(f"{kind}_token_id"), int):
+            found = config[f"{kind}_token_id"]
+        if m.get(f"tokenizer.ggml.{key}_token_id") != found:
+            fail(f"tokenizer.ggml.{key}_token_id is {m.get(f'tokenizer.ggml.{key}_token_id')}, expected {found}")
+        ids[kind] = found
+    processors, template_bos = [tj.get("post_processor")], False
+    while processors:
+        p = processors.pop()
+        if isinstance(p, dict):
+            processors += p.get("processors", [])
+            single = p.get("single") if p.get("type") == "TemplateProcessing" else None
+            template_bos = template_bos or bool(single and "SpecialToken" in single[0])
+    add_bos = template_bos or (tc.get("add_bos_token") is True and ids["bos"] is not None)
+    if m.get("tokenizer.ggml.add_bos_token") is not add_bos:
+        fail(f"tokenizer.ggml.add_bos_token is {m.get('tokenizer.ggml.add_bos_token')}, expected {add_bos}")
+    if m.get("tokenizer.ggml.add_eos_token") is not (tc.get("add_eos_token") is True):
+        fail("tokenizer.ggml.add_eos_token differs from tokenizer_config.json's")
+    template = tc.get("chat_template")
+    if isinstance(template, list):  # named templates, as gguf-py's add_chat_template writes them
+        named, template = {}, None
+        for choice in tc["chat_template"]:
+            name = "".join(c if c.isascii() and c.isalnum() else "_" for c in choice.get("name", ""))
+            if name == "default":
+                template = choice["template"]
+            elif name:
+                named[name] = choice["template"]
+        for name, text in named.items():
+            if m.get(f"tokenizer.chat_template.{name}") != text:
+                fail(f"tokenizer.chat_template.{name} differs from tokenizer_config.json's")
+        if sorted(m.get("tokenizer.chat_templates", [])) != sorted(named):
+            fail(f"tokenizer.chat_templates is {m.get('tokenizer.chat_templates')}, expected {sorted(named)}")
+    if m.get("tokenizer.chat_template") != template:
+        fail("tokenizer.chat_template differs from tokenizer_config.json's chat_template")
+    return {"tokens": n, "merges": len(merges), "pre": pre, "special_ids": ids,
+            "types": {str(t): types.count(t) for t in sorted(set(types))}}
+
+
+# llama-vocab.cpp's split regexes of the pre-types, applied in turn (each splits every piece into
+# its matches and the text between them).
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+SPLIT_REGEXES = {
+    "gpt-2": [GPT2_REGEX],
+    "smollm": [r"\p{N}", GPT2_REGEX],
+    "llama-bpe": [CONTRACTIONS[1] + LETTERS_THEN + r"\p{N}{1,3}" + PUNCTUATION_AND_SPACES],
+    "qwen2": [CONTRACTIONS[1] + LETTERS_THEN + r"\p{N}" + PUNCTUATION_AND_SPACES],
+}
+
+
+def byte_symbols():
+    """GPT-2's bytes_to_unicode."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def split_words(text, regexes):
+    import regex
+    words = [text]
+    for expression in regexes:
+        pattern, out = regex.compile(expression), []
+        for word in words:
+            at = 0
+            for match in pattern.finditer(word):
+                if match.start() > at:
+                    out.append(word[at:match.start()])
+                if match.end() > match.start():
+                    out.append(match.group())
+                at = match.end()
+            if at < len(word):
+                out.append(word[at:])
+        words = out
+    return words
+
+
+def encode_gpt2(text, m):
+    """Ids of `text` from the file's gpt2 vocabulary alone, as llama.cpp's BPE tokenizer."""
+    tokens, types = m["tokenizer.ggml.tokens"], m["tokenizer.ggml.token_type"]
+    index = {t: i for i, t in enumerate(tokens) if types[i] in (1, 3, 4)}
+    ranks = {tuple(merge.split(" ", 1)): rank for rank, merge in enumerate(m["tokenizer.ggml.merges"])}
+    added = sorted((i for i, t in enumerate(types) if t in (3, 4)), key=lambda i: -len(tokens[i]))
+    symbols, pre = byte_symbols(), m["tokenizer.ggml.pre"]
+    ids, plain, at = [], "", 0
+    while at < len(text):
+        found = next((i for i in added if text.startswith(tokens[i], at)), None)
+        if found is None:
+            plain += text[at]
+            at += 1
+            continue
+        ids += encode_plain(plain, index, ranks, symbols, pre)
+        ids.append(found)
+        plain, at = "", at + len(tokens[found])
+    return ids + encode_plain(plain, index, ranks, symbols, pre)
+
+
+def encode_plain(text, index, ranks, symbols, pre):
+    out = []
+    for word in split_words(text, SPLIT_REGEXES[pre]) if text else []:
+        parts = [symbols[b] for b in word.encode("utf-8")]  # one symbol a byte
+        if pre == "llama-bpe" and "".join(parts) in index:  # llama.cpp ignores merges for llama-bpe
+            out.append(index["".join(parts)])
+            continue
+        while len(parts) > 1:
+            best = min(range(len(parts) - 1), key=lambda i: (ranks.get((parts[i], parts[i + 1]), 1 << 62), i))
+            if (parts[best], parts[best + 1]) not in ranks:
+                break
+            parts[best:best + 2] = [parts[best] + parts[best + 1]]
+        out += [index[part] for part in parts]
+    return out
+
+
 def encode(text, pieces, scores):
     """SentencePiece BPE by scores, as llama2.c's encode: characters (or their bytes), then merges."""
     index = {p: i for i, p in enumerate(pieces)}
@@ -309,17 +518,25 @@ def greedy(tensors, m, prompt, total):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("gguf")
-    parser.add_argument("--hf", required=True)
+    parser.add_argument("--hf")
+    parser.add_argument("--encode")
     parser.add_argument("--prompt")
     parser.add_argument("--total-tokens", type=int, default=0)
     a = parser.parse_args()
     version, metadata, types, tensors = parse(a.gguf)
+    if a.encode:
+        print(json.dumps([encode_gpt2(text, metadata) for text in json.load(open(a.encode, encoding="utf-8"))]))
+        return
+    if not a.hf:
+        fail("--hf DIR is required (or --encode TEXTS)")
     report = {"version": version,
               "metadata": {k: (v if not isinstance(v, list) else {"array": len(v), "first": v[:3]})
                            for k, v in metadata.items()},
               "metadata_types": types,
               "tensors": [{k: t[k] for k in ("name", "ne", "type", "offset")} for t in tensors],
               "relative_error": compare(tensors, metadata, read_safetensors(a.hf))}
+    if metadata.get("tokenizer.ggml.model") == "gpt2":
+        report["gpt2_vocabulary"] = check_gpt2_vocabulary(metadata, a.hf)
     if a.prompt:
         report["greedy"] = greedy(tensors, metadata, a.prompt, a.total_tokens)
     print(json.dumps(report))
