@@ -16,6 +16,7 @@ void add_convert_command(CLI::App& app, CommandAction& action);           // con
 void add_merge_command(CLI::App& app, CommandAction& action);             // merge_cmd.cpp
 void add_quantize_command(CLI::App& app, CommandAction& action);          // quantize_cmd.cpp
 void add_export_command(CLI::App& app, CommandAction& action);            // export_cmd.cpp
+void add_inspect_command(CLI::App& app, CommandAction& action);           // inspect_cmd.cpp
 void add_checkpoint_command(CLI::App& app, CommandAction& action);        // checkpoint_cmd.cpp
 void add_generate_command(CLI::App& app, CommandAction& action);          // generate_cmd.cpp
 void add_chat_command(CLI::App& app, CommandAction& action);              // chat_cmd.cpp

@@ -42,6 +42,7 @@ void add_commands(CLI::App& app, CommandAction& action) {
   add_merge_command(app, action);
   add_quantize_command(app, action);
   add_export_command(app, action);
+  add_inspect_command(app, action);
   add_chat_command(app, action);
   add_checkpoint_command(app, action);
   add_generate_command(app, action);

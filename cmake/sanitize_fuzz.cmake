@@ -37,6 +37,7 @@ target_compile_options(tiller_spm PRIVATE ${TILLER_WARNINGS} -O2)
 file(GLOB_RECURSE TILLER_SAN_SOURCES CONFIGURE_DEPENDS common/*.cpp)
 list(FILTER TILLER_SAN_SOURCES EXCLUDE REGEX "common/tokenizer/module/")
 file(GLOB TILLER_SAN_STAGE_SOURCES CONFIGURE_DEPENDS ${TILLER_STAGE_GLOBS})
+list(APPEND TILLER_SAN_STAGE_SOURCES export/gguf_reader.cpp)  # the GGUF reader's fuzzer
 add_library(tiller_san STATIC ${TILLER_SAN_SOURCES} ${TILLER_SAN_STAGE_SOURCES})
 target_include_directories(tiller_san PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}
                            ${CMAKE_BINARY_DIR}/generated)

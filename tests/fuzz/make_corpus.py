@@ -265,6 +265,37 @@ def shard_pair(tokens, offsets, fingerprint=0x1234, vocab=400, width=2):
     return struct.pack("<I", len(bin_)) + bin_ + idx
 
 
+def gguf(metadata=(), tensors=(), version=3, alignment=32):
+    """A GGUF file: metadata as (key, type, packed value bytes), tensors as (name, dims, type, data)."""
+    def string(s):
+        b = s.encode()
+        return struct.pack("<Q", len(b)) + b
+    out = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(metadata))
+    for key, vtype, value in metadata:
+        out += string(key) + struct.pack("<I", vtype) + value
+    offset, data = 0, b""
+    for name, dims, ttype, payload in tensors:
+        out += string(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+        out += struct.pack("<IQ", ttype, offset)
+        pad = (-len(payload)) % alignment
+        data += payload + b"\0" * pad
+        offset += len(payload) + pad
+    out += b"\0" * ((-len(out)) % alignment)
+    return out + data
+
+
+def seeds_gguf():
+    arch = ("general.architecture", 8, struct.pack("<Q", 5) + b"llama")
+    tokens = ("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 2) + struct.pack("<Q", 3) + b"<s>" + struct.pack("<Q", 1) + b"a")
+    f32 = ("w", [4], 0, struct.pack("<4f", 1, -2, 3, 0.5))
+    q8 = ("q", [32], 8, struct.pack("<e", 0.5) + bytes(range(32)))
+    q4 = ("r", [32, 2], 2, (struct.pack("<e", 0.25) + bytes(range(16))) * 2)
+    put("gguf", "valid", gguf([arch, tokens], [f32, q8, q4]))
+    put("gguf", "truncated", gguf([arch, tokens], [f32, q8, q4])[:90])
+    put("gguf", "nested_array", gguf([("n", 9, struct.pack("<IQ", 9, 1) + struct.pack("<IQ", 4, 2) + struct.pack("<2I", 1, 2))]))
+    put("gguf", "version2", gguf([arch], [f32], version=2))
+
+
 def seeds_shards():
     put("shards", "valid", shard_pair([1, 5, 6, 7, 1, 9, 10], [0, 4, 7]))
     put("shards", "valid_u32", shard_pair([1, 70000, 2], [0, 3], vocab=80000, width=4))
@@ -292,5 +323,6 @@ if __name__ == "__main__":
     seeds_jinja(repo)
     seeds_prepare()
     seeds_shards()
+    seeds_gguf()
     if a.tokenizer:
         seeds_tokenizer(a.tokenizer)
