@@ -78,10 +78,15 @@ double matmul_weight_bytes(TransformerImpl& model, int64_t element_bytes, bool p
   return bytes;
 }
 
-}  // namespace
+// The weights a row of the table measures: the model as loaded (fp32 or bf16), or a quantised
+// copy of the same weights.
+struct Variant {
+  std::string weights;  // "fp32", "bf16", "int8", "int4-g32", ...
+  Transformer model;
+};
 
-void run_decode(const DecodeOptions& o) {
-  // Checked before any output, so that a bad flag never leaves half a table behind.
+// Checked before any output, so that a bad flag never leaves half a table behind.
+void check_decode_options(const DecodeOptions& o) {
   check(o.prompt_tokens >= 1, "bench decode: --prompt-tokens must be at least 1");
   check(o.new_tokens >= 2,
         "bench decode: --new-tokens must be at least 2 (the first token comes from the prefill)");
@@ -90,35 +95,80 @@ void run_decode(const DecodeOptions& o) {
   check(o.quantize.empty() || o.dtype == "fp32",
         "bench decode: --quantize compares with fp32 weights; it cannot be combined with --dtype "
         "bf16");
-  apply_threads(o.threads);
-  std::string label;
-  // One model per row kind: fp32 (or bf16) first, then each quantised copy of the same weights.
-  std::vector<std::pair<std::string, Transformer>> variants;
-  variants.emplace_back(o.dtype, load_bench_model(o.model_dir, o.shape, label));
+  for (const auto& scheme : o.quantize)
+    check(scheme == "int8" || scheme == "int4",
+          "bench decode: --quantize takes int8 and int4, got '" + scheme + "'");
+}
+
+// The model as loaded first, then a copy quantised in memory for each --quantize scheme.
+std::vector<Variant> decode_variants(const DecodeOptions& o, std::string& label) {
+  std::vector<Variant> variants;
+  variants.push_back({o.dtype, load_bench_model(o.model_dir, o.shape, label)});
   for (const auto& scheme : o.quantize) {
     QuantizeOptions q;
     q.scheme = scheme;
     q.group_size = o.group_size;
     q.lm_head = scheme;
-    check(scheme == "int8" || scheme == "int4",
-          "bench decode: --quantize takes int8 and int4, got '" + scheme + "'");
     Transformer copy = load_bench_model(o.model_dir, o.shape, label);
     quantize_in_place(*copy, q);
-    variants.emplace_back(scheme == "int4" ? "int4-g" + std::to_string(o.group_size) : scheme,
-                          copy);
+    variants.push_back({scheme == "int4" ? "int4-g" + std::to_string(o.group_size) : scheme, copy});
   }
-  const auto& config = variants.front().second->config;
+  return variants;
+}
+
+// Each variant's fastest prefill (generate() making one token) and whole run (new_tokens), over
+// `repeats` rounds after one to warm up. Prefill and decode are timed through generate(): the very
+// code paths of a rollout (a bare forward would also compute the logits of every prompt slot,
+// which generate() does not, and its time would be taken off decode's). The variants take turns
+// within each round, so that a slower or faster spell of the machine falls on all of them.
+struct Timings {
+  std::vector<double> prefill_s, total_s;
+};
+Timings time_variants(std::vector<Variant>& variants,
+                      const std::vector<std::vector<int64_t>>& prompts, SamplingOptions sampling,
+                      const DecodeOptions& o) {
+  auto timed = [&](TransformerImpl& model, int64_t new_tokens) {
+    sampling.max_new_tokens = new_tokens;
+    Stopwatch watch;
+    generate(model, prompts, sampling);
+    return watch.seconds();
+  };
+  Timings t{std::vector<double>(variants.size(), 1e30), std::vector<double>(variants.size(), 1e30)};
+  for (int r = 0; r < o.repeats + 1; ++r) {
+    for (size_t v = 0; v < variants.size(); ++v) {
+      const double one = timed(*variants[v].model, 1);
+      const double all = timed(*variants[v].model, o.new_tokens);
+      if (r == 0) continue;
+      t.prefill_s[v] = std::min(t.prefill_s[v], one);
+      t.total_s[v] = std::min(t.total_s[v], all);
+    }
+  }
+  return t;
+}
+
+// The bounds a row is measured against: the memory bandwidth (decode at small batches reads
+// every weight once a step) and the matmul peak (what large batches approach).
+struct Bounds {
+  double copy_gbps = 0, peak_gflops = 0;
+};
+
+}  // namespace
+
+void run_decode(const DecodeOptions& o) {
+  check_decode_options(o);
+  apply_threads(o.threads);
+  std::string label;
+  std::vector<Variant> variants = decode_variants(o, label);
+  const auto& config = variants.front().model->config;
   check(o.prompt_tokens + o.new_tokens <= config.max_position_embeddings,
         "bench decode: --prompt-tokens + --new-tokens (" +
             std::to_string(o.prompt_tokens + o.new_tokens) + ") exceed the context of " + label +
             " (" + std::to_string(config.max_position_embeddings) + ")");
   const bool bf16 = o.dtype == "bf16";
-  if (bf16) variants.front().second->to(torch::kBFloat16);  // the KV cache follows the weights
-
-  // The ceilings: the memory bandwidth (decode at small batches reads every weight once a step)
-  // and the matmul peak (what large batches approach). A 1024 matmul keeps this under a second.
-  const double copy_gbps = measure_copy_gbps(3);
-  const double peak_gflops = measure_matmul_gflops(1024, bf16, 2);
+  const int64_t element_bytes = bf16 ? 2 : 4;
+  if (bf16) variants.front().model->to(torch::kBFloat16);  // the KV cache follows the weights
+  // A 1024 matmul keeps the peak's measurement under a second.
+  const Bounds bounds{measure_copy_gbps(3), measure_matmul_gflops(1024, bf16, 2)};
 
   nlohmann::json rows = nlohmann::json::array();
   if (!o.json) {
@@ -126,7 +176,7 @@ void run_decode(const DecodeOptions& o) {
         "model: %s (%.2fM parameters), prompt %lld tokens, %lld new tokens, %d threads\n"
         "bounds: copy %.1f GB/s, matmul %.1f GFLOP/s\n",
         label.c_str(), config.parameter_count() / 1e6, (long long)o.prompt_tokens,
-        (long long)o.new_tokens, torch::get_num_threads(), copy_gbps, peak_gflops);
+        (long long)o.new_tokens, torch::get_num_threads(), bounds.copy_gbps, bounds.peak_gflops);
     std::printf("%8s  %6s  %10s  %14s  %14s  %10s  %16s  %16s\n", "weights", "batch", "MB/step",
                 "prefill tok/s", "decode tok/s", "speedup", "of bandwidth", "of matmul peak");
   }
@@ -140,62 +190,42 @@ void run_decode(const DecodeOptions& o) {
     sampling.stop_at_eos = false;         // every row runs the full length
     sampling.full_pass_logprobs = false;  // decode alone, without the rescoring pass
     sampling.fast_decode = !o.torch_decode;
-    // Prefill is timed as generate() making one token, and decode as what the other new tokens
-    // add: the very code paths of a rollout (a bare forward would also compute the logits of
-    // every prompt slot, which generate() does not, and its time would be taken off decode's).
-    // Each is the fastest of the repeats; the first round warms up. The variants take turns
-    // within each round, so that a slower or faster spell of the machine falls on all of them.
-    auto timed = [&](TransformerImpl& model, int64_t new_tokens) {
-      sampling.max_new_tokens = new_tokens;
-      Stopwatch watch;
-      generate(model, prompts, sampling);
-      return watch.seconds();
-    };
-    std::vector<double> prefill_s(variants.size(), 1e30), total_s(variants.size(), 1e30);
-    for (int r = 0; r < o.repeats + 1; ++r) {
-      for (size_t v = 0; v < variants.size(); ++v) {
-        const double one = timed(*variants[v].second, 1);
-        const double all = timed(*variants[v].second, o.new_tokens);
-        if (r == 0) continue;
-        prefill_s[v] = std::min(prefill_s[v], one);
-        total_s[v] = std::min(total_s[v], all);
-      }
-    }
+    const Timings t = time_variants(variants, prompts, sampling, o);
+    // The packed weights are read only where the fast step takes them (FastDecoder::project).
+    const bool packed_read = !o.torch_decode && batch < FastDecoder::kPackedRowsLimit;
     double first_decode = 0;
     for (size_t v = 0; v < variants.size(); ++v) {
-      auto& [weights, model] = variants[v];
-      const double prefill = batch * o.prompt_tokens / prefill_s[v];
-      const double decode = batch * (o.new_tokens - 1) / std::max(total_s[v] - prefill_s[v], 1e-9);
+      const double prefill = batch * o.prompt_tokens / t.prefill_s[v];
+      const double decode =
+          batch * (o.new_tokens - 1) / std::max(t.total_s[v] - t.prefill_s[v], 1e-9);
       if (v == 0) first_decode = decode;
       const StepCost cost = decode_step_cost(
           config, batch, o.prompt_tokens, o.new_tokens,
-          matmul_weight_bytes(*model, bf16 ? 2 : 4,
-                              !o.torch_decode && batch < FastDecoder::kPackedRowsLimit),
-          bf16 ? 2 : 4);
-      const double bandwidth_bound = batch / (cost.bytes / (copy_gbps * 1e9));
-      const double compute_bound = peak_gflops * 1e9 / cost.flops_per_token;
+          matmul_weight_bytes(*variants[v].model, element_bytes, packed_read), element_bytes);
+      const double bandwidth_bound = batch / (cost.bytes / (bounds.copy_gbps * 1e9));
+      const double compute_bound = bounds.peak_gflops * 1e9 / cost.flops_per_token;
       rows.push_back({{"shape", label},
                       {"parameters", config.parameter_count()},
                       {"dtype", o.dtype},
-                      {"weights", weights},
+                      {"weights", variants[v].weights},
                       {"threads", torch::get_num_threads()},
                       {"batch", batch},
                       {"prompt_tokens", o.prompt_tokens},
                       {"new_tokens", o.new_tokens},
                       {"prefill_tokens_per_s", prefill},
                       {"tokens_per_s", decode},
-                      {"speedup_vs_" + variants.front().first, decode / first_decode},
+                      {"speedup_vs_" + variants.front().weights, decode / first_decode},
                       {"bytes_per_step", cost.bytes},
-                      {"copy_gbps", copy_gbps},
+                      {"copy_gbps", bounds.copy_gbps},
                       {"bandwidth_bound_tokens_per_s", bandwidth_bound},
                       {"fraction_of_bandwidth_bound", decode / bandwidth_bound},
-                      {"matmul_gflops", peak_gflops},
+                      {"matmul_gflops", bounds.peak_gflops},
                       {"compute_bound_tokens_per_s", compute_bound},
                       {"fraction_of_compute_bound", decode / compute_bound}});
       if (!o.json)
         std::printf("%8s  %6lld  %10.2f  %14.0f  %14.0f  %9.2fx  %15.1f%%  %15.1f%%\n",
-                    weights.c_str(), (long long)batch, cost.bytes / 1e6, prefill, decode,
-                    decode / first_decode, 100.0 * decode / bandwidth_bound,
+                    variants[v].weights.c_str(), (long long)batch, cost.bytes / 1e6, prefill,
+                    decode, decode / first_decode, 100.0 * decode / bandwidth_bound,
                     100.0 * decode / compute_bound);
     }
   }

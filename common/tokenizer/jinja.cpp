@@ -1808,46 +1808,54 @@ class Renderer {
 
   // str and dict methods templates call; undefined when `name` is none of them.
   static Value bound_method(const Value& target, const std::string& name) {
-    if (target.is_dict()) {
-      if (name == "items")
-        return Value::function(
-            [target](const CallArgs& a) {
-              check_arity(a, 0, "items()");
-              List out;
-              for (const auto& item : target.as_dict().items)
-                out.push_back(Value::tuple({Value::string(item.first), item.second}));
-              return Value::list(std::move(out));
-            },
-            "dict.items");
-      if (name == "keys")
-        return Value::function(
-            [target](const CallArgs& a) {
-              check_arity(a, 0, "keys()");
-              return Value::list(iterate(target));
-            },
-            "dict.keys");
-      if (name == "values")
-        return Value::function(
-            [target](const CallArgs& a) {
-              check_arity(a, 0, "values()");
-              List out;
-              for (const auto& item : target.as_dict().items) out.push_back(item.second);
-              return Value::list(std::move(out));
-            },
-            "dict.values");
-      if (name == "get")
-        return Value::function(
-            [target](const CallArgs& a) {
-              check_arity(a, 2, "get()");
-              const Value key = argument(a, 0, "key");
-              const Value* found =
-                  key.is_string() ? target.as_dict().find(key.as_string()) : nullptr;
-              return found != nullptr ? *found : argument(a, 1, "default", Value::none());
-            },
-            "dict.get");
-      return Value();
-    }
-    const std::string s = target.as_string();
+    return target.is_dict() ? dict_method(target, name) : string_method(target.as_string(), name);
+  }
+
+  // (key, value) tuples of a dict, in its order: dict.items() and the items filter.
+  static Value dict_items(const Dict& dict) {
+    List out;
+    for (const auto& item : dict.items)
+      out.push_back(Value::tuple({Value::string(item.first), item.second}));
+    return Value::list(std::move(out));
+  }
+
+  static Value dict_method(const Value& target, const std::string& name) {
+    if (name == "items")
+      return Value::function(
+          [target](const CallArgs& a) {
+            check_arity(a, 0, "items()");
+            return dict_items(target.as_dict());
+          },
+          "dict.items");
+    if (name == "keys")
+      return Value::function(
+          [target](const CallArgs& a) {
+            check_arity(a, 0, "keys()");
+            return Value::list(iterate(target));
+          },
+          "dict.keys");
+    if (name == "values")
+      return Value::function(
+          [target](const CallArgs& a) {
+            check_arity(a, 0, "values()");
+            List out;
+            for (const auto& item : target.as_dict().items) out.push_back(item.second);
+            return Value::list(std::move(out));
+          },
+          "dict.values");
+    if (name == "get")
+      return Value::function(
+          [target](const CallArgs& a) {
+            check_arity(a, 2, "get()");
+            const Value key = argument(a, 0, "key");
+            const Value* found = key.is_string() ? target.as_dict().find(key.as_string()) : nullptr;
+            return found != nullptr ? *found : argument(a, 1, "default", Value::none());
+          },
+          "dict.get");
+    return Value();
+  }
+
+  static Value string_method(const std::string& s, const std::string& name) {
     using Method = Value (*)(const std::string&, const CallArgs&);
     static const std::map<std::string, Method> kMethods = {
         {"strip",
@@ -1982,101 +1990,70 @@ class Renderer {
     return test(name, item, rest, offset);
   }
 
-  Value filter(const std::string& name, const Value& v, const CallArgs& args, size_t offset) {
-    if (name == "trim")
-      return Value::string(strip(v.str(), argument(args, 0, "chars"), true, true));
-    if (name == "length" || name == "count") return Value::integer(length(v));
-    if (name == "string") return Value::string(v.str());
-    if (name == "upper") return Value::string(to_upper(v.str()));
-    if (name == "lower") return Value::string(to_lower(v.str()));
-    if (name == "capitalize") return Value::string(capitalize(v.str()));
-    if (name == "title") return Value::string(title(v.str()));
-    if (name == "safe") return v;
-    if (name == "list") return Value::list(iterate(v));
-    if (name == "tojson") {
-      for (const auto& kw : args.keyword)
-        if (kw.first != "indent" && !(kw.first == "ensure_ascii" && !kw.second.truthy()) &&
-            !(kw.first == "sort_keys" && !kw.second.truthy()))
-          fail(offset, "unsupported tojson argument '" + kw.first + "'");
-      const Value indent = argument(args, 0, "indent");
-      const int spaces = indent.is_undefined() || indent.is_none()
-                             ? -1
-                             : static_cast<int>(std::min<int64_t>(64, arg_int(indent, "tojson's indent")));
-      try {
-        return Value::string(v.to_json(spaces));
-      } catch (const std::runtime_error& e) {  // an undefined value or a function inside
-        throw CallError(e.what());
+  Value tojson(const Value& v, const CallArgs& args, size_t offset) {
+    for (const auto& kw : args.keyword)
+      if (kw.first != "indent" && !(kw.first == "ensure_ascii" && !kw.second.truthy()) &&
+          !(kw.first == "sort_keys" && !kw.second.truthy()))
+        fail(offset, "unsupported tojson argument '" + kw.first + "'");
+    const Value indent = argument(args, 0, "indent");
+    const int spaces =
+        indent.is_undefined() || indent.is_none()
+            ? -1
+            : static_cast<int>(std::min<int64_t>(64, arg_int(indent, "tojson's indent")));
+    try {
+      return Value::string(v.to_json(spaces));
+    } catch (const std::runtime_error& e) {  // an undefined value or a function inside
+      throw CallError(e.what());
+    }
+  }
+
+  Value join(const Value& v, const CallArgs& args) {
+    const std::string separator = argument(args, 0, "d", Value::string("")).str();
+    const Value attr = argument(args, 1, "attribute");
+    std::string out;
+    bool first = true;
+    for (const Value& item : iterate(v)) {
+      if (!first) out += separator;
+      out += (attr.is_undefined() ? item : attribute_path(item, attr)).str();
+      first = false;
+    }
+    return Value::string(out);
+  }
+
+  // select/reject/selectattr/rejectattr: the items that pass (or fail) the test.
+  Value select(const std::string& name, const Value& v, const CallArgs& args, size_t offset) {
+    const bool by_attribute = name == "selectattr" || name == "rejectattr";
+    const bool keep = name == "selectattr" || name == "select";
+    if (by_attribute && args.positional.empty()) throw CallError(name + " needs an attribute name");
+    List out;
+    for (const Value& item : iterate(v)) {
+      const Value subject = by_attribute ? attribute_path(item, args.positional[0]) : item;
+      if (passes(subject, args, by_attribute ? 1 : 0, offset) == keep) out.push_back(item);
+    }
+    return Value::list(std::move(out));
+  }
+
+  // map(attribute=...) or map(filter, args...).
+  Value map(const Value& v, const CallArgs& args, size_t offset) {
+    const Value attr = argument(args, 99, "attribute");
+    List out;
+    for (const Value& item : iterate(v)) {
+      if (!attr.is_undefined()) {
+        const Value got = attribute_path(item, attr);
+        out.push_back(got.is_undefined() ? argument(args, 99, "default", got) : got);
+      } else {
+        if (args.positional.empty()) throw CallError("map needs a filter name or attribute=");
+        CallArgs rest;
+        rest.positional.assign(args.positional.begin() + 1, args.positional.end());
+        out.push_back(
+            filter(arg_string(args.positional[0], "map's filter name"), item, rest, offset));
       }
     }
-    if (name == "first" || name == "last") {
-      const List items = iterate(v);
-      if (items.empty()) return Value::undefined("no " + name + " item, sequence was empty");
-      return name == "first" ? items.front() : items.back();
-    }
-    if (name == "reverse") {
-      if (v.is_string()) {
-        std::u32string cps = utf8_to_code_points(v.as_string());
-        std::reverse(cps.begin(), cps.end());
-        return Value::string(code_points_to_utf8(cps));
-      }
-      List items = iterate(v);
-      std::reverse(items.begin(), items.end());
-      return Value::list(std::move(items));
-    }
-    if (name == "join") {
-      const std::string separator = argument(args, 0, "d", Value::string("")).str();
-      const Value attr = argument(args, 1, "attribute");
-      std::string out;
-      bool first = true;
-      for (const Value& item : iterate(v)) {
-        if (!first) out += separator;
-        out += (attr.is_undefined() ? item : attribute_path(item, attr)).str();
-        first = false;
-      }
-      return Value::string(out);
-    }
-    if (name == "replace") {
-      return Value::string(
-          replace_all(v.str(), argument(args, 0, "old").str(), argument(args, 1, "new").str(),
-                      arg_int(argument(args, 2, "count", Value::integer(-1)), "replace's count")));
-    }
-    if (name == "items") {
-      if (v.is_undefined()) return Value::list({});
-      if (!v.is_dict()) throw CallError("items filter of a " + v.type_name() + ", not a dict");
-      List out;
-      for (const auto& item : v.as_dict().items)
-        out.push_back(Value::tuple({Value::string(item.first), item.second}));
-      return Value::list(std::move(out));
-    }
-    if (name == "selectattr" || name == "rejectattr" || name == "select" || name == "reject") {
-      const bool by_attribute = name == "selectattr" || name == "rejectattr";
-      const bool keep = name == "selectattr" || name == "select";
-      if (by_attribute && args.positional.empty())
-        throw CallError(name + " needs an attribute name");
-      List out;
-      for (const Value& item : iterate(v)) {
-        const Value subject = by_attribute ? attribute_path(item, args.positional[0]) : item;
-        if (passes(subject, args, by_attribute ? 1 : 0, offset) == keep) out.push_back(item);
-      }
-      return Value::list(std::move(out));
-    }
-    if (name == "map") {
-      const Value attr = argument(args, 99, "attribute");
-      List out;
-      for (const Value& item : iterate(v)) {
-        if (!attr.is_undefined()) {
-          const Value got = attribute_path(item, attr);
-          out.push_back(got.is_undefined() ? argument(args, 99, "default", got) : got);
-        } else {
-          if (args.positional.empty()) throw CallError("map needs a filter name or attribute=");
-          CallArgs rest;
-          rest.positional.assign(args.positional.begin() + 1, args.positional.end());
-          out.push_back(
-              filter(arg_string(args.positional[0], "map's filter name"), item, rest, offset));
-        }
-      }
-      return Value::list(std::move(out));
-    }
+    return Value::list(std::move(out));
+  }
+
+  // int, float and abs.
+  static Value number(const std::string& name, const Value& v, const CallArgs& args) {
     if (name == "int") {
       if (v.is_number())
         return Value::integer(v.kind() == Value::Kind::kFloat ? static_cast<int64_t>(v.as_double())
@@ -2104,6 +2081,51 @@ class Renderer {
       return v.kind() == Value::Kind::kFloat ? Value::real(std::fabs(v.as_double()))
                                              : Value::integer(std::llabs(v.as_int()));
     }
+    throw CallError("not a number filter: " + name);
+  }
+
+  Value filter(const std::string& name, const Value& v, const CallArgs& args, size_t offset) {
+    if (name == "trim")
+      return Value::string(strip(v.str(), argument(args, 0, "chars"), true, true));
+    if (name == "length" || name == "count") return Value::integer(length(v));
+    if (name == "string") return Value::string(v.str());
+    if (name == "upper") return Value::string(to_upper(v.str()));
+    if (name == "lower") return Value::string(to_lower(v.str()));
+    if (name == "capitalize") return Value::string(capitalize(v.str()));
+    if (name == "title") return Value::string(title(v.str()));
+    if (name == "safe") return v;
+    if (name == "list") return Value::list(iterate(v));
+    if (name == "tojson") return tojson(v, args, offset);
+    if (name == "first" || name == "last") {
+      const List items = iterate(v);
+      if (items.empty()) return Value::undefined("no " + name + " item, sequence was empty");
+      return name == "first" ? items.front() : items.back();
+    }
+    if (name == "reverse") {
+      if (v.is_string()) {
+        std::u32string cps = utf8_to_code_points(v.as_string());
+        std::reverse(cps.begin(), cps.end());
+        return Value::string(code_points_to_utf8(cps));
+      }
+      List items = iterate(v);
+      std::reverse(items.begin(), items.end());
+      return Value::list(std::move(items));
+    }
+    if (name == "join") return join(v, args);
+    if (name == "replace") {
+      return Value::string(
+          replace_all(v.str(), argument(args, 0, "old").str(), argument(args, 1, "new").str(),
+                      arg_int(argument(args, 2, "count", Value::integer(-1)), "replace's count")));
+    }
+    if (name == "items") {
+      if (v.is_undefined()) return Value::list({});
+      if (!v.is_dict()) throw CallError("items filter of a " + v.type_name() + ", not a dict");
+      return dict_items(v.as_dict());
+    }
+    if (name == "selectattr" || name == "rejectattr" || name == "select" || name == "reject")
+      return select(name, v, args, offset);
+    if (name == "map") return map(v, args, offset);
+    if (name == "int" || name == "float" || name == "abs") return number(name, v, args);
     fail(offset, "unsupported filter '" + name + "'");
   }
 
