@@ -1,25 +1,17 @@
 #include "eval/perplexity.h"
 
 #include <cmath>
-#include <fstream>
 
+#include "common/data/sft_data.h"  // read_text_documents, bos_token_stream
+#include "common/train/token_log_probs.h"
 #include "common/util/error.h"
 
 namespace tiller::eval {
 
 std::vector<int64_t> text_token_stream(const Tokenizer& tokenizer, const std::string& path,
                                        int64_t max_tokens) {
-  std::ifstream in(path);
-  check(in.good(), "cannot read text file " + path);
-  std::vector<int64_t> tokens;
-  std::string line;
-  while (std::getline(in, line) &&
-         (max_tokens <= 0 || static_cast<int64_t>(tokens.size()) < max_tokens)) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const auto ids = tokenizer.encode(line, /*add_bos=*/true);
-    tokens.insert(tokens.end(), ids.begin(), ids.end());
-  }
-  check(!in.bad(), "error reading text file " + path);
+  auto tokens = bos_token_stream(read_text_documents(path, /*skip_bad_lines=*/false, nullptr),
+                                 tokenizer, max_tokens);
   check(!tokens.empty(), "text file " + path + " has no text");
   return tokens;
 }
@@ -41,9 +33,9 @@ PerplexityResult perplexity(TransformerImpl& model, const std::vector<int64_t>& 
   for (int64_t first = 0; first < windows; first += batch) {
     const auto ids = all.narrow(0, first, std::min(batch, windows - first)).to(device);
     const auto logits = model.forward(ids, torch::ones_like(ids)).to(torch::kFloat);
-    const auto log_probs = torch::log_softmax(logits.narrow(1, 0, length - 1), -1);
-    const auto targets = ids.narrow(1, 1, length - 1).unsqueeze(-1);
-    total -= log_probs.gather(-1, targets).sum().item<double>();
+    total -= token_log_probs(logits.narrow(1, 0, length - 1), ids.narrow(1, 1, length - 1))
+                 .sum()
+                 .item<double>();
   }
   PerplexityResult r;
   r.windows = windows;

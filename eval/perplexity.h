@@ -9,9 +9,9 @@
 
 namespace tiller::eval {
 
-// The non-empty lines of a text file, each encoded with BOS (as pretraining reads text), back to
-// back, until at least `max_tokens` (0: the whole file). Throws tiller::Error naming the file
-// when it cannot be read or gives no tokens.
+// A text file's documents (its non-empty lines, or the "text" of each JSONL record) as pretraining
+// reads them, each encoded with BOS, back to back, until at least `max_tokens` (0: the whole
+// file). Throws tiller::Error naming the file when it cannot be read or gives no tokens.
 std::vector<int64_t> text_token_stream(const Tokenizer& tokenizer, const std::string& path,
                                        int64_t max_tokens = 0);
 

@@ -47,12 +47,17 @@ void check_choice(const std::string& value, const std::vector<std::string>& allo
   throw Error("quantize: " + flag + " must be one of " + list + ", got '" + value + "'");
 }
 
-void check_options(const QuantizeOptions& o) {
-  check(!o.model_dir.empty() && !o.out_dir.empty(), "quantize: --model and --out are required");
+// What quantising in memory reads too.
+void check_weight_choices(const QuantizeOptions& o) {
   check_choice(o.scheme, {"int8", "int4"}, "--scheme");
-  check_choice(o.method, {"rtn", "gptq"}, "--method");
   check_choice(o.lm_head, {"int8", "int4", "keep"}, "--lm-head");
   check_choice(o.embeddings, {"int8", "int4", "keep"}, "--embeddings");
+}
+
+void check_options(const QuantizeOptions& o) {
+  check(!o.model_dir.empty() && !o.out_dir.empty(), "quantize: --model and --out are required");
+  check_weight_choices(o);
+  check_choice(o.method, {"rtn", "gptq"}, "--method");
   check(o.method == "gptq" || o.calibration.empty(),
         "quantize: --calibration is read by --method gptq only (round to nearest needs no data)");
   check(o.method != "gptq" || !o.calibration.empty(),
@@ -108,11 +113,8 @@ void check_group_size(const QuantizeOptions& o, const Plan& plan,
       sizes += (sizes.empty() ? "" : ", ") + std::to_string(g);
   throw Error("quantize: --group-size " + std::to_string(o.group_size) +
               " does not divide the rows of " + first_bad +
-              " into even groups; sizes that divide "
-              "every 4-bit weight's rows: " +
-              (sizes.empty() ? "none (the widths have no even "
-                               "common divisor)"
-                             : sizes));
+              " into even groups; sizes that divide every 4-bit weight's rows: " +
+              (sizes.empty() ? "none (the widths have no even common divisor)" : sizes));
 }
 
 struct WeightReport {
@@ -252,21 +254,28 @@ QuantizationConfig quantization_config_of(const QuantizeOptions& o, const Plan& 
   return config;
 }
 
+// The weights to quantise and their parameters by name, checked against the group size.
+struct PlannedWeights {
+  Plan plan;
+  std::map<std::string, torch::Tensor> params;
+};
+PlannedWeights plan_for(TransformerImpl& model, const QuantizeOptions& o) {
+  PlannedWeights p{plan_weights(o, model.config), {}};
+  for (auto& [name, tensor] : model.named_weights()) p.params[name] = tensor;
+  check_group_size(o, p.plan, p.params);
+  return p;
+}
+
 }  // namespace
 
 void quantize_in_place(TransformerImpl& model, const QuantizeOptions& o) {
-  check_choice(o.scheme, {"int8", "int4"}, "--scheme");
-  check_choice(o.lm_head, {"int8", "int4", "keep"}, "--lm-head");
-  check_choice(o.embeddings, {"int8", "int4", "keep"}, "--embeddings");
+  check_weight_choices(o);
   torch::NoGradGuard no_grad;
-  const Plan plan = plan_weights(o, model.config);
-  std::map<std::string, torch::Tensor> params;
-  for (auto& [name, tensor] : model.named_weights()) params[name] = tensor;
-  check_group_size(o, plan, params);
+  const PlannedWeights p = plan_for(model, o);
   auto weights = std::make_shared<QuantizedWeights>();
   std::map<std::string, WeightReport> report;
-  quantize_planned_rtn(plan, params, o, /*skip_layers=*/false, weights->matrices, report);
-  weights->config = quantization_config_of(o, plan);
+  quantize_planned_rtn(p.plan, p.params, o, /*skip_layers=*/false, weights->matrices, report);
+  weights->config = quantization_config_of(o, p.plan);
   model.quantized = weights;
 }
 
@@ -274,10 +283,9 @@ nlohmann::json quantize_model(const QuantizeOptions& o, bool progress) {
   check_options(o);
   torch::NoGradGuard no_grad;
   Transformer model = load_hf_model(o.model_dir);
-  const Plan plan = plan_weights(o, model->config);
-  std::map<std::string, torch::Tensor> params;
-  for (auto& [name, tensor] : model->named_weights()) params[name] = tensor;
-  check_group_size(o, plan, params);
+  const PlannedWeights planned = plan_for(*model, o);
+  const Plan& plan = planned.plan;
+  const auto& params = planned.params;
 
   std::map<std::string, QuantizedMatrix> packed;
   std::map<std::string, WeightReport> report;

@@ -106,11 +106,11 @@ TEST(Quantize, KernelsMatchTheDequantisedMatrixOnEverySet) {
   for (const Case& c :
        {Case{8, 40, 96, 0}, Case{8, 3, 7, 0}, Case{4, 40, 128, 32}, Case{4, 33, 128, 64},
         Case{4, 20, 48, 16}, Case{4, 9, 36, 12}, Case{8, 700, 128, 0},
-        Case{4, 600, 128, 32}}) {  // the last two: several tiles
+        Case{4, 600, 128, 32}}) {  // the last two: many output rows
     const auto m = quantize_rtn(torch::randn({c.rows, c.cols}), c.bits, c.group, "w");
     const auto reference_weight = dequantize(m).to(torch::kDouble);
     const auto bias = torch::randn({c.rows});
-    for (int64_t input_rows : {1, 3, 6}) {  // one row, a dot product per row, sgemm tiles
+    for (int64_t input_rows : {1, 3, 6}) {
       const auto in = torch::randn({input_rows, c.cols});
       const auto start = torch::randn({input_rows, c.rows});
       const auto product = in.to(torch::kDouble).matmul(reference_weight.t());
@@ -135,9 +135,10 @@ TEST(Quantize, KernelsMatchTheDequantisedMatrixOnEverySet) {
 // A matrix large enough to be split over threads gives the same products as one thread.
 TEST(Quantize, KernelsSplitOverThreadsGiveTheSameProducts) {
   torch::manual_seed(6);
-  const auto m = quantize_rtn(torch::randn({1024, 256}), 4, 32, "w");
+  // 2^20 weights: the smallest matrix matmul splits (below it one thread is faster).
+  const auto m = quantize_rtn(torch::randn({4096, 256}), 4, 32, "w");
   const auto in = torch::randn({1, 256});
-  auto one = torch::empty({1, 1024}), many = torch::empty({1, 1024});
+  auto one = torch::empty({1, 4096}), many = torch::empty({1, 4096});
   const int threads = torch::get_num_threads();
   torch::set_num_threads(1);
   quant_kernels::matmul(quant_kernels::best_isa(), m, in.data_ptr<float>(), 1, nullptr,

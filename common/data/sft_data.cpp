@@ -162,17 +162,24 @@ std::vector<std::string> read_text_documents(const std::string& path, bool skip_
   return documents;
 }
 
+std::vector<int64_t> bos_token_stream(const std::vector<std::string>& documents,
+                                      const Tokenizer& tokenizer, int64_t max_tokens) {
+  std::vector<int64_t> stream;
+  for (const auto& d : documents) {
+    if (max_tokens > 0 && static_cast<int64_t>(stream.size()) >= max_tokens) break;
+    const auto ids = tokenizer.encode(d, /*add_bos=*/true);
+    stream.insert(stream.end(), ids.begin(), ids.end());
+  }
+  return stream;
+}
+
 std::vector<Example> load_text_examples(const std::string& path, const Tokenizer& tok,
                                         int64_t max_seq_len, bool skip_bad_lines,
                                         DataStats* stats) {
   check(max_seq_len >= 2, "max_seq_len must be at least 2");
   DataStats s;
-  const std::vector<std::string> documents = read_text_documents(path, skip_bad_lines, &s);
-  std::vector<int64_t> stream;
-  for (const auto& d : documents) {
-    auto ids = tok.encode(d, /*add_bos=*/true);
-    stream.insert(stream.end(), ids.begin(), ids.end());
-  }
+  const std::vector<int64_t> stream =
+      bos_token_stream(read_text_documents(path, skip_bad_lines, &s), tok);
   std::vector<Example> out;
   for (size_t start = 0; start + static_cast<size_t>(max_seq_len) <= stream.size();
        start += max_seq_len) {

@@ -114,6 +114,11 @@ bool truncate_keeping_response(Example& example, int64_t max_len, int64_t eos_id
 std::vector<std::string> read_text_documents(const std::string& path, bool skip_bad_lines,
                                              DataStats* stats);
 
+// The documents each encoded with BOS, back to back: pretraining's token stream. With
+// max_tokens > 0, encoding stops once the stream holds at least that many.
+std::vector<int64_t> bos_token_stream(const std::vector<std::string>& documents,
+                                      const Tokenizer& tokenizer, int64_t max_tokens = 0);
+
 // Pretraining: documents (non-empty lines of a text file, or {"text"} JSONL records) each
 // prefixed with BOS, concatenated, and cut into examples of max_seq_len tokens, all trainable.
 std::vector<Example> load_text_examples(const std::string& path, const Tokenizer& tokenizer,

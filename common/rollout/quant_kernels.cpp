@@ -1,7 +1,6 @@
 #include "common/rollout/quant_kernels.h"
 
 #include <ATen/Parallel.h>
-#include <cblas.h>
 
 #include <cmath>
 #include <vector>
@@ -12,9 +11,6 @@
 namespace tiller::quant_kernels {
 
 namespace {
-
-// From this many input rows, dequantised tiles through sgemm beat a dot product per row.
-constexpr int64_t kTileRows = 4;
 
 // ---------------------------------------------------------------------------------------------
 // Portable loops: sums in 8 interleaved lanes, as decode_kernels::dot, so the compiler vectorises.
@@ -79,22 +75,6 @@ TILLER_AVX2 float dot_i8_avx2(const int8_t* q, const float* x, int64_t n) {
   float sum = sum8(_mm256_add_ps(acc0, acc1));
   for (; i < n; ++i) sum += static_cast<float>(q[i]) * x[i];
   return sum;
-}
-
-// half a multiple of 8.
-TILLER_AVX2 float dot_u4_avx2(const uint8_t* q, const float* x, int64_t half) {
-  const __m128i nibble = _mm_set1_epi8(15);
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  for (int64_t i = 0; i < half; i += 8) {
-    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i));
-    const __m128i low = _mm_and_si128(bytes, nibble);
-    const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble);
-    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(low)), _mm256_loadu_ps(x + i),
-                           acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(high)),
-                           _mm256_loadu_ps(x + half + i), acc1);
-  }
-  return sum8(_mm256_add_ps(acc0, acc1));
 }
 
 // A whole 4-bit row (groups of 2 * half columns, half a multiple of 8): each group's products
@@ -188,21 +168,6 @@ TILLER_AVX512 float dot_i8_avx512(const int8_t* q, const float* x, int64_t n) {
   return sum;
 }
 
-// half a multiple of 16.
-TILLER_AVX512 float dot_u4_avx512(const uint8_t* q, const float* x, int64_t half) {
-  const __m128i nibble = _mm_set1_epi8(15);
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  for (int64_t i = 0; i < half; i += 16) {
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i));
-    const __m128i low = _mm_and_si128(bytes, nibble);
-    const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble);
-    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(low)), _mm512_loadu_ps(x + i),
-                           acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(high)),
-                           _mm512_loadu_ps(x + half + i), acc1);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-}
 // As row_u4_avx2, half a multiple of 16.
 TILLER_AVX512 float row_u4_avx512(const uint8_t* codes, const float* scales, const float* mins,
                                   const float* group_sums, int64_t groups, int64_t half,
@@ -249,26 +214,35 @@ float dot_i8(Isa isa, const int8_t* q, const float* x, int64_t n) {
   return dot_i8_portable(q, x, n);
 }
 
-float dot_u4(Isa isa, const uint8_t* q, const float* x, int64_t half) {
-#ifdef TILLER_HAVE_AVX2_KERNELS
-  if (isa == Isa::avx512 && half % 16 == 0) return dot_u4_avx512(q, x, half);
-  if (isa != Isa::portable && half % 8 == 0) return dot_u4_avx2(q, x, half);
-#endif
-  (void)isa;
-  return dot_u4_portable(q, x, half);
-}
-
 // ---------------------------------------------------------------------------------------------
 // One output column: row j of the matrix against the input rows.
 
-// Row j of `m` times one input row. group_sums: the input's sum over each group (int4).
-float row_times_one(Isa isa, const QuantizedMatrix& m, int64_t j, const float* x,
-                    const float* group_sums) {
-  const float* scales = m.scales.data_ptr<float>() + j * m.groups();
-  if (m.bits == 8)
-    return scales[0] * dot_i8(isa, m.packed.data_ptr<int8_t>() + j * m.cols, x, m.cols);
-  const float* mins = m.mins.data_ptr<float>() + j * m.groups();
-  const uint8_t* codes = m.packed.data_ptr<uint8_t>() + j * (m.cols / 2);
+// The matrix's data, read once per product instead of once per row (data_ptr checks its type).
+struct Packed {
+  const QuantizedMatrix& m;
+  const int8_t* int8 = nullptr;
+  const uint8_t* int4 = nullptr;
+  const float* scales = nullptr;
+  const float* mins = nullptr;
+
+  explicit Packed(const QuantizedMatrix& matrix)
+      : m(matrix), scales(matrix.scales.data_ptr<float>()) {
+    if (m.bits == 8) {
+      int8 = m.packed.data_ptr<int8_t>();
+    } else {
+      int4 = m.packed.data_ptr<uint8_t>();
+      mins = m.mins.data_ptr<float>();
+    }
+  }
+};
+
+// Row j times one input row. group_sums: the input's sum over each group (int4).
+float row_times_one(Isa isa, const Packed& p, int64_t j, const float* x, const float* group_sums) {
+  const QuantizedMatrix& m = p.m;
+  const float* scales = p.scales + j * m.groups();
+  if (m.bits == 8) return scales[0] * dot_i8(isa, p.int8 + j * m.cols, x, m.cols);
+  const float* mins = p.mins + j * m.groups();
+  const uint8_t* codes = p.int4 + j * (m.cols / 2);
   const int64_t half = m.group_size / 2;
 #ifdef TILLER_HAVE_AVX2_KERNELS
   if (isa == Isa::avx512 && half % 16 == 0)
@@ -278,44 +252,49 @@ float row_times_one(Isa isa, const QuantizedMatrix& m, int64_t j, const float* x
 #endif
   float sum = 0;
   for (int64_t g = 0; g < m.groups(); ++g)
-    sum += scales[g] * dot_u4(isa, codes + g * half, x + g * m.group_size, half) +
+    sum += scales[g] * dot_u4_portable(codes + g * half, x + g * m.group_size, half) +
            mins[g] * group_sums[g];
   return sum;
 }
 
-// Row j of `m` as floats into w[m.cols]: the same values whatever the set (one multiply, or one
-// fused multiply-add, a value).
-void dequantize_row(Isa isa, const QuantizedMatrix& m, int64_t j, float* w) {
-  const float* scales = m.scales.data_ptr<float>() + j * m.groups();
-#ifdef TILLER_HAVE_AVX2_KERNELS
-  if (isa != Isa::portable && m.bits == 8 && m.cols % 8 == 0)
-    return dequantize_i8_avx2(m.packed.data_ptr<int8_t>() + j * m.cols, scales[0], m.cols, w);
-  if (isa != Isa::portable && m.bits == 4 && m.group_size % 16 == 0) {
-    const float* mins = m.mins.data_ptr<float>() + j * m.groups();
-    const uint8_t* codes = m.packed.data_ptr<uint8_t>() + j * (m.cols / 2);
-    const int64_t half = m.group_size / 2;
-    for (int64_t g = 0; g < m.groups(); ++g)
-      dequantize_u4_avx2(codes + g * half, scales[g], mins[g], half, w + g * m.group_size);
-    return;
-  }
-#endif
-  (void)isa;
+// Row j as floats into w[m.cols]: the same values whatever the set (one multiply, or one fused
+// multiply-add, a value).
+void dequantize_row(Isa isa, const Packed& p, int64_t j, float* w) {
+  const QuantizedMatrix& m = p.m;
+  const float* scales = p.scales + j * m.groups();
   if (m.bits == 8) {
-    const int8_t* q = m.packed.data_ptr<int8_t>() + j * m.cols;
+    const int8_t* q = p.int8 + j * m.cols;
+#ifdef TILLER_HAVE_AVX2_KERNELS
+    if (isa != Isa::portable && m.cols % 8 == 0) return dequantize_i8_avx2(q, scales[0], m.cols, w);
+#endif
     for (int64_t i = 0; i < m.cols; ++i) w[i] = static_cast<float>(q[i]) * scales[0];
     return;
   }
-  const float* mins = m.mins.data_ptr<float>() + j * m.groups();
-  const uint8_t* codes = m.packed.data_ptr<uint8_t>() + j * (m.cols / 2);
+  const float* mins = p.mins + j * m.groups();
+  const uint8_t* codes = p.int4 + j * (m.cols / 2);
   const int64_t half = m.group_size / 2;
   for (int64_t g = 0; g < m.groups(); ++g) {
     const uint8_t* q = codes + g * half;
     float* out = w + g * m.group_size;
+#ifdef TILLER_HAVE_AVX2_KERNELS
+    if (isa != Isa::portable && half % 8 == 0) {
+      dequantize_u4_avx2(q, scales[g], mins[g], half, out);
+      continue;
+    }
+#endif
     for (int64_t i = 0; i < half; ++i) {
       out[i] = std::fma(static_cast<float>(q[i] & 15), scales[g], mins[g]);
       out[i + half] = std::fma(static_cast<float>(q[i] >> 4), scales[g], mins[g]);
     }
   }
+}
+
+// The input's sum over each group of columns (int4's minimums multiply it): [groups].
+std::vector<float> group_sums_of(const QuantizedMatrix& m, const float* x) {
+  std::vector<float> sums(m.groups());
+  for (int64_t g = 0; g < m.groups(); ++g)
+    for (int64_t i = 0; i < m.group_size; ++i) sums[g] += x[g * m.group_size + i];
+  return sums;
 }
 
 }  // namespace
@@ -346,56 +325,21 @@ const char* isa_name(Isa isa) {
   return "portable";
 }
 
-namespace {
-
-// Several input rows: tiles of weight rows dequantised into a buffer that stays in L2, each
-// multiplied by all the input rows through sgemm into its block of output columns.
-void matmul_tiles(Isa isa, const QuantizedMatrix& m, const float* in, int64_t rows,
-                  const float* bias, float* out, bool accumulate) {
-  const int64_t tile = std::max<int64_t>(16, (int64_t{1} << 18) / m.cols);
-  std::vector<float> weights(tile * m.cols);
-  if (bias != nullptr)
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < m.rows; ++j)
-        out[r * m.rows + j] = (accumulate ? out[r * m.rows + j] : 0.0f) + bias[j];
-  const float beta = accumulate || bias != nullptr ? 1.0f : 0.0f;
-  for (int64_t j0 = 0; j0 < m.rows; j0 += tile) {
-    const int64_t n = std::min(tile, m.rows - j0);
-    for (int64_t j = 0; j < n; ++j) dequantize_row(isa, m, j0 + j, weights.data() + j * m.cols);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<CBLAS_INT>(rows),
-                static_cast<CBLAS_INT>(n), static_cast<CBLAS_INT>(m.cols), 1.0f, in,
-                static_cast<CBLAS_INT>(m.cols), weights.data(), static_cast<CBLAS_INT>(m.cols),
-                beta, out + j0, static_cast<CBLAS_INT>(m.rows));
-  }
-}
-
-}  // namespace
-
 void matmul(Isa isa, const QuantizedMatrix& m, const float* in, int64_t rows, const float* bias,
             float* out, bool accumulate) {
   check(supported(isa), "quant_kernels::matmul: this CPU lacks the instructions asked for");
-  if (rows >= kTileRows) return matmul_tiles(isa, m, in, rows, bias, out, accumulate);
-  // The input's sum over each group, per row: the minimums' share of an int4 product.
-  std::vector<float> group_sums;
-  if (m.bits == 4) {
-    group_sums.resize(rows * m.groups());
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t g = 0; g < m.groups(); ++g) {
-        float s = 0;
-        const float* x = in + r * m.cols + g * m.group_size;
-        for (int64_t i = 0; i < m.group_size; ++i) s += x[i];
-        group_sums[r * m.groups() + g] = s;
-      }
-  }
+  const Packed packed(m);
+  const std::vector<float> group_sums =
+      m.bits == 4 && rows == 1 ? group_sums_of(m, in) : std::vector<float>();
   auto columns = [&](int64_t begin, int64_t end) {
     std::vector<float> w;  // one dequantised row, for several input rows
     if (rows > 1) w.resize(m.cols);
     for (int64_t j = begin; j < end; ++j) {
-      if (rows > 1) dequantize_row(isa, m, j, w.data());
+      if (rows > 1) dequantize_row(isa, packed, j, w.data());
       for (int64_t r = 0; r < rows; ++r) {
         const float* x = in + r * m.cols;
         float y = rows > 1 ? dot_f32(isa, w.data(), x, m.cols)
-                           : row_times_one(isa, m, j, x, group_sums.data());
+                           : row_times_one(isa, packed, j, x, group_sums.data());
         if (bias != nullptr) y += bias[j];
         float& target = out[r * m.rows + j];
         target = accumulate ? target + y : y;

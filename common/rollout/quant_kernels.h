@@ -4,10 +4,10 @@
 // the binary itself stays at the baseline instruction set.
 //
 // One row of input (batch-1 decoding) reads each code once and multiplies it in registers: the
-// step reads a quarter (int8) or about a seventh (int4, groups of 128) of fp32's bytes. Two or
-// three rows dequantise one weight row at a time into a buffer that stays in L1 and take a dot
-// product per input row; from four rows, tiles of weight rows are dequantised into a buffer that
-// stays in L2 and multiplied by all the rows through sgemm.
+// step reads a quarter (int8) or about a seventh (int4, groups of 128) of fp32's bytes. Several
+// rows dequantise one weight row at a time into a buffer that stays in L1 and take a dot product
+// per input row; the fast decode step leaves 4 rows and more to sgemm on the dequantised fp32
+// parameters instead (FastDecoder::kPackedRowsLimit).
 #pragma once
 #include <cstdint>
 
