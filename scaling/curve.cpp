@@ -228,6 +228,7 @@ CurveModelFit fit_model(const FitData& d, const FitData& window, bool annealing,
   CurveModelFit fit;
   fit.law = to_law(best.x, d.final_s2);
   fit.objective = best.value;
+  fit.c_at_bound = annealing && sigmoid(best.x[3]) > 0.99;
   const double forecast = window_mean(fit.law, window);
   // Bootstrap: refit on resamples of the fitted points (with replacement), from the best fit.
   std::vector<double> draws(std::max(0, options.bootstrap), NAN);
@@ -337,7 +338,8 @@ nlohmann::json model_json(const CurveModelFit& fit, bool annealing) {
   return {{"law", law},
           {"objective", number_or_null(fit.objective)},
           {"forecast", interval_json(fit.forecast)},
-          {"error", number_or_null(fit.error)}};
+          {"error", number_or_null(fit.error)},
+          {"c_at_bound", fit.c_at_bound}};
 }
 
 }  // namespace
@@ -394,6 +396,10 @@ std::string format_report(const CurveForecast& f) {
                 f.annealing.law.L0, f.annealing.law.A, f.annealing.law.alpha, f.annealing.law.C,
                 f.lambda, f.power.law.L0, f.power.law.A, f.power.law.alpha);
   out += line;
+  if (f.annealing.c_at_bound)
+    out +=
+        "C is at its bound (an annealing drop of L0 by the last step): the fitted points do "
+        "not determine the annealing term, so the LR-aware forecast is not to be trusted\n";
   out += interval_note(f.bootstrap, f.seed, f.range, "the fitted points") + "\n";
   return out;
 }

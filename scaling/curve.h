@@ -70,8 +70,9 @@ struct CurveOptions {
 struct CurveModelFit {
   CurveLaw law;
   double objective = NAN;
-  Interval forecast;   // the mean loss over the final window, with its bootstrap interval
-  double error = NAN;  // forecast / actual - 1 (NaN without an actual)
+  Interval forecast;        // the mean loss over the final window, with its bootstrap interval
+  double error = NAN;       // forecast / actual - 1 (NaN without an actual)
+  bool c_at_bound = false;  // C S2(T) within 1% of L0: the points do not determine C
 };
 
 struct CurveForecast {

@@ -89,6 +89,7 @@ TEST(ScalingCurve, RecoversSyntheticCosineRunWherePowerLawMisses) {
   ASSERT_TRUE(std::isfinite(f.actual));
   EXPECT_LT(std::abs(f.annealing.error), 0.01) << format_report(f);
   EXPECT_GT(std::abs(f.power.error), 0.1) << format_report(f);
+  EXPECT_FALSE(f.annealing.c_at_bound);
   // The interval brackets the forecast.
   EXPECT_LE(f.annealing.forecast.low, f.annealing.forecast.value);
   EXPECT_GE(f.annealing.forecast.high, f.annealing.forecast.value);
