@@ -1,12 +1,14 @@
 #include "cli/scaling_cmd.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "common/util/error.h"
 #include "report/scaling_report.h"
 #include "scaling/analysis.h"
+#include "scaling/curve.h"
 #include "scaling/hparams.h"
 #include "scaling/runs_table.h"
 
@@ -112,6 +114,58 @@ void add_hparams_command(CLI::App& scaling_cmd) {
   });
 }
 
+struct ScalingCurveArgs {
+  std::string path, recipe, stage;
+  scaling::CurveOptions options;
+  bool json = false;
+};
+
+void run_scaling_curve(const ScalingCurveArgs& args) {
+  // By default the stage is the directory holding metrics.jsonl, and the resolved recipe
+  // RUN_DIR/recipe.json sits two levels above it (RUN_DIR/STAGE/metrics.jsonl).
+  const std::filesystem::path metrics = std::filesystem::absolute(args.path);
+  const std::string stage =
+      args.stage.empty() ? metrics.parent_path().filename().string() : args.stage;
+  const std::string recipe = args.recipe.empty()
+                                 ? (metrics.parent_path().parent_path() / "recipe.json").string()
+                                 : args.recipe;
+  const scaling::CurveLog log = scaling::read_curve_log(args.path);
+  const ScheduleOptions schedule = scaling::schedule_from_recipe(recipe, stage);
+  const scaling::CurveForecast forecast =
+      scaling::forecast_curve(log, schedule, args.options, args.path);
+  if (args.json)
+    std::printf("%s\n", scaling::to_json(forecast).dump().c_str());
+  else
+    std::fputs(scaling::format_report(forecast).c_str(), stdout);
+}
+
+void add_curve_command(CLI::App& scaling_cmd) {
+  auto* cmd = scaling_cmd.add_subcommand(
+      "curve",
+      "forecast a stage's final loss from its early curve: L0 + A S1^-alpha - C S2 (LR "
+      "annealing, Tissue et al. 2024) beside a power law in steps");
+  auto args = std::make_shared<ScalingCurveArgs>();
+  cmd->add_option("METRICS", args->path, "a pretrain/sft stage's metrics.jsonl")->required();
+  auto* at_step =
+      cmd->add_option("--at-step", args->options.at_step, "fit the points up to this step")
+          ->check(CLI::PositiveNumber);
+  cmd->add_option("--at-fraction", args->options.at_fraction,
+                  "fit the points up to this fraction of the run's steps")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str()
+      ->excludes(at_step);
+  cmd->add_option("--recipe", args->recipe,
+                  "the resolved recipe (default: RUN_DIR/recipe.json two levels above METRICS)");
+  cmd->add_option("--stage", args->stage,
+                  "the stage's name in the recipe (default: the directory holding METRICS)");
+  cmd->add_option("--lambda", args->options.lambda, "decay factor of the annealing momentum")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  add_bootstrap_options(*cmd, "the fitted points", args->options.bootstrap, args->options.seed);
+  cmd->add_flag("--json", args->json, "print one JSON object");
+  cmd->callback([args] { run_scaling_curve(*args); });
+}
+
 }  // namespace
 
 void add_scaling_commands(CLI::App& app) {
@@ -171,6 +225,7 @@ void add_scaling_commands(CLI::App& app) {
     run_scaling_fit(a);
   });
   add_hparams_command(*scaling_cmd);
+  add_curve_command(*scaling_cmd);
 }
 
 }  // namespace tiller

@@ -1,0 +1,100 @@
+// Learning-curve forecasting: fit a stage's early training loss and forecast its final loss.
+//
+// The schedule-aware law is Tissue et al. 2024, "Scaling Law with Learning Rate Annealing"
+// (arXiv 2408.11029): L(s) = L0 + A * S1(s)^(-alpha) - C * S2(s), where S1 (the forward area) is
+// the sum of the learning rates of the updates so far and S2 (the annealing area) the sum of
+// momentum-accumulated learning-rate decreases, m_i = lambda * m_{i-1} + (eta_{i-1} - eta_i),
+// S2 = sum_i m_i. The whole schedule is known from the recipe, so S1 and S2 at the last step are
+// computed, not extrapolated. Beside it, a schedule-unaware baseline L(s) = L0 + A * s^(-alpha).
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/train/schedule.h"
+#include "scaling/bootstrap.h"
+
+namespace tiller::scaling {
+
+// One logged training loss: the metrics line of `step` (1-based), whose loss was measured on the
+// model after step - 1 updates.
+struct CurvePoint {
+  int64_t step = 0;
+  double loss = 0;
+  double lr = 0;
+};
+
+// What a metrics.jsonl holds: the training-loss points, and the last step's val_loss when logged.
+struct CurveLog {
+  std::vector<CurvePoint> points;
+  int64_t last_step = 0;
+  double final_val_loss = NAN;
+};
+
+// Reads metrics.jsonl; errors (one line naming the file) when it is missing, holds no loss, or a
+// line with a loss has no lr.
+CurveLog read_curve_log(const std::string& metrics_path);
+
+// The schedule of stage `stage` in a resolved recipe (RUN_DIR/recipe.json); missing fields take
+// TrainConfig's defaults.
+ScheduleOptions schedule_from_recipe(const std::string& recipe_path, const std::string& stage);
+
+// S1 and S2 after u updates, u = 0..total_steps (index u). The annealing sum starts after the
+// warmup (the warmup's increases are not annealing).
+struct LrAreas {
+  std::vector<double> s1, s2;
+};
+LrAreas lr_areas(const ScheduleOptions& schedule, double lambda);
+
+// L0 + A x^(-alpha) - C s2; the power law has C = 0.
+struct CurveLaw {
+  double L0 = NAN, A = NAN, alpha = NAN, C = 0;
+  double loss(double x, double s2) const;
+};
+
+struct CurveOptions {
+  int64_t at_step = 0;         // fit the points up to this step (0: at_fraction of the run)
+  double at_fraction = 0.3;    // of the run's steps
+  double lambda = 0.999;       // the annealing momentum's decay factor (Tissue et al.)
+  double huber_delta = 0.01;   // on the relative residual model / loss - 1
+  bool skip_warmup = true;     // fit only points after the warmup
+  double final_window = 0.05;  // the actual final loss: the mean over this fraction of the steps
+  int min_points = 8;
+  int bootstrap = 200;  // resamples of the fitted points (0: no interval)
+  uint64_t seed = 0;
+  PercentileRange range;
+  int threads = 0;  // 0: hardware concurrency
+};
+
+struct CurveModelFit {
+  CurveLaw law;
+  double objective = NAN;
+  Interval forecast;        // the mean loss over the final window, with its bootstrap interval
+  double error = NAN;       // forecast / actual - 1 (NaN without an actual)
+  bool c_at_bound = false;  // C S2(T) within 1% of L0: the points do not determine C
+};
+
+struct CurveForecast {
+  std::string source;
+  ScheduleOptions schedule;
+  double lambda = 0;
+  int64_t at_step = 0, fit_points = 0;
+  int64_t window_first = 0, window_last = 0;  // the final window's steps
+  double actual = NAN;                        // mean logged loss over the window, if logged
+  double final_val_loss = NAN;
+  CurveModelFit annealing, power;
+  int bootstrap = 0;
+  uint64_t seed = 0;
+  PercentileRange range;
+};
+
+// Fits both laws on the points up to the cut and forecasts the final window. Errors (naming
+// `source`) on too few points or a cut beyond the run.
+CurveForecast forecast_curve(const CurveLog& log, const ScheduleOptions& schedule,
+                             const CurveOptions& options, const std::string& source);
+
+nlohmann::json to_json(const CurveForecast& forecast);
+std::string format_report(const CurveForecast& forecast);
+
+}  // namespace tiller::scaling
