@@ -22,6 +22,7 @@
 #include "common/util/files.h"
 #include "dpo/pair_log_probs.h"
 #include "dpo/reference_cache.h"
+#include "scaling/curve.h"
 
 namespace tiller {
 
@@ -571,7 +572,8 @@ nlohmann::json sample_check(const Recipe& recipe, const DpoStageConfig& c, Trans
 nlohmann::json run_dpo_stage(const Recipe& recipe, const DpoStageConfig& c) {
   require_no_tensor_parallel(recipe, c.name, "dpo");
   const TrainConfig& train = c.train;
-  StageLoop loop(recipe, c.name, loop_schedule(train));
+  StageLoop loop(recipe, c.name, loop_schedule(train),
+                 scaling::train_forecaster(train, recipe.run.seed));
   DpoPolicy built = set_up_policy(recipe, c, loop.device());
   TransformerImpl& policy = *built.model;
   const DpoData data = load_dpo_data(recipe, c, built.tokenizer);
@@ -684,6 +686,7 @@ StageType dpo_stage_type() {
        {"rewards/chosen", "rewards/rejected"}},
       {"logps", "Policy log-probs of chosen and rejected", {"logps/chosen", "logps/rejected"}},
       {"lr", "Learning rate", {"lr"}}};
+  type.report_charts.push_back(scaling::forecast_chart());
   return type;
 }
 

@@ -19,6 +19,7 @@
 #include "common/train/stage_loop.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
+#include "scaling/curve.h"
 
 namespace tiller {
 
@@ -372,7 +373,8 @@ RewardOffset normalisation_offset(TransformerImpl& model, const RewardStageConfi
 nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c) {
   require_no_tensor_parallel(recipe, c.name, "reward");
   const TrainConfig& train = c.train;
-  StageLoop loop(recipe, c.name, loop_schedule(train));
+  StageLoop loop(recipe, c.name, loop_schedule(train),
+                 scaling::train_forecaster(train, recipe.run.seed));
   RewardSetUp built = set_up_model(recipe, c, loop.device());
   TransformerImpl& model = *built.model;
   const RewardData data = load_data(recipe, c, built.tokenizer);
@@ -493,6 +495,7 @@ StageType reward_stage_type() {
       {"margin", "Margin (chosen minus rejected)", {"margin", "val_margin"}},
       {"rewards", "Rewards of chosen and rejected", {"chosen_reward", "rejected_reward"}},
       {"lr", "Learning rate", {"lr"}}};
+  type.report_charts.push_back(scaling::forecast_chart());
   return type;
 }
 

@@ -12,12 +12,49 @@
 
 namespace tiller::scaling {
 
+void add_curve_record(CurveLog& log, const nlohmann::json& record, const std::string& where) {
+  if (!record.is_object() || !record.contains("step") || !record["step"].is_number()) return;
+  const int64_t step = record["step"].get<int64_t>();
+  log.last_step = std::max(log.last_step, step);
+  if (record.contains("val_loss") && record["val_loss"].is_number()) {
+    const ValPoint point{step, record["val_loss"].get<double>()};
+    if (!log.val_points.empty() && log.val_points.back().step == step)
+      log.val_points.back() = point;
+    else if (log.val_points.empty() || log.val_points.back().step < step)
+      log.val_points.push_back(point);
+  }
+  if (!record.contains("loss") || !record["loss"].is_number()) return;
+  check(record.contains("lr") && record["lr"].is_number(),
+        where + " has a loss but no lr (the forecast needs the learning-rate column)");
+  CurvePoint point;
+  point.step = step;
+  point.loss = record["loss"].get<double>();
+  point.lr = record["lr"].get<double>();
+  if (step < 1 || !std::isfinite(point.loss) || point.loss <= 0) return;
+  // A resumed stage may repeat steps of a killed attempt: the last line of a step counts.
+  const auto later = std::lower_bound(log.points.begin(), log.points.end(), step,
+                                      [](const CurvePoint& p, int64_t s) { return p.step < s; });
+  if (later != log.points.end() && later->step == step)
+    *later = point;
+  else
+    log.points.insert(later, point);
+}
+
+namespace {
+
+void finish_curve_log(CurveLog& log) {
+  const bool final_logged = !log.val_points.empty() && log.val_points.back().step == log.last_step;
+  log.final_val_loss = final_logged ? log.val_points.back().val_loss : NAN;
+}
+
+}  // namespace
+
 CurveLog read_curve_log(const std::string& path) {
   std::ifstream in(path);
   check(in.good(), path + ": cannot read (no such file?)");
   CurveLog log;
   std::string line;
-  int64_t line_number = 0, val_step = -1;
+  int64_t line_number = 0;
   while (std::getline(in, line)) {
     ++line_number;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
@@ -27,36 +64,10 @@ CurveLog read_curve_log(const std::string& path) {
     } catch (const std::exception&) {
       continue;  // a line cut short by a kill
     }
-    if (!record.is_object() || !record.contains("step") || !record["step"].is_number()) continue;
-    const int64_t step = record["step"].get<int64_t>();
-    log.last_step = std::max(log.last_step, step);
-    if (record.contains("val_loss") && record["val_loss"].is_number() && step >= val_step) {
-      val_step = step;
-      log.final_val_loss = record["val_loss"].get<double>();
-    }
-    if (!record.contains("loss") || !record["loss"].is_number()) continue;
-    check(record.contains("lr") && record["lr"].is_number(),
-          path + ": line " + std::to_string(line_number) +
-              " has a loss but no lr (the forecast needs the learning-rate column)");
-    CurvePoint point;
-    point.step = step;
-    point.loss = record["loss"].get<double>();
-    point.lr = record["lr"].get<double>();
-    if (step >= 1 && std::isfinite(point.loss) && point.loss > 0) log.points.push_back(point);
+    add_curve_record(log, record, path + ": line " + std::to_string(line_number));
   }
   check(!log.points.empty(), path + ": no training-loss lines (\"step\", \"loss\", \"lr\")");
-  std::sort(log.points.begin(), log.points.end(),
-            [](const CurvePoint& a, const CurvePoint& b) { return a.step < b.step; });
-  // A resumed stage may repeat steps of a killed attempt: keep the last line of each step.
-  std::vector<CurvePoint> unique;
-  for (const CurvePoint& p : log.points) {
-    if (!unique.empty() && unique.back().step == p.step)
-      unique.back() = p;
-    else
-      unique.push_back(p);
-  }
-  log.points = std::move(unique);
-  if (val_step != log.last_step) log.final_val_loss = NAN;
+  finish_curve_log(log);
   return log;
 }
 
@@ -325,7 +336,74 @@ CurveForecast forecast_curve(const CurveLog& log, const ScheduleOptions& schedul
   // Without annealing (a constant schedule) the law is the power law in S1.
   out.annealing = fit_model(annealed, annealed_window, annealed.final_s2 > 0, out.actual, options);
   out.power = fit_model(counted, counted_window, false, out.actual, options);
+  // The validation loss: the law at the last step, shifted by the latest measured gap between
+  // validation and training loss. A validation loss of step s is measured after s updates, the
+  // training loss logged with it after s - 1: the law carries it over the one update.
+  const CurveLaw& law = out.annealing.law;
+  for (const ValPoint& v : log.val_points) {
+    if (v.step <= schedule.warmup_steps + 1 || v.step > out.at_step || v.step > total) continue;
+    const auto train = std::find_if(log.points.begin(), log.points.end(),
+                                    [&](const CurvePoint& p) { return p.step == v.step; });
+    const double one_update = law.loss(areas.s1[v.step], areas.s2[v.step]) -
+                              law.loss(areas.s1[v.step - 1], areas.s2[v.step - 1]);
+    const double train_loss = train != log.points.end()
+                                  ? train->loss + one_update
+                                  : law.loss(areas.s1[v.step], areas.s2[v.step]);
+    out.val_forecast = law.loss(areas.s1[total], areas.s2[total]) + v.val_loss - train_loss;
+    out.val_step = v.step;
+  }
   return out;
+}
+
+LossForecaster live_loss_forecaster(const ScheduleOptions& schedule, uint64_t seed, int bootstrap) {
+  return [schedule, seed, bootstrap](const std::string& metrics_path,
+                                     const nlohmann::json& record) -> std::optional<LossForecast> {
+    CurveLog log;
+    std::ifstream in(metrics_path);
+    std::string line;
+    while (std::getline(in, line)) {
+      nlohmann::json earlier;
+      try {
+        earlier = nlohmann::json::parse(line);
+      } catch (const std::exception&) {
+        continue;
+      }
+      add_curve_record(log, earlier, metrics_path);
+    }
+    add_curve_record(log, record, metrics_path + " (the step being logged)");
+    finish_curve_log(log);
+    CurveOptions options;
+    options.at_step = record.at("step").get<int64_t>();
+    options.bootstrap = bootstrap;
+    options.seed = seed;
+    CurveForecast f;
+    try {
+      f = forecast_curve(log, schedule, options, metrics_path);
+    } catch (const Error&) {
+      return std::nullopt;  // too few points yet
+    }
+    LossForecast out;
+    out.loss = f.annealing.forecast.value;
+    out.low = f.annealing.forecast.low;
+    out.high = f.annealing.forecast.high;
+    out.power_law_loss = f.power.forecast.value;
+    out.val_loss = f.val_forecast;
+    out.determined = !f.annealing.c_at_bound;
+    return out;
+  };
+}
+
+LossForecaster train_forecaster(const TrainConfig& train, uint64_t seed) {
+  if (train.forecast <= 0) return {};
+  return live_loss_forecaster(train.schedule_options(), seed);
+}
+
+MetricChart forecast_chart() {
+  return {"forecast",
+          "Forecast of the final loss (train.forecast: the LR-aware law, its 95% interval, the "
+          "power law), and of the final validation loss",
+          {"forecast_loss", "forecast_loss_low", "forecast_loss_high", "forecast_power_law_loss",
+           "forecast_val_loss"}};
 }
 
 namespace {
@@ -358,6 +436,8 @@ nlohmann::json to_json(const CurveForecast& f) {
           {"final_window", {f.window_first, f.window_last}},
           {"actual", number_or_null(f.actual)},
           {"final_val_loss", number_or_null(f.final_val_loss)},
+          {"val_forecast", number_or_null(f.val_forecast)},
+          {"val_forecast_from_step", f.val_step},
           {"annealing", model_json(f.annealing, true)},
           {"power_law", model_json(f.power, false)},
           {"bootstrap", bootstrap_json(f.bootstrap, f.seed, f.range)}};
@@ -386,6 +466,13 @@ std::string format_report(const CurveForecast& f) {
   row("L0 + A S1^-alpha - C S2 (LR-aware)", f.annealing);
   row("L0 + A s^-alpha (power law)", f.power);
   out += pad_right("actual", 36) + pad_right(format_value("%.4f", f.actual), 30) + "\n";
+  if (std::isfinite(f.val_forecast)) {
+    std::snprintf(line, sizeof line,
+                  "val_loss forecast: %.4f (the LR-aware law at the last step, plus the gap to "
+                  "the val_loss of step %lld)\n",
+                  f.val_forecast, (long long)f.val_step);
+    out += line;
+  }
   if (std::isfinite(f.final_val_loss)) {
     std::snprintf(line, sizeof line, "final val_loss: %.4f\n", f.final_val_loss);
     out += line;

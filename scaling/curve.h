@@ -12,7 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "common/recipe/stage_registry.h"
 #include "common/train/schedule.h"
+#include "common/train/stage_loop.h"
+#include "common/train/train_config.h"
 #include "scaling/bootstrap.h"
 
 namespace tiller::scaling {
@@ -25,9 +28,17 @@ struct CurvePoint {
   double lr = 0;
 };
 
-// What a metrics.jsonl holds: the training-loss points, and the last step's val_loss when logged.
+// A logged validation loss, measured after `step` updates.
+struct ValPoint {
+  int64_t step = 0;
+  double val_loss = 0;
+};
+
+// What a metrics.jsonl holds: the training-loss points, the validation losses, and the last
+// step's val_loss when logged.
 struct CurveLog {
   std::vector<CurvePoint> points;
+  std::vector<ValPoint> val_points;
   int64_t last_step = 0;
   double final_val_loss = NAN;
 };
@@ -35,6 +46,10 @@ struct CurveLog {
 // Reads metrics.jsonl; errors (one line naming the file) when it is missing, holds no loss, or a
 // line with a loss has no lr.
 CurveLog read_curve_log(const std::string& metrics_path);
+
+// Adds one metrics record (a line of metrics.jsonl) to `log`, as read_curve_log reads each line:
+// a later record of the same step replaces an earlier one.
+void add_curve_record(CurveLog& log, const nlohmann::json& record, const std::string& where);
 
 // The schedule of stage `stage` in a resolved recipe (RUN_DIR/recipe.json); missing fields take
 // TrainConfig's defaults.
@@ -77,6 +92,11 @@ struct CurveModelFit {
 
 struct CurveForecast {
   std::string source;
+  // The final validation loss: the LR-aware law at the last step plus the gap between the
+  // latest validation loss after the warmup (up to the cut) and the law at its step; NaN
+  // without such a validation loss.
+  double val_forecast = NAN;
+  int64_t val_step = 0;  // the validation loss the gap was taken from
   ScheduleOptions schedule;
   double lambda = 0;
   int64_t at_step = 0, fit_points = 0;
@@ -95,6 +115,19 @@ CurveForecast forecast_curve(const CurveLog& log, const ScheduleOptions& schedul
                              const CurveOptions& options, const std::string& source);
 
 nlohmann::json to_json(const CurveForecast& forecast);
+
+// train.forecast's forecaster for the stage loop: fits the lines of metrics.jsonl before the
+// record's step plus the record itself, exactly as `tiller scaling curve --at-step STEP` does on
+// the finished file (same law, bootstrap and seed), with `bootstrap` resamples.
+LossForecaster live_loss_forecaster(const ScheduleOptions& schedule, uint64_t seed,
+                                    int bootstrap = 100);
+
+// The forecaster a stage's StageLoop takes: live_loss_forecaster over the stage's schedule when
+// train.forecast is set, else none.
+LossForecaster train_forecaster(const TrainConfig& train, uint64_t seed);
+
+// The report's chart of train.forecast's fields (drawn when a stage logged them).
+MetricChart forecast_chart();
 std::string format_report(const CurveForecast& forecast);
 
 }  // namespace tiller::scaling

@@ -19,6 +19,7 @@
 #include "common/train/stage_loop.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
+#include "scaling/curve.h"
 
 namespace tiller {
 
@@ -524,7 +525,8 @@ struct SftStepper {
 
 nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   const TrainConfig& train = c.train;
-  StageLoop loop(recipe, c.name, loop_schedule(train));
+  StageLoop loop(recipe, c.name, loop_schedule(train),
+                 scaling::train_forecaster(train, recipe.run.seed));
   const dist::Layout layout = dist::layout();
   SftModel built = set_up_model(recipe, c, layout.tensor, loop.device());
   TransformerImpl& model = *built.model;
@@ -628,6 +630,7 @@ StageType sft_stage_type(bool pretrain) {
                         {"lr", "Learning rate", {"lr"}},
                         {"grad_norm", "Gradient norm (log scale)", {"grad_norm"}, true},
                         {"tokens_per_s", "Throughput (tokens/s)", {"tokens_per_s"}}};
+  type.report_charts.push_back(scaling::forecast_chart());
   type.sweepable = true;
   return type;
 }

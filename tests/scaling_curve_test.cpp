@@ -3,12 +3,16 @@
 // same on the quickstart's real pretraining, and errors that are one line naming the file.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "common/train/stage_loop.h"
+#include "common/train/train_config.h"
 #include "common/util/error.h"
 #include "scaling/curve.h"
 #include "tests/test_util.h"
@@ -188,9 +192,11 @@ TEST(ScalingCurve, ErrorsAreOneLineNamingTheFile) {
 TEST(ScalingCurve, ForecastsQuickstartPretrain) {
   const std::string dir = test::temp_dir("scaling_curve_quickstart") + "/run";
   std::string output;
-  ASSERT_EQ(
-      test::run_command(test::shell_command(test::quickstart_pretrain_args(dir, {})), &output), 0)
-      << output;
+  const std::vector<std::string> args = test::quickstart_pretrain_args(
+      dir, {"pretrain.train.forecast=0.3", "pretrain.train.checkpoint_every=20"});
+  ASSERT_EQ(test::run_command(test::shell_command(args), &output), 0) << output;
+  EXPECT_NE(output.find("[pretrain] step 60/200"), std::string::npos) << output;
+  EXPECT_NE(output.find("forecast "), std::string::npos) << output;
   const std::string metrics = dir + "/pretrain/metrics.jsonl";
   auto forecast = [&](const std::string& fraction) {
     std::string json;
@@ -217,4 +223,135 @@ TEST(ScalingCurve, ForecastsQuickstartPretrain) {
   const double power = half["power_law"]["error"].get<double>();
   EXPECT_LT(std::abs(annealing), 0.2);
   EXPECT_LT(std::abs(annealing), std::abs(power));
+
+  // train.forecast logged the same forecast at step 60 (the recipe's seed, 100 resamples), then
+  // every 10 steps; the summary holds the first.
+  const auto logged = test::metrics_by_step(metrics);
+  std::vector<int64_t> forecast_steps;
+  for (const auto& [step, record] : logged)
+    if (record.contains("forecast_loss")) forecast_steps.push_back(step);
+  ASSERT_FALSE(forecast_steps.empty());
+  EXPECT_EQ(forecast_steps.front(), 60);
+  EXPECT_EQ(forecast_steps.back(), 200);
+  EXPECT_EQ(forecast_steps.size(), 15u);
+  std::string json;
+  ASSERT_EQ(test::run_command(test::shell_command({test::tiller_binary(), "scaling", "curve",
+                                                   metrics, "--at-step", "60", "--bootstrap", "100",
+                                                   "--seed", "1234", "--json"}),
+                              &json),
+            0)
+      << json;
+  const nlohmann::json offline = nlohmann::json::parse(json.substr(json.find('{')));
+  const nlohmann::json& at_60 = logged.at(60);
+  EXPECT_DOUBLE_EQ(at_60["forecast_loss"].get<double>(),
+                   offline["annealing"]["forecast"]["value"].get<double>());
+  EXPECT_DOUBLE_EQ(at_60["forecast_loss_low"].get<double>(),
+                   offline["annealing"]["forecast"]["low"].get<double>());
+  EXPECT_DOUBLE_EQ(at_60["forecast_power_law_loss"].get<double>(),
+                   offline["power_law"]["forecast"]["value"].get<double>());
+  std::ifstream complete(dir + "/pretrain/complete.json");
+  const nlohmann::json summary = nlohmann::json::parse(complete);
+  EXPECT_EQ(summary["forecast"]["at_step"], 60);
+  EXPECT_DOUBLE_EQ(summary["forecast"]["forecast_loss"].get<double>(),
+                   at_60["forecast_loss"].get<double>());
+
+  // Killed after step 65 and resumed from step 60: the forecasts are the uninterrupted run's, step
+  // for step.
+  const std::string killed = test::temp_dir("scaling_curve_quickstart_killed") + "/run";
+  std::vector<std::string> killed_args = test::quickstart_pretrain_args(
+      killed, {"pretrain.train.forecast=0.3", "pretrain.train.checkpoint_every=20"});
+  const int pid =
+      test::spawn_logged(killed_args, killed + ".log", {"TILLER_CRASH_AFTER_STEP=pretrain:65"});
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(test::wait_exit(pid, 600), 128 + SIGKILL);
+  ASSERT_EQ(test::run_command(test::shell_command(killed_args), &output), 0) << output;
+  const auto resumed = test::metrics_by_step(killed + "/pretrain/metrics.jsonl");
+  for (int64_t step : forecast_steps) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    ASSERT_TRUE(resumed.count(step) && resumed.at(step).contains("forecast_loss"));
+    EXPECT_EQ(resumed.at(step)["forecast_loss"], logged.at(step)["forecast_loss"]);
+    EXPECT_EQ(resumed.at(step)["forecast_loss_high"], logged.at(step)["forecast_loss_high"]);
+  }
+  std::ifstream resumed_complete(killed + "/pretrain/complete.json");
+  EXPECT_EQ(nlohmann::json::parse(resumed_complete)["forecast"], summary["forecast"]);
+}
+
+// train.forecast: a value outside [0, 1) and one whose first forecast would fit fewer than
+// kMinForecastPoints logged lines are refused, naming the key and what to change.
+TEST(ScalingCurve, TrainForecastRefusesTooFewPoints) {
+  auto errors_of = [](const nlohmann::json& train) {
+    ConfigErrors errors;
+    parse_train_config(train, "stages[0].train", errors);
+    std::string text;
+    for (const std::string& e : errors.list()) text += e + "\n";
+    return text;
+  };
+  EXPECT_EQ(errors_of({{"steps", 200}, {"warmup_steps", 20}, {"forecast", 0.3}}), "");
+  EXPECT_NE(errors_of({{"forecast", 1.0}}).find("stages[0].train.forecast: must be in [0, 1)"),
+            std::string::npos);
+  EXPECT_NE(errors_of({{"forecast", -0.1}}).find("stages[0].train.forecast"), std::string::npos);
+  // 200 steps, warmup 20, a line every 20 steps: by step 60 only steps 40 and 60 are past it.
+  const std::string sparse =
+      errors_of({{"steps", 200}, {"warmup_steps", 20}, {"log_every", 20}, {"forecast", 0.3}});
+  EXPECT_NE(sparse.find("stages[0].train.forecast: the forecast at step 60 would fit only 2 "
+                        "training-loss lines"),
+            std::string::npos)
+      << sparse;
+  TrainConfig dense;
+  dense.steps = 200;
+  dense.warmup_steps = 20;
+  dense.log_every = 2;
+  dense.forecast = 0.3;
+  EXPECT_EQ(dense.forecast_step(), 60);
+  EXPECT_EQ(dense.forecast_points(), 20);  // steps 22, 24, ..., 60
+  const LoopSchedule loop = loop_schedule(dense);
+  EXPECT_EQ(loop.forecast_from, 60);
+  EXPECT_EQ(loop.forecast_every, 10);
+}
+
+// The live forecaster fits the lines before the step plus the step's own record, and gives what
+// forecast_curve gives on the file cut at that step; before enough lines it gives nothing.
+TEST(ScalingCurve, LiveForecastEqualsTheOfflineFitAtThatStep) {
+  const ScheduleOptions schedule = cosine_schedule();
+  const CurveLog log = synthetic_log(schedule, 0.002, 3);
+  const std::string path = test::temp_dir("scaling_curve_live") + "/metrics.jsonl";
+  {
+    std::ofstream out(path);
+    out << nlohmann::json{{"step", 0}, {"val_loss", 9.0}}.dump() << "\n";
+    for (const CurvePoint& p : log.points) {
+      if (p.step >= 300) break;
+      nlohmann::json record = {{"step", p.step}, {"loss", p.loss}, {"lr", p.lr}};
+      if (p.step == 200) record["val_loss"] = p.loss * 1.05;
+      out << record.dump() << "\n";
+    }
+  }
+  const CurvePoint& at = log.points[300 - 2];  // step 300
+  ASSERT_EQ(at.step, 300);
+  const nlohmann::json record = {{"step", at.step}, {"loss", at.loss}, {"lr", at.lr}};
+  const LossForecaster live = live_loss_forecaster(schedule, 7, 20);
+  const std::optional<LossForecast> f = live(path, record);
+  ASSERT_TRUE(f.has_value());
+
+  CurveLog cut = read_curve_log(path);
+  add_curve_record(cut, record, "record");
+  CurveOptions options;
+  options.at_step = 300;
+  options.bootstrap = 20;
+  options.seed = 7;
+  const CurveForecast offline = forecast_curve(cut, schedule, options, path);
+  EXPECT_DOUBLE_EQ(f->loss, offline.annealing.forecast.value);
+  EXPECT_DOUBLE_EQ(f->low, offline.annealing.forecast.low);
+  EXPECT_DOUBLE_EQ(f->high, offline.annealing.forecast.high);
+  EXPECT_DOUBLE_EQ(f->power_law_loss, offline.power.forecast.value);
+  // The validation forecast carries step 200's 5% gap to the end of the run.
+  EXPECT_EQ(offline.val_step, 200);
+  EXPECT_NEAR(f->val_loss / f->loss, 1.05, 0.01);
+  EXPECT_LT(f->low, f->loss);
+  EXPECT_GT(f->high, f->loss);
+
+  // Step 52 (the first after the warmup) alone is too little to fit: no forecast, no error.
+  const std::string early = test::temp_dir("scaling_curve_live_early") + "/metrics.jsonl";
+  std::ofstream(early) << "";
+  const CurvePoint& first = log.points[52 - 2];
+  EXPECT_FALSE(live(early, {{"step", first.step}, {"loss", first.loss}, {"lr", first.lr}}));
 }

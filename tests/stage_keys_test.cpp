@@ -154,6 +154,7 @@ std::vector<KeyCase> train_cases(const std::string& type) {
                                                             {"max_nonfinite_steps", 2},
                                                             {"loss_spike_zscore", 3.0},
                                                             {"loss_spike_window", 10},
+                                                            {"forecast", 0.3},
                                                             {"zero_stage", 1},
                                                             {"allreduce_bucket_mb", 8.0}};
   const std::map<std::string, std::function<json(const TrainConfig&)>> fields = {
@@ -181,6 +182,7 @@ std::vector<KeyCase> train_cases(const std::string& type) {
       {"max_nonfinite_steps", [](const TrainConfig& t) { return json(t.max_nonfinite_steps); }},
       {"loss_spike_zscore", [](const TrainConfig& t) { return json(t.loss_spike_zscore); }},
       {"loss_spike_window", [](const TrainConfig& t) { return json(t.loss_spike_window); }},
+      {"forecast", [](const TrainConfig& t) { return json(t.forecast); }},
       {"zero_stage", [](const TrainConfig& t) { return json(t.parallel.zero_stage); }},
       {"allreduce_bucket_mb", [](const TrainConfig& t) {
          return json(static_cast<double>(t.parallel.bucket_bytes) / (1 << 20));

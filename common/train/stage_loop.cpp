@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 
 #include "common/dist/interrupt.h"
 #include "common/dist/process_group.h"
@@ -42,16 +43,26 @@ LoopSchedule loop_schedule(const TrainConfig& train) {
   schedule.max_nonfinite_steps = train.max_nonfinite_steps;
   schedule.loss_spike_zscore = train.loss_spike_zscore;
   schedule.loss_spike_window = train.loss_spike_window;
+  if (train.forecast > 0) {
+    // About twenty forecasts a run, each at a logged step.
+    const int64_t period = std::max<int64_t>(1, train.steps / 20);
+    schedule.forecast_every = (period + train.log_every - 1) / train.log_every * train.log_every;
+    schedule.forecast_from =
+        std::max<int64_t>(1, (train.forecast_step() + train.log_every - 1) / train.log_every) *
+        train.log_every;
+  }
   return schedule;
 }
 
-StageLoop::StageLoop(const Recipe& recipe, std::string name, LoopSchedule schedule)
+StageLoop::StageLoop(const Recipe& recipe, std::string name, LoopSchedule schedule,
+                     LossForecaster forecaster)
     : recipe_(recipe),
       name_(std::move(name)),
       stage_dir_(recipe.stage_dir(name_)),
       checkpoints_(stage_dir_ + "/checkpoints"),
       schedule_(schedule),
-      guard_(name_, checkpoints_, schedule.max_nonfinite_steps) {
+      guard_(name_, checkpoints_, schedule.max_nonfinite_steps),
+      forecaster_(std::move(forecaster)) {
   guard_.set_spike_filter(schedule.loss_spike_zscore, schedule.loss_spike_window);
   torch::manual_seed(recipe.run.seed);
 }
@@ -101,13 +112,69 @@ void StageLoop::evaluate_at_start(const StageSteps& steps) {
   std::printf("[%s] %s\n", name_.c_str(), line.c_str());
 }
 
+namespace {
+
+// The first forecast metrics.jsonl holds (the one made at train.forecast's fraction, however often
+// the stage was resumed): {"at_step", "forecast_loss", ...}; null when none was made.
+nlohmann::json first_forecast(const std::string& metrics_path) {
+  std::ifstream in(metrics_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    nlohmann::json record;
+    try {
+      record = nlohmann::json::parse(line);
+    } catch (const std::exception&) {
+      continue;
+    }
+    if (!record.is_object() || !record.contains("forecast_loss")) continue;
+    nlohmann::json forecast = {{"at_step", record.value("step", int64_t{0})}};
+    for (const char* key : {"forecast_loss", "forecast_loss_low", "forecast_loss_high",
+                            "forecast_power_law_loss", "forecast_val_loss", "forecast_determined"})
+      if (record.contains(key)) forecast[key] = record[key];
+    return forecast;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+bool StageLoop::forecasts_at(int64_t step) const {
+  if (!forecaster_ || schedule_.forecast_from <= 0 || step < schedule_.forecast_from) return false;
+  return step == schedule_.forecast_from || step == schedule_.steps ||
+         (schedule_.forecast_every > 0 && step % schedule_.forecast_every == 0);
+}
+
+// Adds the forecast's fields to `record`; returns its part of the progress line.
+std::string StageLoop::add_forecast(nlohmann::json& record) {
+  const std::optional<LossForecast> f = forecaster_(stage_dir_ + "/metrics.jsonl", record);
+  if (!f || !std::isfinite(f->loss)) return "";
+  record["forecast_loss"] = f->loss;
+  if (std::isfinite(f->low) && std::isfinite(f->high)) {
+    record["forecast_loss_low"] = f->low;
+    record["forecast_loss_high"] = f->high;
+  }
+  if (std::isfinite(f->power_law_loss)) record["forecast_power_law_loss"] = f->power_law_loss;
+  if (std::isfinite(f->val_loss)) record["forecast_val_loss"] = f->val_loss;
+  record["forecast_determined"] = f->determined ? 1 : 0;
+  char text[160];
+  if (std::isfinite(f->low) && std::isfinite(f->high))
+    std::snprintf(text, sizeof text, "  forecast %.4f [%.4f, %.4f]%s", f->loss, f->low, f->high,
+                  f->determined ? "" : " (not determined)");
+  else
+    std::snprintf(text, sizeof text, "  forecast %.4f%s", f->loss,
+                  f->determined ? "" : " (not determined)");
+  return text;
+}
+
 void StageLoop::log(int64_t step, const StepReport& report) {
   const double tokens_per_s = report.record.value("tokens_per_s", 0.0);
   nlohmann::json record = report.record;
   record["step"] = step;
+  // The file is rank 0's: the other ranks neither read it nor forecast.
+  const std::string forecast = dist::is_main() && forecasts_at(step) ? add_forecast(record) : "";
   metrics_->log(record);
-  std::printf("[%s] %s\n", name_.c_str(),
-              progress_->line(step, report.shown, tokens_per_s).c_str());
+  std::printf("[%s] %s%s\n", name_.c_str(),
+              progress_->line(step, report.shown, tokens_per_s).c_str(), forecast.c_str());
   std::fflush(stdout);
 }
 
@@ -155,6 +222,10 @@ void StageLoop::report_optimizer_state(const ParallelAdamW& optimizer,
 nlohmann::json StageLoop::finish(
     nlohmann::json summary, const std::function<void(const std::string& final_dir)>& save_final) {
   summary["stage"] = name_;
+  if (forecaster_ && dist::is_main()) {
+    const nlohmann::json first = first_forecast(stage_dir_ + "/metrics.jsonl");
+    if (!first.is_null()) summary["forecast"] = first;
+  }
   for (const auto& entry : recipe_.stages)
     if (entry.name == name_ && !entry.type.empty()) summary["type"] = entry.type;
   const std::string final = final_dir();

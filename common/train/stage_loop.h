@@ -34,6 +34,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "common/recipe/recipe.h"
@@ -56,7 +57,24 @@ struct LoopSchedule {
   int64_t max_nonfinite_steps = 5;  // skipped updates in a row that stop the stage
   double loss_spike_zscore = 0;     // > 0: skip updates whose loss spikes (NonFiniteGuard)
   int64_t loss_spike_window = 50;
+  // train.forecast: the first step (0: no forecast) and the period (a multiple of log_every) of
+  // the logged steps that forecast the final loss, which the last step always does
+  int64_t forecast_from = 0, forecast_every = 0;
 };
+
+// A forecast of a stage's final loss (train.forecast), made at a logged step.
+struct LossForecast {
+  double loss = NAN, low = NAN, high = NAN;  // the final training loss, its 95% interval
+  double power_law_loss = NAN;               // the schedule-unaware power law's, for comparison
+  double val_loss = NAN;   // the final validation loss (NaN before a validation loss is logged)
+  bool determined = true;  // false: the fitted points do not pin the annealing term
+};
+
+// Forecasts from the lines of `metrics_path` before the record's step plus `record` (the step
+// being logged); nullopt while too few points are logged. scaling/curve.h's
+// live_loss_forecaster is the one Tiller uses.
+using LossForecaster = std::function<std::optional<LossForecast>(const std::string& metrics_path,
+                                                                 const nlohmann::json& record)>;
 
 // The schedule a stage's "train" object states.
 LoopSchedule loop_schedule(const TrainConfig& train);
@@ -92,8 +110,10 @@ struct StageSteps {
 
 class StageLoop {
  public:
-  // Seeds torch with the run's seed. `name` is the stage's name in `recipe`.
-  StageLoop(const Recipe& recipe, std::string name, LoopSchedule schedule);
+  // Seeds torch with the run's seed. `name` is the stage's name in `recipe`. `forecaster` is
+  // asked at the steps schedule.forecast_from/forecast_every name.
+  StageLoop(const Recipe& recipe, std::string name, LoopSchedule schedule,
+            LossForecaster forecaster = {});
 
   // After set-up: `parts` are the modules and optimizers every checkpoint holds. Loads the latest
   // checkpoint into them when there is one, restores the guard and calls `restore` with the
@@ -128,6 +148,8 @@ class StageLoop {
   void save(const StageSteps& steps) const;
   void evaluate_at_start(const StageSteps& steps);
   void log(int64_t step, const StepReport& report);
+  bool forecasts_at(int64_t step) const;
+  std::string add_forecast(nlohmann::json& record);
 
   const Recipe& recipe_;
   std::string name_, stage_dir_, checkpoints_;
@@ -137,6 +159,7 @@ class StageLoop {
   int64_t step_ = 0, first_unlogged_ = 0;
   std::unique_ptr<MetricsLog> metrics_;
   std::unique_ptr<Progress> progress_;
+  LossForecaster forecaster_;
 };
 
 // The usual end of a step: reduces the gradients over the data-parallel ranks and clips them at

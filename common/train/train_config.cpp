@@ -1,5 +1,7 @@
 #include "common/train/train_config.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "common/util/error.h"
@@ -46,6 +48,7 @@ TrainConfig parse_train_config(const nlohmann::json& json, const std::string& pa
   c.max_nonfinite_steps = r.integer("max_nonfinite_steps", c.max_nonfinite_steps);
   c.loss_spike_zscore = r.number("loss_spike_zscore", c.loss_spike_zscore);
   c.loss_spike_window = r.integer("loss_spike_window", c.loss_spike_window);
+  c.forecast = r.number("forecast", c.forecast);
   c.parallel = read_parallel_options(r);
 
   r.require(c.steps >= 1, "steps", "must be at least 1");
@@ -74,6 +77,16 @@ TrainConfig parse_train_config(const nlohmann::json& json, const std::string& pa
   r.require(c.loss_spike_zscore >= 0, "loss_spike_zscore", "must be >= 0 (0: off)");
   r.require(c.loss_spike_window >= 2 && c.loss_spike_window <= 100000, "loss_spike_window",
             "must be in [2, 100000]");
+  r.require(c.forecast >= 0 && c.forecast < 1, "forecast",
+            "must be in [0, 1): the fraction of the steps after which the final loss is forecast "
+            "(0: off)");
+  if (c.forecast > 0 && c.forecast < 1 && c.log_every >= 1 && c.steps >= 1)
+    r.require(c.forecast_points() >= kMinForecastPoints, "forecast",
+              "the forecast at step " + std::to_string(c.forecast_step()) + " would fit only " +
+                  std::to_string(c.forecast_points()) +
+                  " training-loss lines logged after the warmup (needs " +
+                  std::to_string(kMinForecastPoints) +
+                  "): lower log_every or warmup_steps, or raise forecast");
   return c;
 }
 
@@ -101,8 +114,20 @@ nlohmann::json train_config_values(const TrainConfig& c) {
           {"max_nonfinite_steps", c.max_nonfinite_steps},
           {"loss_spike_zscore", c.loss_spike_zscore},
           {"loss_spike_window", c.loss_spike_window},
+          {"forecast", c.forecast},
           {"zero_stage", c.parallel.zero_stage},
           {"allreduce_bucket_mb", static_cast<double>(c.parallel.bucket_bytes) / (1 << 20)}};
+}
+
+int64_t TrainConfig::forecast_step() const {
+  return static_cast<int64_t>(std::ceil(forecast * static_cast<double>(steps)));
+}
+
+int64_t TrainConfig::forecast_points() const {
+  // Lines are logged at multiples of log_every; the loss of step s was measured after s - 1
+  // updates, and the fit starts after the warmup's updates.
+  const int64_t last = forecast_step() / log_every, first = (warmup_steps + 1) / log_every;
+  return std::max<int64_t>(0, last - first);
 }
 
 int64_t TrainConfig::per_rank_batch(const std::string& stage, const dist::Group& data_parallel,

@@ -17,6 +17,9 @@ namespace tiller {
 // bucket, MiB). Every stage's train object has them, the rlhf stage's included.
 ParallelOptions read_parallel_options(ConfigReader& r);
 
+// The fewest training-loss lines a forecast fits (scaling curve's --min-points default).
+constexpr int kMinForecastPoints = 8;
+
 struct TrainConfig {
   int64_t steps = 100;
   int64_t batch_size = 8;        // sequences (rows) per optimizer step
@@ -39,10 +42,17 @@ struct TrainConfig {
   int64_t max_nonfinite_steps = 5;  // consecutive non-finite steps that stop the run
   double loss_spike_zscore = 0;     // > 0: skip a step whose loss is this many stds above ...
   int64_t loss_spike_window = 50;   // ... the mean of the last this many accepted losses
-  ParallelOptions parallel;         // zero_stage and allreduce_bucket_mb (read_parallel_options)
+  // > 0: from this fraction of the steps on, forecast the final loss from the logged training
+  // losses (scaling/curve.h's LR-aware law) in the progress line, metrics.jsonl and the summary
+  double forecast = 0;
+  ParallelOptions parallel;  // zero_stage and allreduce_bucket_mb (read_parallel_options)
 
   OptimizerOptions optimizer() const { return {lr, weight_decay, beta1, beta2, eps}; }
   ParallelOptions parallel_options() const { return parallel; }
+  // The training-loss lines logged after the warmup up to the first forecast (every log_every-th
+  // step): what train.forecast's first fit has to go on.
+  int64_t forecast_points() const;
+  int64_t forecast_step() const;  // the first step at which the final loss is forecast
   ScheduleOptions schedule_options() const {
     return {lr, min_lr_ratio, warmup_steps, steps, schedule};
   }
