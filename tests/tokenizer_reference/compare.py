@@ -301,7 +301,7 @@ def tiktoken_reference(encoding, shift, texts):
     return out
 
 
-def differences(name, texts, reference, got, label):
+def differences(texts, reference, got, label):
     ids = [i for i in range(len(texts)) if reference[i]["ids"] != got[i]["ids"]]
     decoded = [i for i in range(len(texts)) if reference[i]["decoded"] != got[i]["decoded"]]
     lines = []
@@ -366,13 +366,13 @@ def main():
         got = json.loads(result.stdout)
         counts, details = [], []
         for label, reference in references:
-            n_ids, n_text, lines = differences(name, texts, reference, got, (label, "tiller"))
+            n_ids, n_text, lines = differences(texts, reference, got, (label, "tiller"))
             counts.append(f"{label}: ids differ on {n_ids}, decoded text on {n_text}")
             details += lines
             if n_ids or n_text:
                 failed.append(name)
         if len(references) == 2:  # the two references must agree too
-            n_ids, n_text, lines = differences(name, texts, references[0][1], references[1][1],
+            n_ids, n_text, lines = differences(texts, references[0][1], references[1][1],
                                                ("tokenizers", "tiktoken"))
             if n_ids or n_text:
                 counts.append(f"tokenizers and tiktoken differ on {max(n_ids, n_text)}")
