@@ -321,8 +321,14 @@ def main():
     parser.add_argument("--work", help="where to unpack and write (default: a temporary folder)")
     parser.add_argument("--only", help="comma-separated names of the tokenizers to check")
     args = parser.parse_args()
-    work = args.work or tempfile.mkdtemp(prefix="tiller-tokref.")
-    os.makedirs(work, exist_ok=True)
+    if args.work is None:
+        with tempfile.TemporaryDirectory(prefix="tiller-tokref.") as work:
+            return compare(args, here, work)
+    os.makedirs(args.work, exist_ok=True)
+    return compare(args, here, args.work)
+
+
+def compare(args, here, work):
     texts_file = args.texts
     if texts_file is None:
         texts_file = os.path.join(work, "texts.json")
@@ -393,11 +399,11 @@ def main():
               "bash scripts/setup.sh --tokenizer-reference)")
     if checked == 0:
         print("compare: skipped: no tokenizer's package is in " + args.packages)
-        sys.exit(77)
+        return 77
     print(f"compare: {len(distinct)} tokenizers ({checked} checks), {len(texts)} texts each: "
           + (f"differences in {', '.join(failed)}" if failed else "0 differences"))
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
