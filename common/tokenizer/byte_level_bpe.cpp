@@ -50,6 +50,102 @@ std::vector<std::string> byte_symbols() {
   return out;
 }
 
+// A Split pattern as the Rust library's engine (Oniguruma, Ruby syntax) reads it, in ICU's
+// syntax. The two agree but for one construct: a `+` or `*` after an interval quantifier
+// ({n}, {n,}, {n,m}) repeats the quantified atom in Oniguruma, while ICU (as tiktoken's engine)
+// takes `{n,m}+` as possessive. tiktoken's cl100k_base pattern has `\p{N}{1,3}+`, which a
+// tokenizer.json converted from it keeps: transformers takes a whole digit run there, and so must
+// Tiller. Each such atom is wrapped in a group: `X{1,3}+` becomes `(?:X{1,3})+`.
+std::string oniguruma_to_icu(const std::string& pattern) {
+  std::string out;
+  std::vector<size_t> groups;       // where in `out` each open group began
+  size_t atom = std::string::npos;  // where in `out` the last atom began
+  size_t i = 0;
+  auto copy_to = [&](size_t end) {  // copies pattern[i, end) as it is
+    out.append(pattern, i, end - i);
+    i = end;
+  };
+  while (i < pattern.size()) {
+    const char c = pattern[i];
+    if (c == '\\') {
+      atom = out.size();
+      size_t end = std::min(i + 2, pattern.size());
+      const char kind = end == i + 2 ? pattern[i + 1] : '\0';
+      if (std::string("pPxNkg").find(kind) != std::string::npos && end < pattern.size() &&
+          pattern[end] == '{') {
+        const size_t close = pattern.find('}', end);
+        end = close == std::string::npos ? pattern.size() : close + 1;
+      } else if (kind == 'x' || kind == 'u') {  // \xhh, \uhhhh
+        size_t digits = kind == 'x' ? 2 : 4;
+        while (digits-- > 0 && end < pattern.size() &&
+               std::isxdigit(static_cast<unsigned char>(pattern[end])))
+          ++end;
+      }
+      copy_to(end);
+    } else if (c == '[') {  // a class, perhaps nested; `]` first in it is a literal
+      atom = out.size();
+      size_t j = i + 1, depth = 1;
+      if (j < pattern.size() && pattern[j] == '^') ++j;
+      if (j < pattern.size() && pattern[j] == ']') ++j;
+      for (; j < pattern.size() && depth > 0; ++j) {
+        if (pattern[j] == '\\') {
+          ++j;
+        } else if (pattern[j] == '[') {
+          ++depth;
+        } else if (pattern[j] == ']') {
+          --depth;
+        }
+      }
+      copy_to(std::min(j, pattern.size()));
+    } else if (c == '(') {
+      groups.push_back(out.size());
+      atom = std::string::npos;
+      copy_to(i + 1);
+    } else if (c == ')') {
+      atom = groups.empty() ? std::string::npos : groups.back();
+      if (!groups.empty()) groups.pop_back();
+      copy_to(i + 1);
+    } else if (c == '|') {
+      atom = std::string::npos;
+      copy_to(i + 1);
+    } else if (c == '{') {
+      // An interval is {n}, {n,}, {n,m} or {,m}; any other brace is a literal character.
+      size_t j = i + 1;
+      bool digits = false, comma = false;
+      for (; j < pattern.size(); ++j) {
+        if (std::isdigit(static_cast<unsigned char>(pattern[j]))) {
+          digits = true;
+        } else if (pattern[j] == ',' && !comma) {
+          comma = true;
+        } else {
+          break;
+        }
+      }
+      const bool interval = digits && j < pattern.size() && pattern[j] == '}';
+      if (!interval) {
+        atom = out.size();
+        copy_to(i + 1);
+      } else if (atom != std::string::npos && j + 1 < pattern.size() &&
+                 (pattern[j + 1] == '+' || pattern[j + 1] == '*')) {
+        out.insert(atom, "(?:");
+        copy_to(j + 1);
+        out += ')';
+      } else {
+        copy_to(j + 1);
+      }
+    } else if (c == '*' || c == '+' || c == '?') {
+      copy_to(i + 1);  // a quantifier: the atom before it stays the last atom
+    } else {
+      atom = out.size();
+      size_t end = i + 1;  // a whole UTF-8 character
+      while (end < pattern.size() && (static_cast<unsigned char>(pattern[end]) & 0xC0) == 0x80)
+        ++end;
+      copy_to(end);
+    }
+  }
+  return out;
+}
+
 // A compiled ICU regex; matching is serialized by the tokenizer's lock.
 class Regex {
  public:
@@ -186,7 +282,9 @@ struct ByteLevelBpe::State {
   // (left id << 32 | right id) -> (rank, merged id)
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;
   bool ignore_merges = false;
-  bool nfc = false;
+  // The normalizer's Unicode form: none, NFC or NFKC (Claude's tokenizer.json).
+  const icu::Normalizer2* (*normal_form)(UErrorCode&) = nullptr;
+  std::string normal_form_name;
   int64_t template_bos = -1;
   std::string pre_tokenizer_json;
   std::vector<Step> steps;
@@ -349,16 +447,18 @@ void ByteLevelBpe::State::read_merges(const nlohmann::json& model) {
   }
 }
 
-// None, NFC, or an empty Sequence.
+// None, NFC, NFKC, or an empty Sequence.
 void ByteLevelBpe::State::read_normalizer(const nlohmann::json& json) {
   if (const auto* normalizer = member(json, "normalizer")) {
     const std::string type = type_of(*normalizer, path + ": normalizer");
     bool empty_sequence = type == "Sequence" && normalizer->contains("normalizers") &&
                           (*normalizer)["normalizers"].is_array() &&
                           (*normalizer)["normalizers"].empty();
-    check(type == "NFC" || empty_sequence,
-          path + ": normalizer " + type + " is not supported (none or NFC)");
-    nfc = type == "NFC";
+    check(type == "NFC" || type == "NFKC" || empty_sequence,
+          path + ": normalizer " + type + " is not supported (none, NFC or NFKC)");
+    if (type == "NFC") normal_form = icu::Normalizer2::getNFCInstance;
+    if (type == "NFKC") normal_form = icu::Normalizer2::getNFKCInstance;
+    normal_form_name = type;
   }
 }
 
@@ -432,7 +532,7 @@ void ByteLevelBpe::State::parse_step(const nlohmann::json& step, const std::stri
     Step s{};
     if (const auto* regex = member(*pattern, "Regex"); regex != nullptr && regex->is_string()) {
       s.kind = Step::kRegex;
-      s.regex = std::make_shared<Regex>(regex->get<std::string>(), where);
+      s.regex = std::make_shared<Regex>(oniguruma_to_icu(regex->get<std::string>()), where);
     } else if (const auto* text = member(*pattern, "String");
                text != nullptr && text->is_string() && !text->get<std::string>().empty()) {
       s.kind = Step::kLiteral;
@@ -566,15 +666,15 @@ void ByteLevelBpe::State::bpe(const std::string& word, std::vector<int64_t>& out
 void ByteLevelBpe::State::encode_plain(const std::string& text, std::vector<int64_t>& out) const {
   if (text.empty()) return;
   std::string normalized = text;
-  if (nfc) {
+  if (normal_form != nullptr) {
     UErrorCode status = U_ZERO_ERROR;
-    const icu::Normalizer2* normalizer = icu::Normalizer2::getNFCInstance(status);
+    const icu::Normalizer2* normalizer = normal_form(status);
     const icu::UnicodeString unicode = icu::UnicodeString::fromUTF8(text);
     if (U_SUCCESS(status) && !normalizer->isNormalized(unicode, status) && U_SUCCESS(status)) {
       normalized.clear();
       normalizer->normalize(unicode, status).toUTF8String(normalized);
     }
-    check(U_SUCCESS(status), path + ": NFC normalization failed");
+    check(U_SUCCESS(status), path + ": " + normal_form_name + " normalization failed");
   }
   for (const std::string& word : pre_tokenize(normalized)) bpe(word, out);
 }

@@ -1,6 +1,6 @@
 // A Hugging Face tokenizer.json of the byte-level BPE kind: GPT-2's scheme, used by Llama 3,
 // Qwen2 and SmolLM. What it reads:
-//   normalizer     null or NFC
+//   normalizer     null, NFC or NFKC
 //   pre_tokenizer  ByteLevel (GPT-2's split when use_regex), Split by a regex or a string
 //                  (behavior Isolated), Digits, or a Sequence of those
 //   model          BPE over byte-level symbols (merges as "a b" strings or [a, b] pairs,

@@ -206,6 +206,12 @@ def seeds_tokenizer_json():
     tok = {"added_tokens": added, "normalizer": {"type": "NFC"}, "pre_tokenizer": pre,
            "model": {"type": "BPE", "ignore_merges": True, "vocab": vocab, "merges": merges}}
     put("tokenizer_json", "llama3_like.json", json.dumps(tok, ensure_ascii=False))
+    # cl100k_base's pattern as a converted tokenizer.json keeps it (`{1,3}+`, possessives, `$`),
+    # with Claude's NFKC.
+    cl100k = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"
+    pre["pretokenizers"][0]["pattern"]["Regex"] = cl100k
+    put("tokenizer_json", "cl100k_like.json",
+        json.dumps(dict(tok, normalizer={"type": "NFKC"}), ensure_ascii=False))
     tok["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": True, "use_regex": True}
     tok["normalizer"] = None
     tok["model"]["merges"] = [m.split(" ") for m in merges]

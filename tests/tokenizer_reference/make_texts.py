@@ -2,7 +2,7 @@
 """Texts for tests/tokenizer_reference/compare.sh, as a JSON list on stdout: cases picked to
 exercise the pre-tokenizers (contractions in any case, digit runs, white-space runs and kinds,
 scripts, emoji, combining marks, control characters, added tokens inside text), random strings
-from a pool of such characters, and real text from ../shared/data where it is present."""
+from a pool of such characters, and real text from ../shared/data (or $TILLER_SHARED_DATA) where it is present."""
 import glob
 import gzip
 import json
@@ -10,7 +10,8 @@ import os
 import random
 import sys
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data")
+ROOT = os.environ.get("TILLER_SHARED_DATA") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data")
 
 texts = [
     "Hello world", " leading space", "trailing space ", "I'm sure they'll say DON'T, we've I'D You'RE",
