@@ -136,15 +136,17 @@ std::vector<double> values_of(const scaling::RunsTable& table,
 }
 
 // The curves of L(N, D) along one variable, the other held at each of `levels`.
-std::vector<ChartSeries> law_curves(const scaling::LossLaw& law, std::vector<double> levels,
-                                    const char* held, bool along_n, double low, double high) {
+// A two-variable law's curves along N (or D) at each level of the other variable.
+std::vector<ChartSeries> law_curves(const std::string& prefix,
+                                    const std::function<double(double n, double d)>& loss,
+                                    std::vector<double> levels, const char* held, bool along_n,
+                                    double low, double high) {
   std::sort(levels.begin(), levels.end());
   levels.erase(std::unique(levels.begin(), levels.end()), levels.end());
   std::vector<ChartSeries> series;
   for (double level : levels)
-    series.push_back(
-        curve(std::string("fit at ") + held + " = " + short_number(level), low, high,
-              [&](double x) { return along_n ? law.loss(x, level) : law.loss(level, x); }));
+    series.push_back(curve(prefix + " at " + held + " = " + short_number(level), low, high,
+                           [&](double x) { return along_n ? loss(x, level) : loss(level, x); }));
   return series;
 }
 
@@ -161,21 +163,28 @@ std::string render_variable_chart(const scaling::RunsTable& table,
   std::vector<ChartForecast> forecasts;
   const scaling::KaplanLaw* kaplan = nullptr;
   const scaling::LawForecast* chinchilla_forecast = nullptr;
+  const scaling::LawForecast* kaplan_joint_forecast = nullptr;
   if (analysis) {
     for (const scaling::KaplanLaw& k : analysis->kaplan)
       if (k.variable == variable) kaplan = &k;
     for (const scaling::LawForecast& f : analysis->forecasts) {
       if (f.law == "chinchilla") chinchilla_forecast = &f;
+      if (f.law == "kaplan_ND") kaplan_joint_forecast = &f;
       // Chinchilla's forecast sits on its compute-optimal chart at C = 6ND.
       const double c = f.law == "chinchilla" ? 6 * f.n * f.d : f.c;
       const double x = variable == "N" ? f.n : variable == "D" ? f.d : c;
-      if (!std::isfinite(x) || f.law == "kaplan_ND") continue;  // Kaplan's L(N, D): no curve
+      // Kaplan's L(N, D) is drawn along N and D only (it has no compute-optimal frontier).
+      if (!std::isfinite(x) || (f.law == "kaplan_ND" && variable == "C")) continue;
       const bool main = f.law == "chinchilla" || f.law == "saturating";
       forecasts.push_back(
           {main ? "forecast" : "forecast (" + scaling::law_name(*analysis, f.law) + ")", x,
            f.loss});
     }
   }
+  // The levels of the variable held fixed along the chart: the runs' distinct values.
+  auto run_levels = [&](bool along_n) {
+    return curve_levels(values_of(table, *analysis, along_n ? &Run::d : &Run::n));
+  };
   auto curves = [&](double low, double high) {
     std::vector<ChartSeries> series;
     if (const auto& c = analysis->chinchilla) {
@@ -184,15 +193,26 @@ std::string render_variable_chart(const scaling::RunsTable& table,
                                [&](double x) { return c->fit.law.compute_optimal(x).loss; }));
       } else {
         const bool along_n = variable == "N";
-        std::vector<double> levels =
-            curve_levels(values_of(table, *analysis, along_n ? &Run::d : &Run::n));
+        std::vector<double> levels = run_levels(along_n);
         if (chinchilla_forecast)
           levels.push_back(along_n ? chinchilla_forecast->d : chinchilla_forecast->n);
-        for (ChartSeries& s :
-             law_curves(c->fit.law, levels, along_n ? "D" : "N", along_n, low, high))
+        for (ChartSeries& s : law_curves(
+                 "fit", [&](double n, double d) { return c->fit.law.loss(n, d); }, levels,
+                 along_n ? "D" : "N", along_n, low, high))
           series.push_back(std::move(s));
       }
     }
+    if (const auto& k = analysis->kaplan_joint)
+      if (variable != "C") {
+        const bool along_n = variable == "N";
+        std::vector<double> levels = run_levels(along_n);
+        if (kaplan_joint_forecast)
+          levels.push_back(along_n ? kaplan_joint_forecast->d : kaplan_joint_forecast->n);
+        for (ChartSeries& s : law_curves(
+                 "Kaplan L(N, D)", [&](double n, double d) { return k->fit.law.loss(n, d); },
+                 levels, along_n ? "D" : "N", along_n, low, high))
+          series.push_back(std::move(s));
+      }
     if (const auto& s = analysis->saturating)
       if (s->variable == variable)
         series.push_back(curve("fit " + scaling::law_name(*analysis, "saturating"), low, high,

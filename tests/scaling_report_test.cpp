@@ -177,7 +177,23 @@ TEST(ScalingReport, ChartsShowEveryRunTheFittedCurvesAndTheForecast) {
       EXPECT_NEAR(loss, law.loss(n, d), tolerance) << name << " at N = " << n;
     }
   }
+  // Kaplan's L(N, D) beside it, at the same levels, and its forecast on the chart.
+  ASSERT_TRUE(analysis.kaplan_joint);
+  const scaling::KaplanJointLaw& kaplan = analysis.kaplan_joint->fit.law;
+  for (double d : {1e9, 6e10}) {
+    char name[64];
+    std::snprintf(name, sizeof name, "Kaplan L(N, D) at D = %.3g", d);
+    const auto points = curve_points(n_chart, name);
+    ASSERT_EQ(points.size(), 64u) << name;
+    for (const auto& [n, loss] : points) {
+      EXPECT_NEAR(loss, kaplan.loss(n, d), tolerance) << name << " at N = " << n;
+    }
+  }
+  EXPECT_NE(
+      n_chart.find("data-series=\"forecast (" + scaling::law_name(analysis, "kaplan_ND") + ")\""),
+      std::string::npos);
   const std::string d_chart = read_file(dir + "/charts/loss_vs_D.svg");
+  EXPECT_EQ(curve_points(d_chart, "Kaplan L(N, D) at N = 1e+08").size(), 64u);
   for (const auto& [d, loss] : curve_points(d_chart, "fit at N = 1e+08"))
     EXPECT_NEAR(loss, law.loss(1e8, d),
                 0.003 * (PlotFrame(d_chart).y_high - PlotFrame(d_chart).y_low));
