@@ -98,8 +98,11 @@ std::vector<EmergencePoint> evaluate_suite_across(const std::string& runs_path,
                                                   const std::string& stage, bool progress) {
   std::vector<std::vector<TaskItem>> item_sets;
   for (const auto& v : variants) item_sets.push_back(v.items);
+  std::vector<AcrossRow> rows = locate_across(runs_path, stage);
+  check(rows.size() >= 2, runs_path + ": the mirage reading needs at least two model sizes, got " +
+                              std::to_string(rows.size()));
   std::vector<EmergencePoint> points;
-  for (AcrossRow& row : locate_across(runs_path, stage)) {
+  for (AcrossRow& row : rows) {
     std::vector<EvalResult> results = evaluate_model_dir(row.model_dir, item_sets, options);
     EmergencePoint point{std::move(row), std::move(results)};
     for (EvalResult& r : point.results) r.per_item.clear();
@@ -118,6 +121,8 @@ std::vector<EmergencePoint> evaluate_suite_across(const std::string& runs_path,
 std::vector<VariantReading> read_variants(const std::vector<EmergencePoint>& points,
                                           const std::vector<SuiteVariant>& variants,
                                           const MirageRule& rule) {
+  check(points.size() >= 2,
+        "the mirage reading needs at least two model sizes, got " + std::to_string(points.size()));
   std::vector<double> x;
   for (const auto& p : points) x.push_back(std::log10(p.row.n));
   std::vector<VariantReading> readings;

@@ -19,6 +19,7 @@
 #include "eval/instruction_checks.h"
 #include "eval/mirage.h"
 #include "eval/task_eval.h"
+#include "report/emergence_report.h"
 #include "tests/test_util.h"
 
 namespace tiller {
@@ -357,10 +358,11 @@ SmallSuite small_suite(const std::string& name) {
 TEST(EmergenceEndToEnd, WritesTheTableTheFiguresAndTheReadings) {
   const SmallSuite s = small_suite("emergence_cli");
   if (s.runs.empty()) GTEST_SKIP() << "skipped: stories260K not found under ../shared/data";
-  const auto cli = test::run_tiller_cli({"eval", "emergence", "--across", s.runs, "--suite",
-                                         s.suite, "--out", s.dir + "/out", "--threads", "1"});
+  // Written beside runs.jsonl by default, where `tiller report SWEEP_DIR` finds it.
+  const auto cli = test::run_tiller_cli(
+      {"eval", "emergence", "--across", s.runs, "--suite", s.suite, "--threads", "1"});
   ASSERT_EQ(cli.code, 0) << cli.err;
-  const auto j = read_json_file(s.dir + "/out/emergence.json");
+  const auto j = read_json_file(s.dir + "/emergence/emergence.json");
   // 9 + 1 + 1 + 2 variants (suite.json), 2 sizes each.
   EXPECT_EQ(j.at("rows").size(), 26u);
   EXPECT_EQ(j.at("readings").size(), 13u);
@@ -368,13 +370,21 @@ TEST(EmergenceEndToEnd, WritesTheTableTheFiguresAndTheReadings) {
   EXPECT_EQ(j["rows"][0]["task"], "infer_op");
   EXPECT_EQ(j["readings"][0]["discontinuous"]["reading"], "flat");  // the same model twice
   for (const char* figure : {"in_context", "step_by_step", "instructions"}) {
-    const std::string svg = test::read_bytes(s.dir + "/out/" + figure + ".svg");
+    const std::string svg = test::read_bytes(s.dir + "/emergence/" + figure + ".svg");
     EXPECT_NE(svg.find("data-panel=\"discontinuous\""), std::string::npos) << figure;
     EXPECT_NE(svg.find("data-panel=\"continuous\""), std::string::npos) << figure;
   }
-  const std::string md = test::read_bytes(s.dir + "/out/emergence.md");
+  const std::string md = test::read_bytes(s.dir + "/emergence/emergence.md");
   EXPECT_NE(md.find("| steps_worked | 2 | exact match |"), std::string::npos) << md;
   EXPECT_NE(md.find("**infer_op k=8**"), std::string::npos) << md;
+  // The sweep's report shows the figures inline and each reading.
+  const std::string section = render_emergence_section(s.dir);
+  EXPECT_NE(section.find("<h2>Emergence</h2>"), std::string::npos);
+  for (const char* figure : {"in_context", "step_by_step", "instructions"})
+    EXPECT_NE(section.find(std::string("tiller eval emergence: ") + figure), std::string::npos);
+  EXPECT_EQ(section.find("<?xml"), std::string::npos);
+  EXPECT_NE(section.find(j["readings"][12]["verdict"].get<std::string>()), std::string::npos);
+  EXPECT_EQ(render_emergence_section(s.dir + "/m"), "");  // nothing there: no section
 }
 
 TEST(EmergenceEndToEnd, BadInputIsOneLineAndNoOutput) {
