@@ -13,6 +13,7 @@
 #include "common/util/error.h"
 #include "common/util/files.h"
 #include "common/util/runtime.h"
+#include "eval/fewshot.h"
 #include "eval/make_task.h"
 #include "eval/task_eval.h"
 #include "sft/sft_stage.h"
@@ -26,7 +27,19 @@ struct EvalArgs {
   bool json = false;
   eval::EvalOptions options;
   int threads = 0;
+  std::string fewshot_pool;
+  eval::FewShotOptions fewshot;
 };
+
+// The task's items, with --num-fewshot examples from --fewshot-pool before each prompt.
+std::vector<eval::TaskItem> read_items(const EvalArgs& a) {
+  check(a.fewshot.k == 0 || !a.fewshot_pool.empty(),
+        "eval: --num-fewshot " + std::to_string(a.fewshot.k) +
+            " needs --fewshot-pool POOL.jsonl (the solved examples to draw from)");
+  const auto items = eval::read_task_file(a.tasks);
+  if (a.fewshot.k == 0) return items;
+  return eval::with_shots(items, eval::read_task_file(a.fewshot_pool), a.fewshot);
+}
 
 void run_eval(const EvalArgs& a) {
   check(a.model.empty() != a.across.empty(),
@@ -36,7 +49,7 @@ void run_eval(const EvalArgs& a) {
   check(a.svg.empty() || !a.across.empty(), "eval: --svg needs --across");
   check(a.stage.empty() || !a.across.empty(), "eval: --stage needs --across");
   check(a.options.adapter.empty() || !a.model.empty(), "eval: --adapter needs --model");
-  const auto items = eval::read_task_file(a.tasks);
+  const auto items = read_items(a);
   set_threads(a.threads);
   warn_if_slow_blas();
   if (!a.model.empty()) {
@@ -169,6 +182,17 @@ void add_eval_task_commands(CLI::App& eval_cmd) {
       ->capture_default_str();
   eval_cmd.add_option("--threads", args->threads, "intra-op threads (0: all cores)")
       ->check(CLI::Range(0, 1024));
+  eval_cmd
+      .add_option("--num-fewshot", args->fewshot.k,
+                  "solved examples from --fewshot-pool before each prompt (k-shot)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1024}))
+      ->capture_default_str();
+  eval_cmd.add_option("--fewshot-pool", args->fewshot_pool,
+                      "task JSONL of solved examples (items with a target) for --num-fewshot");
+  eval_cmd.add_option("--fewshot-seed", args->fewshot.seed, "which examples each item gets")
+      ->capture_default_str();
+  eval_cmd.add_option("--fewshot-separator", args->fewshot.separator,
+                      "between the examples and before the prompt (default: a newline)");
 
   auto make = std::make_shared<MakeTaskArgs>();
   auto* make_cmd = eval_cmd.add_subcommand(

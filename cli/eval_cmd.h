@@ -10,4 +10,8 @@ namespace tiller {
 // its other subcommands). They run from CLI11 callbacks and throw tiller::Error on bad input.
 void add_eval_task_commands(CLI::App& eval_cmd);
 
+// Adds `eval make-suite` (the synthetic emergence suite and its corpus) and `eval emergence`
+// (a suite across a sweep's model sizes, with the mirage reading): cli/emergence_cmd.cpp.
+void add_eval_emergence_commands(CLI::App& eval_cmd);
+
 }  // namespace tiller

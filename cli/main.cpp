@@ -57,6 +57,7 @@ void add_commands(CLI::App& app, CommandAction& action) {
   add_eval_preference_command(*eval_cmd, action);
   add_eval_perplexity_command(*eval_cmd, action);
   add_eval_task_commands(*eval_cmd);
+  add_eval_emergence_commands(*eval_cmd);
   add_report_command(app);
   add_scaling_commands(app);
   add_sweep_command(app);

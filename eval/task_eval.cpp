@@ -1,6 +1,7 @@
 #include "eval/task_eval.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -55,6 +56,54 @@ std::string format_metric(double value) {
   return text;
 }
 
+std::vector<std::string> string_list(const nlohmann::json& j, const char* key,
+                                     const std::string& where) {
+  const std::string what = where + ": field \"" + key + "\" must be a list of non-empty strings";
+  check(j[key].is_array(), what);
+  std::vector<std::string> out;
+  for (const auto& v : j[key]) {
+    check(v.is_string() && !v.get<std::string>().empty(), what);
+    out.push_back(v.get<std::string>());
+  }
+  return out;
+}
+
+// The optional fields of a generation item: group, answer_after, constraints, until,
+// max_new_tokens. The target must show the answer (answer_after) and meet the constraints.
+void read_generation_fields(const nlohmann::json& j, const std::string& where, TaskItem& item) {
+  if (j.contains("group")) item.group = string_field(j, "group", where);
+  const bool generation_only = j.contains("answer_after") || j.contains("constraints") ||
+                               j.contains("until") || j.contains("max_new_tokens");
+  if (!generation_only) return;
+  check(item.has_target, where +
+                             ": \"answer_after\", \"constraints\", \"until\" and "
+                             "\"max_new_tokens\" need a \"target\"");
+  if (j.contains("answer_after")) {
+    item.answer_after = string_field(j, "answer_after", where);
+    check(!item.answer_after.empty(), where + ": field \"answer_after\" is empty");
+    check(!extract_answer(item.target, item.answer_after).empty(),
+          where + ": the target has no number after \"" + item.answer_after + "\"");
+  }
+  if (j.contains("constraints")) {
+    check(j["constraints"].is_array() && !j["constraints"].empty(),
+          where + ": field \"constraints\" must be a non-empty list");
+    for (size_t c = 0; c < j["constraints"].size(); ++c) {
+      const std::string at = where + ": constraints[" + std::to_string(c) + "]";
+      item.constraints.push_back(parse_constraint(j["constraints"][c], at));
+      check(constraint_met(item.constraints.back(), item.target),
+            at + ": the target (the compliant reference) does not meet this " +
+                item.constraints.back().type + " constraint");
+    }
+  }
+  if (j.contains("until")) item.until = string_list(j, "until", where);
+  if (j.contains("max_new_tokens")) {
+    const auto& v = j["max_new_tokens"];
+    check(v.is_number_integer() && v.get<int64_t>() >= 1 && v.get<int64_t>() <= (1 << 20),
+          where + ": field \"max_new_tokens\" must be a positive integer, got " + v.dump());
+    item.max_new_tokens = v.get<int64_t>();
+  }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -101,6 +150,7 @@ std::vector<TaskItem> read_task_file(const std::string& path) {
           where +
               ": an item needs \"target\" (generation) or \"choices\" and \"answer\" "
               "(multiple choice)");
+    read_generation_fields(j, where, item);
     items.push_back(std::move(item));
   }
   return items;
@@ -132,6 +182,28 @@ std::string trim(const std::string& text) {
 
 bool exact_match(const std::string& output, const std::string& target) {
   return trim(output) == trim(target);
+}
+
+std::string extract_answer(const std::string& text, const std::string& marker, size_t* begin) {
+  const size_t at = text.rfind(marker);
+  if (marker.empty() || at == std::string::npos) return "";
+  size_t i = at + marker.size();
+  while (i < text.size() && text[i] == ' ') ++i;
+  const size_t start = i;
+  if (i < text.size() && text[i] == '-') ++i;
+  const auto digits = [&text](size_t& k) {
+    const size_t from = k;
+    while (k < text.size() && std::isdigit(static_cast<unsigned char>(text[k]))) ++k;
+    return k - from;
+  };
+  if (digits(i) == 0) return "";
+  if (i + 1 < text.size() && text[i] == '.' &&
+      std::isdigit(static_cast<unsigned char>(text[i + 1]))) {
+    ++i;
+    digits(i);
+  }
+  if (begin != nullptr) *begin = start;
+  return text.substr(start, i - start);
 }
 
 std::vector<double> choice_probabilities(const std::vector<double>& logliks) {
@@ -202,7 +274,7 @@ namespace {
 struct ScoringPairs {
   struct Owner {
     size_t item;
-    int64_t choice;  // -1: the target
+    int64_t choice;  // -1: the target, -2: the answer after answer_after
   };
   std::vector<std::vector<int64_t>> prompt_ids, contexts, continuations;
   std::vector<Owner> owners;
@@ -216,20 +288,31 @@ ScoringPairs collect_scoring_pairs(const Tokenizer& tok, const std::vector<TaskI
   for (size_t i = 0; i < items.size(); ++i) {
     const TaskItem& item = items[i];
     pairs.prompt_ids[i] = tok.encode(item.prompt, /*add_bos=*/true);
+    // The answer after answer_after is scored given the prompt and the target up to the marker.
+    const size_t head = item.answer_after.empty()
+                            ? 0
+                            : item.target.rfind(item.answer_after) + item.answer_after.size();
+    const std::string context = item.prompt + item.target.substr(0, head);
     auto add = [&](const std::string& text, int64_t choice) {
-      const std::string what = choice < 0 ? "target" : "choices[" + std::to_string(choice) + "]";
-      Split s = split_continuation(tok, pairs.prompt_ids[i], item.prompt, text, what, item.where);
+      const std::string what = choice == -1   ? "target"
+                               : choice == -2 ? "answer"
+                                              : "choices[" + std::to_string(choice) + "]";
+      Split s = choice == -2 ? split_continuation(tok, tok.encode(context, /*add_bos=*/true),
+                                                  context, text, what, item.where)
+                             : split_continuation(tok, pairs.prompt_ids[i], item.prompt, text, what,
+                                                  item.where);
       const int64_t total = static_cast<int64_t>(s.context.size() + s.continuation.size());
       check(total <= max_positions, item.where + ": prompt and " + what + " are " +
                                         std::to_string(total) +
                                         " tokens, more than the model's max_position_embeddings " +
                                         std::to_string(max_positions));
-      if (choice < 0) per_item[i].target_ids = s.continuation;
+      if (choice == -1) per_item[i].target_ids = s.continuation;
       pairs.contexts.push_back(std::move(s.context));
       pairs.continuations.push_back(std::move(s.continuation));
       pairs.owners.push_back({i, choice});
     };
     if (item.has_target) add(item.target, -1);
+    if (!item.answer_after.empty()) add(item.target.substr(head), -2);
     for (size_t c = 0; c < item.choices.size(); ++c) add(item.choices[c], static_cast<int64_t>(c));
   }
   return pairs;
@@ -244,11 +327,21 @@ void record_logliks(const std::vector<TaskItem>& items, const ScoringPairs& pair
     double sum = 0;
     for (double v : logprobs[k]) sum += v;
     const TaskItem& item = items[owner.item];
+    const auto tokens = static_cast<int64_t>(logprobs[k].size());
     if (owner.choice >= 0) r.choice_logliks.push_back(sum);
-    // The log-likelihood reported is the target's, or the right choice's when there is none.
-    if (owner.choice < 0 || (!item.has_target && owner.choice == item.answer)) {
+    if (owner.choice == -2) {
+      r.answer_loglik_sum = sum;
+      r.answer_loglik_tokens = tokens;
+    }
+    // The log-likelihood reported is the target's, or the right choice's when there is none;
+    // the answer's is the same unless the item reads its answer after a marker.
+    if (owner.choice == -1 || (!item.has_target && owner.choice == item.answer)) {
       r.loglik_sum = sum;
-      r.loglik_tokens = static_cast<int64_t>(logprobs[k].size());
+      r.loglik_tokens = tokens;
+      if (item.answer_after.empty()) {
+        r.answer_loglik_sum = sum;
+        r.answer_loglik_tokens = tokens;
+      }
     }
   }
 }
@@ -285,7 +378,8 @@ std::vector<int64_t> generation_budgets(const GreedyContext& g, const std::vecto
                                         const std::vector<ItemResult>& per_item) {
   std::vector<int64_t> budgets;
   for (size_t i : batch) {
-    const int64_t budget = g.options.max_new_tokens > 0
+    const int64_t budget = g.items[i].max_new_tokens > 0 ? g.items[i].max_new_tokens
+                           : g.options.max_new_tokens > 0
                                ? g.options.max_new_tokens
                                : static_cast<int64_t>(per_item[i].target_ids.size());
     const int64_t total = static_cast<int64_t>(g.prompt_ids[i].size()) + budget;
@@ -298,17 +392,47 @@ std::vector<int64_t> generation_budgets(const GreedyContext& g, const std::vecto
   return budgets;
 }
 
-// The greedy output of one item: its response up to the budget, EOS or a newline token.
+// Where the first of the `until` strings begins in text (npos: none).
+size_t until_position(const std::string& text, const std::vector<std::string>& until) {
+  size_t first = std::string::npos;
+  for (const auto& u : until) first = std::min(first, text.find(u));
+  return first;
+}
+
+// Whether the output is right: the strict pass of an instruction item's constraints, the answer
+// after answer_after, or else the whole text (whitespace trimmed).
+void judge_output(const TaskItem& item, ItemResult& r) {
+  if (!item.constraints.empty()) {
+    r.constraints_met = 0;
+    for (const auto& c : item.constraints) r.constraints_met += constraint_met(c, r.output) ? 1 : 0;
+    r.exact = r.constraints_met == static_cast<int64_t>(item.constraints.size());
+  } else if (!item.answer_after.empty()) {
+    const std::string answer = extract_answer(r.output, item.answer_after);
+    r.exact = !answer.empty() && answer == extract_answer(item.target, item.answer_after);
+  } else {
+    r.exact = exact_match(r.output, item.target);
+  }
+}
+
+// The greedy output of one item: its response up to the budget, EOS, a newline token or (cut
+// before it) the first of the item's `until` strings.
 void record_greedy_output(const GreedyContext& g, size_t i, const std::vector<int64_t>& response,
                           int64_t budget, ItemResult& r) {
   const int64_t eos = g.tok.eos_id();
+  const TaskItem& item = g.items[i];
   for (int64_t id : response) {
     if (static_cast<int64_t>(r.output_ids.size()) == budget || id == eos || g.newlines.contains(id))
       break;
     r.output_ids.push_back(id);
+    if (!item.until.empty() &&
+        until_position(continuation_text(g.tok, g.prompt_ids[i], r.output_ids, eos), item.until) !=
+            std::string::npos)
+      break;
   }
   r.output = continuation_text(g.tok, g.prompt_ids[i], r.output_ids, eos);
-  r.exact = exact_match(r.output, g.items[i].target);
+  const size_t cut = until_position(r.output, item.until);
+  if (cut != std::string::npos) r.output.resize(cut);
+  judge_output(item, r);
   r.edit = edit_distance(r.output_ids, r.target_ids);
 }
 
@@ -344,9 +468,17 @@ void generate_greedy_outputs(const GreedyContext& g, std::vector<ItemResult>& pe
 
 void summarise(const std::vector<TaskItem>& items, EvalResult& result) {
   double exact = 0, edit = 0, edit_norm = 0, loglik = 0, accuracy = 0, p_correct = 0, brier = 0;
+  double answer = 0, answer_per_token = 0, constraints = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     ItemResult& r = result.per_item[i];
     loglik += r.loglik_sum / static_cast<double>(r.loglik_tokens);
+    answer += r.answer_loglik_sum;
+    answer_per_token += r.answer_loglik_sum / static_cast<double>(r.answer_loglik_tokens);
+    if (!items[i].constraints.empty()) {
+      ++result.instruction_items;
+      constraints +=
+          static_cast<double>(r.constraints_met) / static_cast<double>(items[i].constraints.size());
+    }
     if (items[i].has_target) {
       ++result.generation_items;
       exact += r.exact ? 1 : 0;
@@ -367,6 +499,9 @@ void summarise(const std::vector<TaskItem>& items, EvalResult& result) {
   result.edit_distance = mean_or_nan(edit, result.generation_items);
   result.edit_distance_norm = mean_or_nan(edit_norm, result.generation_items);
   result.loglik_per_token = mean_or_nan(loglik, result.items);
+  result.answer_loglik = mean_or_nan(answer, result.items);
+  result.answer_loglik_per_token = mean_or_nan(answer_per_token, result.items);
+  result.constraint_fraction = mean_or_nan(constraints, result.instruction_items);
   result.mc_accuracy = mean_or_nan(accuracy, result.choice_items);
   result.p_correct = mean_or_nan(p_correct, result.choice_items);
   result.brier = mean_or_nan(brier, result.choice_items);
@@ -396,13 +531,22 @@ EvalResult evaluate_tasks(TransformerImpl& model, const Tokenizer& tok,
   return result;
 }
 
-EvalResult evaluate_model_dir(const std::string& dir, const std::vector<TaskItem>& items,
-                              const EvalOptions& options) {
+std::vector<EvalResult> evaluate_model_dir(const std::string& dir,
+                                           const std::vector<std::vector<TaskItem>>& item_sets,
+                                           const EvalOptions& options) {
   Transformer model = load_hf_model_with_adapter(dir, options.adapter, /*num_labels=*/-1,
                                                  QuantizedModels::load_frozen);
   Tokenizer tok(tokenizer_path_in(dir));
   tok.check_matches(model->config, dir);
-  return evaluate_tasks(*model, tok, items, options);
+  std::vector<EvalResult> results;
+  for (const auto& items : item_sets)
+    results.push_back(evaluate_tasks(*model, tok, items, options));
+  return results;
+}
+
+EvalResult evaluate_model_dir(const std::string& dir, const std::vector<TaskItem>& items,
+                              const EvalOptions& options) {
+  return std::move(evaluate_model_dir(dir, std::vector<std::vector<TaskItem>>{items}, options)[0]);
 }
 
 nlohmann::json result_json(const EvalResult& r, const std::vector<TaskItem>& items, bool per_item) {
@@ -413,6 +557,10 @@ nlohmann::json result_json(const EvalResult& r, const std::vector<TaskItem>& ite
                       {"edit_distance", number_or_null(r.edit_distance)},
                       {"edit_distance_norm", number_or_null(r.edit_distance_norm)},
                       {"loglik_per_token", number_or_null(r.loglik_per_token)},
+                      {"answer_loglik", number_or_null(r.answer_loglik)},
+                      {"answer_loglik_per_token", number_or_null(r.answer_loglik_per_token)},
+                      {"instruction_items", r.instruction_items},
+                      {"constraint_fraction", number_or_null(r.constraint_fraction)},
                       {"mc_accuracy", number_or_null(r.mc_accuracy)},
                       {"p_correct_choice", number_or_null(r.p_correct)},
                       {"brier", number_or_null(r.brier)},
@@ -421,8 +569,12 @@ nlohmann::json result_json(const EvalResult& r, const std::vector<TaskItem>& ite
   nlohmann::json list = nlohmann::json::array();
   for (size_t i = 0; i < r.per_item.size(); ++i) {
     const ItemResult& x = r.per_item[i];
-    nlohmann::json e = {
-        {"where", items[i].where}, {"loglik", x.loglik_sum}, {"loglik_tokens", x.loglik_tokens}};
+    nlohmann::json e = {{"where", items[i].where},
+                        {"loglik", x.loglik_sum},
+                        {"loglik_tokens", x.loglik_tokens},
+                        {"answer_loglik", x.answer_loglik_sum},
+                        {"answer_loglik_tokens", x.answer_loglik_tokens}};
+    if (!items[i].constraints.empty()) e["constraints_met"] = x.constraints_met;
     if (items[i].has_target) {
       e["output"] = x.output;
       e["output_ids"] = x.output_ids;
@@ -457,6 +609,9 @@ std::string result_table(const EvalResult& r) {
   line("  multiple-choice accuracy", r.mc_accuracy, "argmax of the summed log-likelihood");
   out += "continuous\n";
   line("  log-likelihood per token", r.loglik_per_token, "teacher-forced target, nats");
+  line("  answer log-likelihood", r.answer_loglik, "summed over the answer's tokens, nats");
+  line("  answer ll per token", r.answer_loglik_per_token, "");
+  line("  constraints met", r.constraint_fraction, "fraction, instruction items");
   line("  P(correct choice)", r.p_correct, "normalised over the choices");
   line("  Brier score", r.brier, "over the choices, 0 is perfect, 2 the worst");
   line("  edit distance (tokens)", r.edit_distance, "greedy output vs target");
@@ -511,10 +666,7 @@ std::string run_model_dir(const nlohmann::json& row, const std::string& sweep_di
   return dir;
 }
 
-std::vector<AcrossRow> evaluate_across(const std::string& runs_path,
-                                       const std::vector<TaskItem>& items,
-                                       const EvalOptions& options, const std::string& stage,
-                                       bool progress) {
+std::vector<AcrossRow> locate_across(const std::string& runs_path, const std::string& stage) {
   const std::string parent = std::filesystem::path(runs_path).parent_path().string();
   const std::string sweep_dir = parent.empty() ? "." : parent;
   const RecordReadResult read = read_json_records(runs_path);
@@ -534,6 +686,14 @@ std::vector<AcrossRow> evaluate_across(const std::string& runs_path,
   // Every model is found before any is evaluated: a missing one costs nothing.
   std::stable_sort(rows.begin(), rows.end(),
                    [](const AcrossRow& a, const AcrossRow& b) { return a.n < b.n; });
+  return rows;
+}
+
+std::vector<AcrossRow> evaluate_across(const std::string& runs_path,
+                                       const std::vector<TaskItem>& items,
+                                       const EvalOptions& options, const std::string& stage,
+                                       bool progress) {
+  std::vector<AcrossRow> rows = locate_across(runs_path, stage);
   for (auto& row : rows) {
     row.result = evaluate_model_dir(row.model_dir, items, options);
     if (progress)
@@ -605,20 +765,13 @@ std::string across_svg(const std::vector<AcrossRow>& rows, const std::string& ta
   options.x_label = "log10 N (non-embedding parameters)";
   options.width = 560;
   options.height = 340;
-  options.title = "Discontinuous: exact match, MC accuracy";
-  options.attributes = {{"x", "0"}, {"y", "0"}, {"data-panel", "discontinuous"}};
-  const std::string left_svg = render_line_chart(left, options);
-  options.title = "Continuous: per-token probability, edit distance";
-  options.attributes = {
-      {"x", std::to_string(options.width)}, {"y", "0"}, {"data-panel", "continuous"}};
-  const std::string right_svg = render_line_chart(right, options);
-  const std::string width = std::to_string(2 * options.width);
-  const std::string height = std::to_string(options.height);
-  return "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" "
-         "width=\"" +
-         width + "\" height=\"" + height + "\" viewBox=\"0 0 " + width + " " + height +
-         "\"><title>" + xml_escape("tiller eval --across: " + tasks_name) + "</title>" + left_svg +
-         right_svg + "</svg>\n";
+  ChartOptions left_options = options, right_options = options;
+  left_options.title = "Discontinuous: exact match, MC accuracy";
+  left_options.attributes = {{"data-panel", "discontinuous"}};
+  right_options.title = "Continuous: per-token probability, edit distance";
+  right_options.attributes = {{"data-panel", "continuous"}};
+  return render_two_panel_document(left, left_options, right, right_options,
+                                   "tiller eval --across: " + tasks_name);
 }
 
 }  // namespace tiller::eval

@@ -13,6 +13,7 @@
 
 #include "common/util/error.h"
 #include "common/util/files.h"
+#include "report/emergence_report.h"
 #include "report/scaling_report.h"
 #include "report/svg_chart.h"
 #include "stages/stage_types.h"
@@ -614,6 +615,7 @@ std::string render_sweep_report(const std::string& sweep_dir) {
   std::string page = page_start(name.empty() ? sweep_dir : name);
   page += "<p class=\"muted\">Sweep directory " + html(sweep_dir) + " (runs.jsonl).</p>";
   page += render_scaling_section(sweep_dir);
+  page += render_emergence_section(sweep_dir);
   return page + "</body></html>\n";
 }
 

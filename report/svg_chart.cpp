@@ -13,8 +13,8 @@ namespace tiller {
 namespace {
 
 // Distinguishable on white and for the common colour-vision deficiencies (Tableau 10 order).
-const char* const kPalette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
-                                "#9467bd", "#8c564b", "#e377c2", "#17becf"};
+const char* const kPalette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"};
 constexpr int kPaletteSize = sizeof(kPalette) / sizeof(kPalette[0]);
 
 constexpr double kMarginLeft = 64, kMarginRight = 18, kMarginBottom = 42;
@@ -454,6 +454,22 @@ std::string render_line_chart(const std::vector<ChartSeries>& series, const Char
   for (size_t s = 0; s < series.size(); ++s)
     svg += series_svg(series[s], kPalette[s % kPaletteSize], scale, options);
   return svg + "</svg>";
+}
+
+std::string render_two_panel_document(const std::vector<ChartSeries>& left,
+                                      ChartOptions left_options,
+                                      const std::vector<ChartSeries>& right,
+                                      ChartOptions right_options, const std::string& title) {
+  left_options.attributes.insert(left_options.attributes.begin(), {{"x", "0"}, {"y", "0"}});
+  right_options.attributes.insert(right_options.attributes.begin(),
+                                  {{"x", std::to_string(left_options.width)}, {"y", "0"}});
+  const std::string width = std::to_string(left_options.width + right_options.width);
+  const std::string height = std::to_string(std::max(left_options.height, right_options.height));
+  return "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" "
+         "width=\"" +
+         width + "\" height=\"" + height + "\" viewBox=\"0 0 " + width + " " + height +
+         "\"><title>" + xml_escape(title) + "</title>" + render_line_chart(left, left_options) +
+         render_line_chart(right, right_options) + "</svg>\n";
 }
 
 }  // namespace tiller

@@ -41,6 +41,14 @@ struct ChartOptions {
 // axes' ranges, so that a reader can map coordinates back to data.
 std::string render_line_chart(const std::vector<ChartSeries>& series, const ChartOptions& options);
 
+// Two charts side by side as one self-contained SVG document (XML declaration, <title>), each a
+// nested <svg> placed by x/y attributes (added to each options' attributes), the left at 0 and
+// the right at the left's width.
+std::string render_two_panel_document(const std::vector<ChartSeries>& left,
+                                      ChartOptions left_options,
+                                      const std::vector<ChartSeries>& right,
+                                      ChartOptions right_options, const std::string& title);
+
 // Round-number ticks (steps of 1, 2 or 5 times a power of ten) covering [low, high] with about
 // `target` intervals: the first tick is <= low and the last >= high.
 std::vector<double> nice_ticks(double low, double high, int target);

@@ -39,23 +39,9 @@ std::vector<std::string> lines_of(const std::string& text) {
 }
 
 // `tiller ARGS`: exit status, stdout, stderr.
-struct CliRun {
-  int code = -1;
-  std::string out, err;
-};
+using CliRun = test::CliResult;
 CliRun tiller(const std::vector<std::string>& args) {
-  static int counter = 0;
-  const std::string dir = test::temp_dir("eval_cli_" + std::to_string(counter++));
-  std::vector<std::string> argv = {test::tiller_binary()};
-  argv.insert(argv.end(), args.begin(), args.end());
-  CliRun r;
-  std::string ignored;
-  r.code = test::run_command("( OMP_WAIT_POLICY=passive " + test::shell_command(argv) + " >" + dir +
-                                 "/out 2>" + dir + "/err )",
-                             &ignored);
-  r.out = test::read_bytes(dir + "/out");
-  r.err = test::read_bytes(dir + "/err");
-  return r;
+  return test::run_tiller_cli(args);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -284,14 +270,7 @@ TEST(EvalMakeTask, HeldOutDocumentsAreNeverInATrainingChunk) {
 
 // stories260K as an HF directory under `dir`; "" when the shared model is absent.
 std::string stories260k_dir(const std::string& dir) {
-  const std::string bin = test::shared_file("models/stories260K/stories260K.bin");
-  const std::string tok = test::shared_file("models/stories260K/tok512.model");
-  if (bin.empty() || tok.empty()) return "";
-  Transformer model = import_llama2c(bin);
-  SaveOptions options;
-  options.tokenizer_path = tok;
-  save_hf_model(*model, dir, options);
-  return dir;
+  return test::stories260k_hf_dir(dir);
 }
 
 const std::vector<std::string> kPrompts = {"Once upon a time",

@@ -56,6 +56,7 @@ nlohmann::json at_path(const nlohmann::json& object, const std::string& key) {
 const std::map<std::string, std::vector<std::pair<std::string, std::string>>> kShipped = {
     {"arithmetic_grpo.yaml",
      {{"pretrain", "pretrain"}, {"sft", "sft"}, {"grpo", "grpo"}, {"rloo", "grpo"}}},
+    {"emergence_sweep.json", {{"pretrain", "pretrain"}}},
     {"quickstart.json",
      {{"pretrain", "pretrain"},
       {"sft", "sft"},
@@ -94,12 +95,22 @@ TEST(Recipes, ShippedRecipesParseIntoTheirStagesAndValuesAndAMistakeIsNamed) {
   EXPECT_EQ(on_disk, listed) << "a shipped recipe is missing from kShipped, or gone";
 
   for (const auto& [file, expected] : kShipped) {
-    if (!shared && file != "quickstart.json" && file != "arithmetic_grpo.yaml") continue;
+    if (!shared && file != "quickstart.json" && file != "arithmetic_grpo.yaml" &&
+        file != "emergence_sweep.json")
+      continue;
     SCOPED_TRACE(file);
     std::string out;
-    // --check writes the quickstart's synthetic data, which its stages then name.
-    const std::string check = "cd '" + std::string(TILLER_SOURCE_DIR) + "' && '" +
-                              test::tiller_binary() + "' run --check recipes/" + file;
+    // --check writes the quickstart's synthetic data, which its stages then name; the emergence
+    // sweep's corpus comes first from `eval make-suite`, as docs/eval.md runs it.
+    const std::string cd = "cd '" + std::string(TILLER_SOURCE_DIR) + "' && '";
+    if (file == "emergence_sweep.json") {
+      ASSERT_EQ(test::run_command(cd + test::tiller_binary() +
+                                      "' eval make-suite --out runs/emergence/suite --seed 1",
+                                  &out),
+                0)
+          << out;
+    }
+    const std::string check = cd + test::tiller_binary() + "' run --check recipes/" + file;
     ASSERT_EQ(test::run_command(check, &out), 0) << out;
     EXPECT_NE(out.find(": OK (" + std::to_string(expected.size()) + " stages)"), std::string::npos)
         << out;

@@ -1,5 +1,7 @@
 #include "tests/test_util.h"
 
+#include "common/io/hf_dir.h"
+#include "common/io/llama2c.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
 #include "common/util/process.h"
@@ -75,6 +77,32 @@ std::string python_importing(const std::string& module) {
 
 std::string tiller_binary() {
   return TILLER_BINARY;
+}
+
+CliResult run_tiller_cli(const std::vector<std::string>& args) {
+  static int counter = 0;
+  const std::string dir = temp_dir("tiller_cli_" + std::to_string(counter++));
+  std::vector<std::string> argv = {tiller_binary()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  CliResult r;
+  std::string ignored;
+  r.code = run_command(
+      "( OMP_WAIT_POLICY=passive " + shell_command(argv) + " >" + dir + "/out 2>" + dir + "/err )",
+      &ignored);
+  r.out = read_bytes(dir + "/out");
+  r.err = read_bytes(dir + "/err");
+  return r;
+}
+
+std::string stories260k_hf_dir(const std::string& dir) {
+  const std::string bin = shared_file("models/stories260K/stories260K.bin");
+  const std::string tok = shared_file("models/stories260K/tok512.model");
+  if (bin.empty() || tok.empty()) return "";
+  Transformer model = import_llama2c(bin);
+  SaveOptions options;
+  options.tokenizer_path = tok;
+  save_hf_model(*model, dir, options);
+  return dir;
 }
 
 std::string error_of(const std::function<void()>& f) {

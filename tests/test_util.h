@@ -40,6 +40,15 @@ int run_command(const std::string& command, std::string* output);
 std::string python_importing(const std::string& module);
 // The tiller binary built alongside the tests.
 std::string tiller_binary();
+// `tiller ARGS` (OMP_WAIT_POLICY=passive): its exit status, stdout and stderr, apart.
+struct CliResult {
+  int code = -1;
+  std::string out, err;
+};
+CliResult run_tiller_cli(const std::vector<std::string>& args);
+// stories260K (../shared/data) imported and saved as an HF directory at `dir`; "" when the
+// shared model is absent (the caller skips).
+std::string stories260k_hf_dir(const std::string& dir);
 // Starts a command (argv[0] a path) in the background, stdout and stderr appended to `log`.
 int spawn_logged(const std::vector<std::string>& args, const std::string& log);
 // The same with variables added to (or replacing those in) the environment, "NAME=value" each.
