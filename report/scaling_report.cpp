@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -13,6 +14,7 @@
 #include "common/util/error.h"
 #include "common/util/files.h"
 #include "report/svg_chart.h"
+#include "scaling/hparams.h"
 
 namespace tiller {
 namespace {
@@ -331,6 +333,87 @@ bool is_sweep_directory(const std::string& dir) {
   return path_exists(dir + "/runs.jsonl") && !path_exists(dir + "/recipe.json");
 }
 
+// The LR x batch grid of a sweep (DeepSeek LLM's laws, scaling/hparams.h), when its runs vary
+// both at two or more budgets: the fitted laws with intervals, each budget's near-optimal runs
+// (said when they sit at an edge of the budget's grid, where the law is not determined) and a
+// chart of loss against lr, one line per budget and batch, the near-optimal runs marked.
+std::string render_hparams_section(const std::string& runs_path) {
+  scaling::HparamSource source;
+  scaling::HparamAnalysis fit;
+  try {
+    source = scaling::read_hparam_runs(runs_path);
+    std::set<double> lrs, batches;
+    for (const scaling::HparamRun& r : source.runs) {
+      lrs.insert(r.lr);
+      batches.insert(r.batch);
+    }
+    if (lrs.size() < 2 || batches.size() < 2) return "";
+    fit = scaling::analyze_hparams(source);
+  } catch (const Error&) {
+    return "";  // no lr or batch column, or a single budget: not an LR x batch sweep
+  }
+  std::string out =
+      "<h3>Batch size and learning rate (DeepSeek LLM, sec. 3.1)</h3><table class=\"hparams\">"
+      "<tr><th>parameter</th><th>value</th><th>95% interval</th></tr>" +
+      parameter_row("k_B", fit.k_batch) + parameter_row("b (B_opt = k_B C^b)", fit.b) +
+      parameter_row("k_&eta;", fit.k_lr) + parameter_row("e (&eta;_opt = k_&eta; C^e)", fit.e) +
+      "</table><table class=\"budgets\"><tr><th>C</th><th>runs</th><th>lowest loss</th>"
+      "<th>near-optimal (batch tokens, lr), within " +
+      html_number(fit.tolerance) + "%</th></tr>";
+  ChartSeries near{"near-optimal", {}, {}, SeriesStyle::kMarkers};
+  std::vector<ChartSeries> lines;
+  // Each run belongs to the budget nearest its C (in log C).
+  auto budget_of = [&](const scaling::HparamRun& r) {
+    size_t best = 0;
+    for (size_t b = 1; b < fit.budgets.size(); ++b)
+      if (std::abs(std::log(r.compute / fit.budgets[b].compute)) <
+          std::abs(std::log(r.compute / fit.budgets[best].compute)))
+        best = b;
+    return best;
+  };
+  for (size_t b = 0; b < fit.budgets.size(); ++b) {
+    const scaling::HparamBudget& budget = fit.budgets[b];
+    std::set<double> lrs, batches;
+    std::map<double, std::vector<std::pair<double, double>>> by_batch;  // batch -> (lr, loss)
+    for (const scaling::HparamRun& r : source.runs)
+      if (budget_of(r) == b) {
+        lrs.insert(r.lr);
+        batches.insert(r.batch);
+        by_batch[r.batch].push_back({r.lr, r.loss});
+      }
+    std::string cells;
+    bool at_edge = false;
+    for (const scaling::HparamRun& r : budget.near_optimal) {
+      cells += "(" + html_number(r.batch) + ", " + html_number(r.lr) + ") ";
+      near.x.push_back(r.lr);
+      near.y.push_back(r.loss);
+      at_edge = at_edge || (!lrs.empty() && (r.lr == *lrs.begin() || r.lr == *lrs.rbegin())) ||
+                (!batches.empty() && (r.batch == *batches.begin() || r.batch == *batches.rbegin()));
+    }
+    if (at_edge) cells += "<b>at an edge of the grid: the optimum may lie outside it</b>";
+    out += "<tr><td>" + html_number(budget.compute) + "</td><td>" + std::to_string(budget.runs) +
+           "</td><td>" + html_number(budget.min_loss) + "</td><td>" + cells + "</td></tr>";
+    for (auto& entry : by_batch) {
+      std::sort(entry.second.begin(), entry.second.end());
+      ChartSeries line{
+          "C " + short_number(budget.compute) + ", batch " + short_number(entry.first), {}, {}};
+      for (const auto& point : entry.second) {
+        line.x.push_back(point.first);
+        line.y.push_back(point.second);
+      }
+      lines.push_back(std::move(line));
+    }
+  }
+  out += "</table>";
+  lines.push_back(std::move(near));
+  ChartOptions options;
+  options.title = "Final loss against the learning rate, per budget and batch";
+  options.x_label = "learning rate";
+  options.log_x = true;
+  options.attributes = {{"data-chart", "loss_vs_lr"}};
+  return out + "<div class=\"charts\">" + render_line_chart(lines, options) + "</div>";
+}
+
 std::string render_scaling_section(const std::string& sweep_dir) {
   const std::string runs_path = sweep_dir + "/runs.jsonl";
   const scaling::RunsTable table = scaling::read_runs(runs_path);
@@ -375,7 +458,7 @@ std::string render_scaling_section(const std::string& sweep_dir) {
   const ScalingCharts charts = render_scaling_charts(table, analysis ? &*analysis : nullptr);
   out +=
       "<div class=\"charts\">" + charts.loss_vs_n + charts.loss_vs_d + charts.loss_vs_c + "</div>";
-  return out + "</section>";
+  return out + render_hparams_section(runs_path) + "</section>";
 }
 
 }  // namespace tiller

@@ -7,6 +7,7 @@
 
 #include "common/train/train_config.h"
 #include "common/util/error.h"
+#include "common/util/jsonl.h"
 #include "scaling/lbfgs.h"
 #include "scaling/parallel.h"
 
@@ -50,22 +51,11 @@ void finish_curve_log(CurveLog& log) {
 }  // namespace
 
 CurveLog read_curve_log(const std::string& path) {
-  std::ifstream in(path);
-  check(in.good(), path + ": cannot read (no such file?)");
+  check(std::ifstream(path).good(), path + ": cannot read (no such file?)");
   CurveLog log;
-  std::string line;
-  int64_t line_number = 0;
-  while (std::getline(in, line)) {
-    ++line_number;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json record;
-    try {
-      record = nlohmann::json::parse(line);
-    } catch (const std::exception&) {
-      continue;  // a line cut short by a kill
-    }
-    add_curve_record(log, record, path + ": line " + std::to_string(line_number));
-  }
+  for_each_jsonl_object(path, [&](const nlohmann::json& record, int64_t line) {
+    add_curve_record(log, record, path + ": line " + std::to_string(line));
+  });
   check(!log.points.empty(), path + ": no training-loss lines (\"step\", \"loss\", \"lr\")");
   finish_curve_log(log);
   return log;
@@ -359,17 +349,9 @@ LossForecaster live_loss_forecaster(const ScheduleOptions& schedule, uint64_t se
   return [schedule, seed, bootstrap](const std::string& metrics_path,
                                      const nlohmann::json& record) -> std::optional<LossForecast> {
     CurveLog log;
-    std::ifstream in(metrics_path);
-    std::string line;
-    while (std::getline(in, line)) {
-      nlohmann::json earlier;
-      try {
-        earlier = nlohmann::json::parse(line);
-      } catch (const std::exception&) {
-        continue;
-      }
-      add_curve_record(log, earlier, metrics_path);
-    }
+    for_each_jsonl_object(metrics_path, [&](const nlohmann::json& earlier, int64_t line) {
+      add_curve_record(log, earlier, metrics_path + ": line " + std::to_string(line));
+    });
     add_curve_record(log, record, metrics_path + " (the step being logged)");
     finish_curve_log(log);
     CurveOptions options;

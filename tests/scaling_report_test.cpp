@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -321,6 +322,44 @@ TEST(ScalingReport, SingleDChartsDrawLOfNAndKaplansLawsAndNoChartAlongD) {
   EXPECT_NE(section.find("<h3>L(N) = E + A/N^alpha at D = 2e+08</h3>"), std::string::npos);
   EXPECT_EQ(section.find("data-chart=\"loss_vs_D\""), std::string::npos);
   EXPECT_EQ(section.find("class=\"warning\""), std::string::npos);
+  EXPECT_EQ(section.find("Batch size and learning rate"), std::string::npos);  // no lr grid
+}
+
+// A sweep over an LR x batch grid at three budgets: the report shows DeepSeek's laws, each
+// budget's near-optimal run, says so when that run sits at an edge of its budget's grid, and
+// draws the loss against lr with the near-optimal runs marked.
+TEST(ScalingReport, AnLrBatchSweepShowsTheHparamLawsAndTheNearOptimalRuns) {
+  const std::string dir = test::temp_dir("scaling_hparams_section");
+  std::string text;
+  // The optimum moves with C: lr* = 0.3 C^-0.125 (always the grid's middle lr), and B* near the
+  // grid's 1e5 (its smallest: an edge), 3e5 and 1e6.
+  const std::map<double, double> optimal_batch = {{1e17, 1.1e5}, {1e18, 3.2e5}, {1e19, 1.05e6}};
+  for (const auto& [c, batch_opt] : optimal_batch) {
+    const double lr_opt = 0.3 * std::pow(c, -0.125);
+    for (double lr_factor : {0.25, 0.5, 1.0, 2.0, 4.0})
+      for (double batch : {1e5, 3e5, 1e6, 3e6}) {
+        const double lr = lr_opt * lr_factor;
+        const double loss = 2 + 0.05 * std::pow(std::log(lr_factor), 2) +
+                            0.03 * std::pow(std::log(batch / batch_opt), 2);
+        text += nlohmann::json{{"N", 1e8}, {"D", c / 6e8},          {"C", c},
+                               {"lr", lr}, {"batch_tokens", batch}, {"loss", loss}}
+                    .dump() +
+                "\n";
+      }
+  }
+  std::ofstream(dir + "/runs.jsonl") << text;
+  const std::string section = render_scaling_section(dir);
+  EXPECT_NE(section.find("<h3>Batch size and learning rate (DeepSeek LLM, sec. 3.1)</h3>"),
+            std::string::npos);
+  const size_t budgets = section.find("<table class=\"budgets\">");
+  ASSERT_NE(budgets, std::string::npos);
+  const std::string table = section.substr(budgets, section.find("</table>", budgets) - budgets);
+  EXPECT_EQ(count(table, "<tr>"), 4u);  // the header and three budgets
+  // Only the smallest budget's near-optimal run sits at an edge (the smallest batch).
+  EXPECT_EQ(count(table, "at an edge of the grid"), 1u) << table;
+  EXPECT_NE(section.find("data-chart=\"loss_vs_lr\""), std::string::npos);
+  EXPECT_EQ(count(series_group(section, "near-optimal"), "class=\"marker\""), 3u);
+  EXPECT_EQ(count(section, "data-series=\"C 1e+18, batch 3e+05\""), 1u);
 }
 
 TEST(ScalingReport, ScalingFitHoldsOutTheLargestRunAndRefusesBadInputInOneLine) {

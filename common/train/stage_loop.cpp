@@ -13,6 +13,7 @@
 #include "common/dist/process_group.h"
 #include "common/recipe/stage_io.h"
 #include "common/util/error.h"
+#include "common/util/jsonl.h"
 
 namespace tiller {
 
@@ -117,23 +118,15 @@ namespace {
 // The first forecast metrics.jsonl holds (the one made at train.forecast's fraction, however often
 // the stage was resumed): {"at_step", "forecast_loss", ...}; null when none was made.
 nlohmann::json first_forecast(const std::string& metrics_path) {
-  std::ifstream in(metrics_path);
-  std::string line;
-  while (std::getline(in, line)) {
-    nlohmann::json record;
-    try {
-      record = nlohmann::json::parse(line);
-    } catch (const std::exception&) {
-      continue;
-    }
-    if (!record.is_object() || !record.contains("forecast_loss")) continue;
-    nlohmann::json forecast = {{"at_step", record.value("step", int64_t{0})}};
+  nlohmann::json first;
+  for_each_jsonl_object(metrics_path, [&](const nlohmann::json& record, int64_t) {
+    if (!first.is_null() || !record.contains("forecast_loss")) return;
+    first = {{"at_step", record.value("step", int64_t{0})}};
     for (const char* key : {"forecast_loss", "forecast_loss_low", "forecast_loss_high",
                             "forecast_power_law_loss", "forecast_val_loss", "forecast_determined"})
-      if (record.contains(key)) forecast[key] = record[key];
-    return forecast;
-  }
-  return nullptr;
+      if (record.contains(key)) first[key] = record[key];
+  });
+  return first;
 }
 
 }  // namespace
