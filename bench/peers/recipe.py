@@ -4,8 +4,10 @@ and steps as bench/peers/trl_bench.py gives TRL.
 
     recipe.py KIND --model DIR --data DIR --run-dir DIR --steps N --batch B [--threads T]
               [--seq 256] [--group 8] [--new-tokens 64] [--reward-model DIR]
+    recipe.py init --shape llama-15m --tokenizer tokenizer.model --corpus TEXT --run-dir DIR
 
-KIND: sft, reward, dpo, grpo or ppo. The optimizer is AdamW as TRL's trainers set it up by
+KIND: sft, reward, dpo, grpo or ppo; or init, the pretraining step that writes the model both
+sides start from (--shape, --tokenizer, --corpus). The optimizer is AdamW as TRL's trainers set it up by
 default (betas 0.9/0.999, eps 1e-8, no weight decay, gradient clip 1.0, linear decay, no warm-up)
 at each trainer's default learning rate. Nothing is validated during training, nothing held out.
 Plain Python: runs under any python3.
@@ -31,6 +33,15 @@ def batch_train(args, lr):
 
 
 def stage(args):
+    if args.kind == "init":
+        # The model both sides start from: `--shape` with Tiller's initialisation and the Llama 2
+        # tokenizer, one pretraining step at a negligible learning rate, written as an HF
+        # directory (RUN_DIR/init/final) that transformers loads.
+        return {"name": "init", "type": "pretrain", "model": {"shape": args.shape},
+                "tokenizer": args.tokenizer,
+                "data": {"train": args.corpus, "val_fraction": 0},
+                "train": {"steps": 1, "batch_size": 1, "micro_batch_size": 1, "max_seq_len": 64,
+                          "lr": 1e-9}}
     pairs = {"train": args.data + "/pairs.jsonl", "format": "preference", "template": "plain",
              "val_fraction": 0}
     if args.kind == "sft":
@@ -88,12 +99,15 @@ def stage(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["sft", "reward", "dpo", "grpo", "ppo"])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--data", required=True)
+    parser.add_argument("kind", choices=["init", "sft", "reward", "dpo", "grpo", "ppo"])
+    parser.add_argument("--model", help="the HF directory both sides start from")
+    parser.add_argument("--data", help="make_data.py's output directory")
+    parser.add_argument("--shape", default="llama-15m", help="init: the built-in shape")
+    parser.add_argument("--tokenizer", help="init: a tokenizer.model of the shape's vocabulary")
+    parser.add_argument("--corpus", help="init: a text file for the one pretraining step")
     parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--batch", type=int, required=True,
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1,
                         help="sequences (sft), pairs (reward, dpo) or episodes (grpo) per step")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seq", type=int, default=256)
