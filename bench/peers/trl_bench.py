@@ -8,7 +8,8 @@ measured against (bench/peers/recipe.py, data from bench/peers/make_data.py).
 KIND: sft (SFTTrainer), reward (RewardTrainer), dpo (DPOTrainer, precompute_ref_log_probs=True),
 grpo (GRPOTrainer: transformers generation, no vLLM), ppo (trl.experimental.ppo.PPOTrainer).
 Each trainer runs with TRL's defaults except what must match Tiller's side: batch, lengths, steps,
-threads, no saving during the run, no progress bar. Prints one JSON object: seconds per step
+threads, a checkpoint at the last step and the final model saved (as Tiller's stage ends), no
+progress bar. Prints one JSON object: seconds per step
 (the mean of the steps after the first, which is a warm-up, as on Tiller's side), tokens per step
 and per second, peak RSS, the versions. Runs in .venv-peers (scripts/setup_peers.sh).
 """
@@ -71,11 +72,14 @@ def tokenizer_of(model_dir):
 
 
 def common_args(args, output_dir):
-    """TrainingArguments every trainer shares here (the rest are each trainer's defaults)."""
+    """TrainingArguments every trainer shares here (the rest are each trainer's defaults). A
+    checkpoint (model, optimizer, scheduler, RNG) at the last step, then the model alone, as
+    Tiller's stage ends with a checkpoint and final/: the peak RSS then counts the same saves on
+    both sides (neither is in the steps' time: the trainer saves after on_step_end)."""
     return dict(output_dir=output_dir, per_device_train_batch_size=args.batch,
-                gradient_accumulation_steps=1, max_steps=args.steps, save_strategy="no",
-                report_to="none", use_cpu=True, seed=1, disable_tqdm=True, logging_steps=1,
-                dataloader_num_workers=0)
+                gradient_accumulation_steps=1, max_steps=args.steps, save_strategy="steps",
+                save_steps=args.steps, report_to="none", use_cpu=True, seed=1, disable_tqdm=True,
+                logging_steps=1, dataloader_num_workers=0)
 
 
 def sft_trainer(args, output_dir):
@@ -216,6 +220,7 @@ def main():
         with contextlib.redirect_stdout(sys.stderr):  # the trainer's log lines: stdout is the JSON
             trainer.train()
         total = time.perf_counter() - started
+        trainer.save_model(os.path.join(output_dir, "final"))
     timed = timer.seconds[1:]
     step_s = sum(timed) / len(timed)
     print(json.dumps({
