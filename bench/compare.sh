@@ -3,10 +3,21 @@
 # run alternately (tiller, reference, tiller, reference, ...) so that a change in the machine's
 # load hits both sides alike; each side's best round counts. Prints the ratios. By hand, not CI:
 #   bash bench/compare.sh [--threads N] [--rounds N] [--quick] [--train-124m]
+#   bash bench/compare.sh --peers [...]   TRL's trainers instead (bench/peers/compare_peers.sh)
 # Needs build/tiller (scripts/build.sh) and Debian's python3-torch (apt-get install
 # python3-torch: the same LibTorch 1.13.1). The machine should be otherwise idle (see `uptime`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# --peers: Tiller's stages against TRL's trainers, the other side of the comparison (its own
+# script, its own virtual environment); the rows below are the eager reference's.
+for arg in "$@"; do
+  if [ "$arg" = --peers ]; then
+    args=()
+    for a in "$@"; do [ "$a" = --peers ] || args+=("$a"); done
+    exec bash bench/peers/compare_peers.sh "${args[@]}"
+  fi
+done
 
 threads=$(nproc)
 rounds=2

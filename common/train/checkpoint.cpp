@@ -142,9 +142,17 @@ void save_checkpoint(const std::string& dir, const CheckpointParts& parts,
   for (const auto& [part, model] : parts.models)
     model_weights.push_back(has_lora(*model) ? lora_weights(*model) : model->named_weights());
   std::vector<std::vector<std::string>> optimizer_states;
-  for (const auto& [part, optimizer] : parts.optimizers)
-    optimizer_states.push_back(
-        dist::all_gather_bytes(optimizer->tensor_parallel(), optimizer->gathered_state()));
+  for (const auto& [part, optimizer] : parts.optimizers) {
+    std::string state = optimizer->gathered_state();
+    // Without tensor parallelism the state moves in: a gather of one would copy its hundreds
+    // of MB, which was the peak memory of a stage's end.
+    if (optimizer->tensor_parallel().single()) {
+      optimizer_states.emplace_back();
+      optimizer_states.back().push_back(std::move(state));
+    } else {
+      optimizer_states.push_back(dist::all_gather_bytes(optimizer->tensor_parallel(), state));
+    }
+  }
   const dist::Group& world = dist::world();
   std::string failure;
   if (world.rank() == 0) {
