@@ -10,6 +10,11 @@
 // outputs and gradients within float rounding (tests/fused_linear_test.cpp). Frozen weights
 // stored narrower than the input (a LoRA's bf16 base, common/model/lora.h) are widened to the
 // input's dtype for each multiply, forward and backward, outside autocast.
+//
+// Under bf16 autocast on a CPU with fast bf16 (common/model/bf16_matmul.h), project() multiplies
+// bf16 operands as autocast would, but sums and returns in fp32, forward and backward: the layers
+// around it (fused RMSNorm, rotary, attention, the loss) then keep their fp32 kernels instead of
+// LibTorch's bf16 formulas and the casts between them, and no product is rounded to bf16.
 #pragma once
 #include <torch/torch.h>
 
