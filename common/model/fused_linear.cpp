@@ -132,9 +132,8 @@ struct WidenedLinear : torch::autograd::Function<WidenedLinear> {
   }
 };
 
-std::vector<torch::Tensor> project_widened(const torch::Tensor& input,
-                                           const std::vector<torch::Tensor>& weights,
-                                           const std::vector<torch::Tensor>& biases) {
+torch::Tensor project_widened(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                              const std::vector<torch::Tensor>& biases) {
   for (const auto& w : weights)
     check(!w.requires_grad(), std::string("project: a weight stored in ") +
                                   c10::toString(w.scalar_type()) + " under a " +
@@ -145,10 +144,7 @@ std::vector<torch::Tensor> project_widened(const torch::Tensor& input,
   auto joined = tracked ? WidenedLinear::apply(input, narrow)
                         : multiply(input, narrow.to(input.scalar_type()), torch::Tensor());
   if (!biases.empty()) joined = joined + torch::cat(biases);  // fp32, and may train
-  std::vector<int64_t> rows;
-  for (const auto& w : weights) rows.push_back(w.size(0));
-  if (weights.size() == 1) return {joined};
-  return joined.split_with_sizes(rows, -1);
+  return joined;
 }
 
 // bf16 and contiguous (a copy unless it already is).
@@ -249,57 +245,82 @@ bool bf16_autocast_product(const torch::Tensor& input, const std::vector<torch::
   return bf16_matmul_available();
 }
 
-std::vector<torch::Tensor> project_bf16(const torch::Tensor& input,
-                                        const std::vector<torch::Tensor>& weights,
-                                        const std::vector<torch::Tensor>& biases) {
+torch::Tensor project_bf16(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                           const std::vector<torch::Tensor>& biases) {
   bool tracked = false;
   if (torch::GradMode::is_enabled()) {
     tracked = input.requires_grad();
     for (const auto& t : weights) tracked = tracked || t.requires_grad();
     for (const auto& t : biases) tracked = tracked || t.requires_grad();
   }
-  const auto joined =
-      tracked ? Bf16Linear::apply(input, torch::TensorList(weights), torch::TensorList(biases))
-              : bf16_product(to_bf16(input.reshape({-1, input.size(-1)})), bf16_rows(weights),
-                             biases, input.sizes());
-  if (weights.size() == 1) return {joined};
-  std::vector<int64_t> rows;
-  for (const auto& w : weights) rows.push_back(w.size(0));
-  return joined.split_with_sizes(rows, -1);
+  return tracked ? Bf16Linear::apply(input, torch::TensorList(weights), torch::TensorList(biases))
+                 : bf16_product(to_bf16(input.reshape({-1, input.size(-1)})), bf16_rows(weights),
+                                biases, input.sizes());
+}
+
+// Whether the back-to-back weights can be multiplied as one matrix in the input's dtype: not
+// under autocast (without fast bf16 it chooses each matmul's dtype itself), nor off the CPU.
+bool fusable_in_place(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                      const std::vector<torch::Tensor>& biases) {
+  return input.device().is_cpu() && !compat::cpu_autocast_enabled() &&
+         input.scalar_type() == weights[0].scalar_type() && stored_back_to_back(weights) &&
+         (biases.empty() || stored_back_to_back(biases));
+}
+
+// One F::linear per layer: autocast without fast bf16, CUDA, parts not back to back.
+std::vector<torch::Tensor> separate_linears(const torch::Tensor& input,
+                                            const std::vector<torch::Tensor>& weights,
+                                            const std::vector<torch::Tensor>& biases) {
+  std::vector<torch::Tensor> out;
+  for (size_t i = 0; i < weights.size(); ++i)
+    out.push_back(F::linear(input, weights[i], biases.empty() ? torch::Tensor() : biases[i]));
+  return out;
+}
+
+// The product by the back-to-back weights in one multiply (one path of project_joined).
+torch::Tensor project_fused(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                            const std::vector<torch::Tensor>& biases) {
+  bool tracked = false;
+  if (torch::GradMode::is_enabled()) {
+    tracked = input.requires_grad();
+    for (const auto& t : weights) tracked = tracked || t.requires_grad();
+    for (const auto& t : biases) tracked = tracked || t.requires_grad();
+  }
+  return tracked
+             ? FusedLinear::apply(input, torch::TensorList(weights), torch::TensorList(biases))
+             : multiply(input, whole(weights), biases.empty() ? torch::Tensor() : whole(biases));
+}
+
+bool widened(const torch::Tensor& input, const std::vector<torch::Tensor>& weights) {
+  return weights[0].scalar_type() != input.scalar_type() &&
+         !compat::autocast_enabled(input.device());
 }
 
 }  // namespace
 
+torch::Tensor project_joined(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                             const std::vector<torch::Tensor>& biases) {
+  check(!weights.empty(), "project: no weights");
+  check(biases.empty() || biases.size() == weights.size(), "project: one bias per weight");
+  if (bf16_autocast_product(input, weights, biases)) return project_bf16(input, weights, biases);
+  if (widened(input, weights)) return project_widened(input, weights, biases);
+  if (fusable_in_place(input, weights, biases)) return project_fused(input, weights, biases);
+  const auto parts = separate_linears(input, weights, biases);
+  return parts.size() == 1 ? parts[0] : torch::cat(parts, -1);
+}
+
 std::vector<torch::Tensor> project(const torch::Tensor& input,
                                    const std::vector<torch::Tensor>& weights,
                                    const std::vector<torch::Tensor>& biases) {
+  check(!weights.empty(), "project: no weights");
   check(biases.empty() || biases.size() == weights.size(), "project: one bias per weight");
-  if (bf16_autocast_product(input, weights, biases)) return project_bf16(input, weights, biases);
-  if (!weights.empty() && weights[0].scalar_type() != input.scalar_type() &&
-      !compat::autocast_enabled(input.device()))
-    return project_widened(input, weights, biases);
-  const bool fusable =
-      !weights.empty() && input.device().is_cpu() && !compat::cpu_autocast_enabled() &&
-      input.scalar_type() == weights[0].scalar_type() && stored_back_to_back(weights) &&
-      (biases.empty() || stored_back_to_back(biases));
-  if (!fusable) {
-    std::vector<torch::Tensor> out;
-    for (size_t i = 0; i < weights.size(); ++i)
-      out.push_back(F::linear(input, weights[i], biases.empty() ? torch::Tensor() : biases[i]));
-    return out;
-  }
+  if (!bf16_autocast_product(input, weights, biases) && !widened(input, weights) &&
+      !fusable_in_place(input, weights, biases))
+    return separate_linears(input, weights, biases);
+  const auto joined = project_joined(input, weights, biases);
+  if (weights.size() == 1) return {joined};
   std::vector<int64_t> rows;
   for (const auto& w : weights) rows.push_back(w.size(0));
-  bool tracked = false;
-  if (torch::GradMode::is_enabled()) {
-    tracked = input.requires_grad();
-    for (const auto& t : weights) tracked = tracked || t.requires_grad();
-    for (const auto& t : biases) tracked = tracked || t.requires_grad();
-  }
-  const auto joined =
-      tracked ? FusedLinear::apply(input, torch::TensorList(weights), torch::TensorList(biases))
-              : multiply(input, whole(weights), biases.empty() ? torch::Tensor() : whole(biases));
-  if (weights.size() == 1) return {joined};
   return joined.split_with_sizes(rows, -1);
 }
 

@@ -35,6 +35,12 @@ std::vector<torch::Tensor> project(const torch::Tensor& input,
                                    const std::vector<torch::Tensor>& weights,
                                    const std::vector<torch::Tensor>& biases);
 
+// The same products as one tensor, [..., sum of out_i], the layers' outputs side by side in order
+// (what project() splits): a consumer of all of them, such as SwiGLU on gate and up, then takes
+// one tensor and hands back one gradient, not one per layer to be joined again.
+torch::Tensor project_joined(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                             const std::vector<torch::Tensor>& biases);
+
 // One linear layer without bias, input [..., in] x weight [out, in] -> [..., out], by the same
 // path: its weight gradient comes back laid out like the weight. LibTorch's linear hands back the
 // transpose of a contiguous matrix instead, which AccumulateGrad then copies across strides, and
