@@ -124,6 +124,15 @@ inline bool cpu_autocast_enabled() {
 #endif
 }
 
+// Whether autocast is on for CPU in this thread and lowers to bf16 (the dtype AutocastGuard sets).
+inline bool cpu_autocast_bf16() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  return cpu_autocast_enabled() && at::autocast::get_autocast_dtype(at::kCPU) == at::kBFloat16;
+#else
+  return cpu_autocast_enabled() && at::autocast::get_autocast_cpu_dtype() == at::kBFloat16;
+#endif
+}
+
 // Whether autocast is on for `device`'s type in this thread.
 inline bool autocast_enabled(const torch::Device& device) {
   if (!device.is_cuda()) return cpu_autocast_enabled();

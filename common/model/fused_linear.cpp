@@ -2,6 +2,7 @@
 
 #include <numeric>
 
+#include "common/model/bf16_matmul.h"
 #include "common/torch_compat.h"
 #include "common/util/error.h"
 
@@ -131,9 +132,8 @@ struct WidenedLinear : torch::autograd::Function<WidenedLinear> {
   }
 };
 
-std::vector<torch::Tensor> project_widened(const torch::Tensor& input,
-                                           const std::vector<torch::Tensor>& weights,
-                                           const std::vector<torch::Tensor>& biases) {
+torch::Tensor project_widened(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                              const std::vector<torch::Tensor>& biases) {
   for (const auto& w : weights)
     check(!w.requires_grad(), std::string("project: a weight stored in ") +
                                   c10::toString(w.scalar_type()) + " under a " +
@@ -144,43 +144,183 @@ std::vector<torch::Tensor> project_widened(const torch::Tensor& input,
   auto joined = tracked ? WidenedLinear::apply(input, narrow)
                         : multiply(input, narrow.to(input.scalar_type()), torch::Tensor());
   if (!biases.empty()) joined = joined + torch::cat(biases);  // fp32, and may train
-  std::vector<int64_t> rows;
-  for (const auto& w : weights) rows.push_back(w.size(0));
-  if (weights.size() == 1) return {joined};
-  return joined.split_with_sizes(rows, -1);
+  return joined;
 }
 
-}  // namespace
+// bf16 and contiguous (a copy unless it already is).
+torch::Tensor to_bf16(const torch::Tensor& t) {
+  auto out = t.to(torch::kBFloat16);
+  return out.is_contiguous() ? out : out.contiguous();
+}
 
-std::vector<torch::Tensor> project(const torch::Tensor& input,
-                                   const std::vector<torch::Tensor>& weights,
-                                   const std::vector<torch::Tensor>& biases) {
-  check(biases.empty() || biases.size() == weights.size(), "project: one bias per weight");
-  if (!weights.empty() && weights[0].scalar_type() != input.scalar_type() &&
-      !compat::autocast_enabled(input.device()))
-    return project_widened(input, weights, biases);
-  const bool fusable =
-      !weights.empty() && input.device().is_cpu() && !compat::cpu_autocast_enabled() &&
-      input.scalar_type() == weights[0].scalar_type() && stored_back_to_back(weights) &&
-      (biases.empty() || stored_back_to_back(biases));
-  if (!fusable) {
-    std::vector<torch::Tensor> out;
-    for (size_t i = 0; i < weights.size(); ++i)
-      out.push_back(F::linear(input, weights[i], biases.empty() ? torch::Tensor() : biases[i]));
+// The weights as one bf16 [sum out_i, in] matrix: one cast of the shared buffer when they lie
+// back to back, else of their concatenation.
+torch::Tensor bf16_rows(torch::TensorList weights) {
+  if (stored_back_to_back(weights.vec())) return to_bf16(whole(weights));
+  std::vector<torch::Tensor> parts;
+  for (const auto& w : weights) parts.push_back(w.detach());
+  return to_bf16(torch::cat(parts));
+}
+
+// input [N, in] bf16 x weight [out, in] bf16 -> [..., out] fp32 (`sizes` the input's), plus the
+// biases in fp32.
+torch::Tensor bf16_product(const torch::Tensor& flat, const torch::Tensor& weight,
+                           torch::TensorList biases, torch::IntArrayRef sizes) {
+  auto out = bf16_matmul(flat, false, weight, true);
+  if (!biases.empty()) out.add_(whole(biases).to(torch::kFloat));
+  auto shape = sizes.vec();
+  shape.back() = weight.size(0);
+  return out.view(shape);
+}
+
+// Under bf16 autocast on a CPU with fast bf16: the operands rounded to bf16 as autocast rounds
+// them, the sums kept in fp32 (bf16_matmul) and returned in fp32, where autocast's linear would
+// round them to bf16 too. Forward one multiply; backward the output's gradient rounded to bf16
+// once for the input's gradient and the weights'. Saves the input and weights in bf16.
+struct Bf16Linear : torch::autograd::Function<Bf16Linear> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& input,
+                               torch::TensorList weights, torch::TensorList biases) {
+    const auto flat = to_bf16(input.reshape({-1, input.size(-1)}));
+    const auto weight = bf16_rows(weights);
+    std::vector<int64_t> rows;
+    for (const auto& w : weights) rows.push_back(w.size(0));
+    bool weights_train = false;
+    for (const auto& w : weights) weights_train = weights_train || w.requires_grad();
+    for (const auto& b : biases) weights_train = weights_train || b.requires_grad();
+    ctx->saved_data["rows"] = rows;
+    ctx->saved_data["biased"] = !biases.empty();
+    ctx->saved_data["weights_train"] = weights_train;
+    ctx->saved_data["input_sizes"] = input.sizes().vec();
+    ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
+    ctx->save_for_backward({weights_train ? flat : torch::Tensor(), weight});
+    return bf16_product(flat, weight, biases, input.sizes());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& flat = saved[0];
+    const auto& weight = saved[1];
+    const auto rows = ctx->saved_data["rows"].toIntVector();
+    const bool biased = ctx->saved_data["biased"].toBool();
+    const auto grad = grad_outputs[0].reshape({-1, rows_of(rows)});
+    const auto narrow_grad = to_bf16(grad);
+    torch::autograd::variable_list out;
+    if (ctx->needs_input_grad(0)) {
+      const auto dtype = static_cast<torch::ScalarType>(ctx->saved_data["input_dtype"].toInt());
+      out.push_back(bf16_matmul(narrow_grad, false, weight, false)
+                        .view(ctx->saved_data["input_sizes"].toIntVector())
+                        .to(dtype));
+    } else {
+      out.emplace_back();
+    }
+    if (!ctx->saved_data["weights_train"].toBool()) {
+      out.resize(1 + rows.size() * (biased ? 2 : 1));  // undefined: no gradient
+      return out;
+    }
+    const auto weight_grad = bf16_matmul(narrow_grad, true, flat, false);  // [out, in]
+    for (auto& part : weight_grad.split_with_sizes(rows, 0)) out.push_back(part);
+    if (biased)
+      for (auto& part : grad.to(torch::kFloat).sum(0).split_with_sizes(rows, 0))
+        out.push_back(part);
     return out;
   }
-  std::vector<int64_t> rows;
-  for (const auto& w : weights) rows.push_back(w.size(0));
+};
+
+// Whether project() takes Bf16Linear: bf16 autocast on the CPU, fp32 (master) or bf16 (a LoRA's
+// frozen base) weights, and bf16_matmul available.
+bool bf16_autocast_product(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                           const std::vector<torch::Tensor>& biases) {
+  if (weights.empty() || !input.device().is_cpu() || !compat::cpu_autocast_bf16()) return false;
+  const auto floating = [](const torch::Tensor& t) {
+    return t.device().is_cpu() &&
+           (t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16);
+  };
+  if (!floating(input)) return false;
+  for (const auto& w : weights)
+    if (!floating(w) || w.dim() != 2) return false;
+  for (const auto& b : biases)
+    if (!floating(b)) return false;
+  if (!biases.empty() && !stored_back_to_back(biases)) return false;
+  return bf16_matmul_available();
+}
+
+torch::Tensor project_bf16(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                           const std::vector<torch::Tensor>& biases) {
   bool tracked = false;
   if (torch::GradMode::is_enabled()) {
     tracked = input.requires_grad();
     for (const auto& t : weights) tracked = tracked || t.requires_grad();
     for (const auto& t : biases) tracked = tracked || t.requires_grad();
   }
-  const auto joined =
-      tracked ? FusedLinear::apply(input, torch::TensorList(weights), torch::TensorList(biases))
-              : multiply(input, whole(weights), biases.empty() ? torch::Tensor() : whole(biases));
+  return tracked ? Bf16Linear::apply(input, torch::TensorList(weights), torch::TensorList(biases))
+                 : bf16_product(to_bf16(input.reshape({-1, input.size(-1)})), bf16_rows(weights),
+                                biases, input.sizes());
+}
+
+// Whether the back-to-back weights can be multiplied as one matrix in the input's dtype: not
+// under autocast (without fast bf16 it chooses each matmul's dtype itself), nor off the CPU.
+bool fusable_in_place(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                      const std::vector<torch::Tensor>& biases) {
+  return input.device().is_cpu() && !compat::cpu_autocast_enabled() &&
+         input.scalar_type() == weights[0].scalar_type() && stored_back_to_back(weights) &&
+         (biases.empty() || stored_back_to_back(biases));
+}
+
+// One F::linear per layer: autocast without fast bf16, CUDA, parts not back to back.
+std::vector<torch::Tensor> separate_linears(const torch::Tensor& input,
+                                            const std::vector<torch::Tensor>& weights,
+                                            const std::vector<torch::Tensor>& biases) {
+  std::vector<torch::Tensor> out;
+  for (size_t i = 0; i < weights.size(); ++i)
+    out.push_back(F::linear(input, weights[i], biases.empty() ? torch::Tensor() : biases[i]));
+  return out;
+}
+
+// The product by the back-to-back weights in one multiply (one path of project_joined).
+torch::Tensor project_fused(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                            const std::vector<torch::Tensor>& biases) {
+  bool tracked = false;
+  if (torch::GradMode::is_enabled()) {
+    tracked = input.requires_grad();
+    for (const auto& t : weights) tracked = tracked || t.requires_grad();
+    for (const auto& t : biases) tracked = tracked || t.requires_grad();
+  }
+  return tracked
+             ? FusedLinear::apply(input, torch::TensorList(weights), torch::TensorList(biases))
+             : multiply(input, whole(weights), biases.empty() ? torch::Tensor() : whole(biases));
+}
+
+bool widened(const torch::Tensor& input, const std::vector<torch::Tensor>& weights) {
+  return weights[0].scalar_type() != input.scalar_type() &&
+         !compat::autocast_enabled(input.device());
+}
+
+}  // namespace
+
+torch::Tensor project_joined(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                             const std::vector<torch::Tensor>& biases) {
+  check(!weights.empty(), "project: no weights");
+  check(biases.empty() || biases.size() == weights.size(), "project: one bias per weight");
+  if (bf16_autocast_product(input, weights, biases)) return project_bf16(input, weights, biases);
+  if (widened(input, weights)) return project_widened(input, weights, biases);
+  if (fusable_in_place(input, weights, biases)) return project_fused(input, weights, biases);
+  const auto parts = separate_linears(input, weights, biases);
+  return parts.size() == 1 ? parts[0] : torch::cat(parts, -1);
+}
+
+std::vector<torch::Tensor> project(const torch::Tensor& input,
+                                   const std::vector<torch::Tensor>& weights,
+                                   const std::vector<torch::Tensor>& biases) {
+  check(!weights.empty(), "project: no weights");
+  check(biases.empty() || biases.size() == weights.size(), "project: one bias per weight");
+  if (!bf16_autocast_product(input, weights, biases) && !widened(input, weights) &&
+      !fusable_in_place(input, weights, biases))
+    return separate_linears(input, weights, biases);
+  const auto joined = project_joined(input, weights, biases);
   if (weights.size() == 1) return {joined};
+  std::vector<int64_t> rows;
+  for (const auto& w : weights) rows.push_back(w.size(0));
   return joined.split_with_sizes(rows, -1);
 }
 

@@ -10,6 +10,11 @@
 // outputs and gradients within float rounding (tests/fused_linear_test.cpp). Frozen weights
 // stored narrower than the input (a LoRA's bf16 base, common/model/lora.h) are widened to the
 // input's dtype for each multiply, forward and backward, outside autocast.
+//
+// Under bf16 autocast on a CPU with fast bf16 (common/model/bf16_matmul.h), project() multiplies
+// bf16 operands as autocast would, but sums and returns in fp32, forward and backward: the layers
+// around it (fused RMSNorm, rotary, attention, the loss) then keep their fp32 kernels instead of
+// LibTorch's bf16 formulas and the casts between them, and no product is rounded to bf16.
 #pragma once
 #include <torch/torch.h>
 
@@ -29,6 +34,12 @@ bool stored_back_to_back(const std::vector<torch::Tensor>& parts);
 std::vector<torch::Tensor> project(const torch::Tensor& input,
                                    const std::vector<torch::Tensor>& weights,
                                    const std::vector<torch::Tensor>& biases);
+
+// The same products as one tensor, [..., sum of out_i], the layers' outputs side by side in order
+// (what project() splits): a consumer of all of them, such as SwiGLU on gate and up, then takes
+// one tensor and hands back one gradient, not one per layer to be joined again.
+torch::Tensor project_joined(const torch::Tensor& input, const std::vector<torch::Tensor>& weights,
+                             const std::vector<torch::Tensor>& biases);
 
 // One linear layer without bias, input [..., in] x weight [out, in] -> [..., out], by the same
 // path: its weight gradient comes back laid out like the weight. LibTorch's linear hands back the

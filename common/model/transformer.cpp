@@ -7,6 +7,7 @@
 #include "common/model/fused_linear.h"
 #include "common/model/fused_rms_norm.h"
 #include "common/model/fused_rotary.h"
+#include "common/model/fused_swiglu.h"
 #include "common/model/lora.h"
 #include "common/torch_compat.h"
 #include "common/util/error.h"
@@ -180,10 +181,16 @@ void MLPImpl::fuse_projections() {
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
   const auto input = dist::copy_to_tensor_parallel(x, tp);  // column-parallel gate/up
   if (observer != nullptr) (*observer)(ProjectionInput::mlp, input);
-  const auto gate_up = project(input, {gate_proj->weight, up_proj->weight}, {});
-  const auto gate = adapted(lora, layer_index, "gate_proj", gate_up[0], input);
-  const auto up = adapted(lora, layer_index, "up_proj", gate_up[1], input);
-  const auto hidden = F::silu(gate) * up;
+  torch::Tensor hidden;
+  if (lora != nullptr && (lora->find(layer_index, "gate_proj") != nullptr ||
+                          lora->find(layer_index, "up_proj") != nullptr)) {
+    const auto gate_up = project(input, {gate_proj->weight, up_proj->weight}, {});
+    const auto gate = adapted(lora, layer_index, "gate_proj", gate_up[0], input);
+    const auto up = adapted(lora, layer_index, "up_proj", gate_up[1], input);
+    hidden = swiglu(torch::cat({gate, up}, -1));  // as below, so an adapter at zero changes nothing
+  } else {
+    hidden = swiglu(project_joined(input, {gate_proj->weight, up_proj->weight}, {}));
+  }
   if (observer != nullptr) (*observer)(ProjectionInput::mlp_hidden, hidden);
   // Row-parallel down_proj, as o_proj.
   return dist::reduce_from_tensor_parallel(

@@ -1,21 +1,12 @@
 #include "common/train/precision.h"
 
-#include <fstream>
-
+#include "common/model/bf16_matmul.h"
 #include "common/util/error.h"
 
 namespace tiller {
 
 bool bf16_supported(const torch::Device& device) {
-  if (device.is_cuda()) return true;
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    if (line.rfind("flags", 0) != 0) continue;
-    return line.find(" avx512_bf16") != std::string::npos ||
-           line.find(" amx_bf16") != std::string::npos;
-  }
-  return false;
+  return device.is_cuda() || cpu_has_fast_bf16();
 }
 
 bool use_bf16(const std::string& precision, const torch::Device& device) {
