@@ -69,6 +69,12 @@ torch::Tensor multiply(const torch::Tensor& input, const torch::Tensor& weight,
   return out.view(shape);
 }
 
+// Appends a gradient of the joined weights (or biases) to `out`, one part per fused matrix.
+void append_parts(torch::autograd::variable_list& out, const torch::Tensor& joined,
+                  const std::vector<int64_t>& rows) {
+  for (auto& part : joined.split_with_sizes(rows, 0)) out.push_back(part);
+}
+
 // One matrix multiply forward; backward, one for the input's gradient and one for all the
 // weights' gradients, handed to each weight as its rows.
 struct FusedLinear : torch::autograd::Function<FusedLinear> {
@@ -104,10 +110,8 @@ struct FusedLinear : torch::autograd::Function<FusedLinear> {
       out.resize(1 + rows.size() * (biased ? 2 : 1));  // undefined: no gradient
       return out;
     }
-    const auto weight_grad = grad.t().mm(input.reshape({-1, input.size(-1)}));
-    for (auto& part : weight_grad.split_with_sizes(rows, 0)) out.push_back(part);
-    if (biased)
-      for (auto& part : grad.sum(0).split_with_sizes(rows, 0)) out.push_back(part);
+    append_parts(out, grad.t().mm(input.reshape({-1, input.size(-1)})), rows);
+    if (biased) append_parts(out, grad.sum(0), rows);
     return out;
   }
 };
@@ -218,11 +222,8 @@ struct Bf16Linear : torch::autograd::Function<Bf16Linear> {
       out.resize(1 + rows.size() * (biased ? 2 : 1));  // undefined: no gradient
       return out;
     }
-    const auto weight_grad = bf16_matmul(narrow_grad, true, flat, false);  // [out, in]
-    for (auto& part : weight_grad.split_with_sizes(rows, 0)) out.push_back(part);
-    if (biased)
-      for (auto& part : grad.to(torch::kFloat).sum(0).split_with_sizes(rows, 0))
-        out.push_back(part);
+    append_parts(out, bf16_matmul(narrow_grad, true, flat, false), rows);  // [out, in]
+    if (biased) append_parts(out, grad.to(torch::kFloat).sum(0), rows);
     return out;
   }
 };
