@@ -5,6 +5,7 @@
 #include <torch/version.h>
 
 #include <cstdint>
+#include <sstream>
 #include <string>
 #include <type_traits>
 
@@ -38,7 +39,11 @@ inline at::Generator make_cpu_generator(uint64_t seed) {
 inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& allowed) {
 #if TORCH_VERSION_MAJOR >= 2
-  return at::scaled_dot_product_attention(q, k, v, allowed);
+  // A fully masked row (a padding query) attends to every key instead, and its output is zeroed:
+  // as below, without the NaN that the backward pass would carry into every gradient.
+  const auto row_masked = allowed.logical_not().all(-1, /*keepdim=*/true);
+  return at::scaled_dot_product_attention(q, k, v, allowed.logical_or(row_masked))
+      .masked_fill(row_masked, 0.0);
 #else
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;
@@ -56,7 +61,9 @@ template <typename StateMap>
 typename StateMap::key_type optimizer_state_key(const StateMap&, const at::Tensor& param) {
   using Key = typename StateMap::key_type;
   if constexpr (std::is_same_v<Key, std::string>) {
-    return c10::guts::to_string(param.unsafeGetTensorImpl());
+    std::ostringstream address;  // what 1.13's c10::guts::to_string (gone in 2.x) printed
+    address << param.unsafeGetTensorImpl();
+    return address.str();
   } else {
     return static_cast<Key>(param.unsafeGetTensorImpl());
   }

@@ -7,6 +7,7 @@
 #ifndef USE_C10D_NCCL
 #define USE_C10D_NCCL
 #endif
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -25,6 +26,7 @@ namespace tiller::dist {
 
 struct Group::Backend {
   c10::intrusive_ptr<compat::CollectiveBackend> collectives;
+  torch::Device device{torch::kCPU};  // where its collectives' tensors live (the run's device)
 };
 
 Group make_group(std::shared_ptr<Group::Backend> backend, int rank, int size,
@@ -198,11 +200,18 @@ bool is_loopback(const std::string& addr) {
   return addr == "localhost" || addr.rfind("127.", 0) == 0 || addr == "::1";
 }
 
+// TILLER_DIST_BACKEND=gloo keeps Gloo on CUDA tensors: with one GPU, several ranks can share it
+// and prove the device-side collective code (NCCL refuses two ranks on one device).
+bool gloo_on_cuda() {
+  const char* backend = std::getenv("TILLER_DIST_BACKEND");
+  return backend != nullptr && std::string(backend) == "gloo";
+}
+
 c10::intrusive_ptr<compat::CollectiveBackend> make_backend(
     const c10::intrusive_ptr<c10d::Store>& store, int rank, int size) {
   World& w = the_world();
   const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(w.options.timeout);
-  if (w.options.device.rfind("cuda", 0) == 0) {
+  if (w.options.device.rfind("cuda", 0) == 0 && !gloo_on_cuda()) {
 #if defined(TILLER_WITH_CUDA)
     auto options = c10d::ProcessGroupNCCL::Options::create();
     options->timeout = timeout;
@@ -258,16 +267,21 @@ void Group::barrier() const {
   run_collective("barrier", name_, [&] { return backend_->collectives->barrier(); });
 }
 
+torch::Device Group::device() const {
+  return backend_ ? backend_->device : torch::Device(torch::kCPU);
+}
+
 std::vector<double> Group::sum(std::vector<double> values) const {
   if (single() || values.empty()) return values;
-  auto t = torch::tensor(values, torch::kDouble);
+  auto t = torch::tensor(values, torch::kDouble).to(device());
   all_reduce(t, Reduce::Sum);
+  t = t.cpu();
   return {t.data_ptr<double>(), t.data_ptr<double>() + t.numel()};
 }
 
 double Group::max(double value) const {
   if (single()) return value;
-  auto t = torch::tensor({value}, torch::kDouble);
+  auto t = torch::tensor({value}, torch::kDouble).to(device());
   all_reduce(t, Reduce::Max);
   return t.item<double>();
 }
@@ -284,6 +298,9 @@ torch::Tensor gather_rows(const Group& group, const torch::Tensor& local, int64_
   if (group.single()) return local;
   if (local.scalar_type() == torch::kBool)  // Gloo has no bool
     return gather_rows(group, local.to(torch::kUInt8), total_rows).to(torch::kBool);
+  // Gathered on the group's device, returned on the tensor's own (host scores under NCCL).
+  if (local.device() != group.device())
+    return gather_rows(group, local.to(group.device()), total_rows).to(local.device());
   const int64_t widest = shard_of(total_rows, 0, group.size()).count;
   auto padded = local;
   if (local.size(0) < widest) {
@@ -300,19 +317,44 @@ torch::Tensor gather_rows(const Group& group, const torch::Tensor& local, int64_
 
 std::vector<std::string> all_gather_bytes(const Group& group, const std::string& bytes) {
   if (group.single()) return {bytes};
-  const auto lengths = group.all_gather(torch::tensor({static_cast<int64_t>(bytes.size())}));
-  int64_t widest = 1;  // Gloo divides by the element count: never gather empty tensors
-  for (const auto& n : lengths) widest = std::max(widest, n.item<int64_t>());
+  // Lengths and bytes travel as tensors on the group's device (NCCL takes no host tensors).
+  const auto on_device = [&](const torch::Tensor& t) { return t.to(group.device()); };
+  std::vector<int64_t> lengths;
+  for (const auto& n :
+       group.all_gather(on_device(torch::tensor({static_cast<int64_t>(bytes.size())}))))
+    lengths.push_back(n.item<int64_t>());
+  // Gloo divides by the element count: never gather empty tensors.
+  const int64_t widest = std::max<int64_t>(1, *std::max_element(lengths.begin(), lengths.end()));
   auto padded = torch::zeros({widest}, torch::kUInt8);
   std::copy(bytes.begin(), bytes.end(), padded.data_ptr<uint8_t>());
   std::vector<std::string> out;
-  const auto parts = group.all_gather(padded);
+  const auto parts = group.all_gather(on_device(padded));
   for (size_t r = 0; r < parts.size(); ++r) {
-    const auto* data = parts[r].data_ptr<uint8_t>();
-    out.emplace_back(data, data + lengths[r].item<int64_t>());
+    const auto part = parts[r].cpu();
+    const auto* data = part.data_ptr<uint8_t>();
+    out.emplace_back(data, data + lengths[r]);
   }
   return out;
 }
+
+namespace {
+
+// A CUDA rank takes its own GPU (the pipeline names it cuda:LOCAL_RANK) before NCCL starts: more
+// ranks on a machine than GPUs is one line here, not a failure inside NCCL.
+void use_local_gpu(const torch::Device& device, const Launch& l) {
+  const auto gpus = static_cast<int64_t>(torch::cuda::device_count());
+  const int64_t index = device.has_index() ? device.index() : 0;
+  check(index < gpus, "distributed: rank " + std::to_string(l.rank) + " (local rank " +
+                          std::to_string(l.local_rank) +
+                          ") would use cuda:" + std::to_string(index) + ", but this machine has " +
+                          std::to_string(gpus) + " GPU(s): start at most " + std::to_string(gpus) +
+                          " processes per machine");
+#if defined(TILLER_WITH_CUDA)
+  c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));
+#endif
+}
+
+}  // namespace
 
 void initialize(const Launch& l, const WorldOptions& options) {
   World& w = the_world();
@@ -327,13 +369,8 @@ void initialize(const Launch& l, const WorldOptions& options) {
   if (l.single()) return;
   check(options.device == "cpu" || options.device.rfind("cuda", 0) == 0,
         "distributed: device " + options.device + " is neither cpu nor cuda");
-  // Unfinished: the figures, token counts and optimizer state the loops exchange (Group::sum,
-  // max, all_gather_bytes) are CPU tensors, which NCCL refuses. Until they move to the group's
-  // device, several CUDA ranks are refused here rather than failing at the first collective.
-  check(options.device == "cpu",
-        "distributed: run.device " + options.device +
-            " with several ranks is not supported yet (the NCCL path is unfinished: see "
-            "docs/distributed.md); use run.device=cpu");
+  const torch::Device device(options.device);
+  if (device.is_cuda()) use_local_gpu(device, l);
 
   const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(options.timeout);
   try {
@@ -354,6 +391,7 @@ void initialize(const Launch& l, const WorldOptions& options) {
   w.heartbeat = std::thread(heartbeat_loop, l);
 
   auto backend = std::make_shared<Group::Backend>();
+  backend->device = device;
   try {
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>("tiller/world", w.store);
     backend->collectives = make_backend(prefixed, l.rank, l.world_size);
@@ -393,6 +431,7 @@ Group new_group(const std::vector<int>& ranks, const std::string& name) {
   const int size = static_cast<int>(ranks.size());
   if (size == 1) return make_group(nullptr, 0, 1, ranks, name);
   auto backend = std::make_shared<Group::Backend>();
+  backend->device = torch::Device(w.options.device);
   try {
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>("tiller/group/" + name, w.store);
     backend->collectives = make_backend(prefixed, rank, size);

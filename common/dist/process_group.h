@@ -30,6 +30,9 @@ class Group {
   // The world ranks of the members, in group-rank order.
   const std::vector<int>& members() const { return members_; }
 
+  // Where collectives' tensors must live: the run's device (cuda:LOCAL_RANK under NCCL).
+  torch::Device device() const;
+
   // In place, over every member. The tensor must be contiguous and on the group's device.
   void all_reduce(torch::Tensor& tensor, Reduce op = Reduce::Sum) const;
   void broadcast(torch::Tensor& tensor, int root) const;
@@ -37,7 +40,7 @@ class Group {
   std::vector<torch::Tensor> all_gather(const torch::Tensor& tensor) const;
   void barrier() const;
 
-  // Conveniences for figures kept on the host (sent as one float64 tensor).
+  // Conveniences for figures kept on the host (sent as one float64 tensor on the device).
   std::vector<double> sum(std::vector<double> values) const;
   double sum(double value) const { return sum(std::vector<double>{value})[0]; }
   double max(double value) const;
@@ -67,7 +70,7 @@ std::vector<std::string> all_gather_bytes(const Group& group, const std::string&
 
 struct WorldOptions {
   std::chrono::seconds timeout{300};  // rendezvous and every collective
-  std::string device = "cpu";         // "cpu": Gloo; "cuda...": NCCL
+  std::string device = "cpu";  // "cpu": Gloo; "cuda...": NCCL (Gloo with TILLER_DIST_BACKEND=gloo)
 };
 
 // Joins the job the launch describes (once per process; later calls must agree). A single-process

@@ -1,5 +1,6 @@
 #include "common/model/reward_model.h"
 
+#include "common/model/to_device.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
 
@@ -68,7 +69,8 @@ ScoreBatch make_score_batch(const std::vector<const std::vector<int64_t>*>& sequ
 
 torch::Tensor raw_scores(TransformerImpl& model, const ScoreBatch& batch) {
   const auto device = model.parameters().front().device();
-  return model.sequence_scores(batch.input_ids.to(device), batch.attention_mask.to(device))
+  return model
+      .sequence_scores(to_device(batch.input_ids, device), to_device(batch.attention_mask, device))
       .to(torch::kFloat);
 }
 

@@ -12,6 +12,10 @@
 #include "common/util/error.h"
 #include "common/util/files.h"
 
+#if defined(TILLER_WITH_CUDA)
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#endif
+
 namespace tiller {
 
 namespace fs = std::filesystem;
@@ -43,8 +47,33 @@ void discard(const std::string& checkpoint) {
   remove_all(doomed);
 }
 
-torch::Tensor rng_state() {
-  return at::detail::getDefaultCPUGenerator().get_state();
+// The default generators' states: the CPU's, and each visible GPU's ("cuda:N"), so that dropout
+// and sampling on a GPU resume where they were.
+std::map<std::string, torch::Tensor> rng_states() {
+  std::map<std::string, torch::Tensor> states{
+      {"cpu", at::detail::getDefaultCPUGenerator().get_state()}};
+#if defined(TILLER_WITH_CUDA)
+  if (torch::cuda::is_available())
+    for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i)
+      states["cuda:" + std::to_string(i)] =
+          at::cuda::detail::getDefaultCUDAGenerator(static_cast<c10::DeviceIndex>(i)).get_state();
+#endif
+  return states;
+}
+
+void restore_rng_states(const std::map<std::string, torch::Tensor>& states,
+                        const std::string& path) {
+  check(states.count("cpu"), path + ": no cpu state");
+  auto cpu = at::detail::getDefaultCPUGenerator();  // 1.13 returns it const
+  cpu.set_state(states.at("cpu"));
+#if defined(TILLER_WITH_CUDA)
+  if (torch::cuda::is_available())
+    for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i)
+      if (const auto it = states.find("cuda:" + std::to_string(i)); it != states.end()) {
+        auto gpu = at::cuda::detail::getDefaultCUDAGenerator(static_cast<c10::DeviceIndex>(i));
+        gpu.set_state(it->second);
+      }
+#endif
 }
 
 }  // namespace
@@ -103,7 +132,8 @@ void write_checkpoint(const std::string& dir, const CheckpointParts& parts,
         write_file_atomic(tmp + "/" + optimizer_file(parts.optimizers[i].first, r, tp_size),
                           states[static_cast<size_t>(r)]);
     }
-    write_safetensors(tmp + "/rng.safetensors", {{"cpu", rng_state()}});
+    const auto states = rng_states();
+    write_safetensors(tmp + "/rng.safetensors", {states.begin(), states.end()});
     write_file_atomic(tmp + "/state.json", state.dump(2) + "\n");
     fsync_directory(tmp);
     discard(final_dir);  // a checkpoint of the same step from an earlier attempt
@@ -198,10 +228,7 @@ nlohmann::json load_latest_checkpoint(const std::string& dir, const CheckpointPa
     }
     optimizer->load_gathered_state(read_file(path), path);
   }
-  auto rng = read_safetensors(ckpt + "/rng.safetensors");
-  check(rng.count("cpu"), ckpt + "/rng.safetensors: no cpu state");
-  auto generator = at::detail::getDefaultCPUGenerator();
-  generator.set_state(rng.at("cpu"));
+  restore_rng_states(read_safetensors(ckpt + "/rng.safetensors"), ckpt + "/rng.safetensors");
   auto state = read_json_file(ckpt + "/state.json");
   check(state.is_object() && state.contains("step"), ckpt + "/state.json: no step");
   return state;

@@ -120,11 +120,13 @@ double ParallelAdamW::reduce_gradients_and_clip(double max_norm) {
 
 double ParallelAdamW::clip_tensor_parallel(double max_norm) {
   torch::NoGradGuard no_grad;
-  auto replicated = torch::zeros({}, torch::kDouble), sharded = torch::zeros({}, torch::kDouble);
+  const auto on_group =
+      torch::TensorOptions(torch::kDouble).device(parallel_.tensor_parallel.device());
+  auto replicated = torch::zeros({}, on_group), sharded = torch::zeros({}, on_group);
   for (size_t i = 0; i < params_.size(); ++i) {
     const auto& g = params_[i].grad();
     if (!g.defined()) continue;
-    (shard_[i] ? sharded : replicated) += g.to(torch::kDouble).pow(2).sum().cpu();
+    (shard_[i] ? sharded : replicated) += g.to(on_group).pow(2).sum();
   }
   parallel_.tensor_parallel.all_reduce(sharded);
   const double norm = std::sqrt((replicated + sharded).item<double>());
@@ -163,7 +165,8 @@ int64_t ParallelAdamW::state_bytes() const {
 }
 
 std::vector<int64_t> ParallelAdamW::state_bytes_per_rank() const {
-  const auto mine = torch::tensor({static_cast<double>(state_bytes())}, torch::kDouble);
+  const auto mine =
+      torch::tensor({static_cast<double>(state_bytes())}, torch::kDouble).to(group_.device());
   std::vector<int64_t> out;
   for (const auto& t : group_.all_gather(mine))
     out.push_back(static_cast<int64_t>(t.item<double>()));
@@ -196,9 +199,10 @@ std::string ParallelAdamW::gathered_state() {
   for (size_t i = 0; i < params_.size(); ++i) {
     const auto& p = params_[i];
     auto* mine = owns(i) ? adamw_state(*adamw_, p) : nullptr;
-    auto header = torch::tensor(
-        {mine != nullptr ? 1.0 : 0.0, mine != nullptr ? static_cast<double>(mine->step()) : 0.0},
-        torch::kDouble);
+    auto header = torch::tensor({mine != nullptr ? 1.0 : 0.0,
+                                 mine != nullptr ? static_cast<double>(mine->step()) : 0.0},
+                                torch::kDouble)
+                      .to(group_.device());
     group_.broadcast(header, owner_[i]);
     if (header[0].item<double>() == 0) continue;
     auto exp_avg = mine ? mine->exp_avg().contiguous() : torch::empty_like(p);
