@@ -978,7 +978,8 @@ class Parser {
         f->name = expect_name("a filter name");
         while (is_op(".")) {
           next();
-          f->name += "." + expect_name("a filter name");
+          f->name.append(".").append(
+              expect_name("a filter name"));  // not "." + (GCC 12 -Wrestrict)
         }
         f->args.push_back(std::move(e));
         if (is_op("(")) parse_call_args(f.get());

@@ -32,6 +32,22 @@ void crash_if_asked(const std::string& stage, int64_t step) {
   ::kill(::getpid(), SIGKILL);
 }
 
+// Runs one step or evaluation of a stage; running out of device memory there is one line that
+// names the stage, the step and what to lower, instead of LibTorch's allocator report.
+template <typename Run>
+StepReport within_memory(const std::string& stage, const std::string& what, const Run& run) {
+  try {
+    return run();
+  } catch (const c10::OutOfMemoryError& e) {
+    const std::string cause = e.what_without_backtrace();
+    throw Error("stage '" + stage + "', " + what + ": out of device memory (" +
+                cause.substr(0, cause.find('\n')) +
+                "); lower the stage's micro-batch (train.micro_batch_size, which keeps the batch "
+                "through accumulation, or the PPO/GRPO stage's mini-batch), its sequence length "
+                "(train.max_seq_len), or train.precision=bf16");
+  }
+}
+
 }  // namespace
 
 LoopSchedule loop_schedule(const TrainConfig& train) {
@@ -97,7 +113,8 @@ void StageLoop::save(const StageSteps& steps) const {
 }
 
 void StageLoop::evaluate_at_start(const StageSteps& steps) {
-  const StepReport report = steps.evaluate(0);
+  const StepReport report =
+      within_memory(name_, "the evaluation before step 1", [&] { return steps.evaluate(0); });
   if (!report.record.empty()) {
     nlohmann::json record = report.record;
     record["step"] = 0;
@@ -181,7 +198,9 @@ void StageLoop::run(const StageSteps& steps) {
         steps.evaluate &&
         ((schedule_.eval_every > 0 && next % schedule_.eval_every == 0) || next == schedule_.steps);
     const auto started = std::chrono::steady_clock::now();
-    StepReport report = steps.step(StepContext{step_, evaluate, guard_});
+    StepReport report = within_memory(name_, "step " + std::to_string(next), [&] {
+      return steps.step(StepContext{step_, evaluate, guard_});
+    });
     const double seconds =
         report.seconds > 0
             ? report.seconds
@@ -191,7 +210,9 @@ void StageLoop::run(const StageSteps& steps) {
     report.record["spike_skipped_steps"] = guard_.spikes_skipped();
     step_ = next;
     if (evaluate) {
-      const StepReport evaluation = steps.evaluate(step_);
+      const StepReport evaluation =
+          within_memory(name_, "the evaluation after step " + std::to_string(step_),
+                        [&] { return steps.evaluate(step_); });
       report.record.update(evaluation.record);
       for (const auto& [label, value] : evaluation.shown) report.shown[label] = value;
     }
