@@ -121,8 +121,7 @@ std::string apply_override(nlohmann::json& json, const std::string& assignment) 
       check(is_index(parts[i]) && std::stoul(parts[i]) < node->size(),
             "override '" + assignment + "': '" + parts[i] + "' is not an index of the list");
       node = &(*node)[std::stoul(parts[i])];
-      // Appended piece by piece: GCC 12 in C++20 warns falsely (-Wrestrict) on "[" + string.
-      path.append("[").append(std::to_string(std::stoul(parts[i]))).append("]");
+      path += "[" + std::to_string(std::stoul(parts[i])) + "]";
     } else {
       if (node->is_null()) *node = nlohmann::json::object();
       if (!node->is_object())

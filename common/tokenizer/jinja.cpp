@@ -978,8 +978,7 @@ class Parser {
         f->name = expect_name("a filter name");
         while (is_op(".")) {
           next();
-          f->name.append(".").append(
-              expect_name("a filter name"));  // not "." + (GCC 12 -Wrestrict)
+          f->name += "." + expect_name("a filter name");
         }
         f->args.push_back(std::move(e));
         if (is_op("(")) parse_call_args(f.get());
