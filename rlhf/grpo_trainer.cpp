@@ -153,21 +153,19 @@ void GrpoTrainer::learn_minibatch(const GroupBatch& b, const std::vector<int64_t
                                   bool first_epoch, NonFiniteGuard* guard, int64_t step_for_guard,
                                   GrpoLearnStats& s) {
   const GrpoOptions& o = options_;
-  const torch::Device device = b.mask.device();
-  const auto all_rows = row_index(minibatch, device);
+  const std::vector<double> row_tokens = row_token_counts(b.mask);
   grpo::Aggregation aggregation;
   aggregation.mode = o.loss_aggregation;
-  aggregation.minibatch_tokens =
-      std::max(1.0, b.mask.index_select(0, all_rows).sum().item<double>());
+  aggregation.minibatch_tokens = minibatch_tokens(minibatch, row_tokens);
   aggregation.minibatch_sequences = static_cast<double>(minibatch.size());
   aggregation.constant = static_cast<double>(o.sampling.max_new_tokens);
   // The KL is in REINFORCE++'s rewards, not in its loss.
   const double loss_beta = o.algorithm == "reinforce_pp" ? 0.0 : o.beta;
   double loss = 0, kl = 0, low = 0, high = 0, entropy = 0;
-  for (size_t begin = 0; begin < minibatch.size();
-       begin += static_cast<size_t>(o.micro_batch_size)) {
-    const size_t end = std::min(minibatch.size(), begin + static_cast<size_t>(o.micro_batch_size));
-    const auto rows = row_index({minibatch.begin() + begin, minibatch.begin() + end}, device);
+  for (const MicroBatchRows& micro :
+       micro_batch_rows(minibatch, row_tokens, 0, static_cast<int64_t>(minibatch.size()),
+                        o.micro_batch_size, b.mask.device())) {
+    const torch::Tensor& rows = micro.rows;
     const auto mask = b.mask.index_select(0, rows);
     auto [logp, ent] = pass(actor_, b, rows, /*entropy=*/first_epoch);
     const auto old =
@@ -178,7 +176,7 @@ void GrpoTrainer::learn_minibatch(const GroupBatch& b, const std::vector<int64_t
                                           o.clip_low, o.clip_high, loss_beta, aggregation);
     result.loss.backward();
     // Token-weighted shares of the minibatch's figures.
-    const double share = mask.sum().item<double>() / aggregation.minibatch_tokens;
+    const double share = micro.weight;
     const auto figures =
         torch::stack({result.loss.detach(), result.kl, result.clipfrac_low, result.clipfrac_high})
             .to(torch::kDouble)

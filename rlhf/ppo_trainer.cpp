@@ -27,26 +27,19 @@ struct MicroBatch {
   double weight;
 };
 
-// This rank's share of a minibatch (rollout rows), cut into micro-batches.
+// This rank's share of a minibatch (rollout rows), cut into micro-batches whose rows are made on
+// the rollout's device.
 std::vector<MicroBatch> this_ranks_micro_batches(const Rollout& r,
                                                  const std::vector<int64_t>& minibatch,
                                                  const dist::Group& group,
                                                  int64_t micro_batch_size) {
-  const torch::Device device = r.mask.device();
-  const double tokens =
-      std::max(1.0, r.mask.index_select(0, row_index(minibatch, device)).sum().item<double>());
   const dist::Shard mine =
       dist::shard_of(static_cast<int64_t>(minibatch.size()), group.rank(), group.size());
-  const size_t end = static_cast<size_t>(mine.begin + mine.count);
-  const size_t step = static_cast<size_t>(micro_batch_size);
   std::vector<MicroBatch> out;
-  for (size_t begin = static_cast<size_t>(mine.begin); begin < end; begin += step) {
-    MicroBatch m;
-    m.rows = row_index({minibatch.begin() + begin, minibatch.begin() + std::min(end, begin + step)},
-                       device);
-    m.mask = r.mask.index_select(0, m.rows);
-    m.weight = m.mask.sum().item<double>() / tokens;
-    out.push_back(std::move(m));
+  for (MicroBatchRows& m : micro_batch_rows(minibatch, row_token_counts(r.mask), mine.begin,
+                                            mine.count, micro_batch_size, r.mask.device())) {
+    auto mask = r.mask.index_select(0, m.rows);
+    out.push_back({std::move(m.rows), std::move(mask), m.weight});
   }
   return out;
 }

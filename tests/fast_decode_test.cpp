@@ -230,6 +230,54 @@ TEST(FastDecode, RowsStoppedAtEosMatchTorchPath) {
   EXPECT_LT(ended, rows);
 }
 
+// Every row ends early, at a step the torch path's ended check (every few steps: each check is a
+// sync on a GPU, whose loop it is) does not fall on: that path cuts its records back to the steps
+// the rows ran, and on_step hears of the same steps, as the host loop stops there.
+TEST(FastDecode, AllRowsEndingEarlyMatchTorchPath) {
+  auto model = gqa_untied();
+  for (uint64_t seed : {9, 10}) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    SamplingOptions o;
+    o.max_new_tokens = 40;
+    o.temperature = 1.0;  // sampled (greedy rows of a random model loop on tokens of their own)
+    o.seed = seed;
+    o.stop_at_eos = false;
+    const auto free_run = generate(*model, kPrompts, o);
+    const int64_t width = o.max_new_tokens;
+    // As EOS, the token that every row produces, at whose latest first appearance over the rows
+    // the batch ends earliest, that end not a multiple of 8 steps.
+    int64_t eos = -1, end = width;
+    for (int64_t id = 1; id < model->config.vocab_size; ++id) {
+      int64_t latest = 0;
+      for (int64_t b = 0; b < free_run.batch(); ++b) {
+        const auto at = free_run.response_ids[b].eq(id).nonzero();
+        latest = std::max(latest, at.numel() > 0 ? at[0][0].item<int64_t>() : width);
+      }
+      if (latest + 1 < end && (latest + 1) % 8 != 0) eos = id, end = latest + 1;
+    }
+    ASSERT_GE(eos, 0) << "no token ends every row early; change the model seed";
+    o.stop_at_eos = true;
+    o.eos_id = eos;
+    const auto batch = expect_generate_matches(*model, kPrompts, o);
+    EXPECT_EQ(batch.response_ids.size(1), end);
+    EXPECT_TRUE(batch.ended_with_eos.all().item<bool>());
+    // The picks each step hands to on_step, on both paths.
+    std::vector<std::vector<int64_t>> heard[2];
+    for (bool fast : {true, false}) {
+      SamplingOptions with = o;
+      with.fast_decode = fast;
+      auto& steps = heard[fast ? 1 : 0];
+      with.on_step = [&steps](const torch::Tensor& picks) {
+        EXPECT_TRUE(picks.device().is_cpu());
+        steps.emplace_back(picks.data_ptr<int64_t>(), picks.data_ptr<int64_t>() + picks.numel());
+      };
+      generate(*model, kPrompts, with);
+    }
+    EXPECT_EQ(heard[0].size(), static_cast<size_t>(end));
+    EXPECT_EQ(heard[0], heard[1]);
+  }
+}
+
 TEST(FastDecode, Stories260KGreedyMatchesTorchPath) {
   TILLER_REQUIRE_SHARED(model_path, "models/stories260K/stories260K.bin");
   TILLER_REQUIRE_SHARED(tok_path, "models/stories260K/tok512.model");

@@ -42,17 +42,20 @@ Launch launch_from_environment() {
 Launch launch_from_environment(const EnvironmentLookup& lookup) {
   Launch l;
   auto has = [&](const char* name) { return lookup(name) != nullptr; };
-  const char *rank_var = nullptr, *size_var = nullptr, *local_var = nullptr;
+  const char *rank_var = nullptr, *size_var = nullptr, *local_var = nullptr,
+             *local_size_var = nullptr;
   if (has("RANK") || has("WORLD_SIZE")) {
     l.launcher = "torchrun";
     rank_var = "RANK", size_var = "WORLD_SIZE", local_var = "LOCAL_RANK";
+    local_size_var = "LOCAL_WORLD_SIZE";
   } else if (has("OMPI_COMM_WORLD_RANK")) {
     l.launcher = "openmpi";
     rank_var = "OMPI_COMM_WORLD_RANK", size_var = "OMPI_COMM_WORLD_SIZE";
-    local_var = "OMPI_COMM_WORLD_LOCAL_RANK";
+    local_var = "OMPI_COMM_WORLD_LOCAL_RANK", local_size_var = "OMPI_COMM_WORLD_LOCAL_SIZE";
   } else if (has("SLURM_PROCID") && has("SLURM_NTASKS")) {
     l.launcher = "slurm";
     rank_var = "SLURM_PROCID", size_var = "SLURM_NTASKS", local_var = "SLURM_LOCALID";
+    local_size_var = "SLURM_NTASKS_PER_NODE";
   } else {
     return l;
   }
@@ -67,6 +70,10 @@ Launch launch_from_environment(const EnvironmentLookup& lookup) {
                                    std::to_string(l.rank) + " is not below " + size_var + "=" +
                                    std::to_string(l.world_size));
   l.local_rank = integer_variable(lookup, local_var, l.rank, 0, kMaxRanks);
+  l.local_world_size = integer_variable(lookup, local_size_var, 0, 1, kMaxRanks);
+  check(l.local_world_size == 0 || !has(local_var) || l.local_rank < l.local_world_size,
+        std::string("environment variable ") + local_var + "=" + std::to_string(l.local_rank) +
+            " is not below " + local_size_var + "=" + std::to_string(l.local_world_size));
 
   if (const char* addr = lookup("MASTER_ADDR"); addr != nullptr && *addr != '\0') {
     l.master_addr = addr;

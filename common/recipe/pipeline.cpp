@@ -9,6 +9,7 @@
 #include "common/dist/process_group.h"
 #include "common/dist/tensor_parallel.h"
 #include "common/recipe/stage_io.h"
+#include "common/util/device.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
 #include "common/util/runtime.h"
@@ -43,6 +44,20 @@ void join_job(Recipe& recipe) {
   if (recipe.run.tensor_parallel > 1)
     std::printf("distributed: %d data parallel x %d tensor parallel\n",
                 launch.world_size / recipe.run.tensor_parallel, recipe.run.tensor_parallel);
+}
+
+// A run.device this build or machine cannot run (no CUDA build, no GPU, cuda:N beyond the GPUs,
+// more processes on this machine than GPUs) stops the run, and `--check`, with the recipe's other
+// mistakes found so far: before the job is joined and before the synthetic data is written, so
+// nothing is left behind (the stages' checks of files that data would hold would add only noise).
+void check_device_here(const Recipe& recipe, const std::string& path, ConfigErrors& errors) {
+  const std::string& device = recipe.run.device;
+  if (device == "cpu" || !is_device_name(device)) return;  // load_recipe reports a misspelling
+  const int local_processes = dist::launch_from_environment().local_processes();
+  const std::string problem = device_problem(device, local_processes, this_cuda_machine());
+  if (problem.empty()) return;
+  errors.add("run.device", problem);
+  errors.throw_if_any(path);
 }
 
 // "pretrain, sft": the types that run under tensor parallelism.
@@ -161,6 +176,7 @@ ParsedRecipe parse_recipe(const StageRegistry& registry, const PipelineOptions& 
   ConfigErrors errors;
   ParsedRecipe parsed{load_recipe(options.path, options.overrides, errors), {}};
   check_stage_types(registry, parsed.recipe, options, errors);
+  check_device_here(parsed.recipe, options.path, errors);
   choose_threads(parsed.recipe, options.threads);
   if (errors.empty()) state_run_values(parsed.recipe, parsed.recipe.resolved);
   if (!options.check_only && errors.empty()) join_job(parsed.recipe);

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "common/recipe/yaml_recipe.h"
+#include "common/util/device.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
 
@@ -168,8 +169,8 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     run.require(!recipe.run.name.empty() && recipe.run.name.find('/') == std::string::npos, "name",
                 "must be a non-empty name without '/'");
     run.require(threads >= 0 && threads <= 1024, "threads", "must be in [0, 1024] (0: every core)");
-    run.require(recipe.run.device == "cpu" || recipe.run.device.rfind("cuda", 0) == 0, "device",
-                "must be cpu or cuda[:N], got '" + recipe.run.device + "'");
+    run.require(is_device_name(recipe.run.device), "device",
+                "must be cpu, cuda or cuda:N, got '" + recipe.run.device + "'");
   }
   {
     const auto& base_json = top.raw("base");

@@ -23,6 +23,48 @@ void widen(GenerationBatch& g, int64_t prompt_len, int64_t response_len, int64_t
   if (g.logprobs.defined()) g.logprobs = pad_to(g.logprobs, 1, response_len, 0, /*left=*/false);
 }
 
+std::vector<double> row_token_counts(const torch::Tensor& mask) {
+  const auto counts = mask.sum(1).to(torch::kCPU, torch::kDouble).contiguous();
+  return {counts.data_ptr<double>(), counts.data_ptr<double>() + counts.numel()};
+}
+
+namespace {
+
+double tokens_of(const std::vector<int64_t>& rows, const std::vector<double>& row_tokens) {
+  double tokens = 0;
+  for (int64_t row : rows) tokens += row_tokens.at(static_cast<size_t>(row));
+  return tokens;
+}
+
+}  // namespace
+
+double minibatch_tokens(const std::vector<int64_t>& minibatch,
+                        const std::vector<double>& row_tokens) {
+  return std::max(1.0, tokens_of(minibatch, row_tokens));
+}
+
+std::vector<MicroBatchRows> micro_batch_rows(const std::vector<int64_t>& minibatch,
+                                             const std::vector<double>& row_tokens, int64_t begin,
+                                             int64_t count, int64_t micro_batch_size,
+                                             const torch::Device& device) {
+  check(begin >= 0 && count >= 0 && begin + count <= static_cast<int64_t>(minibatch.size()) &&
+            micro_batch_size >= 1,
+        "micro_batch_rows: rows [" + std::to_string(begin) + ", " + std::to_string(begin + count) +
+            ") of a minibatch of " + std::to_string(minibatch.size()));
+  const double tokens = minibatch_tokens(minibatch, row_tokens);
+  std::vector<MicroBatchRows> out;
+  for (int64_t first = begin; first < begin + count; first += micro_batch_size) {
+    const std::vector<int64_t> rows(
+        minibatch.begin() + first,
+        minibatch.begin() + std::min(begin + count, first + micro_batch_size));
+    MicroBatchRows m;
+    m.rows = row_index(rows, device);
+    m.weight = tokens_of(rows, row_tokens) / tokens;
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
 GenerationBatch concat_rows(std::vector<GenerationBatch> batches,
                             const std::vector<std::vector<int64_t>>& rows, int64_t pad_id) {
   check(!batches.empty() && batches.size() == rows.size(),

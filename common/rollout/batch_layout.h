@@ -33,6 +33,30 @@ torch::Tensor in_chunks(int64_t n, int64_t chunk, const torch::Device& device, P
   return torch::cat(parts, 0);
 }
 
+// Each row's response tokens: mask [N, R] summed over R, read to the host in one copy (one sync
+// on a GPU, where a count per micro-batch would be one each).
+std::vector<double> row_token_counts(const torch::Tensor& mask);
+
+// A micro-batch of a minibatch: its rows, and its share of the minibatch's response tokens (each
+// micro-batch's token sums divided by the minibatch's tokens add up to the minibatch's masked
+// mean, whatever the split).
+struct MicroBatchRows {
+  torch::Tensor rows;  // [M] int64, on the device given (that of the tensors it selects from)
+  double weight = 0;   // the rows' tokens / the whole minibatch's tokens (at least 1)
+};
+
+// minibatch[begin, begin + count) (one data-parallel rank's part; all of it on one process) cut
+// into micro-batches of up to micro_batch_size rows, each row index made on `device`, weighted by
+// row_tokens (row_token_counts of the rollout's mask). PPO's and GRPO's updates select with these.
+std::vector<MicroBatchRows> micro_batch_rows(const std::vector<int64_t>& minibatch,
+                                             const std::vector<double>& row_tokens, int64_t begin,
+                                             int64_t count, int64_t micro_batch_size,
+                                             const torch::Device& device);
+
+// The response tokens of a minibatch's rows, at least 1: micro_batch_rows's denominator.
+double minibatch_tokens(const std::vector<int64_t>& minibatch,
+                        const std::vector<double>& row_tokens);
+
 // Rows rows[i] of batches[i], in that order, at the widest prompt and response among them.
 GenerationBatch concat_rows(std::vector<GenerationBatch> batches,
                             const std::vector<std::vector<int64_t>>& rows, int64_t pad_id);

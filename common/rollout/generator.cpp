@@ -68,14 +68,25 @@ class RowUniforms {
     for (auto& gen : shared_) rows.push_back(torch::rand({1, 1}, gen, torch::kFloat));
     return torch::cat(rows, 0);
   }
+  // The draws of `steps` calls of draw(batch) at once: [steps, B, 1]. The same numbers: LibTorch
+  // fills a CPU tensor from its generator serially, element after element (1.13 and 2.x alike).
+  torch::Tensor draw_steps(int64_t steps, int64_t batch) {
+    if (!per_row_) return torch::rand({steps, batch, 1}, shared_[0], torch::kFloat);
+    std::vector<torch::Tensor> rows;
+    rows.reserve(shared_.size());
+    for (auto& gen : shared_) rows.push_back(torch::rand({steps, 1, 1}, gen, torch::kFloat));
+    return torch::cat(rows, 1);
+  }
 
  private:
   std::vector<at::Generator> shared_;
   bool per_row_ = false;
 };
 
-// logits: [B, V] float. Returns the next token per row: [B] int64.
-torch::Tensor sample(const torch::Tensor& logits, const SamplingOptions& o, RowUniforms& uniforms) {
+// logits: [B, V] float; uniform: [B, 1] float draws in [0, 1) on the logits' device (unused when
+// greedy). Returns the next token per row: [B] int64.
+torch::Tensor sample(const torch::Tensor& logits, const SamplingOptions& o,
+                     const torch::Tensor& uniform) {
   if (o.temperature == 0) return logits.argmax(-1);
   auto scaled = logits / o.temperature;
   const int64_t vocab = scaled.size(-1);
@@ -95,7 +106,7 @@ torch::Tensor sample(const torch::Tensor& logits, const SamplingOptions& o, RowU
   // Inverse-CDF sampling with one uniform per row (no multinomial: it is slow and unseeded here).
   auto cdf = probs.cumsum(-1);
   auto total = cdf.narrow(-1, vocab - 1, 1);
-  auto u = uniforms.draw(probs.size(0)).to(probs.dtype()) * total;
+  auto u = uniform.to(probs.dtype()) * total;
   auto token = (cdf <= u).sum(-1).clamp_max(vocab - 1);
   // Never pick a zero-probability token through rounding at the end of the CDF.
   auto picked_prob = probs.gather(-1, token.unsqueeze(-1)).squeeze(-1);
@@ -163,15 +174,22 @@ Picks sample_on_cpu(const torch::Tensor& logits_in, const SamplingOptions& o, Ro
   return picks;
 }
 
+// log p(token) of each row at the effective temperature: [B] float, on the logits' device.
+torch::Tensor log_prob_of(const torch::Tensor& logits, const torch::Tensor& token,
+                          const SamplingOptions& o) {
+  return torch::log_softmax(logits / effective_temperature(o.temperature), -1)
+      .gather(-1, token.unsqueeze(-1))
+      .squeeze(-1);
+}
+
 // Picks the next token of every row ([B] int64) and its log-probability ([B] float), on the CPU.
 Picks pick_next(const torch::Tensor& logits, const SamplingOptions& o, RowUniforms& uniforms,
                 std::vector<float>& buffer) {
   if (cpu_sampling_applies(logits, o)) return sample_on_cpu(logits, o, uniforms, buffer);
-  auto token = sample(logits.cpu(), o, uniforms);
-  auto logp = torch::log_softmax(logits / effective_temperature(o.temperature), -1)
-                  .gather(-1, token.to(logits.device()).unsqueeze(-1))
-                  .squeeze(-1)
-                  .to(torch::kCPU, torch::kFloat);
+  const auto cpu_logits = logits.cpu();
+  auto token = sample(cpu_logits, o,
+                      o.temperature > 0 ? uniforms.draw(cpu_logits.size(0)) : torch::Tensor());
+  auto logp = log_prob_of(logits, token.to(logits.device()), o).to(torch::kCPU, torch::kFloat);
   return {token.to(torch::kLong).contiguous(), logp.contiguous()};
 }
 
@@ -316,10 +334,72 @@ class ResponseRecorder {
   std::vector<char> alive_;
 };
 
+// How often the device loop asks whether every row has ended: each ask is a host sync on a GPU
+// (the queue of kernels drains). Between asks at most this many steps less one run after the last
+// row ended; the records are cut back to the steps a row ran, as a check every step would leave.
+constexpr int64_t kEndedCheckEvery = 8;
+
+// decode() with every step's pick and record in tensor ops on the logits' device: no host
+// round-trip a token but the ended check every kEndedCheckEvery steps (every step, and a copy of
+// the picks, when on_step is set). The uniforms are drawn up front, the numbers pick_next draws a
+// step at a time, and sample() picks from them as it does there: on the CPU the tokens and
+// log-probs are the host loop's exactly. A GPU runs this loop; so does the CPU with fast_decode
+// off.
+void decode_on_device(TransformerImpl& model, Prefilled& state, const SamplingOptions& o,
+                      RowUniforms& uniforms, GenerationBatch& out) {
+  KVCache& cache = state.cache;
+  const int64_t batch = cache.batch(), width = o.max_new_tokens;
+  const auto on_device = torch::dtype(torch::kLong).device(state.logits.device());
+  const torch::Tensor draws = o.temperature > 0
+                                  ? uniforms.draw_steps(width, batch).to(on_device.device())
+                                  : torch::Tensor();
+  auto ids = torch::full({batch, width}, o.pad_id, on_device);
+  auto mask = torch::zeros({batch, width}, on_device.dtype(torch::kBool));
+  auto logprobs = torch::zeros({batch, width}, on_device.dtype(torch::kFloat));
+  auto alive = torch::ones({batch}, on_device.dtype(torch::kBool));
+  const auto pad = torch::full({}, o.pad_id, on_device);
+  auto positions = state.positions.clone();
+  auto logits = state.logits;
+  int64_t steps = 0;
+  while (steps < width) {
+    const auto token = sample(logits, o, draws.defined() ? draws[steps] : torch::Tensor());
+    const auto logp = log_prob_of(logits, token, o);
+    const auto fed = torch::where(alive, token, pad);  // pad_id on rows that had ended
+    ids.select(1, steps).copy_(fed);
+    mask.select(1, steps).copy_(alive);
+    logprobs.select(1, steps).copy_(torch::where(alive, logp, torch::zeros_like(logp)));
+    if (o.stop_at_eos) alive = alive.logical_and(token.ne(o.eos_id));
+    if (o.on_step) o.on_step(fed.cpu());
+    ++steps;
+    if (steps == width) break;
+    // With on_step, which syncs anyway, every step: it hears of no step after the last row ended.
+    const bool ask = o.on_step || steps % kEndedCheckEvery == 0;
+    if (o.stop_at_eos && ask && !alive.any().item<bool>()) break;
+
+    cache.key_valid.narrow(1, cache.length, 1).fill_(true);
+    auto allowed = causal_mask(cache.key_valid.narrow(1, 0, cache.length + 1), 1);
+    auto hidden = model.hidden(fed.unsqueeze(1), positions.unsqueeze(1), allowed, &cache);
+    logits = model.logits(hidden).squeeze(1).to(torch::kFloat);
+    positions.add_(1);
+  }
+  // Every row runs from step 0 until its EOS: the longest ran the steps a check each step stops at.
+  const int64_t ran = o.stop_at_eos ? mask.sum(1).max().item<int64_t>() : steps;
+  out.response_ids = ids.narrow(1, 0, ran).contiguous();
+  out.response_mask = mask.narrow(1, 0, ran).contiguous();
+  out.logprobs = logprobs.narrow(1, 0, ran).contiguous();
+  out.ended_with_eos = out.response_ids.eq(o.eos_id).logical_and(out.response_mask).any(1);
+}
+
 // Samples from `state` one token a step for every row until all have ended or max_new_tokens is
-// reached, feeding each step's picks back through the model; sets out's response fields.
+// reached, feeding each step's picks back through the model; sets out's response fields. On the
+// CPU (fast_decode on) the picks are made and kept on the host, where a read costs nothing;
+// elsewhere, and with fast_decode off, in tensor ops on the device (decode_on_device).
 void decode(TransformerImpl& model, Prefilled& state, const SamplingOptions& o,
             RowUniforms& uniforms, GenerationBatch& out) {
+  if (!o.fast_decode || !state.logits.device().is_cpu()) {
+    decode_on_device(model, state, o, uniforms, out);
+    return;
+  }
   KVCache& cache = state.cache;
   const auto device = model.parameters().front().device();
   std::optional<FastDecoder> fast;
