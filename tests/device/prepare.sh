@@ -19,8 +19,8 @@ PACKAGES=(
   libzstd-dev libzstd1                    # data prepare: .zst inputs
   libxxhash-dev libxxhash0                # data prepare: document hashes
   zlib1g-dev zlib1g                       # gzip inputs, safetensors of HF directories
-  libblas-dev libblas3                    # cblas.h and libblas.so to link the fast decode step
-  libopenblas0-pthread                    # what libblas.so.3 is at run time (pthreads: no second OpenMP)
+  libblas-dev libblas3                    # cblas.h and the reference BLAS's libblas.so (CBLAS
+                                          # included): the fast decode step links it
   libgtest-dev                            # tiller_device_tests (static libraries, CMake config)
   pkgconf pkgconf-bin libpkgconf3         # pkg-config, which CMakeLists.txt needs, where absent
 )

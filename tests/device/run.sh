@@ -22,7 +22,7 @@
 # Environment: OUT; TILLER_DEVICE_BUDGET_S (seconds for everything, default 470);
 # TILLER_TORCH_CMAKE_PREFIX (torch's CMake prefix, instead of asking python3); JOBS (build jobs,
 # default every core); TILLER_DEVICE (default cuda; cpu in a dry run).
-# shellcheck disable=SC2054  # --batch 1,64 is one argument, a list
+# shellcheck disable=SC2054,SC2317  # --batch 1,64 is one argument; step runs the functions
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 
@@ -166,8 +166,9 @@ EOF
 }
 
 make_sysroot() {
-  # Kept when made from the same packages: new headers would make ninja rebuild everything when
-  # a second call continues a build the budget cut short.
+  # Kept when made from the same packages (a second call, continuing a build the budget cut
+  # short, saves the unpacking; the packages' files keep their dates either way, so ninja
+  # rebuilds nothing for them).
   if cmp -s .device-deps/manifest.txt "$SYSROOT/.made-from" 2>/dev/null; then
     echo "sysroot: kept ($SYSROOT, made from the same packages)"
     return 0
@@ -190,15 +191,15 @@ make_sysroot() {
       /*) ln -sfn "$SYSROOT/usr${target#/usr}" "$link" ;;
     esac
   done < <(find "$SYSROOT" -type l)
-  # What Debian's alternatives would have made: cblas.h and libblas.so for the build (the
-  # reference BLAS's), libblas.so.3 at run time (OpenBLAS's).
+  # What Debian's alternatives would have made: cblas.h and libblas.so for the build. At run
+  # time libblas.so.3 is the machine's where it has one (LibTorch may load it too: two BLAS
+  # libraries in one process hung here, an OpenMP OpenBLAS and a pthreads one); the reference
+  # BLAS's otherwise (blas-fallback/, below), which only the CPU's fast decode step calls.
   ln -sfn cblas-netlib.h "$SYSROOT/usr/include/x86_64-linux-gnu/cblas.h"
   ln -sfn blas/libblas.so "$lib/libblas.so"
-  if [ -e "$lib/openblas-pthread/libblas.so.3" ]; then
-    ln -sfn openblas-pthread/libblas.so.3 "$lib/libblas.so.3"
-  else
-    ln -sfn blas/libblas.so.3 "$lib/libblas.so.3"
-  fi
+  rm -f "$lib/libblas.so.3"
+  mkdir -p "$SYSROOT/blas-fallback"
+  ln -sfn "$lib/blas/libblas.so.3" "$SYSROOT/blas-fallback/libblas.so.3"
   cp .device-deps/manifest.txt "$SYSROOT/.made-from" 2>/dev/null
   return 0
 }
@@ -220,12 +221,21 @@ fi
 TORCH_PREFIX=${TILLER_TORCH_CMAKE_PREFIX:-}
 PYTHON=python3
 if [ -z "$TORCH_PREFIX" ] && [ "$CPU_BUILD" = 0 ]; then
+  # The first Python that imports torch.
+  for candidate in python3 python; do
+    if "$candidate" -c 'import torch' 2>/dev/null; then PYTHON=$candidate; break; fi
+  done
   if [ "$DRY_RUN" = 1 ] && [ -x .venv-cuda/bin/python3 ]; then PYTHON=.venv-cuda/bin/python3; fi
   TORCH_PREFIX=$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)
   "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "cxx11 abi", torch._C._GLIBCXX_USE_CXX11_ABI, "gpus", torch.cuda.device_count())' \
     >>"$OUT/machine.txt" 2>&1
   [ -z "$TORCH_PREFIX" ] && say "torch: $PYTHON cannot import torch; CMake looks for LibTorch itself"
+  if [ "$("$PYTHON" -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))' 2>/dev/null)" = 0 ]
+  then
+    say "WARNING: this torch is built with the old C++ ABI (_GLIBCXX_USE_CXX11_ABI=0); the" \
+      "carried Debian libraries use the new one, so linking against them will fail"
+  fi
 fi
 say "torch CMake prefix: ${TORCH_PREFIX:-none given, CMake searches}"
 
@@ -246,6 +256,11 @@ if [ -n "$SYSROOT" ]; then
   export PKG_CONFIG_LIBDIR="$lib/pkgconfig:$SYSROOT/usr/share/pkgconfig"
   export PKG_CONFIG_SYSROOT_DIR="$SYSROOT"
   export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # (The listing is read whole: under pipefail, grep -q's early exit failed ldconfig.)
+  if ! grep -q 'libblas\.so\.3 ' <<<"$({ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null)"; then
+    say "libblas.so.3: none on this machine; the reference BLAS of the sysroot"
+    LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$SYSROOT/blas-fallback"
+  fi
   # The machine's pkg-config where it has one (the sysroot's needs glibc 2.34), reading the
   # sysroot's .pc files all the same.
   if command -v pkg-config >/dev/null; then
@@ -329,7 +344,7 @@ if [ "$BUILT" = 1 ]; then
       find . \( -name 'summary.json' -o -name 'metrics.jsonl' -o -name 'recipe.json' \
         -o -name 'complete.json' \) -not -path '*/checkpoints/*' -not -path '*/step-*' |
       while read -r f; do mkdir -p "$OUT/quickstart/$(dirname "$f")" && cp "$f" "$OUT/quickstart/$f"; done)
-    return $rc
+    return "$rc"
   }
   step quickstart 150 quickstart
   bench_step ppo_large 90 ppo --device "$DEVICE" --recipe recipes/quickstart.json "${PPO_LARGE[@]}"
@@ -388,4 +403,4 @@ say "done: $FAILED step(s) not passed; everything is under $OUT"
 [ "$FAILED" = 0 ]
 }
 
-main "$@"
+main "$@"; exit  # on one line: nothing after it is read, however the file changes
