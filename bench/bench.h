@@ -18,15 +18,36 @@ struct Peak {
   double copy_gbps = 0;    // a large tensor copy, bytes read + bytes written per second
 };
 
-// The matmul GFLOP/s at size x size, fp32 or bf16 (the best of `repeats` after a warm-up).
-double measure_matmul_gflops(int64_t size, bool bf16, int repeats);
-// The copy bandwidth of a 256 MiB tensor (the best of `repeats` after a warm-up).
-double measure_copy_gbps(int repeats);
+// The matmul GFLOP/s at size x size on `device`, fp32 or bf16 (the best of `repeats` after a
+// warm-up).
+double measure_matmul_gflops(int64_t size, bool bf16, int repeats,
+                             const torch::Device& device = torch::kCPU);
+// The copy bandwidth of a 256 MiB tensor on `device` (the best of `repeats` after a warm-up).
+double measure_copy_gbps(int repeats, const torch::Device& device = torch::kCPU);
+
+// --device checked: "cpu", "cuda" or "cuda:N", with one Error line (naming `command`) for
+// another string, a LibTorch without CUDA, no GPU, or an index past the GPUs there are.
+torch::Device bench_device(const std::string& text, const std::string& command);
+// Waits for the work queued on `device` (CUDA's kernels run after their launch returns): called
+// before every clock read of a timed section. Nothing on the CPU.
+void synchronize(const torch::Device& device);
+// "cpu", or the GPU's name as the driver reports it ("NVIDIA H200"; "unknown CUDA GPU" without
+// the driver's NVML library).
+std::string device_name(const torch::Device& device);
+
+// A GPU's dense (no sparsity) matmul peaks as published, TFLOP/s; zeros for a GPU not listed.
+struct GpuPeak {
+  double bf16_tflops = 0;
+  double fp32_tflops = 0;
+  std::string source;  // where the figures come from
+};
+GpuPeak published_peak(const std::string& gpu_name);
 
 struct GemmOptions {
   int64_t size = 2048;
   int repeats = 5;
   int threads = 0;  // 0: keep the process's setting (tiller --threads, default all cores)
+  std::string device = "cpu";
   bool json = false;
 };
 void run_gemm(const GemmOptions& options);
@@ -40,6 +61,8 @@ struct DecodeOptions {
   std::string dtype = "fp32";  // the weights and KV cache: fp32 or bf16
   int repeats = 3;
   int threads = 0;
+  // cpu, cuda or cuda:N. The fast decode step is CPU-only: on CUDA, decode goes through LibTorch.
+  std::string device = "cpu";
   bool torch_decode = false;  // decode steps through LibTorch ops, never FastDecoder
   // Rows also for these weight-only schemes (int8, int4), each quantised in memory by round to
   // nearest (tiller quantize's layout; the LM head as the scheme, int4 in groups of group_size),
@@ -79,20 +102,25 @@ struct TrainOptions {
   std::string dtype = "fp32";  // bf16: autocast with fp32 master weights, as the stages train
   int steps = 3;               // timed steps, after one warm-up step
   int threads = 0;
+  std::string device = "cpu";  // cpu, cuda or cuda:N
   bool json = false;
 };
 
 // One SFT step (forward, backward, AdamW) on random tokens: tokens/s, model FLOPs utilisation
-// against the matmul peak measured in the same process, and the step split into its parts.
+// and the step split into its parts. The peak is the matmul rate measured in the same process on
+// a CPU; on a GPU the published dense peak of its model (published_peak), or the rate measured
+// on it where the model is not listed.
 void run_train(const TrainOptions& options);
 
 struct PpoBenchOptions {
   std::string recipe;
+  std::string shape;   // a built-in shape (with its own vocabulary) in place of the recipe's model
   int iterations = 2;  // timed iterations, after `warmup` untimed ones
   int warmup = 1;
   int64_t prompt_tokens = 16;
   int threads = 0;
-  bool sequential = false;  // never the actor's and critic's passes side by side
+  std::string device = "cpu";  // cpu, cuda or cuda:N: the four models and the rollouts
+  bool sequential = false;     // never the actor's and critic's passes side by side
   bool json = false;
 };
 

@@ -86,7 +86,7 @@ struct Variant {
 };
 
 // Checked before any output, so that a bad flag never leaves half a table behind.
-void check_decode_options(const DecodeOptions& o) {
+void check_decode_options(const DecodeOptions& o, const torch::Device& device) {
   check(o.prompt_tokens >= 1, "bench decode: --prompt-tokens must be at least 1");
   check(o.new_tokens >= 2,
         "bench decode: --new-tokens must be at least 2 (the first token comes from the prefill)");
@@ -98,6 +98,10 @@ void check_decode_options(const DecodeOptions& o) {
   for (const auto& scheme : o.quantize)
     check(scheme == "int8" || scheme == "int4",
           "bench decode: --quantize takes int8 and int4, got '" + scheme + "'");
+  check(o.quantize.empty() || device.is_cpu(),
+        "bench decode: --quantize measures the CPU's packed kernels; it cannot be combined with "
+        "--device " +
+            o.device);
 }
 
 // The model as loaded first, then a copy quantised in memory for each --quantize scheme.
@@ -126,11 +130,13 @@ struct Timings {
 };
 Timings time_variants(std::vector<Variant>& variants,
                       const std::vector<std::vector<int64_t>>& prompts, SamplingOptions sampling,
-                      const DecodeOptions& o) {
+                      const DecodeOptions& o, const torch::Device& device) {
   auto timed = [&](TransformerImpl& model, int64_t new_tokens) {
     sampling.max_new_tokens = new_tokens;
+    synchronize(device);
     Stopwatch watch;
     generate(model, prompts, sampling);
+    synchronize(device);
     return watch.seconds();
   };
   Timings t{std::vector<double>(variants.size(), 1e30), std::vector<double>(variants.size(), 1e30)};
@@ -155,7 +161,14 @@ struct Bounds {
 }  // namespace
 
 void run_decode(const DecodeOptions& o) {
-  check_decode_options(o);
+  const torch::Device device = bench_device(o.device, "bench decode");
+  check_decode_options(o, device);
+  // FastDecoder is CPU code (BLAS on fp32 host tensors): a GPU decodes through LibTorch's ops.
+  const bool torch_decode = o.torch_decode || !device.is_cpu();
+  const std::string decode_path =
+      torch_decode ? (device.is_cpu() ? "libtorch (--torch-decode)"
+                                      : "libtorch (the fast decode step is CPU-only)")
+                   : "fast (FastDecoder where it applies)";
   apply_threads(o.threads);
   std::string label;
   std::vector<Variant> variants = decode_variants(o, label);
@@ -167,16 +180,23 @@ void run_decode(const DecodeOptions& o) {
   const bool bf16 = o.dtype == "bf16";
   const int64_t element_bytes = bf16 ? 2 : 4;
   if (bf16) variants.front().model->to(torch::kBFloat16);  // the KV cache follows the weights
-  // A 1024 matmul keeps the peak's measurement under a second.
-  const Bounds bounds{measure_copy_gbps(3), measure_matmul_gflops(1024, bf16, 2)};
+  for (auto& variant : variants) variant.model->to(device);
+  // A 1024 matmul keeps the peak's measurement under a second on a CPU; a GPU reaches its rate
+  // at 8192 only.
+  const Bounds bounds{measure_copy_gbps(3, device),
+                      measure_matmul_gflops(device.is_cuda() ? 8192 : 1024, bf16, 2, device)};
+  const std::string name = device_name(device);
 
   nlohmann::json rows = nlohmann::json::array();
   if (!o.json) {
     std::printf(
         "model: %s (%.2fM parameters), prompt %lld tokens, %lld new tokens, %d threads\n"
+        "device: %s, decode: %s\n"
         "bounds: copy %.1f GB/s, matmul %.1f GFLOP/s\n",
         label.c_str(), config.parameter_count() / 1e6, (long long)o.prompt_tokens,
-        (long long)o.new_tokens, torch::get_num_threads(), bounds.copy_gbps, bounds.peak_gflops);
+        (long long)o.new_tokens, torch::get_num_threads(),
+        (device.is_cuda() ? device.str() + " (" + name + ")" : device.str()).c_str(),
+        decode_path.c_str(), bounds.copy_gbps, bounds.peak_gflops);
     std::printf("%8s  %6s  %10s  %14s  %14s  %10s  %16s  %16s\n", "weights", "batch", "MB/step",
                 "prefill tok/s", "decode tok/s", "speedup", "of bandwidth", "of matmul peak");
   }
@@ -189,10 +209,10 @@ void run_decode(const DecodeOptions& o) {
     sampling.temperature = 1.0;
     sampling.stop_at_eos = false;         // every row runs the full length
     sampling.full_pass_logprobs = false;  // decode alone, without the rescoring pass
-    sampling.fast_decode = !o.torch_decode;
-    const Timings t = time_variants(variants, prompts, sampling, o);
+    sampling.fast_decode = !torch_decode;
+    const Timings t = time_variants(variants, prompts, sampling, o, device);
     // The packed weights are read only where the fast step takes them (FastDecoder::project).
-    const bool packed_read = !o.torch_decode && batch < FastDecoder::kPackedRowsLimit;
+    const bool packed_read = !torch_decode && batch < FastDecoder::kPackedRowsLimit;
     double first_decode = 0;
     for (size_t v = 0; v < variants.size(); ++v) {
       const double prefill = batch * o.prompt_tokens / t.prefill_s[v];
@@ -208,6 +228,9 @@ void run_decode(const DecodeOptions& o) {
                       {"parameters", config.parameter_count()},
                       {"dtype", o.dtype},
                       {"weights", variants[v].weights},
+                      {"device", device.str()},
+                      {"device_name", name},
+                      {"decode_path", decode_path},
                       {"threads", torch::get_num_threads()},
                       {"batch", batch},
                       {"prompt_tokens", o.prompt_tokens},

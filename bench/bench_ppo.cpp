@@ -23,6 +23,7 @@ struct PpoBenchSetup {
   const RlhfStageConfig& c;
   const PpoOptions& options;
   bool side_by_side;
+  const torch::Device& device;
 };
 
 void print_json(const PpoBenchSetup& setup, const IterationSeconds& s) {
@@ -32,9 +33,12 @@ void print_json(const PpoBenchSetup& setup, const IterationSeconds& s) {
   const double episodes_per_s = static_cast<double>(c.batch_size) / s.total;
   nlohmann::json doc = {{"bench", "ppo"},
                         {"recipe", o.recipe},
+                        {"shape", o.shape.empty() ? "recipe" : o.shape},
                         {"model", model_config_to_hf_json(setup.config)},
                         {"parameters", setup.config.parameter_count()},
                         {"dtype", options.bf16 ? "bf16" : "fp32"},
+                        {"device", setup.device.str()},
+                        {"device_name", device_name(setup.device)},
                         {"threads", torch::get_num_threads()},
                         {"side_by_side", setup.side_by_side},
                         {"batch_size", c.batch_size},
@@ -62,11 +66,13 @@ void print_table(const PpoBenchSetup& setup, const IterationSeconds& s) {
   const double episodes_per_s = static_cast<double>(setup.c.batch_size) / s.total;
   std::printf(
       "recipe: %s (%.3fM-parameter models, %s), %lld episodes x (%lld prompt + %lld new tokens), "
-      "%lld epochs of minibatch %lld, %d threads%s\n",
+      "%lld epochs of minibatch %lld, %s%s\n",
       o.recipe.c_str(), setup.config.parameter_count() / 1e6, options.bf16 ? "bf16" : "fp32",
       (long long)setup.c.batch_size, (long long)o.prompt_tokens,
       (long long)options.sampling.max_new_tokens, (long long)options.epochs,
-      (long long)options.mini_batch_size, torch::get_num_threads(),
+      (long long)options.mini_batch_size,
+      setup.device.is_cuda() ? (setup.device.str() + ", " + device_name(setup.device)).c_str()
+                             : (std::to_string(torch::get_num_threads()) + " threads").c_str(),
       setup.side_by_side ? ", actor and critic side by side" : "");
   std::printf("seconds per iteration (mean of %d, after %d warm-up):\n", o.iterations, o.warmup);
   std::printf("  generate  %8.3f\n", s.generate);
@@ -80,14 +86,17 @@ void print_table(const PpoBenchSetup& setup, const IterationSeconds& s) {
 
 void run_ppo(const PpoBenchOptions& o) {
   check_options(o);
+  const torch::Device device = bench_device(o.device, "bench ppo");
   apply_threads(o.threads);
-  const RecipeShapes shapes = read_recipe_shapes(o.recipe, "bench ppo");
+  RecipeShapes shapes = read_recipe_shapes(o.recipe, "bench ppo");
+  if (!o.shape.empty()) shapes.model = builtin_shape(o.shape);  // an LM, its own vocabulary
   check_fits_context(shapes, o.prompt_tokens, "bench ppo");
 
-  PpoBenchRun run(shapes, o.prompt_tokens, o.sequential);
+  PpoBenchRun run(shapes, o.prompt_tokens, o.sequential, device);
   const IterationSeconds seconds =
       mean_iteration([&run](int i) { return run.iterate(i); }, o.warmup, o.iterations);
-  const PpoBenchSetup setup{o, shapes.model, shapes.rlhf, run.options(), run.side_by_side()};
+  const PpoBenchSetup setup{o,     shapes.model, shapes.rlhf, run.options(), run.side_by_side(),
+                            device};
   if (o.json)
     print_json(setup, seconds);
   else

@@ -55,14 +55,15 @@ Transformer random_model(ModelConfig config, int64_t num_labels, uint64_t seed) 
   return model;
 }
 
-PpoOptions bench_ppo_options(const RlhfStageConfig& c, const ModelConfig& config, bool sequential) {
+PpoOptions bench_ppo_options(const RlhfStageConfig& c, const ModelConfig& config, bool sequential,
+                             const torch::Device& device) {
   PpoOptions options = c.ppo;
   options.sampling.eos_id = config.eos_token_id;
   options.sampling.pad_id = 0;
   // Every episode runs to max_new_tokens (random weights rarely stop early), so each iteration
   // does the same work, here and in the reference.
   options.sampling.stop_at_eos = false;
-  options.bf16 = use_bf16(c.train.precision, torch::Device(torch::kCPU));
+  options.bf16 = use_bf16(c.train.precision, device);
   if (sequential) options.side_by_side = false;
   return options;
 }
@@ -106,10 +107,13 @@ void check_fits_context(const RecipeShapes& shapes, int64_t prompt_tokens,
             std::to_string(shapes.model.max_position_embeddings));
 }
 
-PpoRoles random_roles(const ModelConfig& config) {
+PpoRoles random_roles(const ModelConfig& config, const torch::Device& device) {
   torch::manual_seed(1234);
   PpoRoles roles{random_model(config, 0, 1), random_model(config, 0, 1), random_model(config, 1, 2),
                  random_model(config, 1, 3)};
+  for (TransformerImpl* role :
+       {roles.actor.get(), roles.reference.get(), roles.critic.get(), roles.reward.get()})
+    role->to(device);
   for (TransformerImpl* frozen : {roles.reference.get(), roles.reward.get()}) {
     for (auto& p : frozen->parameters()) p.requires_grad_(false);
     frozen->eval();
@@ -168,11 +172,13 @@ IterationSeconds mean_iteration(const std::function<IterationSeconds(int)>& iter
   return {sum.generate / n, sum.score / n, sum.rm / n, sum.train / n, sum.total / n};
 }
 
-PpoBenchRun::PpoBenchRun(const RecipeShapes& shapes, int64_t prompt_tokens, bool sequential)
+PpoBenchRun::PpoBenchRun(const RecipeShapes& shapes, int64_t prompt_tokens, bool sequential,
+                         const torch::Device& device)
     : batch_size_(shapes.rlhf.batch_size),
       beta_(shapes.rlhf.beta),
-      roles_(random_roles(shapes.model)),
-      options_(bench_ppo_options(shapes.rlhf, shapes.model, sequential)),
+      device_(device),
+      roles_(random_roles(shapes.model, device)),
+      options_(bench_ppo_options(shapes.rlhf, shapes.model, sequential, device)),
       actor_optimizer_(*roles_.actor, shapes.rlhf.train.optimizer(shapes.rlhf.actor_lr),
                        dist::Group()),
       critic_optimizer_(*roles_.critic, shapes.rlhf.train.optimizer(shapes.rlhf.critic_lr),
@@ -191,6 +197,7 @@ IterationSeconds PpoBenchRun::iterate(int iteration) {
   Stopwatch watch;
   const Rollout r = trainer_.rollout(prompts_, seeds, beta_);
   const LearnStats learned = trainer_.learn(r, static_cast<uint64_t>(iteration));
+  synchronize(device_);  // the last optimizer step's kernels, on a GPU
   return {r.seconds_generate, r.seconds_score, rm_seconds_, learned.seconds, watch.seconds()};
 }
 

@@ -28,13 +28,13 @@ RecipeShapes read_recipe_shapes(const std::string& path, const std::string& comm
 void check_fits_context(const RecipeShapes& shapes, int64_t prompt_tokens,
                         const std::string& command);
 
-// The rlhf stage's four roles, with random weights: actor and reference start equal (as when both
-// are the SFT policy), the critic and the reward model are scalar-head models. The same seeds
-// every call, so two benchmarks built from one config start from the same weights.
+// The rlhf stage's four roles, with random weights, on `device`: actor and reference start equal
+// (as when both are the SFT policy), the critic and the reward model are scalar-head models. The
+// same seeds every call, so two benchmarks built from one config start from the same weights.
 struct PpoRoles {
   Transformer actor, reference, critic, reward;
 };
-PpoRoles random_roles(const ModelConfig& config);
+PpoRoles random_roles(const ModelConfig& config, const torch::Device& device = torch::kCPU);
 
 // Scores episodes with the reward model, adding the time it takes to rm_seconds (which must
 // outlive the scorer).
@@ -59,11 +59,12 @@ struct IterationSeconds {
 IterationSeconds mean_iteration(const std::function<IterationSeconds(int)>& iterate, int warmup,
                                 int iterations);
 
-// The recipe's PPO stage as `bench ppo` runs it: PpoTrainer over random_roles, the reward-model
-// scorer and batch_size random prompts; every episode runs to max_new_tokens.
+// The recipe's PPO stage as `bench ppo` runs it: PpoTrainer over random_roles on `device`, the
+// reward-model scorer and batch_size random prompts; every episode runs to max_new_tokens.
 class PpoBenchRun {
  public:
-  PpoBenchRun(const RecipeShapes& shapes, int64_t prompt_tokens, bool sequential);
+  PpoBenchRun(const RecipeShapes& shapes, int64_t prompt_tokens, bool sequential,
+              const torch::Device& device = torch::kCPU);
   PpoBenchRun(const PpoBenchRun&) = delete;  // the scorer holds &rm_seconds_
   PpoBenchRun& operator=(const PpoBenchRun&) = delete;
 
@@ -76,6 +77,7 @@ class PpoBenchRun {
  private:
   int64_t batch_size_;
   double beta_;  // the KL coefficient
+  torch::Device device_;
   PpoRoles roles_;
   PpoOptions options_;
   double rm_seconds_ = 0;

@@ -31,6 +31,11 @@ std::vector<int64_t> parse_int_list(const std::string& text, const char* flag) {
   return out;
 }
 
+// The built-in shapes, for --shape's help: what each is, by parameter count.
+constexpr const char* kShapes =
+    "stories260k, llama-15m, llama-124m, llama-500m (513M parameters), llama-1b (1.04B)";
+constexpr const char* kDeviceHelp = "cpu, cuda or cuda:N";
+
 void add_gemm_command(CLI::App& bench_cmd, CommandAction& action) {
   auto gemm = std::make_shared<bench::GemmOptions>();
   auto* gemm_cmd = bench_cmd.add_subcommand(
@@ -38,6 +43,7 @@ void add_gemm_command(CLI::App& bench_cmd, CommandAction& action) {
   gemm_cmd->add_option("--size", gemm->size, "square matrix size")->capture_default_str();
   gemm_cmd->add_option("--repeats", gemm->repeats)->capture_default_str();
   gemm_cmd->add_option("--threads", gemm->threads, "intra-op threads (0: tiller --threads)");
+  gemm_cmd->add_option("--device", gemm->device, kDeviceHelp)->capture_default_str();
   gemm_cmd->add_flag("--json", gemm->json, "print JSON instead of a table");
   gemm_cmd->callback([gemm, &action] {
     action = [gemm] {
@@ -54,8 +60,7 @@ void add_decode_command(CLI::App& bench_cmd, CommandAction& action) {
       bench_cmd.add_subcommand("decode", "generation tokens/s at several batch sizes");
   decode_cmd->add_option("--model", decode->model_dir,
                          "HF directory (default: --shape, random weights)");
-  decode_cmd->add_option("--shape", decode->shape, "stories260k, llama-15m, llama-124m")
-      ->capture_default_str();
+  decode_cmd->add_option("--shape", decode->shape, kShapes)->capture_default_str();
   decode_cmd->add_option("--batch", *batches, "comma-separated batch sizes")->capture_default_str();
   decode_cmd->add_option("--prompt-tokens", decode->prompt_tokens)->capture_default_str();
   decode_cmd->add_option("--new-tokens", decode->new_tokens)->capture_default_str();
@@ -63,6 +68,11 @@ void add_decode_command(CLI::App& bench_cmd, CommandAction& action) {
       ->capture_default_str();
   decode_cmd->add_option("--repeats", decode->repeats)->capture_default_str();
   decode_cmd->add_option("--threads", decode->threads, "intra-op threads (0: tiller --threads)");
+  decode_cmd
+      ->add_option("--device", decode->device,
+                   "cpu, cuda or cuda:N (on CUDA decode goes through LibTorch ops: the fast "
+                   "step is CPU-only)")
+      ->capture_default_str();
   decode_cmd->add_flag("--torch-decode", decode->torch_decode,
                        "decode through LibTorch ops, without the fast fp32 CPU step");
   auto quantize = std::make_shared<std::string>();
@@ -94,8 +104,7 @@ void add_groups_command(CLI::App& bench_cmd, CommandAction& action) {
       "groups", "GRPO group sampling: one prefill per prompt against the prompts repeated");
   groups_cmd->add_option("--model", groups->model_dir,
                          "HF directory (default: --shape, random weights)");
-  groups_cmd->add_option("--shape", groups->shape, "stories260k, llama-15m, llama-124m")
-      ->capture_default_str();
+  groups_cmd->add_option("--shape", groups->shape, kShapes)->capture_default_str();
   groups_cmd->add_option("--prompts", groups->prompts, "distinct prompts")->capture_default_str();
   groups_cmd->add_option("--group", groups->group, "samples per prompt")->capture_default_str();
   groups_cmd->add_option("--prompt-tokens", groups->prompt_tokens)->capture_default_str();
@@ -120,14 +129,18 @@ void add_train_command(CLI::App& bench_cmd, CommandAction& action) {
       "train", "SFT step tokens/s, GFLOP/s and the fraction of the matmul peak");
   train_cmd->add_option("--model", train->model_dir,
                         "HF directory (default: --shape, random weights)");
-  train_cmd->add_option("--shape", train->shape, "stories260k, llama-15m, llama-124m")
-      ->capture_default_str();
+  train_cmd->add_option("--shape", train->shape, kShapes)->capture_default_str();
   train_cmd->add_option("--batch", train->batch, "rows per step")->capture_default_str();
   train_cmd->add_option("--seq", train->seq, "tokens per row")->capture_default_str();
   train_cmd->add_option("--dtype", train->dtype, "fp32, or bf16 autocast")->capture_default_str();
   train_cmd->add_option("--steps", train->steps, "timed steps (after one warm-up)")
       ->capture_default_str();
   train_cmd->add_option("--threads", train->threads, "intra-op threads (0: tiller --threads)");
+  train_cmd
+      ->add_option("--device", train->device,
+                   "cpu, cuda or cuda:N (on CUDA the fraction is of the GPU's published "
+                   "dense peak)")
+      ->capture_default_str();
   train_cmd->add_flag("--json", train->json, "print JSON instead of a table");
   train_cmd->callback([train, &action] {
     action = [train] {
@@ -143,10 +156,13 @@ void add_ppo_command(CLI::App& bench_cmd, CommandAction& action) {
   auto* ppo_cmd = bench_cmd.add_subcommand(
       "ppo", "PPO iteration seconds (generate / scoring / training) on a recipe's shapes");
   ppo_cmd->add_option("--recipe", ppo->recipe, "recipe JSON with a PPO stage")->required();
+  ppo_cmd->add_option("--shape", ppo->shape,
+                      std::string("a built-in shape in place of the recipe's model: ") + kShapes);
   ppo_cmd->add_option("--iterations", ppo->iterations, "timed iterations")->capture_default_str();
   ppo_cmd->add_option("--warmup", ppo->warmup, "untimed iterations first")->capture_default_str();
   ppo_cmd->add_option("--prompt-tokens", ppo->prompt_tokens)->capture_default_str();
   ppo_cmd->add_option("--threads", ppo->threads, "intra-op threads (0: tiller --threads)");
+  ppo_cmd->add_option("--device", ppo->device, kDeviceHelp)->capture_default_str();
   ppo_cmd->add_flag("--sequential", ppo->sequential,
                     "actor and critic one after the other on all threads, never side by "
                     "side (to measure what side by side gains)");

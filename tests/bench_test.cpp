@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/torch_compat.h"
 #include "common/train/precision.h"
 #include "common/util/files.h"
 #include "tests/test_util.h"
@@ -75,6 +76,8 @@ TEST(Bench, DecodeJsonIsOneObjectPerBatch) {
     EXPECT_EQ(row.at("shape"), "stories260k");
     EXPECT_EQ(row.at("dtype"), "fp32");
     EXPECT_EQ(row.at("new_tokens"), 8);
+    EXPECT_EQ(row.at("device"), "cpu");
+    EXPECT_EQ(row.at("decode_path"), "fast (FastDecoder where it applies)");
     expect_positive(row, {"tokens_per_s", "prefill_tokens_per_s", "bytes_per_step", "copy_gbps",
                           "bandwidth_bound_tokens_per_s", "fraction_of_bandwidth_bound",
                           "fraction_of_compute_bound", "threads", "parameters"});
@@ -115,6 +118,10 @@ TEST(Bench, TrainJson) {
   EXPECT_EQ(doc.at("shape"), "stories260k");
   EXPECT_EQ(doc.at("batch"), 2);
   EXPECT_EQ(doc.at("seq"), 32);
+  EXPECT_EQ(doc.at("device"), "cpu");
+  // On a CPU the peak is the matmul rate measured in the same run.
+  EXPECT_EQ(doc.at("peak_source").get<std::string>().rfind("measured: ", 0), 0u) << doc.dump();
+  EXPECT_EQ(doc.at("peak_gflops"), doc.at("measured_matmul_gflops"));
   expect_positive(doc, {"tokens_per_s", "step_s", "forward_s", "backward_s", "optimizer_s",
                         "flops_per_token", "gflops", "peak_gflops", "fraction_of_peak"});
 }
@@ -130,6 +137,7 @@ TEST(Bench, PpoJsonOnTheQuickstartShapes) {
   EXPECT_EQ(doc.at("new_tokens"), 48);
   EXPECT_EQ(doc.at("epochs"), 4);
   EXPECT_EQ(doc.at("mini_batch_size"), 8);
+  EXPECT_EQ(doc.at("device"), "cpu");
   expect_positive(doc,
                   {"generate_s", "score_s", "rm_s", "train_s", "iteration_s", "episodes_per_s"});
   EXPECT_LE(doc.at("generate_s").get<double>() + doc.at("score_s").get<double>() +
@@ -178,6 +186,49 @@ TEST(Bench, GrpoJsonSetsGrpoBesidePpoOnTheSameShapes) {
   }
 }
 
+// The PPO benchmark at a built-in shape in place of the recipe's model: the shape's own width and
+// vocabulary, the recipe's PPO settings.
+TEST(Bench, PpoTakesABuiltinShapeInPlaceOfTheRecipesModel) {
+  const std::string args =
+      "ppo --recipe " + kQuickstart + " --shape stories260k --iterations 1 --warmup 0 --json";
+  const auto doc = json_of(bench(args), args);
+  EXPECT_EQ(doc.at("shape"), "stories260k");
+  EXPECT_EQ(doc.at("model").at("vocab_size"), 512);  // stories260k's, not the recipe's 400
+  EXPECT_EQ(doc.at("model").at("num_hidden_layers"), 5);
+  EXPECT_EQ(doc.at("batch_size"), 32);
+  expect_positive(doc, {"iteration_s"});
+}
+
+// Every way --device cuda can be unusable here (a LibTorch without CUDA, no GPU visible, an index
+// past the GPUs) is one line that says so, and no output.
+TEST(Bench, CudaWhereThereIsNoneGivesOneErrorLine) {
+  const int64_t gpus = compat::cuda_available() ? torch::cuda::device_count() : 0;
+  std::vector<std::string> cases = {
+      "gemm --device cuda:" + std::to_string(gpus),
+      "train --shape stories260k --device cuda:" + std::to_string(gpus + 3)};
+  if (gpus == 0)
+    cases.insert(cases.end(), {"train --shape stories260k --device cuda",
+                               "decode --shape stories260k --device cuda",
+                               "ppo --recipe " + kQuickstart + " --device cuda:0"});
+  for (const auto& args : cases) {
+    const BenchRun r = bench(args);
+    EXPECT_EQ(r.code, 1) << args << "\nstdout: " << r.out << "\nstderr: " << r.err;
+    EXPECT_EQ(r.out, "") << args;
+    std::vector<std::string> errors;
+    std::string line;
+    for (std::istringstream in(r.err); std::getline(in, line);)
+      if (line.rfind("tiller: warning:", 0) != 0) errors.push_back(line);
+    ASSERT_EQ(errors.size(), 1u) << args << "\n" << r.err;
+#ifdef TILLER_WITH_CUDA
+    const std::string why = gpus == 0 ? "no CUDA GPU is visible" : "CUDA GPUs here";
+#else
+    const std::string why = "built against a LibTorch without CUDA";
+#endif
+    EXPECT_NE(errors[0].find(why), std::string::npos) << args << "\n" << errors[0];
+    EXPECT_NE(errors[0].find("--device cuda"), std::string::npos) << args << "\n" << errors[0];
+  }
+}
+
 TEST(Bench, BadFlagsGiveOneErrorLine) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"gemm --size 0", "--size"},
@@ -190,6 +241,12 @@ TEST(Bench, BadFlagsGiveOneErrorLine) {
       {"train --shape stories260k --seq 1", "--seq"},
       {"train --shape stories260k --seq 100000", "context"},
       {"train --shape stories260k --steps 0", "--steps"},
+      {"train --shape stories260k --device tpu", "--device must be cpu, cuda or cuda:N, got 'tpu'"},
+      {"train --shape stories260k --device cuda:", "--device must be cpu, cuda or cuda:N"},
+      {"decode --shape stories260k --device CUDA", "--device must be cpu, cuda or cuda:N"},
+      {"gemm --device cuda0", "--device must be cpu, cuda or cuda:N"},
+      {"ppo --recipe " + kQuickstart + " --device gpu", "--device must be cpu, cuda or cuda:N"},
+      {"ppo --recipe " + kQuickstart + " --shape gpt-5", "unknown model shape 'gpt-5'"},
       {"ppo", "--recipe"},
       {"ppo --recipe /nonexistent.json", "/nonexistent.json"},
       {"ppo --recipe " + kQuickstart + " --iterations 0", "--iterations"},

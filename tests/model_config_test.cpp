@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <fstream>
 #include <functional>
 
@@ -259,6 +260,17 @@ TEST(ModelConfig, MalformedConfigFileNamesFileAndLine) {
 
   m = test::error_of([&] { load_model_config(dir + "/nope"); });
   EXPECT_NE(m.find(dir + "/nope does not exist"), std::string::npos) << m;
+}
+
+// The sizes `tiller bench --help` states for the GPU-sized shapes (cli/bench_cmd.cpp), and the
+// grouped-query attention they share.
+TEST(ModelConfig, GpuSizedBuiltinShapesHaveTheParameterCountsTheHelpStates) {
+  const ModelConfig small = builtin_shape("llama-500m"), large = builtin_shape("llama-1b");
+  EXPECT_EQ(std::llround(small.parameter_count() / 1e6), 513);
+  EXPECT_EQ(std::llround(large.parameter_count() / 1e7), 104);  // 1.04B
+  EXPECT_EQ(large.num_attention_heads / large.num_key_value_heads, 4);
+  EXPECT_EQ(large.resolved_head_dim(), 64);
+  EXPECT_EQ(small.resolved_head_dim(), 64);
 }
 
 TEST(ModelConfig, UnknownBuiltinShapeIsAnError) {

@@ -270,8 +270,21 @@ ModelConfig builtin_shape(const std::string& name) {
   } else if (name == "llama-124m") {
     c.vocab_size = 32000, c.hidden_size = 768, c.intermediate_size = 2048, c.num_hidden_layers = 12;
     c.num_attention_heads = 12, c.num_key_value_heads = 12, c.max_position_embeddings = 1024;
+  } else if (name == "llama-500m") {
+    // 513M parameters: a Llama 2 vocabulary, 24 layers of 1280 with 20 heads of 64 sharing 4 KV
+    // heads, for the GPU benchmarks (PPO at a 0.5B shape).
+    c.vocab_size = 32000, c.hidden_size = 1280, c.intermediate_size = 4096,
+    c.num_hidden_layers = 24;
+    c.num_attention_heads = 20, c.num_key_value_heads = 4, c.max_position_embeddings = 2048;
+  } else if (name == "llama-1b") {
+    // 1.04B parameters: Llama 3.2 1B's body (16 layers of 2048, 32 heads of 64 sharing 8 KV heads,
+    // an MLP of 8192, tied embeddings) with Llama 2's 32000-token vocabulary and a 2048 context.
+    c.vocab_size = 32000, c.hidden_size = 2048, c.intermediate_size = 8192,
+    c.num_hidden_layers = 16;
+    c.num_attention_heads = 32, c.num_key_value_heads = 8, c.max_position_embeddings = 2048;
   } else {
-    throw Error("unknown model shape '" + name + "' (stories260k, llama-15m, llama-124m)");
+    throw Error("unknown model shape '" + name +
+                "' (stories260k, llama-15m, llama-124m, llama-500m, llama-1b)");
   }
   c.validate("shape " + name);
   return c;

@@ -64,6 +64,7 @@ ModelConfig load_model_config(const std::string& dir);
 
 namespace tiller {
 // Built-in shapes for benchmarks and from-scratch models: "stories260k", "llama-15m"
-// (llama2.c stories15M), "llama-124m" (GPT-2-small-sized Llama). Throws on an unknown name.
+// (llama2.c stories15M), "llama-124m" (GPT-2-small-sized Llama), and for GPUs "llama-500m" (513M
+// parameters) and "llama-1b" (1.04B, Llama 3.2 1B's body). Throws on an unknown name.
 ModelConfig builtin_shape(const std::string& name);
 }  // namespace tiller
