@@ -235,7 +235,10 @@ TEST(FastDecode, RowsStoppedAtEosMatchTorchPath) {
 // the rows ran, and on_step hears of the same steps, as the host loop stops there.
 TEST(FastDecode, AllRowsEndingEarlyMatchTorchPath) {
   auto model = gqa_untied();
-  for (uint64_t seed : {9, 10}) {
+  // Two sampling seeds under which some token ends every row early. Which seeds those are depends
+  // on the model's random biases and on the BLAS's rounding (thread counts), so they are searched.
+  int checked = 0;
+  for (uint64_t seed = 1; seed <= 64 && checked < 2; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     SamplingOptions o;
     o.max_new_tokens = 40;
@@ -255,7 +258,8 @@ TEST(FastDecode, AllRowsEndingEarlyMatchTorchPath) {
       }
       if (latest + 1 < end && (latest + 1) % 8 != 0) eos = id, end = latest + 1;
     }
-    ASSERT_GE(eos, 0) << "no token ends every row early; change the model seed";
+    if (eos < 0) continue;
+    ++checked;
     o.stop_at_eos = true;
     o.eos_id = eos;
     const auto batch = expect_generate_matches(*model, kPrompts, o);
@@ -276,6 +280,7 @@ TEST(FastDecode, AllRowsEndingEarlyMatchTorchPath) {
     EXPECT_EQ(heard[0].size(), static_cast<size_t>(end));
     EXPECT_EQ(heard[0], heard[1]);
   }
+  ASSERT_EQ(checked, 2) << "no two seeds of 1..64 end every row early; change the model";
 }
 
 TEST(FastDecode, Stories260KGreedyMatchesTorchPath) {
