@@ -7,6 +7,7 @@
 #include "common/train/optimizer.h"
 #include "common/util/error.h"
 #include "rlhf/grpo_trainer.h"
+#include "tests/ppo_fixtures.h"
 #include "tests/test_util.h"
 
 using namespace tiller;
@@ -19,16 +20,6 @@ Transformer tiny_model(uint64_t seed) {
   Transformer model(test::llama_config(32, 32, 64, 2, 4, 2, 64));
   model->init_weights(seed);
   return model;
-}
-
-std::vector<std::vector<int64_t>> prompts(int64_t count) {
-  std::vector<std::vector<int64_t>> out;
-  for (int64_t i = 0; i < count; ++i) {
-    std::vector<int64_t> p = {1};  // BOS
-    for (int64_t j = 0; j < 1 + i % 4; ++j) p.push_back(3 + (i * 7 + j * 5) % 29);
-    out.push_back(p);
-  }
-  return out;
 }
 
 std::vector<uint64_t> seeds(int64_t count, uint64_t base) {
@@ -71,7 +62,7 @@ struct GrpoSetup {
   // Samples 8 prompts' groups, scores them by target frequency and learns; returns the mean
   // frequency of the sampled responses and the learn figures.
   std::pair<double, GrpoLearnStats> iterate(int64_t iteration) {
-    const auto p = prompts(8);
+    const auto p = test::numbered_prompts(8, 4);
     auto g = trainer->sample(p, seeds(8 * trainer->options().group_size, iteration));
     const auto scores = target_frequency(g);
     const auto batch = trainer->prepare(g, scores);
@@ -108,7 +99,7 @@ TEST(GrpoTrainer, ALargeKlWeightHoldsThePolicyNearTheReference) {
     for (int64_t i = 0; i < 15; ++i) s.iterate(i);
     // The k3 KL of the trained policy to the (untrained) reference on fresh samples.
     GrpoTrainer measure(options_for("grpo"), *s.actor, s.reference.get(), *s.optimizer);
-    const auto g = measure.sample(prompts(8), seeds(32, 99));
+    const auto g = measure.sample(test::numbered_prompts(8, 4), seeds(32, 99));
     auto [logp, ref] = measure.logprobs(g);
     const auto mask = g.response_mask.to(torch::kFloat);
     const double kl = ((torch::exp(ref - logp) - (ref - logp) - 1) * mask).sum().item<double>() /
@@ -124,7 +115,7 @@ TEST(GrpoTrainer, AllEqualGroupsGetNoAdvantageAndRatiosStartAtOne) {
   o.epochs = 2;  // old log-probs are computed, and the first epoch's ratios must be 1
   o.mini_batch_size = 32;
   GrpoSetup s(o);
-  auto g = s.trainer->sample(prompts(8), seeds(32, 5));
+  auto g = s.trainer->sample(test::numbered_prompts(8, 4), seeds(32, 5));
   auto scores = target_frequency(g);
   scores.narrow(0, 0, 4).fill_(0.5);  // group 0: all equal
   scores[4] = 1.0;                    // group 1: one response better than the others

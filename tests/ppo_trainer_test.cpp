@@ -7,6 +7,7 @@
 #include "common/train/optimizer.h"
 #include "rlhf/ppo_math.h"
 #include "rlhf/ppo_trainer.h"
+#include "tests/ppo_fixtures.h"
 #include "tests/test_util.h"
 
 using namespace tiller;
@@ -25,34 +26,10 @@ Transformer tiny_model(uint64_t seed, int64_t num_labels = 0) {
   return model;
 }
 
-std::vector<std::vector<int64_t>> prompts(int64_t count) {
-  std::vector<std::vector<int64_t>> out;
-  for (int64_t i = 0; i < count; ++i) {
-    std::vector<int64_t> p = {1};  // BOS
-    for (int64_t j = 0; j < 1 + i % 5; ++j) p.push_back(3 + (i * 7 + j * 5) % 29);
-    out.push_back(p);
-  }
-  return out;
-}
-
 std::vector<uint64_t> seeds(int64_t count, uint64_t base) {
   std::vector<uint64_t> out;
   for (int64_t i = 0; i < count; ++i) out.push_back(base * 1000 + static_cast<uint64_t>(i));
   return out;
-}
-
-constexpr int64_t kTarget = 7;
-
-// The fraction of each response's tokens that are kTarget: a reward model that prefers one token.
-torch::Tensor target_frequency(const std::vector<std::vector<int64_t>>&,
-                               const std::vector<std::vector<int64_t>>& responses) {
-  std::vector<float> out;
-  for (const auto& r : responses) {
-    int64_t hits = 0;
-    for (int64_t id : r) hits += id == kTarget;
-    out.push_back(r.empty() ? 0.0f : static_cast<float>(hits) / static_cast<float>(r.size()));
-  }
-  return torch::tensor(out);
 }
 
 // Actor, reference (the same weights), critic, their optimizers and a trainer.
@@ -89,16 +66,18 @@ PpoOptions options_for_tests() {
   return o;
 }
 
-// Mean per-token frequency of kTarget and mean per-sequence KL (k1) on a fixed evaluation set.
+// Mean per-token frequency of test::kRewardedToken and mean per-sequence KL (k1) on a fixed
+// evaluation set.
 std::pair<double, double> evaluate(PpoTrainer& trainer, double beta) {
-  const auto r = trainer.rollout(prompts(64), seeds(64, 999), beta);
+  const auto r = trainer.rollout(test::numbered_prompts(64, 5), seeds(64, 999), beta);
   return {r.scorer_scores.mean().item<double>(), rollout_stats(r).kl_k1};
 }
 
 // Runs `iterations` PPO iterations of 32 episodes with KL coefficient beta.
 void train(PpoTrainer& trainer, int64_t iterations, double beta) {
   for (int64_t it = 0; it < iterations; ++it) {
-    const auto r = trainer.rollout(prompts(32), seeds(32, static_cast<uint64_t>(it)), beta);
+    const auto r =
+        trainer.rollout(test::numbered_prompts(32, 5), seeds(32, static_cast<uint64_t>(it)), beta);
     trainer.learn(r, static_cast<uint64_t>(it));
   }
 }
@@ -115,8 +94,8 @@ TEST(PpoTrainer, FirstMinibatchRatioIsOne) {
   for (int64_t micro : {4, 8}) {
     auto options = options_for_tests();
     options.micro_batch_size = micro;
-    PpoSetup s(options, target_frequency);
-    const auto r = s.trainer->rollout(prompts(16), seeds(16, 1), 0.05);
+    PpoSetup s(options, test::rewarded_token_frequency);
+    const auto r = s.trainer->rollout(test::numbered_prompts(16, 5), seeds(16, 1), 0.05);
     const auto stats = s.trainer->learn(r, 5);
     EXPECT_LT(stats.first_ratio_max_deviation, 1e-5) << "micro_batch_size " << micro;
     EXPECT_LT(std::abs(stats.first_approx_kl), 1e-10) << "micro_batch_size " << micro;
@@ -129,14 +108,14 @@ TEST(PpoTrainer, FirstMinibatchRatioIsOne) {
 }
 
 TEST(PpoTrainer, BetaZeroRaisesTheRewardedTokenAndLargeBetaHoldsKlNearZero) {
-  PpoSetup unheld(options_for_tests(), target_frequency, /*actor_lr=*/3e-3);
+  PpoSetup unheld(options_for_tests(), test::rewarded_token_frequency, /*actor_lr=*/3e-3);
   const auto [before, kl_before] = evaluate(*unheld.trainer, 0.0);
   train(*unheld.trainer, 12, /*beta=*/0.0);
   const auto [after, kl_after] = evaluate(*unheld.trainer, 0.0);
   EXPECT_EQ(kl_before, 0.0);
   EXPECT_GT(after, before + 0.2) << "target frequency " << before << " -> " << after;
 
-  PpoSetup held(options_for_tests(), target_frequency, /*actor_lr=*/3e-3);
+  PpoSetup held(options_for_tests(), test::rewarded_token_frequency, /*actor_lr=*/3e-3);
   train(*held.trainer, 12, /*beta=*/5.0);
   const auto [held_after, held_kl] = evaluate(*held.trainer, 5.0);
   // Per-sequence KL over 8 tokens: under 0.05 nats a token, and a small fraction of beta = 0's.
@@ -159,7 +138,7 @@ TEST(PpoTrainer, ResponsesWithoutEosGetThePenalty) {
   for (int64_t eos = 3; eos < 32 && !found; ++eos) {
     options.sampling.eos_id = eos;
     PpoSetup s(options, constant);
-    const auto r = s.trainer->rollout(prompts(64), seeds(64, 3), 0.1);
+    const auto r = s.trainer->rollout(test::numbered_prompts(64, 5), seeds(64, 3), 0.1);
     const auto ended = r.generation.ended_with_eos;
     const int64_t with_eos = ended.sum().item<int64_t>();
     if (with_eos == 0 || with_eos == 64) continue;
@@ -180,7 +159,7 @@ TEST(PpoTrainer, ResponsesWithoutEosGetThePenalty) {
   options.missing_eos_penalty = std::nullopt;
   options.sampling.eos_id = 2;
   PpoSetup off(options, constant);
-  const auto r = off.trainer->rollout(prompts(16), seeds(16, 3), 0.1);
+  const auto r = off.trainer->rollout(test::numbered_prompts(16, 5), seeds(16, 3), 0.1);
   EXPECT_TRUE(torch::equal(r.scores, torch::full({16}, 5.0f)));
   EXPECT_EQ(r.eos_penalized, 0);
   // A constant scorer gives no signal, and the rollout says so.
@@ -196,8 +175,8 @@ TEST(PpoTrainer, ByDefaultUnfinishedResponsesKeepTheScorersScore) {
   options.missing_eos_penalty = defaults.missing_eos_penalty;
   options.sampling.stop_at_eos = true;
   options.sampling.eos_id = 2;
-  PpoSetup s(options, target_frequency);
-  const auto r = s.trainer->rollout(prompts(16), seeds(16, 3), 0.1);
+  PpoSetup s(options, test::rewarded_token_frequency);
+  const auto r = s.trainer->rollout(test::numbered_prompts(16, 5), seeds(16, 3), 0.1);
   ASSERT_LT(r.generation.ended_with_eos.sum().item<int64_t>(), 16) << "every row ended";
   EXPECT_TRUE(torch::equal(r.scores, r.scorer_scores));
   EXPECT_EQ(r.eos_penalized, 0);
@@ -216,8 +195,8 @@ TEST(PpoTrainer, APenaltyThatReplacesEveryScoreIsMarkedAsNoSignal) {
   Rollout r;
   for (int64_t eos = 3; eos < 32; ++eos) {
     options.sampling.eos_id = eos;
-    s = std::make_unique<PpoSetup>(options, target_frequency);
-    r = s->trainer->rollout(prompts(16), seeds(16, 5), 0.1);
+    s = std::make_unique<PpoSetup>(options, test::rewarded_token_frequency);
+    r = s->trainer->rollout(test::numbered_prompts(16, 5), seeds(16, 5), 0.1);
     if (r.generation.ended_with_eos.sum().item<int64_t>() == 0) break;
   }
   ASSERT_EQ(r.generation.ended_with_eos.sum().item<int64_t>(), 0) << "no EOS id left every row";
@@ -232,24 +211,24 @@ TEST(PpoTrainer, APenaltyThatReplacesEveryScoreIsMarkedAsNoSignal) {
 // predicts the raw head, the rewards are the head less the model's offset.
 TEST(PpoTrainer, TheValueOffsetPutsTheCriticOnTheRewardsScale) {
   auto options = options_for_tests();
-  PpoSetup plain(options, target_frequency);
+  PpoSetup plain(options, test::rewarded_token_frequency);
   {
     torch::NoGradGuard no_grad;
     plain.critic->score->weight.normal_(0, 0.5);
   }
   options.value_offset = 7.5;
-  PpoTrainer offset(options, *plain.actor, *plain.reference, *plain.critic, target_frequency,
-                    *plain.actor_opt, *plain.critic_opt);
-  const auto a = plain.trainer->rollout(prompts(8), seeds(8, 2), 0.1);
-  const auto b = offset.rollout(prompts(8), seeds(8, 2), 0.1);
+  PpoTrainer offset(options, *plain.actor, *plain.reference, *plain.critic,
+                    test::rewarded_token_frequency, *plain.actor_opt, *plain.critic_opt);
+  const auto a = plain.trainer->rollout(test::numbered_prompts(8, 5), seeds(8, 2), 0.1);
+  const auto b = offset.rollout(test::numbered_prompts(8, 5), seeds(8, 2), 0.1);
   ASSERT_TRUE(torch::equal(a.sequence_ids, b.sequence_ids));
   expect_close_masked(b.values, (a.values - 7.5) * a.mask, "values less the offset");
 }
 
 TEST(PpoTrainer, EpisodesDependOnTheirSeedNotTheirBatch) {
   auto options = options_for_tests();
-  PpoSetup s(options, target_frequency);
-  const auto all = prompts(8);
+  PpoSetup s(options, test::rewarded_token_frequency);
+  const auto all = test::numbered_prompts(8, 5);
   const auto all_seeds = seeds(8, 4);
   const auto together = s.trainer->rollout(all, all_seeds, 0.0);
   for (int64_t i : {0, 3, 6}) {
@@ -281,13 +260,13 @@ TEST(PpoTrainer, SideBySideComputesWhatOneAfterTheOtherDoes) {
   ThreadsForTest two(2);
   auto sequential_options = options_for_tests();
   sequential_options.side_by_side = false;
-  PpoSetup sequential(sequential_options, target_frequency);
-  PpoSetup side_by_side(options_for_tests(), target_frequency);
+  PpoSetup sequential(sequential_options, test::rewarded_token_frequency);
+  PpoSetup side_by_side(options_for_tests(), test::rewarded_token_frequency);
   ASSERT_FALSE(sequential.trainer->side_by_side());
   ASSERT_TRUE(side_by_side.trainer->side_by_side());
 
-  const auto a = sequential.trainer->rollout(prompts(16), seeds(16, 3), 0.05);
-  const auto b = side_by_side.trainer->rollout(prompts(16), seeds(16, 3), 0.05);
+  const auto a = sequential.trainer->rollout(test::numbered_prompts(16, 5), seeds(16, 3), 0.05);
+  const auto b = side_by_side.trainer->rollout(test::numbered_prompts(16, 5), seeds(16, 3), 0.05);
   EXPECT_EQ(at::get_num_threads(), 2) << "the threads are restored after the rollout";
   ASSERT_TRUE(torch::equal(a.sequence_ids, b.sequence_ids));
   expect_close(a.logprobs, b.logprobs, "log-probs");
@@ -321,11 +300,11 @@ TEST(PpoTrainer, SideBySideComputesWhatOneAfterTheOtherDoes) {
 TEST(PpoTrainer, SideBySideOnlyWithTwoThreadsAndModelsOfSimilarSize) {
   {
     ThreadsForTest one(1);
-    PpoSetup s(options_for_tests(), target_frequency);
+    PpoSetup s(options_for_tests(), test::rewarded_token_frequency);
     EXPECT_FALSE(s.trainer->side_by_side());
   }
   ThreadsForTest two(2);
-  PpoSetup similar(options_for_tests(), target_frequency);
+  PpoSetup similar(options_for_tests(), test::rewarded_token_frequency);
   EXPECT_TRUE(similar.trainer->side_by_side());
 
   ModelConfig small = test::llama_config(32, 8, 16, 1, 2, 2, 64);
@@ -335,9 +314,9 @@ TEST(PpoTrainer, SideBySideOnlyWithTwoThreadsAndModelsOfSimilarSize) {
   ParallelAdamW critic_opt(*small_critic, OptimizerOptions{1e-3, 0.0, 0.9, 0.95, 1e-8},
                            dist::Group());
   PpoTrainer lopsided(options_for_tests(), *similar.actor, *similar.reference, *small_critic,
-                      target_frequency, *similar.actor_opt, critic_opt);
+                      test::rewarded_token_frequency, *similar.actor_opt, critic_opt);
   EXPECT_FALSE(lopsided.side_by_side());
   // It still trains, one after the other.
-  const auto r = lopsided.rollout(prompts(8), seeds(8, 1), 0.05);
+  const auto r = lopsided.rollout(test::numbered_prompts(8, 5), seeds(8, 1), 0.05);
   EXPECT_EQ(lopsided.learn(r, 1).updates, 2);
 }

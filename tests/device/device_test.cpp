@@ -27,6 +27,7 @@
 #include "common/train/pairwise_reward.h"
 #include "common/train/parallel_adamw.h"
 #include "rlhf/ppo_trainer.h"
+#include "tests/ppo_fixtures.h"
 #include "tests/test_util.h"
 
 using namespace tiller;
@@ -270,31 +271,6 @@ std::pair<double, torch::Tensor> reward_step(TransformerImpl& model, ParallelAda
 // ---------------------------------------------------------------------------------------------
 // PPO
 
-constexpr int64_t kRewardedToken = 7;
-
-// A scorer that prefers one token (the fraction of each response that is kRewardedToken): a
-// function of the tokens alone, so both sides score the same responses alike.
-torch::Tensor rewarded_token_frequency(const std::vector<std::vector<int64_t>>&,
-                                       const std::vector<std::vector<int64_t>>& responses) {
-  std::vector<float> out;
-  for (const auto& r : responses) {
-    int64_t hits = 0;
-    for (int64_t id : r) hits += id == kRewardedToken;
-    out.push_back(r.empty() ? 0.0f : static_cast<float>(hits) / static_cast<float>(r.size()));
-  }
-  return torch::tensor(out);
-}
-
-std::vector<std::vector<int64_t>> ppo_prompts(int64_t count) {
-  std::vector<std::vector<int64_t>> out;
-  for (int64_t i = 0; i < count; ++i) {
-    std::vector<int64_t> p = {1};  // BOS
-    for (int64_t j = 0; j < 1 + i % 5; ++j) p.push_back(3 + (i * 7 + j * 5) % 29);
-    out.push_back(p);
-  }
-  return out;
-}
-
 // Actor, reference (the actor's weights), critic, their optimizers and the trainer, on one
 // device.
 struct PpoSide {
@@ -319,7 +295,7 @@ void set_up_ppo(PpoSide& side, Transformer actor, Transformer reference, Transfo
   o.mini_batch_size = 8;
   o.micro_batch_size = 4;
   side.trainer = std::make_unique<PpoTrainer>(o, *side.actor, *side.reference, *side.critic,
-                                              rewarded_token_frequency, *side.actor_optimizer,
+                                              test::rewarded_token_frequency, *side.actor_optimizer,
                                               *side.critic_optimizer);
 }
 
@@ -387,7 +363,7 @@ TEST_F(DeviceAgreement, PpoIterationGivesTheCpusRolloutLossesAndWeights) {
   set_up_ppo(cpu, actors.cpu, references.cpu, critics.cpu);
   set_up_ppo(on_device, actors.device, references.device, critics.device);
 
-  const auto prompts = ppo_prompts(16);
+  const auto prompts = test::numbered_prompts(16, 5);
   std::vector<uint64_t> seeds;
   for (uint64_t i = 0; i < 16; ++i) seeds.push_back(1000 + i);
   const Rollout want = cpu.trainer->rollout(prompts, seeds, /*beta=*/0.05);
