@@ -29,9 +29,16 @@ struct PpoOptions {
   bool whiten_rewards = false;      // whiten the episode scores over the rollout batch
   double reward_clip = 0.0;         // clip the scores to [-clip, clip] (0: no clipping)
   std::string kl_estimator = "k1";  // the per-token KL in the rewards: "k1" or "k3"
-  // Subtracted from the critic's head: a critic initialised from a reward model predicts its raw
-  // head score, the rewards are that score less the model's tiller_reward_offset.
+  // The critic's values are (head - value_offset) / value_scale: a critic initialised from a
+  // reward model predicts its raw head score, the rewards are that score less the model's
+  // tiller_reward_offset (value_offset), and whitened scores are divided by their deviation.
   double value_offset = 0.0;
+  double value_scale = 1.0;
+  // Whitened scores and a critic that starts as the reward model: the first rollout whose scores
+  // are not all equal also moves value_offset and value_scale by its scores' mean and deviation
+  // (what whitening takes out), so the critic starts predicting the whitened scores instead of
+  // the raw ones. From then on they are the trainer's state (value_scale(), restore_value_scale).
+  bool calibrate_value_scale = false;
   double gamma = 1.0, lam = 0.95;
   double clip = 0.2, value_clip = 0.2, value_coef = 0.1;
   bool whiten_advantages = true;
@@ -122,6 +129,10 @@ class PpoTrainer {
                    int64_t step_for_guard = 0);
 
   const PpoOptions& options() const { return options_; }
+  // The critic's value offset and scale now (calibrated or not), and whether the calibration
+  // (PpoOptions::calibrate_value_scale) is still to come. A resumed run restores them.
+  bool value_scale_pending() const { return value_scale_pending_; }
+  void restore_value_scale(double offset, double scale);
   // Whether rollout() and learn() run the actor's and the critic's passes side by side: asked
   // for, with two or more intra-op threads, on the CPU, without tensor parallelism (its layers
   // call collectives), and the two models' matrix multiplies per token within a factor of two of
@@ -144,8 +155,12 @@ class PpoTrainer {
                        LearnStats& s);
   // The rollout's per-episode figures for this rank's episodes, then everyone's (gather_rows).
   void compute_passes(Rollout& r);
+  // PpoOptions::calibrate_value_scale at the first rollout with a signal: the offset and scale
+  // take in its scores' mean and deviation, and its values are mapped onto them.
+  void calibrate_value_scale(Rollout& r);
 
   PpoOptions options_;
+  bool value_scale_pending_ = false;
   TransformerImpl& actor_;
   TransformerImpl& reference_;
   TransformerImpl& critic_;
@@ -156,11 +171,12 @@ class PpoTrainer {
   dist::Group group_;
 };
 
-// The value head read at each response position, less value_offset: the critic's estimate for
-// the state before each response token (the slots whose hidden states predict them). [B, R].
+// The value head read at each response position, less value_offset, over value_scale: the
+// critic's estimate for the state before each response token (the slots whose hidden states predict
+// them). [B, R].
 torch::Tensor response_values(TransformerImpl& critic, const torch::Tensor& sequence_ids,
                               const torch::Tensor& sequence_mask, int64_t prompt_len,
-                              double value_offset = 0.0);
+                              double value_offset = 0.0, double value_scale = 1.0);
 
 // Every tensor of a rollout batch by name (prompt_ids, response_ids, masks, log-probs, values,
 // scores, rewards, advantages, returns, ...), for a dump an independent implementation can check.

@@ -96,9 +96,11 @@ void read_ppo(const nlohmann::json& json, const std::string& path, ConfigErrors&
   o.whiten_advantages = p.boolean("whiten_advantages", o.whiten_advantages);
   c.critic_head = p.string("critic_head", "auto");
   p.one_of("critic_head", c.critic_head, {"auto", "reward_model", "zeros"});
-  // auto: whitened scores have mean 0, and a zero head starts the critic there; unwhitened ones
-  // are the reward model's (raw head - offset), which its own head, less the offset, predicts.
-  if (c.critic_head == "auto") c.critic_head = c.ppo.whiten_rewards ? "zeros" : "reward_model";
+  // auto: the reward model's own head predicts its scores (raw head - offset); whitened, the
+  // first rollout's mean and deviation map it onto them (PpoOptions::calibrate_value_scale).
+  // From the base stories260K (tests/ppo_e2e_test.cpp) that learned what a zero head did not.
+  if (c.critic_head == "auto") c.critic_head = "reward_model";
+  o.calibrate_value_scale = o.whiten_rewards && c.critic_head == "reward_model";
   c.dump_rollouts = p.integer("dump_rollouts", 0);
   p.require(c.dump_rollouts >= 0, "dump_rollouts",
             "must be >= 0 (the first N iterations' rollouts written as safetensors)");
@@ -519,6 +521,7 @@ struct PpoReports {
         {"beta", exact_text(r.beta)},
         {"temperature", exact_text(o.sampling.temperature)},
         {"value_offset", exact_text(o.value_offset)},
+        {"value_scale", exact_text(o.value_scale)},
         {"reward_offset", exact_text(models.reward.metadata.offset)},
         {"reward_max_seq_len", std::to_string(models.reward_max_len)},
         {"reward_pad_id", std::to_string(models.reward_pad)},
@@ -578,15 +581,16 @@ StepReport iteration_report(const RlhfStageConfig& c, const Rollout& r, const Ro
 // complete.json: the evaluation figures before and after, the KL bound, the run's counts.
 nlohmann::json ppo_summary(const RlhfStageConfig& c, const nlohmann::json& initial_eval,
                            const nlohmann::json& last_eval, const PromptSplit& prompts,
-                           const PpoReports& reports, const PpoModels& models, double beta,
-                           int64_t iterations, int64_t skipped) {
+                           const PpoReports& reports, double value_offset, double value_scale,
+                           double beta, int64_t iterations, int64_t skipped) {
   nlohmann::json summary = {{"iterations", iterations},
                             {"train_prompts", prompts.train.size()},
                             {"eval_prompts", prompts.eval.size()},
                             {"beta_final", beta},
                             {"skipped_updates", skipped},
                             {"critic_head", c.critic_head},
-                            {"critic_value_offset", models.value_offset}};
+                            {"critic_value_offset", value_offset},
+                            {"critic_value_scale", value_scale}};
   if (reports.no_signal_iterations > 0) {
     summary["no_signal_iterations"] = reports.no_signal_iterations;
     std::fprintf(stderr, "[%s] WARNING: %lld iterations learned from constant scores (no signal)\n",
@@ -660,6 +664,9 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
                 cursor.seek(state.at("prompt_epoch").get<int64_t>(),
                             state.at("prompt_index").get<int64_t>());
                 kl.set_value(state.at("beta").get<double>());
+                if (state.contains("value_scale") && !state.value("value_scale_pending", false))
+                  trainer.restore_value_scale(state.at("value_offset").get<double>(),
+                                              state.at("value_scale").get<double>());
                 initial_eval = state.value("initial_eval", nlohmann::json());
               });
   last_eval = initial_eval;
@@ -708,12 +715,16 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     return nlohmann::json{{"prompt_epoch", cursor.epoch()},
                           {"prompt_index", cursor.index()},
                           {"beta", kl.value()},
+                          {"value_offset", trainer.options().value_offset},
+                          {"value_scale", trainer.options().value_scale},
+                          {"value_scale_pending", trainer.value_scale_pending()},
                           {"initial_eval", initial_eval}};
   };
   loop.run(steps);
 
-  nlohmann::json summary = ppo_summary(c, initial_eval, last_eval, prompts, reports, models,
-                                       kl.value(), loop.step(), loop.guard().skipped());
+  nlohmann::json summary =
+      ppo_summary(c, initial_eval, last_eval, prompts, reports, trainer.options().value_offset,
+                  trainer.options().value_scale, kl.value(), loop.step(), loop.guard().skipped());
   if (!data_parallel.single()) summary["data_parallel_ranks"] = data_parallel.size();
   return loop.finish(summary, [&](const std::string& final_dir) {
     models.actor->to(torch::kCPU);

@@ -103,7 +103,8 @@ TEST_P(PpoOracle, EveryRolloutTensorAndOneUpdateAgreeWithAnEagerImplementation) 
   write_reward_metadata(dir + "/rm", metadata);
   write_prompts(dir + "/prompts.jsonl");
   // Unwhitened scores with a penalty for unfinished responses (the critic keeps the reward
-  // model's head, less its offset), and whitened scores without one (the critic's head zeroed).
+  // model's head, less its offset), and whitened scores without one (the reward model's head
+  // calibrated to the first rollout's mean and deviation, derived again by the oracle).
   const nlohmann::json extra =
       GetParam() == "penalty"
           ? nlohmann::json{{"rollout", {{"missing_eos_penalty", -2.5}}}}
@@ -139,8 +140,9 @@ TEST_P(PpoOracle, EveryRolloutTensorAndOneUpdateAgreeWithAnEagerImplementation) 
   EXPECT_GT(report["left_padded_rows"].get<int>(), 0) << out;
   EXPECT_GT(report["ended_with_eos"].get<int>(), 0) << out;
   EXPECT_LT(report["ended_with_eos"].get<int>(), 32) << out;
-  for (const char* tensor : {"logprobs", "ref_logprobs", "values", "scorer_scores", "scores",
-                             "rewards", "advantages", "returns", "policy_loss", "value_loss"})
+  for (const char* tensor :
+       {"logprobs", "ref_logprobs", "values", "scorer_scores", "scores", "rewards", "advantages",
+        "returns", "policy_loss", "value_loss", "value_offset", "value_scale"})
     EXPECT_TRUE(report["differences"].contains(tensor)) << tensor;
 }
 

@@ -225,6 +225,60 @@ TEST(PpoTrainer, TheValueOffsetPutsTheCriticOnTheRewardsScale) {
   expect_close_masked(b.values, (a.values - 7.5) * a.mask, "values less the offset");
 }
 
+// Whitened scores and a critic that starts as the reward model: the first rollout with a signal
+// moves the critic's offset and scale by its scores' mean and deviation (what whitening takes
+// out), maps its values onto them, and later rollouts keep them.
+TEST(PpoTrainer, WhitenedScoresCalibrateTheCriticsScaleAtTheFirstRolloutWithASignal) {
+  auto options = options_for_tests();
+  options.whiten_rewards = true;
+  options.value_offset = 0.5;
+  PpoSetup plain(options, test::rewarded_token_frequency);
+  {
+    torch::NoGradGuard no_grad;
+    plain.critic->score->weight.normal_(0, 0.5);
+  }
+  const auto constant = [](const std::vector<std::vector<int64_t>>& prompts,
+                           const std::vector<std::vector<int64_t>>&) {
+    return torch::full({static_cast<int64_t>(prompts.size())}, 3.0f);
+  };
+  options.calibrate_value_scale = true;
+  PpoTrainer waits(options, *plain.actor, *plain.reference, *plain.critic, constant,
+                   *plain.actor_opt, *plain.critic_opt);
+  const auto prompts = test::numbered_prompts(8, 5);
+  // Constant scores have no deviation to divide by: the calibration waits for a signal.
+  waits.rollout(prompts, seeds(8, 2), 0.1);
+  EXPECT_TRUE(waits.value_scale_pending());
+  EXPECT_EQ(waits.options().value_offset, 0.5);
+  EXPECT_EQ(waits.options().value_scale, 1.0);
+
+  PpoTrainer calibrates(options, *plain.actor, *plain.reference, *plain.critic,
+                        test::rewarded_token_frequency, *plain.actor_opt, *plain.critic_opt);
+  const auto raw = plain.trainer->rollout(prompts, seeds(8, 2), 0.1);
+  const auto first = calibrates.rollout(prompts, seeds(8, 2), 0.1);
+  ASSERT_TRUE(torch::equal(raw.sequence_ids, first.sequence_ids));
+  const double mean = raw.penalized_scores.to(torch::kDouble).mean().item<double>();
+  const double deviation = raw.penalized_scores.to(torch::kDouble).std().item<double>();
+  ASSERT_GT(deviation, 0.01) << "the rewarded token's frequency did not vary over the rollout";
+  EXPECT_FALSE(calibrates.value_scale_pending());
+  EXPECT_NEAR(calibrates.options().value_offset, 0.5 + mean, 1e-6);
+  EXPECT_NEAR(calibrates.options().value_scale, deviation, 1e-5);
+  expect_close_masked(first.values, (raw.values - mean) / deviation * raw.mask,
+                      "the first rollout's values on the whitened scores' scale");
+  // The returns' last token is the whitened score: the calibrated critic's scale is theirs.
+  EXPECT_NEAR(first.scores.std().item<double>(), 1.0, 1e-4);
+
+  const auto again = calibrates.rollout(prompts, seeds(8, 3), 0.1);
+  const auto raw_again = plain.trainer->rollout(prompts, seeds(8, 3), 0.1);
+  expect_close_masked(again.values, (raw_again.values - mean) / deviation * raw_again.mask,
+                      "a later rollout keeps the first one's scale");
+
+  // A resumed run restores the scale; a non-positive one is refused.
+  waits.restore_value_scale(0.5 + mean, deviation);
+  EXPECT_FALSE(waits.value_scale_pending());
+  EXPECT_EQ(waits.options().value_scale, deviation);
+  EXPECT_THROW(waits.restore_value_scale(0.0, 0.0), std::exception);
+}
+
 TEST(PpoTrainer, EpisodesDependOnTheirSeedNotTheirBatch) {
   auto options = options_for_tests();
   PpoSetup s(options, test::rewarded_token_frequency);

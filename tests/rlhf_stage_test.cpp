@@ -140,6 +140,21 @@ TEST(RlhfStage, SettingsThatBreakPpoAreRefusedWithTheirReason) {
       << errors;
 }
 
+// Only the reward model's head is mapped onto whitened scores: a zero head starts at their mean,
+// and unwhitened scores are the head's own scale.
+TEST(RlhfStage, OnlyARewardModelHeadUnderWhitenedScoresIsCalibrated) {
+  const std::string dir = test::temp_dir("rlhf_calibrate");
+  RlhfStageConfig config;
+  ASSERT_EQ(parse_errors(write_recipe(dir, R"("reward": {"whiten": true},
+                                              "ppo": {"critic_head": "zeros"})"),
+                         {}, &config),
+            "");
+  EXPECT_FALSE(config.ppo.calibrate_value_scale);
+  ASSERT_EQ(parse_errors(write_recipe(dir, R"("reward": {"whiten": false})"), {}, &config), "");
+  EXPECT_EQ(config.critic_head, "reward_model");
+  EXPECT_FALSE(config.ppo.calibrate_value_scale);
+}
+
 // The resolved recipe states every value the stage ran with, and parses back to the same values.
 TEST(RlhfStage, TheStatedValuesParseBackToThemselves) {
   const std::string dir = test::temp_dir("rlhf_stated");
@@ -149,7 +164,9 @@ TEST(RlhfStage, TheStatedValuesParseBackToThemselves) {
                                               "critic_lora": {"rank": 4})"),
                          {}, &config),
             "");
-  EXPECT_EQ(config.critic_head, "zeros");  // auto, with whitened scores
+  // auto: the reward model's head, calibrated at the first rollout to the whitened scores.
+  EXPECT_EQ(config.critic_head, "reward_model");
+  EXPECT_TRUE(config.ppo.calibrate_value_scale);
   const auto stated = rlhf_stated_defaults(config);
   std::vector<std::string> overrides;
   for (const auto& section : stated.items()) {

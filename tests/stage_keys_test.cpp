@@ -618,7 +618,6 @@ json case_body(const KeyCase& c) {
   if (c.key.rfind("tokenizer.", 0) == 0 && !body["tokenizer"].is_object())
     body["tokenizer"] = {{"train", files().data}};
   if (c.type == "rlhf" && c.key == "ppo.micro_batch_size") body["ppo"]["mini_batch_size"] = 4;
-  if (c.type == "rlhf" && c.key == "ppo.critic_head") body["reward"]["whiten"] = false;
   if (c.type == "reward" && c.key == "normalize.reference") body["data"]["val_fraction"] = 0.1;
   if (c.type == "reward" && c.key == "loss.rankings") body["data"]["format"] = "ranking";
   if (c.key == "tokenizer" && c.type == "pretrain") body.erase("tokenizer");

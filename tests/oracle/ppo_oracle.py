@@ -94,9 +94,27 @@ def response_logprobs(model, ids, mask, prompt_len, response_ids, response_mask,
     return logp * response_mask
 
 
-def response_values(critic, ids, mask, prompt_len, response_len, offset):
+def response_values(critic, ids, mask, prompt_len, response_len, offset, scale):
     h = hidden(critic, ids, mask)[:, prompt_len - 1:prompt_len - 1 + response_len]
-    return critic.score(h).squeeze(-1).float() - offset
+    return (critic.score(h).squeeze(-1).float() - offset) / scale
+
+
+def critic_value_scale(critic_dir, head, whitened, penalized_scores, iteration):
+    """rlhf/rlhf_stage.cpp load_models and PpoTrainer::calibrate_value_scale: a critic that keeps
+    the reward model's head predicts its raw score, less its tiller_reward_offset; with whitened
+    scores the first rollout's mean and deviation of the scores also come off (offset, scale)."""
+    if head == "zeros":
+        return 0.0, 1.0
+    with open(os.path.join(critic_dir, "config.json")) as f:
+        offset = float(json.load(f).get("tiller_reward_offset", 0.0))
+    if not whitened:
+        return offset, 1.0
+    if iteration != 1:
+        raise SystemExit("oracle: a whitened run's critic scale is derived at iteration 1 only")
+    ones = torch.ones_like(penalized_scores)
+    mean = masked_mean(penalized_scores, ones).item()
+    deviation = math.sqrt(masked_var(penalized_scores, ones).item() + 1e-8)
+    return offset + mean, deviation
 
 
 def reward_sequence(prompt, response, eos, max_len):
@@ -188,7 +206,7 @@ def main():
     d, meta = read_safetensors(a.dump)
     cfg = json.loads(meta["config"])
     beta, temperature = float(meta["beta"]), float(meta["temperature"])
-    value_offset, reward_offset = float(meta["value_offset"]), float(meta["reward_offset"])
+    reward_offset = float(meta["reward_offset"])
     eos, pad_rm = int(meta["eos_id"]), int(meta["reward_pad_id"])
     rm_max_len = int(meta["reward_max_seq_len"])
     ppo, train = cfg["ppo"], cfg["train"]
@@ -211,7 +229,6 @@ def main():
         want["mask"] = mask
         want["logprobs"] = response_logprobs(policy, ids, smask, P, rids, mask, temperature)
         want["ref_logprobs"] = response_logprobs(reference, ids, smask, P, rids, mask, temperature)
-        want["values"] = response_values(critic, ids, smask, P, R, value_offset) * mask
         want["scorer_scores"] = rm_scores(rm, d["prompt_ids"], d["prompt_mask"], rids,
                                           d["response_mask"], eos, rm_max_len, pad_rm,
                                           reward_offset)
@@ -220,6 +237,10 @@ def main():
         if penalty is not None:
             scores = torch.where(d["ended_with_eos"].bool(), scores, torch.full_like(scores, penalty))
         want["penalized_scores"] = scores
+        value_offset, value_scale = critic_value_scale(a.critic, ppo["critic_head"],
+                                                       cfg["reward"]["whiten"], scores,
+                                                       int(meta["iteration"]))
+        want["values"] = response_values(critic, ids, smask, P, R, value_offset, value_scale) * mask
         if cfg["reward"]["whiten"]:
             scores = masked_whiten(scores, torch.ones_like(scores))
         if cfg["reward"]["clip"] > 0:
@@ -253,6 +274,10 @@ def main():
 
     for k in want:
         compare(k, got[k], want[k])
+    # The critic's offset and scale the trainer used, against the ones derived here.
+    compare("value_offset", torch.tensor(float(meta["value_offset"])), torch.tensor(value_offset))
+    compare("value_scale", torch.tensor(float(meta.get("value_scale", "1"))),
+            torch.tensor(value_scale))
 
     # One PPO update: one epoch of one minibatch (the whole rollout).
     one_update = ppo["epochs"] == 1 and ppo["mini_batch_size"] == mask.shape[0]
@@ -268,7 +293,7 @@ def main():
                                   mask)
         policy_loss.backward()
         actor_norm = grad_norm_and_clip(policy, train["grad_clip"])
-        values = response_values(critic, ids, smask, P, R, value_offset) * mask
+        values = response_values(critic, ids, smask, P, R, value_offset, value_scale) * mask
         old_values = want["values"]
         vclip = old_values + (values - old_values).clamp(-ppo["value_clip"], ppo["value_clip"])
         value_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (vclip - returns) ** 2),
