@@ -14,10 +14,10 @@
 namespace tiller {
 namespace {
 
-#define TILLER_REQUIRE_BF16_MATMUL()                                                       \
-  if (!bf16_matmul_available())                                                            \
-  GTEST_SKIP() << "skipped: this CPU has no fast bf16 (AVX-512 BF16 or AMX), or oneDNN's " \
-                  "gemm_bf16bf16f32 is not loaded"
+#define TILLER_REQUIRE_BF16_MATMUL()                                                      \
+  if (!bf16_matmul_available())                                                           \
+  GTEST_SKIP() << "skipped: this CPU has no fast bf16 (AVX-512 BF16 or AMX), or neither " \
+                  "oneDNN's nor MKL's gemm_bf16bf16f32 is loaded"
 
 // The value a bf16 rounding of t holds, in double.
 torch::Tensor rounded(const torch::Tensor& t) {

@@ -3,8 +3,10 @@
 #include <ATen/record_function.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <fstream>
+#include <limits>
 #include <string>
 
 #include "common/util/error.h"
@@ -15,14 +17,29 @@ namespace {
 
 // oneDNN's C API (dnnl.h, oneDNN 1.x to 3.x): row-major C = alpha op(A) op(B) + beta C, bf16 A and
 // B as uint16_t, fp32 C; returns dnnl_success (0) or an error status.
-using GemmBf16Bf16F32 = int (*)(char transa, char transb, int64_t m, int64_t n, int64_t k,
-                                float alpha, const uint16_t* a, int64_t lda, const uint16_t* b,
-                                int64_t ldb, float beta, float* c, int64_t ldc);
+using DnnlGemm = int (*)(char transa, char transb, int64_t m, int64_t n, int64_t k, float alpha,
+                         const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float beta,
+                         float* c, int64_t ldc);
+// MKL's CBLAS (mkl_cblas.h, LP64: MKL_INT is int): the same product, no status.
+using MklGemm = void (*)(int layout, int transa, int transb, int m, int n, int k, float alpha,
+                         const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
+                         float* c, int ldc);
+constexpr int kCblasRowMajor = 101, kCblasNoTrans = 111, kCblasTrans = 112;
 
-GemmBf16Bf16F32 find_gemm() {
-  // The process has oneDNN loaded as LibTorch's dependency; look in every loaded library.
-  static const auto gemm =
-      reinterpret_cast<GemmBf16Bf16F32>(dlsym(RTLD_DEFAULT, "dnnl_gemm_bf16bf16f32"));
+// The kernel LibTorch brought into the process: Debian's 1.13 exports oneDNN's; PyPI's wheels
+// hide their oneDNN but export the MKL they link statically.
+struct Bf16Gemm {
+  DnnlGemm dnnl = nullptr;
+  MklGemm mkl = nullptr;
+};
+
+const Bf16Gemm& find_gemm() {
+  static const Bf16Gemm gemm = [] {
+    Bf16Gemm g;
+    g.dnnl = reinterpret_cast<DnnlGemm>(dlsym(RTLD_DEFAULT, "dnnl_gemm_bf16bf16f32"));
+    if (!g.dnnl) g.mkl = reinterpret_cast<MklGemm>(dlsym(RTLD_DEFAULT, "cblas_gemm_bf16bf16f32"));
+    return g;
+  }();
   return gemm;
 }
 
@@ -43,7 +60,7 @@ bool cpu_has_fast_bf16() {
 }
 
 bool bf16_matmul_available() {
-  return cpu_has_fast_bf16() && find_gemm() != nullptr;
+  return cpu_has_fast_bf16() && (find_gemm().dnnl != nullptr || find_gemm().mkl != nullptr);
 }
 
 torch::Tensor bf16_matmul(const torch::Tensor& a, bool transpose_a, const torch::Tensor& b,
@@ -63,14 +80,27 @@ torch::Tensor bf16_matmul(const torch::Tensor& a, bool transpose_a, const torch:
   auto c = torch::empty({m, n}, a.options().dtype(torch::kFloat));
   if (m == 0 || n == 0) return c;
   if (k == 0) return c.zero_();
-  const auto gemm = find_gemm();
-  TORCH_CHECK(gemm != nullptr, "bf16_matmul: oneDNN's dnnl_gemm_bf16bf16f32 is not loaded");
-  const int status = gemm(transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', m, n, k, 1.0f,
-                          reinterpret_cast<const uint16_t*>(a.data_ptr<at::BFloat16>()), a.size(1),
-                          reinterpret_cast<const uint16_t*>(b.data_ptr<at::BFloat16>()), b.size(1),
-                          0.0f, c.data_ptr<float>(), n);
-  TORCH_CHECK(status == 0, "bf16_matmul: dnnl_gemm_bf16bf16f32 failed with status ", status, " (",
-              m, " x ", k, " x ", n, ")");
+  const auto* a_data = reinterpret_cast<const uint16_t*>(a.data_ptr<at::BFloat16>());
+  const auto* b_data = reinterpret_cast<const uint16_t*>(b.data_ptr<at::BFloat16>());
+  const Bf16Gemm& gemm = find_gemm();
+  if (gemm.dnnl) {
+    const int status =
+        gemm.dnnl(transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', m, n, k, 1.0f, a_data,
+                  a.size(1), b_data, b.size(1), 0.0f, c.data_ptr<float>(), n);
+    TORCH_CHECK(status == 0, "bf16_matmul: dnnl_gemm_bf16bf16f32 failed with status ", status, " (",
+                m, " x ", k, " x ", n, ")");
+    return c;
+  }
+  TORCH_CHECK(gemm.mkl != nullptr,
+              "bf16_matmul: neither oneDNN's dnnl_gemm_bf16bf16f32 nor MKL's "
+              "cblas_gemm_bf16bf16f32 is loaded");
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  TORCH_CHECK(std::max({m, n, k, a.size(1), b.size(1)}) <= kIntMax,
+              "bf16_matmul: MKL's 32-bit interface cannot take ", m, " x ", k, " x ", n);
+  const auto as_int = [](int64_t v) { return static_cast<int>(v); };
+  gemm.mkl(kCblasRowMajor, transpose_a ? kCblasTrans : kCblasNoTrans,
+           transpose_b ? kCblasTrans : kCblasNoTrans, as_int(m), as_int(n), as_int(k), 1.0f, a_data,
+           as_int(a.size(1)), b_data, as_int(b.size(1)), 0.0f, c.data_ptr<float>(), as_int(n));
   return c;
 }
 

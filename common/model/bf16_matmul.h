@@ -1,4 +1,5 @@
-// bf16 matrix multiplies with fp32 results on the CPU, through oneDNN's gemm_bf16bf16f32.
+// bf16 matrix multiplies with fp32 results on the CPU, through oneDNN's gemm_bf16bf16f32 (or,
+// where LibTorch hides its oneDNN, as PyPI's wheels do, MKL's cblas_gemm_bf16bf16f32).
 //
 // LibTorch 1.13's bf16 matmul (oneDNN underneath) returns bf16, so a bf16-autocast model rounds
 // every product to bf16 and then casts most of them back to fp32 for the ops around them (its
@@ -14,7 +15,7 @@ namespace tiller {
 // Whether this CPU multiplies bf16 fast: AVX-512 BF16 or AMX (/proc/cpuinfo's flags).
 bool cpu_has_fast_bf16();
 
-// Whether bf16_matmul can run here: a CPU with fast bf16 and oneDNN's gemm_bf16bf16f32 found.
+// Whether bf16_matmul can run here: a CPU with fast bf16 and oneDNN's or MKL's kernel found.
 bool bf16_matmul_available();
 
 // op(a) op(b) in fp32, each product of bf16 operands summed in fp32: [m, n], where op(a) is
