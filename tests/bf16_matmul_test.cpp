@@ -134,7 +134,9 @@ TEST(Bf16Matmul, AutocastModelGradientsStayWithinBf16RoundingOfFp32) {
   TILLER_REQUIRE_BF16_MATMUL();
   const auto config = test::llama_config(64, 32, 48, 2, 4, 2, 16);
   auto model = test::sharp_random_model(config, 5);
-  const auto ids = torch::randint(0, 64, {2, 12});
+  // Seeded: from the global generator (seeded differently in each process) the largest of the
+  // gradients' differences was over 0.05 for about one draw in 30.
+  const auto ids = torch::randint(0, 64, {2, 12}, compat::make_cpu_generator(5), torch::kLong);
   const auto mask = torch::ones({2, 12}, torch::kLong);
   const auto gradients = [&](bool bf16) {
     model->zero_grad();
