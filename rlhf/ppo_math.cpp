@@ -20,7 +20,7 @@ torch::Tensor masked_var(const torch::Tensor& x, const torch::Tensor& mask) {
 torch::Tensor masked_whiten(const torch::Tensor& x, const torch::Tensor& mask, bool shift_mean) {
   auto mean = masked_mean(x, mask);
   auto var = masked_var(x, mask);
-  auto whitened = (x - mean) * torch::rsqrt(var + 1e-8);
+  auto whitened = (x - mean) * torch::rsqrt(var + kWhitenEpsilon);
   if (!shift_mean) whitened = whitened + mean;
   return whitened * mask.to(x.scalar_type());
 }

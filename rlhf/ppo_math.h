@@ -9,7 +9,10 @@ namespace tiller::ppo {
 // Mean / variance over the positions where mask is 1 (variance unbiased, as TRL's masked_var).
 torch::Tensor masked_mean(const torch::Tensor& x, const torch::Tensor& mask);
 torch::Tensor masked_var(const torch::Tensor& x, const torch::Tensor& mask);
-// (x - mean) / sqrt(var + 1e-8) over the masked positions; shift_mean=false adds the mean back.
+// Added to the variance before whitening divides by its root.
+constexpr double kWhitenEpsilon = 1e-8;
+// (x - mean) / sqrt(var + kWhitenEpsilon) over the masked positions; shift_mean=false adds the
+// mean back.
 // Padding (mask 0) neither contributes to the statistics nor keeps a value: it comes out 0.
 torch::Tensor masked_whiten(const torch::Tensor& x, const torch::Tensor& mask,
                             bool shift_mean = true);

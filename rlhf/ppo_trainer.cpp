@@ -48,15 +48,15 @@ std::vector<MicroBatch> this_ranks_micro_batches(const Rollout& r,
 
 torch::Tensor response_values(TransformerImpl& critic, const torch::Tensor& sequence_ids,
                               const torch::Tensor& sequence_mask, int64_t prompt_len,
-                              double value_offset, double value_scale) {
+                              const CriticScale& scale) {
   check(critic.config.num_labels == 1, "response_values: the critic needs a single score head");
   const int64_t response_len = sequence_ids.size(1) - prompt_len;
   auto hidden = critic.hidden(sequence_ids, positions_from_mask(sequence_mask),
                               causal_mask(sequence_mask, sequence_ids.size(1)));
   auto values =
       critic.scores(hidden.narrow(1, prompt_len - 1, response_len)).squeeze(-1).to(torch::kFloat);
-  if (value_offset != 0.0) values = values - value_offset;
-  return value_scale == 1.0 ? values : values / value_scale;
+  if (scale.offset != 0.0) values = values - scale.offset;
+  return scale.scale == 1.0 ? values : values / scale.scale;
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> rollout_tensors(const Rollout& r) {
@@ -110,7 +110,7 @@ PpoTrainer::PpoTrainer(PpoOptions options, TransformerImpl& actor, TransformerIm
       critic_optimizer_(critic_optimizer),
       group_(group) {
   const PpoOptions& o = options_;
-  value_scale_pending_ = o.calibrate_value_scale;
+  critic_scale_ = {o.value_offset, 1.0, o.calibrate_value_scale};
   options_.sampling.validate();
   check(o.kl_estimator == "k1" || o.kl_estimator == "k3",
         "ppo: kl estimator must be k1 or k3, got '" + o.kl_estimator + "'");
@@ -166,7 +166,7 @@ torch::Tensor PpoTrainer::critic_pass(const Rollout& r, const torch::Tensor& row
   compat::AutocastGuard cast(options_.bf16, r.sequence_ids.device());
   return response_values(critic_, r.sequence_ids.index_select(0, rows),
                          r.sequence_mask.index_select(0, rows), r.generation.prompt_ids.size(1),
-                         options_.value_offset, options_.value_scale) *
+                         critic_scale_) *
          r.mask.index_select(0, rows);
 }
 
@@ -209,7 +209,7 @@ Rollout PpoTrainer::rollout(const std::vector<std::vector<int64_t>>& prompts,
   r.scores_constant =
       total > 1 && (r.penalized_scores.max() - r.penalized_scores.min()).item<double>() == 0.0;
   r.scores = ppo::normalize_scores(r.penalized_scores, o.whiten_rewards, o.reward_clip);
-  if (value_scale_pending_ && total > 1 && !r.scores_constant) calibrate_value_scale(r);
+  if (critic_scale_.pending && total > 1 && !r.scores_constant) calibrate_value_scale(r);
   r.kl = (o.kl_estimator == "k3" ? ppo::kl_k3(r.logprobs, r.ref_logprobs)
                                  : ppo::kl_k1(r.logprobs, r.ref_logprobs)) *
          r.mask;
@@ -226,21 +226,19 @@ void PpoTrainer::calibrate_value_scale(Rollout& r) {
   const auto all = torch::ones_like(r.penalized_scores, torch::kBool);
   const double mean = ppo::masked_mean(r.penalized_scores, all).item<double>();
   const double deviation =
-      std::sqrt(ppo::masked_var(r.penalized_scores, all).item<double>() + 1e-8);
+      std::sqrt(ppo::masked_var(r.penalized_scores, all).item<double>() + ppo::kWhitenEpsilon);
   // (head - offset) / scale was the raw score's estimate; the whitened score's is that less the
   // mean, over the deviation.
-  options_.value_offset += mean * options_.value_scale;
-  options_.value_scale *= deviation;
+  critic_scale_.offset += mean * critic_scale_.scale;
+  critic_scale_.scale *= deviation;
+  critic_scale_.pending = false;
   r.values = (r.values - mean) / deviation * r.mask;
-  value_scale_pending_ = false;
 }
 
-void PpoTrainer::restore_value_scale(double offset, double scale) {
-  check(scale > 0 && std::isfinite(scale) && std::isfinite(offset),
+void PpoTrainer::restore_critic_scale(const CriticScale& scale) {
+  check(scale.scale > 0 && std::isfinite(scale.scale) && std::isfinite(scale.offset),
         "ppo: the critic's value scale must be positive and finite");
-  options_.value_offset = offset;
-  options_.value_scale = scale;
-  value_scale_pending_ = false;
+  critic_scale_ = scale;
 }
 
 void PpoTrainer::compute_passes(Rollout& r) {

@@ -29,15 +29,12 @@ struct PpoOptions {
   bool whiten_rewards = false;      // whiten the episode scores over the rollout batch
   double reward_clip = 0.0;         // clip the scores to [-clip, clip] (0: no clipping)
   std::string kl_estimator = "k1";  // the per-token KL in the rewards: "k1" or "k3"
-  // The critic's values are (head - value_offset) / value_scale: a critic initialised from a
-  // reward model predicts its raw head score, the rewards are that score less the model's
-  // tiller_reward_offset (value_offset), and whitened scores are divided by their deviation.
+  // Subtracted from the critic's head at the start: a critic initialised from a reward model
+  // predicts its raw head score, the rewards are that score less the model's tiller_reward_offset.
   double value_offset = 0.0;
-  double value_scale = 1.0;
   // Whitened scores and a critic that starts as the reward model: the first rollout whose scores
-  // are not all equal also moves value_offset and value_scale by its scores' mean and deviation
-  // (what whitening takes out), so the critic starts predicting the whitened scores instead of
-  // the raw ones. From then on they are the trainer's state (value_scale(), restore_value_scale).
+  // are not all equal also takes their mean and deviation (what whitening takes out) into the
+  // critic's scale (CriticScale), so that the critic predicts the whitened scores.
   bool calibrate_value_scale = false;
   double gamma = 1.0, lam = 0.95;
   double clip = 0.2, value_clip = 0.2, value_coef = 0.1;
@@ -50,6 +47,15 @@ struct PpoOptions {
   // The actor's and the critic's training passes side by side on the CPU, each on half the
   // intra-op threads (common/util/side_by_side.h), where that pays: see PpoTrainer::side_by_side.
   bool side_by_side = true;
+};
+
+// How the critic's head reads as a value: (head - offset) / scale. It starts at
+// PpoOptions::value_offset and 1, and is part of a run's state: the calibration of
+// PpoOptions::calibrate_value_scale changes it once.
+struct CriticScale {
+  double offset = 0.0;
+  double scale = 1.0;
+  bool pending = false;  // the calibration is still to come
 };
 
 // Scores episodes: prompts (token ids, BOS first) and responses (generated tokens, EOS included
@@ -129,10 +135,10 @@ class PpoTrainer {
                    int64_t step_for_guard = 0);
 
   const PpoOptions& options() const { return options_; }
-  // The critic's value offset and scale now (calibrated or not), and whether the calibration
-  // (PpoOptions::calibrate_value_scale) is still to come. A resumed run restores them.
-  bool value_scale_pending() const { return value_scale_pending_; }
-  void restore_value_scale(double offset, double scale);
+  // The critic's scale now; a resumed run restores the one it saved (a scale that is not
+  // positive and finite is refused).
+  const CriticScale& critic_scale() const { return critic_scale_; }
+  void restore_critic_scale(const CriticScale& scale);
   // Whether rollout() and learn() run the actor's and the critic's passes side by side: asked
   // for, with two or more intra-op threads, on the CPU, without tensor parallelism (its layers
   // call collectives), and the two models' matrix multiplies per token within a factor of two of
@@ -160,7 +166,7 @@ class PpoTrainer {
   void calibrate_value_scale(Rollout& r);
 
   PpoOptions options_;
-  bool value_scale_pending_ = false;
+  CriticScale critic_scale_;
   TransformerImpl& actor_;
   TransformerImpl& reference_;
   TransformerImpl& critic_;
@@ -171,12 +177,11 @@ class PpoTrainer {
   dist::Group group_;
 };
 
-// The value head read at each response position, less value_offset, over value_scale: the
-// critic's estimate for the state before each response token (the slots whose hidden states predict
-// them). [B, R].
+// The value head read at each response position, on `scale`: the critic's estimate for the
+// state before each response token (the slots whose hidden states predict them). [B, R].
 torch::Tensor response_values(TransformerImpl& critic, const torch::Tensor& sequence_ids,
                               const torch::Tensor& sequence_mask, int64_t prompt_len,
-                              double value_offset = 0.0, double value_scale = 1.0);
+                              const CriticScale& scale = {});
 
 // Every tensor of a rollout batch by name (prompt_ids, response_ids, masks, log-probs, values,
 // scores, rewards, advantages, returns, ...), for a dump an independent implementation can check.

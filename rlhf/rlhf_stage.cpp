@@ -520,8 +520,8 @@ struct PpoReports {
         {"iteration", std::to_string(at)},
         {"beta", exact_text(r.beta)},
         {"temperature", exact_text(o.sampling.temperature)},
-        {"value_offset", exact_text(o.value_offset)},
-        {"value_scale", exact_text(o.value_scale)},
+        {"value_offset", exact_text(trainer.critic_scale().offset)},
+        {"value_scale", exact_text(trainer.critic_scale().scale)},
         {"reward_offset", exact_text(models.reward.metadata.offset)},
         {"reward_max_seq_len", std::to_string(models.reward_max_len)},
         {"reward_pad_id", std::to_string(models.reward_pad)},
@@ -581,16 +581,16 @@ StepReport iteration_report(const RlhfStageConfig& c, const Rollout& r, const Ro
 // complete.json: the evaluation figures before and after, the KL bound, the run's counts.
 nlohmann::json ppo_summary(const RlhfStageConfig& c, const nlohmann::json& initial_eval,
                            const nlohmann::json& last_eval, const PromptSplit& prompts,
-                           const PpoReports& reports, double value_offset, double value_scale,
-                           double beta, int64_t iterations, int64_t skipped) {
+                           const PpoReports& reports, const CriticScale& critic_scale, double beta,
+                           int64_t iterations, int64_t skipped) {
   nlohmann::json summary = {{"iterations", iterations},
                             {"train_prompts", prompts.train.size()},
                             {"eval_prompts", prompts.eval.size()},
                             {"beta_final", beta},
                             {"skipped_updates", skipped},
                             {"critic_head", c.critic_head},
-                            {"critic_value_offset", value_offset},
-                            {"critic_value_scale", value_scale}};
+                            {"critic_value_offset", critic_scale.offset},
+                            {"critic_value_scale", critic_scale.scale}};
   if (reports.no_signal_iterations > 0) {
     summary["no_signal_iterations"] = reports.no_signal_iterations;
     std::fprintf(stderr, "[%s] WARNING: %lld iterations learned from constant scores (no signal)\n",
@@ -664,9 +664,12 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
                 cursor.seek(state.at("prompt_epoch").get<int64_t>(),
                             state.at("prompt_index").get<int64_t>());
                 kl.set_value(state.at("beta").get<double>());
-                if (state.contains("value_scale") && !state.value("value_scale_pending", false))
-                  trainer.restore_value_scale(state.at("value_offset").get<double>(),
-                                              state.at("value_scale").get<double>());
+                if (state.contains("critic_scale")) {
+                  const auto& saved = state.at("critic_scale");
+                  trainer.restore_critic_scale({saved.at("offset").get<double>(),
+                                                saved.at("scale").get<double>(),
+                                                saved.at("pending").get<bool>()});
+                }
                 initial_eval = state.value("initial_eval", nlohmann::json());
               });
   last_eval = initial_eval;
@@ -715,16 +718,17 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
     return nlohmann::json{{"prompt_epoch", cursor.epoch()},
                           {"prompt_index", cursor.index()},
                           {"beta", kl.value()},
-                          {"value_offset", trainer.options().value_offset},
-                          {"value_scale", trainer.options().value_scale},
-                          {"value_scale_pending", trainer.value_scale_pending()},
+                          {"critic_scale",
+                           {{"offset", trainer.critic_scale().offset},
+                            {"scale", trainer.critic_scale().scale},
+                            {"pending", trainer.critic_scale().pending}}},
                           {"initial_eval", initial_eval}};
   };
   loop.run(steps);
 
   nlohmann::json summary =
-      ppo_summary(c, initial_eval, last_eval, prompts, reports, trainer.options().value_offset,
-                  trainer.options().value_scale, kl.value(), loop.step(), loop.guard().skipped());
+      ppo_summary(c, initial_eval, last_eval, prompts, reports, trainer.critic_scale(), kl.value(),
+                  loop.step(), loop.guard().skipped());
   if (!data_parallel.single()) summary["data_parallel_ranks"] = data_parallel.size();
   return loop.finish(summary, [&](const std::string& final_dir) {
     models.actor->to(torch::kCPU);

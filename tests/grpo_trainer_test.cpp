@@ -22,12 +22,6 @@ Transformer tiny_model(uint64_t seed) {
   return model;
 }
 
-std::vector<uint64_t> seeds(int64_t count, uint64_t base) {
-  std::vector<uint64_t> out;
-  for (int64_t i = 0; i < count; ++i) out.push_back(base * 1000 + static_cast<uint64_t>(i));
-  return out;
-}
-
 // The fraction of each response's tokens that are kTarget: [N].
 torch::Tensor target_frequency(const GenerationBatch& g) {
   const auto mask = g.response_mask.to(torch::kFloat);
@@ -63,7 +57,7 @@ struct GrpoSetup {
   // frequency of the sampled responses and the learn figures.
   std::pair<double, GrpoLearnStats> iterate(int64_t iteration) {
     const auto p = test::numbered_prompts(8, 4);
-    auto g = trainer->sample(p, seeds(8 * trainer->options().group_size, iteration));
+    auto g = trainer->sample(p, test::episode_seeds(8 * trainer->options().group_size, iteration));
     const auto scores = target_frequency(g);
     const auto batch = trainer->prepare(g, scores);
     const auto stats = trainer->learn(batch, static_cast<uint64_t>(iteration));
@@ -99,7 +93,7 @@ TEST(GrpoTrainer, ALargeKlWeightHoldsThePolicyNearTheReference) {
     for (int64_t i = 0; i < 15; ++i) s.iterate(i);
     // The k3 KL of the trained policy to the (untrained) reference on fresh samples.
     GrpoTrainer measure(options_for("grpo"), *s.actor, s.reference.get(), *s.optimizer);
-    const auto g = measure.sample(test::numbered_prompts(8, 4), seeds(32, 99));
+    const auto g = measure.sample(test::numbered_prompts(8, 4), test::episode_seeds(32, 99));
     auto [logp, ref] = measure.logprobs(g);
     const auto mask = g.response_mask.to(torch::kFloat);
     const double kl = ((torch::exp(ref - logp) - (ref - logp) - 1) * mask).sum().item<double>() /
@@ -115,7 +109,7 @@ TEST(GrpoTrainer, AllEqualGroupsGetNoAdvantageAndRatiosStartAtOne) {
   o.epochs = 2;  // old log-probs are computed, and the first epoch's ratios must be 1
   o.mini_batch_size = 32;
   GrpoSetup s(o);
-  auto g = s.trainer->sample(test::numbered_prompts(8, 4), seeds(32, 5));
+  auto g = s.trainer->sample(test::numbered_prompts(8, 4), test::episode_seeds(32, 5));
   auto scores = target_frequency(g);
   scores.narrow(0, 0, 4).fill_(0.5);  // group 0: all equal
   scores[4] = 1.0;                    // group 1: one response better than the others

@@ -1,5 +1,5 @@
 // What the PPO and GRPO trainer tests (tiller_tests and tiller_device_tests) feed the trainers: a
-// scorer that prefers one token, and short numbered prompts.
+// scorer that prefers one token, short numbered prompts and their episodes' seeds.
 #pragma once
 #include <torch/torch.h>
 
@@ -31,6 +31,13 @@ inline std::vector<std::vector<int64_t>> numbered_prompts(int64_t count, int64_t
     for (int64_t j = 0; j < 1 + i % longest; ++j) p.push_back(3 + (i * 7 + j * 5) % 29);
     out.push_back(p);
   }
+  return out;
+}
+
+// `count` episode seeds, base * 1000 + i: one batch's seeds differ from another base's.
+inline std::vector<uint64_t> episode_seeds(int64_t count, uint64_t base) {
+  std::vector<uint64_t> out;
+  for (int64_t i = 0; i < count; ++i) out.push_back(base * 1000 + static_cast<uint64_t>(i));
   return out;
 }
 

@@ -26,12 +26,6 @@ Transformer tiny_model(uint64_t seed, int64_t num_labels = 0) {
   return model;
 }
 
-std::vector<uint64_t> seeds(int64_t count, uint64_t base) {
-  std::vector<uint64_t> out;
-  for (int64_t i = 0; i < count; ++i) out.push_back(base * 1000 + static_cast<uint64_t>(i));
-  return out;
-}
-
 // Actor, reference (the same weights), critic, their optimizers and a trainer.
 struct PpoSetup {
   Transformer actor = tiny_model(1), reference = tiny_model(1), critic = tiny_model(2, 1);
@@ -69,15 +63,15 @@ PpoOptions options_for_tests() {
 // Mean per-token frequency of test::kRewardedToken and mean per-sequence KL (k1) on a fixed
 // evaluation set.
 std::pair<double, double> evaluate(PpoTrainer& trainer, double beta) {
-  const auto r = trainer.rollout(test::numbered_prompts(64, 5), seeds(64, 999), beta);
+  const auto r = trainer.rollout(test::numbered_prompts(64, 5), test::episode_seeds(64, 999), beta);
   return {r.scorer_scores.mean().item<double>(), rollout_stats(r).kl_k1};
 }
 
 // Runs `iterations` PPO iterations of 32 episodes with KL coefficient beta.
 void train(PpoTrainer& trainer, int64_t iterations, double beta) {
   for (int64_t it = 0; it < iterations; ++it) {
-    const auto r =
-        trainer.rollout(test::numbered_prompts(32, 5), seeds(32, static_cast<uint64_t>(it)), beta);
+    const auto r = trainer.rollout(test::numbered_prompts(32, 5),
+                                   test::episode_seeds(32, static_cast<uint64_t>(it)), beta);
     trainer.learn(r, static_cast<uint64_t>(it));
   }
 }
@@ -95,7 +89,8 @@ TEST(PpoTrainer, FirstMinibatchRatioIsOne) {
     auto options = options_for_tests();
     options.micro_batch_size = micro;
     PpoSetup s(options, test::rewarded_token_frequency);
-    const auto r = s.trainer->rollout(test::numbered_prompts(16, 5), seeds(16, 1), 0.05);
+    const auto r =
+        s.trainer->rollout(test::numbered_prompts(16, 5), test::episode_seeds(16, 1), 0.05);
     const auto stats = s.trainer->learn(r, 5);
     EXPECT_LT(stats.first_ratio_max_deviation, 1e-5) << "micro_batch_size " << micro;
     EXPECT_LT(std::abs(stats.first_approx_kl), 1e-10) << "micro_batch_size " << micro;
@@ -138,7 +133,8 @@ TEST(PpoTrainer, ResponsesWithoutEosGetThePenalty) {
   for (int64_t eos = 3; eos < 32 && !found; ++eos) {
     options.sampling.eos_id = eos;
     PpoSetup s(options, constant);
-    const auto r = s.trainer->rollout(test::numbered_prompts(64, 5), seeds(64, 3), 0.1);
+    const auto r =
+        s.trainer->rollout(test::numbered_prompts(64, 5), test::episode_seeds(64, 3), 0.1);
     const auto ended = r.generation.ended_with_eos;
     const int64_t with_eos = ended.sum().item<int64_t>();
     if (with_eos == 0 || with_eos == 64) continue;
@@ -159,7 +155,8 @@ TEST(PpoTrainer, ResponsesWithoutEosGetThePenalty) {
   options.missing_eos_penalty = std::nullopt;
   options.sampling.eos_id = 2;
   PpoSetup off(options, constant);
-  const auto r = off.trainer->rollout(test::numbered_prompts(16, 5), seeds(16, 3), 0.1);
+  const auto r =
+      off.trainer->rollout(test::numbered_prompts(16, 5), test::episode_seeds(16, 3), 0.1);
   EXPECT_TRUE(torch::equal(r.scores, torch::full({16}, 5.0f)));
   EXPECT_EQ(r.eos_penalized, 0);
   // A constant scorer gives no signal, and the rollout says so.
@@ -176,7 +173,7 @@ TEST(PpoTrainer, ByDefaultUnfinishedResponsesKeepTheScorersScore) {
   options.sampling.stop_at_eos = true;
   options.sampling.eos_id = 2;
   PpoSetup s(options, test::rewarded_token_frequency);
-  const auto r = s.trainer->rollout(test::numbered_prompts(16, 5), seeds(16, 3), 0.1);
+  const auto r = s.trainer->rollout(test::numbered_prompts(16, 5), test::episode_seeds(16, 3), 0.1);
   ASSERT_LT(r.generation.ended_with_eos.sum().item<int64_t>(), 16) << "every row ended";
   EXPECT_TRUE(torch::equal(r.scores, r.scorer_scores));
   EXPECT_EQ(r.eos_penalized, 0);
@@ -196,7 +193,7 @@ TEST(PpoTrainer, APenaltyThatReplacesEveryScoreIsMarkedAsNoSignal) {
   for (int64_t eos = 3; eos < 32; ++eos) {
     options.sampling.eos_id = eos;
     s = std::make_unique<PpoSetup>(options, test::rewarded_token_frequency);
-    r = s->trainer->rollout(test::numbered_prompts(16, 5), seeds(16, 5), 0.1);
+    r = s->trainer->rollout(test::numbered_prompts(16, 5), test::episode_seeds(16, 5), 0.1);
     if (r.generation.ended_with_eos.sum().item<int64_t>() == 0) break;
   }
   ASSERT_EQ(r.generation.ended_with_eos.sum().item<int64_t>(), 0) << "no EOS id left every row";
@@ -219,8 +216,9 @@ TEST(PpoTrainer, TheValueOffsetPutsTheCriticOnTheRewardsScale) {
   options.value_offset = 7.5;
   PpoTrainer offset(options, *plain.actor, *plain.reference, *plain.critic,
                     test::rewarded_token_frequency, *plain.actor_opt, *plain.critic_opt);
-  const auto a = plain.trainer->rollout(test::numbered_prompts(8, 5), seeds(8, 2), 0.1);
-  const auto b = offset.rollout(test::numbered_prompts(8, 5), seeds(8, 2), 0.1);
+  const auto a =
+      plain.trainer->rollout(test::numbered_prompts(8, 5), test::episode_seeds(8, 2), 0.1);
+  const auto b = offset.rollout(test::numbered_prompts(8, 5), test::episode_seeds(8, 2), 0.1);
   ASSERT_TRUE(torch::equal(a.sequence_ids, b.sequence_ids));
   expect_close_masked(b.values, (a.values - 7.5) * a.mask, "values less the offset");
 }
@@ -246,44 +244,44 @@ TEST(PpoTrainer, WhitenedScoresCalibrateTheCriticsScaleAtTheFirstRolloutWithASig
                    *plain.actor_opt, *plain.critic_opt);
   const auto prompts = test::numbered_prompts(8, 5);
   // Constant scores have no deviation to divide by: the calibration waits for a signal.
-  waits.rollout(prompts, seeds(8, 2), 0.1);
-  EXPECT_TRUE(waits.value_scale_pending());
-  EXPECT_EQ(waits.options().value_offset, 0.5);
-  EXPECT_EQ(waits.options().value_scale, 1.0);
+  waits.rollout(prompts, test::episode_seeds(8, 2), 0.1);
+  EXPECT_TRUE(waits.critic_scale().pending);
+  EXPECT_EQ(waits.critic_scale().offset, 0.5);
+  EXPECT_EQ(waits.critic_scale().scale, 1.0);
 
   PpoTrainer calibrates(options, *plain.actor, *plain.reference, *plain.critic,
                         test::rewarded_token_frequency, *plain.actor_opt, *plain.critic_opt);
-  const auto raw = plain.trainer->rollout(prompts, seeds(8, 2), 0.1);
-  const auto first = calibrates.rollout(prompts, seeds(8, 2), 0.1);
+  const auto raw = plain.trainer->rollout(prompts, test::episode_seeds(8, 2), 0.1);
+  const auto first = calibrates.rollout(prompts, test::episode_seeds(8, 2), 0.1);
   ASSERT_TRUE(torch::equal(raw.sequence_ids, first.sequence_ids));
   const double mean = raw.penalized_scores.to(torch::kDouble).mean().item<double>();
   const double deviation = raw.penalized_scores.to(torch::kDouble).std().item<double>();
   ASSERT_GT(deviation, 0.01) << "the rewarded token's frequency did not vary over the rollout";
-  EXPECT_FALSE(calibrates.value_scale_pending());
-  EXPECT_NEAR(calibrates.options().value_offset, 0.5 + mean, 1e-6);
-  EXPECT_NEAR(calibrates.options().value_scale, deviation, 1e-5);
+  EXPECT_FALSE(calibrates.critic_scale().pending);
+  EXPECT_NEAR(calibrates.critic_scale().offset, 0.5 + mean, 1e-6);
+  EXPECT_NEAR(calibrates.critic_scale().scale, deviation, 1e-5);
   expect_close_masked(first.values, (raw.values - mean) / deviation * raw.mask,
                       "the first rollout's values on the whitened scores' scale");
-  // The returns' last token is the whitened score: the calibrated critic's scale is theirs.
+  // The scores the returns end in are whitened (deviation 1), the scale the values now have.
   EXPECT_NEAR(first.scores.std().item<double>(), 1.0, 1e-4);
 
-  const auto again = calibrates.rollout(prompts, seeds(8, 3), 0.1);
-  const auto raw_again = plain.trainer->rollout(prompts, seeds(8, 3), 0.1);
+  const auto again = calibrates.rollout(prompts, test::episode_seeds(8, 3), 0.1);
+  const auto raw_again = plain.trainer->rollout(prompts, test::episode_seeds(8, 3), 0.1);
   expect_close_masked(again.values, (raw_again.values - mean) / deviation * raw_again.mask,
                       "a later rollout keeps the first one's scale");
 
   // A resumed run restores the scale; a non-positive one is refused.
-  waits.restore_value_scale(0.5 + mean, deviation);
-  EXPECT_FALSE(waits.value_scale_pending());
-  EXPECT_EQ(waits.options().value_scale, deviation);
-  EXPECT_THROW(waits.restore_value_scale(0.0, 0.0), std::exception);
+  waits.restore_critic_scale({0.5 + mean, deviation, false});
+  EXPECT_FALSE(waits.critic_scale().pending);
+  EXPECT_EQ(waits.critic_scale().scale, deviation);
+  EXPECT_THROW(waits.restore_critic_scale({0.0, 0.0, false}), std::exception);
 }
 
 TEST(PpoTrainer, EpisodesDependOnTheirSeedNotTheirBatch) {
   auto options = options_for_tests();
   PpoSetup s(options, test::rewarded_token_frequency);
   const auto all = test::numbered_prompts(8, 5);
-  const auto all_seeds = seeds(8, 4);
+  const auto all_seeds = test::episode_seeds(8, 4);
   const auto together = s.trainer->rollout(all, all_seeds, 0.0);
   for (int64_t i : {0, 3, 6}) {
     const auto alone = s.trainer->rollout({all[i]}, {all_seeds[i]}, 0.0);
@@ -319,8 +317,10 @@ TEST(PpoTrainer, SideBySideComputesWhatOneAfterTheOtherDoes) {
   ASSERT_FALSE(sequential.trainer->side_by_side());
   ASSERT_TRUE(side_by_side.trainer->side_by_side());
 
-  const auto a = sequential.trainer->rollout(test::numbered_prompts(16, 5), seeds(16, 3), 0.05);
-  const auto b = side_by_side.trainer->rollout(test::numbered_prompts(16, 5), seeds(16, 3), 0.05);
+  const auto a =
+      sequential.trainer->rollout(test::numbered_prompts(16, 5), test::episode_seeds(16, 3), 0.05);
+  const auto b = side_by_side.trainer->rollout(test::numbered_prompts(16, 5),
+                                               test::episode_seeds(16, 3), 0.05);
   EXPECT_EQ(at::get_num_threads(), 2) << "the threads are restored after the rollout";
   ASSERT_TRUE(torch::equal(a.sequence_ids, b.sequence_ids));
   expect_close(a.logprobs, b.logprobs, "log-probs");
@@ -371,6 +371,6 @@ TEST(PpoTrainer, SideBySideOnlyWithTwoThreadsAndModelsOfSimilarSize) {
                       test::rewarded_token_frequency, *similar.actor_opt, critic_opt);
   EXPECT_FALSE(lopsided.side_by_side());
   // It still trains, one after the other.
-  const auto r = lopsided.rollout(test::numbered_prompts(8, 5), seeds(8, 1), 0.05);
+  const auto r = lopsided.rollout(test::numbered_prompts(8, 5), test::episode_seeds(8, 1), 0.05);
   EXPECT_EQ(lopsided.learn(r, 1).updates, 2);
 }

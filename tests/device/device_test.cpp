@@ -364,8 +364,7 @@ TEST_F(DeviceAgreement, PpoIterationGivesTheCpusRolloutLossesAndWeights) {
   set_up_ppo(on_device, actors.device, references.device, critics.device);
 
   const auto prompts = test::numbered_prompts(16, 5);
-  std::vector<uint64_t> seeds;
-  for (uint64_t i = 0; i < 16; ++i) seeds.push_back(1000 + i);
+  const auto seeds = test::episode_seeds(16, 1);
   const Rollout want = cpu.trainer->rollout(prompts, seeds, /*beta=*/0.05);
   const Rollout got = on_device.trainer->rollout(prompts, seeds, /*beta=*/0.05);
 
