@@ -124,8 +124,8 @@ SftStageConfig parse_sft_stage(const StageEntry& entry, ConfigErrors& errors, bo
   if (r.has("model")) {
     ConfigReader model(r.object("model"), r.path_of("model"), errors);
     c.model_shape = model.string("shape", "stories260k");
-    model.one_of("shape", c.model_shape,
-                 {"stories260k", "llama-15m", "llama-124m", "llama-500m", "llama-1b"});
+    const auto& shapes = builtin_shape_names();
+    model.one_of("shape", c.model_shape, {shapes.begin(), shapes.end()});
     for (const char* key :
          {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
           "num_attention_heads", "num_key_value_heads", "max_position_embeddings"}) {

@@ -258,35 +258,52 @@ ModelConfig load_model_config(const std::string& dir) {
 }  // namespace tiller
 
 namespace tiller {
-ModelConfig builtin_shape(const std::string& name) {
-  ModelConfig c;
-  c.tie_word_embeddings = true;
-  if (name == "stories260k") {
-    c.vocab_size = 512, c.hidden_size = 64, c.intermediate_size = 172, c.num_hidden_layers = 5;
-    c.num_attention_heads = 8, c.num_key_value_heads = 4, c.max_position_embeddings = 512;
-  } else if (name == "llama-15m") {
-    c.vocab_size = 32000, c.hidden_size = 288, c.intermediate_size = 768, c.num_hidden_layers = 6;
-    c.num_attention_heads = 6, c.num_key_value_heads = 6, c.max_position_embeddings = 256;
-  } else if (name == "llama-124m") {
-    c.vocab_size = 32000, c.hidden_size = 768, c.intermediate_size = 2048, c.num_hidden_layers = 12;
-    c.num_attention_heads = 12, c.num_key_value_heads = 12, c.max_position_embeddings = 1024;
-  } else if (name == "llama-500m") {
+namespace {
+
+struct BuiltinShape {
+  const char* name;
+  int64_t vocab, hidden, intermediate, layers, heads, kv_heads, context;
+};
+
+// Every shape ties its embeddings.
+constexpr BuiltinShape kBuiltinShapes[] = {
+    {"stories260k", 512, 64, 172, 5, 8, 4, 512},
+    {"llama-15m", 32000, 288, 768, 6, 6, 6, 256},  // llama2.c's stories15M
+    {"llama-124m", 32000, 768, 2048, 12, 12, 12, 1024},
     // 513M parameters: a Llama 2 vocabulary, 24 layers of 1280 with 20 heads of 64 sharing 4 KV
     // heads, for the GPU benchmarks (PPO at a 0.5B shape).
-    c.vocab_size = 32000, c.hidden_size = 1280, c.intermediate_size = 4096,
-    c.num_hidden_layers = 24;
-    c.num_attention_heads = 20, c.num_key_value_heads = 4, c.max_position_embeddings = 2048;
-  } else if (name == "llama-1b") {
+    {"llama-500m", 32000, 1280, 4096, 24, 20, 4, 2048},
     // 1.04B parameters: Llama 3.2 1B's body (16 layers of 2048, 32 heads of 64 sharing 8 KV heads,
     // an MLP of 8192, tied embeddings) with Llama 2's 32000-token vocabulary and a 2048 context.
-    c.vocab_size = 32000, c.hidden_size = 2048, c.intermediate_size = 8192,
-    c.num_hidden_layers = 16;
-    c.num_attention_heads = 32, c.num_key_value_heads = 8, c.max_position_embeddings = 2048;
-  } else {
-    throw Error("unknown model shape '" + name +
-                "' (stories260k, llama-15m, llama-124m, llama-500m, llama-1b)");
+    {"llama-1b", 32000, 2048, 8192, 16, 32, 8, 2048},
+};
+
+}  // namespace
+
+const std::vector<std::string>& builtin_shape_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const BuiltinShape& shape : kBuiltinShapes) out.emplace_back(shape.name);
+    return out;
+  }();
+  return names;
+}
+
+ModelConfig builtin_shape(const std::string& name) {
+  for (const BuiltinShape& shape : kBuiltinShapes) {
+    if (name != shape.name) continue;
+    ModelConfig c;
+    c.tie_word_embeddings = true;
+    c.vocab_size = shape.vocab, c.hidden_size = shape.hidden;
+    c.intermediate_size = shape.intermediate, c.num_hidden_layers = shape.layers;
+    c.num_attention_heads = shape.heads, c.num_key_value_heads = shape.kv_heads;
+    c.max_position_embeddings = shape.context;
+    c.validate("shape " + name);
+    return c;
   }
-  c.validate("shape " + name);
-  return c;
+  std::string known;
+  for (const std::string& known_name : builtin_shape_names())
+    known += (known.empty() ? "" : ", ") + known_name;
+  throw Error("unknown model shape '" + name + "' (" + known + ")");
 }
 }  // namespace tiller

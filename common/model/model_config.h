@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace tiller {
 
@@ -67,4 +68,6 @@ namespace tiller {
 // (llama2.c stories15M), "llama-124m" (GPT-2-small-sized Llama), and for GPUs "llama-500m" (513M
 // parameters) and "llama-1b" (1.04B, Llama 3.2 1B's body). Throws on an unknown name.
 ModelConfig builtin_shape(const std::string& name);
+// Their names, in that order.
+const std::vector<std::string>& builtin_shape_names();
 }  // namespace tiller
