@@ -2,31 +2,28 @@
 // read, and the GPU's name and published peak for the fraction of peak.
 #include <dlfcn.h>  // dlopen: NVML, the driver's library, for the GPU's name
 
-#include <regex>
-
 #include "bench/bench.h"
+#include "common/util/device.h"
 #include "common/util/error.h"
 
 namespace tiller::bench {
 
 torch::Device bench_device(const std::string& text, const std::string& command) {
-  static const std::regex pattern("cpu|cuda(:[0-9]{1,3})?");
-  check(std::regex_match(text, pattern),
+  // run.device's spellings and facts (common/util/device.h), in the benchmarks' own words.
+  check(is_device_name(text),
         command + ": --device must be cpu, cuda or cuda:N, got '" + text + "'");
-  if (text == "cpu") return torch::Device(torch::kCPU);
-#ifndef TILLER_WITH_CUDA
-  throw Error(command + ": --device " + text +
-              ": this tiller is built against a LibTorch without CUDA (the CUDA build is "
-              "scripts/build.sh --cuda)");
-#else
-  const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
-  check(torch::cuda::is_available() && gpus > 0,
+  const torch::Device device(text);
+  if (device.is_cpu()) return device;
+  const CudaMachine machine = this_cuda_machine();
+  check(machine.built_with_cuda, command + ": --device " + text +
+                                     ": this tiller is built against a LibTorch without CUDA (the "
+                                     "CUDA build is scripts/build.sh --cuda)");
+  check(machine.gpus > 0,
         command + ": --device " + text + ": no CUDA GPU is visible to this process");
-  const int64_t index = text == "cuda" ? 0 : std::stoll(text.substr(5));
-  check(index < gpus, command + ": --device " + text + ": there are " + std::to_string(gpus) +
-                          " CUDA GPUs here (cuda:0 to cuda:" + std::to_string(gpus - 1) + ")");
-  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
-#endif
+  check(!device.has_index() || device.index() < machine.gpus,
+        command + ": --device " + text + ": there are " + std::to_string(machine.gpus) +
+            " CUDA GPUs here (cuda:0 to cuda:" + std::to_string(machine.gpus - 1) + ")");
+  return device;
 }
 
 void synchronize(const torch::Device& device) {

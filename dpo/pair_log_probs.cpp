@@ -1,5 +1,6 @@
 #include "dpo/pair_log_probs.h"
 
+#include "common/model/to_device.h"
 #include "common/train/token_log_probs.h"
 #include "common/util/error.h"
 
@@ -64,9 +65,9 @@ SideLogProbs pair_log_probs(TransformerImpl& model, const PairSlice& slice, int6
     tokens += len;
   }
   const auto device = model.parameters().front().device();
-  ids = ids.to(device);
-  mask = mask.to(device);
-  targets = targets.to(device);
+  ids = to_device(ids, device);
+  mask = to_device(mask, device);
+  targets = to_device(targets, device);
   // logits [2P, T, V]; the last position predicts nothing.
   const auto logits = model.forward(ids, mask);
   const auto per_token = token_log_probs(logits.narrow(1, 0, t - 1), targets);  // [2P, T - 1]

@@ -34,6 +34,15 @@ BenchRun bench(const std::string& args) {
   return r;
 }
 
+// stderr's lines other than warnings: what a refused run said.
+std::vector<std::string> error_lines(const BenchRun& r) {
+  std::vector<std::string> errors;
+  std::string line;
+  for (std::istringstream in(r.err); std::getline(in, line);)
+    if (line.rfind("tiller: warning:", 0) != 0) errors.push_back(line);
+  return errors;
+}
+
 // stdout parsed as JSON: it must be JSON and nothing else.
 nlohmann::json json_of(const BenchRun& r, const std::string& args) {
   EXPECT_EQ(r.code, 0) << args << "\n" << r.err;
@@ -214,10 +223,7 @@ TEST(Bench, CudaWhereThereIsNoneGivesOneErrorLine) {
     const BenchRun r = bench(args);
     EXPECT_EQ(r.code, 1) << args << "\nstdout: " << r.out << "\nstderr: " << r.err;
     EXPECT_EQ(r.out, "") << args;
-    std::vector<std::string> errors;
-    std::string line;
-    for (std::istringstream in(r.err); std::getline(in, line);)
-      if (line.rfind("tiller: warning:", 0) != 0) errors.push_back(line);
+    const std::vector<std::string> errors = error_lines(r);
     ASSERT_EQ(errors.size(), 1u) << args << "\n" << r.err;
 #ifdef TILLER_WITH_CUDA
     const std::string why = gpus == 0 ? "no CUDA GPU is visible" : "CUDA GPUs here";
@@ -266,10 +272,7 @@ TEST(Bench, BadFlagsGiveOneErrorLine) {
     const BenchRun r = bench(args);
     EXPECT_EQ(r.code, 1) << args << "\nstdout: " << r.out << "\nstderr: " << r.err;
     EXPECT_EQ(r.out, "") << args;  // no half table
-    std::vector<std::string> errors;
-    std::string line;
-    for (std::istringstream in(r.err); std::getline(in, line);)
-      if (line.rfind("tiller: warning:", 0) != 0) errors.push_back(line);
+    const std::vector<std::string> errors = error_lines(r);
     ASSERT_EQ(errors.size(), 1u) << args << "\n" << r.err;
     EXPECT_EQ(errors[0].rfind("tiller: error: ", 0), 0u) << args << "\n" << r.err;
     EXPECT_NE(errors[0].find(mention), std::string::npos) << args << "\n" << errors[0];

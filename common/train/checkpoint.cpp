@@ -47,33 +47,33 @@ void discard(const std::string& checkpoint) {
   remove_all(doomed);
 }
 
-// The default generators' states: the CPU's, and each visible GPU's ("cuda:N"), so that dropout
-// and sampling on a GPU resume where they were.
-std::map<std::string, torch::Tensor> rng_states() {
-  std::map<std::string, torch::Tensor> states{
-      {"cpu", at::detail::getDefaultCPUGenerator().get_state()}};
+// The default generators whose states a checkpoint keeps, by name: the CPU's ("cpu") and each
+// visible GPU's ("cuda:N"), so that dropout and sampling on a GPU resume where they were.
+std::vector<std::pair<std::string, at::Generator>> default_generators() {
+  std::vector<std::pair<std::string, at::Generator>> generators{
+      {"cpu", at::detail::getDefaultCPUGenerator()}};
 #if defined(TILLER_WITH_CUDA)
   if (torch::cuda::is_available())
     for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i)
-      states["cuda:" + std::to_string(i)] =
-          at::cuda::detail::getDefaultCUDAGenerator(static_cast<c10::DeviceIndex>(i)).get_state();
+      generators.emplace_back(
+          "cuda:" + std::to_string(i),
+          at::cuda::detail::getDefaultCUDAGenerator(static_cast<c10::DeviceIndex>(i)));
 #endif
+  return generators;
+}
+
+std::map<std::string, torch::Tensor> rng_states() {
+  std::map<std::string, torch::Tensor> states;
+  for (const auto& [name, generator] : default_generators()) states[name] = generator.get_state();
   return states;
 }
 
+// A GPU the checkpoint did not see keeps its state; the CPU's must be there.
 void restore_rng_states(const std::map<std::string, torch::Tensor>& states,
                         const std::string& path) {
   check(states.count("cpu"), path + ": no cpu state");
-  auto cpu = at::detail::getDefaultCPUGenerator();  // 1.13 returns it const
-  cpu.set_state(states.at("cpu"));
-#if defined(TILLER_WITH_CUDA)
-  if (torch::cuda::is_available())
-    for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i)
-      if (const auto it = states.find("cuda:" + std::to_string(i)); it != states.end()) {
-        auto gpu = at::cuda::detail::getDefaultCUDAGenerator(static_cast<c10::DeviceIndex>(i));
-        gpu.set_state(it->second);
-      }
-#endif
+  for (auto& [name, generator] : default_generators())
+    if (const auto it = states.find(name); it != states.end()) generator.set_state(it->second);
 }
 
 }  // namespace
