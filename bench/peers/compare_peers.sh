@@ -6,6 +6,10 @@
 # alternately, each side's best round kept. Prints tokens/s or seconds per iteration, peak RSS and
 # the ratios. By hand, not CI:
 #   bash bench/compare.sh --peers [--threads N] [--rounds N] [--quick] [--keep DIR] [--only LIST]
+#                                 [--dtype fp32|bf16]
+# --dtype bf16: both sides train under bf16 autocast with fp32 master weights (Tiller's precision:
+# bf16, TRL's bf16=True); fp32 (the default) on both sides otherwise. Neither recomputes
+# activations (TRL's default gradient_checkpointing is turned off, as Tiller's side runs).
 # LIST: comma-separated rows of sft-15m, sft-124m, reward, dpo, grpo, ppo (default: all).
 # Needs build/tiller, .venv-peers (scripts/setup_peers.sh), jq, and the shared data's Llama 2
 # tokenizer and TinyStories text ($TILLER_SHARED_DATA, else ../shared/data).
@@ -17,6 +21,7 @@ rounds=1
 quick=0
 keep=""
 only="sft-15m,sft-124m,reward,dpo,grpo,ppo"
+dtype=fp32
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads=$2; shift 2 ;;
@@ -24,6 +29,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1; shift ;;      # the fewest steps that time anything: a smoke run
     --keep) keep=$2; shift 2 ;;     # keep the models, data, runs and JSON here
     --only) only=$2; shift 2 ;;
+    --dtype) dtype=$2; shift 2 ;;
     *) echo "compare.sh --peers: unknown argument '$1'" >&2; exit 1 ;;
   esac
 done
@@ -36,6 +42,8 @@ corpus=$shared/corpus/tinystories_head.txt
 [ -x "$tiller" ] || { echo "compare.sh --peers: $tiller not found; run scripts/build.sh" >&2; exit 1; }
 "$python" -c "import trl, transformers, torch" 2>/dev/null ||
   { echo "compare.sh --peers: $python cannot import trl; run scripts/setup_peers.sh" >&2; exit 1; }
+[ "$dtype" = fp32 ] || [ "$dtype" = bf16 ] ||
+  { echo "compare.sh --peers: --dtype must be fp32 or bf16, not '$dtype'" >&2; exit 1; }
 command -v jq >/dev/null || { echo "compare.sh --peers: jq is needed" >&2; exit 1; }
 [ -f "$tokenizer" ] && [ -f "$corpus" ] ||
   { echo "compare.sh --peers: $tokenizer or $corpus missing (set TILLER_SHARED_DATA)" >&2; exit 1; }
@@ -53,7 +61,7 @@ steps=4 ppo_steps=3 examples=32  # the first step of each side is a warm-up, lef
 wants() { [[ ",$only," == *",$1,"* ]]; }
 progress() { echo "  $1 (load $(cut -d' ' -f1 /proc/loadavg))" >&2; }
 
-echo "compare --peers: $threads threads, $rounds rounds; load at start:$(uptime | sed 's/.*load average://')"
+echo "compare --peers: $threads threads, $rounds rounds, $dtype; load at start:$(uptime | sed 's/.*load average://')"
 "$python" -c 'import json, torch, transformers, trl; print("peers: torch", torch.__version__,
   "transformers", transformers.__version__, "trl", trl.__version__)'
 
@@ -76,7 +84,7 @@ python3 bench/peers/make_data.py --tiller "$tiller" --model "$model15" --out "$o
 pair() {
   local name=$1 kind=$2 model=$3 batch=$4 n=$5
   shift 5
-  local args=(--model "$model" --data "$out/data" --steps "$n" --batch "$batch" "$@")
+  local args=(--model "$model" --data "$out/data" --steps "$n" --batch "$batch" --dtype "$dtype" "$@")
   for r in $(seq 1 "$rounds"); do
     progress "$name round $r: tiller"
     rm -rf "$out/$name.run.$r"

@@ -3,7 +3,7 @@ measured against, on the same model, data (bench/peers/make_data.py), shapes, op
 and steps as bench/peers/trl_bench.py gives TRL.
 
     recipe.py KIND --model DIR --data DIR --run-dir DIR --steps N --batch B [--threads T]
-              [--seq 256] [--group 8] [--new-tokens 64] [--reward-model DIR]
+              [--seq 256] [--group 8] [--new-tokens 64] [--reward-model DIR] [--dtype fp32|bf16]
     recipe.py init --shape llama-15m --tokenizer tokenizer.model --corpus TEXT --run-dir DIR
 
 KIND: sft, reward, dpo, grpo or ppo; or init, the pretraining step that writes the model both
@@ -21,7 +21,7 @@ def train_section(args, lr, rl=False):
     train = {"iterations" if rl else "steps": args.steps, "lr": lr, "beta1": 0.9, "beta2": 0.999,
              "eps": 1e-8, "weight_decay": 0.0, "grad_clip": 1.0, "schedule": "linear",
              "min_lr_ratio": 0.0, "warmup_iterations" if rl else "warmup_steps": 0,
-             "log_every": 1}
+             "log_every": 1, "precision": args.dtype}
     return train
 
 
@@ -114,6 +114,8 @@ def main():
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--reward-model", help="ppo: the reward model (and the critic's init)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="the stage's train.precision (bf16: autocast, fp32 master weights)")
     args = parser.parse_args()
     recipe = {"run": {"name": "peers_" + args.kind, "dir": args.run_dir, "seed": 1,
                       "threads": args.threads},

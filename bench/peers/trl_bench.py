@@ -1,9 +1,9 @@
 """The peers' side of `bench/compare.sh --peers`: TRL's trainers on transformers models, on the CPU,
-in fp32, with the model, data, shapes, optimizer settings and steps of the Tiller recipe they are
+in fp32 (or bf16 autocast with --dtype bf16), with the model, data, shapes, optimizer settings and steps of the Tiller recipe they are
 measured against (bench/peers/recipe.py, data from bench/peers/make_data.py).
 
     trl_bench.py KIND --model DIR --data DIR --steps N --batch B [--threads T] [--seq 256]
-                 [--group 8] [--new-tokens 64] [--reward-model DIR]
+                 [--group 8] [--new-tokens 64] [--reward-model DIR] [--dtype fp32|bf16]
 
 KIND: sft (SFTTrainer), reward (RewardTrainer), dpo (DPOTrainer, precompute_ref_log_probs=True),
 grpo (GRPOTrainer: transformers generation, no vLLM), ppo (trl.experimental.ppo.PPOTrainer).
@@ -75,11 +75,18 @@ def common_args(args, output_dir):
     """TrainingArguments every trainer shares here (the rest are each trainer's defaults). A
     checkpoint (model, optimizer, scheduler, RNG) at the last step, then the model alone, as
     Tiller's stage ends with a checkpoint and final/: the peak RSS then counts the same saves on
-    both sides (neither is in the steps' time: the trainer saves after on_step_end)."""
+    both sides (neither is in the steps' time: the trainer saves after on_step_end).
+
+    TRL 0.29's configs default to bf16=True and gradient_checkpointing=True, and with use_cpu the
+    trainer then runs under CPU bf16 autocast and recomputes each layer's forward in the backward.
+    Tiller's recipe states its precision and runs without recomputation, so both are set here to
+    match it: bf16 autocast only with --dtype bf16 (Tiller's precision: bf16, fp32 master weights
+    on both sides), no gradient checkpointing on either."""
     return dict(output_dir=output_dir, per_device_train_batch_size=args.batch,
                 gradient_accumulation_steps=1, max_steps=args.steps, save_strategy="steps",
                 save_steps=args.steps, report_to="none", use_cpu=True, seed=1, disable_tqdm=True,
-                logging_steps=1, dataloader_num_workers=0)
+                logging_steps=1, dataloader_num_workers=0, bf16=args.dtype == "bf16",
+                gradient_checkpointing=False)
 
 
 def sft_trainer(args, output_dir):
@@ -202,6 +209,8 @@ def main():
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--reward-model", help="ppo: the reward model (and the critic's init)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="fp32, or bf16 autocast with fp32 master weights (TRL's bf16=True)")
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2 (the first is a warm-up)")
@@ -214,6 +223,10 @@ def main():
         if args.kind == "ppo" and not args.reward_model:
             parser.error("ppo needs --reward-model")
         trainer, tokens_per_step = BUILDERS[args.kind](args, output_dir)
+        if trainer.args.bf16 != (args.dtype == "bf16") or trainer.args.gradient_checkpointing:
+            sys.exit(f"trl_bench.py: the trainer would run bf16={trainer.args.bf16}, gradient "
+                     f"checkpointing {trainer.args.gradient_checkpointing}: not --dtype "
+                     f"{args.dtype} without recomputation as Tiller's side runs")
         timer = StepTimer()
         trainer.add_callback(timer)
         started = time.perf_counter()
@@ -225,7 +238,8 @@ def main():
     step_s = sum(timed) / len(timed)
     print(json.dumps({
         "side": "trl", "kind": args.kind, "model": args.model, "threads": torch.get_num_threads(),
-        "batch": args.batch, "seq": args.seq, "steps": args.steps,
+        "batch": args.batch, "seq": args.seq, "steps": args.steps, "dtype": args.dtype,
+        "gradient_checkpointing": trainer.args.gradient_checkpointing,
         "step_seconds": timer.seconds, "step_s": step_s, "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_per_step / step_s, "train_s": total,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
