@@ -1,7 +1,8 @@
 #include "dpo/pair_log_probs.h"
 
+#include "common/model/attention_mask.h"
 #include "common/model/to_device.h"
-#include "common/train/token_log_probs.h"
+#include "common/train/lm_loss.h"
 #include "common/util/error.h"
 
 namespace tiller {
@@ -22,7 +23,7 @@ std::vector<int64_t> identity_order(size_t n) {
 
 namespace {
 
-struct Row {
+struct SequenceRow {
   const std::vector<int64_t>* tokens;
   int64_t prompt_tokens;
 };
@@ -32,21 +33,21 @@ struct Row {
 SideLogProbs pair_log_probs(TransformerImpl& model, const PairSlice& slice, int64_t pad_id) {
   check(slice.count >= 1 && slice.begin + slice.count <= slice.order.size(),
         "pair_log_probs: the slice lies outside the order");
-  std::vector<Row> rows;
+  std::vector<SequenceRow> rows;
   for (int side = 0; side < 2; ++side)
     for (size_t i = slice.begin; i < slice.begin + slice.count; ++i) {
       const PreferencePair& p = slice.pairs[static_cast<size_t>(slice.order[i])];
-      rows.push_back(side == 0 ? Row{&p.chosen, p.chosen_prompt_tokens}
-                               : Row{&p.rejected, p.rejected_prompt_tokens});
+      rows.push_back(side == 0 ? SequenceRow{&p.chosen, p.chosen_prompt_tokens}
+                               : SequenceRow{&p.rejected, p.rejected_prompt_tokens});
     }
   size_t longest = 0;
-  for (const Row& r : rows) longest = std::max(longest, r.tokens->size());
+  for (const SequenceRow& r : rows) longest = std::max(longest, r.tokens->size());
   const auto n = static_cast<int64_t>(rows.size()), t = static_cast<int64_t>(longest);
-  // ids, mask: [2P, T]; targets [2P, T - 1]: the next token where it is a response token, else
-  // -100 (the prompt, and padding).
+  // ids, mask, targets: [2P, T]; targets[r][j] is the next token where it is a response token,
+  // else -100 (the prompt, padding, and the last position, which predicts nothing).
   auto ids = torch::full({n, t}, pad_id, torch::kLong);
   auto mask = torch::zeros({n, t}, torch::kLong);
-  auto targets = torch::full({n, t - 1}, int64_t{-100}, torch::kLong);
+  auto targets = torch::full({n, t}, int64_t{-100}, torch::kLong);
   auto counts = torch::zeros({n}, torch::kFloat);
   auto id = ids.accessor<int64_t, 2>(), m = mask.accessor<int64_t, 2>(),
        target = targets.accessor<int64_t, 2>();
@@ -68,10 +69,9 @@ SideLogProbs pair_log_probs(TransformerImpl& model, const PairSlice& slice, int6
   ids = to_device(ids, device);
   mask = to_device(mask, device);
   targets = to_device(targets, device);
-  // logits [2P, T, V]; the last position predicts nothing.
-  const auto logits = model.forward(ids, mask);
-  const auto per_token = token_log_probs(logits.narrow(1, 0, t - 1), targets);  // [2P, T - 1]
-  const auto sums = per_token.sum(1);
+  const auto hidden =
+      model.hidden(ids, positions_from_mask(mask), causal_mask(mask.to(torch::kBool), t));
+  const auto sums = target_log_probs(model, hidden, targets).sum(1);  // [2P]
   const auto p = static_cast<int64_t>(slice.count);
   counts = counts.to(sums.device());
   return {sums.narrow(0, 0, p), sums.narrow(0, p, p), counts.narrow(0, 0, p),

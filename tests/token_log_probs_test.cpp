@@ -53,8 +53,7 @@ TEST(TokenLogProbs, EqualsTheFormulaForwardAndBackward) {
     test::expect_close_to_scale(logits.grad(), logits_ref.grad(), 1e-5, "logit gradient");
     EXPECT_EQ(got[0][1].item<float>(), 0.0f);
     EXPECT_EQ(logits.grad()[0][1].abs().sum().item<float>(), 0.0f) << "ignored row has gradient";
-    EXPECT_NE(last_nodes(got).find("TokenLogProbsFunction"), std::string::npos)
-        << last_nodes(got);
+    EXPECT_NE(last_nodes(got).find("TokenLogProbsFunction"), std::string::npos) << last_nodes(got);
   }
 }
 
@@ -122,4 +121,47 @@ TEST(TokenLogProbs, LanguageModelLossEqualsCrossEntropy) {
   EXPECT_NEAR(loss.item<double>(), want.item<double>(), 1e-5 * want.item<double>());
   test::expect_close_to_scale(fused_grad, model->parameters().front().grad(), 1e-5,
                               "first parameter's gradient");
+}
+
+// The LM head at the targeted positions only (a prompt's tokens predict nothing) gives the
+// log-probabilities and every parameter's gradient of the head over all positions; ignored
+// positions give 0; a batch with no target at all still keeps the graph (a zero loss whose
+// backward runs).
+TEST(TokenLogProbs, TargetLogProbsEqualTheHeadOverEveryPosition) {
+  torch::manual_seed(17);
+  auto model = test::sharp_random_model(test::llama_config(97, 32, 64, 2, 4, 2, 64), 5);
+  const auto ids = torch::randint(97, {3, 8}, torch::kLong);
+  const auto segments = torch::zeros({3, 8}, torch::kLong);
+  auto targets = torch::randint(97, {3, 8}, torch::kLong);
+  targets.narrow(1, 0, 3).fill_(-100);  // a prompt of three tokens on every row
+  targets[2].fill_(-100);               // and a row with no target
+  auto hidden_of = [&] {
+    return model->hidden(ids, positions_from_segments(segments), segment_causal_mask(segments));
+  };
+  auto gradients = [&](const torch::Tensor& loss) {
+    for (auto& p : model->parameters()) p.mutable_grad().reset();
+    loss.backward();
+    std::vector<torch::Tensor> out;
+    for (auto& p : model->parameters()) out.push_back(p.grad().clone());
+    return out;
+  };
+  const auto picked = target_log_probs(*model, hidden_of(), targets);
+  const auto picked_grads = gradients(picked.sum());
+  const auto full = token_log_probs(model->logits(hidden_of()), targets);
+  const auto full_grads = gradients(full.sum());
+
+  ASSERT_EQ(picked.sizes(), targets.sizes());
+  EXPECT_TRUE(picked.masked_select(targets.eq(-100)).eq(0).all().item<bool>());
+  EXPECT_LT(picked.masked_select(targets.ne(-100)).max().item<double>(), 0.0);
+  test::expect_close_to_scale(picked, full, 1e-6, "log-probs");
+  ASSERT_EQ(picked_grads.size(), full_grads.size());
+  for (size_t i = 0; i < picked_grads.size(); ++i)
+    test::expect_close_to_scale(picked_grads[i], full_grads[i], 1e-5,
+                                "gradient of parameter " + std::to_string(i));
+
+  const auto none = target_log_probs(*model, hidden_of(), torch::full({3, 8}, -100L));
+  EXPECT_EQ(none.abs().sum().item<double>(), 0.0);
+  ASSERT_TRUE(none.requires_grad());
+  const auto zero_grads = gradients(none.sum());
+  EXPECT_EQ(zero_grads.front().abs().sum().item<double>(), 0.0);
 }

@@ -12,8 +12,23 @@ torch::Tensor lm_loss_sum(TransformerImpl& model, const TokenBatch& batch) {
   auto segments = to_device(batch.segment_ids, device);
   auto targets = to_device(batch.targets, device);
   auto hidden = model.hidden(ids, positions_from_segments(segments), segment_causal_mask(segments));
-  auto logits = model.logits(hidden).to(torch::kFloat);  // [B, T, V]
-  return -token_log_probs(logits, targets).sum();
+  return -target_log_probs(model, hidden, targets).sum();
+}
+
+torch::Tensor target_log_probs(TransformerImpl& model, const torch::Tensor& hidden,
+                               const torch::Tensor& targets) {
+  const auto flat_targets = targets.reshape({-1});
+  const auto targeted = flat_targets.ne(-100).nonzero().squeeze(1);
+  // Every position targeted (pretraining), or none (the loss is then 0, with the graph kept):
+  // the LM head over all of them.
+  if (targeted.numel() == 0 || targeted.numel() == flat_targets.numel())
+    return token_log_probs(model.logits(hidden).to(torch::kFloat), targets);
+  const auto rows = hidden.reshape({-1, hidden.size(-1)}).index_select(0, targeted);
+  const auto picked =
+      token_log_probs(model.logits(rows).to(torch::kFloat), flat_targets.index_select(0, targeted));
+  return torch::zeros({flat_targets.numel()}, picked.options())
+      .index_copy(0, targeted, picked)
+      .view(targets.sizes());
 }
 
 }  // namespace tiller

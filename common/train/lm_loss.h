@@ -1,4 +1,5 @@
-// The language-model loss over a TokenBatch (SFT and pretraining).
+// The language-model loss over a TokenBatch (SFT and pretraining), and the targeted tokens'
+// log-probabilities it is made of (DPO sums them per sequence).
 #pragma once
 #include <torch/torch.h>
 
@@ -12,5 +13,12 @@ namespace tiller {
 // The caller divides by the target count of the whole (accumulated) batch, so micro-batching
 // gives the same update as one large batch.
 torch::Tensor lm_loss_sum(TransformerImpl& model, const TokenBatch& batch);
+
+// log p(targets[b][t]) from the hidden states [B, T, C] where the target [B, T] is not -100, and
+// 0 (with no gradient) where it is: [B, T] fp32. The LM head runs only at the targeted
+// positions: a prompt's tokens predict nothing, and at a 32,000-token vocabulary the LM head is
+// a fifth of a 124M model's work and more than half of a 15M one's.
+torch::Tensor target_log_probs(TransformerImpl& model, const torch::Tensor& hidden,
+                               const torch::Tensor& targets);
 
 }  // namespace tiller
