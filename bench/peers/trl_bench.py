@@ -57,6 +57,20 @@ class StepTimer(TrainerCallback):
         self.started = now
 
 
+def time_calls(trainer, method):
+    """Wraps trainer.METHOD to record each call's wall seconds in trainer.call_seconds."""
+    inner = getattr(trainer, method)
+    trainer.call_seconds = {"method": method, "seconds": []}
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        result = inner(*args, **kwargs)
+        trainer.call_seconds["seconds"].append(time.perf_counter() - started)
+        return result
+
+    setattr(trainer, method, timed)
+
+
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -157,6 +171,7 @@ def grpo_trainer(args, output_dir):
     trainer = trl.GRPOTrainer(model=model, reward_funcs=[contains_the], args=config,
                               train_dataset=datasets.Dataset.from_list(records),
                               processing_class=tokenizer)
+    time_calls(trainer, "_generate")  # the rollouts' share of a step, beside Tiller's seconds_sample
     return trainer, args.batch * args.new_tokens
 
 
@@ -243,7 +258,7 @@ def main():
         "step_seconds": timer.seconds, "step_s": step_s, "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_per_step / step_s, "train_s": total,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "versions": versions()}))
+        "timed_calls": getattr(trainer, "call_seconds", None), "versions": versions()}))
 
 
 if __name__ == "__main__":
