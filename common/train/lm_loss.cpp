@@ -19,9 +19,12 @@ torch::Tensor target_log_probs(TransformerImpl& model, const torch::Tensor& hidd
                                const torch::Tensor& targets) {
   const auto flat_targets = targets.reshape({-1});
   const auto targeted = flat_targets.ne(-100).nonzero().squeeze(1);
-  // Every position targeted (pretraining), or none (the loss is then 0, with the graph kept):
-  // the LM head over all of them.
-  if (targeted.numel() == 0 || targeted.numel() == flat_targets.numel())
+  // No target at all (the loss is then 0, with the graph kept), or fewer than an eighth of the
+  // positions without one (packed pretraining loses one a document): the LM head over every
+  // position. Skipping a few saves little, and pretraining's arithmetic, and so its runs, stay
+  // bit for bit those of the head over every position.
+  const int64_t untargeted = flat_targets.numel() - targeted.numel();
+  if (targeted.numel() == 0 || untargeted * 8 < flat_targets.numel())
     return token_log_probs(model.logits(hidden).to(torch::kFloat), targets);
   const auto rows = hidden.reshape({-1, hidden.size(-1)}).index_select(0, targeted);
   const auto picked =
