@@ -1,7 +1,7 @@
 // The shipped recipes/arithmetic_grpo.yaml end to end, as a user runs it: Tiller writes its own
 // arithmetic problems, pretrains and SFTs a ~220K-parameter model on them, then GRPO and RLOO
 // each raise the held-out accuracy (pass@1 at temperature 1, the answer checked by math_answer)
-// by at least 20 points, with the KL to the reference reported. About 15 minutes on 2 cores: it
+// by at least 20 points, with the KL to the reference reported. About 8 minutes on 2 cores: it
 // runs as its own CTest entry with a longer timeout (CMakeLists.txt).
 #include <gtest/gtest.h>
 
