@@ -1,6 +1,7 @@
 """The peers' side of `bench/compare.sh --peers`: TRL's trainers on transformers models, on the CPU,
-in fp32 (or bf16 autocast with --dtype bf16), with the model, data, shapes, optimizer settings and steps of the Tiller recipe they are
-measured against (bench/peers/recipe.py, data from bench/peers/make_data.py).
+in fp32 (or bf16 autocast with --dtype bf16), with the model, data, shapes, optimizer settings and
+steps of the Tiller recipe they are measured against (bench/peers/recipe.py, data from
+bench/peers/make_data.py).
 
     trl_bench.py KIND --model DIR --data DIR --steps N --batch B [--threads T] [--seq 256]
                  [--group 8] [--new-tokens 64] [--reward-model DIR] [--dtype fp32|bf16]

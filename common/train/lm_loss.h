@@ -15,9 +15,9 @@ namespace tiller {
 torch::Tensor lm_loss_sum(TransformerImpl& model, const TokenBatch& batch);
 
 // log p(targets[b][t]) from the hidden states [B, T, C] where the target [B, T] is not -100, and
-// 0 (with no gradient) where it is: [B, T] fp32. The LM head runs only at the targeted
-// positions: a prompt's tokens predict nothing, and at a 32,000-token vocabulary the LM head is
-// a fifth of a 124M model's work and more than half of a 15M one's.
+// 0 (with no gradient) where it is: [B, T] fp32. Where at least an eighth of the positions have
+// no target (an SFT or DPO prompt predicts nothing), the LM head runs only at the targeted ones:
+// at a 32,000-token vocabulary it is a fifth of a 124M model's work and over half of a 15M one's.
 torch::Tensor target_log_probs(TransformerImpl& model, const torch::Tensor& hidden,
                                const torch::Tensor& targets);
 
