@@ -225,11 +225,17 @@ if [ -z "$TORCH_PREFIX" ] && [ "$CPU_BUILD" = 0 ]; then
   for candidate in python3 python; do
     if "$candidate" -c 'import torch' 2>/dev/null; then PYTHON=$candidate; break; fi
   done
-  if [ "$DRY_RUN" = 1 ] && [ -x .venv-cuda/bin/python3 ]; then PYTHON=.venv-cuda/bin/python3; fi
   TORCH_PREFIX=$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)
+  # .venv-cuda's torch is installed without its Python dependencies (scripts/setup.sh --cuda), so
+  # it cannot be imported: its CMake prefix is taken by path, as scripts/build.sh --cuda does.
+  VENV_TORCH=$(echo .venv-cuda/lib/python3*/site-packages/torch)
+  if [ "$DRY_RUN" = 1 ] && [ -d "$VENV_TORCH/share/cmake/Torch" ]; then
+    TORCH_PREFIX=$REPO/$VENV_TORCH/share/cmake
+    echo "torch: $VENV_TORCH, $(grep -m1 "^__version__" "$VENV_TORCH/version.py")" >>"$OUT/machine.txt"
+  fi
   "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "cxx11 abi", torch._C._GLIBCXX_USE_CXX11_ABI, "gpus", torch.cuda.device_count())' \
-    >>"$OUT/machine.txt" 2>&1
+    >>"$OUT/machine.txt" 2>/dev/null
   [ -z "$TORCH_PREFIX" ] && say "torch: $PYTHON cannot import torch; CMake looks for LibTorch itself"
   if [ "$("$PYTHON" -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))' 2>/dev/null)" = 0 ]
   then
