@@ -141,7 +141,8 @@ struct GrpoBenchOptions {
 
 // The recipe's PPO iteration (as run_ppo times it) beside a GRPO iteration on the same shapes:
 // as many episodes, batch / group prompts each sampled `group` times, no critic, a k3 KL to a
-// reference; seconds per phase for each and PPO's over GRPO's.
+// reference; seconds per phase for each and PPO's over GRPO's; and the same GRPO with one row per
+// sample instead of each prompt computed once per micro-batch (GrpoOptions::share_prompts).
 void run_grpo(const GrpoBenchOptions& options);
 
 // Helpers shared by the benchmarks.

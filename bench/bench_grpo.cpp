@@ -26,7 +26,8 @@ void check_options(const GrpoBenchOptions& o) {
 
 // GRPO on PPO's shapes: its sampling (temperature, max_new_tokens, every row to the end), its
 // micro-batch, actor learning rate, gradient clip and precision; the whole batch per update.
-GrpoOptions grpo_options(const GrpoBenchOptions& o, int64_t batch_size, const PpoOptions& ppo) {
+GrpoOptions grpo_options(const GrpoBenchOptions& o, int64_t batch_size, const PpoOptions& ppo,
+                         bool share_prompts) {
   GrpoOptions options;
   options.algorithm = "grpo";
   options.sampling = ppo.sampling;
@@ -38,6 +39,7 @@ GrpoOptions grpo_options(const GrpoBenchOptions& o, int64_t batch_size, const Pp
   options.loss_aggregation = default_loss_aggregation(options.algorithm);
   options.grad_clip = ppo.actor_grad_clip;
   options.bf16 = ppo.bf16;
+  options.share_prompts = share_prompts;
   return options;
 }
 
@@ -46,10 +48,11 @@ GrpoOptions grpo_options(const GrpoBenchOptions& o, int64_t batch_size, const Pp
 // (the reference's log-probs, the policy's too when epochs > 1, group advantages) and learn.
 class GrpoBenchRun {
  public:
-  GrpoBenchRun(const RecipeShapes& shapes, const GrpoBenchOptions& o, const PpoOptions& ppo)
+  GrpoBenchRun(const RecipeShapes& shapes, const GrpoBenchOptions& o, const PpoOptions& ppo,
+               bool share_prompts)
       : batch_size_(shapes.rlhf.batch_size),
         roles_(random_roles(shapes.model)),
-        options_(grpo_options(o, batch_size_, ppo)),
+        options_(grpo_options(o, batch_size_, ppo, share_prompts)),
         scorer_(reward_model_scorer(*roles_.reward, shapes.model, options_.micro_batch_size,
                                     rm_seconds_)),
         optimizer_(*roles_.actor, shapes.rlhf.train.optimizer(shapes.rlhf.actor_lr), dist::Group()),
@@ -115,6 +118,12 @@ struct GrpoBenchSetup {
   const RecipeShapes& shapes;
   const PpoBenchRun& ppo;
   const GrpoBenchRun& grpo;
+  const GrpoBenchRun& grpo_one_row;  // the same GRPO with one row per sample
+};
+
+// The seconds of each side.
+struct GrpoBenchSeconds {
+  IterationSeconds ppo, grpo, grpo_one_row;
 };
 
 nlohmann::json ppo_json(const GrpoBenchSetup& setup, const IterationSeconds& s) {
@@ -130,14 +139,16 @@ nlohmann::json ppo_json(const GrpoBenchSetup& setup, const IterationSeconds& s) 
               {"kl_estimator", options.kl_estimator},
               {"kl_in", "rewards"},
               {"actor_lr", c.actor_lr},
-              {"side_by_side", setup.ppo.side_by_side()}});
+              {"side_by_side", setup.ppo.side_by_side()},
+              {"share_prompts", false}});
   return doc;
 }
 
-nlohmann::json grpo_json(const GrpoBenchSetup& setup, const IterationSeconds& s) {
-  const GrpoOptions& options = setup.grpo.options();
+nlohmann::json grpo_json(const GrpoBenchRun& run, const GrpoBenchSetup& setup,
+                         const IterationSeconds& s) {
+  const GrpoOptions& options = run.options();
   const RlhfStageConfig& c = setup.shapes.rlhf;
-  nlohmann::json doc = side_json("grpo", setup.grpo.prompts(), options.group_size, s, c.batch_size);
+  nlohmann::json doc = side_json("grpo", run.prompts(), options.group_size, s, c.batch_size);
   doc.update({{"epochs", options.epochs},
               {"mini_batch_size", options.mini_batch_size},
               {"micro_batch_size", options.micro_batch_size},
@@ -147,38 +158,45 @@ nlohmann::json grpo_json(const GrpoBenchSetup& setup, const IterationSeconds& s)
               {"kl_estimator", "k3"},
               {"kl_in", "loss"},
               {"actor_lr", c.actor_lr},
-              {"side_by_side", false}});
+              {"side_by_side", false},
+              {"share_prompts", options.share_prompts}});
   return doc;
 }
 
-void print_json(const GrpoBenchSetup& setup, const IterationSeconds& ppo,
-                const IterationSeconds& grpo) {
+void print_json(const GrpoBenchSetup& setup, const GrpoBenchSeconds& seconds) {
+  const IterationSeconds &ppo = seconds.ppo, &grpo = seconds.grpo, &one_row = seconds.grpo_one_row;
   const ModelConfig& config = setup.shapes.model;
   const SamplingOptions& sampling = setup.ppo.options().sampling;
-  const nlohmann::json doc = {{"bench", "grpo"},
-                              {"recipe", setup.o.recipe},
-                              {"model", model_config_to_hf_json(config)},
-                              {"parameters", config.parameter_count()},
-                              {"dtype", setup.ppo.options().bf16 ? "bf16" : "fp32"},
-                              {"threads", torch::get_num_threads()},
-                              {"batch_size", setup.shapes.rlhf.batch_size},
-                              {"prompt_tokens", setup.o.prompt_tokens},
-                              {"new_tokens", sampling.max_new_tokens},
-                              {"temperature", sampling.temperature},
-                              {"iterations", setup.o.iterations},
-                              {"warmup", setup.o.warmup},
-                              {"ppo", ppo_json(setup, ppo)},
-                              {"grpo", grpo_json(setup, grpo)},
-                              {"ppo_over_grpo",
-                               {{"generate", ppo.generate / grpo.generate},
-                                {"score", ppo.score / grpo.score},
-                                {"train", ppo.train / grpo.train},
-                                {"iteration", ppo.total / grpo.total}}}};
+  const nlohmann::json doc = {
+      {"bench", "grpo"},
+      {"recipe", setup.o.recipe},
+      {"model", model_config_to_hf_json(config)},
+      {"parameters", config.parameter_count()},
+      {"dtype", setup.ppo.options().bf16 ? "bf16" : "fp32"},
+      {"threads", torch::get_num_threads()},
+      {"batch_size", setup.shapes.rlhf.batch_size},
+      {"prompt_tokens", setup.o.prompt_tokens},
+      {"new_tokens", sampling.max_new_tokens},
+      {"temperature", sampling.temperature},
+      {"iterations", setup.o.iterations},
+      {"warmup", setup.o.warmup},
+      {"ppo", ppo_json(setup, ppo)},
+      {"grpo", grpo_json(setup.grpo, setup, grpo)},
+      {"grpo_one_row_per_sample", grpo_json(setup.grpo_one_row, setup, one_row)},
+      {"shared_prompt_speedup",
+       {{"score", one_row.score / grpo.score},
+        {"train", one_row.train / grpo.train},
+        {"iteration", one_row.total / grpo.total}}},
+      {"ppo_over_grpo",
+       {{"generate", ppo.generate / grpo.generate},
+        {"score", ppo.score / grpo.score},
+        {"train", ppo.train / grpo.train},
+        {"iteration", ppo.total / grpo.total}}}};
   std::printf("%s\n", doc.dump(2).c_str());
 }
 
-void print_table(const GrpoBenchSetup& setup, const IterationSeconds& ppo,
-                 const IterationSeconds& grpo) {
+void print_table(const GrpoBenchSetup& setup, const GrpoBenchSeconds& seconds) {
+  const IterationSeconds &ppo = seconds.ppo, &grpo = seconds.grpo, &one_row = seconds.grpo_one_row;
   const GrpoBenchOptions& o = setup.o;
   const RlhfStageConfig& c = setup.shapes.rlhf;
   const PpoOptions& p = setup.ppo.options();
@@ -200,17 +218,19 @@ void print_table(const GrpoBenchSetup& setup, const IterationSeconds& ppo,
       "k3 beta %g in the loss\n",
       (long long)setup.grpo.prompts(), (long long)g.group_size, (long long)g.epochs,
       (long long)g.mini_batch_size, (long long)g.micro_batch_size, g.beta);
-  std::printf("seconds per iteration (mean of %d, after %d warm-up; PPO, then GRPO):\n",
-              o.iterations, o.warmup);
-  std::printf("  %-14s %9s %9s %9s\n", "", "PPO", "GRPO", "PPO/GRPO");
-  const auto row = [](const char* name, double a, double b) {
-    std::printf("  %-14s %9.3f %9.3f %8.2fx\n", name, a, b, a / b);
+  std::printf(
+      "seconds per iteration (mean of %d, after %d warm-up; PPO, GRPO, then GRPO with one row per "
+      "sample instead of its prompt shared):\n",
+      o.iterations, o.warmup);
+  std::printf("  %-14s %9s %9s %9s %9s %9s\n", "", "PPO", "GRPO", "PPO/GRPO", "one row", "shared");
+  const auto row = [](const char* name, double a, double b, double c) {
+    std::printf("  %-14s %9.3f %9.3f %8.2fx %9.3f %8.2fx\n", name, a, b, a / b, c, c / b);
   };
-  row("generate", ppo.generate, grpo.generate);
-  row("scoring", ppo.score, grpo.score);
-  std::printf("  %-14s %9.3f %9.3f\n", "  reward model", ppo.rm, grpo.rm);
-  row("training", ppo.train, grpo.train);
-  row("total", ppo.total, grpo.total);
+  row("generate", ppo.generate, grpo.generate, one_row.generate);
+  row("scoring", ppo.score, grpo.score, one_row.score);
+  std::printf("  %-14s %9.3f %9.3f %9s %9.3f\n", "  reward model", ppo.rm, grpo.rm, "", one_row.rm);
+  row("training", ppo.train, grpo.train, one_row.train);
+  row("total", ppo.total, grpo.total, one_row.total);
 }
 
 }  // namespace
@@ -227,20 +247,23 @@ void run_grpo(const GrpoBenchOptions& o) {
                                   " (GRPO's episodes are whole groups of one prompt)");
 
   PpoBenchRun ppo(shapes, o.prompt_tokens, /*sequential=*/false);
-  GrpoBenchRun grpo(shapes, o, ppo.options());
+  GrpoBenchRun grpo(shapes, o, ppo.options(), /*share_prompts=*/true);
+  GrpoBenchRun grpo_one_row(shapes, o, ppo.options(), /*share_prompts=*/false);
   // Each side runs its warm-up and timed iterations together, as its own stage would. Taken in
   // turn iteration by iteration, GRPO's generation paid for the thread pool that PPO's side by
   // side passes rebuild (0.062 against 0.030 s on the quickstart's shapes).
   const auto timed = [&o](auto& run) {
     return mean_iteration([&run](int i) { return run.iterate(i); }, o.warmup, o.iterations);
   };
-  const IterationSeconds ppo_seconds = timed(ppo);
-  const IterationSeconds grpo_seconds = timed(grpo);
-  const GrpoBenchSetup setup{o, shapes, ppo, grpo};
+  GrpoBenchSeconds seconds;
+  seconds.ppo = timed(ppo);
+  seconds.grpo = timed(grpo);
+  seconds.grpo_one_row = timed(grpo_one_row);
+  const GrpoBenchSetup setup{o, shapes, ppo, grpo, grpo_one_row};
   if (o.json)
-    print_json(setup, ppo_seconds, grpo_seconds);
+    print_json(setup, seconds);
   else
-    print_table(setup, ppo_seconds, grpo_seconds);
+    print_table(setup, seconds);
 }
 
 }  // namespace tiller::bench

@@ -58,6 +58,7 @@ void read_update(const nlohmann::json& json, const std::string& path, ConfigErro
   o.clip_low = p.number("clip_low", o.clip_low);
   o.clip_high = p.number("clip_high", dapo ? 0.28 : o.clip_low);
   o.loss_aggregation = p.string("loss_aggregation", default_loss_aggregation(o.algorithm));
+  o.share_prompts = p.boolean("share_prompts", o.share_prompts);
   c.dynamic_sampling = p.boolean("dynamic_sampling", dapo);
   c.max_sampling_rounds = p.integer("max_sampling_rounds", c.max_sampling_rounds);
   c.overlong_buffer =
@@ -157,6 +158,7 @@ nlohmann::json grpo_stated_defaults(const GrpoStageConfig& c) {
         {"clip_low", o.clip_low},
         {"clip_high", o.clip_high},
         {"loss_aggregation", o.loss_aggregation},
+        {"share_prompts", o.share_prompts},
         {"dynamic_sampling", c.dynamic_sampling},
         {"max_sampling_rounds", c.max_sampling_rounds},
         {"overlong_buffer", c.overlong_buffer},

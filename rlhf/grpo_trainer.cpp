@@ -1,10 +1,12 @@
 #include "rlhf/grpo_trainer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/data/batching.h"  // seeded_permutation
 #include "common/model/lora.h"
 #include "common/rollout/batch_layout.h"
+#include "common/rollout/shared_prompt.h"
 #include "common/torch_compat.h"
 #include "common/train/nonfinite_guard.h"
 #include "common/train/token_log_probs.h"
@@ -56,9 +58,14 @@ std::pair<torch::Tensor, torch::Tensor> GrpoTrainer::pass(TransformerImpl& model
   torch::Tensor logits;
   {
     compat::AutocastGuard cast(options_.bf16, b.sequence_ids.device());
-    logits = response_logits(model, b.sequence_ids.index_select(0, rows),
-                             b.sequence_mask.index_select(0, rows), b.generation.prompt_ids.size(1),
-                             options_.sampling.temperature);
+    const auto ids = b.sequence_ids.index_select(0, rows);
+    const auto sequence_mask = b.sequence_mask.index_select(0, rows);
+    const int64_t prompt_len = b.generation.prompt_ids.size(1);
+    const double temperature = options_.sampling.temperature;
+    logits =
+        options_.share_prompts
+            ? response_logits_sharing_prompts(model, ids, sequence_mask, prompt_len, temperature)
+            : response_logits(model, ids, sequence_mask, prompt_len, temperature);
   }
   const auto logp = token_log_probs(logits, b.generation.response_ids.index_select(0, rows)) * mask;
   torch::Tensor ent;
@@ -136,8 +143,11 @@ GrpoLearnStats GrpoTrainer::learn(const GroupBatch& b, uint64_t shuffle_seed, No
     const auto order =
         seeded_permutation(n, shuffle_seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(epoch));
     for (int64_t start = 0; start < n; start += mini) {
-      const std::vector<int64_t> minibatch(order.begin() + start,
-                                           order.begin() + std::min(n, start + mini));
+      std::vector<int64_t> minibatch(order.begin() + start,
+                                     order.begin() + std::min(n, start + mini));
+      // In row order, so that a micro-batch holds whole groups where it can (their prompt is
+      // then computed once); the minibatch, and so its update, is the same set of rows.
+      std::sort(minibatch.begin(), minibatch.end());
       learn_minibatch(b, minibatch, epoch == 0, guard, step_for_guard, s);
       ++minibatches;
     }

@@ -34,6 +34,9 @@ struct GrpoOptions {
   std::string loss_aggregation = "sequence_mean";
   double grad_clip = 1.0;  // <= 0: no clipping
   bool bf16 = false;
+  // A micro-batch's samples of one prompt share one computation of it in the training and
+  // reference passes (common/rollout/shared_prompt.h); false: one row per sample.
+  bool share_prompts = true;
 
   bool needs_reference() const { return beta > 0; }
 };

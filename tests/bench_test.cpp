@@ -193,6 +193,20 @@ TEST(Bench, GrpoJsonSetsGrpoBesidePpoOnTheSameShapes) {
                 ppo.at(key).get<double>() / grpo.at(key).get<double>(), 1e-9)
         << phase;
   }
+  // The same GRPO with one row per sample, and what sharing each prompt saved.
+  const auto& one_row = doc.at("grpo_one_row_per_sample");
+  EXPECT_EQ(grpo.at("share_prompts"), true);
+  EXPECT_EQ(one_row.at("share_prompts"), false);
+  EXPECT_EQ(ppo.at("share_prompts"), false);
+  EXPECT_EQ(one_row.at("prompts"), grpo.at("prompts"));
+  expect_positive(one_row, seconds);
+  const auto& speedup = doc.at("shared_prompt_speedup");
+  for (const std::string phase : {"score", "train", "iteration"}) {
+    const std::string key = phase + "_s";
+    EXPECT_NEAR(speedup.at(phase).get<double>(),
+                one_row.at(key).get<double>() / grpo.at(key).get<double>(), 1e-9)
+        << phase;
+  }
 }
 
 // The PPO benchmark at a built-in shape in place of the recipe's model: the shape's own width and

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "common/rollout/shared_prompt.h"
 #include "common/train/optimizer.h"
 #include "common/util/error.h"
 #include "rlhf/grpo_trainer.h"
@@ -122,6 +123,44 @@ TEST(GrpoTrainer, AllEqualGroupsGetNoAdvantageAndRatiosStartAtOne) {
   auto [logp, ref] = s.trainer->logprobs(g);
   EXPECT_TRUE(torch::equal(logp, batch.old_logprobs));
   EXPECT_FALSE(ref.defined());  // beta 0: no reference
+}
+
+// Sharing each group's prompt in the policy's and the reference's passes changes only the order
+// of the arithmetic: one update's loss, KL, entropy and gradient norm equal those of one row per
+// sample.
+TEST(GrpoTrainer, SharedPromptsGiveTheUpdateOfOneRowPerSample) {
+  // Four prompts of 11 to 14 tokens, so that groups of 4 are packed on this shape.
+  std::vector<std::vector<int64_t>> prompts;
+  for (int64_t i = 0; i < 4; ++i) {
+    std::vector<int64_t> p = {1};
+    for (int64_t j = 0; j < 10 + i; ++j) p.push_back(3 + (i * 7 + j * 5) % 29);
+    prompts.push_back(p);
+  }
+  GrpoOptions o = options_for("grpo");
+  o.beta = 0.04;
+  ASSERT_GT(shared_prompt_pack_size(tiny_model(1)->config, 14, o.sampling.max_new_tokens, {4, 4}),
+            1);
+  Transformer sampler = tiny_model(1);
+  ParallelAdamW unused(*sampler, OptimizerOptions{1e-3, 0.0, 0.9, 0.95, 1e-8}, dist::Group());
+  const auto g =
+      GrpoTrainer(o, *sampler, sampler.get(), unused).sample(prompts, test::episode_seeds(16, 3));
+  const auto scores = torch::arange(16, torch::kFloat).remainder(3);
+  std::vector<GrpoLearnStats> stats;
+  for (const bool share : {true, false}) {
+    o.share_prompts = share;
+    Transformer actor = tiny_model(1), reference = tiny_model(2);
+    ParallelAdamW optimizer(*actor, OptimizerOptions{1e-3, 0.0, 0.9, 0.95, 1e-8}, dist::Group());
+    GrpoTrainer trainer(o, *actor, reference.get(), optimizer);
+    stats.push_back(trainer.learn(trainer.prepare(g, scores), 1));
+  }
+  const auto expect_same = [](double shared, double one_row, const char* what) {
+    EXPECT_NEAR(shared, one_row, 1e-5 * std::max(1.0, std::abs(one_row))) << what;
+  };
+  expect_same(stats[0].policy_loss, stats[1].policy_loss, "policy loss");
+  expect_same(stats[0].kl, stats[1].kl, "kl");
+  expect_same(stats[0].entropy, stats[1].entropy, "entropy");
+  expect_same(stats[0].grad_norm, stats[1].grad_norm, "gradient norm");
+  EXPECT_GT(stats[1].kl, 1e-4);  // the reference differs from the policy: its pass is compared
 }
 
 TEST(GrpoTrainer, RefusesAKlWithoutAReference) {

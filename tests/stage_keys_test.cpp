@@ -430,6 +430,7 @@ std::vector<KeyCase> grpo_cases() {
       row("grpo.clip_high", 0.3, [](const C& c) { return json(c.grpo.clip_high); }),
       row("grpo.loss_aggregation", "token_mean",
           [](const C& c) { return json(c.grpo.loss_aggregation); }),
+      row("grpo.share_prompts", false, [](const C& c) { return json(c.grpo.share_prompts); }),
       row("grpo.dynamic_sampling", true, [](const C& c) { return json(c.dynamic_sampling); }),
       row("grpo.max_sampling_rounds", 2, [](const C& c) { return json(c.max_sampling_rounds); }),
       row("grpo.overlong_buffer", 8, [](const C& c) { return json(c.overlong_buffer); }),
