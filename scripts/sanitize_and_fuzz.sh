@@ -69,34 +69,49 @@ trap 'rm -rf "$WORK"' EXIT
 targets=${FUZZ_TARGETS:-$(cd tests/fuzz && ls -1 *_fuzz.cpp | sed 's/_fuzz\.cpp$//')}
 # The seeds are generated (the same bytes every time), not kept in the repository.
 python3 tests/fuzz/make_corpus.py --out "$WORK/seeds"
-failed=()
-summary=()
-for name in $targets; do
+# One fuzzer: its log, and its exit status in $WORK/NAME/rc.
+fuzz_one() {
+  local name=$1
   # A copy of the seeds: libFuzzer adds what it finds to its first corpus directory.
   mkdir -p "$WORK/$name/corpus" "$WORK/$name/artifacts" "$WORK/$name/cwd"
   cp -r "$WORK/seeds/$name/." "$WORK/$name/corpus/"
+  local binary rc=0
   binary=$(pwd)/$BUILD/${name}_fuzz
-  log=$WORK/$name/log
-  echo "fuzz: $name for ${FUZZ_SECONDS} s or ${FUZZ_RUNS} runs (seed ${FUZZ_SEED})"
   # In a scratch directory (relative paths in recipes resolve there), stdin closed.
-  rc=0
   (cd "$WORK/$name/cwd" &&
     "$binary" "$WORK/$name/corpus" -max_total_time="$FUZZ_SECONDS" -timeout=20 \
       -seed="$FUZZ_SEED" -runs="$FUZZ_RUNS" \
       -rss_limit_mb=3072 -malloc_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
-      -artifact_prefix="$WORK/$name/artifacts/" </dev/null >"$log" 2>&1) || rc=$?
-  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
+      -artifact_prefix="$WORK/$name/artifacts/" </dev/null >"$WORK/$name/log" 2>&1) || rc=$?
+  echo "$rc" >"$WORK/$name/rc"
+}
+
+# JOBS fuzzers at a time (each is one process on one core), reported in the targets' order.
+start=$(date +%s)
+for name in $targets; do
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  echo "fuzz: $name for ${FUZZ_SECONDS} s or ${FUZZ_RUNS} runs (seed ${FUZZ_SEED})"
+  fuzz_one "$name" &
+done
+wait
+failed=()
+summary=()
+for name in $targets; do
+  log=$WORK/$name/log
+  rc=$(cat "$WORK/$name/rc" 2>/dev/null || echo "no status")
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" 2>/dev/null | tail -1 || true)
+  cov=$(grep -o 'cov: [0-9]*' "$log" 2>/dev/null | tail -1 || true)
   summary+=("$(printf '%-16s %10s executions  %s' "$name" "${execs:-?}" "${cov}")")
-  if [ "$rc" -ne 0 ] || grep -q -E "ERROR: (AddressSanitizer|libFuzzer)|runtime error:" "$log"; then
+  if [ "$rc" != 0 ] || grep -q -E "ERROR: (AddressSanitizer|libFuzzer)|runtime error:" "$log" 2>/dev/null; then
     failed+=("$name")
-    tail -n 60 "$log"
+    tail -n 60 "$log" 2>/dev/null || true
     # Keep the crashing inputs where CI keeps the build: the build dir (not the repository).
     mkdir -p "$BUILD/fuzz-findings/$name"
     cp -r "$WORK/$name/artifacts/." "$BUILD/fuzz-findings/$name/" || true
     echo "fuzz: $name FAILED (exit $rc); reproducer(s) in $BUILD/fuzz-findings/$name/"
   fi
 done
+echo "fuzz: the fuzzers took $(($(date +%s) - start)) s, $JOBS at a time"
 echo "fuzz: executions per target (${FUZZ_SECONDS} s each)"
 printf '  %s\n' "${summary[@]}"
 if [ ${#failed[@]} -gt 0 ]; then
