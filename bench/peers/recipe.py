@@ -62,7 +62,7 @@ def stage(args):
                 "loss": {"type": "sigmoid", "beta": 0.1},
                 "reference": {"mode": "cache"}, "train": batch_train(args, 1e-6)}
     prompts = {"prompts": args.data + "/prompts.jsonl", "template": "plain",
-               "max_prompt_len": 64}
+               "max_prompt_len": max_prompt_len(args.data)}
     if args.kind == "grpo":
         # TRL's GRPOConfig: beta 0 (no reference), loss_type "dapo" (token mean over the batch),
         # rewards scaled by the group's std, one update per batch (num_iterations 1), lr 1e-6.
@@ -95,6 +95,12 @@ def stage(args):
                         "value_coef": 0.1},
                 "train": train, "eval": {"prompts": 0}, "samples": {"every": 0}}
     raise SystemExit(f"recipe.py: unknown kind {args.kind}")
+
+
+def max_prompt_len(data):
+    """64, or the longest RL prompt as Tiller tokenizes it (make_data.py --grpo-prompt-tokens)."""
+    with open(data + "/prompts_ids.jsonl") as f:
+        return max([64] + [len(json.loads(line)["input_ids"]) for line in f if line.strip()])
 
 
 def main():
