@@ -80,6 +80,21 @@ TEST(AttentionMask, SegmentCausalMask) {
   EXPECT_TRUE(torch::equal(allowed.view({6, 6}), expected));
 }
 
+TEST(AttentionMask, SharedPrefixMask) {
+  // A prefix of two tokens, two continuations (the first with an invalid last key), a pad.
+  auto allowed =
+      shared_prefix_mask(longs({{0, 0, 1, 1, 2, 2, -1}}), bools({{1, 1, 1, 0, 1, 1, 0}}));
+  ASSERT_EQ(allowed.sizes(), (std::vector<int64_t>{1, 1, 7, 7}));
+  auto expected = bools({{1, 0, 0, 0, 0, 0, 0},
+                         {1, 1, 0, 0, 0, 0, 0},
+                         {1, 1, 1, 0, 0, 0, 0},
+                         {1, 1, 1, 1, 0, 0, 0},
+                         {1, 1, 0, 0, 1, 0, 0},
+                         {1, 1, 0, 0, 1, 1, 0},
+                         {1, 1, 0, 0, 0, 0, 1}});
+  EXPECT_TRUE(torch::equal(allowed.view({7, 7}), expected));
+}
+
 TEST(AttentionMask, PositionsFromSegments) {
   auto segments = longs({{0, 0, 0, 1, 1, -1, -1}, {5, 5, 2, 2, 2, 2, -1}, {0, 1, 2, 3, 3, 3, 3}});
   auto expected = longs({{0, 1, 2, 0, 1, 0, 0}, {0, 1, 0, 1, 2, 3, 0}, {0, 0, 0, 0, 1, 2, 3}});

@@ -33,6 +33,17 @@ torch::Tensor segment_causal_mask(const torch::Tensor& segment_ids) {
   return allowed.view({batch, 1, length, length});
 }
 
+torch::Tensor shared_prefix_mask(const torch::Tensor& segment_ids, const torch::Tensor& key_valid) {
+  const int64_t batch = segment_ids.size(0), length = segment_ids.size(1);
+  auto idx = torch::arange(length, torch::dtype(torch::kLong).device(segment_ids.device()));
+  auto causal = idx.view({1, -1}).le(idx.view({-1, 1}));  // [T, T]: key <= query
+  auto key_segment = segment_ids.unsqueeze(1), query_segment = segment_ids.unsqueeze(2);
+  auto visible = key_segment.eq(0).logical_or(key_segment.eq(query_segment));
+  auto self = idx.view({1, -1}).eq(idx.view({-1, 1}));
+  auto allowed = visible.logical_and(key_valid.unsqueeze(1)).logical_and(causal).logical_or(self);
+  return allowed.view({batch, 1, length, length});
+}
+
 torch::Tensor positions_from_segments(const torch::Tensor& segment_ids) {
   const int64_t length = segment_ids.size(1);
   auto idx = torch::arange(length, torch::dtype(torch::kLong).device(segment_ids.device()))

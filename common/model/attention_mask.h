@@ -16,6 +16,11 @@ torch::Tensor causal_mask(const torch::Tensor& key_valid, int64_t num_queries);
 // Packed sequences: segment_ids [B, T] (>= 0 example index, -1 pad). Attention is causal within
 // one segment and never crosses segments. Returns allowed [B, 1, T, T].
 torch::Tensor segment_causal_mask(const torch::Tensor& segment_ids);
+// A shared prefix and its continuations packed in one row: segment_ids [B, T] (0 the prefix,
+// s >= 1 the s-th continuation, -1 pad), key_valid [B, T] bool. A query sees the earlier valid
+// keys of the prefix and of its own segment (never another continuation), and itself. Returns
+// allowed [B, 1, T, T].
+torch::Tensor shared_prefix_mask(const torch::Tensor& segment_ids, const torch::Tensor& key_valid);
 // Positions restarting at 0 at each segment start: [B, T] int64.
 torch::Tensor positions_from_segments(const torch::Tensor& segment_ids);
 

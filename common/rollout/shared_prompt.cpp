@@ -1,7 +1,6 @@
 #include "common/rollout/shared_prompt.h"
 
 #include <algorithm>
-#include <cmath>
 #include <map>
 
 #include "common/model/attention_mask.h"
@@ -74,23 +73,21 @@ std::vector<PromptGroup> group_rows_by_prompt(const torch::Tensor& prompt_ids,
 // Where each packed slot's token comes from, and which response logits read which hidden state.
 struct PackedLayout {
   torch::Tensor source;   // [N, L] int64: row * width + column of the batch, -1 on padding
-  torch::Tensor segment;  // [N, L] int64: -1 prompt, s >= 0 the s-th response, -2 padding
+  torch::Tensor segment;  // [N, L] int64: shared_prefix_mask's segments (0 the prompt, -1 pad)
   torch::Tensor head;     // [B * R] int64: the packed slot (n * L + slot) predicting each token
 };
 
-PackedLayout lay_out_packs(const std::vector<PromptGroup>& groups, int64_t pack_size, int64_t rows,
-                           int64_t prompt_len, int64_t response_len) {
+PackedLayout lay_out_packs(const std::vector<PromptGroup>& groups, int64_t longest_prompt,
+                           int64_t pack_size, int64_t rows, int64_t prompt_len,
+                           int64_t response_len) {
   const int64_t width = prompt_len + response_len;
-  int64_t packs = 0, longest_prompt = 0;
-  for (const PromptGroup& g : groups) {
-    const auto members = static_cast<int64_t>(g.rows.size());
-    packs += (members + pack_size - 1) / pack_size;
-    longest_prompt = std::max(longest_prompt, static_cast<int64_t>(g.columns.size()));
-  }
+  int64_t packs = 0;
+  for (const PromptGroup& g : groups)
+    packs += (static_cast<int64_t>(g.rows.size()) + pack_size - 1) / pack_size;
   const int64_t length = longest_prompt + pack_size * response_len;
   PackedLayout layout;
   layout.source = torch::full({packs, length}, -1, torch::kLong);
-  layout.segment = torch::full({packs, length}, -2, torch::kLong);
+  layout.segment = torch::full({packs, length}, -1, torch::kLong);
   layout.head = torch::empty({rows * response_len}, torch::kLong);
   auto source = layout.source.accessor<int64_t, 2>();
   auto segment = layout.segment.accessor<int64_t, 2>();
@@ -101,7 +98,7 @@ PackedLayout lay_out_packs(const std::vector<PromptGroup>& groups, int64_t pack_
       int64_t slot = 0;
       for (int64_t column : g.columns) {
         source[pack][slot] = g.rows[first] * width + column;
-        segment[pack][slot++] = -1;
+        segment[pack][slot++] = 0;
       }
       const int64_t last_prompt_slot = pack * length + slot - 1;
       const size_t end = std::min(g.rows.size(), first + static_cast<size_t>(pack_size));
@@ -109,7 +106,7 @@ PackedLayout lay_out_packs(const std::vector<PromptGroup>& groups, int64_t pack_
         const int64_t row = g.rows[member];
         for (int64_t t = 0; t < response_len; ++t) {
           source[pack][slot + t] = row * width + prompt_len + t;
-          segment[pack][slot + t] = static_cast<int64_t>(member - first);
+          segment[pack][slot + t] = static_cast<int64_t>(member - first) + 1;
           // Token t is predicted by the state before it: the prompt's last for t = 0.
           head[row * response_len + t] = t == 0 ? last_prompt_slot : pack * length + slot + t - 1;
         }
@@ -179,7 +176,8 @@ torch::Tensor response_logits_sharing_prompts(TransformerImpl& model,
   if (pack_size == 1) return unshared();
 
   const auto device = sequence_ids.device();
-  const PackedLayout cpu_layout = lay_out_packs(groups, pack_size, rows, prompt_len, response_len);
+  const PackedLayout cpu_layout =
+      lay_out_packs(groups, longest_prompt, pack_size, rows, prompt_len, response_len);
   const auto source = cpu_layout.source.to(device);
   const auto segment = cpu_layout.segment.to(device);
   const auto head = cpu_layout.head.to(device);
@@ -194,16 +192,7 @@ torch::Tensor response_logits_sharing_prompts(TransformerImpl& model,
   const auto key_valid =
       sequence_mask.to(torch::kBool).reshape(-1).index_select(0, from).view({packs, length}) &
       is_token;
-  // A query sees the earlier valid keys of the prompt and of its own segment, and itself.
-  const auto slot = torch::arange(length, torch::dtype(torch::kLong).device(device));
-  const auto earlier = slot.view({1, -1}).le(slot.view({-1, 1}));  // [L, L]: key <= query
-  const auto key_segment = segment.unsqueeze(1), query_segment = segment.unsqueeze(2);
-  const auto visible = key_segment.eq(-1).logical_or(key_segment.eq(query_segment));
-  const auto allowed = visible.logical_and(key_valid.unsqueeze(1))
-                           .logical_and(earlier)
-                           .logical_or(slot.view({1, -1}).eq(slot.view({-1, 1})))
-                           .view({packs, 1, length, length});
-  const auto hidden = model.hidden(ids, positions, allowed);
+  const auto hidden = model.hidden(ids, positions, shared_prefix_mask(segment, key_valid));
   const auto predicting = hidden.reshape({packs * length, hidden.size(2)})
                               .index_select(0, head)
                               .view({rows, response_len, -1});

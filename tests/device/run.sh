@@ -225,13 +225,14 @@ if [ -z "$TORCH_PREFIX" ] && [ "$CPU_BUILD" = 0 ]; then
   for candidate in python3 python; do
     if "$candidate" -c 'import torch' 2>/dev/null; then PYTHON=$candidate; break; fi
   done
-  TORCH_PREFIX=$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)
   # .venv-cuda's torch is installed without its Python dependencies (scripts/setup.sh --cuda), so
   # it cannot be imported: its CMake prefix is taken by path, as scripts/build.sh --cuda does.
   VENV_TORCH=$(echo .venv-cuda/lib/python3*/site-packages/torch)
   if [ "$DRY_RUN" = 1 ] && [ -d "$VENV_TORCH/share/cmake/Torch" ]; then
     TORCH_PREFIX=$REPO/$VENV_TORCH/share/cmake
     echo "torch: $VENV_TORCH, $(grep -m1 "^__version__" "$VENV_TORCH/version.py")" >>"$OUT/machine.txt"
+  else
+    TORCH_PREFIX=$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)
   fi
   "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "cxx11 abi", torch._C._GLIBCXX_USE_CXX11_ABI, "gpus", torch.cuda.device_count())' \
