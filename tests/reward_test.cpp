@@ -383,6 +383,32 @@ TEST(RewardData, TruncationKeepsBosAndEosAndDropsOverlongPrompts) {
             std::string::npos);
 }
 
+TEST(RewardData, APairsResponsesShareOnePromptCut) {
+  const std::vector<int64_t> prompt = {1, 10, 11, 12, 13, 14};
+  // Alone, the short response would keep 11..14 and the long one only 14; together both keep 14,
+  // so that they are compared after the same context and begin with the same tokens.
+  const auto pair = reward_sequences(prompt, {{20}, {30, 31, 32, 33}}, 2, 7);
+  ASSERT_EQ(pair.size(), 2u);
+  EXPECT_EQ(pair[0].tokens, (std::vector<int64_t>{1, 14, 20, 2}));
+  EXPECT_EQ(pair[1].tokens, (std::vector<int64_t>{1, 14, 30, 31, 32, 33, 2}));
+  EXPECT_EQ(pair[0].prompt_tokens, 2);
+  EXPECT_EQ(pair[1].prompt_tokens, 2);
+  EXPECT_TRUE(pair[0].truncated);  // it lost prompt tokens it alone would have kept
+  EXPECT_EQ(reward_sequence(prompt, {20}, 2, 7).tokens,
+            (std::vector<int64_t>{1, 11, 12, 13, 14, 20, 2}));
+  // A response that does not fit after BOS alone still loses its tail, keeping EOS; the other
+  // keeps the whole of what fits beside the same cut.
+  const auto long_pair = reward_sequences({1, 10}, {{20, 21, 22, 23, 24, 25}, {40}}, 2, 5);
+  EXPECT_EQ(long_pair[0].tokens, (std::vector<int64_t>{1, 20, 21, 22, 2}));
+  EXPECT_EQ(long_pair[1].tokens, (std::vector<int64_t>{1, 40, 2}));
+  // Nothing to cut: each as reward_sequence makes it.
+  const auto short_pair = reward_sequences({1, 10}, {{20}, {21, 2}}, 2, 8);
+  EXPECT_FALSE(short_pair[0].truncated);
+  EXPECT_FALSE(short_pair[1].truncated);
+  EXPECT_EQ(short_pair[0].tokens, (std::vector<int64_t>{1, 10, 20, 2}));
+  EXPECT_EQ(short_pair[1].tokens, (std::vector<int64_t>{1, 10, 21, 2}));
+}
+
 TEST(RewardData, BadInputIsAClearErrorOrACountedDrop) {
   TILLER_REQUIRE_SHARED(tok_path, kStoriesTok);
   Tokenizer tok(tok_path);

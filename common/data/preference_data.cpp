@@ -169,20 +169,16 @@ std::vector<int64_t> tokenize_response(const Tokenizer& tok, const std::string& 
                               full.end());
 }
 
-ScoredSequence reward_sequence(const std::vector<int64_t>& prompt_ids,
-                               const std::vector<int64_t>& response_ids, int64_t eos_id,
-                               int64_t max_len) {
-  check(max_len >= 2, "max_seq_len must be at least 2");
-  check(!prompt_ids.empty(), "reward_sequence: the prompt needs at least BOS");
+namespace {
+
+// The prompt less `cut` tokens after BOS, then the response (ending in EOS), its tail dropped
+// (EOS kept) where it still exceeds max_len.
+ScoredSequence cut_sequence(const std::vector<int64_t>& prompt_ids,
+                            const std::vector<int64_t>& response, int64_t cut, int64_t max_len) {
   const int64_t p = static_cast<int64_t>(prompt_ids.size());
-  check(p <= max_len, "prompt of " + std::to_string(p) + " tokens exceeds max_seq_len " +
-                          std::to_string(max_len));
-  std::vector<int64_t> response = response_ids;
-  if (response.empty() || response.back() != eos_id) response.push_back(eos_id);
+  const int64_t eos_id = response.back();
   ScoredSequence out;
-  const int64_t over = p + static_cast<int64_t>(response.size()) - max_len;
-  const int64_t cut = over > 0 ? std::min<int64_t>(over, p - 1) : 0;  // BOS stays
-  out.truncated = over > 0;
+  out.truncated = cut > 0 || p - cut + static_cast<int64_t>(response.size()) > max_len;
   out.prompt_tokens = p - cut;
   out.tokens.reserve(static_cast<size_t>(std::min<int64_t>(max_len, p + response.size())));
   out.tokens.push_back(prompt_ids[0]);
@@ -192,6 +188,36 @@ ScoredSequence reward_sequence(const std::vector<int64_t>& prompt_ids,
     out.tokens.resize(static_cast<size_t>(max_len));
     out.tokens.back() = eos_id;
   }
+  return out;
+}
+
+}  // namespace
+
+ScoredSequence reward_sequence(const std::vector<int64_t>& prompt_ids,
+                               const std::vector<int64_t>& response_ids, int64_t eos_id,
+                               int64_t max_len) {
+  return reward_sequences(prompt_ids, {response_ids}, eos_id, max_len).front();
+}
+
+std::vector<ScoredSequence> reward_sequences(const std::vector<int64_t>& prompt_ids,
+                                             const std::vector<std::vector<int64_t>>& responses,
+                                             int64_t eos_id, int64_t max_len) {
+  check(max_len >= 2, "max_seq_len must be at least 2");
+  check(!prompt_ids.empty(), "reward_sequence: the prompt needs at least BOS");
+  const int64_t p = static_cast<int64_t>(prompt_ids.size());
+  check(p <= max_len, "prompt of " + std::to_string(p) + " tokens exceeds max_seq_len " +
+                          std::to_string(max_len));
+  std::vector<std::vector<int64_t>> ended;
+  int64_t over = 0;  // what the longest response needs cut
+  for (const auto& response_ids : responses) {
+    ended.push_back(response_ids);
+    if (ended.back().empty() || ended.back().back() != eos_id) ended.back().push_back(eos_id);
+    over = std::max(over, p + static_cast<int64_t>(ended.back().size()) - max_len);
+  }
+  const int64_t cut = std::min<int64_t>(over, p - 1);  // BOS stays
+  std::vector<ScoredSequence> out;
+  for (const auto& response : ended)
+    out.push_back(cut_sequence(prompt_ids, response, cut, max_len));
   return out;
 }
 
@@ -228,8 +254,10 @@ std::vector<PreferencePair> load_preference_pairs(const PreferenceDataOptions& o
       ++s.prompt_too_long;
       continue;
     }
-    auto chosen = reward_sequence(prompt_ids, chosen_ids, tok.eos_id(), o.max_seq_len);
-    auto rejected = reward_sequence(prompt_ids, rejected_ids, tok.eos_id(), o.max_seq_len);
+    auto both =
+        reward_sequences(prompt_ids, {chosen_ids, rejected_ids}, tok.eos_id(), o.max_seq_len);
+    auto& chosen = both[0];
+    auto& rejected = both[1];
     if (chosen.tokens == rejected.tokens) {
       ++s.identical;
       continue;

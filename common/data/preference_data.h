@@ -47,6 +47,14 @@ struct ScoredSequence {
 ScoredSequence reward_sequence(const std::vector<int64_t>& prompt_ids,
                                const std::vector<int64_t>& response_ids, int64_t eos_id,
                                int64_t max_len);
+// reward_sequence of each response after one prompt, with the prompt cut alike for all of them
+// (by what the longest response needs): a pair's or a ranking's responses are compared after the
+// same context, as the Bradley-Terry model and DPO assume, and begin with the same tokens
+// (common/model/shared_prefix.h computes those once). A shorter response may lose prompt tokens
+// it alone would have kept; its `truncated` says so.
+std::vector<ScoredSequence> reward_sequences(const std::vector<int64_t>& prompt_ids,
+                                             const std::vector<std::vector<int64_t>>& responses,
+                                             int64_t eos_id, int64_t max_len);
 
 // The response tokens SFT trains for `response` after `prompt` under the template: each assistant
 // turn's tokens and its EOS (and any template text between turns). Throws when the response does
@@ -58,8 +66,9 @@ std::vector<int64_t> tokenize_response(const Tokenizer& tokenizer, const std::st
 
 // One tokenized pair.
 struct PreferencePair {
-  std::vector<int64_t> chosen;    // reward_sequence(prompt, chosen response)
-  std::vector<int64_t> rejected;  // reward_sequence(prompt, rejected response)
+  // reward_sequences(prompt, {chosen response, rejected response}): one prompt cut for both
+  std::vector<int64_t> chosen;
+  std::vector<int64_t> rejected;
   double margin = 0.0;
   // How many leading tokens of each sequence are the prompt's (BOS included): the rest is the
   // response a policy is scored on (DPO sums its log-probabilities over those tokens only).

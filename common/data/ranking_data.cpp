@@ -436,9 +436,11 @@ bool tokenize_ranking(const RankingConversation& c, const PreferenceDataOptions&
   for (size_t i = 0; i < best_first.size(); ++i) best_first[i] = i;
   std::stable_sort(best_first.begin(), best_first.end(),
                    [&](size_t a, size_t b) { return c.ranks[a] < c.ranks[b]; });
+  // One prompt cut for every response, so that they are compared after the same context.
+  auto sequences = reward_sequences(prompt_ids, response_ids, tok.eos_id(), o.max_seq_len);
   int64_t truncated = 0;
   for (size_t i : best_first) {
-    auto sequence = reward_sequence(prompt_ids, response_ids[i], tok.eos_id(), o.max_seq_len);
+    auto& sequence = sequences[i];
     if (std::find(out->responses.begin(), out->responses.end(), sequence.tokens) !=
         out->responses.end()) {
       ++s.identical;

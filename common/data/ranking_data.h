@@ -74,7 +74,7 @@ PreferenceStats as_preference_stats(const RankingStats& stats);
 std::vector<RankingConversation> read_ranking_conversations(const PreferenceDataOptions& options,
                                                             RankingStats* stats);
 
-// One ranking tokenized: reward_sequence(prompt, response) for each response, and the ranks.
+// One ranking tokenized: reward_sequences(prompt, its responses), and the ranks.
 struct TokenizedRanking {
   std::vector<std::vector<int64_t>> responses;
   std::vector<int64_t> ranks;
