@@ -94,6 +94,29 @@ struct GroupsOptions {
 // seconds for the prefill and for the whole generation, and their ratios.
 void run_groups(const GroupsOptions& options);
 
+struct PairsOptions {
+  std::string model_dir;  // an HF directory, or empty to use `shape` with random weights
+  std::string shape = "llama-15m";
+  // Synthetic pairs (without --data): one prompt of prompt_tokens, two responses of 1/2 to all of
+  // response_tokens tokens.
+  int64_t prompt_tokens = 128;
+  int64_t response_tokens = 64;
+  // Or the first `pairs` of a preference file, read with the model directory's tokenizer.
+  std::string data, format = "preference", template_name = "chatml";
+  int64_t max_seq_len = 0;  // 0: the model's context
+  int64_t pairs = 32;
+  int64_t micro_batch = 8;  // pairs per forward
+  int repeats = 2;
+  int threads = 0;
+  bool json = false;
+};
+
+// DPO's pair log-probs and a reward model's pair scores, forward and backward over the same
+// pairs both ways in one run: each pair's common beginning computed once (share_prefixes)
+// against one row per response; tokens/s of each, their ratio, and how many micro-batches the
+// cost rule packed.
+void run_pairs(const PairsOptions& options);
+
 struct TrainOptions {
   std::string model_dir;
   std::string shape = "llama-15m";

@@ -1,4 +1,4 @@
-// `tiller bench gemm | decode | groups | train | ppo | grpo` (docs/bench.md).
+// `tiller bench gemm | decode | groups | pairs | train | ppo | grpo` (docs/bench.md).
 #include <memory>
 #include <sstream>
 #include <string>
@@ -123,6 +123,42 @@ void add_groups_command(CLI::App& bench_cmd, CommandAction& action) {
   });
 }
 
+void add_pairs_command(CLI::App& bench_cmd, CommandAction& action) {
+  auto pairs = std::make_shared<bench::PairsOptions>();
+  auto* pairs_cmd = bench_cmd.add_subcommand(
+      "pairs",
+      "DPO and reward pairs: each pair's prompt computed once against one row per response");
+  pairs_cmd->add_option("--model", pairs->model_dir,
+                        "HF directory (default: --shape, random weights)");
+  pairs_cmd->add_option("--shape", pairs->shape, kShapes)->capture_default_str();
+  pairs_cmd->add_option("--prompt-tokens", pairs->prompt_tokens, "synthetic pairs' prompt")
+      ->capture_default_str();
+  pairs_cmd
+      ->add_option("--response-tokens", pairs->response_tokens, "synthetic pairs' longest response")
+      ->capture_default_str();
+  pairs_cmd->add_option("--data", pairs->data,
+                        "a preference file in place of synthetic pairs (needs --model)");
+  pairs_cmd->add_option("--format", pairs->format, "--data's format: preference or hh")
+      ->capture_default_str();
+  pairs_cmd->add_option("--template", pairs->template_name, "--data's chat template")
+      ->capture_default_str();
+  pairs_cmd->add_option("--max-seq-len", pairs->max_seq_len, "--data's (0: the model's context)")
+      ->capture_default_str();
+  pairs_cmd->add_option("--pairs", pairs->pairs, "pairs per timed pass")->capture_default_str();
+  pairs_cmd->add_option("--micro-batch", pairs->micro_batch, "pairs per forward")
+      ->capture_default_str();
+  pairs_cmd->add_option("--repeats", pairs->repeats)->capture_default_str();
+  pairs_cmd->add_option("--threads", pairs->threads, "intra-op threads (0: tiller --threads)");
+  pairs_cmd->add_flag("--json", pairs->json, "print JSON instead of a table");
+  pairs_cmd->callback([pairs, &action] {
+    action = [pairs] {
+      warn_if_slow_blas();
+      bench::run_pairs(*pairs);
+      return 0;
+    };
+  });
+}
+
 void add_train_command(CLI::App& bench_cmd, CommandAction& action) {
   auto train = std::make_shared<bench::TrainOptions>();
   auto* train_cmd = bench_cmd.add_subcommand(
@@ -207,6 +243,7 @@ void add_bench_commands(CLI::App& app, CommandAction& action) {
   add_gemm_command(*bench_cmd, action);
   add_decode_command(*bench_cmd, action);
   add_groups_command(*bench_cmd, action);
+  add_pairs_command(*bench_cmd, action);
   add_train_command(*bench_cmd, action);
   add_ppo_command(*bench_cmd, action);
   add_grpo_command(*bench_cmd, action);

@@ -139,6 +139,7 @@ DpoStageConfig parse_dpo_stage(const StageEntry& entry, ConfigErrors& errors) {
   }
   read_reference(r, c, errors);
   read_sample_eval(r, c, errors);
+  c.share_prefixes = r.boolean("share_prefixes", c.share_prefixes);
   c.train = parse_train_config(r.object("train"), r.path_of("train"), errors);
   c.data.max_seq_len = c.train.max_seq_len;
   c.lora = read_lora_section(r, errors);
@@ -155,8 +156,11 @@ nlohmann::json dpo_stated_defaults(const DpoStageConfig& c) {
   if (o.type == "simpo") loss["gamma"] = o.gamma;
   if (o.type != "orpo") loss["sft_weight"] = o.sft_weight;
   const nlohmann::json data = preference_data_section_values({c.data, c.val_path, c.val_fraction});
-  nlohmann::json stated = {
-      {"init", c.init}, {"data", data}, {"loss", loss}, {"train", train_config_values(c.train)}};
+  nlohmann::json stated = {{"init", c.init},
+                           {"data", data},
+                           {"loss", loss},
+                           {"train", train_config_values(c.train)},
+                           {"share_prefixes", c.share_prefixes}};
   if (loss_uses_reference(o.type)) {
     stated["reference"] = {{"model", c.reference.empty() ? c.init : c.reference},
                            {"mode", c.reference_mode}};
@@ -303,6 +307,7 @@ ReferenceSource cached_reference(const Recipe& recipe, const DpoStageConfig& c, 
   o.chunk_pairs = c.cache_chunk_pairs;
   o.micro_batch = c.train.micro_batch_size;
   o.pad_id = policy.pad_id;
+  o.share_prefixes = c.share_prefixes;
   for (const auto* set : {&data.train, &data.val}) {
     if (set->empty()) continue;
     ReferenceCacheOptions part = o;
@@ -417,7 +422,8 @@ struct DpoStepper {
       torch::NoGradGuard no_grad;
       compat::AutocastGuard cast(bf16, options.device());
       const LoraSwitchedOff base_only(*reference.live.ptr());  // the policy itself, with LoRA
-      const SideLogProbs r = pair_log_probs(*reference.live.ptr(), slice, pad_id);
+      const SideLogProbs r =
+          pair_log_probs(*reference.live.ptr(), slice, pad_id, config.share_prefixes);
       logps.reference_chosen = r.chosen.to(options.dtype());
       logps.reference_rejected = r.rejected.to(options.dtype());
       return;
@@ -437,7 +443,7 @@ struct DpoStepper {
     SideLogProbs policy_logps;
     {
       compat::AutocastGuard cast(bf16, policy.parameters().front().device());
-      policy_logps = pair_log_probs(policy, slice, pad_id);
+      policy_logps = pair_log_probs(policy, slice, pad_id, config.share_prefixes);
     }
     PairLogProbs logps;
     logps.policy_chosen = policy_logps.chosen.to(torch::kFloat);

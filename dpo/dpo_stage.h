@@ -42,6 +42,9 @@ struct DpoStageConfig {
   PreferenceLossOptions loss;
   int64_t cache_chunk_pairs = 256;
   DpoSampleEval sample_eval;
+  // Each pair's chosen and rejected rows computed behind one copy of the tokens they begin with
+  // (dpo/pair_log_probs.h), in training, the reference's log-probs and validation.
+  bool share_prefixes = true;
   TrainConfig train;  // batch_size and micro_batch_size count pairs
   // enabled: adapters on the policy; the default reference is the policy with them switched off
   LoraSection lora;

@@ -1,6 +1,6 @@
 #include "dpo/pair_log_probs.h"
 
-#include "common/model/attention_mask.h"
+#include "common/model/shared_prefix.h"
 #include "common/model/to_device.h"
 #include "common/train/lm_loss.h"
 #include "common/util/error.h"
@@ -30,7 +30,8 @@ struct SequenceRow {
 
 }  // namespace
 
-SideLogProbs pair_log_probs(TransformerImpl& model, const PairSlice& slice, int64_t pad_id) {
+SideLogProbs pair_log_probs(TransformerImpl& model, const PairSlice& slice, int64_t pad_id,
+                            bool share_prefixes) {
   check(slice.count >= 1 && slice.begin + slice.count <= slice.order.size(),
         "pair_log_probs: the slice lies outside the order");
   std::vector<SequenceRow> rows;
@@ -65,14 +66,18 @@ SideLogProbs pair_log_probs(TransformerImpl& model, const PairSlice& slice, int6
     counts[r] = static_cast<float>(len - prompt);
     tokens += len;
   }
-  const auto device = model.parameters().front().device();
-  ids = to_device(ids, device);
-  mask = to_device(mask, device);
-  targets = to_device(targets, device);
-  const auto hidden =
-      model.hidden(ids, positions_from_mask(mask), causal_mask(mask.to(torch::kBool), t));
-  const auto sums = target_log_probs(model, hidden, targets).sum(1);  // [2P]
+  std::vector<PrefixGroup> groups;
   const auto p = static_cast<int64_t>(slice.count);
+  if (share_prefixes) {
+    std::vector<const std::vector<int64_t>*> sequences;
+    std::vector<std::vector<int64_t>> pairs;
+    for (const SequenceRow& r : rows) sequences.push_back(r.tokens);
+    for (int64_t i = 0; i < p; ++i) pairs.push_back({i, p + i});
+    groups = common_prefix_groups(sequences, pairs);
+  }
+  const auto hidden = hidden_sharing_prefixes(model, ids, mask, groups);
+  targets = to_device(targets, hidden.device());
+  const auto sums = target_log_probs(model, hidden, targets).sum(1);  // [2P]
   counts = counts.to(sums.device());
   return {sums.narrow(0, 0, p), sums.narrow(0, p, p), counts.narrow(0, 0, p),
           counts.narrow(0, p, p), tokens};

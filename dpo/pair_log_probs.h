@@ -25,8 +25,12 @@ struct SideLogProbs {
 };
 
 // One forward of `model` over the slice's 2P sequences (chosen rows, then rejected), right-padded
-// with `pad_id` behind an attention mask. Autograd follows the caller's mode; autocast too.
-SideLogProbs pair_log_probs(TransformerImpl& model, const PairSlice& slice, int64_t pad_id);
+// with `pad_id` behind an attention mask. With share_prefixes, each pair's chosen and rejected
+// rows are packed behind one copy of the tokens they begin with (the prompt, at least) where the
+// model's shape makes that cheaper (common/model/shared_prefix.h): the same sums to rounding.
+// Autograd follows the caller's mode; autocast too.
+SideLogProbs pair_log_probs(TransformerImpl& model, const PairSlice& slice, int64_t pad_id,
+                            bool share_prefixes);
 
 // Response token counts of one side of a pair.
 int64_t chosen_response_tokens(const PreferencePair& pair);

@@ -113,7 +113,7 @@ ReferenceCacheBuild build_reference_cache(TransformerImpl& reference,
       for (int64_t at = begin; at < end; at += o.micro_batch) {
         const PairSlice slice{pairs, order, static_cast<size_t>(at),
                               static_cast<size_t>(std::min(o.micro_batch, end - at))};
-        const SideLogProbs l = pair_log_probs(reference, slice, o.pad_id);
+        const SideLogProbs l = pair_log_probs(reference, slice, o.pad_id, o.share_prefixes);
         const auto c = l.chosen.to(torch::kCPU, torch::kDouble),
                    r = l.rejected.to(torch::kCPU, torch::kDouble);
         for (int64_t i = 0; i < c.size(0); ++i) {

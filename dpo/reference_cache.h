@@ -35,6 +35,7 @@ struct ReferenceCacheOptions {
   int64_t chunk_pairs = 256;
   int64_t micro_batch = 8;  // pairs per forward
   int64_t pad_id = 0;
+  bool share_prefixes = true;  // pair_log_probs's
 };
 
 struct ReferenceCacheBuild {

@@ -65,6 +65,7 @@ RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& erro
                                              "existing preference file");
     }
   }
+  c.share_prefixes = r.boolean("share_prefixes", c.share_prefixes);
   c.train = parse_train_config(r.object("train"), r.path_of("train"), errors);
   c.data.max_seq_len = c.train.max_seq_len;
   c.lora = read_lora_section(r, errors);
@@ -80,6 +81,7 @@ nlohmann::json reward_stated_values(const RewardStageConfig& c) {
                            {"data", data},
                            {"loss", loss},
                            {"normalize", {{"reference", c.normalize_reference}}},
+                           {"share_prefixes", c.share_prefixes},
                            {"train", train_config_values(c.train)}};
   if (c.lora.enabled) stated["lora"] = lora_section_values(c.lora);
   return stated;
@@ -278,7 +280,7 @@ struct RewardStepper {
       torch::Tensor scores;  // [R]: one score per response
       {
         compat::AutocastGuard cast(bf16, device);
-        scores = raw_scores(model, batch.rows).cpu();
+        scores = batch.scores(model, config.share_prefixes).cpu();
       }
       auto better = scores.index_select(0, batch.better),
            worse = scores.index_select(0, batch.worse);
@@ -316,7 +318,7 @@ struct RewardStepper {
   // The validation comparisons' figures with rewards less `offset` (`max_batches` 0: all).
   RewardEvalResult validation(double offset, int64_t max_batches) const {
     return evaluate_examples(model, data.val, pad_id, config.train.micro_batch_size, max_batches,
-                             offset, config.use_margin, bf16, data_parallel);
+                             offset, config.use_margin, bf16, config.share_prefixes, data_parallel);
   }
 };
 

@@ -36,6 +36,9 @@ struct RewardStageConfig {
   // The set whose mean reward is made 0 after training: "val_chosen", "train_chosen", "none", or
   // a preference file (in data.format) whose chosen responses are the reference.
   std::string normalize_reference = "val_chosen";
+  // A pair's (a ranking's) responses computed behind one copy of the tokens they begin with
+  // (ComparisonBatch::scores), in training and validation.
+  bool share_prefixes = true;
   TrainConfig train;  // batch_size and micro_batch_size count pairs, or rankings ("instructgpt")
   LoraSection lora;   // enabled: adapters on the init's body; the score head always trains whole
 };
@@ -44,8 +47,8 @@ struct RewardStageConfig {
 RewardStageConfig parse_reward_stage(const StageEntry& entry, ConfigErrors& errors);
 
 // Every value the stage runs with, defaults included, as stage-body sections (init, data, loss,
-// normalize, train): the resolved recipe's, which parse_reward_stage reads back to the same
-// config. normalize.reference is the set the offset is taken on.
+// normalize, share_prefixes, train): the resolved recipe's, which parse_reward_stage reads back to
+// the same config. normalize.reference is the set the offset is taken on.
 nlohmann::json reward_stated_values(const RewardStageConfig& config);
 
 // Runs the stage to completion (resuming from RUN_DIR/<name>/checkpoints when present) and

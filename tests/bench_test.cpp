@@ -121,6 +121,30 @@ TEST(Bench, GroupsJsonSetsGroupSamplingBesideRepeatedPrompts) {
               1e-9);
 }
 
+TEST(Bench, PairsJsonSetsSharedPrefixesBesideOneRowPerResponse) {
+  const std::string args =
+      "pairs --shape stories260k --pairs 6 --micro-batch 4 --prompt-tokens 48 "
+      "--response-tokens 8 --repeats 1 --json";
+  const auto doc = json_of(bench(args), args);
+  EXPECT_EQ(doc.at("shape"), "stories260k");
+  EXPECT_EQ(doc.at("pairs"), 6);
+  EXPECT_EQ(doc.at("micro_batch"), 4);
+  EXPECT_EQ(doc.at("data"), "synthetic");
+  for (const char* objective : {"dpo", "reward"}) {
+    SCOPED_TRACE(objective);
+    const auto& side = doc.at(objective);
+    expect_positive(side, {"shared_tokens_per_s", "one_row_tokens_per_s", "speedup", "tokens"});
+    EXPECT_EQ(side.at("batches"), 2);
+    // 48-token prompts before responses of 4 to 8: every micro-batch packs.
+    EXPECT_EQ(side.at("packed_batches"), 2);
+    EXPECT_NEAR(side.at("speedup").get<double>(),
+                side.at("shared_tokens_per_s").get<double>() /
+                    side.at("one_row_tokens_per_s").get<double>(),
+                1e-9);
+  }
+  EXPECT_EQ(doc.at("dpo").at("tokens"), doc.at("reward").at("tokens"));
+}
+
 TEST(Bench, TrainJson) {
   const std::string args = "train --shape stories260k --batch 2 --seq 32 --steps 2 --json";
   const auto doc = json_of(bench(args), args);
@@ -256,6 +280,9 @@ TEST(Bench, BadFlagsGiveOneErrorLine) {
       {"decode --shape stories260k --dtype int8", "--dtype"},
       {"groups --shape stories260k --group 0", "--group"},
       {"groups --shape stories260k --prompt-tokens 600", "context"},
+      {"pairs --shape stories260k --pairs 0", "--pairs"},
+      {"pairs --shape stories260k --data pairs.jsonl", "--model"},
+      {"pairs --shape stories260k --prompt-tokens 600", "context"},
       {"train --shape nope", "unknown model shape 'nope'"},
       {"train --shape stories260k --dtype fp16", "--dtype"},
       {"train --shape stories260k --seq 1", "--seq"},

@@ -276,6 +276,8 @@ std::vector<KeyCase> reward_cases() {
        field<C>([](const C& c) { return json(c.center_coef); })},
       {"reward", "normalize.reference", "train_chosen",
        field<C>([](const C& c) { return json(c.normalize_reference); })},
+      {"reward", "share_prefixes", false,
+       field<C>([](const C& c) { return json(c.share_prefixes); })},
       {"reward", "loss.rankings", "pairs",
        field<C>([](const C& c) { return json(c.ranking_loss); })},
   };
@@ -472,6 +474,7 @@ std::vector<KeyCase> dpo_cases() {
       row("reference.model", "@r", [](const C& c) { return json(c.reference); }),
       row("reference.mode", "live", [](const C& c) { return json(c.reference_mode); }),
       row("reference.chunk_pairs", 16, [](const C& c) { return json(c.cache_chunk_pairs); }),
+      row("share_prefixes", false, [](const C& c) { return json(c.share_prefixes); }),
       row("eval.prompts", f.other, [](const C& c) { return json(c.sample_eval.prompts.path); }),
       row("eval.format", "prompt", [](const C& c) { return json(c.sample_eval.prompts.format); }),
       row("eval.template", "plain",

@@ -190,8 +190,9 @@ double tiller_dpo_loss(TransformerImpl& policy, TransformerImpl& reference,
                        const AgreementBatch& batch) {
   const std::vector<int64_t> order = identity_order(batch.pairs.size());
   const PairSlice slice{batch.pairs, order, 0, batch.pairs.size()};
-  const SideLogProbs policy_logps = pair_log_probs(policy, slice, kPad);
-  const SideLogProbs reference_logps = pair_log_probs(reference, slice, kPad);
+  const SideLogProbs policy_logps = pair_log_probs(policy, slice, kPad, /*share_prefixes=*/true);
+  const SideLogProbs reference_logps =
+      pair_log_probs(reference, slice, kPad, /*share_prefixes=*/true);
   PairLogProbs logps{policy_logps.chosen,        policy_logps.rejected,
                      reference_logps.chosen,     reference_logps.rejected,
                      policy_logps.chosen_tokens, policy_logps.rejected_tokens};

@@ -34,11 +34,17 @@ torch::Tensor segment_causal_mask(const torch::Tensor& segment_ids) {
 }
 
 torch::Tensor shared_prefix_mask(const torch::Tensor& segment_ids, const torch::Tensor& key_valid) {
+  return grouped_prefix_mask(torch::zeros_like(segment_ids), segment_ids, key_valid);
+}
+
+torch::Tensor grouped_prefix_mask(const torch::Tensor& group_ids, const torch::Tensor& segment_ids,
+                                  const torch::Tensor& key_valid) {
   const int64_t batch = segment_ids.size(0), length = segment_ids.size(1);
   auto idx = torch::arange(length, torch::dtype(torch::kLong).device(segment_ids.device()));
   auto causal = idx.view({1, -1}).le(idx.view({-1, 1}));  // [T, T]: key <= query
   auto key_segment = segment_ids.unsqueeze(1), query_segment = segment_ids.unsqueeze(2);
   auto visible = key_segment.eq(0).logical_or(key_segment.eq(query_segment));
+  visible = visible.logical_and(group_ids.unsqueeze(1).eq(group_ids.unsqueeze(2)));
   auto self = idx.view({1, -1}).eq(idx.view({-1, 1}));
   auto allowed = visible.logical_and(key_valid.unsqueeze(1)).logical_and(causal).logical_or(self);
   return allowed.view({batch, 1, length, length});

@@ -21,6 +21,11 @@ torch::Tensor segment_causal_mask(const torch::Tensor& segment_ids);
 // keys of the prefix and of its own segment (never another continuation), and itself. Returns
 // allowed [B, 1, T, T].
 torch::Tensor shared_prefix_mask(const torch::Tensor& segment_ids, const torch::Tensor& key_valid);
+// Several such packs side by side in one row: group_ids [B, T] (the pack each slot belongs to),
+// segment_ids and key_valid as above. A query sees what shared_prefix_mask lets it see within its
+// own group, never another group. Returns allowed [B, 1, T, T].
+torch::Tensor grouped_prefix_mask(const torch::Tensor& group_ids, const torch::Tensor& segment_ids,
+                                  const torch::Tensor& key_valid);
 // Positions restarting at 0 at each segment start: [B, T] int64.
 torch::Tensor positions_from_segments(const torch::Tensor& segment_ids);
 

@@ -1,5 +1,6 @@
 #include "common/model/reward_model.h"
 
+#include "common/model/attention_mask.h"
 #include "common/model/to_device.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
@@ -67,11 +68,20 @@ ScoreBatch make_score_batch(const std::vector<const std::vector<int64_t>*>& sequ
   return b;
 }
 
-torch::Tensor raw_scores(TransformerImpl& model, const ScoreBatch& batch) {
+torch::Tensor raw_scores(TransformerImpl& model, const ScoreBatch& batch,
+                         const std::vector<PrefixGroup>& shared_prefixes) {
   const auto device = model.parameters().front().device();
-  return model
-      .sequence_scores(to_device(batch.input_ids, device), to_device(batch.attention_mask, device))
-      .to(torch::kFloat);
+  if (shared_prefixes.empty())
+    return model
+        .sequence_scores(to_device(batch.input_ids, device),
+                         to_device(batch.attention_mask, device))
+        .to(torch::kFloat);
+  check(model.config.num_labels == 1, "raw_scores needs a single-label score head");
+  const auto hidden =
+      hidden_sharing_prefixes(model, batch.input_ids, batch.attention_mask, shared_prefixes);
+  const auto last = last_token_index(to_device(batch.attention_mask, device));
+  const auto rows = torch::arange(hidden.size(0), last.options());
+  return model.score(hidden.index({rows, last})).squeeze(-1).to(torch::kFloat);
 }
 
 std::vector<double> score_sequences(TransformerImpl& model,

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "common/model/shared_prefix.h"
 #include "common/model/transformer.h"
 
 namespace tiller {
@@ -40,8 +41,11 @@ struct ScoreBatch {
 ScoreBatch make_score_batch(const std::vector<const std::vector<int64_t>*>& sequences,
                             int64_t pad_id, bool left_pad = false);
 
-// Raw head scores [N] read at each row's last real token (autograd on; no offset).
-torch::Tensor raw_scores(TransformerImpl& model, const ScoreBatch& batch);
+// Raw head scores [N] read at each row's last real token (autograd on; no offset). Rows of a
+// right-padded batch named in `shared_prefixes` are computed behind one copy of the tokens they
+// begin with (common/model/shared_prefix.h): the same scores to rounding.
+torch::Tensor raw_scores(TransformerImpl& model, const ScoreBatch& batch,
+                         const std::vector<PrefixGroup>& shared_prefixes = {});
 
 // Rewards (raw score - offset) of whole sequences, micro_batch at a time, without autograd.
 std::vector<double> score_sequences(TransformerImpl& model,

@@ -4,34 +4,13 @@
 #include <map>
 
 #include "common/model/attention_mask.h"
+#include "common/model/shared_prefix.h"
 #include "common/rollout/generator.h"
 #include "common/util/error.h"
 
 namespace tiller {
 
 namespace {
-
-// The count below leaves out what packing does not save (the LM head, the per-op overheads) and
-// what it adds (laying out the packs and their mask): packs are made where they save at least a
-// fifth of the layers' multiply-adds. (The quickstart's 64-wide model, 16-token prompts and 48
-// new tokens in groups of 8: 7% fewer counted, training 14% slower measured; llama-15m's shape
-// with 162-token prompts and 64 new tokens: 58% fewer counted, training 1.5x faster.)
-constexpr double kLeastCountedShare = 0.8;
-
-// Multiply-adds of one layer: per token (q, k, v, o and the three MLP projections) and per
-// query-key pair attention visits (q.k and the weighted sum of v, over every head).
-struct LayerCost {
-  double per_token = 0, per_pair = 0;
-};
-
-LayerCost layer_cost(const ModelConfig& c) {
-  const double width = static_cast<double>(c.hidden_size);
-  const double query_width = static_cast<double>(c.num_attention_heads * c.resolved_head_dim());
-  const double kv_width = static_cast<double>(c.num_key_value_heads * c.resolved_head_dim());
-  return {2 * width * query_width + 2 * width * kv_width +
-              3 * width * static_cast<double>(c.intermediate_size),
-          2 * query_width};
-}
 
 // One pack of m responses after a prompt of p tokens: the prompt's causal triangle, and each
 // segment's queries over the prompt and every segment before it (the fused kernel multiplies a

@@ -59,6 +59,9 @@ ComparisonBatch make_pair_batch(const std::vector<PreferencePair>& pairs,
   }
   b.rows = make_score_batch(rows, pad_id);
   const int64_t n = static_cast<int64_t>(count);
+  std::vector<std::vector<int64_t>> pair_rows;
+  for (int64_t i = 0; i < n; ++i) pair_rows.push_back({i, n + i});
+  b.shared_prefixes = common_prefix_groups(rows, pair_rows);
   b.better = torch::arange(n, torch::kLong);
   b.worse = torch::arange(n, 2 * n, torch::kLong);
   b.margin = torch::tensor(margins, torch::kFloat);
@@ -72,11 +75,14 @@ ComparisonBatch make_ranking_batch(const std::vector<TokenizedRanking>& rankings
   std::vector<const std::vector<int64_t>*> rows;
   std::vector<int64_t> better, worse;
   std::vector<float> weight;
+  std::vector<std::vector<int64_t>> ranking_rows;
   ComparisonBatch b;
   for (size_t i = begin; i < begin + count; ++i) {
     const auto& ranking = rankings[static_cast<size_t>(order[i])];
     const int64_t first_row = static_cast<int64_t>(rows.size());
+    ranking_rows.emplace_back();
     for (const auto& response : ranking.responses) {
+      ranking_rows.back().push_back(static_cast<int64_t>(rows.size()));
       rows.push_back(&response);
       b.tokens += static_cast<int64_t>(response.size());
     }
@@ -88,11 +94,16 @@ ComparisonBatch make_ranking_batch(const std::vector<TokenizedRanking>& rankings
     }
   }
   b.rows = make_score_batch(rows, pad_id);
+  b.shared_prefixes = common_prefix_groups(rows, ranking_rows);
   b.better = torch::tensor(better, torch::kLong);
   b.worse = torch::tensor(worse, torch::kLong);
   b.margin = torch::zeros({static_cast<int64_t>(better.size())}, torch::kFloat);
   b.weight = torch::tensor(weight, torch::kFloat);
   return b;
+}
+
+torch::Tensor ComparisonBatch::scores(TransformerImpl& model, bool share_prefixes) const {
+  return raw_scores(model, rows, share_prefixes ? shared_prefixes : std::vector<PrefixGroup>());
 }
 
 void PairTotals::add(const torch::Tensor& chosen_r, const torch::Tensor& rejected_r,
@@ -127,7 +138,7 @@ RewardEvalResult PairTotals::result() const {
 
 RewardEvalResult evaluate_examples(TransformerImpl& model, const RewardExamples& examples,
                                    int64_t pad_id, int64_t micro_batch, int64_t max_batches,
-                                   double offset, bool use_margin, bool bf16,
+                                   double offset, bool use_margin, bool bf16, bool share_prefixes,
                                    const dist::Group& group) {
   check(micro_batch >= 1, "evaluate_pairs: micro_batch must be at least 1");
   torch::NoGradGuard no_grad;
@@ -146,7 +157,7 @@ RewardEvalResult evaluate_examples(TransformerImpl& model, const RewardExamples&
     torch::Tensor scores;
     {
       compat::AutocastGuard cast(bf16, device);
-      scores = raw_scores(model, batch.rows).cpu() - offset;
+      scores = batch.scores(model, share_prefixes).cpu() - offset;
     }
     totals.add(scores.index_select(0, batch.better), scores.index_select(0, batch.worse),
                batch.margin);
@@ -163,7 +174,7 @@ RewardEvalResult evaluate_pairs(TransformerImpl& model, const std::vector<Prefer
   RewardExamples examples;
   examples.pairs = pairs;
   return evaluate_examples(model, examples, pad_id, micro_batch, max_batches, offset, use_margin,
-                           bf16, group);
+                           bf16, /*share_prefixes=*/true, group);
 }
 
 RewardEvalResult evaluate_rankings(TransformerImpl& model,
@@ -174,7 +185,7 @@ RewardEvalResult evaluate_rankings(TransformerImpl& model,
   examples.rankings = rankings;
   examples.listwise = true;
   return evaluate_examples(model, examples, pad_id, micro_batch, max_batches, offset,
-                           /*use_margin=*/false, bf16, group);
+                           /*use_margin=*/false, bf16, /*share_prefixes=*/true, group);
 }
 
 RewardEvalResult evaluate_reward_model(const std::string& model_dir, const std::string& data_path,

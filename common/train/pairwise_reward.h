@@ -54,7 +54,12 @@ struct ComparisonBatch {
   torch::Tensor weight;  // [C] float, rankings only: 1/(its ranking's comparisons); undefined
                          // for pairs, which pairwise_loss_sum weighs 1 each
   int64_t tokens = 0;
+  // The rows that begin alike (a pair's two, a ranking's), with the tokens they share.
+  std::vector<PrefixGroup> shared_prefixes;
   int64_t responses() const { return rows.input_ids.size(0); }
+  // The rows' raw scores [R] (raw_scores), each group's beginning computed once when
+  // share_prefixes.
+  torch::Tensor scores(TransformerImpl& model, bool share_prefixes) const;
 };
 
 // Pairs [begin, begin + count) of `order`: chosen rows first, then rejected.
@@ -106,12 +111,14 @@ struct RewardExamples {
 // (0: all), dealt round-robin to the ranks of `group`, without autograd.
 RewardEvalResult evaluate_examples(TransformerImpl& model, const RewardExamples& examples,
                                    int64_t pad_id, int64_t micro_batch, int64_t max_batches,
-                                   double offset, bool use_margin, bool bf16,
+                                   double offset, bool use_margin, bool bf16, bool share_prefixes,
                                    const dist::Group& group);
 
 // Scores the pairs with `model` (no autograd), `micro_batch` pairs per forward, at most
 // `max_batches` forwards (0: all); rewards are raw scores minus `offset`. The batches are dealt
-// round-robin to the members of `group` and the figures summed over them.
+// round-robin to the members of `group` and the figures summed over them. Each pair's beginning
+// is computed once (ComparisonBatch::scores), as in every scoring without a recipe to say
+// otherwise.
 RewardEvalResult evaluate_pairs(TransformerImpl& model, const std::vector<PreferencePair>& pairs,
                                 int64_t pad_id, int64_t micro_batch, int64_t max_batches,
                                 double offset, bool use_margin = true, bool bf16 = false,

@@ -1,0 +1,222 @@
+#include "common/model/shared_prefix.h"
+
+#include <algorithm>
+
+#include "common/model/attention_mask.h"
+#include "common/util/error.h"
+
+namespace tiller {
+
+LayerCost layer_cost(const ModelConfig& c) {
+  const double width = static_cast<double>(c.hidden_size);
+  const double query_width = static_cast<double>(c.num_attention_heads * c.resolved_head_dim());
+  const double kv_width = static_cast<double>(c.num_key_value_heads * c.resolved_head_dim());
+  return {2 * width * query_width + 2 * width * kv_width +
+              3 * width * static_cast<double>(c.intermediate_size),
+          2 * query_width};
+}
+
+std::vector<PrefixGroup> common_prefix_groups(
+    const std::vector<const std::vector<int64_t>*>& sequences,
+    const std::vector<std::vector<int64_t>>& candidates) {
+  std::vector<PrefixGroup> groups;
+  for (const std::vector<int64_t>& rows : candidates) {
+    if (rows.size() < 2) continue;
+    const std::vector<int64_t>& first = *sequences.at(static_cast<size_t>(rows.front()));
+    size_t prefix = first.size();
+    for (int64_t row : rows) {
+      const std::vector<int64_t>& other = *sequences.at(static_cast<size_t>(row));
+      const auto ends = std::mismatch(first.begin(), first.begin() + prefix, other.begin(),
+                                      other.begin() + std::min(prefix, other.size()));
+      prefix = static_cast<size_t>(ends.first - first.begin());
+    }
+    if (prefix >= 1) groups.push_back({rows, static_cast<int64_t>(prefix)});
+  }
+  return groups;
+}
+
+namespace {
+
+// One packed sequence: its rows in order after `prefix` tokens they share. A row in no group is a
+// pack of its own whose prefix is the whole row.
+struct Pack {
+  std::vector<int64_t> rows;
+  int64_t prefix = 0, length = 0;
+};
+
+std::vector<Pack> lay_out(const std::vector<int64_t>& lengths,
+                          const std::vector<PrefixGroup>& groups) {
+  const auto n = static_cast<int64_t>(lengths.size());
+  std::vector<bool> grouped(lengths.size(), false);
+  std::vector<Pack> packs;
+  for (const PrefixGroup& g : groups) {
+    Pack pack{g.rows, g.prefix, g.prefix};
+    for (int64_t row : g.rows) {
+      check(row >= 0 && row < n && !grouped[static_cast<size_t>(row)],
+            "hidden_sharing_prefixes: a group names a row outside the batch or in another group");
+      check(g.prefix >= 1 && g.prefix <= lengths[static_cast<size_t>(row)],
+            "hidden_sharing_prefixes: a group's prefix is longer than one of its rows");
+      grouped[static_cast<size_t>(row)] = true;
+      pack.length += lengths[static_cast<size_t>(row)] - g.prefix;
+    }
+    packs.push_back(std::move(pack));
+  }
+  for (int64_t row = 0; row < n; ++row)
+    if (!grouped[static_cast<size_t>(row)])
+      packs.push_back(
+          {{row}, lengths[static_cast<size_t>(row)], lengths[static_cast<size_t>(row)]});
+  return packs;
+}
+
+// Packs side by side in rows of at most `row_length` slots: longest first, each into the first row
+// with room (first-fit decreasing), so that short packs fill what long ones leave.
+struct PackedRow {
+  std::vector<size_t> packs;
+  int64_t length = 0;
+};
+
+std::vector<PackedRow> fill_rows(const std::vector<Pack>& packs, int64_t row_length) {
+  std::vector<size_t> longest_first(packs.size());
+  for (size_t i = 0; i < packs.size(); ++i) longest_first[i] = i;
+  std::stable_sort(longest_first.begin(), longest_first.end(),
+                   [&](size_t a, size_t b) { return packs[a].length > packs[b].length; });
+  std::vector<PackedRow> rows;
+  for (size_t pack : longest_first) {
+    auto room = std::find_if(rows.begin(), rows.end(), [&](const PackedRow& row) {
+      return row.length + packs[pack].length <= row_length;
+    });
+    if (room == rows.end()) room = rows.insert(rows.end(), PackedRow());
+    room->packs.push_back(pack);
+    room->length += packs[pack].length;
+  }
+  return rows;
+}
+
+int64_t longest_row(const std::vector<PackedRow>& rows) {
+  int64_t most = 0;
+  for (const PackedRow& r : rows) most = std::max(most, r.length);
+  return most;
+}
+
+// The layers' multiply-adds: every slot's projections over the padded rows, and attention over
+// the query-key pairs the fused kernel visits, each block of queries from the first key of its
+// sequence (its pack's, in a packed row) to itself.
+double layers_cost(const LayerCost& cost, double rows, double row_length,
+                   const std::vector<int64_t>& sequence_lengths) {
+  double pairs = 0;
+  for (int64_t length : sequence_lengths)
+    pairs += static_cast<double>(length) * static_cast<double>(length) / 2;
+  return rows * row_length * cost.per_token + pairs * cost.per_pair;
+}
+
+// The packs in rows, or none where they do not count kLeastCountedShare of the padded batch's
+// multiply-adds.
+std::vector<PackedRow> rows_that_pay(const ModelConfig& config, const std::vector<int64_t>& lengths,
+                                     const std::vector<Pack>& packs) {
+  const LayerCost cost = layer_cost(config);
+  const int64_t width = lengths.empty() ? 0 : *std::max_element(lengths.begin(), lengths.end());
+  int64_t longest_pack = 0;
+  std::vector<int64_t> pack_lengths;
+  for (const Pack& p : packs) {
+    longest_pack = std::max(longest_pack, p.length);
+    pack_lengths.push_back(p.length);
+  }
+  std::vector<PackedRow> rows = fill_rows(packs, std::max(width, longest_pack));
+  const double packed = layers_cost(cost, static_cast<double>(rows.size()),
+                                    static_cast<double>(longest_row(rows)), pack_lengths);
+  const double padded =
+      layers_cost(cost, static_cast<double>(lengths.size()), static_cast<double>(width), lengths);
+  if (packed > kLeastCountedShare * padded) rows.clear();
+  return rows;
+}
+
+// The real tokens of each row of a right-padded mask (checked to be right-padded).
+std::vector<int64_t> row_lengths(const torch::Tensor& mask) {
+  const auto cpu = mask.to(torch::kCPU, torch::kLong).contiguous();
+  const auto m = cpu.accessor<int64_t, 2>();
+  std::vector<int64_t> lengths;
+  for (int64_t r = 0; r < m.size(0); ++r) {
+    int64_t length = 0;
+    while (length < m.size(1) && m[r][length] != 0) ++length;
+    for (int64_t j = length; j < m.size(1); ++j)
+      check(m[r][j] == 0, "hidden_sharing_prefixes: the batch is not right-padded");
+    lengths.push_back(length);
+  }
+  return lengths;
+}
+
+}  // namespace
+
+int64_t prefix_packed_rows(const ModelConfig& config, const std::vector<int64_t>& row_lengths,
+                           const std::vector<PrefixGroup>& groups) {
+  if (groups.empty()) return 0;
+  return static_cast<int64_t>(
+      rows_that_pay(config, row_lengths, lay_out(row_lengths, groups)).size());
+}
+
+torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tensor& ids,
+                                      const torch::Tensor& mask,
+                                      const std::vector<PrefixGroup>& groups) {
+  const auto device = model.parameters().front().device();
+  const int64_t n = ids.size(0), width = ids.size(1);
+  const std::vector<int64_t> lengths = row_lengths(mask);
+  const std::vector<Pack> packs = lay_out(lengths, groups);
+  const std::vector<PackedRow> rows =
+      groups.empty() ? std::vector<PackedRow>() : rows_that_pay(model.config, lengths, packs);
+  const auto device_ids = ids.to(device);
+  if (rows.empty()) {
+    const auto device_mask = mask.to(device);
+    return model.hidden(device_ids, positions_from_mask(device_mask),
+                        causal_mask(device_mask.to(torch::kBool), width));
+  }
+  const auto count = static_cast<int64_t>(rows.size()), length = longest_row(rows);
+  // source: the batch slot (row * width + position) each packed slot holds, -1 on padding;
+  // group: the pack it belongs to within its row (-1 on padding).
+  auto source = torch::full({count, length}, -1, torch::kLong);
+  auto group = torch::full({count, length}, -1, torch::kLong);
+  auto segment = torch::full({count, length}, -1, torch::kLong);
+  auto positions = torch::zeros({count, length}, torch::kLong);
+  // slot: the packed slot (packed row * length + column) holding each batch slot; padding reads
+  // slot 0.
+  auto slot = torch::zeros({n * width}, torch::kLong);
+  auto src = source.accessor<int64_t, 2>(), grp = group.accessor<int64_t, 2>(),
+       seg = segment.accessor<int64_t, 2>(), pos = positions.accessor<int64_t, 2>();
+  auto at = slot.accessor<int64_t, 1>();
+  for (int64_t k = 0; k < count; ++k) {
+    int64_t column = 0;
+    for (size_t index = 0; index < rows[static_cast<size_t>(k)].packs.size(); ++index) {
+      const Pack& pack = packs[rows[static_cast<size_t>(k)].packs[index]];
+      const int64_t first_row = pack.rows.front();
+      const auto place = [&](int64_t row, int64_t j, int64_t segment_id) {
+        src[k][column] = row * width + j;
+        grp[k][column] = static_cast<int64_t>(index);
+        seg[k][column] = segment_id;
+        pos[k][column] = j;
+        ++column;
+      };
+      const int64_t prefix_start = column;
+      for (int64_t j = 0; j < pack.prefix; ++j) {
+        for (int64_t row : pack.rows) at[row * width + j] = k * length + prefix_start + j;
+        place(first_row, j, 0);
+      }
+      for (size_t member = 0; member < pack.rows.size(); ++member) {
+        const int64_t row = pack.rows[member];
+        for (int64_t j = pack.prefix; j < lengths[static_cast<size_t>(row)]; ++j) {
+          at[row * width + j] = k * length + column;
+          place(row, j, static_cast<int64_t>(member) + 1);
+        }
+      }
+    }
+  }
+  source = source.to(device);
+  const auto packed_ids =
+      device_ids.reshape(-1).index_select(0, source.clamp_min(0).view(-1)).view({count, length});
+  const auto hidden =
+      model.hidden(packed_ids, positions.to(device),
+                   grouped_prefix_mask(group.to(device), segment.to(device), source.ge(0)));
+  return hidden.reshape({count * length, hidden.size(2)})
+      .index_select(0, slot.to(device))
+      .view({n, width, hidden.size(2)});
+}
+
+}  // namespace tiller
