@@ -6,11 +6,12 @@
 # alternately, each side's best round kept. Prints tokens/s or seconds per iteration, peak RSS and
 # the ratios. By hand, not CI:
 #   bash bench/compare.sh --peers [--threads N] [--rounds N] [--quick] [--keep DIR] [--only LIST]
-#                                 [--dtype fp32|bf16] [--grpo-prompt-tokens 32]
+#                                 [--dtype fp32|bf16] [--grpo-prompt-tokens 32] [--prompt-tokens 64]
 # --dtype bf16: both sides train under bf16 autocast with fp32 master weights (Tiller's precision:
 # bf16, TRL's bf16=True); fp32 (the default) on both sides otherwise. Neither recomputes
 # activations (TRL's default gradient_checkpointing is turned off, as Tiller's side runs).
-# --grpo-prompt-tokens: words in each GRPO and PPO prompt (make_data.py; Tiller's max_prompt_len
+# --prompt-tokens: words in each SFT, reward and DPO prompt of the 256-token sequences (make_data.py;
+# the responses take the rest). --grpo-prompt-tokens: words in each GRPO and PPO prompt (make_data.py; Tiller's max_prompt_len
 # follows the longest). LIST: comma-separated rows of sft-15m, sft-124m, reward, dpo, grpo, ppo (default: all).
 # Needs build/tiller, .venv-peers (scripts/setup_peers.sh), jq, and the shared data's Llama 2
 # tokenizer and TinyStories text ($TILLER_SHARED_DATA, else ../shared/data).
@@ -24,6 +25,7 @@ keep=""
 only="sft-15m,sft-124m,reward,dpo,grpo,ppo"
 dtype=fp32
 grpo_prompt_tokens=32
+prompt_tokens=64
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads=$2; shift 2 ;;
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
     --only) only=$2; shift 2 ;;
     --dtype) dtype=$2; shift 2 ;;
     --grpo-prompt-tokens) grpo_prompt_tokens=$2; shift 2 ;;  # words in a GRPO/PPO prompt
+    --prompt-tokens) prompt_tokens=$2; shift 2 ;;  # words in an SFT/reward/DPO prompt
     *) echo "compare.sh --peers: unknown argument '$1'" >&2; exit 1 ;;
   esac
 done
@@ -80,7 +83,8 @@ for shape in llama-15m llama-124m; do
 done
 model15=$out/model-llama-15m/init/final
 python3 bench/peers/make_data.py --tiller "$tiller" --model "$model15" --out "$out/data" \
-  --examples "$examples" --grpo-prompt-tokens "$grpo_prompt_tokens" >/dev/null
+  --examples "$examples" --grpo-prompt-tokens "$grpo_prompt_tokens" \
+  --prompt-tokens "$prompt_tokens" >/dev/null
 
 # pair NAME KIND MODEL BATCH STEPS [EXTRA...]: `rounds` rounds of Tiller's stage then TRL's
 # trainer; round r's JSON in $out/NAME.{tiller,trl}.r.json, Tiller's run in $out/NAME.run.r.
