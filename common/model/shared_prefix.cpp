@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/model/attention_mask.h"
+#include "common/model/to_device.h"
 #include "common/util/error.h"
 
 namespace tiller {
@@ -163,9 +164,9 @@ torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tenso
   const std::vector<Pack> packs = lay_out(lengths, groups);
   const std::vector<PackedRow> rows =
       groups.empty() ? std::vector<PackedRow>() : rows_that_pay(model.config, lengths, packs);
-  const auto device_ids = ids.to(device);
+  const auto device_ids = to_device(ids, device);
   if (rows.empty()) {
-    const auto device_mask = mask.to(device);
+    const auto device_mask = to_device(mask, device);
     return model.hidden(device_ids, positions_from_mask(device_mask),
                         causal_mask(device_mask.to(torch::kBool), width));
   }
@@ -208,14 +209,14 @@ torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tenso
       }
     }
   }
-  source = source.to(device);
+  source = to_device(source, device);
   const auto packed_ids =
       device_ids.reshape(-1).index_select(0, source.clamp_min(0).view(-1)).view({count, length});
-  const auto hidden =
-      model.hidden(packed_ids, positions.to(device),
-                   grouped_prefix_mask(group.to(device), segment.to(device), source.ge(0)));
+  const auto hidden = model.hidden(
+      packed_ids, to_device(positions, device),
+      grouped_prefix_mask(to_device(group, device), to_device(segment, device), source.ge(0)));
   return hidden.reshape({count * length, hidden.size(2)})
-      .index_select(0, slot.to(device))
+      .index_select(0, to_device(slot, device))
       .view({n, width, hidden.size(2)});
 }
 
