@@ -26,8 +26,8 @@ struct SideLogProbs {
 
 // One forward of `model` over the slice's 2P sequences (chosen rows, then rejected), right-padded
 // with `pad_id` behind an attention mask. With share_prefixes, each pair's chosen and rejected
-// rows are packed behind one copy of the tokens they begin with (the prompt, at least) where the
-// model's shape makes that cheaper (common/model/shared_prefix.h): the same sums to rounding.
+// rows are packed behind one copy of the tokens they begin with (their prompt, as tokenized) where
+// the model's shape makes that cheaper (common/model/shared_prefix.h): the same sums to rounding.
 // Autograd follows the caller's mode; autocast too.
 SideLogProbs pair_log_probs(TransformerImpl& model, const PairSlice& slice, int64_t pad_id,
                             bool share_prefixes);
