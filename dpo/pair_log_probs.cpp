@@ -67,15 +67,13 @@ SideLogProbs pair_log_probs(TransformerImpl& model, const PairSlice& slice, int6
     tokens += len;
   }
   std::vector<PrefixGroup> groups;
-  const auto p = static_cast<int64_t>(slice.count);
   if (share_prefixes) {
     std::vector<const std::vector<int64_t>*> sequences;
-    std::vector<std::vector<int64_t>> pairs;
     for (const SequenceRow& r : rows) sequences.push_back(r.tokens);
-    for (int64_t i = 0; i < p; ++i) pairs.push_back({i, p + i});
-    groups = common_prefix_groups(sequences, pairs);
+    groups = pair_prefix_groups(sequences);
   }
   const auto hidden = hidden_sharing_prefixes(model, ids, mask, groups);
+  const auto p = static_cast<int64_t>(slice.count);
   targets = to_device(targets, hidden.device());
   const auto sums = target_log_probs(model, hidden, targets).sum(1);  // [2P]
   counts = counts.to(sums.device());

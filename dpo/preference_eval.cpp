@@ -45,8 +45,9 @@ PreferenceEvalResult evaluate_preference_policy(const PreferenceEvalOptions& o) 
   for (size_t begin = 0; begin < pairs.size(); begin += static_cast<size_t>(o.micro_batch)) {
     const PairSlice slice{pairs, order, begin,
                           std::min(static_cast<size_t>(o.micro_batch), pairs.size() - begin)};
-    const SideLogProbs p = pair_log_probs(*policy, slice, pad_id, o.share_prefixes);
-    const SideLogProbs r = pair_log_probs(*reference, slice, pad_id, o.share_prefixes);
+    // Each pair's prompt computed once, as in every scoring without a recipe to say otherwise.
+    const SideLogProbs p = pair_log_probs(*policy, slice, pad_id, /*share_prefixes=*/true);
+    const SideLogProbs r = pair_log_probs(*reference, slice, pad_id, /*share_prefixes=*/true);
     const auto c = (o.beta * (p.chosen - r.chosen)).to(torch::kDouble);
     const auto j = (o.beta * (p.rejected - r.rejected)).to(torch::kDouble);
     correct += (c > j).sum().item<double>();

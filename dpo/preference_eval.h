@@ -12,10 +12,9 @@ struct PreferenceEvalOptions {
   std::string model, reference, data;  // policy and reference directories, a preference file
   std::string format = "preference";   // preference or hh
   std::string template_name = "chatml";
-  int64_t max_seq_len = 0;     // 0: the policy's max_position_embeddings
-  double beta = 0.1;           // scales the rewards and margins (not the accuracy)
-  int64_t micro_batch = 8;     // pairs per forward
-  bool share_prefixes = true;  // pair_log_probs's
+  int64_t max_seq_len = 0;  // 0: the policy's max_position_embeddings
+  double beta = 0.1;        // scales the rewards and margins (not the accuracy)
+  int64_t micro_batch = 8;  // pairs per forward
 };
 
 struct PreferenceEvalResult {

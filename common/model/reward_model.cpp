@@ -71,11 +71,6 @@ ScoreBatch make_score_batch(const std::vector<const std::vector<int64_t>*>& sequ
 torch::Tensor raw_scores(TransformerImpl& model, const ScoreBatch& batch,
                          const std::vector<PrefixGroup>& shared_prefixes) {
   const auto device = model.parameters().front().device();
-  if (shared_prefixes.empty())
-    return model
-        .sequence_scores(to_device(batch.input_ids, device),
-                         to_device(batch.attention_mask, device))
-        .to(torch::kFloat);
   check(model.config.num_labels == 1, "raw_scores needs a single-label score head");
   const auto hidden =
       hidden_sharing_prefixes(model, batch.input_ids, batch.attention_mask, shared_prefixes);

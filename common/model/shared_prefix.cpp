@@ -36,6 +36,14 @@ std::vector<PrefixGroup> common_prefix_groups(
   return groups;
 }
 
+std::vector<PrefixGroup> pair_prefix_groups(
+    const std::vector<const std::vector<int64_t>*>& sequences) {
+  const auto pairs = static_cast<int64_t>(sequences.size() / 2);
+  std::vector<std::vector<int64_t>> candidates;
+  for (int64_t i = 0; i < pairs; ++i) candidates.push_back({i, pairs + i});
+  return common_prefix_groups(sequences, candidates);
+}
+
 namespace {
 
 // One packed sequence: its rows in order after `prefix` tokens they share. A row in no group is a
@@ -160,16 +168,18 @@ torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tenso
                                       const std::vector<PrefixGroup>& groups) {
   const auto device = model.parameters().front().device();
   const int64_t n = ids.size(0), width = ids.size(1);
-  const std::vector<int64_t> lengths = row_lengths(mask);
-  const std::vector<Pack> packs = lay_out(lengths, groups);
-  const std::vector<PackedRow> rows =
-      groups.empty() ? std::vector<PackedRow>() : rows_that_pay(model.config, lengths, packs);
   const auto device_ids = to_device(ids, device);
-  if (rows.empty()) {
+  const auto padded = [&] {
     const auto device_mask = to_device(mask, device);
     return model.hidden(device_ids, positions_from_mask(device_mask),
                         causal_mask(device_mask.to(torch::kBool), width));
-  }
+  };
+  // Without groups, the batch as it is (padded on either side; no lengths read on the host).
+  if (groups.empty()) return padded();
+  const std::vector<int64_t> lengths = row_lengths(mask);
+  const std::vector<Pack> packs = lay_out(lengths, groups);
+  const std::vector<PackedRow> rows = rows_that_pay(model.config, lengths, packs);
+  if (rows.empty()) return padded();
   const auto count = static_cast<int64_t>(rows.size()), length = longest_row(rows);
   // source: the batch slot (row * width + position) each packed slot holds, -1 on padding;
   // group: the pack it belongs to within its row (-1 on padding).

@@ -46,10 +46,16 @@ std::vector<PrefixGroup> common_prefix_groups(
     const std::vector<const std::vector<int64_t>*>& sequences,
     const std::vector<std::vector<int64_t>>& candidates);
 
+// common_prefix_groups of a pair batch's rows: chosen rows first, then rejected (row i and row
+// P + i are pair i's).
+std::vector<PrefixGroup> pair_prefix_groups(
+    const std::vector<const std::vector<int64_t>*>& sequences);
+
 // model.hidden of a right-padded batch (ids, mask: [n, T]; positions counted from 0, causal
 // attention over the real tokens), [n, T, C] on the model's device, with each group's rows
 // packed as above (prefix_packed_rows) where that counts at least a fifth fewer multiply-adds in
-// the layers, else the padded batch itself. The states at padding positions are unspecified.
+// the layers, else the padded batch itself (without groups, padded on either side). The states at
+// padding positions are unspecified.
 // Autograd and autocast follow the caller's modes.
 torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tensor& ids,
                                       const torch::Tensor& mask,

@@ -59,9 +59,7 @@ ComparisonBatch make_pair_batch(const std::vector<PreferencePair>& pairs,
   }
   b.rows = make_score_batch(rows, pad_id);
   const int64_t n = static_cast<int64_t>(count);
-  std::vector<std::vector<int64_t>> pair_rows;
-  for (int64_t i = 0; i < n; ++i) pair_rows.push_back({i, n + i});
-  b.shared_prefixes = common_prefix_groups(rows, pair_rows);
+  b.shared_prefixes = pair_prefix_groups(rows);
   b.better = torch::arange(n, torch::kLong);
   b.worse = torch::arange(n, 2 * n, torch::kLong);
   b.margin = torch::tensor(margins, torch::kFloat);
