@@ -288,44 +288,107 @@ struct GrpoRun {
   RewardSet& rewards;
   const AnsweredSplit& prompts;
   std::string stage_dir;
+  const dist::Group& data_parallel;
   int64_t no_signal_iterations = 0, short_batches = 0;
   bool warned_no_signal = false;
 
-  // group_size responses to each prompt, scored.
+  // group_size responses to each of a round's prompts, scored. Under data parallel each rank
+  // samples and scores its shard of the groups (shard_of; a row keeps the seed of its place in
+  // the whole round), and every rank gets the whole round back, as one process would have it.
   ScoredRound score_round(const std::vector<const AnsweredPrompt*>& group_prompts,
                           const std::vector<uint64_t>& row_seeds, int64_t g) {
+    const dist::Shard mine = dist::shard_of(static_cast<int64_t>(group_prompts.size()),
+                                            data_parallel.rank(), data_parallel.size());
+    const std::vector<const AnsweredPrompt*> my_prompts(
+        group_prompts.begin() + mine.begin, group_prompts.begin() + mine.begin + mine.count);
     std::vector<std::vector<int64_t>> ids;
-    for (const auto* p : group_prompts) ids.push_back(p->tokens);
+    for (const auto* p : my_prompts) ids.push_back(p->tokens);
     ScoredRound round;
-    round.generation = trainer.sample(ids, row_seeds, g);
+    round.generation =
+        trainer.sample(ids,
+                       std::vector<uint64_t>(row_seeds.begin() + mine.begin * g,
+                                             row_seeds.begin() + (mine.begin + mine.count) * g),
+                       g);
     round.group_size = g;
-    const auto lengths = round.generation.response_mask.sum(1).cpu();
-    const auto ended = round.generation.ended_with_eos.cpu();
-    std::vector<std::string> prompt_texts;
-    for (const auto* p : group_prompts) prompt_texts.push_back(tok.decode(p->tokens));
-    for (int64_t row = 0; row < round.generation.batch(); ++row) {
-      const AnsweredPrompt& p = *group_prompts[static_cast<size_t>(row / g)];
-      ScoredEpisode e;
-      e.prompt_ids = p.tokens;
-      e.prompt = prompt_texts[static_cast<size_t>(row / g)];
-      e.response_ids = round.generation.response(row);
-      e.response = response_text(tok, e.response_ids);
-      e.answer = p.answer;
-      e.ended_with_eos = ended[row].item<bool>();
-      round.episodes.push_back(std::move(e));
-    }
+    round.episodes = episodes_of(my_prompts, round.generation, g);
     round.rewards = rewards.score(round.episodes);
     round.overlong.assign(round.episodes.size(), 0.0);
     if (c.overlong_buffer > 0) {
+      const auto lengths = round.generation.response_mask.sum(1).cpu();
       const auto penalty = grpo::overlong_penalty(lengths, c.grpo.sampling.max_new_tokens,
                                                   c.overlong_buffer, c.overlong_penalty);
       for (size_t i = 0; i < round.overlong.size(); ++i)
         round.overlong[i] = penalty[static_cast<int64_t>(i)].item<double>();
     }
+    if (!data_parallel.single()) gather_round(round, group_prompts);
     std::vector<double> totals = round.rewards.total;
     for (size_t i = 0; i < totals.size(); ++i) totals[i] += round.overlong[i];
     round.totals = torch::tensor(totals, torch::kDouble).to(torch::kFloat);
     return round;
+  }
+
+  // The episodes of a generation's rows as the reward functions see them: row r answers
+  // group_prompts[r / g].
+  std::vector<ScoredEpisode> episodes_of(const std::vector<const AnsweredPrompt*>& group_prompts,
+                                         const GenerationBatch& generation, int64_t g) const {
+    const auto ended = generation.ended_with_eos.cpu();
+    std::vector<std::string> prompt_texts;
+    for (const auto* p : group_prompts) prompt_texts.push_back(tok.decode(p->tokens));
+    std::vector<ScoredEpisode> episodes;
+    for (int64_t row = 0; row < generation.batch(); ++row) {
+      const AnsweredPrompt& p = *group_prompts[static_cast<size_t>(row / g)];
+      ScoredEpisode e;
+      e.prompt_ids = p.tokens;
+      e.prompt = prompt_texts[static_cast<size_t>(row / g)];
+      e.response_ids = generation.response(row);
+      e.response = response_text(tok, e.response_ids);
+      e.answer = p.answer;
+      e.ended_with_eos = ended[row].item<bool>();
+      episodes.push_back(std::move(e));
+    }
+    return episodes;
+  }
+
+  // Every rank's part of a round (its rows, their scores), in row order: the generation laid out
+  // at the widest prompt and response of the whole round, as one process would sample it.
+  void gather_round(ScoredRound& round, const std::vector<const AnsweredPrompt*>& group_prompts) {
+    const int64_t total = static_cast<int64_t>(group_prompts.size()) * round.group_size;
+    GenerationBatch& generation = round.generation;
+    widen(
+        generation,
+        static_cast<int64_t>(data_parallel.max(static_cast<double>(generation.prompt_ids.size(1)))),
+        static_cast<int64_t>(
+            data_parallel.max(static_cast<double>(generation.response_ids.size(1)))),
+        trainer.options().sampling.pad_id);
+    for (torch::Tensor* t :
+         {&generation.prompt_ids, &generation.prompt_mask, &generation.response_ids,
+          &generation.response_mask, &generation.ended_with_eos})
+      *t = dist::gather_rows(data_parallel, *t, total);
+    if (generation.logprobs.defined())
+      generation.logprobs = dist::gather_rows(data_parallel, generation.logprobs, total);
+    // Each function's scores, the weighted sum and the overlong penalty: a row per episode.
+    RewardScores& r = round.rewards;
+    const int64_t local = static_cast<int64_t>(r.total.size());
+    const int64_t functions = static_cast<int64_t>(r.by_name.size());
+    auto columns = torch::empty({local, functions + 2}, torch::kDouble);
+    auto column = columns.accessor<double, 2>();
+    for (int64_t e = 0; e < local; ++e) {
+      for (int64_t f = 0; f < functions; ++f)
+        column[e][f] = r.by_name[static_cast<size_t>(f)][static_cast<size_t>(e)];
+      column[e][functions] = r.total[static_cast<size_t>(e)];
+      column[e][functions + 1] = round.overlong[static_cast<size_t>(e)];
+    }
+    const auto all = dist::gather_rows(data_parallel, columns, total).contiguous();
+    const auto every = all.accessor<double, 2>();
+    auto read = [&](int64_t f) {
+      std::vector<double> values(static_cast<size_t>(total));
+      for (int64_t e = 0; e < total; ++e) values[static_cast<size_t>(e)] = every[e][f];
+      return values;
+    };
+    for (int64_t f = 0; f < functions; ++f) r.by_name[static_cast<size_t>(f)] = read(f);
+    r.total = read(functions);
+    round.overlong = read(functions + 1);
+    round.episodes = episodes_of(group_prompts, generation, round.group_size);
   }
 
   RoundFigures figures(const ScoredRound& r) const {
@@ -544,11 +607,23 @@ nlohmann::json grpo_summary(const GrpoStageConfig& c, const nlohmann::json& init
 }  // namespace
 
 nlohmann::json run_grpo_stage(const Recipe& recipe, const GrpoStageConfig& c) {
-  check(dist::world().single(),
-        "stage " + c.name +
-            ": grpo runs on one process; data parallel is not built yet (run it "
-            "without --nproc)");
   StageLoop loop(recipe, c.name, c.train.loop(c.eval_every));
+  // Data parallel: each rank samples, scores and trains on its share of every round's groups.
+  const dist::Group& data_parallel = dist::world();
+  const auto ranks = static_cast<int64_t>(data_parallel.size());
+  check(c.prompts_per_iteration >= ranks, "stage " + c.name + ": rollout.prompts_per_iteration " +
+                                              std::to_string(c.prompts_per_iteration) +
+                                              " cannot be shared by " + std::to_string(ranks) +
+                                              " data-parallel ranks (each samples whole groups)");
+  check(c.eval_prompts == 0 || c.eval_prompts >= ranks,
+        "stage " + c.name + ": " + std::to_string(c.eval_prompts) +
+            " evaluation prompts (eval.prompts " + std::to_string(c.eval_prompts) +
+            ") cannot be shared by " + std::to_string(ranks) +
+            " data-parallel ranks; raise eval.prompts or set it to 0");
+  if (!data_parallel.single())
+    std::printf("[%s] data parallel: %lld ranks share each round of %lld groups of %lld\n",
+                c.name.c_str(), (long long)ranks, (long long)c.prompts_per_iteration,
+                (long long)c.grpo.group_size);
   const uint64_t seed = recipe.run.seed;
   const std::string policy_dir = resolve_model_reference(recipe, c.policy);
   const std::string tokenizer_path = tokenizer_path_in(policy_dir);
@@ -583,7 +658,8 @@ nlohmann::json run_grpo_stage(const Recipe& recipe, const GrpoStageConfig& c) {
   options.sampling.pad_id = reward_pad_id(tok);
   options.bf16 = use_bf16(c.train.precision, loop.device());
   ParallelAdamW optimizer(*actor, c.train.optimizer(c.lr), dist::world(), c.train.parallel);
-  GrpoTrainer trainer(options, *actor, reference ? reference.get() : nullptr, optimizer);
+  GrpoTrainer trainer(options, *actor, reference ? reference.get() : nullptr, optimizer,
+                      data_parallel);
   EpochCursor<int64_t> cursor([&](int64_t epoch) {
     return seeded_permutation(static_cast<int64_t>(prompts.train.size()),
                               mix_seed({seed, kTrainStream, static_cast<uint64_t>(epoch)}));
@@ -596,7 +672,7 @@ nlohmann::json run_grpo_stage(const Recipe& recipe, const GrpoStageConfig& c) {
                 initial_eval = state.value("initial_eval", nlohmann::json());
               });
   last_eval = initial_eval;
-  GrpoRun run{c, tok, trainer, rewards, prompts, loop.stage_dir()};
+  GrpoRun run{c, tok, trainer, rewards, prompts, loop.stage_dir(), data_parallel};
   if (dist::is_main())
     truncate_jsonl_from(loop.stage_dir() + "/samples.jsonl", "iteration", loop.first_unlogged());
 
@@ -634,8 +710,9 @@ nlohmann::json run_grpo_stage(const Recipe& recipe, const GrpoStageConfig& c) {
   };
   loop.run(steps);
 
-  const nlohmann::json summary =
+  nlohmann::json summary =
       grpo_summary(c, initial_eval, last_eval, prompts, run, loop.step(), loop.guard().skipped());
+  if (!data_parallel.single()) summary["data_parallel_ranks"] = ranks;
   return loop.finish(summary, [&](const std::string& final_dir) {
     actor->to(torch::kCPU);
     if (!dist::is_main()) return;
@@ -653,6 +730,11 @@ StageType grpo_stage_type() {
   type.description = "online RL with verifiable rewards: GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++";
   type.stated_defaults = [](const std::any& config) {
     return grpo_stated_defaults(std::any_cast<const GrpoStageConfig&>(config));
+  };
+  type.batch_layout = [](const std::any& config, int ranks) {
+    const auto& c = std::any_cast<const GrpoStageConfig&>(config);
+    return "rounds of " + std::to_string(c.prompts_per_iteration) + " groups of " +
+           std::to_string(c.grpo.group_size) + " shared by " + std::to_string(ranks) + " ranks";
   };
   type.summary_rows = [](const std::string& stage, const nlohmann::json& summary) {
     auto get = [&](const char* key) { return summary.value(key, nlohmann::json()); };

@@ -23,8 +23,12 @@ std::string default_loss_aggregation(const std::string& algorithm) {
 }
 
 GrpoTrainer::GrpoTrainer(GrpoOptions options, TransformerImpl& actor, TransformerImpl* reference,
-                         ParallelAdamW& optimizer)
-    : options_(std::move(options)), actor_(actor), reference_(reference), optimizer_(optimizer) {
+                         ParallelAdamW& optimizer, const dist::Group& group)
+    : options_(std::move(options)),
+      actor_(actor),
+      reference_(reference),
+      optimizer_(optimizer),
+      group_(group) {
   const GrpoOptions& o = options_;
   options_.sampling.validate();
   check(o.group_size >= 1, "grpo: group_size must be at least 1");
@@ -73,25 +77,39 @@ std::pair<torch::Tensor, torch::Tensor> GrpoTrainer::pass(TransformerImpl& model
   return {logp, ent};
 }
 
+torch::Tensor GrpoTrainer::all_rows_logprobs(TransformerImpl& model, const GroupBatch& b) {
+  const dist::Shard mine = dist::shard_of(b.size(), group_.rank(), group_.size());
+  const int64_t end = mine.begin + mine.count, chunk = options_.micro_batch_size;
+  const auto device = b.mask.device();
+  torch::Tensor local;
+  {
+    c10::InferenceMode inference;
+    std::vector<torch::Tensor> parts = {torch::zeros({0, b.mask.size(1)}, b.mask.options())};
+    for (int64_t begin = mine.begin; begin < end; begin += chunk)
+      parts.push_back(pass(model, b,
+                           torch::arange(begin, std::min(end, begin + chunk),
+                                         torch::dtype(torch::kLong).device(device)),
+                           false)
+                          .first);
+    local = torch::cat(parts, 0);
+  }
+  local = local.clone();  // a normal tensor, usable beside autograd ones
+  return group_.single() ? local : dist::gather_rows(group_, local, b.size());
+}
+
 std::pair<torch::Tensor, torch::Tensor> GrpoTrainer::logprobs(const GenerationBatch& generation) {
   GroupBatch b;
   b.generation = generation;
   b.sequence_ids = generation.sequence_ids();
   b.sequence_mask = generation.sequence_mask();
   b.mask = generation.response_mask.to(torch::kFloat);
-  c10::InferenceMode inference;
-  const auto device = b.mask.device();
-  const int64_t n = b.size(), chunk = options_.micro_batch_size;
-  auto policy = in_chunks(n, chunk, device, [&](const torch::Tensor& rows) {
-    return pass(actor_, b, rows, false).first;
-  });
+  const torch::Tensor policy = all_rows_logprobs(actor_, b);
   torch::Tensor ref;
-  if (reference_ != nullptr)
-    ref = in_chunks(n, chunk, device, [&](const torch::Tensor& rows) {
-      const LoraSwitchedOff base_only(*reference_);
-      return pass(*reference_, b, rows, false).first;
-    });
-  return {policy.clone(), ref.defined() ? ref.clone() : ref};
+  if (reference_ != nullptr) {
+    const LoraSwitchedOff base_only(*reference_);
+    ref = all_rows_logprobs(*reference_, b);
+  }
+  return {policy, ref};
 }
 
 GroupBatch GrpoTrainer::prepare(GenerationBatch generation, const torch::Tensor& scores) {
@@ -112,12 +130,8 @@ GroupBatch GrpoTrainer::prepare(GenerationBatch generation, const torch::Tensor&
     b.old_logprobs = policy;
     b.ref_logprobs = ref;
   } else if (o.needs_reference()) {
-    c10::InferenceMode inference;
-    b.ref_logprobs =
-        in_chunks(b.size(), o.micro_batch_size, b.mask.device(), [&](const torch::Tensor& rows) {
-          const LoraSwitchedOff base_only(*reference_);
-          return pass(*reference_, b, rows, false).first;
-        }).clone();
+    const LoraSwitchedOff base_only(*reference_);
+    b.ref_logprobs = all_rows_logprobs(*reference_, b);
   }
   if (reinforce) {
     const auto logp = b.old_logprobs.defined() ? b.old_logprobs : torch::zeros_like(b.mask);
@@ -172,9 +186,12 @@ void GrpoTrainer::learn_minibatch(const GroupBatch& b, const std::vector<int64_t
   // The KL is in REINFORCE++'s rewards, not in its loss.
   const double loss_beta = o.algorithm == "reinforce_pp" ? 0.0 : o.beta;
   double loss = 0, kl = 0, low = 0, high = 0, entropy = 0;
-  for (const MicroBatchRows& micro :
-       micro_batch_rows(minibatch, row_tokens, 0, static_cast<int64_t>(minibatch.size()),
-                        o.micro_batch_size, b.mask.device())) {
+  // This rank's share of the minibatch; the figures and gradients are shares of the whole
+  // minibatch's (its token and sequence counts), summed over the ranks below.
+  const dist::Shard mine =
+      dist::shard_of(static_cast<int64_t>(minibatch.size()), group_.rank(), group_.size());
+  for (const MicroBatchRows& micro : micro_batch_rows(minibatch, row_tokens, mine.begin, mine.count,
+                                                      o.micro_batch_size, b.mask.device())) {
     const torch::Tensor& rows = micro.rows;
     const auto mask = b.mask.index_select(0, rows);
     auto [logp, ent] = pass(actor_, b, rows, /*entropy=*/first_epoch);
@@ -197,6 +214,10 @@ void GrpoTrainer::learn_minibatch(const GroupBatch& b, const std::vector<int64_t
     low += f[2] * share;
     high += f[3] * share;
     if (first_epoch) entropy += (ent.sum() / aggregation.minibatch_tokens).item<double>();
+  }
+  if (!group_.single()) {
+    const std::vector<double> sums = group_.sum({loss, kl, low, high, entropy});
+    loss = sums[0], kl = sums[1], low = sums[2], high = sums[3], entropy = sums[4];
   }
   const double norm = optimizer_.reduce_gradients_and_clip(o.grad_clip);
   const bool accept = guard ? guard->accept(loss, norm, step_for_guard)

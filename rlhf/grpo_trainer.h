@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/dist/process_group.h"
 #include "common/model/transformer.h"
 #include "common/rollout/generator.h"
 #include "common/train/parallel_adamw.h"
@@ -67,9 +68,12 @@ struct GrpoLearnStats {
 
 class GrpoTrainer {
  public:
-  // The models must outlive the trainer; reference may be null when options need none.
+  // The models must outlive the trainer; reference may be null when options need none. Under
+  // data parallel (`group`, the optimizer's) every rank holds the whole batch, computes the
+  // log-probs of its shard of the rows (shard_of) and trains on its shard of each minibatch; the
+  // optimizer sums the gradients, so an update is the one process's on the same batch.
   GrpoTrainer(GrpoOptions options, TransformerImpl& actor, TransformerImpl* reference,
-              ParallelAdamW& optimizer);
+              ParallelAdamW& optimizer, const dist::Group& group = dist::Group());
 
   // G responses to each prompt (G: group_size, or options.group_size when 0): row b * G + g
   // samples prompt b with row_seeds[b * G + g].
@@ -85,7 +89,8 @@ class GrpoTrainer {
                        NonFiniteGuard* guard = nullptr, int64_t step_for_guard = 0);
 
   // The policy's (and the reference's, when there is one) log-probs of a batch's responses,
-  // without gradients: [N, R] each (ref undefined without a reference).
+  // without gradients: [N, R] each (ref undefined without a reference). Every rank of the group
+  // passes the whole batch and gets every row's back.
   std::pair<torch::Tensor, torch::Tensor> logprobs(const GenerationBatch& generation);
 
   const GrpoOptions& options() const { return options_; }
@@ -95,6 +100,9 @@ class GrpoTrainer {
   // entropy at each position when asked.
   std::pair<torch::Tensor, torch::Tensor> pass(TransformerImpl& model, const GroupBatch& batch,
                                                const torch::Tensor& rows, bool entropy);
+  // The model's log-probs of every row, without gradients: this rank's shard in micro-batches,
+  // then gathered from every rank.
+  torch::Tensor all_rows_logprobs(TransformerImpl& model, const GroupBatch& batch);
   void learn_minibatch(const GroupBatch& batch, const std::vector<int64_t>& minibatch, bool first,
                        NonFiniteGuard* guard, int64_t step_for_guard, GrpoLearnStats& s);
 
@@ -102,6 +110,7 @@ class GrpoTrainer {
   TransformerImpl& actor_;
   TransformerImpl* reference_;
   ParallelAdamW& optimizer_;
+  dist::Group group_;
 };
 
 // The default loss aggregation of each algorithm: grpo and rloo sequence_mean, dr_grpo

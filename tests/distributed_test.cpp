@@ -61,7 +61,15 @@ const std::vector<std::string> kSmallChain = {"synthetic_data.corpus_stories=400
                                               "dpo.train.log_every=1",
                                               "dpo.train.eval_every=0",
                                               "dpo.eval.count=8",
-                                              "dpo.eval.max_new_tokens=16"};
+                                              "dpo.eval.max_new_tokens=16",
+                                              "grpo.train.iterations=2",
+                                              "grpo.train.log_every=1",
+                                              "grpo.rollout.prompts_per_iteration=4",
+                                              "grpo.rollout.max_new_tokens=24",
+                                              "grpo.eval.prompts=6",
+                                              "grpo.eval.every=2",
+                                              "grpo.samples.every=1",
+                                              "grpo.samples.count=16"};
 
 std::vector<nlohmann::json> jsonl(const std::string& path) {
   std::vector<nlohmann::json> out;
@@ -182,9 +190,7 @@ TEST(Launch, ShardsCoverEveryItemOnce) {
 TEST(DataParallel, TwoRanksMatchOneRankOnTheQuickstartChain) {
   const std::string root = test::temp_dir("dp_chain");
   auto args_for = [&](const std::string& dir) {
-    // Through dpo: the grpo stage runs on one process only (refused below).
-    std::vector<std::string> args = {test::tiller_binary(), "run", test::quickstart_recipe_in(dir),
-                                     "--until", "dpo"};
+    std::vector<std::string> args = {test::tiller_binary(), "run", test::quickstart_recipe_in(dir)};
     args.insert(args.end(), kSmallChain.begin(), kSmallChain.end());
     return args;
   };
@@ -260,16 +266,45 @@ TEST(DataParallel, TwoRanksMatchOneRankOnTheQuickstartChain) {
       << log;
   EXPECT_FALSE(path_exists(root + "/two/ppo/metrics.jsonl"));
 
-  // GRPO has no data parallel yet: two ranks are refused when the stage starts, in one line.
+  // GRPO: each rank samples and scores whole groups (3 evaluation prompts each, 2 training
+  // groups of 4), every row seeded by its place in the round: the same responses and rewards,
+  // and the same updates.
+  const auto grpo_one = jsonl(root + "/one/grpo/samples.jsonl"),
+             grpo_two = jsonl(root + "/two/grpo/samples.jsonl");
+  ASSERT_GE(grpo_one.size(), 32u);
+  ASSERT_EQ(grpo_two.size(), grpo_one.size());
+  for (size_t i = 0; i < grpo_one.size(); ++i) {
+    EXPECT_EQ(grpo_one[i]["response"], grpo_two[i]["response"]) << i;
+    EXPECT_EQ(grpo_one[i]["reward"], grpo_two[i]["reward"]) << i;
+  }
+  const std::string grpo_metrics_one = root + "/one/grpo/metrics.jsonl",
+                    grpo_metrics_two = root + "/two/grpo/metrics.jsonl";
+  EXPECT_EQ(expect_same_curve(grpo_metrics_one, grpo_metrics_two, "response_length", 1e-12), 2);
+  EXPECT_EQ(expect_same_curve(grpo_metrics_one, grpo_metrics_two, "reward_total", 1e-12), 2);
+  EXPECT_EQ(expect_same_curve(grpo_metrics_one, grpo_metrics_two, "policy_loss", 1e-4), 2);
+  EXPECT_EQ(expect_same_curve(grpo_metrics_one, grpo_metrics_two, "grad_norm", 1e-4), 2);
+  EXPECT_EQ(expect_same_curve(grpo_metrics_one, grpo_metrics_two, "entropy", 1e-5), 2);
+  EXPECT_EQ(expect_same_curve(grpo_metrics_one, grpo_metrics_two, "eval_reward", 1e-12), 2);
+  EXPECT_NE(rank0.find("[grpo] data parallel: 2 ranks share each round of 4 groups of 4"),
+            std::string::npos)
+      << rank0;
+  EXPECT_NE(resolved.find("// stage grpo: rounds of 4 groups of 4 shared by 2 ranks"),
+            std::string::npos)
+      << resolved.substr(0, 600);
+
+  // Fewer groups a round than ranks: refused when the stage starts, in one line.
   std::vector<std::string> grpo = {test::tiller_binary(), "run",
                                    test::quickstart_recipe_in(root + "/two"), "--only", "grpo"};
   grpo.insert(grpo.end(), kSmallChain.begin(), kSmallChain.end());
+  grpo.push_back("grpo.rollout.prompts_per_iteration=1");
+  std::filesystem::remove_all(root + "/two/grpo");
   const test::Job refused = test::launch_job(2, grpo, root + "/grpo");
   const std::vector<int> grpo_codes = test::wait_job(refused, 300);
   ASSERT_EQ(grpo_codes.size(), 2u);
   EXPECT_NE(grpo_codes[0], 0);
   const std::string grpo_log = test::read_bytes(refused.logs[0]);
-  EXPECT_NE(grpo_log.find("grpo runs on one process; data parallel is not built yet"),
+  EXPECT_NE(grpo_log.find("rollout.prompts_per_iteration 1 cannot be shared by 2 data-parallel "
+                          "ranks"),
             std::string::npos)
       << grpo_log;
   EXPECT_FALSE(path_exists(root + "/two/grpo/metrics.jsonl"));
