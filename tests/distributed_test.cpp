@@ -101,6 +101,33 @@ int expect_same_curve(const std::string& one, const std::string& two, const std:
   return compared;
 }
 
+// The samples two runs logged (samples.jsonl): as many (at least 32), the same responses, and
+// `score` within `tolerance`.
+void expect_same_samples(const std::string& one, const std::string& two, const std::string& score,
+                         double tolerance) {
+  const auto a = jsonl(one), b = jsonl(two);
+  ASSERT_GE(a.size(), 32u) << one;
+  ASSERT_EQ(b.size(), a.size()) << two;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i]["response"], b[i]["response"]) << one << " sample " << i;
+    EXPECT_NEAR(a[i][score].get<double>(), b[i][score].get<double>(), tolerance)
+        << one << " sample " << i;
+  }
+}
+
+// A 2-rank job its stage refuses when it starts: both ranks exit non-zero, rank 0's log says
+// `message`.
+void expect_refused_at_start(const std::vector<std::string>& args, const std::string& dir,
+                             const std::string& message) {
+  const test::Job job = test::launch_job(2, args, dir);
+  const std::vector<int> codes = test::wait_job(job, 300);
+  ASSERT_EQ(codes.size(), 2u);
+  EXPECT_NE(codes[0], 0);
+  EXPECT_NE(codes[1], 0);
+  const std::string log = test::read_bytes(job.logs[0]);
+  EXPECT_NE(log.find(message), std::string::npos) << log;
+}
+
 }  // namespace
 
 TEST(Launch, ReadsTorchrunSlurmAndOpenMpiVariables) {
@@ -235,56 +262,41 @@ TEST(DataParallel, TwoRanksMatchOneRankOnTheQuickstartChain) {
 
   // PPO: episode i is seeded by i, not by the rank that generates it: the same responses, the
   // same scores, and the same updates.
-  const auto samples_one = jsonl(root + "/one/ppo/samples.jsonl"),
-             samples_two = jsonl(root + "/two/ppo/samples.jsonl");
-  ASSERT_GE(samples_one.size(), 32u);
-  ASSERT_EQ(samples_two.size(), samples_one.size());
-  for (size_t i = 0; i < samples_one.size(); ++i) {
-    EXPECT_EQ(samples_one[i]["response"], samples_two[i]["response"]) << i;
-    EXPECT_NEAR(samples_one[i]["score"].get<double>(), samples_two[i]["score"].get<double>(), 1e-5);
-  }
-  const std::string ppo_one = root + "/one/ppo/metrics.jsonl",
-                    ppo_two = root + "/two/ppo/metrics.jsonl";
-  EXPECT_EQ(expect_same_curve(ppo_one, ppo_two, "response_length", 1e-12), 2);
-  EXPECT_EQ(expect_same_curve(ppo_one, ppo_two, "rm_score", 1e-5), 2);
-  EXPECT_EQ(expect_same_curve(ppo_one, ppo_two, "kl_k1", 1e-4), 2);
-  EXPECT_EQ(expect_same_curve(ppo_one, ppo_two, "value_loss", 1e-4), 2);
+  expect_same_samples(root + "/one/ppo/samples.jsonl", root + "/two/ppo/samples.jsonl", "score",
+                      1e-5);
+  for (const auto& [key, tolerance] : std::vector<std::pair<std::string, double>>{
+           {"response_length", 1e-12}, {"rm_score", 1e-5}, {"kl_k1", 1e-4}, {"value_loss", 1e-4}})
+    EXPECT_EQ(expect_same_curve(root + "/one/ppo/metrics.jsonl", root + "/two/ppo/metrics.jsonl",
+                                key, tolerance),
+              2)
+        << key;
 
   // Fewer evaluation prompts than ranks: refused when the stage starts, before any rollout,
   // naming the setting (not at the first evaluation, iterations later).
   std::filesystem::remove_all(root + "/two/ppo");
   std::vector<std::string> args = args_for(root + "/two");
   args.push_back("ppo.eval.prompts=1");
-  const test::Job few = test::launch_job(2, args, root + "/few");
-  const std::vector<int> codes = test::wait_job(few, 300);
-  ASSERT_EQ(codes.size(), 2u);
-  EXPECT_NE(codes[0], 0);
-  EXPECT_NE(codes[1], 0);
-  const std::string log = test::read_bytes(few.logs[0]);
-  EXPECT_NE(log.find("1 evaluation prompts (eval.prompts 1) cannot be shared by 2 data-parallel"),
-            std::string::npos)
-      << log;
+  expect_refused_at_start(
+      args, root + "/few",
+      "1 evaluation prompts (eval.prompts 1) cannot be shared by 2 data-parallel");
   EXPECT_FALSE(path_exists(root + "/two/ppo/metrics.jsonl"));
 
   // GRPO: each rank samples and scores whole groups (3 evaluation prompts each, 2 training
   // groups of 4), every row seeded by its place in the round: the same responses and rewards,
   // and the same updates.
-  const auto grpo_one = jsonl(root + "/one/grpo/samples.jsonl"),
-             grpo_two = jsonl(root + "/two/grpo/samples.jsonl");
-  ASSERT_GE(grpo_one.size(), 32u);
-  ASSERT_EQ(grpo_two.size(), grpo_one.size());
-  for (size_t i = 0; i < grpo_one.size(); ++i) {
-    EXPECT_EQ(grpo_one[i]["response"], grpo_two[i]["response"]) << i;
-    EXPECT_EQ(grpo_one[i]["reward"], grpo_two[i]["reward"]) << i;
-  }
-  const std::string grpo_metrics_one = root + "/one/grpo/metrics.jsonl",
-                    grpo_metrics_two = root + "/two/grpo/metrics.jsonl";
-  EXPECT_EQ(expect_same_curve(grpo_metrics_one, grpo_metrics_two, "response_length", 1e-12), 2);
-  EXPECT_EQ(expect_same_curve(grpo_metrics_one, grpo_metrics_two, "reward_total", 1e-12), 2);
-  EXPECT_EQ(expect_same_curve(grpo_metrics_one, grpo_metrics_two, "policy_loss", 1e-4), 2);
-  EXPECT_EQ(expect_same_curve(grpo_metrics_one, grpo_metrics_two, "grad_norm", 1e-4), 2);
-  EXPECT_EQ(expect_same_curve(grpo_metrics_one, grpo_metrics_two, "entropy", 1e-5), 2);
-  EXPECT_EQ(expect_same_curve(grpo_metrics_one, grpo_metrics_two, "eval_reward", 1e-12), 2);
+  expect_same_samples(root + "/one/grpo/samples.jsonl", root + "/two/grpo/samples.jsonl", "reward",
+                      0.0);
+  for (const auto& [key, tolerance] :
+       std::vector<std::pair<std::string, double>>{{"response_length", 1e-12},
+                                                   {"reward_total", 1e-12},
+                                                   {"policy_loss", 1e-4},
+                                                   {"grad_norm", 1e-4},
+                                                   {"entropy", 1e-5},
+                                                   {"eval_reward", 1e-12}})
+    EXPECT_EQ(expect_same_curve(root + "/one/grpo/metrics.jsonl", root + "/two/grpo/metrics.jsonl",
+                                key, tolerance),
+              2)
+        << key;
   EXPECT_NE(rank0.find("[grpo] data parallel: 2 ranks share each round of 4 groups of 4"),
             std::string::npos)
       << rank0;
@@ -298,15 +310,9 @@ TEST(DataParallel, TwoRanksMatchOneRankOnTheQuickstartChain) {
   grpo.insert(grpo.end(), kSmallChain.begin(), kSmallChain.end());
   grpo.push_back("grpo.rollout.prompts_per_iteration=1");
   std::filesystem::remove_all(root + "/two/grpo");
-  const test::Job refused = test::launch_job(2, grpo, root + "/grpo");
-  const std::vector<int> grpo_codes = test::wait_job(refused, 300);
-  ASSERT_EQ(grpo_codes.size(), 2u);
-  EXPECT_NE(grpo_codes[0], 0);
-  const std::string grpo_log = test::read_bytes(refused.logs[0]);
-  EXPECT_NE(grpo_log.find("rollout.prompts_per_iteration 1 cannot be shared by 2 data-parallel "
-                          "ranks"),
-            std::string::npos)
-      << grpo_log;
+  expect_refused_at_start(
+      grpo, root + "/grpo",
+      "rollout.prompts_per_iteration 1 cannot be shared by 2 data-parallel ranks");
   EXPECT_FALSE(path_exists(root + "/two/grpo/metrics.jsonl"));
 }
 
