@@ -4,11 +4,13 @@
 
 #include <cmath>
 #include <cstdio>
+#include <utility>  // std::exchange
 
 #include "common/data/batching.h"  // seeded_permutation
 #include "common/data/ranking_data.h"
 #include "common/dist/process_group.h"
 #include "common/io/hf_dir.h"
+#include "common/model/shared_prefix.h"  // prefix_sharing_note
 #include "common/recipe/preference_data_section.h"
 #include "common/recipe/stage_io.h"
 #include "common/rollout/generator.h"
@@ -359,6 +361,8 @@ struct PairMetrics {
          nll = 0;
   int64_t pairs = 0;
   bool has_nll = false;
+  // Micro-batches, and those computed behind the pairs' shared prefixes.
+  int64_t micro_batches = 0, packed_micro_batches = 0;
 
   void add(const PreferenceLoss& l, const SideLogProbs& policy) {
     auto sum = [](const torch::Tensor& t) {
@@ -375,13 +379,17 @@ struct PairMetrics {
       has_nll = true;
     }
     pairs += l.loss.size(0);
+    ++micro_batches;
+    packed_micro_batches += policy.packed;
   }
 
   void reduce(const dist::Group& group) {
     auto s = group.sum({loss, chosen, rejected, correct, logps_chosen, logps_rejected, nll,
-                        static_cast<double>(pairs)});
+                        static_cast<double>(pairs), static_cast<double>(micro_batches),
+                        static_cast<double>(packed_micro_batches)});
     loss = s[0], chosen = s[1], rejected = s[2], correct = s[3];
     logps_chosen = s[4], logps_rejected = s[5], nll = s[6], pairs = static_cast<int64_t>(s[7]);
+    micro_batches = static_cast<int64_t>(s[8]), packed_micro_batches = static_cast<int64_t>(s[9]);
   }
 
   // TRL's names: rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
@@ -412,6 +420,7 @@ struct DpoStepper {
   int64_t pad_id;
   int64_t local_pairs;  // this rank's slice of every global batch
   bool bf16;
+  mutable bool told_sharing = false;  // prefix_sharing_note printed
 
   // The reference's log-probs of the slice's pairs (undefined for reference-free losses).
   void add_reference(const PairSlice& slice, const ReferenceLogProbs& cached,
@@ -481,6 +490,15 @@ struct DpoStepper {
     report.record = metrics.json("");
     report.record["lr"] = lr;
     report.record["grad_norm"] = grad_norm;
+    if (config.share_prefixes) {
+      report.record["shared_prefix_batches"] =
+          static_cast<double>(metrics.packed_micro_batches) /
+          static_cast<double>(std::max<int64_t>(1, metrics.micro_batches));
+      if (!std::exchange(told_sharing, true))
+        std::printf("%s\n", prefix_sharing_note(config.name, metrics.packed_micro_batches,
+                                                metrics.micro_batches)
+                                .c_str());
+    }
     report.shown = {
         {"loss", loss}, {"acc", report.record["rewards/accuracies"].get<double>()}, {"lr", lr}};
     report.tokens = data_parallel.sum(static_cast<double>(tokens));

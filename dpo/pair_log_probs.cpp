@@ -72,13 +72,18 @@ SideLogProbs pair_log_probs(TransformerImpl& model, const PairSlice& slice, int6
     for (const SequenceRow& r : rows) sequences.push_back(r.tokens);
     groups = pair_prefix_groups(sequences);
   }
-  const auto hidden = hidden_sharing_prefixes(model, ids, mask, groups);
+  bool packed = false;
+  const auto hidden = hidden_sharing_prefixes(model, ids, mask, groups, &packed);
   const auto p = static_cast<int64_t>(slice.count);
   targets = to_device(targets, hidden.device());
   const auto sums = target_log_probs(model, hidden, targets).sum(1);  // [2P]
   counts = counts.to(sums.device());
-  return {sums.narrow(0, 0, p), sums.narrow(0, p, p), counts.narrow(0, 0, p),
-          counts.narrow(0, p, p), tokens};
+  return {sums.narrow(0, 0, p),
+          sums.narrow(0, p, p),
+          counts.narrow(0, 0, p),
+          counts.narrow(0, p, p),
+          tokens,
+          packed};
 }
 
 }  // namespace tiller

@@ -22,6 +22,7 @@ struct SideLogProbs {
   torch::Tensor chosen, rejected;                // [P] float, summed over response tokens
   torch::Tensor chosen_tokens, rejected_tokens;  // [P] float, response token counts
   int64_t tokens = 0;                            // tokens in the batch (padding excluded)
+  bool packed = false;  // computed behind the pairs' shared prefixes (share_prefixes)
 };
 
 // One forward of `model` over the slice's 2P sequences (chosen rows, then rejected), right-padded

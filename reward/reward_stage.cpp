@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <utility>  // std::exchange
 
 #include "common/data/batching.h"  // seeded_permutation
 #include "common/io/hf_dir.h"
 #include "common/io/reward_model_dir.h"
 #include "common/model/reward_model.h"
+#include "common/model/shared_prefix.h"  // prefix_sharing_note
 #include "common/recipe/preference_data_section.h"
 #include "common/recipe/stage_io.h"
 #include "common/tokenizer/tokenizer.h"
@@ -260,7 +262,8 @@ struct RewardStepper {
   int64_t pad_id;
   int64_t local_examples;  // this rank's slice of every global batch
   bool bf16;
-  int64_t* responses_scored;  // sequences scored by training forwards so far, every rank's
+  int64_t* responses_scored;          // sequences scored by training forwards so far, every rank's
+  mutable bool told_sharing = false;  // prefix_sharing_note printed
 
   StepReport step(const StepContext& context, const std::vector<int64_t>& picked) const {
     const TrainConfig& train = config.train;
@@ -271,17 +274,20 @@ struct RewardStepper {
     int64_t tokens = 0;
     PairTotals totals;
     const auto device = model.parameters().front().device();
-    int64_t responses = 0;
+    int64_t responses = 0, micro_batches = 0, packed_micro_batches = 0;
     const int64_t first = data_parallel.rank() * local_examples;
     for (int64_t begin = first; begin < first + local_examples; begin += train.micro_batch_size) {
       const int64_t count = std::min(train.micro_batch_size, first + local_examples - begin);
       auto batch = data.train.batch(picked, static_cast<size_t>(begin), static_cast<size_t>(count),
                                     pad_id, config.use_margin);
       torch::Tensor scores;  // [R]: one score per response
+      bool packed = false;
       {
         compat::AutocastGuard cast(bf16, device);
-        scores = batch.scores(model, config.share_prefixes).cpu();
+        scores = batch.scores(model, config.share_prefixes, &packed).cpu();
       }
+      ++micro_batches;
+      packed_micro_batches += packed;
       auto better = scores.index_select(0, batch.better),
            worse = scores.index_select(0, batch.worse);
       auto loss = batch.weight.defined()
@@ -293,8 +299,9 @@ struct RewardStepper {
       responses += batch.responses();
       totals.add(better, worse, batch.margin);
     }
-    const auto global =
-        data_parallel.sum({loss_sum, static_cast<double>(tokens), static_cast<double>(responses)});
+    const auto global = data_parallel.sum(
+        {loss_sum, static_cast<double>(tokens), static_cast<double>(responses),
+         static_cast<double>(micro_batches), static_cast<double>(packed_micro_batches)});
     *responses_scored += static_cast<int64_t>(global[2]);
     const double loss = global[0] / static_cast<double>(train.batch_size);
     totals.reduce(data_parallel);
@@ -310,6 +317,13 @@ struct RewardStepper {
                      {"lr", lr},
                      {"grad_norm", grad_norm},
                      {"responses_scored", *responses_scored}};
+    if (config.share_prefixes) {
+      report.record["shared_prefix_batches"] = global[4] / std::max(1.0, global[3]);
+      if (!std::exchange(told_sharing, true))
+        std::printf("%s\n", prefix_sharing_note(config.name, static_cast<int64_t>(global[4]),
+                                                static_cast<int64_t>(global[3]))
+                                .c_str());
+    }
     report.shown = {{"loss", loss}, {"acc", figures.accuracy}, {"lr", lr}};
     report.tokens = global[1];
     return report;

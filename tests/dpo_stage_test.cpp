@@ -314,6 +314,77 @@ TEST(DpoStage, ALiveReferenceGivesTheCachedFigures) {
   }
 }
 
+// Pairs whose prompt is most of each sequence: a long story, then a one-sentence ending.
+void write_long_prompt_pairs(const std::string& path, int count, uint32_t seed) {
+  const char* names[] = {"Tom", "Lily", "Ben", "Mia"};
+  const char* things[] = {"ball", "cat", "tree", "boat"};
+  std::mt19937 rng(seed);
+  std::ofstream out(path);
+  for (int i = 0; i < count; ++i) {
+    const std::string name = names[rng() % 4], thing = things[rng() % 4];
+    const std::string prompt = "Once upon a time, " + name + " had a big " + thing + ". " + name +
+                               " played with the " + thing + " in the park every day, and " + name +
+                               " loved the " + thing + " very much. One day";
+    out << nlohmann::json{{"prompt", prompt},
+                          {"chosen", " " + name + " was happy."},
+                          {"rejected", " " + name + " was sad."}}
+               .dump()
+        << "\n";
+  }
+}
+
+TEST(DpoStage, SharingPrefixesGivesTheUnsharedFiguresAndSaysWhatItPacked) {
+  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
+  TILLER_REQUIRE_SHARED(tok, kStoriesTok);
+  const std::string init = stories_hf_dir(bin, tok);
+  const std::string root = test::temp_dir("dpo_share");
+  write_long_prompt_pairs(root + "/long.jsonl", 20, 14);
+  {
+    // A short prompt before endings as long as each other that differ from their first word.
+    std::ofstream out(root + "/short.jsonl");
+    std::string cats, dogs;
+    for (int i = 0; i < 12; ++i) cats += " cat", dogs += " dog";
+    for (int i = 0; i < 20; ++i)
+      out << nlohmann::json{{"prompt", "A story."}, {"chosen", cats}, {"rejected", dogs}}.dump()
+          << "\n";
+  }
+  auto run = [&](const std::string& name, const std::string& data, bool share,
+                 std::string* printed) {
+    const std::string dir = test::temp_dir("dpo_share_" + name);
+    DpoStageConfig config;
+    const std::string extra = std::string(R"(, "share_prefixes": )") + (share ? "true" : "false");
+    const Recipe recipe = dpo_recipe(dir, init, stage_body(data, extra, 3), &config);
+    testing::internal::CaptureStdout();
+    run_dpo_stage(recipe, config);
+    *printed = testing::internal::GetCapturedStdout();
+    return test::metrics_by_step(recipe.stage_dir("dpo") + "/metrics.jsonl");
+  };
+  std::string shared_out, unshared_out, short_out;
+  const auto shared = run("shared", root + "/long.jsonl", true, &shared_out);
+  const auto unshared = run("unshared", root + "/long.jsonl", false, &unshared_out);
+  for (int64_t step = 1; step <= 3; ++step) {
+    for (const char* key : {"loss", "logps/chosen", "logps/rejected", "eval_loss"}) {
+      if (!unshared.at(step).contains(key)) continue;
+      EXPECT_NEAR(shared.at(step)[key].get<double>(), unshared.at(step)[key].get<double>(), 1e-4)
+          << key << " at step " << step;
+    }
+    // The long prompts pay for packing in every micro-batch; off, the figure is not logged.
+    EXPECT_EQ(shared.at(step).value("shared_prefix_batches", -1.0), 1.0) << step;
+    EXPECT_FALSE(unshared.at(step).contains("shared_prefix_batches")) << step;
+  }
+  EXPECT_NE(shared_out.find("[dpo] share_prefixes: the first step packed 2 of its 2 micro-batches"),
+            std::string::npos)
+      << shared_out;
+  EXPECT_EQ(unshared_out.find("share_prefixes:"), std::string::npos) << unshared_out;
+  // There sharing does not pay, and the stage says so once.
+  const auto short_run = run("short", root + "/short.jsonl", true, &short_out);
+  EXPECT_EQ(short_run.at(1).value("shared_prefix_batches", -1.0), 0.0);
+  const std::string none =
+      "[dpo] share_prefixes: the first step packed none of its 2 micro-batches";
+  ASSERT_NE(short_out.find(none), std::string::npos) << short_out;
+  EXPECT_EQ(short_out.find(none, short_out.find(none) + 1), std::string::npos) << short_out;
+}
+
 TEST(DpoStage, ResumeEndsBitIdenticalToAnUninterruptedRun) {
   TILLER_REQUIRE_SHARED(bin, kStoriesBin);
   TILLER_REQUIRE_SHARED(tok, kStoriesTok);

@@ -515,6 +515,9 @@ TEST(RewardStage, Stories260kLearnsAPreferenceRuleAndEvaluationAgrees) {
       for (const char* key :
            {"loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "lr"})
         EXPECT_TRUE(j.contains(key)) << key << " missing in " << line;
+      // A pair's stories differ in their last word only: share_prefixes (on by default) packs
+      // every micro-batch.
+      EXPECT_EQ(j.value("shared_prefix_batches", -1.0), 1.0) << line;
     }
     if (j.contains("val_accuracy")) {
       ++evals;

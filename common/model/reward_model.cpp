@@ -69,11 +69,11 @@ ScoreBatch make_score_batch(const std::vector<const std::vector<int64_t>*>& sequ
 }
 
 torch::Tensor raw_scores(TransformerImpl& model, const ScoreBatch& batch,
-                         const std::vector<PrefixGroup>& shared_prefixes) {
+                         const std::vector<PrefixGroup>& shared_prefixes, bool* packed) {
   const auto device = model.parameters().front().device();
   check(model.config.num_labels == 1, "raw_scores needs a single-label score head");
-  const auto hidden =
-      hidden_sharing_prefixes(model, batch.input_ids, batch.attention_mask, shared_prefixes);
+  const auto hidden = hidden_sharing_prefixes(model, batch.input_ids, batch.attention_mask,
+                                              shared_prefixes, packed);
   const auto last = last_token_index(to_device(batch.attention_mask, device));
   const auto rows = torch::arange(hidden.size(0), last.options());
   return model.score(hidden.index({rows, last})).squeeze(-1).to(torch::kFloat);

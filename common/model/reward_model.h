@@ -43,9 +43,11 @@ ScoreBatch make_score_batch(const std::vector<const std::vector<int64_t>*>& sequ
 
 // Raw head scores [N] read at each row's last real token (autograd on; no offset). Rows of a
 // right-padded batch named in `shared_prefixes` are computed behind one copy of the tokens they
-// begin with (common/model/shared_prefix.h): the same scores to rounding.
+// begin with (common/model/shared_prefix.h): the same scores to rounding. `packed`, when given,
+// says whether they were.
 torch::Tensor raw_scores(TransformerImpl& model, const ScoreBatch& batch,
-                         const std::vector<PrefixGroup>& shared_prefixes = {});
+                         const std::vector<PrefixGroup>& shared_prefixes = {},
+                         bool* packed = nullptr);
 
 // Rewards (raw score - offset) of whole sequences, micro_batch at a time, without autograd.
 std::vector<double> score_sequences(TransformerImpl& model,

@@ -165,7 +165,8 @@ int64_t prefix_packed_rows(const ModelConfig& config, const std::vector<int64_t>
 
 torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tensor& ids,
                                       const torch::Tensor& mask,
-                                      const std::vector<PrefixGroup>& groups) {
+                                      const std::vector<PrefixGroup>& groups, bool* packed) {
+  if (packed != nullptr) *packed = false;
   const auto device = model.parameters().front().device();
   const int64_t n = ids.size(0), width = ids.size(1);
   const auto device_ids = to_device(ids, device);
@@ -180,6 +181,7 @@ torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tenso
   const std::vector<Pack> packs = lay_out(lengths, groups);
   const std::vector<PackedRow> rows = rows_that_pay(model.config, lengths, packs);
   if (rows.empty()) return padded();
+  if (packed != nullptr) *packed = true;
   const auto count = static_cast<int64_t>(rows.size()), length = longest_row(rows);
   // source: the batch slot (row * width + position) each packed slot holds, -1 on padding;
   // group: the pack it belongs to within its row (-1 on padding).
@@ -228,6 +230,20 @@ torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tenso
   return hidden.reshape({count * length, hidden.size(2)})
       .index_select(0, to_device(slot, device))
       .view({n, width, hidden.size(2)});
+}
+
+std::string prefix_sharing_note(const std::string& stage, int64_t packed, int64_t batches) {
+  const std::string its =
+      " of its " + std::to_string(batches) + (batches == 1 ? " micro-batch" : " micro-batches");
+  const std::string head = "[" + stage + "] share_prefixes: the first step packed ";
+  const std::string follow = " (shared_prefix_batches in metrics.jsonl follows it)";
+  if (packed == 0)
+    return head + "none" + its +
+           ": their rows begin alike for too few tokens to save a fifth of the layers' work, so "
+           "each row is computed whole" +
+           follow;
+  return head + std::to_string(packed) + its + ", computing the beginnings their rows share once" +
+         follow;
 }
 
 }  // namespace tiller

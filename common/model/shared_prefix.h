@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common/model/model_config.h"
@@ -55,11 +56,16 @@ std::vector<PrefixGroup> pair_prefix_groups(
 // attention over the real tokens), [n, T, C] on the model's device, with each group's rows
 // packed as above (prefix_packed_rows) where that counts at least a fifth fewer multiply-adds in
 // the layers, else the padded batch itself (without groups, padded on either side). The states at
-// padding positions are unspecified.
+// padding positions are unspecified. `packed`, when given, says which it was.
 // Autograd and autocast follow the caller's modes.
 torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tensor& ids,
                                       const torch::Tensor& mask,
-                                      const std::vector<PrefixGroup>& groups);
+                                      const std::vector<PrefixGroup>& groups,
+                                      bool* packed = nullptr);
+
+// A stage's line on what sharing prefixes did in its first step: `packed` of `batches`
+// micro-batches packed (none: the rows begin alike for too few tokens to pay).
+std::string prefix_sharing_note(const std::string& stage, int64_t packed, int64_t batches);
 
 // How many rows hidden_sharing_prefixes packs this batch into (0: it does not pack it), from the
 // rows' lengths. Each group is one pack (its prefix, then each row's remainder); a row in no

@@ -100,8 +100,10 @@ ComparisonBatch make_ranking_batch(const std::vector<TokenizedRanking>& rankings
   return b;
 }
 
-torch::Tensor ComparisonBatch::scores(TransformerImpl& model, bool share_prefixes) const {
-  return raw_scores(model, rows, share_prefixes ? shared_prefixes : std::vector<PrefixGroup>());
+torch::Tensor ComparisonBatch::scores(TransformerImpl& model, bool share_prefixes,
+                                      bool* packed) const {
+  return raw_scores(model, rows, share_prefixes ? shared_prefixes : std::vector<PrefixGroup>(),
+                    packed);
 }
 
 void PairTotals::add(const torch::Tensor& chosen_r, const torch::Tensor& rejected_r,

@@ -58,8 +58,8 @@ struct ComparisonBatch {
   std::vector<PrefixGroup> shared_prefixes;
   int64_t responses() const { return rows.input_ids.size(0); }
   // The rows' raw scores [R] (raw_scores), each group's beginning computed once when
-  // share_prefixes.
-  torch::Tensor scores(TransformerImpl& model, bool share_prefixes) const;
+  // share_prefixes (and the model's shape makes that cheaper: `packed`, when given, says).
+  torch::Tensor scores(TransformerImpl& model, bool share_prefixes, bool* packed = nullptr) const;
 };
 
 // Pairs [begin, begin + count) of `order`: chosen rows first, then rejected.
