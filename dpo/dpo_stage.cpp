@@ -679,6 +679,9 @@ StageType dpo_stage_type() {
   type.stated_defaults = [](const std::any& config) {
     return dpo_stated_defaults(std::any_cast<const DpoStageConfig&>(config));
   };
+  type.data_parallel_error = [](const std::any& config, int ranks) {
+    return std::any_cast<const DpoStageConfig&>(config).train.batch_division_error(ranks);
+  };
   type.batch_layout = [](const std::any& config, int ranks) {
     const int64_t batch = std::any_cast<const DpoStageConfig&>(config).train.batch_size;
     return "global batch " + std::to_string(batch) + " pairs = " + std::to_string(ranks) +

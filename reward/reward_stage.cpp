@@ -493,6 +493,9 @@ StageType reward_stage_type() {
   };
   type.description =
       "a reward model: Bradley-Terry loss on preference pairs, InstructGPT's loss on rankings";
+  type.data_parallel_error = [](const std::any& config, int ranks) {
+    return std::any_cast<const RewardStageConfig&>(config).train.batch_division_error(ranks);
+  };
   type.batch_layout = [](const std::any& config, int ranks) {
     const auto& c = std::any_cast<const RewardStageConfig&>(config);
     const bool listwise = is_ranking_format(c.data.format) && c.ranking_loss == "instructgpt";

@@ -581,6 +581,19 @@ StepReport iteration_report(const RoundFigures& f, const GrpoRun::Batch& batch,
   return report;
 }
 
+// Why `ranks` data-parallel ranks cannot share the rounds' groups, or "".
+std::string grpo_data_parallel_error(const GrpoStageConfig& c, int64_t ranks) {
+  if (c.prompts_per_iteration < ranks)
+    return "rollout.prompts_per_iteration " + std::to_string(c.prompts_per_iteration) +
+           " cannot be shared by " + std::to_string(ranks) +
+           " data-parallel ranks (each samples whole groups)";
+  if (c.eval_prompts > 0 && c.eval_prompts < ranks)
+    return std::to_string(c.eval_prompts) + " evaluation prompts (eval.prompts " +
+           std::to_string(c.eval_prompts) + ") cannot be shared by " + std::to_string(ranks) +
+           " data-parallel ranks; raise eval.prompts or set it to 0";
+  return "";
+}
+
 nlohmann::json grpo_summary(const GrpoStageConfig& c, const nlohmann::json& initial,
                             const nlohmann::json& last, const AnsweredSplit& prompts,
                             const GrpoRun& run, int64_t iterations, int64_t skipped) {
@@ -611,15 +624,8 @@ nlohmann::json run_grpo_stage(const Recipe& recipe, const GrpoStageConfig& c) {
   // Data parallel: each rank samples, scores and trains on its share of every round's groups.
   const dist::Group& data_parallel = dist::world();
   const auto ranks = static_cast<int64_t>(data_parallel.size());
-  check(c.prompts_per_iteration >= ranks, "stage " + c.name + ": rollout.prompts_per_iteration " +
-                                              std::to_string(c.prompts_per_iteration) +
-                                              " cannot be shared by " + std::to_string(ranks) +
-                                              " data-parallel ranks (each samples whole groups)");
-  check(c.eval_prompts == 0 || c.eval_prompts >= ranks,
-        "stage " + c.name + ": " + std::to_string(c.eval_prompts) +
-            " evaluation prompts (eval.prompts " + std::to_string(c.eval_prompts) +
-            ") cannot be shared by " + std::to_string(ranks) +
-            " data-parallel ranks; raise eval.prompts or set it to 0");
+  const std::string layout_error = grpo_data_parallel_error(c, ranks);
+  check(layout_error.empty(), "stage " + c.name + ": " + layout_error);
   if (!data_parallel.single())
     std::printf("[%s] data parallel: %lld ranks share each round of %lld groups of %lld\n",
                 c.name.c_str(), (long long)ranks, (long long)c.prompts_per_iteration,
@@ -730,6 +736,9 @@ StageType grpo_stage_type() {
   type.description = "online RL with verifiable rewards: GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++";
   type.stated_defaults = [](const std::any& config) {
     return grpo_stated_defaults(std::any_cast<const GrpoStageConfig&>(config));
+  };
+  type.data_parallel_error = [](const std::any& config, int ranks) {
+    return grpo_data_parallel_error(std::any_cast<const GrpoStageConfig&>(config), ranks);
   };
   type.batch_layout = [](const std::any& config, int ranks) {
     const auto& c = std::any_cast<const GrpoStageConfig&>(config);

@@ -388,6 +388,18 @@ PromptSplit split_prompts(const RlhfStageConfig& c, const Tokenizer& tok, uint64
   return split;
 }
 
+// Why `ranks` data-parallel ranks cannot share the rollouts, or "".
+std::string ppo_data_parallel_error(const RlhfStageConfig& c, int64_t ranks) {
+  if (c.batch_size < ranks)
+    return "rollout.batch_size " + std::to_string(c.batch_size) + " is smaller than the " +
+           std::to_string(ranks) + " data-parallel ranks";
+  if (c.eval_prompts > 0 && c.eval_prompts < ranks)
+    return std::to_string(c.eval_prompts) + " evaluation prompts (eval.prompts " +
+           std::to_string(c.eval_prompts) + ") cannot be shared by " + std::to_string(ranks) +
+           " data-parallel ranks; raise eval.prompts or set it to 0";
+  return "";
+}
+
 // Scores episodes with the reward model: prompt + response + EOS, as it was trained.
 EpisodeScorer reward_model_scorer(PpoModels& m, const Tokenizer& tok, int64_t micro_batch) {
   return [&m, &tok, micro_batch](const std::vector<std::vector<int64_t>>& prompts,
@@ -630,10 +642,8 @@ nlohmann::json run_rlhf_stage(const Recipe& recipe, const RlhfStageConfig& c) {
   PpoModels models = load_models(recipe, c, policy_dir, tok, loop.device());
   // Data parallel: each rank generates, scores and trains on its share of every rollout batch.
   const dist::Group& data_parallel = dist::world();
-  check(c.batch_size >= data_parallel.size(),
-        "stage " + c.name + ": rollout.batch_size " + std::to_string(c.batch_size) +
-            " is smaller than the " + std::to_string(data_parallel.size()) +
-            " data-parallel ranks");
+  const std::string layout_error = ppo_data_parallel_error(c, data_parallel.size());
+  check(layout_error.empty(), "stage " + c.name + ": " + layout_error);
   const PromptSplit prompts = split_prompts(c, tok, seed, data_parallel.size());
   if (!data_parallel.single())
     std::printf("[%s] data parallel: %d ranks share each rollout of %lld episodes\n",
@@ -747,6 +757,9 @@ StageType rlhf_stage_type() {
   type.description = "RLHF with PPO against a reward model";
   type.stated_defaults = [](const std::any& config) {
     return rlhf_stated_defaults(std::any_cast<const RlhfStageConfig&>(config));
+  };
+  type.data_parallel_error = [](const std::any& config, int ranks) {
+    return ppo_data_parallel_error(std::any_cast<const RlhfStageConfig&>(config), ranks);
   };
   type.batch_layout = [](const std::any& config, int ranks) {
     const int64_t batch = std::any_cast<const RlhfStageConfig&>(config).batch_size;

@@ -617,6 +617,9 @@ StageType sft_stage_type(bool pretrain) {
   type.tensor_parallel = true;
   type.description = pretrain ? "pretraining: next-token loss on every token"
                               : "instruction SFT: next-token loss on the responses";
+  type.data_parallel_error = [](const std::any& config, int ranks) {
+    return std::any_cast<const SftStageConfig&>(config).train.batch_division_error(ranks);
+  };
   type.batch_layout = [](const std::any& config, int ranks) {
     const int64_t batch = std::any_cast<const SftStageConfig&>(config).train.batch_size;
     return "global batch " + std::to_string(batch) + " rows = " + std::to_string(ranks) +

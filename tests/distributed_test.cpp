@@ -304,16 +304,19 @@ TEST(DataParallel, TwoRanksMatchOneRankOnTheQuickstartChain) {
             std::string::npos)
       << resolved.substr(0, 600);
 
-  // Fewer groups a round than ranks: refused when the stage starts, in one line.
-  std::vector<std::string> grpo = {test::tiller_binary(), "run",
-                                   test::quickstart_recipe_in(root + "/two"), "--only", "grpo"};
-  grpo.insert(grpo.end(), kSmallChain.begin(), kSmallChain.end());
-  grpo.push_back("grpo.rollout.prompts_per_iteration=1");
-  std::filesystem::remove_all(root + "/two/grpo");
-  expect_refused_at_start(
-      grpo, root + "/grpo",
-      "rollout.prompts_per_iteration 1 cannot be shared by 2 data-parallel ranks");
-  EXPECT_FALSE(path_exists(root + "/two/grpo/metrics.jsonl"));
+  // A chain whose batches two ranks cannot share: every such stage named in one line before the
+  // first stage runs (not hours later, when the pretraining is done), and nothing written.
+  std::vector<std::string> unshared = args_for(root + "/unshared");
+  for (const char* value : {"sft.train.batch_size=9", "sft.train.micro_batch_size=3",
+                            "grpo.rollout.prompts_per_iteration=1"})
+    unshared.push_back(value);
+  expect_refused_at_start(unshared, root + "/unshared_logs",
+                          "cannot run on 2 data-parallel ranks: stage sft: train.batch_size 9 does "
+                          "not divide among 2 data-parallel ranks; stage grpo: "
+                          "rollout.prompts_per_iteration 1 cannot be shared by 2 data-parallel "
+                          "ranks (each samples whole groups)");
+  EXPECT_FALSE(path_exists(root + "/unshared/recipe.json"));
+  EXPECT_FALSE(path_exists(root + "/unshared/pretrain"));
 }
 
 TEST(DataParallel, ZeroStage1KeepsHalfTheStateAndTheSameWeights) {

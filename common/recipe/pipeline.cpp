@@ -203,6 +203,27 @@ void run_stage(const ParsedRecipe& parsed, const std::string& name) {
     if (stage.name == name) stage.type->run(parsed.recipe, stage.config);
 }
 
+// Whether the job's data-parallel ranks can share the batches of every stage that will run (those
+// the flags choose, less those already complete): every refusal in one line, before the first
+// stage starts and before anything is written.
+void check_data_parallel_layout(const ParsedRecipe& parsed, const PipelineOptions& options) {
+  const int ranks = dist::layout().data.size();
+  if (ranks == 1) return;
+  const std::vector<std::string> chosen = chosen_stages(parsed.recipe, options);
+  std::string refusals;
+  for (const auto& stage : parsed.stages) {
+    if (!stage.type->data_parallel_error ||
+        std::find(chosen.begin(), chosen.end(), stage.name) == chosen.end() ||
+        stage_complete(parsed.recipe, stage.name))
+      continue;
+    const std::string error = stage.type->data_parallel_error(stage.config, ranks);
+    if (!error.empty())
+      refusals += (refusals.empty() ? "" : "; ") + ("stage " + stage.name + ": " + error);
+  }
+  check(refusals.empty(), options.path + " cannot run on " + std::to_string(ranks) +
+                              " data-parallel ranks: " + refusals);
+}
+
 // The job's layout and each stage's effective global batch, for the head of the resolved recipe.
 std::vector<std::string> distributed_layout(const ParsedRecipe& parsed) {
   const dist::Group& world = dist::world();
@@ -257,6 +278,7 @@ int run_pipeline(const StageRegistry& registry, const PipelineOptions& options) 
   parsed.recipe.run.threads = torch::get_num_threads();
   parsed.recipe.resolved["run"]["threads"] = parsed.recipe.run.threads;
   warn_if_slow_blas();
+  check_data_parallel_layout(parsed, options);
   if (dist::is_main()) save_resolved_recipe(parsed.recipe, distributed_layout(parsed));
   run_chosen_stages(parsed, options);
   if (options.only_type.empty() && dist::is_main()) write_run_summary(registry, parsed.recipe);

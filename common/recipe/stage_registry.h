@@ -45,6 +45,10 @@ struct StageType {
   // Optional: in a multi-process job, the stage's batch layout for the head of the resolved
   // recipe ("global batch 8 rows = 2 ranks x 4").
   std::function<std::string(const std::any& config, int data_parallel_ranks)> batch_layout;
+  // Optional: why a job of `data_parallel_ranks` ranks cannot share the stage's batches as
+  // configured ("train.batch_size 6 does not divide among 4 data-parallel ranks"), or "". The
+  // pipeline asks each stage it will run before the first one starts.
+  std::function<std::string(const std::any& config, int data_parallel_ranks)> data_parallel_error;
   // Optional: the stage's rows of the run's summary table, from its complete.json.
   std::function<std::vector<SummaryRow>(const std::string& stage, const nlohmann::json& summary)>
       summary_rows;

@@ -130,12 +130,16 @@ int64_t TrainConfig::forecast_points() const {
   return std::max<int64_t>(0, last - first);
 }
 
+std::string TrainConfig::batch_division_error(int ranks) const {
+  if (batch_size % ranks == 0) return "";
+  return "train.batch_size " + std::to_string(batch_size) + " does not divide among " +
+         std::to_string(ranks) + " data-parallel ranks";
+}
+
 int64_t TrainConfig::per_rank_batch(const std::string& stage, const dist::Group& data_parallel,
                                     const char* unit) const {
-  check(batch_size % data_parallel.size() == 0,
-        "stage " + stage + ": train.batch_size " + std::to_string(batch_size) +
-            " does not divide among " + std::to_string(data_parallel.size()) +
-            " data-parallel ranks");
+  const std::string error = batch_division_error(data_parallel.size());
+  check(error.empty(), "stage " + stage + ": " + error);
   const int64_t local = batch_size / data_parallel.size();
   if (!data_parallel.single())
     std::printf("[%s] data parallel: %d ranks x %lld %s = global batch %lld %s%s\n", stage.c_str(),

@@ -61,6 +61,8 @@ struct TrainConfig {
   // group of several ranks. Throws tiller::Error naming the stage when batch_size does not divide.
   int64_t per_rank_batch(const std::string& stage, const dist::Group& data_parallel,
                          const char* unit) const;
+  // Why `ranks` data-parallel ranks cannot share batch_size, or "" when they can.
+  std::string batch_division_error(int ranks) const;
 };
 
 // Reads and checks a "train" object; every mistake goes to `errors` with its path.
