@@ -587,11 +587,7 @@ std::string grpo_data_parallel_error(const GrpoStageConfig& c, int64_t ranks) {
     return "rollout.prompts_per_iteration " + std::to_string(c.prompts_per_iteration) +
            " cannot be shared by " + std::to_string(ranks) +
            " data-parallel ranks (each samples whole groups)";
-  if (c.eval_prompts > 0 && c.eval_prompts < ranks)
-    return std::to_string(c.eval_prompts) + " evaluation prompts (eval.prompts " +
-           std::to_string(c.eval_prompts) + ") cannot be shared by " + std::to_string(ranks) +
-           " data-parallel ranks; raise eval.prompts or set it to 0";
-  return "";
+  return eval_prompts_share_error(c.eval_prompts, c.eval_prompts, ranks);
 }
 
 nlohmann::json grpo_summary(const GrpoStageConfig& c, const nlohmann::json& initial,

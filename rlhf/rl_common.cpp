@@ -166,4 +166,11 @@ std::string one_line(std::string text, size_t width) {
   return text.size() > width ? text.substr(0, width - 3) + "..." : text;
 }
 
+std::string eval_prompts_share_error(int64_t count, int64_t asked, int64_t ranks) {
+  if (count == 0 || count >= ranks) return "";
+  return std::to_string(count) + " evaluation prompts (eval.prompts " + std::to_string(asked) +
+         ") cannot be shared by " + std::to_string(ranks) +
+         " data-parallel ranks; raise eval.prompts or set it to 0";
+}
+
 }  // namespace tiller

@@ -72,6 +72,10 @@ void read_samples(const nlohmann::json& json, const std::string& path, ConfigErr
                   int64_t& every, int64_t& count);
 nlohmann::json samples_values(int64_t every, int64_t count);
 
+// Why `ranks` data-parallel ranks cannot share `count` evaluation prompts (the recipe's
+// eval.prompts is `asked`), or "": each rank evaluates a share, and 0 prompts is no evaluation.
+std::string eval_prompts_share_error(int64_t count, int64_t asked, int64_t ranks);
+
 // A 64-bit mix of several values (splitmix64 steps): episode, evaluation and shuffle seeds.
 uint64_t mix_seed(std::initializer_list<uint64_t> values);
 // The streams mixed into the run's seed for each use.

@@ -380,11 +380,9 @@ PromptSplit split_prompts(const RlhfStageConfig& c, const Tokenizer& tok, uint64
                  c.name.c_str(), split.train.size(), (long long)c.batch_size);
   // The evaluation rollouts are shared by the data-parallel ranks too: found now, not at the
   // first evaluation.
-  check(split.eval.empty() || static_cast<int64_t>(split.eval.size()) >= data_parallel_ranks,
-        "stage " + c.name + ": " + std::to_string(split.eval.size()) +
-            " evaluation prompts (eval.prompts " + std::to_string(c.eval_prompts) +
-            ") cannot be shared by " + std::to_string(data_parallel_ranks) +
-            " data-parallel ranks; raise eval.prompts or set it to 0");
+  const std::string share_error = eval_prompts_share_error(static_cast<int64_t>(split.eval.size()),
+                                                           c.eval_prompts, data_parallel_ranks);
+  check(share_error.empty(), "stage " + c.name + ": " + share_error);
   return split;
 }
 
@@ -393,11 +391,7 @@ std::string ppo_data_parallel_error(const RlhfStageConfig& c, int64_t ranks) {
   if (c.batch_size < ranks)
     return "rollout.batch_size " + std::to_string(c.batch_size) + " is smaller than the " +
            std::to_string(ranks) + " data-parallel ranks";
-  if (c.eval_prompts > 0 && c.eval_prompts < ranks)
-    return std::to_string(c.eval_prompts) + " evaluation prompts (eval.prompts " +
-           std::to_string(c.eval_prompts) + ") cannot be shared by " + std::to_string(ranks) +
-           " data-parallel ranks; raise eval.prompts or set it to 0";
-  return "";
+  return eval_prompts_share_error(c.eval_prompts, c.eval_prompts, ranks);
 }
 
 // Scores episodes with the reward model: prompt + response + EOS, as it was trained.
