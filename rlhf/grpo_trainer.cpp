@@ -78,20 +78,14 @@ std::pair<torch::Tensor, torch::Tensor> GrpoTrainer::pass(TransformerImpl& model
 }
 
 torch::Tensor GrpoTrainer::all_rows_logprobs(TransformerImpl& model, const GroupBatch& b) {
+  // Every rank has rows: the stage gives each whole groups (grpo_data_parallel_error).
   const dist::Shard mine = dist::shard_of(b.size(), group_.rank(), group_.size());
-  const int64_t end = mine.begin + mine.count, chunk = options_.micro_batch_size;
-  const auto device = b.mask.device();
   torch::Tensor local;
   {
     c10::InferenceMode inference;
-    std::vector<torch::Tensor> parts = {torch::zeros({0, b.mask.size(1)}, b.mask.options())};
-    for (int64_t begin = mine.begin; begin < end; begin += chunk)
-      parts.push_back(pass(model, b,
-                           torch::arange(begin, std::min(end, begin + chunk),
-                                         torch::dtype(torch::kLong).device(device)),
-                           false)
-                          .first);
-    local = torch::cat(parts, 0);
+    local =
+        in_chunks(mine.begin, mine.begin + mine.count, options_.micro_batch_size, b.mask.device(),
+                  [&](const torch::Tensor& rows) { return pass(model, b, rows, false).first; });
   }
   local = local.clone();  // a normal tensor, usable beside autograd ones
   return group_.single() ? local : dist::gather_rows(group_, local, b.size());

@@ -22,15 +22,21 @@ inline torch::Tensor row_index(const std::vector<int64_t>& rows, const torch::De
   return torch::tensor(rows, torch::kLong).to(device);
 }
 
-// Runs `pass` over rows [0, n) in chunks of `chunk` and concatenates the results along dim 0.
-// The row indices are made on `device`, beside the tensors they select from.
+// Runs `pass` over rows [first, end) (end > first) in chunks of `chunk` and concatenates the
+// results along dim 0. The row indices are made on `device`, beside the tensors they select from.
 template <typename Pass>
-torch::Tensor in_chunks(int64_t n, int64_t chunk, const torch::Device& device, Pass pass) {
+torch::Tensor in_chunks(int64_t first, int64_t end, int64_t chunk, const torch::Device& device,
+                        Pass pass) {
   std::vector<torch::Tensor> parts;
-  for (int64_t begin = 0; begin < n; begin += chunk)
-    parts.push_back(pass(torch::arange(begin, std::min(n, begin + chunk),
+  for (int64_t begin = first; begin < end; begin += chunk)
+    parts.push_back(pass(torch::arange(begin, std::min(end, begin + chunk),
                                        torch::dtype(torch::kLong).device(device))));
   return torch::cat(parts, 0);
+}
+// Rows [0, n).
+template <typename Pass>
+torch::Tensor in_chunks(int64_t n, int64_t chunk, const torch::Device& device, Pass pass) {
+  return in_chunks(0, n, chunk, device, pass);
 }
 
 // Each row's response tokens: mask [N, R] summed over R, read to the host in one copy (one sync
