@@ -37,7 +37,10 @@ target_compile_options(tiller_spm PRIVATE ${TILLER_WARNINGS} -O2)
 file(GLOB_RECURSE TILLER_SAN_SOURCES CONFIGURE_DEPENDS common/*.cpp)
 list(FILTER TILLER_SAN_SOURCES EXCLUDE REGEX "common/tokenizer/module/")
 file(GLOB TILLER_SAN_STAGE_SOURCES CONFIGURE_DEPENDS ${TILLER_STAGE_GLOBS})
-list(APPEND TILLER_SAN_STAGE_SOURCES export/gguf_reader.cpp)  # the GGUF reader's fuzzer
+list(APPEND TILLER_SAN_STAGE_SOURCES export/gguf_reader.cpp  # the GGUF reader's fuzzer
+     eval/perplexity.cpp)  # quantize/'s: a unity batch links whole, so the library must too
+include(cmake/torch_free_sources.cmake)
+tiller_skip_pch_where_torch_is_unused(${TILLER_SAN_SOURCES} ${TILLER_SAN_STAGE_SOURCES})
 add_library(tiller_san STATIC ${TILLER_SAN_SOURCES} ${TILLER_SAN_STAGE_SOURCES})
 target_include_directories(tiller_san PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}
                            ${CMAKE_BINARY_DIR}/generated)
@@ -72,6 +75,7 @@ if(TILLER_SANITIZE)
       reward_functions prepare_text_steps prepare_minhash shards spm_bpe shared_prefix)
   list(TRANSFORM TILLER_SAN_TESTS PREPEND tests/)
   list(TRANSFORM TILLER_SAN_TESTS APPEND _test.cpp)
+  tiller_skip_pch_where_torch_is_unused(${TILLER_SAN_TESTS})
   add_executable(tiller_sanitize_tests ${TILLER_SAN_TESTS} tests/test_util.cpp)
   target_link_libraries(tiller_sanitize_tests PRIVATE tiller_san GTest::gtest GTest::gtest_main)
   target_compile_options(tiller_sanitize_tests PRIVATE ${TILLER_WARNINGS})

@@ -7,7 +7,8 @@
 #
 # The scan follows `#include "..."` lines resolved from the source tree's root and stops at the
 # first `#include <torch/...>`, <ATen/...> or <c10/...>. A file so marked must include what it
-# uses (nlohmann/json, <string>, ...) itself: it gets no precompiled header.
+# uses (nlohmann/json, <string>, ...) itself: it gets no precompiled header, and is compiled on its
+# own in a unity build (TILLER_UNITY_BUILD).
 
 function(_tiller_includes_torch file result_var)
   get_property(known GLOBAL PROPERTY "TILLER_TORCH_SCAN_${file}" SET)
@@ -46,5 +47,7 @@ function(tiller_skip_pch_where_torch_is_unused)
   endforeach()
   list(LENGTH torch_free count)
   message(STATUS "Tiller: ${count} sources never include LibTorch: compiled without its PCH")
-  set_source_files_properties(${torch_free} PROPERTIES SKIP_PRECOMPILE_HEADERS ON)
+  # Out of the unity batches too: a batch is compiled with the precompiled header.
+  set_source_files_properties(${torch_free} PROPERTIES SKIP_PRECOMPILE_HEADERS ON
+                              SKIP_UNITY_BUILD_INCLUSION ON)
 endfunction()

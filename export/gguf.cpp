@@ -17,6 +17,7 @@
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
+#include "export/gguf_format.h"
 
 namespace tiller {
 
@@ -25,8 +26,7 @@ namespace {
 constexpr int64_t kBlock = 32;       // values per q8_0 / q4_0 block
 constexpr uint64_t kAlignment = 32;  // general.alignment's default, written out
 
-// GGUF's metadata value types.
-enum : uint32_t { kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7, kString = 8, kArray = 9 };
+using namespace gguf_format;  // the metadata value types
 
 // Little-endian appends (GGUF is little-endian; so is every machine Tiller builds for).
 template <typename T>

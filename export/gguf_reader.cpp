@@ -10,27 +10,13 @@
 #include <set>
 
 #include "common/util/error.h"
+#include "export/gguf_format.h"
 
 namespace tiller {
 
 namespace {
 
-// GGUF's metadata value types (ggml's docs/gguf.md).
-enum : uint32_t {
-  kU8 = 0,
-  kI8 = 1,
-  kU16 = 2,
-  kI16 = 3,
-  kU32 = 4,
-  kI32 = 5,
-  kF32 = 6,
-  kBool = 7,
-  kString = 8,
-  kArray = 9,
-  kU64 = 10,
-  kI64 = 11,
-  kF64 = 12
-};
+using namespace gguf_format;  // the metadata value types
 // ggml's tensor types this reader knows the sizes of.
 enum : uint32_t { kTypeF32 = 0, kTypeF16 = 1, kTypeQ4_0 = 2, kTypeQ8_0 = 8, kTypeBF16 = 30 };
 

@@ -44,19 +44,12 @@ CliRun tiller_run(const std::string& args) {
   return r;
 }
 
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
 // A user error: exit 1 (not a signal), and on stderr exactly one "tiller: error:" line, besides
 // any "tiller: warning:" lines, with no backtrace. Returns that line.
 std::string expect_user_error(const CliRun& r, const std::string& what) {
   EXPECT_EQ(r.code, 1) << what << "\nstdout: " << r.out << "\nstderr: " << r.err;
   std::vector<std::string> errors;
-  for (const auto& line : lines_of(r.err)) {
+  for (const auto& line : test::lines_of(r.err)) {
     if (line.rfind("tiller: warning:", 0) == 0) continue;
     errors.push_back(line);
   }
@@ -225,7 +218,7 @@ TEST(Cli, ChatKeepsTheConversationInItsPrompts) {
   ASSERT_EQ(r.code, 0) << r.err;
   std::vector<std::string> prompts, replies;
   std::string current;
-  for (const auto& line : lines_of(r.out)) {
+  for (const auto& line : test::lines_of(r.out)) {
     if (line.rfind("[prompt] ", 0) == 0) {
       prompts.push_back(line.substr(9));
     } else if (line.rfind("assistant> ", 0) == 0) {
@@ -293,7 +286,7 @@ TEST(Cli, GenerateWritesOneObjectPerPrompt) {
   r = tiller_run("generate --model " + dir + "/m --prompts " + dir + "/in.jsonl --out " + dir +
                  "/out.jsonl --max-new-tokens 12 --temperature 0");
   ASSERT_EQ(r.code, 0) << r.err;
-  const auto lines = lines_of(read_file(dir + "/out.jsonl"));
+  const auto lines = test::lines_of(read_file(dir + "/out.jsonl"));
   ASSERT_EQ(lines.size(), prompts.size());
   Tokenizer tok(tok_path);
   for (size_t i = 0; i < lines.size(); ++i) {

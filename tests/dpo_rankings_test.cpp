@@ -18,9 +18,6 @@ using json = nlohmann::json;
 
 namespace {
 
-const char* const kStoriesBin = "models/stories260K/stories260K.bin";
-const char* const kStoriesTok = "models/stories260K/tok512.model";
-
 // prompt_ids, then the response's tokens and EOS: the sequence the plain template gives.
 std::vector<int64_t> sequence(const Tokenizer& tok, const std::vector<int64_t>& prompt_ids,
                               const std::string& response) {
@@ -47,7 +44,7 @@ void write_story_rankings(const std::string& path, int count) {
 }  // namespace
 
 TEST(DpoRankings, AK3RankingGivesItsThreePairsWithTheirPromptLengths) {
-  TILLER_REQUIRE_SHARED(tok_path, kStoriesTok);
+  TILLER_REQUIRE_SHARED(tok_path, test::kStoriesTok);
   const Tokenizer tok(tok_path);
   const std::string dir = test::temp_dir("dpo_rankings_pairs");
   std::ofstream(dir + "/rankings.jsonl")
@@ -96,8 +93,8 @@ TEST(DpoRankings, AK3RankingGivesItsThreePairsWithTheirPromptLengths) {
 // 12 rankings of 3: 3 held out (9 validation pairs), 27 training pairs. At step 0 the policy is
 // its reference (every margin 0, the loss log 2); training moves the held-out pairs' margins up.
 TEST(DpoRankings, AShortRunOnRankingsTrains) {
-  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
-  TILLER_REQUIRE_SHARED(tok, kStoriesTok);
+  TILLER_REQUIRE_SHARED(bin, test::kStoriesBin);
+  TILLER_REQUIRE_SHARED(tok, test::kStoriesTok);
   const std::string dir = test::temp_dir("dpo_rankings_run");
   {
     SaveOptions options;

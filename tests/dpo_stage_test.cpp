@@ -24,9 +24,6 @@ using namespace tiller;
 
 namespace {
 
-const char* const kStoriesBin = "models/stories260K/stories260K.bin";
-const char* const kStoriesTok = "models/stories260K/tok512.model";
-
 // stories260K as an HF directory (once per test binary run).
 std::string stories_hf_dir(const std::string& bin, const std::string& tok) {
   static std::string dir;
@@ -232,8 +229,8 @@ TEST(DpoReferenceCache, ACacheMadeForOtherInputsIsRefusedWithTheRemedy) {
 // Runs on stories260K
 
 TEST(DpoStage, RaisesTheImplicitRewardAccuracyAndLogsTrlsMetrics) {
-  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
-  TILLER_REQUIRE_SHARED(tok, kStoriesTok);
+  TILLER_REQUIRE_SHARED(bin, test::kStoriesBin);
+  TILLER_REQUIRE_SHARED(tok, test::kStoriesTok);
   const std::string init = stories_hf_dir(bin, tok);
   const std::string dir = test::temp_dir("dpo_run");
   write_story_pairs(dir + "/pairs.jsonl", 40, 11);
@@ -290,8 +287,8 @@ TEST(DpoStage, RaisesTheImplicitRewardAccuracyAndLogsTrlsMetrics) {
 }
 
 TEST(DpoStage, ALiveReferenceGivesTheCachedFigures) {
-  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
-  TILLER_REQUIRE_SHARED(tok, kStoriesTok);
+  TILLER_REQUIRE_SHARED(bin, test::kStoriesBin);
+  TILLER_REQUIRE_SHARED(tok, test::kStoriesTok);
   const std::string init = stories_hf_dir(bin, tok);
   const std::string data = test::temp_dir("dpo_live_data") + "/pairs.jsonl";
   write_story_pairs(data, 20, 12);
@@ -334,8 +331,8 @@ void write_long_prompt_pairs(const std::string& path, int count, uint32_t seed) 
 }
 
 TEST(DpoStage, SharingPrefixesGivesTheUnsharedFiguresAndSaysWhatItPacked) {
-  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
-  TILLER_REQUIRE_SHARED(tok, kStoriesTok);
+  TILLER_REQUIRE_SHARED(bin, test::kStoriesBin);
+  TILLER_REQUIRE_SHARED(tok, test::kStoriesTok);
   const std::string init = stories_hf_dir(bin, tok);
   const std::string root = test::temp_dir("dpo_share");
   write_long_prompt_pairs(root + "/long.jsonl", 20, 14);
@@ -386,8 +383,8 @@ TEST(DpoStage, SharingPrefixesGivesTheUnsharedFiguresAndSaysWhatItPacked) {
 }
 
 TEST(DpoStage, ResumeEndsBitIdenticalToAnUninterruptedRun) {
-  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
-  TILLER_REQUIRE_SHARED(tok, kStoriesTok);
+  TILLER_REQUIRE_SHARED(bin, test::kStoriesBin);
+  TILLER_REQUIRE_SHARED(tok, test::kStoriesTok);
   const std::string init = stories_hf_dir(bin, tok);
   const std::string data = test::temp_dir("dpo_resume_data") + "/pairs.jsonl";
   write_story_pairs(data, 17, 13);  // 13 train pairs: batches of 4 cross epochs mid-step
@@ -407,8 +404,8 @@ TEST(DpoStage, ResumeEndsBitIdenticalToAnUninterruptedRun) {
 }
 
 TEST(DpoStage, EveryLossTypeTrainsAndOnlyReferenceLossesBuildACache) {
-  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
-  TILLER_REQUIRE_SHARED(tok, kStoriesTok);
+  TILLER_REQUIRE_SHARED(bin, test::kStoriesBin);
+  TILLER_REQUIRE_SHARED(tok, test::kStoriesTok);
   const std::string init = stories_hf_dir(bin, tok);
   const std::string data = test::temp_dir("dpo_types_data") + "/pairs.jsonl";
   write_story_pairs(data, 10, 14);

@@ -25,11 +25,6 @@
 namespace tiller {
 namespace {
 
-std::string write_text(const std::string& path, const std::string& text) {
-  std::ofstream(path) << text;
-  return path;
-}
-
 int64_t line_count(const std::string& text) {
   return static_cast<int64_t>(std::count(text.begin(), text.end(), '\n'));
 }
@@ -153,7 +148,7 @@ TEST(InstructionChecks, MalformedConstraintsNameTheItemAndTheField) {
             std::string::npos);
   // In a task file: the reference target must meet its own constraints.
   const std::string dir = test::temp_dir("emergence_bad_constraint");
-  const std::string path = write_text(
+  const std::string path = test::write_file(
       dir + "/t.jsonl",
       "{\"prompt\": \"Write 2 words.\", \"target\": \" one\", \"constraints\": [{\"type\": "
       "\"word_count\", \"min_words\": 2, \"max_words\": 2}]}\n");
@@ -278,7 +273,7 @@ TEST(EmergenceEndToEnd, AnswerLoglikEqualsADirectComputationOnStories260K) {
   const std::string dir = test::temp_dir("emergence_loglik");
   const std::string model_dir = test::stories260k_hf_dir(dir + "/m");
   if (model_dir.empty()) GTEST_SKIP() << "skipped: stories260K not found under ../shared/data";
-  const std::string tasks = write_text(
+  const std::string tasks = test::write_file(
       dir + "/t.jsonl",
       "{\"prompt\": \"Lily had 3 cats and\", \"target\": \" 2 dogs. #### 5\", "
       "\"answer_after\": \"####\"}\n"
@@ -288,9 +283,10 @@ TEST(EmergenceEndToEnd, AnswerLoglikEqualsADirectComputationOnStories260K) {
       "{\"prompt\": \"The sun\", \"target\": \" zzzq\", \"constraints\": [{\"type\": "
       "\"required_words\", \"words\": [\"zzzq\"]}, {\"type\": \"word_count\", \"min_words\": 0, "
       "\"max_words\": 99}], \"until\": [\".\"], \"max_new_tokens\": 5}\n");
-  const std::string pool = write_text(dir + "/pool.jsonl",
-                                      "{\"prompt\": \"Once upon a time\", \"target\": \" there\"}\n"
-                                      "{\"prompt\": \"The cat\", \"target\": \" ran.\"}\n");
+  const std::string pool =
+      test::write_file(dir + "/pool.jsonl",
+                       "{\"prompt\": \"Once upon a time\", \"target\": \" there\"}\n"
+                       "{\"prompt\": \"The cat\", \"target\": \" ran.\"}\n");
   eval::FewShotOptions shots;
   shots.k = 2;
   const auto items =
@@ -350,8 +346,8 @@ SmallSuite small_suite(const std::string& name) {
   options.test_items = 3;
   options.pool_items = 9;
   s.suite = eval::write_emergence_suite(s.dir + "/suite", options);
-  s.runs = write_text(s.dir + "/runs.jsonl",
-                      "{\"N\": 2e5, \"model\": \"m\"}\n{\"N\": 1e5, \"model\": \"m\"}\n");
+  s.runs = test::write_file(s.dir + "/runs.jsonl",
+                            "{\"N\": 2e5, \"model\": \"m\"}\n{\"N\": 1e5, \"model\": \"m\"}\n");
   return s;
 }
 
@@ -391,7 +387,7 @@ TEST(EmergenceEndToEnd, BadInputIsOneLineAndNoOutput) {
   const SmallSuite s = small_suite("emergence_bad");
   if (s.runs.empty()) GTEST_SKIP() << "skipped: stories260K not found under ../shared/data";
   const auto run = [&s](const std::string& suite_text) {
-    const std::string suite = write_text(s.dir + "/suite/bad.json", suite_text);
+    const std::string suite = test::write_file(s.dir + "/suite/bad.json", suite_text);
     return test::run_tiller_cli(
         {"eval", "emergence", "--across", s.runs, "--suite", suite, "--out", s.dir + "/out"});
   };
@@ -411,7 +407,8 @@ TEST(EmergenceEndToEnd, BadInputIsOneLineAndNoOutput) {
   EXPECT_NE(cli.err.find("tasks[0].shot"), std::string::npos) << cli.err;
   EXPECT_NE(cli.err.find("tasks[0].shots"), std::string::npos) << cli.err;
   // A malformed line of a task file names file:line.
-  write_text(s.dir + "/suite/broken.jsonl", "{\"prompt\": \"a\", \"target\": \" b\"}\n{oops\n");
+  test::write_file(s.dir + "/suite/broken.jsonl",
+                   "{\"prompt\": \"a\", \"target\": \" b\"}\n{oops\n");
   cli = run("{\"tasks\": [{\"name\": \"a\", \"items\": \"broken.jsonl\"}]}");
   EXPECT_EQ(cli.code, 1);
   EXPECT_EQ(line_count(cli.err), 1) << cli.err;

@@ -26,18 +26,6 @@
 namespace tiller {
 namespace {
 
-std::string write_text(const std::string& path, const std::string& text) {
-  std::ofstream(path) << text;
-  return path;
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
 // `tiller ARGS`: exit status, stdout, stderr.
 using CliRun = test::CliResult;
 CliRun tiller(const std::vector<std::string>& args) {
@@ -48,7 +36,7 @@ CliRun tiller(const std::vector<std::string>& args) {
 
 TEST(EvalTasks, ReadsGenerationAndChoiceItems) {
   const std::string dir = test::temp_dir("eval_tasks_ok");
-  const std::string path = write_text(
+  const std::string path = test::write_file(
       dir + "/t.jsonl",
       "{\"prompt\": \"Tom saw\", \"target\": \" a dog.\"}\n"
       "\n"
@@ -86,8 +74,8 @@ TEST(EvalTasks, ErrorsNameFileLineAndField) {
       {"{\"prompt\": \"p\", \"target\": \" t\", \"answer\": 0}", "\"answer\" without"},
   };
   for (size_t i = 0; i < cases.size(); ++i) {
-    const std::string path = write_text(dir + "/bad" + std::to_string(i) + ".jsonl",
-                                        good + good + cases[i].first + "\n" + good);
+    const std::string path = test::write_file(dir + "/bad" + std::to_string(i) + ".jsonl",
+                                              good + good + cases[i].first + "\n" + good);
     const std::string message = test::error_of([&] { eval::read_task_file(path); });
     EXPECT_NE(message.find(path + ":3"), std::string::npos) << cases[i].first << " -> " << message;
     EXPECT_NE(message.find(cases[i].second), std::string::npos)
@@ -98,8 +86,9 @@ TEST(EvalTasks, ErrorsNameFileLineAndField) {
               eval::read_task_file(dir + "/missing.jsonl");
             }).find(dir + "/missing.jsonl"),
             std::string::npos);
-  EXPECT_NE(test::error_of([&] { eval::read_task_file(write_text(dir + "/empty.jsonl", "")); }),
-            "");
+  EXPECT_NE(
+      test::error_of([&] { eval::read_task_file(test::write_file(dir + "/empty.jsonl", "")); }),
+      "");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -193,7 +182,7 @@ TEST(EvalMakeTask, ItemsAreDeterministicAndWellFormed) {
   const std::string dir = test::temp_dir("eval_make_task");
   std::string text;
   for (const auto& item : a) text += item.dump() + "\n";
-  const auto items = eval::read_task_file(write_text(dir + "/t.jsonl", text));
+  const auto items = eval::read_task_file(test::write_file(dir + "/t.jsonl", text));
   EXPECT_EQ(items.size(), 12u);
   // Too few distinct endings is an error.
   o.choices = 100;
@@ -212,7 +201,7 @@ TEST(EvalMakeTask, HeldOutDocumentsAreNeverInATrainingChunk) {
   const std::string dir = test::temp_dir("eval_held_out");
   std::string text;
   for (const auto& d : documents) text += d + "\n";
-  const std::string path = write_text(dir + "/corpus.txt", text);
+  const std::string path = test::write_file(dir + "/corpus.txt", text);
   EXPECT_EQ(read_text_documents(path, false, nullptr), documents);
   const int64_t max_seq_len = 32;
   const double fraction = 0.2;
@@ -238,7 +227,7 @@ TEST(EvalMakeTask, HeldOutDocumentsAreNeverInATrainingChunk) {
   // The CLI reads the split from a run's resolved recipe and the stage's tokenizer.
   const std::string run_dir = dir + "/run";
   make_directories(run_dir + "/pretrain/final");
-  write_text(run_dir + "/pretrain/final/tokenizer.model", test::read_bytes(tok_path));
+  test::write_file(run_dir + "/pretrain/final/tokenizer.model", test::read_bytes(tok_path));
   const nlohmann::json recipe = {{"run", {{"dir", run_dir}, {"seed", seed}}},
                                  {"stages",
                                   {{{"name", "pretrain"},
@@ -247,7 +236,7 @@ TEST(EvalMakeTask, HeldOutDocumentsAreNeverInATrainingChunk) {
                                     {"model", {{"shape", "stories260k"}}},
                                     {"data", {{"train", path}, {"val_fraction", fraction}}},
                                     {"train", {{"steps", 1}, {"max_seq_len", max_seq_len}}}}}}};
-  write_text(run_dir + "/recipe.json", recipe.dump(2));
+  test::write_file(run_dir + "/recipe.json", recipe.dump(2));
   CliRun cli = tiller({"eval", "make-task", "--from", path, "--out", dir + "/t.jsonl", "--count",
                        "1000", "--target-words", "2", "--held-out-of", run_dir + "/pretrain"});
   ASSERT_EQ(cli.code, 0) << cli.err;
@@ -258,7 +247,7 @@ TEST(EvalMakeTask, HeldOutDocumentsAreNeverInATrainingChunk) {
   for (const auto& item : items)
     EXPECT_EQ(held_sentences.count(item.prompt + item.target), 1u) << item.prompt + item.target;
   // A stage trained on another file is refused.
-  const std::string other = write_text(dir + "/other.txt", text);
+  const std::string other = test::write_file(dir + "/other.txt", text);
   cli = tiller({"eval", "make-task", "--from", other, "--out", dir + "/u.jsonl", "--held-out-of",
                 run_dir + "/pretrain"});
   EXPECT_EQ(cli.code, 1);
@@ -273,15 +262,15 @@ std::string stories260k_dir(const std::string& dir) {
   return test::stories260k_hf_dir(dir);
 }
 
-const std::vector<std::string> kPrompts = {"Once upon a time",
-                                           "Lily went to the",
-                                           "Tom had a big",
-                                           "The cat saw a",
-                                           "One day, a little girl named",
-                                           "The sun was",
-                                           "Ben and his mom"};
+const std::vector<std::string> kTextPrompts = {"Once upon a time",
+                                               "Lily went to the",
+                                               "Tom had a big",
+                                               "The cat saw a",
+                                               "One day, a little girl named",
+                                               "The sun was",
+                                               "Ben and his mom"};
 
-// Greedy continuations of kPrompts (6 tokens, cut at EOS) as a task file: target = the model's
+// Greedy continuations of kTextPrompts (6 tokens, cut at EOS) as a task file: target = the model's
 // own output, and a choice item with it as the right answer. Prompts whose output has a newline
 // are left out.
 std::string own_greedy_task(const std::string& model_dir, const std::string& path) {
@@ -289,7 +278,7 @@ std::string own_greedy_task(const std::string& model_dir, const std::string& pat
   model->eval();
   Tokenizer tok(tokenizer_path_in(model_dir));
   std::vector<std::vector<int64_t>> prompts;
-  for (const auto& p : kPrompts) prompts.push_back(tok.encode(p, true));
+  for (const auto& p : kTextPrompts) prompts.push_back(tok.encode(p, true));
   SamplingOptions sampling;
   sampling.temperature = 0;
   sampling.max_new_tokens = 6;
@@ -298,17 +287,17 @@ std::string own_greedy_task(const std::string& model_dir, const std::string& pat
   sampling.full_pass_logprobs = false;
   const auto batch = generate(*model, prompts, sampling);
   std::string text;
-  for (size_t i = 0; i < kPrompts.size(); ++i) {
+  for (size_t i = 0; i < kTextPrompts.size(); ++i) {
     const std::string target = continuation_text(tok, prompts[i], batch.response(i), tok.eos_id());
     if (target.find('\n') != std::string::npos || eval::trim(target).empty()) continue;
-    text += nlohmann::json{{"prompt", kPrompts[i]},
+    text += nlohmann::json{{"prompt", kTextPrompts[i]},
                            {"target", target},
                            {"choices", {" banana boat.", target, " was red."}},
                            {"answer", 1}}
                 .dump() +
             "\n";
   }
-  return write_text(path, text);
+  return test::write_file(path, text);
 }
 
 TEST(EvalEndToEnd, LoglikIsTeacherForcedAndOwnGreedyOutputsMatchExactly) {
@@ -371,12 +360,13 @@ TEST(EvalEndToEnd, LoglikIsTeacherForcedAndOwnGreedyOutputsMatchExactly) {
   EXPECT_NE(cli.out.find("Brier score"), std::string::npos) << cli.out;
 
   // Bad input: one error line naming file:line, exit 1.
-  const std::string bad = write_text(dir + "/bad.jsonl", test::read_bytes(tasks) +
-                                                             "{\"prompt\": \"x\", \"choices\": "
-                                                             "[\" a\", \" b\"], \"answer\": 5}\n");
+  const std::string bad =
+      test::write_file(dir + "/bad.jsonl", test::read_bytes(tasks) +
+                                               "{\"prompt\": \"x\", \"choices\": "
+                                               "[\" a\", \" b\"], \"answer\": 5}\n");
   cli = tiller({"eval", "--model", model_dir, "--tasks", bad});
   EXPECT_EQ(cli.code, 1);
-  ASSERT_EQ(lines_of(cli.err).size(), 1u) << cli.err;
+  ASSERT_EQ(test::lines_of(cli.err).size(), 1u) << cli.err;
   EXPECT_NE(cli.err.find(bad + ":" + std::to_string(items.size() + 1)), std::string::npos)
       << cli.err;
   EXPECT_NE(cli.err.find("\"answer\""), std::string::npos) << cli.err;
@@ -402,10 +392,12 @@ TEST(EvalEndToEnd, AcrossASweepPrintsRowsByNAndDrawsBothPanels) {
   const double n_big = static_cast<double>(big_model->config.non_embedding_parameter_count());
   // The point directories also hold an earlier stage; the row's loss picks the measured one.
   save_hf_model(*small, sweep + "/points/p01_big/base/final", options);
-  write_text(sweep + "/points/p01_big/base/complete.json", "{\"final_val_loss\": 9.5}\n");
-  write_text(sweep + "/points/p01_big/pretrain/complete.json", "{\"final_val_loss\": 1.25}\n");
-  write_text(sweep + "/points/p00_small/pretrain/complete.json", "{\"final_val_loss\": 6.0}\n");
-  const std::string runs = write_text(
+  test::write_file(sweep + "/points/p01_big/base/complete.json", "{\"final_val_loss\": 9.5}\n");
+  test::write_file(sweep + "/points/p01_big/pretrain/complete.json",
+                   "{\"final_val_loss\": 1.25}\n");
+  test::write_file(sweep + "/points/p00_small/pretrain/complete.json",
+                   "{\"final_val_loss\": 6.0}\n");
+  const std::string runs = test::write_file(
       sweep + "/runs.jsonl",
       nlohmann::json{{"point", "p01_big"}, {"N", n_big}, {"D", 1e6}, {"loss", 1.25}}.dump() + "\n" +
           nlohmann::json{{"point", "p00_small"}, {"N", n_small}, {"D", 1e6}, {"loss", 6.0}}.dump() +
@@ -415,7 +407,7 @@ TEST(EvalEndToEnd, AcrossASweepPrintsRowsByNAndDrawsBothPanels) {
   CliRun cli = tiller({"eval", "--across", runs, "--tasks", tasks, "--svg", dir + "/chart.svg",
                        "--max-new-tokens", "6", "--threads", "1"});
   ASSERT_EQ(cli.code, 0) << cli.err;
-  const auto lines = lines_of(cli.out);
+  const auto lines = test::lines_of(cli.out);
   std::vector<std::string> table;
   for (const auto& line : lines)
     if (line.find("p0") != std::string::npos) table.push_back(line);
@@ -446,12 +438,12 @@ TEST(EvalEndToEnd, AcrossASweepPrintsRowsByNAndDrawsBothPanels) {
             j["rows"][1].at("loglik_per_token").get<double>());
 
   // A row whose point has no model: one error line naming runs.jsonl:line.
-  const std::string broken = write_text(
+  const std::string broken = test::write_file(
       sweep + "/broken.jsonl", test::read_bytes(runs) + "{\"point\": \"p09\", \"N\": 5}\n");
   cli = tiller({"eval", "--across", broken, "--tasks", tasks});
   EXPECT_EQ(cli.code, 1);
   EXPECT_NE(cli.err.find(broken + ":3"), std::string::npos) << cli.err;
-  EXPECT_EQ(lines_of(cli.err).size(), 1u) << cli.err;
+  EXPECT_EQ(test::lines_of(cli.err).size(), 1u) << cli.err;
 }
 
 TEST(EvalEndToEnd, MakeTaskFromACorpusIsReproducible) {

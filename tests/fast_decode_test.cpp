@@ -34,14 +34,14 @@ Transformer gqa_untied() {
 }
 
 // Within 1e-5 of the reference's largest magnitude: what summing in another order can change.
-void expect_close(const torch::Tensor& got, const torch::Tensor& reference,
-                  const std::string& what) {
+void expect_close_to_reference(const torch::Tensor& got, const torch::Tensor& reference,
+                               const std::string& what) {
   const double scale = reference.abs().max().item<double>();
   EXPECT_LE((got - reference).abs().max().item<double>(), 1e-5 * scale)
       << what << " (largest magnitude " << scale << ")";
 }
 
-const std::vector<std::vector<int64_t>> kPrompts = {
+const std::vector<std::vector<int64_t>> kPromptTokens = {
     {1, 5, 9}, {1}, {1, 3, 4, 8, 30, 22, 7}, {1, 12}};
 
 // Prefills `prompts` (left-padded) into two caches with the torch path, then decodes `steps`
@@ -81,14 +81,15 @@ void expect_steps_match(TransformerImpl& model, const std::vector<std::vector<in
     logits = model.logits(hidden).squeeze(1);
     const auto fast_logits = fast.step(token, position);
     ASSERT_EQ(fast_logits.sizes(), logits.sizes());
-    expect_close(fast_logits, logits, "logits of step " + std::to_string(step));
+    expect_close_to_reference(fast_logits, logits, "logits of step " + std::to_string(step));
     position = position + 1;
   }
   EXPECT_EQ(fast_cache.length, torch_cache.length);
   for (size_t l = 0; l < torch_cache.keys.size(); ++l) {
-    expect_close(fast_cache.keys[l], torch_cache.keys[l], "keys of layer " + std::to_string(l));
-    expect_close(fast_cache.values[l], torch_cache.values[l],
-                 "values of layer " + std::to_string(l));
+    expect_close_to_reference(fast_cache.keys[l], torch_cache.keys[l],
+                              "keys of layer " + std::to_string(l));
+    expect_close_to_reference(fast_cache.values[l], torch_cache.values[l],
+                              "values of layer " + std::to_string(l));
   }
 }
 
@@ -111,7 +112,7 @@ GenerationBatch expect_generate_matches(TransformerImpl& model,
   // Relative to the largest log-probability (about -9 on these models), as the logits are: the
   // two paths' log-probs differ by up to 1.7e-5 (over 80 seeds), as much as the torch decode
   // steps' own differ from a full forward pass (generation_test.cpp).
-  expect_close(fast.logprobs, reference.logprobs, "log-probs");
+  expect_close_to_reference(fast.logprobs, reference.logprobs, "log-probs");
   return fast;
 }
 
@@ -156,13 +157,13 @@ TEST(FastDecode, SupportsOnlyUnshardedFp32CpuLMs) {
 
 TEST(FastDecode, StepLogitsMatchTorchPathStories260kShape) {
   auto model = stories260k_shaped();
-  expect_steps_match(*model, kPrompts, 20);
+  expect_steps_match(*model, kPromptTokens, 20);
   expect_steps_match(*model, {{1, 40, 41, 42}}, 20);
 }
 
 TEST(FastDecode, StepLogitsMatchTorchPathGqaUntiedBiased) {
   auto model = gqa_untied();
-  expect_steps_match(*model, kPrompts, 20);
+  expect_steps_match(*model, kPromptTokens, 20);
   expect_steps_match(*model, {{1, 40, 41}}, 20);
 }
 
@@ -178,7 +179,7 @@ TEST(FastDecode, StepLogitsMatchTorchPathWithEachKernelSet) {
     auto model = make();
     for (auto isa : sets) {
       SCOPED_TRACE("kernels " + std::to_string(static_cast<int>(isa)));
-      expect_steps_match(*model, kPrompts, 20, isa);
+      expect_steps_match(*model, kPromptTokens, 20, isa);
     }
   }
   for (int64_t heads : {4, 8}) {  // head dims 16 and 8: 2 and 4 query heads per key/value head
@@ -186,18 +187,18 @@ TEST(FastDecode, StepLogitsMatchTorchPathWithEachKernelSet) {
     for (auto isa : sets) {
       SCOPED_TRACE("heads " + std::to_string(heads) + ", kernels " +
                    std::to_string(static_cast<int>(isa)));
-      expect_steps_match(*model, kPrompts, 20, isa);
+      expect_steps_match(*model, kPromptTokens, 20, isa);
     }
   }
   auto odd = test::sharp_random_model(test::llama_config(96, 48, 80, 2, 4, 4, 64), 5);
-  for (auto isa : sets) expect_steps_match(*odd, kPrompts, 20, isa);
+  for (auto isa : sets) expect_steps_match(*odd, kPromptTokens, 20, isa);
 }
 
 TEST(FastDecode, GenerateMatchesTorchPath) {
   for (auto* make : {&stories260k_shaped, &gqa_untied}) {
     auto model = make();
-    expect_generate_matches_all_modes(*model, kPrompts);
-    expect_generate_matches_all_modes(*model, {kPrompts[2]});
+    expect_generate_matches_all_modes(*model, kPromptTokens);
+    expect_generate_matches_all_modes(*model, {kPromptTokens[2]});
   }
 }
 
@@ -211,7 +212,7 @@ TEST(FastDecode, RowsStoppedAtEosMatchTorchPath) {
   // so that some rows stop and feed pads after. (Fixed ids left it to chance: whether a random
   // model samples them moved with the summation order of the thread count.)
   o.stop_at_eos = false;
-  const auto free_run = generate(*model, kPrompts, o);
+  const auto free_run = generate(*model, kPromptTokens, o);
   std::vector<int64_t> candidates;
   for (int64_t id = 3; id < model->config.vocab_size && candidates.size() < 3; ++id) {
     const auto rows_with_id = (free_run.response_ids == id).any(1).sum().item<int64_t>();
@@ -222,7 +223,7 @@ TEST(FastDecode, RowsStoppedAtEosMatchTorchPath) {
   int64_t ended = 0, rows = 0;
   for (int64_t eos : candidates) {
     o.eos_id = eos;
-    const auto batch = expect_generate_matches(*model, kPrompts, o);
+    const auto batch = expect_generate_matches(*model, kPromptTokens, o);
     ended += batch.ended_with_eos.sum().item<int64_t>();
     rows += batch.batch();
   }
@@ -245,7 +246,7 @@ TEST(FastDecode, AllRowsEndingEarlyMatchTorchPath) {
     o.temperature = 1.0;  // sampled (greedy rows of a random model loop on tokens of their own)
     o.seed = seed;
     o.stop_at_eos = false;
-    const auto free_run = generate(*model, kPrompts, o);
+    const auto free_run = generate(*model, kPromptTokens, o);
     const int64_t width = o.max_new_tokens;
     // As EOS, the token that every row produces, at whose latest first appearance over the rows
     // the batch ends earliest, that end not a multiple of 8 steps.
@@ -262,7 +263,7 @@ TEST(FastDecode, AllRowsEndingEarlyMatchTorchPath) {
     ++checked;
     o.stop_at_eos = true;
     o.eos_id = eos;
-    const auto batch = expect_generate_matches(*model, kPrompts, o);
+    const auto batch = expect_generate_matches(*model, kPromptTokens, o);
     EXPECT_EQ(batch.response_ids.size(1), end);
     EXPECT_TRUE(batch.ended_with_eos.all().item<bool>());
     // The picks each step hands to on_step, on both paths.
@@ -275,7 +276,7 @@ TEST(FastDecode, AllRowsEndingEarlyMatchTorchPath) {
         EXPECT_TRUE(picks.device().is_cpu());
         steps.emplace_back(picks.data_ptr<int64_t>(), picks.data_ptr<int64_t>() + picks.numel());
       };
-      generate(*model, kPrompts, with);
+      generate(*model, kPromptTokens, with);
     }
     EXPECT_EQ(heard[0].size(), static_cast<size_t>(end));
     EXPECT_EQ(heard[0], heard[1]);

@@ -15,10 +15,6 @@ using namespace tiller;
 
 namespace {
 
-void expect_close(const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
-  test::expect_close_to_scale(got, want, 1e-5, what);
-}
-
 // [B, H, L, D] views of one [B, L, 3 * H * D] projection, as the model takes q, k and v.
 std::vector<torch::Tensor> views_of(const torch::Tensor& projection, int64_t heads, int64_t dim) {
   const int64_t b = projection.size(0), l = projection.size(1);
@@ -44,8 +40,8 @@ torch::Tensor expect_fused_equals_formula(const torch::Tensor& base0, int64_t he
   auto ref = views_of(base_ref, heads, dim);
   const auto y_ref = compat::attention(ref[0], ref[1], ref[2], mask);
   (y_ref * upstream).sum().backward();
-  expect_close(y, y_ref, "output");
-  expect_close(base.grad(), base_ref.grad(), "gradient of q, k and v");
+  test::expect_kernel_close(y, y_ref, "output");
+  test::expect_kernel_close(base.grad(), base_ref.grad(), "gradient of q, k and v");
   return y;
 }
 
@@ -111,8 +107,9 @@ TEST(FusedAttention, BlocksOfQueriesSeeOnlyTheirKeysUnderEveryMask) {
   const auto grads = torch::autograd::grad({(y * y).sum()}, {q, k, v});
   const auto y_ref = compat::attention(q, k, v, allowed);
   const auto grads_ref = torch::autograd::grad({(y_ref * y_ref).sum()}, {q, k, v});
-  expect_close(y, y_ref, "cached output");
-  for (size_t i = 0; i < 3; ++i) expect_close(grads[i], grads_ref[i], "cached gradient");
+  test::expect_kernel_close(y, y_ref, "cached output");
+  for (size_t i = 0; i < 3; ++i)
+    test::expect_kernel_close(grads[i], grads_ref[i], "cached gradient");
 }
 
 TEST(FusedAttention, KeysLongerThanQueriesAsWithACache) {
@@ -124,7 +121,8 @@ TEST(FusedAttention, KeysLongerThanQueriesAsWithACache) {
   const auto allowed = causal_mask(torch::ones({batch, keys}, torch::kBool), queries);
   ASSERT_EQ(allowed.sizes(), torch::IntArrayRef({batch, 1, queries, keys}));
   torch::NoGradGuard no_grad;
-  expect_close(attention(q, k, v, allowed), compat::attention(q, k, v, allowed), "output");
+  test::expect_kernel_close(attention(q, k, v, allowed), compat::attention(q, k, v, allowed),
+                            "output");
 }
 
 TEST(FusedAttention, OtherDtypesTakeTheFormula) {

@@ -12,14 +12,6 @@
 
 using namespace tiller;
 
-namespace {
-
-void expect_close(const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
-  test::expect_close_to_scale(got, want, 1e-5, what);
-}
-
-}  // namespace
-
 TEST(FusedRmsNorm, EqualsTheFormulaForwardAndBackward) {
   torch::manual_seed(5);
   for (const auto& shape :
@@ -40,9 +32,9 @@ TEST(FusedRmsNorm, EqualsTheFormulaForwardAndBackward) {
     (yr * upstream).sum().backward();
 
     EXPECT_EQ(y.sizes(), yr.sizes());
-    expect_close(y, yr, "output");
-    expect_close(x.grad(), xr.grad(), "input gradient");
-    expect_close(w.grad(), wr.grad(), "weight gradient");
+    test::expect_kernel_close(y, yr, "output");
+    test::expect_kernel_close(x.grad(), xr.grad(), "input gradient");
+    test::expect_kernel_close(w.grad(), wr.grad(), "weight gradient");
     // The fused path ran: one autograd node where the formula has a chain of them.
     EXPECT_NE(y.grad_fn()->name().find("RmsNormFunction"), std::string::npos)
         << y.grad_fn()->name();
@@ -56,9 +48,10 @@ TEST(FusedRmsNorm, AccumulatesIntoExistingGradientsAndWorksWithoutAutograd) {
   rms_norm(x0, w, 1e-6).sum().backward();
   const auto once = w.grad().clone();
   rms_norm(x0, w, 1e-6).sum().backward();
-  expect_close(w.grad(), 2 * once, "accumulated weight gradient");
+  test::expect_kernel_close(w.grad(), 2 * once, "accumulated weight gradient");
   torch::NoGradGuard no_grad;
-  expect_close(rms_norm(x0, w, 1e-6), rms_norm_reference(x0, w, 1e-6), "no-grad output");
+  test::expect_kernel_close(rms_norm(x0, w, 1e-6), rms_norm_reference(x0, w, 1e-6),
+                            "no-grad output");
 }
 
 // bf16 takes the formula, not the fused fp32 path: checked against the formula written here in

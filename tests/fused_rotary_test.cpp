@@ -16,10 +16,6 @@ using namespace tiller;
 
 namespace {
 
-void expect_close(const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
-  test::expect_close_to_scale(got, want, 1e-5, what);
-}
-
 // q as the model takes it: a [B, H, T, hd] view (narrow, view, transpose) of a fused projection.
 torch::Tensor q_view(const torch::Tensor& projection, int64_t heads, int64_t head_dim) {
   const int64_t b = projection.size(0), t = projection.size(1);
@@ -52,8 +48,8 @@ TEST(FusedRotary, EqualsTheFormulaForwardAndBackward) {
     (y_ref * upstream).sum().backward();
 
     EXPECT_EQ(y.sizes(), y_ref.sizes());
-    expect_close(y, y_ref, "output");
-    expect_close(base.grad(), base_ref.grad(), "gradient of the projection");
+    test::expect_kernel_close(y, y_ref, "output");
+    test::expect_kernel_close(base.grad(), base_ref.grad(), "gradient of the projection");
     EXPECT_NE(y.grad_fn()->name().find("RotaryFunction"), std::string::npos) << y.grad_fn()->name();
     // The parts of the projection that are not q get no gradient.
     EXPECT_EQ(base.grad().narrow(2, 0, heads * head_dim).abs().max().item<double>(), 0.0);

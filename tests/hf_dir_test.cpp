@@ -36,16 +36,6 @@ Transformer random_model(const ModelConfig& config, uint64_t seed) {
 }
 
 // Same names, shapes, dtypes and bits.
-void expect_same_weights(TransformerImpl& a, TransformerImpl& b) {
-  auto wa = a.named_weights(), wb = b.named_weights();
-  ASSERT_EQ(wa.size(), wb.size());
-  for (size_t i = 0; i < wa.size(); ++i) {
-    EXPECT_EQ(wa[i].first, wb[i].first);
-    EXPECT_EQ(wa[i].second.scalar_type(), wb[i].second.scalar_type()) << wa[i].first;
-    EXPECT_TRUE(torch::equal(wa[i].second, wb[i].second)) << wa[i].first;
-  }
-}
-
 void expect_same_config(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(model_config_to_hf_json(a), model_config_to_hf_json(b));
 }
@@ -77,7 +67,7 @@ TEST(HfDir, RoundTripIsBitExact) {
 
   auto loaded = load_hf_model(dir);
   expect_same_config(loaded->config, model->config);
-  expect_same_weights(*model, *loaded);
+  test::expect_same_weights(*model, *loaded);
   // No temporary directories left next to the output.
   for (const auto& entry : std::filesystem::directory_iterator(dir + "/.."))
     EXPECT_EQ(entry.path().filename(), "model");
@@ -119,7 +109,7 @@ TEST(HfDir, ShardedRoundTripWritesAnIndex) {
   }
 
   auto loaded = load_hf_model(dir);
-  expect_same_weights(*model, *loaded);
+  test::expect_same_weights(*model, *loaded);
 
   // Saving again in one file replaces the directory: no stale shards or index remain.
   save_hf_model(*model, dir);
@@ -154,7 +144,7 @@ TEST(HfDir, Qwen2ShapeRoundTrips) {
   auto loaded = load_hf_model(dir);
   EXPECT_TRUE(loaded->config.attention_bias);
   expect_same_config(loaded->config, c);
-  expect_same_weights(*model, *loaded);
+  test::expect_same_weights(*model, *loaded);
 }
 
 TEST(HfDir, ScoreHeadRoundTripsAsSequenceClassification) {
@@ -178,7 +168,7 @@ TEST(HfDir, ScoreHeadRoundTripsAsSequenceClassification) {
   auto loaded = load_hf_model(dir);
   EXPECT_EQ(loaded->config.num_labels, 1);
   EXPECT_EQ(loaded->config.pad_token_id, 0);
-  expect_same_weights(*model, *loaded);
+  test::expect_same_weights(*model, *loaded);
   auto ids = torch::tensor({{1, 5, 7, 9}}, torch::kLong);
   auto mask = torch::ones_like(ids);
   torch::NoGradGuard no_grad;
@@ -311,7 +301,7 @@ TEST(HfDir, FailedSaveLeavesNothingBehind) {
   save_hf_model(*model, root + "/model");
   auto other = random_model(tiny_llama(), 11);
   EXPECT_FALSE(test::error_of([&] { save_hf_model(*other, root + "/model", options); }).empty());
-  expect_same_weights(*model, *load_hf_model(root + "/model"));
+  test::expect_same_weights(*model, *load_hf_model(root + "/model"));
   namespace fs = std::filesystem;
   EXPECT_EQ(std::distance(fs::directory_iterator(root), fs::directory_iterator()), 1);
 }

@@ -50,14 +50,9 @@ Transformer random_model(bool tied, uint64_t seed) {
   return model;
 }
 
-void expect_same_weights(TransformerImpl& a, TransformerImpl& b) {
+void expect_same_model(TransformerImpl& a, TransformerImpl& b) {
   EXPECT_EQ(model_config_to_hf_json(a.config), model_config_to_hf_json(b.config));
-  auto wa = a.named_weights(), wb = b.named_weights();
-  ASSERT_EQ(wa.size(), wb.size());
-  for (size_t i = 0; i < wa.size(); ++i) {
-    EXPECT_EQ(wa[i].first, wb[i].first);
-    EXPECT_TRUE(torch::equal(wa[i].second, wb[i].second)) << wa[i].first;
-  }
+  test::expect_same_weights(a, b);
 }
 
 // Byte ranges of a legacy file's sections, in file order.
@@ -158,7 +153,7 @@ TEST(Llama2c, Stories260KExportReimportIsIdentical) {
   EXPECT_EQ(exported.compare(0, sizeof(Header), original, 0, sizeof(Header)), 0);
 
   auto reimported = import_llama2c(path);
-  expect_same_weights(*model, *reimported);
+  expect_same_model(*model, *reimported);
   Tokenizer tok(tok_path);
   SamplingOptions o;
   o.temperature = 0;
@@ -180,12 +175,12 @@ TEST(Llama2c, UntiedModelRoundTrips) {
   EXPECT_EQ(bytes.size(), legacy_sections(h).back().begin + legacy_sections(h).back().bytes);
   auto reimported = import_llama2c(path);
   EXPECT_FALSE(reimported->config.tie_word_embeddings);
-  expect_same_weights(*model, *reimported);
+  expect_same_model(*model, *reimported);
   // The same model, tied, is smaller by one [V, D] classifier.
   auto tied = random_model(/*tied=*/true, 1);
   export_llama2c(*tied, path);
   EXPECT_EQ(read_file(path).size(), bytes.size() - 40 * 32 * 4);
-  expect_same_weights(*tied, *import_llama2c(path));
+  expect_same_model(*tied, *import_llama2c(path));
 }
 
 TEST(Llama2c, Version1ImportsLikeLegacy) {
@@ -196,13 +191,13 @@ TEST(Llama2c, Version1ImportsLikeLegacy) {
   write_bytes(dir + "/v1.bin", v1);
   auto legacy_model = import_llama2c(model_path);
   auto v1_model = import_llama2c(dir + "/v1.bin");
-  expect_same_weights(*legacy_model, *v1_model);
+  expect_same_model(*legacy_model, *v1_model);
 
   // Untied: the classifier comes last, after w3.
   auto untied = random_model(/*tied=*/false, 2);
   export_llama2c(*untied, dir + "/untied.bin");
   write_bytes(dir + "/untied_v1.bin", legacy_to_v1(read_file(dir + "/untied.bin")));
-  expect_same_weights(*untied, *import_llama2c(dir + "/untied_v1.bin"));
+  expect_same_model(*untied, *import_llama2c(dir + "/untied_v1.bin"));
 }
 
 // ---------------------------------------------------------------------------------------------

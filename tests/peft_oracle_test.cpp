@@ -115,7 +115,7 @@ torch::Tensor outputs_of(TransformerImpl& model, const Inputs& inputs) {
              : model.forward(inputs.input_ids, inputs.attention_mask);
 }
 
-double max_abs_diff(const torch::Tensor& got, const torch::Tensor& want) {
+double largest_difference(const torch::Tensor& got, const torch::Tensor& want) {
   const auto a = got.to(torch::kDouble), b = want.to(torch::kDouble).reshape(got.sizes());
   return (a - b).abs().max().item<double>();
 }
@@ -171,10 +171,10 @@ void check_tiller_adapter_in_peft(const std::string& python, const std::string& 
 
   PeftOutputs peft;
   ASSERT_EQ(run_oracle(python, "load", dir, rslora, &peft), "");
-  const double adapted = max_abs_diff(tiller, peft.adapted);
-  const double merged = max_abs_diff(tiller, peft.merged);
-  const double base = max_abs_diff(tiller_base, peft.base);
-  const double effect = max_abs_diff(tiller, tiller_base);
+  const double adapted = largest_difference(tiller, peft.adapted);
+  const double merged = largest_difference(tiller, peft.merged);
+  const double base = largest_difference(tiller_base, peft.base);
+  const double effect = largest_difference(tiller, tiller_base);
   std::printf(
       "Tiller adapter -> PEFT (%s): max |diff| adapted %.2e, merge_and_unload %.2e, base %.2e; "
       "the adapter moves the outputs by up to %.2e\n",
@@ -214,9 +214,9 @@ void check_peft_adapter_in_tiller(const std::string& python, const std::string& 
     LoraSwitchedOff off(*model);
     tiller_base = outputs_of(*model, inputs);
   }
-  const double adapted = max_abs_diff(tiller, peft.adapted);
-  const double merged = max_abs_diff(tiller, peft.merged);
-  const double effect = max_abs_diff(tiller, peft.base);
+  const double adapted = largest_difference(tiller, peft.adapted);
+  const double merged = largest_difference(tiller, peft.merged);
+  const double effect = largest_difference(tiller, peft.base);
   std::printf(
       "PEFT adapter -> Tiller (%s): max |diff| adapted %.2e (PEFT merged %.2e); the adapter "
       "moves the outputs by up to %.2e\n",
@@ -227,7 +227,7 @@ void check_peft_adapter_in_tiller(const std::string& python, const std::string& 
   // Tiller's adapters switched off give PEFT's disabled adapter, except where a reward model's
   // score head was trained whole (switching off covers the adapters only).
   if (num_labels == 0) {
-    EXPECT_LT(max_abs_diff(tiller_base, peft.base), kTolerance);
+    EXPECT_LT(largest_difference(tiller_base, peft.base), kTolerance);
   }
 }
 

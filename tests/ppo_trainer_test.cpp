@@ -298,7 +298,7 @@ struct ThreadsForTest {
   ~ThreadsForTest() { at::set_num_threads(before); }
 };
 
-void expect_close(const torch::Tensor& a, const torch::Tensor& b, const std::string& what) {
+void expect_allclose(const torch::Tensor& a, const torch::Tensor& b, const std::string& what) {
   EXPECT_TRUE(torch::allclose(a, b, /*rtol=*/1e-5, /*atol=*/1e-6))
       << what << ": max difference " << (a - b).abs().max().item<double>();
 }
@@ -323,11 +323,11 @@ TEST(PpoTrainer, SideBySideComputesWhatOneAfterTheOtherDoes) {
                                                test::episode_seeds(16, 3), 0.05);
   EXPECT_EQ(at::get_num_threads(), 2) << "the threads are restored after the rollout";
   ASSERT_TRUE(torch::equal(a.sequence_ids, b.sequence_ids));
-  expect_close(a.logprobs, b.logprobs, "log-probs");
-  expect_close(a.ref_logprobs, b.ref_logprobs, "reference log-probs");
-  expect_close(a.values, b.values, "values");
-  expect_close(a.entropy, b.entropy, "entropy");
-  expect_close(a.scorer_scores, b.scorer_scores, "scores");
+  expect_allclose(a.logprobs, b.logprobs, "log-probs");
+  expect_allclose(a.ref_logprobs, b.ref_logprobs, "reference log-probs");
+  expect_allclose(a.values, b.values, "values");
+  expect_allclose(a.entropy, b.entropy, "entropy");
+  expect_allclose(a.scorer_scores, b.scorer_scores, "scores");
 
   const auto learned_a = sequential.trainer->learn(a, 5);
   const auto learned_b = side_by_side.trainer->learn(b, 5);
@@ -342,7 +342,8 @@ TEST(PpoTrainer, SideBySideComputesWhatOneAfterTheOtherDoes) {
   for (const auto& [x, y] : pairs) {
     const auto px = x->named_parameters(), py = y->named_parameters();
     ASSERT_EQ(px.size(), py.size());
-    for (size_t i = 0; i < px.size(); ++i) expect_close(px[i].value(), py[i].value(), px[i].key());
+    for (size_t i = 0; i < px.size(); ++i)
+      expect_allclose(px[i].value(), py[i].value(), px[i].key());
   }
   // And they did move: a comparison of two untouched models would prove nothing.
   EXPECT_FALSE(torch::equal(side_by_side.actor->named_parameters()[1].value(),

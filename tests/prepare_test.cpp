@@ -19,11 +19,6 @@
 namespace tiller {
 namespace {
 
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-}
-
 void write_gzip(const std::string& path, const std::string& text) {
   gzFile f = gzopen(path.c_str(), "wb");
   ASSERT_NE(f, nullptr);
@@ -37,7 +32,7 @@ void write_zstd(const std::string& path, const std::string& text) {
   const size_t n = ZSTD_compress(out.data(), out.size(), text.data(), text.size(), 3);
   ASSERT_FALSE(ZSTD_isError(n));
   out.resize(n);
-  write_text(path, out);
+  test::write_file(path, out);
 }
 
 // English-like documents that pass Gopher's and C4's rules: sentences of common words and of
@@ -126,14 +121,6 @@ const nlohmann::json* step_of(const nlohmann::json& stats, const std::string& na
   return nullptr;
 }
 
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) lines.push_back(line);
-  return lines;
-}
-
 // The one-line error of `tiller data prepare` on a config; the exit status in *status.
 std::string prepare_error(const std::string& config_path, int* status) {
   std::string output;
@@ -158,7 +145,7 @@ TEST(Prepare, CleansFiltersDeduplicatesAndWritesShardsAcrossInputKinds) {
   for (int i = 0; i < 5; ++i) text += originals[i] + "\n";
   for (int i = 5; i < 10; ++i) text += maker.edited(originals[i], 1) + "\n";
   text += "$$$ ### ... ### $$$ ... ###\n";  // fails gopher_quality (too few words, symbols)
-  write_text(dir + "/in/web/a.txt", text);
+  test::write_file(dir + "/in/web/a.txt", text);
   // JSONL under .gz, the document in another field; one carries an e-mail address.
   std::string jsonl;
   for (int i = 30; i < 45; ++i) jsonl += json_line("content", originals[i]);
@@ -233,7 +220,7 @@ TEST(Prepare, TheOutputDoesNotDependOnTheNumberOfThreads) {
                               : maker.document(60 + i % 90));
     text += docs.back() + "\n";
   }
-  write_text(dir + "/corpus.txt", text);
+  test::write_file(dir + "/corpus.txt", text);
   std::string first_bytes;
   for (int threads : {1, 2}) {
     const std::string out = dir + "/out" + std::to_string(threads);
@@ -286,20 +273,20 @@ TEST(Prepare, HostileInputGetsOneLineNamingTheFileAndLeavesNoOutput) {
       write_zstd(input, good + good + good);
       std::filesystem::resize_file(input, std::filesystem::file_size(input) - 5);
     } else {
-      write_text(input, c.contents);
+      test::write_file(input, c.contents);
     }
     const std::string out = dir + "/out_" + c.name;
     const std::string config = dir + "/" + c.name + ".json";
-    write_text(config, nlohmann::json{{"inputs", input},
-                                      {"tokenizer", tokenizer_path},
-                                      {"output", out},
-                                      {"exact_dedup", true}}
-                           .dump());
+    test::write_file(config, nlohmann::json{{"inputs", input},
+                                            {"tokenizer", tokenizer_path},
+                                            {"output", out},
+                                            {"exact_dedup", true}}
+                                 .dump());
     int status = 0;
     const std::string error = prepare_error(config, &status);
     EXPECT_NE(status, 0);
     EXPECT_NE(error.find(c.expected), std::string::npos) << error;
-    EXPECT_EQ(lines_of(error).size(), 1u) << error;
+    EXPECT_EQ(test::lines_of(error).size(), 1u) << error;
     EXPECT_FALSE(path_exists(out));
     EXPECT_FALSE(path_exists(out + ".incomplete"));
   }
@@ -309,8 +296,8 @@ TEST(Prepare, BadDocumentsSkippedAreCountedWhenAsked) {
   TILLER_REQUIRE_SHARED(tokenizer_path, "models/stories260K/tok512.model");
   const std::string dir = test::temp_dir("prepare_skip");
   DocumentMaker maker(5);
-  write_text(dir + "/a.txt", maker.document(50) + "\n\xff\xfe broken\n" + std::string(5000, 'x') +
-                                 "\n" + maker.document(50) + "\n");
+  test::write_file(dir + "/a.txt", maker.document(50) + "\n\xff\xfe broken\n" +
+                                       std::string(5000, 'x') + "\n" + maker.document(50) + "\n");
   PrepareConfig config = config_from({{"inputs", dir + "/a.txt"},
                                       {"tokenizer", tokenizer_path},
                                       {"output", dir + "/out"},
@@ -324,13 +311,13 @@ TEST(Prepare, BadDocumentsSkippedAreCountedWhenAsked) {
 
 TEST(Prepare, ConfigMistakesAreAllNamedBeforeAnythingRuns) {
   const std::string dir = test::temp_dir("prepare_config");
-  write_text(dir + "/bad.json", nlohmann::json{{"inputs", {dir + "/missing.txt"}},
-                                               {"tokenizer", dir + "/none.model"},
-                                               {"output", dir + "/out"},
-                                               {"near_dedup", {{"bands", 10}, {"rows", 3}}},
-                                               {"gopher_qualty", true},
-                                               {"validation_fraction", 1.5}}
-                                    .dump());
+  test::write_file(dir + "/bad.json", nlohmann::json{{"inputs", {dir + "/missing.txt"}},
+                                                     {"tokenizer", dir + "/none.model"},
+                                                     {"output", dir + "/out"},
+                                                     {"near_dedup", {{"bands", 10}, {"rows", 3}}},
+                                                     {"gopher_qualty", true},
+                                                     {"validation_fraction", 1.5}}
+                                          .dump());
   int status = 0;
   const std::string error = prepare_error(dir + "/bad.json", &status);
   EXPECT_NE(status, 0);
@@ -359,16 +346,16 @@ TEST(Prepare, MemoryStaysUnderItsBoundOnACorpusFourTimesLarger) {
     }
   }
   const std::string config = dir + "/config.json";
-  write_text(config, nlohmann::json{{"inputs", dir + "/corpus.txt"},
-                                    {"tokenizer", tokenizer_path},
-                                    {"output", dir + "/out"},
-                                    {"threads", 2},
-                                    {"memory_mb", memory_mb},
-                                    {"normalize", true},
-                                    {"gopher_quality", true},
-                                    {"exact_dedup", true},
-                                    {"near_dedup", true}}
-                         .dump());
+  test::write_file(config, nlohmann::json{{"inputs", dir + "/corpus.txt"},
+                                          {"tokenizer", tokenizer_path},
+                                          {"output", dir + "/out"},
+                                          {"threads", 2},
+                                          {"memory_mb", memory_mb},
+                                          {"normalize", true},
+                                          {"gopher_quality", true},
+                                          {"exact_dedup", true},
+                                          {"near_dedup", true}}
+                               .dump());
   std::string output;
   ASSERT_EQ(test::run_command(
                 test::shell_command({test::tiller_binary(), "data", "prepare", config}) + " 2>&1",
@@ -397,19 +384,19 @@ TEST(Prepare, DeduplicationIndexesThatWouldOutgrowTheBoundStopWithOneLine) {
     DocumentMaker maker(23);
     for (int i = 0; i < 40000; ++i) out << maker.document(12) << "\n";
   }
-  write_text(dir + "/config.json", nlohmann::json{{"inputs", dir + "/many.txt"},
-                                                  {"tokenizer", tokenizer_path},
-                                                  {"output", dir + "/out"},
-                                                  {"threads", 1},
-                                                  {"memory_mb", 20},
-                                                  {"near_dedup", true}}
-                                       .dump());
+  test::write_file(dir + "/config.json", nlohmann::json{{"inputs", dir + "/many.txt"},
+                                                        {"tokenizer", tokenizer_path},
+                                                        {"output", dir + "/out"},
+                                                        {"threads", 1},
+                                                        {"memory_mb", 20},
+                                                        {"near_dedup", true}}
+                                             .dump());
   int status = 0;
   const std::string error = prepare_error(dir + "/config.json", &status);
   EXPECT_NE(status, 0);
   EXPECT_NE(error.find("the deduplication indexes need"), std::string::npos) << error;
   EXPECT_NE(error.find("raise memory_mb"), std::string::npos) << error;
-  EXPECT_EQ(lines_of(error).size(), 1u) << error;
+  EXPECT_EQ(test::lines_of(error).size(), 1u) << error;
   EXPECT_FALSE(path_exists(dir + "/out"));
   EXPECT_FALSE(path_exists(dir + "/out.incomplete"));
 }
@@ -449,7 +436,7 @@ TEST(Prepare, ARecipeGoesFromRawTextThroughShardsToPretrainingAndTheReportShowsI
            {"log_every", 1},
            {"eval_every", 6},
            {"checkpoint_every", 6}}}}}}};
-  write_text(dir + "/recipe.json", recipe.dump(2));
+  test::write_file(dir + "/recipe.json", recipe.dump(2));
   std::string output;
   ASSERT_EQ(test::run_command(
                 test::shell_command({test::tiller_binary(), "run", dir + "/recipe.json"}) + " 2>&1",

@@ -13,12 +13,6 @@ using namespace tiller;
 
 namespace {
 
-std::string write_text(const std::string& name, const std::string& text) {
-  const std::string path = test::temp_dir("prompt_data") + "/" + name;
-  std::ofstream(path, std::ios::binary) << text;
-  return path;
-}
-
 std::string answer_of(const std::string& record, const std::string& format = "auto") {
   return answer_from_record(nlohmann::json::parse(record), format, "f.jsonl:1");
 }
@@ -60,8 +54,8 @@ TEST(PromptData, ABadAnsweredRecordIsNamedByFileAndLine) {
 TEST(PromptData, AnsweredPromptsAreTokenizedAsLoadPromptsTokenizesThem) {
   TILLER_REQUIRE_SHARED(tok_path, "models/stories260K/tok512.model");
   Tokenizer tok(tok_path);
-  const std::string path = write_text("answered.jsonl",
-                                      R"({"prompt": "What is 2 + 3?", "answer": "5"}
+  const std::string path = test::write_temp_file("prompt_data", "answered.jsonl",
+                                                 R"({"prompt": "What is 2 + 3?", "answer": "5"}
 {"prompt": [{"role": "user", "content": "What is 7 - 4?"}], "answer": 3}
 {"question": "Tom has 3 cats and gets 2 more. How many?", "answer": "3 + 2 = 5\n#### 5"}
 )");
@@ -77,7 +71,7 @@ TEST(PromptData, AnsweredPromptsAreTokenizedAsLoadPromptsTokenizesThem) {
   EXPECT_EQ(stats.records, 3);
 
   // The same prompts without answers, through load_prompts, give the same tokens.
-  options.path = write_text("plain.jsonl", R"({"prompt": "What is 2 + 3?"}
+  options.path = test::write_temp_file("prompt_data", "plain.jsonl", R"({"prompt": "What is 2 + 3?"}
 {"prompt": [{"role": "user", "content": "What is 7 - 4?"}]}
 {"prompt": "Tom has 3 cats and gets 2 more. How many?"}
 )");
@@ -95,13 +89,13 @@ TEST(PromptData, BadAnsweredRecordsFailWithTheirLineOrAreSkippedAndCounted) {
 {"prompt": "What is 2 + 2?"}
 {"question": "q", "answer": "no final answer"}
 )";
-  options.path = write_text("bad.jsonl", records);
+  options.path = test::write_temp_file("prompt_data", "bad.jsonl", records);
   // (line 2, a prompt alone, is a prompt without an answer under auto)
   const std::string error = test::error_of([&] { load_answered_prompts(options, tok, nullptr); });
   EXPECT_NE(error.find("bad.jsonl:3: the GSM8K answer has no \"####\""), std::string::npos)
       << error;
 
-  options.path = write_text("bad_and_broken.jsonl", records + R"(not json
+  options.path = test::write_temp_file("prompt_data", "bad_and_broken.jsonl", records + R"(not json
 {"question": "What is 3 + 3?", "answer": "#### 6"}
 )");
   options.skip_bad_lines = true;
@@ -113,7 +107,8 @@ TEST(PromptData, BadAnsweredRecordsFailWithTheirLineOrAreSkippedAndCounted) {
   EXPECT_EQ(stats.skipped, 2);  // the malformed line, the missing marker
 
   options.format = "gsm8k";
-  options.path = write_text("gsm8k_format.jsonl", R"({"prompt": "p", "answer": "#### 1"})");
+  options.path = test::write_temp_file("prompt_data", "gsm8k_format.jsonl",
+                                       R"({"prompt": "p", "answer": "#### 1"})");
   options.skip_bad_lines = false;
   EXPECT_NE(test::error_of([&] {
               load_answered_prompts(options, tok, nullptr);

@@ -15,8 +15,6 @@ using namespace tiller;
 
 namespace {
 
-const char* const kStoriesTok = "models/stories260K/tok512.model";
-
 std::string write_lines(const std::string& path, const std::vector<std::string>& lines) {
   std::ofstream out(path);
   for (const auto& line : lines) out << line << "\n";
@@ -276,7 +274,7 @@ TEST(RankingData, OasstBadTreesAreErrorsOrCountedSkips) {
 }
 
 TEST(RankingData, TokenizedRankingsDropDuplicateSequencesAndExpandToPairs) {
-  TILLER_REQUIRE_SHARED(tok_path, kStoriesTok);
+  TILLER_REQUIRE_SHARED(tok_path, test::kStoriesTok);
   Tokenizer tok(tok_path);
   const std::string dir = test::temp_dir("ranking_tokenized");
   // The second ranking's two worst responses differ only past max_seq_len: after truncation the

@@ -71,12 +71,6 @@ size_t polyline_points(const std::string& series) {
   return n;
 }
 
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  ASSERT_TRUE(out.good()) << path;
-}
-
 std::string quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
@@ -235,14 +229,14 @@ class RunReport : public ::testing::Test {
     write_sft();
     write_reward();
     write_ppo();
-    write_text(run_dir_ + "/summary.json",
-               json{{"rows",
-                     {{{"label", "ground truth: base"}, {"value", 0.12}},
-                      {{"label", "ground truth: SFT"}, {"value", 0.31}},
-                      {{"label", "ground truth: PPO"}, {"value", 0.74}},
-                      {{"label", "RM validation accuracy"}, {"value", 0.88}},
-                      {{"label", "final KL"}, {"value", 2.41}}}}}
-                   .dump(2));
+    test::write_file(run_dir_ + "/summary.json",
+                     json{{"rows",
+                           {{{"label", "ground truth: base"}, {"value", 0.12}},
+                            {{"label", "ground truth: SFT"}, {"value", 0.31}},
+                            {{"label", "ground truth: PPO"}, {"value", 0.74}},
+                            {{"label", "RM validation accuracy"}, {"value", 0.88}},
+                            {{"label", "final KL"}, {"value", 2.41}}}}}
+                         .dump(2));
   }
 
   std::string stage_dir(const std::string& stage) {
@@ -259,7 +253,7 @@ class RunReport : public ::testing::Test {
                      {{"name", "sft"}, {"type", "sft"}},
                      {{"name", "rm"}, {"type", "reward"}},
                      {{"name", "ppo"}, {"type", "rlhf"}}}}};
-    write_text(run_dir_ + "/recipe.json", recipe.dump(2));
+    test::write_file(run_dir_ + "/recipe.json", recipe.dump(2));
   }
 
   // 40 steps; validation at step 0 and every 10 steps: 5 points.
@@ -275,8 +269,8 @@ class RunReport : public ::testing::Test {
       if (step % 10 == 0) r["val_loss"] = 6.1 - std::log(step);
       lines += r.dump() + "\n";
     }
-    write_text(dir + "/metrics.jsonl", lines);
-    write_text(
+    test::write_file(dir + "/metrics.jsonl", lines);
+    test::write_file(
         dir + "/complete.json",
         json{{"stage", "pretrain"}, {"type", "pretrain"}, {"steps", 40}, {"final_loss", 2.31}}.dump(
             2));
@@ -300,13 +294,14 @@ class RunReport : public ::testing::Test {
       if (step % 10 == 0) r["val_loss"] = step == 20 ? json() : json(2.1 - step * 0.02);
       lines += r.dump() + "\n";
     }
-    write_text(dir + "/metrics.jsonl", lines + "\n");  // a trailing blank line is not malformed
-    write_text(dir + "/complete.json", json{{"stage", "sft"},
-                                            {"type", "sft"},
-                                            {"steps", 30},
-                                            {"final_loss", 1.4},
-                                            {"final_val_loss", 1.52}}
-                                           .dump(2));
+    test::write_file(dir + "/metrics.jsonl",
+                     lines + "\n");  // a trailing blank line is not malformed
+    test::write_file(dir + "/complete.json", json{{"stage", "sft"},
+                                                  {"type", "sft"},
+                                                  {"steps", 30},
+                                                  {"final_loss", 1.4},
+                                                  {"final_val_loss", 1.52}}
+                                                 .dump(2));
   }
 
   void write_reward() {
@@ -327,13 +322,13 @@ class RunReport : public ::testing::Test {
       }
       lines += r.dump() + "\n";
     }
-    write_text(dir + "/metrics.jsonl", lines);
-    write_text(dir + "/complete.json", json{{"stage", "rm"},
-                                            {"type", "reward"},
-                                            {"val_accuracy", 0.88},
-                                            {"reward_offset", -0.12},
-                                            {"steps", 20}}
-                                           .dump(2));
+    test::write_file(dir + "/metrics.jsonl", lines);
+    test::write_file(dir + "/complete.json", json{{"stage", "rm"},
+                                                  {"type", "reward"},
+                                                  {"val_accuracy", 0.88},
+                                                  {"reward_offset", -0.12},
+                                                  {"steps", 20}}
+                                                 .dump(2));
   }
 
   // 25 iterations, ground truth missing at iteration 5; samples at iterations 0, 10 and 25.
@@ -361,7 +356,7 @@ class RunReport : public ::testing::Test {
       if (it != 5) r["ground_truth"] = 0.3 + it * 0.02;
       lines += r.dump() + "\n";
     }
-    write_text(dir + "/metrics.jsonl", lines);
+    test::write_file(dir + "/metrics.jsonl", lines);
     auto sample = [](int iteration, const std::string& prompt, const std::string& response,
                      double score, json ground_truth) {
       return json{{"iteration", iteration},
@@ -372,7 +367,7 @@ class RunReport : public ::testing::Test {
                  .dump() +
              "\n";
     };
-    write_text(
+    test::write_file(
         dir + "/samples.jsonl",
         sample(0, "Tell a story about a cat.", "The cat sat.", -0.8, 0) +
             sample(0, "Say hi & bye.", "<script>alert(1)</script>", -1.2, nullptr) +
@@ -381,14 +376,14 @@ class RunReport : public ::testing::Test {
             // The after-samples in another order: rows pair them by prompt.
             sample(25, "Say hi & bye.", "Hi! Bye! A&B", 1.4, 1) +
             sample(25, "Tell a story about a cat.", "Once upon a time, a happy cat.", 1.1, 1));
-    write_text(dir + "/complete.json", json{{"stage", "ppo"},
-                                            {"type", "rlhf"},
-                                            {"ground_truth_initial", 0.31},
-                                            {"ground_truth_final", 0.74},
-                                            {"rm_score_initial", -0.9},
-                                            {"rm_score_final", 1.5},
-                                            {"kl_final", 2.41}}
-                                           .dump(2));
+    test::write_file(dir + "/complete.json", json{{"stage", "ppo"},
+                                                  {"type", "rlhf"},
+                                                  {"ground_truth_initial", 0.31},
+                                                  {"ground_truth_final", 0.74},
+                                                  {"rm_score_initial", -0.9},
+                                                  {"rm_score_final", 1.5},
+                                                  {"kl_final", 2.41}}
+                                                 .dump(2));
   }
 
   std::string run_dir_;
@@ -495,8 +490,8 @@ TEST_F(RunReport, ShowsARunInProgress) {
   // A stage the recipe lists that has not started, and one whose summary is corrupt.
   json recipe = read_json_file(run_dir_ + "/recipe.json");
   recipe["stages"].push_back({{"name", "ppo2"}, {"type", "rlhf"}});
-  write_text(run_dir_ + "/recipe.json", recipe.dump());
-  write_text(run_dir_ + "/rm/complete.json", "{\"val_accuracy\": ");
+  test::write_file(run_dir_ + "/recipe.json", recipe.dump());
+  test::write_file(run_dir_ + "/rm/complete.json", "{\"val_accuracy\": ");
 
   const std::string page = render_run_report(run_dir_);
   EXPECT_EQ(count(page, "<td class=\"status-complete\">complete</td>"), 2u);
@@ -523,15 +518,15 @@ TEST(RunReportErrors, NameTheFileThatIsNotARun) {
   error = test::error_of([&] { render_run_report(dir); });
   EXPECT_NE(error.find(dir + "/recipe.json: not found"), std::string::npos) << error;
 
-  write_text(dir + "/recipe.json", "{\"stages\": [");
+  test::write_file(dir + "/recipe.json", "{\"stages\": [");
   error = test::error_of([&] { render_run_report(dir); });
   EXPECT_NE(error.find(dir + "/recipe.json:1:"), std::string::npos) << error;
 
-  write_text(dir + "/recipe.json", "{\"run\": {}}");
+  test::write_file(dir + "/recipe.json", "{\"run\": {}}");
   error = test::error_of([&] { render_run_report(dir); });
   EXPECT_NE(error.find(dir + "/recipe.json: no \"stages\" list"), std::string::npos) << error;
 
-  write_text(dir + "/recipe.json", "{\"stages\": [{\"type\": \"sft\"}]}");
+  test::write_file(dir + "/recipe.json", "{\"stages\": [{\"type\": \"sft\"}]}");
   error = test::error_of([&] { render_run_report(dir); });
   EXPECT_NE(error.find(dir + "/recipe.json: stages[0] has no \"name\""), std::string::npos)
       << error;

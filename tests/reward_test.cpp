@@ -27,9 +27,6 @@ using namespace tiller;
 
 namespace {
 
-const char* const kStoriesBin = "models/stories260K/stories260K.bin";
-const char* const kStoriesTok = "models/stories260K/tok512.model";
-
 // The message of the tiller::Error `fn` throws, or "" when it throws none.
 template <typename Fn>
 std::string error_of(Fn fn) {
@@ -113,11 +110,6 @@ void write_story_rankings(const std::string& path, int count, uint32_t seed) {
   }
 }
 
-std::string write_text(const std::string& path, const std::string& text) {
-  std::ofstream(path) << text;
-  return path;
-}
-
 // stories260K converted to an HF directory (once per test binary run).
 std::string stories_hf_dir(const std::string& bin, const std::string& tok) {
   static std::string dir;
@@ -135,9 +127,10 @@ std::string stories_hf_dir(const std::string& bin, const std::string& tok) {
 Recipe reward_recipe(const std::string& dir, const std::string& base, const std::string& stage_json,
                      RewardStageConfig* config) {
   const std::string path = dir + "/recipe.json";
-  write_text(path, R"({"run": {"name": "rm", "dir": ")" + dir + R"(/run", "seed": 3, "threads": 2},
+  test::write_file(path, R"({"run": {"name": "rm", "dir": ")" + dir +
+                             R"(/run", "seed": 3, "threads": 2},
                        "base": {"hf": ")" +
-                       base + R"("}, "stages": [)" + stage_json + "]}");
+                             base + R"("}, "stages": [)" + stage_json + "]}");
   ConfigErrors errors;
   Recipe recipe = load_recipe(path, {}, errors);
   *config = parse_reward_stage(recipe.stages.at(0), errors);
@@ -328,10 +321,10 @@ TEST(RewardData, PreferenceLayoutsAndMargins) {
 }
 
 TEST(RewardData, EosHandlingIsIdenticalInTrainingEvaluationAndScoring) {
-  TILLER_REQUIRE_SHARED(tok_path, kStoriesTok);
+  TILLER_REQUIRE_SHARED(tok_path, test::kStoriesTok);
   Tokenizer tok(tok_path);
   const std::string dir = test::temp_dir("reward_eos");
-  const std::string path = write_text(
+  const std::string path = test::write_file(
       dir + "/p.jsonl",
       R"({"prompt": "Tell me a story.", "chosen": "Tom was happy.", "rejected": "Tom was sad."})"
       "\n");
@@ -410,7 +403,7 @@ TEST(RewardData, APairsResponsesShareOnePromptCut) {
 }
 
 TEST(RewardData, BadInputIsAClearErrorOrACountedDrop) {
-  TILLER_REQUIRE_SHARED(tok_path, kStoriesTok);
+  TILLER_REQUIRE_SHARED(tok_path, test::kStoriesTok);
   Tokenizer tok(tok_path);
   const std::string dir = test::temp_dir("reward_bad");
   const std::string good = R"({"prompt": "Q", "chosen": "yes", "rejected": "no"})";
@@ -419,15 +412,15 @@ TEST(RewardData, BadInputIsAClearErrorOrACountedDrop) {
   o.max_seq_len = 64;
 
   // Missing "rejected": an error naming file:line.
-  o.path = write_text(dir + "/missing.jsonl",
-                      good + "\n" + R"({"prompt": "Q", "chosen": "yes"})" + "\n");
+  o.path = test::write_file(dir + "/missing.jsonl",
+                            good + "\n" + R"({"prompt": "Q", "chosen": "yes"})" + "\n");
   auto msg = error_of([&] { load_preference_pairs(o, tok, nullptr); });
   EXPECT_NE(msg.find(o.path + ":2: missing field \"rejected\""), std::string::npos) << msg;
 
   // Bad JSON: an error naming file:line; with skip_bad_lines, a counted skip (both kinds).
-  o.path =
-      write_text(dir + "/badjson.jsonl", good + "\n\n" + R"({"prompt": "Q", "chosen": )" + "\n" +
-                                             R"({"prompt": "Q", "chosen": "y"})" + "\n");
+  o.path = test::write_file(dir + "/badjson.jsonl", good + "\n\n" +
+                                                        R"({"prompt": "Q", "chosen": )" + "\n" +
+                                                        R"({"prompt": "Q", "chosen": "y"})" + "\n");
   msg = error_of([&] { load_preference_pairs(o, tok, nullptr); });
   EXPECT_NE(msg.find(o.path + ":3"), std::string::npos) << msg;
   EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
@@ -440,10 +433,10 @@ TEST(RewardData, BadInputIsAClearErrorOrACountedDrop) {
 
   // Identical sides and prompts over max_seq_len: dropped and counted.
   const std::string long_prompt(400, 'x');
-  o.path = write_text(dir + "/drops.jsonl",
-                      good + "\n" + R"({"prompt": "Q", "chosen": "same", "rejected": "same"})" +
-                          "\n" + R"({"prompt": ")" + long_prompt +
-                          R"(", "chosen": "a", "rejected": "b"})" + "\n");
+  o.path = test::write_file(
+      dir + "/drops.jsonl",
+      good + "\n" + R"({"prompt": "Q", "chosen": "same", "rejected": "same"})" + "\n" +
+          R"({"prompt": ")" + long_prompt + R"(", "chosen": "a", "rejected": "b"})" + "\n");
   pairs = load_preference_pairs(o, tok, &stats);
   EXPECT_EQ(pairs.size(), 1u);
   EXPECT_EQ(stats.records, 3);
@@ -451,9 +444,9 @@ TEST(RewardData, BadInputIsAClearErrorOrACountedDrop) {
   EXPECT_EQ(stats.prompt_too_long, 1);
 
   // Nothing usable left: one error saying why.
-  o.path =
-      write_text(dir + "/none.jsonl", R"({"prompt": "Q", "chosen": "same", "rejected": "same"})"
-                                      "\n");
+  o.path = test::write_file(dir + "/none.jsonl",
+                            R"({"prompt": "Q", "chosen": "same", "rejected": "same"})"
+                            "\n");
   msg = error_of([&] { load_preference_pairs(o, tok, nullptr); });
   EXPECT_NE(msg.find("no usable preference pairs (1 records: 1 identical"), std::string::npos)
       << msg;
@@ -461,7 +454,7 @@ TEST(RewardData, BadInputIsAClearErrorOrACountedDrop) {
 
 TEST(RewardStageConfig, MistakesAreReportedWithPaths) {
   const std::string dir = test::temp_dir("reward_config");
-  const std::string path = write_text(dir + "/r.json", R"({
+  const std::string path = test::write_file(dir + "/r.json", R"({
     "run": {"name": "x", "dir": ")" + dir + R"(/run"}, "base": {"hf": "m"},
     "stages": [{"name": "rm", "type": "reward",
                 "data": {"train": "nope.jsonl", "format": "pairs", "val_fraction": 0},
@@ -484,8 +477,8 @@ TEST(RewardStageConfig, MistakesAreReportedWithPaths) {
 // End to end (stories260K)
 
 TEST(RewardStage, Stories260kLearnsAPreferenceRuleAndEvaluationAgrees) {
-  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
-  TILLER_REQUIRE_SHARED(tok, kStoriesTok);
+  TILLER_REQUIRE_SHARED(bin, test::kStoriesBin);
+  TILLER_REQUIRE_SHARED(tok, test::kStoriesTok);
   const std::string dir = test::temp_dir("reward_e2e");
   const std::string init = stories_hf_dir(bin, tok);
   write_story_pairs(dir + "/train.jsonl", 320, 1);
@@ -557,10 +550,10 @@ TEST(RewardStage, Stories260kLearnsAPreferenceRuleAndEvaluationAgrees) {
   EXPECT_DOUBLE_EQ(printed["accuracy"].get<double>(), eval.accuracy);
   EXPECT_NEAR(printed["margin"].get<double>(), eval.margin, 1e-4);  // 2 threads vs the test's
   EXPECT_EQ(printed["pairs"], eval.pairs);
-  write_text(dir + "/bad.jsonl", R"({"prompt": "Q", "chosen": "a", "rejected": "b"})"
-                                 "\n"
-                                 R"({"prompt": "Q", "chosen": "a"})"
-                                 "\n");
+  test::write_file(dir + "/bad.jsonl", R"({"prompt": "Q", "chosen": "a", "rejected": "b"})"
+                                       "\n"
+                                       R"({"prompt": "Q", "chosen": "a"})"
+                                       "\n");
   EXPECT_EQ(test::run_command(test::tiller_binary() + " eval reward --model " + final_dir +
                                   " --data " + dir + "/bad.jsonl",
                               &out),
@@ -572,7 +565,7 @@ TEST(RewardStage, Stories260kLearnsAPreferenceRuleAndEvaluationAgrees) {
 
 TEST(RewardStage, ShippedRecipeAndCommandLineChecks) {
   TILLER_REQUIRE_SHARED(hh, "preference/hh_rlhf_harmless_base_test.jsonl.gz");
-  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
+  TILLER_REQUIRE_SHARED(bin, test::kStoriesBin);
   std::string out;
   const std::string cd = std::string("cd ") + TILLER_SOURCE_DIR + " && ";
   EXPECT_EQ(
@@ -591,8 +584,8 @@ TEST(RewardStage, ShippedRecipeAndCommandLineChecks) {
 }
 
 TEST(RewardStage, ResumeEndsBitIdenticalToAnUninterruptedRun) {
-  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
-  TILLER_REQUIRE_SHARED(tok, kStoriesTok);
+  TILLER_REQUIRE_SHARED(bin, test::kStoriesBin);
+  TILLER_REQUIRE_SHARED(tok, test::kStoriesTok);
   const std::string init = stories_hf_dir(bin, tok);
   // Pairs, and rankings trained with InstructGPT's loss (whose forward count resumes too).
   for (const std::string format : {"preference", "ranking"}) {
@@ -657,8 +650,8 @@ int64_t forwards_to_reach(const std::vector<std::pair<int64_t, double>>& curve, 
 }  // namespace
 
 TEST(RankingRewardStage, OneForwardPerResponseReachesThePairwiseAccuracyWithFewerForwards) {
-  TILLER_REQUIRE_SHARED(bin, kStoriesBin);
-  TILLER_REQUIRE_SHARED(tok, kStoriesTok);
+  TILLER_REQUIRE_SHARED(bin, test::kStoriesBin);
+  TILLER_REQUIRE_SHARED(tok, test::kStoriesTok);
   const std::string dir = test::temp_dir("reward_rankings");
   const std::string init = stories_hf_dir(bin, tok);
   write_story_rankings(dir + "/train.jsonl", 240, 11);
@@ -724,9 +717,9 @@ TEST(RankingRewardStage, OneForwardPerResponseReachesThePairwiseAccuracyWithFewe
 
 TEST(RankingRewardStage, RankingOptionsAreRefusedWherePairsAreRead) {
   const std::string dir = test::temp_dir("reward_rankings_config");
-  write_text(dir + "/p.jsonl", R"({"prompt": "Q", "chosen": "a", "rejected": "b"})"
-                               "\n");
-  const std::string path = write_text(dir + "/r.json", R"({
+  test::write_file(dir + "/p.jsonl", R"({"prompt": "Q", "chosen": "a", "rejected": "b"})"
+                                     "\n");
+  const std::string path = test::write_file(dir + "/r.json", R"({
     "run": {"name": "x", "dir": ")" + dir + R"(/run"}, "base": {"hf": "m"},
     "stages": [{"name": "rm", "type": "reward", "init": "@base",
                 "data": {"train": ")" + dir + R"(/p.jsonl", "format": "preference"},

@@ -19,13 +19,6 @@ CudaMachine machine(bool built_with_cuda, int gpus) {
   return {built_with_cuda, gpus, "9.9.9"};
 }
 
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
 // `tiller ARGS` with `environment` ("NAME=value ...") before it.
 test::CliResult tiller_with(const std::string& environment, const std::vector<std::string>& args) {
   static int counter = 0;
@@ -48,7 +41,7 @@ test::CliResult tiller_with(const std::string& environment, const std::vector<st
 void expect_refused_leaving_nothing(const test::CliResult& r, const std::string& value,
                                     const std::string& dir) {
   EXPECT_NE(r.code, 0) << r.out << r.err;
-  const auto lines = lines_of(r.err);
+  const auto lines = test::lines_of(r.err);
   ASSERT_EQ(lines.size(), 1u) << r.err;
   EXPECT_EQ(lines[0].rfind("tiller: error: ", 0), 0u) << lines[0];
   EXPECT_NE(lines[0].find("run.device"), std::string::npos) << lines[0];

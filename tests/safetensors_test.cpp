@@ -26,7 +26,7 @@ std::string write_raw(const std::string& dir, const std::string& name, const std
   return path;
 }
 
-std::string error_of(const std::string& path) {
+std::string file_error(const std::string& path) {
   try {
     SafetensorsFile file(path);
   } catch (const Error& e) {
@@ -59,20 +59,21 @@ TEST(Safetensors, RoundTripIsBitExactForEveryDtype) {
 TEST(Safetensors, TruncatedFileIsAnError) {
   const std::string dir = test::temp_dir("st_trunc");
   std::ofstream(dir + "/t.safetensors", std::ios::binary) << "abc";
-  EXPECT_NE(error_of(dir + "/t.safetensors").find("truncated"), std::string::npos);
+  EXPECT_NE(file_error(dir + "/t.safetensors").find("truncated"), std::string::npos);
 }
 
 TEST(Safetensors, HeaderLengthPastEndOfFile) {
   const std::string dir = test::temp_dir("st_hlen");
   auto path = write_raw(dir, "h.safetensors", "{}", 0, /*claimed_header_len=*/1 << 20);
-  EXPECT_NE(error_of(path).find("runs past the end"), std::string::npos) << error_of(path);
+  EXPECT_NE(file_error(path).find("runs past the end"), std::string::npos) << file_error(path);
 }
 
 TEST(Safetensors, TensorDataOutsideFile) {
   const std::string dir = test::temp_dir("st_oob");
   auto path = write_raw(dir, "o.safetensors",
                         R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8);
-  EXPECT_NE(error_of(path).find("outside the data section"), std::string::npos) << error_of(path);
+  EXPECT_NE(file_error(path).find("outside the data section"), std::string::npos)
+      << file_error(path);
 }
 
 TEST(Safetensors, OverlappingTensors) {
@@ -81,22 +82,22 @@ TEST(Safetensors, OverlappingTensors) {
                         R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                         R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
                         16);
-  EXPECT_NE(error_of(path).find("overlap"), std::string::npos) << error_of(path);
+  EXPECT_NE(file_error(path).find("overlap"), std::string::npos) << file_error(path);
 }
 
 TEST(Safetensors, UnknownDtype) {
   const std::string dir = test::temp_dir("st_dtype");
   auto path = write_raw(dir, "d.safetensors",
                         R"({"w":{"dtype":"F24","shape":[1],"data_offsets":[0,3]}})", 3);
-  EXPECT_NE(error_of(path).find("unknown dtype 'F24'"), std::string::npos) << error_of(path);
+  EXPECT_NE(file_error(path).find("unknown dtype 'F24'"), std::string::npos) << file_error(path);
 }
 
 TEST(Safetensors, ShapeTimesDtypeMustEqualSpan) {
   const std::string dir = test::temp_dir("st_span");
   auto path = write_raw(dir, "s.safetensors",
                         R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8);
-  EXPECT_NE(error_of(path).find("12 bytes but data_offsets span 8"), std::string::npos)
-      << error_of(path);
+  EXPECT_NE(file_error(path).find("12 bytes but data_offsets span 8"), std::string::npos)
+      << file_error(path);
 }
 
 TEST(Safetensors, HugeShapeDoesNotOverflow) {
@@ -104,7 +105,7 @@ TEST(Safetensors, HugeShapeDoesNotOverflow) {
   auto path = write_raw(
       dir, "s.safetensors",
       R"({"w":{"dtype":"F32","shape":[1099511627776,1099511627776,16],"data_offsets":[0,8]}})", 8);
-  EXPECT_FALSE(error_of(path).empty());
+  EXPECT_FALSE(file_error(path).empty());
 }
 
 // Found by reading for the fuzzer: 2^40 x 2^21 F64 is 2^64 bytes, which wrapped to 0 and matched
@@ -114,13 +115,13 @@ TEST(Safetensors, ByteCountThatWrapsTo64BitsIsAnError) {
   auto path =
       write_raw(dir, "s.safetensors",
                 R"({"w":{"dtype":"F64","shape":[1099511627776,2097152],"data_offsets":[0,0]}})", 0);
-  EXPECT_NE(error_of(path).find("tensor 'w': shape [1099511627776,2097152] is too large"),
+  EXPECT_NE(file_error(path).find("tensor 'w': shape [1099511627776,2097152] is too large"),
             std::string::npos)
-      << error_of(path);
+      << file_error(path);
   auto f32 =
       write_raw(dir, "f.safetensors",
                 R"({"w":{"dtype":"F32","shape":[1099511627776,4194304],"data_offsets":[0,0]}})", 0);
-  EXPECT_NE(error_of(f32).find("is too large"), std::string::npos) << error_of(f32);
+  EXPECT_NE(file_error(f32).find("is too large"), std::string::npos) << file_error(f32);
 }
 
 TEST(Safetensors, FromBytesSharesTheFileChecks) {
@@ -143,15 +144,16 @@ TEST(Safetensors, FromBytesSharesTheFileChecks) {
 TEST(Safetensors, MalformedHeaderJson) {
   const std::string dir = test::temp_dir("st_json");
   auto path = write_raw(dir, "j.safetensors", R"({"w":{"dtype":)", 0);
-  EXPECT_NE(error_of(path).find("not valid JSON"), std::string::npos) << error_of(path);
+  EXPECT_NE(file_error(path).find("not valid JSON"), std::string::npos) << file_error(path);
   auto not_object = write_raw(dir, "n.safetensors", R"([1,2])", 0);
-  EXPECT_NE(error_of(not_object).find("not a JSON object"), std::string::npos);
+  EXPECT_NE(file_error(not_object).find("not a JSON object"), std::string::npos);
   auto bad_offsets = write_raw(dir, "b.safetensors",
                                R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}})", 4);
-  EXPECT_NE(error_of(bad_offsets).find("non-negative"), std::string::npos) << error_of(bad_offsets);
+  EXPECT_NE(file_error(bad_offsets).find("non-negative"), std::string::npos)
+      << file_error(bad_offsets);
 }
 
 TEST(Safetensors, MissingFile) {
-  EXPECT_NE(error_of("/nonexistent/x.safetensors").find("cannot open /nonexistent/x.safetensors"),
+  EXPECT_NE(file_error("/nonexistent/x.safetensors").find("cannot open /nonexistent/x.safetensors"),
             std::string::npos);
 }

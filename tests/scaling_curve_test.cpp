@@ -58,10 +58,6 @@ CurveLog synthetic_log(const ScheduleOptions& schedule, double noise, uint64_t s
   return log;
 }
 
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream(path) << text;
-}
-
 }  // namespace
 
 TEST(ScalingCurve, AnnealingAreaGrowsOnlyAfterWarmup) {
@@ -121,15 +117,15 @@ TEST(ScalingCurve, ReadsMetricsAndRecipe) {
   const std::string dir = test::temp_dir("scaling_curve_read");
   std::filesystem::create_directories(dir + "/pretrain");
   const ScheduleOptions s = cosine_schedule();
-  write_text(dir + "/recipe.json", nlohmann::json{{"stages",
-                                                   {{{"name", "pretrain"},
-                                                     {"train",
-                                                      {{"steps", s.total_steps},
-                                                       {"lr", s.lr},
-                                                       {"warmup_steps", s.warmup_steps},
-                                                       {"min_lr_ratio", s.min_lr_ratio},
-                                                       {"schedule", "cosine"}}}}}}}
-                                       .dump());
+  test::write_file(dir + "/recipe.json", nlohmann::json{{"stages",
+                                                         {{{"name", "pretrain"},
+                                                           {"train",
+                                                            {{"steps", s.total_steps},
+                                                             {"lr", s.lr},
+                                                             {"warmup_steps", s.warmup_steps},
+                                                             {"min_lr_ratio", s.min_lr_ratio},
+                                                             {"schedule", "cosine"}}}}}}}
+                                             .dump());
   const ScheduleOptions read = schedule_from_recipe(dir + "/recipe.json", "pretrain");
   EXPECT_EQ(read.total_steps, 1000);
   EXPECT_EQ(read.warmup_steps, 50);
@@ -138,7 +134,7 @@ TEST(ScalingCurve, ReadsMetricsAndRecipe) {
   for (const CurvePoint& p : synthetic_log(s, 0.0, 1).points)
     text += nlohmann::json{{"step", p.step}, {"loss", p.loss}, {"lr", p.lr}}.dump() + "\n";
   text += "{\"step\": 1000, \"val_loss\": 2.5}\n";
-  write_text(dir + "/pretrain/metrics.jsonl", text);
+  test::write_file(dir + "/pretrain/metrics.jsonl", text);
   const CurveLog log = read_curve_log(dir + "/pretrain/metrics.jsonl");
   EXPECT_EQ(log.points.size(), 999u);
   EXPECT_EQ(log.last_step, 1000);
@@ -177,7 +173,7 @@ TEST(ScalingCurve, ErrorsAreOneLineNamingTheFile) {
   EXPECT_NE(beyond.find("beyond the run"), std::string::npos) << beyond;
 
   const std::string no_lr = dir + "/no_lr.jsonl";
-  write_text(no_lr, "{\"step\": 1, \"loss\": 5.0}\n");
+  test::write_file(no_lr, "{\"step\": 1, \"loss\": 5.0}\n");
   const std::string message = test::error_of([&] { read_curve_log(no_lr); });
   one_line_naming(message, no_lr);
   EXPECT_NE(message.find("no lr"), std::string::npos) << message;

@@ -56,12 +56,6 @@ std::vector<HparamRun> synthetic_grid(double noise, uint64_t seed) {
   return runs;
 }
 
-std::string write_temp(const std::string& name, const std::string& text) {
-  const std::string path = test::temp_dir("scaling_hparams") + "/" + name;
-  std::ofstream(path) << text;
-  return path;
-}
-
 }  // namespace
 
 TEST(ScalingHparams, RecoversDeepSeekLawsFromASyntheticGrid) {
@@ -155,11 +149,11 @@ TEST(ScalingHparams, GroupsRunsIntoBudgetsByComputeOrByAColumn) {
   EXPECT_EQ(group_budgets(runs, 0, 0.25).size(), 5u);
 
   // A budget column: equal values share a budget, whatever C is.
-  const std::string path = write_temp("budget.csv",
-                                      "budget,C,lr,batch_tokens,loss\n"
-                                      "1e18,1.0e18,1e-3,1e5,3.0\n"
-                                      "1e18,1.2e18,2e-3,1e5,3.1\n"
-                                      "1e19,1.0e19,1e-3,2e5,2.9\n");
+  const std::string path = test::write_temp_file("scaling_hparams", "budget.csv",
+                                                 "budget,C,lr,batch_tokens,loss\n"
+                                                 "1e18,1.0e18,1e-3,1e5,3.0\n"
+                                                 "1e18,1.2e18,2e-3,1e5,3.1\n"
+                                                 "1e19,1.0e19,1e-3,2e5,2.9\n");
   HparamColumns columns;
   columns.budget = "budget";
   const HparamSource source = read_hparam_runs(path, columns);
@@ -176,29 +170,33 @@ TEST(ScalingHparams, GroupsRunsIntoBudgetsByComputeOrByAColumn) {
 TEST(ScalingHparams, BadInputFailsNamingTheLineAndTheColumn) {
   std::string error = test::error_of([] {
     read_hparam_runs(
-        write_temp("bad.csv", "C,lr,batch_tokens,loss\n1e18,1e-3,1e5,3.0\n1e18,-1e-3,1e5,3.1\n"));
+        test::write_temp_file("scaling_hparams", "bad.csv",
+                              "C,lr,batch_tokens,loss\n1e18,1e-3,1e5,3.0\n1e18,-1e-3,1e5,3.1\n"));
   });
   EXPECT_NE(error.find("bad.csv:3: 'lr' must be a positive finite number"), std::string::npos)
       << error;
   error = test::error_of([] {
-    read_hparam_runs(write_temp("missing.jsonl",
-                                "{\"C\": 1e18, \"lr\": 1e-3, \"batch_tokens\": 1e5, \"loss\": 3}\n"
-                                "{\"C\": 1e18, \"lr\": 1e-3, \"loss\": 3}\n"));
+    read_hparam_runs(
+        test::write_temp_file("scaling_hparams", "missing.jsonl",
+                              "{\"C\": 1e18, \"lr\": 1e-3, \"batch_tokens\": 1e5, \"loss\": 3}\n"
+                              "{\"C\": 1e18, \"lr\": 1e-3, \"loss\": 3}\n"));
   });
   EXPECT_NE(error.find("missing.jsonl:2: no 'batch_tokens'"), std::string::npos) << error;
   error = test::error_of([] {
-    read_hparam_runs(
-        write_temp("nolr.jsonl", "{\"C\": 1e18, \"batch_tokens\": 1e5, \"loss\": 3}\n"));
+    read_hparam_runs(test::write_temp_file("scaling_hparams", "nolr.jsonl",
+                                           "{\"C\": 1e18, \"batch_tokens\": 1e5, \"loss\": 3}\n"));
   });
   EXPECT_NE(error.find("nolr.jsonl:1: no 'lr'"), std::string::npos) << error;
-  error = test::error_of(
-      [] { read_hparam_runs(write_temp("noc.csv", "lr,batch_tokens,loss\n1e-3,1e5,3\n")); });
+  error = test::error_of([] {
+    read_hparam_runs(
+        test::write_temp_file("scaling_hparams", "noc.csv", "lr,batch_tokens,loss\n1e-3,1e5,3\n"));
+  });
   EXPECT_NE(error.find("noc.csv: no compute column 'C'"), std::string::npos) << error;
 
-  const std::string one_budget = write_temp("one.csv",
-                                            "C,lr,batch_tokens,loss\n"
-                                            "1e18,1e-3,1e5,3.0\n"
-                                            "1.001e18,2e-3,1e5,3.1\n");
+  const std::string one_budget = test::write_temp_file("scaling_hparams", "one.csv",
+                                                       "C,lr,batch_tokens,loss\n"
+                                                       "1e18,1e-3,1e5,3.0\n"
+                                                       "1.001e18,2e-3,1e5,3.1\n");
   error = test::error_of([&] { analyze_hparams(read_hparam_runs(one_budget)); });
   EXPECT_NE(error.find("one.csv: the runs span 1 compute budget; the fit needs at least 2"),
             std::string::npos)
@@ -218,10 +216,10 @@ TEST(ScalingHparams, BadInputFailsNamingTheLineAndTheColumn) {
   EXPECT_NE(output.find("tiller: error: " + one_budget + ": the runs span 1 compute budget"),
             std::string::npos)
       << output;
-  const std::string two = write_temp("two.csv",
-                                     "C,lr,batch_tokens,loss\n"
-                                     "1e18,1e-3,1e5,3.0\n"
-                                     "1e19,5e-4,2e5,2.9\n");
+  const std::string two = test::write_temp_file("scaling_hparams", "two.csv",
+                                                "C,lr,batch_tokens,loss\n"
+                                                "1e18,1e-3,1e5,3.0\n"
+                                                "1e19,5e-4,2e5,2.9\n");
   ASSERT_EQ(test::run_command(test::shell_command({test::tiller_binary(), "scaling", "hparams", two,
                                                    "--json", "--predict-c", "1e20"}),
                               &output),

@@ -28,12 +28,6 @@ RunsTable jsonl(const std::string& text, const RunsColumns& columns = {}) {
   return parse_runs_jsonl(in, "runs.jsonl", columns);
 }
 
-std::string write_temp(const std::string& name, const std::string& text) {
-  const std::string path = test::temp_dir("scaling") + "/" + name;
-  std::ofstream(path) << text;
-  return path;
-}
-
 // A standard normal draw, the same on every standard library.
 double normal(std::mt19937_64& rng) {
   const double u1 = (rng() + 1.0) / 18446744073709551616.0, u2 = rng() / 18446744073709551616.0;
@@ -380,10 +374,10 @@ TEST(RunsTable, CsvErrorsNameTheLineAndTheColumn) {
 
 TEST(RunsTable, ReadsRunsJsonl) {
   const std::string path =
-      write_temp("runs.jsonl",
-                 "{\"N\": 1e6, \"D\": 2e7, \"loss\": 4.1, \"name\": \"tiny\"}\n"
-                 "\n"
-                 "{\"N\": 4e6, \"D\": 8e7, \"loss\": 3.6, \"lr\": 0.001}\n");
+      test::write_temp_file("scaling", "runs.jsonl",
+                            "{\"N\": 1e6, \"D\": 2e7, \"loss\": 4.1, \"name\": \"tiny\"}\n"
+                            "\n"
+                            "{\"N\": 4e6, \"D\": 8e7, \"loss\": 3.6, \"lr\": 0.001}\n");
   const RunsTable t = read_runs(path);
   ASSERT_EQ(t.runs.size(), 2u);
   EXPECT_EQ(t.source, path);
@@ -398,8 +392,10 @@ TEST(RunsTable, ReadsRunsJsonl) {
   columns.n = "params";
   columns.c = "flops";
   columns.loss = "val_loss";
-  const RunsTable named = read_runs(
-      write_temp("runs.txt", "  {\"params\": 1e6, \"flops\": 6e15, \"val_loss\": 3}\n"), columns);
+  const RunsTable named =
+      read_runs(test::write_temp_file("scaling", "runs.txt",
+                                      "  {\"params\": 1e6, \"flops\": 6e15, \"val_loss\": 3}\n"),
+                columns);
   ASSERT_EQ(named.runs.size(), 1u);
   EXPECT_DOUBLE_EQ(named.runs[0].d, 1e9);
 }

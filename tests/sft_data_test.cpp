@@ -12,16 +12,6 @@
 
 using namespace tiller;
 
-namespace {
-
-std::string write_text(const std::string& name, const std::string& text) {
-  const std::string path = test::temp_dir("sft_data") + "/" + name;
-  std::ofstream(path, std::ios::binary) << text;
-  return path;
-}
-
-}  // namespace
-
 TEST(SftData, ExactlyTheAssistantTokensAndTheirEosCarryLoss) {
   TILLER_REQUIRE_SHARED(tok_path, "models/stories260K/tok512.model");
   Tokenizer tok(tok_path);
@@ -142,7 +132,7 @@ TEST(SftData, BadInputNamesFileAndLine) {
   SftDataOptions o;
   o.format = "messages";
   auto load = [&](const std::string& text) {
-    o.path = write_text("bad.jsonl", text);
+    o.path = test::write_temp_file("sft_data", "bad.jsonl", text);
     return test::error_of([&] { load_sft_examples(o, tok, nullptr); });
   };
   const std::string good =
@@ -164,8 +154,8 @@ TEST(SftData, BadInputNamesFileAndLine) {
   // skip_bad_lines: bad lines are counted, good ones kept.
   o.format = "messages";
   o.skip_bad_lines = true;
-  o.path =
-      write_text("mixed.jsonl", good + "\n{broken\n" + good + "\n" + R"({"messages":[]})" + "\n");
+  o.path = test::write_temp_file("sft_data", "mixed.jsonl",
+                                 good + "\n{broken\n" + good + "\n" + R"({"messages":[]})" + "\n");
   DataStats stats;
   auto examples = load_sft_examples(o, tok, &stats);
   EXPECT_EQ(examples.size(), 2u);
@@ -173,7 +163,8 @@ TEST(SftData, BadInputNamesFileAndLine) {
 }
 
 TEST(SftData, GzipAndJsonArrayFiles) {
-  const std::string path = write_text("a.json", R"([{"text":"x"},{"text":"y"}])");
+  const std::string path =
+      test::write_temp_file("sft_data", "a.json", R"([{"text":"x"},{"text":"y"}])");
   auto r = read_json_records(path);
   ASSERT_EQ(r.records.size(), 2u);
   EXPECT_EQ(r.records[1].where, path + "[1]");

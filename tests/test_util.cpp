@@ -23,6 +23,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 namespace tiller::test {
@@ -293,6 +294,40 @@ void expect_close_to_scale(const torch::Tensor& got, const torch::Tensor& want, 
   const double scale = std::max(1.0, want.abs().max().item<double>());
   const double diff = (got - want).abs().max().item<double>();
   EXPECT_LE(diff, tolerance * scale) << what << ": max difference " << diff;
+}
+
+void expect_kernel_close(const torch::Tensor& got, const torch::Tensor& want,
+                         const std::string& what) {
+  expect_close_to_scale(got, want, 1e-5, what);
+}
+
+void expect_same_weights(TransformerImpl& a, TransformerImpl& b) {
+  auto wa = a.named_weights(), wb = b.named_weights();
+  ASSERT_EQ(wa.size(), wb.size());
+  for (size_t i = 0; i < wa.size(); ++i) {
+    EXPECT_EQ(wa[i].first, wb[i].first);
+    EXPECT_EQ(wa[i].second.scalar_type(), wb[i].second.scalar_type()) << wa[i].first;
+    EXPECT_TRUE(torch::equal(wa[i].second, wb[i].second)) << wa[i].first;
+  }
+}
+
+std::string write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  EXPECT_TRUE(out.good()) << "could not write " << path;
+  return path;
+}
+
+std::string write_temp_file(const std::string& dir_name, const std::string& name,
+                            const std::string& text) {
+  return write_file(temp_dir(dir_name) + "/" + name, text);
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
 }
 
 }  // namespace tiller::test

@@ -27,6 +27,10 @@ class InDirectory {
   std::filesystem::path previous_;
 };
 
+// stories260K's weights and tokenizer, relative to the shared data.
+inline constexpr char kStoriesBin[] = "models/stories260K/stories260K.bin";
+inline constexpr char kStoriesTok[] = "models/stories260K/tok512.model";
+
 // ../shared/data relative to the source tree (or $TILLER_SHARED_DATA).
 std::string shared_data();
 // shared_data()/relative if it exists, else "" (callers GTEST_SKIP with a message).
@@ -87,6 +91,13 @@ std::map<int64_t, nlohmann::json> metrics_by_step(const std::string& path);
 int64_t last_logged_step(const std::string& metrics_path);
 // The arguments as one shell command line, each single-quoted.
 std::string shell_command(const std::vector<std::string>& args);
+// Writes text to path (bytes as they are); returns path.
+std::string write_file(const std::string& path, const std::string& text);
+// write_file at temp_dir(dir_name)/name.
+std::string write_temp_file(const std::string& dir_name, const std::string& name,
+                            const std::string& text);
+// text's lines, without their '\n' (a last line without one included).
+std::vector<std::string> lines_of(const std::string& text);
 // A whole file's bytes ("" when it cannot be read).
 std::string read_bytes(const std::string& path);
 // The message of the tiller::Error that f throws, or "" when it throws none.
@@ -108,6 +119,12 @@ namespace tiller::test {
 // Expects got within tolerance * max(1, max |want|) of want everywhere, and no NaN in got.
 void expect_close_to_scale(const torch::Tensor& got, const torch::Tensor& want, double tolerance,
                            const std::string& what);
+// The same weights under the same names, of the same type and values, in the same order.
+void expect_same_weights(TransformerImpl& a, TransformerImpl& b);
+
+// expect_close_to_scale at 1e-5: a fused kernel against its formula.
+void expect_kernel_close(const torch::Tensor& got, const torch::Tensor& want,
+                         const std::string& what);
 }  // namespace tiller::test
 
 #define TILLER_REQUIRE_SHARED(var, relative)                                                \

@@ -49,7 +49,7 @@ const std::vector<std::string>& texts() {
   return t;
 }
 
-std::string error_of(const std::string& path) {
+std::string tokenizer_error(const std::string& path) {
   try {
     Tokenizer tok(path);
   } catch (const Error& e) {
@@ -59,7 +59,7 @@ std::string error_of(const std::string& path) {
 }
 
 void expect_clear_error(const std::string& path) {
-  const std::string message = error_of(path);
+  const std::string message = tokenizer_error(path);
   EXPECT_NE(message.find(path), std::string::npos) << message;
   EXPECT_EQ(message.find('\n'), std::string::npos) << message;
   EXPECT_EQ(message.find(".cc("), std::string::npos) << message;  // no SentencePiece source lines
@@ -162,9 +162,9 @@ TEST(Tokenizer, BadFilesGiveOneClearError) {
   expect_clear_error(dir + "/empty.model");
   expect_clear_error(dir + "/missing.model");
   expect_clear_error(dir + "/a_directory");
-  EXPECT_NE(error_of(dir + "/missing.model").find("does not exist"), std::string::npos);
-  EXPECT_NE(error_of(dir + "/a_directory").find("directory"), std::string::npos);
-  EXPECT_NE(error_of(dir + "/empty.model").find("empty"), std::string::npos);
+  EXPECT_NE(tokenizer_error(dir + "/missing.model").find("does not exist"), std::string::npos);
+  EXPECT_NE(tokenizer_error(dir + "/a_directory").find("directory"), std::string::npos);
+  EXPECT_NE(tokenizer_error(dir + "/empty.model").find("empty"), std::string::npos);
   // Found by the tokenizer fuzzer: a unigram model with a zero-length piece made SentencePiece
   // throw through our module's C boundary (terminate).
   // The fuzzer's 35-byte reproducer, written here (no binary model is tracked in the repository).
@@ -176,8 +176,8 @@ TEST(Tokenizer, BadFilesGiveOneClearError) {
   std::ofstream(zero_piece, std::ios::binary)
       .write(reinterpret_cast<const char*>(reproducer), sizeof reproducer);
   expect_clear_error(zero_piece);
-  EXPECT_NE(error_of(zero_piece).find("malformed model"), std::string::npos)
-      << error_of(zero_piece);
+  EXPECT_NE(tokenizer_error(zero_piece).find("malformed model"), std::string::npos)
+      << tokenizer_error(zero_piece);
 
   const std::string bin = test::shared_file("models/stories260K/stories260K.bin");
   if (!bin.empty()) expect_clear_error(bin);  // a real binary file of another format

@@ -5,19 +5,14 @@
 #include <cmath>
 #include <vector>
 
+#include "common/util/vec_math.h"
+
 namespace tiller {
 
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// Rows of `width` at least this many elements in all per parallel chunk.
-constexpr int64_t kGrainElements = 1 << 14;
-
-int64_t grain_rows(int64_t width) {
-  return std::max<int64_t>(1, kGrainElements / width);
-}
 
 struct RmsNormFunction : torch::autograd::Function<RmsNormFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input,
@@ -30,7 +25,7 @@ struct RmsNormFunction : torch::autograd::Function<RmsNormFunction> {
     const float* wp = weight.data_ptr<float>();
     float* yp = y.data_ptr<float>();
     float* rp = rstd.data_ptr<float>();
-    at::parallel_for(0, rows, grain_rows(width), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, vec::rows_per_parallel_chunk(width), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const float* xr = xp + r * width;
         double squares = 0;
@@ -60,7 +55,7 @@ struct RmsNormFunction : torch::autograd::Function<RmsNormFunction> {
     const float* rp = rstd.data_ptr<float>();
     const float* dyp = dy.data_ptr<float>();
     float* dxp = dx.data_ptr<float>();
-    at::parallel_for(0, rows, grain_rows(width), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, vec::rows_per_parallel_chunk(width), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const float* xr = xp + r * width;
         const float* dyr = dyp + r * width;

@@ -2,6 +2,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "common/util/vec_math.h"
+
 namespace tiller {
 
 namespace {
@@ -22,25 +24,29 @@ void rotate(const torch::Tensor& in, const torch::Tensor& cos, const torch::Tens
   const float* sp = sin.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t sb = in.stride(0), sh = in.stride(1), st = in.stride(2);
-  const int64_t grain = std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(1, length * dim));
-  at::parallel_for(0, batch * heads, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / heads, h = bh % heads;
-      for (int64_t t = 0; t < length; ++t) {
-        const float* x = ip + b * sb + h * sh + t * st;
-        const float* c = cp + (b * length + t) * dim;
-        const float* s = sp + (b * length + t) * dim;
-        float* y = op + ((b * heads + h) * length + t) * dim;
-        if (!transpose) {
-          for (int64_t i = 0; i < half; ++i) y[i] = x[i] * c[i] - x[i + half] * s[i];
-          for (int64_t i = half; i < dim; ++i) y[i] = x[i] * c[i] + x[i - half] * s[i];
-        } else {
-          for (int64_t i = 0; i < half; ++i) y[i] = x[i] * c[i] + x[i + half] * s[i + half];
-          for (int64_t i = half; i < dim; ++i) y[i] = x[i] * c[i] - x[i - half] * s[i - half];
-        }
-      }
-    }
-  });
+  at::parallel_for(0, batch * heads, vec::rows_per_parallel_chunk(length * dim),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t bh = begin; bh < end; ++bh) {
+                       const int64_t b = bh / heads, h = bh % heads;
+                       for (int64_t t = 0; t < length; ++t) {
+                         const float* x = ip + b * sb + h * sh + t * st;
+                         const float* c = cp + (b * length + t) * dim;
+                         const float* s = sp + (b * length + t) * dim;
+                         float* y = op + ((b * heads + h) * length + t) * dim;
+                         if (!transpose) {
+                           for (int64_t i = 0; i < half; ++i)
+                             y[i] = x[i] * c[i] - x[i + half] * s[i];
+                           for (int64_t i = half; i < dim; ++i)
+                             y[i] = x[i] * c[i] + x[i - half] * s[i];
+                         } else {
+                           for (int64_t i = 0; i < half; ++i)
+                             y[i] = x[i] * c[i] + x[i + half] * s[i + half];
+                           for (int64_t i = half; i < dim; ++i)
+                             y[i] = x[i] * c[i] - x[i - half] * s[i - half];
+                         }
+                       }
+                     }
+                   });
 }
 
 struct RotaryFunction : torch::autograd::Function<RotaryFunction> {

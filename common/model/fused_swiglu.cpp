@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "common/util/vec_avx2.h"
+#include "common/util/vec_math.h"
 
 namespace tiller {
 
@@ -69,11 +70,6 @@ bool use_avx2() {
 #endif
 }
 
-// Rows per parallel chunk: at least 2^14 elements.
-int64_t grain_rows(int64_t width) {
-  return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, width));
-}
-
 struct SwigluFunction : torch::autograd::Function<SwigluFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& gate_up) {
     const auto x = gate_up.contiguous();
@@ -84,7 +80,7 @@ struct SwigluFunction : torch::autograd::Function<SwigluFunction> {
     const float* xp = x.data_ptr<float>();
     float* yp = y.data_ptr<float>();
     const bool avx2 = use_avx2();
-    at::parallel_for(0, rows, grain_rows(width), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, vec::rows_per_parallel_chunk(width), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const float* g = xp + r * 2 * width;
 #ifdef TILLER_HAVE_AVX2_KERNELS
@@ -110,7 +106,7 @@ struct SwigluFunction : torch::autograd::Function<SwigluFunction> {
     const float* dyp = dy.data_ptr<float>();
     float* dxp = dx.data_ptr<float>();
     const bool avx2 = use_avx2();
-    at::parallel_for(0, rows, grain_rows(width), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, vec::rows_per_parallel_chunk(width), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const float* g = xp + r * 2 * width;
         float* dg = dxp + r * 2 * width;

@@ -8,6 +8,7 @@
 // both sets return exactly 0 (so a masked -inf gives 0). A NaN argument gives NaN, so NaN logits
 // still reach the loss and the non-finite guard.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 namespace tiller::vec {
@@ -16,6 +17,12 @@ enum class Isa {
   portable,  // plain loops and std::exp
   avx2_fma,  // 8-wide vectors and the polynomial exp
 };
+
+// Rows of `width` elements a chunk of the kernels' at::parallel_for loops: 2^14 elements at least,
+// so that a chunk's work outweighs handing it to a thread.
+inline int64_t rows_per_parallel_chunk(int64_t width) {
+  return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, width));
+}
 
 // The fastest set this CPU runs.
 Isa best_isa();
