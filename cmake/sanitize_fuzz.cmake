@@ -73,10 +73,13 @@ if(TILLER_SANITIZE)
       attention_mask rlhf_stage reward fused_adamw fused_rms_norm fused_rotary fused_attention
       side_by_side decode_kernels vec_math token_log_probs byte_level_bpe yaml_recipe
       reward_functions prepare_text_steps prepare_minhash shards spm_bpe shared_prefix)
+  list(SORT TILLER_SAN_TESTS)  # in the whole suite's order (tiller_group_test_sources_for_unity)
   list(TRANSFORM TILLER_SAN_TESTS PREPEND tests/)
   list(TRANSFORM TILLER_SAN_TESTS APPEND _test.cpp)
   tiller_skip_pch_where_torch_is_unused(${TILLER_SAN_TESTS})
+  tiller_group_test_sources_for_unity()
   add_executable(tiller_sanitize_tests ${TILLER_SAN_TESTS} tests/test_util.cpp)
+  set_target_properties(tiller_sanitize_tests PROPERTIES UNITY_BUILD_MODE GROUP)
   target_link_libraries(tiller_sanitize_tests PRIVATE tiller_san GTest::gtest GTest::gtest_main)
   target_compile_options(tiller_sanitize_tests PRIVATE ${TILLER_WARNINGS})
   target_precompile_headers(tiller_sanitize_tests REUSE_FROM tiller_san)
