@@ -53,12 +53,15 @@ function(tiller_skip_pch_where_torch_is_unused)
 endfunction()
 
 # tiller_group_test_sources_for_unity(): the unity units of the tests, fixed by the whole suite.
-# Every test source that includes LibTorch gets a UNITY_GROUP: batches of 8 in the whole suite's
-# file order, with tests/test_util.cpp last. A build of some of the tests (CI's --subset against
+# Every test source that includes LibTorch gets a UNITY_GROUP: batches of
+# CMAKE_UNITY_BUILD_BATCH_SIZE (8) in the whole suite's file order, tests/test_util.cpp last. A build of some of the tests (CI's --subset against
 # LibTorch 2.x, the sanitizer build) then puts into one unit only files that share one in the
 # whole suite, so the one set of file-local names the whole suite's build checks serves them all.
 # Targets that compile tests set UNITY_BUILD_MODE GROUP.
 function(tiller_group_test_sources_for_unity)
+  if(NOT CMAKE_UNITY_BUILD)
+    return()
+  endif()
   file(GLOB suite CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/tests/*_test.cpp)
   list(SORT suite)
   list(APPEND suite ${CMAKE_CURRENT_SOURCE_DIR}/tests/test_util.cpp)
@@ -66,7 +69,7 @@ function(tiller_group_test_sources_for_unity)
   foreach(source IN LISTS suite)
     _tiller_includes_torch("${source}" uses_torch)
     if(uses_torch)
-      math(EXPR group "${index} / 8")
+      math(EXPR group "${index} / ${CMAKE_UNITY_BUILD_BATCH_SIZE}")
       set_source_files_properties(${source} PROPERTIES UNITY_GROUP "tests_${group}")
       math(EXPR index "${index} + 1")
     endif()
