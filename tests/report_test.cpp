@@ -294,8 +294,8 @@ class RunReport : public ::testing::Test {
       if (step % 10 == 0) r["val_loss"] = step == 20 ? json() : json(2.1 - step * 0.02);
       lines += r.dump() + "\n";
     }
-    test::write_file(dir + "/metrics.jsonl",
-                     lines + "\n");  // a trailing blank line is not malformed
+    // A trailing blank line is not malformed.
+    test::write_file(dir + "/metrics.jsonl", lines + "\n");
     test::write_file(dir + "/complete.json", json{{"stage", "sft"},
                                                   {"type", "sft"},
                                                   {"steps", 30},
