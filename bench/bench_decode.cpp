@@ -91,6 +91,9 @@ void check_decode_options(const DecodeOptions& o, const torch::Device& device) {
   check(o.new_tokens >= 2,
         "bench decode: --new-tokens must be at least 2 (the first token comes from the prefill)");
   check(o.repeats >= 1, "bench decode: --repeats must be at least 1");
+  check(!o.no_weight_panels || (!o.torch_decode && device.is_cpu()),
+        "bench decode: --no-weight-panels chooses within the fast CPU step, which --torch-decode "
+        "and a GPU leave out");
   check_dtype(o.dtype, "bench decode");
   check(o.quantize.empty() || o.dtype == "fp32",
         "bench decode: --quantize compares with fp32 weights; it cannot be combined with --dtype "
@@ -168,7 +171,9 @@ void run_decode(const DecodeOptions& o) {
   const std::string decode_path =
       torch_decode ? (device.is_cpu() ? "libtorch (--torch-decode)"
                                       : "libtorch (the fast decode step is CPU-only)")
-                   : "fast (FastDecoder where it applies)";
+                   : o.no_weight_panels
+                         ? "fast (FastDecoder where it applies), BLAS only (--no-weight-panels)"
+                         : "fast (FastDecoder where it applies)";
   apply_threads(o.threads);
   std::string label;
   std::vector<Variant> variants = decode_variants(o, label);
@@ -210,6 +215,7 @@ void run_decode(const DecodeOptions& o) {
     sampling.stop_at_eos = false;         // every row runs the full length
     sampling.full_pass_logprobs = false;  // decode alone, without the rescoring pass
     sampling.fast_decode = !torch_decode;
+    sampling.weight_panels = !o.no_weight_panels;
     const Timings t = time_variants(variants, prompts, sampling, o, device);
     // The packed weights are read only where the fast step takes them (FastDecoder::project).
     const bool packed_read = !torch_decode && batch < FastDecoder::kPackedRowsLimit;

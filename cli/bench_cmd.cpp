@@ -75,6 +75,9 @@ void add_decode_command(CLI::App& bench_cmd, CommandAction& action) {
       ->capture_default_str();
   decode_cmd->add_flag("--torch-decode", decode->torch_decode,
                        "decode through LibTorch ops, without the fast fp32 CPU step");
+  decode_cmd->add_flag("--no-weight-panels", decode->no_weight_panels,
+                       "the fast step's projections through BLAS only, without its packed "
+                       "copies of the weights (AVX-512 CPUs, 8 to 128 rows)");
   auto quantize = std::make_shared<std::string>();
   decode_cmd->add_option("--quantize", *quantize,
                          "also rows for these weight-only schemes, comma-separated: int8, int4 "

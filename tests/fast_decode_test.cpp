@@ -47,8 +47,10 @@ const std::vector<std::vector<int64_t>> kPromptTokens = {
 // Prefills `prompts` (left-padded) into two caches with the torch path, then decodes `steps`
 // tokens (the torch path's greedy choices) through the torch path and FastDecoder side by side.
 // Each step's logits agree, and so do the caches at the end.
-void expect_steps_match(TransformerImpl& model, const std::vector<std::vector<int64_t>>& prompts,
-                        int64_t steps, decode_kernels::Isa isa = decode_kernels::best_isa()) {
+void expect_steps_match(
+    TransformerImpl& model, const std::vector<std::vector<int64_t>>& prompts, int64_t steps,
+    decode_kernels::Isa isa = decode_kernels::best_isa(),
+    FastDecoder::WeightPanels panels = FastDecoder::WeightPanels::where_faster) {
   torch::NoGradGuard no_grad;
   const int64_t batch = static_cast<int64_t>(prompts.size());
   int64_t prompt_len = 0;
@@ -70,7 +72,7 @@ void expect_steps_match(TransformerImpl& model, const std::vector<std::vector<in
     logits = model.logits(hidden.narrow(1, prompt_len - 1, 1)).squeeze(1);
   }
   ASSERT_TRUE(FastDecoder::supports(model, fast_cache));
-  FastDecoder fast(model, fast_cache, isa);
+  FastDecoder fast(model, fast_cache, isa, quant_kernels::best_isa(), panels);
   auto position = mask.to(torch::kLong).sum(1);
   for (int64_t step = 0; step < steps; ++step) {
     const auto token = logits.argmax(-1);
@@ -192,6 +194,35 @@ TEST(FastDecode, StepLogitsMatchTorchPathWithEachKernelSet) {
   }
   auto odd = test::sharp_random_model(test::llama_config(96, 48, 80, 2, 4, 4, 64), 5);
   for (auto isa : sets) expect_steps_match(*odd, kPromptTokens, 20, isa);
+}
+
+// Projections past small_matmul's size at 9 rows (a whole 8-row tile and one more), and widths
+// that are not whole 32-output panels (q, o: 192; MLP: 520; vocabulary: 300): where the CPU has
+// AVX-512F, every projection and the LM head multiply by PanelMatrix copies; through sgemm
+// otherwise. Both agree with the torch path.
+TEST(FastDecode, StepLogitsMatchTorchPathThroughWeightPanels) {
+  auto model = test::sharp_random_model(test::llama_config(300, 192, 520, 2, 4, 4, 64), 7);
+  std::vector<std::vector<int64_t>> prompts;
+  for (int64_t row = 0; row < 9; ++row) {
+    prompts.push_back({1});
+    for (int64_t i = 0; i < row % 4; ++i) prompts.back().push_back(5 + row * 7 + i);
+  }
+  ASSERT_GE(static_cast<int64_t>(prompts.size()), FastDecoder::kPanelRowsMin);
+  {
+    KVCache cache(model->config, static_cast<int64_t>(prompts.size()), 8, torch::kFloat);
+    const FastDecoder panelled(*model, cache);
+    const FastDecoder plain(*model, cache, decode_kernels::best_isa(), quant_kernels::best_isa(),
+                            FastDecoder::WeightPanels::never);
+    EXPECT_EQ(plain.panel_weights(), 0);
+    if (PanelMatrix::available())
+      EXPECT_EQ(panelled.panel_weights(), 1 + 7 * model->config.num_hidden_layers);
+    else
+      std::cout << "[   NOTE   ] no AVX-512F on this CPU: only the sgemm path checked\n";
+  }
+  expect_steps_match(*model, prompts, 12);
+  expect_steps_match(*model, prompts, 12, decode_kernels::best_isa(),
+                     FastDecoder::WeightPanels::never);
+  expect_generate_matches_all_modes(*model, prompts);
 }
 
 TEST(FastDecode, GenerateMatchesTorchPath) {

@@ -49,6 +49,10 @@ void write_corpus(const std::string& path, const std::string& sft_path) {
 using test::last_logged_step;
 using test::read_bytes;
 
+}  // namespace
+
+// Outside the anonymous namespace, as its TEST_F classes are (GCC's -Wsubobject-linkage, once a
+// unity build includes this file).
 class SftEndToEnd : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -85,8 +89,6 @@ class SftEndToEnd : public ::testing::Test {
   static std::string* dir_;
 };
 std::string* SftEndToEnd::dir_ = nullptr;
-
-}  // namespace
 
 TEST_F(SftEndToEnd, PretrainThenSftLowersLossAndResumesExactlyAfterKills) {
   const std::string straight = *dir_ + "/straight", killed = *dir_ + "/killed";

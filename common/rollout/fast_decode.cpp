@@ -3,6 +3,7 @@
 #include "common/model/lora.h"
 #include "common/model/quantized.h"
 
+#include <ATen/Parallel.h>
 #include <cblas.h>
 
 #include <cmath>
@@ -47,10 +48,11 @@ void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, fl
 // would repack the whole weight matrix for it. Several rows times a tiny matrix (all of
 // stories260k's) go through decode_kernels::small_matmul where the CPU has one: sgemm's packing
 // took over a third of its time there.
+constexpr int64_t kTinyMatrix = int64_t{1} << 15;  // elements
+
 void linear(decode_kernels::Isa isa, const float* in, int64_t rows, int64_t k, const float* weight,
             const float* bias, int64_t n, float* out, bool accumulate) {
   constexpr int64_t kSmallMatrix = int64_t{1} << 20;  // elements
-  constexpr int64_t kTinyMatrix = int64_t{1} << 15;
   if (rows > 1 && n * k <= kTinyMatrix &&
       decode_kernels::small_matmul(isa, in, rows, k, weight, bias, n, out, accumulate))
     return;
@@ -103,7 +105,7 @@ bool FastDecoder::supports(TransformerImpl& model, const KVCache& cache) {
 }
 
 FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache, decode_kernels::Isa isa,
-                         quant_kernels::Isa quant_isa)
+                         quant_kernels::Isa quant_isa, WeightPanels panels)
     : cache_(cache),
       isa_(isa),
       quant_isa_(quant_isa),
@@ -192,8 +194,43 @@ FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache, decode_kernels:
   gate_.resize(batch_ * hidden_);
   up_.resize(batch_ * hidden_);
   const int64_t padded = decode_kernels::padded_slots(capacity);
-  scores_.resize((heads_ / kv_heads_) * padded);
+  scores_.resize(batch_ * heads_ * padded);
   mask_bias_.resize(batch_ * padded);
+  if (panels == WeightPanels::where_faster && PanelMatrix::available() &&
+      batch_ >= kPanelRowsMin && batch_ <= kPanelRowsMax)
+    copy_weights_to_panels(q_width, kv_width);
+}
+
+void FastDecoder::copy_weights_to_panels(int64_t q_width, int64_t kv_width) {
+  struct Projection {
+    Weight* weight;
+    int64_t n, k;
+  };
+  std::vector<Projection> projections = {{&lm_head_, vocab_, dim_}};
+  for (Layer& layer : layers_) {
+    projections.insert(projections.end(), {{&layer.q, q_width, dim_},
+                                           {&layer.k, kv_width, dim_},
+                                           {&layer.v, kv_width, dim_},
+                                           {&layer.o, dim_, q_width},
+                                           {&layer.gate, hidden_, dim_},
+                                           {&layer.up, hidden_, dim_},
+                                           {&layer.down, dim_, hidden_}});
+  }
+  // Those that would go through sgemm: not a quantised one that project() multiplies packed, not
+  // one small enough for small_matmul.
+  std::vector<Projection> chosen;
+  int64_t bytes = 0;
+  for (const Projection& p : projections) {
+    if ((p.weight->quantized != nullptr && batch_ < kPackedRowsLimit) || p.n * p.k <= kTinyMatrix)
+      continue;
+    chosen.push_back(p);
+    bytes += p.n * p.k * static_cast<int64_t>(sizeof(float));
+  }
+  if (bytes > kPanelBytesLimit) return;
+  for (const Projection& p : chosen) {
+    panel_storage_.push_back(std::make_unique<PanelMatrix>(p.weight->dense, p.n, p.k));
+    p.weight->panels = panel_storage_.back().get();
+  }
 }
 
 void FastDecoder::add_low_rank(const LowRank& adapter, const float* in, int64_t k, int64_t n,
@@ -208,6 +245,7 @@ void FastDecoder::project(const float* in, int64_t k, const Weight& weight, cons
                           int64_t n, float* out, bool accumulate) {
   if (weight.quantized != nullptr && batch_ < kPackedRowsLimit)
     return quant_kernels::matmul(quant_isa_, *weight.quantized, in, batch_, bias, out, accumulate);
+  if (weight.panels != nullptr) return weight.panels->multiply(in, batch_, bias, out, accumulate);
   linear(isa_, in, batch_, k, weight.dense, bias, n, out, accumulate);
 }
 
@@ -218,15 +256,19 @@ void FastDecoder::attention(const float* q, const Layer& layer, int64_t slot, fl
   const int64_t capacity = cache_.capacity(), group = heads_ / kv_heads_, hd = head_dim_;
   const int64_t padded = decode_kernels::padded_slots(capacity);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  for (int64_t b = 0; b < batch_; ++b) {
-    for (int64_t g = 0; g < kv_heads_; ++g) {
-      const int64_t cache_offset = (b * kv_heads_ + g) * capacity * hd;
+  // A (row, key/value head) pair an item, each with its own scores: the items run on the
+  // intra-op threads.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / ((slot + 1) * group * hd));
+  at::parallel_for(0, batch_ * kv_heads_, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / kv_heads_, g = item % kv_heads_;
+      const int64_t cache_offset = item * capacity * hd;
       const int64_t heads_offset = (b * heads_ + g * group) * hd;
       decode_kernels::attend(isa_, q + heads_offset, group, layer.keys + cache_offset,
                              layer.values + cache_offset, &mask_bias_[b * padded], slot + 1, hd,
-                             scale, scores_.data(), out + heads_offset);
+                             scale, &scores_[item * group * padded], out + heads_offset);
     }
-  }
+  });
 }
 
 torch::Tensor FastDecoder::step(const torch::Tensor& tokens, const torch::Tensor& positions) {

@@ -403,7 +403,10 @@ void decode(TransformerImpl& model, Prefilled& state, const SamplingOptions& o,
   KVCache& cache = state.cache;
   const auto device = model.parameters().front().device();
   std::optional<FastDecoder> fast;
-  if (o.fast_decode && FastDecoder::supports(model, cache)) fast.emplace(model, cache);
+  if (o.fast_decode && FastDecoder::supports(model, cache))
+    fast.emplace(model, cache, decode_kernels::best_isa(), quant_kernels::best_isa(),
+                 o.weight_panels ? FastDecoder::WeightPanels::where_faster
+                                 : FastDecoder::WeightPanels::never);
   ResponseRecorder responses(cache.batch(), o);
   auto positions = state.positions.cpu().contiguous();
   auto logits = state.logits;

@@ -33,6 +33,10 @@ struct SamplingOptions {
   // without top-k/top-p in plain loops over fp32 CPU logits. false: always LibTorch's ops, as
   // prefill uses (tests and benchmarks compare the two).
   bool fast_decode = true;
+  // Whether FastDecoder may multiply by PanelMatrix copies of the weights where they are faster
+  // (FastDecoder::WeightPanels); false: always BLAS (`tiller bench decode --no-weight-panels`
+  // measures the two side by side).
+  bool weight_panels = true;
   // Called after each step with that step's picks ([B] int64 on the CPU; pad_id on rows that had
   // already ended): `tiller chat` prints each token as it comes.
   std::function<void(const torch::Tensor& picks)> on_step;
