@@ -81,6 +81,11 @@ TEST(VecMath, SumsScalesAndMaximaOverEveryTailLength) {
         sum += std::exp(static_cast<double>(v) - shift), largest = std::max(largest, v);
       EXPECT_NEAR(vec::exp_sum(isa, x.data(), shift, n, nullptr), sum, 1e-6 * sum);
       EXPECT_EQ(vec::max(isa, x.data(), n), largest);
+      double weighted = 0;
+      for (float v : x) weighted += std::exp(static_cast<double>(v) - shift) * (v - shift);
+      float got_weighted = 0;
+      EXPECT_NEAR(vec::exp_sum_weighted(isa, x.data(), shift, n, &got_weighted), sum, 1e-6 * sum);
+      EXPECT_NEAR(got_weighted, weighted, 1e-5 * sum * 16);
       std::vector<float> scaled(x.size());
       vec::scaled_exp(isa, x.data(), shift, -0.25f, n, scaled.data());
       for (int64_t i = 0; i < n; ++i)
@@ -94,6 +99,12 @@ TEST(VecMath, SumsScalesAndMaximaOverEveryTailLength) {
     }
     const std::vector<float> all_minus_inf(11, -kInf);
     EXPECT_EQ(vec::max(isa, all_minus_inf.data(), 11), -kInf);
+    // A -inf term adds nothing to either sum (its e * (x - shift) is 0 * -inf).
+    std::vector<float> some_minus_inf(19, -kInf);
+    some_minus_inf[4] = 1.0f;
+    float weighted = 1;
+    EXPECT_FLOAT_EQ(vec::exp_sum_weighted(isa, some_minus_inf.data(), 1.0f, 19, &weighted), 1.0f);
+    EXPECT_EQ(weighted, 0.0f);
   });
 }
 

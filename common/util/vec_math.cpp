@@ -35,6 +35,17 @@ float exp_sum_portable(const float* x, float shift, int64_t n, float* out) {
   return sum;
 }
 
+float exp_sum_weighted_portable(const float* x, float shift, int64_t n, float* weighted) {
+  float sum = 0, dot = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = x[i] - shift, e = exp_flushed(d);
+    sum += e;
+    dot += e == 0.0f ? 0.0f : e * d;  // a term that underflowed adds nothing, even at -inf
+  }
+  *weighted = dot;
+  return sum;
+}
+
 void scaled_exp_portable(const float* x, float shift, float scale, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = scale * exp_flushed(x[i] - shift);
 }
@@ -75,6 +86,24 @@ TILLER_AVX2 float exp_sum_avx2(const float* x, float shift, int64_t n, float* ou
   }
   return sum8(_mm256_add_ps(sum0, sum1)) +
          exp_sum_portable(x + i, shift, n - i, out == nullptr ? nullptr : out + i);
+}
+
+TILLER_AVX2 float exp_sum_weighted_avx2(const float* x, float shift, int64_t n, float* weighted) {
+  const __m256 s = _mm256_set1_ps(shift), zero = _mm256_setzero_ps();
+  __m256 sum = _mm256_setzero_ps(), dot = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), s);
+    const __m256 e = exp8(d);
+    sum = _mm256_add_ps(sum, e);
+    // Where e underflowed to 0, d may be -inf: 0 * -inf is NaN, so those lanes add 0.
+    dot = _mm256_add_ps(dot, _mm256_blendv_ps(_mm256_mul_ps(e, d), zero,
+                                              _mm256_cmp_ps(e, zero, _CMP_EQ_OQ)));
+  }
+  float tail_dot = 0;
+  const float tail = exp_sum_weighted_portable(x + i, shift, n - i, &tail_dot);
+  *weighted = sum8(dot) + tail_dot;
+  return sum8(sum) + tail;
 }
 
 TILLER_AVX2 void scaled_exp_avx2(const float* x, float shift, float scale, int64_t n, float* out) {
@@ -121,6 +150,14 @@ float exp_sum(Isa isa, const float* x, float shift, int64_t n, float* out) {
 #endif
   (void)isa;
   return exp_sum_portable(x, shift, n, out);
+}
+
+float exp_sum_weighted(Isa isa, const float* x, float shift, int64_t n, float* weighted) {
+#ifdef TILLER_HAVE_AVX2_KERNELS
+  if (isa == Isa::avx2_fma) return exp_sum_weighted_avx2(x, shift, n, weighted);
+#endif
+  (void)isa;
+  return exp_sum_weighted_portable(x, shift, n, weighted);
 }
 
 void scaled_exp(Isa isa, const float* x, float shift, float scale, int64_t n, float* out) {
