@@ -72,7 +72,8 @@ if(TILLER_SANITIZE)
   set(TILLER_SAN_TESTS safetensors hf_dir llama2c model_config sft_data tokenizer recipes ppo_math
       attention_mask rlhf_stage reward fused_adamw fused_rms_norm fused_rotary fused_attention
       side_by_side decode_kernels vec_math token_log_probs byte_level_bpe yaml_recipe
-      reward_functions prepare_text_steps prepare_minhash shards spm_bpe shared_prefix)
+      reward_functions prepare_text_steps prepare_minhash shards spm_bpe shared_prefix panel_matmul
+      spin_team)
   list(SORT TILLER_SAN_TESTS)  # in the whole suite's order (tiller_group_test_sources_for_unity)
   list(TRANSFORM TILLER_SAN_TESTS PREPEND tests/)
   list(TRANSFORM TILLER_SAN_TESTS APPEND _test.cpp)

@@ -199,6 +199,15 @@ FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache, decode_kernels:
   if (panels == WeightPanels::where_faster && PanelMatrix::available() &&
       batch_ >= kPanelRowsMin && batch_ <= kPanelRowsMax)
     copy_weights_to_panels(q_width, kv_width);
+  if (!panel_storage_.empty()) team_.emplace(at::get_num_threads());
+}
+
+void FastDecoder::parallel_for(int64_t n, int64_t grain,
+                               const std::function<void(int64_t, int64_t)>& body) {
+  if (team_)
+    team_->parallel_for(n, grain, body);
+  else
+    at::parallel_for(0, n, grain, body);
 }
 
 void FastDecoder::copy_weights_to_panels(int64_t q_width, int64_t kv_width) {
@@ -245,7 +254,9 @@ void FastDecoder::project(const float* in, int64_t k, const Weight& weight, cons
                           int64_t n, float* out, bool accumulate) {
   if (weight.quantized != nullptr && batch_ < kPackedRowsLimit)
     return quant_kernels::matmul(quant_isa_, *weight.quantized, in, batch_, bias, out, accumulate);
-  if (weight.panels != nullptr) return weight.panels->multiply(in, batch_, bias, out, accumulate);
+  if (weight.panels != nullptr)
+    return weight.panels->multiply(in, batch_, bias, out, accumulate,
+                                   team_ ? &*team_ : nullptr);
   linear(isa_, in, batch_, k, weight.dense, bias, n, out, accumulate);
 }
 
@@ -259,7 +270,7 @@ void FastDecoder::attention(const float* q, const Layer& layer, int64_t slot, fl
   // A (row, key/value head) pair an item, each with its own scores: the items run on the
   // intra-op threads.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / ((slot + 1) * group * hd));
-  at::parallel_for(0, batch_ * kv_heads_, grain, [&](int64_t begin, int64_t end) {
+  parallel_for(batch_ * kv_heads_, grain, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / kv_heads_, g = item % kv_heads_;
       const int64_t cache_offset = item * capacity * hd;

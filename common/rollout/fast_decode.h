@@ -13,10 +13,13 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "common/model/transformer.h"
+#include "common/util/spin_team.h"
 #include "common/rollout/decode_kernels.h"
 #include "common/rollout/panel_matmul.h"
 #include "common/rollout/quant_kernels.h"
@@ -97,6 +100,9 @@ class FastDecoder {
 
   void attention(const float* q, const Layer& layer, int64_t slot, float* out);
 
+  // body over [0, n) on team_ where there is one, else on LibTorch's intra-op threads.
+  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
+
   // out[B, n] = in[B, k] · weightᵀ + bias, or += that when `accumulate`.
   void project(const float* in, int64_t k, const Weight& weight, const float* bias, int64_t n,
                float* out, bool accumulate);
@@ -111,6 +117,11 @@ class FastDecoder {
   Weight lm_head_;  // the embedding when tied
   std::vector<Layer> layers_;
   std::vector<std::unique_ptr<PanelMatrix>> panel_storage_;  // what Weight::panels point at
+  // Where the step multiplies by panels, the threads of the panel products and the attention:
+  // LibTorch's intra-op count, spinning between a step's loops (common/util/spin_team.h). Not
+  // otherwise: the step's sgemm calls run on OpenBLAS's own threads, which spinning workers would
+  // slow.
+  std::optional<SpinTeam> team_;
   int64_t lora_rank_ = 0;
   float lora_scale_ = 0;
   std::vector<float> low_;   // [B, rank]: in · aᵀ of one adapter
