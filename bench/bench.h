@@ -63,7 +63,7 @@ struct DecodeOptions {
   int threads = 0;
   // cpu, cuda or cuda:N. The fast decode step is CPU-only: on CUDA, decode goes through LibTorch.
   std::string device = "cpu";
-  bool torch_decode = false;  // decode steps through LibTorch ops, never FastDecoder
+  bool torch_decode = false;      // decode steps through LibTorch ops, never FastDecoder
   bool no_weight_panels = false;  // FastDecoder through BLAS only (SamplingOptions::weight_panels)
   // Rows also for these weight-only schemes (int8, int4), each quantised in memory by round to
   // nearest (tiller quantize's layout; the LM head as the scheme, int4 in groups of group_size),

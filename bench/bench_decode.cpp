@@ -169,11 +169,10 @@ void run_decode(const DecodeOptions& o) {
   // FastDecoder is CPU code (BLAS on fp32 host tensors): a GPU decodes through LibTorch's ops.
   const bool torch_decode = o.torch_decode || !device.is_cpu();
   const std::string decode_path =
-      torch_decode ? (device.is_cpu() ? "libtorch (--torch-decode)"
-                                      : "libtorch (the fast decode step is CPU-only)")
-                   : o.no_weight_panels
-                         ? "fast (FastDecoder where it applies), BLAS only (--no-weight-panels)"
-                         : "fast (FastDecoder where it applies)";
+      torch_decode         ? (device.is_cpu() ? "libtorch (--torch-decode)"
+                                              : "libtorch (the fast decode step is CPU-only)")
+      : o.no_weight_panels ? "fast (FastDecoder where it applies), BLAS only (--no-weight-panels)"
+                           : "fast (FastDecoder where it applies)";
   apply_threads(o.threads);
   std::string label;
   std::vector<Variant> variants = decode_variants(o, label);

@@ -50,8 +50,8 @@ TEST(PanelMatmul, MatchesTheProductInDoubleAcrossTilesPanelsBiasAndAccumulation)
           // A sentinel row after the product: a panel's store past n must not reach it.
           auto out = torch::randn({rows + 1, n});
           const auto sentinel = out[rows].clone();
-          const auto expected = reference_product(in, weight, bias, out.narrow(0, 0, rows),
-                                                  accumulate);
+          const auto expected =
+              reference_product(in, weight, bias, out.narrow(0, 0, rows), accumulate);
           panels.multiply(in.data_ptr<float>(), rows, with_bias ? bias.data_ptr<float>() : nullptr,
                           out.data_ptr<float>(), accumulate);
           const double scale = expected.abs().max().item<double>();

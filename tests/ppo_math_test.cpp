@@ -154,13 +154,13 @@ TEST(PpoMath, EntropyFromFp32LogitsMatchesTheFormulaInDouble) {
   logits[1][2].fill_(-std::numeric_limits<float>::infinity());
   logits[1][2][7] = 2.5;
   const auto logp = torch::log_softmax(logits.to(torch::kDouble), -1);
-  const auto expected = -torch::where(logp.exp() > 0, logp.exp() * logp, torch::zeros_like(logp))
-                             .sum(-1);
+  const auto expected =
+      -torch::where(logp.exp() > 0, logp.exp() * logp, torch::zeros_like(logp)).sum(-1);
   const auto got = entropy_from_logits(logits);
   ASSERT_EQ(got.sizes(), expected.sizes());
   EXPECT_EQ(got.scalar_type(), torch::kFloat);
-  EXPECT_LE((got.to(torch::kDouble) - expected).abs().max().item<double>(), 1e-5)
-      << got << "\n" << expected;
+  EXPECT_LE((got.to(torch::kDouble) - expected).abs().max().item<double>(), 1e-5) << got << "\n"
+                                                                                  << expected;
   EXPECT_NEAR(got[1][2].item<double>(), 0.0, 1e-7);
 }
 

@@ -29,7 +29,8 @@ void expect_covers_once(SpinTeam& team, int64_t n, int64_t grain) {
     chunks.emplace_back(begin, end);
     threads.insert(std::this_thread::get_id());
   });
-  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "index " << i;
+  for (int64_t i = 0; i < n; ++i)
+    ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "index " << i;
   EXPECT_LE(static_cast<int>(chunks.size()), team.threads());
   EXPECT_EQ(chunks.size(), threads.size());  // one chunk a thread
   if (chunks.size() > 1) {

@@ -74,6 +74,17 @@ template <int64_t kChunks>
 TILLER_AVX2 inline void key_products(const float* qh, const float* keys, int64_t s0, int64_t slots,
                                      int64_t chunks, __m256* products) {
   const int64_t n = kChunks > 0 ? kChunks : chunks, head_dim = 8 * n;
+  if (s0 + kSlotBlock <= slots) {  // a whole block: its 8 sums in 8 independent chains
+    for (int64_t j = 0; j < kSlotBlock; ++j) products[j] = _mm256_setzero_ps();
+    const float* block = keys + s0 * head_dim;
+    for (int64_t c = 0; c < n; ++c) {
+      const __m256 q = _mm256_loadu_ps(qh + 8 * c);
+      for (int64_t j = 0; j < kSlotBlock; ++j)
+        products[j] =
+            _mm256_fmadd_ps(q, _mm256_loadu_ps(block + j * head_dim + 8 * c), products[j]);
+    }
+    return;
+  }
   for (int64_t j = 0; j < kSlotBlock; ++j) {
     __m256 acc = _mm256_setzero_ps();
     if (s0 + j < slots) {
@@ -85,10 +96,34 @@ TILLER_AVX2 inline void key_products(const float* qh, const float* keys, int64_t
   }
 }
 
+// out[8 * c0 .. 8 * (c0 + kBlock)) of one query head = inv_sum * the sum over slots of
+// scores[s] * values[s] there: kBlock chunks of 8 dims in kBlock independent chains, each value row
+// read in order.
+template <int64_t kBlock>
+TILLER_AVX2 inline void weighted_values(const float* scores, const float* values, int64_t slots,
+                                        int64_t head_dim, int64_t c0, float inv_sum, float* out) {
+  __m256 acc[kBlock];
+  for (int64_t c = 0; c < kBlock; ++c) acc[c] = _mm256_setzero_ps();
+  const float* v = values + 8 * c0;
+  for (int64_t s = 0; s < slots; ++s) {
+    const __m256 p = _mm256_set1_ps(scores[s]);
+    for (int64_t c = 0; c < kBlock; ++c)
+      acc[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + s * head_dim + 8 * c), acc[c]);
+  }
+  for (int64_t c = 0; c < kBlock; ++c)
+    _mm256_storeu_ps(out + 8 * (c0 + c), _mm256_mul_ps(acc[c], _mm256_set1_ps(inv_sum)));
+}
+
+using WeightedValues = void (*)(const float*, const float*, int64_t, int64_t, int64_t, float,
+                                float*);
+constexpr WeightedValues kWeightedValues[8] = {
+    weighted_values<1>, weighted_values<2>, weighted_values<3>, weighted_values<4>,
+    weighted_values<5>, weighted_values<6>, weighted_values<7>, weighted_values<8>};
+
 // attend() for head_dim a multiple of 8 (kChunks of them, or head_dim / 8 when kChunks is 0).
 // Scores are made 8 slots at a time (8 key rows against the query, then one transposing sum), so
 // that the mask, the max, the exp and the sum run over whole vectors; the value sum takes one
-// multiply-add per slot and 8 dims, in two chains.
+// multiply-add per slot and 8 dims, a chain per 8 dims (weighted_values).
 template <int64_t kChunks>
 TILLER_AVX2 void attend_avx2(const float* q, int64_t group, const float* keys, const float* values,
                              const float* mask_bias, int64_t slots, int64_t head_dim, float scale,
@@ -118,21 +153,10 @@ TILLER_AVX2 void attend_avx2(const float* q, int64_t group, const float* keys, c
       _mm256_storeu_ps(scores + s0, e);
       vsum = _mm256_add_ps(vsum, e);
     }
-    const __m256 inv_sum = _mm256_set1_ps(1.0f / sum8(vsum));
-    for (int64_t c = 0; c < chunks; ++c) {
-      const float* v = values + 8 * c;
-      __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
-      int64_t s = 0;
-      for (; s + 1 < slots; s += 2) {
-        even = _mm256_fmadd_ps(_mm256_set1_ps(scores[s]), _mm256_loadu_ps(v + s * head_dim), even);
-        odd = _mm256_fmadd_ps(_mm256_set1_ps(scores[s + 1]),
-                              _mm256_loadu_ps(v + (s + 1) * head_dim), odd);
-      }
-      if (s < slots)
-        even = _mm256_fmadd_ps(_mm256_set1_ps(scores[s]), _mm256_loadu_ps(v + s * head_dim), even);
-      _mm256_storeu_ps(out + h * head_dim + 8 * c,
-                       _mm256_mul_ps(_mm256_add_ps(even, odd), inv_sum));
-    }
+    const float inv_sum = 1.0f / sum8(vsum);
+    for (int64_t c0 = 0; c0 < chunks; c0 += 8)
+      kWeightedValues[std::min<int64_t>(8, chunks - c0) - 1](scores, values, slots, head_dim, c0,
+                                                             inv_sum, out + h * head_dim);
   }
 }
 

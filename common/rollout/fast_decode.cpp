@@ -196,8 +196,8 @@ FastDecoder::FastDecoder(TransformerImpl& model, KVCache& cache, decode_kernels:
   const int64_t padded = decode_kernels::padded_slots(capacity);
   scores_.resize(batch_ * heads_ * padded);
   mask_bias_.resize(batch_ * padded);
-  if (panels == WeightPanels::where_faster && PanelMatrix::available() &&
-      batch_ >= kPanelRowsMin && batch_ <= kPanelRowsMax)
+  if (panels == WeightPanels::where_faster && PanelMatrix::available() && batch_ >= kPanelRowsMin &&
+      batch_ <= kPanelRowsMax)
     copy_weights_to_panels(q_width, kv_width);
   if (!panel_storage_.empty()) team_.emplace(at::get_num_threads());
 }
@@ -255,8 +255,7 @@ void FastDecoder::project(const float* in, int64_t k, const Weight& weight, cons
   if (weight.quantized != nullptr && batch_ < kPackedRowsLimit)
     return quant_kernels::matmul(quant_isa_, *weight.quantized, in, batch_, bias, out, accumulate);
   if (weight.panels != nullptr)
-    return weight.panels->multiply(in, batch_, bias, out, accumulate,
-                                   team_ ? &*team_ : nullptr);
+    return weight.panels->multiply(in, batch_, bias, out, accumulate, team_ ? &*team_ : nullptr);
   linear(isa_, in, batch_, k, weight.dense, bias, n, out, accumulate);
 }
 

@@ -19,10 +19,10 @@
 #include <vector>
 
 #include "common/model/transformer.h"
-#include "common/util/spin_team.h"
 #include "common/rollout/decode_kernels.h"
 #include "common/rollout/panel_matmul.h"
 #include "common/rollout/quant_kernels.h"
+#include "common/util/spin_team.h"
 
 namespace tiller {
 

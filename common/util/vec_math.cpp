@@ -97,8 +97,8 @@ TILLER_AVX2 float exp_sum_weighted_avx2(const float* x, float shift, int64_t n, 
     const __m256 e = exp8(d);
     sum = _mm256_add_ps(sum, e);
     // Where e underflowed to 0, d may be -inf: 0 * -inf is NaN, so those lanes add 0.
-    dot = _mm256_add_ps(dot, _mm256_blendv_ps(_mm256_mul_ps(e, d), zero,
-                                              _mm256_cmp_ps(e, zero, _CMP_EQ_OQ)));
+    dot = _mm256_add_ps(
+        dot, _mm256_blendv_ps(_mm256_mul_ps(e, d), zero, _mm256_cmp_ps(e, zero, _CMP_EQ_OQ)));
   }
   float tail_dot = 0;
   const float tail = exp_sum_weighted_portable(x + i, shift, n - i, &tail_dot);
