@@ -482,8 +482,13 @@ torch::Tensor response_logits(TransformerImpl& model, const torch::Tensor& seque
                              causal_mask(sequence_mask, sequence_ids.size(1)));
   // The token at slot P + t is predicted by the hidden state at slot P + t - 1: only those
   // R slots go through the LM head ([B, R, V] instead of [B, P + R, V]).
-  return model.logits(hidden.narrow(1, prompt_len - 1, response_len)).to(torch::kFloat) /
-         effective_temperature(temperature);
+  return at_temperature(model.logits(hidden.narrow(1, prompt_len - 1, response_len)), temperature);
+}
+
+torch::Tensor at_temperature(const torch::Tensor& logits, double temperature) {
+  const double t = effective_temperature(temperature);
+  const auto as_float = logits.to(torch::kFloat);
+  return t == 1.0 ? as_float : as_float / t;
 }
 
 torch::Tensor response_logprobs(TransformerImpl& model, const GenerationBatch& batch,

@@ -78,6 +78,11 @@ GenerationBatch generate_groups(TransformerImpl& model,
                                 const std::vector<std::vector<int64_t>>& prompts,
                                 int64_t group_size, const SamplingOptions& options);
 
+// Logits as float divided by the sampling temperature (1 for greedy, temperature 0): the logits
+// themselves at 1, without the copy a division makes (a GRPO micro-batch's are 65 MB) and the
+// pass its backward adds.
+torch::Tensor at_temperature(const torch::Tensor& logits, double temperature);
+
 // The logits that predict each response token, from one full forward pass over prompt_len +
 // response_len tokens (prompt left-padded, as GenerationBatch lays them), divided by
 // `temperature` (1 when it is 0): [B, R, V] float. Sampling's log-probs, the reference's and

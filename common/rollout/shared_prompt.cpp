@@ -175,7 +175,7 @@ torch::Tensor response_logits_sharing_prompts(TransformerImpl& model,
   const auto predicting = hidden.reshape({packs * length, hidden.size(2)})
                               .index_select(0, head)
                               .view({rows, response_len, -1});
-  return model.logits(predicting).to(torch::kFloat) / (temperature > 0 ? temperature : 1.0);
+  return at_temperature(model.logits(predicting), temperature);
 }
 
 }  // namespace tiller
