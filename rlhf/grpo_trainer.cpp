@@ -71,10 +71,10 @@ std::pair<torch::Tensor, torch::Tensor> GrpoTrainer::pass(TransformerImpl& model
             ? response_logits_sharing_prompts(model, ids, sequence_mask, prompt_len, temperature)
             : response_logits(model, ids, sequence_mask, prompt_len, temperature);
   }
-  const auto logp = token_log_probs(logits, b.generation.response_ids.index_select(0, rows)) * mask;
-  torch::Tensor ent;
-  if (entropy) ent = ppo::entropy_from_logits(logits.detach()) * mask;
-  return {logp, ent};
+  const auto tokens = b.generation.response_ids.index_select(0, rows);
+  if (!entropy) return {token_log_probs(logits, tokens) * mask, torch::Tensor()};
+  const auto [logp, ent] = token_log_probs_and_entropy(logits, tokens);
+  return {logp * mask, ent * mask};
 }
 
 torch::Tensor GrpoTrainer::all_rows_logprobs(TransformerImpl& model, const GroupBatch& b) {

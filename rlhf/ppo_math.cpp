@@ -1,10 +1,6 @@
 #include "rlhf/ppo_math.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
-
-#include "common/util/vec_math.h"
 
 namespace tiller::ppo {
 
@@ -50,33 +46,6 @@ torch::Tensor explained_variance(const torch::Tensor& values, const torch::Tenso
                                  const torch::Tensor& mask) {
   auto var_returns = masked_var(returns, mask);
   return 1 - masked_var(returns - values, mask) / var_returns.clamp_min(1e-8);
-}
-
-torch::Tensor entropy_from_logits(const torch::Tensor& logits) {
-  if (logits.requires_grad() || !logits.device().is_cpu() ||
-      logits.scalar_type() != torch::kFloat || logits.numel() == 0) {
-    auto logp = torch::log_softmax(logits, -1);
-    return -(logp.exp() * logp).sum(-1);
-  }
-  // Two read-only passes a row (its max, then the sums of vec::exp_sum_weighted) where the
-  // formula above writes four tensors the size of the logits (a GRPO micro-batch's: 65 MB).
-  const int64_t vocab = logits.size(-1);
-  const auto flat = logits.contiguous().view({-1, vocab});
-  auto entropy = torch::empty({flat.size(0)}, logits.options());
-  const float* x = flat.data_ptr<float>();
-  float* h = entropy.data_ptr<float>();
-  const vec::Isa isa = vec::best_isa();
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / vocab);
-  at::parallel_for(0, flat.size(0), grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* row = x + r * vocab;
-      const float largest = vec::max(isa, row, vocab);
-      float weighted = 0;
-      const float sum = vec::exp_sum_weighted(isa, row, largest, vocab, &weighted);
-      h[r] = std::log(sum) - weighted / sum;
-    }
-  });
-  return entropy.view(logits.sizes().slice(0, logits.dim() - 1));
 }
 
 torch::Tensor kl_k1(const torch::Tensor& logp, const torch::Tensor& ref_logp) {

@@ -41,8 +41,6 @@ torch::Tensor normalize_scores(const torch::Tensor& score, bool whiten, double c
 torch::Tensor explained_variance(const torch::Tensor& values, const torch::Tensor& returns,
                                  const torch::Tensor& mask);
 
-// Entropy of each position's distribution from its logits [B, T, V]: [B, T].
-torch::Tensor entropy_from_logits(const torch::Tensor& logits);
 
 struct Advantages {
   torch::Tensor advantages;  // [B, T], 0 on padding

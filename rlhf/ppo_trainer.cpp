@@ -156,10 +156,9 @@ std::pair<torch::Tensor, torch::Tensor> PpoTrainer::actor_pass(TransformerImpl& 
                              options_.sampling.temperature);
   }
   auto tokens = r.generation.response_ids.index_select(0, rows);
-  auto logp = token_log_probs(logits, tokens) * mask;
-  torch::Tensor ent;
-  if (entropy) ent = ppo::entropy_from_logits(logits.detach()) * mask;
-  return {logp, ent};
+  if (!entropy) return {token_log_probs(logits, tokens) * mask, torch::Tensor()};
+  const auto [logp, ent] = token_log_probs_and_entropy(logits, tokens);
+  return {logp * mask, ent * mask};
 }
 
 torch::Tensor PpoTrainer::critic_pass(const Rollout& r, const torch::Tensor& rows) {

@@ -57,6 +57,48 @@ TEST(TokenLogProbs, EqualsTheFormulaForwardAndBackward) {
   }
 }
 
+// With the entropy beside them: the same log-probabilities and gradient as token_log_probs, and
+// the entropy of each position equal to the formula in double (0 where the target is ignored, none
+// of its gradient); the LibTorch path (double logits) gives the same.
+TEST(TokenLogProbs, EntropyBesideTheLogProbsEqualsTheFormula) {
+  torch::manual_seed(12);
+  for (int64_t vocab : {7, 3001}) {
+    SCOPED_TRACE("vocabulary " + std::to_string(vocab));
+    auto logits0 = torch::randn({3, 5, vocab}) * 5 + 1;
+    logits0[0][1] *= 30;  // nearly one-hot
+    logits0[2][0].narrow(0, 0, vocab / 2).fill_(-std::numeric_limits<float>::infinity());
+    logits0[2][3].fill_(-std::numeric_limits<float>::infinity());  // all but one token masked
+    logits0[2][3][vocab - 1] = 2.5;
+    auto targets = torch::randint(vocab, {3, 5}, torch::kLong);
+    targets[1][2] = -100;
+    targets[2][0] = vocab - 1;
+    targets[2][3] = vocab - 1;
+    const auto upstream = torch::randn({3, 5});
+    const auto logp64 = torch::log_softmax(logits0.to(torch::kDouble), -1);
+    auto expected_entropy =
+        -torch::where(logp64.exp() > 0, logp64.exp() * logp64, torch::zeros_like(logp64)).sum(-1);
+    expected_entropy[1][2] = 0.0;
+
+    auto logits = logits0.clone().requires_grad_();
+    const auto [logp, entropy] = token_log_probs_and_entropy(logits, targets);
+    (logp * upstream).sum().backward();
+    auto logits_alone = logits0.clone().requires_grad_();
+    const auto alone = token_log_probs(logits_alone, targets);
+    (alone * upstream).sum().backward();
+
+    EXPECT_TRUE(torch::equal(logp, alone));
+    EXPECT_TRUE(torch::equal(logits.grad(), logits_alone.grad()));
+    EXPECT_FALSE(entropy.requires_grad());
+    EXPECT_EQ(entropy.sizes(), targets.sizes());
+    test::expect_close_to_scale(entropy.to(torch::kDouble), expected_entropy, 1e-5, "entropy");
+    const auto [logp_double, entropy_double] =
+        token_log_probs_and_entropy(logits0.to(torch::kDouble), targets);
+    test::expect_close_to_scale(entropy_double.to(torch::kDouble), expected_entropy, 1e-5,
+                                "entropy (LibTorch path, in float as its log-probabilities)");
+    test::expect_close_to_scale(logp_double.to(torch::kFloat), logp, 1e-5, "log-probabilities");
+  }
+}
+
 TEST(TokenLogProbs, StridedLogitsAndOtherDtypesGiveTheFormula) {
   torch::manual_seed(12);
   const auto wide = torch::randn({4, 6, 40});

@@ -21,12 +21,17 @@ int64_t row_grain(int64_t vocab) {
 }
 
 struct TokenLogProbsFunction : torch::autograd::Function<TokenLogProbsFunction> {
-  // logits [N, V] contiguous fp32, targets [N] contiguous int64, already checked.
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits,
-                               const torch::Tensor& targets, int64_t ignore_index) {
+  // logits [N, V] contiguous fp32, targets [N] contiguous int64, already checked. Returns the
+  // log-probabilities and, with `with_entropy`, each row's entropy (not differentiable; empty
+  // otherwise).
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& logits,
+                               const torch::Tensor& targets, int64_t ignore_index,
+                               bool with_entropy) {
     const int64_t rows = logits.size(0), vocab = logits.size(1);
     auto out = torch::empty({rows}, logits.options());
     auto log_sum_exp = torch::empty({rows}, logits.options());
+    auto entropy = torch::empty({with_entropy ? rows : 0}, logits.options());
+    float* h = with_entropy ? entropy.data_ptr<float>() : nullptr;
     const float* x = logits.data_ptr<float>();
     const int64_t* target = targets.data_ptr<int64_t>();
     float* o = out.data_ptr<float>();
@@ -36,17 +41,26 @@ struct TokenLogProbsFunction : torch::autograd::Function<TokenLogProbsFunction> 
       for (int64_t r = begin; r < end; ++r) {
         if (target[r] == ignore_index) {
           o[r] = lse[r] = 0;
+          if (h != nullptr) h[r] = 0;
           continue;
         }
         const float* row = x + r * vocab;
         const float largest = vec::max(isa, row, vocab);
-        lse[r] = largest + std::log(vec::exp_sum(isa, row, largest, vocab, nullptr));
+        if (h != nullptr) {
+          float weighted = 0;
+          const float sum = vec::exp_sum_weighted(isa, row, largest, vocab, &weighted);
+          lse[r] = largest + std::log(sum);
+          h[r] = std::log(sum) - weighted / sum;
+        } else {
+          lse[r] = largest + std::log(vec::exp_sum(isa, row, largest, vocab, nullptr));
+        }
         o[r] = row[target[r]] - lse[r];
       }
     });
     ctx->save_for_backward({logits, targets, log_sum_exp});
     ctx->saved_data["ignore_index"] = ignore_index;
-    return out;
+    ctx->mark_non_differentiable({entropy});
+    return {out, entropy};
   }
 
   // d out[r] / d logits[r, j] = [j == target[r]] - softmax(logits[r])[j].
@@ -74,7 +88,7 @@ struct TokenLogProbsFunction : torch::autograd::Function<TokenLogProbsFunction> 
         d_row[target[r]] += g[r];
       }
     });
-    return {d_logits, torch::Tensor(), torch::Tensor()};
+    return {d_logits, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -104,17 +118,42 @@ torch::Tensor log_softmax_at(const torch::Tensor& logits, const torch::Tensor& t
   return torch::where(kept, picked, torch::zeros_like(picked));
 }
 
+bool fuses(const torch::Tensor& logits) {
+  return logits.device().is_cpu() && logits.scalar_type() == torch::kFloat && logits.numel() > 0;
+}
+
+variable_list fused(const torch::Tensor& logits, const torch::Tensor& targets, int64_t ignore_index,
+                    bool with_entropy) {
+  const int64_t vocab = logits.size(-1);
+  const auto flat = logits.contiguous().view({-1, vocab});
+  return TokenLogProbsFunction::apply(flat, targets.contiguous().view({-1}), ignore_index,
+                                      with_entropy);
+}
+
 }  // namespace
 
 torch::Tensor token_log_probs(const torch::Tensor& logits, const torch::Tensor& targets,
                               int64_t ignore_index) {
   check_shapes(logits, targets, ignore_index);
-  if (!logits.device().is_cpu() || logits.scalar_type() != torch::kFloat || logits.numel() == 0)
-    return log_softmax_at(logits, targets, ignore_index);
-  const int64_t vocab = logits.size(-1);
-  const auto flat = logits.contiguous().view({-1, vocab});
-  return TokenLogProbsFunction::apply(flat, targets.contiguous().view({-1}), ignore_index)
-      .view(targets.sizes());
+  if (!fuses(logits)) return log_softmax_at(logits, targets, ignore_index);
+  return fused(logits, targets, ignore_index, false)[0].view(targets.sizes());
+}
+
+LogProbsAndEntropy token_log_probs_and_entropy(const torch::Tensor& logits,
+                                               const torch::Tensor& targets, int64_t ignore_index) {
+  check_shapes(logits, targets, ignore_index);
+  if (!fuses(logits)) {
+    torch::Tensor entropy;
+    {
+      torch::NoGradGuard no_grad;
+      const auto logp = torch::log_softmax(logits.detach().to(torch::kFloat), -1);
+      entropy = -(logp.exp() * logp).nan_to_num(0.0).sum(-1);
+      entropy.masked_fill_(targets == ignore_index, 0.0);
+    }
+    return {log_softmax_at(logits, targets, ignore_index), entropy};
+  }
+  const auto outputs = fused(logits, targets, ignore_index, true);
+  return {outputs[0].view(targets.sizes()), outputs[1].view(targets.sizes())};
 }
 
 torch::Tensor token_log_probs_reference(const torch::Tensor& logits, const torch::Tensor& targets,

@@ -18,6 +18,16 @@ namespace tiller {
 torch::Tensor token_log_probs(const torch::Tensor& logits, const torch::Tensor& targets,
                               int64_t ignore_index = -100);
 
+// token_log_probs, and beside it the entropy of each position's distribution: [...] fp32 without
+// gradient, 0 where the target is ignore_index. Fused, from the same two passes over each row (GRPO
+// and PPO log both; a separate entropy read each micro-batch's logits twice more).
+struct LogProbsAndEntropy {
+  torch::Tensor logp, entropy;
+};
+LogProbsAndEntropy token_log_probs_and_entropy(const torch::Tensor& logits,
+                                               const torch::Tensor& targets,
+                                               int64_t ignore_index = -100);
+
 // The LibTorch formula (what token_log_probs computes where it does not fuse).
 torch::Tensor token_log_probs_reference(const torch::Tensor& logits, const torch::Tensor& targets,
                                         int64_t ignore_index = -100);

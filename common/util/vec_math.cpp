@@ -88,22 +88,36 @@ TILLER_AVX2 float exp_sum_avx2(const float* x, float shift, int64_t n, float* ou
          exp_sum_portable(x + i, shift, n - i, out == nullptr ? nullptr : out + i);
 }
 
+// e * d, and 0 where e underflowed to 0: d may be -inf there, and 0 * -inf is NaN.
+TILLER_AVX2 inline __m256 weighted_term(__m256 e, __m256 d) {
+  const __m256 zero = _mm256_setzero_ps();
+  return _mm256_blendv_ps(_mm256_mul_ps(e, d), zero, _mm256_cmp_ps(e, zero, _CMP_EQ_OQ));
+}
+
 TILLER_AVX2 float exp_sum_weighted_avx2(const float* x, float shift, int64_t n, float* weighted) {
-  const __m256 s = _mm256_set1_ps(shift), zero = _mm256_setzero_ps();
-  __m256 sum = _mm256_setzero_ps(), dot = _mm256_setzero_ps();
+  const __m256 s = _mm256_set1_ps(shift);
+  // The sum in exactly exp_sum_avx2's order, so that log-probabilities computed with the entropy
+  // and without it are the same bits (PPO's first ratio is exactly 1).
+  __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps(), dot = _mm256_setzero_ps();
   int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), s);
+    const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), s);
+    const __m256 e0 = exp8(d0), e1 = exp8(d1);
+    sum0 = _mm256_add_ps(sum0, e0);
+    sum1 = _mm256_add_ps(sum1, e1);
+    dot = _mm256_add_ps(dot, _mm256_add_ps(weighted_term(e0, d0), weighted_term(e1, d1)));
+  }
   for (; i + 8 <= n; i += 8) {
     const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), s);
     const __m256 e = exp8(d);
-    sum = _mm256_add_ps(sum, e);
-    // Where e underflowed to 0, d may be -inf: 0 * -inf is NaN, so those lanes add 0.
-    dot = _mm256_add_ps(
-        dot, _mm256_blendv_ps(_mm256_mul_ps(e, d), zero, _mm256_cmp_ps(e, zero, _CMP_EQ_OQ)));
+    sum0 = _mm256_add_ps(sum0, e);
+    dot = _mm256_add_ps(dot, weighted_term(e, d));
   }
   float tail_dot = 0;
   const float tail = exp_sum_weighted_portable(x + i, shift, n - i, &tail_dot);
   *weighted = sum8(dot) + tail_dot;
-  return sum8(sum) + tail;
+  return sum8(_mm256_add_ps(sum0, sum1)) + tail;
 }
 
 TILLER_AVX2 void scaled_exp_avx2(const float* x, float shift, float scale, int64_t n, float* out) {

@@ -35,7 +35,7 @@ float max(Isa isa, const float* x, int64_t n);
 // where out is not null (out may be x).
 float exp_sum(Isa isa, const float* x, float shift, int64_t n, float* out);
 
-// The sum of e[i] = exp(x[i] - shift), as exp_sum, and in *weighted the sum of e[i] * (x[i] -
+// The sum of e[i] = exp(x[i] - shift), as exp_sum (the same bits), and in *weighted the sum of e[i] * (x[i] -
 // shift), in one pass that writes nothing: with shift the row's maximum, a softmax's entropy is
 // log(sum) - weighted / sum.
 float exp_sum_weighted(Isa isa, const float* x, float shift, int64_t n, float* weighted);
