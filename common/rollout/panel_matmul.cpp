@@ -35,23 +35,25 @@ TILLER_AVX512F void panel_tile(const float* in, int64_t k, const float* panel, c
       acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
     }
   }
-  // The last panel's outputs past n are not written.
+  // The last panel's outputs past n are neither read nor written, and where it has 16 or fewer
+  // no pointer is made past them.
   const auto lanes = [](int64_t count) {
     return static_cast<__mmask16>(count >= 16 ? 0xFFFF : (1u << std::max<int64_t>(count, 0)) - 1);
   };
   const __mmask16 low = lanes(cols), high = lanes(cols - 16);
-  const __m512 bias0 = bias != nullptr ? _mm512_maskz_loadu_ps(low, bias) : _mm512_setzero_ps();
-  const __m512 bias1 =
-      bias != nullptr ? _mm512_maskz_loadu_ps(high, bias + 16) : _mm512_setzero_ps();
+  const bool two = cols > 16;
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 bias0 = bias != nullptr ? _mm512_maskz_loadu_ps(low, bias) : zero;
+  const __m512 bias1 = bias != nullptr && two ? _mm512_maskz_loadu_ps(high, bias + 16) : zero;
   for (int r = 0; r < R; ++r) {
     float* o = out + r * out_stride;
     __m512 y0 = _mm512_add_ps(acc[r][0], bias0), y1 = _mm512_add_ps(acc[r][1], bias1);
     if (accumulate) {
       y0 = _mm512_add_ps(y0, _mm512_maskz_loadu_ps(low, o));
-      y1 = _mm512_add_ps(y1, _mm512_maskz_loadu_ps(high, o + 16));
+      if (two) y1 = _mm512_add_ps(y1, _mm512_maskz_loadu_ps(high, o + 16));
     }
     _mm512_mask_storeu_ps(o, low, y0);
-    _mm512_mask_storeu_ps(o + 16, high, y1);
+    if (two) _mm512_mask_storeu_ps(o + 16, high, y1);
   }
 }
 
