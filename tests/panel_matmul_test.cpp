@@ -1,11 +1,13 @@
 // PanelMatrix (common/rollout/panel_matmul.h) against a double-precision product: row counts
 // around its 8-row tiles, widths around its 32-output panels, bias and accumulation, and the
-// thread count. FastDecoder's use of it: fast_decode_test.cpp.
-#include <ATen/Parallel.h>
+// size of the thread team. FastDecoder's use of it: fast_decode_test.cpp.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <vector>
+
 #include "common/rollout/panel_matmul.h"
+#include "common/util/spin_team.h"
 
 using namespace tiller;
 
@@ -27,6 +29,7 @@ TEST(PanelMatmul, MatchesTheProductInDoubleAcrossTilesPanelsBiasAndAccumulation)
   if (!PanelMatrix::available())
     GTEST_SKIP() << "this CPU has no AVX-512F: PanelMatrix is not used on it";
   torch::manual_seed(5);
+  SpinTeam team(2);
   for (int64_t rows : {1, 3, 8, 13, 64}) {
     for (auto [n, k] :
          {std::pair<int64_t, int64_t>{32, 5}, {45, 17}, {50, 9}, {100, 288}, {1000, 64}}) {
@@ -47,7 +50,7 @@ TEST(PanelMatmul, MatchesTheProductInDoubleAcrossTilesPanelsBiasAndAccumulation)
           const auto expected =
               reference_product(in, weight, bias, out.narrow(0, 0, rows), accumulate);
           panels.multiply(in.data_ptr<float>(), rows, with_bias ? bias.data_ptr<float>() : nullptr,
-                          out.data_ptr<float>(), accumulate);
+                          out.data_ptr<float>(), accumulate, team);
           const double scale = expected.abs().max().item<double>();
           EXPECT_LE((out.narrow(0, 0, rows) - expected).abs().max().item<double>(), 1e-5 * scale);
           EXPECT_TRUE(torch::equal(out[rows], sentinel));
@@ -57,7 +60,7 @@ TEST(PanelMatmul, MatchesTheProductInDoubleAcrossTilesPanelsBiasAndAccumulation)
   }
 }
 
-// Each output is one thread's sum in k order: one thread and two give the same bits.
+// Each output is one thread's sum in k order: one thread and three give the same bits.
 TEST(PanelMatmul, ResultDoesNotDependOnTheThreadCount) {
   if (!PanelMatrix::available())
     GTEST_SKIP() << "this CPU has no AVX-512F: PanelMatrix is not used on it";
@@ -66,15 +69,13 @@ TEST(PanelMatmul, ResultDoesNotDependOnTheThreadCount) {
   const auto weight = torch::randn({n, k});
   const auto in = torch::randn({rows, k});
   const PanelMatrix panels(weight.data_ptr<float>(), n, k);
-  const int threads = at::get_num_threads();
   std::vector<torch::Tensor> results;
-  for (int count : {1, 2}) {
-    at::set_num_threads(count);
+  for (int threads : {1, 3}) {
+    SpinTeam team(threads);
     auto out = torch::empty({rows, n});
-    panels.multiply(in.data_ptr<float>(), rows, nullptr, out.data_ptr<float>(), false);
+    panels.multiply(in.data_ptr<float>(), rows, nullptr, out.data_ptr<float>(), false, team);
     results.push_back(out);
   }
-  at::set_num_threads(threads);
   EXPECT_TRUE(torch::equal(results[0], results[1]));
 }
 

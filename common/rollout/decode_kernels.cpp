@@ -137,10 +137,7 @@ TILLER_AVX2 void attend_avx2(const float* q, int64_t group, const float* keys, c
     __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t s0 = 0; s0 < padded; s0 += kSlotBlock) {
       __m256 products[kSlotBlock];
-      if (s0 + kSlotBlock <= slots)  // a whole block: the bound is known to hold
-        key_products<kChunks>(qh, keys, s0, s0 + kSlotBlock, chunks, products);
-      else
-        key_products<kChunks>(qh, keys, s0, slots, chunks, products);
+      key_products<kChunks>(qh, keys, s0, slots, chunks, products);
       const __m256 block =
           _mm256_fmadd_ps(sums_of_8(products), vscale, _mm256_loadu_ps(mask_bias + s0));
       _mm256_storeu_ps(scores + s0, block);

@@ -225,13 +225,13 @@ void FastDecoder::copy_weights_to_panels(int64_t q_width, int64_t kv_width) {
                                            {&layer.up, hidden_, dim_},
                                            {&layer.down, dim_, hidden_}});
   }
-  // Those that would go through sgemm: not a quantised one that project() multiplies packed, not
-  // one small enough for small_matmul.
+  // Those that would go through sgemm: not one small enough for small_matmul. (At kPanelRowsMin
+  // rows and more, project() multiplies no quantised weight packed.)
+  static_assert(kPanelRowsMin >= kPackedRowsLimit);
   std::vector<Projection> chosen;
   int64_t bytes = 0;
   for (const Projection& p : projections) {
-    if ((p.weight->quantized != nullptr && batch_ < kPackedRowsLimit) || p.n * p.k <= kTinyMatrix)
-      continue;
+    if (p.n * p.k <= kTinyMatrix) continue;
     chosen.push_back(p);
     bytes += p.n * p.k * static_cast<int64_t>(sizeof(float));
   }
@@ -255,7 +255,7 @@ void FastDecoder::project(const float* in, int64_t k, const Weight& weight, cons
   if (weight.quantized != nullptr && batch_ < kPackedRowsLimit)
     return quant_kernels::matmul(quant_isa_, *weight.quantized, in, batch_, bias, out, accumulate);
   if (weight.panels != nullptr)
-    return weight.panels->multiply(in, batch_, bias, out, accumulate, team_ ? &*team_ : nullptr);
+    return weight.panels->multiply(in, batch_, bias, out, accumulate, *team_);
   linear(isa_, in, batch_, k, weight.dense, bias, n, out, accumulate);
 }
 

@@ -117,7 +117,8 @@ class FastDecoder {
   Weight lm_head_;  // the embedding when tied
   std::vector<Layer> layers_;
   std::vector<std::unique_ptr<PanelMatrix>> panel_storage_;  // what Weight::panels point at
-  // Where the step multiplies by panels, the threads of the panel products and the attention:
+  // Where the step multiplies by panels (and only there: panel_storage_ is not empty), the threads
+  // of the panel products and the attention:
   // LibTorch's intra-op count, spinning between a step's loops (common/util/spin_team.h). Not
   // otherwise: the step's sgemm calls run on OpenBLAS's own threads, which spinning workers would
   // slow.

@@ -87,14 +87,14 @@ PanelMatrix::PanelMatrix(const float* weight, int64_t n, int64_t k)
 }
 
 void PanelMatrix::multiply(const float* in, int64_t rows, const float* bias, float* out,
-                           bool accumulate, SpinTeam* team) const {
+                           bool accumulate, SpinTeam& team) const {
   check(available(), "PanelMatrix: this CPU lacks AVX-512F");
   const int64_t panel_count = (n_ + kWidth - 1) / kWidth;
   const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
   // Work items panel by panel, a panel's tiles next to each other: a thread's run of items
   // reads each panel from memory once. An item is 256·k multiply-adds; a thread gets 2^17 at least.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / (kTileRows * kWidth * k_));
-  const auto items = [&](int64_t begin, int64_t end) {
+  team.parallel_for(panel_count * tiles, grain, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t p = item / tiles, first_row = item % tiles * kTileRows;
       const int64_t tile_rows = std::min(kTileRows, rows - first_row);
@@ -104,11 +104,7 @@ void PanelMatrix::multiply(const float* in, int64_t rows, const float* bias, flo
                             out + first_row * n_ + column, n_, std::min(kWidth, n_ - column),
                             accumulate);
     }
-  };
-  if (team != nullptr)
-    team->parallel_for(panel_count * tiles, grain, items);
-  else
-    at::parallel_for(0, panel_count * tiles, grain, items);
+  });
 }
 
 }  // namespace tiller

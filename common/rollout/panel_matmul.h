@@ -27,11 +27,11 @@ class PanelMatrix {
   PanelMatrix(const float* weight, int64_t n, int64_t k);
 
   // out[rows, n] = in[rows, k] · weightᵀ + bias (bias may be null), or += that when
-  // `accumulate`. Splits the panels and 8-row tiles over `team`'s threads, or LibTorch's intra-op
-  // threads without one. Each output is the sum over k in order (one fused multiply-add a term), so
-  // it is the same whatever the thread count. Requires available().
+  // `accumulate`. Splits the panels and 8-row tiles over `team`'s threads. Each output is the sum
+  // over k in order (one fused multiply-add a term), so it is the same whatever the thread count.
+  // Requires available().
   void multiply(const float* in, int64_t rows, const float* bias, float* out, bool accumulate,
-                SpinTeam* team = nullptr) const;
+                SpinTeam& team) const;
 
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }

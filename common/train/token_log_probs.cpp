@@ -109,13 +109,18 @@ void check_shapes(const torch::Tensor& logits, const torch::Tensor& targets, int
   }
 }
 
-torch::Tensor log_softmax_at(const torch::Tensor& logits, const torch::Tensor& targets,
-                             int64_t ignore_index) {
+// log_probs[..., target] where the target is kept, 0 where it is ignore_index.
+torch::Tensor picked_at(const torch::Tensor& log_probs, const torch::Tensor& targets,
+                        int64_t ignore_index) {
   const auto kept = targets != ignore_index;
   const auto ids = torch::where(kept, targets, torch::zeros_like(targets));
-  const auto picked =
-      torch::log_softmax(logits.to(torch::kFloat), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1);
+  const auto picked = log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1);
   return torch::where(kept, picked, torch::zeros_like(picked));
+}
+
+torch::Tensor log_softmax_at(const torch::Tensor& logits, const torch::Tensor& targets,
+                             int64_t ignore_index) {
+  return picked_at(torch::log_softmax(logits.to(torch::kFloat), -1), targets, ignore_index);
 }
 
 bool fuses(const torch::Tensor& logits) {
@@ -142,15 +147,16 @@ torch::Tensor token_log_probs(const torch::Tensor& logits, const torch::Tensor& 
 LogProbsAndEntropy token_log_probs_and_entropy(const torch::Tensor& logits,
                                                const torch::Tensor& targets, int64_t ignore_index) {
   check_shapes(logits, targets, ignore_index);
-  if (!fuses(logits)) {
+  if (!fuses(logits)) {  // one log_softmax for both
+    const auto log_probs = torch::log_softmax(logits.to(torch::kFloat), -1);
     torch::Tensor entropy;
     {
       torch::NoGradGuard no_grad;
-      const auto logp = torch::log_softmax(logits.detach().to(torch::kFloat), -1);
-      entropy = -(logp.exp() * logp).nan_to_num(0.0).sum(-1);
+      const auto p_log_p = log_probs.detach().exp() * log_probs.detach();
+      entropy = -p_log_p.nan_to_num(0.0).sum(-1);  // 0 * -inf at a masked token counts 0
       entropy.masked_fill_(targets == ignore_index, 0.0);
     }
-    return {log_softmax_at(logits, targets, ignore_index), entropy};
+    return {picked_at(log_probs, targets, ignore_index), entropy};
   }
   const auto outputs = fused(logits, targets, ignore_index, true);
   return {outputs[0].view(targets.sizes()), outputs[1].view(targets.sizes())};
