@@ -337,10 +337,11 @@ TEST(DpoStage, SharingPrefixesGivesTheUnsharedFiguresAndSaysWhatItPacked) {
   const std::string root = test::temp_dir("dpo_share");
   write_long_prompt_pairs(root + "/long.jsonl", 20, 14);
   {
-    // A short prompt before endings as long as each other that differ from their first word.
+    // A short prompt before endings as long as each other that differ from their first word,
+    // long enough that the prompt is under a twentieth of each pair's tokens.
     std::ofstream out(root + "/short.jsonl");
     std::string cats, dogs;
-    for (int i = 0; i < 12; ++i) cats += " cat", dogs += " dog";
+    for (int i = 0; i < 36; ++i) cats += " cat", dogs += " dog";
     for (int i = 0; i < 20; ++i)
       out << nlohmann::json{{"prompt", "A story."}, {"chosen", cats}, {"rejected", dogs}}.dump()
           << "\n";

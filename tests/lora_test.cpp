@@ -126,6 +126,37 @@ TEST(Lora, OnlyTheAdaptersTrainAndTheBaseStaysBitForBit) {
 
 // PPO's LoRA critic on the reward model: one copy of the frozen weights serves both; training the
 // critic's adapters and head leaves the reward model's scores exactly as they were.
+// Recomputed layers (train.activation_checkpointing) behind a frozen embedding: every layer's
+// adapters get the gradients that stored activations give. (Before, a recomputed layer whose
+// input needed no gradient gave none, and a loss over its outputs could not be differentiated.)
+TEST(Lora, RecomputedLayersTrainTheAdaptersAsStoredOnesDo) {
+  Transformer model = random_base(small_config(), 4);
+  attach_lora(*model, options(4, 8, lora_target_names()), /*seed=*/2, "test");
+  randomize_b(*model, 6);
+  const auto ids = tokens();
+  const auto adapter_gradients = [&](bool recompute) {
+    model->model->activation_checkpointing = recompute;
+    model->zero_grad();
+    (model->forward(ids, torch::ones_like(ids)) * torch::linspace(-1, 1, 61)).sum().backward();
+    std::vector<torch::Tensor> out;
+    for (auto& [name, adapter] : model->lora->adapters) {
+      EXPECT_TRUE(adapter->a.grad().defined()) << name;
+      EXPECT_TRUE(adapter->b.grad().defined()) << name;
+      if (!adapter->a.grad().defined() || !adapter->b.grad().defined()) return out;
+      out.push_back(adapter->a.grad().clone());
+      out.push_back(adapter->b.grad().clone());
+    }
+    return out;
+  };
+  const auto stored = adapter_gradients(false);
+  const auto recomputed = adapter_gradients(true);
+  ASSERT_EQ(recomputed.size(), stored.size());
+  ASSERT_EQ(stored.size(), 2 * model->lora->adapters.size());
+  for (size_t i = 0; i < stored.size(); ++i)
+    test::expect_close_to_scale(recomputed[i], stored[i], 1e-5,
+                                "adapter gradient " + std::to_string(i));
+}
+
 TEST(Lora, ACriticSharingTheRewardModelsBaseTrainsOnlyItsOwnAdaptersAndHead) {
   ModelConfig c = small_config();
   c.num_labels = 1;

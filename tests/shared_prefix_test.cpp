@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "common/model/attention_mask.h"
+#include "common/model/lora.h"
 #include "common/model/shared_prefix.h"
 #include "common/train/pairwise_reward.h"
 #include "dpo/pair_log_probs.h"
@@ -130,6 +132,88 @@ TEST(SharedPrefix, HiddenStatesAndGradientsEqualThePaddedBatch) {
   const auto weights = torch::randn(plain.sizes()) * real;
   expect_same_gradients(*model, gradients(*model, (plain * weights).sum()),
                         gradients(*model, (packed * weights).sum()));
+}
+
+// The states at output positions are those of the full pass there, forward and backward: on a
+// padded batch (left and right), with grouped key/value heads, q/k/v biases, adapters on q/k/v
+// and o, and recomputed layers; positions repeated and out of order.
+TEST(OutputPositions, HiddenStatesAndGradientsEqualTheFullPassThere) {
+  ModelConfig config = test::llama_config(48, 32, 64, 3, 4, 2, 64);
+  config.attention_bias = true;
+  // Rows of 12, 9 (left-padded) and 7 (right-padded) tokens.
+  auto ids = (torch::arange(36, torch::kLong).view({3, 12}) * 5) % 47 + 1;
+  auto mask = torch::ones({3, 12}, torch::kLong);
+  mask[1].narrow(0, 0, 3).zero_();
+  mask[2].narrow(0, 7, 5).zero_();
+  const auto outputs =
+      torch::tensor({11, 3, 5, 11, 11, 10, 4, 7, 0, 2, 6, 6}, torch::kLong).view({3, 4});
+  const auto positions = positions_from_mask(mask);
+  const auto allowed = causal_mask(mask.to(torch::kBool), 12);
+  for (const bool adapters : {false, true}) {
+    for (const bool recompute : {false, true}) {
+      SCOPED_TRACE(std::string(adapters ? "adapters" : "no adapters") +
+                   (recompute ? ", recomputed layers" : ""));
+      Transformer model = test::sharp_random_model(config, 21);
+      if (adapters) {
+        LoraOptions o;
+        o.rank = 4;
+        o.targets = {"q_proj", "k_proj", "v_proj", "o_proj"};
+        attach_lora(*model, o, /*seed=*/3, "test");
+        torch::NoGradGuard no_grad;
+        for (auto& p : model->named_parameters())
+          if (p.key().find("lora_B") != std::string::npos) p.value().normal_(0, 0.2);
+      }
+      model->model->activation_checkpointing = recompute;
+      const auto full = model->hidden(ids, positions, allowed);
+      const auto at = outputs.unsqueeze(-1).expand({3, 4, full.size(2)});
+      const auto wanted = model->hidden(ids, positions, allowed, nullptr, outputs);
+      ASSERT_EQ(wanted.sizes(), torch::IntArrayRef({3, 4, 32}));
+      test::expect_close_to_scale(wanted, full.gather(1, at), 1e-5, "hidden states");
+      const auto weights = torch::randn({3, 4, 32});
+      expect_same_gradients(
+          *model,
+          gradients(*model, (model->hidden(ids, positions, allowed).gather(1, at) * weights).sum()),
+          gradients(*model,
+                    (model->hidden(ids, positions, allowed, nullptr, outputs) * weights).sum()));
+    }
+  }
+}
+
+// hidden_sharing_prefixes' output positions, packed and padded, give the states of the full
+// padded pass at those positions of the batch's rows.
+TEST(OutputPositions, PackedBatchesGiveTheStatesOfTheirRows) {
+  const ModelConfig config = test::llama_config(48, 32, 64, 2, 4, 2, 64);
+  const Batch b = mixed_groups();
+  const auto groups = common_prefix_groups(pointers(b.rows), b.candidates);
+  ASSERT_EQ(prefix_packed_rows(config, lengths_of(b.rows), groups), 2);
+  const PaddedRows padded = pad_right(b.rows);
+  // Each row's last token and two more of its positions (a prefix position among them).
+  const auto last = last_token_index(padded.mask);
+  const auto outputs = torch::stack({last, torch::zeros_like(last) + 1, last.div(2, "floor")}, 1);
+  Transformer model = test::sharp_random_model(config, 5);
+  const auto full = hidden_sharing_prefixes(*model, padded.ids, padded.mask, {});
+  const auto at = outputs.unsqueeze(-1).expand({outputs.size(0), 3, full.size(2)});
+  for (const bool share : {false, true}) {
+    SCOPED_TRACE(share ? "packed" : "padded");
+    bool packed = !share;
+    const auto wanted =
+        hidden_sharing_prefixes(*model, padded.ids, padded.mask,
+                                share ? groups : std::vector<PrefixGroup>{}, &packed, outputs);
+    EXPECT_EQ(packed, share);
+    test::expect_close_to_scale(wanted, full.gather(1, at), 1e-5, "hidden states");
+    const auto weights = torch::randn(wanted.sizes());
+    expect_same_gradients(
+        *model,
+        gradients(
+            *model,
+            (hidden_sharing_prefixes(*model, padded.ids, padded.mask, {}).gather(1, at) * weights)
+                .sum()),
+        gradients(*model, (hidden_sharing_prefixes(*model, padded.ids, padded.mask,
+                                                   share ? groups : std::vector<PrefixGroup>{},
+                                                   nullptr, outputs) *
+                           weights)
+                              .sum()));
+  }
 }
 
 TEST(SharedPrefix, ShortPrefixesAreNotPacked) {

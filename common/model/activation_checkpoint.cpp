@@ -41,7 +41,13 @@ struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
 torch::Tensor checkpointed_layer(DecoderLayerImpl& layer, const torch::Tensor& x,
                                  const torch::Tensor& cos, const torch::Tensor& sin,
                                  const torch::Tensor& allowed) {
-  return CheckpointedLayer::apply(x, cos, sin, allowed, reinterpret_cast<int64_t>(&layer));
+  // The function's output needs a gradient where the layer's own parameters train even though x
+  // has none (LoRA adapters after a frozen embedding); x then takes one, which nothing reads.
+  bool layer_trains = layer.self_attn->lora != nullptr || layer.mlp->lora != nullptr;
+  for (const auto& p : layer.parameters()) layer_trains = layer_trains || p.requires_grad();
+  const bool needs_input_grad = layer_trains && !x.requires_grad() && torch::GradMode::is_enabled();
+  return CheckpointedLayer::apply(needs_input_grad ? x.detach().requires_grad_(true) : x, cos, sin,
+                                  allowed, reinterpret_cast<int64_t>(&layer));
 }
 
 }  // namespace tiller

@@ -1,7 +1,6 @@
 #include "common/model/reward_model.h"
 
 #include "common/model/attention_mask.h"
-#include "common/model/to_device.h"
 #include "common/util/error.h"
 #include "common/util/files.h"
 
@@ -70,13 +69,12 @@ ScoreBatch make_score_batch(const std::vector<const std::vector<int64_t>*>& sequ
 
 torch::Tensor raw_scores(TransformerImpl& model, const ScoreBatch& batch,
                          const std::vector<PrefixGroup>& shared_prefixes, bool* packed) {
-  const auto device = model.parameters().front().device();
   check(model.config.num_labels == 1, "raw_scores needs a single-label score head");
+  // Each row's last real token, the one state the score head reads.
+  const auto last = last_token_index(batch.attention_mask).unsqueeze(1);
   const auto hidden = hidden_sharing_prefixes(model, batch.input_ids, batch.attention_mask,
-                                              shared_prefixes, packed);
-  const auto last = last_token_index(to_device(batch.attention_mask, device));
-  const auto rows = torch::arange(hidden.size(0), last.options());
-  return model.score(hidden.index({rows, last})).squeeze(-1).to(torch::kFloat);
+                                              shared_prefixes, packed, last);
+  return model.score(hidden).view({-1}).to(torch::kFloat);
 }
 
 std::vector<double> score_sequences(TransformerImpl& model,

@@ -118,7 +118,7 @@ double layers_cost(const LayerCost& cost, double rows, double row_length,
   return rows * row_length * cost.per_token + pairs * cost.per_pair;
 }
 
-// The packs in rows, or none where they do not count kLeastCountedShare of the padded batch's
+// The packs in rows, or none where they count more than kLeastPackedShare of the padded batch's
 // multiply-adds.
 std::vector<PackedRow> rows_that_pay(const ModelConfig& config, const std::vector<int64_t>& lengths,
                                      const std::vector<Pack>& packs) {
@@ -135,7 +135,7 @@ std::vector<PackedRow> rows_that_pay(const ModelConfig& config, const std::vecto
                                     static_cast<double>(longest_row(rows)), pack_lengths);
   const double padded =
       layers_cost(cost, static_cast<double>(lengths.size()), static_cast<double>(width), lengths);
-  if (packed > kLeastCountedShare * padded) rows.clear();
+  if (packed > kLeastPackedShare * padded) rows.clear();
   return rows;
 }
 
@@ -165,15 +165,18 @@ int64_t prefix_packed_rows(const ModelConfig& config, const std::vector<int64_t>
 
 torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tensor& ids,
                                       const torch::Tensor& mask,
-                                      const std::vector<PrefixGroup>& groups, bool* packed) {
+                                      const std::vector<PrefixGroup>& groups, bool* packed,
+                                      const torch::Tensor& output_positions) {
   if (packed != nullptr) *packed = false;
   const auto device = model.parameters().front().device();
   const int64_t n = ids.size(0), width = ids.size(1);
   const auto device_ids = to_device(ids, device);
   const auto padded = [&] {
     const auto device_mask = to_device(mask, device);
-    return model.hidden(device_ids, positions_from_mask(device_mask),
-                        causal_mask(device_mask.to(torch::kBool), width));
+    return model.hidden(
+        device_ids, positions_from_mask(device_mask),
+        causal_mask(device_mask.to(torch::kBool), width), nullptr,
+        output_positions.defined() ? to_device(output_positions, device) : output_positions);
   };
   // Without groups, the batch as it is (padded on either side; no lengths read on the host).
   if (groups.empty()) return padded();
@@ -224,12 +227,52 @@ torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tenso
   source = to_device(source, device);
   const auto packed_ids =
       device_ids.reshape(-1).index_select(0, source.clamp_min(0).view(-1)).view({count, length});
-  const auto hidden = model.hidden(
-      packed_ids, to_device(positions, device),
-      grouped_prefix_mask(to_device(group, device), to_device(segment, device), source.ge(0)));
-  return hidden.reshape({count * length, hidden.size(2)})
-      .index_select(0, to_device(slot, device))
-      .view({n, width, hidden.size(2)});
+  const auto packed_mask =
+      grouped_prefix_mask(to_device(group, device), to_device(segment, device), source.ge(0));
+  if (!output_positions.defined()) {
+    const auto hidden = model.hidden(packed_ids, to_device(positions, device), packed_mask);
+    return hidden.reshape({count * length, hidden.size(2)})
+        .index_select(0, to_device(slot, device))
+        .view({n, width, hidden.size(2)});
+  }
+  // The wanted batch positions, as positions of the packed rows: each packed row's distinct
+  // columns (its list padded with its last entry), and where each wanted state lands among them.
+  const auto wanted = output_positions.to(torch::kCPU, torch::kLong).contiguous();
+  const int64_t per_row = wanted.size(1);
+  const auto want = wanted.accessor<int64_t, 2>();
+  std::vector<std::vector<int64_t>> columns(static_cast<size_t>(count));
+  auto landing = torch::empty({n * per_row}, torch::kLong);
+  auto lands = landing.accessor<int64_t, 1>();
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t i = 0; i < per_row; ++i) {
+      const int64_t packed_slot = at[r * width + want[r][i]];
+      auto& list = columns[static_cast<size_t>(packed_slot / length)];
+      const int64_t column = packed_slot % length;
+      const auto found = std::find(list.begin(), list.end(), column);
+      lands[r * per_row + i] = found - list.begin();
+      if (found == list.end()) list.push_back(column);
+    }
+  }
+  size_t most = 1;
+  for (const auto& list : columns) most = std::max(most, list.size());
+  auto packed_positions = torch::zeros({count, static_cast<int64_t>(most)}, torch::kLong);
+  auto pp = packed_positions.accessor<int64_t, 2>();
+  for (int64_t k = 0; k < count; ++k) {
+    const auto& list = columns[static_cast<size_t>(k)];
+    for (size_t j = 0; j < most; ++j)
+      pp[k][static_cast<int64_t>(j)] = list.empty() ? 0 : list[std::min(j, list.size() - 1)];
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t i = 0; i < per_row; ++i) {
+      const int64_t packed_row = at[r * width + want[r][i]] / length;
+      lands[r * per_row + i] += packed_row * static_cast<int64_t>(most);
+    }
+  }
+  const auto hidden = model.hidden(packed_ids, to_device(positions, device), packed_mask, nullptr,
+                                   to_device(packed_positions, device));
+  return hidden.reshape({-1, hidden.size(2)})
+      .index_select(0, to_device(landing, device))
+      .view({n, per_row, hidden.size(2)});
 }
 
 std::string prefix_sharing_note(const std::string& stage, int64_t packed, int64_t batches) {
@@ -239,7 +282,8 @@ std::string prefix_sharing_note(const std::string& stage, int64_t packed, int64_
   const std::string follow = " (shared_prefix_batches in metrics.jsonl follows it)";
   if (packed == 0)
     return head + "none" + its +
-           ": their rows begin alike for too few tokens to save a fifth of the layers' work, so "
+           ": their rows begin alike for too few tokens to save a twentieth of the layers' work, "
+           "so "
            "each row is computed whole" +
            follow;
   return head + std::to_string(packed) + its + ", computing the beginnings their rows share once" +

@@ -90,6 +90,18 @@ torch::Tensor adapted(const LoraAdaptersImpl* lora, int64_t layer, const char* t
   return adapter == nullptr ? base : adapter->add_to(base, input);
 }
 
+// t's entries at `positions` [B, K] (int64, indices into dimension `dim`), the other dimensions
+// kept: a [B, ..., T, ...] tensor becomes [B, ..., K, ...]. A t of batch 1 serves every row.
+torch::Tensor at_positions(const torch::Tensor& t, const torch::Tensor& positions, int64_t dim) {
+  const auto d = static_cast<size_t>(dim);
+  std::vector<int64_t> batch_shape = t.sizes().vec();
+  batch_shape[0] = positions.size(0);
+  std::vector<int64_t> shape = batch_shape, index_shape(batch_shape.size(), 1);
+  shape[d] = index_shape[d] = positions.size(1);
+  index_shape[0] = positions.size(0);
+  return t.expand(batch_shape).gather(dim, positions.view(index_shape).expand(shape));
+}
+
 torch::nn::Linear linear(int64_t in, int64_t out, bool bias) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
@@ -119,23 +131,44 @@ void AttentionImpl::fuse_projections() {
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                      const torch::Tensor& sin, const torch::Tensor& allowed,
-                                     KVCache* cache, int64_t layer) {
+                                     KVCache* cache, int64_t layer,
+                                     const torch::Tensor& query_positions) {
   const int64_t batch = x.size(0), length = x.size(1);
   const auto input = dist::copy_to_tensor_parallel(x, tp);  // column-parallel q/k/v
   if (observer != nullptr) (*observer)(ProjectionInput::attention, input);
   std::vector<torch::Tensor> biases;
   if (q_proj->bias.defined()) biases = {q_proj->bias, k_proj->bias, v_proj->bias};
-  const auto qkv = project(input, {q_proj->weight, k_proj->weight, v_proj->weight}, biases);
-  auto q = adapted(lora, layer_index, "q_proj", qkv[0], input)
-               .view({batch, length, n_heads, head_dim})
-               .transpose(1, 2);
-  auto k = adapted(lora, layer_index, "k_proj", qkv[1], input)
-               .view({batch, length, n_kv_heads, head_dim})
-               .transpose(1, 2);
-  auto v = adapted(lora, layer_index, "v_proj", qkv[2], input)
-               .view({batch, length, n_kv_heads, head_dim})
-               .transpose(1, 2);
-  q = apply_rotary(q, cos, sin);  // [B, H, T, hd]
+  torch::Tensor q, k, v;
+  int64_t queries = length;
+  if (!query_positions.defined()) {
+    const auto qkv = project(input, {q_proj->weight, k_proj->weight, v_proj->weight}, biases);
+    q = adapted(lora, layer_index, "q_proj", qkv[0], input);
+    k = adapted(lora, layer_index, "k_proj", qkv[1], input);
+    v = adapted(lora, layer_index, "v_proj", qkv[2], input);
+  } else {
+    // Queries at the wanted positions alone; keys and values at every position they may see.
+    TORCH_CHECK(cache == nullptr, "query positions are not supported with a KV cache");
+    queries = query_positions.size(1);
+    const auto query_input = at_positions(input, query_positions, 1);
+    const std::vector<torch::Tensor> q_bias(biases.begin(),
+                                            biases.begin() + (biases.empty() ? 0 : 1));
+    const std::vector<torch::Tensor> kv_biases(biases.begin() + (biases.empty() ? 0 : 1),
+                                               biases.end());
+    q = adapted(lora, layer_index, "q_proj", project(query_input, {q_proj->weight}, q_bias)[0],
+                query_input);
+    const auto kv = project(input, {k_proj->weight, v_proj->weight}, kv_biases);
+    k = adapted(lora, layer_index, "k_proj", kv[0], input);
+    v = adapted(lora, layer_index, "v_proj", kv[1], input);
+  }
+  q = q.view({batch, queries, n_heads, head_dim}).transpose(1, 2);
+  k = k.view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
+  v = v.view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
+  if (query_positions.defined()) {
+    q = apply_rotary(q, at_positions(cos, query_positions, 2),
+                     at_positions(sin, query_positions, 2));  // [B, H, K, hd]
+  } else {
+    q = apply_rotary(q, cos, sin);  // [B, H, T, hd]
+  }
   k = apply_rotary(k, cos, sin);  // [B, KV, T, hd]
   if (cache != nullptr) {
     const int64_t start = cache->length;
@@ -155,9 +188,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     v = values.narrow(2, 0, start + length);
   }
   const int64_t rep = n_heads / n_kv_heads;
-  auto out = attention(q, repeat_kv(k, rep).to(q.scalar_type()),
-                       repeat_kv(v, rep).to(q.scalar_type()), allowed);
-  out = out.transpose(1, 2).reshape({batch, length, n_heads * head_dim});
+  auto out =
+      attention(q, repeat_kv(k, rep).to(q.scalar_type()), repeat_kv(v, rep).to(q.scalar_type()),
+                query_positions.defined() ? at_positions(allowed, query_positions, 2) : allowed);
+  out = out.transpose(1, 2).reshape({batch, queries, n_heads * head_dim});
   if (observer != nullptr) (*observer)(ProjectionInput::attention_output, out);
   // Row-parallel o_proj: each rank's partial product, summed over the group.
   return dist::reduce_from_tensor_parallel(
@@ -212,8 +246,11 @@ void DecoderLayerImpl::attach_lora(const LoraAdaptersImpl* adapters, int64_t ind
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                         const torch::Tensor& sin, const torch::Tensor& allowed,
-                                        KVCache* cache, int64_t layer) {
-  auto h = x + self_attn(input_layernorm(x), cos, sin, allowed, cache, layer);
+                                        KVCache* cache, int64_t layer,
+                                        const torch::Tensor& output_positions) {
+  const auto residual = output_positions.defined() ? at_positions(x, output_positions, 1) : x;
+  auto h =
+      residual + self_attn(input_layernorm(x), cos, sin, allowed, cache, layer, output_positions);
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -232,7 +269,10 @@ DecoderImpl::DecoderImpl(const ModelConfig& c)
 }
 
 torch::Tensor DecoderImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& positions,
-                                   const torch::Tensor& allowed, KVCache* cache) {
+                                   const torch::Tensor& allowed, KVCache* cache,
+                                   const torch::Tensor& output_positions) {
+  TORCH_CHECK(!output_positions.defined() || cache == nullptr,
+              "output positions are not supported with a KV cache");
   auto [cos, sin] = rotary.tables(positions);
   auto x = tp.single() ? embed_tokens(input_ids) : parallel_embedding(input_ids);  // [B, T, C]
   // The residual stream is in the norms' dtype: fp32 also where a LoRA's frozen embedding is
@@ -241,9 +281,17 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& input_ids, const torch::
   const bool recompute =
       activation_checkpointing && cache == nullptr && torch::GradMode::is_enabled();
   for (size_t i = 0; i < layer_list.size(); ++i) {
-    x = recompute ? checkpointed_layer(*layer_list[i], x, cos, sin, allowed)
-                  : layer_list[i]->forward(x, cos, sin, allowed, cache, static_cast<int64_t>(i));
+    // Only the last layer's outputs leave the body: with output positions it computes them there
+    // alone (its keys and values everywhere), and stores the few activations that takes.
+    if (output_positions.defined() && i + 1 == layer_list.size()) {
+      x = layer_list[i]->forward(x, cos, sin, allowed, nullptr, static_cast<int64_t>(i),
+                                 output_positions);
+    } else {
+      x = recompute ? checkpointed_layer(*layer_list[i], x, cos, sin, allowed)
+                    : layer_list[i]->forward(x, cos, sin, allowed, cache, static_cast<int64_t>(i));
+    }
   }
+  if (output_positions.defined() && layer_list.empty()) x = at_positions(x, output_positions, 1);
   if (cache != nullptr) cache->length += input_ids.size(1);
   return norm(x);
 }
@@ -277,9 +325,12 @@ TransformerImpl::TransformerImpl(const ModelConfig& c) : config(c) {
 
 torch::Tensor TransformerImpl::hidden(const torch::Tensor& input_ids,
                                       const torch::Tensor& positions, const torch::Tensor& allowed,
-                                      KVCache* cache) {
+                                      KVCache* cache, const torch::Tensor& output_positions) {
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [B, T], got ", input_ids.sizes());
-  return model(input_ids, positions, allowed, cache);
+  TORCH_CHECK(!output_positions.defined() ||
+                  (output_positions.dim() == 2 && output_positions.size(0) == input_ids.size(0)),
+              "output positions must be [B, K], got ", output_positions.sizes());
+  return model(input_ids, positions, allowed, cache, output_positions);
 }
 
 torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
@@ -311,11 +362,8 @@ torch::Tensor TransformerImpl::sequence_scores(const torch::Tensor& input_ids,
   check(config.num_labels == 1, "sequence_scores needs a single-label score head");
   auto positions = positions_from_mask(attention_mask);
   auto allowed = causal_mask(attention_mask.to(torch::kBool), input_ids.size(1));
-  auto h = hidden(input_ids, positions, allowed);
-  auto last = last_token_index(attention_mask);  // [B]
-  auto rows = torch::arange(input_ids.size(0), last.options());
-  auto h_last = h.index({rows, last});  // [B, C]
-  return score(h_last).squeeze(-1);
+  const auto last = last_token_index(attention_mask).unsqueeze(1);  // [B, 1]
+  return score(hidden(input_ids, positions, allowed, nullptr, last)).view({-1});
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> TransformerImpl::named_weights() {

@@ -48,8 +48,11 @@ struct AttentionImpl : torch::nn::Module {
   // x: [B, T, C]; cos/sin: [B, 1, T, hd]; allowed: [B, 1, T, S].
   // Without a cache S == T; with one, keys/values are written at slots [length, length + T)
   // and attention reads slots [0, length + T), so S == length + T.
+  // query_positions [B, K] int64 (no cache): queries at those positions of each row only, the
+  // output [B, K, C]; keys and values from every position.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& allowed, KVCache* cache, int64_t layer);
+                        const torch::Tensor& allowed, KVCache* cache, int64_t layer,
+                        const torch::Tensor& query_positions = {});
   // Puts q/k/v's weights (and biases) back to back in one buffer, so that forward multiplies
   // once (common/model/fused_linear.h). Done at construction and after sharding.
   void fuse_projections();
@@ -77,8 +80,11 @@ TORCH_MODULE(MLP);
 
 struct DecoderLayerImpl : torch::nn::Module {
   explicit DecoderLayerImpl(const ModelConfig& config);
+  // output_positions [B, K] int64 (no cache): the layer's output at those positions only,
+  // [B, K, C] (AttentionImpl::forward's query_positions).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& allowed, KVCache* cache, int64_t layer);
+                        const torch::Tensor& allowed, KVCache* cache, int64_t layer,
+                        const torch::Tensor& output_positions = {});
   // Routes this layer's projections through `adapters` (layer `index` of them).
   void attach_lora(const LoraAdaptersImpl* adapters, int64_t index);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
@@ -90,9 +96,11 @@ TORCH_MODULE(DecoderLayer);
 // The body without heads: HF's LlamaModel (prefix "model.").
 struct DecoderImpl : torch::nn::Module {
   explicit DecoderImpl(const ModelConfig& config);
-  // input_ids, positions: [B, T]; allowed: [B, 1, T, S]. Returns final-normed hidden [B, T, C].
+  // input_ids, positions: [B, T]; allowed: [B, 1, T, S]. Returns final-normed hidden [B, T, C],
+  // or [B, K, C] at output_positions [B, K] (TransformerImpl::hidden).
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& positions,
-                        const torch::Tensor& allowed, KVCache* cache);
+                        const torch::Tensor& allowed, KVCache* cache,
+                        const torch::Tensor& output_positions = {});
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers;
   RMSNorm norm{nullptr};
@@ -115,8 +123,13 @@ struct TransformerImpl : torch::nn::Module {
   explicit TransformerImpl(const ModelConfig& config);
 
   // input_ids, positions: [B, T] int64; allowed: [B, 1, T, S] bool. Returns hidden [B, T, C].
+  // With output_positions [B, K] int64 (no cache), the hidden states at those positions of each
+  // row only, [B, K, C]: the last layer then computes its queries, attention output and MLP at
+  // them alone (keys and values at every position), which a head read at a few positions (a
+  // reward model's last token) needs, at a fraction of the last layer's work.
   torch::Tensor hidden(const torch::Tensor& input_ids, const torch::Tensor& positions,
-                       const torch::Tensor& allowed, KVCache* cache = nullptr);
+                       const torch::Tensor& allowed, KVCache* cache = nullptr,
+                       const torch::Tensor& output_positions = {});
   // hidden: [B, T, C] -> logits [B, T, V]
   torch::Tensor logits(const torch::Tensor& hidden);
   // hidden: [B, T, C] -> scores [B, T, num_labels]
