@@ -73,10 +73,10 @@ SideLogProbs pair_log_probs(TransformerImpl& model, const PairSlice& slice, int6
     groups = pair_prefix_groups(sequences);
   }
   bool packed = false;
-  const auto hidden = hidden_sharing_prefixes(model, ids, mask, groups, &packed);
   const auto p = static_cast<int64_t>(slice.count);
-  targets = to_device(targets, hidden.device());
-  const auto sums = target_log_probs(model, hidden, targets).sum(1);  // [2P]
+  const auto sums = row_target_log_probs(model, targets, [&](const torch::Tensor& outputs) {
+                      return hidden_sharing_prefixes(model, ids, mask, groups, &packed, outputs);
+                    }).sum(1);  // [2P]
   counts = counts.to(sums.device());
   return {sums.narrow(0, 0, p),
           sums.narrow(0, p, p),

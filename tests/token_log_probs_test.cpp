@@ -165,6 +165,45 @@ TEST(TokenLogProbs, LanguageModelLossEqualsCrossEntropy) {
                               "first parameter's gradient");
 }
 
+// SFT's batches (prompts predict nothing): the loss computes the last layer and the LM head at the
+// targeted positions only, and gives the loss and every parameter's gradient of the full pass.
+// Rows hold two packed examples, one example, or no target at all; targets are uneven per row.
+TEST(TokenLogProbs, LanguageModelLossAtTargetedPositionsEqualsTheFullPass) {
+  torch::manual_seed(19);
+  auto model = test::sharp_random_model(test::llama_config(97, 32, 64, 3, 4, 2, 64), 9);
+  TokenBatch batch;
+  batch.input_ids = torch::randint(97, {3, 12}, torch::kLong);
+  batch.targets = torch::randint(97, {3, 12}, torch::kLong);
+  batch.segment_ids = torch::zeros({3, 12}, torch::kLong);
+  batch.segment_ids[0].narrow(0, 5, 7).fill_(1);  // row 0: examples of 5 and 7 tokens
+  batch.targets[0].narrow(0, 0, 2).fill_(-100);
+  batch.targets[0].narrow(0, 5, 4).fill_(-100);
+  batch.targets[1].narrow(0, 0, 9).fill_(-100);  // row 1: 3 targets
+  batch.segment_ids[2].narrow(0, 10, 2).fill_(-1);
+  batch.targets[2].fill_(-100);  // row 2: none, and padding
+  batch.target_count = batch.targets.ne(-100).sum().item<int64_t>();
+  auto gradients = [&](const torch::Tensor& loss) {
+    for (auto& p : model->parameters()) p.mutable_grad().reset();
+    loss.backward();
+    std::vector<torch::Tensor> out;
+    for (auto& p : model->parameters())
+      out.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+    return out;
+  };
+  const auto loss = lm_loss_sum(*model, batch);
+  const auto loss_grads = gradients(loss);
+  const auto logits =
+      model->logits(model->hidden(batch.input_ids, positions_from_segments(batch.segment_ids),
+                                  segment_causal_mask(batch.segment_ids)));
+  const auto want = -token_log_probs(logits, batch.targets).sum();
+  const auto want_grads = gradients(want);
+  EXPECT_NEAR(loss.item<double>(), want.item<double>(), 1e-5 * want.item<double>());
+  ASSERT_EQ(loss_grads.size(), want_grads.size());
+  const auto names = model->named_parameters().keys();
+  for (size_t i = 0; i < want_grads.size(); ++i)
+    test::expect_close_to_scale(loss_grads[i], want_grads[i], 1e-5, "gradient of " + names[i]);
+}
+
 // The LM head at the targeted positions only (a prompt's tokens predict nothing) gives the
 // log-probabilities and every parameter's gradient of the head over all positions; ignored
 // positions give 0; a batch with no target at all still keeps the graph (a zero loss whose

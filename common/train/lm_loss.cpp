@@ -6,13 +6,71 @@
 
 namespace tiller {
 
+namespace {
+
+// Whether the LM head skips untargeted positions (target_log_probs): at least an eighth of them
+// have no target, and some do.
+bool skips_untargeted(int64_t targeted, int64_t positions) {
+  return targeted > 0 && (positions - targeted) * 8 >= positions;
+}
+
+// Each row's targeted positions, the rows' lists padded to the longest with a copy of their last
+// entry whose target is -100: the positions [B, K] and their targets [B, K]. On the host.
+struct TargetedPositions {
+  torch::Tensor positions, targets;
+};
+
+TargetedPositions targeted_positions(const torch::Tensor& targets) {
+  const auto host = targets.to(torch::kCPU, torch::kLong).contiguous();
+  const auto t = host.accessor<int64_t, 2>();
+  std::vector<std::vector<int64_t>> lists(static_cast<size_t>(host.size(0)));
+  size_t most = 1;
+  for (int64_t r = 0; r < host.size(0); ++r) {
+    for (int64_t j = 0; j < host.size(1); ++j)
+      if (t[r][j] != -100) lists[static_cast<size_t>(r)].push_back(j);
+    most = std::max(most, lists[static_cast<size_t>(r)].size());
+  }
+  const auto count = static_cast<int64_t>(most);
+  TargetedPositions out{torch::zeros({host.size(0), count}, torch::kLong),
+                        torch::full({host.size(0), count}, -100, torch::kLong)};
+  auto positions = out.positions.accessor<int64_t, 2>();
+  auto picked = out.targets.accessor<int64_t, 2>();
+  for (int64_t r = 0; r < host.size(0); ++r) {
+    const auto& list = lists[static_cast<size_t>(r)];
+    for (int64_t k = 0; k < count; ++k) {
+      const auto i = static_cast<size_t>(k);
+      positions[r][k] = list.empty() ? 0 : list[std::min(i, list.size() - 1)];
+      if (i < list.size()) picked[r][k] = t[r][list[i]];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+torch::Tensor row_target_log_probs(
+    TransformerImpl& model, const torch::Tensor& targets,
+    const std::function<torch::Tensor(const torch::Tensor&)>& hidden_at) {
+  const auto device = model.parameters().front().device();
+  // Where the LM head skips the untargeted positions, so does the last layer: its states are
+  // read nowhere else (keys and values aside, which it still computes everywhere).
+  if (skips_untargeted(targets.ne(-100).sum().item<int64_t>(), targets.numel())) {
+    const TargetedPositions targeted = targeted_positions(targets);
+    return target_log_probs(model, hidden_at(to_device(targeted.positions, device)),
+                            to_device(targeted.targets, device));
+  }
+  return target_log_probs(model, hidden_at(torch::Tensor()), to_device(targets, device));
+}
+
 torch::Tensor lm_loss_sum(TransformerImpl& model, const TokenBatch& batch) {
-  auto device = model.parameters().front().device();
-  auto ids = to_device(batch.input_ids, device);
-  auto segments = to_device(batch.segment_ids, device);
-  auto targets = to_device(batch.targets, device);
-  auto hidden = model.hidden(ids, positions_from_segments(segments), segment_causal_mask(segments));
-  return -target_log_probs(model, hidden, targets).sum();
+  const auto device = model.parameters().front().device();
+  const auto ids = to_device(batch.input_ids, device);
+  const auto segments = to_device(batch.segment_ids, device);
+  const auto positions = positions_from_segments(segments);
+  const auto allowed = segment_causal_mask(segments);
+  return -row_target_log_probs(model, batch.targets, [&](const torch::Tensor& outputs) {
+            return model.hidden(ids, positions, allowed, nullptr, outputs);
+          }).sum();
 }
 
 torch::Tensor target_log_probs(TransformerImpl& model, const torch::Tensor& hidden,
@@ -23,8 +81,7 @@ torch::Tensor target_log_probs(TransformerImpl& model, const torch::Tensor& hidd
   // positions without one (packed pretraining loses one a document): the LM head over every
   // position. Skipping a few saves little, and pretraining's arithmetic, and so its runs, stay
   // bit for bit those of the head over every position.
-  const int64_t untargeted = flat_targets.numel() - targeted.numel();
-  if (targeted.numel() == 0 || untargeted * 8 < flat_targets.numel())
+  if (!skips_untargeted(targeted.numel(), flat_targets.numel()))
     return token_log_probs(model.logits(hidden).to(torch::kFloat), targets);
   const auto rows = hidden.reshape({-1, hidden.size(-1)}).index_select(0, targeted);
   const auto picked =
