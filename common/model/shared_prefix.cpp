@@ -163,6 +163,38 @@ int64_t prefix_packed_rows(const ModelConfig& config, const std::vector<int64_t>
       rows_that_pay(config, row_lengths, lay_out(row_lengths, groups)).size());
 }
 
+PackedOutputs packed_outputs(const torch::Tensor& slots, int64_t rows, int64_t length) {
+  const auto wanted = slots.to(torch::kCPU, torch::kLong).contiguous();
+  const auto slot = wanted.accessor<int64_t, 1>();
+  std::vector<std::vector<int64_t>> columns(static_cast<size_t>(rows));
+  std::vector<int64_t> index_in_row(static_cast<size_t>(wanted.size(0)));
+  std::vector<int64_t> listed(static_cast<size_t>(rows * length), -1);  // a slot's index in its row
+  for (int64_t i = 0; i < wanted.size(0); ++i) {
+    auto& list = columns[static_cast<size_t>(slot[i] / length)];
+    auto& index = listed[static_cast<size_t>(slot[i])];
+    if (index < 0) {
+      index = static_cast<int64_t>(list.size());
+      list.push_back(slot[i] % length);
+    }
+    index_in_row[static_cast<size_t>(i)] = index;
+  }
+  size_t most = 1;
+  for (const auto& list : columns) most = std::max(most, list.size());
+  const auto count = static_cast<int64_t>(most);
+  PackedOutputs out{torch::zeros({rows, count}, torch::kLong),
+                    torch::empty({wanted.size(0)}, torch::kLong)};
+  auto positions = out.positions.accessor<int64_t, 2>();
+  for (int64_t k = 0; k < rows; ++k) {
+    const auto& list = columns[static_cast<size_t>(k)];
+    for (size_t j = 0; j < most; ++j)
+      positions[k][static_cast<int64_t>(j)] = list.empty() ? 0 : list[std::min(j, list.size() - 1)];
+  }
+  auto landing = out.landing.accessor<int64_t, 1>();
+  for (int64_t i = 0; i < wanted.size(0); ++i)
+    landing[i] = slot[i] / length * count + index_in_row[static_cast<size_t>(i)];
+  return out;
+}
+
 torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tensor& ids,
                                       const torch::Tensor& mask,
                                       const std::vector<PrefixGroup>& groups, bool* packed,
@@ -235,43 +267,19 @@ torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tenso
         .index_select(0, to_device(slot, device))
         .view({n, width, hidden.size(2)});
   }
-  // The wanted batch positions, as positions of the packed rows: each packed row's distinct
-  // columns (its list padded with its last entry), and where each wanted state lands among them.
+  // The wanted batch positions, as slots of the packed rows.
   const auto wanted = output_positions.to(torch::kCPU, torch::kLong).contiguous();
   const int64_t per_row = wanted.size(1);
   const auto want = wanted.accessor<int64_t, 2>();
-  std::vector<std::vector<int64_t>> columns(static_cast<size_t>(count));
-  auto landing = torch::empty({n * per_row}, torch::kLong);
-  auto lands = landing.accessor<int64_t, 1>();
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t i = 0; i < per_row; ++i) {
-      const int64_t packed_slot = at[r * width + want[r][i]];
-      auto& list = columns[static_cast<size_t>(packed_slot / length)];
-      const int64_t column = packed_slot % length;
-      const auto found = std::find(list.begin(), list.end(), column);
-      lands[r * per_row + i] = found - list.begin();
-      if (found == list.end()) list.push_back(column);
-    }
-  }
-  size_t most = 1;
-  for (const auto& list : columns) most = std::max(most, list.size());
-  auto packed_positions = torch::zeros({count, static_cast<int64_t>(most)}, torch::kLong);
-  auto pp = packed_positions.accessor<int64_t, 2>();
-  for (int64_t k = 0; k < count; ++k) {
-    const auto& list = columns[static_cast<size_t>(k)];
-    for (size_t j = 0; j < most; ++j)
-      pp[k][static_cast<int64_t>(j)] = list.empty() ? 0 : list[std::min(j, list.size() - 1)];
-  }
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t i = 0; i < per_row; ++i) {
-      const int64_t packed_row = at[r * width + want[r][i]] / length;
-      lands[r * per_row + i] += packed_row * static_cast<int64_t>(most);
-    }
-  }
+  auto slots = torch::empty({n * per_row}, torch::kLong);
+  auto wanted_slot = slots.accessor<int64_t, 1>();
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < per_row; ++i) wanted_slot[r * per_row + i] = at[r * width + want[r][i]];
+  const PackedOutputs outputs = packed_outputs(slots, count, length);
   const auto hidden = model.hidden(packed_ids, to_device(positions, device), packed_mask, nullptr,
-                                   to_device(packed_positions, device));
+                                   to_device(outputs.positions, device));
   return hidden.reshape({-1, hidden.size(2)})
-      .index_select(0, to_device(landing, device))
+      .index_select(0, to_device(outputs.landing, device))
       .view({n, per_row, hidden.size(2)});
 }
 

@@ -72,6 +72,15 @@ torch::Tensor hidden_sharing_prefixes(TransformerImpl& model, const torch::Tenso
                                       bool* packed = nullptr,
                                       const torch::Tensor& output_positions = {});
 
+// Output positions for packed rows (TransformerImpl::hidden): the wanted states are slots
+// (packed row * length + column, [N] int64) of `rows` rows of `length`. positions [rows, K]: each
+// row's distinct wanted columns, padded with its last (0 in a row with none); landing [N]: where
+// each wanted slot's state lies among the [rows * K] states at those positions. On the host.
+struct PackedOutputs {
+  torch::Tensor positions, landing;
+};
+PackedOutputs packed_outputs(const torch::Tensor& slots, int64_t rows, int64_t length);
+
 // A stage's line on what sharing prefixes did in its first step: `packed` of `batches`
 // micro-batches packed (none: the rows begin alike for too few tokens to pay).
 std::string prefix_sharing_note(const std::string& stage, int64_t packed, int64_t batches);

@@ -478,11 +478,14 @@ torch::Tensor response_logits(TransformerImpl& model, const torch::Tensor& seque
                               double temperature) {
   const int64_t response_len = sequence_ids.size(1) - prompt_len;
   check(prompt_len >= 1 && response_len >= 1, "response_logits: empty prompt or response");
+  // The token at slot P + t is predicted by the hidden state at slot P + t - 1: only those R
+  // slots leave the last layer and go through the LM head ([B, R, V] instead of [B, P + R, V]).
+  const auto predicting = torch::arange(prompt_len - 1, prompt_len - 1 + response_len,
+                                        torch::dtype(torch::kLong).device(sequence_ids.device()))
+                              .expand({sequence_ids.size(0), response_len});
   auto hidden = model.hidden(sequence_ids, positions_from_mask(sequence_mask),
-                             causal_mask(sequence_mask, sequence_ids.size(1)));
-  // The token at slot P + t is predicted by the hidden state at slot P + t - 1: only those
-  // R slots go through the LM head ([B, R, V] instead of [B, P + R, V]).
-  return at_temperature(model.logits(hidden.narrow(1, prompt_len - 1, response_len)), temperature);
+                             causal_mask(sequence_mask, sequence_ids.size(1)), nullptr, predicting);
+  return at_temperature(model.logits(hidden), temperature);
 }
 
 torch::Tensor at_temperature(const torch::Tensor& logits, double temperature) {

@@ -159,7 +159,6 @@ torch::Tensor response_logits_sharing_prompts(TransformerImpl& model,
       lay_out_packs(groups, longest_prompt, pack_size, rows, prompt_len, response_len);
   const auto source = cpu_layout.source.to(device);
   const auto segment = cpu_layout.segment.to(device);
-  const auto head = cpu_layout.head.to(device);
   const int64_t packs = source.size(0), length = source.size(1);
   const auto from = source.clamp_min(0).view(-1);
   const auto is_token = source.ge(0);
@@ -171,9 +170,12 @@ torch::Tensor response_logits_sharing_prompts(TransformerImpl& model,
   const auto key_valid =
       sequence_mask.to(torch::kBool).reshape(-1).index_select(0, from).view({packs, length}) &
       is_token;
-  const auto hidden = model.hidden(ids, positions, shared_prefix_mask(segment, key_valid));
-  const auto predicting = hidden.reshape({packs * length, hidden.size(2)})
-                              .index_select(0, head)
+  // Only the states that predict a response token leave the last layer.
+  const PackedOutputs outputs = packed_outputs(cpu_layout.head, packs, length);
+  const auto hidden = model.hidden(ids, positions, shared_prefix_mask(segment, key_valid), nullptr,
+                                   outputs.positions.to(device));
+  const auto predicting = hidden.reshape({-1, hidden.size(2)})
+                              .index_select(0, outputs.landing.to(device))
                               .view({rows, response_len, -1});
   return at_temperature(model.logits(predicting), temperature);
 }
