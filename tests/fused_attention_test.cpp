@@ -88,10 +88,21 @@ TEST(FusedAttention, BlocksOfQueriesSeeOnlyTheirKeysUnderEveryMask) {
   segments[1].narrow(0, 200, 100).fill_(0);
   auto irregular = torch::rand({batch, 1, length, length}) < 0.7;
   irregular[0][0][5].fill_(false);  // one query sees nothing
+  // Shared prefixes: row 0 a 40-token prefix before continuations of 100, 90 and 70 (each later
+  // one's blocks skip the keys of those before it); row 1 a 10-token prefix before one of 20
+  // (too short to skip) and one of 150, then padding.
+  auto continuations = torch::zeros({batch, length}, torch::kLong);
+  continuations[0].narrow(0, 40, 100).fill_(1);
+  continuations[0].narrow(0, 140, 90).fill_(2);
+  continuations[0].narrow(0, 230, 70).fill_(3);
+  continuations[1].narrow(0, 10, 20).fill_(1);
+  continuations[1].narrow(0, 30, 150).fill_(2);
+  continuations[1].narrow(0, 180, 120).fill_(-1);
   const std::vector<std::pair<std::string, torch::Tensor>> masks = {
       {"causal", causal_mask(torch::ones({batch, length}, torch::kBool), length)},
       {"segments", segment_causal_mask(segments)},
-      {"irregular", irregular}};
+      {"irregular", irregular},
+      {"shared prefixes", shared_prefix_mask(continuations, continuations.ge(0))}};
   const auto base0 = torch::randn({batch, length, 3 * heads * dim});
   const auto upstream = torch::randn({batch, heads, length, dim});
   for (const auto& [name, mask] : masks) {

@@ -61,8 +61,17 @@ struct RowSpan {
 };
 
 // Each block of queries' keys: the union [first, end) of its queries' spans, empty where none of
-// them sees anything. A [batch, blocks, 2] int64 table, made by the forward and saved for the
+// them sees anything, less its longest run of keys that no query of the block sees where that run
+// is at least kLeastSkippedKeys long (a shared prefix's second response does not see the first):
+// the block multiplies its keys in one or two parts. A [batch, blocks, 4] int64 table (first,
+// end, gap first, gap end; an empty gap where none), made by the forward and saved for the
 // backward, which needs nothing else of the mask.
+constexpr int64_t kLeastSkippedKeys = 32;
+
+struct KeyPart {
+  int64_t lo, hi;
+};
+
 struct BlockSpans {
   torch::Tensor table;
   int64_t blocks_per_row;
@@ -71,10 +80,16 @@ struct BlockSpans {
       : table(std::move(spans)), blocks_per_row(table.size(1)) {}
   int64_t first(int64_t b, int64_t i) const { return at(b, i)[0]; }
   int64_t end(int64_t b, int64_t i) const { return at(b, i)[1]; }
+  // [first, end) without the gap: one or two parts.
+  std::vector<KeyPart> parts(int64_t b, int64_t i) const {
+    const int64_t* s = at(b, i);
+    if (s[2] == s[3]) return {{s[0], s[1]}};
+    return {{s[0], s[2]}, {s[3], s[1]}};
+  }
 
  private:
   const int64_t* at(int64_t b, int64_t i) const {
-    return table.data_ptr<int64_t>() + (b * blocks_per_row + i) * 2;
+    return table.data_ptr<int64_t>() + (b * blocks_per_row + i) * 4;
   }
 };
 
@@ -88,7 +103,7 @@ struct MaskSpans {
       : t_len(t_len_),
         rows(static_cast<size_t>(batch * t_len_)),
         blocks(
-            torch::zeros({batch, (t_len_ + kRowsPerBlock - 1) / kRowsPerBlock, 2}, torch::kLong)) {
+            torch::zeros({batch, (t_len_ + kRowsPerBlock - 1) / kRowsPerBlock, 4}, torch::kLong)) {
     const bool* mask = allowed.data_ptr<bool>();
     int64_t* block_table = blocks.table.data_ptr<int64_t>();
     for (int64_t r = 0; r < batch * t_len; ++r) {
@@ -108,11 +123,38 @@ struct MaskSpans {
       }
       span.dense = count == span.end - span.first;
       int64_t* block =
-          block_table + ((r / t_len) * blocks.blocks_per_row + (r % t_len) / kRowsPerBlock) * 2;
+          block_table + ((r / t_len) * blocks.blocks_per_row + (r % t_len) / kRowsPerBlock) * 4;
       const bool block_empty = block[0] == block[1];
       block[0] = block_empty ? span.first : std::min(block[0], span.first);
       block[1] = block_empty ? span.end : std::max(block[1], span.end);
     }
+    // The gaps, in blocks with a query that does not see all of its span (a gap between dense
+    // spans would be padding, which costs no more than it did).
+    std::vector<char> seen_by_block;
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t i = 0; i < blocks.blocks_per_row; ++i) {
+        int64_t* block = block_table + (b * blocks.blocks_per_row + i) * 4;
+        const int64_t t0 = i * kRowsPerBlock, t1 = std::min(t_len, t0 + kRowsPerBlock);
+        bool sparse = false;
+        for (int64_t t = t0; t < t1; ++t) sparse = sparse || !row(b, t).dense;
+        if (!sparse || block[1] - block[0] < kLeastSkippedKeys) continue;
+        seen_by_block.assign(static_cast<size_t>(s_len), 0);
+        for (int64_t t = t0; t < t1; ++t) {
+          const RowSpan& span = row(b, t);
+          const bool* seen = mask + (b * t_len + t) * s_len;
+          for (int64_t s = span.first; s < span.end; ++s)
+            seen_by_block[static_cast<size_t>(s)] |= static_cast<char>(seen[s]);
+        }
+        int64_t run_start = block[0];
+        for (int64_t s = block[0]; s <= block[1]; ++s) {
+          if (s < block[1] && seen_by_block[static_cast<size_t>(s)] == 0) continue;
+          if (s - run_start >= kLeastSkippedKeys && s - run_start > block[3] - block[2]) {
+            block[2] = run_start;
+            block[3] = s;
+          }
+          run_start = s + 1;
+        }
+      }
   }
 
   const RowSpan& row(int64_t b, int64_t t) const {
@@ -163,15 +205,23 @@ struct AttentionFunction : torch::autograd::Function<AttentionFunction> {
             std::fill(o + t0 * dim, o + (t0 + rows) * dim, 0.0f);
             continue;
           }
-          const auto R = static_cast<CBLAS_INT>(rows), C = static_cast<CBLAS_INT>(hi - lo);
-          float* pb = p + t0 * s_len + lo;
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, C, n.D, n.scale,
-                      qh.data + t0 * qh.ld, qh.ld, kh.data + lo * kh.ld, kh.ld, 0.0f, pb, n.S);
+          const auto R = static_cast<CBLAS_INT>(rows);
+          const std::vector<KeyPart> parts = spans.blocks.parts(b, i);
+          // The scores of the gap's keys are not computed: every query of the block has them
+          // masked, so softmax_row writes -inf (or 0) over them before reading.
+          for (const KeyPart& part : parts)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R,
+                        static_cast<CBLAS_INT>(part.hi - part.lo), n.D, n.scale,
+                        qh.data + t0 * qh.ld, qh.ld, kh.data + part.lo * kh.ld, kh.ld, 0.0f,
+                        p + t0 * s_len + part.lo, n.S);
           for (int64_t t = t0; t < t0 + rows; ++t)
             softmax_row(isa, p + t * s_len, spans.row(b, t), mask + (b * t_len + t) * s_len, lo,
                         hi);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, n.D, C, 1.0f, pb, n.S,
-                      vh.data + lo * vh.ld, vh.ld, 0.0f, o + t0 * dim, n.D);
+          for (size_t j = 0; j < parts.size(); ++j)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, n.D,
+                        static_cast<CBLAS_INT>(parts[j].hi - parts[j].lo), 1.0f,
+                        p + t0 * s_len + parts[j].lo, n.S, vh.data + parts[j].lo * vh.ld, vh.ld,
+                        j == 0 ? 0.0f : 1.0f, o + t0 * dim, n.D);
         }
       }
     });
@@ -209,24 +259,36 @@ struct AttentionFunction : torch::autograd::Function<AttentionFunction> {
             std::fill(dqh + t0 * dim, dqh + (t0 + rows) * dim, 0.0f);
             continue;
           }
-          const auto R = static_cast<CBLAS_INT>(rows), C = static_cast<CBLAS_INT>(hi - lo);
-          const float* pb = p + t0 * s_len + lo;
-          float* dsb = ds + t0 * s_len + lo;
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, n.D, R, 1.0f, pb, n.S,
-                      go + t0 * dim, n.D, 1.0f, dvh + lo * dim, n.D);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, C, n.D, 1.0f, go + t0 * dim, n.D,
-                      vh.data + lo * vh.ld, vh.ld, 0.0f, dsb, n.S);
-          for (int64_t r = 0; r < rows; ++r) {
-            const float* pr = pb + r * s_len;
-            float* row = dsb + r * s_len;
-            float dot = 0;
-            for (int64_t s = 0; s < hi - lo; ++s) dot += pr[s] * row[s];
-            for (int64_t s = 0; s < hi - lo; ++s) row[s] = pr[s] * (row[s] - dot);
+          const auto R = static_cast<CBLAS_INT>(rows);
+          // The gap's probabilities are 0: its keys take no gradient from this block.
+          const std::vector<KeyPart> parts = blocks.parts(b, i);
+          for (const KeyPart& part : parts) {
+            const auto C = static_cast<CBLAS_INT>(part.hi - part.lo);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, n.D, R, 1.0f,
+                        p + t0 * s_len + part.lo, n.S, go + t0 * dim, n.D, 1.0f,
+                        dvh + part.lo * dim, n.D);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, C, n.D, 1.0f, go + t0 * dim,
+                        n.D, vh.data + part.lo * vh.ld, vh.ld, 0.0f, ds + t0 * s_len + part.lo,
+                        n.S);
           }
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, n.D, C, n.scale, dsb, n.S,
-                      kh.data + lo * kh.ld, kh.ld, 0.0f, dqh + t0 * dim, n.D);
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, n.D, R, n.scale, dsb, n.S,
-                      qh.data + t0 * qh.ld, qh.ld, 1.0f, dkh + lo * dim, n.D);
+          for (int64_t t = t0; t < t0 + rows; ++t) {
+            const float* pr = p + t * s_len;
+            float* row = ds + t * s_len;
+            float dot = 0;
+            for (const KeyPart& part : parts)
+              for (int64_t s = part.lo; s < part.hi; ++s) dot += pr[s] * row[s];
+            for (const KeyPart& part : parts)
+              for (int64_t s = part.lo; s < part.hi; ++s) row[s] = pr[s] * (row[s] - dot);
+          }
+          for (size_t j = 0; j < parts.size(); ++j) {
+            const auto C = static_cast<CBLAS_INT>(parts[j].hi - parts[j].lo);
+            const float* dsb = ds + t0 * s_len + parts[j].lo;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, n.D, C, n.scale, dsb, n.S,
+                        kh.data + parts[j].lo * kh.ld, kh.ld, j == 0 ? 0.0f : 1.0f, dqh + t0 * dim,
+                        n.D);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, n.D, R, n.scale, dsb, n.S,
+                        qh.data + t0 * qh.ld, qh.ld, 1.0f, dkh + parts[j].lo * dim, n.D);
+          }
         }
       }
     });

@@ -107,15 +107,28 @@ int64_t longest_row(const std::vector<PackedRow>& rows) {
   return most;
 }
 
-// The layers' multiply-adds: every slot's projections over the padded rows, and attention over
-// the query-key pairs the fused kernel visits, each block of queries from the first key of its
-// sequence (its pack's, in a packed row) to itself.
-double layers_cost(const LayerCost& cost, double rows, double row_length,
-                   const std::vector<int64_t>& sequence_lengths) {
-  double pairs = 0;
-  for (int64_t length : sequence_lengths)
-    pairs += static_cast<double>(length) * static_cast<double>(length) / 2;
-  return rows * row_length * cost.per_token + pairs * cost.per_pair;
+// The query-key pairs the fused kernel visits in a causal sequence of `length`: each query's keys
+// from the first to itself.
+double triangle(double length) {
+  return length * length / 2;
+}
+
+// ... in a pack: the prefix's triangle, and each row's remainder over the prefix and itself (the
+// kernel skips the other rows' keys, which none of a block's queries see).
+double pack_pairs(const Pack& pack, const std::vector<int64_t>& lengths) {
+  const auto prefix = static_cast<double>(pack.prefix);
+  double pairs = triangle(prefix);
+  for (int64_t row : pack.rows) {
+    const double rest = static_cast<double>(lengths[static_cast<size_t>(row)]) - prefix;
+    pairs += rest * prefix + triangle(rest);
+  }
+  return pairs;
+}
+
+// The layers' multiply-adds: every slot's projections over `slots` (padded rows), and attention
+// over `pairs` query-key pairs.
+double layers_cost(const LayerCost& cost, double slots, double pairs) {
+  return slots * cost.per_token + pairs * cost.per_pair;
 }
 
 // The packs in rows, or none where they count more than kLeastPackedShare of the padded batch's
@@ -125,16 +138,18 @@ std::vector<PackedRow> rows_that_pay(const ModelConfig& config, const std::vecto
   const LayerCost cost = layer_cost(config);
   const int64_t width = lengths.empty() ? 0 : *std::max_element(lengths.begin(), lengths.end());
   int64_t longest_pack = 0;
-  std::vector<int64_t> pack_lengths;
+  double packed_pairs = 0, padded_pairs = 0;
   for (const Pack& p : packs) {
     longest_pack = std::max(longest_pack, p.length);
-    pack_lengths.push_back(p.length);
+    packed_pairs += pack_pairs(p, lengths);
   }
+  for (int64_t length : lengths) padded_pairs += triangle(static_cast<double>(length));
   std::vector<PackedRow> rows = fill_rows(packs, std::max(width, longest_pack));
-  const double packed = layers_cost(cost, static_cast<double>(rows.size()),
-                                    static_cast<double>(longest_row(rows)), pack_lengths);
-  const double padded =
-      layers_cost(cost, static_cast<double>(lengths.size()), static_cast<double>(width), lengths);
+  const double packed =
+      layers_cost(cost, static_cast<double>(rows.size()) * static_cast<double>(longest_row(rows)),
+                  packed_pairs);
+  const double padded = layers_cost(
+      cost, static_cast<double>(lengths.size()) * static_cast<double>(width), padded_pairs);
   if (packed > kLeastPackedShare * padded) rows.clear();
   return rows;
 }
