@@ -139,14 +139,24 @@ TEST(TokenLogProbs, TargetsOutsideTheVocabularyAreRefused) {
             std::string::npos);
 }
 
+namespace {
+
+// Random ids and targets over a 97-token vocabulary, one example a row (segments 0).
+TokenBatch random_token_batch(int64_t rows, int64_t length) {
+  TokenBatch batch;
+  batch.input_ids = torch::randint(97, {rows, length}, torch::kLong);
+  batch.targets = torch::randint(97, {rows, length}, torch::kLong);
+  batch.segment_ids = torch::zeros({rows, length}, torch::kLong);
+  return batch;
+}
+
+}  // namespace
+
 TEST(TokenLogProbs, LanguageModelLossEqualsCrossEntropy) {
   torch::manual_seed(13);
   auto model = test::sharp_random_model(test::llama_config(97, 32, 64, 2, 4, 2, 64), 7);
-  TokenBatch batch;
-  batch.input_ids = torch::randint(97, {2, 9}, torch::kLong);
-  batch.targets = torch::randint(97, {2, 9}, torch::kLong);
+  TokenBatch batch = random_token_batch(2, 9);
   batch.targets[1][0] = -100;
-  batch.segment_ids = torch::zeros({2, 9}, torch::kLong);
   batch.target_count = 17;
   const auto loss = lm_loss_sum(*model, batch);
   loss.backward();
@@ -171,10 +181,7 @@ TEST(TokenLogProbs, LanguageModelLossEqualsCrossEntropy) {
 TEST(TokenLogProbs, LanguageModelLossAtTargetedPositionsEqualsTheFullPass) {
   torch::manual_seed(19);
   auto model = test::sharp_random_model(test::llama_config(97, 32, 64, 3, 4, 2, 64), 9);
-  TokenBatch batch;
-  batch.input_ids = torch::randint(97, {3, 12}, torch::kLong);
-  batch.targets = torch::randint(97, {3, 12}, torch::kLong);
-  batch.segment_ids = torch::zeros({3, 12}, torch::kLong);
+  TokenBatch batch = random_token_batch(3, 12);
   batch.segment_ids[0].narrow(0, 5, 7).fill_(1);  // row 0: examples of 5 and 7 tokens
   batch.targets[0].narrow(0, 0, 2).fill_(-100);
   batch.targets[0].narrow(0, 5, 4).fill_(-100);
