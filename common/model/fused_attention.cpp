@@ -72,6 +72,16 @@ struct KeyPart {
   int64_t lo, hi;
 };
 
+// A block's one or two parts, without a heap allocation in the per-head loops.
+struct KeyParts {
+  KeyPart part[2];
+  size_t count;
+  size_t size() const { return count; }
+  const KeyPart& operator[](size_t j) const { return part[j]; }
+  const KeyPart* begin() const { return part; }
+  const KeyPart* end() const { return part + count; }
+};
+
 struct BlockSpans {
   torch::Tensor table;
   int64_t blocks_per_row;
@@ -81,10 +91,10 @@ struct BlockSpans {
   int64_t first(int64_t b, int64_t i) const { return at(b, i)[0]; }
   int64_t end(int64_t b, int64_t i) const { return at(b, i)[1]; }
   // [first, end) without the gap: one or two parts.
-  std::vector<KeyPart> parts(int64_t b, int64_t i) const {
+  KeyParts parts(int64_t b, int64_t i) const {
     const int64_t* s = at(b, i);
-    if (s[2] == s[3]) return {{s[0], s[1]}};
-    return {{s[0], s[2]}, {s[3], s[1]}};
+    if (s[2] == s[3]) return {{{s[0], s[1]}, {0, 0}}, 1};
+    return {{{s[0], s[2]}, {s[3], s[1]}}, 2};
   }
 
  private:
@@ -206,7 +216,7 @@ struct AttentionFunction : torch::autograd::Function<AttentionFunction> {
             continue;
           }
           const auto R = static_cast<CBLAS_INT>(rows);
-          const std::vector<KeyPart> parts = spans.blocks.parts(b, i);
+          const KeyParts parts = spans.blocks.parts(b, i);
           // The scores of the gap's keys are not computed: every query of the block has them
           // masked, so softmax_row writes -inf (or 0) over them before reading.
           for (const KeyPart& part : parts)
@@ -261,7 +271,7 @@ struct AttentionFunction : torch::autograd::Function<AttentionFunction> {
           }
           const auto R = static_cast<CBLAS_INT>(rows);
           // The gap's probabilities are 0: its keys take no gradient from this block.
-          const std::vector<KeyPart> parts = blocks.parts(b, i);
+          const KeyParts parts = blocks.parts(b, i);
           for (const KeyPart& part : parts) {
             const auto C = static_cast<CBLAS_INT>(part.hi - part.lo);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, n.D, R, 1.0f,

@@ -306,8 +306,7 @@ std::string prefix_sharing_note(const std::string& stage, int64_t packed, int64_
   if (packed == 0)
     return head + "none" + its +
            ": their rows begin alike for too few tokens to save a twentieth of the layers' work, "
-           "so "
-           "each row is computed whole" +
+           "so each row is computed whole" +
            follow;
   return head + std::to_string(packed) + its + ", computing the beginnings their rows share once" +
          follow;

@@ -136,40 +136,39 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   const int64_t batch = x.size(0), length = x.size(1);
   const auto input = dist::copy_to_tensor_parallel(x, tp);  // column-parallel q/k/v
   if (observer != nullptr) (*observer)(ProjectionInput::attention, input);
-  std::vector<torch::Tensor> biases;
-  if (q_proj->bias.defined()) biases = {q_proj->bias, k_proj->bias, v_proj->bias};
+  const bool has_bias = q_proj->bias.defined();
   torch::Tensor q, k, v;
-  int64_t queries = length;
   if (!query_positions.defined()) {
-    const auto qkv = project(input, {q_proj->weight, k_proj->weight, v_proj->weight}, biases);
+    const auto qkv =
+        project(input, {q_proj->weight, k_proj->weight, v_proj->weight},
+                has_bias ? std::vector<torch::Tensor>{q_proj->bias, k_proj->bias, v_proj->bias}
+                         : std::vector<torch::Tensor>{});
     q = adapted(lora, layer_index, "q_proj", qkv[0], input);
     k = adapted(lora, layer_index, "k_proj", qkv[1], input);
     v = adapted(lora, layer_index, "v_proj", qkv[2], input);
   } else {
     // Queries at the wanted positions alone; keys and values at every position they may see.
-    TORCH_CHECK(cache == nullptr, "query positions are not supported with a KV cache");
-    queries = query_positions.size(1);
     const auto query_input = at_positions(input, query_positions, 1);
-    const std::vector<torch::Tensor> q_bias(biases.begin(),
-                                            biases.begin() + (biases.empty() ? 0 : 1));
-    const std::vector<torch::Tensor> kv_biases(biases.begin() + (biases.empty() ? 0 : 1),
-                                               biases.end());
-    q = adapted(lora, layer_index, "q_proj", project(query_input, {q_proj->weight}, q_bias)[0],
+    q = adapted(lora, layer_index, "q_proj",
+                project(query_input, {q_proj->weight},
+                        has_bias ? std::vector<torch::Tensor>{q_proj->bias}
+                                 : std::vector<torch::Tensor>{})[0],
                 query_input);
-    const auto kv = project(input, {k_proj->weight, v_proj->weight}, kv_biases);
+    const auto kv = project(input, {k_proj->weight, v_proj->weight},
+                            has_bias ? std::vector<torch::Tensor>{k_proj->bias, v_proj->bias}
+                                     : std::vector<torch::Tensor>{});
     k = adapted(lora, layer_index, "k_proj", kv[0], input);
     v = adapted(lora, layer_index, "v_proj", kv[1], input);
   }
+  const int64_t queries = q.size(1);
+  const auto at_queries = [&](const torch::Tensor& t) {
+    return query_positions.defined() ? at_positions(t, query_positions, 2) : t;
+  };
   q = q.view({batch, queries, n_heads, head_dim}).transpose(1, 2);
   k = k.view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
   v = v.view({batch, length, n_kv_heads, head_dim}).transpose(1, 2);
-  if (query_positions.defined()) {
-    q = apply_rotary(q, at_positions(cos, query_positions, 2),
-                     at_positions(sin, query_positions, 2));  // [B, H, K, hd]
-  } else {
-    q = apply_rotary(q, cos, sin);  // [B, H, T, hd]
-  }
-  k = apply_rotary(k, cos, sin);  // [B, KV, T, hd]
+  q = apply_rotary(q, at_queries(cos), at_queries(sin));  // [B, H, T or K, hd]
+  k = apply_rotary(k, cos, sin);                          // [B, KV, T, hd]
   if (cache != nullptr) {
     const int64_t start = cache->length;
     TORCH_CHECK(start + length <= cache->capacity(), "KV cache overflow: ", start + length, " > ",
@@ -188,9 +187,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     v = values.narrow(2, 0, start + length);
   }
   const int64_t rep = n_heads / n_kv_heads;
-  auto out =
-      attention(q, repeat_kv(k, rep).to(q.scalar_type()), repeat_kv(v, rep).to(q.scalar_type()),
-                query_positions.defined() ? at_positions(allowed, query_positions, 2) : allowed);
+  auto out = attention(q, repeat_kv(k, rep).to(q.scalar_type()),
+                       repeat_kv(v, rep).to(q.scalar_type()), at_queries(allowed));
   out = out.transpose(1, 2).reshape({batch, queries, n_heads * head_dim});
   if (observer != nullptr) (*observer)(ProjectionInput::attention_output, out);
   // Row-parallel o_proj: each rank's partial product, summed over the group.
@@ -291,7 +289,6 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& input_ids, const torch::
                     : layer_list[i]->forward(x, cos, sin, allowed, cache, static_cast<int64_t>(i));
     }
   }
-  if (output_positions.defined() && layer_list.empty()) x = at_positions(x, output_positions, 1);
   if (cache != nullptr) cache->length += input_ids.size(1);
   return norm(x);
 }

@@ -1,6 +1,7 @@
 #include "common/train/lm_loss.h"
 
 #include "common/model/attention_mask.h"
+#include "common/model/shared_prefix.h"
 #include "common/model/to_device.h"
 #include "common/train/token_log_probs.h"
 
@@ -21,29 +22,13 @@ struct TargetedPositions {
 };
 
 TargetedPositions targeted_positions(const torch::Tensor& targets) {
-  const auto host = targets.to(torch::kCPU, torch::kLong).contiguous();
-  const auto t = host.accessor<int64_t, 2>();
-  std::vector<std::vector<int64_t>> lists(static_cast<size_t>(host.size(0)));
-  size_t most = 1;
-  for (int64_t r = 0; r < host.size(0); ++r) {
-    for (int64_t j = 0; j < host.size(1); ++j)
-      if (t[r][j] != -100) lists[static_cast<size_t>(r)].push_back(j);
-    most = std::max(most, lists[static_cast<size_t>(r)].size());
-  }
-  const auto count = static_cast<int64_t>(most);
-  TargetedPositions out{torch::zeros({host.size(0), count}, torch::kLong),
-                        torch::full({host.size(0), count}, -100, torch::kLong)};
-  auto positions = out.positions.accessor<int64_t, 2>();
-  auto picked = out.targets.accessor<int64_t, 2>();
-  for (int64_t r = 0; r < host.size(0); ++r) {
-    const auto& list = lists[static_cast<size_t>(r)];
-    for (int64_t k = 0; k < count; ++k) {
-      const auto i = static_cast<size_t>(k);
-      positions[r][k] = list.empty() ? 0 : list[std::min(i, list.size() - 1)];
-      if (i < list.size()) picked[r][k] = t[r][list[i]];
-    }
-  }
-  return out;
+  const auto flat = targets.to(torch::kCPU, torch::kLong).reshape({-1});
+  const auto slots = flat.ne(-100).nonzero().squeeze(1);  // row * T + position, in order
+  const PackedOutputs wanted = packed_outputs(slots, targets.size(0), targets.size(1));
+  const auto picked = torch::full({wanted.positions.numel()}, int64_t{-100}, torch::kLong)
+                          .index_copy_(0, wanted.landing, flat.index_select(0, slots))
+                          .view(wanted.positions.sizes());
+  return {wanted.positions, picked};
 }
 
 }  // namespace
