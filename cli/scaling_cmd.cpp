@@ -116,6 +116,7 @@ void add_hparams_command(CLI::App& scaling_cmd) {
 
 struct ScalingCurveArgs {
   std::string path, recipe, stage;
+  std::vector<std::string> from_runs;
   scaling::CurveOptions options;
   bool json = false;
 };
@@ -131,8 +132,11 @@ void run_scaling_curve(const ScalingCurveArgs& args) {
                                  : args.recipe;
   const scaling::CurveLog log = scaling::read_curve_log(args.path);
   const ScheduleOptions schedule = scaling::schedule_from_recipe(recipe, stage);
+  const std::vector<scaling::FinishedRun> finished =
+      args.from_runs.empty() ? std::vector<scaling::FinishedRun>{}
+                             : scaling::read_finished_runs(args.from_runs, stage, args.path);
   const scaling::CurveForecast forecast =
-      scaling::forecast_curve(log, schedule, args.options, args.path);
+      scaling::forecast_curve(log, schedule, args.options, args.path, finished);
   if (args.json)
     std::printf("%s\n", scaling::to_json(forecast).dump().c_str());
   else
@@ -161,6 +165,11 @@ void add_curve_command(CLI::App& scaling_cmd) {
   cmd->add_option("--lambda", args->options.lambda, "decay factor of the annealing momentum")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
+  cmd->add_option("--from-runs", args->from_runs,
+                  "finished runs to map onto this one: a sweep or run directory (searched for "
+                  "STAGE/metrics.jsonl beside complete.json) or a metrics.jsonl (repeatable)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   add_bootstrap_options(*cmd, "the fitted points", args->options.bootstrap, args->options.seed);
   cmd->add_flag("--json", args->json, "print one JSON object");
   cmd->callback([args] { run_scaling_curve(*args); });

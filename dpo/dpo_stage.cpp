@@ -596,8 +596,9 @@ nlohmann::json sample_check(const Recipe& recipe, const DpoStageConfig& c, Trans
 nlohmann::json run_dpo_stage(const Recipe& recipe, const DpoStageConfig& c) {
   require_no_tensor_parallel(recipe, c.name, "dpo");
   const TrainConfig& train = c.train;
-  StageLoop loop(recipe, c.name, loop_schedule(train),
-                 scaling::train_forecaster(train, recipe.run.seed));
+  StageLoop loop(
+      recipe, c.name, loop_schedule(train),
+      scaling::train_forecaster(train, recipe.run.seed, c.name, recipe.stage_dir(c.name)));
   DpoPolicy built = set_up_policy(recipe, c, loop.device());
   TransformerImpl& policy = *built.model;
   const DpoData data = load_dpo_data(recipe, c, built.tokenizer);

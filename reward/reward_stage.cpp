@@ -389,8 +389,9 @@ RewardOffset normalisation_offset(TransformerImpl& model, const RewardStageConfi
 nlohmann::json run_reward_stage(const Recipe& recipe, const RewardStageConfig& c) {
   require_no_tensor_parallel(recipe, c.name, "reward");
   const TrainConfig& train = c.train;
-  StageLoop loop(recipe, c.name, loop_schedule(train),
-                 scaling::train_forecaster(train, recipe.run.seed));
+  StageLoop loop(
+      recipe, c.name, loop_schedule(train),
+      scaling::train_forecaster(train, recipe.run.seed, c.name, recipe.stage_dir(c.name)));
   RewardSetUp built = set_up_model(recipe, c, loop.device());
   TransformerImpl& model = *built.model;
   const RewardData data = load_data(recipe, c, built.tokenizer);

@@ -254,8 +254,22 @@ CurveModelFit fit_model(const FitData& d, const FitData& window, bool annealing,
 
 }  // namespace
 
+double final_window_loss(const CurveLog& log, int64_t total_steps, double final_window) {
+  const int64_t window = std::max<int64_t>(
+      1, static_cast<int64_t>(std::llround(final_window * static_cast<double>(total_steps))));
+  double sum = 0;
+  int count = 0;
+  for (const CurvePoint& p : log.points)
+    if (p.step > total_steps - window && p.step <= total_steps) {
+      sum += p.loss;
+      ++count;
+    }
+  return count > 0 && log.last_step == total_steps ? sum / count : NAN;
+}
+
 CurveForecast forecast_curve(const CurveLog& log, const ScheduleOptions& schedule,
-                             const CurveOptions& options, const std::string& source) {
+                             const CurveOptions& options, const std::string& source,
+                             const std::vector<FinishedRun>& finished) {
   const int64_t total = schedule.total_steps;
   CurveForecast out;
   out.source = source;
@@ -283,10 +297,12 @@ CurveForecast forecast_curve(const CurveLog& log, const ScheduleOptions& schedul
   }
   const LrAreas areas = lr_areas(schedule, options.lambda);
   FitData annealed, counted;  // x = S1, or x = updates
+  std::vector<CurvePoint> fitted;
   const int64_t first_update = options.skip_warmup ? schedule.warmup_steps + 1 : 1;
   for (const CurvePoint& p : log.points) {
     const int64_t updates = p.step - 1;
     if (p.step > out.at_step || updates < std::max<int64_t>(1, first_update)) continue;
+    fitted.push_back(p);
     annealed.x.push_back(areas.s1[updates]);
     annealed.s2.push_back(areas.s2[updates]);
     annealed.loss.push_back(p.loss);
@@ -313,15 +329,11 @@ CurveForecast forecast_curve(const CurveLog& log, const ScheduleOptions& schedul
     counted_window.x.push_back(static_cast<double>(updates));
     counted_window.s2.push_back(0.0);
   }
-  double sum = 0;
-  int count = 0;
-  for (const CurvePoint& p : log.points)
-    if (p.step >= out.window_first && p.step <= total) {
-      sum += p.loss;
-      ++count;
-    }
-  if (count > 0 && log.last_step == total) out.actual = sum / count;
+  out.actual = final_window_loss(log, total, options.final_window);
   if (log.last_step == total) out.final_val_loss = log.final_val_loss;
+  out.from_runs = forecast_from_runs(finished, fitted, schedule, options.final_window, source);
+  if (!out.from_runs.runs.empty() && std::isfinite(out.actual))
+    out.from_runs.error = out.from_runs.forecast.value / out.actual - 1;
   annealed.final_s2 = areas.s2[total - 1];
   // Without annealing (a constant schedule) the law is the power law in S1.
   out.annealing = fit_model(annealed, annealed_window, annealed.final_s2 > 0, out.actual, options);
@@ -345,9 +357,11 @@ CurveForecast forecast_curve(const CurveLog& log, const ScheduleOptions& schedul
   return out;
 }
 
-LossForecaster live_loss_forecaster(const ScheduleOptions& schedule, uint64_t seed, int bootstrap) {
-  return [schedule, seed, bootstrap](const std::string& metrics_path,
-                                     const nlohmann::json& record) -> std::optional<LossForecast> {
+LossForecaster live_loss_forecaster(const ScheduleOptions& schedule, uint64_t seed, int bootstrap,
+                                    std::vector<FinishedRun> finished) {
+  return [schedule, seed, bootstrap, finished = std::move(finished)](
+             const std::string& metrics_path,
+             const nlohmann::json& record) -> std::optional<LossForecast> {
     CurveLog log;
     for_each_jsonl_object(metrics_path, [&](const nlohmann::json& earlier, int64_t line) {
       add_curve_record(log, earlier, metrics_path + ": line " + std::to_string(line));
@@ -360,7 +374,7 @@ LossForecaster live_loss_forecaster(const ScheduleOptions& schedule, uint64_t se
     options.seed = seed;
     CurveForecast f;
     try {
-      f = forecast_curve(log, schedule, options, metrics_path);
+      f = forecast_curve(log, schedule, options, metrics_path, finished);
     } catch (const Error&) {
       return std::nullopt;  // too few points yet
     }
@@ -371,13 +385,34 @@ LossForecaster live_loss_forecaster(const ScheduleOptions& schedule, uint64_t se
     out.power_law_loss = f.power.forecast.value;
     out.val_loss = f.val_forecast;
     out.determined = !f.annealing.c_at_bound;
+    if (!f.from_runs.runs.empty()) {
+      out.from_runs_loss = f.from_runs.forecast.value;
+      out.from_runs_low = f.from_runs.forecast.low;
+      out.from_runs_high = f.from_runs.forecast.high;
+      out.from_runs_val_loss = f.from_runs.val_forecast;
+    }
     return out;
   };
 }
 
-LossForecaster train_forecaster(const TrainConfig& train, uint64_t seed) {
+LossForecaster train_forecaster(const TrainConfig& train, uint64_t seed, const std::string& stage,
+                                const std::string& stage_dir) {
   if (train.forecast <= 0) return {};
-  return live_loss_forecaster(train.schedule_options(), seed);
+  std::vector<FinishedRun> finished;
+  if (!train.forecast_from_runs.empty()) {
+    try {
+      finished =
+          read_finished_runs({train.forecast_from_runs}, stage, stage_dir + "/metrics.jsonl");
+    } catch (const Error& e) {
+      throw Error(stage + ": train.forecast_from_runs: " + e.what());
+    }
+    const std::string kind = train.schedule_options().kind;
+    check(std::any_of(finished.begin(), finished.end(),
+                      [&](const FinishedRun& run) { return run.schedule.kind == kind; }),
+          stage + ": train.forecast_from_runs: " + train.forecast_from_runs +
+              ": none of its finished runs has a '" + kind + "' schedule");
+  }
+  return live_loss_forecaster(train.schedule_options(), seed, 100, std::move(finished));
 }
 
 MetricChart forecast_chart() {
@@ -385,7 +420,7 @@ MetricChart forecast_chart() {
           "Forecast of the final loss (train.forecast: the LR-aware law, its 95% interval, the "
           "power law), and of the final validation loss",
           {"forecast_loss", "forecast_loss_low", "forecast_loss_high", "forecast_power_law_loss",
-           "forecast_val_loss"}};
+           "forecast_val_loss", "forecast_from_runs_loss", "forecast_from_runs_val_loss"}};
 }
 
 namespace {
@@ -400,6 +435,21 @@ nlohmann::json model_json(const CurveModelFit& fit, bool annealing) {
           {"forecast", interval_json(fit.forecast)},
           {"error", number_or_null(fit.error)},
           {"c_at_bound", fit.c_at_bound}};
+}
+
+nlohmann::json from_runs_json(const FromRunsForecast& f) {
+  nlohmann::json runs = nlohmann::json::array();
+  for (const RunTransfer& t : f.runs)
+    runs.push_back({{"source", t.source},
+                    {"a", t.a},
+                    {"b", t.b},
+                    {"residual", t.residual},
+                    {"forecast", number_or_null(t.forecast)},
+                    {"val_forecast", number_or_null(t.val_forecast)}});
+  return {{"forecast", interval_json(f.forecast)},
+          {"val_forecast", number_or_null(f.val_forecast)},
+          {"error", number_or_null(f.error)},
+          {"runs", runs}};
 }
 
 }  // namespace
@@ -422,6 +472,8 @@ nlohmann::json to_json(const CurveForecast& f) {
           {"val_forecast_from_step", f.val_step},
           {"annealing", model_json(f.annealing, true)},
           {"power_law", model_json(f.power, false)},
+          {"from_runs",
+           f.from_runs.runs.empty() ? nlohmann::json(nullptr) : from_runs_json(f.from_runs)},
           {"bootstrap", bootstrap_json(f.bootstrap, f.seed, f.range)}};
 }
 
@@ -447,12 +499,30 @@ std::string format_report(const CurveForecast& f) {
   };
   row("L0 + A S1^-alpha - C S2 (LR-aware)", f.annealing);
   row("L0 + A s^-alpha (power law)", f.power);
+  if (!f.from_runs.runs.empty()) {
+    const Interval& range = f.from_runs.forecast;
+    out += pad_right("from finished runs (best fit)", 36) +
+           pad_right(format_value("%.4f", range.value) + "  [" + format_value("%.4f", range.low) +
+                         ", " + format_value("%.4f", range.high) + "]",
+                     30) +
+           pad(std::isfinite(f.from_runs.error) ? format_value("%+.2f%%", 100 * f.from_runs.error)
+                                                : "-",
+               9) +
+           "\n";
+  }
   out += pad_right("actual", 36) + pad_right(format_value("%.4f", f.actual), 30) + "\n";
   if (std::isfinite(f.val_forecast)) {
     std::snprintf(line, sizeof line,
                   "val_loss forecast: %.4f (the LR-aware law at the last step, plus the gap to "
                   "the val_loss of step %lld)\n",
                   f.val_forecast, (long long)f.val_step);
+    out += line;
+  }
+  if (!f.from_runs.runs.empty() && std::isfinite(f.from_runs.val_forecast)) {
+    std::snprintf(line, sizeof line,
+                  "val_loss forecast from finished runs: %.4f (the best run's final val_loss, "
+                  "mapped)\n",
+                  f.from_runs.val_forecast);
     out += line;
   }
   if (std::isfinite(f.final_val_loss)) {
@@ -470,6 +540,16 @@ std::string format_report(const CurveForecast& f) {
         "C is at its bound (an annealing drop of L0 by the last step): the fitted points do "
         "not determine the annealing term, so the LR-aware forecast is not to be trusted\n";
   out += interval_note(f.bootstrap, f.seed, f.range, "the fitted points") + "\n";
+  if (!f.from_runs.runs.empty()) {
+    out +=
+        "\nfinished runs, mapped as log L = a + b log L_run at the same schedule position (best "
+        "fit first; the range spans those within twice its residual):\n";
+    for (const RunTransfer& t : f.from_runs.runs) {
+      std::snprintf(line, sizeof line, "  %-60s residual %.4f  forecast %.4f  (a %.3f, b %.3f)\n",
+                    t.source.c_str(), t.residual, t.forecast, t.a, t.b);
+      out += line;
+    }
+  }
   return out;
 }
 

@@ -90,6 +90,50 @@ struct CurveModelFit {
   bool c_at_bound = false;  // C S2(T) within 1% of L0: the points do not determine C
 };
 
+// A finished run of the same schedule kind whose curve forecasts another run's
+// (`scaling curve --from-runs`, train.forecast_from_runs).
+struct FinishedRun {
+  std::string source;  // its metrics.jsonl
+  CurveLog log;
+  ScheduleOptions schedule;
+};
+
+// The finished runs under each path: a metrics.jsonl (its recipe.json two levels above), or a
+// directory searched for STAGE/metrics.jsonl files beside a complete.json (a finished stage),
+// such as a sweep's directory. `exclude` (the forecast run's own file) is left out. Errors
+// (naming the path) on a path that is neither or holds no finished run of `stage`.
+std::vector<FinishedRun> read_finished_runs(const std::vector<std::string>& paths,
+                                            const std::string& stage, const std::string& exclude);
+
+// One finished run mapped onto the forecast run: log L = a + b log L_run at the same position of
+// the schedule after the warmup (the same learning-rate multiplier of a cosine or linear decay),
+// fitted by least squares on the forecast run's points.
+struct RunTransfer {
+  std::string source;
+  double a = NAN, b = NAN;
+  double residual = NAN;      // RMS of the relative residual on the fitted points
+  double forecast = NAN;      // the run's final window mapped: the forecast final loss
+  double val_forecast = NAN;  // the run's final val_loss mapped (NaN if it logged none)
+};
+
+// The forecast from finished runs (Chandrashekaran & Lane 2017, "Speeding up Hyper-parameter
+// Optimization by Extrapolation of Learning Curves Using Previous Builds": a finished curve
+// transformed to fit the early part of a new one). The forecast is the best-fitting run's; the
+// range spans the runs that fit within twice its residual.
+struct FromRunsForecast {
+  std::vector<RunTransfer> runs;  // best fit first
+  Interval forecast;              // value: the best run's; low/high: the range above
+  double val_forecast = NAN;
+  double error = NAN;  // forecast / actual - 1 (NaN without an actual)
+};
+
+// Maps each finished run onto the points of a run of `schedule` (FromRunsForecast); no runs, no
+// forecast. Errors (naming `source`) when none of them has the run's schedule kind.
+FromRunsForecast forecast_from_runs(const std::vector<FinishedRun>& finished,
+                                    const std::vector<CurvePoint>& fitted,
+                                    const ScheduleOptions& schedule, double final_window,
+                                    const std::string& source);
+
 struct CurveForecast {
   std::string source;
   // The final validation loss: the LR-aware law at the last step plus the gap between the
@@ -104,15 +148,22 @@ struct CurveForecast {
   double actual = NAN;                        // mean logged loss over the window, if logged
   double final_val_loss = NAN;
   CurveModelFit annealing, power;
+  FromRunsForecast from_runs;  // empty runs: no finished runs given
   int bootstrap = 0;
   uint64_t seed = 0;
   PercentileRange range;
 };
 
-// Fits both laws on the points up to the cut and forecasts the final window. Errors (naming
-// `source`) on too few points or a cut beyond the run.
+// Fits both laws on the points up to the cut and forecasts the final window, and maps each of
+// `finished` onto the same points (FromRunsForecast). Errors (naming `source`) on too few points,
+// a cut beyond the run, or finished runs none of which has the run's schedule kind.
 CurveForecast forecast_curve(const CurveLog& log, const ScheduleOptions& schedule,
-                             const CurveOptions& options, const std::string& source);
+                             const CurveOptions& options, const std::string& source,
+                             const std::vector<FinishedRun>& finished = {});
+
+// The mean logged loss over the final window of a run that reached its last step (NaN when none
+// is logged there).
+double final_window_loss(const CurveLog& log, int64_t total_steps, double final_window);
 
 nlohmann::json to_json(const CurveForecast& forecast);
 
@@ -120,11 +171,14 @@ nlohmann::json to_json(const CurveForecast& forecast);
 // record's step plus the record itself, exactly as `tiller scaling curve --at-step STEP` does on
 // the finished file (same law, bootstrap and seed), with `bootstrap` resamples.
 LossForecaster live_loss_forecaster(const ScheduleOptions& schedule, uint64_t seed,
-                                    int bootstrap = 100);
+                                    int bootstrap = 100, std::vector<FinishedRun> finished = {});
 
 // The forecaster a stage's StageLoop takes: live_loss_forecaster over the stage's schedule when
-// train.forecast is set, else none.
-LossForecaster train_forecaster(const TrainConfig& train, uint64_t seed);
+// train.forecast is set (with the finished runs of train.forecast_from_runs, read now, so that a
+// wrong path stops the stage before its first step), else none. `stage_dir` is the stage's
+// own directory, left out of the finished runs.
+LossForecaster train_forecaster(const TrainConfig& train, uint64_t seed, const std::string& stage,
+                                const std::string& stage_dir);
 
 // The report's chart of train.forecast's fields (drawn when a stage logged them).
 MetricChart forecast_chart();

@@ -526,8 +526,9 @@ struct SftStepper {
 
 nlohmann::json run_sft_stage(const Recipe& recipe, const SftStageConfig& c) {
   const TrainConfig& train = c.train;
-  StageLoop loop(recipe, c.name, loop_schedule(train),
-                 scaling::train_forecaster(train, recipe.run.seed));
+  StageLoop loop(
+      recipe, c.name, loop_schedule(train),
+      scaling::train_forecaster(train, recipe.run.seed, c.name, recipe.stage_dir(c.name)));
   const dist::Layout layout = dist::layout();
   SftModel built = set_up_model(recipe, c, layout.tensor, loop.device());
   TransformerImpl& model = *built.model;

@@ -351,3 +351,170 @@ TEST(ScalingCurve, LiveForecastEqualsTheOfflineFitAtThatStep) {
   const CurvePoint& first = log.points[52 - 2];
   EXPECT_FALSE(live(early, {{"step", first.step}, {"loss", first.loss}, {"lr", first.lr}}));
 }
+
+namespace {
+
+// A run directory RUN/recipe.json + RUN/pretrain/metrics.jsonl (+ complete.json when finished)
+// whose loss at every step is exp(a + b log shape(p)), p the position after the warmup; the last
+// step also logs val_loss = 1.02 x its loss. `shape` has a plateau and then a drop, which neither
+// law describes.
+double plateau_then_drop(double p) {
+  return 3.0 + 2.0 / (1 + std::exp((p - 0.25) * 20)) + 1.0 / (1 + 8 * std::max(p, 0.0));
+}
+
+std::string write_run(const std::string& dir, const ScheduleOptions& s, double a, double b,
+                      double (*shape)(double), bool finished, int64_t last_step = 0) {
+  std::filesystem::create_directories(dir + "/pretrain");
+  test::write_file(dir + "/recipe.json", nlohmann::json{{"stages",
+                                                         {{{"name", "pretrain"},
+                                                           {"train",
+                                                            {{"steps", s.total_steps},
+                                                             {"lr", s.lr},
+                                                             {"warmup_steps", s.warmup_steps},
+                                                             {"min_lr_ratio", s.min_lr_ratio},
+                                                             {"schedule", s.kind}}}}}}}
+                                             .dump());
+  std::string text;
+  const int64_t last = last_step > 0 ? last_step : s.total_steps;
+  for (int64_t step = 1; step <= last; ++step) {
+    const double p = double(step - 1 - s.warmup_steps) / double(s.total_steps - s.warmup_steps);
+    const double loss = std::exp(a + b * std::log(shape(p)));
+    nlohmann::json record = {{"step", step}, {"loss", loss}, {"lr", learning_rate(s, step - 1)}};
+    if (step == s.total_steps) record["val_loss"] = 1.02 * loss;
+    text += record.dump() + "\n";
+  }
+  test::write_file(dir + "/pretrain/metrics.jsonl", text);
+  if (finished) test::write_file(dir + "/pretrain/complete.json", "{}");
+  return dir + "/pretrain/metrics.jsonl";
+}
+
+double steep_then_flat(double p) {
+  return 2.5 + 3.0 * std::exp(-std::max(p, 0.0) * 12);
+}
+
+}  // namespace
+
+// A finished run of the same shape, twice as long and at another level, forecasts a run whose
+// early curve (a plateau, then a drop) neither law describes: mapped at the same schedule
+// positions, log L = a + b log L_run. A finished run of another shape fits worse and is not the
+// forecast; an unfinished one is not read.
+TEST(ScalingCurve, FinishedRunsForecastARunOfTheSameShape) {
+  const std::string dir = test::temp_dir("scaling_curve_from_runs");
+  ScheduleOptions s = cosine_schedule();
+  const std::string target = write_run(dir + "/target", s, 0.1, 0.9, plateau_then_drop, false);
+  ScheduleOptions twice = s;
+  twice.total_steps = 2000;
+  twice.warmup_steps = 100;
+  twice.lr = 1e-3;
+  const std::string alike =
+      write_run(dir + "/sweep/p0", twice, -0.05, 1.1, plateau_then_drop, true);
+  write_run(dir + "/sweep/p1", s, 0.0, 1.0, steep_then_flat, true);
+  write_run(dir + "/sweep/p2", s, 0.0, 1.0, plateau_then_drop, false, 400);  // still running
+
+  const std::vector<FinishedRun> runs = read_finished_runs({dir + "/sweep"}, "pretrain", target);
+  ASSERT_EQ(runs.size(), 2u);
+  const CurveLog log = read_curve_log(target);
+  CurveOptions options;
+  options.bootstrap = 0;
+  const CurveForecast f = forecast_curve(log, s, options, target, runs);
+  ASSERT_EQ(f.from_runs.runs.size(), 2u);
+  EXPECT_EQ(f.from_runs.runs.front().source, alike);
+  // The true map from the finished run: log L = 0.1 + 0.9 (log L_run + 0.05) / 1.1.
+  EXPECT_NEAR(f.from_runs.runs.front().b, 0.9 / 1.1, 1e-3);
+  EXPECT_LT(std::abs(f.from_runs.error), 1e-3) << format_report(f);
+  EXPECT_GT(std::abs(f.annealing.error), 0.03) << format_report(f);
+  EXPECT_GT(std::abs(f.power.error), 0.03) << format_report(f);
+  // The other shape fits worse by far, so the range is the best run's alone.
+  EXPECT_GT(f.from_runs.runs[1].residual, 10 * f.from_runs.runs[0].residual);
+  EXPECT_DOUBLE_EQ(f.from_runs.forecast.low, f.from_runs.forecast.high);
+  // The finished run's final val_loss (1.02 x its loss), mapped with b = 0.9 / 1.1.
+  const double final_loss = std::exp(0.1 + 0.9 * std::log(plateau_then_drop(1.0)));
+  EXPECT_NEAR(f.from_runs.val_forecast, std::pow(1.02, 0.9 / 1.1) * final_loss, 1e-3 * final_loss);
+  const nlohmann::json json = to_json(f);
+  EXPECT_EQ(json["from_runs"]["runs"].size(), 2u);
+  EXPECT_NE(format_report(f).find("from finished runs"), std::string::npos);
+}
+
+// Bad finished runs are one line naming the path: none there, one not finished, none of the
+// run's schedule kind; and the recipe key needs train.forecast.
+TEST(ScalingCurve, FinishedRunErrorsNameThePath) {
+  const std::string dir = test::temp_dir("scaling_curve_from_runs_errors");
+  const ScheduleOptions s = cosine_schedule();
+  const std::string target = write_run(dir + "/target", s, 0, 1, plateau_then_drop, false);
+  std::filesystem::create_directories(dir + "/empty");
+  const std::string empty =
+      test::error_of([&] { read_finished_runs({dir + "/empty"}, "pretrain", target); });
+  EXPECT_NE(empty.find(dir + "/empty: holds no finished run of stage 'pretrain'"),
+            std::string::npos)
+      << empty;
+  const std::string running = write_run(dir + "/running", s, 0, 1, plateau_then_drop, false, 400);
+  const std::string unfinished =
+      test::error_of([&] { read_finished_runs({running}, "pretrain", target); });
+  EXPECT_NE(unfinished.find(running + ": the run logged up to step 400 of 1000"), std::string::npos)
+      << unfinished;
+  ScheduleOptions linear = s;
+  linear.kind = "linear";
+  write_run(dir + "/linear", linear, 0, 1, plateau_then_drop, true);
+  const std::vector<FinishedRun> runs = read_finished_runs({dir + "/linear"}, "pretrain", target);
+  const std::string kind = test::error_of(
+      [&] { forecast_curve(read_curve_log(target), s, CurveOptions{}, target, runs); });
+  EXPECT_NE(kind.find("none of the 1 finished runs has a 'cosine' schedule"), std::string::npos)
+      << kind;
+  for (const std::string& message : {empty, unfinished, kind})
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+
+  ConfigErrors errors;
+  parse_train_config({{"forecast_from_runs", dir}}, "stages[0].train", errors);
+  ASSERT_FALSE(errors.list().empty());
+  EXPECT_NE(errors.list().front().find("stages[0].train.forecast_from_runs: needs train.forecast"),
+            std::string::npos)
+      << errors.list().front();
+  TrainConfig train;
+  train.steps = 1000;
+  train.forecast = 0.3;
+  train.forecast_from_runs = dir + "/empty";
+  const std::string live =
+      test::error_of([&] { train_forecaster(train, 1, "pretrain", dir + "/target/pretrain"); });
+  EXPECT_NE(live.find("pretrain: train.forecast_from_runs: " + dir + "/empty: holds no finished"),
+            std::string::npos)
+      << live;
+}
+
+// train.forecast_from_runs live: the forecaster logs the finished runs' forecast beside the law's,
+// the same as `scaling curve --from-runs` at that step; the run's own directory is left out.
+TEST(ScalingCurve, LiveForecastFromFinishedRunsEqualsTheOfflineOne) {
+  const std::string dir = test::temp_dir("scaling_curve_from_runs_live");
+  const ScheduleOptions s = cosine_schedule();
+  const std::string done = write_run(dir + "/sweep/p0", s, 0.0, 1.0, plateau_then_drop, true);
+  const std::string own = write_run(dir + "/sweep/p1", s, 0.2, 0.8, plateau_then_drop, false, 299);
+  // A finished copy of the run itself must not forecast it.
+  test::write_file(dir + "/sweep/p1/pretrain/complete.json", "{}");
+  TrainConfig train;
+  train.steps = s.total_steps;
+  train.lr = s.lr;
+  train.warmup_steps = s.warmup_steps;
+  train.min_lr_ratio = s.min_lr_ratio;
+  train.forecast = 0.3;
+  train.forecast_from_runs = dir + "/sweep";
+  const LossForecaster live = train_forecaster(train, 5, "pretrain", dir + "/sweep/p1/pretrain");
+  const double p = double(299 - s.warmup_steps) / double(s.total_steps - s.warmup_steps);
+  const nlohmann::json record = {{"step", 300},
+                                 {"loss", std::exp(0.2 + 0.8 * std::log(plateau_then_drop(p)))},
+                                 {"lr", learning_rate(s, 299)}};
+  std::filesystem::remove(dir + "/sweep/p1/pretrain/complete.json");
+  const std::optional<LossForecast> f = live(own, record);
+  ASSERT_TRUE(f.has_value());
+  CurveLog cut = read_curve_log(own);
+  add_curve_record(cut, record, "record");
+  CurveOptions options;
+  options.at_step = 300;
+  options.bootstrap = 100;
+  options.seed = 5;
+  const CurveForecast offline =
+      forecast_curve(cut, s, options, own, read_finished_runs({done}, "pretrain", own));
+  EXPECT_DOUBLE_EQ(f->from_runs_loss, offline.from_runs.forecast.value);
+  EXPECT_DOUBLE_EQ(f->from_runs_val_loss, offline.from_runs.val_forecast);
+  EXPECT_DOUBLE_EQ(f->loss, offline.annealing.forecast.value);
+  const double final_loss = std::exp(0.2 + 0.8 * std::log(plateau_then_drop(1.0)));
+  EXPECT_NEAR(f->from_runs_loss / final_loss, 1.0, 1e-3);
+}

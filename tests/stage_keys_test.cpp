@@ -155,6 +155,7 @@ std::vector<KeyCase> train_cases(const std::string& type) {
                                                             {"loss_spike_zscore", 3.0},
                                                             {"loss_spike_window", 10},
                                                             {"forecast", 0.3},
+                                                            {"forecast_from_runs", "runs/sweep"},
                                                             {"zero_stage", 1},
                                                             {"allreduce_bucket_mb", 8.0}};
   const std::map<std::string, std::function<json(const TrainConfig&)>> fields = {
@@ -183,6 +184,7 @@ std::vector<KeyCase> train_cases(const std::string& type) {
       {"loss_spike_zscore", [](const TrainConfig& t) { return json(t.loss_spike_zscore); }},
       {"loss_spike_window", [](const TrainConfig& t) { return json(t.loss_spike_window); }},
       {"forecast", [](const TrainConfig& t) { return json(t.forecast); }},
+      {"forecast_from_runs", [](const TrainConfig& t) { return json(t.forecast_from_runs); }},
       {"zero_stage", [](const TrainConfig& t) { return json(t.parallel.zero_stage); }},
       {"allreduce_bucket_mb", [](const TrainConfig& t) {
          return json(static_cast<double>(t.parallel.bucket_bytes) / (1 << 20));
@@ -629,6 +631,8 @@ json case_body(const KeyCase& c) {
   if (c.type == "dpo" && (c.key.rfind("eval.", 0) == 0 || c.key.rfind("ground_truth", 0) == 0))
     body["eval"]["prompts"] = files().data;
   if (c.type == "dpo" && c.key == "loss.gamma") body["loss"]["type"] = "simpo";
+  // The finished runs forecast only with train.forecast on.
+  if (c.key == "train.forecast_from_runs") body["train"]["forecast"] = 0.3;
   // MinHash's bands x rows must stay its permutations.
   if (c.key == "near_dedup.permutations") body["near_dedup"] = {{"bands", 8}, {"rows", 8}};
   if (c.key == "near_dedup.bands") body["near_dedup"] = {{"rows", 2}};

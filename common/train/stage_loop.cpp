@@ -139,8 +139,10 @@ nlohmann::json first_forecast(const std::string& metrics_path) {
   for_each_jsonl_object(metrics_path, [&](const nlohmann::json& record, int64_t) {
     if (!first.is_null() || !record.contains("forecast_loss")) return;
     first = {{"at_step", record.value("step", int64_t{0})}};
-    for (const char* key : {"forecast_loss", "forecast_loss_low", "forecast_loss_high",
-                            "forecast_power_law_loss", "forecast_val_loss", "forecast_determined"})
+    for (const char* key :
+         {"forecast_loss", "forecast_loss_low", "forecast_loss_high", "forecast_power_law_loss",
+          "forecast_val_loss", "forecast_determined", "forecast_from_runs_loss",
+          "forecast_from_runs_low", "forecast_from_runs_high", "forecast_from_runs_val_loss"})
       if (record.contains(key)) first[key] = record[key];
   });
   return first;
@@ -173,7 +175,18 @@ std::string StageLoop::add_forecast(nlohmann::json& record) {
   else
     std::snprintf(text, sizeof text, "  forecast %.4f%s", f->loss,
                   f->determined ? "" : " (not determined)");
-  return text;
+  std::string line = text;
+  if (std::isfinite(f->from_runs_loss)) {
+    record["forecast_from_runs_loss"] = f->from_runs_loss;
+    record["forecast_from_runs_low"] = f->from_runs_low;
+    record["forecast_from_runs_high"] = f->from_runs_high;
+    if (std::isfinite(f->from_runs_val_loss))
+      record["forecast_from_runs_val_loss"] = f->from_runs_val_loss;
+    std::snprintf(text, sizeof text, ", from runs %.4f [%.4f, %.4f]", f->from_runs_loss,
+                  f->from_runs_low, f->from_runs_high);
+    line += text;
+  }
+  return line;
 }
 
 void StageLoop::log(int64_t step, const StepReport& report) {

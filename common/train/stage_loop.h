@@ -68,6 +68,10 @@ struct LossForecast {
   double power_law_loss = NAN;               // the schedule-unaware power law's, for comparison
   double val_loss = NAN;   // the final validation loss (NaN before a validation loss is logged)
   bool determined = true;  // false: the fitted points do not pin the annealing term
+  // From finished runs (train.forecast_from_runs; NaN without): the best-fitting run's final
+  // loss mapped onto this run, the range of those fitting about as well, its final val_loss
+  double from_runs_loss = NAN, from_runs_low = NAN, from_runs_high = NAN;
+  double from_runs_val_loss = NAN;
 };
 
 // Forecasts from the lines of `metrics_path` before the record's step plus `record` (the step

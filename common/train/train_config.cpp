@@ -49,6 +49,7 @@ TrainConfig parse_train_config(const nlohmann::json& json, const std::string& pa
   c.loss_spike_zscore = r.number("loss_spike_zscore", c.loss_spike_zscore);
   c.loss_spike_window = r.integer("loss_spike_window", c.loss_spike_window);
   c.forecast = r.number("forecast", c.forecast);
+  c.forecast_from_runs = r.string("forecast_from_runs", c.forecast_from_runs);
   c.parallel = read_parallel_options(r);
 
   r.require(c.steps >= 1, "steps", "must be at least 1");
@@ -80,6 +81,8 @@ TrainConfig parse_train_config(const nlohmann::json& json, const std::string& pa
   r.require(c.forecast >= 0 && c.forecast < 1, "forecast",
             "must be in [0, 1): the fraction of the steps after which the final loss is forecast "
             "(0: off)");
+  r.require(c.forecast_from_runs.empty() || c.forecast > 0, "forecast_from_runs",
+            "needs train.forecast (the fraction of the steps after which to forecast)");
   if (c.forecast > 0 && c.forecast < 1 && c.log_every >= 1 && c.steps >= 1)
     r.require(c.forecast_points() >= kMinForecastPoints, "forecast",
               "the forecast at step " + std::to_string(c.forecast_step()) + " would fit only " +
@@ -115,6 +118,7 @@ nlohmann::json train_config_values(const TrainConfig& c) {
           {"loss_spike_zscore", c.loss_spike_zscore},
           {"loss_spike_window", c.loss_spike_window},
           {"forecast", c.forecast},
+          {"forecast_from_runs", c.forecast_from_runs},
           {"zero_stage", c.parallel.zero_stage},
           {"allreduce_bucket_mb", static_cast<double>(c.parallel.bucket_bytes) / (1 << 20)}};
 }

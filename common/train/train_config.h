@@ -45,6 +45,9 @@ struct TrainConfig {
   // > 0: from this fraction of the steps on, forecast the final loss from the logged training
   // losses (scaling/curve.h's LR-aware law) in the progress line, metrics.jsonl and the summary
   double forecast = 0;
+  // With forecast: a directory of finished runs (a sweep's) or one run's metrics.jsonl whose
+  // curves, mapped onto this run's, forecast its final loss beside the law (scaling/curve.h)
+  std::string forecast_from_runs;
   ParallelOptions parallel;  // zero_stage and allreduce_bucket_mb (read_parallel_options)
 
   OptimizerOptions optimizer() const { return {lr, weight_decay, beta1, beta2, eps}; }
