@@ -58,6 +58,31 @@ CurveLog synthetic_log(const ScheduleOptions& schedule, double noise, uint64_t s
   return log;
 }
 
+// DIR/recipe.json: a resolved recipe whose stage "pretrain" has schedule `s`.
+void write_pretrain_recipe(const std::string& dir, const ScheduleOptions& s) {
+  const nlohmann::json train = {{"steps", s.total_steps},
+                                {"lr", s.lr},
+                                {"warmup_steps", s.warmup_steps},
+                                {"min_lr_ratio", s.min_lr_ratio},
+                                {"schedule", s.kind}};
+  test::write_file(dir + "/recipe.json",
+                   nlohmann::json{{"stages", {{{"name", "pretrain"}, {"train", train}}}}}.dump());
+}
+
+// What `tiller scaling curve --at-step STEP` gives on the file at `path` plus the record of STEP,
+// the step being logged: the fit the live forecaster must equal.
+CurveForecast offline_forecast_with(const std::string& path, const nlohmann::json& record,
+                                    const ScheduleOptions& schedule, int bootstrap, uint64_t seed,
+                                    const std::vector<FinishedRun>& finished = {}) {
+  CurveLog cut = read_curve_log(path);
+  add_curve_record(cut, record, "record");
+  CurveOptions options;
+  options.at_step = record.at("step").get<int64_t>();
+  options.bootstrap = bootstrap;
+  options.seed = seed;
+  return forecast_curve(cut, schedule, options, path, finished);
+}
+
 }  // namespace
 
 TEST(ScalingCurve, AnnealingAreaGrowsOnlyAfterWarmup) {
@@ -117,15 +142,7 @@ TEST(ScalingCurve, ReadsMetricsAndRecipe) {
   const std::string dir = test::temp_dir("scaling_curve_read");
   std::filesystem::create_directories(dir + "/pretrain");
   const ScheduleOptions s = cosine_schedule();
-  test::write_file(dir + "/recipe.json", nlohmann::json{{"stages",
-                                                         {{{"name", "pretrain"},
-                                                           {"train",
-                                                            {{"steps", s.total_steps},
-                                                             {"lr", s.lr},
-                                                             {"warmup_steps", s.warmup_steps},
-                                                             {"min_lr_ratio", s.min_lr_ratio},
-                                                             {"schedule", "cosine"}}}}}}}
-                                             .dump());
+  write_pretrain_recipe(dir, s);
   const ScheduleOptions read = schedule_from_recipe(dir + "/recipe.json", "pretrain");
   EXPECT_EQ(read.total_steps, 1000);
   EXPECT_EQ(read.warmup_steps, 50);
@@ -328,13 +345,7 @@ TEST(ScalingCurve, LiveForecastEqualsTheOfflineFitAtThatStep) {
   const std::optional<LossForecast> f = live(path, record);
   ASSERT_TRUE(f.has_value());
 
-  CurveLog cut = read_curve_log(path);
-  add_curve_record(cut, record, "record");
-  CurveOptions options;
-  options.at_step = 300;
-  options.bootstrap = 20;
-  options.seed = 7;
-  const CurveForecast offline = forecast_curve(cut, schedule, options, path);
+  const CurveForecast offline = offline_forecast_with(path, record, schedule, 20, 7);
   EXPECT_DOUBLE_EQ(f->loss, offline.annealing.forecast.value);
   EXPECT_DOUBLE_EQ(f->low, offline.annealing.forecast.low);
   EXPECT_DOUBLE_EQ(f->high, offline.annealing.forecast.high);
@@ -365,15 +376,7 @@ double plateau_then_drop(double p) {
 std::string write_run(const std::string& dir, const ScheduleOptions& s, double a, double b,
                       double (*shape)(double), bool finished, int64_t last_step = 0) {
   std::filesystem::create_directories(dir + "/pretrain");
-  test::write_file(dir + "/recipe.json", nlohmann::json{{"stages",
-                                                         {{{"name", "pretrain"},
-                                                           {"train",
-                                                            {{"steps", s.total_steps},
-                                                             {"lr", s.lr},
-                                                             {"warmup_steps", s.warmup_steps},
-                                                             {"min_lr_ratio", s.min_lr_ratio},
-                                                             {"schedule", s.kind}}}}}}}
-                                             .dump());
+  write_pretrain_recipe(dir, s);
   std::string text;
   const int64_t last = last_step > 0 ? last_step : s.total_steps;
   for (int64_t step = 1; step <= last; ++step) {
@@ -504,14 +507,8 @@ TEST(ScalingCurve, LiveForecastFromFinishedRunsEqualsTheOfflineOne) {
   std::filesystem::remove(dir + "/sweep/p1/pretrain/complete.json");
   const std::optional<LossForecast> f = live(own, record);
   ASSERT_TRUE(f.has_value());
-  CurveLog cut = read_curve_log(own);
-  add_curve_record(cut, record, "record");
-  CurveOptions options;
-  options.at_step = 300;
-  options.bootstrap = 100;
-  options.seed = 5;
   const CurveForecast offline =
-      forecast_curve(cut, s, options, own, read_finished_runs({done}, "pretrain", own));
+      offline_forecast_with(own, record, s, 100, 5, read_finished_runs({done}, "pretrain", own));
   EXPECT_DOUBLE_EQ(f->from_runs_loss, offline.from_runs.forecast.value);
   EXPECT_DOUBLE_EQ(f->from_runs_val_loss, offline.from_runs.val_forecast);
   EXPECT_DOUBLE_EQ(f->loss, offline.annealing.forecast.value);
