@@ -106,6 +106,9 @@ void add_hparams_command(CLI::App& scaling_cmd) {
                   "also give B_opt and eta_opt at this many FLOPs (repeatable)")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_flag("--average-repeats", args->options.average_repeats,
+                "runs of one budget at the same batch and lr are repeats (seeds): one point, "
+                "their mean loss");
   cmd->add_flag("--json", args->json, "print one JSON object");
   cmd->callback([args, c_col] {
     ScalingHparamsArgs a = *args;

@@ -82,8 +82,29 @@ HparamSource read_hparam_runs(const std::string& path, const HparamColumns& colu
   return source;
 }
 
+namespace {
+
+// Runs at the same batch and lr as one point each: the first run's, with the mean loss.
+std::vector<HparamRun> averaged_repeats(const std::vector<HparamRun>& runs) {
+  std::vector<HparamRun> points;
+  for (const HparamRun& run : runs) {
+    const auto same = std::find_if(points.begin(), points.end(), [&](const HparamRun& p) {
+      return p.batch == run.batch && p.lr == run.lr;
+    });
+    if (same == points.end()) {
+      points.push_back(run);
+      continue;
+    }
+    ++same->repeats;
+    same->loss += (run.loss - same->loss) / same->repeats;
+  }
+  return points;
+}
+
+}  // namespace
+
 std::vector<HparamBudget> group_budgets(std::vector<HparamRun> runs, double budget_tolerance,
-                                        double tolerance) {
+                                        double tolerance, bool average_repeats) {
   std::stable_sort(runs.begin(), runs.end(),
                    [](const HparamRun& x, const HparamRun& y) { return x.compute < y.compute; });
   std::vector<std::vector<HparamRun>> groups;
@@ -100,19 +121,20 @@ std::vector<HparamBudget> group_budgets(std::vector<HparamRun> runs, double budg
     HparamBudget budget;
     budget.runs = group.size();
     double log_sum = 0;
-    budget.min_loss = group.front().loss;
-    for (const HparamRun& run : group) {
-      log_sum += std::log(run.compute);
-      budget.min_loss = std::min(budget.min_loss, run.loss);
-    }
+    for (const HparamRun& run : group) log_sum += std::log(run.compute);
     const auto [low, high] = std::minmax_element(
         group.begin(), group.end(),
         [](const HparamRun& x, const HparamRun& y) { return x.compute < y.compute; });
     budget.compute = low->compute == high->compute
                          ? low->compute  // exact, e.g. a budget column's value
                          : std::exp(log_sum / group.size());
-    for (const HparamRun& run : group)
-      if (run.loss <= budget.min_loss * (1 + tolerance / 100)) budget.near_optimal.push_back(run);
+    const std::vector<HparamRun> points = average_repeats ? averaged_repeats(group) : group;
+    budget.points = points.size();
+    budget.min_loss = points.front().loss;
+    for (const HparamRun& point : points) budget.min_loss = std::min(budget.min_loss, point.loss);
+    for (const HparamRun& point : points)
+      if (point.loss <= budget.min_loss * (1 + tolerance / 100))
+        budget.near_optimal.push_back(point);
     budgets.push_back(budget);
   }
   return budgets;
@@ -128,7 +150,9 @@ HparamAnalysis analyze_hparams(const HparamSource& source, const HparamOptions& 
   analysis.resamples = options.bootstrap;
   analysis.seed = options.seed;
   analysis.percentiles = options.percentiles;
-  analysis.budgets = group_budgets(source.runs, analysis.budget_tolerance, options.tolerance);
+  analysis.average_repeats = options.average_repeats;
+  analysis.budgets = group_budgets(source.runs, analysis.budget_tolerance, options.tolerance,
+                                   options.average_repeats);
   const size_t count = analysis.budgets.size();
   check(count >= 2,
         source.source + ": the runs span " + std::to_string(count) + " compute budget" +
@@ -179,6 +203,7 @@ nlohmann::json to_json(const HparamAnalysis& analysis) {
   j["runs_read"] = analysis.runs_read;
   j["points_used"] = analysis.points_used;
   j["tolerance_percent"] = analysis.tolerance;
+  j["average_repeats"] = analysis.average_repeats;
   j["budget_tolerance_percent"] = analysis.budget_tolerance;
   j["k_B"] = interval_json(analysis.k_batch);
   j["b"] = interval_json(analysis.b);
@@ -192,9 +217,13 @@ nlohmann::json to_json(const HparamAnalysis& analysis) {
                         {"C", run.compute},
                         {"batch", run.batch},
                         {"lr", run.lr},
-                        {"loss", run.loss}});
-    j["budgets"].push_back(
-        {{"C", b.compute}, {"runs", b.runs}, {"min_loss", b.min_loss}, {"near_optimal", points}});
+                        {"loss", run.loss},
+                        {"repeats", run.repeats}});
+    j["budgets"].push_back({{"C", b.compute},
+                            {"runs", b.runs},
+                            {"points", b.points},
+                            {"min_loss", b.min_loss},
+                            {"near_optimal", points}});
   }
   j["forecasts"] = nlohmann::json::array();
   for (const HparamForecast& f : analysis.forecasts)
@@ -212,6 +241,10 @@ std::string format_report(const HparamAnalysis& analysis) {
        runs_word(analysis.runs_read) + " in " + analysis.source + ", " +
        std::to_string(analysis.budgets.size()) + " compute budgets; near-optimal: loss within " +
        format_value("%g", analysis.tolerance) + "% of the budget's lowest");
+  if (analysis.average_repeats)
+    line(
+        "  runs of one budget at the same batch and lr are one point, their mean loss "
+        "(--average-repeats); near-opt counts points");
   line("  " + interval_note(analysis.resamples, analysis.seed, analysis.percentiles,
                             "each budget's near-optimal runs"));
   line("");

@@ -25,6 +25,7 @@ struct HparamColumns {
 struct HparamRun {
   double compute = 0, batch = 0, lr = 0, loss = 0;
   int64_t line = 0;
+  int repeats = 1;  // runs averaged into this one (HparamOptions::average_repeats)
 };
 
 struct HparamSource {
@@ -43,12 +44,15 @@ struct HparamOptions {
   uint64_t seed = 1234;
   PercentileRange percentiles;
   std::vector<double> predict_c;  // forecast B_opt and eta_opt at these budgets
+  // Runs of one budget at the same batch and lr are repeats (seeds): one point, their mean loss
+  bool average_repeats = false;
 };
 
 // The runs of one compute budget.
 struct HparamBudget {
   double compute = 0;  // the geometric mean of its runs' C (equal C with a budget column)
   size_t runs = 0;
+  size_t points = 0;  // runs, or with average_repeats the distinct (batch, lr) among them
   double min_loss = 0;
   std::vector<HparamRun> near_optimal;  // in file order
 };
@@ -62,6 +66,7 @@ struct HparamAnalysis {
   std::string source;
   size_t runs_read = 0, points_used = 0;
   double tolerance = 0, budget_tolerance = 0;
+  bool average_repeats = false;
   std::vector<HparamBudget> budgets;  // by increasing C
   Interval k_batch, b, k_lr, e;       // B_opt = k_batch C^b, eta_opt = k_lr C^e
   std::vector<HparamForecast> forecasts;
@@ -74,7 +79,7 @@ struct HparamAnalysis {
 // within budget_tolerance percent of the budget's smallest C) and picks each budget's
 // near-optimal runs (loss within tolerance percent of its lowest).
 std::vector<HparamBudget> group_budgets(std::vector<HparamRun> runs, double budget_tolerance,
-                                        double tolerance);
+                                        double tolerance, bool average_repeats = false);
 
 // Fits both laws; the intervals come from resampling, within each budget, its near-optimal runs
 // with replacement. Throws tiller::Error for fewer than two budgets or bad options.

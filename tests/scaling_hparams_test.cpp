@@ -229,3 +229,29 @@ TEST(ScalingHparams, BadInputFailsNamingTheLineAndTheColumn) {
   EXPECT_NEAR(j["b"]["value"].get<double>(), std::log10(2.0), 1e-9);
   EXPECT_NEAR(j["forecasts"][0]["B_opt"]["value"].get<double>(), 4e5, 1e-3);
 }
+
+// --average-repeats: runs of one budget at the same batch and lr (seeds) are one point with their
+// mean loss. Here one lucky seed of (batch 2, lr 1) is the lowest run, but its mean is not the
+// lowest point; without the option the lucky run decides.
+TEST(ScalingHparams, AveragedRepeatsDecideTheNearOptimalPoint) {
+  const std::vector<HparamRun> runs = {{1e18, 2, 1, 2.90, 1},
+                                       {1e18, 2, 1, 3.10, 2},
+                                       {1e18, 4, 1, 2.95, 3},
+                                       {1e18, 4, 1, 2.96, 4},
+                                       {1e18, 8, 1, 3.30, 5}};
+  const std::vector<HparamBudget> single = group_budgets(runs, 1.0, 0.25);
+  ASSERT_EQ(single.size(), 1u);
+  ASSERT_EQ(single[0].near_optimal.size(), 1u);
+  EXPECT_EQ(single[0].near_optimal[0].batch, 2);
+  EXPECT_EQ(single[0].points, 5u);
+
+  const std::vector<HparamBudget> averaged = group_budgets(runs, 1.0, 0.25, true);
+  ASSERT_EQ(averaged.size(), 1u);
+  EXPECT_EQ(averaged[0].runs, 5u);
+  EXPECT_EQ(averaged[0].points, 3u);
+  EXPECT_DOUBLE_EQ(averaged[0].min_loss, 2.955);
+  ASSERT_EQ(averaged[0].near_optimal.size(), 1u);
+  EXPECT_EQ(averaged[0].near_optimal[0].batch, 4);
+  EXPECT_EQ(averaged[0].near_optimal[0].repeats, 2);
+  EXPECT_EQ(averaged[0].near_optimal[0].line, 3);  // the first run of the point
+}
