@@ -136,8 +136,9 @@ void run_scaling_curve(const ScalingCurveArgs& args) {
   const scaling::CurveLog log = scaling::read_curve_log(args.path);
   const ScheduleOptions schedule = scaling::schedule_from_recipe(recipe, stage);
   const std::vector<scaling::FinishedRun> finished =
-      args.from_runs.empty() ? std::vector<scaling::FinishedRun>{}
-                             : scaling::read_finished_runs(args.from_runs, stage, args.path);
+      args.from_runs.empty()
+          ? std::vector<scaling::FinishedRun>{}
+          : scaling::read_finished_runs(args.from_runs, stage, schedule.kind, args.path);
   const scaling::CurveForecast forecast =
       scaling::forecast_curve(log, schedule, args.options, args.path, finished);
   if (args.json)

@@ -401,16 +401,11 @@ LossForecaster train_forecaster(const TrainConfig& train, uint64_t seed, const s
   std::vector<FinishedRun> finished;
   if (!train.forecast_from_runs.empty()) {
     try {
-      finished =
-          read_finished_runs({train.forecast_from_runs}, stage, stage_dir + "/metrics.jsonl");
+      finished = read_finished_runs({train.forecast_from_runs}, stage, train.schedule,
+                                    stage_dir + "/metrics.jsonl");
     } catch (const Error& e) {
       throw Error(stage + ": train.forecast_from_runs: " + e.what());
     }
-    const std::string kind = train.schedule_options().kind;
-    check(std::any_of(finished.begin(), finished.end(),
-                      [&](const FinishedRun& run) { return run.schedule.kind == kind; }),
-          stage + ": train.forecast_from_runs: " + train.forecast_from_runs +
-              ": none of its finished runs has a '" + kind + "' schedule");
   }
   return live_loss_forecaster(train.schedule_options(), seed, 100, std::move(finished));
 }
@@ -493,23 +488,14 @@ std::string format_report(const CurveForecast& f) {
   out += line;
   out +=
       pad_right("model", 36) + pad_right("forecast  [95% interval]", 30) + pad("error", 9) + "\n";
-  auto row = [&](const std::string& name, const CurveModelFit& fit) {
-    out += pad_right(name, 36) + pad_right(with_bounds("%.4f", fit.forecast), 30) +
-           pad(std::isfinite(fit.error) ? format_value("%+.2f%%", 100 * fit.error) : "-", 9) + "\n";
+  auto row = [&](const std::string& name, const Interval& forecast, double error) {
+    out += pad_right(name, 36) + pad_right(with_bounds("%.4f", forecast), 30) +
+           pad(std::isfinite(error) ? format_value("%+.2f%%", 100 * error) : "-", 9) + "\n";
   };
-  row("L0 + A S1^-alpha - C S2 (LR-aware)", f.annealing);
-  row("L0 + A s^-alpha (power law)", f.power);
-  if (!f.from_runs.runs.empty()) {
-    const Interval& range = f.from_runs.forecast;
-    out += pad_right("from finished runs (best fit)", 36) +
-           pad_right(format_value("%.4f", range.value) + "  [" + format_value("%.4f", range.low) +
-                         ", " + format_value("%.4f", range.high) + "]",
-                     30) +
-           pad(std::isfinite(f.from_runs.error) ? format_value("%+.2f%%", 100 * f.from_runs.error)
-                                                : "-",
-               9) +
-           "\n";
-  }
+  row("L0 + A S1^-alpha - C S2 (LR-aware)", f.annealing.forecast, f.annealing.error);
+  row("L0 + A s^-alpha (power law)", f.power.forecast, f.power.error);
+  if (!f.from_runs.runs.empty())
+    row("from finished runs (best fit)", f.from_runs.forecast, f.from_runs.error);
   out += pad_right("actual", 36) + pad_right(format_value("%.4f", f.actual), 30) + "\n";
   if (std::isfinite(f.val_forecast)) {
     std::snprintf(line, sizeof line,

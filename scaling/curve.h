@@ -98,12 +98,14 @@ struct FinishedRun {
   ScheduleOptions schedule;
 };
 
-// The finished runs under each path: a metrics.jsonl (its recipe.json two levels above), or a
-// directory searched for STAGE/metrics.jsonl files beside a complete.json (a finished stage),
-// such as a sweep's directory. `exclude` (the forecast run's own file) is left out. Errors
-// (naming the path) on a path that is neither or holds no finished run of `stage`.
+// The finished runs under each path whose schedule is of `kind` (the forecast run's): a
+// metrics.jsonl (its recipe.json two levels above), or a directory searched for
+// STAGE/metrics.jsonl files beside a complete.json (a finished stage), such as a sweep's
+// directory. `exclude` (the forecast run's own file) is left out. Errors (naming the path) on a
+// path that is neither or holds no finished run of `stage`, and when none is of `kind`.
 std::vector<FinishedRun> read_finished_runs(const std::vector<std::string>& paths,
-                                            const std::string& stage, const std::string& exclude);
+                                            const std::string& stage, const std::string& kind,
+                                            const std::string& exclude);
 
 // One finished run mapped onto the forecast run: log L = a + b log L_run at the same position of
 // the schedule after the warmup (the same learning-rate multiplier of a cosine or linear decay),
@@ -127,8 +129,9 @@ struct FromRunsForecast {
   double error = NAN;  // forecast / actual - 1 (NaN without an actual)
 };
 
-// Maps each finished run onto the points of a run of `schedule` (FromRunsForecast); no runs, no
-// forecast. Errors (naming `source`) when none of them has the run's schedule kind.
+// Maps each finished run (read_finished_runs: of the run's schedule kind) onto the points of a
+// run of `schedule` (FromRunsForecast); no runs, no forecast. Errors (naming `source`) when none
+// of them maps onto the points.
 FromRunsForecast forecast_from_runs(const std::vector<FinishedRun>& finished,
                                     const std::vector<CurvePoint>& fitted,
                                     const ScheduleOptions& schedule, double final_window,
@@ -155,8 +158,8 @@ struct CurveForecast {
 };
 
 // Fits both laws on the points up to the cut and forecasts the final window, and maps each of
-// `finished` onto the same points (FromRunsForecast). Errors (naming `source`) on too few points,
-// a cut beyond the run, or finished runs none of which has the run's schedule kind.
+// `finished` onto the same points (FromRunsForecast). Errors (naming `source`) on too few points
+// or a cut beyond the run.
 CurveForecast forecast_curve(const CurveLog& log, const ScheduleOptions& schedule,
                              const CurveOptions& options, const std::string& source,
                              const std::vector<FinishedRun>& finished = {});

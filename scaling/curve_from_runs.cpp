@@ -5,6 +5,7 @@
 
 #include "common/util/error.h"
 #include "scaling/curve.h"
+#include "scaling/fit.h"
 
 namespace tiller::scaling {
 
@@ -30,20 +31,22 @@ bool same_file(const fs::path& a, const std::string& b) {
   return !b.empty() && fs::exists(b, ignored) && fs::equivalent(a, b, ignored);
 }
 
+// The updates after the warmup (at least 1).
+double decay_updates(const ScheduleOptions& s) {
+  return static_cast<double>(std::max<int64_t>(1, s.total_steps - s.warmup_steps));
+}
+
 // Position in the schedule after the warmup, 0 at its end and 1 at the last update: where a
 // cosine or linear decay has the same learning-rate multiplier in runs of any length.
 double schedule_position(const ScheduleOptions& s, double updates) {
-  const double decay = static_cast<double>(std::max<int64_t>(1, s.total_steps - s.warmup_steps));
-  return (updates - static_cast<double>(s.warmup_steps)) / decay;
+  return (updates - static_cast<double>(s.warmup_steps)) / decay_updates(s);
 }
 
 // The run's logged loss at a schedule position, linear between its logged steps (NaN outside
 // them). A loss of step s is measured after s - 1 updates.
 double loss_at_position(const FinishedRun& run, double position) {
   const ScheduleOptions& s = run.schedule;
-  const double step =
-      static_cast<double>(s.warmup_steps) +
-      position * static_cast<double>(std::max<int64_t>(1, s.total_steps - s.warmup_steps)) + 1;
+  const double step = static_cast<double>(s.warmup_steps) + position * decay_updates(s) + 1;
   const std::vector<CurvePoint>& points = run.log.points;
   const auto after = std::lower_bound(
       points.begin(), points.end(), step,
@@ -60,7 +63,8 @@ double loss_at_position(const FinishedRun& run, double position) {
 }  // namespace
 
 std::vector<FinishedRun> read_finished_runs(const std::vector<std::string>& paths,
-                                            const std::string& stage, const std::string& exclude) {
+                                            const std::string& stage, const std::string& kind,
+                                            const std::string& exclude) {
   std::vector<FinishedRun> runs;
   for (const std::string& path : paths) {
     std::error_code error;
@@ -83,6 +87,14 @@ std::vector<FinishedRun> read_finished_runs(const std::vector<std::string>& path
     check(runs.size() > before, path + ": holds no finished run of stage '" + stage +
                                     "' (STAGE/metrics.jsonl beside a complete.json)");
   }
+  // A cosine run's curve cannot stand for a linear or constant one's.
+  const size_t read = runs.size();
+  runs.erase(std::remove_if(runs.begin(), runs.end(),
+                            [&](const FinishedRun& run) { return run.schedule.kind != kind; }),
+             runs.end());
+  check(!runs.empty(), "none of the " + std::to_string(read) + " finished runs under " +
+                           paths.front() + (paths.size() > 1 ? " and the others" : "") +
+                           " has a '" + kind + "' schedule");
   return runs;
 }
 
@@ -93,7 +105,6 @@ FromRunsForecast forecast_from_runs(const std::vector<FinishedRun>& finished,
   FromRunsForecast out;
   if (finished.empty()) return out;
   for (const FinishedRun& run : finished) {
-    if (run.schedule.kind != schedule.kind) continue;
     // Least squares of log L on log L_run over the fitted points.
     std::vector<double> x, y;
     for (const CurvePoint& p : fitted) {
@@ -103,22 +114,14 @@ FromRunsForecast forecast_from_runs(const std::vector<FinishedRun>& finished,
       x.push_back(std::log(theirs));
       y.push_back(std::log(p.loss));
     }
-    if (x.size() < 2) continue;
-    const double n = static_cast<double>(x.size());
-    double mx = 0, my = 0;
-    for (size_t i = 0; i < x.size(); ++i) {
-      mx += x[i] / n;
-      my += y[i] / n;
-    }
-    double sxx = 0, sxy = 0;
-    for (size_t i = 0; i < x.size(); ++i) {
-      sxx += (x[i] - mx) * (x[i] - mx);
-      sxy += (x[i] - mx) * (y[i] - my);
-    }
+    // None when the finished run is flat over these points: it says nothing of their shape.
+    const std::optional<Line> line = fit_line(x, y);
+    if (!line) continue;
     RunTransfer t;
     t.source = run.source;
-    t.b = sxx > 0 ? sxy / sxx : 1.0;
-    t.a = my - t.b * mx;
+    t.a = line->intercept;
+    t.b = line->slope;
+    const double n = static_cast<double>(x.size());
     double squares = 0;
     for (size_t i = 0; i < x.size(); ++i) {
       const double relative = std::exp(t.a + t.b * x[i] - y[i]) - 1;
@@ -131,8 +134,7 @@ FromRunsForecast forecast_from_runs(const std::vector<FinishedRun>& finished,
     if (std::isfinite(t.forecast)) out.runs.push_back(t);
   }
   check(!out.runs.empty(), source + ": none of the " + std::to_string(finished.size()) +
-                               " finished runs has a '" + schedule.kind +
-                               "' schedule to map onto this run");
+                               " finished runs maps onto this run's fitted points");
   std::stable_sort(
       out.runs.begin(), out.runs.end(),
       [](const RunTransfer& a, const RunTransfer& b) { return a.residual < b.residual; });

@@ -414,7 +414,8 @@ TEST(ScalingCurve, FinishedRunsForecastARunOfTheSameShape) {
   write_run(dir + "/sweep/p1", s, 0.0, 1.0, steep_then_flat, true);
   write_run(dir + "/sweep/p2", s, 0.0, 1.0, plateau_then_drop, false, 400);  // still running
 
-  const std::vector<FinishedRun> runs = read_finished_runs({dir + "/sweep"}, "pretrain", target);
+  const std::vector<FinishedRun> runs =
+      read_finished_runs({dir + "/sweep"}, "pretrain", "cosine", target);
   ASSERT_EQ(runs.size(), 2u);
   const CurveLog log = read_curve_log(target);
   CurveOptions options;
@@ -446,22 +447,23 @@ TEST(ScalingCurve, FinishedRunErrorsNameThePath) {
   const std::string target = write_run(dir + "/target", s, 0, 1, plateau_then_drop, false);
   std::filesystem::create_directories(dir + "/empty");
   const std::string empty =
-      test::error_of([&] { read_finished_runs({dir + "/empty"}, "pretrain", target); });
+      test::error_of([&] { read_finished_runs({dir + "/empty"}, "pretrain", "cosine", target); });
   EXPECT_NE(empty.find(dir + "/empty: holds no finished run of stage 'pretrain'"),
             std::string::npos)
       << empty;
   const std::string running = write_run(dir + "/running", s, 0, 1, plateau_then_drop, false, 400);
   const std::string unfinished =
-      test::error_of([&] { read_finished_runs({running}, "pretrain", target); });
+      test::error_of([&] { read_finished_runs({running}, "pretrain", "cosine", target); });
   EXPECT_NE(unfinished.find(running + ": the run logged up to step 400 of 1000"), std::string::npos)
       << unfinished;
   ScheduleOptions linear = s;
   linear.kind = "linear";
   write_run(dir + "/linear", linear, 0, 1, plateau_then_drop, true);
-  const std::vector<FinishedRun> runs = read_finished_runs({dir + "/linear"}, "pretrain", target);
-  const std::string kind = test::error_of(
-      [&] { forecast_curve(read_curve_log(target), s, CurveOptions{}, target, runs); });
-  EXPECT_NE(kind.find("none of the 1 finished runs has a 'cosine' schedule"), std::string::npos)
+  const std::string kind =
+      test::error_of([&] { read_finished_runs({dir + "/linear"}, "pretrain", "cosine", target); });
+  EXPECT_NE(
+      kind.find("none of the 1 finished runs under " + dir + "/linear has a 'cosine' schedule"),
+      std::string::npos)
       << kind;
   for (const std::string& message : {empty, unfinished, kind})
     EXPECT_EQ(message.find('\n'), std::string::npos) << message;
@@ -507,8 +509,8 @@ TEST(ScalingCurve, LiveForecastFromFinishedRunsEqualsTheOfflineOne) {
   std::filesystem::remove(dir + "/sweep/p1/pretrain/complete.json");
   const std::optional<LossForecast> f = live(own, record);
   ASSERT_TRUE(f.has_value());
-  const CurveForecast offline =
-      offline_forecast_with(own, record, s, 100, 5, read_finished_runs({done}, "pretrain", own));
+  const CurveForecast offline = offline_forecast_with(
+      own, record, s, 100, 5, read_finished_runs({done}, "pretrain", "cosine", own));
   EXPECT_DOUBLE_EQ(f->from_runs_loss, offline.from_runs.forecast.value);
   EXPECT_DOUBLE_EQ(f->from_runs_val_loss, offline.from_runs.val_forecast);
   EXPECT_DOUBLE_EQ(f->loss, offline.annealing.forecast.value);

@@ -139,11 +139,9 @@ nlohmann::json first_forecast(const std::string& metrics_path) {
   for_each_jsonl_object(metrics_path, [&](const nlohmann::json& record, int64_t) {
     if (!first.is_null() || !record.contains("forecast_loss")) return;
     first = {{"at_step", record.value("step", int64_t{0})}};
-    for (const char* key :
-         {"forecast_loss", "forecast_loss_low", "forecast_loss_high", "forecast_power_law_loss",
-          "forecast_val_loss", "forecast_determined", "forecast_from_runs_loss",
-          "forecast_from_runs_low", "forecast_from_runs_high", "forecast_from_runs_val_loss"})
-      if (record.contains(key)) first[key] = record[key];
+    // Every field add_forecast wrote.
+    for (const auto& [key, value] : record.items())
+      if (key.rfind("forecast_", 0) == 0) first[key] = value;
   });
   return first;
 }
