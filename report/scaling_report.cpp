@@ -236,6 +236,13 @@ std::string interval_cells(const scaling::Interval& interval) {
          "</td>";
 }
 
+// The mean of the losses of one (batch, lr) point's repeats.
+struct RunningMean {
+  double mean = 0;
+  int count = 0;
+  void add(double value) { mean += (value - mean) / ++count; }
+};
+
 std::string parameter_row(const std::string& name, const scaling::Interval& interval) {
   return "<tr><td>" + name + "</td>" + interval_cells(interval) + "</tr>";
 }
@@ -336,7 +343,9 @@ bool is_sweep_directory(const std::string& dir) {
 // The LR x batch grid of a sweep (DeepSeek LLM's laws, scaling/hparams.h), when its runs vary
 // both at two or more budgets: the fitted laws with intervals, each budget's near-optimal runs
 // (said when they sit at an edge of the budget's grid, where the law is not determined) and a
-// chart of loss against lr, one line per budget and batch, the near-optimal runs marked.
+// chart of loss against lr, one line per budget and batch, the near-optimal runs marked. Runs of
+// one budget at the same batch and lr (seeds) count as one point, their mean loss, as
+// `tiller scaling hparams --average-repeats` does; the section says so when there are any.
 std::string render_hparams_section(const std::string& runs_path) {
   scaling::HparamSource source;
   scaling::HparamAnalysis fit;
@@ -348,7 +357,9 @@ std::string render_hparams_section(const std::string& runs_path) {
       batches.insert(r.batch);
     }
     if (lrs.size() < 2 || batches.size() < 2) return "";
-    fit = scaling::analyze_hparams(source);
+    scaling::HparamOptions options;
+    options.average_repeats = true;
+    fit = scaling::analyze_hparams(source, options);
   } catch (const Error&) {
     return "";  // no lr or batch column, or a single budget: not an LR x batch sweep
   }
@@ -357,7 +368,18 @@ std::string render_hparams_section(const std::string& runs_path) {
       "<tr><th>parameter</th><th>value</th><th>95% interval</th></tr>" +
       parameter_row("k_B", fit.k_batch) + parameter_row("b (B_opt = k_B C^b)", fit.b) +
       parameter_row("k_&eta;", fit.k_lr) + parameter_row("e (&eta;_opt = k_&eta; C^e)", fit.e) +
-      "</table><table class=\"budgets\"><tr><th>C</th><th>runs</th><th>lowest loss</th>"
+      "</table>";
+  size_t runs = 0, points = 0;
+  for (const scaling::HparamBudget& budget : fit.budgets) {
+    runs += budget.runs;
+    points += budget.points;
+  }
+  if (points < runs)
+    out += "<p>" + std::to_string(runs) + " runs at " + std::to_string(points) +
+           " (batch, lr) points: the repeats of a point (seeds) are averaged into one, their "
+           "mean loss (as <code>tiller scaling hparams --average-repeats</code>).</p>";
+  out +=
+      "<table class=\"budgets\"><tr><th>C</th><th>runs</th><th>lowest loss</th>"
       "<th>near-optimal (batch tokens, lr), within " +
       html_number(fit.tolerance) + "%</th></tr>";
   ChartSeries near{"near-optimal", {}, {}, SeriesStyle::kMarkers};
@@ -374,32 +396,35 @@ std::string render_hparams_section(const std::string& runs_path) {
   for (size_t b = 0; b < fit.budgets.size(); ++b) {
     const scaling::HparamBudget& budget = fit.budgets[b];
     std::set<double> lrs, batches;
-    std::map<double, std::vector<std::pair<double, double>>> by_batch;  // batch -> (lr, loss)
+    std::map<double, std::map<double, RunningMean>> by_batch;  // batch -> lr -> mean loss
     for (const scaling::HparamRun& r : source.runs)
       if (budget_of(r) == b) {
         lrs.insert(r.lr);
         batches.insert(r.batch);
-        by_batch[r.batch].push_back({r.lr, r.loss});
+        by_batch[r.batch][r.lr].add(r.loss);
       }
     std::string cells;
     bool at_edge = false;
     for (const scaling::HparamRun& r : budget.near_optimal) {
-      cells += "(" + html_number(r.batch) + ", " + html_number(r.lr) + ") ";
+      cells += "(" + html_number(r.batch) + ", " + html_number(r.lr) +
+               (r.repeats > 1 ? ", mean of " + std::to_string(r.repeats) : std::string()) + ") ";
       near.x.push_back(r.lr);
       near.y.push_back(r.loss);
       at_edge = at_edge || (!lrs.empty() && (r.lr == *lrs.begin() || r.lr == *lrs.rbegin())) ||
                 (!batches.empty() && (r.batch == *batches.begin() || r.batch == *batches.rbegin()));
     }
     if (at_edge) cells += "<b>at an edge of the grid: the optimum may lie outside it</b>";
-    out += "<tr><td>" + html_number(budget.compute) + "</td><td>" + std::to_string(budget.runs) +
-           "</td><td>" + html_number(budget.min_loss) + "</td><td>" + cells + "</td></tr>";
-    for (auto& entry : by_batch) {
-      std::sort(entry.second.begin(), entry.second.end());
+    const std::string run_count =
+        std::to_string(budget.runs) +
+        (budget.points < budget.runs ? " (" + std::to_string(budget.points) + " points)" : "");
+    out += "<tr><td>" + html_number(budget.compute) + "</td><td>" + run_count + "</td><td>" +
+           html_number(budget.min_loss) + "</td><td>" + cells + "</td></tr>";
+    for (const auto& entry : by_batch) {
       ChartSeries line{
           "C " + short_number(budget.compute) + ", batch " + short_number(entry.first), {}, {}};
-      for (const auto& point : entry.second) {
+      for (const auto& point : entry.second) {  // by increasing lr
         line.x.push_back(point.first);
-        line.y.push_back(point.second);
+        line.y.push_back(point.second.mean);
       }
       lines.push_back(std::move(line));
     }

@@ -362,6 +362,49 @@ TEST(ScalingReport, AnLrBatchSweepShowsTheHparamLawsAndTheNearOptimalRuns) {
   EXPECT_EQ(count(section, "data-series=\"C 1e+18, batch 3e+05\""), 1u);
 }
 
+// Two seeds a grid point, one of them lucky at a point off the optimum: the report averages the
+// seeds (as scaling hparams --average-repeats), so the lucky run does not pick the optimum, the
+// near-optimal cells say how many runs each mean holds, and each line of the chart has one point
+// per lr.
+TEST(ScalingReport, AnLrBatchSweepAveragesTheSeedsOfAGridPoint) {
+  const std::string dir = test::temp_dir("scaling_hparams_repeats");
+  std::string text;
+  for (double c : {1e17, 1e18}) {
+    const double lr_opt = 0.3 * std::pow(c, -0.125), batch_opt = c == 1e17 ? 1.1e5 : 3.2e5;
+    for (double lr_factor : {0.25, 0.5, 1.0, 2.0, 4.0})
+      for (double batch : {1e5, 3e5, 1e6, 3e6})
+        for (int seed : {0, 1}) {
+          double loss = 2 + 0.05 * std::pow(std::log(lr_factor), 2) +
+                        0.03 * std::pow(std::log(batch / batch_opt), 2);
+          // 2.03 on average, but seed 0 reads 1.99: below the optimum's 2.0003.
+          if (c == 1e17 && batch == 3e5 && lr_factor == 1.0) loss += seed == 0 ? -0.04 : 0.04;
+          text += nlohmann::json{{"N", 1e8},
+                                 {"D", c / 6e8},
+                                 {"C", c},
+                                 {"seed", seed},
+                                 {"lr", lr_opt * lr_factor},
+                                 {"batch_tokens", batch},
+                                 {"loss", loss}}
+                      .dump() +
+                  "\n";
+        }
+  }
+  std::ofstream(dir + "/runs.jsonl") << text;
+  const std::string section = render_scaling_section(dir);
+  EXPECT_NE(section.find("80 runs at 40 (batch, lr) points"), std::string::npos) << section;
+  const size_t budgets = section.find("<table class=\"budgets\">");
+  ASSERT_NE(budgets, std::string::npos);
+  const std::string table = section.substr(budgets, section.find("</table>", budgets) - budgets);
+  const size_t second_row = table.find("<tr><td>", table.find("<tr><td>") + 1);
+  const std::string smallest_budget = table.substr(0, second_row);
+  EXPECT_NE(smallest_budget.find("40 (20 points)"), std::string::npos) << table;
+  EXPECT_NE(smallest_budget.find("(1e+05, "), std::string::npos) << table;  // the true optimum
+  EXPECT_EQ(smallest_budget.find("(3e+05, "), std::string::npos) << table;  // not the lucky seed
+  EXPECT_EQ(count(table, "mean of 2"), 2u) << table;
+  EXPECT_EQ(count(series_group(section, "near-optimal"), "class=\"marker\""), 2u);
+  EXPECT_EQ(count(series_group(section, "C 1e+17, batch 3e+05"), "class=\"marker\""), 5u);
+}
+
 TEST(ScalingReport, ScalingFitHoldsOutTheLargestRunAndRefusesBadInputInOneLine) {
   const std::string dir = test::temp_dir("scaling_holdout_cli");
   std::ofstream(dir + "/runs.jsonl") << single_d_runs_jsonl();
