@@ -314,16 +314,21 @@ std::string write_emergence_suite(const std::string& dir, const EmergenceDataOpt
             {"seed", 1},
             {"separator", kSeparator}};
   };
-  const nlohmann::json suite = {
-      {"tasks",
-       {task("infer_op", "in_context", {0, 1, 2, 3, 4, 5, 6, 7, 8}),
-        task("steps_direct", "step_by_step", {2}), task("steps_worked", "step_by_step", {2}),
-        task("instructions", "instructions", {0, 2})}},
-      {"made_by",
-       {{"seed", options.seed},
-        {"corpus_lines", options.corpus_lines},
-        {"test_items", options.test_items},
-        {"pool_items", options.pool_items}}}};
+  // A corpus line of arithmetic or instructions holds 1 to 4 examples, but the recipe's models
+  // train on 192-token windows: with k = 3 a worked prompt and its answer are 212 tokens and an
+  // instruction prompt 221, past the positions they trained, so those tasks run at k = 0..2
+  // (infer_op lines hold up to 10 short examples).
+  const std::vector<int64_t> up_to_two = {0, 1, 2};
+  const nlohmann::json suite = {{"tasks",
+                                 {task("infer_op", "in_context", {0, 1, 2, 3, 4, 5, 6, 7, 8}),
+                                  task("steps_direct", "step_by_step", up_to_two),
+                                  task("steps_worked", "step_by_step", up_to_two),
+                                  task("instructions", "instructions", up_to_two)}},
+                                {"made_by",
+                                 {{"seed", options.seed},
+                                  {"corpus_lines", options.corpus_lines},
+                                  {"test_items", options.test_items},
+                                  {"pool_items", options.pool_items}}}};
   write_file_atomic(dir + "/suite.json", suite.dump(2) + "\n");
   return dir + "/suite.json";
 }

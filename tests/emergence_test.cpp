@@ -359,9 +359,9 @@ TEST(EmergenceEndToEnd, WritesTheTableTheFiguresAndTheReadings) {
       {"eval", "emergence", "--across", s.runs, "--suite", s.suite, "--threads", "1"});
   ASSERT_EQ(cli.code, 0) << cli.err;
   const auto j = read_json_file(s.dir + "/emergence/emergence.json");
-  // 9 + 1 + 1 + 2 variants (suite.json), 2 sizes each.
-  EXPECT_EQ(j.at("rows").size(), 26u);
-  EXPECT_EQ(j.at("readings").size(), 13u);
+  // 9 + 3 + 3 + 3 variants (suite.json: infer_op at k = 0..8, the others at 0..2), 2 sizes each.
+  EXPECT_EQ(j.at("rows").size(), 36u);
+  EXPECT_EQ(j.at("readings").size(), 18u);
   EXPECT_LT(j["rows"][0]["N"].get<double>(), j["rows"][1]["N"].get<double>());  // sorted by N
   EXPECT_EQ(j["rows"][0]["task"], "infer_op");
   EXPECT_EQ(j["readings"][0]["discontinuous"]["reading"], "flat");  // the same model twice
@@ -371,7 +371,10 @@ TEST(EmergenceEndToEnd, WritesTheTableTheFiguresAndTheReadings) {
     EXPECT_NE(svg.find("data-panel=\"continuous\""), std::string::npos) << figure;
   }
   const std::string md = test::read_bytes(s.dir + "/emergence/emergence.md");
-  EXPECT_NE(md.find("| steps_worked | 2 | exact match |"), std::string::npos) << md;
+  for (const char* row :
+       {"| steps_worked | 0 | exact match |", "| steps_direct | 1 | exact match |",
+        "| instructions | 1 | constraints met |"})
+    EXPECT_NE(md.find(row), std::string::npos) << row << "\n" << md;
   EXPECT_NE(md.find("**infer_op k=8**"), std::string::npos) << md;
   // The sweep's report shows the figures inline and each reading.
   const std::string section = render_emergence_section(s.dir);
@@ -379,7 +382,7 @@ TEST(EmergenceEndToEnd, WritesTheTableTheFiguresAndTheReadings) {
   for (const char* figure : {"in_context", "step_by_step", "instructions"})
     EXPECT_NE(section.find(std::string("tiller eval emergence: ") + figure), std::string::npos);
   EXPECT_EQ(section.find("<?xml"), std::string::npos);
-  EXPECT_NE(section.find(j["readings"][12]["verdict"].get<std::string>()), std::string::npos);
+  EXPECT_NE(section.find(j["readings"][17]["verdict"].get<std::string>()), std::string::npos);
   EXPECT_EQ(render_emergence_section(s.dir + "/m"), "");  // nothing there: no section
 }
 
