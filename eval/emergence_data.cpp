@@ -314,10 +314,10 @@ std::string write_emergence_suite(const std::string& dir, const EmergenceDataOpt
             {"seed", 1},
             {"separator", kSeparator}};
   };
-  // A corpus line of arithmetic or instructions holds 1 to 4 examples, but the recipe's models
-  // train on 192-token windows: with k = 3 a worked prompt and its answer are 212 tokens and an
-  // instruction prompt 221, past the positions they trained, so those tasks run at k = 0..2
-  // (infer_op lines hold up to 10 short examples).
+  // A corpus line of arithmetic or instructions holds 1 to 4 examples, but the models of
+  // recipes/emergence_sweep.json train on 192-token windows: with k = 3 a worked prompt and its
+  // answer are 212 tokens and an instruction prompt alone 221, past the positions they trained,
+  // so those tasks run at k = 0..2 (infer_op lines hold up to 10 short examples).
   const std::vector<int64_t> up_to_two = {0, 1, 2};
   const nlohmann::json suite = {{"tasks",
                                  {task("infer_op", "in_context", {0, 1, 2, 3, 4, 5, 6, 7, 8}),
