@@ -311,11 +311,12 @@ CurveForecast forecast_curve(const CurveLog& log, const ScheduleOptions& schedul
     counted.loss.push_back(p.loss);
   }
   out.fit_points = static_cast<int64_t>(annealed.x.size());
-  check(out.fit_points >= options.min_points,
-        source + ": too few points to fit: " + std::to_string(out.fit_points) +
-            " training-loss lines after the warmup up to step " + std::to_string(out.at_step) +
-            " (need " + std::to_string(options.min_points) +
-            "; log more often or fit at a later step)");
+  if (out.fit_points < options.min_points)
+    throw TooFewCurvePoints(source + ": too few points to fit: " + std::to_string(out.fit_points) +
+                            " training-loss lines after the warmup up to step " +
+                            std::to_string(out.at_step) + " (need " +
+                            std::to_string(options.min_points) +
+                            "; log more often or fit at a later step)");
   // The final window: the last steps of the run, logged or not.
   const int64_t window = std::max<int64_t>(
       1, static_cast<int64_t>(std::llround(options.final_window * static_cast<double>(total))));
@@ -362,23 +363,26 @@ LossForecaster live_loss_forecaster(const ScheduleOptions& schedule, uint64_t se
   return [schedule, seed, bootstrap, finished = std::move(finished)](
              const std::string& metrics_path,
              const nlohmann::json& record) -> std::optional<LossForecast> {
-    CurveLog log;
-    for_each_jsonl_object(metrics_path, [&](const nlohmann::json& earlier, int64_t line) {
-      add_curve_record(log, earlier, metrics_path + ": line " + std::to_string(line));
-    });
-    add_curve_record(log, record, metrics_path + " (the step being logged)");
-    finish_curve_log(log);
     CurveOptions options;
     options.at_step = record.at("step").get<int64_t>();
     options.bootstrap = bootstrap;
     options.seed = seed;
     CurveForecast f;
-    try {
-      f = forecast_curve(log, schedule, options, metrics_path, finished);
-    } catch (const Error&) {
-      return std::nullopt;  // too few points yet
-    }
     LossForecast out;
+    try {
+      CurveLog log;
+      for_each_jsonl_object(metrics_path, [&](const nlohmann::json& earlier, int64_t line) {
+        add_curve_record(log, earlier, metrics_path + ": line " + std::to_string(line));
+      });
+      add_curve_record(log, record, metrics_path + " (the step being logged)");
+      finish_curve_log(log);
+      f = forecast_curve(log, schedule, options, metrics_path, finished);
+    } catch (const TooFewCurvePoints&) {
+      return std::nullopt;  // not yet
+    } catch (const Error& e) {
+      out.error = e.what();  // the run goes on; the record and the progress line say why
+      return out;
+    }
     out.loss = f.annealing.forecast.value;
     out.low = f.annealing.forecast.low;
     out.high = f.annealing.forecast.high;

@@ -16,6 +16,7 @@
 #include "common/train/schedule.h"
 #include "common/train/stage_loop.h"
 #include "common/train/train_config.h"
+#include "common/util/error.h"
 #include "scaling/bootstrap.h"
 
 namespace tiller::scaling {
@@ -66,6 +67,13 @@ LrAreas lr_areas(const ScheduleOptions& schedule, double lambda);
 struct CurveLaw {
   double L0 = NAN, A = NAN, alpha = NAN, C = 0;
   double loss(double x, double s2) const;
+};
+
+// forecast_curve's error when fewer than CurveOptions::min_points lines are logged after the
+// warmup up to the cut: the live forecaster waits for more, where any other error is reported.
+class TooFewCurvePoints : public Error {
+ public:
+  using Error::Error;
 };
 
 struct CurveOptions {
@@ -159,7 +167,7 @@ struct CurveForecast {
 
 // Fits both laws on the points up to the cut and forecasts the final window, and maps each of
 // `finished` onto the same points (FromRunsForecast). Errors (naming `source`) on too few points
-// or a cut beyond the run.
+// (TooFewCurvePoints) or a cut beyond the run.
 CurveForecast forecast_curve(const CurveLog& log, const ScheduleOptions& schedule,
                              const CurveOptions& options, const std::string& source,
                              const std::vector<FinishedRun>& finished = {});

@@ -361,6 +361,24 @@ TEST(ScalingCurve, LiveForecastEqualsTheOfflineFitAtThatStep) {
   std::ofstream(early) << "";
   const CurvePoint& first = log.points[52 - 2];
   EXPECT_FALSE(live(early, {{"step", first.step}, {"loss", first.loss}, {"lr", first.lr}}));
+
+  // Enough points, but a line whose lr is not the schedule's: the fit fails and says why, where
+  // too few points only wait.
+  const std::string wrong = test::temp_dir("scaling_curve_live_wrong_lr") + "/metrics.jsonl";
+  {
+    std::ofstream out(wrong);
+    for (const CurvePoint& p : log.points)
+      if (p.step < 300)
+        out << nlohmann::json{{"step", p.step},
+                              {"loss", p.loss},
+                              {"lr", p.lr * (p.step == 100 ? 2 : 1)}}
+                   .dump()
+            << "\n";
+  }
+  const std::optional<LossForecast> failed = live(wrong, record);
+  ASSERT_TRUE(failed.has_value());
+  EXPECT_NE(failed->error.find("step 100 logs lr"), std::string::npos) << failed->error;
+  EXPECT_FALSE(std::isfinite(failed->loss));
 }
 
 namespace {

@@ -133,11 +133,14 @@ void StageLoop::evaluate_at_start(const StageSteps& steps) {
 namespace {
 
 // The first forecast metrics.jsonl holds (the one made at train.forecast's fraction, however often
-// the stage was resumed): {"at_step", "forecast_loss", ...}; null when none was made.
+// the stage was resumed): {"at_step", "forecast_loss", ...}, or {"at_step", "forecast_error"}
+// when that fit failed; null when none was made.
 nlohmann::json first_forecast(const std::string& metrics_path) {
   nlohmann::json first;
   for_each_jsonl_object(metrics_path, [&](const nlohmann::json& record, int64_t) {
-    if (!first.is_null() || !record.contains("forecast_loss")) return;
+    if (!first.is_null() ||
+        !(record.contains("forecast_loss") || record.contains("forecast_error")))
+      return;
     first = {{"at_step", record.value("step", int64_t{0})}};
     // Every field add_forecast wrote.
     for (const auto& [key, value] : record.items())
@@ -157,7 +160,13 @@ bool StageLoop::forecasts_at(int64_t step) const {
 // Adds the forecast's fields to `record`; returns its part of the progress line.
 std::string StageLoop::add_forecast(nlohmann::json& record) {
   const std::optional<LossForecast> f = forecaster_(stage_dir_ + "/metrics.jsonl", record);
-  if (!f || !std::isfinite(f->loss)) return "";
+  if (!f) return "";
+  if (!f->error.empty() || !std::isfinite(f->loss)) {
+    // Training goes on without the forecast, but says so each time one was due.
+    const std::string why = f->error.empty() ? "the fit gave no finite loss" : f->error;
+    record["forecast_error"] = why;
+    return "  forecast failed: " + why;
+  }
   record["forecast_loss"] = f->loss;
   if (std::isfinite(f->low) && std::isfinite(f->high)) {
     record["forecast_loss_low"] = f->low;

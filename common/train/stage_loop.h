@@ -72,10 +72,12 @@ struct LossForecast {
   // loss mapped onto this run, the range of those fitting about as well, its final val_loss
   double from_runs_loss = NAN, from_runs_low = NAN, from_runs_high = NAN;
   double from_runs_val_loss = NAN;
+  std::string error;  // set when the fit failed: no forecast, and this says why
 };
 
 // Forecasts from the lines of `metrics_path` before the record's step plus `record` (the step
-// being logged); nullopt while too few points are logged. scaling/curve.h's
+// being logged); nullopt while too few points are logged, a LossForecast with its `error` set
+// when the fit fails. scaling/curve.h's
 // live_loss_forecaster is the one Tiller uses.
 using LossForecaster = std::function<std::optional<LossForecast>(const std::string& metrics_path,
                                                                  const nlohmann::json& record)>;
