@@ -236,13 +236,6 @@ std::string interval_cells(const scaling::Interval& interval) {
          "</td>";
 }
 
-// The mean of the losses of one (batch, lr) point's repeats.
-struct RunningMean {
-  double mean = 0;
-  int count = 0;
-  void add(double value) { mean += (value - mean) / ++count; }
-};
-
 std::string parameter_row(const std::string& name, const scaling::Interval& interval) {
   return "<tr><td>" + name + "</td>" + interval_cells(interval) + "</tr>";
 }
@@ -347,10 +340,9 @@ bool is_sweep_directory(const std::string& dir) {
 // one budget at the same batch and lr (seeds) count as one point, their mean loss, as
 // `tiller scaling hparams --average-repeats` does; the section says so when there are any.
 std::string render_hparams_section(const std::string& runs_path) {
-  scaling::HparamSource source;
   scaling::HparamAnalysis fit;
   try {
-    source = scaling::read_hparam_runs(runs_path);
+    const scaling::HparamSource source = scaling::read_hparam_runs(runs_path);
     std::set<double> lrs, batches;
     for (const scaling::HparamRun& r : source.runs) {
       lrs.insert(r.lr);
@@ -372,7 +364,7 @@ std::string render_hparams_section(const std::string& runs_path) {
   size_t runs = 0, points = 0;
   for (const scaling::HparamBudget& budget : fit.budgets) {
     runs += budget.runs;
-    points += budget.points;
+    points += budget.points.size();
   }
   if (points < runs)
     out += "<p>" + std::to_string(runs) + " runs at " + std::to_string(points) +
@@ -384,25 +376,14 @@ std::string render_hparams_section(const std::string& runs_path) {
       html_number(fit.tolerance) + "%</th></tr>";
   ChartSeries near{"near-optimal", {}, {}, SeriesStyle::kMarkers};
   std::vector<ChartSeries> lines;
-  // Each run belongs to the budget nearest its C (in log C).
-  auto budget_of = [&](const scaling::HparamRun& r) {
-    size_t best = 0;
-    for (size_t b = 1; b < fit.budgets.size(); ++b)
-      if (std::abs(std::log(r.compute / fit.budgets[b].compute)) <
-          std::abs(std::log(r.compute / fit.budgets[best].compute)))
-        best = b;
-    return best;
-  };
-  for (size_t b = 0; b < fit.budgets.size(); ++b) {
-    const scaling::HparamBudget& budget = fit.budgets[b];
+  for (const scaling::HparamBudget& budget : fit.budgets) {
     std::set<double> lrs, batches;
-    std::map<double, std::map<double, RunningMean>> by_batch;  // batch -> lr -> mean loss
-    for (const scaling::HparamRun& r : source.runs)
-      if (budget_of(r) == b) {
-        lrs.insert(r.lr);
-        batches.insert(r.batch);
-        by_batch[r.batch][r.lr].add(r.loss);
-      }
+    std::map<double, std::map<double, double>> by_batch;  // batch -> lr -> loss
+    for (const scaling::HparamRun& point : budget.points) {
+      lrs.insert(point.lr);
+      batches.insert(point.batch);
+      by_batch[point.batch][point.lr] = point.loss;
+    }
     std::string cells;
     bool at_edge = false;
     for (const scaling::HparamRun& r : budget.near_optimal) {
@@ -414,9 +395,10 @@ std::string render_hparams_section(const std::string& runs_path) {
                 (!batches.empty() && (r.batch == *batches.begin() || r.batch == *batches.rbegin()));
     }
     if (at_edge) cells += "<b>at an edge of the grid: the optimum may lie outside it</b>";
-    const std::string run_count =
-        std::to_string(budget.runs) +
-        (budget.points < budget.runs ? " (" + std::to_string(budget.points) + " points)" : "");
+    const std::string run_count = std::to_string(budget.runs) +
+                                  (budget.points.size() < budget.runs
+                                       ? " (" + std::to_string(budget.points.size()) + " points)"
+                                       : "");
     out += "<tr><td>" + html_number(budget.compute) + "</td><td>" + run_count + "</td><td>" +
            html_number(budget.min_loss) + "</td><td>" + cells + "</td></tr>";
     for (const auto& entry : by_batch) {
@@ -424,7 +406,7 @@ std::string render_hparams_section(const std::string& runs_path) {
           "C " + short_number(budget.compute) + ", batch " + short_number(entry.first), {}, {}};
       for (const auto& point : entry.second) {  // by increasing lr
         line.x.push_back(point.first);
-        line.y.push_back(point.second.mean);
+        line.y.push_back(point.second);
       }
       lines.push_back(std::move(line));
     }

@@ -128,11 +128,11 @@ std::vector<HparamBudget> group_budgets(std::vector<HparamRun> runs, double budg
     budget.compute = low->compute == high->compute
                          ? low->compute  // exact, e.g. a budget column's value
                          : std::exp(log_sum / group.size());
-    const std::vector<HparamRun> points = average_repeats ? averaged_repeats(group) : group;
-    budget.points = points.size();
-    budget.min_loss = points.front().loss;
-    for (const HparamRun& point : points) budget.min_loss = std::min(budget.min_loss, point.loss);
-    for (const HparamRun& point : points)
+    budget.points = average_repeats ? averaged_repeats(group) : group;
+    budget.min_loss = budget.points.front().loss;
+    for (const HparamRun& point : budget.points)
+      budget.min_loss = std::min(budget.min_loss, point.loss);
+    for (const HparamRun& point : budget.points)
       if (point.loss <= budget.min_loss * (1 + tolerance / 100))
         budget.near_optimal.push_back(point);
     budgets.push_back(budget);
@@ -221,7 +221,7 @@ nlohmann::json to_json(const HparamAnalysis& analysis) {
                         {"repeats", run.repeats}});
     j["budgets"].push_back({{"C", b.compute},
                             {"runs", b.runs},
-                            {"points", b.points},
+                            {"points", b.points.size()},
                             {"min_loss", b.min_loss},
                             {"near_optimal", points}});
   }

@@ -52,7 +52,8 @@ struct HparamOptions {
 struct HparamBudget {
   double compute = 0;  // the geometric mean of its runs' C (equal C with a budget column)
   size_t runs = 0;
-  size_t points = 0;  // runs, or with average_repeats the distinct (batch, lr) among them
+  // Its runs, or with average_repeats one per (batch, lr): the first run's, with the mean loss
+  std::vector<HparamRun> points;
   double min_loss = 0;
   std::vector<HparamRun> near_optimal;  // in file order
 };

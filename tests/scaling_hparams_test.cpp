@@ -243,12 +243,12 @@ TEST(ScalingHparams, AveragedRepeatsDecideTheNearOptimalPoint) {
   ASSERT_EQ(single.size(), 1u);
   ASSERT_EQ(single[0].near_optimal.size(), 1u);
   EXPECT_EQ(single[0].near_optimal[0].batch, 2);
-  EXPECT_EQ(single[0].points, 5u);
+  EXPECT_EQ(single[0].points.size(), 5u);
 
   const std::vector<HparamBudget> averaged = group_budgets(runs, 1.0, 0.25, true);
   ASSERT_EQ(averaged.size(), 1u);
   EXPECT_EQ(averaged[0].runs, 5u);
-  EXPECT_EQ(averaged[0].points, 3u);
+  EXPECT_EQ(averaged[0].points.size(), 3u);
   EXPECT_DOUBLE_EQ(averaged[0].min_loss, 2.955);
   ASSERT_EQ(averaged[0].near_optimal.size(), 1u);
   EXPECT_EQ(averaged[0].near_optimal[0].batch, 4);

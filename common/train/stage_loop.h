@@ -77,8 +77,7 @@ struct LossForecast {
 
 // Forecasts from the lines of `metrics_path` before the record's step plus `record` (the step
 // being logged); nullopt while too few points are logged, a LossForecast with its `error` set
-// when the fit fails. scaling/curve.h's
-// live_loss_forecaster is the one Tiller uses.
+// when the fit fails. scaling/curve.h's live_loss_forecaster is the one Tiller uses.
 using LossForecaster = std::function<std::optional<LossForecast>(const std::string& metrics_path,
                                                                  const nlohmann::json& record)>;
 
